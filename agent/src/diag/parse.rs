@@ -1,0 +1,304 @@
+//! Pure parsing of sock_diag dump replies: bytes in, [`SocketSample`]s out.
+//!
+//! A reply chunk holds netlink messages back to back. Each
+//! `SOCK_DIAG_BY_FAMILY` message is an `inet_diag_msg` header (parsed by
+//! netlink-packet-sock-diag) followed by attributes. We walk the attributes
+//! ourselves: the crate's attribute parser rejects a `tcp_info` shorter than
+//! its own struct and knows no field after `snd_wnd`, so a RHEL 7 reply would
+//! fail whole (see the test `crate_rejects_old_tcp_info`).
+//!
+//! Nothing here panics on any input: a message that does not parse is
+//! counted in [`ParseStats`] and skipped, and the rest of the chunk is used.
+
+use std::net::SocketAddr;
+
+use netlink_packet_core::{NlasIterator, Parseable, NLMSG_DONE, NLMSG_ERROR, NLM_F_DUMP_INTR};
+use netlink_packet_sock_diag::constants::{
+    INET_DIAG_CONG, INET_DIAG_INFO, INET_DIAG_MEMINFO, INET_DIAG_SHUTDOWN, INET_DIAG_SKMEMINFO,
+    SOCK_DIAG_BY_FAMILY,
+};
+use netlink_packet_sock_diag::inet::{InetResponseHeader, Timer};
+use tcpstall_common::{
+    normalize_addr, CongName, SkMemInfo, SocketSample, TcpInfo, TcpState, TimerKind,
+};
+
+const NLMSG_HDRLEN: usize = 16;
+
+/// Counters of what a parse had to skip. Cumulative: a poller keeps one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ParseStats {
+    /// Messages that could not be parsed at all and were skipped.
+    pub malformed_messages: u64,
+    /// Attributes that were malformed (the socket was kept without them).
+    pub malformed_attributes: u64,
+    /// Chunks whose remaining bytes could not be walked (bad lengths).
+    pub truncated_chunks: u64,
+    /// Replies the kernel flagged as interrupted (the table changed mid-dump).
+    pub interrupted: u64,
+    /// Messages answering another request than ours.
+    pub foreign_messages: u64,
+}
+
+/// One netlink message of a chunk: its header fields and payload.
+#[derive(Debug, Clone, Copy)]
+pub struct Message<'a> {
+    pub kind: u16,
+    pub flags: u16,
+    pub seq: u32,
+    pub payload: &'a [u8],
+}
+
+/// Walks the messages of one received chunk. Stops at the first header
+/// whose length cannot be right, yielding `Err(())` once for it.
+pub fn messages(chunk: &[u8]) -> impl Iterator<Item = Result<Message<'_>, ()>> {
+    let mut rest = chunk;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let item = header(rest).ok_or(());
+        match item {
+            Ok((msg, aligned)) => {
+                rest = rest.get(aligned..).unwrap_or(&[]);
+                Some(Ok(msg))
+            }
+            Err(()) => {
+                rest = &[];
+                Some(Err(()))
+            }
+        }
+    })
+}
+
+fn header(buf: &[u8]) -> Option<(Message<'_>, usize)> {
+    let h = buf.get(..NLMSG_HDRLEN)?;
+    let len = u32::from_ne_bytes(h[0..4].try_into().ok()?) as usize;
+    if len < NLMSG_HDRLEN || len > buf.len() {
+        return None;
+    }
+    let msg = Message {
+        kind: u16::from_ne_bytes(h[4..6].try_into().ok()?),
+        flags: u16::from_ne_bytes(h[6..8].try_into().ok()?),
+        seq: u32::from_ne_bytes(h[8..12].try_into().ok()?),
+        payload: &buf[NLMSG_HDRLEN..len],
+    };
+    Some((msg, (len + 3) & !3))
+}
+
+/// What a chunk ended with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkEnd {
+    /// More chunks follow.
+    More,
+    /// `NLMSG_DONE`: the dump is complete.
+    Done,
+    /// `NLMSG_ERROR` with this (negative) errno: the kernel refused the request.
+    Error(i32),
+}
+
+/// `NLMSG_DONE` or `NLMSG_ERROR`: how a dump ends; `None` for other messages.
+pub fn control(msg: &Message<'_>) -> Option<ChunkEnd> {
+    match msg.kind {
+        NLMSG_DONE => Some(ChunkEnd::Done),
+        NLMSG_ERROR => {
+            let errno = msg
+                .payload
+                .get(..4)
+                .and_then(|b| b.try_into().ok())
+                .map(i32::from_ne_bytes)
+                .unwrap_or(-libc::EPROTO);
+            Some(ChunkEnd::Error(errno))
+        }
+        _ => None,
+    }
+}
+
+/// How a chunk answering request `seq` ends, from its netlink headers alone.
+pub fn chunk_end(chunk: &[u8], seq: u32) -> ChunkEnd {
+    messages(chunk)
+        .map_while(Result::ok)
+        .filter(|m| m.seq == seq)
+        .find_map(|m| control(&m))
+        .unwrap_or(ChunkEnd::More)
+}
+
+/// Parses one chunk of a dump answering request `seq`, handing every socket
+/// (listeners included; `netns` and `opened` left for the caller) to `on`.
+pub fn parse_chunk(
+    chunk: &[u8],
+    seq: u32,
+    stats: &mut ParseStats,
+    mut on: impl FnMut(SocketSample),
+) -> ChunkEnd {
+    for msg in messages(chunk) {
+        let Ok(msg) = msg else {
+            stats.truncated_chunks += 1;
+            break;
+        };
+        if msg.seq != seq {
+            stats.foreign_messages += 1;
+            continue;
+        }
+        if msg.flags & NLM_F_DUMP_INTR != 0 {
+            stats.interrupted += 1;
+        }
+        if let Some(end) = control(&msg) {
+            return end;
+        }
+        match msg.kind {
+            SOCK_DIAG_BY_FAMILY => match parse_socket(msg.payload, stats) {
+                Some(sample) => on(sample),
+                None => stats.malformed_messages += 1,
+            },
+            _ => stats.foreign_messages += 1,
+        }
+    }
+    ChunkEnd::More
+}
+
+/// Parses one `inet_diag_msg` with its attributes. `None` when the header
+/// itself is unusable; bad attributes are counted and left out.
+pub fn parse_socket(payload: &[u8], stats: &mut ParseStats) -> Option<SocketSample> {
+    const HEADER_LEN: usize = 72;
+    let header = InetResponseHeader::parse(payload.get(..HEADER_LEN)?).ok()?;
+    let state = TcpState::from_kernel(header.state)?;
+    let id = &header.socket_id;
+    let cookie_lo = u32::from_ne_bytes(id.cookie[0..4].try_into().ok()?);
+    let cookie_hi = u32::from_ne_bytes(id.cookie[4..8].try_into().ok()?);
+    let (timer, timer_expires_ms, timer_retransmits) = match header.timer {
+        Some(Timer::Retransmit(d, n)) => (Some(TimerKind::Retransmit), millis(d), n),
+        Some(Timer::KeepAlive(d)) => (Some(TimerKind::Keepalive), millis(d), 0),
+        Some(Timer::TimeWait) => (Some(TimerKind::TimeWait), 0, 0),
+        Some(Timer::Probe(d)) => (Some(TimerKind::ZeroWindowProbe), millis(d), 0),
+        None => (None, 0, 0),
+    };
+    let mut sample = SocketSample {
+        netns: 0,
+        local: normalize_addr(SocketAddr::new(id.source_address, id.source_port)),
+        remote: normalize_addr(SocketAddr::new(id.destination_address, id.destination_port)),
+        state,
+        cookie: u64::from(cookie_hi) << 32 | u64::from(cookie_lo),
+        inode: header.inode,
+        uid: header.uid,
+        rqueue: header.recv_queue,
+        wqueue: header.send_queue,
+        timer,
+        timer_expires_ms,
+        timer_retransmits,
+        opened: None,
+        info: None,
+        skmem: None,
+        cong: None,
+        shutdown: None,
+    };
+    for nla in NlasIterator::new(&payload[HEADER_LEN..]) {
+        let Ok(nla) = nla else {
+            stats.malformed_attributes += 1;
+            break;
+        };
+        let value = nla.value();
+        match nla.kind() {
+            INET_DIAG_INFO => match TcpInfo::parse(value) {
+                Ok(info) => sample.info = Some(info),
+                Err(_) => stats.malformed_attributes += 1,
+            },
+            INET_DIAG_SKMEMINFO => match parse_skmeminfo(value) {
+                Some(m) => sample.skmem = Some(m),
+                None => stats.malformed_attributes += 1,
+            },
+            INET_DIAG_MEMINFO if sample.skmem.is_none() => match parse_meminfo(value) {
+                Some(m) => sample.skmem = Some(m),
+                None => stats.malformed_attributes += 1,
+            },
+            INET_DIAG_CONG => sample.cong = Some(CongName::new(value)),
+            INET_DIAG_SHUTDOWN => sample.shutdown = value.first().copied(),
+            _ => {}
+        }
+    }
+    Some(sample)
+}
+
+fn millis(d: std::time::Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
+}
+
+fn u32_at(value: &[u8], i: usize) -> Option<u32> {
+    let b = value.get(i * 4..i * 4 + 4)?;
+    Some(u32::from_ne_bytes(b.try_into().ok()?))
+}
+
+/// `SK_MEMINFO_*`: rmem_alloc, rcvbuf, wmem_alloc, sndbuf, fwd_alloc,
+/// wmem_queued, optmem, backlog, drops. Kernels before 3.x sent fewer.
+fn parse_skmeminfo(value: &[u8]) -> Option<SkMemInfo> {
+    if value.len() < 4 * 4 {
+        return None;
+    }
+    Some(SkMemInfo {
+        rmem_alloc: u32_at(value, 0),
+        rcvbuf: u32_at(value, 1),
+        wmem_alloc: u32_at(value, 2),
+        sndbuf: u32_at(value, 3),
+        fwd_alloc: u32_at(value, 4),
+        wmem_queued: u32_at(value, 5),
+        optmem: u32_at(value, 6),
+        backlog: u32_at(value, 7),
+        drops: u32_at(value, 8),
+    })
+}
+
+/// The legacy `inet_diag_meminfo`: rmem, wmem, fmem, tmem.
+fn parse_meminfo(value: &[u8]) -> Option<SkMemInfo> {
+    Some(SkMemInfo {
+        rmem_alloc: Some(u32_at(value, 0)?),
+        wmem_queued: Some(u32_at(value, 1)?),
+        fwd_alloc: Some(u32_at(value, 2)?),
+        wmem_alloc: Some(u32_at(value, 3)?),
+        ..SkMemInfo::default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_and_garbage_chunks_do_not_panic() {
+        let mut stats = ParseStats::default();
+        assert_eq!(parse_chunk(&[], 1, &mut stats, |_| {}), ChunkEnd::More);
+        assert_eq!(
+            parse_chunk(&[1, 2, 3], 1, &mut stats, |_| {}),
+            ChunkEnd::More
+        );
+        assert_eq!(stats.truncated_chunks, 1);
+    }
+
+    #[test]
+    fn length_smaller_than_header_stops_the_walk() {
+        let mut chunk = vec![0u8; 32];
+        chunk[0..4].copy_from_slice(&8u32.to_ne_bytes());
+        let mut stats = ParseStats::default();
+        parse_chunk(&chunk, 0, &mut stats, |_| {});
+        assert_eq!(stats.truncated_chunks, 1);
+    }
+
+    #[test]
+    fn done_and_error_end_the_dump() {
+        let mut done = vec![0u8; 20];
+        done[0..4].copy_from_slice(&20u32.to_ne_bytes());
+        done[4..6].copy_from_slice(&NLMSG_DONE.to_ne_bytes());
+        done[8..12].copy_from_slice(&9u32.to_ne_bytes());
+        let mut stats = ParseStats::default();
+        assert_eq!(parse_chunk(&done, 9, &mut stats, |_| {}), ChunkEnd::Done);
+        // The same message answering another request is not ours.
+        assert_eq!(parse_chunk(&done, 8, &mut stats, |_| {}), ChunkEnd::More);
+        assert_eq!(stats.foreign_messages, 1);
+
+        let mut err = done.clone();
+        err[4..6].copy_from_slice(&NLMSG_ERROR.to_ne_bytes());
+        err[16..20].copy_from_slice(&(-libc::EINVAL).to_ne_bytes());
+        assert_eq!(
+            parse_chunk(&err, 9, &mut stats, |_| {}),
+            ChunkEnd::Error(-libc::EINVAL)
+        );
+    }
+}

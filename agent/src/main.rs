@@ -1,0 +1,215 @@
+//! `tcpstall-agent`: the per-host agent.
+#![forbid(unsafe_code)]
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use tcpstall_agent::diag::{parse, Family};
+use tcpstall_agent::filter::{Filter, Prefix};
+use tcpstall_agent::netns::{self, NetnsSpec};
+use tcpstall_agent::view::{self, ConnectionJson, PairJson};
+use tcpstall_agent::Poller;
+use tcpstall_common::{SocketSample, TcpState};
+
+/// Reads every TCP connection's state from the kernel (sock_diag) and shows
+/// where each side stands in the byte stream.
+#[derive(Debug, Parser)]
+#[command(name = "tcpstall-agent", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Poll once and print every TCP connection (listeners excluded).
+    Snapshot(SnapshotArgs),
+    /// Save the kernel's raw sock_diag replies to a file, for bug reports
+    /// and parser fixtures.
+    Capture(CaptureArgs),
+}
+
+#[derive(Debug, Args)]
+struct NetnsArgs {
+    /// Network namespace to read: a name under /run/netns, a path such as
+    /// /proc/PID/ns/net, or `all` for every namespace on the host. Repeat
+    /// for several. Default: the agent's own.
+    #[arg(long, value_name = "NAME|PATH|all")]
+    netns: Vec<NetnsSpec>,
+}
+
+#[derive(Debug, Args)]
+struct SnapshotArgs {
+    #[command(flatten)]
+    netns: NetnsArgs,
+    /// One JSON object per line instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Show both ends of a connection on one row where both are visible
+    /// (loopback, or two namespaces with --netns all).
+    #[arg(long)]
+    pair: bool,
+    /// Only connections in this state (ss or kernel names: estab,
+    /// established, syn-sent, fin-wait-1, close-wait, time-wait, ...).
+    #[arg(short, long, value_name = "STATE", value_parser = parse_state)]
+    state: Vec<TcpState>,
+    /// Only connections with this port at either end.
+    #[arg(long)]
+    port: Vec<u16>,
+    /// Only connections with this local port.
+    #[arg(long)]
+    sport: Vec<u16>,
+    /// Only connections with this remote port.
+    #[arg(long)]
+    dport: Vec<u16>,
+    /// Only connections with an address in this prefix at either end.
+    #[arg(long, value_name = "ADDR[/LEN]")]
+    addr: Vec<Prefix>,
+    /// Only connections with a local address in this prefix.
+    #[arg(long, value_name = "ADDR[/LEN]")]
+    src: Vec<Prefix>,
+    /// Only connections with a remote address in this prefix.
+    #[arg(long, value_name = "ADDR[/LEN]")]
+    dst: Vec<Prefix>,
+    /// Only connections with bytes in the send queue.
+    #[arg(long)]
+    queued: bool,
+}
+
+#[derive(Debug, Args)]
+struct CaptureArgs {
+    #[command(flatten)]
+    netns: NetnsArgs,
+    /// File to write the replies to (netlink messages back to back).
+    #[arg(short, long)]
+    output: PathBuf,
+}
+
+fn parse_state(s: &str) -> Result<TcpState, String> {
+    TcpState::parse(s).ok_or_else(|| {
+        let names: Vec<&str> = TcpState::ALL.iter().map(|s| s.name()).collect();
+        format!("unknown TCP state `{s}`; one of: {}", names.join(", "))
+    })
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("tcpstall-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Snapshot(args) => snapshot(args),
+        Command::Capture(args) => capture(args),
+    }
+}
+
+fn snapshot(args: SnapshotArgs) -> anyhow::Result<ExitCode> {
+    let namespaces = netns::resolve(&args.netns.netns)?;
+    let show_ns = namespaces.len() > 1;
+    let mut poller = Poller::new(namespaces)?;
+    let filter = Filter {
+        states: args.state,
+        ports: args.port,
+        sports: args.sport,
+        dports: args.dport,
+        addrs: args.addr,
+        srcs: args.src,
+        dsts: args.dst,
+        queued: args.queued,
+    };
+    let (samples, failures) = {
+        let (samples, failures) = poller.poll();
+        (samples.to_vec(), failures)
+    };
+    for f in &failures {
+        eprintln!("tcpstall-agent: {f:#}");
+    }
+    let stats = poller.stats();
+    if stats.parse != Default::default() {
+        tracing::warn!(stats = ?stats.parse, "parts of the kernel's reply were skipped");
+    }
+    let label = |inode: u64| poller.label(inode).to_string();
+    let shown: Vec<&SocketSample> = samples.iter().filter(|s| filter.matches(s)).collect();
+
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    if args.pair {
+        // Pair among all connections, then keep pairs with either end shown.
+        let all: Vec<&SocketSample> = samples.iter().collect();
+        let pairs: Vec<(usize, Option<usize>)> = view::pair_up(&all)
+            .into_iter()
+            .filter(|(a, b)| filter.matches(all[*a]) || b.is_some_and(|b| filter.matches(all[b])))
+            .collect();
+        if args.json {
+            for (a, b) in &pairs {
+                let pair = PairJson {
+                    a: ConnectionJson::new(all[*a], poller.label(all[*a].netns)),
+                    b: b.map(|b| ConnectionJson::new(all[b], poller.label(all[b].netns))),
+                };
+                serde_json::to_writer(&mut out, &pair)?;
+                writeln!(out)?;
+            }
+        } else {
+            write!(out, "{}", view::pairs_table(&all, &pairs, &label, show_ns))?;
+        }
+    } else if args.json {
+        for s in &shown {
+            serde_json::to_writer(&mut out, &ConnectionJson::new(s, poller.label(s.netns)))?;
+            writeln!(out)?;
+        }
+    } else {
+        write!(out, "{}", view::connections_table(&shown, &label, show_ns))?;
+    }
+    out.flush()?;
+    Ok(if failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn capture(args: CaptureArgs) -> anyhow::Result<ExitCode> {
+    let namespaces = netns::resolve(&args.netns.netns)?;
+    let mut file = std::fs::File::create(&args.output)
+        .with_context(|| format!("creating {}", args.output.display()))?;
+    let mut bytes = 0usize;
+    for ns in &namespaces {
+        let mut sock = netns::open_diag(ns)?;
+        for family in Family::BOTH {
+            let mut write_err = None;
+            sock.dump_chunks(family, |chunk, seq| {
+                bytes += chunk.len();
+                if let Err(e) = file.write_all(chunk) {
+                    write_err.get_or_insert(e);
+                }
+                parse::chunk_end(chunk, seq)
+            })
+            .with_context(|| format!("dumping namespace {}", ns.label))?;
+            if let Some(e) = write_err {
+                return Err(e).with_context(|| format!("writing {}", args.output.display()));
+            }
+        }
+    }
+    eprintln!(
+        "wrote {bytes} bytes of sock_diag replies to {}",
+        args.output.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,391 @@
+//! How a snapshot reads: a table a person takes in at a glance, one JSON
+//! object per connection for scripts, and both ends of a connection side by
+//! side where the poll saw both.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+
+use serde::Serialize;
+use tcpstall_common::{
+    CongName, Opened, Positions, SkMemInfo, SocketSample, TcpInfo, TcpState, TimerKind,
+};
+
+/// One connection as `--json` prints it. Field names are a contract with
+/// users' scripts (DESIGN.md): add beside them, never rename.
+#[derive(Debug, Serialize)]
+pub struct ConnectionJson<'a> {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub state: TcpState,
+    pub cookie: u64,
+    pub netns: &'a str,
+    pub netns_inode: u64,
+    pub inode: u32,
+    pub uid: u32,
+    pub opened: Option<Opened>,
+    #[serde(flatten)]
+    pub positions: Positions,
+    pub timer: Option<TimerKind>,
+    pub timer_expires_ms: u32,
+    pub timer_retransmits: u8,
+    pub shutdown: Option<u8>,
+    pub cong: Option<CongName>,
+    pub skmem: Option<SkMemInfo>,
+    pub tcp_info: Option<&'a TcpInfo>,
+}
+
+impl<'a> ConnectionJson<'a> {
+    pub fn new(s: &'a SocketSample, netns: &'a str) -> Self {
+        ConnectionJson {
+            local: s.local,
+            remote: s.remote,
+            state: s.state,
+            cookie: s.cookie,
+            netns,
+            netns_inode: s.netns,
+            inode: s.inode,
+            uid: s.uid,
+            opened: s.opened,
+            positions: s.positions(),
+            timer: s.timer,
+            timer_expires_ms: s.timer_expires_ms,
+            timer_retransmits: s.timer_retransmits,
+            shutdown: s.shutdown,
+            cong: s.cong,
+            skmem: s.skmem,
+            tcp_info: s.info.as_ref(),
+        }
+    }
+}
+
+/// Both ends of one connection for `--pair --json`.
+#[derive(Debug, Serialize)]
+pub struct PairJson<'a> {
+    pub a: ConnectionJson<'a>,
+    pub b: Option<ConnectionJson<'a>>,
+}
+
+/// Bytes in human units: 512, 1.5K, 64K, 2.0M, 3.1G (powers of 1024).
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["", "K", "M", "G", "T"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        n.to_string()
+    } else if v < 10.0 {
+        format!("{v:.1}{}", UNITS[u])
+    } else {
+        format!("{v:.0}{}", UNITS[u])
+    }
+}
+
+/// Microseconds in human units: 52us, 1.2ms, 230ms, 3.4s.
+pub fn human_micros(us: u32) -> String {
+    if us < 1000 {
+        format!("{us}us")
+    } else if us < 10_000 {
+        format!("{:.1}ms", f64::from(us) / 1000.0)
+    } else if us < 1_000_000 {
+        format!("{}ms", us / 1000)
+    } else {
+        format!("{:.1}s", f64::from(us) / 1e6)
+    }
+}
+
+fn opt<T: ToString>(v: Option<T>) -> String {
+    v.map_or_else(|| "-".to_string(), |v| v.to_string())
+}
+
+fn opt_bytes(v: Option<u32>) -> String {
+    v.map_or_else(|| "-".to_string(), |v| human_bytes(u64::from(v)))
+}
+
+/// A plain text table: columns sized to their widest cell, numbers right
+/// aligned, two spaces between columns.
+#[derive(Debug, Default)]
+pub struct Table {
+    header: Vec<&'static str>,
+    right: Vec<bool>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new(columns: &[(&'static str, bool)]) -> Table {
+        Table {
+            header: columns.iter().map(|c| c.0).collect(),
+            right: columns.iter().map(|c| c.1).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    pub fn push(&mut self, row: Vec<String>) {
+        self.rows.push(row);
+    }
+
+    pub fn render(&self) -> String {
+        let mut widths: Vec<usize> = self.header.iter().map(|h| h.len()).collect();
+        for row in &self.rows {
+            for (w, cell) in widths.iter_mut().zip(row) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+        let mut out = String::new();
+        let header: Vec<String> = self.header.iter().map(|h| h.to_string()).collect();
+        for row in std::iter::once(&header).chain(&self.rows) {
+            let mut line = String::new();
+            for (i, cell) in row.iter().enumerate() {
+                let w = widths.get(i).copied().unwrap_or(0);
+                if i > 0 {
+                    line.push_str("  ");
+                }
+                if self.right.get(i).copied().unwrap_or(false) {
+                    let _ = write!(line, "{cell:>w$}");
+                } else {
+                    let _ = write!(line, "{cell:<w$}");
+                }
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// The one-line-a-connection table of `snapshot`.
+pub fn connections_table(
+    samples: &[&SocketSample],
+    label: &dyn Fn(u64) -> String,
+    show_ns: bool,
+) -> String {
+    let mut cols = vec![];
+    if show_ns {
+        cols.push(("NETNS", false));
+    }
+    cols.extend_from_slice(&[
+        ("STATE", false),
+        ("LOCAL", false),
+        ("REMOTE", false),
+        ("SENDQ", true),
+        ("RECVQ", true),
+        ("UNSENT", true),
+        ("INFLIGHT", true),
+        ("SND_UNA", true),
+        ("SND_NXT", true),
+        ("WRITE_SEQ", true),
+        ("RCV_NXT", true),
+        ("COPIED", true),
+        ("SND_WND", true),
+        ("RCV_WND", true),
+        ("WS", true),
+        ("RTT", true),
+        ("RETR", true),
+        ("PROBES", true),
+    ]);
+    let mut t = Table::new(&cols);
+    for s in samples {
+        let p = s.positions();
+        let info = s.info.as_ref();
+        let mut row = vec![];
+        if show_ns {
+            row.push(label(s.netns));
+        }
+        row.extend([
+            s.state.ss_name().to_string(),
+            s.local.to_string(),
+            s.remote.to_string(),
+            human_bytes(u64::from(p.sendq)),
+            human_bytes(u64::from(p.recvq)),
+            opt_bytes(p.notsent),
+            opt_bytes(p.inflight),
+            opt(p.snd_una),
+            opt(p.snd_nxt),
+            opt(p.write_seq),
+            opt(p.rcv_nxt),
+            opt(p.copied),
+            opt_bytes(p.snd_wnd),
+            opt_bytes(p.rcv_wnd),
+            match (p.snd_wscale, p.rcv_wscale) {
+                (Some(s), Some(r)) => format!("{s}/{r}"),
+                _ => "-".into(),
+            },
+            opt(info.and_then(|i| i.rtt()).map(human_micros)),
+            opt(info.and_then(|i| i.total_retrans())),
+            opt(info.and_then(|i| i.probes())),
+        ]);
+        t.push(row);
+    }
+    t.render()
+}
+
+/// Finds, for each sample, the other end of its connection among the
+/// samples: the socket whose local and remote addresses are this one's
+/// reversed. Loopback ends must share a namespace (every namespace has its
+/// own 127.0.0.1); other addresses may be in any namespace, the same one
+/// preferred. Returns (a, b) index pairs, each connection once, the stuck
+/// or connecting side as `a`, plus the unpaired samples as (a, None).
+pub fn pair_up(samples: &[&SocketSample]) -> Vec<(usize, Option<usize>)> {
+    let mut by_tuple: HashMap<(SocketAddr, SocketAddr), Vec<usize>> = HashMap::new();
+    for (i, s) in samples.iter().enumerate() {
+        by_tuple.entry((s.local, s.remote)).or_default().push(i);
+    }
+    let mut taken = vec![false; samples.len()];
+    let mut out = Vec::new();
+    for (i, s) in samples.iter().enumerate() {
+        if taken[i] {
+            continue;
+        }
+        taken[i] = true;
+        let loopback = s.is_loopback();
+        let peer = by_tuple.get(&(s.remote, s.local)).and_then(|cands| {
+            let free = |j: &&usize| !taken[**j] && samples[**j].cookie != s.cookie;
+            cands
+                .iter()
+                .filter(free)
+                .find(|j| samples[**j].netns == s.netns)
+                .or_else(|| {
+                    if loopback {
+                        None
+                    } else {
+                        cands.iter().find(free)
+                    }
+                })
+                .copied()
+        });
+        match peer {
+            Some(j) => {
+                taken[j] = true;
+                out.push(order(samples, i, j));
+            }
+            None => out.push((i, None)),
+        }
+    }
+    out
+}
+
+/// The stuck sender first; otherwise the side that connected.
+fn order(samples: &[&SocketSample], i: usize, j: usize) -> (usize, Option<usize>) {
+    let (a, b) = (samples[i], samples[j]);
+    let a_first = match (a.wqueue > 0, b.wqueue > 0) {
+        (true, false) => true,
+        (false, true) => false,
+        _ => a.opened != Some(Opened::Passive),
+    };
+    if a_first {
+        (i, Some(j))
+    } else {
+        (j, Some(i))
+    }
+}
+
+/// The `--pair` table: each connection once, both ends on one row, the
+/// numbers that must agree next to each other.
+pub fn pairs_table(
+    samples: &[&SocketSample],
+    pairs: &[(usize, Option<usize>)],
+    label: &dyn Fn(u64) -> String,
+    show_ns: bool,
+) -> String {
+    let mut cols = vec![];
+    if show_ns {
+        cols.push(("NETNS A/B", false));
+    }
+    cols.extend_from_slice(&[
+        ("A", false),
+        ("B", false),
+        ("STATE A/B", false),
+        ("A.SENDQ", true),
+        ("A.UNSENT", true),
+        ("A.SND_UNA", true),
+        ("A.SND_NXT", true),
+        ("B.RCV_NXT", true),
+        ("B.RECVQ", true),
+        ("A.SND_WND", true),
+        ("B.RCV_WND", true),
+        ("B.SENDQ", true),
+        ("B.SND_UNA", true),
+        ("B.SND_NXT", true),
+        ("A.RCV_NXT", true),
+        ("A.RECVQ", true),
+    ]);
+    let mut t = Table::new(&cols);
+    let dash = || "-".to_string();
+    for (a, b) in pairs {
+        let sa = samples[*a];
+        let sb = b.map(|b| samples[b]);
+        let pa = sa.positions();
+        let pb = sb.map(|s| s.positions());
+        let mut row = vec![];
+        if show_ns {
+            row.push(match sb {
+                Some(sb) => format!("{}/{}", label(sa.netns), label(sb.netns)),
+                None => format!("{}/-", label(sa.netns)),
+            });
+        }
+        let b_num = |f: &dyn Fn(&Positions) -> Option<u64>| {
+            pb.as_ref().and_then(f).map_or_else(dash, |v| v.to_string())
+        };
+        let b_bytes = |f: &dyn Fn(&Positions) -> Option<u32>| {
+            pb.as_ref()
+                .and_then(f)
+                .map_or_else(dash, |v| human_bytes(u64::from(v)))
+        };
+        row.extend([
+            sa.local.to_string(),
+            match sb {
+                Some(sb) => sb.local.to_string(),
+                None => format!("{} (not visible)", sa.remote),
+            },
+            format!(
+                "{}/{}",
+                sa.state.ss_name(),
+                sb.map_or("-", |s| s.state.ss_name())
+            ),
+            human_bytes(u64::from(pa.sendq)),
+            opt_bytes(pa.notsent),
+            opt(pa.snd_una),
+            opt(pa.snd_nxt),
+            b_num(&|p| p.rcv_nxt),
+            b_bytes(&|p| Some(p.recvq)),
+            opt_bytes(pa.snd_wnd),
+            b_bytes(&|p| p.rcv_wnd),
+            b_bytes(&|p| Some(p.sendq)),
+            b_num(&|p| p.snd_una),
+            b_num(&|p| p.snd_nxt),
+            opt(pa.rcv_nxt),
+            human_bytes(u64::from(pa.recvq)),
+        ]);
+        t.push(row);
+    }
+    t.render()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_units() {
+        assert_eq!(human_bytes(0), "0");
+        assert_eq!(human_bytes(1023), "1023");
+        assert_eq!(human_bytes(1536), "1.5K");
+        assert_eq!(human_bytes(65536), "64K");
+        assert_eq!(human_bytes(2 * 1024 * 1024), "2.0M");
+        assert_eq!(human_micros(52), "52us");
+        assert_eq!(human_micros(1200), "1.2ms");
+        assert_eq!(human_micros(230_000), "230ms");
+        assert_eq!(human_micros(3_400_000), "3.4s");
+    }
+
+    #[test]
+    fn table_aligns_columns() {
+        let mut t = Table::new(&[("NAME", false), ("N", true)]);
+        t.push(vec!["a".into(), "1".into()]);
+        t.push(vec!["long".into(), "1000".into()]);
+        assert_eq!(t.render(), "NAME     N\na        1\nlong  1000\n");
+    }
+}

@@ -1,0 +1,13 @@
+//! Domain types shared by the tcpstall agent, collector and CLI: one TCP
+//! socket as a poll saw it ([`SocketSample`]), the kernel's `tcp_info`
+//! parsed by length ([`TcpInfo`]), and the stream positions derived from
+//! them ([`Positions`]). No I/O and no async runtime live here.
+#![forbid(unsafe_code)]
+
+pub mod positions;
+pub mod sample;
+pub mod tcp_info;
+
+pub use positions::Positions;
+pub use sample::{normalize_addr, CongName, Opened, SkMemInfo, SocketSample, TcpState, TimerKind};
+pub use tcp_info::{TcpInfo, TcpInfoError};
