@@ -1,0 +1,2 @@
+//! tcpstall benchmarks (see BENCHMARKS.md).
+fn main() {}
