@@ -1,0 +1,47 @@
+//! End-to-end tests of the agent's reading: real sockets on loopback and in
+//! namespaces, real sock_diag, the real binary.
+
+mod cli;
+mod families;
+mod namespaces;
+mod positions;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+
+/// A connected loopback pair: `client` connected, `server` accepted.
+#[derive(Debug)]
+pub struct Conn {
+    pub client: TcpStream,
+    pub server: TcpStream,
+    pub client_addr: SocketAddr,
+    pub server_addr: SocketAddr,
+    /// Kept open so the server side counts as accepted.
+    pub _listener: TcpListener,
+}
+
+impl Conn {
+    pub fn open(bind: &str) -> Conn {
+        let listener = TcpListener::bind(bind).expect("bind");
+        let client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (server, _) = listener.accept().expect("accept");
+        Conn {
+            client_addr: client.local_addr().expect("client addr"),
+            server_addr: server.local_addr().expect("server addr"),
+            client,
+            server,
+            _listener: listener,
+        }
+    }
+}
+
+/// Writes exactly `n` bytes.
+pub fn send(s: &mut TcpStream, n: usize) {
+    s.write_all(&vec![0x5a; n]).expect("write");
+}
+
+/// Reads exactly `n` bytes.
+pub fn recv(s: &mut TcpStream, n: usize) {
+    let mut buf = vec![0; n];
+    s.read_exact(&mut buf).expect("read");
+}
