@@ -4,10 +4,14 @@
 //! them ([`Positions`]). No I/O and no async runtime live here.
 #![forbid(unsafe_code)]
 
+pub mod end;
+pub mod flow;
 pub mod positions;
 pub mod sample;
 pub mod tcp_info;
 
+pub use end::EndSample;
+pub use flow::{FlowKey, FlowTuple};
 pub use positions::Positions;
 pub use sample::{normalize_addr, CongName, Opened, SkMemInfo, SocketSample, TcpState, TimerKind};
 pub use tcp_info::{TcpInfo, TcpInfoError};

@@ -1,0 +1,356 @@
+//! The detector and the diagnosis on hand-made pairs of samples; time is
+//! passed in, so a 10 s threshold tests in microseconds.
+
+use std::time::Duration;
+
+use tcpstall_collector::detect::{ConnKey, Detector, EndReason, Event};
+use tcpstall_collector::diagnose::{diagnose, Diagnosis, Peer};
+use tcpstall_common::{EndSample, FlowTuple, Opened, Positions, TcpState, TimerKind};
+
+const T: Duration = Duration::from_secs(10);
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s)
+}
+
+/// A sender end with `sendq` bytes queued from `snd_una`.
+fn a_end(cookie: u64, snd_una: u64, sendq: u32) -> EndSample {
+    EndSample {
+        flow: FlowTuple::new(
+            "198.18.0.2:8080".parse().expect("addr"),
+            "198.18.0.1:40000".parse().expect("addr"),
+        ),
+        netns: "host".into(),
+        state: TcpState::Established,
+        cookie,
+        inode: 1,
+        opened: Some(Opened::Passive),
+        pos: Positions {
+            sendq,
+            recvq: 0,
+            notsent: Some(0),
+            inflight: Some(sendq),
+            snd_una: Some(snd_una),
+            snd_nxt: Some(snd_una + u64::from(sendq)),
+            write_seq: Some(snd_una + u64::from(sendq)),
+            rcv_nxt: Some(100),
+            copied: Some(100),
+            snd_wnd: Some(65536),
+            rcv_wnd: Some(65536),
+            snd_wscale: Some(7),
+            rcv_wscale: Some(7),
+        },
+        unchanged_ms: 0,
+        timer: None,
+        timer_expires_ms: 0,
+        retransmits: Some(0),
+        probes: Some(0),
+        backoff: Some(0),
+        ca_state: Some(0),
+        rto_us: Some(204_000),
+        rtt_us: Some(100),
+        snd_cwnd: Some(10),
+        unacked: Some(0),
+        lost: Some(0),
+        retrans: Some(0),
+        total_retrans: Some(0),
+        last_data_sent_ms: Some(0),
+        last_data_recv_ms: Some(0),
+        last_ack_recv_ms: Some(0),
+        bytes_retrans: Some(0),
+        cork: None,
+    }
+}
+
+/// B, the receiving peer of `a`.
+fn b_end(a: &EndSample, rcv_nxt: u64, recvq: u32, rcv_wnd: u32) -> EndSample {
+    let mut b = a_end(a.cookie + 1000, 100, 0);
+    b.flow = a.flow.reversed();
+    b.opened = Some(Opened::Active);
+    b.pos.rcv_nxt = Some(rcv_nxt);
+    b.pos.copied = Some(rcv_nxt - u64::from(recvq));
+    b.pos.recvq = recvq;
+    b.pos.rcv_wnd = Some(rcv_wnd);
+    b
+}
+
+fn opened(events: &[Event]) -> bool {
+    events.iter().any(|e| matches!(e, Event::Opened { .. }))
+}
+
+fn closed_with(events: &[Event]) -> Option<EndReason> {
+    events.iter().find_map(|e| match e {
+        Event::Closed { reason, .. } => Some(*reason),
+        _ => None,
+    })
+}
+
+#[test]
+fn threshold_is_exact_9_9_s_nothing_10_1_s_episode() {
+    let mut d = Detector::new(T);
+    let a = a_end(1, 5000, 3000);
+    assert!(d.observe("a", &a, secs(100.0)).is_empty());
+    assert!(
+        d.observe("a", &a, secs(109.9)).is_empty(),
+        "9.9 s is not yet an episode"
+    );
+    let ev = d.observe("a", &a, secs(110.1));
+    assert_eq!(ev.len(), 1);
+    match &ev[0] {
+        Event::Opened {
+            conn, stuck_for, ..
+        } => {
+            assert_eq!(
+                conn,
+                &ConnKey {
+                    host: "a".into(),
+                    cookie: 1
+                }
+            );
+            assert_eq!(*stuck_for, secs(10.1));
+        }
+        other => panic!("expected an opened episode, got {other:?}"),
+    }
+    assert!(
+        d.observe("a", &a, secs(112.1)).is_empty(),
+        "one episode, not one per poll"
+    );
+}
+
+#[test]
+fn agent_measured_age_counts_from_the_first_poll() {
+    // The agent had seen the queue unchanged for 9 s before it first sent it.
+    let mut d = Detector::new(T);
+    let mut a = a_end(1, 5000, 3000);
+    a.unchanged_ms = 9_000;
+    assert!(d.observe("a", &a, secs(50.0)).is_empty());
+    a.unchanged_ms = 10_100;
+    assert!(opened(&d.observe("a", &a, secs(51.1))));
+}
+
+#[test]
+fn moving_ends_the_episode_and_restarts_the_clock() {
+    let mut d = Detector::new(T);
+    let a = a_end(1, 5000, 3000);
+    d.observe("a", &a, secs(0.0));
+    assert!(opened(&d.observe("a", &a, secs(10.0))));
+    let moved = a_end(1, 5100, 2900);
+    assert_eq!(
+        closed_with(&d.observe("a", &moved, secs(12.0))),
+        Some(EndReason::Moved)
+    );
+    assert!(
+        d.observe("a", &moved, secs(21.9)).is_empty(),
+        "the clock restarted at the move"
+    );
+    assert!(opened(&d.observe("a", &moved, secs(22.0))));
+}
+
+#[test]
+fn write_seq_moving_alone_also_ends_it() {
+    let mut d = Detector::new(T);
+    let a = a_end(1, 5000, 3000);
+    d.observe("a", &a, secs(0.0));
+    d.observe("a", &a, secs(10.0));
+    let more = a_end(1, 5000, 4000);
+    assert_eq!(
+        closed_with(&d.observe("a", &more, secs(12.0))),
+        Some(EndReason::Moved)
+    );
+}
+
+#[test]
+fn draining_and_closing_end_it() {
+    let mut d = Detector::new(T);
+    let a = a_end(1, 5000, 3000);
+    d.observe("a", &a, secs(0.0));
+    d.observe("a", &a, secs(10.0));
+    let drained = a_end(1, 8000, 0);
+    assert_eq!(
+        closed_with(&d.observe("a", &drained, secs(11.0))),
+        Some(EndReason::Drained)
+    );
+    assert_eq!(d.tracked(), 0);
+
+    d.observe("a", &a, secs(20.0));
+    d.observe("a", &a, secs(30.0));
+    match d.closed("a", 1, secs(31.0)) {
+        Some(Event::Closed {
+            reason, stuck_for, ..
+        }) => {
+            assert_eq!(reason, EndReason::Closed);
+            assert_eq!(stuck_for, secs(11.0));
+        }
+        other => panic!("expected a close, got {other:?}"),
+    }
+    assert_eq!(
+        d.closed("a", 1, secs(32.0)),
+        None,
+        "closing twice is nothing"
+    );
+}
+
+#[test]
+fn a_new_cookie_on_the_same_tuple_is_a_new_connection() {
+    let mut d = Detector::new(T);
+    let old = a_end(1, 5000, 3000);
+    d.observe("a", &old, secs(0.0));
+    assert!(opened(&d.observe("a", &old, secs(10.0))));
+    let new = a_end(2, 0, 3000);
+    let ev = d.observe("a", &new, secs(12.0));
+    assert_eq!(closed_with(&ev), Some(EndReason::Replaced));
+    assert!(!opened(&ev), "the new socket starts its own clock");
+    assert!(d.observe("a", &new, secs(21.9)).is_empty());
+    let ev = d.observe("a", &new, secs(22.0));
+    assert!(matches!(&ev[..], [Event::Opened { conn, .. }] if conn.cookie == 2));
+}
+
+#[test]
+fn host_gone_ends_only_that_hosts_episodes() {
+    let mut d = Detector::new(T);
+    let a = a_end(1, 5000, 3000);
+    for host in ["a", "c"] {
+        d.observe(host, &a, secs(0.0));
+        d.observe(host, &a, secs(10.0));
+    }
+    let ev = d.host_gone("a");
+    assert_eq!(ev.len(), 1);
+    assert_eq!(closed_with(&ev), Some(EndReason::HostGone));
+    assert!(d.is_open(&ConnKey {
+        host: "c".into(),
+        cookie: 1
+    }));
+}
+
+#[test]
+fn silent_suspects_expire_but_open_episodes_stay() {
+    let mut d = Detector::new(T);
+    d.observe("a", &a_end(1, 5000, 3000), secs(0.0));
+    let mut stuck = a_end(2, 5000, 3000);
+    stuck.flow.remote = "198.18.0.1:40001".parse().expect("addr");
+    d.observe("a", &stuck, secs(0.0));
+    d.observe("a", &stuck, secs(10.0));
+    assert_eq!(d.expire("a", secs(5.0)), 1);
+    assert_eq!(d.tracked(), 1);
+}
+
+// ------------------------------------------------------------- diagnosis
+
+fn zero_window(mut a: EndSample) -> EndSample {
+    a.pos.snd_wnd = Some(0);
+    a.pos.notsent = Some(a.pos.sendq);
+    a.pos.inflight = Some(0);
+    a.pos.snd_nxt = a.pos.snd_una;
+    a.timer = Some(TimerKind::ZeroWindowProbe);
+    a.probes = Some(3);
+    a
+}
+
+#[test]
+fn peer_not_reading() {
+    let a = zero_window(a_end(1, 5000, 3000));
+    let b = b_end(&a, 5000, 4096, 0);
+    let v = diagnose(&a, Peer::Seen(&b));
+    assert_eq!(v.diagnosis, Diagnosis::PeerNotReading);
+    assert_eq!(v.evidence["b_recvq"], 4096);
+    assert_eq!(v.evidence["b_rcv_wnd"], 0);
+    assert_eq!(v.evidence["a_snd_wnd"], 0);
+}
+
+#[test]
+fn peer_not_reading_on_a_kernel_without_rcv_wnd() {
+    let a = zero_window(a_end(1, 5000, 3000));
+    let mut b = b_end(&a, 5000, 4096, 0);
+    b.pos.rcv_wnd = None;
+    assert_eq!(
+        diagnose(&a, Peer::Seen(&b)).diagnosis,
+        Diagnosis::PeerNotReading
+    );
+}
+
+#[test]
+fn window_update_lost() {
+    let a = zero_window(a_end(1, 5000, 3000));
+    let b = b_end(&a, 5000, 0, 65536);
+    let v = diagnose(&a, Peer::Seen(&b));
+    assert_eq!(v.diagnosis, Diagnosis::WindowUpdateLost);
+    assert_eq!(v.evidence["b_rcv_wnd"], 65536);
+}
+
+#[test]
+fn data_lost() {
+    let mut a = a_end(1, 5000, 3000);
+    a.retransmits = Some(4);
+    a.backoff = Some(4);
+    a.timer = Some(TimerKind::Retransmit);
+    let b = b_end(&a, 5000, 0, 65536);
+    let v = diagnose(&a, Peer::Seen(&b));
+    assert_eq!(v.diagnosis, Diagnosis::DataLost);
+    assert_eq!(v.evidence["b_rcv_nxt"], v.evidence["a_snd_una"]);
+    assert_eq!(v.evidence["a_inflight"], 3000);
+}
+
+#[test]
+fn ack_lost_even_when_b_got_only_part() {
+    let mut a = a_end(1, 5000, 3000);
+    a.retransmits = Some(2);
+    for rcv in [8000, 6500] {
+        let b = b_end(&a, rcv, 0, 65536);
+        let v = diagnose(&a, Peer::Seen(&b));
+        assert_eq!(v.diagnosis, Diagnosis::AckLost, "B at {rcv}");
+        assert_eq!(v.evidence["acked_not_seen"], (rcv - 5000) as i64);
+    }
+}
+
+fn unsent(mut a: EndSample, cork: Option<bool>) -> EndSample {
+    a.pos.notsent = Some(a.pos.sendq);
+    a.pos.inflight = Some(0);
+    a.pos.snd_nxt = a.pos.snd_una;
+    a.cork = cork;
+    a
+}
+
+#[test]
+fn corked_only_when_the_cork_is_known_set() {
+    let a = unsent(a_end(1, 5000, 3000), Some(true));
+    let b = b_end(&a, 5000, 0, 65536);
+    assert_eq!(diagnose(&a, Peer::Seen(&b)).diagnosis, Diagnosis::Corked);
+    for cork in [Some(false), None] {
+        let a = unsent(a_end(1, 5000, 3000), cork);
+        let v = diagnose(&a, Peer::Seen(&b));
+        assert_eq!(v.diagnosis, Diagnosis::UnsentUnblocked, "cork {cork:?}");
+    }
+}
+
+#[test]
+fn one_sided_cases_say_which_end_is_missing_and_why() {
+    let a = zero_window(a_end(1, 5000, 3000));
+    let v = diagnose(&a, Peer::NoSocket { host: "hostb" });
+    assert_eq!(v.diagnosis, Diagnosis::HalfOpen);
+    assert!(v.summary.contains("hostb"), "{}", v.summary);
+    let v = diagnose(&a, Peer::Unmonitored);
+    assert_eq!(v.diagnosis, Diagnosis::PeerUnmonitored);
+    assert!(
+        v.summary.contains("198.18.0.1:40000") && v.summary.contains("zero window"),
+        "{}",
+        v.summary
+    );
+    let v = diagnose(&a, Peer::Pending { host: "hostb" });
+    assert_eq!(v.diagnosis, Diagnosis::Undetermined);
+}
+
+#[test]
+fn impossible_pair_is_not_blamed_on_anyone() {
+    let a = a_end(1, 5000, 3000);
+    let b = b_end(&a, 4000, 0, 65536);
+    let v = diagnose(&a, Peer::Seen(&b));
+    assert_eq!(v.diagnosis, Diagnosis::Undetermined);
+    assert!(v.summary.contains("cannot"), "{}", v.summary);
+}
+
+#[test]
+fn ids_round_trip() {
+    for d in Diagnosis::ALL {
+        assert_eq!(Diagnosis::from_id(d.id()), Some(d));
+    }
+}

@@ -1,0 +1,87 @@
+//! One end of a connection as the collector sees it: the facts a diagnosis
+//! needs, taken from a [`SocketSample`] on the agent and carried over the
+//! wire. Everything a kernel or probe may not give is an `Option`.
+
+use serde::Serialize;
+
+use crate::flow::FlowTuple;
+use crate::positions::Positions;
+use crate::sample::{Opened, SocketSample, TcpState, TimerKind};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EndSample {
+    pub flow: FlowTuple,
+    pub netns: String,
+    pub state: TcpState,
+    pub cookie: u64,
+    pub inode: u32,
+    pub opened: Option<Opened>,
+    #[serde(flatten)]
+    pub pos: Positions,
+    /// How long snd_una and write_seq have not moved with data queued, by
+    /// the agent's monotonic clock.
+    pub unchanged_ms: u64,
+    pub timer: Option<TimerKind>,
+    pub timer_expires_ms: u32,
+    pub retransmits: Option<u8>,
+    pub probes: Option<u8>,
+    pub backoff: Option<u8>,
+    pub ca_state: Option<u8>,
+    pub rto_us: Option<u32>,
+    pub rtt_us: Option<u32>,
+    pub snd_cwnd: Option<u32>,
+    pub unacked: Option<u32>,
+    pub lost: Option<u32>,
+    pub retrans: Option<u32>,
+    pub total_retrans: Option<u32>,
+    pub last_data_sent_ms: Option<u32>,
+    pub last_data_recv_ms: Option<u32>,
+    pub last_ack_recv_ms: Option<u32>,
+    pub bytes_retrans: Option<u64>,
+    /// TCP_CORK, where a probe could read it (issue 6); `None` = unknown.
+    pub cork: Option<bool>,
+}
+
+impl EndSample {
+    /// The facts of one polled socket.
+    pub fn from_socket(s: &SocketSample, netns: &str, unchanged_ms: u64) -> EndSample {
+        let i = s.info.as_ref();
+        EndSample {
+            flow: FlowTuple::new(s.local, s.remote),
+            netns: netns.to_string(),
+            state: s.state,
+            cookie: s.cookie,
+            inode: s.inode,
+            opened: s.opened,
+            pos: s.positions(),
+            unchanged_ms,
+            timer: s.timer,
+            timer_expires_ms: s.timer_expires_ms,
+            retransmits: i.and_then(|i| i.retransmits()),
+            probes: i.and_then(|i| i.probes()),
+            backoff: i.and_then(|i| i.backoff()),
+            ca_state: i.and_then(|i| i.ca_state()),
+            rto_us: i.and_then(|i| i.rto()),
+            rtt_us: i.and_then(|i| i.rtt()),
+            snd_cwnd: i.and_then(|i| i.snd_cwnd()),
+            unacked: i.and_then(|i| i.unacked()),
+            lost: i.and_then(|i| i.lost()),
+            retrans: i.and_then(|i| i.retrans()),
+            total_retrans: i.and_then(|i| i.total_retrans()),
+            last_data_sent_ms: i.and_then(|i| i.last_data_sent()),
+            last_data_recv_ms: i.and_then(|i| i.last_data_recv()),
+            last_ack_recv_ms: i.and_then(|i| i.last_ack_recv()),
+            bytes_retrans: i.and_then(|i| i.bytes_retrans()),
+            cork: None,
+        }
+    }
+
+    /// Whether this end is resending: a retransmission in progress or the
+    /// RTO backing off.
+    pub fn retransmitting(&self) -> bool {
+        self.retransmits.unwrap_or(0) > 0
+            || self.backoff.unwrap_or(0) > 0
+            || self.retrans.unwrap_or(0) > 0
+            || (self.timer == Some(TimerKind::Retransmit) && self.pos.inflight.unwrap_or(0) > 0)
+    }
+}
