@@ -13,5 +13,7 @@ pub mod v1 {
     include!("gen/tcpstall.v1.rs");
 }
 
+pub mod convert;
+
 /// The protocol version this build speaks (`Hello.protocol`).
 pub const PROTOCOL_VERSION: u32 = 1;

@@ -1,0 +1,385 @@
+//! The one seam between wire messages and domain types. Everything that
+//! arrives from the network is validated here: a message that names an
+//! impossible state, address or sequence position is refused with a
+//! [`ConvertError`] the service turns into `InvalidArgument`.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use tcpstall_common::{EndSample, FlowTuple, Opened, Positions, TcpState, TimerKind};
+
+use crate::v1;
+
+/// Why a wire message was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConvertError {
+    #[error("missing field {0}")]
+    Missing(&'static str),
+    #[error("{field}: address of {len} bytes (want 4 or 16)")]
+    Address { field: &'static str, len: usize },
+    #[error("{field}: port {port} out of range")]
+    Port { field: &'static str, port: u32 },
+    #[error("unknown TCP state {0}")]
+    State(u32),
+    #[error("{field}: {value} is out of range")]
+    Range { field: &'static str, value: u64 },
+    #[error("impossible positions: {0}")]
+    Positions(&'static str),
+    #[error("{field}: {len} bytes, at most {max}")]
+    TooLong {
+        field: &'static str,
+        len: usize,
+        max: usize,
+    },
+}
+
+/// Longest namespace label or host name accepted.
+pub const MAX_NAME: usize = 255;
+
+pub fn ip_to_wire(ip: IpAddr) -> v1::Ip {
+    let octets = match ip {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
+    };
+    v1::Ip { octets }
+}
+
+pub fn ip_from_wire(ip: Option<&v1::Ip>, field: &'static str) -> Result<IpAddr, ConvertError> {
+    let ip = ip.ok_or(ConvertError::Missing(field))?;
+    let b = ip.octets.as_slice();
+    if let Ok(a) = <[u8; 4]>::try_from(b) {
+        Ok(IpAddr::V4(Ipv4Addr::from(a)))
+    } else if let Ok(a) = <[u8; 16]>::try_from(b) {
+        Ok(IpAddr::V6(Ipv6Addr::from(a)))
+    } else {
+        Err(ConvertError::Address {
+            field,
+            len: b.len(),
+        })
+    }
+}
+
+pub fn endpoint_to_wire(a: SocketAddr) -> v1::Endpoint {
+    v1::Endpoint {
+        ip: Some(ip_to_wire(a.ip())),
+        port: u32::from(a.port()),
+    }
+}
+
+pub fn endpoint_from_wire(
+    e: Option<&v1::Endpoint>,
+    field: &'static str,
+) -> Result<SocketAddr, ConvertError> {
+    let e = e.ok_or(ConvertError::Missing(field))?;
+    let ip = ip_from_wire(e.ip.as_ref(), field)?;
+    let port = u16::try_from(e.port).map_err(|_| ConvertError::Port {
+        field,
+        port: e.port,
+    })?;
+    Ok(tcpstall_common::normalize_addr(SocketAddr::new(ip, port)))
+}
+
+pub fn flow_to_wire(f: FlowTuple) -> v1::FlowTuple {
+    v1::FlowTuple {
+        local: Some(endpoint_to_wire(f.local)),
+        remote: Some(endpoint_to_wire(f.remote)),
+    }
+}
+
+pub fn flow_from_wire(f: Option<&v1::FlowTuple>) -> Result<FlowTuple, ConvertError> {
+    let f = f.ok_or(ConvertError::Missing("flow"))?;
+    Ok(FlowTuple::new(
+        endpoint_from_wire(f.local.as_ref(), "flow.local")?,
+        endpoint_from_wire(f.remote.as_ref(), "flow.remote")?,
+    ))
+}
+
+pub fn name_from_wire(s: &str, field: &'static str) -> Result<String, ConvertError> {
+    if s.len() > MAX_NAME {
+        return Err(ConvertError::TooLong {
+            field,
+            len: s.len(),
+            max: MAX_NAME,
+        });
+    }
+    Ok(s.to_string())
+}
+
+fn opened_to_wire(o: Option<Opened>) -> v1::Opened {
+    match o {
+        Some(Opened::Active) => v1::Opened::Active,
+        Some(Opened::Passive) => v1::Opened::Passive,
+        None => v1::Opened::Unspecified,
+    }
+}
+
+fn opened_from_wire(o: i32) -> Option<Opened> {
+    match v1::Opened::try_from(o) {
+        Ok(v1::Opened::Active) => Some(Opened::Active),
+        Ok(v1::Opened::Passive) => Some(Opened::Passive),
+        _ => None,
+    }
+}
+
+fn timer_to_wire(t: Option<TimerKind>) -> v1::Timer {
+    match t {
+        None => v1::Timer::None,
+        Some(TimerKind::Retransmit) => v1::Timer::Retransmit,
+        Some(TimerKind::Keepalive) => v1::Timer::Keepalive,
+        Some(TimerKind::TimeWait) => v1::Timer::TimeWait,
+        Some(TimerKind::ZeroWindowProbe) => v1::Timer::ZeroWindowProbe,
+    }
+}
+
+fn timer_from_wire(t: i32) -> Option<TimerKind> {
+    match v1::Timer::try_from(t) {
+        Ok(v1::Timer::Retransmit) => Some(TimerKind::Retransmit),
+        Ok(v1::Timer::Keepalive) => Some(TimerKind::Keepalive),
+        Ok(v1::Timer::TimeWait) => Some(TimerKind::TimeWait),
+        Ok(v1::Timer::ZeroWindowProbe) => Some(TimerKind::ZeroWindowProbe),
+        _ => None,
+    }
+}
+
+fn small(v: Option<u32>, field: &'static str, max: u32) -> Result<Option<u8>, ConvertError> {
+    match v {
+        None => Ok(None),
+        Some(v) if v <= max => Ok(Some(v as u8)),
+        Some(v) => Err(ConvertError::Range {
+            field,
+            value: u64::from(v),
+        }),
+    }
+}
+
+/// A domain sample on the wire.
+pub fn sample_to_wire(s: &EndSample, reason: v1::SampleReason) -> v1::Sample {
+    let p = &s.pos;
+    v1::Sample {
+        reason: reason as i32,
+        netns: s.netns.clone(),
+        local: Some(endpoint_to_wire(s.flow.local)),
+        remote: Some(endpoint_to_wire(s.flow.remote)),
+        state: u32::from(s.state.kernel_number()),
+        cookie: s.cookie,
+        inode: s.inode,
+        opened: opened_to_wire(s.opened) as i32,
+        sendq: p.sendq,
+        recvq: p.recvq,
+        unchanged_ms: s.unchanged_ms,
+        snd_una: p.snd_una,
+        snd_nxt: p.snd_nxt,
+        write_seq: p.write_seq,
+        rcv_nxt: p.rcv_nxt,
+        copied: p.copied,
+        notsent: p.notsent,
+        inflight: p.inflight,
+        snd_wnd: p.snd_wnd,
+        rcv_wnd: p.rcv_wnd,
+        snd_wscale: p.snd_wscale.map(u32::from),
+        rcv_wscale: p.rcv_wscale.map(u32::from),
+        timer: timer_to_wire(s.timer) as i32,
+        timer_expires_ms: s.timer_expires_ms,
+        retransmits: s.retransmits.map(u32::from),
+        probes: s.probes.map(u32::from),
+        backoff: s.backoff.map(u32::from),
+        ca_state: s.ca_state.map(u32::from),
+        rto_us: s.rto_us,
+        rtt_us: s.rtt_us,
+        snd_cwnd: s.snd_cwnd,
+        unacked: s.unacked,
+        lost: s.lost,
+        retrans: s.retrans,
+        total_retrans: s.total_retrans,
+        last_data_sent_ms: s.last_data_sent_ms,
+        last_data_recv_ms: s.last_data_recv_ms,
+        last_ack_recv_ms: s.last_ack_recv_ms,
+        bytes_retrans: s.bytes_retrans,
+    }
+}
+
+/// A wire sample as a domain sample, refusing what TCP cannot produce.
+pub fn sample_from_wire(w: &v1::Sample) -> Result<EndSample, ConvertError> {
+    let state = u8::try_from(w.state)
+        .ok()
+        .and_then(TcpState::from_kernel)
+        .filter(|s| *s != TcpState::Listen)
+        .ok_or(ConvertError::State(w.state))?;
+    let pos = Positions {
+        sendq: w.sendq,
+        recvq: w.recvq,
+        notsent: w.notsent,
+        inflight: w.inflight,
+        snd_una: w.snd_una,
+        snd_nxt: w.snd_nxt,
+        write_seq: w.write_seq,
+        rcv_nxt: w.rcv_nxt,
+        copied: w.copied,
+        snd_wnd: w.snd_wnd,
+        rcv_wnd: w.rcv_wnd,
+        snd_wscale: small(w.snd_wscale, "snd_wscale", 14)?,
+        rcv_wscale: small(w.rcv_wscale, "rcv_wscale", 14)?,
+    };
+    check_positions(&pos)?;
+    Ok(EndSample {
+        flow: FlowTuple::new(
+            endpoint_from_wire(w.local.as_ref(), "local")?,
+            endpoint_from_wire(w.remote.as_ref(), "remote")?,
+        ),
+        netns: name_from_wire(&w.netns, "netns")?,
+        state,
+        cookie: w.cookie,
+        inode: w.inode,
+        opened: opened_from_wire(w.opened),
+        pos,
+        unchanged_ms: w.unchanged_ms,
+        timer: timer_from_wire(w.timer),
+        timer_expires_ms: w.timer_expires_ms,
+        retransmits: small(w.retransmits, "retransmits", 255)?,
+        probes: small(w.probes, "probes", 255)?,
+        backoff: small(w.backoff, "backoff", 255)?,
+        ca_state: small(w.ca_state, "ca_state", 4)?,
+        rto_us: w.rto_us,
+        rtt_us: w.rtt_us,
+        snd_cwnd: w.snd_cwnd,
+        unacked: w.unacked,
+        lost: w.lost,
+        retrans: w.retrans,
+        total_retrans: w.total_retrans,
+        last_data_sent_ms: w.last_data_sent_ms,
+        last_data_recv_ms: w.last_data_recv_ms,
+        last_ack_recv_ms: w.last_ack_recv_ms,
+        bytes_retrans: w.bytes_retrans,
+        cork: None,
+    })
+}
+
+/// The relations every honest sample keeps.
+fn check_positions(p: &Positions) -> Result<(), ConvertError> {
+    let le = |a: Option<u64>, b: Option<u64>| match (a, b) {
+        (Some(a), Some(b)) => a <= b,
+        _ => true,
+    };
+    if !le(p.snd_una, p.snd_nxt) {
+        return Err(ConvertError::Positions("snd_nxt below snd_una"));
+    }
+    if !le(p.snd_nxt, p.write_seq) {
+        return Err(ConvertError::Positions("write_seq below snd_nxt"));
+    }
+    if !le(p.copied, p.rcv_nxt) {
+        return Err(ConvertError::Positions("copied beyond rcv_nxt"));
+    }
+    if let (Some(una), Some(w)) = (p.snd_una, p.write_seq) {
+        if w - una != u64::from(p.sendq) {
+            return Err(ConvertError::Positions("sendq is not write_seq - snd_una"));
+        }
+    }
+    if let (Some(c), Some(r)) = (p.copied, p.rcv_nxt) {
+        if r - c != u64::from(p.recvq) {
+            return Err(ConvertError::Positions("recvq is not rcv_nxt - copied"));
+        }
+    }
+    if p.notsent.is_some_and(|n| n > p.sendq) || p.inflight.is_some_and(|i| i > p.sendq) {
+        return Err(ConvertError::Positions(
+            "unsent or in-flight bytes exceed the send queue",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> EndSample {
+        EndSample {
+            flow: FlowTuple::new(
+                "198.18.0.1:40000".parse().expect("addr"),
+                "[2001:db8::1]:80".parse().expect("addr"),
+            ),
+            netns: "host".into(),
+            state: TcpState::Established,
+            cookie: 42,
+            inode: 7,
+            opened: Some(Opened::Active),
+            pos: Positions {
+                sendq: 300,
+                recvq: 20,
+                notsent: Some(100),
+                inflight: Some(200),
+                snd_una: Some(1000),
+                snd_nxt: Some(1200),
+                write_seq: Some(1300),
+                rcv_nxt: Some(70),
+                copied: Some(50),
+                snd_wnd: Some(65536),
+                rcv_wnd: None,
+                snd_wscale: Some(7),
+                rcv_wscale: Some(9),
+            },
+            unchanged_ms: 4000,
+            timer: Some(TimerKind::Retransmit),
+            timer_expires_ms: 200,
+            retransmits: Some(2),
+            probes: Some(0),
+            backoff: Some(1),
+            ca_state: Some(4),
+            rto_us: Some(408_000),
+            rtt_us: Some(120),
+            snd_cwnd: Some(1),
+            unacked: Some(2),
+            lost: Some(2),
+            retrans: Some(1),
+            total_retrans: Some(3),
+            last_data_sent_ms: Some(5),
+            last_data_recv_ms: None,
+            last_ack_recv_ms: Some(4000),
+            bytes_retrans: Some(600),
+            cork: None,
+        }
+    }
+
+    #[test]
+    fn sample_round_trips() {
+        let s = sample();
+        let w = sample_to_wire(&s, v1::SampleReason::Suspect);
+        assert_eq!(sample_from_wire(&w), Ok(s));
+    }
+
+    #[test]
+    fn impossible_values_are_refused() {
+        let good = sample_to_wire(&sample(), v1::SampleReason::Suspect);
+        let cases: Vec<(Box<dyn Fn(&mut v1::Sample)>, &str)> = vec![
+            (Box::new(|w| w.state = 99), "state"),
+            (Box::new(|w| w.state = 10), "state"),
+            (Box::new(|w| w.snd_nxt = Some(10)), "snd_nxt"),
+            (Box::new(|w| w.sendq = 1), "sendq"),
+            (Box::new(|w| w.recvq = 1), "recvq"),
+            (Box::new(|w| w.snd_wscale = Some(15)), "wscale"),
+            (Box::new(|w| w.local = None), "local"),
+            (
+                Box::new(|w| {
+                    if let Some(e) = w.remote.as_mut() {
+                        e.port = 70000;
+                    }
+                }),
+                "port",
+            ),
+            (
+                Box::new(|w| {
+                    if let Some(e) = w.remote.as_mut() {
+                        e.ip = Some(v1::Ip {
+                            octets: vec![1, 2, 3],
+                        });
+                    }
+                }),
+                "address",
+            ),
+            (Box::new(|w| w.netns = "x".repeat(300)), "netns"),
+        ];
+        for (break_it, what) in cases {
+            let mut w = good.clone();
+            break_it(&mut w);
+            assert!(sample_from_wire(&w).is_err(), "{what} must be refused");
+        }
+    }
+}
