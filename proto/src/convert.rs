@@ -348,7 +348,8 @@ mod tests {
     #[test]
     fn impossible_values_are_refused() {
         let good = sample_to_wire(&sample(), v1::SampleReason::Suspect);
-        let cases: Vec<(Box<dyn Fn(&mut v1::Sample)>, &str)> = vec![
+        type Breaker = Box<dyn Fn(&mut v1::Sample)>;
+        let cases: Vec<(Breaker, &str)> = vec![
             (Box::new(|w| w.state = 99), "state"),
             (Box::new(|w| w.state = 10), "state"),
             (Box::new(|w| w.snd_nxt = Some(10)), "snd_nxt"),
