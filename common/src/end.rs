@@ -2,13 +2,13 @@
 //! needs, taken from a [`SocketSample`] on the agent and carried over the
 //! wire. Everything a kernel or probe may not give is an `Option`.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::flow::FlowTuple;
 use crate::positions::Positions;
 use crate::sample::{Opened, SocketSample, TcpState, TimerKind};
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EndSample {
     pub flow: FlowTuple,
     pub netns: String,

@@ -4,11 +4,11 @@
 use std::fmt;
 use std::net::SocketAddr;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A connection's 4-tuple as one end sees it: `local` is that end's own
 /// address. The other end sees it [`reversed`](FlowTuple::reversed).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct FlowTuple {
     pub local: SocketAddr,
     pub remote: SocketAddr,

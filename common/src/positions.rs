@@ -14,12 +14,12 @@
 //! counts the peer's SYN. A FIN adds one to both once it is acknowledged
 //! or received.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::sample::{Opened, SocketSample};
 
 /// The derived columns of DESIGN.md for one socket.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Positions {
     /// `write_seq - snd_una`: written and not yet acknowledged.
     pub sendq: u32,

@@ -4,13 +4,13 @@
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::positions::Positions;
 use crate::tcp_info::TcpInfo;
 
 /// TCP states, numbered as in the kernel's `include/net/tcp_states.h`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TcpState {
     Established,
@@ -114,7 +114,7 @@ impl fmt::Display for TcpState {
 
 /// Which side opened the connection. It decides whether `bytes_acked`
 /// counts a SYN (see [`Positions`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Opened {
     /// This socket called connect(): its SYN is in `bytes_acked`.
@@ -124,7 +124,7 @@ pub enum Opened {
 }
 
 /// The socket timer the kernel reports in the diag header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TimerKind {
     Retransmit,

@@ -104,6 +104,10 @@ pub struct Batch {
     pub dropped_batches: u64,
     #[prost(uint64, tag = "6")]
     pub dropped_samples: u64,
+    /// Watched flows for which this host has no socket (as seen from here:
+    /// local is this host's address).
+    #[prost(message, repeated, tag = "7")]
+    pub absent: ::prost::alloc::vec::Vec<FlowTuple>,
 }
 /// One socket at one poll. Optional fields are absent when the kernel (or
 /// the probe) did not give them.
