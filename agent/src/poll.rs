@@ -132,12 +132,25 @@ impl Poller {
     }
 }
 
-/// Which side opened `s`. A socket whose local port has a listener in its
-/// namespace was accepted; so was an established one whose SYN-ACK was
-/// never counted in `bytes_acked` (an active opener has at least its SYN
-/// there). Everything else connected. The one case this gets wrong: a
-/// socket accepted by a listener that has since closed, with data acked.
+/// Which side opened `s`.
+///
+/// First by arithmetic, where the kernel gives `bytes_sent` and
+/// `bytes_retrans` (4.19+): every byte of sequence space this side used is
+/// either acknowledged or in flight, so
+/// `bytes_acked + in_flight - (bytes_sent - bytes_retrans)` counts what is
+/// not data: the SYN if this side connected, plus the FIN once sent. That
+/// holds whatever the application or the listener did since.
+///
+/// When the counters are missing or were read mid-change (the sum is not
+/// 0 or 1), by the listeners: a socket whose local port has a listener in
+/// its namespace was accepted; so was an established one with nothing in
+/// `bytes_acked` (a connecting side has at least its SYN there). The one
+/// case that fallback gets wrong: a socket accepted by a listener that has
+/// since closed, with data acknowledged, on a kernel before 4.19.
 pub fn opened(s: &SocketSample, listeners: &HashSet<(u64, u16, IpAddr)>) -> Opened {
+    if let Some(o) = opened_by_arithmetic(s) {
+        return o;
+    }
     let port = s.local.port();
     let any4 = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
     let any6 = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
@@ -150,5 +163,27 @@ pub fn opened(s: &SocketSample, listeners: &HashSet<(u64, u16, IpAddr)>) -> Open
         Opened::Passive
     } else {
         Opened::Active
+    }
+}
+
+/// The SYN left over once data and FIN are accounted for; `None` when the
+/// kernel does not give the counters or they do not add up.
+pub fn opened_by_arithmetic(s: &SocketSample) -> Option<Opened> {
+    let info = s.info.as_ref()?;
+    let inflight = u64::from(s.wqueue.checked_sub(info.notsent_bytes()?)?);
+    let unique_sent = info.bytes_sent()?.checked_sub(info.bytes_retrans()?)?;
+    let used = info.bytes_acked()?.checked_add(inflight)?;
+    // A queued FIN is the last byte of the queue: sent once nothing is
+    // left unsent, and then counted in bytes_acked or in flight.
+    let fin_sent = u64::from(
+        matches!(
+            s.state,
+            TcpState::FinWait1 | TcpState::FinWait2 | TcpState::Closing | TcpState::LastAck
+        ) && info.notsent_bytes() == Some(0),
+    );
+    match used.checked_sub(unique_sent)?.checked_sub(fin_sent)? {
+        0 => Some(Opened::Passive),
+        1 => Some(Opened::Active),
+        _ => None,
     }
 }

@@ -194,3 +194,30 @@ fn fin_from_the_passive_side_counts_one_on_both() {
     assert_eq!(pb.snd_una, Some(21));
     assert_eq!(pb.snd_una, pa.rcv_nxt);
 }
+
+#[test]
+fn accepted_socket_stays_passive_after_its_listener_closes() {
+    // Servers that hand a socket to a worker and close the listener are
+    // common; the SYN offset must not flip with the listener gone.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let mut client =
+        std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+    let (mut server, _) = listener.accept().expect("accept");
+    drop(listener);
+    send(&mut server, 5000);
+    recv(&mut client, 5000);
+    let c = (
+        client.local_addr().expect("addr"),
+        server.local_addr().expect("addr"),
+    );
+    let (a, b) = wait_for("the server's data acknowledged", DEADLINE, || {
+        let all = poll(vec![]);
+        let a = find(&all, c.0, c.1)?;
+        let b = find(&all, c.1, c.0)?;
+        (b.wqueue == 0).then_some((a, b))
+    });
+    assert_eq!(a.opened, Some(Opened::Active));
+    assert_eq!(b.opened, Some(Opened::Passive));
+    assert_eq!(b.positions().snd_una, Some(5000));
+    assert_eq!(b.positions().snd_una, a.positions().rcv_nxt);
+}
