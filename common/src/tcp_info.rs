@@ -1,8 +1,10 @@
 //! `struct tcp_info` as the kernel hands it over, parsed by length.
 //!
 //! The struct has grown with almost every kernel release since 2.6: 104
-//! bytes on 3.10 (RHEL/CentOS 7), 192 on 4.10, 200 on 4.18, 224 on 4.19,
-//! 232 on 5.4, 240 on 6.2, 248 on 6.7, 280 on 6.18. The kernel sends the
+//! bytes on upstream 3.10, 192 on 4.10, 200 on 4.18, 224 on 4.19, 232 on
+//! 5.4, 240 on 6.2, 248 on 6.7, 280 on 6.18. (RHEL/CentOS 7 kernels
+//! backport later fields; a capture from one would pin their length.)
+//! The kernel sends the
 //! size it knows, so a field exists only when the reply is long enough to
 //! hold it. We keep the bytes and answer every accessor with `None` for a
 //! field the kernel did not send: an absent field is never confused with a

@@ -3,9 +3,12 @@
 //! A reply chunk holds netlink messages back to back. Each
 //! `SOCK_DIAG_BY_FAMILY` message is an `inet_diag_msg` header (parsed by
 //! netlink-packet-sock-diag) followed by attributes. We walk the attributes
-//! ourselves: the crate's attribute parser rejects a `tcp_info` shorter than
-//! its own struct and knows no field after `snd_wnd`, so a RHEL 7 reply would
-//! fail whole (see the test `crate_rejects_old_tcp_info`).
+//! ourselves: with its default features the crate hands `INET_DIAG_INFO`
+//! back as undecoded bytes (one `Vec` per socket), with `rich_nlas` it
+//! rejects a `tcp_info` shorter than its struct and knows no field after
+//! `snd_wnd`, and either way a short `INET_DIAG_SKMEMINFO` fails the whole
+//! message (see the tests `crate_gives_no_field_of_old_tcp_info` and
+//! `crate_rejects_short_skmeminfo_and_the_whole_message`).
 //!
 //! Nothing here panics on any input: a message that does not parse is
 //! counted in [`ParseStats`] and skipped, and the rest of the chunk is used.
@@ -96,7 +99,8 @@ pub enum ChunkEnd {
     Error(i32),
 }
 
-/// `NLMSG_DONE` or `NLMSG_ERROR`: how a dump ends; `None` for other messages.
+/// `NLMSG_DONE` or `NLMSG_ERROR`: how a dump ends; `None` for other
+/// messages. An `NLMSG_ERROR` with errno 0 is an acknowledgement: done.
 pub fn control(msg: &Message<'_>) -> Option<ChunkEnd> {
     match msg.kind {
         NLMSG_DONE => Some(ChunkEnd::Done),
@@ -107,7 +111,11 @@ pub fn control(msg: &Message<'_>) -> Option<ChunkEnd> {
                 .and_then(|b| b.try_into().ok())
                 .map(i32::from_ne_bytes)
                 .unwrap_or(-libc::EPROTO);
-            Some(ChunkEnd::Error(errno))
+            Some(if errno == 0 {
+                ChunkEnd::Done
+            } else {
+                ChunkEnd::Error(errno)
+            })
         }
         _ => None,
     }
