@@ -1,0 +1,182 @@
+//! Holder processes: each opens a listener on its own loopback address,
+//! connects to it N times, accepts every connection, and keeps both ends
+//! open until its stdin closes.
+//!
+//! One process may hold only 20,000 descriptors, and each connection costs
+//! two, so the bench spreads connections over several holders. Each holder
+//! listens on a distinct 127.0.1.x address, so the 4-tuples of different
+//! holders never compete for the same ephemeral ports. Every socket gets
+//! `SO_LINGER` 0: when a holder exits, its connections end with a RST and
+//! leave no TIME-WAIT sockets for a later poll to count.
+
+use std::io::{self, BufRead, BufReader, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+
+use anyhow::{bail, ensure, Context};
+use nix::sys::socket::{setsockopt, sockopt};
+
+/// Two descriptors per connection; 9,000 connections stay clear of the
+/// 20,000-descriptor limit with room for the listener and stdio.
+pub const MAX_PER_HOLDER: usize = 9_000;
+
+/// Bytes left unread in the receive queue of some accepted sockets: a
+/// request the server has not read yet.
+const UNREAD_BYTES: usize = 64;
+
+/// Arguments of the hidden `hold` subcommand.
+#[derive(Debug, clap::Args)]
+pub struct HoldArgs {
+    /// Loopback address to listen on and connect to.
+    #[arg(long)]
+    addr: Ipv4Addr,
+    /// Connections to open and hold (both ends in this process).
+    #[arg(long)]
+    conns: usize,
+    /// One connection in this many keeps 64 unread bytes in the accepting
+    /// socket's receive queue (0: none).
+    #[arg(long, default_value_t = 10)]
+    unread_every: usize,
+}
+
+/// Runs a holder: prints `ready N` once every connection is established,
+/// then waits for stdin to close.
+pub fn hold(args: &HoldArgs) -> anyhow::Result<()> {
+    ensure!(
+        args.addr.is_loopback(),
+        "{} is not a loopback address",
+        args.addr
+    );
+    ensure!(
+        args.conns <= MAX_PER_HOLDER,
+        "{} connections need more than the 20,000 descriptors a process may hold",
+        args.conns
+    );
+    let listener =
+        TcpListener::bind((args.addr, 0)).with_context(|| format!("listening on {}", args.addr))?;
+    let target = listener.local_addr()?;
+    let mut held = Vec::with_capacity(2 * args.conns);
+    for i in 0..args.conns {
+        let (client, server) = connect_one(&listener, target)
+            .with_context(|| format!("connection {} of {} to {target}", i + 1, args.conns))?;
+        if args.unread_every > 0 && i % args.unread_every == 0 {
+            (&client).write_all(&[0x5a; UNREAD_BYTES])?;
+        }
+        held.push(client);
+        held.push(server);
+    }
+    let mut out = io::stdout().lock();
+    writeln!(out, "ready {}", args.conns)?;
+    out.flush()?;
+    drop(out);
+    // Returns at EOF: when the bench closes our stdin or dies.
+    io::copy(&mut io::stdin().lock(), &mut io::sink())?;
+    drop(held);
+    drop(listener);
+    Ok(())
+}
+
+/// Connects once and accepts at once, so the accept queue never fills.
+fn connect_one(
+    listener: &TcpListener,
+    target: SocketAddr,
+) -> anyhow::Result<(TcpStream, TcpStream)> {
+    let client = TcpStream::connect(target).context("connect")?;
+    let (server, _) = listener.accept().context("accept")?;
+    let abort = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    setsockopt(&client, sockopt::Linger, &abort).context("SO_LINGER")?;
+    setsockopt(&server, sockopt::Linger, &abort).context("SO_LINGER")?;
+    Ok((client, server))
+}
+
+/// The holder processes of one bench run. Dropping it closes their stdin,
+/// kills them and waits for them, so none outlives the bench.
+#[derive(Debug, Default)]
+pub struct Holders {
+    children: Vec<Child>,
+    held: usize,
+}
+
+impl Holders {
+    /// Connections held so far.
+    pub fn held(&self) -> usize {
+        self.held
+    }
+
+    /// Starts holders until `total` connections are held, `per_holder` at
+    /// most in each, and waits until all of them are established.
+    pub fn grow_to(
+        &mut self,
+        total: usize,
+        per_holder: usize,
+        unread_every: usize,
+    ) -> anyhow::Result<()> {
+        ensure!(
+            (1..=MAX_PER_HOLDER).contains(&per_holder),
+            "--per-holder must be between 1 and {MAX_PER_HOLDER}"
+        );
+        let exe = std::env::current_exe().context("finding our own executable")?;
+        let mut waiting = Vec::new();
+        let mut planned = self.held;
+        while planned < total {
+            let n = (total - planned).min(per_holder);
+            let index = self.children.len();
+            let Ok(last) = u8::try_from(index + 1) else {
+                bail!("more than 254 holder processes; raise --per-holder");
+            };
+            let addr = Ipv4Addr::new(127, 0, 1, last);
+            let mut child = Command::new(&exe)
+                .arg("hold")
+                .arg("--addr")
+                .arg(addr.to_string())
+                .arg("--conns")
+                .arg(n.to_string())
+                .arg("--unread-every")
+                .arg(unread_every.to_string())
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .with_context(|| format!("starting holder {}", exe.display()))?;
+            let stdout = child.stdout.take();
+            // Kept before anything can fail, so Drop reaps it.
+            self.children.push(child);
+            waiting.push((stdout, n, addr));
+            planned += n;
+        }
+        for (stdout, n, addr) in waiting {
+            let Some(stdout) = stdout else {
+                bail!("holder on {addr} has no stdout");
+            };
+            let mut line = String::new();
+            BufReader::new(stdout)
+                .read_line(&mut line)
+                .with_context(|| format!("reading from holder on {addr}"))?;
+            if line.trim() != format!("ready {n}") {
+                bail!(
+                    "holder on {addr} did not get ready (said {:?})",
+                    line.trim()
+                );
+            }
+            self.held += n;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Holders {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            drop(child.stdin.take());
+        }
+        for child in &mut self.children {
+            // A holder that already left makes kill fail; wait reaps it
+            // either way.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
