@@ -109,6 +109,9 @@ impl Poller {
                         listeners.insert((inode, s.local.port(), s.local.ip()));
                     } else {
                         s.netns = inode;
+                        // Exact where the kernel allows; the rest wait for
+                        // the listeners below.
+                        s.opened = opened_by_arithmetic(&s);
                         samples.push(s);
                     }
                 });
@@ -122,7 +125,7 @@ impl Poller {
                 }
             }
         }
-        for s in samples.iter_mut() {
+        for s in samples.iter_mut().filter(|s| s.opened.is_none()) {
             s.opened = Some(opened(s, listeners));
         }
         stats.connections = samples.len();
