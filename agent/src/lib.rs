@@ -3,10 +3,16 @@
 //! where each side stands in the byte stream.
 #![forbid(unsafe_code)]
 
+pub mod config;
 pub mod diag;
 pub mod filter;
+pub mod hello;
 pub mod netns;
+pub mod outbox;
 pub mod poll;
+pub mod run;
+pub mod suspects;
+pub mod uplink;
 pub mod view;
 
 pub use poll::{PollStats, Poller};

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use tcpstall_agent::config::{self, Config};
 use tcpstall_agent::diag::{parse, Family};
 use tcpstall_agent::filter::{Filter, Prefix};
 use tcpstall_agent::netns::{self, NetnsSpec};
@@ -30,6 +31,13 @@ enum Command {
     /// Save the kernel's raw sock_diag replies to a file, for bug reports
     /// and parser fixtures.
     Capture(CaptureArgs),
+    /// Poll every interval and stream what is worth sending (stuck send
+    /// queues, flows the collector watches, their closing) to the
+    /// collector; reconnect by itself; stop on SIGINT or SIGTERM.
+    Run(config::Flags),
+    /// Print the effective settings (defaults, then --config FILE, then
+    /// flags) as a commented TOML file.
+    PrintConfig(config::Flags),
 }
 
 #[derive(Debug, Args)]
@@ -117,7 +125,52 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Snapshot(args) => snapshot(args),
         Command::Capture(args) => capture(args),
+        Command::Run(flags) => run_agent(&flags),
+        Command::PrintConfig(flags) => {
+            let config = Config::load(&flags)?;
+            print!("{}", config.to_toml());
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+fn run_agent(flags: &config::Flags) -> anyhow::Result<ExitCode> {
+    let config = Config::load(flags)?;
+    let collector = config.require_collector()?.to_string();
+    let host = match &config.host {
+        Some(host) => host.clone(),
+        None => {
+            let host = tcpstall_agent::hello::hostname().context("reading the hostname")?;
+            config::check_host(&host).context("the hostname cannot name this host; give --host")?;
+            host
+        }
+    };
+    let namespaces = netns::resolve(&config.netns_specs()?)?;
+    let settings = tcpstall_agent::run::RunSettings {
+        collector,
+        host,
+        interval: config.interval,
+        namespaces,
+        buffer: config.buffer,
+        backoff_max: config.backoff_max,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).context("handling SIGTERM")?;
+        let mut int = signal(SignalKind::interrupt()).context("handling SIGINT")?;
+        let shutdown = async move {
+            tokio::select! {
+                _ = term.recv() => tracing::info!(signal = "SIGTERM", "stopping"),
+                _ = int.recv() => tracing::info!(signal = "SIGINT", "stopping"),
+            }
+        };
+        tcpstall_agent::run::run(settings, shutdown).await
+    })?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn snapshot(args: SnapshotArgs) -> anyhow::Result<ExitCode> {

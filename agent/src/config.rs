@@ -1,0 +1,432 @@
+//! The settings of `tcpstall-agent run`: every one a flag and a key of the
+//! TOML file (`--config FILE`, for config management). A flag beats the
+//! file, the file beats the default. Durations read like 500ms, 3s, 1m.
+//!
+//! `tcpstall-agent print-config` prints the effective settings as a
+//! commented TOML file; `agent.example.toml` is that file with the defaults
+//! and a test keeps the two equal.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+use serde::{Deserialize, Serialize};
+
+use crate::netns::NetnsSpec;
+
+/// Shortest poll interval (the collector refuses shorter ones).
+pub const MIN_INTERVAL: Duration = Duration::from_millis(50);
+/// Longest poll interval.
+pub const MAX_INTERVAL: Duration = Duration::from_secs(3600);
+/// Most batches the buffer may be asked to keep.
+pub const MAX_BUFFER: usize = 100_000;
+/// Shortest reconnection ceiling.
+pub const MIN_BACKOFF_MAX: Duration = Duration::from_millis(100);
+/// Longest host name (as the collector accepts it).
+pub const MAX_HOST: usize = 255;
+
+/// The effective settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The collector's URL (http://HOST:PORT). No default: `run` needs one.
+    pub collector: Option<String>,
+    /// The name this host reports; `None` = the hostname.
+    pub host: Option<String>,
+    /// How often to poll.
+    #[serde(with = "duration_text")]
+    pub interval: Duration,
+    /// Network namespaces to read (as `--netns` takes them); empty = own.
+    pub netns: Vec<String>,
+    /// Batches kept while cut off from the collector.
+    pub buffer: usize,
+    /// Ceiling of the reconnection backoff.
+    #[serde(with = "duration_text")]
+    pub backoff_max: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            collector: None,
+            host: None,
+            interval: Duration::from_secs(2),
+            netns: Vec::new(),
+            buffer: 64,
+            backoff_max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A `Duration` written as humans write it: "2s", "500ms", "1m".
+mod duration_text {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        super::parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Parses "500ms", "3s", "1m" (humantime).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("`{s}`: {e} (write durations like 500ms, 3s, 1m)"))
+}
+
+fn parse_netns(s: &str) -> Result<String, String> {
+    s.parse::<NetnsSpec>().map(|_| s.to_string())
+}
+
+/// The flags; each one overrides the file's key of the same name.
+#[derive(Debug, Clone, Default, Args)]
+pub struct Flags {
+    /// TOML file with any of the settings below (see agent.example.toml).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The collector to stream to, as http://HOST:PORT.
+    #[arg(long, value_name = "URL")]
+    pub collector: Option<String>,
+    /// The name this host reports, unique in the fleet [default: the
+    /// hostname].
+    #[arg(long, value_name = "NAME")]
+    pub host: Option<String>,
+    /// How often to poll every TCP connection [default: 2s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub interval: Option<Duration>,
+    /// Network namespace to read: a name under /run/netns, a path such as
+    /// /proc/PID/ns/net, or `all`. Repeat for several; replaces the file's
+    /// list [default: the agent's own].
+    #[arg(long, value_name = "NAME|PATH|all", value_parser = parse_netns)]
+    pub netns: Vec<String>,
+    /// Batches kept while cut off from the collector; when full the oldest
+    /// is dropped and counted [default: 64].
+    #[arg(long, value_name = "N")]
+    pub buffer: Option<usize>,
+    /// Ceiling of the jittered exponential backoff between reconnection
+    /// attempts; no wait is longer [default: 30s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub backoff_max: Option<Duration>,
+}
+
+/// Why the settings could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("{key}: {why}")]
+    Invalid { key: &'static str, why: String },
+}
+
+fn invalid(key: &'static str, why: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        why: why.into(),
+    }
+}
+
+impl Config {
+    /// Reads a TOML file; keys left out keep their defaults.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source: Box::new(source),
+        })
+    }
+
+    /// Defaults, then the file, then the flags; then checks the result.
+    pub fn load(flags: &Flags) -> Result<Config, ConfigError> {
+        let mut c = match &flags.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        if let Some(v) = &flags.collector {
+            c.collector = Some(v.clone());
+        }
+        if let Some(v) = &flags.host {
+            c.host = Some(v.clone());
+        }
+        if let Some(v) = flags.interval {
+            c.interval = v;
+        }
+        if !flags.netns.is_empty() {
+            c.netns = flags.netns.clone();
+        }
+        if let Some(v) = flags.buffer {
+            c.buffer = v;
+        }
+        if let Some(v) = flags.backoff_max {
+            c.backoff_max = v;
+        }
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Checks every value; `collector` may be unset (only `run` needs it).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(url) = &self.collector {
+            check_collector(url)?;
+        }
+        if let Some(host) = &self.host {
+            check_host(host)?;
+        }
+        if self.interval < MIN_INTERVAL || self.interval > MAX_INTERVAL {
+            return Err(invalid(
+                "interval",
+                format!(
+                    "{} is out of range {}..={}",
+                    humantime::format_duration(self.interval),
+                    humantime::format_duration(MIN_INTERVAL),
+                    humantime::format_duration(MAX_INTERVAL)
+                ),
+            ));
+        }
+        self.netns_specs()?;
+        if self.buffer == 0 || self.buffer > MAX_BUFFER {
+            return Err(invalid(
+                "buffer",
+                format!("{} is out of range 1..={MAX_BUFFER}", self.buffer),
+            ));
+        }
+        if self.backoff_max < MIN_BACKOFF_MAX {
+            return Err(invalid(
+                "backoff_max",
+                format!("at least {}", humantime::format_duration(MIN_BACKOFF_MAX)),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The namespaces as `--netns` specs.
+    pub fn netns_specs(&self) -> Result<Vec<NetnsSpec>, ConfigError> {
+        self.netns
+            .iter()
+            .map(|s| s.parse::<NetnsSpec>().map_err(|why| invalid("netns", why)))
+            .collect()
+    }
+
+    /// The collector's URL, which `run` cannot do without.
+    pub fn require_collector(&self) -> Result<&str, ConfigError> {
+        self.collector.as_deref().ok_or_else(|| {
+            invalid(
+                "collector",
+                "not set: give --collector URL or `collector` in the config file",
+            )
+        })
+    }
+
+    /// The settings as a commented TOML file that parses back to them.
+    pub fn to_toml(&self) -> String {
+        let text = |s: &str| toml::Value::String(s.to_string()).to_string();
+        let duration = |d: Duration| text(&humantime::format_duration(d).to_string());
+        let mut out = String::new();
+        let mut put = |line: &str| {
+            out.push_str(line);
+            out.push('\n');
+        };
+        put("# tcpstall-agent settings, as `tcpstall-agent print-config` prints them.");
+        put("# Every key is also a flag of `tcpstall-agent run` (--collector, --interval,");
+        put("# --backoff-max, ...): a flag beats this file, this file beats the defaults.");
+        put("# Durations read like 500ms, 3s, 1m.");
+        put("");
+        put("# The collector to stream to, as http://HOST:PORT. Required by `run`.");
+        match &self.collector {
+            Some(url) => put(&format!("collector = {}", text(url))),
+            None => put("# collector = \"http://collector.example:7786\""),
+        }
+        put("");
+        put("# The name this host reports, unique in the fleet. Unset: the hostname.");
+        match &self.host {
+            Some(host) => put(&format!("host = {}", text(host))),
+            None => put("# host = \"web-17\""),
+        }
+        put("");
+        put("# How often to poll every TCP connection.");
+        put(&format!("interval = {}", duration(self.interval)));
+        put("");
+        put("# Network namespaces to read: names under /run/netns, paths such as");
+        put("# /proc/PID/ns/net, or \"all\". Empty: the agent's own.");
+        let list: Vec<String> = self.netns.iter().map(|s| text(s)).collect();
+        put(&format!("netns = [{}]", list.join(", ")));
+        put("");
+        put("# Batches kept while cut off from the collector. When full, the oldest is");
+        put("# dropped; the drops are counted and reported in every batch and heartbeat.");
+        put(&format!("buffer = {}", self.buffer));
+        put("");
+        put("# Ceiling of the jittered exponential backoff between reconnection");
+        put("# attempts: no wait is longer than this.");
+        put(&format!("backoff_max = {}", duration(self.backoff_max)));
+        out
+    }
+}
+
+fn check_collector(url: &str) -> Result<(), ConfigError> {
+    let uri: tonic::codegen::http::Uri = url
+        .parse()
+        .map_err(|e| invalid("collector", format!("`{url}`: {e}")))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some(other) => {
+            return Err(invalid(
+                "collector",
+                format!("`{url}`: scheme {other} is not supported (use http://)"),
+            ))
+        }
+        None => {
+            return Err(invalid(
+                "collector",
+                format!("`{url}`: give a URL such as http://collector:7786"),
+            ))
+        }
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(invalid("collector", format!("`{url}`: no host")));
+    }
+    Ok(())
+}
+
+/// A host name as the collector accepts it.
+pub fn check_host(host: &str) -> Result<(), ConfigError> {
+    if host.is_empty() || host.len() > MAX_HOST {
+        return Err(invalid("host", format!("1 to {MAX_HOST} bytes")));
+    }
+    if host.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(invalid(
+            "host",
+            format!("{host:?} has spaces or control characters"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_file_is_the_generated_defaults() {
+        let committed = include_str!("../agent.example.toml");
+        let generated = Config::default().to_toml();
+        if std::env::var_os("TCPSTALL_BLESS").is_some() && committed != generated {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("agent.example.toml");
+            std::fs::write(&path, &generated).expect("rewrite agent.example.toml");
+            return;
+        }
+        assert_eq!(
+            committed, generated,
+            "agent.example.toml drifted: regenerate it with \
+             `tcpstall-agent print-config > agent/agent.example.toml` \
+             (or run this test with TCPSTALL_BLESS=1)"
+        );
+        let parsed: Config = toml::from_str(committed).expect("example parses");
+        assert_eq!(parsed, Config::default());
+        parsed.validate().expect("defaults are valid");
+    }
+
+    #[test]
+    fn any_config_round_trips_through_its_toml() {
+        let c = Config {
+            collector: Some("http://198.18.0.1:7786".into()),
+            host: Some("db-\"quoted\"".into()),
+            interval: Duration::from_millis(1500),
+            netns: vec!["lab1".into(), "/proc/1/ns/net".into(), "all".into()],
+            buffer: 3,
+            backoff_max: Duration::from_secs(90),
+        };
+        let parsed: Config = toml::from_str(&c.to_toml()).expect("parses");
+        assert_eq!(parsed, c);
+    }
+
+    fn temp_file(name: &str, text: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("tcpstall-agent-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join(name);
+        std::fs::write(&path, text).expect("write");
+        path
+    }
+
+    #[test]
+    fn flags_beat_the_file_and_the_file_beats_defaults() {
+        let path = temp_file(
+            "layers.toml",
+            "interval = \"3s\"\nbuffer = 7\nnetns = [\"lab1\"]\ncollector = \"http://a:1\"\n",
+        );
+        let flags = Flags {
+            config: Some(path.clone()),
+            buffer: Some(9),
+            ..Flags::default()
+        };
+        let c = Config::load(&flags).expect("load");
+        assert_eq!(c.interval, Duration::from_secs(3), "from the file");
+        assert_eq!(c.buffer, 9, "the flag wins");
+        assert_eq!(c.netns, vec!["lab1".to_string()], "from the file");
+        assert_eq!(c.backoff_max, Duration::from_secs(30), "the default");
+        assert_eq!(c.require_collector().expect("set"), "http://a:1");
+
+        let flags = Flags {
+            netns: vec!["all".into()],
+            collector: Some("http://b:2".into()),
+            ..flags
+        };
+        let c = Config::load(&flags).expect("load");
+        assert_eq!(c.netns, vec!["all".to_string()], "flags replace the list");
+        assert_eq!(c.collector.as_deref(), Some("http://b:2"));
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn bad_files_and_values_are_named() {
+        let cases = [
+            ("intervall = \"3s\"\n", "intervall"),
+            ("interval = \"soon\"\n", "soon"),
+            ("interval = \"10ms\"\n", "interval"),
+            ("buffer = 0\n", "buffer"),
+            ("backoff_max = \"1ms\"\n", "backoff_max"),
+            ("collector = \"grpc://x:1\"\n", "collector"),
+            ("collector = \"x:1\"\n", "collector"),
+            ("host = \"two words\"\n", "host"),
+            ("host = \"\"\n", "host"),
+            ("netns = [\"\"]\n", "netns"),
+        ];
+        for (i, (text, named)) in cases.iter().enumerate() {
+            let path = temp_file(&format!("bad{i}.toml"), text);
+            let flags = Flags {
+                config: Some(path.clone()),
+                ..Flags::default()
+            };
+            let err = Config::load(&flags).expect_err(text);
+            assert!(err.to_string().contains(named), "{text:?} gave {err}");
+            let _ = std::fs::remove_file(path);
+        }
+        let missing = Flags {
+            config: Some("/nonexistent/tcpstall-agent.toml".into()),
+            ..Flags::default()
+        };
+        let err = Config::load(&missing).expect_err("missing file");
+        assert!(err.to_string().contains("/nonexistent"), "{err}");
+    }
+
+    #[test]
+    fn run_needs_a_collector() {
+        let err = Config::default().require_collector().expect_err("unset");
+        assert!(err.to_string().contains("--collector"), "{err}");
+    }
+}

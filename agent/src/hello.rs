@@ -1,0 +1,220 @@
+//! Who this agent is, for the Hello that opens every stream: host name,
+//! kernel release, boot id, and each namespace with the addresses it owns
+//! (the collector finds a flow's peer through them).
+//!
+//! A namespace's addresses are read by a short-lived thread that enters it
+//! (`setns`) and lists its interfaces, as [`crate::netns::open_diag`] does
+//! for its sock_diag socket. Anything that cannot be read is logged and
+//! left empty: a Hello with less in it beats no stream at all.
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::io;
+use std::net::IpAddr;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use nix::sched::{setns, CloneFlags};
+use tcpstall_common::normalize_addr;
+use tcpstall_proto::convert::ip_to_wire;
+use tcpstall_proto::v1;
+
+use crate::netns::Netns;
+
+/// Where the kernel keeps this boot's id.
+pub const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
+
+/// Why a namespace's addresses could not be listed.
+#[derive(Debug, thiserror::Error)]
+pub enum AddressError {
+    #[error("network namespace {path}: {source}")]
+    Open { path: PathBuf, source: io::Error },
+    #[error("entering network namespace {label}: {source} (needs CAP_SYS_ADMIN)")]
+    Enter { label: String, source: nix::Error },
+    #[error("listing the interfaces of namespace {label}: {source}")]
+    List { label: String, source: nix::Error },
+    #[error("namespace {label}: the address thread panicked")]
+    Thread { label: String },
+}
+
+/// The host's name as the kernel has it.
+pub fn hostname() -> io::Result<String> {
+    let name = nix::unistd::gethostname().map_err(io::Error::from)?;
+    name.into_string()
+        .map_err(|raw| io::Error::other(format!("hostname {raw:?} is not UTF-8")))
+}
+
+/// `uname -r`.
+pub fn kernel_release() -> io::Result<String> {
+    let uts = nix::sys::utsname::uname().map_err(io::Error::from)?;
+    Ok(uts.release().to_string_lossy().into_owned())
+}
+
+/// This boot's id: it changes when the host reboots.
+pub fn boot_id() -> io::Result<String> {
+    Ok(std::fs::read_to_string(BOOT_ID)?.trim().to_string())
+}
+
+/// Every address of every interface in `ns`, loopback included, sorted and
+/// without repeats.
+pub fn addresses(ns: &Netns) -> Result<Vec<IpAddr>, AddressError> {
+    let own = std::fs::metadata("/proc/self/ns/net").ok().map(|m| m.ino());
+    let path = match &ns.path {
+        Some(path) if own != Some(ns.inode) => path,
+        _ => return list_here(&ns.label),
+    };
+    let file = File::open(path).map_err(|source| AddressError::Open {
+        path: path.clone(),
+        source,
+    })?;
+    // The thread ends right after: its namespace change dies with it.
+    let joined = std::thread::scope(|s| {
+        s.spawn(|| {
+            setns(&file, CloneFlags::CLONE_NEWNET).map_err(|source| AddressError::Enter {
+                label: ns.label.clone(),
+                source,
+            })?;
+            list_here(&ns.label)
+        })
+        .join()
+    });
+    joined.unwrap_or_else(|_| {
+        Err(AddressError::Thread {
+            label: ns.label.clone(),
+        })
+    })
+}
+
+/// The addresses of the namespace the calling thread is in.
+fn list_here(label: &str) -> Result<Vec<IpAddr>, AddressError> {
+    let ifaddrs = nix::ifaddrs::getifaddrs().map_err(|source| AddressError::List {
+        label: label.to_string(),
+        source,
+    })?;
+    let mut out = BTreeSet::new();
+    for ifa in ifaddrs {
+        let Some(addr) = ifa.address else { continue };
+        let ip = if let Some(v4) = addr.as_sockaddr_in() {
+            IpAddr::V4(v4.ip())
+        } else if let Some(v6) = addr.as_sockaddr_in6() {
+            IpAddr::V6(v6.ip())
+        } else {
+            continue;
+        };
+        out.insert(normalize_addr(std::net::SocketAddr::new(ip, 0)).ip());
+    }
+    Ok(out.into_iter().collect())
+}
+
+/// What a Hello says; read again for every new stream, since addresses
+/// come and go.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub host: String,
+    pub namespaces: Vec<Netns>,
+    pub interval: Duration,
+}
+
+impl Identity {
+    /// Reads the host's facts and builds the Hello. Blocking: it enters
+    /// namespaces and reads /proc.
+    pub fn hello(&self) -> v1::Hello {
+        let kernel = kernel_release().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read the kernel release");
+            String::new()
+        });
+        let boot_id = boot_id().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, path = BOOT_ID, "cannot read the boot id");
+            String::new()
+        });
+        let namespaces = self
+            .namespaces
+            .iter()
+            .map(|ns| {
+                let addresses = addresses(ns).unwrap_or_else(|e| {
+                    tracing::warn!(netns = %ns.label, error = %e, "cannot list addresses");
+                    Vec::new()
+                });
+                namespace_to_wire(ns, &addresses)
+            })
+            .collect();
+        v1::Hello {
+            protocol: tcpstall_proto::PROTOCOL_VERSION,
+            host: self.host.clone(),
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            kernel,
+            boot_id,
+            namespaces,
+            probes: Some(v1::Probes {
+                sock_diag: true,
+                bpf_iter: false,
+                getsockopt: false,
+            }),
+            interval_ms: u32::try_from(self.interval.as_millis()).unwrap_or(u32::MAX),
+        }
+    }
+}
+
+/// One namespace on the wire.
+pub fn namespace_to_wire(ns: &Netns, addresses: &[IpAddr]) -> v1::Namespace {
+    v1::Namespace {
+        label: ns.label.clone(),
+        inode: ns.inode,
+        addresses: addresses.iter().map(|ip| ip_to_wire(*ip)).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_namespace_has_loopback() {
+        let ns = crate::netns::current().expect("own namespace");
+        let addrs = addresses(&ns).expect("addresses");
+        assert!(
+            addrs.contains(&IpAddr::from([127, 0, 0, 1])),
+            "loopback is included: {addrs:?}"
+        );
+        let mut sorted = addrs.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted, addrs, "sorted, no repeats");
+    }
+
+    #[test]
+    fn hello_says_who_we_are() {
+        let ns = crate::netns::current().expect("own namespace");
+        let id = Identity {
+            host: "h1".into(),
+            namespaces: vec![ns.clone()],
+            interval: Duration::from_millis(1500),
+        };
+        let hello = id.hello();
+        assert_eq!(hello.protocol, tcpstall_proto::PROTOCOL_VERSION);
+        assert_eq!(hello.host, "h1");
+        assert_eq!(hello.interval_ms, 1500);
+        assert_eq!(hello.kernel, kernel_release().expect("uname"));
+        assert_eq!(hello.boot_id.len(), 36, "a UUID: {:?}", hello.boot_id);
+        assert_eq!(hello.namespaces.len(), 1);
+        assert_eq!(hello.namespaces[0].inode, ns.inode);
+        assert_eq!(hello.namespaces[0].label, ns.label);
+        assert!(hello.namespaces[0]
+            .addresses
+            .iter()
+            .any(|ip| ip.octets == [127, 0, 0, 1]));
+        assert!(hello.probes.is_some_and(|p| p.sock_diag && !p.bpf_iter));
+    }
+
+    #[test]
+    fn a_missing_namespace_file_is_an_error_not_a_panic() {
+        let ns = Netns {
+            label: "gone".into(),
+            inode: 1,
+            path: Some("/run/netns/tcpstall-no-such-ns-h7".into()),
+        };
+        let err = addresses(&ns).expect_err("no such file");
+        assert!(err.to_string().contains("tcpstall-no-such-ns-h7"), "{err}");
+    }
+}

@@ -1,0 +1,434 @@
+//! `tcpstall-agent run`: poll every interval, decide what is worth sending,
+//! and stream it to the collector.
+//!
+//! One task owns all the agent's state (the poller, the [`Selector`], the
+//! [`Outbox`] and the current stream) and `select!`s over the poll timer,
+//! the link's events, room on the stream, and shutdown. The poll itself
+//! runs on the blocking pool (the netlink socket is blocking): the state
+//! moves there for the poll and comes back with its result. The link task
+//! ([`crate::uplink`]) owns the connection and reports to this one.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tcpstall_proto::convert::{endpoint_to_wire, flow_to_wire, sample_to_wire};
+use tcpstall_proto::v1::{self, agent_message};
+use tokio::sync::{mpsc, watch};
+use tokio::time::MissedTickBehavior;
+
+use crate::hello::Identity;
+use crate::netns::Netns;
+use crate::outbox::Outbox;
+use crate::suspects::{Reason, Selection, Selector};
+use crate::uplink::{self, LinkConfig, LinkEvent, Lost};
+use crate::Poller;
+
+/// Most entries (samples, closed, absent) in one batch; what a poll has
+/// beyond is dropped and counted in `dropped_samples`.
+pub const MAX_BATCH_ENTRIES: usize = 8192;
+/// Link events queued for the run loop.
+const EVENT_QUEUE: usize = 256;
+
+/// Everything `run` needs, resolved.
+#[derive(Debug, Clone)]
+pub struct RunSettings {
+    pub collector: String,
+    pub host: String,
+    pub interval: Duration,
+    pub namespaces: Vec<Netns>,
+    pub buffer: usize,
+    pub backoff_max: Duration,
+}
+
+/// The agent's monotonic clock: CLOCK_MONOTONIC, the clock `mono_us` and
+/// `unchanged_ms` are measured on.
+pub fn monotonic() -> Duration {
+    static START: OnceLock<(Instant, Duration)> = OnceLock::new();
+    match nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC) {
+        Ok(ts) => Duration::from(ts),
+        // Never seen; keep counting from the process's own clock.
+        Err(_) => {
+            let (at, base) = START.get_or_init(|| (Instant::now(), Duration::ZERO));
+            *base + at.elapsed()
+        }
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// What the poll thread holds.
+#[derive(Debug)]
+struct PollState {
+    poller: Poller,
+    selector: Selector,
+    inode_by_label: HashMap<String, u64>,
+}
+
+/// One poll's result.
+#[derive(Debug)]
+struct Polled {
+    selection: Selection,
+    mono: Duration,
+    failures: Vec<String>,
+}
+
+impl PollState {
+    fn poll(&mut self) -> Polled {
+        // The poll's time is when it starts: the dump follows at once.
+        let mono = monotonic();
+        let (samples, failures) = self.poller.poll();
+        let failed: Vec<u64> = failures
+            .iter()
+            .filter_map(|f| self.inode_by_label.get(&f.label).copied())
+            .collect();
+        let selection = self.selector.select(samples, &failed, mono);
+        Polled {
+            selection,
+            mono,
+            failures: failures.iter().map(|f| format!("{f:#}")).collect(),
+        }
+    }
+}
+
+fn wire_reason(r: Reason) -> v1::SampleReason {
+    match r {
+        Reason::Suspect => v1::SampleReason::Suspect,
+        Reason::Watched => v1::SampleReason::Watched,
+        Reason::Released => v1::SampleReason::Released,
+    }
+}
+
+/// A poll's selection as a batch of at most [`MAX_BATCH_ENTRIES`] entries;
+/// returns the batch and how many entries did not fit.
+pub fn to_batch(sel: &Selection, mono: Duration) -> (v1::Batch, usize) {
+    let mut room = MAX_BATCH_ENTRIES;
+    let mut take = |n: usize| {
+        let k = n.min(room);
+        room -= k;
+        k
+    };
+    let closed: Vec<v1::Closed> = sel.closed[..take(sel.closed.len())]
+        .iter()
+        .map(|g| v1::Closed {
+            netns: g.netns.clone(),
+            local: Some(endpoint_to_wire(g.flow.local)),
+            remote: Some(endpoint_to_wire(g.flow.remote)),
+            cookie: g.cookie,
+        })
+        .collect();
+    let absent: Vec<v1::FlowTuple> = sel.absent[..take(sel.absent.len())]
+        .iter()
+        .map(|f| flow_to_wire(*f))
+        .collect();
+    let samples: Vec<v1::Sample> = sel.samples[..take(sel.samples.len())]
+        .iter()
+        .map(|(r, s)| sample_to_wire(s, wire_reason(*r)))
+        .collect();
+    let cut = sel.closed.len() + sel.absent.len() + sel.samples.len()
+        - (closed.len() + absent.len() + samples.len());
+    let batch = v1::Batch {
+        mono_us: micros(mono),
+        connections: u32::try_from(sel.connections).unwrap_or(u32::MAX),
+        samples,
+        closed,
+        dropped_batches: 0,
+        dropped_samples: 0,
+        absent,
+    };
+    (batch, cut)
+}
+
+/// The current stream, if any.
+#[derive(Debug)]
+struct Session {
+    id: u64,
+    tx: mpsc::Sender<v1::AgentMessage>,
+}
+
+/// Runs the agent until `shutdown` resolves.
+pub async fn run(settings: RunSettings, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let labels: Vec<(u64, String)> = settings
+        .namespaces
+        .iter()
+        .map(|ns| (ns.inode, ns.label.clone()))
+        .collect();
+    let namespaces = settings.namespaces.clone();
+    let poller = tokio::task::spawn_blocking(move || Poller::new(namespaces))
+        .await
+        .context("opening sock_diag sockets")??;
+    let mut state = PollState {
+        poller,
+        selector: Selector::new(labels.iter().cloned()),
+        inode_by_label: labels.iter().map(|(i, l)| (l.clone(), *i)).collect(),
+    };
+
+    let (events_tx, mut events) = mpsc::channel(EVENT_QUEUE);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let lost = Arc::new(Lost::default());
+    let link_cfg = LinkConfig {
+        collector: settings.collector.clone(),
+        identity: Identity {
+            host: settings.host.clone(),
+            namespaces: settings.namespaces.clone(),
+            interval: settings.interval,
+        },
+        backoff_max: settings.backoff_max,
+    };
+    let link = tokio::spawn(uplink::run(link_cfg, events_tx, lost.clone(), stop_rx));
+    tracing::info!(
+        host = %settings.host,
+        collector = %settings.collector,
+        interval_ms = settings.interval.as_millis() as u64,
+        namespaces = settings.namespaces.len(),
+        buffer = settings.buffer,
+        "agent running"
+    );
+
+    let mut outbox = Outbox::new(settings.buffer);
+    let mut session: Option<Session> = None;
+    // Drops since the stream was last up, for the log.
+    let mut outage_drops = 0u64;
+    let mut ticker = tokio::time::interval(settings.interval);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    tokio::pin!(shutdown);
+
+    loop {
+        let sender = session
+            .as_ref()
+            .filter(|_| !outbox.is_empty())
+            .map(|s| s.tx.clone());
+        let room = async move {
+            match sender {
+                Some(tx) => tx.reserve_owned().await.ok(),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = ticker.tick() => {
+                let (back, polled) = tokio::task::spawn_blocking(move || {
+                    let mut state = state;
+                    let polled = state.poll();
+                    (state, polled)
+                })
+                .await
+                .context("the poll thread failed")?;
+                state = back;
+                for failure in &polled.failures {
+                    tracing::warn!(error = %failure, "namespace not polled");
+                }
+                let (b, s) = lost.take();
+                outbox.count_lost(b, usize::try_from(s).unwrap_or(usize::MAX));
+                if polled.selection.is_empty() {
+                    // Heartbeats say "alive, nothing to send": only worth
+                    // sending when nothing else is waiting.
+                    if let Some(s) = session.as_ref().filter(|_| outbox.is_empty()) {
+                        let connections = u32::try_from(polled.selection.connections).unwrap_or(u32::MAX);
+                        let hb = outbox.heartbeat(micros(polled.mono), connections);
+                        let msg = v1::AgentMessage { body: Some(agent_message::Body::Heartbeat(hb)) };
+                        if let Err(mpsc::error::TrySendError::Closed(_)) = s.tx.try_send(msg) {
+                            session = None;
+                        }
+                    }
+                    continue;
+                }
+                let (batch, cut) = to_batch(&polled.selection, polled.mono);
+                if cut > 0 {
+                    outbox.count_lost(0, cut);
+                    tracing::warn!(cut, max = MAX_BATCH_ENTRIES, "poll had more to send than a batch holds; the rest is dropped");
+                }
+                if let Some(evicted) = outbox.push(batch) {
+                    outage_drops += 1;
+                    let dropped = outbox.dropped();
+                    if outage_drops == 1 {
+                        tracing::warn!(
+                            buffer = settings.buffer,
+                            samples = evicted.samples,
+                            dropped_batches = dropped.batches,
+                            dropped_samples = dropped.samples,
+                            "buffer full: dropping the oldest batch"
+                        );
+                    } else {
+                        tracing::debug!(
+                            samples = evicted.samples,
+                            dropped_batches = dropped.batches,
+                            dropped_samples = dropped.samples,
+                            "buffer full: dropping the oldest batch"
+                        );
+                    }
+                }
+            }
+            permit = room => match permit {
+                Some(permit) => {
+                    let (b, s) = lost.take();
+                    outbox.count_lost(b, usize::try_from(s).unwrap_or(usize::MAX));
+                    if let Some(batch) = outbox.pop() {
+                        permit.send(v1::AgentMessage { body: Some(agent_message::Body::Batch(batch)) });
+                    }
+                }
+                // The stream let go; its Down event follows.
+                None => session = None,
+            },
+            event = events.recv() => match event {
+                Some(LinkEvent::Up { session: id, tx }) => {
+                    let dropped = outbox.dropped();
+                    tracing::info!(
+                        session = id,
+                        buffered = outbox.len(),
+                        dropped_while_cut_off = outage_drops,
+                        dropped_batches = dropped.batches,
+                        dropped_samples = dropped.samples,
+                        "connected: sending the buffered batches"
+                    );
+                    outage_drops = 0;
+                    session = Some(Session { id, tx });
+                }
+                Some(LinkEvent::Down { session: id }) => {
+                    if session.as_ref().is_some_and(|s| s.id == id) {
+                        session = None;
+                    }
+                    // Watches belong to the stream that asked for them.
+                    let watched = state.selector.watched();
+                    state.selector.clear_watches();
+                    tracing::warn!(
+                        session = id,
+                        buffered = outbox.len(),
+                        buffer = settings.buffer,
+                        watches_dropped = watched,
+                        "cut off from the collector: buffering batches"
+                    );
+                }
+                Some(LinkEvent::Watch(flow)) => {
+                    if !state.selector.watch(flow) {
+                        tracing::warn!(%flow, max = crate::suspects::MAX_WATCHED, "too many watched flows; watch refused");
+                    }
+                }
+                Some(LinkEvent::Unwatch(flow)) => state.selector.unwatch(&flow),
+                None => anyhow::bail!("the link to the collector stopped"),
+            },
+        }
+    }
+
+    tracing::info!(buffered = outbox.len(), "shutting down");
+    let _ = stop_tx.send(true);
+    // Our side of the stream ends when its last sender goes.
+    drop(session);
+    match tokio::time::timeout(uplink::CLOSE_GRACE + Duration::from_secs(1), link).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "the link task failed"),
+        Err(_) => tracing::warn!("the link did not close in time"),
+    }
+    drop(events);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use tcpstall_common::{EndSample, FlowTuple, Positions, TcpState};
+
+    use super::*;
+    use crate::suspects::Gone;
+
+    fn sample(cookie: u64) -> EndSample {
+        let local: SocketAddr = "198.18.0.1:40000".parse().expect("addr");
+        let remote: SocketAddr = "198.18.0.2:80".parse().expect("addr");
+        EndSample {
+            flow: FlowTuple::new(local, remote),
+            netns: "host".into(),
+            state: TcpState::Established,
+            cookie,
+            inode: 1,
+            opened: None,
+            pos: Positions {
+                sendq: 10,
+                ..Positions::default()
+            },
+            unchanged_ms: 2000,
+            timer: None,
+            timer_expires_ms: 0,
+            retransmits: None,
+            probes: None,
+            backoff: None,
+            ca_state: None,
+            rto_us: None,
+            rtt_us: None,
+            snd_cwnd: None,
+            unacked: None,
+            lost: None,
+            retrans: None,
+            total_retrans: None,
+            last_data_sent_ms: None,
+            last_data_recv_ms: None,
+            last_ack_recv_ms: None,
+            bytes_retrans: None,
+            cork: None,
+        }
+    }
+
+    #[test]
+    fn a_selection_becomes_a_batch() {
+        let s = sample(5);
+        let sel = Selection {
+            samples: vec![(Reason::Suspect, s.clone()), (Reason::Released, sample(6))],
+            closed: vec![Gone {
+                netns: "host".into(),
+                flow: s.flow,
+                cookie: 4,
+            }],
+            absent: vec![s.flow.reversed()],
+            connections: 70_000,
+        };
+        let (b, cut) = to_batch(&sel, Duration::from_millis(1500));
+        assert_eq!(cut, 0);
+        assert_eq!(b.mono_us, 1_500_000);
+        assert_eq!(b.connections, 70_000);
+        assert_eq!(b.samples.len(), 2);
+        assert_eq!(b.samples[0].reason, v1::SampleReason::Suspect as i32);
+        assert_eq!(b.samples[0].unchanged_ms, 2000);
+        assert_eq!(b.samples[1].reason, v1::SampleReason::Released as i32);
+        assert_eq!(b.closed.len(), 1);
+        assert_eq!(b.closed[0].cookie, 4);
+        assert_eq!(b.closed[0].netns, "host");
+        assert_eq!(
+            tcpstall_proto::convert::flow_from_wire(b.absent.first()),
+            Ok(s.flow.reversed())
+        );
+        let back = tcpstall_proto::convert::sample_from_wire(&b.samples[0]).expect("valid");
+        assert_eq!(back, s);
+    }
+
+    #[test]
+    fn an_oversized_poll_is_cut_and_counted() {
+        let sel = Selection {
+            samples: (0..MAX_BATCH_ENTRIES as u64 + 10)
+                .map(|c| (Reason::Suspect, sample(c)))
+                .collect(),
+            closed: vec![Gone {
+                netns: "host".into(),
+                flow: sample(0).flow,
+                cookie: 1,
+            }],
+            absent: Vec::new(),
+            connections: 1,
+        };
+        let (b, cut) = to_batch(&sel, Duration::ZERO);
+        assert_eq!(cut, 11);
+        assert_eq!(b.closed.len(), 1, "closings go first");
+        assert_eq!(b.samples.len() + b.closed.len(), MAX_BATCH_ENTRIES);
+    }
+
+    #[test]
+    fn the_clock_is_monotonic() {
+        let a = monotonic();
+        let b = monotonic();
+        assert!(b >= a);
+        assert!(a > Duration::ZERO);
+    }
+}

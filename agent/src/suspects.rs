@@ -1,0 +1,569 @@
+//! What is worth sending: the agent's local decision, pure and fed one poll
+//! at a time with the agent's monotonic `now`.
+//!
+//! - A connection whose send queue is non-zero and whose (snd_una,
+//!   write_seq, sendq) are the same as at the previous poll is a
+//!   **suspect**; its `unchanged_ms` is the time since those marks were
+//!   first seen.
+//! - A suspect that moves or drains gets one **released** sample, then
+//!   nothing more.
+//! - A flow the collector asked to watch is sent every poll (**watched**);
+//!   when this host has no socket for it, it is reported **absent**.
+//! - A socket that was sent (suspect or watched) and is gone gets a
+//!   **closed**.
+//!
+//! A socket is sent at most once per poll, with the first reason that
+//! applies of suspect, released, watched. Identity is (namespace inode,
+//! socket cookie): a reused 4-tuple is a new connection. Memory holds only
+//! connections with a non-empty send queue and the watched sockets.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::time::Duration;
+
+use tcpstall_common::{EndSample, FlowTuple, SocketSample};
+
+/// Most flows watched at once; further watch requests are refused.
+pub const MAX_WATCHED: usize = 4096;
+
+/// A connection's identity: (network namespace inode, socket cookie).
+pub type ConnKey = (u64, u64);
+
+/// Why a sample is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Suspect,
+    Watched,
+    Released,
+}
+
+/// A sent socket that is gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gone {
+    /// The namespace's label.
+    pub netns: String,
+    pub flow: FlowTuple,
+    pub cookie: u64,
+}
+
+/// What one poll has worth sending.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Selection {
+    pub samples: Vec<(Reason, EndSample)>,
+    pub closed: Vec<Gone>,
+    /// Watched flows with no socket on this host.
+    pub absent: Vec<FlowTuple>,
+    /// Connections in the poll.
+    pub connections: usize,
+}
+
+impl Selection {
+    /// Nothing to send: a heartbeat will do.
+    pub fn is_empty(&self) -> bool {
+        self.samples.is_empty() && self.closed.is_empty() && self.absent.is_empty()
+    }
+}
+
+/// What decides whether a queue is stuck.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Marks {
+    snd_una: Option<u64>,
+    write_seq: Option<u64>,
+    sendq: u32,
+}
+
+/// A connection with bytes in its send queue.
+#[derive(Debug)]
+struct Queued {
+    marks: Marks,
+    /// When these marks were first seen.
+    since: Duration,
+    /// Sent as a suspect and not yet released.
+    suspect: bool,
+    flow: FlowTuple,
+    /// The poll that last saw it.
+    seen: u64,
+}
+
+/// A watched socket that was sent.
+#[derive(Debug)]
+struct WatchedSocket {
+    flow: FlowTuple,
+    seen: u64,
+}
+
+/// Decides, poll after poll, which sockets are worth sending.
+#[derive(Debug, Default)]
+pub struct Selector {
+    labels: HashMap<u64, String>,
+    queued: HashMap<ConnKey, Queued>,
+    watched: BTreeSet<FlowTuple>,
+    watched_sockets: HashMap<ConnKey, WatchedSocket>,
+    generation: u64,
+}
+
+impl Selector {
+    /// A selector for namespaces known by (inode, label).
+    pub fn new(labels: impl IntoIterator<Item = (u64, String)>) -> Selector {
+        Selector {
+            labels: labels.into_iter().collect(),
+            ..Selector::default()
+        }
+    }
+
+    fn label(&self, inode: u64) -> String {
+        self.labels
+            .get(&inode)
+            .cloned()
+            .unwrap_or_else(|| format!("inode:{inode}"))
+    }
+
+    /// Starts watching `flow` (local is this host's address). False when
+    /// [`MAX_WATCHED`] flows are already watched.
+    pub fn watch(&mut self, flow: FlowTuple) -> bool {
+        if self.watched.len() >= MAX_WATCHED && !self.watched.contains(&flow) {
+            return false;
+        }
+        self.watched.insert(flow);
+        true
+    }
+
+    /// Stops watching `flow`; its sockets get no `closed` later.
+    pub fn unwatch(&mut self, flow: &FlowTuple) {
+        self.watched.remove(flow);
+        self.watched_sockets.retain(|_, w| w.flow != *flow);
+    }
+
+    /// Forgets every watch (the stream that asked for them ended).
+    pub fn clear_watches(&mut self) {
+        self.watched.clear();
+        self.watched_sockets.clear();
+    }
+
+    pub fn watched(&self) -> usize {
+        self.watched.len()
+    }
+
+    /// Connections the selector remembers (queued and watched sockets).
+    pub fn tracked(&self) -> usize {
+        self.queued.len() + self.watched_sockets.len()
+    }
+
+    /// Takes one poll's connections. Namespaces in `failed` did not dump
+    /// this time: their sockets are neither gone nor absent, only unseen.
+    pub fn select(&mut self, samples: &[SocketSample], failed: &[u64], now: Duration) -> Selection {
+        self.generation += 1;
+        let gen = self.generation;
+        let mut out = Selection {
+            connections: samples.len(),
+            ..Selection::default()
+        };
+        let mut found: HashSet<FlowTuple> = HashSet::new();
+        for s in samples {
+            let key = (s.netns, s.cookie);
+            let flow = FlowTuple::new(s.local, s.remote);
+            let mut reason = None;
+            let mut unchanged = Duration::ZERO;
+            if s.wqueue > 0 {
+                let pos = s.positions();
+                let marks = Marks {
+                    snd_una: pos.snd_una,
+                    write_seq: pos.write_seq,
+                    sendq: s.wqueue,
+                };
+                match self.queued.get_mut(&key) {
+                    Some(q) => {
+                        q.seen = gen;
+                        if q.marks == marks {
+                            q.suspect = true;
+                            unchanged = now.saturating_sub(q.since);
+                            reason = Some(Reason::Suspect);
+                        } else {
+                            if q.suspect {
+                                q.suspect = false;
+                                reason = Some(Reason::Released);
+                            }
+                            q.marks = marks;
+                            q.since = now;
+                        }
+                    }
+                    None => {
+                        self.queued.insert(
+                            key,
+                            Queued {
+                                marks,
+                                since: now,
+                                suspect: false,
+                                flow,
+                                seen: gen,
+                            },
+                        );
+                    }
+                }
+            } else if let Some(q) = self.queued.remove(&key) {
+                if q.suspect {
+                    reason = Some(Reason::Released);
+                }
+            }
+            if self.watched.contains(&flow) {
+                found.insert(flow);
+                self.watched_sockets
+                    .insert(key, WatchedSocket { flow, seen: gen });
+                reason = reason.or(Some(Reason::Watched));
+            }
+            if let Some(reason) = reason {
+                let ms = u64::try_from(unchanged.as_millis()).unwrap_or(u64::MAX);
+                let label = self.label(s.netns);
+                out.samples
+                    .push((reason, EndSample::from_socket(s, &label, ms)));
+            }
+        }
+
+        let mut closed: Vec<(ConnKey, FlowTuple)> = Vec::new();
+        self.queued.retain(|key, q| {
+            let keep = q.seen == gen || failed.contains(&key.0);
+            if !keep && q.suspect {
+                closed.push((*key, q.flow));
+            }
+            keep
+        });
+        self.watched_sockets.retain(|key, w| {
+            let keep = w.seen == gen || failed.contains(&key.0);
+            if !keep && !closed.iter().any(|(k, _)| k == key) {
+                closed.push((*key, w.flow));
+            }
+            keep
+        });
+        closed.sort_unstable();
+        out.closed = closed
+            .into_iter()
+            .map(|((netns, cookie), flow)| Gone {
+                netns: self.label(netns),
+                flow,
+                cookie,
+            })
+            .collect();
+        if failed.is_empty() {
+            out.absent = self
+                .watched
+                .iter()
+                .filter(|f| !found.contains(f))
+                .copied()
+                .collect();
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use tcpstall_common::{Opened, TcpState};
+
+    use super::*;
+
+    const NS: u64 = 4026531840;
+    const POLL: Duration = Duration::from_secs(2);
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().expect("test address")
+    }
+
+    /// A connection with `sendq` queued bytes, `acked` of them acknowledged
+    /// since the start (no tcp_info: marks come from the queue alone
+    /// unless `info` is given).
+    fn conn(cookie: u64, local: &str, remote: &str, sendq: u32) -> SocketSample {
+        SocketSample {
+            netns: NS,
+            local: addr(local),
+            remote: addr(remote),
+            state: TcpState::Established,
+            cookie,
+            inode: 1000 + cookie as u32,
+            uid: 0,
+            rqueue: 0,
+            wqueue: sendq,
+            timer: None,
+            timer_expires_ms: 0,
+            timer_retransmits: 0,
+            opened: Some(Opened::Active),
+            info: None,
+            skmem: None,
+            cong: None,
+            shutdown: None,
+        }
+    }
+
+    fn a(cookie: u64, sendq: u32) -> SocketSample {
+        conn(cookie, "198.18.0.1:40000", "198.18.0.2:80", sendq)
+    }
+
+    fn selector() -> Selector {
+        Selector::new([(NS, "host".to_string())])
+    }
+
+    fn at(polls: u32) -> Duration {
+        Duration::from_secs(100) + POLL * polls
+    }
+
+    fn reasons(sel: &Selection) -> Vec<(Reason, u64, u64)> {
+        sel.samples
+            .iter()
+            .map(|(r, s)| (*r, s.cookie, s.unchanged_ms))
+            .collect()
+    }
+
+    #[test]
+    fn unchanged_twice_is_a_suspect_with_its_age() {
+        let mut sel = selector();
+        let first = sel.select(&[a(1, 300)], &[], at(0));
+        assert!(first.is_empty(), "one poll proves nothing: {first:?}");
+        assert_eq!(first.connections, 1);
+        let second = sel.select(&[a(1, 300)], &[], at(1));
+        assert_eq!(reasons(&second), vec![(Reason::Suspect, 1, 2000)]);
+        assert_eq!(second.samples[0].1.netns, "host");
+        let third = sel.select(&[a(1, 300)], &[], at(2) + Duration::from_millis(7));
+        assert_eq!(reasons(&third), vec![(Reason::Suspect, 1, 4007)]);
+    }
+
+    #[test]
+    fn empty_and_moving_queues_are_never_sent() {
+        let mut sel = selector();
+        for i in 0..5 {
+            // Idle, and a bulk transfer whose queue changes every poll.
+            let polled = [a(1, 0), a(2, 1000 + i)];
+            let out = sel.select(&polled, &[], at(i));
+            assert!(out.is_empty(), "poll {i}: {out:?}");
+        }
+        assert_eq!(sel.tracked(), 1, "only the queued connection is kept");
+    }
+
+    #[test]
+    fn a_suspect_that_moves_is_released_once() {
+        let mut sel = selector();
+        sel.select(&[a(1, 300)], &[], at(0));
+        assert_eq!(sel.select(&[a(1, 300)], &[], at(1)).samples.len(), 1);
+        let moved = sel.select(&[a(1, 200)], &[], at(2));
+        assert_eq!(reasons(&moved), vec![(Reason::Released, 1, 0)]);
+        let later = sel.select(&[a(1, 100)], &[], at(3));
+        assert!(later.is_empty(), "then nothing: {later:?}");
+        // Stuck again at the new marks: a suspect again, aged from there.
+        let again = sel.select(&[a(1, 100)], &[], at(4));
+        assert_eq!(reasons(&again), vec![(Reason::Suspect, 1, 2000)]);
+    }
+
+    #[test]
+    fn a_suspect_that_drains_is_released_once_and_forgotten() {
+        let mut sel = selector();
+        sel.select(&[a(1, 300)], &[], at(0));
+        sel.select(&[a(1, 300)], &[], at(1));
+        let drained = sel.select(&[a(1, 0)], &[], at(2));
+        assert_eq!(reasons(&drained), vec![(Reason::Released, 1, 0)]);
+        assert_eq!(sel.tracked(), 0);
+        assert!(sel.select(&[a(1, 0)], &[], at(3)).is_empty());
+        assert!(
+            sel.select(&[], &[], at(4)).is_empty(),
+            "no closed after release"
+        );
+    }
+
+    #[test]
+    fn a_suspect_that_goes_is_closed() {
+        let mut sel = selector();
+        sel.select(&[a(1, 300)], &[], at(0));
+        sel.select(&[a(1, 300)], &[], at(1));
+        let gone = sel.select(&[], &[], at(2));
+        assert!(gone.samples.is_empty());
+        assert_eq!(
+            gone.closed,
+            vec![Gone {
+                netns: "host".into(),
+                flow: FlowTuple::new(addr("198.18.0.1:40000"), addr("198.18.0.2:80")),
+                cookie: 1,
+            }]
+        );
+        assert_eq!(sel.tracked(), 0);
+        assert!(sel.select(&[], &[], at(3)).is_empty(), "closed once");
+    }
+
+    #[test]
+    fn an_unsent_connection_that_goes_is_not_closed() {
+        let mut sel = selector();
+        sel.select(&[a(1, 300)], &[], at(0));
+        let gone = sel.select(&[], &[], at(1));
+        assert!(gone.is_empty(), "{gone:?}");
+        assert_eq!(sel.tracked(), 0);
+    }
+
+    #[test]
+    fn a_new_cookie_on_the_same_tuple_is_a_new_connection() {
+        let mut sel = selector();
+        sel.select(&[a(1, 300)], &[], at(0));
+        sel.select(&[a(1, 300)], &[], at(1));
+        // Same 4-tuple, same queue, new socket: the old one is closed and
+        // the new one starts from nothing.
+        let reused = sel.select(&[a(2, 300)], &[], at(2));
+        assert!(reused.samples.is_empty(), "{reused:?}");
+        assert_eq!(reused.closed.len(), 1);
+        assert_eq!(reused.closed[0].cookie, 1);
+        let next = sel.select(&[a(2, 300)], &[], at(3));
+        assert_eq!(reasons(&next), vec![(Reason::Suspect, 2, 2000)]);
+    }
+
+    #[test]
+    fn the_same_cookie_in_two_namespaces_is_two_connections() {
+        let mut sel = Selector::new([(NS, "host".to_string()), (7, "lab".to_string())]);
+        let mut other = a(1, 500);
+        other.netns = 7;
+        sel.select(&[a(1, 300), other.clone()], &[], at(0));
+        let out = sel.select(&[a(1, 300), other], &[], at(1));
+        let mut labels: Vec<&str> = out.samples.iter().map(|(_, s)| s.netns.as_str()).collect();
+        labels.sort_unstable();
+        assert_eq!(labels, vec!["host", "lab"]);
+    }
+
+    #[test]
+    fn marks_include_the_stream_positions() {
+        let mut sel = selector();
+        let mut s = a(1, 300);
+        s.info = Some(tcp_info_with_acked(5000));
+        sel.select(std::slice::from_ref(&s), &[], at(0));
+        // Same queue length, but 100 more bytes acknowledged (and written):
+        // it moved, so it is not a suspect.
+        let mut moved = s;
+        moved.info = Some(tcp_info_with_acked(5100));
+        assert!(sel.select(&[moved.clone()], &[], at(1)).is_empty());
+        let out = sel.select(&[moved], &[], at(2));
+        assert_eq!(reasons(&out), vec![(Reason::Suspect, 1, 2000)]);
+        assert_eq!(out.samples[0].1.pos.snd_una, Some(5099), "minus the SYN");
+    }
+
+    /// A tcp_info of the oldest supported length with `bytes_acked` set.
+    fn tcp_info_with_acked(acked: u64) -> tcpstall_common::TcpInfo {
+        // tcpi_bytes_acked sits at offset 120 (after the 4.1 additions).
+        let mut raw = vec![0u8; 192];
+        raw[120..128].copy_from_slice(&acked.to_ne_bytes());
+        tcpstall_common::TcpInfo::parse(&raw).expect("tcp_info")
+    }
+
+    #[test]
+    fn watched_flows_are_sent_every_poll_and_absent_when_missing() {
+        let mut sel = selector();
+        let b = conn(9, "198.18.0.2:80", "198.18.0.1:40000", 0);
+        let flow = FlowTuple::new(b.local, b.remote);
+        let nobody = FlowTuple::new(addr("198.18.0.2:81"), addr("198.18.0.9:1"));
+        assert!(sel.watch(flow));
+        assert!(sel.watch(nobody));
+        for i in 0..3 {
+            let out = sel.select(&[b.clone(), a(1, 0)], &[], at(i));
+            assert_eq!(reasons(&out), vec![(Reason::Watched, 9, 0)], "poll {i}");
+            assert_eq!(out.absent, vec![nobody], "poll {i}");
+        }
+        // The watched socket goes: closed once, then the flow is absent.
+        let gone = sel.select(&[a(1, 0)], &[], at(3));
+        assert_eq!(gone.closed.len(), 1);
+        assert_eq!(gone.closed[0].cookie, 9);
+        let mut absent = gone.absent.clone();
+        absent.sort_unstable();
+        let mut want = vec![flow, nobody];
+        want.sort_unstable();
+        assert_eq!(absent, want);
+        let later = sel.select(&[a(1, 0)], &[], at(4));
+        assert!(later.closed.is_empty());
+        // Unwatched: nothing more about either.
+        sel.unwatch(&flow);
+        sel.unwatch(&nobody);
+        assert!(sel.select(&[b, a(1, 0)], &[], at(5)).is_empty());
+        assert_eq!(sel.watched(), 0);
+    }
+
+    #[test]
+    fn a_watched_suspect_is_sent_once_as_a_suspect_and_closed_once() {
+        let mut sel = selector();
+        let s = a(1, 300);
+        sel.watch(FlowTuple::new(s.local, s.remote));
+        let first = sel.select(std::slice::from_ref(&s), &[], at(0));
+        assert_eq!(reasons(&first), vec![(Reason::Watched, 1, 0)]);
+        let second = sel.select(std::slice::from_ref(&s), &[], at(1));
+        assert_eq!(reasons(&second), vec![(Reason::Suspect, 1, 2000)]);
+        let gone = sel.select(&[], &[], at(2));
+        assert_eq!(gone.closed.len(), 1, "{gone:?}");
+    }
+
+    #[test]
+    fn unwatched_sockets_are_not_closed_later() {
+        let mut sel = selector();
+        let b = conn(9, "198.18.0.2:80", "198.18.0.1:40000", 0);
+        let flow = FlowTuple::new(b.local, b.remote);
+        sel.watch(flow);
+        sel.select(std::slice::from_ref(&b), &[], at(0));
+        sel.unwatch(&flow);
+        assert!(sel.select(&[], &[], at(1)).is_empty());
+        sel.watch(flow);
+        sel.select(&[b], &[], at(2));
+        sel.clear_watches();
+        assert!(sel.select(&[], &[], at(3)).is_empty());
+        assert_eq!(sel.tracked(), 0);
+    }
+
+    #[test]
+    fn a_failed_namespace_hides_nothing_and_closes_nothing() {
+        let mut sel = selector();
+        let b = conn(9, "198.18.0.2:80", "198.18.0.1:40000", 0);
+        sel.watch(FlowTuple::new(b.local, b.remote));
+        sel.select(&[a(1, 300), b.clone()], &[], at(0));
+        sel.select(&[a(1, 300), b.clone()], &[], at(1));
+        let failed = sel.select(&[], &[NS], at(2));
+        assert!(failed.is_empty(), "{failed:?}");
+        // Back: still a suspect, aged from when its marks were first seen.
+        let back = sel.select(&[a(1, 300), b], &[], at(3));
+        assert_eq!(
+            reasons(&back),
+            vec![(Reason::Suspect, 1, 6000), (Reason::Watched, 9, 0)]
+        );
+    }
+
+    #[test]
+    fn watches_are_bounded() {
+        let mut sel = selector();
+        for port in 0..MAX_WATCHED as u16 {
+            let f = FlowTuple::new(
+                SocketAddr::from(([198, 18, 0, 1], port)),
+                addr("198.18.0.2:80"),
+            );
+            assert!(sel.watch(f));
+        }
+        let one_more = FlowTuple::new(addr("198.18.0.3:1"), addr("198.18.0.2:80"));
+        assert!(!sel.watch(one_more));
+        let again = FlowTuple::new(
+            SocketAddr::from(([198, 18, 0, 1], 0)),
+            addr("198.18.0.2:80"),
+        );
+        assert!(sel.watch(again), "watching a watched flow again is fine");
+        assert_eq!(sel.watched(), MAX_WATCHED);
+    }
+
+    #[test]
+    fn memory_follows_the_queued_connections() {
+        let mut sel = selector();
+        let many: Vec<SocketSample> = (0..1000).map(|c| a(c, 10)).collect();
+        sel.select(&many, &[], at(0));
+        assert_eq!(sel.tracked(), 1000);
+        let out = sel.select(&many, &[], at(1));
+        assert_eq!(out.samples.len(), 1000);
+        // All drain but ten; all are released once and the rest forgotten.
+        let drained: Vec<SocketSample> = (0..1000).map(|c| a(c, u32::from(c < 10) * 10)).collect();
+        let out = sel.select(&drained, &[], at(2));
+        assert_eq!(
+            out.samples
+                .iter()
+                .filter(|(r, _)| *r == Reason::Released)
+                .count(),
+            990
+        );
+        assert_eq!(sel.tracked(), 10);
+        let out = sel.select(&[], &[], at(3));
+        assert_eq!(out.closed.len(), 10);
+        assert_eq!(sel.tracked(), 0);
+    }
+}

@@ -1,0 +1,414 @@
+//! The link to the collector: one `tcpstall.v1.Ingest/Stream` at a time,
+//! reconnected with jittered exponential backoff, forever, until shutdown.
+//!
+//! The link task owns the connection and nothing else. It reports to the
+//! agent's run loop over a bounded channel: a stream is [`LinkEvent::Up`]
+//! (with the sender for outgoing messages, the Hello already first in it),
+//! the collector asked to watch or unwatch a flow, or the stream is
+//! [`LinkEvent::Down`]. The run loop owns the buffer and decides what to
+//! send.
+//!
+//! Messages already handed to a stream that breaks are counted as dropped
+//! when the stream lets go of them (see [`Lost`]).
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use tcpstall_common::FlowTuple;
+use tcpstall_proto::v1::{self, agent_message, collector_message, ingest_client::IngestClient};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_stream::Stream;
+use tonic::transport::Endpoint;
+
+use crate::hello::Identity;
+
+/// The first retry after a failure waits about this long (doubled by
+/// jitter at most), unless the ceiling is lower.
+pub const FIRST_RETRY: Duration = Duration::from_millis(200);
+/// A stream that stayed up this long resets the backoff; a shorter one
+/// (a collector that accepts and then drops us) continues it.
+pub const STABLE: Duration = Duration::from_secs(10);
+/// Messages queued towards one stream before the run loop keeps them in
+/// its own buffer.
+pub const STREAM_QUEUE: usize = 8;
+/// How long a shutdown waits for the collector to close its side.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// How long one connection attempt may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Jittered exponential backoff whose ceiling is a ceiling.
+///
+/// `backon`'s jitter adds up to 100% on top of the delay it computed, and
+/// its `max_delay` caps the delay before jitter: a `max_delay` of 30 s
+/// would wait up to 60 s. So the delay before jitter is capped at half the
+/// ceiling, and jitter brings it to [half, ceiling).
+#[derive(Debug)]
+pub struct Backoff {
+    builder: ExponentialBuilder,
+    delays: <ExponentialBuilder as BackoffBuilder>::Backoff,
+    ceiling: Duration,
+}
+
+impl Backoff {
+    pub fn new(ceiling: Duration) -> Backoff {
+        let half = ceiling / 2;
+        let builder = ExponentialBuilder::new()
+            .with_jitter()
+            .with_factor(2.0)
+            .with_min_delay(FIRST_RETRY.min(half))
+            .with_max_delay(half)
+            .without_max_times();
+        Backoff {
+            builder,
+            delays: builder.build(),
+            ceiling,
+        }
+    }
+
+    /// The wait before the next attempt.
+    pub fn next_delay(&mut self) -> Duration {
+        // `min` only trims the nanoseconds backon's f32 arithmetic may add.
+        self.delays.next().unwrap_or(self.ceiling).min(self.ceiling)
+    }
+
+    /// Back to the first, short wait.
+    pub fn reset(&mut self) {
+        self.delays = self.builder.build();
+    }
+}
+
+/// What the link tells the run loop.
+#[derive(Debug)]
+pub enum LinkEvent {
+    /// A stream is open; the Hello is already queued first on `tx`.
+    Up {
+        session: u64,
+        tx: mpsc::Sender<v1::AgentMessage>,
+    },
+    /// The collector asks for a flow (local is this host's address).
+    Watch(FlowTuple),
+    Unwatch(FlowTuple),
+    /// The stream ended or broke.
+    Down {
+        session: u64,
+    },
+}
+
+/// Counts messages a broken stream never sent. Shared between the link's
+/// streams and the run loop, which folds the counts into its own.
+#[derive(Debug, Default)]
+pub struct Lost {
+    batches: AtomicU64,
+    samples: AtomicU64,
+}
+
+impl Lost {
+    fn add(&self, samples: usize) {
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.samples.fetch_add(
+            u64::try_from(samples).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// The counts since the last call, as (batches, samples).
+    pub fn take(&self) -> (u64, u64) {
+        (
+            self.batches.swap(0, Ordering::Relaxed),
+            self.samples.swap(0, Ordering::Relaxed),
+        )
+    }
+}
+
+/// The request stream of one session. When the transport lets go of it,
+/// whatever is still queued is counted as lost.
+#[derive(Debug)]
+struct Outgoing {
+    rx: mpsc::Receiver<v1::AgentMessage>,
+    lost: Arc<Lost>,
+}
+
+impl Stream for Outgoing {
+    type Item = v1::AgentMessage;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+impl Drop for Outgoing {
+    fn drop(&mut self) {
+        self.rx.close();
+        while let Ok(msg) = self.rx.try_recv() {
+            if let Some(agent_message::Body::Batch(b)) = msg.body {
+                self.lost.add(b.samples.len());
+            }
+        }
+    }
+}
+
+/// Where and how to connect.
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    pub collector: String,
+    pub identity: Identity,
+    pub backoff_max: Duration,
+}
+
+/// Waits until shutdown is asked for (or its sender is gone).
+async fn stopping(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// How a session ended.
+enum End {
+    /// It never got a stream.
+    Failed(String),
+    /// It had a stream, which then ended or broke.
+    Lost(String),
+    Shutdown,
+}
+
+/// Runs the link until shutdown.
+pub async fn run(
+    cfg: LinkConfig,
+    events: mpsc::Sender<LinkEvent>,
+    lost: Arc<Lost>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut backoff = Backoff::new(cfg.backoff_max);
+    let mut session = 0u64;
+    let mut failures = 0u32;
+    loop {
+        session += 1;
+        let started = Instant::now();
+        let end = one_session(&cfg, session, &events, &lost, &mut shutdown).await;
+        match end {
+            End::Shutdown => return,
+            End::Failed(error) => {
+                failures += 1;
+                tracing::warn!(collector = %cfg.collector, session, failures, %error, "cannot reach the collector");
+            }
+            End::Lost(error) => {
+                if events.send(LinkEvent::Down { session }).await.is_err() {
+                    return;
+                }
+                let up = started.elapsed();
+                if up >= STABLE {
+                    backoff.reset();
+                    failures = 0;
+                }
+                failures += 1;
+                tracing::warn!(collector = %cfg.collector, session, up_ms = up.as_millis() as u64, %error, "disconnected from the collector");
+            }
+        }
+        let delay = backoff.next_delay();
+        tracing::info!(collector = %cfg.collector, delay_ms = delay.as_millis() as u64, failures, "reconnecting");
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stopping(&mut shutdown) => return,
+        }
+    }
+}
+
+async fn one_session(
+    cfg: &LinkConfig,
+    session: u64,
+    events: &mpsc::Sender<LinkEvent>,
+    lost: &Arc<Lost>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> End {
+    let open = async {
+        let endpoint = Endpoint::from_shared(cfg.collector.clone())
+            .map_err(|e| e.to_string())?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .keep_alive_while_idle(true);
+        let channel = endpoint.connect().await.map_err(|e| error_chain(&e))?;
+        let identity = cfg.identity.clone();
+        let hello = tokio::task::spawn_blocking(move || identity.hello())
+            .await
+            .map_err(|e| format!("gathering the hello: {e}"))?;
+        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+        tx.try_send(v1::AgentMessage {
+            body: Some(agent_message::Body::Hello(hello)),
+        })
+        .map_err(|e| format!("queueing the hello: {e}"))?;
+        let outgoing = Outgoing {
+            rx,
+            lost: lost.clone(),
+        };
+        let response = IngestClient::new(channel)
+            .stream(outgoing)
+            .await
+            .map_err(|status| status_text(&status))?;
+        Ok::<_, String>((response.into_inner(), tx))
+    };
+    let (mut inbound, tx) = tokio::select! {
+        opened = open => match opened {
+            Ok(pair) => pair,
+            Err(e) => return End::Failed(e),
+        },
+        _ = stopping(shutdown) => return End::Shutdown,
+    };
+    tracing::info!(collector = %cfg.collector, session, "streaming to the collector");
+    if events.send(LinkEvent::Up { session, tx }).await.is_err() {
+        return End::Shutdown;
+    }
+    loop {
+        let msg = tokio::select! {
+            msg = inbound.message() => msg,
+            _ = stopping(shutdown) => {
+                // The run loop has dropped its sender, which ends our side
+                // of the stream; give the collector a moment to end its.
+                let drain = async { while let Ok(Some(_)) = inbound.message().await {} };
+                let _ = tokio::time::timeout(CLOSE_GRACE, drain).await;
+                return End::Shutdown;
+            }
+        };
+        let body = match msg {
+            Ok(Some(v1::CollectorMessage { body: Some(body) })) => body,
+            Ok(Some(v1::CollectorMessage { body: None })) => {
+                tracing::debug!(session, "empty message from the collector");
+                continue;
+            }
+            Ok(None) => return End::Lost("the collector ended the stream".into()),
+            Err(status) => return End::Lost(status_text(&status)),
+        };
+        let event = match body {
+            collector_message::Body::Welcome(w) => {
+                tracing::info!(session, protocol = w.protocol, collector_version = %w.collector_version, "welcomed");
+                continue;
+            }
+            collector_message::Body::Watch(w) => {
+                match tcpstall_proto::convert::flow_from_wire(w.flow.as_ref()) {
+                    Ok(flow) => {
+                        tracing::debug!(session, %flow, reason = %w.reason, "watch");
+                        LinkEvent::Watch(flow)
+                    }
+                    Err(e) => {
+                        tracing::warn!(session, error = %e, "malformed watch request ignored");
+                        continue;
+                    }
+                }
+            }
+            collector_message::Body::Unwatch(u) => {
+                match tcpstall_proto::convert::flow_from_wire(u.flow.as_ref()) {
+                    Ok(flow) => {
+                        tracing::debug!(session, %flow, "unwatch");
+                        LinkEvent::Unwatch(flow)
+                    }
+                    Err(e) => {
+                        tracing::warn!(session, error = %e, "malformed unwatch request ignored");
+                        continue;
+                    }
+                }
+            }
+        };
+        if events.send(event).await.is_err() {
+            return End::Shutdown;
+        }
+    }
+}
+
+fn status_text(status: &tonic::Status) -> String {
+    let mut text = format!("{:?}: {}", status.code(), status.message());
+    if let Some(source) = std::error::Error::source(status) {
+        text.push_str(&format!(" ({})", error_chain(source)));
+    }
+    text
+}
+
+/// An error with its causes, as `a: b: c`.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let s = cause.to_string();
+        if !text.contains(&s) {
+            text.push_str(": ");
+            text.push_str(&s);
+        }
+        next = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ceiling_is_a_ceiling() {
+        for ceiling_ms in [100u64, 301, 1000, 30_000, 3_600_000] {
+            let ceiling = Duration::from_millis(ceiling_ms);
+            let mut b = Backoff::new(ceiling);
+            let mut reached = Duration::ZERO;
+            for _ in 0..2000 {
+                let d = b.next_delay();
+                assert!(d <= ceiling, "{d:?} above the ceiling {ceiling:?}");
+                assert!(d >= FIRST_RETRY.min(ceiling / 2), "{d:?} too short");
+                reached = reached.max(d);
+            }
+            assert!(
+                reached >= ceiling / 2,
+                "{ceiling:?}: the delays grow to the ceiling, reached {reached:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn delays_grow_and_are_jittered_then_reset() {
+        let mut b = Backoff::new(Duration::from_secs(30));
+        let first: Vec<Duration> = (0..4).map(|_| b.next_delay()).collect();
+        for (i, d) in first.iter().enumerate() {
+            // f32 arithmetic in backon may be off by a few nanoseconds.
+            let base = FIRST_RETRY * (1 << i);
+            let slack = Duration::from_micros(1);
+            assert!(
+                *d + slack >= base && *d < base * 2 + slack,
+                "attempt {i}: {d:?}"
+            );
+        }
+        let plateau: Vec<Duration> = (0..50).map(|_| b.next_delay()).skip(10).collect();
+        assert!(
+            plateau.windows(2).any(|w| w[0] != w[1]),
+            "jittered, not all equal: {plateau:?}"
+        );
+        b.reset();
+        let d = b.next_delay();
+        assert!(d < FIRST_RETRY * 2, "reset starts short again: {d:?}");
+    }
+
+    #[test]
+    fn a_dropped_stream_counts_what_it_never_sent() {
+        let lost = Arc::new(Lost::default());
+        let (tx, rx) = mpsc::channel(4);
+        let batch = |n| v1::AgentMessage {
+            body: Some(agent_message::Body::Batch(v1::Batch {
+                samples: vec![v1::Sample::default(); n],
+                ..v1::Batch::default()
+            })),
+        };
+        tx.try_send(batch(2)).expect("room");
+        tx.try_send(v1::AgentMessage {
+            body: Some(agent_message::Body::Heartbeat(v1::Heartbeat::default())),
+        })
+        .expect("room");
+        tx.try_send(batch(3)).expect("room");
+        drop(Outgoing {
+            rx,
+            lost: lost.clone(),
+        });
+        assert_eq!(lost.take(), (2, 5), "heartbeats are not batches");
+        assert_eq!(lost.take(), (0, 0));
+        assert!(tx.try_send(batch(1)).is_err(), "closed");
+    }
+}

@@ -1,0 +1,113 @@
+//! The settings of `tcpstall-agent run` through the real binary:
+//! `print-config` with no flags is the committed example, a flag beats the
+//! file and the file beats the default, bad settings are named, and `run`
+//! refuses to start without a collector.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use tcpstall_agent::config::Config;
+
+fn agent(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tcpstall-agent"))
+        .args(args)
+        .output()
+        .expect("run tcpstall-agent")
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn temp_file(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tcpstall-run-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write");
+    path
+}
+
+#[test]
+fn print_config_with_no_flags_is_the_committed_example() {
+    let out = agent(&["print-config"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let example = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("agent.example.toml");
+    let committed = std::fs::read_to_string(&example).expect("agent.example.toml");
+    assert_eq!(
+        stdout(&out),
+        committed,
+        "regenerate with `tcpstall-agent print-config > agent/agent.example.toml`"
+    );
+    let parsed: Config = toml::from_str(&committed).expect("the example parses");
+    assert_eq!(parsed, Config::default());
+}
+
+#[test]
+fn a_flag_beats_the_file_and_the_file_beats_the_default() {
+    let file = temp_file(
+        "layers.toml",
+        "collector = \"http://198.18.0.1:7786\"\ninterval = \"3s\"\nbuffer = 5\nhost = \"from-file\"\n",
+    );
+    let path = file.to_str().expect("utf-8 path");
+    let out = agent(&[
+        "print-config",
+        "--config",
+        path,
+        "--buffer",
+        "9",
+        "--interval",
+        "750ms",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let effective: Config = toml::from_str(&stdout(&out)).expect("print-config prints TOML");
+    assert_eq!(effective.buffer, 9, "flag over file");
+    assert_eq!(
+        effective.interval,
+        std::time::Duration::from_millis(750),
+        "flag over file"
+    );
+    assert_eq!(
+        effective.host.as_deref(),
+        Some("from-file"),
+        "file over default"
+    );
+    assert_eq!(
+        effective.collector.as_deref(),
+        Some("http://198.18.0.1:7786")
+    );
+    assert_eq!(
+        effective.backoff_max,
+        Config::default().backoff_max,
+        "default"
+    );
+    let _ = std::fs::remove_file(file);
+}
+
+#[test]
+fn bad_settings_are_refused_with_their_name() {
+    let file = temp_file("typo.toml", "bufer = 3\n");
+    let path = file.to_str().expect("utf-8 path");
+    let out = agent(&["print-config", "--config", path]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("bufer"), "{}", stderr(&out));
+    let _ = std::fs::remove_file(file);
+
+    let out = agent(&["print-config", "--interval", "soon"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("soon"), "{}", stderr(&out));
+
+    let out = agent(&["print-config", "--buffer", "0"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("buffer"), "{}", stderr(&out));
+}
+
+#[test]
+fn run_without_a_collector_says_so() {
+    let out = agent(&["run", "--interval", "1s"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--collector"), "{}", stderr(&out));
+}
