@@ -7,3 +7,4 @@
 
 pub mod detect;
 pub mod diagnose;
+pub mod store;

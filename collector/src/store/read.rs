@@ -1,0 +1,148 @@
+//! Reading the store: episodes by filter, one episode with its samples,
+//! hosts. Runs on the store thread; every stored value is decoded with a
+//! typed error, never a panic, since a person may have edited the file.
+
+use rusqlite::types::Value;
+use rusqlite::{params_from_iter, Connection, Row};
+use tcpstall_common::FlowTuple;
+
+use super::{EpisodeFilter, EpisodeRow, HostRow, Side, StoreError, StoredSample};
+
+const EPISODE_COLS: &str = "id, diagnosis, summary, evidence, started_at_ms, duration_ms, \
+     stuck_bytes, a_host, a_netns, a_local, a_remote, a_cookie, b_host, peer_note, open, \
+     ended_at_ms, end_reason";
+
+/// Socket cookies are u64; SQLite integers are i64. The bits are kept.
+pub(super) fn cookie_to_sql(c: u64) -> i64 {
+    i64::from_ne_bytes(c.to_ne_bytes())
+}
+
+fn cookie_from_sql(c: i64) -> u64 {
+    u64::from_ne_bytes(c.to_ne_bytes())
+}
+
+pub(super) fn list_episodes(
+    conn: &Connection,
+    f: &EpisodeFilter,
+) -> Result<Vec<EpisodeRow>, StoreError> {
+    let mut sql = format!("SELECT {EPISODE_COLS} FROM episodes WHERE 1");
+    let mut args = Vec::new();
+    if let Some(since) = f.since_ms {
+        args.push(Value::Integer(since));
+        sql += &format!(" AND started_at_ms >= ?{}", args.len());
+    }
+    if let Some(host) = &f.host {
+        args.push(Value::Text(host.clone()));
+        let n = args.len();
+        sql += &format!(" AND (a_host = ?{n} OR b_host = ?{n})");
+    }
+    if let Some(d) = &f.diagnosis {
+        args.push(Value::Text(d.clone()));
+        sql += &format!(" AND diagnosis = ?{}", args.len());
+    }
+    if f.open_only {
+        sql += " AND open = 1";
+    }
+    args.push(Value::Integer(i64::from(f.effective_limit())));
+    sql += &format!(
+        " ORDER BY started_at_ms DESC, id DESC LIMIT ?{}",
+        args.len()
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut rows = stmt.query(params_from_iter(args))?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(episode_row(row)?);
+    }
+    Ok(out)
+}
+
+pub(super) fn get_episode(
+    conn: &Connection,
+    id: i64,
+) -> Result<Option<(EpisodeRow, Vec<StoredSample>)>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {EPISODE_COLS} FROM episodes WHERE id = ?1"
+    ))?;
+    let mut rows = stmt.query([id])?;
+    let Some(row) = rows.next()? else {
+        return Ok(None);
+    };
+    let episode = episode_row(row)?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT side, host, at_ms, sample FROM samples
+          WHERE episode_id = ?1 ORDER BY at_ms, id",
+    )?;
+    let mut rows = stmt.query([id])?;
+    let mut samples = Vec::new();
+    while let Some(row) = rows.next()? {
+        let side: String = row.get(0)?;
+        let json: String = row.get(3)?;
+        samples.push(StoredSample {
+            side: Side::parse(&side).ok_or_else(|| corrupt(id, "side", &side))?,
+            host: row.get(1)?,
+            at_ms: row.get(2)?,
+            sample: serde_json::from_str(&json).map_err(|_| corrupt(id, "sample", &json))?,
+        });
+    }
+    Ok(Some((episode, samples)))
+}
+
+pub(super) fn list_hosts(conn: &Connection) -> Result<Vec<HostRow>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT host, kernel, agent_version, boot_id, first_seen_ms, last_seen_ms,
+                connected
+           FROM hosts ORDER BY host",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(HostRow {
+            host: r.get(0)?,
+            kernel: r.get(1)?,
+            agent_version: r.get(2)?,
+            boot_id: r.get(3)?,
+            first_seen_ms: r.get(4)?,
+            last_seen_ms: r.get(5)?,
+            connected: r.get::<_, i64>(6)? != 0,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+fn corrupt(id: i64, column: &'static str, value: &str) -> StoreError {
+    StoreError::Corrupt {
+        id,
+        column,
+        value: value.chars().take(200).collect(),
+    }
+}
+
+fn episode_row(row: &Row<'_>) -> Result<EpisodeRow, StoreError> {
+    let id: i64 = row.get(0)?;
+    let evidence: String = row.get(3)?;
+    let duration: i64 = row.get(5)?;
+    let stuck: i64 = row.get(6)?;
+    let local: String = row.get(9)?;
+    let remote: String = row.get(10)?;
+    let addr = |column, s: &str| s.parse().map_err(|_| corrupt(id, column, s));
+    Ok(EpisodeRow {
+        id,
+        diagnosis: row.get(1)?,
+        summary: row.get(2)?,
+        evidence: serde_json::from_str(&evidence)
+            .map_err(|_| corrupt(id, "evidence", &evidence))?,
+        started_at_ms: row.get(4)?,
+        duration_ms: u64::try_from(duration)
+            .map_err(|_| corrupt(id, "duration_ms", &duration.to_string()))?,
+        stuck_bytes: u32::try_from(stuck)
+            .map_err(|_| corrupt(id, "stuck_bytes", &stuck.to_string()))?,
+        a_host: row.get(7)?,
+        a_netns: row.get(8)?,
+        a_flow: FlowTuple::new(addr("a_local", &local)?, addr("a_remote", &remote)?),
+        a_cookie: cookie_from_sql(row.get(11)?),
+        b_host: row.get(12)?,
+        peer_note: row.get(13)?,
+        open: row.get::<_, i64>(14)? != 0,
+        ended_at_ms: row.get(15)?,
+        end_reason: row.get(16)?,
+    })
+}

@@ -1,0 +1,153 @@
+//! The records the store keeps and gives back: domain types only, no
+//! proto types. Samples keep the whole [`EndSample`].
+
+use std::collections::BTreeMap;
+
+use tcpstall_common::{EndSample, FlowTuple};
+
+use super::{DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT};
+
+/// Which end of an episode's connection a sample shows: A is the stuck
+/// sender, B its peer. Stored as `'a'` / `'b'`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Side {
+    A,
+    B,
+}
+
+impl Side {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::A => "a",
+            Side::B => "b",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Side> {
+        match s {
+            "a" => Some(Side::A),
+            "b" => Some(Side::B),
+            _ => None,
+        }
+    }
+}
+
+/// An agent said hello (or is still there).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostRecord {
+    pub host: String,
+    pub kernel: String,
+    pub agent_version: String,
+    pub boot_id: String,
+    pub at_ms: i64,
+}
+
+/// A host as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostRow {
+    pub host: String,
+    pub kernel: String,
+    pub agent_version: String,
+    pub boot_id: String,
+    pub first_seen_ms: i64,
+    pub last_seen_ms: i64,
+    pub connected: bool,
+}
+
+/// An episode that has just opened. The caller allocates `id` (starting at
+/// the one [`Store::open`](super::Store::open) returned).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEpisode {
+    pub id: i64,
+    /// A [`Diagnosis`](crate::diagnose::Diagnosis) id.
+    pub diagnosis: String,
+    pub summary: String,
+    pub evidence: BTreeMap<String, i64>,
+    pub started_at_ms: i64,
+    pub duration_ms: u64,
+    pub stuck_bytes: u32,
+    pub a_host: String,
+    pub a_netns: String,
+    pub a_flow: FlowTuple,
+    pub a_cookie: u64,
+    pub b_host: Option<String>,
+    pub peer_note: Option<String>,
+}
+
+/// A new verdict or duration for an open episode; every field replaces the
+/// stored one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EpisodeUpdate {
+    pub id: i64,
+    pub diagnosis: String,
+    pub summary: String,
+    pub evidence: BTreeMap<String, i64>,
+    pub b_host: Option<String>,
+    pub peer_note: Option<String>,
+    pub duration_ms: u64,
+    pub stuck_bytes: u32,
+}
+
+/// How an episode ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EpisodeEnd {
+    pub ended_at_ms: i64,
+    /// An [`EndReason`](crate::detect::EndReason) id, or
+    /// [`END_COLLECTOR_RESTART`](super::END_COLLECTOR_RESTART).
+    pub end_reason: String,
+    pub duration_ms: u64,
+}
+
+/// An episode as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EpisodeRow {
+    pub id: i64,
+    pub diagnosis: String,
+    pub summary: String,
+    pub evidence: BTreeMap<String, i64>,
+    pub started_at_ms: i64,
+    pub duration_ms: u64,
+    pub stuck_bytes: u32,
+    pub a_host: String,
+    pub a_netns: String,
+    pub a_flow: FlowTuple,
+    pub a_cookie: u64,
+    pub b_host: Option<String>,
+    pub peer_note: Option<String>,
+    pub open: bool,
+    pub ended_at_ms: Option<i64>,
+    pub end_reason: Option<String>,
+}
+
+/// One end of an episode's connection at one poll.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSample {
+    pub side: Side,
+    pub host: String,
+    pub at_ms: i64,
+    /// Stored as JSON text, readable with the sqlite3 shell.
+    pub sample: EndSample,
+}
+
+/// Which episodes [`Store::list_episodes`](super::Store::list_episodes) returns, newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EpisodeFilter {
+    /// Started at or after.
+    pub since_ms: Option<i64>,
+    /// A's host or B's host.
+    pub host: Option<String>,
+    pub diagnosis: Option<String>,
+    pub open_only: bool,
+    /// 0 = [`DEFAULT_LIST_LIMIT`]; capped at [`MAX_LIST_LIMIT`].
+    pub limit: u32,
+}
+
+impl EpisodeFilter {
+    /// The row limit this filter really gets.
+    pub fn effective_limit(&self) -> u32 {
+        match self.limit {
+            0 => DEFAULT_LIST_LIMIT,
+            n => n.min(MAX_LIST_LIMIT),
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! The database file: connection settings, the schema and its migrations,
+//! and what opening does to rows an earlier run left behind.
+//!
+//! Migrations are a list of SQL steps; `PRAGMA user_version` holds how many
+//! have run. Each step runs in its own transaction together with the
+//! version bump, so a crash leaves the file at a whole step. A file whose
+//! version is higher than the list is long was written by a newer
+//! collector, and is refused rather than misread.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::Connection;
+
+use super::{StoreError, END_COLLECTOR_RESTART};
+
+/// How long a statement waits for a lock another connection (a person with
+/// the sqlite3 shell, a backup) holds before it fails.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The schema, one step per version. Append; never edit a released step.
+const MIGRATIONS: &[&str] = &[
+    // 1: hosts, episodes, samples.
+    "
+    CREATE TABLE hosts (
+        host          TEXT PRIMARY KEY NOT NULL,
+        kernel        TEXT NOT NULL,
+        agent_version TEXT NOT NULL,
+        boot_id       TEXT NOT NULL,
+        first_seen_ms INTEGER NOT NULL,
+        last_seen_ms  INTEGER NOT NULL,
+        connected     INTEGER NOT NULL CHECK (connected IN (0, 1))
+    );
+    -- AUTOINCREMENT: ids are never handed out twice, even after retention
+    -- deleted the newest episodes.
+    CREATE TABLE episodes (
+        id            INTEGER PRIMARY KEY AUTOINCREMENT,
+        diagnosis     TEXT NOT NULL,
+        summary       TEXT NOT NULL,
+        evidence      TEXT NOT NULL,           -- JSON object: name -> integer
+        started_at_ms INTEGER NOT NULL,
+        duration_ms   INTEGER NOT NULL,
+        stuck_bytes   INTEGER NOT NULL,
+        a_host        TEXT NOT NULL,
+        a_netns       TEXT NOT NULL,
+        a_local       TEXT NOT NULL,           -- ip:port, A's own end
+        a_remote      TEXT NOT NULL,           -- ip:port, B's end
+        a_cookie      INTEGER NOT NULL,        -- u64 bits as i64
+        b_host        TEXT,
+        peer_note     TEXT,
+        open          INTEGER NOT NULL CHECK (open IN (0, 1)),
+        ended_at_ms   INTEGER,
+        end_reason    TEXT
+    );
+    CREATE INDEX episodes_started ON episodes (started_at_ms);
+    CREATE INDEX episodes_diagnosis ON episodes (diagnosis);
+    CREATE INDEX episodes_open ON episodes (open);
+    CREATE INDEX episodes_a_host ON episodes (a_host);
+    CREATE INDEX episodes_b_host ON episodes (b_host);
+    CREATE TABLE samples (
+        id         INTEGER PRIMARY KEY,
+        episode_id INTEGER NOT NULL REFERENCES episodes (id) ON DELETE CASCADE,
+        side       TEXT NOT NULL CHECK (side IN ('a', 'b')),
+        host       TEXT NOT NULL,
+        at_ms      INTEGER NOT NULL,
+        sample     TEXT NOT NULL               -- JSON: tcpstall_common::EndSample
+    );
+    CREATE INDEX samples_episode ON samples (episode_id, at_ms);
+    ",
+];
+
+/// The schema version this code writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Opens (creating if needed) and configures a connection.
+pub(super) fn open(path: &Path) -> Result<Connection, StoreError> {
+    let err = |source| StoreError::Open {
+        path: path.to_path_buf(),
+        source,
+    };
+    let conn = Connection::open(path).map_err(err)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
+    let mode: String = conn
+        .pragma_update_and_check(None, "journal_mode", "wal", |r| r.get(0))
+        .map_err(err)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        tracing::warn!(path = %path.display(), mode, "SQLite refused WAL mode; using it as is");
+    }
+    conn.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(err)?;
+    conn.pragma_update(None, "foreign_keys", true)
+        .map_err(err)?;
+    // Enough for every statement the worker prepares, filters included.
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+/// Brings the schema to [`SCHEMA_VERSION`], or refuses a newer file.
+pub(super) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    let found: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::TooNew {
+            path: path.to_path_buf(),
+            found,
+            known: SCHEMA_VERSION,
+        });
+    }
+    let done = usize::try_from(found).unwrap_or(0);
+    for (i, step) in MIGRATIONS.iter().enumerate().skip(done) {
+        let version = i64::try_from(i + 1).unwrap_or(i64::MAX);
+        let tx = conn.transaction()?;
+        tx.execute_batch(step)?;
+        tx.pragma_update(None, "user_version", version)?;
+        tx.commit()?;
+        tracing::info!(path = %path.display(), version, "store schema migrated");
+    }
+    Ok(())
+}
+
+/// Ends the episodes an earlier run left open: at their last sample, or
+/// their start when they have none. Also marks every host disconnected,
+/// since no agent is connected to a collector that has just started.
+/// Returns how many episodes it ended.
+pub(super) fn end_left_open(conn: &Connection) -> Result<usize, StoreError> {
+    let ended = conn.execute(
+        "UPDATE episodes
+            SET open = 0,
+                end_reason = ?1,
+                ended_at_ms = max(started_at_ms, coalesce(
+                    (SELECT max(at_ms) FROM samples WHERE episode_id = episodes.id),
+                    started_at_ms))
+          WHERE open = 1",
+        [END_COLLECTOR_RESTART],
+    )?;
+    conn.execute("UPDATE hosts SET connected = 0 WHERE connected = 1", [])?;
+    Ok(ended)
+}
+
+/// One more than any episode id ever stored (including deleted ones).
+pub(super) fn next_episode_id(conn: &Connection) -> Result<i64, StoreError> {
+    let max_id: i64 = conn.query_row("SELECT coalesce(max(id), 0) FROM episodes", [], |r| {
+        r.get(0)
+    })?;
+    let seq: i64 = conn.query_row(
+        "SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name = 'episodes'",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(max_id.max(seq).saturating_add(1))
+}

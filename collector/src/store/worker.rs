@@ -1,0 +1,365 @@
+//! The store thread: the only code that touches the connection (reads are
+//! in `read`).
+//!
+//! Each turn takes one command with `blocking_recv`, drains up to
+//! [`MAX_BATCH`] more without waiting, and applies the writes among them in
+//! one transaction. A read, a flush, a prune or a shutdown in the batch
+//! first commits what came before it, so it sees (and, for a flush,
+//! guarantees) every earlier write. A write that fails is logged and
+//! counted, and the thread goes on.
+//!
+//! A ticker thread wakes the store every `retention_every` to prune. It
+//! holds only a weak sender, so it never keeps the store alive, and it
+//! stops as soon as the store thread drops its end of the stop channel.
+
+use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, Connection};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use super::{read, Command, StoreConfig, StoreError, StoreStats, MAX_BATCH};
+
+/// Episodes deleted per statement while pruning, so that one prune of a
+/// large backlog does not hold the write lock for long.
+const PRUNE_CHUNK: i64 = 500;
+
+/// Starts the ticker and the store thread.
+pub(super) fn spawn(
+    conn: Connection,
+    rx: mpsc::Receiver<Command>,
+    weak: mpsc::WeakSender<Command>,
+    stats: Arc<StoreStats>,
+    cfg: &StoreConfig,
+) -> std::io::Result<JoinHandle<()>> {
+    let (stop, stopped) = std_mpsc::channel::<()>();
+    let every = cfg.retention_every.max(Duration::from_millis(1));
+    let ticker = std::thread::Builder::new()
+        .name("tcpstall-store-tick".into())
+        .spawn(move || tick(weak, every, stopped))?;
+    let worker = Worker {
+        conn,
+        rx,
+        stats,
+        retention: cfg.retention,
+    };
+    std::thread::Builder::new()
+        .name("tcpstall-store".into())
+        .spawn(move || {
+            let ack = worker.run();
+            // Dropping the stop sender wakes the ticker at once.
+            drop(stop);
+            if ticker.join().is_err() {
+                warn!("store ticker thread panicked");
+            }
+            if let Some(ack) = ack {
+                let _ = ack.send(());
+            }
+        })
+}
+
+fn tick(weak: mpsc::WeakSender<Command>, every: Duration, stopped: std_mpsc::Receiver<()>) {
+    while let Err(std_mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
+        let Some(tx) = weak.upgrade() else { return };
+        if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(Command::Prune) {
+            return;
+        }
+        // A full queue skips this prune; the next tick tries again.
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn int(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// A write transaction in progress.
+struct Txn {
+    started: Instant,
+    /// BEGIN succeeded (if not, the writes ran one by one).
+    began: bool,
+    writes: u64,
+    rows: u64,
+}
+
+struct Worker {
+    conn: Connection,
+    rx: mpsc::Receiver<Command>,
+    stats: Arc<StoreStats>,
+    retention: Duration,
+}
+
+impl Worker {
+    /// Runs until every sender is gone or a shutdown arrives; returns the
+    /// shutdown's acknowledgement, sent once the connection is closed.
+    fn run(mut self) -> Option<oneshot::Sender<()>> {
+        self.prune();
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        while let Some(first) = self.rx.blocking_recv() {
+            batch.push(first);
+            while batch.len() < MAX_BATCH {
+                match self.rx.try_recv() {
+                    Ok(c) => batch.push(c),
+                    Err(_) => break,
+                }
+            }
+            if let Some(ack) = self.apply(&mut batch) {
+                self.rx.close();
+                let mut late = 0u64;
+                while let Ok(c) = self.rx.try_recv() {
+                    late += u64::from(c.is_write());
+                }
+                self.stats.dropped_after_shutdown(late);
+                info!("store shut down");
+                return Some(ack);
+            }
+        }
+        debug!("every store handle dropped; store thread stops");
+        None
+    }
+
+    /// Applies one batch; returns a shutdown's acknowledgement if the batch
+    /// held one (commands after it are counted as dropped).
+    fn apply(&mut self, batch: &mut Vec<Command>) -> Option<oneshot::Sender<()>> {
+        let mut txn: Option<Txn> = None;
+        let mut cmds = batch.drain(..);
+        let mut shutdown = None;
+        for cmd in cmds.by_ref() {
+            if cmd.is_write() {
+                let t = txn.get_or_insert_with(|| self.begin());
+                let kind = cmd.kind();
+                match self.write(cmd) {
+                    Ok(rows) => {
+                        t.writes += 1;
+                        t.rows += rows;
+                    }
+                    Err(error) => {
+                        self.stats.write_failed(1);
+                        warn!(%error, kind, "store write failed");
+                    }
+                }
+                continue;
+            }
+            self.commit(txn.take());
+            match cmd {
+                Command::ListEpisodes(f, reply) => {
+                    let _ = reply.send(read::list_episodes(&self.conn, &f));
+                }
+                Command::GetEpisode(id, reply) => {
+                    let _ = reply.send(read::get_episode(&self.conn, id));
+                }
+                Command::ListHosts(reply) => {
+                    let _ = reply.send(read::list_hosts(&self.conn));
+                }
+                Command::Flush(reply) => {
+                    let _ = reply.send(());
+                }
+                Command::Prune => self.prune(),
+                Command::Shutdown(ack) => {
+                    shutdown = Some(ack);
+                    break;
+                }
+                _ => {}
+            }
+        }
+        let late = cmds.filter(Command::is_write).count();
+        self.stats.dropped_after_shutdown(late as u64);
+        self.commit(txn.take());
+        shutdown
+    }
+
+    fn begin(&self) -> Txn {
+        let began = match self.conn.execute_batch("BEGIN") {
+            Ok(()) => true,
+            Err(error) => {
+                warn!(%error, "store cannot begin a transaction; writing row by row");
+                false
+            }
+        };
+        Txn {
+            started: Instant::now(),
+            began,
+            writes: 0,
+            rows: 0,
+        }
+    }
+
+    fn commit(&self, txn: Option<Txn>) {
+        let Some(t) = txn else { return };
+        if t.began {
+            if self.conn.is_autocommit() {
+                // SQLite rolled the transaction back itself (disk full, I/O).
+                self.stats.write_failed(t.writes);
+                warn!(
+                    writes = t.writes,
+                    "store transaction was rolled back by SQLite"
+                );
+                return;
+            }
+            if let Err(error) = self.conn.execute_batch("COMMIT") {
+                self.stats.write_failed(t.writes);
+                warn!(%error, writes = t.writes, "store commit failed; rolling back");
+                if let Err(error) = self.conn.execute_batch("ROLLBACK") {
+                    warn!(%error, "store rollback failed");
+                }
+                return;
+            }
+        }
+        let micros = u64::try_from(t.started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.stats.committed(t.rows, micros);
+    }
+
+    /// Applies one write command; returns the rows it changed.
+    fn write(&self, cmd: Command) -> Result<u64, StoreError> {
+        let c = &self.conn;
+        let rows = match cmd {
+            Command::HostSeen(h) => c
+                .prepare_cached(
+                    "INSERT INTO hosts (host, kernel, agent_version, boot_id,
+                                        first_seen_ms, last_seen_ms, connected)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?5, 1)
+                     ON CONFLICT (host) DO UPDATE SET
+                        kernel = excluded.kernel,
+                        agent_version = excluded.agent_version,
+                        boot_id = excluded.boot_id,
+                        last_seen_ms = max(last_seen_ms, excluded.last_seen_ms),
+                        connected = 1",
+                )?
+                .execute(params![
+                    h.host,
+                    h.kernel,
+                    h.agent_version,
+                    h.boot_id,
+                    h.at_ms
+                ])?,
+            Command::HostGone { host, at_ms } => c
+                .prepare_cached(
+                    "UPDATE hosts SET connected = 0, last_seen_ms = max(last_seen_ms, ?2)
+                      WHERE host = ?1",
+                )?
+                .execute(params![host, at_ms])?,
+            Command::OpenEpisode(e) => c
+                .prepare_cached(
+                    "INSERT INTO episodes (id, diagnosis, summary, evidence, started_at_ms,
+                        duration_ms, stuck_bytes, a_host, a_netns, a_local, a_remote,
+                        a_cookie, b_host, peer_note, open)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, 1)",
+                )?
+                .execute(params![
+                    e.id,
+                    e.diagnosis,
+                    e.summary,
+                    serde_json::to_string(&e.evidence)?,
+                    e.started_at_ms,
+                    int(e.duration_ms),
+                    e.stuck_bytes,
+                    e.a_host,
+                    e.a_netns,
+                    e.a_flow.local.to_string(),
+                    e.a_flow.remote.to_string(),
+                    read::cookie_to_sql(e.a_cookie),
+                    e.b_host,
+                    e.peer_note,
+                ])?,
+            Command::UpdateEpisode(u) => known(
+                u.id,
+                c.prepare_cached(
+                    "UPDATE episodes SET diagnosis = ?2, summary = ?3, evidence = ?4,
+                        b_host = ?5, peer_note = ?6, duration_ms = ?7, stuck_bytes = ?8
+                      WHERE id = ?1",
+                )?
+                .execute(params![
+                    u.id,
+                    u.diagnosis,
+                    u.summary,
+                    serde_json::to_string(&u.evidence)?,
+                    u.b_host,
+                    u.peer_note,
+                    int(u.duration_ms),
+                    u.stuck_bytes,
+                ])?,
+            )?,
+            Command::CloseEpisode { id, end } => known(
+                id,
+                c.prepare_cached(
+                    "UPDATE episodes SET open = 0, ended_at_ms = ?2, end_reason = ?3,
+                        duration_ms = ?4
+                      WHERE id = ?1",
+                )?
+                .execute(params![
+                    id,
+                    end.ended_at_ms,
+                    end.end_reason,
+                    int(end.duration_ms)
+                ])?,
+            )?,
+            Command::AddSamples { id, samples } => {
+                let mut stmt = c.prepare_cached(
+                    "INSERT INTO samples (episode_id, side, host, at_ms, sample)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?;
+                let mut n = 0;
+                for s in &samples {
+                    let json = serde_json::to_string(&s.sample)?;
+                    n += stmt.execute(params![id, s.side.as_str(), s.host, s.at_ms, json])?;
+                }
+                n
+            }
+            _ => 0,
+        };
+        Ok(rows as u64)
+    }
+
+    /// Deletes closed episodes that ended before now − retention, with
+    /// their samples (ON DELETE CASCADE), a chunk per statement.
+    fn prune(&self) {
+        let retention = i64::try_from(self.retention.as_millis()).unwrap_or(i64::MAX);
+        let cutoff = now_ms().saturating_sub(retention);
+        let mut total = 0u64;
+        loop {
+            let deleted = self
+                .conn
+                .prepare_cached(
+                    "DELETE FROM episodes WHERE id IN (
+                        SELECT id FROM episodes
+                         WHERE open = 0 AND ended_at_ms < ?1 LIMIT ?2)",
+                )
+                .and_then(|mut s| s.execute(params![cutoff, PRUNE_CHUNK]));
+            match deleted {
+                Ok(0) => break,
+                Ok(n) => {
+                    total += n as u64;
+                    self.stats.pruned(n as u64);
+                }
+                Err(error) => {
+                    warn!(%error, "store prune failed");
+                    break;
+                }
+            }
+        }
+        if total > 0 {
+            info!(
+                episodes = total,
+                cutoff_ms = cutoff,
+                "store pruned old episodes"
+            );
+        }
+    }
+}
+
+/// An UPDATE that matched no row names an episode the store never had.
+fn known(id: i64, rows: usize) -> Result<usize, StoreError> {
+    if rows == 0 {
+        Err(StoreError::UnknownEpisode { id })
+    } else {
+        Ok(rows)
+    }
+}

@@ -1,0 +1,749 @@
+//! The store against real SQLite files in a temporary directory: round
+//! trips, filters, migrations, the restart sweep, retention, back-pressure
+//! and the flush barrier. A second, plain rusqlite connection checks what
+//! really reached the file.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rusqlite::Connection;
+use tcpstall_collector::store::schema::SCHEMA_VERSION;
+use tcpstall_collector::store::{
+    EpisodeEnd, EpisodeFilter, EpisodeRow, EpisodeUpdate, HostRecord, NewEpisode, Side, Store,
+    StoreConfig, StoreError, StoredSample, END_COLLECTOR_RESTART,
+};
+use tcpstall_common::{EndSample, FlowTuple, Opened, Positions, TcpState, TimerKind};
+use tempfile::TempDir;
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+/// A store in `dir` whose retention (a century) never touches the small
+/// timestamps most tests use; the retention test sets its own.
+fn config(dir: &TempDir) -> StoreConfig {
+    StoreConfig {
+        retention: Duration::from_secs(100 * 365 * 24 * 3600),
+        ..StoreConfig::new(dir.path().join("tcpstall.db"))
+    }
+}
+
+fn flow(a: &str, b: &str) -> FlowTuple {
+    FlowTuple::new(
+        a.parse().expect("test address"),
+        b.parse().expect("test address"),
+    )
+}
+
+fn now_ms() -> i64 {
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970");
+    i64::try_from(d.as_millis()).expect("ms fit i64")
+}
+
+/// A sample with every field set, Some and None mixed, and values near the
+/// ends of their types, so that a JSON round trip that loses anything
+/// shows.
+fn end_sample(f: FlowTuple, cookie: u64, sendq: u32) -> EndSample {
+    EndSample {
+        flow: f,
+        netns: "ns-a".into(),
+        state: TcpState::Established,
+        cookie,
+        inode: 4_000_000_001,
+        opened: Some(Opened::Active),
+        pos: Positions {
+            sendq,
+            recvq: 7,
+            notsent: Some(sendq / 2),
+            inflight: Some(sendq - sendq / 2),
+            snd_una: Some(u64::MAX - 5),
+            snd_nxt: Some(1 << 40),
+            write_seq: Some(1 << 41),
+            rcv_nxt: Some(0),
+            copied: None,
+            snd_wnd: Some(0),
+            rcv_wnd: None,
+            snd_wscale: Some(14),
+            rcv_wscale: Some(7),
+        },
+        unchanged_ms: 10_250,
+        timer: Some(TimerKind::ZeroWindowProbe),
+        timer_expires_ms: 1_234,
+        retransmits: Some(0),
+        probes: Some(3),
+        backoff: Some(u8::MAX),
+        ca_state: None,
+        rto_us: Some(u32::MAX),
+        rtt_us: Some(87),
+        snd_cwnd: Some(10),
+        unacked: Some(0),
+        lost: None,
+        retrans: Some(0),
+        total_retrans: Some(2),
+        last_data_sent_ms: Some(9_999),
+        last_data_recv_ms: None,
+        last_ack_recv_ms: Some(1),
+        bytes_retrans: Some(u64::MAX),
+        cork: Some(true),
+    }
+}
+
+fn episode(id: i64, a_host: &str, b_host: Option<&str>, diagnosis: &str, start: i64) -> NewEpisode {
+    let mut evidence = BTreeMap::new();
+    evidence.insert("a_sendq".to_string(), 4096);
+    evidence.insert("a_snd_wnd".to_string(), 0);
+    evidence.insert("b_rcv_nxt".to_string(), -1);
+    evidence.insert("big".to_string(), i64::MAX);
+    NewEpisode {
+        id,
+        diagnosis: diagnosis.into(),
+        summary: format!("episode {id}: {diagnosis}"),
+        evidence,
+        started_at_ms: start,
+        duration_ms: 10_100,
+        stuck_bytes: 4096,
+        a_host: a_host.into(),
+        a_netns: "ns-a".into(),
+        a_flow: flow("198.18.0.1:40000", "[2001:db8::2]:8080"),
+        a_cookie: u64::MAX - 1,
+        b_host: b_host.map(str::to_string),
+        peer_note: None,
+    }
+}
+
+fn row_of(e: &NewEpisode) -> EpisodeRow {
+    EpisodeRow {
+        id: e.id,
+        diagnosis: e.diagnosis.clone(),
+        summary: e.summary.clone(),
+        evidence: e.evidence.clone(),
+        started_at_ms: e.started_at_ms,
+        duration_ms: e.duration_ms,
+        stuck_bytes: e.stuck_bytes,
+        a_host: e.a_host.clone(),
+        a_netns: e.a_netns.clone(),
+        a_flow: e.a_flow,
+        a_cookie: e.a_cookie,
+        b_host: e.b_host.clone(),
+        peer_note: e.peer_note.clone(),
+        open: true,
+        ended_at_ms: None,
+        end_reason: None,
+    }
+}
+
+fn stored(side: Side, host: &str, at_ms: i64, f: FlowTuple) -> StoredSample {
+    StoredSample {
+        side,
+        host: host.into(),
+        at_ms,
+        sample: end_sample(f, 77, 4096),
+    }
+}
+
+fn ids(rows: &[EpisodeRow]) -> Vec<i64> {
+    rows.iter().map(|r| r.id).collect()
+}
+
+fn count(path: &Path, sql: &str) -> i64 {
+    let c = Connection::open(path).expect("second connection");
+    c.query_row(sql, [], |r| r.get(0)).expect("count query")
+}
+
+async fn stop(store: Store, thread: std::thread::JoinHandle<()>) {
+    store.shutdown().await;
+    thread.join().expect("store thread ends cleanly");
+}
+
+#[tokio::test]
+async fn episode_round_trips_with_evidence_and_both_sides() -> TestResult {
+    let dir = TempDir::new()?;
+    let (store, thread, next) = Store::open(config(&dir))?;
+    assert_eq!(next, 1, "a new database starts at id 1");
+
+    let mut e = episode(next, "alpha", Some("beta"), "peer_not_reading", 1_000);
+    e.peer_note = Some("b: pid 42 (server)".into());
+    let f = e.a_flow;
+    let samples = vec![
+        stored(Side::A, "alpha", 1_000, f),
+        stored(Side::B, "beta", 1_001, f.reversed()),
+        stored(Side::A, "alpha", 3_000, f),
+        stored(Side::B, "beta", 3_002, f.reversed()),
+    ];
+    assert!(store.open_episode(e.clone()));
+    assert!(store.add_samples(e.id, samples[..2].to_vec()));
+    assert!(store.add_samples(e.id, samples[2..].to_vec()));
+
+    let (row, got) = store.get_episode(e.id).await?.ok_or("episode stored")?;
+    assert_eq!(row, row_of(&e));
+    assert_eq!(got, samples, "samples of both sides, exact, in time order");
+    assert_eq!(store.get_episode(e.id + 1).await?, None);
+
+    // Readable by people with the sqlite3 shell: addresses and JSON text.
+    let path = config(&dir).path;
+    let c = Connection::open(&path)?;
+    let (local, remote): (String, String) = c.query_row(
+        "SELECT a_local, a_remote FROM episodes WHERE id = ?1",
+        [e.id],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    assert_eq!(
+        (local.as_str(), remote.as_str()),
+        ("198.18.0.1:40000", "[2001:db8::2]:8080")
+    );
+    let json: String = c.query_row(
+        "SELECT sample FROM samples WHERE side = 'b' ORDER BY at_ms LIMIT 1",
+        [],
+        |r| r.get(0),
+    )?;
+    assert!(json.contains("\"zero_window_probe\""), "{json}");
+
+    let s = store.stats().snapshot();
+    assert_eq!(s.committed_rows, 5, "one episode and four samples: {s:?}");
+    assert_eq!(s.dropped, 0);
+    assert_eq!(s.write_errors, 0);
+    stop(store, thread).await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn hosts_are_upserted_and_marked_gone() -> TestResult {
+    let dir = TempDir::new()?;
+    let (store, thread, _) = Store::open(config(&dir))?;
+    let hello = |host: &str, at_ms, kernel: &str| HostRecord {
+        host: host.into(),
+        kernel: kernel.into(),
+        agent_version: "0.1.0".into(),
+        boot_id: format!("boot-{host}"),
+        at_ms,
+    };
+    assert!(store.host_seen(hello("beta", 100, "6.18")));
+    assert!(store.host_seen(hello("alpha", 200, "3.10.0-1160.el7")));
+    assert!(store.host_gone("beta", 300));
+    assert!(store.host_seen(hello("alpha", 400, "4.18.0-553.el8")));
+
+    let hosts = store.list_hosts().await?;
+    assert_eq!(hosts.len(), 2);
+    let (alpha, beta) = (&hosts[0], &hosts[1]);
+    assert_eq!(alpha.host, "alpha");
+    assert_eq!((alpha.first_seen_ms, alpha.last_seen_ms), (200, 400));
+    assert_eq!(
+        alpha.kernel, "4.18.0-553.el8",
+        "a new hello refreshes the host"
+    );
+    assert!(alpha.connected);
+    assert_eq!(beta.host, "beta");
+    assert_eq!((beta.first_seen_ms, beta.last_seen_ms), (100, 300));
+    assert!(!beta.connected);
+    stop(store, thread).await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn filters_select_by_since_host_diagnosis_open_and_limit() -> TestResult {
+    let dir = TempDir::new()?;
+    let (store, thread, next) = Store::open(config(&dir))?;
+    let eps = [
+        episode(next, "alpha", Some("beta"), "peer_not_reading", 1_000),
+        episode(next + 1, "beta", Some("gamma"), "data_lost", 2_000),
+        episode(next + 2, "gamma", None, "peer_unmonitored", 3_000),
+        episode(next + 3, "alpha", Some("gamma"), "data_lost", 4_000),
+        episode(next + 4, "delta", Some("alpha"), "ack_lost", 4_000),
+    ];
+    for e in &eps {
+        assert!(store.open_episode(e.clone()));
+    }
+    let end = EpisodeEnd {
+        ended_at_ms: 5_000,
+        end_reason: "moved".into(),
+        duration_ms: 12_000,
+    };
+    assert!(store.close_episode(next + 1, end.clone()));
+    assert!(store.close_episode(next + 3, end));
+
+    let list = |f: EpisodeFilter| store.list_episodes(f);
+    let all = list(EpisodeFilter::default()).await?;
+    // Newest first; equal starts by id, newest first.
+    assert_eq!(ids(&all), [next + 4, next + 3, next + 2, next + 1, next]);
+
+    let since = list(EpisodeFilter {
+        since_ms: Some(3_000),
+        ..Default::default()
+    });
+    assert_eq!(
+        ids(&since.await?),
+        [next + 4, next + 3, next + 2],
+        "start at or after"
+    );
+
+    let alpha = list(EpisodeFilter {
+        host: Some("alpha".into()),
+        ..Default::default()
+    });
+    assert_eq!(
+        ids(&alpha.await?),
+        [next + 4, next + 3, next],
+        "alpha as A or as B"
+    );
+
+    let gamma = list(EpisodeFilter {
+        host: Some("gamma".into()),
+        ..Default::default()
+    });
+    assert_eq!(ids(&gamma.await?), [next + 3, next + 2, next + 1]);
+
+    let lost = list(EpisodeFilter {
+        diagnosis: Some("data_lost".into()),
+        ..Default::default()
+    });
+    assert_eq!(ids(&lost.await?), [next + 3, next + 1]);
+
+    let open = list(EpisodeFilter {
+        open_only: true,
+        ..Default::default()
+    });
+    assert_eq!(ids(&open.await?), [next + 4, next + 2, next]);
+
+    let two = list(EpisodeFilter {
+        limit: 2,
+        ..Default::default()
+    });
+    assert_eq!(ids(&two.await?), [next + 4, next + 3]);
+
+    let combined = list(EpisodeFilter {
+        since_ms: Some(2_000),
+        host: Some("gamma".into()),
+        diagnosis: Some("data_lost".into()),
+        open_only: false,
+        limit: 1,
+    });
+    assert_eq!(ids(&combined.await?), [next + 3]);
+
+    let none = list(EpisodeFilter {
+        host: Some("nobody".into()),
+        ..Default::default()
+    });
+    assert!(none.await?.is_empty());
+
+    assert_eq!(EpisodeFilter::default().effective_limit(), 1000);
+    stop(store, thread).await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn update_then_close() -> TestResult {
+    let dir = TempDir::new()?;
+    let (store, thread, next) = Store::open(config(&dir))?;
+    let e = episode(next, "alpha", None, "peer_unmonitored", 1_000);
+    assert!(store.open_episode(e.clone()));
+
+    let mut evidence = BTreeMap::new();
+    evidence.insert("b_rcv_wnd".to_string(), 0);
+    let update = EpisodeUpdate {
+        id: e.id,
+        diagnosis: "peer_not_reading".into(),
+        summary: "beta stopped reading".into(),
+        evidence: evidence.clone(),
+        b_host: Some("beta".into()),
+        peer_note: Some("pid 7".into()),
+        duration_ms: 14_000,
+        stuck_bytes: 8192,
+    };
+    assert!(store.update_episode(update));
+    let (row, _) = store.get_episode(e.id).await?.ok_or("stored")?;
+    let mut want = row_of(&e);
+    want.diagnosis = "peer_not_reading".into();
+    want.summary = "beta stopped reading".into();
+    want.evidence = evidence;
+    want.b_host = Some("beta".into());
+    want.peer_note = Some("pid 7".into());
+    want.duration_ms = 14_000;
+    want.stuck_bytes = 8192;
+    assert_eq!(row, want);
+
+    let end = EpisodeEnd {
+        ended_at_ms: 20_000,
+        end_reason: "drained".into(),
+        duration_ms: 19_000,
+    };
+    assert!(store.close_episode(e.id, end));
+    let (row, _) = store.get_episode(e.id).await?.ok_or("stored")?;
+    want.open = false;
+    want.ended_at_ms = Some(20_000);
+    want.end_reason = Some("drained".into());
+    want.duration_ms = 19_000;
+    assert_eq!(row, want);
+
+    // Writes naming an unknown episode fail on the thread: counted, logged,
+    // and the thread goes on.
+    let ghost = EpisodeEnd {
+        ended_at_ms: 1,
+        end_reason: "closed".into(),
+        duration_ms: 1,
+    };
+    assert!(store.close_episode(999, ghost));
+    assert!(store.add_samples(999, vec![stored(Side::A, "alpha", 1, e.a_flow)]));
+    assert!(
+        store.open_episode(e.clone()),
+        "a duplicate id is refused by SQLite"
+    );
+    store.flush().await?;
+    assert_eq!(store.stats().snapshot().write_errors, 3);
+    assert_eq!(store.get_episode(e.id).await?.map(|(r, _)| r), Some(want));
+    stop(store, thread).await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn migrations_are_idempotent_and_a_newer_schema_is_refused() -> TestResult {
+    let dir = TempDir::new()?;
+    let cfg = config(&dir);
+    let (store, thread, next) = Store::open(cfg.clone())?;
+    let e = episode(next, "alpha", Some("beta"), "data_lost", 1_000);
+    assert!(store.open_episode(e.clone()));
+    assert!(store.close_episode(
+        e.id,
+        EpisodeEnd {
+            ended_at_ms: now_ms(),
+            end_reason: "moved".into(),
+            duration_ms: 11_000,
+        }
+    ));
+    stop(store, thread).await;
+
+    for _ in 0..2 {
+        let (store, thread, next_again) = Store::open(cfg.clone())?;
+        assert_eq!(next_again, next + 1);
+        let rows = store.list_episodes(EpisodeFilter::default()).await?;
+        assert_eq!(ids(&rows), [e.id]);
+        stop(store, thread).await;
+    }
+    assert_eq!(count(&cfg.path, "PRAGMA user_version"), SCHEMA_VERSION);
+    let mode: String =
+        Connection::open(&cfg.path)?.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+    assert_eq!(mode, "wal");
+
+    // A newer collector wrote this file: refuse it, name both versions.
+    Connection::open(&cfg.path)?.pragma_update(None, "user_version", SCHEMA_VERSION + 1)?;
+    match Store::open(cfg.clone()) {
+        Err(StoreError::TooNew { found, known, .. }) => {
+            assert_eq!((found, known), (SCHEMA_VERSION + 1, SCHEMA_VERSION));
+        }
+        other => panic!("expected TooNew, got {other:?}"),
+    }
+    let msg = Store::open(cfg.clone())
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(msg.contains("newer"), "{msg}");
+    // Refusing changed nothing.
+    assert_eq!(count(&cfg.path, "PRAGMA user_version"), SCHEMA_VERSION + 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn restart_ends_open_episodes_and_keeps_closed_ones() -> TestResult {
+    let dir = TempDir::new()?;
+    let cfg = config(&dir);
+    let (store, thread, next) = Store::open(cfg.clone())?;
+    // Recent times: retention (30 days by default) must not take them.
+    let t0 = now_ms() - 60_000;
+    let with_samples = episode(next, "alpha", Some("beta"), "peer_not_reading", t0 + 1_000);
+    let bare = episode(next + 1, "alpha", None, "peer_unmonitored", t0 + 2_000);
+    let closed = episode(next + 2, "beta", None, "corked", t0 + 500);
+    let f = with_samples.a_flow;
+    for e in [&with_samples, &bare, &closed] {
+        assert!(store.open_episode(e.clone()));
+    }
+    assert!(store.add_samples(
+        with_samples.id,
+        vec![
+            stored(Side::A, "alpha", t0 + 1_000, f),
+            stored(Side::B, "beta", t0 + 4_500, f.reversed()),
+            stored(Side::A, "alpha", t0 + 4_000, f),
+        ]
+    ));
+    let end = EpisodeEnd {
+        ended_at_ms: t0 + 9_000,
+        end_reason: "drained".into(),
+        duration_ms: 8_500,
+    };
+    assert!(store.close_episode(closed.id, end));
+    assert!(store.host_seen(HostRecord {
+        host: "alpha".into(),
+        kernel: "6.18".into(),
+        agent_version: "0.1.0".into(),
+        boot_id: "b".into(),
+        at_ms: 1_000,
+    }));
+    // Stop without a shutdown: dropping the last handle commits and ends.
+    store.flush().await?;
+    drop(store);
+    thread.join().map_err(|_| "store thread panicked")?;
+
+    let (store, thread, next_again) = Store::open(cfg)?;
+    assert_eq!(next_again, next + 3);
+    let rows = store.list_episodes(EpisodeFilter::default()).await?;
+    let by_id = |id| rows.iter().find(|r| r.id == id).cloned().ok_or("row");
+
+    let mut want = row_of(&with_samples);
+    want.open = false;
+    want.ended_at_ms = Some(t0 + 4_500);
+    want.end_reason = Some(END_COLLECTOR_RESTART.into());
+    assert_eq!(by_id(with_samples.id)?, want, "ended at its last sample");
+
+    let mut want = row_of(&bare);
+    want.open = false;
+    want.ended_at_ms = Some(t0 + 2_000);
+    want.end_reason = Some(END_COLLECTOR_RESTART.into());
+    assert_eq!(by_id(bare.id)?, want, "no samples: ended at its start");
+
+    let mut want = row_of(&closed);
+    want.open = false;
+    want.ended_at_ms = Some(t0 + 9_000);
+    want.end_reason = Some("drained".into());
+    want.duration_ms = 8_500;
+    assert_eq!(by_id(closed.id)?, want, "closed episodes untouched");
+
+    let (_, samples) = store.get_episode(with_samples.id).await?.ok_or("stored")?;
+    assert_eq!(samples.len(), 3, "samples survive a restart");
+    let hosts = store.list_hosts().await?;
+    assert!(
+        hosts.iter().all(|h| !h.connected),
+        "no agent is connected yet"
+    );
+    stop(store, thread).await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn retention_deletes_old_closed_episodes_with_their_samples() -> TestResult {
+    let dir = TempDir::new()?;
+    let cfg = StoreConfig {
+        retention: Duration::from_secs(600),
+        retention_every: Duration::from_millis(20),
+        ..config(&dir)
+    };
+    let (store, thread, next) = Store::open(cfg.clone())?;
+    let now = now_ms();
+    let hour = 3_600_000;
+    let old = episode(next, "alpha", None, "data_lost", now - 2 * hour);
+    let recent = episode(next + 1, "alpha", None, "data_lost", now - 2 * hour);
+    let open_old = episode(next + 2, "alpha", None, "data_lost", now - 3 * hour);
+    for e in [&old, &recent, &open_old] {
+        assert!(store.open_episode(e.clone()));
+        assert!(store.add_samples(
+            e.id,
+            vec![stored(Side::A, "alpha", e.started_at_ms, e.a_flow)]
+        ));
+    }
+    let end = |at| EpisodeEnd {
+        ended_at_ms: at,
+        end_reason: "moved".into(),
+        duration_ms: 1,
+    };
+    assert!(store.close_episode(old.id, end(now - hour)));
+    assert!(store.close_episode(recent.id, end(now - 1_000)));
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store.get_episode(old.id).await?.is_some() {
+        assert!(Instant::now() < deadline, "retention never pruned");
+        tokio::task::yield_now().await;
+        std::thread::yield_now();
+    }
+    let left = store.list_episodes(EpisodeFilter::default()).await?;
+    let mut left = ids(&left);
+    left.sort_unstable();
+    assert_eq!(
+        left,
+        [recent.id, open_old.id],
+        "recent and open episodes stay"
+    );
+    let per_episode = "SELECT group_concat(episode_id) FROM \
+         (SELECT DISTINCT episode_id FROM samples ORDER BY episode_id)";
+    let c = Connection::open(&cfg.path)?;
+    let with_samples: String = c.query_row(per_episode, [], |r| r.get(0))?;
+    assert_eq!(
+        with_samples,
+        format!("{},{}", recent.id, open_old.id),
+        "samples went too"
+    );
+    assert_eq!(store.stats().snapshot().pruned_episodes, 1);
+    stop(store, thread).await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_full_queue_counts_drops_instead_of_blocking() -> TestResult {
+    let dir = TempDir::new()?;
+    let cfg = StoreConfig {
+        queue: 1,
+        ..config(&dir)
+    };
+    let (store, thread, _) = Store::open(cfg.clone())?;
+    store.flush().await?;
+
+    // Another connection holds the write lock: the store thread's next
+    // write waits in SQLite's busy handler, and the queue of one fills.
+    let blocker = Connection::open(&cfg.path)?;
+    blocker.execute_batch("BEGIN EXCLUSIVE")?;
+
+    let hello = |i: usize| HostRecord {
+        host: format!("host-{i:03}"),
+        kernel: "6.18".into(),
+        agent_version: "0.1.0".into(),
+        boot_id: "b".into(),
+        at_ms: 1,
+    };
+    const SENT: usize = 200;
+    let started = Instant::now();
+    let mut accepted = Vec::new();
+    for i in 0..SENT {
+        if store.host_seen(hello(i)) {
+            accepted.push(format!("host-{i:03}"));
+        }
+    }
+    let took = started.elapsed();
+    eprintln!(
+        "queue of 1, store stalled: {} of {SENT} writes accepted",
+        accepted.len()
+    );
+    let stats = store.stats().snapshot();
+    assert!(
+        took < Duration::from_secs(1),
+        "writes never wait for the store (took {took:?}, the busy timeout is 5 s)"
+    );
+    assert_eq!(
+        stats.dropped,
+        (SENT - accepted.len()) as u64,
+        "every refusal counted"
+    );
+    // The thread takes a command or two before it stalls; the queue holds
+    // one more. Everything else must have been refused.
+    assert!(
+        !accepted.is_empty() && accepted.len() <= 10,
+        "accepted {}",
+        accepted.len()
+    );
+
+    blocker.execute_batch("COMMIT")?;
+    store.flush().await?;
+    let stored: Vec<String> = store
+        .list_hosts()
+        .await?
+        .into_iter()
+        .map(|h| h.host)
+        .collect();
+    assert_eq!(stored, accepted, "exactly what was accepted is stored");
+    assert_eq!(store.stats().snapshot().write_errors, 0);
+    stop(store, thread).await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn flush_is_a_barrier_and_shutdown_stops_the_store() -> TestResult {
+    let dir = TempDir::new()?;
+    let cfg = config(&dir);
+    let (store, thread, next) = Store::open(cfg.clone())?;
+    let e = episode(next, "alpha", Some("beta"), "ack_lost", 1_000);
+    assert!(store.open_episode(e.clone()));
+    for i in 0..2_000 {
+        let s = stored(Side::A, "alpha", i, e.a_flow);
+        assert!(store.add_samples(e.id, vec![s]));
+    }
+    store.flush().await?;
+    // Seen by another connection: committed to the file, not just queued.
+    assert_eq!(count(&cfg.path, "SELECT count(*) FROM samples"), 2_000);
+    let s = store.stats().snapshot();
+    assert_eq!(s.committed_rows, 2_001);
+    assert!(s.transactions >= 1 && s.transactions <= 2_001, "{s:?}");
+
+    let other = store.clone();
+    stop(store, thread).await;
+    let before = other.stats().snapshot().dropped;
+    assert!(!other.add_samples(e.id, vec![stored(Side::B, "beta", 1, e.a_flow)]));
+    assert_eq!(other.stats().snapshot().dropped, before + 1);
+    assert!(matches!(other.flush().await, Err(StoreError::Closed)));
+    assert!(matches!(other.list_hosts().await, Err(StoreError::Closed)));
+    Ok(())
+}
+
+/// User plus system CPU time of this process, from `/proc/self/stat`
+/// (Linux; `None` elsewhere). Less sensitive than wall time to other work
+/// on a busy machine.
+fn process_cpu_secs() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces) in parentheses;
+    // utime and stime are fields 14 and 15, i.e. 12 and 13 after it.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut fields = rest.split(' ').skip(11);
+    let utime: f64 = fields.next()?.parse().ok()?;
+    let stime: f64 = fields.next()?.parse().ok()?;
+    // The kernel's USER_HZ, 100 on every Linux ABI we run on.
+    Some((utime + stime) / 100.0)
+}
+
+/// Throughput: 100,000 samples in 50,000 two-sample commands, the way the
+/// aggregator sends them (one A and one B end per poll), across 1,000
+/// episodes. Run with
+/// `cargo test --release -p tcpstall-collector --test store -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore = "throughput figure, not a check"]
+async fn throughput_100k_samples() -> TestResult {
+    let dir = TempDir::new()?;
+    let (store, thread, next) = Store::open(config(&dir))?;
+    let episodes = 1_000;
+    for i in 0..episodes {
+        assert!(store.open_episode(episode(next + i, "alpha", Some("beta"), "data_lost", i)));
+    }
+    store.flush().await?;
+    let f = flow("198.18.0.1:40000", "198.18.0.2:80");
+    let cpu_before = process_cpu_secs();
+    let started = Instant::now();
+    let mut sent = 0u64;
+    for n in 0..50_000i64 {
+        let id = next + n % episodes;
+        let pair = vec![
+            stored(Side::A, "alpha", n, f),
+            stored(Side::B, "beta", n, f.reversed()),
+        ];
+        if store.add_samples(id, pair) {
+            sent += 2;
+        }
+    }
+    store.flush().await?;
+    let secs = started.elapsed().as_secs_f64();
+    let cpu = process_cpu_secs().zip(cpu_before).map(|(a, b)| a - b);
+    let s = store.stats().snapshot();
+    println!(
+        "store throughput: {sent} samples in {secs:.3} s = {:.0} rows/s; \
+         {} transactions, max commit {} us, dropped {}",
+        sent as f64 / secs,
+        s.transactions,
+        s.max_commit_micros,
+        s.dropped
+    );
+    if let Some(cpu) = cpu {
+        println!(
+            "process CPU (user+sys) {cpu:.3} s = {:.0} rows per CPU-second",
+            sent as f64 / cpu
+        );
+    }
+    assert_eq!(s.dropped, 0);
+
+    // For scale: the JSON encoding alone, which the store thread also does.
+    let one = end_sample(f, 77, 4096);
+    let started = Instant::now();
+    let mut bytes = 0;
+    for _ in 0..sent {
+        bytes += serde_json::to_string(&one)?.len();
+    }
+    println!(
+        "of which JSON: {:.3} s for {sent} samples, {} bytes each",
+        started.elapsed().as_secs_f64(),
+        bytes / sent as usize
+    );
+    stop(store, thread).await;
+    Ok(())
+}
