@@ -91,7 +91,8 @@ struct SnapshotArgs {
 struct CaptureArgs {
     #[command(flatten)]
     netns: NetnsArgs,
-    /// File to write the replies to (netlink messages back to back).
+    /// File to write the replies to (netlink messages back to back: the
+    /// IPv4 dump, then the IPv6 dump, of one namespace).
     #[arg(short, long)]
     output: PathBuf,
 }
@@ -110,6 +111,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     match run(cli) {
@@ -240,6 +242,12 @@ fn snapshot(args: SnapshotArgs) -> anyhow::Result<ExitCode> {
 
 fn capture(args: CaptureArgs) -> anyhow::Result<ExitCode> {
     let namespaces = netns::resolve(&args.netns.netns)?;
+    if namespaces.len() != 1 {
+        anyhow::bail!(
+            "--netns: capture reads one namespace per file ({} given); run it once per namespace",
+            namespaces.len()
+        );
+    }
     let mut file = std::fs::File::create(&args.output)
         .with_context(|| format!("creating {}", args.output.display()))?;
     let mut bytes = 0usize;

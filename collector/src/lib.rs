@@ -1,10 +1,18 @@
 //! tcpstall-collector: joins both ends of each flow, detects episodes where
 //! a send queue stays stuck, and diagnoses them from both ends.
 //!
-//! The pure parts live here, tested without I/O: [`detect`] (episodes from
+//! The pure parts are tested without I/O: [`detect`] (episodes from
 //! samples, `now` passed in) and [`diagnose`] (a verdict from both ends).
+//! [`aggregator`] is the one task that owns the state; [`ingest`] and
+//! [`query`] are the gRPC edge; [`store`] is SQLite on its own thread;
+//! [`server`] wires them together.
 #![forbid(unsafe_code)]
 
+pub mod aggregator;
+pub mod config;
 pub mod detect;
 pub mod diagnose;
+pub mod ingest;
+pub mod query;
+pub mod server;
 pub mod store;

@@ -146,3 +146,140 @@ pub fn run(cmd: &str, args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// A real `tcpstall-collector` process on a free loopback port with its
+/// own database in a temporary directory. Killed when dropped.
+#[derive(Debug)]
+pub struct CollectorProcess {
+    pub child: std::process::Child,
+    pub addr: std::net::SocketAddr,
+    pub dir: std::sync::Arc<tempfile::TempDir>,
+    pub db: PathBuf,
+    /// Everything the collector logged so far.
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl CollectorProcess {
+    /// Starts a collector with a fresh database.
+    pub fn start(extra: &[&str]) -> CollectorProcess {
+        let dir = std::sync::Arc::new(tempfile::tempdir().expect("temp dir"));
+        Self::start_in(dir, "127.0.0.1:0", extra)
+    }
+
+    /// Starts a collector on `listen` with the database in `dir` (reused
+    /// across restarts).
+    pub fn start_in(
+        dir: std::sync::Arc<tempfile::TempDir>,
+        listen: &str,
+        extra: &[&str],
+    ) -> CollectorProcess {
+        use std::io::BufRead;
+        let db = dir.path().join("tcpstall.db");
+        let mut child = Command::new(binary("tcpstall-collector"))
+            .args(["--listen", listen, "--db"])
+            .arg(&db)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start tcpstall-collector");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let keep = log.clone();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Ok(mut l) = keep.lock() {
+                    l.push(line.clone());
+                }
+                if let Some(addr) = line.strip_prefix("tcpstall-collector listening on ") {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(addr.trim().to_string());
+                    }
+                }
+                if std::env::var_os("TCPSTALL_TEST_LOGS").is_some() {
+                    eprintln!("[collector] {line}");
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("collector did not start listening")
+            .parse()
+            .expect("listen address");
+        CollectorProcess {
+            child,
+            addr,
+            dir,
+            db,
+            log,
+        }
+    }
+
+    /// Whether some logged line contains all of `parts`.
+    pub fn logged(&self, parts: &[&str]) -> bool {
+        self.log
+            .lock()
+            .map(|l| l.iter().any(|line| parts.iter().all(|p| line.contains(p))))
+            .unwrap_or(false)
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// kill -9.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for CollectorProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A real `tcpstall-agent run` process. Killed when dropped.
+#[derive(Debug)]
+pub struct AgentProcess {
+    pub child: std::process::Child,
+}
+
+impl AgentProcess {
+    pub fn start(collector: &str, extra: &[&str]) -> AgentProcess {
+        let child = Command::new(binary("tcpstall-agent"))
+            .args(["run", "--collector", collector])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stderr(if std::env::var_os("TCPSTALL_TEST_LOGS").is_some() {
+                std::process::Stdio::inherit()
+            } else {
+                std::process::Stdio::null()
+            })
+            .spawn()
+            .expect("start tcpstall-agent run");
+        AgentProcess { child }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,0 +1,293 @@
+//! The agents' side of the gRPC edge: validates what arrives, turns it
+//! into domain messages for the aggregator, and streams watch requests
+//! back. Nothing here holds state of its own.
+//!
+//! A stream must open with a Hello. A malformed, oversized or impossible
+//! message ends that stream with a gRPC status naming what was wrong; the
+//! log names the stream and the host. Other streams are untouched.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tcpstall_proto::convert::{self, ConvertError};
+use tcpstall_proto::v1::{self, agent_message, collector_message};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::Stream;
+use tonic::{Code, Request, Response, Status, Streaming};
+
+use crate::aggregator::{AgentBatch, ClosedSocket, Command, HostHello, Reason, ToAgent};
+
+/// Watch requests queued for one agent before new ones are dropped.
+const OUTBOUND_QUEUE: usize = 1024;
+
+/// The ingest service.
+#[derive(Debug, Clone)]
+pub struct IngestService {
+    agg: mpsc::Sender<Command>,
+    max_batch_samples: usize,
+    sessions: Arc<AtomicU64>,
+    /// Messages refused since start.
+    pub refused: Arc<AtomicU64>,
+}
+
+impl IngestService {
+    pub fn new(agg: mpsc::Sender<Command>, max_batch_samples: usize) -> IngestService {
+        IngestService {
+            agg,
+            max_batch_samples,
+            sessions: Arc::new(AtomicU64::new(1)),
+            refused: Arc::new(AtomicU64::new(0)),
+        }
+    }
+}
+
+fn invalid(e: ConvertError) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
+/// Validates a Hello.
+pub fn hello_from_wire(h: &v1::Hello) -> Result<HostHello, Status> {
+    if h.protocol == 0 || h.protocol > tcpstall_proto::PROTOCOL_VERSION {
+        return Err(Status::failed_precondition(format!(
+            "protocol {} not spoken here (this collector speaks 1..={})",
+            h.protocol,
+            tcpstall_proto::PROTOCOL_VERSION
+        )));
+    }
+    let host = convert::name_from_wire(&h.host, "host").map_err(invalid)?;
+    if host.is_empty() || host.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(Status::invalid_argument(
+            "host: empty or with spaces or control characters",
+        ));
+    }
+    let mut addresses = Vec::new();
+    for ns in &h.namespaces {
+        for ip in &ns.addresses {
+            addresses
+                .push(convert::ip_from_wire(Some(ip), "namespaces.addresses").map_err(invalid)?);
+        }
+    }
+    if addresses.len() > 65_536 {
+        return Err(Status::invalid_argument("more than 65536 addresses"));
+    }
+    let interval = Duration::from_millis(u64::from(h.interval_ms));
+    if interval < Duration::from_millis(50) || interval > Duration::from_secs(3600) {
+        return Err(Status::invalid_argument(format!(
+            "interval_ms {} out of range 50..=3600000",
+            h.interval_ms
+        )));
+    }
+    Ok(HostHello {
+        host,
+        agent_version: convert::name_from_wire(&h.agent_version, "agent_version")
+            .map_err(invalid)?,
+        kernel: convert::name_from_wire(&h.kernel, "kernel").map_err(invalid)?,
+        boot_id: convert::name_from_wire(&h.boot_id, "boot_id").map_err(invalid)?,
+        addresses,
+        interval,
+    })
+}
+
+/// Validates a Batch.
+pub fn batch_from_wire(b: &v1::Batch, max_samples: usize) -> Result<AgentBatch, Status> {
+    let n = b.samples.len() + b.closed.len() + b.absent.len();
+    if n > max_samples {
+        return Err(Status::resource_exhausted(format!(
+            "batch of {n} entries, at most {max_samples}"
+        )));
+    }
+    let mut samples = Vec::with_capacity(b.samples.len());
+    for (i, w) in b.samples.iter().enumerate() {
+        let reason = match v1::SampleReason::try_from(w.reason) {
+            Ok(v1::SampleReason::Suspect) => Reason::Suspect,
+            Ok(v1::SampleReason::Watched) => Reason::Watched,
+            Ok(v1::SampleReason::Released) => Reason::Released,
+            _ => {
+                return Err(Status::invalid_argument(format!(
+                    "samples[{i}]: unknown reason {}",
+                    w.reason
+                )))
+            }
+        };
+        let s = convert::sample_from_wire(w)
+            .map_err(|e| Status::invalid_argument(format!("samples[{i}]: {e}")))?;
+        samples.push((reason, s));
+    }
+    let closed = b
+        .closed
+        .iter()
+        .map(|c| {
+            Ok(ClosedSocket {
+                flow: tcpstall_common::FlowTuple::new(
+                    convert::endpoint_from_wire(c.local.as_ref(), "closed.local")?,
+                    convert::endpoint_from_wire(c.remote.as_ref(), "closed.remote")?,
+                ),
+                cookie: c.cookie,
+            })
+        })
+        .collect::<Result<Vec<_>, ConvertError>>()
+        .map_err(invalid)?;
+    let absent = b
+        .absent
+        .iter()
+        .map(|f| convert::flow_from_wire(Some(f)))
+        .collect::<Result<Vec<_>, ConvertError>>()
+        .map_err(invalid)?;
+    Ok(AgentBatch {
+        mono: Duration::from_micros(b.mono_us),
+        connections: b.connections,
+        samples,
+        closed,
+        absent,
+        dropped_batches: b.dropped_batches,
+        dropped_samples: b.dropped_samples,
+    })
+}
+
+fn to_wire(msg: ToAgent) -> v1::CollectorMessage {
+    let body = match msg {
+        ToAgent::Watch(flow) => collector_message::Body::Watch(v1::Watch {
+            flow: Some(convert::flow_to_wire(flow)),
+            reason: "peer of a suspect flow".into(),
+        }),
+        ToAgent::Unwatch(flow) => collector_message::Body::Unwatch(v1::Unwatch {
+            flow: Some(convert::flow_to_wire(flow)),
+        }),
+    };
+    v1::CollectorMessage { body: Some(body) }
+}
+
+type Outbound = Pin<Box<dyn Stream<Item = Result<v1::CollectorMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl v1::ingest_server::Ingest for IngestService {
+    type StreamStream = Outbound;
+
+    async fn stream(
+        &self,
+        request: Request<Streaming<v1::AgentMessage>>,
+    ) -> Result<Response<Outbound>, Status> {
+        let remote: Option<SocketAddr> = request.remote_addr();
+        let mut inbound = request.into_inner();
+        let session = self.sessions.fetch_add(1, Ordering::Relaxed);
+        let first = inbound
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("stream ended before its Hello"))?;
+        let hello = match first.body {
+            Some(agent_message::Body::Hello(h)) => hello_from_wire(&h),
+            _ => Err(Status::invalid_argument(
+                "the first message must be a Hello",
+            )),
+        };
+        let hello = match hello {
+            Ok(h) => h,
+            Err(status) => {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(session, ?remote, %status, "agent refused at hello");
+                return Err(status);
+            }
+        };
+        let host = hello.host.clone();
+        let (to_agent, mut from_agg) = mpsc::channel::<ToAgent>(OUTBOUND_QUEUE);
+        let (reply, accepted) = oneshot::channel();
+        self.agg
+            .send(Command::Hello {
+                session,
+                hello,
+                tx: to_agent,
+                reply,
+            })
+            .await
+            .map_err(|_| Status::unavailable("collector is shutting down"))?;
+        accepted
+            .await
+            .map_err(|_| Status::unavailable("collector is shutting down"))?
+            .map_err(Status::resource_exhausted)?;
+
+        // Inbound: validate and forward until the stream ends or lies.
+        let (out_tx, out_rx) = mpsc::channel::<Result<v1::CollectorMessage, Status>>(16);
+        let agg = self.agg.clone();
+        let max = self.max_batch_samples;
+        let refused = self.refused.clone();
+        let fail_tx = out_tx.clone();
+        tokio::spawn(async move {
+            loop {
+                let msg = match inbound.message().await {
+                    Ok(Some(m)) => m,
+                    Ok(None) => break,
+                    Err(status) => {
+                        // A message that could not be decoded (too large,
+                        // not protobuf) is refused like an invalid one; a
+                        // broken connection is just the end.
+                        if matches!(
+                            status.code(),
+                            Code::ResourceExhausted
+                                | Code::OutOfRange
+                                | Code::Internal
+                                | Code::InvalidArgument
+                        ) {
+                            refused.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(session, host = %host, %status, "agent message refused; stream closed");
+                        } else {
+                            tracing::info!(session, host = %host, %status, "agent stream broke");
+                        }
+                        let _ = fail_tx.send(Err(status)).await;
+                        break;
+                    }
+                };
+                let cmd = match msg.body {
+                    Some(agent_message::Body::Batch(b)) => {
+                        batch_from_wire(&b, max).map(|batch| Command::Batch { session, batch })
+                    }
+                    Some(agent_message::Body::Heartbeat(h)) => Ok(Command::Heartbeat {
+                        session,
+                        dropped_batches: h.dropped_batches,
+                    }),
+                    Some(agent_message::Body::Hello(_)) => {
+                        Err(Status::invalid_argument("a second Hello on one stream"))
+                    }
+                    None => Err(Status::invalid_argument("empty message")),
+                };
+                match cmd {
+                    Ok(cmd) => {
+                        if agg.send(cmd).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(status) => {
+                        refused.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(session, host = %host, %status, "agent message refused; stream closed");
+                        let _ = fail_tx.send(Err(status)).await;
+                        break;
+                    }
+                }
+            }
+            let _ = agg.send(Command::Gone { session }).await;
+        });
+
+        // Outbound: a Welcome, then what the aggregator asks of this agent.
+        tokio::spawn(async move {
+            let welcome = v1::CollectorMessage {
+                body: Some(collector_message::Body::Welcome(v1::Welcome {
+                    protocol: tcpstall_proto::PROTOCOL_VERSION,
+                    collector_version: env!("CARGO_PKG_VERSION").to_string(),
+                })),
+            };
+            if out_tx.send(Ok(welcome)).await.is_err() {
+                return;
+            }
+            while let Some(msg) = from_agg.recv().await {
+                if out_tx.send(Ok(to_wire(msg))).await.is_err() {
+                    break;
+                }
+            }
+        });
+        // tonic ends the response at its first error, sending it as status.
+        let stream = tokio_stream::wrappers::ReceiverStream::new(out_rx);
+        Ok(Response::new(Box::pin(stream)))
+    }
+}

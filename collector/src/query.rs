@@ -1,0 +1,159 @@
+//! The operators' side of the gRPC edge: episodes from the store, and a
+//! flow's two ends from the aggregator.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tcpstall_proto::convert;
+use tcpstall_proto::v1;
+use tokio::sync::{mpsc, oneshot};
+use tonic::{Request, Response, Status};
+
+use crate::aggregator::{Command, FlowView};
+use crate::store::{EpisodeFilter, EpisodeRow, Side, Store, StoredSample};
+
+/// Most episodes one list returns.
+pub const MAX_LIST: u32 = 10_000;
+
+#[derive(Debug, Clone)]
+pub struct QueryService {
+    store: Store,
+    agg: mpsc::Sender<Command>,
+}
+
+impl QueryService {
+    pub fn new(store: Store, agg: mpsc::Sender<Command>) -> QueryService {
+        QueryService { store, agg }
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// A stored episode on the wire.
+pub fn episode_to_wire(e: &EpisodeRow) -> v1::Episode {
+    let duration_ms = if e.open {
+        u64::try_from(now_ms() - e.started_at_ms)
+            .unwrap_or(0)
+            .max(e.duration_ms)
+    } else {
+        e.duration_ms
+    };
+    let summary = e.summary.clone();
+    v1::Episode {
+        id: e.id,
+        diagnosis: e.diagnosis.clone(),
+        open: e.open,
+        started_at_ms: e.started_at_ms,
+        ended_at_ms: e.ended_at_ms.unwrap_or(0),
+        duration_ms,
+        stuck_bytes: e.stuck_bytes,
+        a_host: e.a_host.clone(),
+        a_flow: Some(convert::flow_to_wire(e.a_flow)),
+        b_host: e.b_host.clone().unwrap_or_default(),
+        peer_note: e.peer_note.clone().unwrap_or_default(),
+        summary,
+        evidence: e.evidence.clone().into_iter().collect(),
+        end_reason: e.end_reason.clone().unwrap_or_default(),
+    }
+}
+
+fn sample_to_wire(s: &StoredSample) -> v1::EndSample {
+    v1::EndSample {
+        side: match s.side {
+            Side::A => "a".into(),
+            Side::B => "b".into(),
+        },
+        host: s.host.clone(),
+        at_ms: s.at_ms,
+        sample: Some(convert::sample_to_wire(
+            &s.sample,
+            v1::SampleReason::Unspecified,
+        )),
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> Status {
+    Status::internal(e.to_string())
+}
+
+#[tonic::async_trait]
+impl v1::query_server::Query for QueryService {
+    async fn list_episodes(
+        &self,
+        request: Request<v1::ListEpisodesRequest>,
+    ) -> Result<Response<v1::ListEpisodesResponse>, Status> {
+        let r = request.into_inner();
+        if r.limit > MAX_LIST {
+            return Err(Status::invalid_argument(format!(
+                "limit {} above {MAX_LIST}",
+                r.limit
+            )));
+        }
+        let since_ms = (r.since_s > 0).then(|| {
+            let since = Duration::from_secs(r.since_s.min(100 * 365 * 24 * 3600));
+            now_ms() - i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+        });
+        let filter = EpisodeFilter {
+            since_ms,
+            host: (!r.host.is_empty()).then_some(r.host),
+            diagnosis: (!r.diagnosis.is_empty()).then_some(r.diagnosis),
+            open_only: r.open_only,
+            limit: r.limit,
+        };
+        let rows = self.store.list_episodes(filter).await.map_err(internal)?;
+        Ok(Response::new(v1::ListEpisodesResponse {
+            episodes: rows.iter().map(episode_to_wire).collect(),
+        }))
+    }
+
+    async fn get_episode(
+        &self,
+        request: Request<v1::GetEpisodeRequest>,
+    ) -> Result<Response<v1::GetEpisodeResponse>, Status> {
+        let id = request.into_inner().id;
+        let (row, samples) = self
+            .store
+            .get_episode(id)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| Status::not_found(format!("no episode {id}")))?;
+        Ok(Response::new(v1::GetEpisodeResponse {
+            episode: Some(episode_to_wire(&row)),
+            samples: samples.iter().map(sample_to_wire).collect(),
+        }))
+    }
+
+    async fn get_flow(
+        &self,
+        request: Request<v1::GetFlowRequest>,
+    ) -> Result<Response<v1::GetFlowResponse>, Status> {
+        let flow = convert::flow_from_wire(request.into_inner().flow.as_ref())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let (reply, view) = oneshot::channel();
+        self.agg
+            .send(Command::Flow { flow, reply })
+            .await
+            .map_err(|_| Status::unavailable("collector is shutting down"))?;
+        let FlowView { a, b } = view
+            .await
+            .map_err(|_| Status::unavailable("collector is shutting down"))?;
+        let side = |x: Option<(String, tcpstall_common::EndSample)>| match x {
+            Some((host, s)) => (
+                host,
+                Some(convert::sample_to_wire(&s, v1::SampleReason::Watched)),
+            ),
+            None => (String::new(), None),
+        };
+        let (a_host, a) = side(a);
+        let (b_host, b) = side(b);
+        Ok(Response::new(v1::GetFlowResponse {
+            a_host,
+            a,
+            b_host,
+            b,
+        }))
+    }
+}

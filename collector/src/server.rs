@@ -1,0 +1,87 @@
+//! Wiring: the store thread, the aggregator task and the gRPC services,
+//! started together and stopped in order (stop accepting, let the
+//! aggregator finish, flush the store).
+
+use std::future::Future;
+
+use anyhow::Context;
+use tcpstall_proto::v1::ingest_server::IngestServer;
+use tcpstall_proto::v1::query_server::QueryServer;
+use tokio::sync::mpsc;
+
+use crate::aggregator::{self, State};
+use crate::config::Config;
+use crate::ingest::IngestService;
+use crate::query::QueryService;
+use crate::store::{Store, StoreConfig};
+
+/// Commands queued for the aggregator before handlers wait.
+const AGGREGATOR_QUEUE: usize = 4096;
+
+/// How long requests in flight may finish after a shutdown signal.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Runs the collector until `shutdown` completes.
+pub async fn serve(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let (store, store_thread, next_episode) = Store::open(StoreConfig {
+        retention: config.retention,
+        ..StoreConfig::new(config.db.clone())
+    })
+    .with_context(|| format!("opening the database {}", config.db.display()))?;
+
+    let (agg_tx, agg_rx) = mpsc::channel(AGGREGATOR_QUEUE);
+    let state = State::new(
+        store.clone(),
+        config.threshold,
+        next_episode,
+        config.max_agents,
+        config.max_samples_per_episode,
+    );
+    let (stop_agg, agg_stopped) = tokio::sync::oneshot::channel();
+    let aggregator = tokio::spawn(aggregator::run(state, agg_rx, agg_stopped));
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.listen))?;
+    let local = listener.local_addr().context("local address")?;
+    // Tests and scripts read this line to learn the port of --listen :0.
+    eprintln!("tcpstall-collector listening on {local}");
+    tracing::info!(%local, db = %config.db.display(), threshold = ?config.threshold, "collector started");
+
+    let ingest = IngestService::new(agg_tx.clone(), config.max_batch_samples);
+    let query = QueryService::new(store.clone(), agg_tx.clone());
+    drop(agg_tx);
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let stopping = std::sync::Arc::new(tokio::sync::Notify::new());
+    let notify = stopping.clone();
+    let server = tonic::transport::Server::builder()
+        .add_service(IngestServer::new(ingest).max_decoding_message_size(config.max_message_bytes))
+        .add_service(QueryServer::new(query).max_decoding_message_size(64 * 1024))
+        .serve_with_incoming_shutdown(incoming, async move {
+            shutdown.await;
+            notify.notify_one();
+        });
+    // Agents' streams never end by themselves: after the signal, give
+    // requests in flight a grace period, then stop waiting for them.
+    tokio::select! {
+        res = server => res.context("gRPC server")?,
+        _ = async {
+            stopping.notified().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => tracing::info!("closing the agents' streams"),
+    }
+
+    // Then the aggregator, then the store, which commits what it holds.
+    let _ = stop_agg.send(());
+    if let Err(e) = aggregator.await {
+        tracing::error!(error = %e, "aggregator task failed");
+    }
+    store.shutdown().await;
+    if store_thread.join().is_err() {
+        tracing::error!("store thread panicked");
+    }
+    Ok(())
+}

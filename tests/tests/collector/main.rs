@@ -1,0 +1,6 @@
+//! End-to-end tests of the collector: real processes, real gRPC, a real
+//! SQLite file.
+
+mod e2e;
+mod fake;
+mod hostile;
