@@ -207,7 +207,8 @@ impl State {
             .map(|s| s.hello.host.clone())
     }
 
-    pub fn handle(&mut self, cmd: Command) {
+    /// Handles one command at collector wall time `now_ms`.
+    pub fn handle(&mut self, cmd: Command, now_ms: i64) {
         match cmd {
             Command::Hello {
                 session,
@@ -215,12 +216,12 @@ impl State {
                 tx,
                 reply,
             } => {
-                let res = self.hello(session, hello, tx);
+                let res = self.hello(session, hello, tx, now_ms);
                 let _ = reply.send(res);
             }
             Command::Batch { session, batch } => {
                 if let Some(host) = self.host_of(session) {
-                    self.batch(&host, batch, wall_ms());
+                    self.batch(&host, batch, now_ms);
                 }
             }
             Command::Heartbeat {
@@ -233,7 +234,7 @@ impl State {
             }
             Command::Gone { session } => {
                 if let Some(host) = self.host_of(session) {
-                    self.gone(&host, wall_ms());
+                    self.gone(&host, now_ms);
                 }
             }
             Command::Flow { flow, reply } => {
@@ -265,11 +266,12 @@ impl State {
         session: u64,
         hello: HostHello,
         tx: mpsc::Sender<ToAgent>,
+        now_ms: i64,
     ) -> Result<(), String> {
         if let Some(old) = self.sessions.get(&hello.host) {
             tracing::warn!(host = %hello.host, old = old.id, new = session, "host reconnected; its previous stream is replaced");
             let host = hello.host.clone();
-            self.gone(&host, wall_ms());
+            self.gone(&host, now_ms);
         } else if self.sessions.len() >= self.max_agents {
             return Err(format!(
                 "collector is full: {} agents connected",
@@ -286,7 +288,7 @@ impl State {
             kernel: hello.kernel.clone(),
             agent_version: hello.agent_version.clone(),
             boot_id: hello.boot_id.clone(),
-            at_ms: wall_ms(),
+            at_ms: now_ms,
         });
         tracing::info!(host = %hello.host, kernel = %hello.kernel, addresses = hello.addresses.len(), "agent connected");
         self.sessions.insert(
@@ -756,6 +758,9 @@ fn peer_note(peer: Peer<'_>) -> Option<String> {
     }
 }
 
+/// Polls of silence after which a suspect is taken as gone.
+pub const SILENT_POLLS: u32 = 5;
+
 /// Runs the aggregator until `stop` fires or every sender is gone:
 /// commands as they come, and once a second the expiry of what went silent.
 pub async fn run(
@@ -763,15 +768,19 @@ pub async fn run(
     mut rx: mpsc::Receiver<Command>,
     mut stop: oneshot::Receiver<()>,
 ) {
+    // Wall time for records, advanced by tokio's clock so that a paused
+    // clock in tests moves it too.
+    let (wall0, t0) = (wall_ms(), tokio::time::Instant::now());
+    let now_ms = move || wall0 + i64::try_from(t0.elapsed().as_millis()).unwrap_or(i64::MAX);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             cmd = rx.recv() => match cmd {
-                Some(cmd) => state.handle(cmd),
+                Some(cmd) => state.handle(cmd, now_ms()),
                 None => break,
             },
-            _ = tick.tick() => state.expire(wall_ms(), 5),
+            _ = tick.tick() => state.expire(now_ms(), SILENT_POLLS),
             _ = &mut stop => break,
         }
     }

@@ -1,0 +1,397 @@
+//! The aggregator on explicit time with a real SQLite store: two hosts,
+//! the join through announced addresses, the watch request to the peer's
+//! agent, diagnosis from both ends as they report, one-sided cases,
+//! expiry of what went silent, and a host going away.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use tcpstall_collector::aggregator::{
+    AgentBatch, ClosedSocket, Command, HostHello, Reason, State, ToAgent,
+};
+use tcpstall_collector::store::{EpisodeFilter, EpisodeRow, Side, Store, StoreConfig};
+use tcpstall_common::{EndSample, FlowTuple, TimerKind};
+use tokio::sync::{mpsc, oneshot};
+
+mod support;
+use support::{a_end, b_end};
+
+const THRESHOLD: Duration = Duration::from_secs(10);
+/// Collector wall clock at the start of each test.
+const T0: i64 = 1_800_000_000_000;
+
+struct Rig {
+    state: State,
+    store: Store,
+    _dir: tempfile::TempDir,
+    /// What the collector asked each host's agent.
+    outbox: Vec<(String, mpsc::Receiver<ToAgent>)>,
+    session: u64,
+}
+
+impl Rig {
+    fn new() -> Rig {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (store, _thread, next) =
+            Store::open(StoreConfig::new(dir.path().join("t.db"))).expect("store");
+        Rig {
+            state: State::new(store.clone(), THRESHOLD, next, 10, 720),
+            store,
+            _dir: dir,
+            outbox: Vec::new(),
+            session: 0,
+        }
+    }
+
+    /// Connects an agent for `host` owning `addr`; returns its session.
+    fn hello(&mut self, host: &str, addr: &str, now: i64) -> u64 {
+        self.session += 1;
+        let (tx, rx) = mpsc::channel(16);
+        let (reply, mut res) = oneshot::channel();
+        let addr: IpAddr = addr.parse().expect("ip");
+        self.state.handle(
+            Command::Hello {
+                session: self.session,
+                hello: HostHello {
+                    host: host.into(),
+                    agent_version: "t".into(),
+                    kernel: "6.18".into(),
+                    boot_id: "b".into(),
+                    addresses: vec![addr, "127.0.0.1".parse().expect("ip")],
+                    interval: Duration::from_secs(2),
+                },
+                tx,
+                reply,
+            },
+            now,
+        );
+        assert_eq!(res.try_recv().expect("answered"), Ok(()));
+        self.outbox.push((host.into(), rx));
+        self.session
+    }
+
+    fn send(&mut self, session: u64, mono_s: f64, samples: Vec<(Reason, EndSample)>, now: i64) {
+        self.batch(
+            session,
+            AgentBatch {
+                mono: Duration::from_secs_f64(mono_s),
+                connections: 100,
+                samples,
+                ..AgentBatch::default()
+            },
+            now,
+        );
+    }
+
+    fn batch(&mut self, session: u64, batch: AgentBatch, now: i64) {
+        self.state.handle(Command::Batch { session, batch }, now);
+    }
+
+    fn asked(&mut self, host: &str) -> Vec<ToAgent> {
+        let mut out = Vec::new();
+        for (h, rx) in self.outbox.iter_mut().filter(|(h, _)| h == host) {
+            let _ = h;
+            while let Ok(m) = rx.try_recv() {
+                out.push(m);
+            }
+        }
+        out
+    }
+
+    async fn episodes(&self) -> Vec<EpisodeRow> {
+        self.store.flush().await.expect("flush");
+        self.store
+            .list_episodes(EpisodeFilter::default())
+            .await
+            .expect("list")
+    }
+}
+
+/// A's stuck end towards B (B at 198.18.0.1), and B's view of the flow.
+fn stuck_a(unchanged_ms: u64) -> EndSample {
+    let mut a = a_end(1, 5000, 3000);
+    a.unchanged_ms = unchanged_ms;
+    a
+}
+
+fn zero_window(mut a: EndSample) -> EndSample {
+    a.pos.snd_wnd = Some(0);
+    a.pos.notsent = Some(a.pos.sendq);
+    a.pos.inflight = Some(0);
+    a.pos.snd_nxt = a.pos.snd_una;
+    a.timer = Some(TimerKind::ZeroWindowProbe);
+    a
+}
+
+fn at(s: f64) -> i64 {
+    T0 + (s * 1000.0) as i64
+}
+
+#[tokio::test]
+async fn join_watch_and_peer_not_reading_from_both_ends() {
+    let mut rig = Rig::new();
+    let a_sess = rig.hello("hosta", "198.18.0.2", at(0.0));
+    let b_sess = rig.hello("hostb", "198.18.0.1", at(0.0));
+
+    // A's first suspect sample: the collector asks B to watch the peer end.
+    let a = zero_window(stuck_a(2000));
+    rig.send(a_sess, 100.0, vec![(Reason::Suspect, a.clone())], at(0.0));
+    assert_eq!(rig.asked("hostb"), vec![ToAgent::Watch(a.flow.reversed())]);
+    assert!(rig.asked("hosta").is_empty());
+
+    // B answers with its end: a full receive queue and a closed window.
+    let b = b_end(&a, 5000, 4096, 0);
+    rig.send(b_sess, 50.0, vec![(Reason::Watched, b.clone())], at(0.5));
+
+    // 9.9 s after the stall began (2 s before the first sample): nothing.
+    rig.send(
+        a_sess,
+        107.9,
+        vec![(Reason::Suspect, zero_window(stuck_a(9900)))],
+        at(7.9),
+    );
+    assert!(rig.episodes().await.is_empty(), "no episode at 9.9 s");
+    // 10.1 s: one episode, both ends joined, diagnosed from both.
+    rig.send(
+        a_sess,
+        108.1,
+        vec![(Reason::Suspect, zero_window(stuck_a(10_100)))],
+        at(8.1),
+    );
+    let eps = rig.episodes().await;
+    assert_eq!(eps.len(), 1, "{eps:?}");
+    let e = &eps[0];
+    assert_eq!(e.diagnosis, "peer_not_reading");
+    assert_eq!(
+        (e.a_host.as_str(), e.b_host.as_deref()),
+        ("hosta", Some("hostb"))
+    );
+    assert_eq!(e.a_flow, a.flow);
+    assert_eq!(e.evidence.get("b_recvq"), Some(&4096));
+    assert_eq!(e.evidence.get("b_rcv_wnd"), Some(&0));
+    assert!(e.open);
+    assert_eq!(e.started_at_ms, at(8.1) - 10_100);
+
+    // More polls store samples of both ends while it is open.
+    rig.send(b_sess, 52.0, vec![(Reason::Watched, b.clone())], at(10.0));
+    rig.send(
+        a_sess,
+        110.1,
+        vec![(Reason::Suspect, zero_window(stuck_a(12_100)))],
+        at(10.1),
+    );
+    // Then A's queue moves: the episode ends, with the last sample kept,
+    // and the peer's watch is released.
+    let mut moved = zero_window(stuck_a(0));
+    moved.pos.snd_una = Some(6000);
+    moved.pos.snd_nxt = Some(6000);
+    moved.pos.write_seq = Some(9000);
+    rig.send(a_sess, 112.1, vec![(Reason::Released, moved)], at(12.1));
+    let eps = rig.episodes().await;
+    assert!(!eps[0].open);
+    assert_eq!(eps[0].end_reason.as_deref(), Some("moved"));
+    assert_eq!(
+        rig.asked("hostb"),
+        vec![ToAgent::Unwatch(a.flow.reversed())]
+    );
+    let (_, samples) = rig
+        .store
+        .get_episode(eps[0].id)
+        .await
+        .expect("get")
+        .expect("episode");
+    let sides: Vec<Side> = samples.iter().map(|s| s.side).collect();
+    assert!(
+        sides.iter().filter(|s| **s == Side::A).count() >= 3,
+        "first, open polls, last: {sides:?}"
+    );
+    assert!(sides.contains(&Side::B), "B's samples stored: {sides:?}");
+    let last_a = samples.iter().rfind(|s| s.side == Side::A).expect("last A");
+    assert_eq!(
+        last_a.sample.pos.snd_una,
+        Some(6000),
+        "the last word is the move"
+    );
+}
+
+#[tokio::test]
+async fn pending_peer_settles_when_it_reports_and_absent_peer_is_half_open() {
+    let mut rig = Rig::new();
+    let a_sess = rig.hello("hosta", "198.18.0.2", at(0.0));
+    let b_sess = rig.hello("hostb", "198.18.0.1", at(0.0));
+    let a = stuck_a(11_000);
+    rig.send(a_sess, 100.0, vec![(Reason::Suspect, a.clone())], at(0.0));
+    let eps = rig.episodes().await;
+    assert_eq!(eps[0].diagnosis, "undetermined", "B has not reported yet");
+    assert_eq!(
+        eps[0].peer_note.as_deref(),
+        Some("waiting for hostb to report")
+    );
+
+    // B says it has no such socket: half-open.
+    rig.batch(
+        b_sess,
+        AgentBatch {
+            mono: Duration::from_secs(40),
+            absent: vec![a.flow.reversed()],
+            ..AgentBatch::default()
+        },
+        at(1.0),
+    );
+    rig.send(
+        a_sess,
+        102.0,
+        vec![(Reason::Suspect, stuck_a(13_000))],
+        at(2.0),
+    );
+    let eps = rig.episodes().await;
+    assert_eq!(eps[0].diagnosis, "half_open", "{eps:?}");
+    assert_eq!(
+        eps[0].peer_note.as_deref(),
+        Some("hostb has no such socket")
+    );
+}
+
+#[tokio::test]
+async fn ack_lost_and_data_lost_need_both_ends() {
+    for (b_rcv, want) in [(6500u64, "ack_lost"), (5000, "data_lost")] {
+        let mut rig = Rig::new();
+        let a_sess = rig.hello("hosta", "198.18.0.2", at(0.0));
+        let b_sess = rig.hello("hostb", "198.18.0.1", at(0.0));
+        let mut a = stuck_a(0);
+        a.retransmits = Some(3);
+        a.backoff = Some(3);
+        rig.send(a_sess, 100.0, vec![(Reason::Suspect, a.clone())], at(0.0));
+        rig.send(
+            b_sess,
+            10.0,
+            vec![(Reason::Watched, b_end(&a, b_rcv, 0, 65536))],
+            at(0.5),
+        );
+        a.unchanged_ms = 10_000;
+        rig.send(a_sess, 110.0, vec![(Reason::Suspect, a)], at(10.0));
+        let eps = rig.episodes().await;
+        assert_eq!(eps.len(), 1);
+        assert_eq!(eps[0].diagnosis, want, "B.rcv_nxt {b_rcv}: {eps:?}");
+    }
+}
+
+#[tokio::test]
+async fn unmonitored_peer_is_said_so() {
+    let mut rig = Rig::new();
+    let a_sess = rig.hello("hosta", "198.18.0.2", at(0.0));
+    let mut a = stuck_a(10_500);
+    a.flow.remote = "198.51.100.7:40000".parse().expect("addr");
+    rig.send(a_sess, 100.0, vec![(Reason::Suspect, a)], at(0.0));
+    let eps = rig.episodes().await;
+    assert_eq!(eps[0].diagnosis, "peer_unmonitored");
+    assert_eq!(eps[0].b_host, None);
+    assert!(rig.asked("hosta").is_empty(), "nobody to ask");
+}
+
+#[tokio::test]
+async fn silent_suspects_expire_and_a_gone_host_ends_its_episodes() {
+    let mut rig = Rig::new();
+    let a_sess = rig.hello("hosta", "198.18.0.2", at(0.0));
+    let c_sess = rig.hello("hostc", "198.18.0.3", at(0.0));
+    // hosta: a suspect that never became an episode goes silent.
+    let mut quiet = stuck_a(0);
+    quiet.cookie = 77;
+    quiet.flow.local = "198.18.0.2:9999".parse().expect("addr");
+    rig.send(a_sess, 100.0, vec![(Reason::Suspect, quiet)], at(0.0));
+    assert_eq!(rig.state.stats().suspects, 1);
+    rig.state.expire(at(9.9), 5);
+    assert_eq!(
+        rig.state.stats().suspects,
+        1,
+        "4.95 polls of silence is not yet silence"
+    );
+    rig.state.expire(at(10.1), 5);
+    assert_eq!(
+        rig.state.stats().suspects,
+        0,
+        "five polls of silence end it"
+    );
+
+    // hostc: an open episode; then its agent goes away.
+    let mut c = stuck_a(10_000);
+    c.flow.local = "198.18.0.3:8080".parse().expect("addr");
+    rig.send(c_sess, 100.0, vec![(Reason::Suspect, c)], at(11.0));
+    assert!(rig.episodes().await[0].open);
+    rig.state
+        .handle(Command::Gone { session: c_sess }, at(12.0));
+    let eps = rig.episodes().await;
+    assert_eq!(eps[0].end_reason.as_deref(), Some("host_gone"));
+    assert_eq!(rig.state.stats().agents, 1);
+    let hosts = rig.store.list_hosts().await.expect("hosts");
+    let c_row = hosts.iter().find(|h| h.host == "hostc").expect("hostc");
+    assert!(!c_row.connected);
+}
+
+#[tokio::test]
+async fn closed_socket_ends_the_episode_and_a_closed_peer_is_half_open() {
+    let mut rig = Rig::new();
+    let a_sess = rig.hello("hosta", "198.18.0.2", at(0.0));
+    let b_sess = rig.hello("hostb", "198.18.0.1", at(0.0));
+    let a = zero_window(stuck_a(10_000));
+    rig.send(a_sess, 100.0, vec![(Reason::Suspect, a.clone())], at(0.0));
+    let b = b_end(&a, 5000, 4096, 0);
+    rig.send(b_sess, 10.0, vec![(Reason::Watched, b.clone())], at(0.5));
+    rig.send(
+        a_sess,
+        102.0,
+        vec![(Reason::Suspect, zero_window(stuck_a(12_000)))],
+        at(2.0),
+    );
+    assert_eq!(rig.episodes().await[0].diagnosis, "peer_not_reading");
+    // B's socket goes (its host lost the connection): half-open.
+    rig.batch(
+        b_sess,
+        AgentBatch {
+            mono: Duration::from_secs(12),
+            closed: vec![ClosedSocket {
+                flow: b.flow,
+                cookie: b.cookie,
+            }],
+            ..AgentBatch::default()
+        },
+        at(2.5),
+    );
+    rig.send(
+        a_sess,
+        104.0,
+        vec![(Reason::Suspect, zero_window(stuck_a(14_000)))],
+        at(4.0),
+    );
+    assert_eq!(rig.episodes().await[0].diagnosis, "half_open");
+    // A's socket closes: the episode ends.
+    rig.batch(
+        a_sess,
+        AgentBatch {
+            mono: Duration::from_secs(106),
+            closed: vec![ClosedSocket {
+                flow: a.flow,
+                cookie: a.cookie,
+            }],
+            ..AgentBatch::default()
+        },
+        at(6.0),
+    );
+    let eps = rig.episodes().await;
+    assert_eq!(eps[0].end_reason.as_deref(), Some("closed"));
+    assert_eq!(rig.state.stats().open_episodes, 0);
+}
+
+#[test]
+fn flow_tuples_in_the_builders_point_at_each_other() {
+    let a = stuck_a(0);
+    let b = b_end(&a, 1, 0, 1);
+    assert_eq!(b.flow, a.flow.reversed());
+    assert_eq!(
+        a.flow,
+        FlowTuple::new(
+            "198.18.0.2:8080".parse().expect("a"),
+            "198.18.0.1:40000".parse().expect("b")
+        )
+    );
+}
