@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use clap::Args;
 use serde::{Deserialize, Serialize};
+use tcpstall_common::duration;
 
 use crate::netns::NetnsSpec;
 
@@ -34,14 +35,14 @@ pub struct Config {
     /// The name this host reports; `None` = the hostname.
     pub host: Option<String>,
     /// How often to poll.
-    #[serde(with = "duration_text")]
+    #[serde(with = "duration::text")]
     pub interval: Duration,
     /// Network namespaces to read (as `--netns` takes them); empty = own.
     pub netns: Vec<String>,
     /// Batches kept while cut off from the collector.
     pub buffer: usize,
     /// Ceiling of the reconnection backoff.
-    #[serde(with = "duration_text")]
+    #[serde(with = "duration::text")]
     pub backoff_max: Duration,
 }
 
@@ -58,26 +59,9 @@ impl Default for Config {
     }
 }
 
-/// A `Duration` written as humans write it: "2s", "500ms", "1m".
-mod duration_text {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*d).to_string())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        super::parse_duration(&text).map_err(serde::de::Error::custom)
-    }
-}
-
-/// Parses "500ms", "3s", "1m" (humantime).
+/// Parses "500ms", "3s", "1m".
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s)
-        .map_err(|e| format!("`{s}`: {e} (write durations like 500ms, 3s, 1m)"))
+    duration::parse(s)
 }
 
 fn parse_netns(s: &str) -> Result<String, String> {
@@ -193,9 +177,9 @@ impl Config {
                 "interval",
                 format!(
                     "{} is out of range {}..={}",
-                    humantime::format_duration(self.interval),
-                    humantime::format_duration(MIN_INTERVAL),
-                    humantime::format_duration(MAX_INTERVAL)
+                    duration::format(self.interval),
+                    duration::format(MIN_INTERVAL),
+                    duration::format(MAX_INTERVAL)
                 ),
             ));
         }
@@ -209,7 +193,7 @@ impl Config {
         if self.backoff_max < MIN_BACKOFF_MAX {
             return Err(invalid(
                 "backoff_max",
-                format!("at least {}", humantime::format_duration(MIN_BACKOFF_MAX)),
+                format!("at least {}", duration::format(MIN_BACKOFF_MAX)),
             ));
         }
         Ok(())
@@ -236,7 +220,7 @@ impl Config {
     /// The settings as a commented TOML file that parses back to them.
     pub fn to_toml(&self) -> String {
         let text = |s: &str| toml::Value::String(s.to_string()).to_string();
-        let duration = |d: Duration| text(&humantime::format_duration(d).to_string());
+        let duration = |d: Duration| text(&duration::format(d).to_string());
         let mut out = String::new();
         let mut put = |line: &str| {
             out.push_str(line);

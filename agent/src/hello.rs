@@ -8,19 +8,15 @@
 //! left empty: a Hello with less in it beats no stream at all.
 
 use std::collections::BTreeSet;
-use std::fs::File;
 use std::io;
 use std::net::IpAddr;
-use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
 use std::time::Duration;
 
-use nix::sched::{setns, CloneFlags};
 use tcpstall_common::normalize_addr;
 use tcpstall_proto::convert::ip_to_wire;
 use tcpstall_proto::v1;
 
-use crate::netns::Netns;
+use crate::netns::{self, Netns, NetnsError};
 
 /// Where the kernel keeps this boot's id.
 pub const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
@@ -28,14 +24,10 @@ pub const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
 /// Why a namespace's addresses could not be listed.
 #[derive(Debug, thiserror::Error)]
 pub enum AddressError {
-    #[error("network namespace {path}: {source}")]
-    Open { path: PathBuf, source: io::Error },
-    #[error("entering network namespace {label}: {source} (needs CAP_SYS_ADMIN)")]
-    Enter { label: String, source: nix::Error },
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
     #[error("listing the interfaces of namespace {label}: {source}")]
     List { label: String, source: nix::Error },
-    #[error("namespace {label}: the address thread panicked")]
-    Thread { label: String },
 }
 
 /// The host's name as the kernel has it.
@@ -59,31 +51,7 @@ pub fn boot_id() -> io::Result<String> {
 /// Every address of every interface in `ns`, loopback included, sorted and
 /// without repeats.
 pub fn addresses(ns: &Netns) -> Result<Vec<IpAddr>, AddressError> {
-    let own = std::fs::metadata("/proc/self/ns/net").ok().map(|m| m.ino());
-    let path = match &ns.path {
-        Some(path) if own != Some(ns.inode) => path,
-        _ => return list_here(&ns.label),
-    };
-    let file = File::open(path).map_err(|source| AddressError::Open {
-        path: path.clone(),
-        source,
-    })?;
-    // The thread ends right after: its namespace change dies with it.
-    let joined = std::thread::scope(|s| {
-        s.spawn(|| {
-            setns(&file, CloneFlags::CLONE_NEWNET).map_err(|source| AddressError::Enter {
-                label: ns.label.clone(),
-                source,
-            })?;
-            list_here(&ns.label)
-        })
-        .join()
-    });
-    joined.unwrap_or_else(|_| {
-        Err(AddressError::Thread {
-            label: ns.label.clone(),
-        })
-    })
+    netns::run_in(ns, || list_here(&ns.label))?
 }
 
 /// The addresses of the namespace the calling thread is in.

@@ -60,6 +60,8 @@ pub enum NetnsError {
     },
     #[error("sock_diag socket in network namespace {label}: {source}")]
     Socket { label: String, source: io::Error },
+    #[error("network namespace {label}: the thread that entered it panicked")]
+    Thread { label: String },
 }
 
 /// One network namespace to read.
@@ -189,22 +191,19 @@ fn from_path(path: PathBuf, label: &str) -> Result<Netns, NetnsError> {
     })
 }
 
-/// Opens a sock_diag socket inside `ns`.
-pub fn open_diag(ns: &Netns) -> Result<DiagSocket, NetnsError> {
+/// Runs `f` inside `ns`: directly when it is the namespace we run in,
+/// else on a short-lived thread that enters it first (its namespace change
+/// dies with it). What `f` creates there (sockets) stays bound to `ns`.
+pub fn run_in<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> Result<T, NetnsError> {
     let own = inode_of(Path::new("/proc/self/ns/net")).ok();
-    let socket_err = |source| NetnsError::Socket {
-        label: ns.label.clone(),
-        source,
-    };
     let path = match &ns.path {
         Some(path) if own != Some(ns.inode) => path,
-        _ => return DiagSocket::open().map_err(socket_err),
+        _ => return Ok(f()),
     };
     let file = File::open(path).map_err(|source| NetnsError::Open {
         path: path.clone(),
         source,
     })?;
-    // The thread ends right after: its namespace change dies with it.
     let joined = std::thread::scope(|s| {
         s.spawn(|| {
             setns(&file, CloneFlags::CLONE_NEWNET).map_err(|source| NetnsError::Enter {
@@ -212,15 +211,22 @@ pub fn open_diag(ns: &Netns) -> Result<DiagSocket, NetnsError> {
                 path: path.clone(),
                 source,
             })?;
-            DiagSocket::open().map_err(socket_err)
+            Ok(f())
         })
         .join()
     });
     joined.unwrap_or_else(|_| {
-        Err(NetnsError::Socket {
+        Err(NetnsError::Thread {
             label: ns.label.clone(),
-            source: io::Error::other("namespace thread panicked"),
         })
+    })
+}
+
+/// Opens a sock_diag socket inside `ns`.
+pub fn open_diag(ns: &Netns) -> Result<DiagSocket, NetnsError> {
+    run_in(ns, DiagSocket::open)?.map_err(|source| NetnsError::Socket {
+        label: ns.label.clone(),
+        source,
     })
 }
 

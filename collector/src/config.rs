@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::Args;
 use serde::{Deserialize, Serialize};
+use tcpstall_common::duration;
 
 /// The effective settings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -18,10 +19,10 @@ pub struct Config {
     /// SQLite database file (created if missing).
     pub db: PathBuf,
     /// How long a send queue must stay stuck to become an episode.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "duration::text")]
     pub threshold: Duration,
     /// How long ended episodes are kept.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "duration::text")]
     pub retention: Duration,
     /// Most agents connected at once; more are refused.
     pub max_agents: usize,
@@ -49,25 +50,8 @@ impl Default for Config {
     }
 }
 
-/// (De)serialises a Duration as "10s", "500ms", "1m".
-mod humantime_serde_compat {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*d).to_string())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map_err(serde::de::Error::custom)
-    }
-}
-
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s)
-        .map_err(|e| format!("`{s}`: {e} (write durations like 500ms, 3s, 1m)"))
+    duration::parse(s)
 }
 
 /// The flags; each overrides the file's key of the same name.
@@ -170,7 +154,7 @@ impl Config {
     /// The settings as a commented TOML file: `print-config` prints it and
     /// collector.example.toml is it with the defaults.
     pub fn to_toml(&self) -> String {
-        let d = |d: Duration| humantime::format_duration(d).to_string();
+        let d = duration::format;
         format!(
             "# tcpstall-collector settings. Every key is also a flag (--listen, --db, ...);\n\
              # a flag beats this file. Durations read like 500ms, 3s, 1m, 30days.\n\

@@ -4,6 +4,7 @@
 //! them ([`Positions`]). No I/O and no async runtime live here.
 #![forbid(unsafe_code)]
 
+pub mod duration;
 pub mod end;
 pub mod flow;
 pub mod positions;
