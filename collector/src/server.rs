@@ -21,8 +21,21 @@ const AGGREGATOR_QUEUE: usize = 4096;
 /// How long requests in flight may finish after a shutdown signal.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Runs the collector until `shutdown` completes.
+/// Runs the collector on `config.listen` until `shutdown` completes.
 pub async fn serve(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.listen))?;
+    serve_on(listener, config, shutdown).await
+}
+
+/// Runs the collector on a bound listener (its `listen` setting unused)
+/// until `shutdown` completes; for embedding, as `tcpstall demo` does.
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
@@ -43,9 +56,6 @@ pub async fn serve(
     let (stop_agg, agg_stopped) = tokio::sync::oneshot::channel();
     let aggregator = tokio::spawn(aggregator::run(state, agg_rx, agg_stopped));
 
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("listening on {}", config.listen))?;
     let local = listener.local_addr().context("local address")?;
     // Tests and scripts read this line to learn the port of --listen :0.
     eprintln!("tcpstall-collector listening on {local}");

@@ -1,0 +1,260 @@
+//! `tcpstall demo`: the whole product on one machine, no root needed. A
+//! collector (embedded SQLite in a temporary directory) and an agent run
+//! inside this process; two loopback connections are made, one whose
+//! reader stops reading and one healthy; after the (shortened) threshold
+//! the report and the diff of the stuck pair are printed. Everything it
+//! started stops, and the temporary directory goes, when it ends.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use tcpstall_agent::netns;
+use tcpstall_agent::run::RunSettings;
+use tcpstall_collector::config::Config;
+use tcpstall_proto::convert;
+use tcpstall_proto::v1::{self, query_client::QueryClient};
+use tokio::sync::oneshot;
+
+use crate::render::{self, Style};
+use crate::{exit, model, Failure};
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Stuck time that makes an episode (the real default is 10s).
+    #[arg(long, default_value = "3s", value_parser = tcpstall_common::duration::parse)]
+    threshold: Duration,
+    /// The agent's poll interval (the real default is 2s).
+    #[arg(long, default_value = "500ms", value_parser = tcpstall_common::duration::parse)]
+    interval: Duration,
+    /// Give up when nothing was found within this long.
+    #[arg(long, default_value = "60s", value_parser = tcpstall_common::duration::parse)]
+    timeout: Duration,
+}
+
+/// A connection whose reading side stopped: the server's response sticks
+/// in its send queue, as in the question's RPC timeouts.
+struct Stuck {
+    _server: TcpStream,
+    _client: TcpStream,
+    server_addr: SocketAddr,
+    client_addr: SocketAddr,
+}
+
+fn stuck() -> std::io::Result<Stuck> {
+    let l = TcpListener::bind("127.0.0.1:0")?;
+    let client = TcpStream::connect(l.local_addr()?)?;
+    let (mut server, _) = l.accept()?;
+    // The "response": more than the client's receive window takes.
+    server.set_nonblocking(true)?;
+    let chunk = vec![b'r'; 64 * 1024];
+    loop {
+        match server.write(&chunk) {
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Stuck {
+        server_addr: server.local_addr()?,
+        client_addr: client.local_addr()?,
+        _server: server,
+        _client: client,
+    })
+}
+
+/// A healthy request/response connection, until dropped.
+struct Healthy {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+fn healthy() -> std::io::Result<Healthy> {
+    let l = TcpListener::bind("127.0.0.1:0")?;
+    let mut client = TcpStream::connect(l.local_addr()?)?;
+    let (mut server, _) = l.accept()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let thread = std::thread::spawn(move || {
+        let mut req = [0u8; 64];
+        let mut resp = vec![0u8; 8192];
+        while !flag.load(Ordering::Relaxed) {
+            let ok = client.write_all(&req).is_ok()
+                && server.read_exact(&mut req).is_ok()
+                && server.write_all(&resp).is_ok()
+                && client.read_exact(&mut resp).is_ok();
+            if !ok {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    Ok(Healthy {
+        stop,
+        thread: Some(thread),
+    })
+}
+
+impl Drop for Healthy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn fail(what: &str, e: impl std::fmt::Display) -> Failure {
+    Failure {
+        code: exit::FAILED,
+        message: format!("demo: {what}: {e}"),
+    }
+}
+
+pub async fn run(args: DemoArgs, style: Style) -> Result<u8, Failure> {
+    let dir = tempfile::Builder::new()
+        .prefix("tcpstall-demo-")
+        .tempdir()
+        .map_err(|e| fail("creating a temporary directory", e))?;
+    let db = dir.path().join("tcpstall.db");
+    println!(
+        "tcpstall demo: collector and agent in this process, database {}",
+        db.display()
+    );
+    println!(
+        "  threshold {} (shortened for the demo; the default is 10s), agent polls every {}",
+        tcpstall_common::duration::format(args.threshold),
+        tcpstall_common::duration::format(args.interval)
+    );
+
+    // The collector.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| fail("binding the collector", e))?;
+    let url = format!(
+        "http://{}",
+        listener
+            .local_addr()
+            .map_err(|e| fail("collector address", e))?
+    );
+    let config = Config {
+        db: db.clone(),
+        threshold: args.threshold,
+        ..Config::default()
+    };
+    let (stop_collector, collector_stopped) = oneshot::channel::<()>();
+    let collector = tokio::spawn(tcpstall_collector::server::serve_on(
+        listener,
+        config,
+        async {
+            let _ = collector_stopped.await;
+        },
+    ));
+
+    // The agent, on this host's namespace.
+    let ns = netns::current().map_err(|e| fail("reading this network namespace", e))?;
+    let settings = RunSettings {
+        collector: url.clone(),
+        host: "demo-host".into(),
+        interval: args.interval,
+        namespaces: vec![ns],
+        buffer: 16,
+        backoff_max: Duration::from_millis(500),
+    };
+    let (stop_agent, agent_stopped) = oneshot::channel::<()>();
+    let agent = tokio::spawn(tcpstall_agent::run::run(settings, async {
+        let _ = agent_stopped.await;
+    }));
+
+    // The connections.
+    let s = stuck().map_err(|e| fail("opening the stuck connection", e))?;
+    let h = healthy().map_err(|e| fail("opening the healthy connection", e))?;
+    println!(
+        "  stuck:   server {} -> client {} (the client stopped reading its response)",
+        s.server_addr, s.client_addr
+    );
+    println!("  healthy: a request/response loop on another connection\n");
+
+    let found = wait_for_episode(&url, &s, args.timeout).await;
+    let code = match found {
+        Ok((episode, samples)) => {
+            let (a, b) = model::latest_ends(&samples);
+            let view = model::episode_view(&episode, a.as_ref(), b.as_ref());
+            println!("$ tcpstall report");
+            print!("{}", render::report(std::slice::from_ref(&view), style));
+            println!("\n$ tcpstall diff {}", view.id);
+            print!("{}", render::diff(&view.peer.a, view.peer.b.as_ref()));
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("tcpstall demo: {e}");
+            exit::FAILED
+        }
+    };
+
+    // Stop everything we started, in order, and wait for it.
+    drop(h);
+    drop(s);
+    let _ = stop_agent.send(());
+    let _ = stop_collector.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(10), agent).await;
+    let _ = tokio::time::timeout(Duration::from_secs(10), collector).await;
+    drop(dir);
+    println!("\ndemo over: collector and agent stopped, temporary directory removed");
+    Ok(code)
+}
+
+/// Waits until the stuck flow's episode is stored with a settled diagnosis.
+async fn wait_for_episode(
+    url: &str,
+    s: &Stuck,
+    timeout: Duration,
+) -> Result<(v1::Episode, Vec<v1::EndSample>), String> {
+    let start = Instant::now();
+    let mut last = String::from("nothing yet");
+    while start.elapsed() < timeout {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let Ok(mut q) = QueryClient::connect(url.to_string()).await else {
+            last = "the collector is not answering yet".into();
+            continue;
+        };
+        let eps = match q.list_episodes(v1::ListEpisodesRequest::default()).await {
+            Ok(r) => r.into_inner().episodes,
+            Err(e) => {
+                last = e.message().to_string();
+                continue;
+            }
+        };
+        let ours = eps.into_iter().find(|e| {
+            convert::flow_from_wire(e.a_flow.as_ref())
+                .is_ok_and(|f| f.local == s.server_addr && f.remote == s.client_addr)
+        });
+        let Some(e) = ours else { continue };
+        if e.diagnosis == "undetermined" {
+            last = format!("episode {} waits for the peer end", e.id);
+            continue;
+        }
+        let detail = q
+            .get_episode(v1::GetEpisodeRequest { id: e.id })
+            .await
+            .map_err(|s| s.message().to_string())?
+            .into_inner();
+        if !detail.samples.iter().any(|x| x.side == "b") {
+            last = format!("episode {} has no sample of the peer yet", e.id);
+            continue;
+        }
+        println!(
+            "episode {} stored after {:.1}s: {}\n",
+            e.id,
+            start.elapsed().as_secs_f64(),
+            e.diagnosis
+        );
+        return Ok((detail.episode.unwrap_or(e), detail.samples));
+    }
+    Err(format!(
+        "no episode for the stuck connection within {timeout:?} ({last})"
+    ))
+}

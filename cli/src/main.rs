@@ -1,0 +1,372 @@
+//! `tcpstall`: the operator's CLI over the collector's query service.
+#![forbid(unsafe_code)]
+
+mod demo;
+mod model;
+mod render;
+
+use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use tcpstall_common::FlowTuple;
+use tcpstall_proto::convert;
+use tcpstall_proto::v1::{self, query_client::QueryClient};
+use tonic::transport::Channel;
+
+use crate::model::{episode_view, latest_ends, EndView, EpisodeView};
+use crate::render::Style;
+
+/// Exit codes a script can use.
+pub mod exit {
+    /// Done; for `report`, no stuck pair.
+    pub const OK: u8 = 0;
+    /// Something failed (said on stderr).
+    pub const FAILED: u8 = 1;
+    // 2 is clap's: a bad flag or argument.
+    /// The collector could not be reached.
+    pub const UNREACHABLE: u8 = 3;
+    /// The episode or flow asked for does not exist.
+    pub const NOT_FOUND: u8 = 4;
+    /// `report` found stuck pairs.
+    pub const STUCK: u8 = 5;
+}
+
+/// Which TCP connections are stuck, who is at fault, and the numbers that
+/// prove it, from the tcpstall collector.
+#[derive(Debug, Parser)]
+#[command(name = "tcpstall", version, about)]
+struct Cli {
+    /// The collector's query address.
+    #[arg(
+        long,
+        global = true,
+        env = "TCPSTALL_COLLECTOR",
+        default_value = "http://127.0.0.1:7786"
+    )]
+    collector: String,
+    /// One JSON document per answer instead of text (schema: docs/cli-json.md).
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Args, Clone)]
+struct Filters {
+    /// Only episodes that started within this long (e.g. 30m, 2h, 7days).
+    #[arg(long, value_name = "DURATION", value_parser = tcpstall_common::duration::parse)]
+    since: Option<Duration>,
+    /// Only episodes with this host at either end.
+    #[arg(long)]
+    host: Option<String>,
+    /// Only this diagnosis (peer_not_reading, data_lost, ...).
+    #[arg(long, value_parser = parse_diagnosis)]
+    diagnosis: Option<String>,
+    /// Only episodes still open.
+    #[arg(long)]
+    open: bool,
+    /// At most this many.
+    #[arg(long, default_value_t = 100)]
+    limit: u32,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Stuck pairs: both ends, bytes stuck, age, diagnosis and the key
+    /// evidence. Exits 5 when there is any.
+    Report(Filters),
+    /// Episode history.
+    Episodes(Filters),
+    /// One episode with its evidence and both ends.
+    Show {
+        /// Episode id.
+        id: i64,
+    },
+    /// Both ends of a flow side by side: an episode id, or `ADDR:PORT
+    /// ADDR:PORT` in either order (live, asks both agents to watch it).
+    Diff {
+        #[arg(num_args = 1..=2, value_name = "ID | ADDR:PORT ADDR:PORT")]
+        flow: Vec<String>,
+        /// Refresh in place every interval (live flows).
+        #[arg(long)]
+        watch: bool,
+        #[arg(long, default_value = "2s", value_parser = tcpstall_common::duration::parse)]
+        interval: Duration,
+    },
+    /// A self-contained demonstration: a collector on an embedded SQLite
+    /// in a temporary directory, a local agent, one loopback connection
+    /// whose reader stops and one healthy; then the report and the diff.
+    Demo(demo::DemoArgs),
+}
+
+fn parse_diagnosis(s: &str) -> Result<String, String> {
+    use tcpstall_collector::diagnose::Diagnosis;
+    Diagnosis::from_id(s)
+        .map(|d| d.id().to_string())
+        .ok_or_else(|| {
+            let ids: Vec<&str> = Diagnosis::ALL.iter().map(|d| d.id()).collect();
+            format!("unknown diagnosis `{s}`; one of: {}", ids.join(", "))
+        })
+}
+
+/// An error with the exit code it maps to.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+impl Failure {
+    fn new(code: u8, message: impl Into<String>) -> Failure {
+        Failure {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure::new(exit::FAILED, format!("{e:#}"))
+    }
+}
+
+fn status_failure(what: &str, s: tonic::Status) -> Failure {
+    let code = match s.code() {
+        tonic::Code::NotFound => exit::NOT_FOUND,
+        tonic::Code::Unavailable => exit::UNREACHABLE,
+        _ => exit::FAILED,
+    };
+    Failure::new(code, format!("{what}: {}", s.message()))
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tcpstall: starting the async runtime: {e}");
+            return ExitCode::from(exit::FAILED);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(f) => {
+            eprintln!("tcpstall: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+async fn connect(url: &str) -> Result<QueryClient<Channel>, Failure> {
+    let endpoint = Channel::from_shared(url.to_string())
+        .map_err(|e| Failure::new(exit::FAILED, format!("--collector {url}: {e}")))?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(30));
+    let channel = endpoint.connect().await.map_err(|e| {
+        let reason = std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
+        Failure::new(
+            exit::UNREACHABLE,
+            format!("cannot reach the collector at {url}: {reason}"),
+        )
+    })?;
+    Ok(QueryClient::new(channel))
+}
+
+async fn run(cli: Cli) -> Result<u8, Failure> {
+    let json = cli.json;
+    let style = Style {
+        color: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+    };
+    match cli.command {
+        Command::Demo(args) => demo::run(args, style).await,
+        Command::Report(f) => {
+            let mut f = f;
+            if f.since.is_none() && !f.open {
+                // A report is about now: open pairs and the last hour's.
+                f.since = Some(Duration::from_secs(3600));
+            }
+            let mut q = connect(&cli.collector).await?;
+            let eps = list(&mut q, &f).await?;
+            print(json, &eps, || render::report(&eps, style))?;
+            Ok(if eps.iter().any(|e| e.open) {
+                exit::STUCK
+            } else {
+                exit::OK
+            })
+        }
+        Command::Episodes(f) => {
+            let mut q = connect(&cli.collector).await?;
+            let eps = list(&mut q, &f).await?;
+            print(json, &eps, || render::episodes(&eps))?;
+            Ok(exit::OK)
+        }
+        Command::Show { id } => {
+            let mut q = connect(&cli.collector).await?;
+            let (e, n) = episode(&mut q, id).await?;
+            print(json, &e, || render::show(&e, n))?;
+            Ok(exit::OK)
+        }
+        Command::Diff {
+            flow,
+            watch,
+            interval,
+        } => {
+            let mut q = connect(&cli.collector).await?;
+            diff(json, &mut q, &flow, watch, interval).await
+        }
+    }
+}
+
+fn print<T: serde::Serialize>(
+    json: bool,
+    value: &T,
+    text: impl FnOnce() -> String,
+) -> Result<(), Failure> {
+    let mut out = std::io::stdout().lock();
+    let res = if json {
+        serde_json::to_writer_pretty(&mut out, value)
+            .map_err(|e| e.to_string())
+            .and_then(|_| writeln!(out).map_err(|e| e.to_string()))
+    } else {
+        out.write_all(text().as_bytes()).map_err(|e| e.to_string())
+    };
+    res.map_err(|e| Failure::new(exit::FAILED, format!("writing the answer: {e}")))
+}
+
+async fn list(q: &mut QueryClient<Channel>, f: &Filters) -> Result<Vec<EpisodeView>, Failure> {
+    let eps = q
+        .list_episodes(v1::ListEpisodesRequest {
+            since_s: f.since.map_or(0, |d| d.as_secs().max(1)),
+            host: f.host.clone().unwrap_or_default(),
+            diagnosis: f.diagnosis.clone().unwrap_or_default(),
+            open_only: f.open,
+            limit: f.limit,
+        })
+        .await
+        .map_err(|s| status_failure("listing episodes", s))?
+        .into_inner()
+        .episodes;
+    let mut out = Vec::with_capacity(eps.len());
+    for e in eps {
+        let (view, _) = episode(q, e.id).await?;
+        out.push(view);
+    }
+    Ok(out)
+}
+
+async fn episode(q: &mut QueryClient<Channel>, id: i64) -> Result<(EpisodeView, usize), Failure> {
+    let r = q
+        .get_episode(v1::GetEpisodeRequest { id })
+        .await
+        .map_err(|s| status_failure(&format!("episode {id}"), s))?
+        .into_inner();
+    let e = r.episode.ok_or_else(|| {
+        Failure::new(
+            exit::FAILED,
+            format!("episode {id}: the collector sent no episode"),
+        )
+    })?;
+    let (a, b) = latest_ends(&r.samples);
+    Ok((episode_view(&e, a.as_ref(), b.as_ref()), r.samples.len()))
+}
+
+/// Parses `ADDR:PORT ADDR:PORT` or an episode id.
+enum DiffTarget {
+    Episode(i64),
+    Flow(FlowTuple),
+}
+
+fn diff_target(args: &[String]) -> Result<DiffTarget, Failure> {
+    let usage = |m: String| {
+        Failure::new(
+            2,
+            format!("diff: {m} (give an episode id, or ADDR:PORT ADDR:PORT)"),
+        )
+    };
+    match args {
+        [id] => id
+            .parse()
+            .map(DiffTarget::Episode)
+            .map_err(|_| usage(format!("`{id}` is not an episode id"))),
+        [x, y] => {
+            let a: SocketAddr = x
+                .parse()
+                .map_err(|_| usage(format!("`{x}` is not ADDR:PORT")))?;
+            let b: SocketAddr = y
+                .parse()
+                .map_err(|_| usage(format!("`{y}` is not ADDR:PORT")))?;
+            Ok(DiffTarget::Flow(FlowTuple::new(a, b)))
+        }
+        _ => Err(usage("one or two arguments".into())),
+    }
+}
+
+async fn diff(
+    json: bool,
+    q: &mut QueryClient<Channel>,
+    args: &[String],
+    watch: bool,
+    interval: Duration,
+) -> Result<u8, Failure> {
+    match diff_target(args)? {
+        DiffTarget::Episode(id) => {
+            let (e, _) = episode(q, id).await?;
+            print(json, &e.peer, || render::diff(&e.peer.a, e.peer.b.as_ref()))?;
+            Ok(exit::OK)
+        }
+        DiffTarget::Flow(flow) => loop {
+            let r = q
+                .get_flow(v1::GetFlowRequest {
+                    flow: Some(convert::flow_to_wire(flow)),
+                })
+                .await
+                .map_err(|s| status_failure("flow", s))?
+                .into_inner();
+            let end = |host: &str, s: Option<&v1::Sample>, tuple: FlowTuple| {
+                let s = s.and_then(|s| convert::sample_from_wire(s).ok());
+                s.map(|s| EndView::new(host, tuple, Some(&s)))
+            };
+            let a = end(&r.a_host, r.a.as_ref(), flow);
+            let b = end(&r.b_host, r.b.as_ref(), flow.reversed());
+            let (a, b) = match (a, b) {
+                (Some(a), b) => (a, b),
+                (None, Some(b)) => (b, None),
+                (None, None) if watch => {
+                    tokio::time::sleep(interval).await;
+                    continue;
+                }
+                (None, None) => {
+                    return Err(Failure::new(
+                        exit::NOT_FOUND,
+                        format!("no agent reports {flow} yet (asked both ends to watch it; try again in a poll, or --watch)"),
+                    ))
+                }
+            };
+            let ends = model::Ends { a, b };
+            if watch && !json {
+                print!("\x1b[2J\x1b[H");
+            }
+            print(json, &ends, || render::diff(&ends.a, ends.b.as_ref()))?;
+            if !watch {
+                return Ok(exit::OK);
+            }
+            tokio::time::sleep(interval).await;
+        },
+    }
+}

@@ -1,0 +1,121 @@
+//! What the CLI shows, built from the query service's answers: an episode
+//! with the latest sample of each end. Its JSON form is the documented,
+//! stable schema of `--json` (docs/cli-json.md): add fields, never rename.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use serde::Serialize;
+use tcpstall_common::{EndSample, FlowTuple, Positions, TcpState};
+use tcpstall_proto::{convert, v1};
+
+/// One end of a stuck pair.
+#[derive(Debug, Clone, Serialize)]
+pub struct EndView {
+    pub host: String,
+    pub local: String,
+    pub remote: String,
+    pub state: Option<TcpState>,
+    #[serde(flatten)]
+    pub pos: Positions,
+    pub retransmits: Option<u8>,
+    pub backoff: Option<u8>,
+    pub probes: Option<u8>,
+    pub cork: Option<bool>,
+    /// Where the facts came from.
+    pub source: &'static str,
+}
+
+impl EndView {
+    pub fn new(host: &str, flow: FlowTuple, s: Option<&EndSample>) -> EndView {
+        EndView {
+            host: host.to_string(),
+            local: flow.local.to_string(),
+            remote: flow.remote.to_string(),
+            state: s.map(|s| s.state),
+            pos: s.map(|s| s.pos).unwrap_or_default(),
+            retransmits: s.and_then(|s| s.retransmits),
+            backoff: s.and_then(|s| s.backoff),
+            probes: s.and_then(|s| s.probes),
+            cork: s.and_then(|s| s.cork),
+            source: "tcp_info",
+        }
+    }
+}
+
+/// The two ends.
+#[derive(Debug, Clone, Serialize)]
+pub struct Ends {
+    pub a: EndView,
+    pub b: Option<EndView>,
+}
+
+/// One episode as `--json` prints it.
+#[derive(Debug, Clone, Serialize)]
+pub struct EpisodeView {
+    pub id: i64,
+    pub diagnosis: String,
+    pub open: bool,
+    /// RFC 3339, UTC.
+    pub started_at: String,
+    pub ended_at: Option<String>,
+    pub duration_s: f64,
+    /// Bytes stuck in A's send queue.
+    pub stuck: u32,
+    pub summary: String,
+    pub blame: &'static str,
+    pub peer_note: Option<String>,
+    pub end_reason: Option<String>,
+    pub evidence: std::collections::BTreeMap<String, i64>,
+    pub peer: Ends,
+}
+
+pub fn rfc3339(ms: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// Whom a diagnosis blames, in words.
+pub fn blame(diagnosis: &str) -> &'static str {
+    tcpstall_collector::diagnose::Diagnosis::from_id(diagnosis).map_or("unknown", |d| d.blame())
+}
+
+/// Builds the view of an episode from the query service's answer; `a` and
+/// `b` are each end's latest sample, if any was stored.
+pub fn episode_view(e: &v1::Episode, a: Option<&EndSample>, b: Option<&EndSample>) -> EpisodeView {
+    let flow = convert::flow_from_wire(e.a_flow.as_ref()).unwrap_or(FlowTuple::new(
+        std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+        std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+    ));
+    let b_view = (!e.b_host.is_empty()).then(|| EndView::new(&e.b_host, flow.reversed(), b));
+    EpisodeView {
+        id: e.id,
+        diagnosis: e.diagnosis.clone(),
+        open: e.open,
+        started_at: rfc3339(e.started_at_ms),
+        ended_at: (!e.open && e.ended_at_ms > 0).then(|| rfc3339(e.ended_at_ms)),
+        duration_s: e.duration_ms as f64 / 1000.0,
+        stuck: e.stuck_bytes,
+        summary: e.summary.clone(),
+        blame: blame(&e.diagnosis),
+        peer_note: (!e.peer_note.is_empty()).then(|| e.peer_note.clone()),
+        end_reason: (!e.end_reason.is_empty()).then(|| e.end_reason.clone()),
+        evidence: e.evidence.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+        peer: Ends {
+            a: EndView::new(&e.a_host, flow, a),
+            b: b_view,
+        },
+    }
+}
+
+/// The latest stored sample of each side of an episode.
+pub fn latest_ends(samples: &[v1::EndSample]) -> (Option<EndSample>, Option<EndSample>) {
+    let latest = |side: &str| {
+        samples
+            .iter()
+            .filter(|s| s.side == side)
+            .max_by_key(|s| s.at_ms)
+            .and_then(|s| s.sample.as_ref())
+            .and_then(|s| convert::sample_from_wire(s).ok())
+    };
+    (latest("a"), latest("b"))
+}

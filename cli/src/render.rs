@@ -1,0 +1,360 @@
+//! Text for people in a hurry: the stuck-pair report, the episode list,
+//! one episode, and both ends side by side with what each pair of numbers
+//! means. Plain columns sized to fit; colour only on a terminal.
+
+use std::fmt::Write as _;
+
+use tcpstall_agent::view::{human_bytes, Table};
+use tcpstall_common::Positions;
+
+use crate::model::{EndView, EpisodeView};
+
+/// ANSI colour, on when stdout is a terminal.
+#[derive(Debug, Clone, Copy)]
+pub struct Style {
+    pub color: bool,
+}
+
+impl Style {
+    fn paint(&self, code: &str, s: &str) -> String {
+        if self.color {
+            format!("\x1b[{code}m{s}\x1b[0m")
+        } else {
+            s.to_string()
+        }
+    }
+    pub fn bad(&self, s: &str) -> String {
+        self.paint("1;31", s)
+    }
+    pub fn dim(&self, s: &str) -> String {
+        self.paint("2", s)
+    }
+}
+
+fn opt<T: ToString>(v: Option<T>) -> String {
+    v.map_or_else(|| "-".into(), |v| v.to_string())
+}
+
+fn age(seconds: f64) -> String {
+    let s = seconds.max(0.0) as u64;
+    if s < 120 {
+        format!("{s}s")
+    } else if s < 7200 {
+        format!("{}m", s / 60)
+    } else {
+        format!("{}h", s / 3600)
+    }
+}
+
+/// The comparison that proves a diagnosis, in one short line.
+pub fn key_evidence(e: &EpisodeView) -> String {
+    let a = &e.peer.a.pos;
+    let mut out = format!("A una {} nxt {}", opt(a.snd_una), opt(a.snd_nxt));
+    match &e.peer.b {
+        Some(b) => {
+            let _ = write!(
+                out,
+                " / B rcv {}; wnd A {} B {}; B unread {}",
+                opt(b.pos.rcv_nxt),
+                opt(a.snd_wnd.map(u64::from).map(human_bytes)),
+                opt(b.pos.rcv_wnd.map(u64::from).map(human_bytes)),
+                human_bytes(u64::from(b.pos.recvq))
+            );
+        }
+        None => {
+            let _ = write!(
+                out,
+                "; wnd A {}",
+                opt(a.snd_wnd.map(u64::from).map(human_bytes))
+            );
+        }
+    }
+    out
+}
+
+fn end_name(v: &EndView) -> String {
+    format!("{} {}", v.host, v.local)
+}
+
+/// `tcpstall report`: one row per stuck pair.
+pub fn report(eps: &[EpisodeView], style: Style) -> String {
+    if eps.is_empty() {
+        return "no stuck pairs\n".into();
+    }
+    let mut t = Table::new(&[
+        ("ID", true),
+        ("A (stuck sender)", false),
+        ("B (peer)", false),
+        ("STUCK", true),
+        ("AGE", true),
+        ("DIAGNOSIS", false),
+    ]);
+    let mut evidence = Vec::new();
+    for e in eps {
+        t.push(vec![
+            e.id.to_string(),
+            end_name(&e.peer.a),
+            e.peer
+                .b
+                .as_ref()
+                .map_or_else(|| format!("? {}", e.peer.a.remote), end_name),
+            human_bytes(u64::from(e.stuck)),
+            age(e.duration_s),
+            format!("{}{}", e.diagnosis, if e.open { "" } else { " (ended)" }),
+        ]);
+        evidence.push((e.id, e.summary.clone(), key_evidence(e), e.blame));
+    }
+    let mut out = t.render();
+    out.push('\n');
+    for (id, summary, ev, blame) in evidence {
+        let _ = writeln!(out, "#{id}: {}", style.bad(&summary));
+        let _ = writeln!(out, "     {}  (look at: {blame})", style.dim(&ev));
+    }
+    out
+}
+
+/// `tcpstall episodes`: the history, one line each.
+pub fn episodes(eps: &[EpisodeView]) -> String {
+    if eps.is_empty() {
+        return "no episodes\n".into();
+    }
+    let mut t = Table::new(&[
+        ("ID", true),
+        ("STARTED", false),
+        ("DURATION", true),
+        ("STATE", false),
+        ("A", false),
+        ("B", false),
+        ("STUCK", true),
+        ("DIAGNOSIS", false),
+    ]);
+    for e in eps {
+        t.push(vec![
+            e.id.to_string(),
+            e.started_at.clone(),
+            age(e.duration_s),
+            if e.open {
+                "open".into()
+            } else {
+                e.end_reason.clone().unwrap_or_else(|| "ended".into())
+            },
+            end_name(&e.peer.a),
+            e.peer.b.as_ref().map_or_else(|| "-".into(), end_name),
+            human_bytes(u64::from(e.stuck)),
+            e.diagnosis.clone(),
+        ]);
+    }
+    t.render()
+}
+
+/// One fact of `diff`: name, A's value, B's value, what the two mean.
+type Fact = (&'static str, String, String, String);
+
+fn facts(a: &EndView, b: Option<&EndView>) -> Vec<Fact> {
+    let pa = &a.pos;
+    let none = Positions::default();
+    let pb = b.map_or(&none, |b| &b.pos);
+    let bv = |f: &dyn Fn(&EndView) -> String| b.map_or_else(|| "-".into(), f);
+    let bytes = |v: Option<u32>| opt(v.map(u64::from).map(human_bytes));
+    let mut out: Vec<Fact> = Vec::new();
+    out.push((
+        "state",
+        opt(a.state.map(|s| s.ss_name())),
+        bv(&|b| opt(b.state.map(|s| s.ss_name()))),
+        String::new(),
+    ));
+    out.push((
+        "window advertised (rcv_wnd)",
+        bytes(pa.rcv_wnd),
+        bv(&|b| bytes(b.pos.rcv_wnd)),
+        match (pb.rcv_wnd, pa.snd_wnd) {
+            (Some(0), _) => "B's window is closed: A may not send".into(),
+            (Some(bw), Some(0)) if bw > 0 => format!(
+                "B advertises {} but A still sees 0: the update was lost",
+                human_bytes(u64::from(bw))
+            ),
+            _ => String::new(),
+        },
+    ));
+    out.push((
+        "window seen from peer (snd_wnd)",
+        bytes(pa.snd_wnd),
+        bv(&|b| bytes(b.pos.snd_wnd)),
+        String::new(),
+    ));
+    out.push((
+        "window scale (snd/rcv)",
+        format!("{}/{}", opt(pa.snd_wscale), opt(pa.rcv_wscale)),
+        bv(&|b| format!("{}/{}", opt(b.pos.snd_wscale), opt(b.pos.rcv_wscale))),
+        match (pa.snd_wscale, pb.rcv_wscale) {
+            (Some(x), Some(y)) if x != y => "A's and B's scale factors disagree".into(),
+            _ => String::new(),
+        },
+    ));
+    out.push((
+        "highest ACK sent (rcv_nxt)",
+        opt(pa.rcv_nxt),
+        bv(&|b| opt(b.pos.rcv_nxt)),
+        match (pa.snd_una, pb.rcv_nxt) {
+            (Some(una), Some(rcv)) if rcv > una => format!(
+                "B acknowledged {} bytes A never saw acknowledged: ACKs lost B→A",
+                rcv - una
+            ),
+            (Some(una), Some(rcv)) if rcv == una => {
+                "B has received exactly what A saw acknowledged".into()
+            }
+            (Some(_), Some(_)) => "B is behind A's snd_una: not the same connection?".into(),
+            _ => String::new(),
+        },
+    ));
+    out.push((
+        "first unacknowledged (snd_una)",
+        opt(pa.snd_una),
+        bv(&|b| opt(b.pos.snd_una)),
+        String::new(),
+    ));
+    out.push((
+        "next sequence to send (snd_nxt)",
+        opt(pa.snd_nxt),
+        bv(&|b| opt(b.pos.snd_nxt)),
+        match (pa.snd_nxt, pb.rcv_nxt) {
+            (Some(nxt), Some(rcv)) if nxt > rcv => format!(
+                "{} bytes sent by A not yet received in order by B",
+                nxt - rcv
+            ),
+            _ => String::new(),
+        },
+    ));
+    out.push((
+        "end of writes (write_seq)",
+        opt(pa.write_seq),
+        bv(&|b| opt(b.pos.write_seq)),
+        String::new(),
+    ));
+    out.push((
+        "unsent",
+        bytes(pa.notsent),
+        bv(&|b| bytes(b.pos.notsent)),
+        match pa.notsent {
+            Some(n) if n > 0 && pa.inflight == Some(0) && pa.snd_wnd.unwrap_or(0) > 0 => {
+                "A holds data with the window open and nothing in flight".into()
+            }
+            _ => String::new(),
+        },
+    ));
+    out.push((
+        "in flight",
+        bytes(pa.inflight),
+        bv(&|b| bytes(b.pos.inflight)),
+        String::new(),
+    ));
+    out.push((
+        "send queue",
+        human_bytes(u64::from(pa.sendq)),
+        bv(&|b| human_bytes(u64::from(b.pos.sendq))),
+        String::new(),
+    ));
+    out.push((
+        "receive queue (unread)",
+        human_bytes(u64::from(pa.recvq)),
+        bv(&|b| human_bytes(u64::from(b.pos.recvq))),
+        if pb.recvq > 0 {
+            format!(
+                "B's application has {} unread",
+                human_bytes(u64::from(pb.recvq))
+            )
+        } else {
+            String::new()
+        },
+    ));
+    out.push((
+        "retransmits",
+        opt(a.retransmits),
+        bv(&|b| opt(b.retransmits)),
+        String::new(),
+    ));
+    out.push((
+        "backoff",
+        opt(a.backoff),
+        bv(&|b| opt(b.backoff)),
+        String::new(),
+    ));
+    out.push((
+        "zero-window probes",
+        opt(a.probes),
+        bv(&|b| opt(b.probes)),
+        String::new(),
+    ));
+    out.push((
+        "cork",
+        a.cork.map_or_else(|| "unknown".into(), |c| c.to_string()),
+        bv(&|b| b.cork.map_or_else(|| "unknown".into(), |c| c.to_string())),
+        "TCP_CORK needs the BPF or getsockopt probe".into(),
+    ));
+    out
+}
+
+/// `tcpstall diff`: both ends side by side, one row per fact.
+pub fn diff(a: &EndView, b: Option<&EndView>) -> String {
+    let mut out = format!(
+        "A {} {} -> {}\nB {}\n\n",
+        a.host,
+        a.local,
+        a.remote,
+        b.map_or_else(
+            || "(not visible)".into(),
+            |b| format!("{} {} -> {}", b.host, b.local, b.remote)
+        )
+    );
+    let mut t = Table::new(&[
+        ("FACT", false),
+        ("A", true),
+        ("B", true),
+        ("WHAT IT MEANS", false),
+    ]);
+    for (name, x, y, meaning) in facts(a, b) {
+        t.push(vec![name.to_string(), x, y, meaning]);
+    }
+    out.push_str(&t.render());
+    let _ = writeln!(out, "\nsource: {} (both ends)", a.source);
+    out
+}
+
+/// `tcpstall show`: one episode with its evidence.
+pub fn show(e: &EpisodeView, samples: usize) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "episode {}  {}  {}",
+        e.id,
+        e.diagnosis,
+        if e.open { "open" } else { "ended" }
+    );
+    let _ = writeln!(out, "  {}", e.summary);
+    let _ = writeln!(out, "  look at: {}", e.blame);
+    let _ = writeln!(
+        out,
+        "  started {}  stuck {} for {}",
+        e.started_at,
+        human_bytes(u64::from(e.stuck)),
+        age(e.duration_s)
+    );
+    if let Some(end) = &e.ended_at {
+        let _ = writeln!(
+            out,
+            "  ended {end} ({})",
+            e.end_reason.as_deref().unwrap_or("-")
+        );
+    }
+    if let Some(note) = &e.peer_note {
+        let _ = writeln!(out, "  peer: {note}");
+    }
+    let _ = writeln!(out, "  samples stored: {samples}");
+    let _ = writeln!(out, "\nevidence:");
+    for (k, v) in &e.evidence {
+        let _ = writeln!(out, "  {k:<16} {v}");
+    }
+    out.push('\n');
+    out.push_str(&diff(&e.peer.a, e.peer.b.as_ref()));
+    out
+}
