@@ -8,14 +8,58 @@ use serde::Serialize;
 use tcpstall_common::{EndSample, FlowTuple, Positions, TcpState};
 use tcpstall_proto::{convert, v1};
 
+/// The DESIGN.md fields of one end for JSON: every one `null` when the
+/// end was never sampled, never a made-up 0.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PosJson {
+    pub sendq: Option<u32>,
+    pub recvq: Option<u32>,
+    pub notsent: Option<u32>,
+    pub inflight: Option<u32>,
+    pub snd_una: Option<u64>,
+    pub snd_nxt: Option<u64>,
+    pub write_seq: Option<u64>,
+    pub rcv_nxt: Option<u64>,
+    pub copied: Option<u64>,
+    pub snd_wnd: Option<u32>,
+    pub rcv_wnd: Option<u32>,
+    pub snd_wscale: Option<u8>,
+    pub rcv_wscale: Option<u8>,
+}
+
+impl From<&Positions> for PosJson {
+    fn from(p: &Positions) -> Self {
+        PosJson {
+            sendq: Some(p.sendq),
+            recvq: Some(p.recvq),
+            notsent: p.notsent,
+            inflight: p.inflight,
+            snd_una: p.snd_una,
+            snd_nxt: p.snd_nxt,
+            write_seq: p.write_seq,
+            rcv_nxt: p.rcv_nxt,
+            copied: p.copied,
+            snd_wnd: p.snd_wnd,
+            rcv_wnd: p.rcv_wnd,
+            snd_wscale: p.snd_wscale,
+            rcv_wscale: p.rcv_wscale,
+        }
+    }
+}
+
 /// One end of a stuck pair.
 #[derive(Debug, Clone, Serialize)]
 pub struct EndView {
     pub host: String,
     pub local: String,
     pub remote: String,
+    /// Whether a sample of this end exists; without one every number is null.
+    pub seen: bool,
     pub state: Option<TcpState>,
     #[serde(flatten)]
+    pub json: PosJson,
+    /// For rendering; meaningful only when `seen`.
+    #[serde(skip)]
     pub pos: Positions,
     pub retransmits: Option<u8>,
     pub backoff: Option<u8>,
@@ -31,7 +75,9 @@ impl EndView {
             host: host.to_string(),
             local: flow.local.to_string(),
             remote: flow.remote.to_string(),
+            seen: s.is_some(),
             state: s.map(|s| s.state),
+            json: s.map(|s| PosJson::from(&s.pos)).unwrap_or_default(),
             pos: s.map(|s| s.pos).unwrap_or_default(),
             retransmits: s.and_then(|s| s.retransmits),
             backoff: s.and_then(|s| s.backoff),

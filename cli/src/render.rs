@@ -50,7 +50,7 @@ fn age(seconds: f64) -> String {
 pub fn key_evidence(e: &EpisodeView) -> String {
     let a = &e.peer.a.pos;
     let mut out = format!("A una {} nxt {}", opt(a.snd_una), opt(a.snd_nxt));
-    match &e.peer.b {
+    match e.peer.b.as_ref().filter(|b| b.seen) {
         Some(b) => {
             let _ = write!(
                 out,
@@ -151,6 +151,8 @@ pub fn episodes(eps: &[EpisodeView]) -> String {
 type Fact = (&'static str, String, String, String);
 
 fn facts(a: &EndView, b: Option<&EndView>) -> Vec<Fact> {
+    // An end never sampled has no numbers to show.
+    let b = b.filter(|b| b.seen);
     let pa = &a.pos;
     let none = Positions::default();
     let pb = b.map_or(&none, |b| &b.pos);

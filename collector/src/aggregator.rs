@@ -507,7 +507,8 @@ impl State {
         }
     }
 
-    /// A peer end of some suspects changed: re-diagnose their episodes.
+    /// A peer end of some suspects changed: re-diagnose their episodes and
+    /// store its sample.
     fn refresh_peer_of(&mut self, peer_host: &str, flow: FlowTuple, _now_ms: i64) {
         let conns: Vec<ConnKey> = self
             .suspects
@@ -521,6 +522,7 @@ impl State {
             .collect();
         for conn in conns {
             self.rediagnose(&conn);
+            self.record(&conn, false);
         }
     }
 
@@ -559,6 +561,13 @@ impl State {
     /// when it reported since), up to the per-episode cap.
     fn record_open(&mut self, conn: &ConnKey) {
         self.rediagnose(conn);
+        self.record(conn, true);
+    }
+
+    /// Stores this poll's samples of an open episode: A's when `with_a`,
+    /// and B's when it reported since the last one stored; each side up to
+    /// the per-episode cap.
+    fn record(&mut self, conn: &ConnKey, with_a: bool) {
         let Some(s) = self.suspects.get(conn) else {
             return;
         };
@@ -570,7 +579,7 @@ impl State {
         });
         let mut batch = Vec::new();
         let (mut stored_a, mut stored_b, mut last_b) = (ep.stored_a, ep.stored_b, ep.last_b_ms);
-        if stored_a < self.max_samples {
+        if with_a && stored_a < self.max_samples {
             batch.push(StoredSample {
                 side: Side::A,
                 host: conn.host.clone(),

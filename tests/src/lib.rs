@@ -2,6 +2,8 @@
 //! deadline, test network namespaces that remove themselves, the built
 //! binaries, and polling this host the way the agent does.
 
+pub mod fake;
+
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};

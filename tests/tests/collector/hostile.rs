@@ -10,7 +10,7 @@ use tcpstall_proto::v1::{self, agent_message, query_client::QueryClient};
 use tcpstall_tests::CollectorProcess;
 use tonic::Code;
 
-use crate::fake::{batch, connect, ending, hello, stuck, suspect};
+use tcpstall_tests::fake::{batch, connect, ending, hello, stuck, suspect};
 
 async fn episodes(url: &str, host: &str) -> Vec<v1::Episode> {
     let mut q = QueryClient::connect(url.to_string())

@@ -2,5 +2,4 @@
 //! SQLite file.
 
 mod e2e;
-mod fake;
 mod hostile;

@@ -1,5 +1,5 @@
 //! A hand-driven agent over real gRPC, for saying what a real agent never
-//! would.
+//! would, and for making stored episodes with exact numbers.
 
 use std::time::Duration;
 

@@ -1,0 +1,277 @@
+//! report, episodes, show and diff against a real collector whose episodes
+//! come from exact, hand-made samples over real gRPC.
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use serde_json::Value;
+use tcpstall_common::{FlowTuple, TimerKind};
+use tcpstall_proto::convert;
+use tcpstall_proto::v1;
+use tcpstall_tests::fake::{batch, connect, hello, stuck, suspect};
+use tcpstall_tests::{binary, CollectorProcess};
+
+fn cli(url: &str, args: &[&str]) -> Output {
+    Command::new(binary("tcpstall"))
+        .args(["--collector", url])
+        .args(args)
+        .env_remove("TCPSTALL_COLLECTOR")
+        .output()
+        .expect("run tcpstall")
+}
+
+fn text(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Two episodes: hostx's flow to hosty, whose receiver is not reading
+/// (peer_not_reading), and alpha's flow to an address nobody monitors.
+async fn stored_episodes(url: &str) -> (i64, i64) {
+    let xy = FlowTuple::new(
+        "198.18.9.1:8080".parse().expect("a"),
+        "198.18.9.2:41000".parse().expect("b"),
+    );
+    let mut a = stuck(xy, 11, 0);
+    a.pos.snd_wnd = Some(0);
+    a.pos.notsent = Some(a.pos.sendq);
+    a.pos.inflight = Some(0);
+    a.pos.snd_nxt = a.pos.snd_una;
+    a.timer = Some(TimerKind::ZeroWindowProbe);
+    a.retransmits = Some(0);
+    a.backoff = Some(0);
+    let mut b = stuck(xy.reversed(), 12, 0);
+    b.pos.sendq = 0;
+    b.pos.notsent = Some(0);
+    b.pos.inflight = Some(0);
+    b.pos.snd_nxt = b.pos.snd_una;
+    b.pos.write_seq = b.pos.snd_una;
+    b.pos.rcv_nxt = a.pos.snd_una;
+    b.pos.recvq = 6000;
+    b.pos.copied = a.pos.snd_una.map(|r| r - 6000);
+    b.pos.rcv_wnd = Some(0);
+    let x = connect(url, hello("hostx", &["198.18.9.1"]))
+        .await
+        .expect("x");
+    let y = connect(url, hello("hosty", &["198.18.9.2"]))
+        .await
+        .expect("y");
+    x.tx.send(batch(Duration::from_secs(100), vec![suspect(&a)]))
+        .await
+        .expect("send");
+    // As a real agent would: y answers the collector's watch request.
+    let mut y = y;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = tokio::time::timeout_at(deadline, y.rx.message())
+            .await
+            .expect("a watch request in time");
+        if let Ok(Some(v1::CollectorMessage {
+            body: Some(v1::collector_message::Body::Watch(w)),
+        })) = m
+        {
+            assert_eq!(convert::flow_from_wire(w.flow.as_ref()), Ok(xy.reversed()));
+            break;
+        }
+    }
+    y.tx.send(batch(
+        Duration::from_secs(50),
+        vec![convert::sample_to_wire(&b, v1::SampleReason::Watched)],
+    ))
+    .await
+    .expect("send");
+    a.unchanged_ms = 1500;
+    x.tx.send(batch(Duration::from_millis(101_500), vec![suspect(&a)]))
+        .await
+        .expect("send");
+
+    let lone = FlowTuple::new(
+        "198.18.9.7:9000".parse().expect("a"),
+        "203.0.113.5:5000".parse().expect("b"),
+    );
+    let z = connect(url, hello("alpha", &["198.18.9.7"]))
+        .await
+        .expect("alpha");
+    z.tx.send(batch(
+        Duration::from_secs(10),
+        vec![suspect(&stuck(lone, 21, 1500))],
+    ))
+    .await
+    .expect("send");
+
+    // Wait until both are stored and the first is diagnosed from both ends.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let o = cli(url, &["--json", "episodes"]);
+        let eps: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+        let list = eps.as_array().cloned().unwrap_or_default();
+        let find = |d: &str| {
+            list.iter()
+                .find(|e| e["diagnosis"] == d)
+                .and_then(|e| e["id"].as_i64())
+        };
+        if let (Some(p), Some(u)) = (find("peer_not_reading"), find("peer_unmonitored")) {
+            // Keep the streams open while the caller looks.
+            std::mem::forget((x, y, z));
+            return (p, u);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "episodes not stored: {list:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn golden(name: &str, actual: &str) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/cli/golden")
+        .join(name);
+    if std::env::var_os("TCPSTALL_BLESS").is_some() {
+        std::fs::write(&path, actual).expect("write golden");
+        return;
+    }
+    let want = std::fs::read_to_string(&path).unwrap_or_default();
+    assert_eq!(
+        actual, want,
+        "{name} differs from its golden file; TCPSTALL_BLESS=1 rewrites it"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn report_episodes_show_diff_and_json() {
+    let collector = CollectorProcess::start(&["--threshold", "1s"]);
+    let url = collector.url();
+    let (pnr, lone) = stored_episodes(&url).await;
+
+    // report: text, exit 5 because pairs are stuck.
+    let o = cli(&url, &["report"]);
+    assert_eq!(
+        o.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let r = text(&o);
+    for needle in [
+        "A (stuck sender)",
+        "B (peer)",
+        "hostx 198.18.9.1:8080",
+        "hosty 198.18.9.2:41000",
+        "peer_not_reading",
+        "look at: B's application",
+        "peer_unmonitored",
+        "? 203.0.113.5:5000",
+    ] {
+        assert!(r.contains(needle), "`{needle}` missing from report:\n{r}");
+    }
+    assert!(
+        r.lines().all(|l| l.chars().count() <= 200),
+        "report rows stay readable:\n{r}"
+    );
+    assert!(!r.contains('\x1b'), "no colour when not on a terminal");
+
+    // report --json: the documented schema.
+    let o = cli(&url, &["--json", "report"]);
+    let eps: Value = serde_json::from_slice(&o.stdout).expect("json");
+    let e = eps
+        .as_array()
+        .and_then(|a| a.iter().find(|e| e["id"] == pnr))
+        .expect("episode in report");
+    for key in [
+        "id",
+        "diagnosis",
+        "open",
+        "started_at",
+        "duration_s",
+        "stuck",
+        "peer",
+    ] {
+        assert!(e.get(key).is_some(), "{key} missing: {e}");
+    }
+    assert_eq!(e["stuck"], 5000);
+    assert_eq!(e["open"], true);
+    assert!(e["started_at"].as_str().is_some_and(|s| s.ends_with('Z')));
+    for side in ["a", "b"] {
+        for key in [
+            "host",
+            "local",
+            "remote",
+            "sendq",
+            "recvq",
+            "notsent",
+            "inflight",
+            "snd_una",
+            "snd_nxt",
+            "write_seq",
+            "rcv_nxt",
+            "copied",
+            "snd_wnd",
+            "rcv_wnd",
+            "snd_wscale",
+            "rcv_wscale",
+        ] {
+            assert!(
+                e["peer"][side].get(key).is_some(),
+                "peer.{side}.{key} missing: {e}"
+            );
+        }
+    }
+    assert_eq!(e["peer"]["a"]["host"], "hostx");
+    assert_eq!(e["peer"]["b"]["host"], "hosty");
+    assert_eq!(e["peer"]["b"]["recvq"], 6000);
+    assert_eq!(e["peer"]["a"]["snd_una"], e["peer"]["b"]["rcv_nxt"]);
+    let l = eps
+        .as_array()
+        .and_then(|a| a.iter().find(|e| e["id"] == lone))
+        .expect("lone episode");
+    assert_eq!(
+        l["peer"]["b"],
+        Value::Null,
+        "an unmonitored peer has no end"
+    );
+
+    // Filters.
+    let only = |args: &[&str]| -> Vec<i64> {
+        let mut all = vec!["--json", "episodes"];
+        all.extend_from_slice(args);
+        let v: Value = serde_json::from_slice(&cli(&url, &all).stdout).expect("json");
+        v.as_array()
+            .map(|a| a.iter().filter_map(|e| e["id"].as_i64()).collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(only(&["--diagnosis", "peer_unmonitored"]), vec![lone]);
+    assert_eq!(
+        only(&["--host", "hosty"]),
+        vec![pnr],
+        "a host filter matches the B end too"
+    );
+    assert_eq!(only(&["--host", "nobody"]), Vec::<i64>::new());
+    let mut both = only(&["--open", "--since", "1h"]);
+    both.sort_unstable();
+    assert_eq!(both, vec![pnr, lone]);
+
+    // show and diff of the stored episode; the diff is a golden file.
+    let o = cli(&url, &["show", &pnr.to_string()]);
+    assert!(o.status.success());
+    let s = text(&o);
+    assert!(
+        s.contains(&format!("episode {pnr}  peer_not_reading  open")),
+        "{s}"
+    );
+    assert!(s.contains("b_recvq") && s.contains("6000"), "{s}");
+    let o = cli(&url, &["diff", &pnr.to_string()]);
+    assert!(o.status.success());
+    golden("diff_peer_not_reading.txt", &text(&o));
+
+    // Errors a script can tell apart.
+    let o = cli(&url, &["show", "999999"]);
+    assert_eq!(o.status.code(), Some(4));
+    let o = cli(&url, &["report", "--diagnosis", "gremlins"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--diagnosis"));
+    let o = cli("http://127.0.0.1:1", &["report"]);
+    assert_eq!(o.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(err.contains("127.0.0.1:1"), "{err}");
+}
