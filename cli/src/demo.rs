@@ -20,7 +20,7 @@ use tcpstall_proto::v1::{self, query_client::QueryClient};
 use tokio::sync::oneshot;
 
 use crate::render::{self, Style};
-use crate::{exit, model, Failure};
+use crate::{exit, model, plotting, Failure};
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -30,6 +30,9 @@ pub struct DemoArgs {
     /// The agent's poll interval (the real default is 2s).
     #[arg(long, default_value = "500ms", value_parser = tcpstall_common::duration::parse)]
     interval: Duration,
+    /// Where to write the plot of the stuck pair's episode (.svg or .png).
+    #[arg(long, value_name = "FILE", default_value = "tcpstall-demo.svg")]
+    plot: std::path::PathBuf,
     /// Give up when nothing was found within this long.
     #[arg(long, default_value = "60s", value_parser = tcpstall_common::duration::parse)]
     timeout: Duration,
@@ -187,7 +190,17 @@ pub async fn run(args: DemoArgs, style: Style) -> Result<u8, Failure> {
             print!("{}", render::report(std::slice::from_ref(&view), style));
             println!("\n$ tcpstall diff {}", view.id);
             print!("{}", render::diff(&view.peer.a, view.peer.b.as_ref()));
-            exit::OK
+            println!("\n$ tcpstall plot {} -o {}", view.id, args.plot.display());
+            match plotting::write(&plotting::input(&episode, &samples), &args.plot) {
+                Ok(()) => {
+                    println!("plot written to {}", args.plot.display());
+                    exit::OK
+                }
+                Err(e) => {
+                    eprintln!("tcpstall demo: plot: {e}");
+                    exit::FAILED
+                }
+            }
         }
         Err(e) => {
             eprintln!("tcpstall demo: {e}");

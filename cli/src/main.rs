@@ -3,6 +3,7 @@
 
 mod demo;
 mod model;
+mod plotting;
 mod render;
 
 use std::io::{IsTerminal, Write};
@@ -95,6 +96,15 @@ enum Command {
         watch: bool,
         #[arg(long, default_value = "2s", value_parser = tcpstall_common::duration::parse)]
         interval: Duration,
+    },
+    /// The time–sequence graph of an episode: A's snd_una, snd_nxt,
+    /// write_seq and window edge, B's rcv_nxt and copied, the stall shaded.
+    Plot {
+        /// Episode id.
+        id: i64,
+        /// Output file: .svg or .png.
+        #[arg(short, long, value_name = "FILE")]
+        output: std::path::PathBuf,
     },
     /// A self-contained demonstration: a collector on an embedded SQLite
     /// in a temporary directory, a local agent, one loopback connection
@@ -214,6 +224,28 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             let mut q = connect(&cli.collector).await?;
             let eps = list(&mut q, &f).await?;
             print(json, &eps, || render::episodes(&eps))?;
+            Ok(exit::OK)
+        }
+        Command::Plot { id, output } => {
+            let mut q = connect(&cli.collector).await?;
+            let r = q
+                .get_episode(v1::GetEpisodeRequest { id })
+                .await
+                .map_err(|s| status_failure(&format!("episode {id}"), s))?
+                .into_inner();
+            let e = r.episode.ok_or_else(|| {
+                Failure::new(
+                    exit::FAILED,
+                    format!("episode {id}: the collector sent no episode"),
+                )
+            })?;
+            plotting::write(&plotting::input(&e, &r.samples), &output)
+                .map_err(|m| Failure::new(exit::FAILED, format!("plot of episode {id}: {m}")))?;
+            if json {
+                println!("{}", serde_json::json!({ "id": id, "plot": output }));
+            } else {
+                println!("{}", output.display());
+            }
             Ok(exit::OK)
         }
         Command::Show { id } => {

@@ -7,8 +7,11 @@ use tcpstall_tests::binary;
 
 #[test]
 fn demo_finds_the_stuck_pair_and_leaves_nothing_behind() {
+    let out_dir = tempfile::tempdir().expect("temp dir");
+    let plot = out_dir.path().join("demo.svg");
     let mut child = Command::new(binary("tcpstall"))
-        .args(["demo", "--timeout", "60s"])
+        .args(["demo", "--timeout", "60s", "--plot"])
+        .arg(&plot)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -263,6 +263,38 @@ async fn report_episodes_show_diff_and_json() {
     assert!(o.status.success());
     golden("diff_peer_not_reading.txt", &text(&o));
 
+    // The plot of the stored episode, both formats.
+    let dir = tempfile::tempdir().expect("temp dir");
+    for name in ["e.svg", "e.png"] {
+        let path = dir.path().join(name);
+        let o = cli(
+            &url,
+            &[
+                "plot",
+                &pnr.to_string(),
+                "-o",
+                path.to_str().expect("utf-8 path"),
+            ],
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let bytes = std::fs::read(&path).expect("plot written");
+        if name.ends_with(".png") {
+            assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+        } else {
+            let svg = String::from_utf8_lossy(&bytes);
+            for id in [
+                "curve-a-snd-una",
+                "curve-a-window-edge",
+                "curve-b-rcv-nxt",
+                "curve-b-copied",
+                "id=\"stall\"",
+                "peer_not_reading",
+            ] {
+                assert!(svg.contains(id), "{id} missing from the plot");
+            }
+        }
+    }
+
     // Errors a script can tell apart.
     let o = cli(&url, &["show", "999999"]);
     assert_eq!(o.status.code(), Some(4));
