@@ -64,6 +64,11 @@ pub struct EndView {
     pub retransmits: Option<u8>,
     pub backoff: Option<u8>,
     pub probes: Option<u8>,
+    /// Segments in flight, and of them lost and retransmitted, by the
+    /// kernel's SACK scoreboard.
+    pub unacked: Option<u32>,
+    pub lost: Option<u32>,
+    pub retrans: Option<u32>,
     pub cork: Option<bool>,
     /// Where the facts came from.
     pub source: &'static str,
@@ -82,6 +87,9 @@ impl EndView {
             retransmits: s.and_then(|s| s.retransmits),
             backoff: s.and_then(|s| s.backoff),
             probes: s.and_then(|s| s.probes),
+            unacked: s.and_then(|s| s.unacked),
+            lost: s.and_then(|s| s.lost),
+            retrans: s.and_then(|s| s.retrans),
             cork: s.and_then(|s| s.cork),
             source: "tcp_info",
         }

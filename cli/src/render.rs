@@ -269,6 +269,16 @@ fn facts(a: &EndView, b: Option<&EndView>) -> Vec<Fact> {
             String::new()
         },
     ));
+    let board = |v: &EndView| format!("{}/{}/{}", opt(v.unacked), opt(v.lost), opt(v.retrans));
+    out.push((
+        "SACK scoreboard (unacked/lost/retrans segs)",
+        board(a),
+        bv(&|b| board(b)),
+        match a.lost {
+            Some(l) if l > 0 => format!("A counts {l} segments lost"),
+            _ => String::new(),
+        },
+    ));
     out.push((
         "retransmits",
         opt(a.retransmits),

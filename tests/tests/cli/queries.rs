@@ -263,6 +263,22 @@ async fn report_episodes_show_diff_and_json() {
     assert!(o.status.success());
     golden("diff_peer_not_reading.txt", &text(&o));
 
+    // A live diff by 4-tuple, in either order: both ends from the agents.
+    for args in [
+        ["diff", "198.18.9.1:8080", "198.18.9.2:41000"],
+        ["diff", "198.18.9.2:41000", "198.18.9.1:8080"],
+    ] {
+        let o = cli(&url, &args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let d = text(&o);
+        assert!(
+            d.contains("hostx 198.18.9.1:8080") && d.contains("hosty 198.18.9.2:41000"),
+            "{d}"
+        );
+    }
+    let o = cli(&url, &["diff", "198.18.200.1:1", "198.18.200.2:2"]);
+    assert_eq!(o.status.code(), Some(4), "a flow nobody reports");
+
     // The plot of the stored episode, both formats.
     let dir = tempfile::tempdir().expect("temp dir");
     for name in ["e.svg", "e.png"] {
