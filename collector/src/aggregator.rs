@@ -155,11 +155,16 @@ pub struct State {
     max_agents: usize,
     max_samples: usize,
     sessions: HashMap<String, Session>,
+    /// Session id -> host, for the commands that name a session.
+    session_hosts: HashMap<u64, String>,
     /// Non-loopback address -> host that announced it.
     owners: HashMap<IpAddr, String>,
     suspects: HashMap<ConnKey, Suspect>,
     peers: HashMap<(String, FlowTuple), PeerEnd>,
     absent: HashSet<(String, FlowTuple)>,
+    /// (peer host, flow as the peer sees it) -> the suspect with an open
+    /// episode it is the peer of: a peer's report finds its episode at once.
+    open_by_peer: HashMap<(String, FlowTuple), ConnKey>,
     /// (host, flow as that host sees it) -> how many suspects need it.
     watches: HashMap<(String, FlowTuple), usize>,
     next_episode: i64,
@@ -190,21 +195,20 @@ impl State {
             max_agents,
             max_samples,
             sessions: HashMap::new(),
+            session_hosts: HashMap::new(),
             owners: HashMap::new(),
             suspects: HashMap::new(),
             peers: HashMap::new(),
             absent: HashSet::new(),
             watches: HashMap::new(),
+            open_by_peer: HashMap::new(),
             next_episode,
             stats: Stats::default(),
         }
     }
 
     fn host_of(&self, session: u64) -> Option<String> {
-        self.sessions
-            .values()
-            .find(|s| s.id == session)
-            .map(|s| s.hello.host.clone())
+        self.session_hosts.get(&session).cloned()
     }
 
     /// Handles one command at collector wall time `now_ms`.
@@ -228,7 +232,11 @@ impl State {
                 session,
                 dropped_batches,
             } => {
-                if let Some(s) = self.sessions.values_mut().find(|s| s.id == session) {
+                if let Some(s) = self
+                    .session_hosts
+                    .get(&session)
+                    .and_then(|h| self.sessions.get_mut(h))
+                {
                     s.dropped_batches = dropped_batches;
                 }
             }
@@ -291,6 +299,7 @@ impl State {
             at_ms: now_ms,
         });
         tracing::info!(host = %hello.host, kernel = %hello.kernel, addresses = hello.addresses.len(), "agent connected");
+        self.session_hosts.insert(session, hello.host.clone());
         self.sessions.insert(
             hello.host.clone(),
             Session {
@@ -308,12 +317,15 @@ impl State {
             return;
         };
         tracing::info!(host, session = session.id, "agent gone");
+        self.session_hosts.remove(&session.id);
         self.owners.retain(|_, h| h != host);
         self.store.host_gone(host, now_ms);
         for event in self.detector.host_gone(host) {
             self.event(host, event, now_ms);
         }
         self.suspects.retain(|c, _| c.host != host);
+        self.open_by_peer
+            .retain(|(h, _), c| h != host && c.host != host);
         self.peers.retain(|(h, _), _| h != host);
         self.absent.retain(|(h, _)| h != host);
         self.watches.retain(|(h, _), _| h != host);
@@ -510,20 +522,15 @@ impl State {
     /// A peer end of some suspects changed: re-diagnose their episodes and
     /// store its sample.
     fn refresh_peer_of(&mut self, peer_host: &str, flow: FlowTuple, _now_ms: i64) {
-        let conns: Vec<ConnKey> = self
-            .suspects
-            .iter()
-            .filter(|(_, s)| {
-                s.episode.is_some()
-                    && s.peer_host.as_deref() == Some(peer_host)
-                    && s.latest.flow == flow.reversed()
-            })
-            .map(|(c, _)| c.clone())
-            .collect();
-        for conn in conns {
-            self.rediagnose(&conn);
-            self.record(&conn, false);
-        }
+        let Some(conn) = self
+            .open_by_peer
+            .get(&(peer_host.to_string(), flow))
+            .cloned()
+        else {
+            return;
+        };
+        self.rediagnose(&conn);
+        self.record(&conn, false);
     }
 
     fn rediagnose(&mut self, conn: &ConnKey) {
@@ -672,6 +679,10 @@ impl State {
                 }],
             );
         }
+        if let Some(peer) = &s.peer_host {
+            self.open_by_peer
+                .insert((peer.clone(), flow.reversed()), conn.clone());
+        }
         if let Some(s) = self.suspects.get_mut(&conn) {
             s.episode = Some(OpenEpisode {
                 id,
@@ -694,6 +705,10 @@ impl State {
             return;
         };
         let Some(ep) = s.episode.take() else { return };
+        if let Some(peer) = &s.peer_host {
+            self.open_by_peer
+                .remove(&(peer.clone(), s.latest.flow.reversed()));
+        }
         tracing::info!(episode = ep.id, host = %conn.host, reason = reason.id(), "episode closed");
         // The last word on A.
         self.store.add_samples(
