@@ -339,17 +339,18 @@ mod tests {
         assert_eq!(parsed, c);
     }
 
-    fn temp_file(name: &str, text: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("tcpstall-agent-cfg-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let path = dir.join(name);
+    /// A file in a directory removed when the returned guard drops, also
+    /// when the test fails.
+    fn temp_file(name: &str, text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join(name);
         std::fs::write(&path, text).expect("write");
-        path
+        (dir, path)
     }
 
     #[test]
     fn flags_beat_the_file_and_the_file_beats_defaults() {
-        let path = temp_file(
+        let (_dir, path) = temp_file(
             "layers.toml",
             "interval = \"3s\"\nbuffer = 7\nnetns = [\"lab1\"]\ncollector = \"http://a:1\"\n",
         );
@@ -391,7 +392,7 @@ mod tests {
             ("netns = [\"\"]\n", "netns"),
         ];
         for (i, (text, named)) in cases.iter().enumerate() {
-            let path = temp_file(&format!("bad{i}.toml"), text);
+            let (_dir, path) = temp_file(&format!("bad{i}.toml"), text);
             let flags = Flags {
                 config: Some(path.clone()),
                 ..Flags::default()

@@ -23,12 +23,13 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-fn temp_file(name: &str, text: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("tcpstall-run-config-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let path = dir.join(name);
+/// A file in a directory removed when the returned guard drops, also when
+/// the test fails.
+fn temp_file(name: &str, text: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join(name);
     std::fs::write(&path, text).expect("write");
-    path
+    (dir, path)
 }
 
 #[test]
@@ -48,7 +49,7 @@ fn print_config_with_no_flags_is_the_committed_example() {
 
 #[test]
 fn a_flag_beats_the_file_and_the_file_beats_the_default() {
-    let file = temp_file(
+    let (_dir, file) = temp_file(
         "layers.toml",
         "collector = \"http://198.18.0.1:7786\"\ninterval = \"3s\"\nbuffer = 5\nhost = \"from-file\"\n",
     );
@@ -84,17 +85,15 @@ fn a_flag_beats_the_file_and_the_file_beats_the_default() {
         Config::default().backoff_max,
         "default"
     );
-    let _ = std::fs::remove_file(file);
 }
 
 #[test]
 fn bad_settings_are_refused_with_their_name() {
-    let file = temp_file("typo.toml", "bufer = 3\n");
+    let (_dir, file) = temp_file("typo.toml", "bufer = 3\n");
     let path = file.to_str().expect("utf-8 path");
     let out = agent(&["print-config", "--config", path]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("bufer"), "{}", stderr(&out));
-    let _ = std::fs::remove_file(file);
 
     let out = agent(&["print-config", "--interval", "soon"]);
     assert!(!out.status.success());

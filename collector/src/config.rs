@@ -217,9 +217,8 @@ mod tests {
 
     #[test]
     fn flags_beat_the_file_and_the_file_beats_defaults() {
-        let dir = std::env::temp_dir().join(format!("tcpstall-cfg-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let path = dir.join("c.toml");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("c.toml");
         std::fs::write(&path, "threshold = \"3s\"\nmax_agents = 7\n").expect("write");
         let flags = Flags {
             config: Some(path.clone()),
@@ -236,6 +235,5 @@ mod tests {
         std::fs::write(&path, "threshold = \"soon\"\n").expect("write");
         let err = Config::load(&flags).expect_err("bad duration");
         assert!(err.to_string().contains("soon"), "{err}");
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }
