@@ -4,11 +4,22 @@
 //! loopback connections in helper processes and measures the CPU time of
 //! one full poll three ways: tcpstall's poller with parsing and derivation,
 //! a raw sock_diag dump that only receives the bytes, and `ss -tinmH`.
+//!
+//! `tcpstall-bench collector-load` simulates many agents over real gRPC
+//! against one real `tcpstall-collector` process and measures its CPU,
+//! memory, database rows and the time from a stall to its stored episode.
+//!
+//! `tcpstall-bench agent-idle` runs a real `tcpstall-agent` on a host with
+//! many idle connections and measures its CPU and the bytes it sends.
 #![forbid(unsafe_code)]
 
+mod agent_idle;
 mod holder;
+mod load;
 mod measure;
 mod poll;
+mod procfs;
+mod procs;
 
 use std::process::ExitCode;
 
@@ -27,6 +38,13 @@ enum Command {
     /// CPU time per full poll: tcpstall's poll, a raw dump, and `ss -tinmH`
     /// over N established loopback connections (2N sockets).
     Poll(poll::PollArgs),
+    /// Many simulated agents over real gRPC against one real collector:
+    /// samples ingested, collector CPU and memory, SQLite rows, and the
+    /// time from a stall's start to its stored episode.
+    CollectorLoad(load::LoadArgs),
+    /// A real agent on a host with many idle connections: its CPU share
+    /// and the bytes per second it sends to a real collector.
+    AgentIdle(agent_idle::IdleArgs),
     /// Internal: hold loopback connections until stdin closes.
     #[command(hide = true)]
     Hold(holder::HoldArgs),
@@ -36,6 +54,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match cli.command {
         Command::Poll(args) => poll::run(&args),
+        Command::CollectorLoad(args) => load::run(&args),
+        Command::AgentIdle(args) => agent_idle::run(&args),
         Command::Hold(args) => holder::hold(&args),
     };
     match res {

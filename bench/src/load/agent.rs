@@ -1,0 +1,309 @@
+//! One simulated agent on the wire: a `tcpstall.v1.Ingest/Stream` that
+//! opens with a Hello, sends a Batch (or a Heartbeat when there is nothing)
+//! every interval at the agent's own phase, and answers the collector's
+//! Watch and Unwatch, as `tcpstall-agent run` does (agent/src/run.rs): the
+//! batches wait in a bounded outbox while the stream has no room, the
+//! oldest dropped and counted when it is full.
+//!
+//! A message counts as ingested when tonic takes it from the request
+//! stream to encode it: HTTP/2 flow control lets tonic take more only as
+//! the collector consumes what it sent (at most one stream window, 64 KiB,
+//! is in flight unacknowledged).
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use tcpstall_agent::run::monotonic;
+use tcpstall_proto::convert::{flow_from_wire, flow_to_wire, ip_to_wire, sample_to_wire};
+use tcpstall_proto::v1::{self, agent_message, collector_message, ingest_client::IngestClient};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+
+use super::sim::{self, Host, Reason, StallStart};
+
+/// Messages queued towards the stream before the outbox keeps them (the
+/// agent's `uplink::STREAM_QUEUE`).
+const STREAM_QUEUE: usize = 8;
+
+/// Counters shared by every simulated agent. Gauges go up and down.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub welcomed: AtomicU64,
+    pub failed: AtomicU64,
+    pub batches_offered: AtomicU64,
+    pub samples_offered: AtomicU64,
+    pub batches_dropped: AtomicU64,
+    pub samples_dropped: AtomicU64,
+    pub batches_taken: AtomicU64,
+    pub heartbeats_taken: AtomicU64,
+    pub suspect_taken: AtomicU64,
+    pub released_taken: AtomicU64,
+    pub watched_taken: AtomicU64,
+    pub absent_taken: AtomicU64,
+    pub watches: AtomicU64,
+    pub unwatches: AtomicU64,
+    /// Gauges: suspects the collector should hold, flows it asked to be
+    /// watched, stuck flows, batches waiting in outboxes.
+    pub suspects: AtomicI64,
+    pub watched: AtomicI64,
+    pub stuck: AtomicI64,
+    pub outboxed: AtomicI64,
+}
+
+impl Counters {
+    fn taken(&self, m: &v1::AgentMessage) {
+        let add = |c: &AtomicU64, n: usize| {
+            c.fetch_add(n as u64, Ordering::Relaxed);
+        };
+        match &m.body {
+            Some(agent_message::Body::Batch(b)) => {
+                add(&self.batches_taken, 1);
+                add(&self.absent_taken, b.absent.len());
+                for s in &b.samples {
+                    match v1::SampleReason::try_from(s.reason) {
+                        Ok(v1::SampleReason::Suspect) => add(&self.suspect_taken, 1),
+                        Ok(v1::SampleReason::Released) => add(&self.released_taken, 1),
+                        _ => add(&self.watched_taken, 1),
+                    }
+                }
+            }
+            Some(agent_message::Body::Heartbeat(_)) => add(&self.heartbeats_taken, 1),
+            _ => {}
+        }
+    }
+
+    /// Samples tonic took, all reasons.
+    pub fn samples_taken(&self) -> u64 {
+        self.suspect_taken.load(Ordering::Relaxed)
+            + self.released_taken.load(Ordering::Relaxed)
+            + self.watched_taken.load(Ordering::Relaxed)
+    }
+}
+
+/// What every simulated agent shares.
+#[derive(Debug)]
+pub struct Shared {
+    pub counters: Counters,
+    /// Set when the load starts; until then agents only heartbeat.
+    pub load: AtomicBool,
+    pub shape: sim::Shape,
+    pub seed: u64,
+    /// Batches an outbox keeps (the agent's `--buffer`).
+    pub buffer: usize,
+}
+
+fn reason(r: Reason) -> v1::SampleReason {
+    match r {
+        Reason::Suspect => v1::SampleReason::Suspect,
+        Reason::Watched => v1::SampleReason::Watched,
+        Reason::Released => v1::SampleReason::Released,
+    }
+}
+
+fn hello(host: &Host, shape: &sim::Shape) -> v1::AgentMessage {
+    let addr = sim::host_addr(host.index);
+    v1::AgentMessage {
+        body: Some(agent_message::Body::Hello(v1::Hello {
+            protocol: tcpstall_proto::PROTOCOL_VERSION,
+            host: sim::host_name(host.index),
+            agent_version: "bench".into(),
+            kernel: "6.18.0-sim".into(),
+            boot_id: format!("00000000-0000-4000-8000-{:012x}", host.index),
+            namespaces: vec![v1::Namespace {
+                label: "host".into(),
+                inode: 4_026_531_840,
+                addresses: vec![
+                    ip_to_wire(std::net::IpAddr::V4(addr)),
+                    ip_to_wire(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
+                ],
+            }],
+            probes: Some(v1::Probes {
+                sock_diag: true,
+                bpf_iter: false,
+                getsockopt: false,
+            }),
+            interval_ms: u32::try_from(shape.interval.as_millis()).unwrap_or(u32::MAX),
+        })),
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Runs simulated agent `index` over `channel` until `stop` turns true.
+/// Stalls it starts go to `stalls` when given (the latency probe's hosts).
+pub async fn run(
+    index: u32,
+    channel: Channel,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+    stalls: Option<mpsc::Sender<(u32, StallStart)>>,
+) -> anyhow::Result<()> {
+    let res = stream(index, channel, &shared, &mut stop, stalls).await;
+    if res.is_err() {
+        shared.counters.failed.fetch_add(1, Ordering::Relaxed);
+    }
+    res
+}
+
+async fn stream(
+    index: u32,
+    channel: Channel,
+    shared: &Arc<Shared>,
+    stop: &mut watch::Receiver<bool>,
+    stalls: Option<mpsc::Sender<(u32, StallStart)>>,
+) -> anyhow::Result<()> {
+    let c = &shared.counters;
+    let shape = shared.shape;
+    let mut host = Host::new(index, shape, shared.seed);
+    let (tx, rx) = mpsc::channel::<v1::AgentMessage>(STREAM_QUEUE);
+    tx.try_send(hello(&host, &shape))
+        .context("queueing the hello")?;
+    let counted = Arc::clone(shared);
+    let outgoing = tokio_stream::wrappers::ReceiverStream::new(rx).map(move |m| {
+        counted.counters.taken(&m);
+        m
+    });
+    let mut client = IngestClient::new(channel);
+    let mut inbound = client
+        .stream(outgoing)
+        .await
+        .with_context(|| format!("{}: opening the stream", sim::host_name(index)))?
+        .into_inner();
+    match inbound.message().await {
+        Ok(Some(v1::CollectorMessage {
+            body: Some(collector_message::Body::Welcome(_)),
+        })) => {
+            c.welcomed.fetch_add(1, Ordering::Relaxed);
+        }
+        other => bail!("{}: no welcome: {other:?}", sim::host_name(index)),
+    }
+
+    // Each agent polls at its own phase of the interval.
+    let phase = sim::Rng::new(shared.seed ^ u64::from(index)).within(shape.interval);
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + phase, shape.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut outbox: VecDeque<(v1::AgentMessage, usize)> = VecDeque::new();
+    let (mut dropped_batches, mut dropped_samples) = (0u64, 0u64);
+    let (mut suspects, mut watched, mut stuck) = (0i64, 0i64, 0i64);
+
+    let res: anyhow::Result<()> = loop {
+        let sender = (!outbox.is_empty()).then(|| tx.clone());
+        let room = async move {
+            match sender {
+                Some(tx) => tx.reserve_owned().await.ok(),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = stop.changed() => break Ok(()),
+            _ = ticker.tick() => {
+                let now = monotonic();
+                if !host.loaded && shared.load.load(Ordering::Relaxed) {
+                    host.start_load(now);
+                }
+                let polled = host.poll(now);
+                if let Some(tx) = &stalls {
+                    for s in &polled.stalls {
+                        // The probe keeps up; if not, the stall is simply
+                        // not measured.
+                        let _ = tx.try_send((index, *s));
+                    }
+                }
+                let gauge = |g: &AtomicI64, old: &mut i64, new: usize| {
+                    let new = new as i64;
+                    g.fetch_add(new - *old, Ordering::Relaxed);
+                    *old = new;
+                };
+                gauge(&c.suspects, &mut suspects, host.suspects());
+                gauge(&c.watched, &mut watched, host.watched());
+                gauge(&c.stuck, &mut stuck, host.stuck());
+                if polled.samples.is_empty() && polled.absent.is_empty() {
+                    if outbox.is_empty() {
+                        let hb = v1::Heartbeat {
+                            mono_us: micros(now),
+                            connections: shape.conns,
+                            dropped_batches,
+                            dropped_samples,
+                        };
+                        let _ = tx.try_send(v1::AgentMessage {
+                            body: Some(agent_message::Body::Heartbeat(hb)),
+                        });
+                    }
+                    continue;
+                }
+                let n = polled.samples.len() + polled.absent.len();
+                let batch = v1::Batch {
+                    mono_us: micros(now),
+                    connections: shape.conns,
+                    samples: polled
+                        .samples
+                        .iter()
+                        .map(|(r, s)| sample_to_wire(s, reason(*r)))
+                        .collect(),
+                    closed: Vec::new(),
+                    dropped_batches,
+                    dropped_samples,
+                    absent: polled.absent.iter().map(|f| flow_to_wire(*f)).collect(),
+                };
+                c.batches_offered.fetch_add(1, Ordering::Relaxed);
+                c.samples_offered.fetch_add(n as u64, Ordering::Relaxed);
+                outbox.push_back((
+                    v1::AgentMessage {
+                        body: Some(agent_message::Body::Batch(batch)),
+                    },
+                    n,
+                ));
+                c.outboxed.fetch_add(1, Ordering::Relaxed);
+                if outbox.len() > shared.buffer {
+                    if let Some((_, lost)) = outbox.pop_front() {
+                        dropped_batches += 1;
+                        dropped_samples += lost as u64;
+                        c.batches_dropped.fetch_add(1, Ordering::Relaxed);
+                        c.samples_dropped.fetch_add(lost as u64, Ordering::Relaxed);
+                        c.outboxed.fetch_sub(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            permit = room => match permit {
+                Some(permit) => {
+                    if let Some((msg, _)) = outbox.pop_front() {
+                        c.outboxed.fetch_sub(1, Ordering::Relaxed);
+                        permit.send(msg);
+                    }
+                }
+                None => break Err(anyhow::anyhow!("the request stream closed")),
+            },
+            msg = inbound.message() => match msg {
+                Ok(Some(m)) => match m.body {
+                    Some(collector_message::Body::Watch(w)) => {
+                        c.watches.fetch_add(1, Ordering::Relaxed);
+                        if let Ok(f) = flow_from_wire(w.flow.as_ref()) {
+                            host.watch(f);
+                        }
+                    }
+                    Some(collector_message::Body::Unwatch(u)) => {
+                        c.unwatches.fetch_add(1, Ordering::Relaxed);
+                        if let Ok(f) = flow_from_wire(u.flow.as_ref()) {
+                            host.unwatch(&f);
+                        }
+                    }
+                    _ => {}
+                },
+                Ok(None) => break Err(anyhow::anyhow!("the collector ended the stream")),
+                Err(status) => break Err(anyhow::anyhow!("the collector broke the stream: {status}")),
+            },
+        }
+    };
+    // Leave the gauges as they were before this agent.
+    c.suspects.fetch_sub(suspects, Ordering::Relaxed);
+    c.watched.fetch_sub(watched, Ordering::Relaxed);
+    c.stuck.fetch_sub(stuck, Ordering::Relaxed);
+    c.outboxed.fetch_sub(outbox.len() as i64, Ordering::Relaxed);
+    res.with_context(|| sim::host_name(index))
+}

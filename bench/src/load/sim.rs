@@ -1,0 +1,671 @@
+//! One simulated host, poll by poll: which of its connections a real
+//! agent would send, with samples a real agent could have read. Pure: time
+//! (the host's monotonic clock) and randomness are passed in.
+//!
+//! Host `i` owns 198.18.x.y = 198.18.0.0 + i + 1 and holds `conns`
+//! connections. Connection `k` of host `i` goes from (host i, port 10000+k)
+//! to a server port on peer host `peer(i, k)`, another simulated host, so
+//! every peer is monitored: port 7000 for the flows whose queues churn,
+//! 7001 for those that stay stuck. From a watched 4-tuple alone a host
+//! knows which of its sockets the collector means and what that end looks
+//! like, so no state is shared between simulated hosts.
+//!
+//! What a host sends, as the agent's selector (agent/src/suspects.rs)
+//! would:
+//! - churning suspects: a queue first seen at one poll, reported SUSPECT
+//!   the next one or two polls with `unchanged_ms` since it was first
+//!   seen, then RELEASED (it drained); new ones start every poll so that
+//!   `suspect_frac` of the connections are suspects at any poll;
+//! - stuck flows: `stuck_frac` of the connections in slots; each slot's
+//!   stall starts between two polls, is first seen at the next poll,
+//!   reported SUSPECT every poll while it lasts (a zero window: its peer
+//!   does not read), then RELEASED after `stuck_for`, and the slot's next
+//!   stall starts before the next poll;
+//! - WATCHED samples of every flow the collector asked it to watch: its
+//!   receiving end, with a full queue and a zero window for stuck flows
+//!   (so the diagnosis is peer_not_reading), healthy for churning ones.
+
+use std::collections::{BTreeSet, HashSet};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use tcpstall_common::{EndSample, FlowTuple, Opened, Positions, TcpState, TimerKind};
+
+/// Server port of the flows whose queues churn.
+pub const CHURN_PORT: u16 = 7000;
+/// Server port of the flows that stay stuck.
+pub const STUCK_PORT: u16 = 7001;
+/// Client port of connection 0; connection k uses this + k.
+pub const CLIENT_PORT_BASE: u16 = 10_000;
+/// Most connections a simulated host may have (client ports end at 65535).
+pub const MAX_CONNS: u32 = 65_535 - CLIENT_PORT_BASE as u32;
+/// Most simulated hosts (198.18.0.0/15 minus network and broadcast).
+pub const MAX_HOSTS: u32 = (1 << 17) - 2;
+
+/// Bytes queued in a stuck sender, and unread in its peer.
+const STUCK_BYTES: u32 = 65_536;
+/// Bytes queued in a churning sender.
+const CHURN_BYTES: u32 = 1_448;
+/// The receive buffer a non-reading peer has filled.
+const PEER_FULL: u32 = 131_072;
+
+/// The address of host `i`.
+pub fn host_addr(i: u32) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + i + 1)
+}
+
+/// The index of the host owning `ip`, if it is one.
+pub fn host_of(ip: Ipv4Addr) -> Option<u32> {
+    u32::from(ip)
+        .checked_sub(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + 1)
+        .filter(|&i| i < MAX_HOSTS)
+}
+
+/// The name host `i` says hello with.
+pub fn host_name(i: u32) -> String {
+    format!("sim-{i:05}")
+}
+
+/// SplitMix64: a small, good-enough generator for the simulation.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in 0..n (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+
+    /// Uniform in [0, d).
+    pub fn within(&mut self, d: Duration) -> Duration {
+        d.mul_f64((self.next_u64() >> 11) as f64 / (1u64 << 53) as f64)
+    }
+}
+
+/// The peer host of connection `k` of host `i`: any other host, spread
+/// evenly (host i itself when it is alone).
+pub fn peer(i: u32, k: u32, hosts: u32) -> u32 {
+    if hosts <= 1 {
+        return 0;
+    }
+    let h = Rng::new((u64::from(i) << 32) | u64::from(k)).next_u64() % u64::from(hosts - 1);
+    let h = h as u32;
+    if h >= i {
+        h + 1
+    } else {
+        h
+    }
+}
+
+/// Connection `k` of host `i` from its (client, sending) side.
+pub fn a_flow(i: u32, k: u32, stuck: bool, hosts: u32) -> FlowTuple {
+    let server = if stuck { STUCK_PORT } else { CHURN_PORT };
+    let client_port = u16::try_from(u32::from(CLIENT_PORT_BASE) + k).unwrap_or(u16::MAX);
+    FlowTuple::new(
+        SocketAddr::from((host_addr(i), client_port)),
+        SocketAddr::from((host_addr(peer(i, k, hosts)), server)),
+    )
+}
+
+/// Where the A→B byte stream stands: both ends count from here.
+fn stream_base(i: u32, k: u32) -> u64 {
+    1 + (u64::from(i) << 24) + (u64::from(k) << 8)
+}
+
+fn cookie(i: u32, k: u32, stuck: bool, b_side: bool) -> u64 {
+    (u64::from(b_side) << 63) | (u64::from(i) << 32) | (u64::from(k) << 1) | u64::from(stuck)
+}
+
+fn base_sample(flow: FlowTuple, cookie: u64, opened: Opened, pos: Positions) -> EndSample {
+    EndSample {
+        flow,
+        netns: "host".to_string(),
+        state: TcpState::Established,
+        cookie,
+        inode: (cookie as u32) | 1,
+        opened: Some(opened),
+        pos,
+        unchanged_ms: 0,
+        timer: None,
+        timer_expires_ms: 0,
+        retransmits: Some(0),
+        probes: Some(0),
+        backoff: Some(0),
+        ca_state: Some(0),
+        rto_us: Some(204_000),
+        rtt_us: Some(180),
+        snd_cwnd: Some(10),
+        unacked: Some(0),
+        lost: Some(0),
+        retrans: Some(0),
+        total_retrans: Some(0),
+        last_data_sent_ms: Some(40),
+        last_data_recv_ms: Some(40),
+        last_ack_recv_ms: Some(40),
+        bytes_retrans: Some(0),
+        cork: None,
+    }
+}
+
+/// The sending end of connection `k` of host `i` while its queue is held:
+/// stuck (zero window, probing) or churning (a segment in flight).
+pub fn a_queued(i: u32, k: u32, stuck: bool, hosts: u32, unchanged_ms: u64) -> EndSample {
+    let una = stream_base(i, k);
+    let (sendq, inflight, wnd) = if stuck {
+        (STUCK_BYTES, 0, 0)
+    } else {
+        (CHURN_BYTES, CHURN_BYTES, 65_535 << 7)
+    };
+    let pos = Positions {
+        sendq,
+        recvq: 0,
+        notsent: Some(sendq - inflight),
+        inflight: Some(inflight),
+        snd_una: Some(una),
+        snd_nxt: Some(una + u64::from(inflight)),
+        write_seq: Some(una + u64::from(sendq)),
+        rcv_nxt: Some(7_000),
+        copied: Some(7_000),
+        snd_wnd: Some(wnd),
+        rcv_wnd: Some(65_535 << 7),
+        snd_wscale: Some(7),
+        rcv_wscale: Some(7),
+    };
+    let mut s = base_sample(
+        a_flow(i, k, stuck, hosts),
+        cookie(i, k, stuck, false),
+        Opened::Active,
+        pos,
+    );
+    s.unchanged_ms = unchanged_ms;
+    if stuck {
+        s.timer = Some(TimerKind::ZeroWindowProbe);
+        s.timer_expires_ms = 1_600;
+        // One probe per backed-off RTO: grows with the stall, the marks
+        // (snd_una, write_seq, sendq) do not.
+        let probes = u8::try_from(unchanged_ms / 3_000).unwrap_or(u8::MAX);
+        s.probes = Some(probes);
+        s.backoff = Some(probes.min(15));
+    } else {
+        s.timer = Some(TimerKind::Retransmit);
+        s.timer_expires_ms = 200;
+        s.unacked = Some(1);
+    }
+    s
+}
+
+/// The sending end after its queue drained: the last word on it.
+pub fn a_released(i: u32, k: u32, stuck: bool, hosts: u32) -> EndSample {
+    let mut s = a_queued(i, k, stuck, hosts, 0);
+    let end = s.pos.write_seq;
+    s.pos.sendq = 0;
+    s.pos.notsent = Some(0);
+    s.pos.inflight = Some(0);
+    s.pos.snd_una = end;
+    s.pos.snd_nxt = end;
+    s.pos.snd_wnd = Some(65_535 << 7);
+    s.timer = None;
+    s.timer_expires_ms = 0;
+    s.probes = Some(0);
+    s.backoff = Some(0);
+    s.unacked = Some(0);
+    s
+}
+
+/// The receiving end of a watched flow, as the host owning `flow.local`
+/// reads it; `None` when the tuple is not one of the simulated
+/// connections (the host would report it absent).
+pub fn b_watched(flow: FlowTuple, hosts: u32) -> Option<EndSample> {
+    let std::net::IpAddr::V4(remote) = flow.remote.ip() else {
+        return None;
+    };
+    let i = host_of(remote).filter(|&i| i < hosts)?;
+    let k = u32::from(flow.remote.port().checked_sub(CLIENT_PORT_BASE)?);
+    let stuck = match flow.local.port() {
+        STUCK_PORT => true,
+        CHURN_PORT => false,
+        _ => return None,
+    };
+    if a_flow(i, k, stuck, hosts).reversed() != flow {
+        return None;
+    }
+    // B has received all A sent: its rcv_nxt is A's snd_una.
+    let rcv_nxt = stream_base(i, k);
+    let (recvq, rcv_wnd) = if stuck {
+        (PEER_FULL, 0)
+    } else {
+        (0, 65_535 << 7)
+    };
+    let pos = Positions {
+        sendq: 0,
+        recvq,
+        notsent: Some(0),
+        inflight: Some(0),
+        snd_una: Some(7_000),
+        snd_nxt: Some(7_000),
+        write_seq: Some(7_000),
+        rcv_nxt: Some(rcv_nxt),
+        copied: Some(rcv_nxt - u64::from(recvq)),
+        snd_wnd: Some(65_535 << 7),
+        rcv_wnd: Some(rcv_wnd),
+        snd_wscale: Some(7),
+        rcv_wscale: Some(7),
+    };
+    Some(base_sample(
+        flow,
+        cookie(i, k, stuck, true),
+        Opened::Passive,
+        pos,
+    ))
+}
+
+/// Why a sample is sent (the wire's SampleReason).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Suspect,
+    Watched,
+    Released,
+}
+
+/// A churning queue.
+#[derive(Debug, Clone)]
+struct Churn {
+    k: u32,
+    first_seen: Duration,
+    /// Polls it is still reported as a suspect.
+    suspect_polls: u8,
+    reported: bool,
+}
+
+#[derive(Debug, Clone)]
+enum Slot {
+    /// The next stall starts at this time.
+    Waiting { start: Duration },
+    Stuck {
+        k: u32,
+        first_seen: Duration,
+        until: Duration,
+        reported: bool,
+    },
+}
+
+/// A stall the host began: when its queue stopped moving, and the poll
+/// that first saw it, by this host's clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StallStart {
+    pub flow: FlowTuple,
+    pub start: Duration,
+    pub first_seen: Duration,
+}
+
+/// What the host has to send after one poll.
+#[derive(Debug, Default)]
+pub struct Polled {
+    pub samples: Vec<(Reason, EndSample)>,
+    /// Watched flows it has no socket for.
+    pub absent: Vec<FlowTuple>,
+    pub stalls: Vec<StallStart>,
+}
+
+/// Shape of the load.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    pub hosts: u32,
+    pub conns: u32,
+    /// Suspects (churning) per poll, on average.
+    pub suspects: f64,
+    /// Stuck slots.
+    pub stuck: u32,
+    pub interval: Duration,
+    pub stuck_for: Duration,
+}
+
+/// One simulated host.
+#[derive(Debug)]
+pub struct Host {
+    pub index: u32,
+    shape: Shape,
+    rng: Rng,
+    churn: Vec<Churn>,
+    in_churn: HashSet<u32>,
+    /// Fractional churning queues owed to the next poll.
+    owed: f64,
+    slots: Vec<Slot>,
+    next_stuck_k: u32,
+    watched: BTreeSet<FlowTuple>,
+    /// Whether the load is on; off, the host only heartbeats.
+    pub loaded: bool,
+}
+
+impl Host {
+    pub fn new(index: u32, shape: Shape, seed: u64) -> Host {
+        let mut rng = Rng::new(seed ^ (u64::from(index) << 20));
+        let next_stuck_k = rng.below(u64::from(shape.conns)) as u32;
+        Host {
+            index,
+            shape,
+            rng,
+            churn: Vec::new(),
+            in_churn: HashSet::new(),
+            owed: 0.0,
+            slots: Vec::new(),
+            next_stuck_k,
+            watched: BTreeSet::new(),
+            loaded: false,
+        }
+    }
+
+    /// Turns the load on at `now`: the first stall of each slot starts at a
+    /// random time within `stuck_for`, so episodes open at an even rate.
+    pub fn start_load(&mut self, now: Duration) {
+        self.loaded = true;
+        self.slots = (0..self.shape.stuck)
+            .map(|_| Slot::Waiting {
+                start: now + self.rng.within(self.shape.stuck_for),
+            })
+            .collect();
+    }
+
+    pub fn watch(&mut self, flow: FlowTuple) {
+        self.watched.insert(flow);
+    }
+
+    pub fn unwatch(&mut self, flow: &FlowTuple) {
+        self.watched.remove(flow);
+    }
+
+    pub fn watched(&self) -> usize {
+        self.watched.len()
+    }
+
+    /// Connections the collector holds as suspects of this host now: sent
+    /// as suspects and not yet released.
+    pub fn suspects(&self) -> usize {
+        self.churn.iter().filter(|c| c.reported).count()
+            + self
+                .slots
+                .iter()
+                .filter(|s| matches!(s, Slot::Stuck { reported: true, .. }))
+                .count()
+    }
+
+    /// Stuck flows now.
+    pub fn stuck(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| matches!(s, Slot::Stuck { .. }))
+            .count()
+    }
+
+    /// One poll at `now` (this host's monotonic clock).
+    pub fn poll(&mut self, now: Duration) -> Polled {
+        let mut out = Polled::default();
+        let (i, hosts) = (self.index, self.shape.hosts);
+        // Churning queues: reported, then released.
+        let mut kept = Vec::with_capacity(self.churn.len());
+        for mut c in std::mem::take(&mut self.churn) {
+            if c.suspect_polls > 0 {
+                c.suspect_polls -= 1;
+                c.reported = true;
+                let ms = millis(now.saturating_sub(c.first_seen));
+                out.samples
+                    .push((Reason::Suspect, a_queued(i, c.k, false, hosts, ms)));
+                kept.push(c);
+            } else {
+                out.samples
+                    .push((Reason::Released, a_released(i, c.k, false, hosts)));
+                self.in_churn.remove(&c.k);
+            }
+        }
+        self.churn = kept;
+        if self.loaded {
+            // New queues, first seen now: each is a suspect for 1 or 2
+            // polls (1.5 on average), so `suspects` are reported per poll.
+            self.owed += self.shape.suspects / 1.5;
+            while self.owed >= 1.0 && self.in_churn.len() < self.shape.conns as usize {
+                self.owed -= 1.0;
+                let k = loop {
+                    let k = self.rng.below(u64::from(self.shape.conns)) as u32;
+                    if self.in_churn.insert(k) {
+                        break k;
+                    }
+                };
+                self.churn.push(Churn {
+                    k,
+                    first_seen: now,
+                    suspect_polls: 1 + self.rng.below(2) as u8,
+                    reported: false,
+                });
+            }
+        }
+        // Stuck flows.
+        for slot in 0..self.slots.len() {
+            match self.slots[slot].clone() {
+                Slot::Waiting { start } if start <= now => {
+                    // A new connection each time: a flow's 4-tuple is
+                    // never reused during a run.
+                    let k = self.next_stuck_k;
+                    self.next_stuck_k = (k + 1) % self.shape.conns;
+                    out.stalls.push(StallStart {
+                        flow: a_flow(i, k, true, hosts),
+                        start,
+                        first_seen: now,
+                    });
+                    self.slots[slot] = Slot::Stuck {
+                        k,
+                        first_seen: now,
+                        until: start + self.shape.stuck_for,
+                        reported: false,
+                    };
+                }
+                Slot::Waiting { .. } => {}
+                Slot::Stuck { k, until, .. } if now >= until => {
+                    out.samples
+                        .push((Reason::Released, a_released(i, k, true, hosts)));
+                    self.slots[slot] = Slot::Waiting {
+                        start: now + self.rng.within(self.shape.interval),
+                    };
+                }
+                Slot::Stuck {
+                    k,
+                    first_seen,
+                    until,
+                    ..
+                } => {
+                    let ms = millis(now.saturating_sub(first_seen));
+                    out.samples
+                        .push((Reason::Suspect, a_queued(i, k, true, hosts, ms)));
+                    self.slots[slot] = Slot::Stuck {
+                        k,
+                        first_seen,
+                        until,
+                        reported: true,
+                    };
+                }
+            }
+        }
+        // Watched flows: the receiving ends.
+        for flow in &self.watched {
+            match b_watched(*flow, hosts) {
+                Some(s) => out.samples.push((Reason::Watched, s)),
+                None => out.absent.push(*flow),
+            }
+        }
+        out
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use tcpstall_collector::diagnose::{diagnose, Diagnosis, Peer};
+    use tcpstall_proto::convert::{sample_from_wire, sample_to_wire};
+    use tcpstall_proto::v1::SampleReason;
+
+    use super::*;
+
+    const POLL: Duration = Duration::from_secs(2);
+
+    fn shape(hosts: u32) -> Shape {
+        Shape {
+            hosts,
+            conns: 20_000,
+            suspects: 200.0,
+            stuck: 10,
+            interval: POLL,
+            stuck_for: Duration::from_secs(30),
+        }
+    }
+
+    #[test]
+    fn addresses_and_peers() {
+        assert_eq!(host_addr(0), Ipv4Addr::new(198, 18, 0, 1));
+        assert_eq!(host_addr(999), Ipv4Addr::new(198, 18, 3, 232));
+        assert_eq!(host_of(host_addr(999)), Some(999));
+        assert_eq!(host_of(Ipv4Addr::new(127, 0, 0, 1)), None);
+        for k in 0..1000 {
+            let p = peer(5, k, 10);
+            assert!(p < 10 && p != 5);
+        }
+        assert_eq!(peer(0, 3, 1), 0);
+    }
+
+    #[test]
+    fn every_sample_passes_the_wire_checks() {
+        let mut all = vec![
+            a_queued(3, 17, true, 10, 12_000),
+            a_queued(3, 17, false, 10, 2_000),
+            a_released(3, 17, true, 10),
+            a_released(3, 17, false, 10),
+        ];
+        for stuck in [true, false] {
+            let flow = a_flow(3, 17, stuck, 10).reversed();
+            all.push(b_watched(flow, 10).expect("a simulated connection"));
+        }
+        for s in all {
+            let wire = sample_to_wire(&s, SampleReason::Suspect);
+            assert_eq!(sample_from_wire(&wire).as_ref(), Ok(&s), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn a_stuck_flow_and_its_watched_peer_diagnose_as_peer_not_reading() {
+        let a = a_queued(3, 17, true, 10, 10_000);
+        let b = b_watched(a.flow.reversed(), 10).expect("peer end");
+        assert_eq!(b.pos.rcv_nxt, a.pos.snd_una);
+        let v = diagnose(&a, Peer::Seen(&b));
+        assert_eq!(v.diagnosis, Diagnosis::PeerNotReading, "{v:?}");
+        // The churning ones would not be an episode's to diagnose, but
+        // their ends are consistent too.
+        let a = a_queued(3, 18, false, 10, 2_000);
+        let b = b_watched(a.flow.reversed(), 10).expect("peer end");
+        assert_eq!(b.pos.rcv_nxt, a.pos.snd_una);
+    }
+
+    #[test]
+    fn unknown_tuples_are_absent() {
+        let f = a_flow(3, 17, true, 10).reversed();
+        let mut other = f;
+        other.local.set_port(80);
+        assert!(b_watched(other, 10).is_none());
+        assert!(b_watched(f, 3).is_none(), "host 3 is not among 3 hosts");
+    }
+
+    #[test]
+    fn churn_keeps_the_suspect_count_and_releases_each_once() {
+        let mut h = Host::new(0, shape(10), 1);
+        h.start_load(Duration::ZERO);
+        let mut released = 0usize;
+        let mut suspects = Vec::new();
+        for n in 0..50u32 {
+            let out = h.poll(POLL * n);
+            let churn = |r: Reason| {
+                out.samples
+                    .iter()
+                    .filter(|(x, s)| *x == r && s.flow.remote.port() == CHURN_PORT)
+                    .count()
+            };
+            if n >= 5 {
+                suspects.push(churn(Reason::Suspect));
+            }
+            released += churn(Reason::Released);
+            for (r, s) in &out.samples {
+                if *r == Reason::Suspect && s.flow.remote.port() == CHURN_PORT {
+                    assert!(s.unchanged_ms == 2000 || s.unchanged_ms == 4000);
+                }
+            }
+        }
+        let mean = suspects.iter().sum::<usize>() as f64 / suspects.len() as f64;
+        assert!((180.0..=220.0).contains(&mean), "mean suspects {mean}");
+        // 133 new queues a poll, each released once.
+        assert!(released > 40 * 120, "released {released}");
+    }
+
+    #[test]
+    fn stuck_flows_are_reported_with_their_age_then_released_and_replaced() {
+        let mut h = Host::new(0, shape(10), 7);
+        h.start_load(Duration::ZERO);
+        let mut starts = Vec::new();
+        let mut longest = 0;
+        let mut stuck_released = 0;
+        for n in 0..60u32 {
+            let now = POLL * n;
+            let out = h.poll(now);
+            for st in &out.stalls {
+                assert!(
+                    st.start <= now && now - st.start < POLL,
+                    "first seen at the next poll"
+                );
+                starts.push(st.flow);
+            }
+            for (r, s) in &out.samples {
+                if s.flow.remote.port() == STUCK_PORT {
+                    match r {
+                        Reason::Suspect => longest = longest.max(s.unchanged_ms),
+                        Reason::Released => stuck_released += 1,
+                        Reason::Watched => unreachable!(),
+                    }
+                }
+            }
+            assert!(h.stuck() <= 10);
+        }
+        // 30 s stalls: reported up to 28-30 s after first seen.
+        assert!((26_000..=30_000).contains(&longest), "longest {longest}");
+        // Every slot has run through several stalls, each a new 4-tuple.
+        assert!(starts.len() >= 30, "{} stalls", starts.len());
+        let unique: HashSet<_> = starts.iter().collect();
+        assert_eq!(unique.len(), starts.len());
+        assert!(stuck_released >= 20);
+    }
+
+    #[test]
+    fn watched_flows_are_sent_every_poll_until_unwatched() {
+        let mut h = Host::new(4, shape(10), 3);
+        let f = a_flow(2, 99, true, 10).reversed();
+        let mut owner = Host::new(peer(2, 99, 10), shape(10), 3);
+        owner.watch(f);
+        let out = owner.poll(POLL);
+        assert_eq!(out.samples.len(), 1);
+        assert_eq!(out.samples[0].0, Reason::Watched);
+        assert_eq!(out.samples[0].1.pos.rcv_wnd, Some(0));
+        owner.unwatch(&f);
+        assert!(owner.poll(POLL * 2).samples.is_empty());
+        // Unloaded and unwatched: nothing, so a heartbeat.
+        assert!(h.poll(POLL).samples.is_empty());
+    }
+}
