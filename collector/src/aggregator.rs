@@ -3,8 +3,9 @@
 //! ends of each suspect flow, runs the detector, asks agents to watch
 //! peers, diagnoses, and hands writes to the store without waiting.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tcpstall_common::{EndSample, FlowTuple};
@@ -12,6 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::detect::{ConnKey, Detector, EndReason, Event};
 use crate::diagnose::{diagnose, Peer, Verdict};
+use crate::packed::Packed;
 use crate::store::{EpisodeEnd, EpisodeUpdate, HostRecord, NewEpisode, Side, Store, StoredSample};
 
 /// An agent's greeting, validated.
@@ -109,6 +111,43 @@ pub enum Command {
     },
 }
 
+/// A host's number in this collector's memory: given at its first hello
+/// and kept for the collector's life, so that every per-connection key is
+/// 16 bytes to hash and copy rather than a string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HostId(u32);
+
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// Host names and their numbers. Grows by one entry per distinct host name
+/// ever greeted (bounded in practice by the fleet, and by the hosts a CA
+/// vouches for once streams are authenticated).
+#[derive(Debug, Default)]
+struct Hosts {
+    names: Vec<Arc<str>>,
+    ids: Map<Arc<str>, HostId>,
+}
+
+impl Hosts {
+    fn id(&mut self, name: &str) -> HostId {
+        if let Some(id) = self.ids.get(name) {
+            return *id;
+        }
+        let id = HostId(u32::try_from(self.names.len()).unwrap_or(u32::MAX));
+        let name: Arc<str> = Arc::from(name);
+        self.names.push(name.clone());
+        self.ids.insert(name, id);
+        id
+    }
+
+    fn name(&self, id: HostId) -> Arc<str> {
+        self.names
+            .get(id.0 as usize)
+            .cloned()
+            .unwrap_or_else(|| Arc::from("?"))
+    }
+}
+
 #[derive(Debug)]
 struct Session {
     id: u64,
@@ -117,25 +156,42 @@ struct Session {
     dropped_batches: u64,
 }
 
-/// The latest report of a watched end.
-#[derive(Debug, Clone)]
-struct PeerEnd {
-    sample: EndSample,
-    at_ms: i64,
+/// What we know of a watched end.
+#[derive(Debug)]
+enum PeerEnd {
+    /// Asked for, nothing heard yet.
+    Pending,
+    /// Its latest report.
+    Seen { at_ms: i64, sample: Packed },
+    /// Its agent says it has no such socket (or it closed).
+    NoSocket,
+}
+
+/// A flow some host was asked to watch.
+#[derive(Debug)]
+struct Watch {
+    /// How many suspects (and queries) need it.
+    refs: u32,
+    end: PeerEnd,
+    /// The suspect with an open episode this is the peer of: a peer's
+    /// report finds its episode at once.
+    episode_of: Option<ConnKey>,
 }
 
 /// A connection whose queue looks stuck, with what we know of its peer.
 #[derive(Debug)]
 struct Suspect {
-    latest: EndSample,
-    latest_at_ms: i64,
-    first: EndSample,
-    first_at_ms: i64,
+    flow: FlowTuple,
     /// The host owning the peer's address; `None` when nobody announced it.
-    peer_host: Option<String>,
-    episode: Option<OpenEpisode>,
+    peer: Option<HostId>,
+    latest: Packed,
+    latest_at_ms: i64,
     /// The agent's clock at the latest sample.
     last_mono: Duration,
+    /// The stall's first sample, once a later one replaced it as `latest`.
+    first: Option<Packed>,
+    first_at_ms: i64,
+    episode: Option<Box<OpenEpisode>>,
 }
 
 #[derive(Debug)]
@@ -147,6 +203,26 @@ struct OpenEpisode {
     last_b_ms: i64,
 }
 
+/// The peer of a suspect as known now, owned (samples are kept packed).
+#[allow(clippy::large_enum_variant)] // short-lived, on the stack
+enum PeerNow {
+    Seen(EndSample),
+    NoSocket(Arc<str>),
+    Pending(Arc<str>),
+    Unmonitored,
+}
+
+impl PeerNow {
+    fn as_peer(&self) -> Peer<'_> {
+        match self {
+            PeerNow::Seen(s) => Peer::Seen(s),
+            PeerNow::NoSocket(h) => Peer::NoSocket { host: h },
+            PeerNow::Pending(h) => Peer::Pending { host: h },
+            PeerNow::Unmonitored => Peer::Unmonitored,
+        }
+    }
+}
+
 /// The collector's state; all methods run on the aggregator task.
 #[derive(Debug)]
 pub struct State {
@@ -154,19 +230,16 @@ pub struct State {
     detector: Detector,
     max_agents: usize,
     max_samples: usize,
-    sessions: HashMap<String, Session>,
+    hosts: Hosts,
+    sessions: Map<HostId, Session>,
     /// Session id -> host, for the commands that name a session.
-    session_hosts: HashMap<u64, String>,
+    session_hosts: Map<u64, HostId>,
     /// Non-loopback address -> host that announced it.
-    owners: HashMap<IpAddr, String>,
-    suspects: HashMap<ConnKey, Suspect>,
-    peers: HashMap<(String, FlowTuple), PeerEnd>,
-    absent: HashSet<(String, FlowTuple)>,
-    /// (peer host, flow as the peer sees it) -> the suspect with an open
-    /// episode it is the peer of: a peer's report finds its episode at once.
-    open_by_peer: HashMap<(String, FlowTuple), ConnKey>,
-    /// (host, flow as that host sees it) -> how many suspects need it.
-    watches: HashMap<(String, FlowTuple), usize>,
+    owners: Map<IpAddr, HostId>,
+    suspects: Map<ConnKey, Suspect>,
+    /// (host, flow as that host sees it) -> what it reports of it.
+    watched: Map<(HostId, FlowTuple), Watch>,
+    open_episodes: usize,
     next_episode: i64,
     stats: Stats,
 }
@@ -179,6 +252,17 @@ fn wall_ms() -> i64 {
 
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn unpack(p: &Packed) -> Option<EndSample> {
+    let s = p.unpack();
+    if s.is_none() {
+        tracing::error!(
+            bytes = p.len(),
+            "a kept sample no longer decodes (a bug); skipped"
+        );
+    }
+    s
 }
 
 impl State {
@@ -194,21 +278,16 @@ impl State {
             detector: Detector::new(threshold),
             max_agents,
             max_samples,
-            sessions: HashMap::new(),
-            session_hosts: HashMap::new(),
-            owners: HashMap::new(),
-            suspects: HashMap::new(),
-            peers: HashMap::new(),
-            absent: HashSet::new(),
-            watches: HashMap::new(),
-            open_by_peer: HashMap::new(),
+            hosts: Hosts::default(),
+            sessions: Map::default(),
+            session_hosts: Map::default(),
+            owners: Map::default(),
+            suspects: Map::default(),
+            watched: Map::default(),
+            open_episodes: 0,
             next_episode,
             stats: Stats::default(),
         }
-    }
-
-    fn host_of(&self, session: u64) -> Option<String> {
-        self.session_hosts.get(&session).cloned()
     }
 
     /// Handles one command at collector wall time `now_ms`.
@@ -224,8 +303,8 @@ impl State {
                 let _ = reply.send(res);
             }
             Command::Batch { session, batch } => {
-                if let Some(host) = self.host_of(session) {
-                    self.batch(&host, batch, now_ms);
+                if let Some(host) = self.session_hosts.get(&session).copied() {
+                    self.batch(host, batch, now_ms);
                 }
             }
             Command::Heartbeat {
@@ -241,8 +320,8 @@ impl State {
                 }
             }
             Command::Gone { session } => {
-                if let Some(host) = self.host_of(session) {
-                    self.gone(&host, now_ms);
+                if let Some(host) = self.session_hosts.get(&session).copied() {
+                    self.gone(host, now_ms);
                 }
             }
             Command::Flow { flow, reply } => {
@@ -258,11 +337,7 @@ impl State {
         Stats {
             agents: self.sessions.len(),
             suspects: self.suspects.len(),
-            open_episodes: self
-                .suspects
-                .values()
-                .filter(|s| s.episode.is_some())
-                .count(),
+            open_episodes: self.open_episodes,
             agent_dropped_batches: self.sessions.values().map(|s| s.dropped_batches).sum(),
             store_dropped: self.store.stats().snapshot().dropped,
             ..self.stats
@@ -276,10 +351,10 @@ impl State {
         tx: mpsc::Sender<ToAgent>,
         now_ms: i64,
     ) -> Result<(), String> {
-        if let Some(old) = self.sessions.get(&hello.host) {
+        let host = self.hosts.id(&hello.host);
+        if let Some(old) = self.sessions.get(&host) {
             tracing::warn!(host = %hello.host, old = old.id, new = session, "host reconnected; its previous stream is replaced");
-            let host = hello.host.clone();
-            self.gone(&host, now_ms);
+            self.gone(host, now_ms);
         } else if self.sessions.len() >= self.max_agents {
             return Err(format!(
                 "collector is full: {} agents connected",
@@ -288,7 +363,7 @@ impl State {
         }
         for ip in &hello.addresses {
             if !ip.is_loopback() && !ip.is_unspecified() {
-                self.owners.insert(*ip, hello.host.clone());
+                self.owners.insert(*ip, host);
             }
         }
         self.store.host_seen(HostRecord {
@@ -299,9 +374,9 @@ impl State {
             at_ms: now_ms,
         });
         tracing::info!(host = %hello.host, kernel = %hello.kernel, addresses = hello.addresses.len(), "agent connected");
-        self.session_hosts.insert(session, hello.host.clone());
+        self.session_hosts.insert(session, host);
         self.sessions.insert(
-            hello.host.clone(),
+            host,
             Session {
                 id: session,
                 hello,
@@ -309,243 +384,284 @@ impl State {
                 dropped_batches: 0,
             },
         );
+        // Flows it was asked to watch before it went away.
+        let again: Vec<FlowTuple> = self
+            .watched
+            .keys()
+            .filter(|(h, _)| *h == host)
+            .map(|(_, f)| *f)
+            .collect();
+        for flow in again {
+            self.send(host, ToAgent::Watch(flow));
+        }
         Ok(())
     }
 
-    fn gone(&mut self, host: &str, now_ms: i64) {
-        let Some(session) = self.sessions.remove(host) else {
+    fn gone(&mut self, host: HostId, now_ms: i64) {
+        let Some(session) = self.sessions.remove(&host) else {
             return;
         };
-        tracing::info!(host, session = session.id, "agent gone");
+        let name = self.hosts.name(host);
+        tracing::info!(host = %name, session = session.id, "agent gone");
         self.session_hosts.remove(&session.id);
-        self.owners.retain(|_, h| h != host);
-        self.store.host_gone(host, now_ms);
+        self.owners.retain(|_, h| *h != host);
+        self.store.host_gone(&name, now_ms);
         for event in self.detector.host_gone(host) {
-            self.event(host, event, now_ms);
+            self.event(event, now_ms, None);
+        }
+        // Its suspects go (without episodes now), and with them the watches
+        // they had asked of other hosts.
+        let conns: Vec<ConnKey> = self
+            .suspects
+            .keys()
+            .filter(|c| c.host == host)
+            .copied()
+            .collect();
+        for conn in conns {
+            self.forget(&conn);
         }
         self.suspects.retain(|c, _| c.host != host);
-        self.open_by_peer
-            .retain(|(h, _), c| h != host && c.host != host);
-        self.peers.retain(|(h, _), _| h != host);
-        self.absent.retain(|(h, _)| h != host);
-        self.watches.retain(|(h, _), _| h != host);
+        // What it was watching is no longer seen; the suspects that need it
+        // keep their claim and hear "pending" until it comes back and is
+        // asked again (`hello`).
+        for ((h, _), w) in self.watched.iter_mut() {
+            if *h == host {
+                w.end = PeerEnd::Pending;
+            }
+        }
     }
 
     /// The host whose agent owns `ip`, as seen from `from` (loopback is the
     /// host itself).
-    fn owner(&self, from: &str, ip: IpAddr) -> Option<String> {
+    fn owner(&self, from: HostId, ip: IpAddr) -> Option<HostId> {
         if ip.is_loopback() {
-            Some(from.to_string())
+            Some(from)
         } else {
-            self.owners.get(&ip).cloned()
+            self.owners.get(&ip).copied()
         }
     }
 
-    fn send(&mut self, host: &str, msg: ToAgent) {
-        if let Some(s) = self.sessions.get(host) {
+    fn send(&mut self, host: HostId, msg: ToAgent) {
+        if let Some(s) = self.sessions.get(&host) {
             if s.tx.try_send(msg).is_err() {
                 tracing::warn!(
-                    host,
+                    host = %s.hello.host,
                     "agent's outbound queue is full; watch request dropped"
                 );
             }
         }
     }
 
-    fn watch(&mut self, host: &str, flow: FlowTuple) {
-        let n = self.watches.entry((host.to_string(), flow)).or_insert(0);
-        *n += 1;
-        if *n == 1 {
+    fn watch(&mut self, host: HostId, flow: FlowTuple) {
+        let w = self.watched.entry((host, flow)).or_insert(Watch {
+            refs: 0,
+            end: PeerEnd::Pending,
+            episode_of: None,
+        });
+        w.refs += 1;
+        if w.refs == 1 {
             self.send(host, ToAgent::Watch(flow));
         }
     }
 
-    fn unwatch(&mut self, host: &str, flow: FlowTuple) {
-        let key = (host.to_string(), flow);
-        if let Some(n) = self.watches.get_mut(&key) {
-            *n -= 1;
-            if *n == 0 {
-                self.watches.remove(&key);
-                self.peers.remove(&key);
-                self.absent.remove(&key);
+    fn unwatch(&mut self, host: HostId, flow: FlowTuple) {
+        let key = (host, flow);
+        if let Some(w) = self.watched.get_mut(&key) {
+            w.refs = w.refs.saturating_sub(1);
+            if w.refs == 0 {
+                self.watched.remove(&key);
                 self.send(host, ToAgent::Unwatch(flow));
             }
         }
     }
 
     /// Handles one batch from `host` at collector wall time `now_ms`.
-    pub fn batch(&mut self, host: &str, batch: AgentBatch, now_ms: i64) {
-        if let Some(s) = self.sessions.get_mut(host) {
+    pub fn batch(&mut self, host: HostId, batch: AgentBatch, now_ms: i64) {
+        if let Some(s) = self.sessions.get_mut(&host) {
             s.dropped_batches = batch.dropped_batches;
         }
         self.stats.samples += batch.samples.len() as u64;
         for flow in batch.absent {
-            self.peers.remove(&(host.to_string(), flow));
-            self.absent.insert((host.to_string(), flow));
-            self.refresh_peer_of(host, flow, now_ms);
+            self.peer_report(host, flow, PeerEnd::NoSocket);
         }
         for (reason, sample) in batch.samples {
-            if self.watches.contains_key(&(host.to_string(), sample.flow)) {
-                let key = (host.to_string(), sample.flow);
-                self.absent.remove(&key);
-                self.peers.insert(
-                    key,
-                    PeerEnd {
-                        sample: sample.clone(),
-                        at_ms: now_ms,
-                    },
-                );
-                self.refresh_peer_of(host, sample.flow, now_ms);
+            if self.watched.contains_key(&(host, sample.flow)) {
+                let end = PeerEnd::Seen {
+                    at_ms: now_ms,
+                    sample: Packed::new(&sample),
+                };
+                self.peer_report(host, sample.flow, end);
             }
             if reason != Reason::Watched {
                 self.observe(host, reason, sample, batch.mono, now_ms);
             }
         }
         for closed in batch.closed {
-            let key = (host.to_string(), closed.flow);
-            if self.watches.contains_key(&key) {
-                self.peers.remove(&key);
-                self.absent.insert(key);
-                self.refresh_peer_of(host, closed.flow, now_ms);
-            }
+            self.peer_report(host, closed.flow, PeerEnd::NoSocket);
             if let Some(event) = self.detector.closed(host, closed.cookie, batch.mono) {
-                self.event(host, event, now_ms);
+                self.event(event, now_ms, None);
             }
             self.forget(&ConnKey {
-                host: host.to_string(),
+                host,
                 cookie: closed.cookie,
             });
         }
     }
 
+    /// A watched end reported (or was reported gone): keep it, and bring
+    /// the episode it is the peer of up to date.
+    fn peer_report(&mut self, host: HostId, flow: FlowTuple, end: PeerEnd) {
+        let Some(w) = self.watched.get_mut(&(host, flow)) else {
+            return;
+        };
+        w.end = end;
+        if let Some(conn) = w.episode_of {
+            self.rediagnose(&conn, None);
+            self.record(&conn, None);
+        }
+    }
+
     fn observe(
         &mut self,
-        host: &str,
+        host: HostId,
         reason: Reason,
         sample: EndSample,
         mono: Duration,
         now_ms: i64,
     ) {
         let conn = ConnKey {
-            host: host.to_string(),
+            host,
             cookie: sample.cookie,
         };
         let events = self.detector.observe(host, &sample, mono);
-        if reason == Reason::Suspect && !self.suspects.contains_key(&conn) {
-            let peer_host = self.owner(host, sample.flow.remote.ip());
-            if let Some(peer) = &peer_host {
-                self.watch(&peer.clone(), sample.flow.reversed());
+        let last_word = reason == Reason::Released || sample.pos.sendq == 0;
+        if let Some(s) = self.suspects.get_mut(&conn) {
+            let prev = std::mem::replace(&mut s.latest, Packed::new(&sample));
+            if s.first.is_none() {
+                s.first = Some(prev);
             }
-            self.suspects.insert(
-                conn.clone(),
-                Suspect {
-                    latest: sample.clone(),
-                    latest_at_ms: now_ms,
-                    first: sample.clone(),
-                    first_at_ms: now_ms,
-                    peer_host,
-                    episode: None,
-                    last_mono: mono,
-                },
-            );
-        } else if let Some(s) = self.suspects.get_mut(&conn) {
-            s.latest = sample.clone();
             s.latest_at_ms = now_ms;
             s.last_mono = mono;
+        } else if reason == Reason::Suspect && !last_word {
+            let peer = self.owner(host, sample.flow.remote.ip());
+            if let Some(peer) = peer {
+                self.watch(peer, sample.flow.reversed());
+            }
+            self.suspects.insert(
+                conn,
+                Suspect {
+                    flow: sample.flow,
+                    peer,
+                    latest: Packed::new(&sample),
+                    latest_at_ms: now_ms,
+                    last_mono: mono,
+                    first: None,
+                    first_at_ms: now_ms,
+                    episode: None,
+                },
+            );
         }
         for event in events {
-            self.event(host, event, now_ms);
+            self.event(event, now_ms, Some(&sample));
         }
-        if reason == Reason::Released || sample.pos.sendq == 0 {
+        if last_word {
             // The agent's last word on it: nothing more will come.
             if let Some(event) = self.detector.closed(host, sample.cookie, mono) {
-                self.event(host, event, now_ms);
+                self.event(event, now_ms, Some(&sample));
             }
             self.forget(&conn);
-        } else {
-            self.record_open(&conn);
+        } else if self
+            .suspects
+            .get(&conn)
+            .is_some_and(|s| s.episode.is_some())
+        {
+            self.rediagnose(&conn, Some(&sample));
+            self.record(&conn, Some(&sample));
         }
     }
 
     /// Ends what agents stopped reporting without a word (a lost message):
-    /// suspects silent for `silence` of their agent's polls.
+    /// suspects silent for `polls` of their agent's polls.
     pub fn expire(&mut self, now_ms: i64, polls: u32) {
+        let silence: Map<HostId, i64> = self
+            .sessions
+            .iter()
+            .map(|(h, s)| {
+                let ms = ms(s.hello.interval * polls);
+                (*h, i64::try_from(ms).unwrap_or(i64::MAX))
+            })
+            .collect();
+        let default = i64::try_from(ms(Duration::from_secs(2) * polls)).unwrap_or(i64::MAX);
         let stale: Vec<(ConnKey, Duration)> = self
             .suspects
             .iter()
             .filter(|(c, s)| {
-                let interval = self
-                    .sessions
-                    .get(&c.host)
-                    .map_or(Duration::from_secs(2), |x| x.hello.interval);
-                let silence = i64::try_from(ms(interval * polls)).unwrap_or(i64::MAX);
-                now_ms - s.latest_at_ms > silence
+                now_ms - s.latest_at_ms > silence.get(&c.host).copied().unwrap_or(default)
             })
-            .map(|(c, s)| (c.clone(), s.last_mono))
+            .map(|(c, s)| (*c, s.last_mono))
             .collect();
         for (conn, mono) in stale {
-            tracing::debug!(host = %conn.host, cookie = conn.cookie, "suspect went silent");
-            if let Some(event) = self.detector.closed(&conn.host, conn.cookie, mono) {
-                self.event(&conn.host.clone(), event, now_ms);
+            tracing::debug!(host = %self.hosts.name(conn.host), cookie = conn.cookie, "suspect went silent");
+            if let Some(event) = self.detector.closed(conn.host, conn.cookie, mono) {
+                self.event(event, now_ms, None);
             }
             self.forget(&conn);
         }
     }
 
     fn forget(&mut self, conn: &ConnKey) {
-        if let Some(s) = self.suspects.get(conn) {
-            if s.episode.is_some() {
-                return;
-            }
+        if self.suspects.get(conn).is_some_and(|s| s.episode.is_some()) {
+            return;
         }
         if let Some(s) = self.suspects.remove(conn) {
-            if let Some(peer) = s.peer_host {
-                self.unwatch(&peer, s.latest.flow.reversed());
+            if let Some(peer) = s.peer {
+                self.unwatch(peer, s.flow.reversed());
             }
         }
     }
 
-    fn peer_of<'a>(&'a self, s: &'a Suspect) -> Peer<'a> {
-        let Some(peer_host) = &s.peer_host else {
-            return Peer::Unmonitored;
+    fn peer_of(&self, s: &Suspect) -> PeerNow {
+        let Some(peer) = s.peer else {
+            return PeerNow::Unmonitored;
         };
-        let key = (peer_host.clone(), s.latest.flow.reversed());
-        if let Some(end) = self.peers.get(&key) {
-            Peer::Seen(&end.sample)
-        } else if self.absent.contains(&key) {
-            Peer::NoSocket { host: peer_host }
-        } else {
-            Peer::Pending { host: peer_host }
+        match self.watched.get(&(peer, s.flow.reversed())).map(|w| &w.end) {
+            Some(PeerEnd::Seen { sample, .. }) => match unpack(sample) {
+                Some(b) => PeerNow::Seen(b),
+                None => PeerNow::Pending(self.hosts.name(peer)),
+            },
+            Some(PeerEnd::NoSocket) => PeerNow::NoSocket(self.hosts.name(peer)),
+            Some(PeerEnd::Pending) | None => PeerNow::Pending(self.hosts.name(peer)),
         }
     }
 
-    /// A peer end of some suspects changed: re-diagnose their episodes and
-    /// store its sample.
-    fn refresh_peer_of(&mut self, peer_host: &str, flow: FlowTuple, _now_ms: i64) {
-        let Some(conn) = self
-            .open_by_peer
-            .get(&(peer_host.to_string(), flow))
-            .cloned()
-        else {
-            return;
-        };
-        self.rediagnose(&conn);
-        self.record(&conn, false);
-    }
-
-    fn rediagnose(&mut self, conn: &ConnKey) {
+    /// Re-diagnoses an open episode from A's latest sample (`a` when the
+    /// caller has it at hand) and its peer as known now; stores a change.
+    fn rediagnose(&mut self, conn: &ConnKey, a: Option<&EndSample>) {
         let Some(s) = self.suspects.get(conn) else {
             return;
         };
-        let verdict = diagnose(&s.latest, self.peer_of(s));
-        let b_host = s.peer_host.clone();
-        let peer_note = peer_note(self.peer_of(s));
-        let stuck_for = s.latest.unchanged_ms;
-        let stuck_bytes = s.latest.pos.sendq;
-        let Some(s) = self.suspects.get_mut(conn) else {
+        if s.episode.is_none() {
+            return;
+        }
+        let unpacked;
+        let a = match a {
+            Some(a) => a,
+            None => match unpack(&s.latest) {
+                Some(x) => {
+                    unpacked = x;
+                    &unpacked
+                }
+                None => return,
+            },
+        };
+        let peer = self.peer_of(s);
+        let verdict = diagnose(a, peer.as_peer());
+        let note = peer_note(peer.as_peer());
+        let b_host = s.peer.map(|p| self.hosts.name(p).to_string());
+        let (stuck_for, stuck_bytes) = (a.unchanged_ms, a.pos.sendq);
+        let Some(ep) = self.suspects.get_mut(conn).and_then(|s| s.episode.as_mut()) else {
             return;
         };
-        let Some(ep) = s.episode.as_mut() else { return };
         if ep.verdict != verdict {
             if ep.verdict.diagnosis != verdict.diagnosis {
                 tracing::info!(episode = ep.id, from = %ep.verdict.diagnosis, to = %verdict.diagnosis, "diagnosis changed");
@@ -557,54 +673,50 @@ impl State {
                 summary: verdict.summary,
                 evidence: evidence(&verdict.evidence),
                 b_host,
-                peer_note,
+                peer_note: note,
                 duration_ms: stuck_for,
                 stuck_bytes,
             });
         }
     }
 
-    /// Stores the samples of an open episode for this poll (A always, B
-    /// when it reported since), up to the per-episode cap.
-    fn record_open(&mut self, conn: &ConnKey) {
-        self.rediagnose(conn);
-        self.record(conn, true);
-    }
-
-    /// Stores this poll's samples of an open episode: A's when `with_a`,
-    /// and B's when it reported since the last one stored; each side up to
-    /// the per-episode cap.
-    fn record(&mut self, conn: &ConnKey, with_a: bool) {
+    /// Stores this poll's samples of an open episode: A's when the caller
+    /// has it (`a`, a new report of A), and B's when it reported since the
+    /// last one stored; each side up to the per-episode cap.
+    fn record(&mut self, conn: &ConnKey, a: Option<&EndSample>) {
         let Some(s) = self.suspects.get(conn) else {
             return;
         };
-        let Some(ep) = s.episode.as_ref() else { return };
-        let peer = s.peer_host.as_ref().and_then(|h| {
-            self.peers
-                .get(&(h.clone(), s.latest.flow.reversed()))
-                .map(|p| (h.clone(), p.clone()))
-        });
-        let mut batch = Vec::new();
+        let Some(ep) = &s.episode else { return };
         let (mut stored_a, mut stored_b, mut last_b) = (ep.stored_a, ep.stored_b, ep.last_b_ms);
-        if with_a && stored_a < self.max_samples {
-            batch.push(StoredSample {
-                side: Side::A,
-                host: conn.host.clone(),
-                at_ms: s.latest_at_ms,
-                sample: s.latest.clone(),
-            });
-            stored_a += 1;
-        }
-        if let Some((h, p)) = peer {
-            if p.at_ms > last_b && stored_b < self.max_samples {
+        let mut batch = Vec::new();
+        if let Some(a) = a {
+            if stored_a < self.max_samples {
                 batch.push(StoredSample {
-                    side: Side::B,
-                    host: h,
-                    at_ms: p.at_ms,
-                    sample: p.sample,
+                    side: Side::A,
+                    host: self.hosts.name(conn.host).to_string(),
+                    at_ms: s.latest_at_ms,
+                    sample: a.clone(),
                 });
-                stored_b += 1;
-                last_b = p.at_ms;
+                stored_a += 1;
+            }
+        }
+        if let Some(peer) = s.peer {
+            if let Some(PeerEnd::Seen { at_ms, sample }) =
+                self.watched.get(&(peer, s.flow.reversed())).map(|w| &w.end)
+            {
+                if *at_ms > last_b && stored_b < self.max_samples {
+                    if let Some(b) = unpack(sample) {
+                        batch.push(StoredSample {
+                            side: Side::B,
+                            host: self.hosts.name(peer).to_string(),
+                            at_ms: *at_ms,
+                            sample: b,
+                        });
+                        stored_b += 1;
+                        last_b = *at_ms;
+                    }
+                }
             }
         }
         let id = ep.id;
@@ -616,13 +728,25 @@ impl State {
         }
     }
 
-    fn event(&mut self, host: &str, event: Event, now_ms: i64) {
+    /// `a`: the sample of the event's connection just observed, if any.
+    fn event(&mut self, event: Event, now_ms: i64, a: Option<&EndSample>) {
         match event {
             Event::Opened {
                 conn,
                 flow,
                 stuck_for,
-            } => self.open_episode(host, conn, flow, stuck_for, now_ms),
+            } => {
+                let a = a
+                    .filter(|a| a.cookie == conn.cookie)
+                    .cloned()
+                    .or_else(|| self.suspects.get(&conn).and_then(|s| unpack(&s.latest)));
+                match a {
+                    Some(a) => self.open_episode(conn, flow, stuck_for, now_ms, &a),
+                    None => {
+                        tracing::warn!(host = %self.hosts.name(conn.host), %flow, "episode for a connection never seen as a suspect")
+                    }
+                }
+            }
             Event::Closed {
                 conn,
                 reason,
@@ -634,23 +758,24 @@ impl State {
 
     fn open_episode(
         &mut self,
-        host: &str,
         conn: ConnKey,
         flow: FlowTuple,
         stuck_for: Duration,
         now_ms: i64,
+        a: &EndSample,
     ) {
+        let host = self.hosts.name(conn.host);
         let Some(s) = self.suspects.get(&conn) else {
-            tracing::warn!(host, %flow, "episode for a connection never seen as a suspect");
+            tracing::warn!(host = %host, %flow, "episode for a connection never seen as a suspect");
             return;
         };
         let peer = self.peer_of(s);
-        let verdict = diagnose(&s.latest, peer.clone());
-        let note = peer_note(peer);
+        let verdict = diagnose(a, peer.as_peer());
+        let note = peer_note(peer.as_peer());
         let id = self.next_episode;
         self.next_episode += 1;
         self.stats.episodes_opened += 1;
-        tracing::info!(episode = id, host, %flow, diagnosis = %verdict.diagnosis, stuck_ms = ms(stuck_for), "episode opened");
+        tracing::info!(episode = id, host = %host, %flow, diagnosis = %verdict.diagnosis, stuck_ms = ms(stuck_for), "episode opened");
         let started_at_ms = now_ms - i64::try_from(ms(stuck_for)).unwrap_or(0);
         self.store.open_episode(NewEpisode {
             id,
@@ -659,38 +784,41 @@ impl State {
             evidence: evidence(&verdict.evidence),
             started_at_ms,
             duration_ms: ms(stuck_for),
-            stuck_bytes: s.latest.pos.sendq,
+            stuck_bytes: a.pos.sendq,
             a_host: host.to_string(),
-            a_netns: s.latest.netns.clone(),
+            a_netns: a.netns.clone(),
             a_flow: flow,
             a_cookie: conn.cookie,
-            b_host: s.peer_host.clone(),
+            b_host: s.peer.map(|p| self.hosts.name(p).to_string()),
             peer_note: note,
         });
-        // The first sample of the stall, then this poll's (record_open).
-        if s.first_at_ms < s.latest_at_ms {
+        // The first sample of the stall, then this poll's (record).
+        if let Some(first) = s.first.as_ref().and_then(unpack) {
             self.store.add_samples(
                 id,
                 vec![StoredSample {
                     side: Side::A,
                     host: host.to_string(),
                     at_ms: s.first_at_ms,
-                    sample: s.first.clone(),
+                    sample: first,
                 }],
             );
         }
-        if let Some(peer) = &s.peer_host {
-            self.open_by_peer
-                .insert((peer.clone(), flow.reversed()), conn.clone());
+        if let Some(peer) = s.peer {
+            if let Some(w) = self.watched.get_mut(&(peer, flow.reversed())) {
+                w.episode_of = Some(conn);
+            }
         }
+        self.open_episodes += 1;
         if let Some(s) = self.suspects.get_mut(&conn) {
-            s.episode = Some(OpenEpisode {
+            s.first = None;
+            s.episode = Some(Box::new(OpenEpisode {
                 id,
                 verdict,
                 stored_a: 1,
                 stored_b: 0,
                 last_b_ms: i64::MIN,
-            });
+            }));
         }
     }
 
@@ -705,21 +833,26 @@ impl State {
             return;
         };
         let Some(ep) = s.episode.take() else { return };
-        if let Some(peer) = &s.peer_host {
-            self.open_by_peer
-                .remove(&(peer.clone(), s.latest.flow.reversed()));
+        self.open_episodes = self.open_episodes.saturating_sub(1);
+        let (peer, flow, at_ms) = (s.peer, s.flow, s.latest_at_ms);
+        let last = unpack(&s.latest);
+        if let Some(w) = peer.and_then(|p| self.watched.get_mut(&(p, flow.reversed()))) {
+            w.episode_of = None;
         }
-        tracing::info!(episode = ep.id, host = %conn.host, reason = reason.id(), "episode closed");
+        let host = self.hosts.name(conn.host);
+        tracing::info!(episode = ep.id, host = %host, reason = reason.id(), "episode closed");
         // The last word on A.
-        self.store.add_samples(
-            ep.id,
-            vec![StoredSample {
-                side: Side::A,
-                host: conn.host.clone(),
-                at_ms: s.latest_at_ms,
-                sample: s.latest.clone(),
-            }],
-        );
+        if let Some(last) = last {
+            self.store.add_samples(
+                ep.id,
+                vec![StoredSample {
+                    side: Side::A,
+                    host: host.to_string(),
+                    at_ms,
+                    sample: last,
+                }],
+            );
+        }
         self.store.close_episode(
             ep.id,
             EpisodeEnd {
@@ -733,30 +866,33 @@ impl State {
         }
     }
 
-    /// Both ends of `flow` as known now; asks the owners to watch it.
+    /// Both ends of `flow` as known now; asks the owners to watch it. A
+    /// scan of what is tracked: queries are rare next to samples.
     pub fn flow(&mut self, flow: FlowTuple) -> FlowView {
         let mut view = FlowView::default();
         for (slot, tuple) in [(0, flow), (1, flow.reversed())] {
-            let known = self
-                .peers
-                .iter()
-                .find(|((_, t), _)| *t == tuple)
-                .map(|((h, _), p)| (h.clone(), p.sample.clone()))
+            let watched = self.watched.iter().find_map(|((h, t), w)| match &w.end {
+                PeerEnd::Seen { sample, .. } if *t == tuple => Some((*h, sample)),
+                _ => None,
+            });
+            let known = watched
                 .or_else(|| {
                     self.suspects
                         .iter()
-                        .find(|(_, s)| s.latest.flow == tuple)
-                        .map(|(c, s)| (c.host.clone(), s.latest.clone()))
-                });
+                        .find(|(_, s)| s.flow == tuple)
+                        .map(|(c, s)| (c.host, &s.latest))
+                })
+                .and_then(|(h, p)| Some((h, unpack(p)?)));
             let host = known
                 .as_ref()
-                .map(|(h, _)| h.clone())
-                .or_else(|| self.owners.get(&tuple.local.ip()).cloned());
+                .map(|(h, _)| *h)
+                .or_else(|| self.owners.get(&tuple.local.ip()).copied());
             if let Some(host) = host {
-                if !self.watches.contains_key(&(host.clone(), tuple)) {
-                    self.watch(&host, tuple);
+                if !self.watched.contains_key(&(host, tuple)) {
+                    self.watch(host, tuple);
                 }
             }
+            let known = known.map(|(h, s)| (self.hosts.name(h).to_string(), s));
             if slot == 0 {
                 view.a = known;
             } else {

@@ -7,17 +7,27 @@
 //! socket cookie: a new cookie on the same 4-tuple is a new connection.
 
 use std::collections::HashMap;
+use std::fmt::Debug;
+use std::hash::Hash;
 use std::time::Duration;
 
 use serde::Serialize;
 use tcpstall_common::{EndSample, FlowTuple};
 
-/// A connection's identity: the host that reports it and its cookie.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ConnKey {
-    pub host: String,
+/// A connection's identity: the host that reports it and its cookie. The
+/// collector names hosts by a small number ([`crate::aggregator::HostId`]);
+/// tests may name them by string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnKey<H = crate::aggregator::HostId> {
+    pub host: H,
     pub cookie: u64,
 }
+
+/// What a host may be named by in the detector.
+pub trait HostKey: Copy + Eq + Hash + Debug {}
+impl<T: Copy + Eq + Hash + Debug> HostKey for T {}
+
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Why an episode ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -49,17 +59,17 @@ impl EndReason {
 
 /// What an observation changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Event {
+pub enum Event<H = crate::aggregator::HostId> {
     /// The queue has been stuck for the threshold: an episode begins.
     Opened {
-        conn: ConnKey,
+        conn: ConnKey<H>,
         flow: FlowTuple,
         /// How long it had been stuck when detected.
         stuck_for: Duration,
     },
     /// An open episode ended.
     Closed {
-        conn: ConnKey,
+        conn: ConnKey<H>,
         flow: FlowTuple,
         reason: EndReason,
         stuck_for: Duration,
@@ -87,19 +97,19 @@ struct Track {
 /// The episode detector for all connections. Memory: one small entry per
 /// connection that is currently suspect.
 #[derive(Debug)]
-pub struct Detector {
+pub struct Detector<H = crate::aggregator::HostId> {
     threshold: Duration,
-    tracks: HashMap<ConnKey, Track>,
+    tracks: Map<ConnKey<H>, Track>,
     /// (host, 4-tuple) -> cookie, to see a cookie change.
-    by_flow: HashMap<(String, FlowTuple), u64>,
+    by_flow: Map<(H, FlowTuple), u64>,
 }
 
-impl Detector {
-    pub fn new(threshold: Duration) -> Detector {
+impl<H: HostKey> Detector<H> {
+    pub fn new(threshold: Duration) -> Detector<H> {
         Detector {
             threshold,
-            tracks: HashMap::new(),
-            by_flow: HashMap::new(),
+            tracks: Map::default(),
+            by_flow: Map::default(),
         }
     }
 
@@ -113,25 +123,21 @@ impl Detector {
     }
 
     /// Whether this connection has an open episode.
-    pub fn is_open(&self, conn: &ConnKey) -> bool {
+    pub fn is_open(&self, conn: &ConnKey<H>) -> bool {
         self.tracks.get(conn).is_some_and(|t| t.open)
     }
 
     /// One sample of a connection at agent time `now`. May close an episode
     /// of an older socket on the same 4-tuple first, so up to two events.
-    pub fn observe(&mut self, host: &str, s: &EndSample, now: Duration) -> Vec<Event> {
+    pub fn observe(&mut self, host: H, s: &EndSample, now: Duration) -> Vec<Event<H>> {
         let mut events = Vec::new();
         let conn = ConnKey {
-            host: host.to_string(),
+            host,
             cookie: s.cookie,
         };
-        let flow_key = (host.to_string(), s.flow);
-        match self.by_flow.insert(flow_key, s.cookie) {
+        match self.by_flow.insert((host, s.flow), s.cookie) {
             Some(old) if old != s.cookie => {
-                let old = ConnKey {
-                    host: host.to_string(),
-                    cookie: old,
-                };
+                let old = ConnKey { host, cookie: old };
                 events.extend(self.end(&old, EndReason::Replaced, now));
             }
             _ => {}
@@ -147,7 +153,7 @@ impl Detector {
             Some(t) if t.marks == m => t,
             Some(_) => {
                 events.extend(self.end(&conn, EndReason::Moved, now));
-                self.tracks.entry(conn.clone()).or_insert(Track {
+                self.tracks.entry(conn).or_insert(Track {
                     flow: s.flow,
                     marks: m,
                     since: reported_since,
@@ -155,7 +161,7 @@ impl Detector {
                     open: false,
                 })
             }
-            None => self.tracks.entry(conn.clone()).or_insert(Track {
+            None => self.tracks.entry(conn).or_insert(Track {
                 flow: s.flow,
                 marks: m,
                 since: reported_since,
@@ -179,50 +185,46 @@ impl Detector {
     }
 
     /// The socket went away (the agent said so).
-    pub fn closed(&mut self, host: &str, cookie: u64, now: Duration) -> Option<Event> {
-        let conn = ConnKey {
-            host: host.to_string(),
-            cookie,
-        };
-        self.end(&conn, EndReason::Closed, now)
+    pub fn closed(&mut self, host: H, cookie: u64, now: Duration) -> Option<Event<H>> {
+        self.end(&ConnKey { host, cookie }, EndReason::Closed, now)
     }
 
     /// The host's agent disconnected: everything it reported ends.
-    pub fn host_gone(&mut self, host: &str) -> Vec<Event> {
-        let conns: Vec<ConnKey> = self
+    pub fn host_gone(&mut self, host: H) -> Vec<Event<H>> {
+        let conns: Vec<ConnKey<H>> = self
             .tracks
             .keys()
             .filter(|c| c.host == host)
-            .cloned()
+            .copied()
             .collect();
         let mut events = Vec::new();
         for conn in conns {
             let last = self.tracks.get(&conn).map_or(Duration::ZERO, |t| t.last);
             events.extend(self.end(&conn, EndReason::HostGone, last));
         }
-        self.by_flow.retain(|(h, _), _| h != host);
+        self.by_flow.retain(|(h, _), _| *h != host);
         events
     }
 
     /// Forgets suspects of `host` not seen since `before` (agent clock)
     /// that never became episodes: the agent stopped reporting them
     /// without a word (a lost release). Bounds memory.
-    pub fn expire(&mut self, host: &str, before: Duration) -> usize {
+    pub fn expire(&mut self, host: H, before: Duration) -> usize {
         let n = self.tracks.len();
         self.tracks
             .retain(|c, t| c.host != host || t.open || t.last >= before);
         n - self.tracks.len()
     }
 
-    fn end(&mut self, conn: &ConnKey, reason: EndReason, now: Duration) -> Option<Event> {
+    fn end(&mut self, conn: &ConnKey<H>, reason: EndReason, now: Duration) -> Option<Event<H>> {
         let track = self.tracks.remove(conn)?;
-        if self.by_flow.get(&(conn.host.clone(), track.flow)) == Some(&conn.cookie)
-            && reason != EndReason::Moved
+        if reason != EndReason::Moved
+            && self.by_flow.get(&(conn.host, track.flow)) == Some(&conn.cookie)
         {
-            self.by_flow.remove(&(conn.host.clone(), track.flow));
+            self.by_flow.remove(&(conn.host, track.flow));
         }
         track.open.then(|| Event::Closed {
-            conn: conn.clone(),
+            conn: *conn,
             flow: track.flow,
             reason,
             stuck_for: now.saturating_sub(track.since),

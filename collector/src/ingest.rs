@@ -23,6 +23,9 @@ use crate::aggregator::{AgentBatch, ClosedSocket, Command, HostHello, Reason, To
 /// Watch requests queued for one agent before new ones are dropped.
 const OUTBOUND_QUEUE: usize = 1024;
 
+/// How long the first watch request of a burst waits for the rest.
+const OUTBOUND_GATHER: Duration = Duration::from_millis(50);
+
 /// The ingest service.
 #[derive(Debug, Clone)]
 pub struct IngestService {
@@ -209,7 +212,8 @@ impl v1::ingest_server::Ingest for IngestService {
             .map_err(Status::resource_exhausted)?;
 
         // Inbound: validate and forward until the stream ends or lies.
-        let (out_tx, out_rx) = mpsc::channel::<Result<v1::CollectorMessage, Status>>(16);
+        let (out_tx, out_rx) =
+            mpsc::channel::<Result<v1::CollectorMessage, Status>>(OUTBOUND_QUEUE);
         let agg = self.agg.clone();
         let max = self.max_batch_samples;
         let refused = self.refused.clone();
@@ -280,9 +284,22 @@ impl v1::ingest_server::Ingest for IngestService {
             if out_tx.send(Ok(welcome)).await.is_err() {
                 return;
             }
-            while let Some(msg) = from_agg.recv().await {
-                if out_tx.send(Ok(to_wire(msg))).await.is_err() {
-                    break;
+            // Watch requests come in bursts (one batch of one agent fans
+            // out to many peers); gathered for a moment, a burst leaves in
+            // one HTTP/2 write instead of one write per request.
+            let mut burst = Vec::new();
+            'out: while from_agg.recv_many(&mut burst, OUTBOUND_QUEUE).await > 0 {
+                tokio::time::sleep(OUTBOUND_GATHER).await;
+                while burst.len() < OUTBOUND_QUEUE {
+                    match from_agg.try_recv() {
+                        Ok(msg) => burst.push(msg),
+                        Err(_) => break,
+                    }
+                }
+                for msg in burst.drain(..) {
+                    if out_tx.send(Ok(to_wire(msg))).await.is_err() {
+                        break 'out;
+                    }
                 }
             }
         });

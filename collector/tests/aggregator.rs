@@ -395,3 +395,32 @@ fn flow_tuples_in_the_builders_point_at_each_other() {
         )
     );
 }
+
+#[tokio::test]
+async fn a_peer_host_that_reconnects_is_asked_again_for_what_it_watched() {
+    let mut rig = Rig::new();
+    let a_sess = rig.hello("hosta", "198.18.0.2", at(0.0));
+    let b_sess = rig.hello("hostb", "198.18.0.1", at(0.0));
+    let a = zero_window(stuck_a(2000));
+    rig.send(a_sess, 100.0, vec![(Reason::Suspect, a.clone())], at(0.0));
+    assert_eq!(rig.asked("hostb"), vec![ToAgent::Watch(a.flow.reversed())]);
+
+    // B's agent goes and comes back while A's suspect still needs B's end.
+    rig.state.handle(Command::Gone { session: b_sess }, at(1.0));
+    rig.outbox.retain(|(h, _)| h != "hostb");
+    rig.hello("hostb", "198.18.0.1", at(2.0));
+    assert_eq!(
+        rig.asked("hostb"),
+        vec![ToAgent::Watch(a.flow.reversed())],
+        "the new stream must carry the watch the old one had"
+    );
+
+    // Once A's queue drains nobody needs it: B is told to stop.
+    let mut drained = a.clone();
+    drained.pos.sendq = 0;
+    rig.send(a_sess, 102.0, vec![(Reason::Released, drained)], at(3.0));
+    assert_eq!(
+        rig.asked("hostb"),
+        vec![ToAgent::Unwatch(a.flow.reversed())]
+    );
+}
