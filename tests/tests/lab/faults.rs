@@ -8,7 +8,7 @@ use tcpstall_tests::lab::workload::{Pace, Rpc};
 use tcpstall_tests::lab::{evidence, Lab, Settings};
 use tcpstall_tests::{require_root, wait_for};
 
-use crate::{expect_one, record, RESPONSE};
+use crate::{expect_one, latest_a, record, RESPONSE};
 
 const HOSTS: &[&str] = &["client", "server"];
 
@@ -91,9 +91,15 @@ fn data_dropped_on_the_way_is_data_lost() {
     let fault = SystemTime::now();
     let _writer = rpc.respond(len);
 
-    let (e, _, detected) = expect_one(&lab, &rpc, "data_lost", fault);
+    let (e, detail, detected) = expect_one(&lab, &rpc, "data_lost", fault);
     let ev = |n| evidence(&e, n);
     assert_eq!(reader.got(), 0, "nothing of the response arrived");
+    let a = latest_a(&detail);
+    let (backoff, total) = (a.backoff.unwrap_or(0), a.total_retrans.unwrap_or(0));
+    assert!(
+        total >= backoff && total > 0,
+        "every RTO resent a segment: backoff {backoff}, total_retrans {total}"
+    );
     assert_eq!(ev("a_snd_una"), 0, "nothing acknowledged");
     assert_eq!(ev("b_rcv_nxt"), 0, "B waits for exactly A's first byte");
     assert!(ev("a_inflight") > 0, "A has data in flight");
@@ -111,9 +117,8 @@ fn data_dropped_on_the_way_is_data_lost() {
         detected,
         Settings::FAST,
         format!(
-            "A.snd_una = B.rcv_nxt = 0, {} in flight, backoff {}; {dropped} segments dropped",
+            "A.snd_una = B.rcv_nxt = 0, {} in flight, backoff {backoff}, total_retrans {total}; {dropped} segments dropped",
             ev("a_inflight"),
-            ev("a_backoff")
         ),
     );
 }
@@ -338,6 +343,66 @@ fn qdisc_that_drops_everything_is_unsent_unblocked() {
             "A.notsent {} = sendq, in flight 0, window {}",
             ev("a_notsent"),
             ev("a_snd_wnd")
+        ),
+    );
+}
+
+#[test]
+fn qdisc_that_holds_packets_looks_like_data_lost() {
+    require_root!();
+    let lab = Lab::start(HOSTS, Settings::FAST);
+    let server = lab.host("server");
+    let (rpc, len) = asked(&lab);
+    let reader = rpc.read(Pace::Full);
+    // A queue that takes packets and passes next to nothing: one byte a
+    // second once its first 3000-byte burst is spent. TCP counts what it
+    // holds as sent, so this is not DESIGN's unsent_unblocked.
+    server.tc(&[
+        "qdisc", "replace", "dev", "eth0", "root", "tbf", "rate", "8bit", "burst", "3000", "limit",
+        "1000000",
+    ]);
+    let fault = SystemTime::now();
+    let _writer = rpc.respond(len);
+
+    let (e, detail, detected) = expect_one(&lab, &rpc, "data_lost", fault);
+    let ev = |n| evidence(&e, n);
+    assert!(
+        ev("a_inflight") > 0,
+        "what the qdisc holds counts as in flight"
+    );
+    assert_eq!(
+        ev("b_rcv_nxt"),
+        ev("a_snd_una"),
+        "B waits for A's next byte"
+    );
+    assert_eq!(
+        u64::try_from(ev("b_rcv_nxt")).ok(),
+        Some(reader.got()),
+        "B got only the burst"
+    );
+    let stats = server.tc(&["-s", "qdisc", "show", "dev", "eth0"]);
+    assert!(
+        !stats.contains("backlog 0b"),
+        "the packets sit in the server's qdisc: {stats}"
+    );
+    // What would tell it from loss in the network: RTOs that found the
+    // segment still in the host's queue retransmitted nothing.
+    let a = latest_a(&detail);
+    let (backoff, total) = (a.backoff.unwrap_or(0), a.total_retrans.unwrap_or(0));
+    assert!(
+        backoff > total,
+        "more RTOs ({backoff}) than retransmissions ({total})"
+    );
+    record(
+        "server's qdisc holds packets (tbf 8bit/s)",
+        "unsent_unblocked (DESIGN), data_lost (tcp_info)",
+        &e,
+        detected,
+        Settings::FAST,
+        format!(
+            "{} in flight inside the server's qdisc, B.rcv_nxt = A.snd_una = {}; backoff {backoff} > total_retrans {total}",
+            ev("a_inflight"),
+            ev("a_snd_una")
         ),
     );
 }

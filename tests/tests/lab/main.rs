@@ -10,6 +10,7 @@
 mod controls;
 mod cork;
 mod faults;
+mod topology;
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -82,19 +83,21 @@ pub fn expect_one(
     assert_eq!(e.a_host, lab.host("server").name, "A is the server");
     assert_eq!(e.b_host, lab.host("client").name, "B joined: {e:#?}");
     let detail = lab.episode(e.id);
+    // The collector stores the stall's first A sample when it opens the
+    // episode, then the one that crossed the threshold.
     let threshold_ms = u64::try_from(s.threshold.as_millis()).unwrap_or(u64::MAX);
-    let opened_ms = detail
+    let mut a: Vec<(i64, u64)> = detail
         .samples
         .iter()
         .filter(|x| x.side == "a")
-        .filter(|x| {
-            x.sample
-                .as_ref()
-                .is_some_and(|a| a.unchanged_ms >= threshold_ms)
-        })
-        .map(|x| x.at_ms)
-        .min()
-        .unwrap_or_else(|| panic!("no A sample past the threshold: {detail:#?}"));
+        .filter_map(|x| x.sample.as_ref().map(|a| (x.at_ms, a.unchanged_ms)))
+        .collect();
+    a.sort_unstable();
+    let opened_ms = match a.as_slice() {
+        [(at, unchanged), ..] if *unchanged >= threshold_ms => *at,
+        [_, (at, _), ..] => *at,
+        _ => panic!("no A sample of the opening: {detail:#?}"),
+    };
     let opened = Duration::from_millis(u64::try_from(opened_ms - unix_ms(fault)).unwrap_or(0));
     assert!(
         opened <= bound,
@@ -121,4 +124,15 @@ pub fn record(
         note,
     }
     .record();
+}
+
+/// The A sample stored last (the longest stuck).
+pub fn latest_a(detail: &v1::GetEpisodeResponse) -> &v1::Sample {
+    detail
+        .samples
+        .iter()
+        .filter(|x| x.side == "a")
+        .filter_map(|x| x.sample.as_ref())
+        .max_by_key(|a| a.unchanged_ms)
+        .expect("an A sample")
 }
