@@ -11,7 +11,7 @@ use tcpstall_tests::lab::workload::{Pace, Rpc};
 use tcpstall_tests::lab::{evidence, Lab, Settings};
 use tcpstall_tests::require_root;
 
-use crate::{expect_one, RESPONSE};
+use crate::{expect_one, record, RESPONSE};
 
 fn in_lab_range(ip: Ipv4Addr) -> bool {
     let o = ip.octets();
@@ -53,7 +53,7 @@ fn three_hosts_through_a_bridge_and_the_right_peer_is_joined() {
     // One episode (the healthy transfer is none), joined with the client,
     // not the other host.
     let before = healthy_reader.got();
-    let (e, _, _) = expect_one(&lab, &rpc, "ack_lost", fault);
+    let (e, _, detected) = expect_one(&lab, &rpc, "ack_lost", fault);
     assert_eq!(
         u64::try_from(evidence(&e, "acked_not_seen")).ok(),
         Some(reader.got())
@@ -61,6 +61,18 @@ fn three_hosts_through_a_bridge_and_the_right_peer_is_joined() {
     assert!(
         healthy_reader.got() > before,
         "the other host's transfer kept going through the bridge"
+    );
+    record(
+        "three hosts on a bridge: client's ACKs dropped, another host downloading",
+        "ack_lost",
+        &e,
+        detected,
+        Settings::FAST,
+        format!(
+            "B = {}; the other host read {} MB meanwhile, no episode",
+            e.b_host,
+            healthy_reader.got() / 1_000_000
+        ),
     );
 }
 
