@@ -144,6 +144,22 @@ impl Lab {
         })
     }
 
+    /// What the operator's CLI says: `tcpstall --collector URL --json ARGS`.
+    pub fn cli(&self, args: &[&str]) -> serde_json::Value {
+        let out = std::process::Command::new(crate::binary("tcpstall"))
+            .args(["--collector", &self.collector.url(), "--json"])
+            .args(args)
+            .env_remove("TCPSTALL_COLLECTOR")
+            .output()
+            .expect("run tcpstall");
+        assert!(
+            out.status.success(),
+            "tcpstall {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("tcpstall prints one JSON document")
+    }
+
     /// Waits until an episode of the stuck sender `local` -> `remote` has
     /// diagnosis `want`, polling the collector; returns it and how long
     /// after `fault` it was first seen so.

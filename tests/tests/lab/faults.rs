@@ -44,6 +44,15 @@ fn peer_not_reading(settings: Settings, scenario: &str) {
         Some(writer.written()),
         "A's write_seq is what the server wrote"
     );
+    // The operator sees the same.
+    let listed = lab.cli(&["episodes", "--diagnosis", "peer_not_reading"]);
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed:#}");
+    assert_eq!(listed[0]["blame"], "B's application", "{listed:#}");
+    assert_eq!(
+        listed[0]["peer"]["b"]["host"],
+        lab.host("client").name.as_str(),
+        "{listed:#}"
+    );
     record(
         scenario,
         "peer_not_reading",
@@ -166,6 +175,15 @@ fn acks_dropped_on_the_way_back_is_ack_lost() {
     );
     let dropped = server.nft_packets("acks");
     assert!(dropped > 0, "the rule dropped the ACKs");
+    // The operator sees the same.
+    let shown = lab.cli(&["show", &e.id.to_string()]);
+    assert_eq!(shown["diagnosis"], "ack_lost", "{shown:#}");
+    assert_eq!(shown["blame"], "the network from B to A", "{shown:#}");
+    assert_eq!(
+        shown["evidence"]["acked_not_seen"].as_u64(),
+        Some(received),
+        "{shown:#}"
+    );
     record(
         "client's ACKs dropped",
         "ack_lost",
