@@ -68,12 +68,26 @@ impl Lab {
     /// Builds the hosts, starts the collector and one agent per host, and
     /// waits until every agent has said hello.
     pub fn start(hosts: &[&str], settings: Settings) -> Lab {
+        Lab::start_unmonitored(hosts, &[], settings)
+    }
+
+    /// As [`Lab::start`], but the hosts named in `unmonitored` run no
+    /// agent.
+    pub fn start_unmonitored(hosts: &[&str], unmonitored: &[&str], settings: Settings) -> Lab {
         let net = Net::new(hosts);
         let collector = CollectorProcess::start(&["--threshold", &ms_text(settings.threshold)]);
         let url = collector.url();
         let interval = ms_text(settings.interval);
-        let agents = net
+        let monitored: Vec<&Host> = net
             .hosts
+            .iter()
+            .filter(|h| {
+                !unmonitored
+                    .iter()
+                    .any(|u| h.name.starts_with(&format!("{u}-")))
+            })
+            .collect();
+        let agents = monitored
             .iter()
             .map(|h| {
                 AgentProcess::start(
@@ -91,6 +105,7 @@ impl Lab {
                 )
             })
             .collect();
+        let names: Vec<String> = monitored.iter().map(|h| h.name.clone()).collect();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -103,10 +118,9 @@ impl Lab {
             rt,
         };
         wait_for("every agent connected", Duration::from_secs(20), || {
-            lab.net
-                .hosts
+            names
                 .iter()
-                .all(|h| lab.collector.logged(&["agent connected", &h.name]))
+                .all(|h| lab.collector.logged(&["agent connected", h]))
                 .then_some(())
         });
         lab

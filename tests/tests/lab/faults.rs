@@ -8,7 +8,7 @@ use tcpstall_tests::lab::workload::{Pace, Rpc};
 use tcpstall_tests::lab::{evidence, Lab, Settings};
 use tcpstall_tests::{require_root, wait_for};
 
-use crate::{expect_one, latest_a, record, RESPONSE};
+use crate::{expect_one, expect_one_with_b, latest_a, record, RESPONSE};
 
 const HOSTS: &[&str] = &["client", "server"];
 
@@ -422,5 +422,38 @@ fn qdisc_that_holds_packets_looks_like_data_lost() {
             ev("a_inflight"),
             ev("a_snd_una")
         ),
+    );
+}
+
+#[test]
+fn peer_without_an_agent_is_peer_unmonitored() {
+    require_root!();
+    let lab = Lab::start_unmonitored(HOSTS, &["client"], Settings::FAST);
+    let client = lab.host("client");
+    let (rpc, len) = asked(&lab);
+    let _reader = rpc.read(Pace::Paused);
+    let fault = SystemTime::now();
+    let _writer = rpc.respond(len);
+
+    let (e, detail, detected) = expect_one_with_b(&lab, &rpc, "peer_unmonitored", fault, "");
+    assert!(
+        e.evidence.keys().all(|k| !k.starts_with("b_")),
+        "nothing of B: {:?}",
+        e.evidence
+    );
+    assert!(!detail.samples.iter().any(|x| x.side == "b"));
+    assert_eq!(evidence(&e, "a_snd_wnd"), 0, "A alone: a zero window");
+    assert!(
+        e.summary.contains(&client.addr.to_string()) && e.summary.contains("zero window"),
+        "says whom no agent covers and what A alone shows: {}",
+        e.summary
+    );
+    record(
+        "client runs no agent, stops reading",
+        "peer_unmonitored",
+        &e,
+        detected,
+        Settings::FAST,
+        e.summary.clone(),
     );
 }

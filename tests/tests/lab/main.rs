@@ -57,6 +57,18 @@ pub fn expect_one(
     want: &str,
     fault: SystemTime,
 ) -> (v1::Episode, v1::GetEpisodeResponse, Detection) {
+    expect_one_with_b(lab, rpc, want, fault, &lab.host("client").name)
+}
+
+/// As [`expect_one`], with B's host named `b_host` ("" when no agent
+/// covers it).
+pub fn expect_one_with_b(
+    lab: &Lab,
+    rpc: &Rpc,
+    want: &str,
+    fault: SystemTime,
+    b_host: &str,
+) -> (v1::Episode, v1::GetEpisodeResponse, Detection) {
     let s = lab.settings;
     let bound = s.detection_bound();
     let (_, seen) = lab.wait_for_diagnosis(
@@ -81,7 +93,7 @@ pub fn expect_one(
     assert_eq!(e.diagnosis, want, "the verdict held: {e:#?}");
     assert!(e.open, "still stuck, still open: {e:#?}");
     assert_eq!(e.a_host, lab.host("server").name, "A is the server");
-    assert_eq!(e.b_host, lab.host("client").name, "B joined: {e:#?}");
+    assert_eq!(e.b_host, b_host, "B joined: {e:#?}");
     let detail = lab.episode(e.id);
     // The collector stores the stall's first A sample when it opens the
     // episode, then the one that crossed the threshold.
