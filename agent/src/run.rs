@@ -57,6 +57,18 @@ pub fn monotonic() -> Duration {
     }
 }
 
+/// The agent's clock at `t`. `std::time::Instant` reads CLOCK_MONOTONIC
+/// too; one anchor taken at the first call converts between them, so that
+/// instants a given time apart are exactly that far apart on this clock.
+pub fn mono_at(t: Instant) -> Duration {
+    static ANCHOR: OnceLock<(Instant, Duration)> = OnceLock::new();
+    let (at, mono) = *ANCHOR.get_or_init(|| (Instant::now(), monotonic()));
+    match t.checked_duration_since(at) {
+        Some(after) => mono + after,
+        None => mono.saturating_sub(at - t),
+    }
+}
+
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
@@ -78,9 +90,14 @@ struct Polled {
 }
 
 impl PollState {
-    fn poll(&mut self) -> Polled {
-        // The poll's time is when it starts: the dump follows at once.
-        let mono = monotonic();
+    /// Polls for the tick that was due at `tick`.
+    fn poll(&mut self, tick: Instant) -> Polled {
+        // The poll's time is when its tick was due (the dump follows at
+        // once): ticks are exactly an interval apart, so a queue stuck for
+        // six 500 ms polls reads exactly 3 s, never a little short of it
+        // because the runtime got to one poll a little late (which would
+        // delay its episode by a whole interval).
+        let mono = mono_at(tick);
         let (samples, failures) = self.poller.poll();
         let failed: Vec<u64> = failures
             .iter()
@@ -210,10 +227,11 @@ pub async fn run(settings: RunSettings, shutdown: impl Future<Output = ()>) -> a
         };
         tokio::select! {
             _ = &mut shutdown => break,
-            _ = ticker.tick() => {
+            tick = ticker.tick() => {
+                let tick = tick.into_std();
                 let (back, polled) = tokio::task::spawn_blocking(move || {
                     let mut state = state;
-                    let polled = state.poll();
+                    let polled = state.poll(tick);
                     (state, polled)
                 })
                 .await
@@ -422,6 +440,23 @@ mod tests {
         assert_eq!(cut, 11);
         assert_eq!(b.closed.len(), 1, "closings go first");
         assert_eq!(b.samples.len() + b.closed.len(), MAX_BATCH_ENTRIES);
+    }
+
+    #[test]
+    fn polls_are_stamped_on_their_schedule() {
+        let t = Instant::now();
+        let first = mono_at(t);
+        let sixth = mono_at(t + 6 * Duration::from_millis(500));
+        assert_eq!(sixth - first, Duration::from_secs(3), "exactly");
+        assert_eq!(
+            first - mono_at(t - Duration::from_millis(1)),
+            Duration::from_millis(1)
+        );
+        let (now, mono) = (mono_at(Instant::now()), monotonic());
+        assert!(
+            mono.abs_diff(now) < Duration::from_millis(100),
+            "the same clock: {now:?} {mono:?}"
+        );
     }
 
     #[test]

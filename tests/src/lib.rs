@@ -1,8 +1,10 @@
 //! Helpers shared by the end-to-end tests: waiting for a condition with a
 //! deadline, test network namespaces that remove themselves, the built
-//! binaries, and polling this host the way the agent does.
+//! binaries, and polling this host the way the agent does; [`lab`] builds
+//! namespace hosts with real agents and a collector.
 
 pub mod fake;
+pub mod lab;
 
 use std::path::PathBuf;
 use std::process::Command;

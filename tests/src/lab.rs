@@ -1,0 +1,272 @@
+//! The lab: real hosts as network namespaces ([`net`]), one real
+//! `tcpstall-agent run` per host and one real `tcpstall-collector`, talking
+//! real gRPC over loopback, an RPC-shaped workload ([`workload`]), and
+//! faults put on the hosts with nftables and tc.
+//!
+//! The agents run in the test's own namespace and read their host with
+//! `--netns`, so that they reach the collector on 127.0.0.1 while their
+//! host has no address outside 198.18.0.0/15. Dropping a [`Lab`] stops the
+//! agents, then the collector, then removes the namespaces, also when the
+//! test panics.
+
+pub mod net;
+pub mod workload;
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tcpstall_proto::convert;
+use tcpstall_proto::v1::{self, query_client::QueryClient};
+
+use crate::{wait_for, AgentProcess, CollectorProcess};
+use net::{Host, Net};
+
+/// How fast the lab's tools run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    /// The collector's `--threshold`.
+    pub threshold: Duration,
+    /// The agents' `--interval`.
+    pub interval: Duration,
+}
+
+impl Settings {
+    /// What most scenarios use, so the suite runs in seconds.
+    pub const FAST: Settings = Settings {
+        threshold: Duration::from_secs(3),
+        interval: Duration::from_millis(500),
+    };
+    /// The tools' own defaults.
+    pub const DEFAULTS: Settings = Settings {
+        threshold: Duration::from_secs(10),
+        interval: Duration::from_secs(2),
+    };
+
+    /// The contract's bound: a fault is detected within the threshold and
+    /// two polls.
+    pub fn detection_bound(&self) -> Duration {
+        self.threshold + 2 * self.interval
+    }
+}
+
+fn ms_text(d: Duration) -> String {
+    format!("{}ms", d.as_millis())
+}
+
+/// Hosts, their agents and a collector.
+#[derive(Debug)]
+pub struct Lab {
+    // Fields drop in this order: agents, collector, then the namespaces.
+    _agents: Vec<AgentProcess>,
+    pub collector: CollectorProcess,
+    pub net: Net,
+    pub settings: Settings,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Lab {
+    /// Builds the hosts, starts the collector and one agent per host, and
+    /// waits until every agent has said hello.
+    pub fn start(hosts: &[&str], settings: Settings) -> Lab {
+        Lab::start_unmonitored(hosts, &[], settings)
+    }
+
+    /// As [`Lab::start`], but the hosts named in `unmonitored` run no
+    /// agent.
+    pub fn start_unmonitored(hosts: &[&str], unmonitored: &[&str], settings: Settings) -> Lab {
+        let net = Net::new(hosts);
+        let collector = CollectorProcess::start(&["--threshold", &ms_text(settings.threshold)]);
+        let url = collector.url();
+        let interval = ms_text(settings.interval);
+        let monitored: Vec<&Host> = net
+            .hosts
+            .iter()
+            .filter(|h| {
+                !unmonitored
+                    .iter()
+                    .any(|u| h.name.starts_with(&format!("{u}-")))
+            })
+            .collect();
+        let agents = monitored
+            .iter()
+            .map(|h| {
+                AgentProcess::start(
+                    &url,
+                    &[
+                        "--host",
+                        &h.name,
+                        "--netns",
+                        &h.ns.name,
+                        "--interval",
+                        &interval,
+                        "--backoff-max",
+                        "500ms",
+                    ],
+                )
+            })
+            .collect();
+        let names: Vec<String> = monitored.iter().map(|h| h.name.clone()).collect();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime for queries");
+        let lab = Lab {
+            _agents: agents,
+            collector,
+            net,
+            settings,
+            rt,
+        };
+        wait_for("every agent connected", Duration::from_secs(20), || {
+            names
+                .iter()
+                .all(|h| lab.collector.logged(&["agent connected", h]))
+                .then_some(())
+        });
+        lab
+    }
+
+    pub fn host(&self, role: &str) -> &Host {
+        self.net.host(role)
+    }
+
+    /// Every episode the collector has, or none while it cannot be asked.
+    pub fn episodes(&self) -> Vec<v1::Episode> {
+        let url = self.collector.url();
+        self.rt.block_on(async move {
+            let Ok(mut q) = QueryClient::connect(url).await else {
+                return Vec::new();
+            };
+            q.list_episodes(v1::ListEpisodesRequest::default())
+                .await
+                .map(|r| r.into_inner().episodes)
+                .unwrap_or_default()
+        })
+    }
+
+    /// One episode with its samples.
+    pub fn episode(&self, id: i64) -> v1::GetEpisodeResponse {
+        let url = self.collector.url();
+        self.rt.block_on(async move {
+            let mut q = QueryClient::connect(url)
+                .await
+                .expect("query the collector");
+            q.get_episode(v1::GetEpisodeRequest { id })
+                .await
+                .expect("get the episode")
+                .into_inner()
+        })
+    }
+
+    /// What the operator's CLI says: `tcpstall --collector URL --json ARGS`.
+    pub fn cli(&self, args: &[&str]) -> serde_json::Value {
+        let out = std::process::Command::new(crate::binary("tcpstall"))
+            .args(["--collector", &self.collector.url(), "--json"])
+            .args(args)
+            .env_remove("TCPSTALL_COLLECTOR")
+            .output()
+            .expect("run tcpstall");
+        assert!(
+            out.status.success(),
+            "tcpstall {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("tcpstall prints one JSON document")
+    }
+
+    /// Waits until an episode of the stuck sender `local` -> `remote` has
+    /// diagnosis `want`, polling the collector; returns it and how long
+    /// after `fault` it was first seen so.
+    pub fn wait_for_diagnosis(
+        &self,
+        local: SocketAddr,
+        remote: SocketAddr,
+        want: &str,
+        fault: SystemTime,
+        within: Duration,
+    ) -> (v1::Episode, Duration) {
+        let mut last = Vec::new();
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let eps = self.episodes();
+            if let Some(e) = eps
+                .iter()
+                .find(|e| flow_of(e) == Some((local, remote)) && e.diagnosis == want)
+            {
+                let after = fault.elapsed().unwrap_or_default();
+                return (e.clone(), after);
+            }
+            last = if eps.is_empty() { last } else { eps };
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {want} episode for {local} -> {remote} within {within:?}; episodes: {last:#?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// The stuck sender's (local, remote) of an episode.
+pub fn flow_of(e: &v1::Episode) -> Option<(SocketAddr, SocketAddr)> {
+    let f = convert::flow_from_wire(e.a_flow.as_ref()).ok()?;
+    Some((f.local, f.remote))
+}
+
+/// Unix milliseconds of `t`.
+pub fn unix_ms(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// One evidence number of an episode, panicking with all of them if it is
+/// missing.
+pub fn evidence(e: &v1::Episode, name: &str) -> i64 {
+    *e.evidence
+        .get(name)
+        .unwrap_or_else(|| panic!("evidence {name} missing: {:?}", e.evidence))
+}
+
+/// What one scenario showed, for the docs' table: printed on stderr as one
+/// `lab-result` line, and appended to the file named by
+/// `TCPSTALL_LAB_RESULTS` when set.
+#[derive(Debug)]
+pub struct Outcome<'a> {
+    pub scenario: &'a str,
+    pub expected: &'a str,
+    pub observed: &'a str,
+    /// After the fault: when the collector opened the episode, and when
+    /// the test first saw the right diagnosis.
+    pub detected: Option<(Duration, Duration)>,
+    pub settings: Settings,
+    pub note: String,
+}
+
+impl Outcome<'_> {
+    pub fn record(&self) {
+        let line = format!(
+            "lab-result\t{}\t{}\t{}\t{}\t{}/{}\t{}",
+            self.scenario,
+            self.expected,
+            self.observed,
+            self.detected.map_or_else(
+                || "-".to_string(),
+                |(o, s)| format!("{:.2}s/{:.2}s", o.as_secs_f64(), s.as_secs_f64())
+            ),
+            ms_text(self.settings.threshold),
+            ms_text(self.settings.interval),
+            self.note
+        );
+        eprintln!("{line}");
+        if let Some(path) = std::env::var_os("TCPSTALL_LAB_RESULTS") {
+            use std::io::Write;
+            if let Ok(mut f) = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+            {
+                let _ = writeln!(f, "{line}");
+            }
+        }
+    }
+}

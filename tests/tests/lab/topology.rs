@@ -1,0 +1,94 @@
+//! The harness itself: more than two hosts through a bridge namespace,
+//! the collector joining the right peer among them, and namespaces that
+//! go away when a test panics.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::time::SystemTime;
+
+use tcpstall_tests::lab::net::Net;
+use tcpstall_tests::lab::workload::{Pace, Rpc};
+use tcpstall_tests::lab::{evidence, Lab, Settings};
+use tcpstall_tests::require_root;
+
+use crate::{expect_one, record, RESPONSE};
+
+fn in_lab_range(ip: Ipv4Addr) -> bool {
+    let o = ip.octets();
+    o[0] == 198 && (o[1] == 18 || o[1] == 19)
+}
+
+#[test]
+fn three_hosts_through_a_bridge_and_the_right_peer_is_joined() {
+    require_root!();
+    let lab = Lab::start(&["client", "server", "other"], Settings::FAST);
+    assert!(lab.net.bridge.is_some(), "three hosts meet on a bridge");
+    let (client, server, other) = (lab.host("client"), lab.host("server"), lab.host("other"));
+    for h in &lab.net.hosts {
+        assert!(in_lab_range(h.addr), "{} has {}", h.name, h.addr);
+    }
+
+    // The other host downloads from the server at full speed throughout.
+    let mut healthy = Rpc::open(other, server);
+    let n = healthy.request(u64::MAX);
+    let healthy_reader = healthy.read(Pace::Full);
+    let _healthy_writer = healthy.respond(n);
+
+    // The client's ACKs die at the server.
+    let mut rpc = Rpc::open(client, server);
+    let len = rpc.request(RESPONSE);
+    let reader = rpc.read(Pace::Full);
+    server.nft_rule(
+        "input",
+        &format!(
+            "ip saddr {} tcp sport {}",
+            client.addr,
+            rpc.client_addr.port()
+        ),
+        "acks",
+    );
+    let fault = SystemTime::now();
+    let _writer = rpc.respond(len);
+
+    // One episode (the healthy transfer is none), joined with the client,
+    // not the other host.
+    let before = healthy_reader.got();
+    let (e, _, detected) = expect_one(&lab, &rpc, "ack_lost", fault);
+    assert_eq!(
+        u64::try_from(evidence(&e, "acked_not_seen")).ok(),
+        Some(reader.got())
+    );
+    assert!(
+        healthy_reader.got() > before,
+        "the other host's transfer kept going through the bridge"
+    );
+    record(
+        "three hosts on a bridge: client's ACKs dropped, another host downloading",
+        "ack_lost",
+        &e,
+        detected,
+        Settings::FAST,
+        format!(
+            "B = {}; the other host read {} MB meanwhile, no episode",
+            e.b_host,
+            healthy_reader.got() / 1_000_000
+        ),
+    );
+}
+
+#[test]
+fn namespaces_are_removed_when_a_test_panics() {
+    require_root!();
+    let mut names = Vec::new();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let net = Net::new(&["a", "b", "c"]);
+        names.extend(net.hosts.iter().map(|h| h.ns.path()));
+        names.extend(net.bridge.as_ref().map(|b| b.path()));
+        panic!("a test fails with its hosts up");
+    }));
+    assert!(result.is_err());
+    assert_eq!(names.len(), 4, "three hosts and the bridge");
+    for path in &names {
+        assert!(!Path::new(path).exists(), "{} left behind", path.display());
+    }
+}
