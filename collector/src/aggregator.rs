@@ -50,6 +50,10 @@ pub struct AgentBatch {
     pub mono: Duration,
     pub connections: u32,
     pub samples: Vec<(Reason, EndSample)>,
+    /// The same samples encoded, index for index, when the wire gave them
+    /// (the ingest task encodes them, off the aggregator's thread); when
+    /// empty the aggregator encodes what it keeps.
+    pub packed: Vec<Packed>,
     pub closed: Vec<ClosedSocket>,
     pub absent: Vec<FlowTuple>,
     pub dropped_batches: u64,
@@ -252,6 +256,11 @@ fn wall_ms() -> i64 {
 
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The sample's encoding: the one at hand, or a new one.
+fn take(slot: &mut Option<Packed>, s: &EndSample) -> Packed {
+    slot.take().unwrap_or_else(|| Packed::new(s))
 }
 
 fn unpack(p: &Packed) -> Option<EndSample> {
@@ -484,16 +493,24 @@ impl State {
         for flow in batch.absent {
             self.peer_report(host, flow, PeerEnd::NoSocket);
         }
+        let exact = batch.packed.len() == batch.samples.len();
+        let mut packed = batch.packed.into_iter();
         for (reason, sample) in batch.samples {
+            let mut slot = if exact { packed.next() } else { None };
             if self.watched.contains_key(&(host, sample.flow)) {
+                let p = if reason == Reason::Watched {
+                    take(&mut slot, &sample)
+                } else {
+                    slot.clone().unwrap_or_else(|| Packed::new(&sample))
+                };
                 let end = PeerEnd::Seen {
                     at_ms: now_ms,
-                    sample: Packed::new(&sample),
+                    sample: p,
                 };
                 self.peer_report(host, sample.flow, end);
             }
             if reason != Reason::Watched {
-                self.observe(host, reason, sample, batch.mono, now_ms);
+                self.observe(host, reason, sample, slot, batch.mono, now_ms);
             }
         }
         for closed in batch.closed {
@@ -526,6 +543,7 @@ impl State {
         host: HostId,
         reason: Reason,
         sample: EndSample,
+        mut packed: Option<Packed>,
         mono: Duration,
         now_ms: i64,
     ) {
@@ -536,9 +554,12 @@ impl State {
         let events = self.detector.observe(host, &sample, mono);
         let last_word = reason == Reason::Released || sample.pos.sendq == 0;
         if let Some(s) = self.suspects.get_mut(&conn) {
-            let prev = std::mem::replace(&mut s.latest, Packed::new(&sample));
-            if s.first.is_none() {
-                s.first = Some(prev);
+            // A last word is kept only for an episode's closing sample.
+            if !last_word || s.episode.is_some() {
+                let prev = std::mem::replace(&mut s.latest, take(&mut packed, &sample));
+                if s.first.is_none() {
+                    s.first = Some(prev);
+                }
             }
             s.latest_at_ms = now_ms;
             s.last_mono = mono;
@@ -552,7 +573,7 @@ impl State {
                 Suspect {
                     flow: sample.flow,
                     peer,
-                    latest: Packed::new(&sample),
+                    latest: take(&mut packed, &sample),
                     latest_at_ms: now_ms,
                     last_mono: mono,
                     first: None,

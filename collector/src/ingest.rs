@@ -19,6 +19,7 @@ use tokio_stream::Stream;
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::aggregator::{AgentBatch, ClosedSocket, Command, HostHello, Reason, ToAgent};
+use crate::packed::Packed;
 
 /// Watch requests queued for one agent before new ones are dropped.
 const OUTBOUND_QUEUE: usize = 1024;
@@ -103,6 +104,7 @@ pub fn batch_from_wire(b: &v1::Batch, max_samples: usize) -> Result<AgentBatch, 
         )));
     }
     let mut samples = Vec::with_capacity(b.samples.len());
+    let mut packed = Vec::with_capacity(b.samples.len());
     for (i, w) in b.samples.iter().enumerate() {
         let reason = match v1::SampleReason::try_from(w.reason) {
             Ok(v1::SampleReason::Suspect) => Reason::Suspect,
@@ -118,6 +120,7 @@ pub fn batch_from_wire(b: &v1::Batch, max_samples: usize) -> Result<AgentBatch, 
         let s = convert::sample_from_wire(w)
             .map_err(|e| Status::invalid_argument(format!("samples[{i}]: {e}")))?;
         samples.push((reason, s));
+        packed.push(Packed::from_wire(w));
     }
     let closed = b
         .closed
@@ -143,6 +146,7 @@ pub fn batch_from_wire(b: &v1::Batch, max_samples: usize) -> Result<AgentBatch, 
         mono: Duration::from_micros(b.mono_us),
         connections: b.connections,
         samples,
+        packed,
         closed,
         absent,
         dropped_batches: b.dropped_batches,

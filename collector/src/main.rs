@@ -9,6 +9,13 @@ use clap::{Parser, Subcommand};
 use tcpstall_collector::config::{Config, Flags};
 use tcpstall_collector::server;
 
+/// jemalloc: the collector frees thousands of small samples per batch and
+/// allocates a few large buffers per batch; glibc consolidated its free
+/// lists on every large allocation (a quarter of the collector's CPU under
+/// load, in `perf`) and kept freed memory fragmented.
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Joins both ends of every suspect TCP flow of a fleet, detects send
 /// queues stuck past a threshold, diagnoses them and stores them in SQLite.
 #[derive(Debug, Parser)]

@@ -15,8 +15,17 @@ use crate::ingest::IngestService;
 use crate::query::QueryService;
 use crate::store::{Store, StoreConfig};
 
-/// Commands queued for the aggregator before handlers wait.
-const AGGREGATOR_QUEUE: usize = 4096;
+/// Commands queued for the aggregator before handlers wait. A command is
+/// at most one agent's batch (a few hundred KB decoded): this bounds what
+/// waits here; beyond it each agent's stream waits, then its own buffer.
+const AGGREGATOR_QUEUE: usize = 256;
+
+/// HTTP/2 flow-control windows: what one agent may have in flight that the
+/// collector has not yet read (a batch of 500 samples is about 80 KB). With
+/// a thousand agents behind a busy aggregator, hyper's defaults would let
+/// a gigabyte pile up in receive buffers.
+const STREAM_WINDOW: Option<u32> = Some(256 * 1024);
+const CONNECTION_WINDOW: Option<u32> = Some(512 * 1024);
 
 /// How long requests in flight may finish after a shutdown signal.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
@@ -68,6 +77,8 @@ pub async fn serve_on(
     let stopping = std::sync::Arc::new(tokio::sync::Notify::new());
     let notify = stopping.clone();
     let server = tonic::transport::Server::builder()
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
         .add_service(IngestServer::new(ingest).max_decoding_message_size(config.max_message_bytes))
         .add_service(QueryServer::new(query).max_decoding_message_size(64 * 1024))
         .serve_with_incoming_shutdown(incoming, async move {
