@@ -53,7 +53,7 @@ pub struct AgentBatch {
     /// The same samples encoded, index for index, when the wire gave them
     /// (the ingest task encodes them, off the aggregator's thread); when
     /// empty the aggregator encodes what it keeps.
-    pub packed: Vec<Packed>,
+    pub packed: Vec<Option<Packed>>,
     pub closed: Vec<ClosedSocket>,
     pub absent: Vec<FlowTuple>,
     pub dropped_batches: u64,
@@ -496,7 +496,7 @@ impl State {
         let exact = batch.packed.len() == batch.samples.len();
         let mut packed = batch.packed.into_iter();
         for (reason, sample) in batch.samples {
-            let mut slot = if exact { packed.next() } else { None };
+            let mut slot = if exact { packed.next().flatten() } else { None };
             if self.watched.contains_key(&(host, sample.flow)) {
                 let p = if reason == Reason::Watched {
                     take(&mut slot, &sample)

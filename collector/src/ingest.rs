@@ -119,8 +119,11 @@ pub fn batch_from_wire(b: &v1::Batch, max_samples: usize) -> Result<AgentBatch, 
         };
         let s = convert::sample_from_wire(w)
             .map_err(|e| Status::invalid_argument(format!("samples[{i}]: {e}")))?;
+        // What the aggregator may keep, encoded here, off its thread; a
+        // released sample is kept only as an episode's last, and encoded
+        // there if so.
+        packed.push((reason != Reason::Released).then(|| Packed::from_wire(w)));
         samples.push((reason, s));
-        packed.push(Packed::from_wire(w));
     }
     let closed = b
         .closed

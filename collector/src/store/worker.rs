@@ -1,9 +1,10 @@
 //! The store thread: the only code that touches the connection (reads are
 //! in `read`).
 //!
-//! Each turn takes one command with `blocking_recv`, drains up to
-//! [`MAX_BATCH`] more without waiting, and applies the writes among them in
-//! one transaction. A read, a flush, a prune or a shutdown in the batch
+//! Each turn takes one command with `blocking_recv` (when it is a write,
+//! lets [`GATHER`] pass for others to join it), drains up to [`MAX_BATCH`]
+//! more without waiting, and applies the writes among them in one
+//! transaction. A read, a flush, a prune or a shutdown in the batch
 //! first commits what came before it, so it sees (and, for a flush,
 //! guarantees) every earlier write. A write that fails is logged and
 //! counted, and the thread goes on.
@@ -26,6 +27,10 @@ use super::{read, Command, StoreConfig, StoreError, StoreStats, MAX_BATCH};
 /// Episodes deleted per statement while pruning, so that one prune of a
 /// large backlog does not hold the write lock for long.
 const PRUNE_CHUNK: i64 = 500;
+
+/// How long the first write of a transaction waits for others to join it.
+/// Reads and flushes that arrive meanwhile wait as long, once.
+const GATHER: Duration = Duration::from_millis(100);
 
 /// Starts the ticker and the store thread.
 pub(super) fn spawn(
@@ -104,7 +109,14 @@ impl Worker {
         self.prune();
         let mut batch = Vec::with_capacity(MAX_BATCH);
         while let Some(first) = self.rx.blocking_recv() {
+            let gather = first.is_write();
             batch.push(first);
+            if gather {
+                // Writes trickle in a few at a time; a commit costs about
+                // the same for one row as for hundreds (WAL pages, index
+                // pages, the checkpoint it brings nearer). Let them gather.
+                std::thread::sleep(GATHER);
+            }
             while batch.len() < MAX_BATCH {
                 match self.rx.try_recv() {
                     Ok(c) => batch.push(c),
