@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use tcpstall_agent::run::monotonic;
+use tcpstall_agent::run::mono_at;
 use tcpstall_proto::convert::{flow_from_wire, flow_to_wire, ip_to_wire, sample_to_wire};
 use tcpstall_proto::v1::{self, agent_message, collector_message, ingest_client::IngestClient};
 use tokio::sync::{mpsc, watch};
@@ -202,8 +202,10 @@ async fn stream(
         };
         tokio::select! {
             _ = stop.changed() => break Ok(()),
-            _ = ticker.tick() => {
-                let now = monotonic();
+            tick = ticker.tick() => {
+                // Stamped as the real agent stamps its polls: when the tick
+                // was due, so that intervals are exact.
+                let now = mono_at(tick.into_std());
                 if !host.loaded && shared.load.load(Ordering::Relaxed) {
                     host.start_load(now);
                 }
