@@ -1,6 +1,14 @@
 //! One poll: dump every TCP socket of every namespace asked for, keep the
 //! connections, and use the listeners to tell which side opened each one.
 //!
+//! Two kinds of poll. [`Poller::poll`] reads everything about every socket
+//! (`snapshot`). [`Poller::poll_wanted`] is `run`'s: it needs everything
+//! only about the few sockets it may send, so it first dumps every
+//! connection with the base message alone (4-tuple, state, cookie, queues:
+//! about two thirds of the kernel's cost of a full dump), then asks for the
+//! wanted ones by their exact identity, or dumps everything when too many
+//! are wanted for that to pay.
+//!
 //! The poller owns its sockets and buffers and reuses them, so memory stays
 //! flat from one poll to the next.
 
@@ -9,7 +17,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use tcpstall_common::{Opened, SocketSample, TcpState};
 
-use crate::diag::{DiagError, DiagSocket, Family, ParseStats};
+use crate::diag::{
+    socket, Detail, DiagError, DiagSocket, Dump, Exact, ExactId, Family, ParseStats, Scope,
+};
 use crate::netns::{self, Netns, NetnsError};
 
 /// What a poll counted besides the sockets.
@@ -21,6 +31,12 @@ pub struct PollStats {
     pub listeners: usize,
     /// Namespaces whose dump failed in the last poll.
     pub failed_namespaces: usize,
+    /// Sockets [`Poller::poll_wanted`] wanted in full in the last poll.
+    pub wanted: usize,
+    /// Of them, asked for one by one (the rest came with a full dump).
+    pub exact: usize,
+    /// Wanted sockets that were gone by the time they were asked for.
+    pub gone_between_phases: usize,
     /// Everything the parser had to skip, since the poller started.
     pub parse: ParseStats,
 }
@@ -29,6 +45,27 @@ pub struct PollStats {
 struct Target {
     ns: Netns,
     sock: DiagSocket,
+    /// The kernel answers the legacy dump of both families at once (every
+    /// Linux since 2.6 does; set to false the first time it refuses).
+    one_walk: bool,
+    /// The kernel answers exact requests (false once it refused one).
+    exact: bool,
+    /// Sockets wanted, and connections, in the last poll: when that was
+    /// too many to ask for one by one, the next poll dumps everything at once.
+    last_wanted: usize,
+    last_connections: usize,
+}
+
+/// Ask for wanted sockets one by one while they are at most this many, or
+/// at most this fraction of the connections (1 in `EXACT_FRACTION`);
+/// beyond, one full dump is cheaper. Measured on 6.18 (BENCHMARKS.md, "Agent
+/// at rest"): an exact request costs about as much as a full dump of
+/// `EXACT_FRACTION` sockets.
+pub const EXACT_MIN: usize = 64;
+pub const EXACT_FRACTION: usize = 4;
+
+fn exact_pays(wanted: usize, connections: usize) -> bool {
+    wanted <= EXACT_MIN.max(connections / EXACT_FRACTION)
 }
 
 /// Reads every TCP connection of a set of namespaces.
@@ -60,6 +97,10 @@ impl Poller {
                 Ok(Target {
                     sock: netns::open_diag(&ns)?,
                     ns,
+                    one_walk: true,
+                    exact: true,
+                    last_wanted: 0,
+                    last_connections: 0,
                 })
             })
             .collect::<Result<Vec<_>, NetnsError>>()?;
@@ -86,6 +127,12 @@ impl Poller {
 
     pub fn stats(&self) -> &PollStats {
         &self.stats
+    }
+
+    /// Whether [`Poller::poll_wanted`] still walks both families in one
+    /// dump in every namespace (no kernel refused the legacy request).
+    pub fn one_walk(&self) -> bool {
+        self.targets.iter().all(|t| t.one_walk)
     }
 
     /// Polls every namespace. Returns the connections (no listeners) and
@@ -131,8 +178,261 @@ impl Poller {
         stats.connections = samples.len();
         stats.listeners = listeners.len();
         stats.failed_namespaces = failures.len();
+        stats.wanted = 0;
+        stats.exact = 0;
+        stats.gone_between_phases = 0;
         (&self.samples, failures)
     }
+
+    /// Polls every namespace for `run`: every connection (listeners
+    /// excluded), but in full (tcp_info, memory, congestion control,
+    /// opener) only those `wanted` says yes to when shown their base
+    /// message (4-tuple, state, cookie, both queues). The others have
+    /// `info`, `skmem`, `cong` and `opened` left `None`.
+    ///
+    /// A wanted socket's sample is read after the base dump, whole, so it
+    /// is one consistent reading; a wanted socket gone meanwhile is left
+    /// out, as if the poll had come a moment later. A socket that gets a
+    /// queue between the two phases shows its empty queue of the first:
+    /// the next poll sees it queued, as if it had queued just after this one.
+    pub fn poll_wanted(
+        &mut self,
+        mut wanted: impl FnMut(&SocketSample) -> bool,
+    ) -> (&[SocketSample], Vec<NamespaceFailure>) {
+        self.samples.clear();
+        self.listeners.clear();
+        let mut failures = Vec::new();
+        let Poller {
+            targets,
+            samples,
+            listeners,
+            stats,
+        } = self;
+        stats.wanted = 0;
+        stats.exact = 0;
+        stats.gone_between_phases = 0;
+        let mut ids: Vec<(usize, ExactId)> = Vec::new();
+        for target in targets.iter_mut() {
+            let before = samples.len();
+            ids.clear();
+            let res = if exact_pays(target.last_wanted, target.last_connections) {
+                two_phase(target, &mut wanted, samples, &mut ids, listeners, stats)
+            } else {
+                Err(TooMany)
+            };
+            let res = match res {
+                Ok(()) => Ok(()),
+                Err(TooMany) => {
+                    // Everything at once, as `poll` does.
+                    samples.truncate(before);
+                    let res = full_dump(target, samples, before, listeners, stats);
+                    if res.is_ok() {
+                        target.last_wanted = samples[before..].iter().filter(|s| wanted(s)).count();
+                    }
+                    res
+                }
+            };
+            if let Err(source) = res {
+                samples.truncate(before);
+                failures.push(NamespaceFailure {
+                    label: target.ns.label.clone(),
+                    source,
+                });
+            }
+            target.last_connections = samples.len() - before;
+            stats.wanted += target.last_wanted;
+        }
+        stats.connections = samples.len();
+        stats.listeners = listeners.len();
+        stats.failed_namespaces = failures.len();
+        (&self.samples, failures)
+    }
+}
+
+/// Phase 2 found more wanted sockets than exact requests pay for.
+struct TooMany;
+
+impl From<DiagError> for TooMany {
+    fn from(_: DiagError) -> TooMany {
+        TooMany
+    }
+}
+
+/// Every socket of a namespace with everything, listeners kept apart: the
+/// two per-family dumps of [`Poller::poll`].
+fn full_dump(
+    target: &mut Target,
+    samples: &mut Vec<SocketSample>,
+    start: usize,
+    listeners: &mut HashSet<(u64, u16, IpAddr)>,
+    stats: &mut PollStats,
+) -> Result<(), DiagError> {
+    let inode = target.ns.inode;
+    for family in Family::BOTH {
+        target.sock.dump(family, &mut stats.parse, |mut s| {
+            if s.state == TcpState::Listen {
+                listeners.insert((inode, s.local.port(), s.local.ip()));
+            } else {
+                s.netns = inode;
+                s.opened = opened_by_arithmetic(&s);
+                samples.push(s);
+            }
+        })?;
+    }
+    for s in samples[start..].iter_mut().filter(|s| s.opened.is_none()) {
+        s.opened = Some(opened(s, listeners));
+    }
+    Ok(())
+}
+
+/// One base dump of `target`'s connections into `samples`, noting where
+/// the wanted ones are and their exact ids.
+fn base_dump(
+    target: &mut Target,
+    dump: Dump,
+    wanted: &mut impl FnMut(&SocketSample) -> bool,
+    samples: &mut Vec<SocketSample>,
+    ids: &mut Vec<(usize, ExactId)>,
+    parse: &mut ParseStats,
+) -> Result<(), DiagError> {
+    let inode = target.ns.inode;
+    let mut bad = 0;
+    let res = target.sock.dump_request(dump, parse, |mut s, payload| {
+        s.netns = inode;
+        if wanted(&s) {
+            match ExactId::of(payload) {
+                Some(id) => ids.push((samples.len(), id)),
+                // parse_socket read this far: never happens.
+                None => bad += 1,
+            }
+        }
+        samples.push(s);
+    });
+    parse.malformed_messages += bad;
+    res
+}
+
+/// The base dump of every connection, then the wanted ones by exact
+/// request. `Err(TooMany)` (with `samples` to be truncated by the caller)
+/// when a full dump should be used instead: too many wanted, or the kernel
+/// refused a request this way needs.
+fn two_phase(
+    target: &mut Target,
+    wanted: &mut impl FnMut(&SocketSample) -> bool,
+    samples: &mut Vec<SocketSample>,
+    ids: &mut Vec<(usize, ExactId)>,
+    listeners: &mut HashSet<(u64, u16, IpAddr)>,
+    stats: &mut PollStats,
+) -> Result<(), TooMany> {
+    if !target.exact {
+        return Err(TooMany);
+    }
+    let inode = target.ns.inode;
+    let before = samples.len();
+    let base = |scope| Dump {
+        scope,
+        detail: Detail::Base,
+        states: socket::CONNECTION_STATES,
+    };
+    let mut dumped = false;
+    if target.one_walk {
+        let scope = Scope::Both;
+        match base_dump(target, base(scope), wanted, samples, ids, &mut stats.parse) {
+            Ok(()) => dumped = true,
+            Err(DiagError::Refused(e)) => {
+                tracing::info!(netns = %target.ns.label, error = %e,
+                    "the kernel refused the legacy dump of both families; dumping each");
+                target.one_walk = false;
+                samples.truncate(before);
+                ids.clear();
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if !dumped {
+        for family in Family::BOTH {
+            let dump = base(Scope::One(family));
+            base_dump(target, dump, wanted, samples, ids, &mut stats.parse)?;
+        }
+    }
+    target.last_wanted = ids.len();
+    if !exact_pays(ids.len(), samples.len() - before) {
+        return Err(TooMany);
+    }
+    let id_list: Vec<ExactId> = ids.iter().map(|(_, id)| *id).collect();
+    let mut gone: Vec<usize> = Vec::new();
+    let res = target
+        .sock
+        .get_exact(&id_list, &mut stats.parse, |i, answer| {
+            let (at, _) = ids[i];
+            match answer {
+                Exact::Found(mut s) => {
+                    s.netns = inode;
+                    s.opened = opened_by_arithmetic(&s);
+                    samples[at] = s;
+                }
+                Exact::Gone | Exact::Malformed => gone.push(at),
+            }
+        });
+    match res {
+        Ok(()) => {}
+        Err(DiagError::Refused(e)) => {
+            tracing::info!(netns = %target.ns.label, error = %e,
+                "the kernel refused an exact sock_diag request; dumping everything instead");
+            target.exact = false;
+            return Err(TooMany);
+        }
+        Err(e) => return Err(e.into()),
+    }
+    stats.exact += id_list.len();
+    stats.gone_between_phases += gone.len();
+    // The opener, for wanted sockets the arithmetic could not tell: by the
+    // listeners, dumped only then (a listener dump skips the established
+    // table, so it costs little).
+    if ids
+        .iter()
+        .any(|(at, _)| !gone.contains(at) && samples[*at].opened.is_none())
+    {
+        let listen = |scope| Dump {
+            scope,
+            detail: Detail::Base,
+            states: socket::LISTEN_STATES,
+        };
+        let mut on = |s: SocketSample, _: &[u8]| {
+            listeners.insert((inode, s.local.port(), s.local.ip()));
+        };
+        if target.one_walk {
+            target
+                .sock
+                .dump_request(listen(Scope::Both), &mut stats.parse, &mut on)?;
+        } else {
+            for family in Family::BOTH {
+                target
+                    .sock
+                    .dump_request(listen(Scope::One(family)), &mut stats.parse, &mut on)?;
+            }
+        }
+        for (at, _) in ids.iter() {
+            let s = &mut samples[*at];
+            if s.opened.is_none() && !gone.contains(at) {
+                s.opened = Some(opened(s, listeners));
+            }
+        }
+    }
+    if !gone.is_empty() {
+        gone.sort_unstable();
+        let mut k = 0;
+        let mut i = before;
+        samples.retain(|_| {
+            let drop = gone.get(k) == Some(&i);
+            if drop {
+                k += 1;
+            }
+            i += 1;
+            !drop
+        });
+    }
+    Ok(())
 }
 
 /// Which side opened `s`.

@@ -81,7 +81,9 @@ impl PollState {
     fn poll(&mut self) -> Polled {
         // The poll's time is when it starts: the dump follows at once.
         let mono = monotonic();
-        let (samples, failures) = self.poller.poll();
+        // Everything only about the sockets the selector may send.
+        let selector = &self.selector;
+        let (samples, failures) = self.poller.poll_wanted(|s| selector.wants(s));
         let failed: Vec<u64> = failures
             .iter()
             .filter_map(|f| self.inode_by_label.get(&f.label).copied())

@@ -148,6 +148,22 @@ impl Selector {
         self.queued.len() + self.watched_sockets.len()
     }
 
+    /// Whether a poll must read `s` in full (tcp_info and the rest) for
+    /// [`Selector::select`]: it has a send queue (a suspect's marks and
+    /// sample need its positions), its flow is watched (sent every poll),
+    /// or it was sent as a suspect (its release is sent). Of any other
+    /// socket `select` reads only the identity and the send queue, which
+    /// the base message of a dump has.
+    pub fn wants(&self, s: &SocketSample) -> bool {
+        s.wqueue > 0
+            || self
+                .queued
+                .get(&(s.netns, s.cookie))
+                .is_some_and(|q| q.suspect)
+            || (!self.watched.is_empty()
+                && self.watched.contains(&FlowTuple::new(s.local, s.remote)))
+    }
+
     /// Takes one poll's connections. Namespaces in `failed` did not dump
     /// this time: their sockets are neither gone nor absent, only unseen.
     pub fn select(&mut self, samples: &[SocketSample], failed: &[u64], now: Duration) -> Selection {

@@ -130,6 +130,11 @@ pub fn chunk_end(chunk: &[u8], seq: u32) -> ChunkEnd {
         .unwrap_or(ChunkEnd::More)
 }
 
+/// `TCPDIAG_GETSOCK`: the legacy request type. The kernel answers a
+/// legacy dump with messages of the request's type, not
+/// `SOCK_DIAG_BY_FAMILY`; their payload is the same `inet_diag_msg`.
+pub const TCPDIAG_GETSOCK: u16 = 18;
+
 /// Parses one chunk of a dump answering request `seq`, handing every socket
 /// (listeners included; `netns` and `opened` left for the caller) to `on`.
 pub fn parse_chunk(
@@ -137,6 +142,17 @@ pub fn parse_chunk(
     seq: u32,
     stats: &mut ParseStats,
     mut on: impl FnMut(SocketSample),
+) -> ChunkEnd {
+    parse_chunk_raw(chunk, seq, stats, |s, _| on(s))
+}
+
+/// [`parse_chunk`], also handing over each socket's message payload (for
+/// [`ExactId::of`]).
+pub fn parse_chunk_raw(
+    chunk: &[u8],
+    seq: u32,
+    stats: &mut ParseStats,
+    mut on: impl FnMut(SocketSample, &[u8]),
 ) -> ChunkEnd {
     for msg in messages(chunk) {
         let Ok(msg) = msg else {
@@ -154,14 +170,39 @@ pub fn parse_chunk(
             return end;
         }
         match msg.kind {
-            SOCK_DIAG_BY_FAMILY => match parse_socket(msg.payload, stats) {
-                Some(sample) => on(sample),
+            SOCK_DIAG_BY_FAMILY | TCPDIAG_GETSOCK => match parse_socket(msg.payload, stats) {
+                Some(sample) => on(sample, msg.payload),
                 None => stats.malformed_messages += 1,
             },
             _ => stats.foreign_messages += 1,
         }
     }
     ChunkEnd::More
+}
+
+/// What names one socket to the kernel in an exact request: its family and
+/// its `inet_diag_sockid` (ports, addresses, bound interface, cookie)
+/// exactly as a dump reported them. Kept verbatim rather than rebuilt from
+/// a [`SocketSample`], whose addresses are normalised (an IPv4-mapped
+/// socket is AF_INET6 to the kernel) and which has no interface index (a
+/// link-local or device-bound socket is found only with it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExactId {
+    pub family: u8,
+    pub sockid: [u8; SOCKID_LEN],
+}
+
+/// `struct inet_diag_sockid`: sport, dport, src[4], dst[4], if, cookie[2].
+pub const SOCKID_LEN: usize = 48;
+
+impl ExactId {
+    /// The id in an `inet_diag_msg` payload (family at 0, sockid at 4).
+    pub fn of(payload: &[u8]) -> Option<ExactId> {
+        Some(ExactId {
+            family: *payload.first()?,
+            sockid: payload.get(4..4 + SOCKID_LEN)?.try_into().ok()?,
+        })
+    }
 }
 
 /// Parses one `inet_diag_msg` with its attributes. `None` when the header
