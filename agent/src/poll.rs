@@ -5,9 +5,10 @@
 //! (`snapshot`). [`Poller::poll_wanted`] is `run`'s: it needs everything
 //! only about the few sockets it may send, so it first dumps every
 //! connection with the base message alone (4-tuple, state, cookie, queues:
-//! about two thirds of the kernel's cost of a full dump), then asks for the
-//! wanted ones by their exact identity, or dumps everything when too many
-//! are wanted for that to pay.
+//! about half the kernel's cost of a full dump, both families in one walk of
+//! the table), decides from those bytes alone which sockets it wants, then
+//! asks for those by their exact identity, or dumps everything when too
+//! many are wanted for that to pay.
 //!
 //! The poller owns its sockets and buffers and reuses them, so memory stays
 //! flat from one poll to the next.
@@ -18,7 +19,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use tcpstall_common::{Opened, SocketSample, TcpState};
 
 use crate::diag::{
-    socket, Detail, DiagError, DiagSocket, Dump, Exact, ExactId, Family, ParseStats, Scope,
+    socket, Base, Detail, DiagError, DiagSocket, Dump, Exact, ExactId, Family, ParseStats, Scope,
 };
 use crate::netns::{self, Netns, NetnsError};
 
@@ -31,7 +32,7 @@ pub struct PollStats {
     pub listeners: usize,
     /// Namespaces whose dump failed in the last poll.
     pub failed_namespaces: usize,
-    /// Sockets [`Poller::poll_wanted`] wanted in full in the last poll.
+    /// Sockets [`Poller::poll_wanted`] wanted (and returned) in the last poll.
     pub wanted: usize,
     /// Of them, asked for one by one (the rest came with a full dump).
     pub exact: usize,
@@ -184,21 +185,22 @@ impl Poller {
         (&self.samples, failures)
     }
 
-    /// Polls every namespace for `run`: every connection (listeners
-    /// excluded), but in full (tcp_info, memory, congestion control,
-    /// opener) only those `wanted` says yes to when shown their base
-    /// message (4-tuple, state, cookie, both queues). The others have
-    /// `info`, `skmem`, `cong` and `opened` left `None`.
+    /// Polls every namespace for `run`. Of every connection (listeners
+    /// excluded) only the base message is read, and `wanted` is asked,
+    /// with the namespace's inode, whether the socket is worth reading in
+    /// full; only those are returned, read in full (tcp_info, memory,
+    /// congestion control, opener). Returns them, how many connections
+    /// the namespaces that answered hold, and the namespaces that failed.
     ///
     /// A wanted socket's sample is read after the base dump, whole, so it
     /// is one consistent reading; a wanted socket gone meanwhile is left
     /// out, as if the poll had come a moment later. A socket that gets a
-    /// queue between the two phases shows its empty queue of the first:
-    /// the next poll sees it queued, as if it had queued just after this one.
+    /// queue between the two phases is not wanted in this poll: the next
+    /// one sees it queued, as if it had queued just after this one.
     pub fn poll_wanted(
         &mut self,
-        mut wanted: impl FnMut(&SocketSample) -> bool,
-    ) -> (&[SocketSample], Vec<NamespaceFailure>) {
+        mut wanted: impl FnMut(u64, &Base) -> bool,
+    ) -> (&[SocketSample], usize, Vec<NamespaceFailure>) {
         self.samples.clear();
         self.listeners.clear();
         let mut failures = Vec::new();
@@ -211,7 +213,8 @@ impl Poller {
         stats.wanted = 0;
         stats.exact = 0;
         stats.gone_between_phases = 0;
-        let mut ids: Vec<(usize, ExactId)> = Vec::new();
+        let mut connections = 0;
+        let mut ids: Vec<ExactId> = Vec::new();
         for target in targets.iter_mut() {
             let before = samples.len();
             ids.clear();
@@ -221,35 +224,57 @@ impl Poller {
                 Err(TooMany)
             };
             let res = match res {
-                Ok(()) => Ok(()),
+                Ok(n) => Ok(n),
                 Err(TooMany) => {
-                    // Everything at once, as `poll` does.
+                    // Everything at once, as `poll` does; then the wanted.
                     samples.truncate(before);
                     let res = full_dump(target, samples, before, listeners, stats);
-                    if res.is_ok() {
-                        target.last_wanted = samples[before..].iter().filter(|s| wanted(s)).count();
-                    }
-                    res
+                    let n = samples.len() - before;
+                    let inode = target.ns.inode;
+                    let mut i = 0;
+                    samples.retain(|s| {
+                        i += 1;
+                        i <= before || wanted(inode, &base_of(s))
+                    });
+                    target.last_wanted = samples.len() - before;
+                    res.map(|()| n)
                 }
             };
-            if let Err(source) = res {
-                samples.truncate(before);
-                failures.push(NamespaceFailure {
-                    label: target.ns.label.clone(),
-                    source,
-                });
+            match res {
+                Ok(n) => {
+                    target.last_connections = n;
+                    connections += n;
+                    stats.wanted += target.last_wanted;
+                }
+                Err(source) => {
+                    samples.truncate(before);
+                    failures.push(NamespaceFailure {
+                        label: target.ns.label.clone(),
+                        source,
+                    });
+                }
             }
-            target.last_connections = samples.len() - before;
-            stats.wanted += target.last_wanted;
         }
-        stats.connections = samples.len();
+        stats.connections = connections;
         stats.listeners = listeners.len();
         stats.failed_namespaces = failures.len();
-        (&self.samples, failures)
+        (&self.samples, connections, failures)
     }
 }
 
-/// Phase 2 found more wanted sockets than exact requests pay for.
+/// What the base message of `s` says.
+fn base_of(s: &SocketSample) -> Base {
+    Base {
+        state: s.state,
+        local: s.local,
+        remote: s.remote,
+        cookie: s.cookie,
+        wqueue: s.wqueue,
+    }
+}
+
+/// Phase 2 found more wanted sockets than exact requests pay for, or the
+/// kernel refused a request the two phases need.
 struct TooMany;
 
 impl From<DiagError> for TooMany {
@@ -285,45 +310,51 @@ fn full_dump(
     Ok(())
 }
 
-/// One base dump of `target`'s connections into `samples`, noting where
-/// the wanted ones are and their exact ids.
+/// One base dump of `target`'s connections: counts them, and notes the
+/// exact ids of the wanted ones.
 fn base_dump(
     target: &mut Target,
     dump: Dump,
-    wanted: &mut impl FnMut(&SocketSample) -> bool,
-    samples: &mut Vec<SocketSample>,
-    ids: &mut Vec<(usize, ExactId)>,
+    wanted: &mut impl FnMut(u64, &Base) -> bool,
+    ids: &mut Vec<ExactId>,
     parse: &mut ParseStats,
-) -> Result<(), DiagError> {
+) -> Result<usize, DiagError> {
     let inode = target.ns.inode;
-    let mut bad = 0;
-    let res = target.sock.dump_request(dump, parse, |mut s, payload| {
-        s.netns = inode;
-        if wanted(&s) {
+    let (mut n, mut bad) = (0, 0);
+    let res = target.sock.dump_payloads(dump, parse, |payload| {
+        let Some(b) = Base::of(payload) else {
+            bad += 1;
+            return;
+        };
+        // Not asked for; a kernel that sends one anyway is not counted.
+        if b.state == TcpState::Listen {
+            return;
+        }
+        n += 1;
+        if wanted(inode, &b) {
             match ExactId::of(payload) {
-                Some(id) => ids.push((samples.len(), id)),
-                // parse_socket read this far: never happens.
+                Some(id) => ids.push(id),
+                // Base::of read this far: never happens.
                 None => bad += 1,
             }
         }
-        samples.push(s);
     });
     parse.malformed_messages += bad;
-    res
+    res.map(|()| n)
 }
 
 /// The base dump of every connection, then the wanted ones by exact
-/// request. `Err(TooMany)` (with `samples` to be truncated by the caller)
-/// when a full dump should be used instead: too many wanted, or the kernel
-/// refused a request this way needs.
+/// request, into `samples`; returns the connections counted.
+/// `Err(TooMany)` (with `samples` to be truncated by the caller) when a
+/// full dump should be used instead.
 fn two_phase(
     target: &mut Target,
-    wanted: &mut impl FnMut(&SocketSample) -> bool,
+    wanted: &mut impl FnMut(u64, &Base) -> bool,
     samples: &mut Vec<SocketSample>,
-    ids: &mut Vec<(usize, ExactId)>,
+    ids: &mut Vec<ExactId>,
     listeners: &mut HashSet<(u64, u16, IpAddr)>,
     stats: &mut PollStats,
-) -> Result<(), TooMany> {
+) -> Result<usize, TooMany> {
     if !target.exact {
         return Err(TooMany);
     }
@@ -334,45 +365,44 @@ fn two_phase(
         detail: Detail::Base,
         states: socket::CONNECTION_STATES,
     };
-    let mut dumped = false;
+    let mut connections = None;
     if target.one_walk {
-        let scope = Scope::Both;
-        match base_dump(target, base(scope), wanted, samples, ids, &mut stats.parse) {
-            Ok(()) => dumped = true,
+        match base_dump(target, base(Scope::Both), wanted, ids, &mut stats.parse) {
+            Ok(n) => connections = Some(n),
             Err(DiagError::Refused(e)) => {
                 tracing::info!(netns = %target.ns.label, error = %e,
                     "the kernel refused the legacy dump of both families; dumping each");
                 target.one_walk = false;
-                samples.truncate(before);
                 ids.clear();
             }
             Err(e) => return Err(e.into()),
         }
     }
-    if !dumped {
-        for family in Family::BOTH {
-            let dump = base(Scope::One(family));
-            base_dump(target, dump, wanted, samples, ids, &mut stats.parse)?;
+    let connections = match connections {
+        Some(n) => n,
+        None => {
+            let mut n = 0;
+            for family in Family::BOTH {
+                let dump = base(Scope::One(family));
+                n += base_dump(target, dump, wanted, ids, &mut stats.parse)?;
+            }
+            n
         }
-    }
+    };
     target.last_wanted = ids.len();
-    if !exact_pays(ids.len(), samples.len() - before) {
+    if !exact_pays(ids.len(), connections) {
         return Err(TooMany);
     }
-    let id_list: Vec<ExactId> = ids.iter().map(|(_, id)| *id).collect();
-    let mut gone: Vec<usize> = Vec::new();
+    let mut gone = 0;
     let res = target
         .sock
-        .get_exact(&id_list, &mut stats.parse, |i, answer| {
-            let (at, _) = ids[i];
-            match answer {
-                Exact::Found(mut s) => {
-                    s.netns = inode;
-                    s.opened = opened_by_arithmetic(&s);
-                    samples[at] = s;
-                }
-                Exact::Gone | Exact::Malformed => gone.push(at),
+        .get_exact(ids, &mut stats.parse, |_, answer| match answer {
+            Exact::Found(mut s) => {
+                s.netns = inode;
+                s.opened = opened_by_arithmetic(&s);
+                samples.push(s);
             }
+            Exact::Gone | Exact::Malformed => gone += 1,
         });
     match res {
         Ok(()) => {}
@@ -384,55 +414,36 @@ fn two_phase(
         }
         Err(e) => return Err(e.into()),
     }
-    stats.exact += id_list.len();
-    stats.gone_between_phases += gone.len();
+    stats.exact += ids.len();
+    stats.gone_between_phases += gone;
     // The opener, for wanted sockets the arithmetic could not tell: by the
     // listeners, dumped only then (a listener dump skips the established
     // table, so it costs little).
-    if ids
-        .iter()
-        .any(|(at, _)| !gone.contains(at) && samples[*at].opened.is_none())
-    {
+    if samples[before..].iter().any(|s| s.opened.is_none()) {
         let listen = |scope| Dump {
             scope,
             detail: Detail::Base,
             states: socket::LISTEN_STATES,
         };
-        let mut on = |s: SocketSample, _: &[u8]| {
-            listeners.insert((inode, s.local.port(), s.local.ip()));
+        let scopes: &[Scope] = if target.one_walk {
+            &[Scope::Both]
+        } else {
+            &[Scope::One(Family::V4), Scope::One(Family::V6)]
         };
-        if target.one_walk {
+        for scope in scopes {
             target
                 .sock
-                .dump_request(listen(Scope::Both), &mut stats.parse, &mut on)?;
-        } else {
-            for family in Family::BOTH {
-                target
-                    .sock
-                    .dump_request(listen(Scope::One(family)), &mut stats.parse, &mut on)?;
-            }
+                .dump_payloads(listen(*scope), &mut stats.parse, |payload| {
+                    if let Some(b) = Base::of(payload) {
+                        listeners.insert((inode, b.local.port(), b.local.ip()));
+                    }
+                })?;
         }
-        for (at, _) in ids.iter() {
-            let s = &mut samples[*at];
-            if s.opened.is_none() && !gone.contains(at) {
-                s.opened = Some(opened(s, listeners));
-            }
+        for s in samples[before..].iter_mut().filter(|s| s.opened.is_none()) {
+            s.opened = Some(opened(s, listeners));
         }
     }
-    if !gone.is_empty() {
-        gone.sort_unstable();
-        let mut k = 0;
-        let mut i = before;
-        samples.retain(|_| {
-            let drop = gone.get(k) == Some(&i);
-            if drop {
-                k += 1;
-            }
-            i += 1;
-            !drop
-        });
-    }
-    Ok(())
+    Ok(connections)
 }
 
 /// Which side opened `s`.
@@ -488,5 +499,19 @@ pub fn opened_by_arithmetic(s: &SocketSample) -> Option<Opened> {
         0 => Some(Opened::Passive),
         1 => Some(Opened::Active),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exact_requests_pay_for_few_sockets() {
+        assert!(exact_pays(0, 0));
+        assert!(exact_pays(EXACT_MIN, 10));
+        assert!(!exact_pays(EXACT_MIN + 1, 10));
+        assert!(exact_pays(2500, 10_000));
+        assert!(!exact_pays(2501, 10_000));
     }
 }

@@ -81,14 +81,17 @@ impl PollState {
     fn poll(&mut self) -> Polled {
         // The poll's time is when it starts: the dump follows at once.
         let mono = monotonic();
-        // Everything only about the sockets the selector may send.
+        // Only the sockets the selector may send, read in full.
         let selector = &self.selector;
-        let (samples, failures) = self.poller.poll_wanted(|s| selector.wants(s));
+        let (samples, connections, failures) =
+            self.poller.poll_wanted(|netns, b| selector.wants(netns, b));
         let failed: Vec<u64> = failures
             .iter()
             .filter_map(|f| self.inode_by_label.get(&f.label).copied())
             .collect();
-        let selection = self.selector.select(samples, &failed, mono);
+        let selection = self
+            .selector
+            .select_wanted(samples, connections, &failed, mono);
         Polled {
             selection,
             mono,

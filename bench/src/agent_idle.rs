@@ -340,14 +340,16 @@ fn floor(args: &IdleArgs, polled: &[Netns]) -> anyhow::Result<Floor> {
                     |detail| Family::BOTH.map(|f| dump(Scope::One(f), detail, ALL_STATES));
                 match kind {
                     0 | 1 => {
-                        let (samples, failures) = if kind == 0 {
-                            full.poll()
+                        let (n, failures) = if kind == 0 {
+                            let (samples, failures) = full.poll();
+                            (samples.len(), failures)
                         } else {
-                            wanted.poll_wanted(|s| s.wqueue > 0)
+                            let (_, n, failures) = wanted.poll_wanted(|_, b| b.wqueue > 0);
+                            (n, failures)
                         };
                         match failures.into_iter().next() {
                             Some(e) => Err(e.into()),
-                            None => Ok(samples.len()),
+                            None => Ok(n),
                         }
                     }
                     2 => raw(&mut sock, &per_family(Detail::Full)),

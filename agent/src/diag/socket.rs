@@ -303,6 +303,19 @@ impl DiagSocket {
         })
     }
 
+    /// Runs one dump request, handing every socket's message payload,
+    /// unparsed, to `on`.
+    pub fn dump_payloads(
+        &mut self,
+        dump: Dump,
+        stats: &mut ParseStats,
+        mut on: impl FnMut(&[u8]),
+    ) -> Result<(), DiagError> {
+        self.dump_request_chunks(dump, |chunk, seq| {
+            parse::socket_payloads(chunk, seq, stats, &mut on)
+        })
+    }
+
     /// Receives a whole dump and only walks the netlink headers to find its
     /// end: the floor any sock_diag reader pays. Returns the bytes received.
     pub fn dump_raw(&mut self, family: Family) -> Result<usize, DiagError> {

@@ -9,6 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
 use serde_json::Value;
+use tcpstall_agent::diag::Base;
 use tcpstall_agent::netns::{self, NetnsSpec};
 use tcpstall_agent::suspects::{Reason, Selector};
 use tcpstall_agent::Poller;
@@ -90,10 +91,7 @@ fn wanted_sockets_read_as_a_full_dump_reads_them() {
         (v6.client_addr, v6.server_addr),
         (mapped_server_addr, mapped_client_addr),
     ];
-    let ours = |s: &SocketSample| {
-        let t = (s.local, s.remote);
-        stuck.contains(&t) || stuck.contains(&(t.1, t.0))
-    };
+    let ours = |local, remote| stuck.contains(&(local, remote)) || stuck.contains(&(remote, local));
     let here = vec![netns::current().expect("namespace")];
     let mut full = Poller::new(here.clone()).expect("poller");
     let mut two = Poller::new(here).expect("poller");
@@ -104,15 +102,14 @@ fn wanted_sockets_read_as_a_full_dump_reads_them() {
     // between the two full dumps, the two-phase reading must equal both.
     let (got, want) = wait_for("a reading with nothing moving", DEADLINE, || {
         let first = find_all(full.poll().0)?;
-        let (all, failures) = two.poll_wanted(|s| s.wqueue > 0 && ours(s));
+        let (all, _, failures) = two.poll_wanted(|_, b| b.wqueue > 0 && ours(b.local, b.remote));
         assert!(failures.is_empty(), "{failures:?}");
         let got = find_all(all)?;
-        let rest: Vec<SocketSample> = all.iter().filter(|s| !ours(s)).cloned().collect();
+        // Only the wanted sockets come back.
+        assert!(all.iter().all(|s| ours(s.local, s.remote)), "{all:?}");
         let second = find_all(full.poll().0)?;
         let first: Vec<Value> = first.iter().map(steady).collect();
         let second: Vec<Value> = second.iter().map(steady).collect();
-        // Others' sockets are never read in full unless queued.
-        assert!(rest.iter().all(|s| s.wqueue > 0 || s.info.is_none()));
         (first == second && got.iter().all(|s| s.wqueue > 0)).then_some((got, second))
     });
     for (g, w) in got.iter().zip(&want) {
@@ -124,19 +121,23 @@ fn wanted_sockets_read_as_a_full_dump_reads_them() {
     assert!(stats.exact >= 3, "asked one by one: {stats:?}");
     assert!(two.one_walk(), "both families came from one legacy dump");
 
-    // The idle connection and the receiving ends: in the poll, base only.
-    let (all, _) = two.poll_wanted(|s| s.wqueue > 0 && ours(s));
+    // The idle connection and the receiving ends: counted, not returned.
+    let mut seen = Vec::new();
+    let (all, connections, _) = two.poll_wanted(|_, b| {
+        seen.push((b.local, b.remote));
+        b.wqueue > 0 && ours(b.local, b.remote)
+    });
+    assert_eq!(all.len(), 3, "{all:?}");
+    assert_eq!(connections, seen.len());
     for (l, r) in [
         (idle.client_addr, idle.server_addr),
         (idle.server_addr, idle.client_addr),
         (v4.server_addr, v4.client_addr),
         (mapped_client_addr, mapped_server_addr),
     ] {
-        let s = find(all, l, r).unwrap_or_else(|| panic!("{l} -> {r} in the poll"));
-        assert!(s.info.is_none() && s.opened.is_none(), "{s:?}");
+        assert!(seen.contains(&(l, r)), "{l} -> {r} asked about");
+        assert!(find(all, l, r).is_none(), "{l} -> {r} not wanted");
     }
-    let receiver = find(all, v4.server_addr, v4.client_addr).expect("receiver");
-    assert!(receiver.rqueue > 0, "the base message has the queues");
 }
 
 #[test]
@@ -153,7 +154,8 @@ fn many_wanted_sockets_come_from_one_full_dump() {
         .collect();
     let mut poller = Poller::new(vec![netns::current().expect("ns")]).expect("poller");
     // Every socket wanted: more than exact requests pay for.
-    let (all, failures) = poller.poll_wanted(|_| true);
+    let (all, connections, failures) = poller.poll_wanted(|_, _| true);
+    assert_eq!(all.len(), connections);
     assert!(failures.is_empty());
     for (l, r) in &addrs {
         let s = find(all, *l, *r);
@@ -175,16 +177,16 @@ fn poll_select(
     poller: &mut Poller,
     selector: &mut Selector,
     now: Duration,
-    mut between: impl FnMut(&SocketSample),
+    mut between: impl FnMut(&Base),
 ) -> (Vec<SocketSample>, tcpstall_agent::suspects::Selection) {
     let sel = &*selector;
-    let (all, failures) = poller.poll_wanted(|s| {
-        between(s);
-        sel.wants(s)
+    let (all, connections, failures) = poller.poll_wanted(|netns, b| {
+        between(b);
+        sel.wants(netns, b)
     });
     assert!(failures.is_empty(), "{failures:?}");
     let all = all.to_vec();
-    let selection = selector.select(&all, &[], now);
+    let selection = selector.select_wanted(&all, connections, &[], now);
     (all, selection)
 }
 
@@ -199,30 +201,32 @@ fn a_socket_that_queues_between_the_phases_is_a_suspect_two_polls_later() {
     let inode = spaces[0].inode;
     let mut poller = Poller::new(spaces).expect("poller");
     let mut selector = Selector::new([(inode, ns.name.clone())]);
-    wait_for("the handshake's queue to drain", DEADLINE, || {
-        let (all, _) = poller.poll_wanted(|_| false);
-        (find(all, c.client_addr, c.server_addr)?.wqueue == 0).then_some(())
+    let (client_addr, server_addr) = (c.client_addr, c.server_addr);
+    wait_for("the client's queue to drain", DEADLINE, || {
+        let (all, _, _) = poller.poll_wanted(|_, b| b.local == client_addr && b.wqueue == 0);
+        find(all, client_addr, server_addr).map(|_| ())
     });
     // Nothing leaves the namespace's loopback any more: what the client
     // writes stays queued, unacknowledged.
     tcpstall_tests::run("ip", &["-n", &ns.name, "link", "set", "lo", "down"]);
     let client = &mut c.client;
-    let (client_addr, server_addr) = (c.client_addr, c.server_addr);
-    let mut written = false;
+    let mut written = None;
     let t = |n: u32| Duration::from_secs(100 + 2 * u64::from(n));
 
     // Poll 1: the client writes right after the base dump read it.
     let (all, out) = poll_select(&mut poller, &mut selector, t(0), |s| {
-        if s.local == client_addr && !written {
+        if s.local == client_addr && written.is_none() {
+            written = Some(s.wqueue);
             send(client, 1000);
-            written = true;
         }
     });
-    assert!(written);
-    let seen = find(&all, client_addr, server_addr).expect("client in poll 1");
-    assert_eq!(seen.wqueue, 0, "poll 1 read it before the write");
-    assert!(seen.info.is_none(), "and did not want it");
+    assert_eq!(written, Some(0), "poll 1 read the queue before the write");
+    assert!(
+        find(&all, client_addr, server_addr).is_none(),
+        "and did not want it"
+    );
     assert!(out.is_empty(), "{out:?}");
+    assert_eq!(out.connections, 2);
 
     // Poll 2: queued, read in full, remembered.
     let (all, out) = poll_select(&mut poller, &mut selector, t(1), |_| {});
@@ -258,15 +262,15 @@ fn a_wanted_socket_gone_between_the_phases_is_left_out() {
     let mut poller = Poller::new(spaces).expect("poller");
     let (client_addr, server_addr) = (c.client_addr, c.server_addr);
     wait_for("both ends", DEADLINE, || {
-        let (all, _) = poller.poll_wanted(|_| false);
-        find(all, client_addr, server_addr).map(|_| ())
+        let (_, connections, _) = poller.poll_wanted(|_, _| false);
+        (connections == 2).then_some(())
     });
     let abort = nix::libc::linger {
         l_onoff: 1,
         l_linger: 0,
     };
     let mut client = Some(c.client);
-    let (all, failures) = poller.poll_wanted(|s| {
+    let (all, connections, failures) = poller.poll_wanted(|_, s| {
         if s.local == client_addr {
             // Closed with a RST after the base dump saw it: gone at once.
             if let Some(sock) = client.take() {
@@ -283,10 +287,58 @@ fn a_wanted_socket_gone_between_the_phases_is_left_out() {
         find(all, client_addr, server_addr).is_none(),
         "a socket gone is not reported from its base message: {all:?}"
     );
+    assert_eq!(connections, 2, "counted by the base dump");
     let stats = *poller.stats();
     assert_eq!(
         (stats.wanted, stats.gone_between_phases),
         (1, 1),
         "{stats:?}"
     );
+}
+
+#[test]
+fn an_exact_request_answers_found_gone_or_fails_whole() {
+    use tcpstall_agent::diag::{DiagSocket, Exact, ExactId};
+    let c = Conn::open("127.0.0.1:0");
+    let mut sock = DiagSocket::open().expect("sock_diag socket");
+    let mut stats = tcpstall_agent::diag::ParseStats::default();
+    let mut id = None;
+    sock.dump_request(
+        tcpstall_agent::diag::Dump::full(tcpstall_agent::diag::Family::V4),
+        &mut stats,
+        |s, payload| {
+            // The light reading of the base message agrees with the parser.
+            let b = Base::of(payload).expect("base message");
+            assert_eq!(
+                (b.state, b.local, b.remote, b.cookie, b.wqueue),
+                (s.state, s.local, s.remote, s.cookie, s.wqueue)
+            );
+            if s.local == c.client_addr && s.remote == c.server_addr {
+                id = ExactId::of(payload);
+            }
+        },
+    )
+    .expect("dump");
+    let id = id.expect("the client in the dump");
+    // The same 4-tuple with another cookie: a socket that is gone.
+    let mut stale = id;
+    stale.sockid[40] ^= 0xff;
+    let mut answers = Vec::new();
+    sock.get_exact(&[id, stale, id], &mut stats, |i, a| answers.push((i, a)))
+        .expect("exact requests");
+    assert_eq!(answers.len(), 3);
+    assert!(matches!(&answers[0], (0, Exact::Found(s)) if s.local == c.client_addr));
+    assert_eq!(answers[1], (1, Exact::Gone));
+    assert!(matches!(&answers[2], (2, Exact::Found(s)) if s.info.is_some()));
+    // A family the kernel does not know: refused, the whole call fails,
+    // and the socket still answers the next request.
+    let mut bogus = id;
+    bogus.family = 99;
+    assert!(sock.get_exact(&[bogus], &mut stats, |_, _| {}).is_err());
+    let mut again = 0;
+    sock.get_exact(&[id], &mut stats, |_, a| {
+        again += usize::from(matches!(a, Exact::Found(_)));
+    })
+    .expect("exact request after a refusal");
+    assert_eq!(again, 1);
 }
