@@ -58,7 +58,8 @@ pub enum Detail {
     Full,
     /// The base `inet_diag_msg` alone: 4-tuple, state, cookie, inode, uid,
     /// timer and both queues (`idiag_wqueue` is write_seq − snd_una). A
-    /// quarter of the bytes, and a third less of the kernel's time.
+    /// quarter of the bytes, and a quarter less of the kernel's time
+    /// (BENCHMARKS.md, "Agent at rest").
     Base,
 }
 
