@@ -1,6 +1,15 @@
 //! One poll: dump every TCP socket of every namespace asked for, keep the
 //! connections, and use the listeners to tell which side opened each one.
 //!
+//! Two kinds of poll. [`Poller::poll`] reads everything about every socket
+//! (`snapshot`). [`Poller::poll_wanted`] is `run`'s: it needs everything
+//! only about the few sockets it may send, so it first dumps every
+//! connection with the base message alone (4-tuple, state, cookie, queues:
+//! about half the kernel's cost of a full dump, both families in one walk of
+//! the table), decides from those bytes alone which sockets it wants, then
+//! asks for those by their exact identity, or dumps everything when too
+//! many are wanted for that to pay.
+//!
 //! The poller owns its sockets and buffers and reuses them, so memory stays
 //! flat from one poll to the next.
 
@@ -9,7 +18,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use tcpstall_common::{Opened, SocketSample, TcpState};
 
-use crate::diag::{DiagError, DiagSocket, Family, ParseStats};
+use crate::diag::{
+    socket, Base, Detail, DiagError, DiagSocket, Dump, Exact, ExactId, Family, ParseStats, Scope,
+};
 use crate::netns::{self, Netns, NetnsError};
 
 /// What a poll counted besides the sockets.
@@ -21,6 +32,12 @@ pub struct PollStats {
     pub listeners: usize,
     /// Namespaces whose dump failed in the last poll.
     pub failed_namespaces: usize,
+    /// Sockets [`Poller::poll_wanted`] wanted (and returned) in the last poll.
+    pub wanted: usize,
+    /// Of them, asked for one by one (the rest came with a full dump).
+    pub exact: usize,
+    /// Wanted sockets that were gone by the time they were asked for.
+    pub gone_between_phases: usize,
     /// Everything the parser had to skip, since the poller started.
     pub parse: ParseStats,
 }
@@ -29,6 +46,29 @@ pub struct PollStats {
 struct Target {
     ns: Netns,
     sock: DiagSocket,
+    /// The kernel answers the legacy dump of both families at once (every
+    /// Linux since 2.6 does; set to false the first time it refuses).
+    one_walk: bool,
+    /// The kernel answers exact requests (false once it refused one).
+    exact: bool,
+    /// Sockets wanted, and connections, in the last poll: when that was
+    /// too many to ask for one by one, the next poll dumps everything at once.
+    last_wanted: usize,
+    last_connections: usize,
+}
+
+/// Ask for wanted sockets one by one while they are at most `EXACT_MIN`,
+/// or at most one in `EXACT_FRACTION` of the connections; beyond, one full
+/// dump is cheaper. Measured on 6.18 at 10,000 sockets (BENCHMARKS.md,
+/// "Agent at rest"): an exact request costs about 4.5 µs, the full dump
+/// 3.2 µs a socket and the base dump 1.6, so exact requests pay up to
+/// about 0.35 of the connections when decided before the base dump (from
+/// the previous poll) and 0.7 after it; a quarter is safe for both.
+pub const EXACT_MIN: usize = 64;
+pub const EXACT_FRACTION: usize = 4;
+
+fn exact_pays(wanted: usize, connections: usize) -> bool {
+    wanted <= EXACT_MIN.max(connections / EXACT_FRACTION)
 }
 
 /// Reads every TCP connection of a set of namespaces.
@@ -60,6 +100,10 @@ impl Poller {
                 Ok(Target {
                     sock: netns::open_diag(&ns)?,
                     ns,
+                    one_walk: true,
+                    exact: true,
+                    last_wanted: 0,
+                    last_connections: 0,
                 })
             })
             .collect::<Result<Vec<_>, NetnsError>>()?;
@@ -86,6 +130,12 @@ impl Poller {
 
     pub fn stats(&self) -> &PollStats {
         &self.stats
+    }
+
+    /// Whether [`Poller::poll_wanted`] still walks both families in one
+    /// dump in every namespace (no kernel refused the legacy request).
+    pub fn one_walk(&self) -> bool {
+        self.targets.iter().all(|t| t.one_walk)
     }
 
     /// Polls every namespace. Returns the connections (no listeners) and
@@ -131,8 +181,271 @@ impl Poller {
         stats.connections = samples.len();
         stats.listeners = listeners.len();
         stats.failed_namespaces = failures.len();
+        stats.wanted = 0;
+        stats.exact = 0;
+        stats.gone_between_phases = 0;
         (&self.samples, failures)
     }
+
+    /// Polls every namespace for `run`. Of every connection (listeners
+    /// excluded) only the base message is read, and `wanted` is asked,
+    /// with the namespace's inode, whether the socket is worth reading in
+    /// full; only those are returned, read in full (tcp_info, memory,
+    /// congestion control, opener). Returns them, how many connections
+    /// the namespaces that answered hold, and the namespaces that failed.
+    ///
+    /// A wanted socket's sample is read after the base dump, whole, so it
+    /// is one consistent reading; a wanted socket gone meanwhile is left
+    /// out, as if the poll had come a moment later. A socket that gets a
+    /// queue between the two phases is not wanted in this poll: the next
+    /// one sees it queued, as if it had queued just after this one.
+    pub fn poll_wanted(
+        &mut self,
+        mut wanted: impl FnMut(u64, &Base) -> bool,
+    ) -> (&[SocketSample], usize, Vec<NamespaceFailure>) {
+        self.samples.clear();
+        self.listeners.clear();
+        let mut failures = Vec::new();
+        let Poller {
+            targets,
+            samples,
+            listeners,
+            stats,
+        } = self;
+        stats.wanted = 0;
+        stats.exact = 0;
+        stats.gone_between_phases = 0;
+        let mut connections = 0;
+        let mut ids: Vec<ExactId> = Vec::new();
+        for target in targets.iter_mut() {
+            let before = samples.len();
+            ids.clear();
+            let res = if exact_pays(target.last_wanted, target.last_connections) {
+                two_phase(target, &mut wanted, samples, &mut ids, listeners, stats)
+            } else {
+                Err(TooMany)
+            };
+            let res = match res {
+                Ok(n) => Ok(n),
+                Err(TooMany) => {
+                    // Everything at once, as `poll` does; then the wanted.
+                    samples.truncate(before);
+                    let res = full_dump(target, samples, before, listeners, stats);
+                    let n = samples.len() - before;
+                    let inode = target.ns.inode;
+                    let mut i = 0;
+                    samples.retain(|s| {
+                        i += 1;
+                        i <= before || wanted(inode, &base_of(s))
+                    });
+                    target.last_wanted = samples.len() - before;
+                    res.map(|()| n)
+                }
+            };
+            match res {
+                Ok(n) => {
+                    target.last_connections = n;
+                    connections += n;
+                    stats.wanted += target.last_wanted;
+                }
+                Err(source) => {
+                    samples.truncate(before);
+                    failures.push(NamespaceFailure {
+                        label: target.ns.label.clone(),
+                        source,
+                    });
+                }
+            }
+        }
+        stats.connections = connections;
+        stats.listeners = listeners.len();
+        stats.failed_namespaces = failures.len();
+        (&self.samples, connections, failures)
+    }
+}
+
+/// What the base message of `s` says.
+fn base_of(s: &SocketSample) -> Base {
+    Base {
+        state: s.state,
+        local: s.local,
+        remote: s.remote,
+        cookie: s.cookie,
+        wqueue: s.wqueue,
+    }
+}
+
+/// Phase 2 found more wanted sockets than exact requests pay for, or the
+/// kernel refused a request the two phases need.
+struct TooMany;
+
+impl From<DiagError> for TooMany {
+    fn from(_: DiagError) -> TooMany {
+        TooMany
+    }
+}
+
+/// Every socket of a namespace with everything, listeners kept apart: the
+/// two per-family dumps of [`Poller::poll`].
+fn full_dump(
+    target: &mut Target,
+    samples: &mut Vec<SocketSample>,
+    start: usize,
+    listeners: &mut HashSet<(u64, u16, IpAddr)>,
+    stats: &mut PollStats,
+) -> Result<(), DiagError> {
+    let inode = target.ns.inode;
+    for family in Family::BOTH {
+        target.sock.dump(family, &mut stats.parse, |mut s| {
+            if s.state == TcpState::Listen {
+                listeners.insert((inode, s.local.port(), s.local.ip()));
+            } else {
+                s.netns = inode;
+                s.opened = opened_by_arithmetic(&s);
+                samples.push(s);
+            }
+        })?;
+    }
+    for s in samples[start..].iter_mut().filter(|s| s.opened.is_none()) {
+        s.opened = Some(opened(s, listeners));
+    }
+    Ok(())
+}
+
+/// One base dump of `target`'s connections: counts them, and notes the
+/// exact ids of the wanted ones.
+fn base_dump(
+    target: &mut Target,
+    dump: Dump,
+    wanted: &mut impl FnMut(u64, &Base) -> bool,
+    ids: &mut Vec<ExactId>,
+    parse: &mut ParseStats,
+) -> Result<usize, DiagError> {
+    let inode = target.ns.inode;
+    let (mut n, mut bad) = (0, 0);
+    let res = target.sock.dump_payloads(dump, parse, |payload| {
+        let Some(b) = Base::of(payload) else {
+            bad += 1;
+            return;
+        };
+        // Not asked for; a kernel that sends one anyway is not counted.
+        if b.state == TcpState::Listen {
+            return;
+        }
+        n += 1;
+        if wanted(inode, &b) {
+            match ExactId::of(payload) {
+                Some(id) => ids.push(id),
+                // Base::of read this far: never happens.
+                None => bad += 1,
+            }
+        }
+    });
+    parse.malformed_messages += bad;
+    res.map(|()| n)
+}
+
+/// The base dump of every connection, then the wanted ones by exact
+/// request, into `samples`; returns the connections counted.
+/// `Err(TooMany)` (with `samples` to be truncated by the caller) when a
+/// full dump should be used instead.
+fn two_phase(
+    target: &mut Target,
+    wanted: &mut impl FnMut(u64, &Base) -> bool,
+    samples: &mut Vec<SocketSample>,
+    ids: &mut Vec<ExactId>,
+    listeners: &mut HashSet<(u64, u16, IpAddr)>,
+    stats: &mut PollStats,
+) -> Result<usize, TooMany> {
+    if !target.exact {
+        return Err(TooMany);
+    }
+    let inode = target.ns.inode;
+    let before = samples.len();
+    let base = |scope| Dump {
+        scope,
+        detail: Detail::Base,
+        states: socket::CONNECTION_STATES,
+    };
+    let mut connections = None;
+    if target.one_walk {
+        match base_dump(target, base(Scope::Both), wanted, ids, &mut stats.parse) {
+            Ok(n) => connections = Some(n),
+            Err(DiagError::Refused(e)) => {
+                tracing::info!(netns = %target.ns.label, error = %e,
+                    "the kernel refused the legacy dump of both families; dumping each");
+                target.one_walk = false;
+                ids.clear();
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let connections = match connections {
+        Some(n) => n,
+        None => {
+            let mut n = 0;
+            for family in Family::BOTH {
+                let dump = base(Scope::One(family));
+                n += base_dump(target, dump, wanted, ids, &mut stats.parse)?;
+            }
+            n
+        }
+    };
+    target.last_wanted = ids.len();
+    if !exact_pays(ids.len(), connections) {
+        return Err(TooMany);
+    }
+    let mut gone = 0;
+    let res = target
+        .sock
+        .get_exact(ids, &mut stats.parse, |_, answer| match answer {
+            Exact::Found(mut s) => {
+                s.netns = inode;
+                s.opened = opened_by_arithmetic(&s);
+                samples.push(s);
+            }
+            Exact::Gone | Exact::Malformed => gone += 1,
+        });
+    match res {
+        Ok(()) => {}
+        Err(DiagError::Refused(e)) => {
+            tracing::info!(netns = %target.ns.label, error = %e,
+                "the kernel refused an exact sock_diag request; dumping everything instead");
+            target.exact = false;
+            return Err(TooMany);
+        }
+        Err(e) => return Err(e.into()),
+    }
+    stats.exact += ids.len();
+    stats.gone_between_phases += gone;
+    // The opener, for wanted sockets the arithmetic could not tell: by the
+    // listeners, dumped only then (a listener dump skips the established
+    // table, so it costs little).
+    if samples[before..].iter().any(|s| s.opened.is_none()) {
+        let listen = |scope| Dump {
+            scope,
+            detail: Detail::Base,
+            states: socket::LISTEN_STATES,
+        };
+        let scopes: &[Scope] = if target.one_walk {
+            &[Scope::Both]
+        } else {
+            &[Scope::One(Family::V4), Scope::One(Family::V6)]
+        };
+        for scope in scopes {
+            target
+                .sock
+                .dump_payloads(listen(*scope), &mut stats.parse, |payload| {
+                    if let Some(b) = Base::of(payload) {
+                        listeners.insert((inode, b.local.port(), b.local.ip()));
+                    }
+                })?;
+        }
+        for s in samples[before..].iter_mut().filter(|s| s.opened.is_none()) {
+            s.opened = Some(opened(s, listeners));
+        }
+    }
+    Ok(connections)
 }
 
 /// Which side opened `s`.
@@ -188,5 +501,19 @@ pub fn opened_by_arithmetic(s: &SocketSample) -> Option<Opened> {
         0 => Some(Opened::Passive),
         1 => Some(Opened::Active),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exact_requests_pay_for_few_sockets() {
+        assert!(exact_pays(0, 0));
+        assert!(exact_pays(EXACT_MIN, 10));
+        assert!(!exact_pays(EXACT_MIN + 1, 10));
+        assert!(exact_pays(2500, 10_000));
+        assert!(!exact_pays(2501, 10_000));
     }
 }

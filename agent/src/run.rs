@@ -98,12 +98,17 @@ impl PollState {
         // because the runtime got to one poll a little late (which would
         // delay its episode by a whole interval).
         let mono = mono_at(tick);
-        let (samples, failures) = self.poller.poll();
+        // Only the sockets the selector may send, read in full.
+        let selector = &self.selector;
+        let (samples, connections, failures) =
+            self.poller.poll_wanted(|netns, b| selector.wants(netns, b));
         let failed: Vec<u64> = failures
             .iter()
             .filter_map(|f| self.inode_by_label.get(&f.label).copied())
             .collect();
-        let selection = self.selector.select(samples, &failed, mono);
+        let selection = self
+            .selector
+            .select_wanted(samples, connections, &failed, mono);
         Polled {
             selection,
             mono,

@@ -22,6 +22,8 @@ use std::time::Duration;
 
 use tcpstall_common::{EndSample, FlowTuple, SocketSample};
 
+use crate::diag::Base;
+
 /// Most flows watched at once; further watch requests are refused.
 pub const MAX_WATCHED: usize = 4096;
 
@@ -148,13 +150,42 @@ impl Selector {
         self.queued.len() + self.watched_sockets.len()
     }
 
+    /// Whether a poll must read a socket in full, and hand it to
+    /// [`Selector::select`], given its namespace and its base message: it
+    /// has a send queue (a suspect's marks and sample need its positions),
+    /// its flow is watched (sent every poll), or it was sent as a suspect
+    /// (its release is sent). `select` does the same with or without the
+    /// other sockets (see `leaving_out_unwanted_sockets_changes_nothing`).
+    pub fn wants(&self, netns: u64, b: &Base) -> bool {
+        b.wqueue > 0
+            || (!self.queued.is_empty()
+                && self
+                    .queued
+                    .get(&(netns, b.cookie))
+                    .is_some_and(|q| q.suspect))
+            || (!self.watched.is_empty()
+                && self.watched.contains(&FlowTuple::new(b.local, b.remote)))
+    }
+
     /// Takes one poll's connections. Namespaces in `failed` did not dump
     /// this time: their sockets are neither gone nor absent, only unseen.
     pub fn select(&mut self, samples: &[SocketSample], failed: &[u64], now: Duration) -> Selection {
+        self.select_wanted(samples, samples.len(), failed, now)
+    }
+
+    /// [`Selector::select`] of a poll that returned only the sockets
+    /// [`Selector::wants`], out of `connections`.
+    pub fn select_wanted(
+        &mut self,
+        samples: &[SocketSample],
+        connections: usize,
+        failed: &[u64],
+        now: Duration,
+    ) -> Selection {
         self.generation += 1;
         let gen = self.generation;
         let mut out = Selection {
-            connections: samples.len(),
+            connections,
             ..Selection::default()
         };
         let mut found: HashSet<FlowTuple> = HashSet::new();
@@ -541,6 +572,49 @@ mod tests {
         );
         assert!(sel.watch(again), "watching a watched flow again is fine");
         assert_eq!(sel.watched(), MAX_WATCHED);
+    }
+
+    fn base(s: &SocketSample) -> Base {
+        Base {
+            state: s.state,
+            local: s.local,
+            remote: s.remote,
+            cookie: s.cookie,
+            wqueue: s.wqueue,
+        }
+    }
+
+    #[test]
+    fn leaving_out_unwanted_sockets_changes_nothing() {
+        // Two selectors fed the same polls: one all connections, the other
+        // only those it wants. Queues stick, move, drain and come back; a
+        // watched idle flow; a suspect goes; a namespace fails once.
+        let b = conn(9, "198.18.0.2:80", "198.18.0.1:40000", 0);
+        let polls: Vec<(Vec<SocketSample>, Vec<u64>)> = vec![
+            (vec![a(1, 300), a(2, 0), a(3, 50), b.clone()], vec![]),
+            (vec![a(1, 300), a(2, 0), a(3, 50), b.clone()], vec![]),
+            (vec![a(1, 0), a(2, 70), a(3, 50), b.clone()], vec![]),
+            (vec![a(1, 0), a(2, 70), b.clone()], vec![]),
+            (vec![], vec![NS]),
+            (vec![a(1, 20), a(2, 0), b.clone()], vec![]),
+            (vec![a(1, 20), a(2, 0)], vec![]),
+            (vec![a(1, 20), a(2, 0), a(4, 0)], vec![]),
+        ];
+        let mut all = selector();
+        let mut some = selector();
+        let flow = FlowTuple::new(b.local, b.remote);
+        assert!(all.watch(flow) && some.watch(flow));
+        for (i, (polled, failed)) in polls.iter().enumerate() {
+            let wanted: Vec<SocketSample> = polled
+                .iter()
+                .filter(|s| some.wants(s.netns, &base(s)))
+                .cloned()
+                .collect();
+            let want = all.select(polled, failed, at(i as u32));
+            let got = some.select_wanted(&wanted, polled.len(), failed, at(i as u32));
+            assert_eq!(got, want, "poll {i}");
+        }
+        assert_eq!(all.tracked(), some.tracked());
     }
 
     #[test]

@@ -537,6 +537,26 @@ proptest! {
         // A socket message is at least a netlink header and inet_diag_msg.
         prop_assert!(n <= bytes.len() / (16 + 72));
         let _ = parse_socket(&bytes, &mut stats);
+        let _ = tcpstall_agent::diag::Base::of(&bytes);
+        let _ = tcpstall_agent::diag::ExactId::of(&bytes);
+    }
+
+    /// The light reading `run`'s poll makes of a base message agrees with
+    /// the parser, whatever the header holds.
+    #[test]
+    fn base_agrees_with_the_parser(
+        header in proptest::collection::vec(any::<u8>(), 72..=72),
+        family in prop_oneof![Just(2u8), Just(10u8), any::<u8>()],
+    ) {
+        let mut payload = header;
+        payload[0] = family;
+        let mut stats = ParseStats::default();
+        let parsed = parse_socket(&payload, &mut stats);
+        let base = tcpstall_agent::diag::Base::of(&payload);
+        prop_assert_eq!(
+            base.map(|b| (b.state, b.local, b.remote, b.cookie, b.wqueue)),
+            parsed.map(|s| (s.state, s.local, s.remote, s.cookie, s.wqueue))
+        );
     }
 
     #[test]

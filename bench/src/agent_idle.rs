@@ -1,7 +1,13 @@
 //! `tcpstall-bench agent-idle`: a real `tcpstall-agent run` on a host with
-//! many established, idle loopback connections (held by the `poll` bench's
-//! holder processes), streaming to a real collector. Nothing is stuck, so
-//! the agent sends heartbeats only.
+//! many established, idle connections (held by the `poll` bench's holder
+//! processes), streaming to a real collector. Nothing is stuck, so the
+//! agent sends heartbeats only.
+//!
+//! The host is a network namespace the bench creates ([`Lab`]): it holds
+//! one socket per connection, their far ends being in a second namespace
+//! behind a veth pair, and the agent reads it with `--netns`. (With
+//! `--loopback`, both ends are on the bench's own loopback instead, as
+//! before: the agent then reads two sockets per connection.)
 //!
 //! Measured over the window:
 //! - the agent's CPU: utime + stime of /proc/PID/stat (the whole process,
@@ -13,28 +19,26 @@
 //!   tcpstall's own [`Poller`], the socket found by the collector's port.
 //!
 //! Afterwards, with the agent stopped and the connections still held, the
-//! floor: CPU per poll, in this process, of tcpstall's poll, of a raw dump
-//! as the agent asks for it (tcp_info, memory, congestion), of a dump
-//! asking for no extension at all (`rqueue`/`wqueue` come in the base
-//! message: all a poll that only looks for queued sockets needs), and of
-//! the IPv6 dump alone (no IPv6 sockets here: what walking the shared
-//! established table once more costs).
+//! floor: CPU per poll, in this process, over the same namespace, of
+//! tcpstall's two polls (everything about every socket; the base message of
+//! every socket and everything about the queued ones), of raw dumps with
+//! and without extensions, per family and both families at once, of the
+//! IPv6 dump alone (no IPv6 sockets here: what walking the shared
+//! established table once more costs), and of exact requests.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
-use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NLM_F_DUMP, NLM_F_REQUEST};
-use netlink_packet_sock_diag::constants::{AF_INET, AF_INET6, IPPROTO_TCP};
-use netlink_packet_sock_diag::inet::{ExtensionFlags, InetRequest, SocketId, StateFlags};
-use netlink_packet_sock_diag::SockDiagMessage;
-use netlink_sys::protocols::NETLINK_SOCK_DIAG;
 use nix::sys::resource::UsageWho;
-use tcpstall_agent::diag::{parse, ChunkEnd, DiagSocket, Family};
-use tcpstall_agent::{netns, Poller};
+use tcpstall_agent::diag::socket::{ALL_STATES, CONNECTION_STATES};
+use tcpstall_agent::diag::{Detail, DiagSocket, Dump, ExactId, Family, ParseStats, Scope};
+use tcpstall_agent::netns::{self, Netns, NetnsSpec};
+use tcpstall_agent::Poller;
 use tcpstall_common::{SocketSample, TcpState};
 
-use crate::holder::{Holders, MAX_PER_HOLDER};
+use crate::holder::{Holders, Placement, MAX_PER_HOLDER};
+use crate::lab::{self, nap, Lab};
 use crate::measure::{timed, Summary};
 use crate::procfs::{self, Mem, Ticks};
 use crate::procs::{self, Agent, Collector};
@@ -50,10 +54,19 @@ const TARGET_BYTES_PER_S: f64 = 1000.0;
 /// Arguments of `tcpstall-bench agent-idle`.
 #[derive(Debug, clap::Args)]
 pub struct IdleArgs {
-    /// Established idle loopback connections to hold (both ends are on
-    /// this host, so the agent sees twice as many sockets).
+    /// Established idle connections to hold. The agent's host (a network
+    /// namespace) has one socket per connection; the far ends are in
+    /// another namespace.
     #[arg(long, default_value_t = 10_000)]
     conns: usize,
+    /// Hold both ends of every connection on this namespace's loopback
+    /// instead, where the agent also runs: it then reads two sockets per
+    /// connection (the layout of the first measurement).
+    #[arg(long)]
+    loopback: bool,
+    /// Exact requests in the floor's exact-request measurement.
+    #[arg(long, default_value_t = 100)]
+    floor_exact: usize,
     /// The agent's --interval.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     interval: Duration,
@@ -156,22 +169,41 @@ fn read(
 pub fn run(args: &IdleArgs) -> anyhow::Result<()> {
     ensure!(args.conns > 0, "--conns must be positive");
     let bins = procs::bin_dir(args.bin_dir.as_deref())?;
-    let mut holders = Holders::default();
+    lab::catch_signals()?;
+    // Dropped last (declared first): the namespaces outlive the processes
+    // in them.
+    let lab = if args.loopback {
+        None
+    } else {
+        Some(Lab::new()?)
+    };
+    let (placement, polled) = match &lab {
+        Some(lab) => (
+            Placement::Netns {
+                host: lab.host_path(),
+                peer: lab.peer_path(),
+                addr: lab::PEER_ADDR,
+            },
+            netns::resolve(&[NetnsSpec::Named(lab.host.clone())])?,
+        ),
+        None => (Placement::Loopback, vec![netns::current()?]),
+    };
+    let mut holders = Holders::new(placement);
     eprintln!(
         "tcpstall-bench: opening {} idle connections ...",
         args.conns
     );
     holders.grow_to(args.conns, args.per_holder, 0)?;
+    ensure!(!lab::interrupted(), "interrupted");
     let collector = Collector::start(&bins, "info", &[])?;
     let interval = humantime::format_duration(args.interval).to_string();
     let agent_log = collector.dir().join("agent.log");
-    let mut agent = Agent::start(
-        &bins,
-        &collector.url(),
-        &["--interval".to_string(), interval],
-        "info",
-        &agent_log,
-    )?;
+    let mut agent_args = vec!["--interval".to_string(), interval];
+    if let Some(lab) = &lab {
+        agent_args.extend(["--netns".to_string(), lab.host.clone()]);
+    }
+    let mut agent = Agent::start(&bins, &collector.url(), &agent_args, "info", &agent_log)?;
+    // The agent's link to the collector is in this namespace.
     let mut poller = Poller::new(vec![netns::current()?])?;
     let t0 = Instant::now();
     let link = loop {
@@ -180,7 +212,7 @@ pub fn run(args: &IdleArgs) -> anyhow::Result<()> {
             Err(e) if t0.elapsed() > Duration::from_secs(30) => {
                 return Err(e).context("the agent did not connect within 30 s")
             }
-            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            Err(_) => nap(Duration::from_millis(100))?,
         }
     };
     eprintln!(
@@ -189,7 +221,7 @@ pub fn run(args: &IdleArgs) -> anyhow::Result<()> {
         humantime::format_duration(args.warmup),
         humantime::format_duration(args.duration)
     );
-    std::thread::sleep(args.warmup);
+    nap(args.warmup)?;
     let start = read(&agent, &collector, &mut poller, Some(link.cookie))?;
     let mut perf = match &args.perf {
         Some(out) => Some(procs::Perf::record(agent.pid(), out, args.duration)?),
@@ -197,17 +229,25 @@ pub fn run(args: &IdleArgs) -> anyhow::Result<()> {
     };
     let t_start = Instant::now();
     while t_start.elapsed() < args.duration {
-        std::thread::sleep((args.duration - t_start.elapsed()).min(Duration::from_secs(5)));
+        nap((args.duration - t_start.elapsed()).min(Duration::from_secs(1)))?;
         ensure!(agent.alive(), "the agent exited during the window");
     }
     let end = read(&agent, &collector, &mut poller, Some(link.cookie))?;
     if let Some(p) = perf.as_mut() {
         p.wait();
     }
-    let sockets = poller.stats().connections;
     drop(poller);
     drop(agent);
     drop(collector);
+    // What the agent's namespace held: its connections and listeners.
+    let mut census = Poller::new(polled.clone())?;
+    let (samples, failures) = census.poll();
+    ensure!(
+        failures.is_empty(),
+        "polling the agent's namespace: {failures:?}"
+    );
+    let sockets = (samples.len(), census.stats().listeners);
+    drop(census);
     let log = std::fs::read_to_string(&agent_log).unwrap_or_default();
     let warnings = log
         .lines()
@@ -219,153 +259,135 @@ pub fn run(args: &IdleArgs) -> anyhow::Result<()> {
             "tcpstall-bench: the floor: {} polls of each kind ...",
             args.floor_polls
         );
-        Some(floor(args.floor_polls, args.interval)?)
+        Some(floor(args, &polled)?)
     } else {
         None
     };
     drop(holders);
+    drop(lab);
     report(args, &start, &end, sockets, warnings, floor.as_ref());
     Ok(())
 }
 
 /// The kinds of poll the floor compares.
-const FLOOR_KINDS: [&str; 4] = [
-    "tcpstall `Poller::poll` (what the agent runs)",
-    "raw dump, INFO+MEMINFO+SKMEMINFO+CONG, both families (the agent's request)",
-    "raw dump, no extensions, both families (base message: queues, 4-tuple, cookie)",
+const FLOOR_KINDS: [&str; 8] = [
+    "tcpstall `Poller::poll`: every socket with everything (`snapshot`; the agent's poll before)",
+    "tcpstall `Poller::poll_wanted`: base message of every socket, the queued ones in full (the agent's poll now)",
+    "raw dump, INFO+MEMINFO+SKMEMINFO+CONG, one dump per family (`Poller::poll`'s request)",
+    "raw dump, INFO+MEMINFO+SKMEMINFO+CONG, both families in one legacy dump",
+    "raw dump, no extensions, one dump per family",
+    "raw dump, no extensions, both families in one legacy dump, listeners excluded (`poll_wanted`'s first phase)",
     "raw dump of the IPv6 family alone (no IPv6 sockets here: the table walk)",
+    "exact requests, INFO+MEMINFO+SKMEMINFO+CONG, one per socket (`--floor-exact` sockets)",
 ];
 
 /// CPU per poll of each of [`FLOOR_KINDS`] over the same sockets.
 #[derive(Debug)]
 struct Floor {
-    cpu: [Summary; 4],
-    bytes: [usize; 4],
-    bare_sockets: usize,
+    cpu: [Summary; FLOOR_KINDS.len()],
+    /// Bytes received (raw dumps), sockets (polls), answers (exact).
+    out: [usize; FLOOR_KINDS.len()],
 }
 
-/// One round runs each kind once, in a rotating order; rounds are `spacing`
-/// apart, as the agent's polls are, so that each starts with the caches
-/// as cold as the agent finds them (back to back, a dump of 20,000 sockets
-/// finds much of the previous one's data still cached).
-fn floor(polls: usize, spacing: Duration) -> anyhow::Result<Floor> {
-    let mut poller = Poller::new(vec![netns::current()?])?;
-    let mut full = DiagSocket::open().context("sock_diag socket")?;
-    let mut bare = netlink_sys::Socket::new(NETLINK_SOCK_DIAG).context("sock_diag socket")?;
-    bare.bind_auto()?;
-    bare.connect(&netlink_sys::SocketAddr::new(0, 0))?;
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut seq = 0u32;
-    let mut cpu: [Vec<Duration>; 4] = Default::default();
-    let mut bytes = [0usize; 4];
-    let mut bare_sockets = 0;
-    // A warm-up round, then `polls` measured ones.
-    for round in 0..=polls {
-        for k in 0..FLOOR_KINDS.len() {
-            let kind = (round + k) % FLOOR_KINDS.len();
-            if k > 0 {
-                std::thread::sleep(spacing / FLOOR_KINDS.len() as u32);
+/// One round runs each kind once, in a rotating order; rounds are one
+/// interval apart, as the agent's polls are, so that each starts with the
+/// caches as cold as the agent finds them (back to back, a dump of 20,000
+/// sockets finds much of the previous one's data still cached).
+fn floor(args: &IdleArgs, polled: &[Netns]) -> anyhow::Result<Floor> {
+    let [ns] = polled else {
+        bail!("the floor reads one namespace");
+    };
+    let spacing = args.interval;
+    let mut full = Poller::new(polled.to_vec())?;
+    let mut wanted = Poller::new(polled.to_vec())?;
+    let mut sock = netns::open_diag(ns)?;
+    let dump = |scope, detail, states| Dump {
+        scope,
+        detail,
+        states,
+    };
+    // The sockets the exact requests ask for.
+    let mut ids: Vec<ExactId> = Vec::new();
+    let mut stats = ParseStats::default();
+    sock.dump_request(
+        dump(Scope::Both, Detail::Base, CONNECTION_STATES),
+        &mut stats,
+        |s, payload| {
+            if ids.len() < args.floor_exact && s.state == TcpState::Established {
+                ids.extend(ExactId::of(payload));
             }
-            let (run, n) = timed(UsageWho::RUSAGE_SELF, || match kind {
-                0 => {
-                    let (samples, failures) = poller.poll();
-                    let n = samples.len();
-                    match failures.into_iter().next() {
-                        Some(e) => Err(e.into()),
-                        None => Ok(n),
+        },
+    )?;
+    let mut cpu: [Vec<Duration>; FLOOR_KINDS.len()] = Default::default();
+    let mut out = [0usize; FLOOR_KINDS.len()];
+    let n = FLOOR_KINDS.len();
+    // A warm-up round, then `polls` measured ones.
+    for round in 0..=args.floor_polls {
+        for k in 0..n {
+            let kind = (round + k) % n;
+            if k > 0 {
+                nap(spacing / n as u32)?;
+            }
+            let (run, got) = timed(UsageWho::RUSAGE_SELF, || {
+                let raw = |sock: &mut DiagSocket, dumps: &[Dump]| -> anyhow::Result<usize> {
+                    let mut bytes = 0;
+                    for d in dumps {
+                        bytes += sock.dump_request_raw(*d)?;
                     }
-                }
-                1 => {
-                    let mut n = 0;
-                    for family in Family::BOTH {
-                        n += full.dump_raw(family)?;
-                    }
-                    Ok(n)
-                }
-                2 => {
-                    let mut n = 0;
-                    for family in Family::BOTH {
-                        seq = seq.wrapping_add(1);
-                        let (bn, sn) = bare_dump(&mut bare, &mut buf, family, seq)?;
-                        n += bn;
-                        if family == Family::V4 {
-                            bare_sockets = sn;
+                    Ok(bytes)
+                };
+                let per_family =
+                    |detail| Family::BOTH.map(|f| dump(Scope::One(f), detail, ALL_STATES));
+                match kind {
+                    0 | 1 => {
+                        let (n, failures) = if kind == 0 {
+                            let (samples, failures) = full.poll();
+                            (samples.len(), failures)
                         } else {
-                            bare_sockets += sn;
+                            let (_, n, failures) = wanted.poll_wanted(|_, b| b.wqueue > 0);
+                            (n, failures)
+                        };
+                        match failures.into_iter().next() {
+                            Some(e) => Err(e.into()),
+                            None => Ok(n),
                         }
                     }
-                    Ok(n)
+                    2 => raw(&mut sock, &per_family(Detail::Full)),
+                    3 => raw(&mut sock, &[dump(Scope::Both, Detail::Full, ALL_STATES)]),
+                    4 => raw(&mut sock, &per_family(Detail::Base)),
+                    5 => raw(
+                        &mut sock,
+                        &[dump(Scope::Both, Detail::Base, CONNECTION_STATES)],
+                    ),
+                    6 => raw(&mut sock, &[Dump::full(Family::V6)]),
+                    _ => {
+                        let mut found = 0;
+                        sock.get_exact(&ids, &mut stats, |_, a| {
+                            found +=
+                                usize::from(matches!(a, tcpstall_agent::diag::Exact::Found(_)));
+                        })?;
+                        Ok(found)
+                    }
                 }
-                _ => Ok(full.dump_raw(Family::V6)?),
             })?;
             if round > 0 {
                 cpu[kind].push(run.cpu.total());
-                bytes[kind] = n;
+                out[kind] = got;
             }
         }
-        std::thread::sleep(spacing / FLOOR_KINDS.len() as u32);
+        nap(spacing / n as u32)?;
     }
     Ok(Floor {
         cpu: cpu.map(Summary::of),
-        bytes,
-        bare_sockets,
+        out,
     })
-}
-
-/// A dump of every TCP socket of `family` asking for no extension: the
-/// base `inet_diag_msg` alone (4-tuple, state, queues, cookie, inode).
-/// Returns the bytes received and the sockets in them.
-fn bare_dump(
-    sock: &mut netlink_sys::Socket,
-    buf: &mut [u8],
-    family: Family,
-    seq: u32,
-) -> anyhow::Result<(usize, usize)> {
-    let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-    header.sequence_number = seq;
-    let (af, id) = match family {
-        Family::V4 => (AF_INET, SocketId::new_v4()),
-        Family::V6 => (AF_INET6, SocketId::new_v6()),
-    };
-    let mut msg = NetlinkMessage::new(
-        header,
-        SockDiagMessage::InetRequest(InetRequest {
-            family: af,
-            protocol: IPPROTO_TCP,
-            extensions: ExtensionFlags::empty(),
-            states: StateFlags::from_bits_retain(0x1ffe),
-            socket_id: id,
-        })
-        .into(),
-    );
-    msg.finalize();
-    let mut out = vec![0u8; msg.buffer_len()];
-    msg.serialize(&mut out);
-    sock.send(&out, 0)?;
-    let (mut bytes, mut sockets) = (0, 0);
-    loop {
-        let n = sock.recv(&mut &mut buf[..], 0)?;
-        ensure!(n > 0, "sock_diag socket closed mid-dump");
-        let chunk = &buf[..n.min(buf.len())];
-        bytes += chunk.len();
-        sockets += parse::messages(chunk)
-            .map_while(Result::ok)
-            .filter(|m| m.seq == seq && m.kind == 20)
-            .count();
-        match parse::chunk_end(chunk, seq) {
-            ChunkEnd::More => {}
-            ChunkEnd::Done => return Ok((bytes, sockets)),
-            ChunkEnd::Error(errno) => bail!("the kernel refused the dump: errno {}", -errno),
-        }
-    }
 }
 
 fn report(
     args: &IdleArgs,
     s: &Reading,
     e: &Reading,
-    sockets: usize,
+    sockets: (usize, usize),
     warnings: usize,
     floor: Option<&Floor>,
 ) {
@@ -399,11 +421,17 @@ fn report(
             .unwrap_or_default()
             .trim()
     );
+    let layout = if args.loopback {
+        "both ends on the agent's loopback"
+    } else {
+        "far ends in a second network namespace behind a veth pair"
+    };
     println!(
-        "{} idle connections held ({} sockets in the last poll, both ends on this host); agent \
-         polling every {}; window {:.1} s ({:.1} polls).",
+        "{} idle connections held ({layout}); the agent's namespace held {} connection sockets \
+         and {} listeners; agent polling every {}; window {:.1} s ({:.1} polls).",
         args.conns,
-        sockets,
+        sockets.0,
+        sockets.1,
         humantime::format_duration(args.interval),
         secs,
         polls
@@ -485,18 +513,18 @@ fn report(
             humantime::format_duration(args.interval)
         );
         println!();
-        println!("| poll | CPU median ms | CPU min ms | share of a core | bytes/dump |");
+        println!("| poll | CPU median ms | CPU min ms | share of a core | out |");
         println!("|---|---:|---:|---:|---:|");
         let share = |ms: f64| ms / 1e3 / args.interval.as_secs_f64() * 100.0;
         for (k, name) in FLOOR_KINDS.iter().enumerate() {
             let s = &f.cpu[k];
-            let bytes = match k {
-                0 => format!("({} connections)", f.bytes[0]),
-                2 => format!("{} ({} sockets)", f.bytes[2], f.bare_sockets),
-                _ => f.bytes[k].to_string(),
+            let out = match k {
+                0 | 1 => format!("{} connections", f.out[k]),
+                7 => format!("{} answered", f.out[k]),
+                _ => format!("{} B", f.out[k]),
             };
             println!(
-                "| {name} | {:.1} | {:.1} | {:.2} % | {bytes} |",
+                "| {name} | {:.2} | {:.2} | {:.3} % | {out} |",
                 s.median_ms,
                 s.min_ms,
                 share(s.median_ms)

@@ -2,6 +2,11 @@
 //! connects to it N times, accepts every connection, and keeps both ends
 //! open until its stdin closes.
 //!
+//! Or, with [`Placement::Netns`], each listens on the far side of a veth
+//! pair in a peer network namespace and connects from a host namespace:
+//! the host namespace then holds one socket per connection, as a host
+//! talking to other hosts does.
+//!
 //! One process may hold only 20,000 descriptors, and each connection costs
 //! two, so the bench spreads connections over several holders. Each holder
 //! listens on a distinct 127.0.1.x address, so the 4-tuples of different
@@ -11,6 +16,7 @@
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use anyhow::{bail, ensure, Context};
@@ -27,9 +33,16 @@ const UNREAD_BYTES: usize = 64;
 /// Arguments of the hidden `hold` subcommand.
 #[derive(Debug, clap::Args)]
 pub struct HoldArgs {
-    /// Loopback address to listen on and connect to.
+    /// Address to listen on and connect to: loopback, or with
+    /// --listen-netns an address of that namespace.
     #[arg(long)]
     addr: Ipv4Addr,
+    /// Network namespace (a path) to listen in; the accepted ends live there.
+    #[arg(long, requires = "connect_netns")]
+    listen_netns: Option<PathBuf>,
+    /// Network namespace (a path) to connect from.
+    #[arg(long, requires = "listen_netns")]
+    connect_netns: Option<PathBuf>,
     /// Connections to open and hold (both ends in this process).
     #[arg(long)]
     conns: usize,
@@ -43,17 +56,32 @@ pub struct HoldArgs {
 /// then waits for stdin to close.
 pub fn hold(args: &HoldArgs) -> anyhow::Result<()> {
     ensure!(
-        args.addr.is_loopback(),
-        "{} is not a loopback address",
-        args.addr
-    );
-    ensure!(
         args.conns <= MAX_PER_HOLDER,
         "{} connections need more than the 20,000 descriptors a process may hold",
         args.conns
     );
-    let listener =
-        TcpListener::bind((args.addr, 0)).with_context(|| format!("listening on {}", args.addr))?;
+    let listener = match (&args.listen_netns, &args.connect_netns) {
+        (Some(listen), Some(connect)) => {
+            ensure!(
+                is_lab(args.addr),
+                "{} is not in 198.18.0.0/15, the benchmark range",
+                args.addr
+            );
+            let listener = in_netns(listen, || TcpListener::bind((args.addr, 0)))?;
+            // This process's sockets from now on: the connecting ends.
+            enter(connect)?;
+            listener
+        }
+        _ => {
+            ensure!(
+                args.addr.is_loopback(),
+                "{} is not a loopback address",
+                args.addr
+            );
+            TcpListener::bind((args.addr, 0))
+        }
+    }
+    .with_context(|| format!("listening on {}", args.addr))?;
     let target = listener.local_addr()?;
     let mut held = Vec::with_capacity(2 * args.conns);
     for i in 0..args.conns {
@@ -76,6 +104,32 @@ pub fn hold(args: &HoldArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether `ip` is in 198.18.0.0/15 (RFC 2544: benchmarking).
+pub fn is_lab(ip: Ipv4Addr) -> bool {
+    let [a, b, ..] = ip.octets();
+    a == 198 && (b & 0xfe) == 18
+}
+
+/// Moves the calling thread into the network namespace at `path`.
+fn enter(path: &Path) -> anyhow::Result<()> {
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+        .with_context(|| format!("entering {}", path.display()))
+}
+
+/// Runs `f` on a thread inside the network namespace at `path`; sockets it
+/// creates stay there.
+fn in_netns<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> anyhow::Result<T> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            enter(path)?;
+            Ok(f())
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the thread in {} panicked", path.display()))?
+    })
+}
+
 /// Connects once and accepts at once, so the accept queue never fills.
 fn connect_one(
     listener: &TcpListener,
@@ -92,15 +146,39 @@ fn connect_one(
     Ok((client, server))
 }
 
+/// Where a holder's two ends live.
+#[derive(Debug, Clone, Default)]
+pub enum Placement {
+    /// Both on this namespace's loopback, each holder on its own 127.0.1.x.
+    #[default]
+    Loopback,
+    /// Listening ends in `peer` on `addr`, connecting ends in `host`.
+    Netns {
+        host: PathBuf,
+        peer: PathBuf,
+        addr: Ipv4Addr,
+    },
+}
+
 /// The holder processes of one bench run. Dropping it closes their stdin,
 /// kills them and waits for them, so none outlives the bench.
 #[derive(Debug, Default)]
 pub struct Holders {
     children: Vec<Child>,
     held: usize,
+    placement: Placement,
 }
 
 impl Holders {
+    /// Holders placed as `placement` says.
+    pub fn new(placement: Placement) -> Holders {
+        Holders {
+            children: Vec::new(),
+            held: 0,
+            placement,
+        }
+    }
+
     /// Connections held so far.
     pub fn held(&self) -> usize {
         self.held
@@ -127,9 +205,17 @@ impl Holders {
             let Ok(last) = u8::try_from(index + 1) else {
                 bail!("more than 254 holder processes; raise --per-holder");
             };
-            let addr = Ipv4Addr::new(127, 0, 1, last);
-            let mut child = Command::new(&exe)
-                .arg("hold")
+            let mut cmd = Command::new(&exe);
+            cmd.arg("hold");
+            let addr = match &self.placement {
+                Placement::Loopback => Ipv4Addr::new(127, 0, 1, last),
+                Placement::Netns { host, peer, addr } => {
+                    cmd.arg("--listen-netns").arg(peer);
+                    cmd.arg("--connect-netns").arg(host);
+                    *addr
+                }
+            };
+            let mut child = cmd
                 .arg("--addr")
                 .arg(addr.to_string())
                 .arg("--conns")

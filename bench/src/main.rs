@@ -15,6 +15,7 @@
 
 mod agent_idle;
 mod holder;
+mod lab;
 mod load;
 mod measure;
 mod poll;

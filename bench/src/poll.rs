@@ -117,7 +117,7 @@ pub fn run(args: &PollArgs) -> anyhow::Result<()> {
         args.conns.windows(2).all(|w| w[0] < w[1]) && args.conns.first() > Some(&0),
         "--conns must be positive and ascending"
     );
-    let mut holders = Holders::default();
+    let mut holders = Holders::default(); // both ends on loopback
     let mut outcomes = Vec::new();
     for &n in &args.conns {
         eprintln!("tcpstall-bench: opening connections up to {n} ...");

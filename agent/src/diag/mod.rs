@@ -5,5 +5,5 @@
 pub mod parse;
 pub mod socket;
 
-pub use parse::{ChunkEnd, ParseStats};
-pub use socket::{DiagError, DiagSocket, Family};
+pub use parse::{Base, ChunkEnd, ExactId, ParseStats};
+pub use socket::{Detail, DiagError, DiagSocket, Dump, Exact, Family, Scope};

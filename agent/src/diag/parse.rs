@@ -130,6 +130,11 @@ pub fn chunk_end(chunk: &[u8], seq: u32) -> ChunkEnd {
         .unwrap_or(ChunkEnd::More)
 }
 
+/// `TCPDIAG_GETSOCK`: the legacy request type. The kernel answers a
+/// legacy dump with messages of the request's type, not
+/// `SOCK_DIAG_BY_FAMILY`; their payload is the same `inet_diag_msg`.
+pub const TCPDIAG_GETSOCK: u16 = 18;
+
 /// Parses one chunk of a dump answering request `seq`, handing every socket
 /// (listeners included; `netns` and `opened` left for the caller) to `on`.
 pub fn parse_chunk(
@@ -137,6 +142,38 @@ pub fn parse_chunk(
     seq: u32,
     stats: &mut ParseStats,
     mut on: impl FnMut(SocketSample),
+) -> ChunkEnd {
+    parse_chunk_raw(chunk, seq, stats, |s, _| on(s))
+}
+
+/// [`parse_chunk`], also handing over each socket's message payload (for
+/// [`ExactId::of`]).
+pub fn parse_chunk_raw(
+    chunk: &[u8],
+    seq: u32,
+    stats: &mut ParseStats,
+    mut on: impl FnMut(SocketSample, &[u8]),
+) -> ChunkEnd {
+    let mut inner = ParseStats::default();
+    let end = socket_payloads(chunk, seq, stats, |payload| {
+        match parse_socket(payload, &mut inner) {
+            Some(sample) => on(sample, payload),
+            None => inner.malformed_messages += 1,
+        }
+    });
+    stats.malformed_messages += inner.malformed_messages;
+    stats.malformed_attributes += inner.malformed_attributes;
+    end
+}
+
+/// Walks one chunk of a dump answering request `seq`, handing the payload
+/// of every socket's message (an `inet_diag_msg` and its attributes) to
+/// `on`, unparsed.
+pub fn socket_payloads(
+    chunk: &[u8],
+    seq: u32,
+    stats: &mut ParseStats,
+    mut on: impl FnMut(&[u8]),
 ) -> ChunkEnd {
     for msg in messages(chunk) {
         let Ok(msg) = msg else {
@@ -154,14 +191,88 @@ pub fn parse_chunk(
             return end;
         }
         match msg.kind {
-            SOCK_DIAG_BY_FAMILY => match parse_socket(msg.payload, stats) {
-                Some(sample) => on(sample),
-                None => stats.malformed_messages += 1,
-            },
+            SOCK_DIAG_BY_FAMILY | TCPDIAG_GETSOCK => on(msg.payload),
             _ => stats.foreign_messages += 1,
         }
     }
     ChunkEnd::More
+}
+
+/// The few fields of an `inet_diag_msg` that decide whether a socket is
+/// worth reading in full, read straight from its bytes: no attribute walk,
+/// no [`SocketSample`] built. Equal to what [`parse_socket`] makes of the
+/// same bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Base {
+    pub state: TcpState,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub cookie: u64,
+    /// `idiag_wqueue`: write_seq − snd_una (a listener's backlog limit).
+    pub wqueue: u32,
+}
+
+impl Base {
+    /// Reads an `inet_diag_msg` payload; `None` when it is too short or
+    /// its family or state is unknown.
+    pub fn of(payload: &[u8]) -> Option<Base> {
+        use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+        let h = payload.get(..72)?;
+        let state = TcpState::from_kernel(h[1])?;
+        let port = |at: usize| u16::from_be_bytes([h[at], h[at + 1]]);
+        let ip = |at: usize| -> Option<IpAddr> {
+            match u16::from(h[0]) {
+                AF_INET => Some(IpAddr::V4(Ipv4Addr::new(
+                    h[at],
+                    h[at + 1],
+                    h[at + 2],
+                    h[at + 3],
+                ))),
+                AF_INET6 => {
+                    let b: [u8; 16] = h[at..at + 16].try_into().ok()?;
+                    Some(IpAddr::V6(Ipv6Addr::from(b)))
+                }
+                _ => None,
+            }
+        };
+        let cookie_lo = u32::from_ne_bytes(h[44..48].try_into().ok()?);
+        let cookie_hi = u32::from_ne_bytes(h[48..52].try_into().ok()?);
+        Some(Base {
+            state,
+            local: normalize_addr(SocketAddr::new(ip(8)?, port(4))),
+            remote: normalize_addr(SocketAddr::new(ip(24)?, port(6))),
+            cookie: u64::from(cookie_hi) << 32 | u64::from(cookie_lo),
+            wqueue: u32::from_ne_bytes(h[60..64].try_into().ok()?),
+        })
+    }
+}
+
+const AF_INET: u16 = libc::AF_INET as u16;
+const AF_INET6: u16 = libc::AF_INET6 as u16;
+
+/// What names one socket to the kernel in an exact request: its family and
+/// its `inet_diag_sockid` (ports, addresses, bound interface, cookie)
+/// exactly as a dump reported them. Kept verbatim rather than rebuilt from
+/// a [`SocketSample`], whose addresses are normalised (an IPv4-mapped
+/// socket is AF_INET6 to the kernel) and which has no interface index (a
+/// link-local or device-bound socket is found only with it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExactId {
+    pub family: u8,
+    pub sockid: [u8; SOCKID_LEN],
+}
+
+/// `struct inet_diag_sockid`: sport, dport, src[4], dst[4], if, cookie[2].
+pub const SOCKID_LEN: usize = 48;
+
+impl ExactId {
+    /// The id in an `inet_diag_msg` payload (family at 0, sockid at 4).
+    pub fn of(payload: &[u8]) -> Option<ExactId> {
+        Some(ExactId {
+            family: *payload.first()?,
+            sockid: payload.get(4..4 + SOCKID_LEN)?.try_into().ok()?,
+        })
+    }
 }
 
 /// Parses one `inet_diag_msg` with its attributes. `None` when the header

@@ -5,6 +5,7 @@ mod cli;
 mod families;
 mod namespaces;
 mod positions;
+mod wanted;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
