@@ -84,6 +84,9 @@ pub struct Stats {
     pub episodes_opened: u64,
     pub store_dropped: u64,
     pub agent_dropped_batches: u64,
+    /// Watch and unwatch requests dropped because the agent's outbound
+    /// queue was full (a dropped watch is asked again).
+    pub requests_dropped: u64,
 }
 
 /// Messages to the aggregator.
@@ -180,6 +183,8 @@ struct Watch {
     /// The suspect with an open episode this is the peer of: a peer's
     /// report finds its episode at once.
     episode_of: Option<ConnKey>,
+    /// When the request was queued for the agent; `None` if it was dropped.
+    asked_at_ms: Option<i64>,
 }
 
 /// A connection whose queue looks stuck, with what we know of its peer.
@@ -334,7 +339,7 @@ impl State {
                 }
             }
             Command::Flow { flow, reply } => {
-                let _ = reply.send(self.flow(flow));
+                let _ = reply.send(self.flow(flow, now_ms));
             }
             Command::Stats { reply } => {
                 let _ = reply.send(self.stats());
@@ -401,7 +406,10 @@ impl State {
             .map(|(_, f)| *f)
             .collect();
         for flow in again {
-            self.send(host, ToAgent::Watch(flow));
+            let sent = self.send(host, ToAgent::Watch(flow));
+            if let Some(w) = self.watched.get_mut(&(host, flow)) {
+                w.asked_at_ms = sent.then_some(now_ms);
+            }
         }
         Ok(())
     }
@@ -450,26 +458,59 @@ impl State {
         }
     }
 
-    fn send(&mut self, host: HostId, msg: ToAgent) {
-        if let Some(s) = self.sessions.get(&host) {
-            if s.tx.try_send(msg).is_err() {
-                tracing::warn!(
-                    host = %s.hello.host,
-                    "agent's outbound queue is full; watch request dropped"
-                );
+    /// Queues a request to `host`'s agent; false if it could not be.
+    fn send(&mut self, host: HostId, msg: ToAgent) -> bool {
+        let Some(s) = self.sessions.get(&host) else {
+            return false;
+        };
+        if s.tx.try_send(msg).is_ok() {
+            return true;
+        }
+        self.stats.requests_dropped += 1;
+        let n = self.stats.requests_dropped;
+        if n.is_power_of_two() {
+            tracing::warn!(
+                host = %s.hello.host,
+                dropped = n,
+                "agent's outbound queue is full; request dropped (a watch is asked again at the suspect's next report)"
+            );
+        }
+        false
+    }
+
+    /// Asks again for a watched end that has not answered in two of its
+    /// agent's polls (the request may have been dropped, or its agent
+    /// reconnected).
+    fn ask_again(&mut self, host: HostId, flow: FlowTuple, now_ms: i64) {
+        let patience = self.sessions.get(&host).map_or(i64::MAX, |s| {
+            i64::try_from(ms(s.hello.interval * 2)).unwrap_or(i64::MAX)
+        });
+        let due = match self.watched.get(&(host, flow)) {
+            Some(w) => {
+                matches!(w.end, PeerEnd::Pending)
+                    && w.asked_at_ms.is_none_or(|t| now_ms - t > patience)
+            }
+            None => false,
+        };
+        if due && self.send(host, ToAgent::Watch(flow)) {
+            if let Some(w) = self.watched.get_mut(&(host, flow)) {
+                w.asked_at_ms = Some(now_ms);
             }
         }
     }
 
-    fn watch(&mut self, host: HostId, flow: FlowTuple) {
+    fn watch(&mut self, host: HostId, flow: FlowTuple, now_ms: i64) {
         let w = self.watched.entry((host, flow)).or_insert(Watch {
             refs: 0,
             end: PeerEnd::Pending,
             episode_of: None,
+            asked_at_ms: None,
         });
         w.refs += 1;
-        if w.refs == 1 {
-            self.send(host, ToAgent::Watch(flow));
+        if w.refs == 1 && self.send(host, ToAgent::Watch(flow)) {
+            if let Some(w) = self.watched.get_mut(&(host, flow)) {
+                w.asked_at_ms = Some(now_ms);
+            }
         }
     }
 
@@ -563,10 +604,14 @@ impl State {
             }
             s.latest_at_ms = now_ms;
             s.last_mono = mono;
+            if let (Some(peer), false) = (s.peer, last_word) {
+                let flow = s.flow.reversed();
+                self.ask_again(peer, flow, now_ms);
+            }
         } else if reason == Reason::Suspect && !last_word {
             let peer = self.owner(host, sample.flow.remote.ip());
             if let Some(peer) = peer {
-                self.watch(peer, sample.flow.reversed());
+                self.watch(peer, sample.flow.reversed(), now_ms);
             }
             self.suspects.insert(
                 conn,
@@ -889,7 +934,7 @@ impl State {
 
     /// Both ends of `flow` as known now; asks the owners to watch it. A
     /// scan of what is tracked: queries are rare next to samples.
-    pub fn flow(&mut self, flow: FlowTuple) -> FlowView {
+    pub fn flow(&mut self, flow: FlowTuple, now_ms: i64) -> FlowView {
         let mut view = FlowView::default();
         for (slot, tuple) in [(0, flow), (1, flow.reversed())] {
             let watched = self.watched.iter().find_map(|((h, t), w)| match &w.end {
@@ -910,7 +955,7 @@ impl State {
                 .or_else(|| self.owners.get(&tuple.local.ip()).copied());
             if let Some(host) = host {
                 if !self.watched.contains_key(&(host, tuple)) {
-                    self.watch(host, tuple);
+                    self.watch(host, tuple, now_ms);
                 }
             }
             let known = known.map(|(h, s)| (self.hosts.name(h).to_string(), s));

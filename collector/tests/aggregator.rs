@@ -424,3 +424,43 @@ async fn a_peer_host_that_reconnects_is_asked_again_for_what_it_watched() {
         vec![ToAgent::Unwatch(a.flow.reversed())]
     );
 }
+
+#[tokio::test]
+async fn a_watch_request_dropped_on_a_full_queue_is_asked_again() {
+    let mut rig = Rig::new();
+    let a_sess = rig.hello("hosta", "198.18.0.2", at(0.0));
+    rig.hello("hostb", "198.18.0.1", at(0.0));
+    // Seventeen suspects towards B: its queue (16 in this rig) takes
+    // sixteen watch requests, the last is dropped.
+    let suspects: Vec<EndSample> = (0..17u16)
+        .map(|i| {
+            let mut a = zero_window(stuck_a(2000));
+            a.cookie = 100 + u64::from(i);
+            a.flow.remote.set_port(40_000 + i);
+            a
+        })
+        .collect();
+    let batch = suspects
+        .iter()
+        .map(|a| (Reason::Suspect, a.clone()))
+        .collect();
+    rig.send(a_sess, 100.0, batch, at(0.0));
+    assert_eq!(rig.asked("hostb").len(), 16);
+    assert_eq!(rig.state.stats().requests_dropped, 1);
+
+    // At A's next report the dropped one is asked again (the queue has
+    // room now), and only that one: the others were queued.
+    let again: Vec<(Reason, EndSample)> = suspects
+        .iter()
+        .map(|a| (Reason::Suspect, a.clone()))
+        .collect();
+    let last = suspects.last().expect("17").flow.reversed();
+    rig.send(a_sess, 102.0, again.clone(), at(2.0));
+    assert_eq!(rig.asked("hostb"), vec![ToAgent::Watch(last)]);
+
+    // B never answers: after two of its polls (4 s) each is asked again.
+    rig.send(a_sess, 104.0, again.clone(), at(4.0));
+    assert!(rig.asked("hostb").is_empty(), "not before two polls");
+    rig.send(a_sess, 106.0, again, at(6.0));
+    assert_eq!(rig.asked("hostb").len(), 16, "the sixteen asked at 0 s");
+}
