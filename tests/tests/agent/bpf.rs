@@ -1,0 +1,242 @@
+//! The BPF iter/tcp probe on live sockets: its absolute sequence numbers
+//! against the relative positions sock_diag's tcp_info gives, for every
+//! connection of the host; the cork bit; the SACK block a receiver with a
+//! hole sends. Needs root (CAP_BPF + CAP_PERFMON) and an agent built with
+//! clang; skips, saying why, otherwise.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tcpstall_agent::netns::{self, Netns};
+use tcpstall_agent::probe::TcpIterProbe;
+use tcpstall_common::{KernelTcp, Opened, SocketSample};
+use tcpstall_tests::{poll, wait_for};
+
+use crate::{recv, send, Conn};
+
+const DEADLINE: Duration = Duration::from_secs(10);
+
+/// The loaded probe, or `None` (test skipped) when not root or when this
+/// build has no BPF object. As root with the object built, a load failure
+/// is a failure.
+pub fn probe_or_skip() -> Option<TcpIterProbe> {
+    if !tcpstall_tests::is_root() {
+        eprintln!("skipped: the BPF probe needs root (CAP_BPF + CAP_PERFMON)");
+        return None;
+    }
+    if let Err(e) = TcpIterProbe::built() {
+        eprintln!("skipped: {e}");
+        return None;
+    }
+    Some(TcpIterProbe::load().expect("load the iter/tcp program as root"))
+}
+
+/// One BPF pass over `ns`, by cookie.
+pub fn bpf_pass(probe: &mut TcpIterProbe, ns: &Netns) -> HashMap<u64, KernelTcp> {
+    let mut out = HashMap::new();
+    probe
+        .read(ns, |t| {
+            out.insert(t.cookie, t);
+        })
+        .expect("BPF pass");
+    out
+}
+
+/// What [`compare`] found.
+#[derive(Debug, Default)]
+struct Compared {
+    /// Connections seen alike by both sock_diag passes and by BPF.
+    checked: usize,
+    /// Of those, the ones whose ISN came from the peer's receive side.
+    isn_from_peer: usize,
+    /// Connections that moved between the passes: not comparable.
+    moving: usize,
+}
+
+/// The same connection, unmoved: state, positions and windows alike (the
+/// timers and RTT in tcp_info change all the time).
+fn still(a: &SocketSample, b: &SocketSample) -> bool {
+    a.cookie == b.cookie && a.state == b.state && a.positions() == b.positions()
+}
+
+/// Compares every quiet connection's BPF record to its sock_diag sample.
+/// `Err` names the first mismatch.
+fn compare(
+    before: &[SocketSample],
+    after: &[SocketSample],
+    bpf: &HashMap<u64, KernelTcp>,
+) -> Result<Compared, String> {
+    let before: HashMap<u64, &SocketSample> = before.iter().map(|s| (s.cookie, s)).collect();
+    let quiet: HashMap<u64, &SocketSample> = after
+        .iter()
+        .filter(|s| before.get(&s.cookie).is_some_and(|b| still(b, s)))
+        .map(|s| (s.cookie, s))
+        .collect();
+    let by_tuple: HashMap<_, _> = quiet
+        .values()
+        .map(|s| ((s.netns, s.local, s.remote), *s))
+        .collect();
+    let mut out = Compared {
+        moving: after.len() - quiet.len(),
+        ..Compared::default()
+    };
+    for s in quiet.values() {
+        let Some(k) = bpf.get(&s.cookie) else {
+            // The iterator leaves out TIME-WAIT and request sockets only.
+            if s.info.is_some() {
+                return Err(format!("BPF pass missed a quiet connection: {s:?}"));
+            }
+            continue;
+        };
+        let p = s.positions();
+        let why = |what: &str| format!("{what}: sample {s:?}\npositions {p:?}\nbpf {k:?}");
+        if k.state != s.state.kernel_number() {
+            return Err(why("state"));
+        }
+        let opened = s.opened.ok_or_else(|| why("opened unknown"))?;
+        // The ISN of our sending direction: from the peer's receive side
+        // when both ends are on this host, else from our own snapshot.
+        let peer = by_tuple
+            .get(&(s.netns, s.remote, s.local))
+            .and_then(|peer| bpf.get(&peer.cookie));
+        let isn1 = match peer {
+            Some(peer) => {
+                out.isn_from_peer += 1;
+                Some(peer.rcv_isn1())
+            }
+            None => k.snd_isn1(opened),
+        };
+        if let (Some(isn1), Some(una)) = (isn1, p.snd_una) {
+            if u64::from(k.snd_una.wrapping_sub(isn1)) != una % (1 << 32) {
+                return Err(why("absolute snd_una - ISN != tcp_info snd_una"));
+            }
+        }
+        let pairs = [
+            ("snd_una", p.snd_una, k.snd_relative(opened, k.snd_una)),
+            ("snd_nxt", p.snd_nxt, k.snd_relative(opened, k.snd_nxt)),
+            (
+                "write_seq",
+                p.write_seq,
+                k.snd_relative(opened, k.write_seq),
+            ),
+            ("rcv_nxt", p.rcv_nxt, k.rcv_relative(k.rcv_nxt)),
+            ("copied", p.copied, k.rcv_relative(k.copied_seq)),
+        ];
+        for (name, diag, bpf) in pairs {
+            // SYN-SENT has no snd_una yet in either view.
+            if diag.is_some() && diag != bpf {
+                return Err(why(name));
+            }
+        }
+        let info = s.info.as_ref().ok_or_else(|| why("no tcp_info"))?;
+        if info.snd_wscale() != Some(k.snd_wscale) || info.rcv_wscale() != Some(k.rcv_wscale) {
+            return Err(why("window scales"));
+        }
+        if info.snd_wnd().is_some_and(|w| w != k.snd_wnd)
+            || info.rcv_wnd().is_some_and(|w| w != k.rcv_wnd)
+        {
+            return Err(why("windows"));
+        }
+        out.checked += 1;
+    }
+    Ok(out)
+}
+
+/// Issue 6: absolute snd_una − ISN equals tcp_info's relative snd_una for
+/// every connection of the host, and the other positions agree too.
+#[test]
+fn absolute_sequence_numbers_match_tcp_info_on_every_connection() {
+    let Some(mut probe) = probe_or_skip() else {
+        return;
+    };
+    let ns = netns::current().expect("current namespace");
+    let mut conns = Vec::new();
+    for (i, bind) in ["127.0.0.1:0", "[::1]:0", "127.0.0.1:0"].iter().enumerate() {
+        let mut c = Conn::open(bind);
+        let up = 1000 * (i + 1);
+        let down = 70_000 + 333 * i;
+        send(&mut c.client, up);
+        recv(&mut c.server, up);
+        send(&mut c.server, down);
+        recv(&mut c.client, down);
+        // Left unread: rcv_nxt and copied differ on the server.
+        send(&mut c.client, 17);
+        conns.push(c);
+    }
+    let cookies_of_test = |samples: &[SocketSample]| {
+        conns
+            .iter()
+            .flat_map(|c| {
+                [
+                    (c.client_addr, c.server_addr),
+                    (c.server_addr, c.client_addr),
+                ]
+            })
+            .filter_map(|(l, r)| samples.iter().find(|s| s.local == l && s.remote == r))
+            .map(|s| s.cookie)
+            .collect::<Vec<_>>()
+    };
+    let (report, ours) = wait_for(
+        "a pass where the test's connections hold still",
+        DEADLINE,
+        || {
+            let before = poll(vec![]);
+            let bpf = bpf_pass(&mut probe, &ns);
+            let after = poll(vec![]);
+            let ours = cookies_of_test(&after);
+            let report = compare(&before, &after, &bpf).unwrap_or_else(|e| panic!("{e}"));
+            let all_quiet = ours.len() == 2 * conns.len()
+                && ours.iter().all(|c| {
+                    let b = before.iter().find(|s| s.cookie == *c);
+                    let a = after.iter().find(|s| s.cookie == *c);
+                    a.zip(b).is_some_and(|(a, b)| still(a, b))
+                });
+            all_quiet.then_some((report, ours))
+        },
+    );
+    eprintln!(
+        "checked {} connections ({} with the peer's ISN), {} moved between passes",
+        report.checked, report.isn_from_peer, report.moving
+    );
+    assert!(report.checked >= ours.len(), "{report:?}");
+    assert!(report.isn_from_peer >= ours.len(), "{report:?}");
+    assert_eq!(probe.stats().malformed, 0);
+}
+
+/// Issue 6: a corked socket reads back as corked; uncorking clears it,
+/// and TCP_NODELAY shows as nodelay.
+#[test]
+fn cork_and_nodelay_read_back() {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let Some(mut probe) = probe_or_skip() else {
+        return;
+    };
+    let ns = netns::current().expect("current namespace");
+    let mut c = Conn::open("127.0.0.1:0");
+    setsockopt(&c.client, sockopt::TcpCork, &true).expect("TCP_CORK");
+    setsockopt(&c.server, sockopt::TcpNoDelay, &true).expect("TCP_NODELAY");
+    send(&mut c.client, 100); // less than a segment: held by the cork
+    let find = |probe: &mut TcpIterProbe, local, remote| {
+        let all = poll(vec![]);
+        let s = all
+            .iter()
+            .find(|s| s.local == local && s.remote == remote)
+            .expect("socket in sock_diag")
+            .clone();
+        let k = *bpf_pass(probe, &ns)
+            .get(&s.cookie)
+            .expect("socket in the BPF pass");
+        (s, k)
+    };
+    let (s, k) = find(&mut probe, c.client_addr, c.server_addr);
+    assert!(k.cork(), "{k:?}");
+    assert!(!k.nodelay(), "{k:?}");
+    assert_eq!(s.opened, Some(Opened::Active));
+    let (_, k) = find(&mut probe, c.server_addr, c.client_addr);
+    assert!(!k.cork() && k.nodelay(), "{k:?}");
+
+    setsockopt(&c.client, sockopt::TcpCork, &false).expect("uncork");
+    recv(&mut c.server, 100);
+    let (_, k) = find(&mut probe, c.client_addr, c.server_addr);
+    assert!(!k.cork(), "{k:?}");
+}
