@@ -7,10 +7,10 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use tcpstall_agent::netns::{self, Netns};
+use tcpstall_agent::netns::{self, Netns, NetnsSpec};
 use tcpstall_agent::probe::TcpIterProbe;
-use tcpstall_common::{KernelTcp, Opened, SocketSample};
-use tcpstall_tests::{poll, wait_for};
+use tcpstall_common::{KernelTcp, Opened, SackBlock, SocketSample};
+use tcpstall_tests::{find, poll, wait_for, TestNetns};
 
 use crate::{recv, send, Conn};
 
@@ -239,4 +239,115 @@ fn cork_and_nodelay_read_back() {
     recv(&mut c.server, 100);
     let (_, k) = find(&mut probe, c.client_addr, c.server_addr);
     assert!(!k.cork(), "{k:?}");
+}
+
+/// `nft` commands inside a test namespace.
+fn nft_in(ns: &TestNetns, script: &str) {
+    let mut child = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns.name, "nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("run nft");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("nft stdin");
+        stdin.write_all(script.as_bytes()).expect("nft script");
+    }
+    let status = child.wait().expect("nft");
+    assert!(status.success(), "nft -f failed on:\n{script}");
+}
+
+/// Issue 6: a receiver with a hole. In a test namespace, nftables drops
+/// every copy of one 1000-byte segment (matched by its absolute sequence
+/// number, which the probe itself gives) on input, where the sender
+/// believes it sent it (a drop on output fails the send instead); the
+/// next segment arrives. The
+/// receiver's SACK block is exactly that next segment, its rcv_nxt is the
+/// hole's start, and the sender holds the same block as last received.
+#[test]
+fn receiver_with_a_hole_sends_a_sack_block_around_it() {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let Some(mut probe) = probe_or_skip() else {
+        return;
+    };
+    if std::process::Command::new("nft")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: nft (Debian's nftables) is not installed");
+        return;
+    }
+    let ns = TestNetns::new("sack");
+    let mut c = ns.enter(|| Conn::open("127.0.0.1:0"));
+    setsockopt(&c.client, sockopt::TcpNoDelay, &true).expect("TCP_NODELAY");
+    let spaces = netns::resolve(&[NetnsSpec::Named(ns.name.clone())]).expect("resolve");
+    let target = spaces[0].clone();
+
+    send(&mut c.client, 1000);
+    recv(&mut c.server, 1000);
+    let samples = poll(spaces.clone());
+    let cookie = |local, remote| {
+        find(&samples, local, remote)
+            .map(|s| s.cookie)
+            .expect("socket in sock_diag")
+    };
+    let (client, server) = (
+        cookie(c.client_addr, c.server_addr),
+        cookie(c.server_addr, c.client_addr),
+    );
+    let records = bpf_pass(&mut probe, &target);
+    let hole = records
+        .get(&client)
+        .expect("client in the BPF pass")
+        .write_seq;
+
+    nft_in(
+        &ns,
+        &format!(
+            "table inet tcpstall_hole {{\n\
+               chain input {{\n\
+                 type filter hook input priority 0;\n\
+                 tcp dport {} tcp sequence {hole} drop\n\
+               }}\n\
+             }}\n",
+            c.server_addr.port()
+        ),
+    );
+    send(&mut c.client, 1000); // dropped, and every retransmission of it
+    wait_for("the dropped segment to leave", DEADLINE, || {
+        let k = *bpf_pass(&mut probe, &target).get(&client)?;
+        (k.snd_nxt == hole.wrapping_add(1000)).then_some(())
+    });
+    send(&mut c.client, 1000); // arrives above the hole
+
+    let want = SackBlock {
+        start: hole.wrapping_add(1000),
+        end: hole.wrapping_add(2000),
+    };
+    let (rx, tx) = wait_for("the receiver's SACK block", DEADLINE, || {
+        let records = bpf_pass(&mut probe, &target);
+        let rx = *records.get(&server)?;
+        let tx = *records.get(&client)?;
+        let sent: Vec<_> = rx.sacks_sent().collect();
+        let got: Vec<_> = tx.sacks_received().collect();
+        (sent == [want] && got.contains(&want)).then_some((rx, tx))
+    });
+    assert_eq!(rx.rcv_nxt, hole, "the receiver waits for the hole: {rx:?}");
+    assert_eq!(tx.snd_una, hole, "the sender's snd_una is the hole: {tx:?}");
+    assert!(rx.sack_ok, "SACK negotiated: {rx:?}");
+    // Relative to the client's ISN, as the report shows it: 1000 acked,
+    // the block is bytes 2000..3000.
+    let isn1 = rx.rcv_isn1();
+    assert_eq!(want.start.wrapping_sub(isn1), 2000);
+    assert_eq!(want.end.wrapping_sub(isn1), 3000);
+
+    // Lift the drop: the retransmission fills the hole.
+    nft_in(&ns, "delete table inet tcpstall_hole\n");
+    recv(&mut c.server, 2000);
+    let rx = wait_for("the hole filled", DEADLINE, || {
+        let rx = *bpf_pass(&mut probe, &target).get(&server)?;
+        (rx.rcv_nxt == hole.wrapping_add(2000)).then_some(rx)
+    });
+    assert_eq!(rx.sacks_sent().count(), 0, "{rx:?}");
 }
