@@ -11,6 +11,7 @@ use tcpstall_agent::config::{self, Config};
 use tcpstall_agent::diag::{parse, Family};
 use tcpstall_agent::filter::{Filter, Prefix};
 use tcpstall_agent::netns::{self, NetnsSpec};
+use tcpstall_agent::probe::{ProbeStatus, Probes};
 use tcpstall_agent::view::{self, ConnectionJson, PairJson};
 use tcpstall_agent::Poller;
 use tcpstall_common::{SocketSample, TcpState};
@@ -85,6 +86,11 @@ struct SnapshotArgs {
     /// Only connections with bytes in the send queue.
     #[arg(long)]
     queued: bool,
+    /// sock_diag only: do not try the deeper probes (the BPF iter/tcp
+    /// program, which needs CAP_BPF and CAP_PERFMON). Without them the
+    /// JSON's cork, nodelay and bpf fields say unknown (null or absent).
+    #[arg(long)]
+    no_probes: bool,
 }
 
 #[derive(Debug, Args)]
@@ -178,7 +184,13 @@ fn run_agent(flags: &config::Flags) -> anyhow::Result<ExitCode> {
 fn snapshot(args: SnapshotArgs) -> anyhow::Result<ExitCode> {
     let namespaces = netns::resolve(&args.netns.netns)?;
     let show_ns = namespaces.len() > 1;
-    let mut poller = Poller::new(namespaces)?;
+    let mut probes = Probes::start(!args.no_probes);
+    for (name, status) in probes.announce() {
+        if !matches!(status, ProbeStatus::Available | ProbeStatus::Off) {
+            eprintln!("tcpstall-agent: probe {name}: {status}");
+        }
+    }
+    let mut poller = Poller::new(namespaces.clone())?;
     let filter = Filter {
         states: args.state,
         ports: args.port,
@@ -195,6 +207,9 @@ fn snapshot(args: SnapshotArgs) -> anyhow::Result<ExitCode> {
     };
     for f in &failures {
         eprintln!("tcpstall-agent: {f:#}");
+    }
+    for (label, e) in probes.pass(&namespaces) {
+        eprintln!("tcpstall-agent: probe bpf in network namespace {label}: {e:#}");
     }
     let stats = poller.stats();
     if stats.parse != Default::default() {
@@ -215,8 +230,12 @@ fn snapshot(args: SnapshotArgs) -> anyhow::Result<ExitCode> {
         if args.json {
             for (a, b) in &pairs {
                 let pair = PairJson {
-                    a: ConnectionJson::new(all[*a], poller.label(all[*a].netns)),
-                    b: b.map(|b| ConnectionJson::new(all[b], poller.label(all[b].netns))),
+                    a: ConnectionJson::new(all[*a], poller.label(all[*a].netns))
+                        .with_bpf(probes.bpf(all[*a].cookie)),
+                    b: b.map(|b| {
+                        ConnectionJson::new(all[b], poller.label(all[b].netns))
+                            .with_bpf(probes.bpf(all[b].cookie))
+                    }),
                 };
                 serde_json::to_writer(&mut out, &pair)?;
                 writeln!(out)?;
@@ -226,7 +245,8 @@ fn snapshot(args: SnapshotArgs) -> anyhow::Result<ExitCode> {
         }
     } else if args.json {
         for s in &shown {
-            serde_json::to_writer(&mut out, &ConnectionJson::new(s, poller.label(s.netns)))?;
+            let row = ConnectionJson::new(s, poller.label(s.netns)).with_bpf(probes.bpf(s.cookie));
+            serde_json::to_writer(&mut out, &row)?;
             writeln!(out)?;
         }
     } else {

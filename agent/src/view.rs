@@ -8,8 +8,11 @@ use std::net::SocketAddr;
 
 use serde::Serialize;
 use tcpstall_common::{
-    CongName, Opened, Positions, SkMemInfo, SocketSample, TcpInfo, TcpState, TimerKind,
+    CongName, FactSource, KernelTcp, Opened, Positions, SkMemInfo, SocketSample, TcpInfo, TcpState,
+    TimerKind,
 };
+
+use crate::probe::json::BpfJson;
 
 /// One connection as `--json` prints it. Field names are a contract with
 /// users' scripts (DESIGN.md): add beside them, never rename.
@@ -33,6 +36,15 @@ pub struct ConnectionJson<'a> {
     pub cong: Option<CongName>,
     pub skmem: Option<SkMemInfo>,
     pub tcp_info: Option<&'a TcpInfo>,
+    /// TCP_CORK where a probe could read it; `null` = unknown.
+    pub cork: Option<bool>,
+    /// TCP_NODELAY where a probe could read it; `null` = unknown.
+    pub nodelay: Option<bool>,
+    /// The probe `cork` and `nodelay` came from (`bpf`, `getsockopt`).
+    pub cork_source: Option<FactSource>,
+    /// The BPF probe's facts, when it ran (issue 6).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bpf: Option<BpfJson>,
 }
 
 impl<'a> ConnectionJson<'a> {
@@ -55,7 +67,22 @@ impl<'a> ConnectionJson<'a> {
             cong: s.cong,
             skmem: s.skmem,
             tcp_info: s.info.as_ref(),
+            cork: None,
+            nodelay: None,
+            cork_source: None,
+            bpf: None,
         }
+    }
+
+    /// Adds what the BPF probe read of this socket.
+    pub fn with_bpf(mut self, k: Option<&KernelTcp>) -> Self {
+        if let Some(k) = k {
+            self.cork = Some(k.cork());
+            self.nodelay = Some(k.nodelay());
+            self.cork_source = Some(FactSource::Bpf);
+            self.bpf = Some(BpfJson::new(k, self.opened));
+        }
+        self
     }
 }
 

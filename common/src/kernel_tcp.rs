@@ -21,6 +21,28 @@ pub const NAGLE_OFF: u8 = 1;
 pub const NAGLE_CORK: u8 = 2;
 pub const NAGLE_PUSH: u8 = 4;
 
+/// Where a fact came from, carried with it into reports and JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FactSource {
+    /// sock_diag's `tcp_info` and queues.
+    TcpInfo,
+    /// The BPF iter/tcp probe.
+    Bpf,
+    /// getsockopt on a duplicate of the owner's descriptor (pidfd_getfd).
+    Getsockopt,
+}
+
+impl FactSource {
+    pub fn name(self) -> &'static str {
+        match self {
+            FactSource::TcpInfo => "tcp_info",
+            FactSource::Bpf => "bpf",
+            FactSource::Getsockopt => "getsockopt",
+        }
+    }
+}
+
 /// One SACK block: absolute sequence numbers, `end` exclusive.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct SackBlock {

@@ -36,7 +36,7 @@ const PROGRAM: &str = "tcpstall_tcp";
 pub enum ProbeError {
     #[error("not built into this agent: {0}")]
     NotBuilt(&'static str),
-    #[error("no permission (loading BPF needs CAP_BPF and CAP_PERFMON): {0}")]
+    #[error("loading BPF needs CAP_BPF and CAP_PERFMON: {0}")]
     NoPermission(String),
     #[error("kernel BTF (/sys/kernel/btf/vmlinux) not usable: {0}")]
     Btf(String),
@@ -66,9 +66,10 @@ fn describe(e: &(dyn std::error::Error + 'static)) -> (String, bool) {
         if let Some(io) = err.downcast_ref::<io::Error>() {
             denied |= matches!(io.raw_os_error(), Some(libc::EPERM | libc::EACCES));
         }
-        if !std::ptr::eq(err, e) {
+        let more = err.to_string();
+        if !text.contains(&more) {
             text.push_str(": ");
-            text.push_str(&err.to_string());
+            text.push_str(&more);
         }
         cur = err.source();
     }

@@ -1,7 +1,8 @@
 //! The BPF iter/tcp probe on live sockets: its absolute sequence numbers
 //! against the relative positions sock_diag's tcp_info gives, for every
 //! connection of the host; the cork bit; the SACK block a receiver with a
-//! hole sends. Needs root (CAP_BPF + CAP_PERFMON) and an agent built with
+//! hole sends; the agent's snapshot reading the cork of another process's
+//! socket, and saying "unknown" without the capability. Needs root (CAP_BPF + CAP_PERFMON) and an agent built with
 //! clang; skips, saying why, otherwise.
 
 use std::collections::HashMap;
@@ -350,4 +351,97 @@ fn receiver_with_a_hole_sends_a_sack_block_around_it() {
         (rx.rcv_nxt == hole.wrapping_add(2000)).then_some(rx)
     });
     assert_eq!(rx.sacks_sent().count(), 0, "{rx:?}");
+}
+
+/// `tcpstall-agent snapshot --json --port PORT`, optionally with every
+/// capability dropped first (setpriv, from util-linux); rows by local
+/// address, and what it said on stderr.
+fn agent_rows(port: u16, drop_caps: bool) -> (HashMap<String, serde_json::Value>, String) {
+    let agent = tcpstall_tests::binary("tcpstall-agent");
+    let mut cmd = if drop_caps {
+        let mut c = std::process::Command::new("setpriv");
+        c.args(["--bounding-set=-all", "--inh-caps=-all"])
+            .arg(&agent);
+        c
+    } else {
+        std::process::Command::new(&agent)
+    };
+    let out = cmd
+        .args(["snapshot", "--json", "--port", &port.to_string()])
+        .output()
+        .expect("run tcpstall-agent");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    let rows = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("one JSON object per line"))
+        .map(|r| (r["local"].as_str().unwrap_or_default().to_string(), r))
+        .collect();
+    (rows, stderr)
+}
+
+/// Issue 6: the cork an application set, read back by another process
+/// (the agent's snapshot) through the BPF probe, with its source; and
+/// without the capability the same rows with cork "unknown" and nothing
+/// else changed.
+#[test]
+fn another_process_reads_the_cork_and_says_unknown_without_the_capability() {
+    use nix::sys::socket::{setsockopt, sockopt};
+    if probe_or_skip().is_none() {
+        return;
+    }
+    let c = Conn::open("127.0.0.1:0");
+    setsockopt(&c.client, sockopt::TcpCork, &true).expect("TCP_CORK");
+    setsockopt(&c.server, sockopt::TcpNoDelay, &true).expect("TCP_NODELAY");
+    let port = c.server_addr.port();
+    let (client, server) = (c.client_addr.to_string(), c.server_addr.to_string());
+
+    let (rows, stderr) = agent_rows(port, false);
+    assert!(!stderr.contains("probe bpf"), "{stderr}");
+    let a = &rows[&client];
+    assert_eq!(a["cork"], true, "{a}");
+    assert_eq!(a["nodelay"], false, "{a}");
+    assert_eq!(a["cork_source"], "bpf", "{a}");
+    assert_eq!(a["bpf"]["cork"], true, "{a}");
+    let b = &rows[&server];
+    assert_eq!(
+        (&b["cork"], &b["nodelay"]),
+        (&false.into(), &true.into()),
+        "{b}"
+    );
+    // Absolute and relative agree: rcv_nxt - rcv_isn - 1 is the relative rcv_nxt.
+    let abs = |v: &serde_json::Value| v.as_u64().expect("number");
+    assert_eq!(
+        (abs(&b["bpf"]["rcv_nxt"]) + (1 << 32) - abs(&b["bpf"]["rcv_isn"]) - 1) % (1 << 32),
+        abs(&b["rcv_nxt"]),
+        "{b}"
+    );
+
+    let (bare, stderr) = agent_rows(port, true);
+    assert!(
+        stderr.contains("probe bpf: unknown (no permission)"),
+        "{stderr}"
+    );
+    for (local, full) in [(&client, a), (&server, b)] {
+        let row = &bare[local];
+        for field in ["cork", "nodelay", "cork_source"] {
+            assert!(
+                row[field].is_null(),
+                "{field} unknown without CAP_BPF: {row}"
+            );
+        }
+        assert!(row.get("bpf").is_none(), "{row}");
+        for field in [
+            "remote",
+            "state",
+            "cookie",
+            "opened",
+            "snd_una",
+            "write_seq",
+            "rcv_nxt",
+            "copied",
+        ] {
+            assert_eq!(row[field], full[field], "{field} unchanged without CAP_BPF");
+        }
+    }
 }
