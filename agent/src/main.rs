@@ -11,6 +11,7 @@ use tcpstall_agent::config::{self, Config};
 use tcpstall_agent::diag::{parse, Family};
 use tcpstall_agent::filter::{Filter, Prefix};
 use tcpstall_agent::netns::{self, NetnsSpec};
+use tcpstall_agent::probe::owner::OwnerIndex;
 use tcpstall_agent::probe::{ProbeStatus, Probes};
 use tcpstall_agent::view::{self, ConnectionJson, PairJson};
 use tcpstall_agent::Poller;
@@ -91,6 +92,14 @@ struct SnapshotArgs {
     /// JSON's cork, nodelay and bpf fields say unknown (null or absent).
     #[arg(long)]
     no_probes: bool,
+    /// Name the process that owns each connection shown (pid, command
+    /// line, systemd unit or cgroup; another user's processes need
+    /// CAP_SYS_PTRACE, else "unknown (no permission)"). Where the BPF probe
+    /// did not give the cork of a connection with bytes queued, read its
+    /// cork and nodelay through a duplicate of the owner's descriptor
+    /// (pidfd_getfd, CAP_SYS_PTRACE), closed at once.
+    #[arg(long)]
+    owners: bool,
 }
 
 #[derive(Debug, Args)]
@@ -215,6 +224,10 @@ fn snapshot(args: SnapshotArgs) -> anyhow::Result<ExitCode> {
     if stats.parse != Default::default() {
         tracing::warn!(stats = ?stats.parse, "parts of the kernel's reply were skipped");
     }
+    let mut owners = args
+        .owners
+        .then(|| OwnerIndex::new(std::time::Duration::from_secs(30)));
+    let mut row = |s| json_row(s, poller.label(s.netns), &probes, owners.as_mut());
     let label = |inode: u64| poller.label(inode).to_string();
     let shown: Vec<&SocketSample> = samples.iter().filter(|s| filter.matches(s)).collect();
 
@@ -230,12 +243,8 @@ fn snapshot(args: SnapshotArgs) -> anyhow::Result<ExitCode> {
         if args.json {
             for (a, b) in &pairs {
                 let pair = PairJson {
-                    a: ConnectionJson::new(all[*a], poller.label(all[*a].netns))
-                        .with_bpf(probes.bpf(all[*a].cookie)),
-                    b: b.map(|b| {
-                        ConnectionJson::new(all[b], poller.label(all[b].netns))
-                            .with_bpf(probes.bpf(all[b].cookie))
-                    }),
+                    a: row(all[*a]),
+                    b: b.map(|b| row(all[b])),
                 };
                 serde_json::to_writer(&mut out, &pair)?;
                 writeln!(out)?;
@@ -245,8 +254,7 @@ fn snapshot(args: SnapshotArgs) -> anyhow::Result<ExitCode> {
         }
     } else if args.json {
         for s in &shown {
-            let row = ConnectionJson::new(s, poller.label(s.netns)).with_bpf(probes.bpf(s.cookie));
-            serde_json::to_writer(&mut out, &row)?;
+            serde_json::to_writer(&mut out, &row(s))?;
             writeln!(out)?;
         }
     } else {
@@ -258,6 +266,25 @@ fn snapshot(args: SnapshotArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// One JSON row with the deeper probes' facts.
+fn json_row<'a>(
+    s: &'a SocketSample,
+    netns: &'a str,
+    probes: &Probes,
+    owners: Option<&mut OwnerIndex>,
+) -> ConnectionJson<'a> {
+    let mut row = ConnectionJson::new(s, netns).with_bpf(probes.bpf(s.cookie));
+    if let Some(index) = owners {
+        if let Some(e) = row.with_owner(index, s.wqueue) {
+            eprintln!(
+                "tcpstall-agent: cork of {} -> {} unknown: {e}",
+                s.local, s.remote
+            );
+        }
+    }
+    row
 }
 
 fn capture(args: CaptureArgs) -> anyhow::Result<ExitCode> {

@@ -6,6 +6,27 @@
 use serde::Serialize;
 use tcpstall_common::{FactSource, KernelTcp, Opened, SackBlock};
 
+use super::owner::{Owner, OwnerLookup};
+
+/// The `owner` of a connection: the process, or why it is not known.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum OwnerJson {
+    Found(Owner),
+    /// "unknown (no permission)" or "none".
+    Unknown(&'static str),
+}
+
+impl From<OwnerLookup> for OwnerJson {
+    fn from(l: OwnerLookup) -> OwnerJson {
+        match l {
+            OwnerLookup::Found(o) => OwnerJson::Found(o),
+            OwnerLookup::None => OwnerJson::Unknown("none"),
+            OwnerLookup::NoPermission => OwnerJson::Unknown("unknown (no permission)"),
+        }
+    }
+}
+
 /// One SACK block, absolute and relative.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct SackJson {

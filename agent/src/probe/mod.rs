@@ -10,6 +10,7 @@
 
 pub mod bpf;
 pub mod json;
+pub mod owner;
 pub mod record;
 
 use std::collections::HashMap;

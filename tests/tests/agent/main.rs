@@ -5,6 +5,7 @@ mod bpf;
 mod cli;
 mod families;
 mod namespaces;
+mod owner;
 mod positions;
 
 use std::io::{Read, Write};
