@@ -5,6 +5,7 @@
 //! | probe | gives | needs |
 //! |---|---|---|
 //! | [`bpf`]: BPF `iter/tcp` | absolute snd_una/snd_nxt/write_seq/rcv_nxt/copied_seq, rcv_wup, both windows and scales, SACK blocks sent and received, cork and nodelay | CAP_BPF + CAP_PERFMON, kernel BTF, kernel 5.12+, an agent built with clang |
+//! | [`owner`]: /proc/PID/fd walk, pidfd_getfd + getsockopt | the owning process (pid, command line, systemd unit or cgroup); cork and nodelay of suspect sockets where BPF is not allowed | CAP_SYS_PTRACE for other users' and more privileged processes, the host's PID namespace, kernel 5.6+ |
 //!
 //! Records are joined to the sock_diag samples by socket cookie.
 
@@ -15,11 +16,13 @@ pub mod record;
 
 use std::collections::HashMap;
 use std::fmt;
+use std::time::Duration;
 
 use tcpstall_common::KernelTcp;
 
 use crate::netns::Netns;
 pub use bpf::{ProbeError, TcpIterProbe};
+use owner::OwnerIndex;
 
 /// A probe's state, as announced at start.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -50,7 +53,13 @@ pub struct Probes {
     bpf: Option<TcpIterProbe>,
     bpf_status: ProbeStatus,
     by_cookie: HashMap<u64, KernelTcp>,
+    /// Owners of suspect sockets, for the getsockopt fallback.
+    owners: Option<OwnerIndex>,
+    getsockopt_status: ProbeStatus,
 }
+
+/// How often the owner index may walk /proc again on a miss.
+pub const OWNER_RESCAN: Duration = Duration::from_secs(30);
 
 impl Probes {
     /// Tries every probe (or none when `enabled` is false).
@@ -64,16 +73,62 @@ impl Probes {
                 Err(e) => (None, ProbeStatus::Unavailable(e.to_string())),
             }
         };
+        // The fallback's permission shows per process; whether the kernel
+        // has pidfd_getfd shows at once (ENOSYS before 5.6).
+        let getsockopt_status = if !enabled {
+            ProbeStatus::Off
+        } else {
+            match rustix::process::pidfd_open(
+                rustix::process::getpid(),
+                rustix::process::PidfdFlags::empty(),
+            ) {
+                Ok(_) => ProbeStatus::Available,
+                Err(e) => ProbeStatus::Unavailable(format!("pidfd_open: {e}")),
+            }
+        };
         Probes {
             bpf,
             bpf_status,
             by_cookie: HashMap::new(),
+            owners: enabled.then(|| OwnerIndex::new(OWNER_RESCAN)),
+            getsockopt_status,
         }
     }
 
     /// Each probe by name with its status, for the start-up announcement.
     pub fn announce(&self) -> Vec<(&'static str, &ProbeStatus)> {
-        vec![("bpf", &self.bpf_status)]
+        vec![
+            ("bpf", &self.bpf_status),
+            ("getsockopt", &self.getsockopt_status),
+        ]
+    }
+
+    /// What the Hello tells the collector.
+    pub fn to_wire(&self) -> tcpstall_proto::v1::Probes {
+        tcpstall_proto::v1::Probes {
+            sock_diag: true,
+            bpf_iter: self.bpf_status == ProbeStatus::Available,
+            getsockopt: self.getsockopt_status == ProbeStatus::Available,
+        }
+    }
+
+    /// The cork of a socket: from the last BPF pass, else (for a suspect,
+    /// `suspect` true) through its owner's descriptor; `None` = unknown.
+    pub fn cork(&mut self, cookie: u64, inode: u32, suspect: bool) -> Option<bool> {
+        if let Some(k) = self.by_cookie.get(&cookie) {
+            return Some(k.cork());
+        }
+        if !suspect || self.getsockopt_status != ProbeStatus::Available {
+            return None;
+        }
+        let index = self.owners.as_mut()?;
+        match index.lookup(u64::from(inode)) {
+            owner::OwnerLookup::Found(o) => owner::cork_by_getsockopt(&o, u64::from(inode))
+                .map(|(cork, _)| cork)
+                .map_err(|e| tracing::debug!(pid = o.pid, error = %e, "cork unknown"))
+                .ok(),
+            _ => None,
+        }
     }
 
     /// Runs the BPF pass over `namespaces`; returns the namespaces that
