@@ -99,7 +99,10 @@ impl PollState {
         }
         for (reason, s) in selection.samples.iter_mut() {
             let suspect = *reason == Reason::Suspect && s.pos.sendq > 0;
-            s.cork = self.probes.cork(s.cookie, s.inode, suspect);
+            (s.cork, s.cork_source) = match self.probes.cork(s.cookie, s.inode, suspect) {
+                Some((cork, source)) => (Some(cork), Some(source)),
+                None => (None, None),
+            };
         }
         Polled {
             selection,
@@ -395,6 +398,7 @@ mod tests {
             last_ack_recv_ms: None,
             bytes_retrans: None,
             cork: None,
+            cork_source: None,
         }
     }
 

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
 
-use tcpstall_common::KernelTcp;
+use tcpstall_common::{FactSource, KernelTcp};
 
 use crate::netns::Netns;
 pub use bpf::{ProbeError, TcpIterProbe};
@@ -112,11 +112,12 @@ impl Probes {
         }
     }
 
-    /// The cork of a socket: from the last BPF pass, else (for a suspect,
-    /// `suspect` true) through its owner's descriptor; `None` = unknown.
-    pub fn cork(&mut self, cookie: u64, inode: u32, suspect: bool) -> Option<bool> {
+    /// The cork of a socket and where it came from: the last BPF pass,
+    /// else (for a suspect, `suspect` true) its owner's descriptor; `None`
+    /// = unknown.
+    pub fn cork(&mut self, cookie: u64, inode: u32, suspect: bool) -> Option<(bool, FactSource)> {
         if let Some(k) = self.by_cookie.get(&cookie) {
-            return Some(k.cork());
+            return Some((k.cork(), FactSource::Bpf));
         }
         if !suspect || self.getsockopt_status != ProbeStatus::Available {
             return None;
@@ -124,7 +125,7 @@ impl Probes {
         let index = self.owners.as_mut()?;
         match index.lookup(u64::from(inode)) {
             owner::OwnerLookup::Found(o) => owner::cork_by_getsockopt(&o, u64::from(inode))
-                .map(|(cork, _)| cork)
+                .map(|(cork, _)| (cork, FactSource::Getsockopt))
                 .map_err(|e| tracing::debug!(pid = o.pid, error = %e, "cork unknown"))
                 .ok(),
             _ => None,
