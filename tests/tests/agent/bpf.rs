@@ -353,19 +353,15 @@ fn receiver_with_a_hole_sends_a_sack_block_around_it() {
     assert_eq!(rx.sacks_sent().count(), 0, "{rx:?}");
 }
 
-/// `tcpstall-agent snapshot --json --port PORT`, optionally with every
-/// capability dropped first (setpriv, from util-linux); rows by local
-/// address, and what it said on stderr.
-fn agent_rows(port: u16, drop_caps: bool) -> (HashMap<String, serde_json::Value>, String) {
+/// `tcpstall-agent snapshot --json --port PORT` with only the
+/// capabilities in `bounding` (setpriv syntax, from util-linux); rows by
+/// local address, and what it said on stderr.
+fn agent_rows(port: u16, bounding: &str) -> (HashMap<String, serde_json::Value>, String) {
     let agent = tcpstall_tests::binary("tcpstall-agent");
-    let mut cmd = if drop_caps {
-        let mut c = std::process::Command::new("setpriv");
-        c.args(["--bounding-set=-all", "--inh-caps=-all"])
-            .arg(&agent);
-        c
-    } else {
-        std::process::Command::new(&agent)
-    };
+    let mut cmd = std::process::Command::new("setpriv");
+    cmd.arg(format!("--bounding-set={bounding}"))
+        .arg("--inh-caps=-all")
+        .arg(&agent);
     let out = cmd
         .args(["snapshot", "--json", "--port", &port.to_string()])
         .output()
@@ -381,9 +377,9 @@ fn agent_rows(port: u16, drop_caps: bool) -> (HashMap<String, serde_json::Value>
 }
 
 /// Issue 6: the cork an application set, read back by another process
-/// (the agent's snapshot) through the BPF probe, with its source; and
-/// without the capability the same rows with cork "unknown" and nothing
-/// else changed.
+/// (the agent's snapshot) through the BPF probe with CAP_BPF and
+/// CAP_PERFMON and no other capability, with its source; and without them
+/// the same rows with cork "unknown" and nothing else changed.
 #[test]
 fn another_process_reads_the_cork_and_says_unknown_without_the_capability() {
     use nix::sys::socket::{setsockopt, sockopt};
@@ -396,7 +392,7 @@ fn another_process_reads_the_cork_and_says_unknown_without_the_capability() {
     let port = c.server_addr.port();
     let (client, server) = (c.client_addr.to_string(), c.server_addr.to_string());
 
-    let (rows, stderr) = agent_rows(port, false);
+    let (rows, stderr) = agent_rows(port, "-all,+bpf,+perfmon");
     assert!(!stderr.contains("probe bpf"), "{stderr}");
     let a = &rows[&client];
     assert_eq!(a["cork"], true, "{a}");
@@ -417,7 +413,7 @@ fn another_process_reads_the_cork_and_says_unknown_without_the_capability() {
         "{b}"
     );
 
-    let (bare, stderr) = agent_rows(port, true);
+    let (bare, stderr) = agent_rows(port, "-all");
     assert!(
         stderr.contains("probe bpf: unknown (no permission)"),
         "{stderr}"
