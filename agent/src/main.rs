@@ -193,13 +193,15 @@ fn run_agent(flags: &config::Flags) -> anyhow::Result<ExitCode> {
 fn snapshot(args: SnapshotArgs) -> anyhow::Result<ExitCode> {
     let namespaces = netns::resolve(&args.netns.netns)?;
     let show_ns = namespaces.len() > 1;
+    // The sockets first: a namespace may go between listing and opening,
+    // and loading the BPF program takes a while.
+    let mut poller = Poller::new(namespaces.clone())?;
     let mut probes = Probes::start(!args.no_probes);
     for (name, status) in probes.announce() {
         if !matches!(status, ProbeStatus::Available | ProbeStatus::Off) {
             eprintln!("tcpstall-agent: probe {name}: {status}");
         }
     }
-    let mut poller = Poller::new(namespaces.clone())?;
     let filter = Filter {
         states: args.state,
         ports: args.port,

@@ -301,7 +301,7 @@ fn facts(a: &EndView, b: Option<&EndView>) -> Vec<Fact> {
         "cork",
         cork(a),
         bv(&cork),
-        "TCP_CORK needs the BPF or getsockopt probe; (source) beside it".into(),
+        "TCP_CORK needs the BPF or getsockopt probe".into(),
     ));
     out
 }
