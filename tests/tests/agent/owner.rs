@@ -111,9 +111,10 @@ fn owner_and_cork_through_the_owners_descriptor() {
             row["cork"].is_null() && row["cork_source"].is_null(),
             "{row}"
         );
-        for field in [
-            "remote", "state", "cookie", "opened", "snd_una", "rcv_nxt", "copied",
-        ] {
+        // The receiver still takes in the odd segment (its buffer grows),
+        // so snd_una and rcv_nxt may move between the two runs; what the
+        // applications wrote and read may not.
+        for field in ["remote", "state", "cookie", "opened", "write_seq", "copied"] {
             assert_eq!(
                 row[field], full[field],
                 "{field} unchanged without capabilities"
