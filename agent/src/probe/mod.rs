@@ -73,18 +73,20 @@ impl Probes {
                 Err(e) => (None, ProbeStatus::Unavailable(e.to_string())),
             }
         };
-        // The fallback's permission shows per process; whether the kernel
-        // has pidfd_getfd shows at once (ENOSYS before 5.6).
+        // Whether the kernel has pidfds shows at once (ENOSYS before 5.6);
+        // borrowing other processes' descriptors needs CAP_SYS_PTRACE.
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
         let getsockopt_status = if !enabled {
             ProbeStatus::Off
+        } else if let Err(e) = rustix::process::pidfd_open(
+            rustix::process::getpid(),
+            rustix::process::PidfdFlags::empty(),
+        ) {
+            ProbeStatus::Unavailable(format!("pidfd_open: {e}"))
+        } else if !has_effective_cap(&status, CAP_SYS_PTRACE) {
+            ProbeStatus::NoPermission("pidfd_getfd needs CAP_SYS_PTRACE".into())
         } else {
-            match rustix::process::pidfd_open(
-                rustix::process::getpid(),
-                rustix::process::PidfdFlags::empty(),
-            ) {
-                Ok(_) => ProbeStatus::Available,
-                Err(e) => ProbeStatus::Unavailable(format!("pidfd_open: {e}")),
-            }
+            ProbeStatus::Available
         };
         Probes {
             bpf,
@@ -152,6 +154,18 @@ impl Probes {
     }
 }
 
+/// capability.h's number for CAP_SYS_PTRACE.
+pub const CAP_SYS_PTRACE: u32 = 19;
+
+/// Whether the `CapEff:` line of a /proc/PID/status holds `cap`.
+pub fn has_effective_cap(status: &str, cap: u32) -> bool {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|mask| cap < 64 && mask & (1 << cap) != 0)
+}
+
 /// One pass of the BPF probe over several namespaces, keyed by socket
 /// cookie (cookies are unique across namespaces: one counter per host).
 pub fn read_all(
@@ -169,4 +183,20 @@ pub fn read_all(
         }
     }
     failures
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn effective_capabilities_from_status() {
+        let root = "Name:\tx\nCapInh:\t0000000000000000\nCapEff:\t000001ffffffffff\n";
+        assert!(has_effective_cap(root, CAP_SYS_PTRACE));
+        let bpf_only = "CapEff:\t000000c000000000\n"; // CAP_PERFMON 38, CAP_BPF 39
+        assert!(!has_effective_cap(bpf_only, CAP_SYS_PTRACE));
+        assert!(has_effective_cap(bpf_only, 39));
+        assert!(!has_effective_cap("CapEff:\tzz\n", 0));
+        assert!(!has_effective_cap("", 0));
+    }
 }
