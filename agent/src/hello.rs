@@ -82,6 +82,8 @@ pub struct Identity {
     pub host: String,
     pub namespaces: Vec<Netns>,
     pub interval: Duration,
+    /// Which deeper probes work here, as found at start.
+    pub probes: v1::Probes,
 }
 
 impl Identity {
@@ -114,11 +116,7 @@ impl Identity {
             kernel,
             boot_id,
             namespaces,
-            probes: Some(v1::Probes {
-                sock_diag: true,
-                bpf_iter: false,
-                getsockopt: false,
-            }),
+            probes: Some(self.probes),
             interval_ms: u32::try_from(self.interval.as_millis()).unwrap_or(u32::MAX),
         }
     }
@@ -158,6 +156,11 @@ mod tests {
             host: "h1".into(),
             namespaces: vec![ns.clone()],
             interval: Duration::from_millis(1500),
+            probes: v1::Probes {
+                sock_diag: true,
+                bpf_iter: true,
+                getsockopt: false,
+            },
         };
         let hello = id.hello();
         assert_eq!(hello.protocol, tcpstall_proto::PROTOCOL_VERSION);
@@ -172,7 +175,10 @@ mod tests {
             .addresses
             .iter()
             .any(|ip| ip.octets == [127, 0, 0, 1]));
-        assert!(hello.probes.is_some_and(|p| p.sock_diag && !p.bpf_iter));
+        // The Hello announces the probes found at start, as given.
+        assert!(hello
+            .probes
+            .is_some_and(|p| p.sock_diag && p.bpf_iter && !p.getsockopt));
     }
 
     #[test]

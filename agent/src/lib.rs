@@ -10,6 +10,7 @@ pub mod hello;
 pub mod netns;
 pub mod outbox;
 pub mod poll;
+pub mod probe;
 pub mod run;
 pub mod suspects;
 pub mod uplink;

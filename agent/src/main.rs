@@ -11,6 +11,8 @@ use tcpstall_agent::config::{self, Config};
 use tcpstall_agent::diag::{parse, Family};
 use tcpstall_agent::filter::{Filter, Prefix};
 use tcpstall_agent::netns::{self, NetnsSpec};
+use tcpstall_agent::probe::owner::OwnerIndex;
+use tcpstall_agent::probe::{ProbeStatus, Probes};
 use tcpstall_agent::view::{self, ConnectionJson, PairJson};
 use tcpstall_agent::Poller;
 use tcpstall_common::{SocketSample, TcpState};
@@ -85,6 +87,19 @@ struct SnapshotArgs {
     /// Only connections with bytes in the send queue.
     #[arg(long)]
     queued: bool,
+    /// sock_diag only: do not try the deeper probes (the BPF iter/tcp
+    /// program, which needs CAP_BPF and CAP_PERFMON). Without them the
+    /// JSON's cork, nodelay and bpf fields say unknown (null or absent).
+    #[arg(long)]
+    no_probes: bool,
+    /// Name the process that owns each connection shown (pid, command
+    /// line, systemd unit or cgroup; another user's processes need
+    /// CAP_SYS_PTRACE, else "unknown (no permission)"). Where the BPF probe
+    /// did not give the cork of a connection with bytes queued, read its
+    /// cork and nodelay through a duplicate of the owner's descriptor
+    /// (pidfd_getfd, CAP_SYS_PTRACE), closed at once.
+    #[arg(long)]
+    owners: bool,
 }
 
 #[derive(Debug, Args)]
@@ -178,7 +193,15 @@ fn run_agent(flags: &config::Flags) -> anyhow::Result<ExitCode> {
 fn snapshot(args: SnapshotArgs) -> anyhow::Result<ExitCode> {
     let namespaces = netns::resolve(&args.netns.netns)?;
     let show_ns = namespaces.len() > 1;
-    let mut poller = Poller::new(namespaces)?;
+    // The sockets first: a namespace may go between listing and opening,
+    // and loading the BPF program takes a while.
+    let mut poller = Poller::new(namespaces.clone())?;
+    let mut probes = Probes::start(!args.no_probes);
+    for (name, status) in probes.announce() {
+        if !matches!(status, ProbeStatus::Available | ProbeStatus::Off) {
+            eprintln!("tcpstall-agent: probe {name}: {status}");
+        }
+    }
     let filter = Filter {
         states: args.state,
         ports: args.port,
@@ -196,10 +219,17 @@ fn snapshot(args: SnapshotArgs) -> anyhow::Result<ExitCode> {
     for f in &failures {
         eprintln!("tcpstall-agent: {f:#}");
     }
+    for (label, e) in probes.pass(&namespaces) {
+        eprintln!("tcpstall-agent: probe bpf in network namespace {label}: {e:#}");
+    }
     let stats = poller.stats();
     if stats.parse != Default::default() {
         tracing::warn!(stats = ?stats.parse, "parts of the kernel's reply were skipped");
     }
+    let mut owners = args
+        .owners
+        .then(|| OwnerIndex::new(std::time::Duration::from_secs(30)));
+    let mut row = |s| json_row(s, poller.label(s.netns), &probes, owners.as_mut());
     let label = |inode: u64| poller.label(inode).to_string();
     let shown: Vec<&SocketSample> = samples.iter().filter(|s| filter.matches(s)).collect();
 
@@ -215,8 +245,8 @@ fn snapshot(args: SnapshotArgs) -> anyhow::Result<ExitCode> {
         if args.json {
             for (a, b) in &pairs {
                 let pair = PairJson {
-                    a: ConnectionJson::new(all[*a], poller.label(all[*a].netns)),
-                    b: b.map(|b| ConnectionJson::new(all[b], poller.label(all[b].netns))),
+                    a: row(all[*a]),
+                    b: b.map(|b| row(all[b])),
                 };
                 serde_json::to_writer(&mut out, &pair)?;
                 writeln!(out)?;
@@ -226,7 +256,7 @@ fn snapshot(args: SnapshotArgs) -> anyhow::Result<ExitCode> {
         }
     } else if args.json {
         for s in &shown {
-            serde_json::to_writer(&mut out, &ConnectionJson::new(s, poller.label(s.netns)))?;
+            serde_json::to_writer(&mut out, &row(s))?;
             writeln!(out)?;
         }
     } else {
@@ -238,6 +268,25 @@ fn snapshot(args: SnapshotArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// One JSON row with the deeper probes' facts.
+fn json_row<'a>(
+    s: &'a SocketSample,
+    netns: &'a str,
+    probes: &Probes,
+    owners: Option<&mut OwnerIndex>,
+) -> ConnectionJson<'a> {
+    let mut row = ConnectionJson::new(s, netns).with_bpf(probes.bpf(s.cookie));
+    if let Some(index) = owners {
+        if let Some(e) = row.with_owner(index, s.wqueue) {
+            eprintln!(
+                "tcpstall-agent: cork of {} -> {} unknown: {e}",
+                s.local, s.remote
+            );
+        }
+    }
+    row
 }
 
 fn capture(args: CaptureArgs) -> anyhow::Result<ExitCode> {

@@ -22,6 +22,7 @@ use tokio::time::MissedTickBehavior;
 use crate::hello::Identity;
 use crate::netns::Netns;
 use crate::outbox::Outbox;
+use crate::probe::{ProbeStatus, Probes};
 use crate::suspects::{Reason, Selection, Selector};
 use crate::uplink::{self, LinkConfig, LinkEvent, Lost};
 use crate::Poller;
@@ -77,6 +78,8 @@ fn micros(d: Duration) -> u64 {
 #[derive(Debug)]
 struct PollState {
     poller: Poller,
+    probes: Probes,
+    namespaces: Vec<Netns>,
     selector: Selector,
     inode_by_label: HashMap<String, u64>,
 }
@@ -106,9 +109,23 @@ impl PollState {
             .iter()
             .filter_map(|f| self.inode_by_label.get(&f.label).copied())
             .collect();
-        let selection = self
+        let mut selection = self
             .selector
             .select_wanted(samples, connections, &failed, mono);
+        // The deeper probes, for what is sent only (issue 6): a poll with
+        // nothing to send costs no BPF pass.
+        if !selection.samples.is_empty() {
+            for (label, e) in self.probes.pass(&self.namespaces) {
+                tracing::warn!(netns = %label, error = %e, "BPF probe pass failed");
+            }
+        }
+        for (reason, s) in selection.samples.iter_mut() {
+            let suspect = *reason == Reason::Suspect && s.pos.sendq > 0;
+            (s.cork, s.cork_source) = match self.probes.cork(s.cookie, s.inode, suspect) {
+                Some((cork, source)) => (Some(cork), Some(source)),
+                None => (None, None),
+            };
+        }
         Polled {
             selection,
             mono,
@@ -180,11 +197,22 @@ pub async fn run(settings: RunSettings, shutdown: impl Future<Output = ()>) -> a
         .map(|ns| (ns.inode, ns.label.clone()))
         .collect();
     let namespaces = settings.namespaces.clone();
-    let poller = tokio::task::spawn_blocking(move || Poller::new(namespaces))
-        .await
-        .context("opening sock_diag sockets")??;
+    let (poller, probes) = tokio::task::spawn_blocking(move || {
+        Poller::new(namespaces).map(|p| (p, Probes::start(true)))
+    })
+    .await
+    .context("opening sock_diag sockets")??;
+    for (name, status) in probes.announce() {
+        match status {
+            ProbeStatus::Available => tracing::info!(probe = name, "probe available"),
+            other => tracing::warn!(probe = name, status = %other, "probe not available"),
+        }
+    }
+    let wire_probes = probes.to_wire();
     let mut state = PollState {
         poller,
+        probes,
+        namespaces: settings.namespaces.clone(),
         selector: Selector::new(labels.iter().cloned()),
         inode_by_label: labels.iter().map(|(i, l)| (l.clone(), *i)).collect(),
     };
@@ -198,6 +226,7 @@ pub async fn run(settings: RunSettings, shutdown: impl Future<Output = ()>) -> a
             host: settings.host.clone(),
             namespaces: settings.namespaces.clone(),
             interval: settings.interval,
+            probes: wire_probes,
         },
         backoff_max: settings.backoff_max,
     };
@@ -392,6 +421,7 @@ mod tests {
             last_ack_recv_ms: None,
             bytes_retrans: None,
             cork: None,
+            cork_source: None,
         }
     }
 

@@ -8,8 +8,12 @@ use std::net::SocketAddr;
 
 use serde::Serialize;
 use tcpstall_common::{
-    CongName, Opened, Positions, SkMemInfo, SocketSample, TcpInfo, TcpState, TimerKind,
+    CongName, FactSource, KernelTcp, Opened, Positions, SkMemInfo, SocketSample, TcpInfo, TcpState,
+    TimerKind,
 };
+
+use crate::probe::json::{BpfJson, OwnerJson};
+use crate::probe::owner::{self, OwnerIndex, OwnerLookup};
 
 /// One connection as `--json` prints it. Field names are a contract with
 /// users' scripts (DESIGN.md): add beside them, never rename.
@@ -33,6 +37,18 @@ pub struct ConnectionJson<'a> {
     pub cong: Option<CongName>,
     pub skmem: Option<SkMemInfo>,
     pub tcp_info: Option<&'a TcpInfo>,
+    /// TCP_CORK where a probe could read it; `null` = unknown.
+    pub cork: Option<bool>,
+    /// TCP_NODELAY where a probe could read it; `null` = unknown.
+    pub nodelay: Option<bool>,
+    /// The probe `cork` and `nodelay` came from (`bpf`, `getsockopt`).
+    pub cork_source: Option<FactSource>,
+    /// The BPF probe's facts, when it ran (issue 6).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bpf: Option<BpfJson>,
+    /// The owning process, when asked for (`snapshot --owners`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<OwnerJson>,
 }
 
 impl<'a> ConnectionJson<'a> {
@@ -55,7 +71,50 @@ impl<'a> ConnectionJson<'a> {
             cong: s.cong,
             skmem: s.skmem,
             tcp_info: s.info.as_ref(),
+            cork: None,
+            nodelay: None,
+            cork_source: None,
+            bpf: None,
+            owner: None,
         }
+    }
+
+    /// Adds the owning process; where no probe gave the cork and the
+    /// socket has bytes queued (a suspect), reads cork and nodelay through
+    /// a duplicate of the owner's descriptor. Returns why that read
+    /// failed, if it was tried and did.
+    pub fn with_owner(
+        &mut self,
+        index: &mut OwnerIndex,
+        wqueue: u32,
+    ) -> Option<owner::GetsockoptError> {
+        let found = index.lookup(u64::from(self.inode));
+        let mut failed = None;
+        if let OwnerLookup::Found(o) = &found {
+            if self.cork.is_none() && wqueue > 0 {
+                match owner::cork_by_getsockopt(o, u64::from(self.inode)) {
+                    Ok((cork, nodelay)) => {
+                        self.cork = Some(cork);
+                        self.nodelay = Some(nodelay);
+                        self.cork_source = Some(FactSource::Getsockopt);
+                    }
+                    Err(e) => failed = Some(e),
+                }
+            }
+        }
+        self.owner = Some(found.into());
+        failed
+    }
+
+    /// Adds what the BPF probe read of this socket.
+    pub fn with_bpf(mut self, k: Option<&KernelTcp>) -> Self {
+        if let Some(k) = k {
+            self.cork = Some(k.cork());
+            self.nodelay = Some(k.nodelay());
+            self.cork_source = Some(FactSource::Bpf);
+            self.bpf = Some(BpfJson::new(k, self.opened));
+        }
+        self
     }
 }
 

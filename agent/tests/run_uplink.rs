@@ -502,6 +502,13 @@ fn a_stuck_sender_is_a_suspect_and_its_watched_peer_shows_the_same_position() {
     assert_eq!(watched.sendq, 0);
     assert!(watched.recvq > 0, "the receiver holds unread bytes");
     assert!(suspect.snd_una.is_some());
+    // Issue 6: the cork crosses the wire with the probe that read it, where
+    // the host allows one (as root, the BPF probe reads both ends).
+    if nix::unistd::geteuid().is_root() && tcpstall_agent::probe::TcpIterProbe::built().is_ok() {
+        assert_eq!(suspect.cork, Some(false), "{suspect:?}");
+        assert_eq!(suspect.cork_source, v1::FactSource::Bpf as i32);
+        assert_eq!(watched.cork, Some(false), "{watched:?}");
+    }
     assert_eq!(
         suspect.snd_una, watched.rcv_nxt,
         "the receiver acknowledged exactly what the sender saw acknowledged"

@@ -5,6 +5,9 @@
 //! one full poll three ways: tcpstall's poller with parsing and derivation,
 //! a raw sock_diag dump that only receives the bytes, and `ss -tinmH`.
 //!
+//! `tcpstall-bench bpf-poll --conns 20000,50000` measures the BPF
+//! iter/tcp pass against the sock_diag pass it enriches.
+//!
 //! `tcpstall-bench collector-load` simulates many agents over real gRPC
 //! against one real `tcpstall-collector` process and measures its CPU,
 //! memory, database rows and the time from a stall to its stored episode.
@@ -14,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 mod agent_idle;
+mod bpf_poll;
 mod holder;
 mod lab;
 mod load;
@@ -39,6 +43,9 @@ enum Command {
     /// CPU time per full poll: tcpstall's poll, a raw dump, and `ss -tinmH`
     /// over N established loopback connections (2N sockets).
     Poll(poll::PollArgs),
+    /// The BPF iter/tcp pass against the sock_diag pass it enriches, over
+    /// N established loopback connections (2N sockets). Needs root.
+    BpfPoll(bpf_poll::BpfPollArgs),
     /// Many simulated agents over real gRPC against one real collector:
     /// samples ingested, collector CPU and memory, SQLite rows, and the
     /// time from a stall's start to its stored episode.
@@ -55,6 +62,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match cli.command {
         Command::Poll(args) => poll::run(&args),
+        Command::BpfPoll(args) => bpf_poll::run(&args),
         Command::CollectorLoad(args) => load::run(&args),
         Command::AgentIdle(args) => agent_idle::run(&args),
         Command::Hold(args) => holder::hold(&args),

@@ -5,7 +5,7 @@
 use std::time::{Duration, UNIX_EPOCH};
 
 use serde::Serialize;
-use tcpstall_common::{EndSample, FlowTuple, Positions, TcpState};
+use tcpstall_common::{EndSample, FactSource, FlowTuple, Positions, TcpState};
 use tcpstall_proto::{convert, v1};
 
 /// The DESIGN.md fields of one end for JSON: every one `null` when the
@@ -70,6 +70,8 @@ pub struct EndView {
     pub lost: Option<u32>,
     pub retrans: Option<u32>,
     pub cork: Option<bool>,
+    /// The probe that read `cork` (bpf, getsockopt); null when unknown.
+    pub cork_source: Option<FactSource>,
     /// Where the facts came from.
     pub source: &'static str,
 }
@@ -91,6 +93,7 @@ impl EndView {
             lost: s.and_then(|s| s.lost),
             retrans: s.and_then(|s| s.retrans),
             cork: s.and_then(|s| s.cork),
+            cork_source: s.and_then(|s| s.cork_source),
             source: "tcp_info",
         }
     }

@@ -299,11 +299,20 @@ fn facts(a: &EndView, b: Option<&EndView>) -> Vec<Fact> {
     ));
     out.push((
         "cork",
-        a.cork.map_or_else(|| "unknown".into(), |c| c.to_string()),
-        bv(&|b| b.cork.map_or_else(|| "unknown".into(), |c| c.to_string())),
+        cork(a),
+        bv(&cork),
         "TCP_CORK needs the BPF or getsockopt probe".into(),
     ));
     out
+}
+
+/// The cork and the probe that read it: `true (bpf)`, or `unknown`.
+fn cork(e: &EndView) -> String {
+    match (e.cork, e.cork_source) {
+        (Some(c), Some(src)) => format!("{c} ({})", src.name()),
+        (Some(c), None) => c.to_string(),
+        (None, _) => "unknown".into(),
+    }
 }
 
 /// `tcpstall diff`: both ends side by side, one row per fact.

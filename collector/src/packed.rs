@@ -49,7 +49,7 @@ impl Packed {
 mod tests {
     use super::*;
     use std::net::SocketAddr;
-    use tcpstall_common::{FlowTuple, Positions, TcpState, TimerKind};
+    use tcpstall_common::{FactSource, FlowTuple, Positions, TcpState, TimerKind};
 
     fn sample() -> EndSample {
         EndSample {
@@ -95,7 +95,8 @@ mod tests {
             last_data_recv_ms: None,
             last_ack_recv_ms: Some(190),
             bytes_retrans: Some(0),
-            cork: None,
+            cork: Some(true),
+            cork_source: Some(FactSource::Bpf),
         }
     }
 

@@ -86,6 +86,7 @@ fn end_sample(f: FlowTuple, cookie: u64, sendq: u32) -> EndSample {
         last_ack_recv_ms: Some(1),
         bytes_retrans: Some(u64::MAX),
         cork: Some(true),
+        cork_source: Some(tcpstall_common::FactSource::Bpf),
     }
 }
 

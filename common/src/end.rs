@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::flow::FlowTuple;
+use crate::kernel_tcp::FactSource;
 use crate::positions::Positions;
 use crate::sample::{Opened, SocketSample, TcpState, TimerKind};
 
@@ -40,6 +41,9 @@ pub struct EndSample {
     pub bytes_retrans: Option<u64>,
     /// TCP_CORK, where a probe could read it (issue 6); `None` = unknown.
     pub cork: Option<bool>,
+    /// The probe that read `cork` (bpf or getsockopt).
+    #[serde(default)]
+    pub cork_source: Option<FactSource>,
 }
 
 impl EndSample {
@@ -73,6 +77,7 @@ impl EndSample {
             last_ack_recv_ms: i.and_then(|i| i.last_ack_recv()),
             bytes_retrans: i.and_then(|i| i.bytes_retrans()),
             cork: None,
+            cork_source: None,
         }
     }
 

@@ -7,12 +7,14 @@
 pub mod duration;
 pub mod end;
 pub mod flow;
+pub mod kernel_tcp;
 pub mod positions;
 pub mod sample;
 pub mod tcp_info;
 
 pub use end::EndSample;
 pub use flow::{FlowKey, FlowTuple};
+pub use kernel_tcp::{FactSource, KernelTcp, SackBlock};
 pub use positions::Positions;
 pub use sample::{normalize_addr, CongName, Opened, SkMemInfo, SocketSample, TcpState, TimerKind};
 pub use tcp_info::{TcpInfo, TcpInfoError};

@@ -5,7 +5,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use tcpstall_common::{EndSample, FlowTuple, Opened, Positions, TcpState, TimerKind};
+use tcpstall_common::{EndSample, FactSource, FlowTuple, Opened, Positions, TcpState, TimerKind};
 
 use crate::v1;
 
@@ -194,6 +194,26 @@ pub fn sample_to_wire(s: &EndSample, reason: v1::SampleReason) -> v1::Sample {
         last_data_recv_ms: s.last_data_recv_ms,
         last_ack_recv_ms: s.last_ack_recv_ms,
         bytes_retrans: s.bytes_retrans,
+        cork: s.cork,
+        cork_source: source_to_wire(s.cork_source) as i32,
+    }
+}
+
+fn source_to_wire(s: Option<FactSource>) -> v1::FactSource {
+    match s {
+        None => v1::FactSource::Unspecified,
+        Some(FactSource::TcpInfo) => v1::FactSource::TcpInfo,
+        Some(FactSource::Bpf) => v1::FactSource::Bpf,
+        Some(FactSource::Getsockopt) => v1::FactSource::Getsockopt,
+    }
+}
+
+fn source_from_wire(s: i32) -> Option<FactSource> {
+    match v1::FactSource::try_from(s).ok()? {
+        v1::FactSource::Unspecified => None,
+        v1::FactSource::TcpInfo => Some(FactSource::TcpInfo),
+        v1::FactSource::Bpf => Some(FactSource::Bpf),
+        v1::FactSource::Getsockopt => Some(FactSource::Getsockopt),
     }
 }
 
@@ -249,7 +269,9 @@ pub fn sample_from_wire(w: &v1::Sample) -> Result<EndSample, ConvertError> {
         last_data_recv_ms: w.last_data_recv_ms,
         last_ack_recv_ms: w.last_ack_recv_ms,
         bytes_retrans: w.bytes_retrans,
-        cork: None,
+        // A source without a value says nothing.
+        cork: w.cork,
+        cork_source: w.cork.and(source_from_wire(w.cork_source)),
     })
 }
 
@@ -334,7 +356,8 @@ mod tests {
             last_data_recv_ms: None,
             last_ack_recv_ms: Some(4000),
             bytes_retrans: Some(600),
-            cork: None,
+            cork: Some(true),
+            cork_source: Some(FactSource::Getsockopt),
         }
     }
 

@@ -103,6 +103,7 @@ pub fn stuck(flow: FlowTuple, cookie: u64, unchanged_ms: u64) -> EndSample {
         last_ack_recv_ms: None,
         bytes_retrans: None,
         cork: None,
+        cork_source: None,
     }
 }
 

@@ -156,6 +156,7 @@ fn base_sample(flow: FlowTuple, cookie: u64, opened: Opened, pos: Positions) -> 
         last_ack_recv_ms: Some(40),
         bytes_retrans: Some(0),
         cork: None,
+        cork_source: None,
     }
 }
 

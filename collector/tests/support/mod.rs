@@ -49,6 +49,7 @@ pub fn a_end(cookie: u64, snd_una: u64, sendq: u32) -> EndSample {
         last_ack_recv_ms: Some(0),
         bytes_retrans: Some(0),
         cork: None,
+        cork_source: None,
     }
 }
 

@@ -47,6 +47,7 @@ pub fn end(side: Side, pos: Positions) -> EndSample {
         last_ack_recv_ms: None,
         bytes_retrans: None,
         cork: None,
+        cork_source: None,
     }
 }
 

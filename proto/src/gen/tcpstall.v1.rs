@@ -194,6 +194,12 @@ pub struct Sample {
     pub last_ack_recv_ms: ::core::option::Option<u32>,
     #[prost(uint64, optional, tag = "56")]
     pub bytes_retrans: ::core::option::Option<u64>,
+    /// TCP_CORK where a deeper probe could read it (absent = unknown), and
+    /// which probe that was.
+    #[prost(bool, optional, tag = "60")]
+    pub cork: ::core::option::Option<bool>,
+    #[prost(enumeration = "FactSource", tag = "61")]
+    pub cork_source: i32,
 }
 /// A socket the agent had sent (suspect or watched) is gone.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -447,6 +453,39 @@ impl Timer {
             "TIMER_KEEPALIVE" => Some(Self::Keepalive),
             "TIMER_TIME_WAIT" => Some(Self::TimeWait),
             "TIMER_ZERO_WINDOW_PROBE" => Some(Self::ZeroWindowProbe),
+            _ => None,
+        }
+    }
+}
+/// Where a fact came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum FactSource {
+    Unspecified = 0,
+    TcpInfo = 1,
+    Bpf = 2,
+    Getsockopt = 3,
+}
+impl FactSource {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "FACT_SOURCE_UNSPECIFIED",
+            Self::TcpInfo => "FACT_SOURCE_TCP_INFO",
+            Self::Bpf => "FACT_SOURCE_BPF",
+            Self::Getsockopt => "FACT_SOURCE_GETSOCKOPT",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "FACT_SOURCE_UNSPECIFIED" => Some(Self::Unspecified),
+            "FACT_SOURCE_TCP_INFO" => Some(Self::TcpInfo),
+            "FACT_SOURCE_BPF" => Some(Self::Bpf),
+            "FACT_SOURCE_GETSOCKOPT" => Some(Self::Getsockopt),
             _ => None,
         }
     }

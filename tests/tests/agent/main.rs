@@ -1,9 +1,11 @@
 //! End-to-end tests of the agent's reading: real sockets on loopback and in
 //! namespaces, real sock_diag, the real binary.
 
+mod bpf;
 mod cli;
 mod families;
 mod namespaces;
+mod owner;
 mod positions;
 mod wanted;
 
