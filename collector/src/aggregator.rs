@@ -12,7 +12,7 @@ use tcpstall_common::{EndSample, FlowTuple};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::detect::{ConnKey, Detector, EndReason, Event};
-use crate::diagnose::{diagnose, Peer, Verdict};
+use crate::diagnose::{diagnose, Diagnosis, Peer, Verdict};
 use crate::packed::Packed;
 use crate::store::{EpisodeEnd, EpisodeUpdate, HostRecord, NewEpisode, Side, Store, StoredSample};
 
@@ -87,6 +87,12 @@ pub struct Stats {
     /// Watch and unwatch requests dropped because the agent's outbound
     /// queue was full (a dropped watch is asked again).
     pub requests_dropped: u64,
+    /// Peer ends watched now.
+    pub watched: usize,
+    /// Open episodes, by diagnosis (indexed as [`Diagnosis::ALL`]).
+    pub open_by_diagnosis: [usize; Diagnosis::ALL.len()],
+    /// Episodes opened since start, by the diagnosis they opened with.
+    pub opened_by_diagnosis: [u64; Diagnosis::ALL.len()],
 }
 
 /// Messages to the aggregator.
@@ -351,6 +357,7 @@ impl State {
         Stats {
             agents: self.sessions.len(),
             suspects: self.suspects.len(),
+            watched: self.watched.len(),
             open_episodes: self.open_episodes,
             agent_dropped_batches: self.sessions.values().map(|s| s.dropped_batches).sum(),
             store_dropped: self.store.stats().snapshot().dropped,
@@ -731,6 +738,9 @@ impl State {
         if ep.verdict != verdict {
             if ep.verdict.diagnosis != verdict.diagnosis {
                 tracing::info!(episode = ep.id, from = %ep.verdict.diagnosis, to = %verdict.diagnosis, "diagnosis changed");
+                let open = &mut self.stats.open_by_diagnosis[ep.verdict.diagnosis.index()];
+                *open = open.saturating_sub(1);
+                self.stats.open_by_diagnosis[verdict.diagnosis.index()] += 1;
             }
             ep.verdict = verdict.clone();
             self.store.update_episode(EpisodeUpdate {
@@ -876,6 +886,8 @@ impl State {
             }
         }
         self.open_episodes += 1;
+        self.stats.open_by_diagnosis[verdict.diagnosis.index()] += 1;
+        self.stats.opened_by_diagnosis[verdict.diagnosis.index()] += 1;
         if let Some(s) = self.suspects.get_mut(&conn) {
             s.first = None;
             s.episode = Some(Box::new(OpenEpisode {
@@ -900,6 +912,8 @@ impl State {
         };
         let Some(ep) = s.episode.take() else { return };
         self.open_episodes = self.open_episodes.saturating_sub(1);
+        let open = &mut self.stats.open_by_diagnosis[ep.verdict.diagnosis.index()];
+        *open = open.saturating_sub(1);
         let (peer, flow, at_ms) = (s.peer, s.flow, s.latest_at_ms);
         let last = unpack(&s.latest);
         if let Some(w) = peer.and_then(|p| self.watched.get_mut(&(p, flow.reversed()))) {

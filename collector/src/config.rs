@@ -33,6 +33,9 @@ pub struct Config {
     /// Samples stored per episode and side while it is open (the last one
     /// is always stored).
     pub max_samples_per_episode: usize,
+    /// Address of the Prometheus endpoint (`GET /metrics`); none by default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for Config {
@@ -46,6 +49,7 @@ impl Default for Config {
             max_batch_samples: 50_000,
             max_message_bytes: 16 * 1024 * 1024,
             max_samples_per_episode: 720,
+            metrics_listen: None,
         }
     }
 }
@@ -84,6 +88,9 @@ pub struct Flags {
     /// Samples stored per episode and side while open [default: 720].
     #[arg(long, value_name = "N")]
     pub max_samples_per_episode: Option<usize>,
+    /// Serve Prometheus metrics at http://ADDR/metrics [default: off].
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Why the settings could not be read.
@@ -135,6 +142,9 @@ impl Config {
             max_message_bytes,
             max_samples_per_episode
         );
+        if flags.metrics_listen.is_some() {
+            c.metrics_listen = flags.metrics_listen;
+        }
         c.validate()?;
         Ok(c)
     }
@@ -174,7 +184,9 @@ impl Config {
              # Largest gRPC message accepted, bytes.\n\
              max_message_bytes = {}\n\
              # Samples stored per episode and side while it is open.\n\
-             max_samples_per_episode = {}\n",
+             max_samples_per_episode = {}\n\
+             # Prometheus endpoint, http://ADDR/metrics; off when not set.\n\
+             {}metrics_listen = \"{}\"\n",
             self.listen,
             self.db.display(),
             d(self.threshold),
@@ -183,6 +195,13 @@ impl Config {
             self.max_batch_samples,
             self.max_message_bytes,
             self.max_samples_per_episode,
+            if self.metrics_listen.is_some() {
+                ""
+            } else {
+                "# "
+            },
+            self.metrics_listen
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 7787))),
         )
     }
 }
@@ -210,6 +229,12 @@ mod tests {
             retention: Duration::from_secs(3600),
             max_agents: 3,
             ..Config::default()
+        };
+        let parsed: Config = toml::from_str(&c.to_toml()).expect("parses");
+        assert_eq!(parsed, c);
+        let c = Config {
+            metrics_listen: Some(SocketAddr::from(([0, 0, 0, 0], 9100))),
+            ..c
         };
         let parsed: Config = toml::from_str(&c.to_toml()).expect("parses");
         assert_eq!(parsed, c);

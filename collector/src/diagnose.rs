@@ -63,6 +63,11 @@ impl Diagnosis {
         }
     }
 
+    /// Its place in [`Diagnosis::ALL`], for counters kept per diagnosis.
+    pub fn index(self) -> usize {
+        Self::ALL.iter().position(|d| *d == self).unwrap_or(0)
+    }
+
     pub fn from_id(id: &str) -> Option<Diagnosis> {
         Self::ALL.into_iter().find(|d| d.id() == id)
     }

@@ -13,6 +13,7 @@ pub mod config;
 pub mod detect;
 pub mod diagnose;
 pub mod ingest;
+pub mod metrics;
 pub mod packed;
 pub mod query;
 pub mod server;

@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use crate::aggregator::{self, State};
 use crate::config::Config;
 use crate::ingest::IngestService;
+use crate::metrics;
 use crate::query::QueryService;
 use crate::store::{Store, StoreConfig};
 
@@ -72,6 +73,27 @@ pub async fn serve_on(
 
     let ingest = IngestService::new(agg_tx.clone(), config.max_batch_samples);
     let query = QueryService::new(store.clone(), agg_tx.clone());
+    let metrics = match config.metrics_listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("metrics: listening on {addr}"))?;
+            let local = listener.local_addr().context("metrics: local address")?;
+            // Tests read this line to learn the port of --metrics-listen :0.
+            eprintln!("tcpstall-collector metrics on http://{local}/metrics");
+            let sources = metrics::Sources {
+                agg: agg_tx.clone(),
+                store: store.clone(),
+                refused: ingest.refused.clone(),
+            };
+            Some(tokio::spawn(metrics::serve(
+                listener,
+                sources,
+                std::future::pending(),
+            )))
+        }
+        None => None,
+    };
     drop(agg_tx);
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let stopping = std::sync::Arc::new(tokio::sync::Notify::new());
@@ -95,7 +117,11 @@ pub async fn serve_on(
         } => tracing::info!("closing the agents' streams"),
     }
 
-    // Then the aggregator, then the store, which commits what it holds.
+    // Then the aggregator (metrics first: they ask it), then the store,
+    // which commits what it holds.
+    if let Some(m) = metrics {
+        m.abort();
+    }
     let _ = stop_agg.send(());
     if let Err(e) = aggregator.await {
         tracing::error!(error = %e, "aggregator task failed");

@@ -232,6 +232,18 @@ impl CollectorProcess {
             .unwrap_or(false)
     }
 
+    /// The address of its Prometheus endpoint, once it said where
+    /// (started with `--metrics-listen`).
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        let log = self.log.lock().ok()?;
+        log.iter().find_map(|line| {
+            line.strip_prefix("tcpstall-collector metrics on http://")?
+                .strip_suffix("/metrics")?
+                .parse()
+                .ok()
+        })
+    }
+
     /// Whether the process is still running.
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))

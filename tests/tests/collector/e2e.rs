@@ -11,6 +11,25 @@ use tcpstall_proto::convert;
 use tcpstall_proto::v1::{self, query_client::QueryClient};
 use tcpstall_tests::{AgentProcess, CollectorProcess};
 
+/// GET /metrics over plain HTTP/1.1; the body.
+fn scrape(addr: SocketAddr) -> String {
+    let mut conn = TcpStream::connect(addr).expect("connect to metrics");
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .expect("request");
+    let mut reply = String::new();
+    conn.read_to_string(&mut reply).expect("reply");
+    let (head, body) = reply.split_once("\r\n\r\n").expect("HTTP reply");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/plain; version=0.0.4"),
+        "{head}"
+    );
+    body.to_string()
+}
+
 /// A connection whose receiver never reads: the sender's queue sticks.
 struct Stalled {
     sender: TcpStream,
@@ -141,7 +160,8 @@ const AGENT_ARGS: &[&str] = &["--interval", "300ms", "--backoff-max", "500ms"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receiver_that_stops_reading_is_one_joined_peer_not_reading_episode() {
-    let collector = CollectorProcess::start(&["--threshold", "2s"]);
+    let collector =
+        CollectorProcess::start(&["--threshold", "2s", "--metrics-listen", "127.0.0.1:0"]);
     let url = collector.url();
     let host = format!("e2e-{}", std::process::id());
     let mut args = vec!["--host", host.as_str()];
@@ -190,6 +210,25 @@ async fn receiver_that_stops_reading_is_one_joined_peer_not_reading_episode() {
         .and_then(|x| x.sample.as_ref())
         .expect("A sample");
     assert_eq!(a.snd_una, b.rcv_nxt, "A.snd_una == B.rcv_nxt");
+
+    // Prometheus sees it too, under its diagnosis (other tests' stuck
+    // sockets on this host may add theirs: at least one).
+    let metrics = collector.metrics_addr().expect("metrics address logged");
+    let text = scrape(metrics);
+    let value = |series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{series} missing in:\n{text}"))
+    };
+    assert!(value("tcpstall_collector_episodes_total{diagnosis=\"peer_not_reading\"}") >= 1.0);
+    assert!(value("tcpstall_collector_episodes_open{diagnosis=\"peer_not_reading\"}") >= 1.0);
+    assert_eq!(
+        value("tcpstall_collector_episodes_total{diagnosis=\"ack_lost\"}"),
+        0.0
+    );
+    assert_eq!(value("tcpstall_collector_agents_connected"), 1.0);
+    assert!(value("tcpstall_collector_samples_received_total") > 0.0);
+    assert!(value("tcpstall_collector_store_rows_total") > 0.0);
 
     // The healthy transfer and the idle connection never became episodes.
     let all = list(&url).await;
