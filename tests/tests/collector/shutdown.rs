@@ -1,0 +1,91 @@
+//! SIGTERM: the collector drains what its streams already sent, the store
+//! commits what it holds, and the process exits cleanly within a deadline.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tcpstall_common::FlowTuple;
+use tcpstall_proto::v1::{self, query_client::QueryClient};
+use tcpstall_tests::fake::{batch, connect, hello, stuck, suspect};
+use tcpstall_tests::{wait_for, CollectorProcess};
+
+/// Stalls opened by one batch just before the signal.
+const STALLS: u16 = 50;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_right_after_episodes_open_loses_none_of_them() {
+    let mut collector = CollectorProcess::start(&["--threshold", "1s"]);
+    let url = collector.url();
+    let mut agent = connect(&url, hello("term-a", &["198.18.9.1"]))
+        .await
+        .expect("hello");
+    // The Welcome: the stream is established.
+    agent.rx.message().await.expect("welcome").expect("welcome");
+    let flows: Vec<FlowTuple> = (0..STALLS)
+        .map(|i| {
+            FlowTuple::new(
+                SocketAddr::from(([198, 18, 9, 1], 8080)),
+                SocketAddr::from(([198, 18, 9, 2], 40_000 + i)),
+            )
+        })
+        .collect();
+    let samples = |unchanged_ms| {
+        flows
+            .iter()
+            .enumerate()
+            .map(|(i, f)| suspect(&stuck(*f, 1000 + i as u64, unchanged_ms)))
+            .collect::<Vec<_>>()
+    };
+    agent
+        .tx
+        .send(batch(Duration::from_secs(100), samples(0)))
+        .await
+        .expect("send");
+    // This batch crosses the threshold for all of them: fifty episodes
+    // and their samples go to the store, and the signal follows at once.
+    agent
+        .tx
+        .send(batch(Duration::from_millis(101_500), samples(1500)))
+        .await
+        .expect("send");
+    let pid = Pid::from_raw(i32::try_from(collector.child.id()).expect("pid"));
+    kill(pid, Signal::SIGTERM).expect("SIGTERM");
+
+    let started = Instant::now();
+    let status = wait_for("the collector to exit", Duration::from_secs(15), || {
+        collector.child.try_wait().ok().flatten()
+    });
+    assert!(status.success(), "exit status {status:?}");
+    // Two seconds of grace for the streams, then the store's flush.
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(collector.logged(&["shutting down"]));
+
+    // A new collector on the same database finds every episode.
+    let again = CollectorProcess::start_in(collector.dir.clone(), "127.0.0.1:0", &[]);
+    let mut q = QueryClient::connect(again.url()).await.expect("query");
+    let episodes = q
+        .list_episodes(v1::ListEpisodesRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .episodes;
+    assert_eq!(episodes.len(), usize::from(STALLS), "{episodes:?}");
+    for e in &episodes {
+        let detail = q
+            .get_episode(v1::GetEpisodeRequest { id: e.id })
+            .await
+            .expect("get")
+            .into_inner();
+        assert!(
+            detail.samples.iter().any(|s| s.side == "a"),
+            "episode {} kept its samples",
+            e.id
+        );
+    }
+}
