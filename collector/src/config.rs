@@ -24,6 +24,9 @@ pub struct Config {
     /// How long ended episodes are kept.
     #[serde(with = "duration::text")]
     pub retention: Duration,
+    /// Most bytes the database may hold; past it the oldest ended episodes
+    /// go first (0: no bound but age).
+    pub max_db_bytes: u64,
     /// Most agents connected at once; more are refused.
     pub max_agents: usize,
     /// Most samples in one batch; a larger batch is refused.
@@ -45,6 +48,7 @@ impl Default for Config {
             db: PathBuf::from("tcpstall.db"),
             threshold: Duration::from_secs(10),
             retention: Duration::from_secs(30 * 24 * 3600),
+            max_db_bytes: 10 * 1024 * 1024 * 1024,
             max_agents: 5000,
             max_batch_samples: 50_000,
             max_message_bytes: 16 * 1024 * 1024,
@@ -76,6 +80,9 @@ pub struct Flags {
     /// How long ended episodes are kept [default: 30days].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub retention: Option<Duration>,
+    /// Most bytes the database may hold, 0 for no bound [default: 10737418240].
+    #[arg(long, value_name = "BYTES")]
+    pub max_db_bytes: Option<u64>,
     /// Most agents connected at once [default: 5000].
     #[arg(long, value_name = "N")]
     pub max_agents: Option<usize>,
@@ -137,6 +144,7 @@ impl Config {
             db,
             threshold,
             retention,
+            max_db_bytes,
             max_agents,
             max_batch_samples,
             max_message_bytes,
@@ -177,6 +185,9 @@ impl Config {
              threshold = \"{}\"\n\
              # How long ended episodes are kept.\n\
              retention = \"{}\"\n\
+             # Most bytes the database may hold; past it the oldest ended episodes go\n\
+             # first, open ones never (0: no bound but age).\n\
+             max_db_bytes = {}\n\
              # Most agents connected at once; more are refused.\n\
              max_agents = {}\n\
              # Most samples in one batch; a larger batch is refused.\n\
@@ -191,6 +202,7 @@ impl Config {
             self.db.display(),
             d(self.threshold),
             d(self.retention),
+            self.max_db_bytes,
             self.max_agents,
             self.max_batch_samples,
             self.max_message_bytes,

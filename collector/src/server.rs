@@ -51,6 +51,7 @@ pub async fn serve_on(
 ) -> anyhow::Result<()> {
     let (store, store_thread, next_episode) = Store::open(StoreConfig {
         retention: config.retention,
+        max_bytes: (config.max_db_bytes > 0).then_some(config.max_db_bytes),
         ..StoreConfig::new(config.db.clone())
     })
     .with_context(|| format!("opening the database {}", config.db.display()))?;

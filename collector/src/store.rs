@@ -54,6 +54,10 @@ pub struct StoreConfig {
     pub retention: Duration,
     /// How often the store looks for episodes to delete.
     pub retention_every: Duration,
+    /// Most bytes the database's pages may hold: past it, the oldest ended
+    /// episodes are deleted until it is back under 90 % of it. `None`:
+    /// bounded by age only.
+    pub max_bytes: Option<u64>,
     /// Capacity of the bounded command queue.
     pub queue: usize,
 }
@@ -69,6 +73,7 @@ impl StoreConfig {
             path: path.into(),
             retention: Self::DEFAULT_RETENTION,
             retention_every: Self::DEFAULT_RETENTION_EVERY,
+            max_bytes: None,
             queue: Self::DEFAULT_QUEUE,
         }
     }

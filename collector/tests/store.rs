@@ -748,3 +748,76 @@ async fn throughput_100k_samples() -> TestResult {
     stop(store, thread).await;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_size_bound_keeps_the_file_under_it_while_writes_go_past_it() -> TestResult {
+    const MAX: u64 = 2 * 1024 * 1024;
+    let dir = TempDir::new()?;
+    let cfg = StoreConfig {
+        max_bytes: Some(MAX),
+        retention_every: Duration::from_millis(50),
+        ..config(&dir)
+    };
+    let (store, thread, next) = Store::open(cfg.clone())?;
+    let file_len = || std::fs::metadata(&cfg.path).map(|m| m.len()).unwrap_or(0);
+    let now = now_ms();
+    // The oldest of all, and open: never deleted.
+    let open = episode(next, "alpha", None, "data_lost", now - 10_000_000);
+    assert!(store.open_episode(open.clone()));
+    // 800 closed episodes of 10 samples each: several times the bound.
+    let mut peak = 0;
+    let mut last = next;
+    for i in 1..=800 {
+        let id = next + i;
+        let e = episode(id, "alpha", None, "data_lost", now - 5_000_000 + i * 1000);
+        assert!(store.open_episode(e.clone()));
+        let samples = (0..10)
+            .map(|k| stored(Side::A, "alpha", e.started_at_ms + k, e.a_flow))
+            .collect();
+        assert!(store.add_samples(id, samples));
+        assert!(store.close_episode(
+            id,
+            EpisodeEnd {
+                ended_at_ms: e.started_at_ms + 10,
+                end_reason: "moved".into(),
+                duration_ms: 10,
+            }
+        ));
+        if i % 50 == 0 {
+            store.flush().await?;
+            peak = peak.max(file_len());
+        }
+        last = id;
+    }
+    store.flush().await?;
+    let written: i64 =
+        Connection::open(&cfg.path)?
+            .query_row("SELECT count(*) FROM episodes", [], |r| r.get(0))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while file_len() > MAX {
+        assert!(
+            Instant::now() < deadline,
+            "the file stayed at {} bytes, bound {MAX}",
+            file_len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Between two checks (50 ms) the writes may pass the bound a little.
+    assert!(peak < MAX * 3 / 2, "peak {peak} bytes, bound {MAX}");
+    let pruned = store.stats().snapshot().pruned_episodes;
+    assert!(
+        pruned > 400,
+        "only {pruned} episodes pruned of 800 ({written} left at the end of writing)"
+    );
+    assert!(
+        store.get_episode(open.id).await?.is_some(),
+        "open episodes stay"
+    );
+    assert!(store.get_episode(last).await?.is_some(), "the newest stays");
+    assert!(
+        store.get_episode(next + 1).await?.is_none(),
+        "the oldest ended went first"
+    );
+    stop(store, thread).await;
+    Ok(())
+}

@@ -80,6 +80,12 @@ pub(super) fn open(path: &Path) -> Result<Connection, StoreError> {
     };
     let conn = Connection::open(path).map_err(err)?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
+    // Freed pages go back to the file system in small steps
+    // (`incremental_vacuum`), never in one long VACUUM. Takes effect only on
+    // a new file, before its first table; an older file keeps reusing its
+    // free pages, which bounds it as well.
+    conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")
+        .map_err(err)?;
     let mode: String = conn
         .pragma_update_and_check(None, "journal_mode", "wal", |r| r.get(0))
         .map_err(err)?;

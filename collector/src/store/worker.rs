@@ -28,6 +28,9 @@ use super::{read, Command, StoreConfig, StoreError, StoreStats, MAX_BATCH};
 /// large backlog does not hold the write lock for long.
 const PRUNE_CHUNK: i64 = 500;
 
+/// Free pages given back to the file system per step of vacuum.
+const VACUUM_STEP: i64 = 1000;
+
 /// How long the first write of a transaction waits for others to join it.
 /// Reads and flushes that arrive meanwhile wait as long, once.
 const GATHER: Duration = Duration::from_millis(100);
@@ -50,6 +53,7 @@ pub(super) fn spawn(
         rx,
         stats,
         retention: cfg.retention,
+        max_bytes: cfg.max_bytes,
     };
     std::thread::Builder::new()
         .name("tcpstall-store".into())
@@ -100,6 +104,7 @@ struct Worker {
     rx: mpsc::Receiver<Command>,
     stats: Arc<StoreStats>,
     retention: Duration,
+    max_bytes: Option<u64>,
 }
 
 impl Worker {
@@ -363,6 +368,104 @@ impl Worker {
                 cutoff_ms = cutoff,
                 "store pruned old episodes"
             );
+        }
+        self.prune_to_size();
+        self.give_back_free_pages();
+    }
+
+    /// Bytes held by the database's pages in use (the file less its free
+    /// pages).
+    fn used_bytes(&self) -> rusqlite::Result<u64> {
+        let pragma = |name: &str| -> rusqlite::Result<i64> {
+            self.conn.pragma_query_value(None, name, |r| r.get(0))
+        };
+        let used = (pragma("page_count")? - pragma("freelist_count")?).max(0);
+        Ok(u64::try_from(used * pragma("page_size")?).unwrap_or(0))
+    }
+
+    /// Past `max_bytes`, deletes the oldest ended episodes, a chunk at a
+    /// time, until the pages in use are under 90 % of it. Open episodes are
+    /// never deleted.
+    fn prune_to_size(&self) {
+        let Some(max) = self.max_bytes else { return };
+        let target = max / 10 * 9;
+        let mut total = 0u64;
+        loop {
+            let used = match self.used_bytes() {
+                Ok(u) => u,
+                Err(error) => {
+                    warn!(%error, "store size check failed");
+                    return;
+                }
+            };
+            if used <= target || (total == 0 && used <= max) {
+                break;
+            }
+            let deleted = self
+                .conn
+                .prepare_cached(
+                    "DELETE FROM episodes WHERE id IN (
+                        SELECT id FROM episodes WHERE open = 0
+                         ORDER BY ended_at_ms LIMIT ?1)",
+                )
+                .and_then(|mut s| s.execute(params![PRUNE_CHUNK]));
+            match deleted {
+                Ok(0) => {
+                    warn!(
+                        used,
+                        max, "store above its size bound with only open episodes left"
+                    );
+                    break;
+                }
+                Ok(n) => {
+                    total += n as u64;
+                    self.stats.pruned(n as u64);
+                }
+                Err(error) => {
+                    warn!(%error, "store size prune failed");
+                    break;
+                }
+            }
+        }
+        if total > 0 {
+            info!(
+                episodes = total,
+                max_bytes = max,
+                "store pruned its oldest episodes to stay under its size bound"
+            );
+        }
+    }
+
+    /// Returns free pages to the file system in steps of at most
+    /// [`VACUUM_STEP`] pages, so that writes never wait long behind it.
+    fn give_back_free_pages(&self) {
+        loop {
+            let free: i64 = match self
+                .conn
+                .pragma_query_value(None, "freelist_count", |r| r.get(0))
+            {
+                Ok(n) => n,
+                Err(_) => return,
+            };
+            let vacuuming: i64 = self
+                .conn
+                .pragma_query_value(None, "auto_vacuum", |r| r.get(0))
+                .unwrap_or(0);
+            // 2 = incremental: only files created by this version.
+            if free == 0 || vacuuming != 2 {
+                return;
+            }
+            if let Err(error) = self
+                .conn
+                .execute_batch(&format!("PRAGMA incremental_vacuum({VACUUM_STEP})"))
+            {
+                warn!(%error, "store incremental vacuum failed");
+                return;
+            }
+            // Let queued writes in between steps.
+            if !self.rx.is_empty() {
+                return;
+            }
         }
     }
 }
