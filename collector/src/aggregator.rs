@@ -122,6 +122,12 @@ pub enum Command {
     Stats {
         reply: oneshot::Sender<Stats>,
     },
+    /// Settings of a reloaded config that apply from now on.
+    Reload {
+        threshold: Duration,
+        max_agents: usize,
+        max_samples: usize,
+    },
 }
 
 /// A host's number in this collector's memory: given at its first hello
@@ -349,6 +355,15 @@ impl State {
             }
             Command::Stats { reply } => {
                 let _ = reply.send(self.stats());
+            }
+            Command::Reload {
+                threshold,
+                max_agents,
+                max_samples,
+            } => {
+                self.detector.set_threshold(threshold);
+                self.max_agents = max_agents;
+                self.max_samples = max_samples;
             }
         }
     }

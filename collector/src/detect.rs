@@ -117,6 +117,12 @@ impl<H: HostKey> Detector<H> {
         self.threshold
     }
 
+    /// A new threshold (a reloaded config): counts for every connection
+    /// from its next sample; open episodes stay open.
+    pub fn set_threshold(&mut self, threshold: Duration) {
+        self.threshold = threshold;
+    }
+
     /// Connections tracked now.
     pub fn tracked(&self) -> usize {
         self.tracks.len()

@@ -31,7 +31,8 @@ const OUTBOUND_GATHER: Duration = Duration::from_millis(50);
 #[derive(Debug, Clone)]
 pub struct IngestService {
     agg: mpsc::Sender<Command>,
-    max_batch_samples: usize,
+    /// Shared so that a reloaded config reaches streams already open.
+    pub max_batch_samples: Arc<std::sync::atomic::AtomicUsize>,
     sessions: Arc<AtomicU64>,
     /// Messages refused since start.
     pub refused: Arc<AtomicU64>,
@@ -41,7 +42,7 @@ impl IngestService {
     pub fn new(agg: mpsc::Sender<Command>, max_batch_samples: usize) -> IngestService {
         IngestService {
             agg,
-            max_batch_samples,
+            max_batch_samples: Arc::new(std::sync::atomic::AtomicUsize::new(max_batch_samples)),
             sessions: Arc::new(AtomicU64::new(1)),
             refused: Arc::new(AtomicU64::new(0)),
         }
@@ -222,7 +223,7 @@ impl v1::ingest_server::Ingest for IngestService {
         let (out_tx, out_rx) =
             mpsc::channel::<Result<v1::CollectorMessage, Status>>(OUTBOUND_QUEUE);
         let agg = self.agg.clone();
-        let max = self.max_batch_samples;
+        let max = self.max_batch_samples.clone();
         let refused = self.refused.clone();
         let fail_tx = out_tx.clone();
         tokio::spawn(async move {
@@ -252,7 +253,8 @@ impl v1::ingest_server::Ingest for IngestService {
                 };
                 let cmd = match msg.body {
                     Some(agent_message::Body::Batch(b)) => {
-                        batch_from_wire(&b, max).map(|batch| Command::Batch { session, batch })
+                        batch_from_wire(&b, max.load(Ordering::Relaxed))
+                            .map(|batch| Command::Batch { session, batch })
                     }
                     Some(agent_message::Body::Heartbeat(h)) => Ok(Command::Heartbeat {
                         session,

@@ -62,7 +62,37 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(server::serve(config, shutdown_signal()))
+    runtime.block_on(async move {
+        let (tx, reloads) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(reload_on_sighup(cli.flags, tx));
+        server::serve_reloading(config, shutdown_signal(), reloads).await
+    })
+}
+
+/// On SIGHUP, reads the settings again (file, then the same flags) and
+/// hands them to the server; a file that no longer reads is logged and the
+/// running settings kept.
+async fn reload_on_sighup(flags: Flags, tx: tokio::sync::mpsc::Sender<Config>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGHUP; config reload disabled");
+            return;
+        }
+    };
+    while hup.recv().await.is_some() {
+        match Config::load(&flags) {
+            Ok(c) => {
+                if tx.send(c).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "config reload failed; the running settings stay")
+            }
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -36,10 +36,20 @@ pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
+    serve_reloading(config, shutdown, mpsc::channel(1).1).await
+}
+
+/// As [`serve`], applying each config that comes on `reloads` (SIGHUP)
+/// where that is safe while running.
+pub async fn serve_reloading(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send,
+    reloads: mpsc::Receiver<Config>,
+) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
-    serve_on(listener, config, shutdown).await
+    serve_on_reloading(listener, config, shutdown, reloads).await
 }
 
 /// Runs the collector on a bound listener (its `listen` setting unused)
@@ -48,6 +58,80 @@ pub async fn serve_on(
     listener: tokio::net::TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    serve_on_reloading(listener, config, shutdown, mpsc::channel(1).1).await
+}
+
+/// What a reload cannot change while running: they name sockets, files
+/// and buffers already in use.
+fn fixed_while_running(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut fixed = Vec::new();
+    if old.listen != new.listen {
+        fixed.push("listen");
+    }
+    if old.db != new.db {
+        fixed.push("db");
+    }
+    if old.metrics_listen != new.metrics_listen {
+        fixed.push("metrics_listen");
+    }
+    if old.max_message_bytes != new.max_message_bytes {
+        fixed.push("max_message_bytes");
+    }
+    fixed
+}
+
+/// Applies reloaded configs until `reloads` closes.
+async fn reload(
+    mut current: Config,
+    mut reloads: mpsc::Receiver<Config>,
+    agg: mpsc::Sender<aggregator::Command>,
+    store: Store,
+    max_batch_samples: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    while let Some(new) = reloads.recv().await {
+        let fixed = fixed_while_running(&current, &new);
+        if !fixed.is_empty() {
+            tracing::warn!(settings = ?fixed, "these settings change only with a restart; kept as they were");
+        }
+        let command = aggregator::Command::Reload {
+            threshold: new.threshold,
+            max_agents: new.max_agents,
+            max_samples: new.max_samples_per_episode,
+        };
+        if agg.send(command).await.is_err() {
+            return;
+        }
+        let bound = (new.max_db_bytes > 0).then_some(new.max_db_bytes);
+        if !store.set_limits(new.retention, bound).await {
+            return;
+        }
+        max_batch_samples.store(new.max_batch_samples, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(
+            threshold = ?new.threshold,
+            retention = ?new.retention,
+            max_db_bytes = new.max_db_bytes,
+            max_agents = new.max_agents,
+            max_batch_samples = new.max_batch_samples,
+            max_samples_per_episode = new.max_samples_per_episode,
+            "config reloaded"
+        );
+        current = Config {
+            listen: current.listen,
+            db: current.db,
+            metrics_listen: current.metrics_listen,
+            max_message_bytes: current.max_message_bytes,
+            ..new
+        };
+    }
+}
+
+/// As [`serve_on`], applying reloaded configs.
+pub async fn serve_on_reloading(
+    listener: tokio::net::TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send,
+    reloads: mpsc::Receiver<Config>,
 ) -> anyhow::Result<()> {
     let (store, store_thread, next_episode) = Store::open(StoreConfig {
         retention: config.retention,
@@ -74,6 +158,13 @@ pub async fn serve_on(
 
     let ingest = IngestService::new(agg_tx.clone(), config.max_batch_samples);
     let query = QueryService::new(store.clone(), agg_tx.clone());
+    let reloading = tokio::spawn(reload(
+        config.clone(),
+        reloads,
+        agg_tx.clone(),
+        store.clone(),
+        ingest.max_batch_samples.clone(),
+    ));
     let metrics = match config.metrics_listen {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)
@@ -123,6 +214,7 @@ pub async fn serve_on(
     if let Some(m) = metrics {
         m.abort();
     }
+    reloading.abort();
     let _ = stop_agg.send(());
     if let Err(e) = aggregator.await {
         tracing::error!(error = %e, "aggregator task failed");

@@ -198,16 +198,29 @@ type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 #[derive(Debug)]
 enum Command {
     HostSeen(HostRecord),
-    HostGone { host: String, at_ms: i64 },
+    HostGone {
+        host: String,
+        at_ms: i64,
+    },
     OpenEpisode(Box<NewEpisode>),
     UpdateEpisode(Box<EpisodeUpdate>),
-    CloseEpisode { id: i64, end: EpisodeEnd },
-    AddSamples { id: i64, samples: Vec<StoredSample> },
+    CloseEpisode {
+        id: i64,
+        end: EpisodeEnd,
+    },
+    AddSamples {
+        id: i64,
+        samples: Vec<StoredSample>,
+    },
     ListEpisodes(EpisodeFilter, Reply<Vec<EpisodeRow>>),
     GetEpisode(i64, Reply<Option<(EpisodeRow, Vec<StoredSample>)>>),
     ListHosts(Reply<Vec<HostRow>>),
     Flush(oneshot::Sender<()>),
     Prune,
+    SetLimits {
+        retention: Duration,
+        max_bytes: Option<u64>,
+    },
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -238,6 +251,7 @@ impl Command {
             Command::ListHosts(_) => "list_hosts",
             Command::Flush(_) => "flush",
             Command::Prune => "prune",
+            Command::SetLimits { .. } => "set_limits",
             Command::Shutdown(_) => "shutdown",
         }
     }
@@ -360,6 +374,18 @@ impl Store {
 
     /// A barrier: returns once every write sent before it is committed (or
     /// has failed and been counted).
+    /// New retention limits (a reloaded config); applied, with a prune, in
+    /// queue order.
+    pub async fn set_limits(&self, retention: Duration, max_bytes: Option<u64>) -> bool {
+        self.tx
+            .send(Command::SetLimits {
+                retention,
+                max_bytes,
+            })
+            .await
+            .is_ok()
+    }
+
     pub async fn flush(&self) -> Result<(), StoreError> {
         let (reply, answer) = oneshot::channel();
         self.tx

@@ -180,6 +180,13 @@ impl Worker {
                     let _ = reply.send(());
                 }
                 Command::Prune => self.prune(),
+                Command::SetLimits {
+                    retention,
+                    max_bytes,
+                } => {
+                    (self.retention, self.max_bytes) = (retention, max_bytes);
+                    self.prune();
+                }
                 Command::Shutdown(ack) => {
                     shutdown = Some(ack);
                     break;

@@ -89,3 +89,69 @@ async fn sigterm_right_after_episodes_open_loses_none_of_them() {
         );
     }
 }
+
+async fn episodes(url: &str) -> Vec<v1::Episode> {
+    let Ok(mut q) = QueryClient::connect(url.to_string()).await else {
+        return Vec::new();
+    };
+    q.list_episodes(v1::ListEpisodesRequest::default())
+        .await
+        .map(|r| r.into_inner().episodes)
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_applies_a_new_threshold_and_a_broken_file_changes_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("collector.toml");
+    std::fs::write(&file, "threshold = \"30s\"\n").expect("write config");
+    let path = file.to_str().expect("utf-8 path");
+    let mut collector = CollectorProcess::start(&["--config", path]);
+    let url = collector.url();
+    let pid = Pid::from_raw(i32::try_from(collector.child.id()).expect("pid"));
+    let mut agent = connect(&url, hello("hup-a", &["198.18.9.17"]))
+        .await
+        .expect("hello");
+    agent.rx.message().await.expect("welcome").expect("welcome");
+    let f = FlowTuple::new(
+        SocketAddr::from(([198, 18, 9, 17], 8080)),
+        SocketAddr::from(([198, 18, 9, 18], 40_000)),
+    );
+    let send = |mono_ms: u64, unchanged_ms: u64| {
+        batch(
+            Duration::from_millis(mono_ms),
+            vec![suspect(&stuck(f, 77, unchanged_ms))],
+        )
+    };
+    agent.tx.send(send(100_000, 0)).await.expect("send");
+    agent.tx.send(send(104_000, 4_000)).await.expect("send");
+
+    // A file that no longer parses: logged, the running settings stay.
+    std::fs::write(&file, "threshold = \"soon\"\n").expect("write config");
+    kill(pid, Signal::SIGHUP).expect("SIGHUP");
+    wait_for("the failed reload logged", Duration::from_secs(10), || {
+        collector.logged(&["config reload failed"]).then_some(())
+    });
+    assert!(collector.alive());
+    agent.tx.send(send(105_000, 5_000)).await.expect("send");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        episodes(&url).await.is_empty(),
+        "5 s stuck is no episode under a 30 s threshold"
+    );
+
+    std::fs::write(&file, "threshold = \"2s\"\n").expect("write config");
+    kill(pid, Signal::SIGHUP).expect("SIGHUP");
+    wait_for("the reload logged", Duration::from_secs(10), || {
+        collector.logged(&["config reloaded", "2s"]).then_some(())
+    });
+    agent.tx.send(send(106_000, 6_000)).await.expect("send");
+    let mut found = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while found.is_empty() {
+        assert!(Instant::now() < deadline, "no episode after the reload");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        found = episodes(&url).await;
+    }
+    assert_eq!(found.len(), 1, "{found:?}");
+}
