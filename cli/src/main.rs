@@ -26,7 +26,9 @@ pub mod exit {
     pub const OK: u8 = 0;
     /// Something failed (said on stderr).
     pub const FAILED: u8 = 1;
-    // 2 is clap's: a bad flag or argument.
+    /// A bad flag or argument (clap's own code, and ours for what clap
+    /// cannot check, like an unreadable --token-file).
+    pub const USAGE: u8 = 2;
     /// The collector could not be reached.
     pub const UNREACHABLE: u8 = 3;
     /// The episode or flow asked for does not exist.
@@ -48,6 +50,9 @@ struct Cli {
         default_value = "http://127.0.0.1:7786"
     )]
     collector: String,
+    /// A file holding the collector's query token, when it asks for one.
+    #[arg(long, global = true, env = "TCPSTALL_TOKEN_FILE", value_name = "FILE")]
+    token_file: Option<std::path::PathBuf>,
     /// One JSON document per answer instead of text (schema: docs/cli-json.md).
     #[arg(long, global = true)]
     json: bool,
@@ -148,6 +153,12 @@ fn status_failure(what: &str, s: tonic::Status) -> Failure {
     let code = match s.code() {
         tonic::Code::NotFound => exit::NOT_FOUND,
         tonic::Code::Unavailable => exit::UNREACHABLE,
+        tonic::Code::Unauthenticated => {
+            return Failure::new(
+                exit::FAILED,
+                format!("{what}: {} (give it with --token-file)", s.message()),
+            )
+        }
         _ => exit::FAILED,
     };
     Failure::new(code, format!("{what}: {}", s.message()))
@@ -183,7 +194,48 @@ fn main() -> ExitCode {
     }
 }
 
-async fn connect(url: &str) -> Result<QueryClient<Channel>, Failure> {
+/// Adds the query token, if any, to every request.
+#[derive(Clone)]
+pub struct WithToken(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl std::fmt::Debug for WithToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token itself.
+        f.debug_tuple("WithToken").field(&self.0.is_some()).finish()
+    }
+}
+
+impl tonic::service::Interceptor for WithToken {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// The query client, with the token.
+pub type Client = QueryClient<tonic::service::interceptor::InterceptedService<Channel, WithToken>>;
+
+fn read_token(path: &std::path::Path) -> Result<WithToken, Failure> {
+    let bad =
+        |m: String| Failure::new(exit::USAGE, format!("--token-file {}: {m}", path.display()));
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    let token = text.lines().next().unwrap_or("").trim();
+    if token.is_empty() {
+        return Err(bad("empty".into()));
+    }
+    let value = format!("Bearer {token}")
+        .parse()
+        .map_err(|_| bad("not a printable ASCII token".into()))?;
+    Ok(WithToken(Some(value)))
+}
+
+async fn connect(url: &str, token_file: Option<&std::path::Path>) -> Result<Client, Failure> {
+    let token = match token_file {
+        Some(p) => read_token(p)?,
+        None => WithToken(None),
+    };
     let endpoint = Channel::from_shared(url.to_string())
         .map_err(|e| Failure::new(exit::FAILED, format!("--collector {url}: {e}")))?
         .connect_timeout(Duration::from_secs(5))
@@ -195,7 +247,7 @@ async fn connect(url: &str) -> Result<QueryClient<Channel>, Failure> {
             format!("cannot reach the collector at {url}: {reason}"),
         )
     })?;
-    Ok(QueryClient::new(channel))
+    Ok(QueryClient::with_interceptor(channel, token))
 }
 
 async fn run(cli: Cli) -> Result<u8, Failure> {
@@ -211,7 +263,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 // A report is about now: open pairs and the last hour's.
                 f.since = Some(Duration::from_secs(3600));
             }
-            let mut q = connect(&cli.collector).await?;
+            let mut q = connect(&cli.collector, cli.token_file.as_deref()).await?;
             let eps = list(&mut q, &f).await?;
             print(json, &eps, || render::report(&eps, style))?;
             Ok(if eps.iter().any(|e| e.open) {
@@ -221,13 +273,13 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             })
         }
         Command::Episodes(f) => {
-            let mut q = connect(&cli.collector).await?;
+            let mut q = connect(&cli.collector, cli.token_file.as_deref()).await?;
             let eps = list(&mut q, &f).await?;
             print(json, &eps, || render::episodes(&eps))?;
             Ok(exit::OK)
         }
         Command::Plot { id, output } => {
-            let mut q = connect(&cli.collector).await?;
+            let mut q = connect(&cli.collector, cli.token_file.as_deref()).await?;
             let r = q
                 .get_episode(v1::GetEpisodeRequest { id })
                 .await
@@ -249,7 +301,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             Ok(exit::OK)
         }
         Command::Show { id } => {
-            let mut q = connect(&cli.collector).await?;
+            let mut q = connect(&cli.collector, cli.token_file.as_deref()).await?;
             let (e, n) = episode(&mut q, id).await?;
             print(json, &e, || render::show(&e, n))?;
             Ok(exit::OK)
@@ -259,7 +311,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             watch,
             interval,
         } => {
-            let mut q = connect(&cli.collector).await?;
+            let mut q = connect(&cli.collector, cli.token_file.as_deref()).await?;
             diff(json, &mut q, &flow, watch, interval).await
         }
     }
@@ -281,7 +333,7 @@ fn print<T: serde::Serialize>(
     res.map_err(|e| Failure::new(exit::FAILED, format!("writing the answer: {e}")))
 }
 
-async fn list(q: &mut QueryClient<Channel>, f: &Filters) -> Result<Vec<EpisodeView>, Failure> {
+async fn list(q: &mut Client, f: &Filters) -> Result<Vec<EpisodeView>, Failure> {
     let eps = q
         .list_episodes(v1::ListEpisodesRequest {
             since_s: f.since.map_or(0, |d| d.as_secs().max(1)),
@@ -302,7 +354,7 @@ async fn list(q: &mut QueryClient<Channel>, f: &Filters) -> Result<Vec<EpisodeVi
     Ok(out)
 }
 
-async fn episode(q: &mut QueryClient<Channel>, id: i64) -> Result<(EpisodeView, usize), Failure> {
+async fn episode(q: &mut Client, id: i64) -> Result<(EpisodeView, usize), Failure> {
     let r = q
         .get_episode(v1::GetEpisodeRequest { id })
         .await
@@ -351,7 +403,7 @@ fn diff_target(args: &[String]) -> Result<DiffTarget, Failure> {
 
 async fn diff(
     json: bool,
-    q: &mut QueryClient<Channel>,
+    q: &mut Client,
     args: &[String],
     watch: bool,
     interval: Duration,

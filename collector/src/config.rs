@@ -39,6 +39,10 @@ pub struct Config {
     /// Address of the Prometheus endpoint (`GET /metrics`); none by default.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<SocketAddr>,
+    /// A file holding the token queries must present (`authorization:
+    /// Bearer TOKEN`); none: queries need no token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub query_token_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -54,6 +58,7 @@ impl Default for Config {
             max_message_bytes: 16 * 1024 * 1024,
             max_samples_per_episode: 720,
             metrics_listen: None,
+            query_token_file: None,
         }
     }
 }
@@ -98,6 +103,9 @@ pub struct Flags {
     /// Serve Prometheus metrics at http://ADDR/metrics [default: off].
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Queries must present the token in FILE [default: none needed].
+    #[arg(long, value_name = "FILE")]
+    pub query_token_file: Option<PathBuf>,
 }
 
 /// Why the settings could not be read.
@@ -153,6 +161,9 @@ impl Config {
         if flags.metrics_listen.is_some() {
             c.metrics_listen = flags.metrics_listen;
         }
+        if flags.query_token_file.is_some() {
+            c.query_token_file = flags.query_token_file.clone();
+        }
         c.validate()?;
         Ok(c)
     }
@@ -197,7 +208,10 @@ impl Config {
              # Samples stored per episode and side while it is open.\n\
              max_samples_per_episode = {}\n\
              # Prometheus endpoint, http://ADDR/metrics; off when not set.\n\
-             {}metrics_listen = \"{}\"\n",
+             {}metrics_listen = \"{}\"\n\
+             # File with the token queries must present (authorization: Bearer TOKEN);\n\
+             # queries need none when not set.\n\
+             {}query_token_file = \"{}\"\n",
             self.listen,
             self.db.display(),
             d(self.threshold),
@@ -214,6 +228,15 @@ impl Config {
             },
             self.metrics_listen
                 .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 7787))),
+            if self.query_token_file.is_some() {
+                ""
+            } else {
+                "# "
+            },
+            self.query_token_file
+                .as_deref()
+                .unwrap_or(Path::new("/etc/tcpstall/query.token"))
+                .display(),
         )
     }
 }

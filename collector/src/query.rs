@@ -157,3 +157,67 @@ impl v1::query_server::Query for QueryService {
         }))
     }
 }
+
+/// The query service's guard: with a token configured, every request must
+/// carry `authorization: Bearer TOKEN`.
+#[derive(Clone)]
+pub struct TokenCheck {
+    expected: Option<std::sync::Arc<str>>,
+}
+
+impl std::fmt::Debug for TokenCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token itself.
+        f.debug_struct("TokenCheck")
+            .field("required", &self.expected.is_some())
+            .finish()
+    }
+}
+
+impl TokenCheck {
+    pub fn new(token: Option<String>) -> TokenCheck {
+        TokenCheck {
+            expected: token.map(|t| std::sync::Arc::from(format!("Bearer {t}"))),
+        }
+    }
+
+    /// Reads the token from a file: its first line, trimmed; an empty one
+    /// is refused (it would let every query in by mistake).
+    pub fn from_file(path: &std::path::Path) -> anyhow::Result<TokenCheck> {
+        use anyhow::Context;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the query token {}", path.display()))?;
+        let token = text.lines().next().unwrap_or("").trim();
+        anyhow::ensure!(
+            !token.is_empty(),
+            "the query token file {} is empty",
+            path.display()
+        );
+        Ok(TokenCheck::new(Some(token.to_string())))
+    }
+}
+
+/// Equal in time independent of where the first difference is.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl tonic::service::Interceptor for TokenCheck {
+    fn call(&mut self, req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        let Some(expected) = &self.expected else {
+            return Ok(req);
+        };
+        let given = req
+            .metadata()
+            .get("authorization")
+            .map(|v| v.as_bytes())
+            .unwrap_or_default();
+        if same(given, expected.as_bytes()) {
+            Ok(req)
+        } else {
+            Err(tonic::Status::unauthenticated(
+                "this collector's queries need a token (authorization: Bearer TOKEN)",
+            ))
+        }
+    }
+}

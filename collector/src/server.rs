@@ -13,7 +13,7 @@ use crate::aggregator::{self, State};
 use crate::config::Config;
 use crate::ingest::IngestService;
 use crate::metrics;
-use crate::query::QueryService;
+use crate::query::{QueryService, TokenCheck as QueryTokenCheck};
 use crate::store::{Store, StoreConfig};
 
 /// Commands queued for the aggregator before handlers wait. A command is
@@ -78,6 +78,9 @@ fn fixed_while_running(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.max_message_bytes != new.max_message_bytes {
         fixed.push("max_message_bytes");
     }
+    if old.query_token_file != new.query_token_file {
+        fixed.push("query_token_file");
+    }
     fixed
 }
 
@@ -121,6 +124,7 @@ async fn reload(
             db: current.db,
             metrics_listen: current.metrics_listen,
             max_message_bytes: current.max_message_bytes,
+            query_token_file: current.query_token_file,
             ..new
         };
     }
@@ -156,6 +160,10 @@ pub async fn serve_on_reloading(
     eprintln!("tcpstall-collector listening on {local}");
     tracing::info!(%local, db = %config.db.display(), threshold = ?config.threshold, "collector started");
 
+    let token = match &config.query_token_file {
+        Some(path) => QueryTokenCheck::from_file(path)?,
+        None => QueryTokenCheck::new(None),
+    };
     let ingest = IngestService::new(agg_tx.clone(), config.max_batch_samples);
     let query = QueryService::new(store.clone(), agg_tx.clone());
     let reloading = tokio::spawn(reload(
@@ -194,7 +202,10 @@ pub async fn serve_on_reloading(
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .add_service(IngestServer::new(ingest).max_decoding_message_size(config.max_message_bytes))
-        .add_service(QueryServer::new(query).max_decoding_message_size(64 * 1024))
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            QueryServer::new(query).max_decoding_message_size(64 * 1024),
+            token,
+        ))
         .serve_with_incoming_shutdown(incoming, async move {
             shutdown.await;
             notify.notify_one();

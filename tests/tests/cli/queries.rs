@@ -323,3 +323,47 @@ async fn report_episodes_show_diff_and_json() {
     assert_eq!(err.lines().count(), 1, "one line: {err}");
     assert!(err.contains("127.0.0.1:1"), "{err}");
 }
+
+#[test]
+fn a_collector_with_a_query_token_answers_only_queries_that_carry_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let token = dir.path().join("query.token");
+    std::fs::write(&token, "s3cret-token\n").expect("write token");
+    let wrong = dir.path().join("wrong.token");
+    std::fs::write(&wrong, "guess\n").expect("write token");
+    let collector =
+        CollectorProcess::start(&["--query-token-file", token.to_str().expect("utf-8 path")]);
+    let url = collector.url();
+
+    let none = cli(&url, &["episodes"]);
+    assert_eq!(none.status.code(), Some(1), "{none:?}");
+    let err = String::from_utf8_lossy(&none.stderr);
+    assert!(err.contains("token"), "{err}");
+    assert!(!err.contains("s3cret"), "the token must not leak: {err}");
+
+    let guessed = cli(
+        &url,
+        &[
+            "--token-file",
+            wrong.to_str().expect("utf-8 path"),
+            "episodes",
+        ],
+    );
+    assert_eq!(guessed.status.code(), Some(1), "{guessed:?}");
+
+    let right = cli(
+        &url,
+        &[
+            "--token-file",
+            token.to_str().expect("utf-8 path"),
+            "episodes",
+            "--json",
+        ],
+    );
+    assert_eq!(right.status.code(), Some(0), "{right:?}");
+    let v: Value = serde_json::from_slice(&right.stdout).expect("json");
+    assert!(v.as_array().is_some_and(|a| a.is_empty()), "{v}");
+
+    let missing = cli(&url, &["--token-file", "/nonexistent/token", "episodes"]);
+    assert_eq!(missing.status.code(), Some(2), "{missing:?}");
+}
