@@ -422,6 +422,11 @@ mod tests {
             bytes_retrans: None,
             cork: None,
             cork_source: None,
+            nodelay: None,
+            nodelay_source: None,
+            owner: None,
+            owner_missing: None,
+            absolute: None,
         }
     }
 
