@@ -315,10 +315,12 @@ fn facts(a: &EndView, b: Option<&EndView>) -> Vec<Fact> {
         bv(&|b| owner(b, |o| o.pid.to_string())),
         "the process holding the socket".into(),
     ));
+    // The whole command line is in --json; a table row keeps its start.
+    let command = |o: &ProcessOwner| short(&o.command, 60);
     out.push((
         "owner command",
-        owner(a, |o| o.command.clone()),
-        bv(&|b| owner(b, |o| o.command.clone())),
+        owner(a, command),
+        bv(&|b| owner(b, command)),
         String::new(),
     ));
     let unit = |o: &ProcessOwner| {
@@ -368,6 +370,16 @@ fn facts(a: &EndView, b: Option<&EndView>) -> Vec<Fact> {
         bv(&|b| absolute(b, received)),
         "what the peer reports holding above a hole".into(),
     ));
+    out
+}
+
+/// At most `max` characters of `s`, a cut marked with `…`.
+fn short(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_string();
+    }
+    let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
     out
 }
 
@@ -475,4 +487,28 @@ pub fn show(e: &EpisodeView, samples: usize) -> String {
     out.push('\n');
     out.push_str(&diff(&e.peer.a, e.peer.b.as_ref()));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_commands_are_cut_and_sack_blocks_listed() {
+        assert_eq!(short("nginx: worker", 60), "nginx: worker");
+        let cut = short(&"é".repeat(100), 10);
+        assert_eq!(cut.chars().count(), 10);
+        assert!(cut.ends_with('…'));
+        assert_eq!(sacks(&[]), "none");
+        assert_eq!(
+            sacks(&[
+                SackBlock { start: 10, end: 20 },
+                SackBlock {
+                    start: u32::MAX - 5,
+                    end: 3
+                }
+            ]),
+            format!("10-20, {}-3", u32::MAX - 5)
+        );
+    }
 }
