@@ -73,7 +73,11 @@ fn stall_names_the_owning_process_on_both_ends() {
         .lines()
         .find(|l| l.starts_with("owner pid"))
         .unwrap_or_default();
-    assert_eq!(row.matches(&pid).count(), 2, "both ends: {text}");
+    assert_eq!(
+        row.matches(&pid).count(),
+        2,
+        "both ends: {text}\nthe JSON before: {shown:#}"
+    );
     println!("{text}");
 }
 
