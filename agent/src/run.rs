@@ -14,6 +14,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use tcpstall_common::AbsoluteSeq;
 use tcpstall_proto::convert::{endpoint_to_wire, flow_to_wire, sample_to_wire};
 use tcpstall_proto::v1::{self, agent_message};
 use tokio::sync::{mpsc, watch};
@@ -121,9 +122,18 @@ impl PollState {
         }
         for (reason, s) in selection.samples.iter_mut() {
             let suspect = *reason == Reason::Suspect && s.pos.sendq > 0;
-            (s.cork, s.cork_source) = match self.probes.cork(s.cookie, s.inode, suspect) {
-                Some((cork, source)) => (Some(cork), Some(source)),
-                None => (None, None),
+            let flags = self.probes.flags(s.cookie, s.inode, suspect);
+            s.cork = flags.map(|f| f.cork);
+            s.nodelay = flags.map(|f| f.nodelay);
+            s.cork_source = flags.map(|f| f.source);
+            s.nodelay_source = s.cork_source;
+            s.absolute = self
+                .probes
+                .bpf(s.cookie)
+                .map(|k| AbsoluteSeq::from_kernel(k, s.opened));
+            (s.owner, s.owner_missing) = match self.probes.owner(s.inode) {
+                Ok(o) => (Some(o), None),
+                Err(why) => (None, Some(why)),
             };
         }
         Polled {
@@ -422,6 +432,11 @@ mod tests {
             bytes_retrans: None,
             cork: None,
             cork_source: None,
+            nodelay: None,
+            nodelay_source: None,
+            owner: None,
+            owner_missing: None,
+            absolute: None,
         }
     }
 

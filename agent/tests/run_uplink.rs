@@ -508,6 +508,21 @@ fn a_stuck_sender_is_a_suspect_and_its_watched_peer_shows_the_same_position() {
         assert_eq!(suspect.cork, Some(false), "{suspect:?}");
         assert_eq!(suspect.cork_source, v1::FactSource::Bpf as i32);
         assert_eq!(watched.cork, Some(false), "{watched:?}");
+        assert_eq!(suspect.nodelay, Some(false), "{suspect:?}");
+        assert_eq!(suspect.nodelay_source, v1::FactSource::Bpf as i32);
+        let (a, w) = (
+            suspect.absolute.as_ref().expect("BPF absolute facts"),
+            watched.absolute.as_ref().expect("BPF absolute facts"),
+        );
+        assert_eq!(a.snd_una, w.rcv_nxt, "the same byte in sequence space");
+        assert_eq!(a.write_seq.wrapping_sub(a.snd_una), suspect.sendq, "{a:?}");
+    }
+    // Both ends are this test's sockets, and the agent runs as the same
+    // user with no more privilege: it names this process on both.
+    for s in [&suspect, &watched] {
+        let owner = s.owner.as_ref().expect("owner found");
+        assert_eq!(owner.pid, std::process::id(), "{owner:?}");
+        assert!(!owner.command.is_empty(), "{owner:?}");
     }
     assert_eq!(
         suspect.snd_una, watched.rcv_nxt,

@@ -5,7 +5,9 @@
 use std::time::{Duration, UNIX_EPOCH};
 
 use serde::Serialize;
-use tcpstall_common::{EndSample, FactSource, FlowTuple, Positions, TcpState};
+use tcpstall_common::{
+    AbsoluteSeq, EndSample, FactSource, FlowTuple, OwnerMissing, Positions, ProcessOwner, TcpState,
+};
 use tcpstall_proto::{convert, v1};
 
 /// The DESIGN.md fields of one end for JSON: every one `null` when the
@@ -72,6 +74,17 @@ pub struct EndView {
     pub cork: Option<bool>,
     /// The probe that read `cork` (bpf, getsockopt); null when unknown.
     pub cork_source: Option<FactSource>,
+    /// TCP_NODELAY where a probe could read it, and which probe.
+    pub nodelay: Option<bool>,
+    pub nodelay_source: Option<FactSource>,
+    /// The process holding the socket (pid, command, unit, cgroup); null
+    /// when unknown, and then `owner_unknown` says why when known.
+    pub owner: Option<ProcessOwner>,
+    pub owner_unknown: Option<OwnerMissing>,
+    /// Absolute sequence numbers, ISNs and SACK blocks (BPF probe only).
+    pub absolute: Option<AbsoluteSeq>,
+    /// `bpf` when `absolute` is there.
+    pub absolute_source: Option<FactSource>,
     /// Where the facts came from.
     pub source: &'static str,
 }
@@ -94,6 +107,12 @@ impl EndView {
             retrans: s.and_then(|s| s.retrans),
             cork: s.and_then(|s| s.cork),
             cork_source: s.and_then(|s| s.cork_source),
+            nodelay: s.and_then(|s| s.nodelay),
+            nodelay_source: s.and_then(|s| s.nodelay_source),
+            owner: s.and_then(|s| s.owner.clone()),
+            owner_unknown: s.and_then(|s| s.owner_missing),
+            absolute: s.and_then(|s| s.absolute.clone()),
+            absolute_source: s.and_then(|s| s.absolute.as_ref()).map(|_| FactSource::Bpf),
             source: "tcp_info",
         }
     }

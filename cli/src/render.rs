@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 
 use tcpstall_agent::view::{human_bytes, Table};
-use tcpstall_common::Positions;
+use tcpstall_common::{AbsoluteSeq, FactSource, Positions, ProcessOwner, SackBlock};
 
 use crate::model::{EndView, EpisodeView};
 
@@ -303,16 +303,125 @@ fn facts(a: &EndView, b: Option<&EndView>) -> Vec<Fact> {
         bv(&cork),
         "TCP_CORK needs the BPF or getsockopt probe".into(),
     ));
+    out.push((
+        "nodelay",
+        flag(a.nodelay, a.nodelay_source),
+        bv(&|b| flag(b.nodelay, b.nodelay_source)),
+        "TCP_NODELAY needs the BPF or getsockopt probe".into(),
+    ));
+    out.push((
+        "owner pid",
+        owner(a, |o| o.pid.to_string()),
+        bv(&|b| owner(b, |o| o.pid.to_string())),
+        "the process holding the socket".into(),
+    ));
+    // The whole command line is in --json; a table row keeps its start.
+    let command = |o: &ProcessOwner| short(&o.command, 60);
+    out.push((
+        "owner command",
+        owner(a, command),
+        bv(&|b| owner(b, command)),
+        String::new(),
+    ));
+    let unit = |o: &ProcessOwner| {
+        o.unit
+            .clone()
+            .or_else(|| o.cgroup.clone())
+            .unwrap_or_else(|| "-".into())
+    };
+    out.push((
+        "owner unit/cgroup",
+        owner(a, unit),
+        bv(&|b| owner(b, unit)),
+        String::new(),
+    ));
+    let seqs = |x: &AbsoluteSeq| format!("{}/{}/{}", x.snd_una, x.snd_nxt, x.write_seq);
+    out.push((
+        "snd_una/snd_nxt/write_seq (absolute)",
+        absolute(a, seqs),
+        bv(&|b| absolute(b, seqs)),
+        "as a packet capture shows them".into(),
+    ));
+    let rcv = |x: &AbsoluteSeq| x.rcv_nxt.to_string();
+    out.push((
+        "rcv_nxt (absolute)",
+        absolute(a, rcv),
+        bv(&|b| absolute(b, rcv)),
+        String::new(),
+    ));
+    let isns = |x: &AbsoluteSeq| format!("{}/{}", opt(x.snd_isn), opt(x.rcv_isn));
+    out.push((
+        "ISN send/receive",
+        absolute(a, isns),
+        bv(&|b| absolute(b, isns)),
+        String::new(),
+    ));
+    let sent = |x: &AbsoluteSeq| sacks(&x.sacks_sent);
+    out.push((
+        "SACK blocks sent",
+        absolute(a, sent),
+        bv(&|b| absolute(b, sent)),
+        "data this end holds above a hole".into(),
+    ));
+    let received = |x: &AbsoluteSeq| sacks(&x.sacks_received);
+    out.push((
+        "SACK blocks received",
+        absolute(a, received),
+        bv(&|b| absolute(b, received)),
+        "what the peer reports holding above a hole".into(),
+    ));
     out
 }
 
-/// The cork and the probe that read it: `true (bpf)`, or `unknown`.
-fn cork(e: &EndView) -> String {
-    match (e.cork, e.cork_source) {
+/// At most `max` characters of `s`, a cut marked with `…`.
+fn short(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_string();
+    }
+    let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
+/// A probe's flag and its source: `true (bpf)`, or `unknown`.
+fn flag(v: Option<bool>, source: Option<FactSource>) -> String {
+    match (v, source) {
         (Some(c), Some(src)) => format!("{c} ({})", src.name()),
         (Some(c), None) => c.to_string(),
         (None, _) => "unknown".into(),
     }
+}
+
+/// An owner fact with its source, or why it is unknown.
+fn owner(e: &EndView, f: impl Fn(&ProcessOwner) -> String) -> String {
+    match (&e.owner, e.owner_unknown) {
+        (Some(o), _) => format!("{} (proc)", f(o)),
+        (None, Some(why)) => format!("unknown ({})", why.name()),
+        (None, None) => "unknown".into(),
+    }
+}
+
+/// A BPF fact with its source, or `unknown`.
+fn absolute(e: &EndView, f: impl Fn(&AbsoluteSeq) -> String) -> String {
+    e.absolute
+        .as_ref()
+        .map_or_else(|| "unknown".into(), |x| format!("{} (bpf)", f(x)))
+}
+
+/// SACK blocks as `start-end` pairs, `none` without any.
+fn sacks(b: &[SackBlock]) -> String {
+    if b.is_empty() {
+        return "none".into();
+    }
+    b.iter()
+        .map(|b| format!("{}-{}", b.start, b.end))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The cork and the probe that read it: `true (bpf)`, or `unknown`.
+fn cork(e: &EndView) -> String {
+    flag(e.cork, e.cork_source)
 }
 
 /// `tcpstall diff`: both ends side by side, one row per fact.
@@ -378,4 +487,28 @@ pub fn show(e: &EpisodeView, samples: usize) -> String {
     out.push('\n');
     out.push_str(&diff(&e.peer.a, e.peer.b.as_ref()));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_commands_are_cut_and_sack_blocks_listed() {
+        assert_eq!(short("nginx: worker", 60), "nginx: worker");
+        let cut = short(&"é".repeat(100), 10);
+        assert_eq!(cut.chars().count(), 10);
+        assert!(cut.ends_with('…'));
+        assert_eq!(sacks(&[]), "none");
+        assert_eq!(
+            sacks(&[
+                SackBlock { start: 10, end: 20 },
+                SackBlock {
+                    start: u32::MAX - 5,
+                    end: 3
+                }
+            ]),
+            format!("10-20, {}-3", u32::MAX - 5)
+        );
+    }
 }

@@ -87,6 +87,11 @@ fn end_sample(f: FlowTuple, cookie: u64, sendq: u32) -> EndSample {
         bytes_retrans: Some(u64::MAX),
         cork: Some(true),
         cork_source: Some(tcpstall_common::FactSource::Bpf),
+        nodelay: None,
+        nodelay_source: None,
+        owner: None,
+        owner_missing: None,
+        absolute: None,
     }
 }
 

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::flow::FlowTuple;
-use crate::kernel_tcp::FactSource;
+use crate::kernel_tcp::{FactSource, KernelTcp, SackBlock};
 use crate::positions::Positions;
 use crate::sample::{Opened, SocketSample, TcpState, TimerKind};
 
@@ -44,6 +44,91 @@ pub struct EndSample {
     /// The probe that read `cork` (bpf or getsockopt).
     #[serde(default)]
     pub cork_source: Option<FactSource>,
+    /// TCP_NODELAY, where a probe could read it; `None` = unknown.
+    #[serde(default)]
+    pub nodelay: Option<bool>,
+    /// The probe that read `nodelay`.
+    #[serde(default)]
+    pub nodelay_source: Option<FactSource>,
+    /// The process holding the socket; `None` = unknown (then
+    /// `owner_missing` says why, when known).
+    #[serde(default)]
+    pub owner: Option<ProcessOwner>,
+    #[serde(default)]
+    pub owner_missing: Option<OwnerMissing>,
+    /// The BPF probe's absolute sequence numbers and SACK blocks.
+    #[serde(default)]
+    pub absolute: Option<AbsoluteSeq>,
+}
+
+/// The process that holds a socket, found by its inode in /proc.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessOwner {
+    pub pid: u32,
+    /// Command line, arguments joined by spaces (bounded by the agent).
+    pub command: String,
+    /// systemd unit (`.service` or `.scope`) of its cgroup.
+    pub unit: Option<String>,
+    /// cgroup v2 path.
+    pub cgroup: Option<String>,
+}
+
+/// Why a sample carries no owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OwnerMissing {
+    /// No process holds the socket.
+    NoOwner,
+    /// The agent may not read every process's descriptors.
+    NoPermission,
+    /// The lookup is off on that agent.
+    Off,
+}
+
+impl OwnerMissing {
+    pub fn name(self) -> &'static str {
+        match self {
+            OwnerMissing::NoOwner => "no owner",
+            OwnerMissing::NoPermission => "no permission",
+            OwnerMissing::Off => "off",
+        }
+    }
+}
+
+/// Absolute sequence numbers as `tcp_sock` holds them (BPF iter/tcp):
+/// what a packet capture shows, unlike the relative [`Positions`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AbsoluteSeq {
+    pub snd_una: u32,
+    pub snd_nxt: u32,
+    pub write_seq: u32,
+    pub rcv_nxt: u32,
+    /// Initial sequence numbers, where they follow from the snapshot.
+    pub snd_isn: Option<u32>,
+    pub rcv_isn: Option<u32>,
+    /// SACK blocks this end is sending, at most [`crate::kernel_tcp::SACK_BLOCKS`].
+    pub sacks_sent: Vec<SackBlock>,
+    /// SACK blocks the peer last reported that still matter.
+    pub sacks_received: Vec<SackBlock>,
+}
+
+impl AbsoluteSeq {
+    /// The absolute facts of one BPF record; the sending ISN needs to
+    /// know which side connected.
+    pub fn from_kernel(k: &KernelTcp, opened: Option<Opened>) -> AbsoluteSeq {
+        AbsoluteSeq {
+            snd_una: k.snd_una,
+            snd_nxt: k.snd_nxt,
+            write_seq: k.write_seq,
+            rcv_nxt: k.rcv_nxt,
+            snd_isn: opened
+                .and_then(|o| k.snd_isn1(o))
+                .map(|s| s.wrapping_sub(1)),
+            rcv_isn: Some(k.rcv_isn1().wrapping_sub(1)),
+            sacks_sent: k.sacks_sent().collect(),
+            sacks_received: k.sacks_received().collect(),
+        }
+    }
 }
 
 impl EndSample {
@@ -78,6 +163,11 @@ impl EndSample {
             bytes_retrans: i.and_then(|i| i.bytes_retrans()),
             cork: None,
             cork_source: None,
+            nodelay: None,
+            nodelay_source: None,
+            owner: None,
+            owner_missing: None,
+            absolute: None,
         }
     }
 

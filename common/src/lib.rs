@@ -12,7 +12,7 @@ pub mod positions;
 pub mod sample;
 pub mod tcp_info;
 
-pub use end::EndSample;
+pub use end::{AbsoluteSeq, EndSample, OwnerMissing, ProcessOwner};
 pub use flow::{FlowKey, FlowTuple};
 pub use kernel_tcp::{FactSource, KernelTcp, SackBlock};
 pub use positions::Positions;

@@ -5,7 +5,11 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use tcpstall_common::{EndSample, FactSource, FlowTuple, Opened, Positions, TcpState, TimerKind};
+use tcpstall_common::kernel_tcp::SACK_BLOCKS;
+use tcpstall_common::{
+    AbsoluteSeq, EndSample, FactSource, FlowTuple, Opened, OwnerMissing, Positions, ProcessOwner,
+    SackBlock, TcpState, TimerKind,
+};
 
 use crate::v1;
 
@@ -34,6 +38,23 @@ pub enum ConvertError {
 
 /// Longest namespace label or host name accepted.
 pub const MAX_NAME: usize = 255;
+/// Longest owner command line accepted (the agent cuts it to this).
+pub const MAX_COMMAND: usize = 1024;
+/// Longest systemd unit name accepted (systemd's own limit).
+pub const MAX_UNIT: usize = 256;
+/// Longest cgroup path accepted (PATH_MAX).
+pub const MAX_CGROUP: usize = 4096;
+
+fn bounded(s: &str, field: &'static str, max: usize) -> Result<String, ConvertError> {
+    if s.len() > max {
+        return Err(ConvertError::TooLong {
+            field,
+            len: s.len(),
+            max,
+        });
+    }
+    Ok(s.to_string())
+}
 
 pub fn ip_to_wire(ip: IpAddr) -> v1::Ip {
     let octets = match ip {
@@ -196,7 +217,101 @@ pub fn sample_to_wire(s: &EndSample, reason: v1::SampleReason) -> v1::Sample {
         bytes_retrans: s.bytes_retrans,
         cork: s.cork,
         cork_source: source_to_wire(s.cork_source) as i32,
+        nodelay: s.nodelay,
+        nodelay_source: source_to_wire(s.nodelay_source) as i32,
+        owner: s.owner.as_ref().map(|o| v1::Owner {
+            pid: o.pid,
+            command: o.command.clone(),
+            unit: o.unit.clone(),
+            cgroup: o.cgroup.clone(),
+        }),
+        owner_missing: owner_missing_to_wire(s.owner_missing) as i32,
+        absolute: s.absolute.as_ref().map(|a| v1::AbsoluteSeq {
+            snd_una: a.snd_una,
+            snd_nxt: a.snd_nxt,
+            write_seq: a.write_seq,
+            rcv_nxt: a.rcv_nxt,
+            snd_isn: a.snd_isn,
+            rcv_isn: a.rcv_isn,
+            sacks_sent: sacks_to_wire(&a.sacks_sent),
+            sacks_received: sacks_to_wire(&a.sacks_received),
+        }),
     }
+}
+
+fn sacks_to_wire(b: &[SackBlock]) -> Vec<v1::SackBlock> {
+    b.iter()
+        .map(|b| v1::SackBlock {
+            start: b.start,
+            end: b.end,
+        })
+        .collect()
+}
+
+fn sacks_from_wire(
+    b: &[v1::SackBlock],
+    field: &'static str,
+) -> Result<Vec<SackBlock>, ConvertError> {
+    if b.len() > SACK_BLOCKS {
+        return Err(ConvertError::Range {
+            field,
+            value: b.len() as u64,
+        });
+    }
+    Ok(b.iter()
+        .map(|b| SackBlock {
+            start: b.start,
+            end: b.end,
+        })
+        .collect())
+}
+
+fn owner_missing_to_wire(m: Option<OwnerMissing>) -> v1::OwnerMissing {
+    match m {
+        None => v1::OwnerMissing::Unspecified,
+        Some(OwnerMissing::NoOwner) => v1::OwnerMissing::NoOwner,
+        Some(OwnerMissing::NoPermission) => v1::OwnerMissing::NoPermission,
+        Some(OwnerMissing::Off) => v1::OwnerMissing::Off,
+    }
+}
+
+fn owner_missing_from_wire(m: i32) -> Option<OwnerMissing> {
+    match v1::OwnerMissing::try_from(m).ok()? {
+        v1::OwnerMissing::Unspecified => None,
+        v1::OwnerMissing::NoOwner => Some(OwnerMissing::NoOwner),
+        v1::OwnerMissing::NoPermission => Some(OwnerMissing::NoPermission),
+        v1::OwnerMissing::Off => Some(OwnerMissing::Off),
+    }
+}
+
+fn owner_from_wire(o: &v1::Owner) -> Result<ProcessOwner, ConvertError> {
+    Ok(ProcessOwner {
+        pid: o.pid,
+        command: bounded(&o.command, "owner.command", MAX_COMMAND)?,
+        unit: o
+            .unit
+            .as_deref()
+            .map(|u| bounded(u, "owner.unit", MAX_UNIT))
+            .transpose()?,
+        cgroup: o
+            .cgroup
+            .as_deref()
+            .map(|c| bounded(c, "owner.cgroup", MAX_CGROUP))
+            .transpose()?,
+    })
+}
+
+fn absolute_from_wire(a: &v1::AbsoluteSeq) -> Result<AbsoluteSeq, ConvertError> {
+    Ok(AbsoluteSeq {
+        snd_una: a.snd_una,
+        snd_nxt: a.snd_nxt,
+        write_seq: a.write_seq,
+        rcv_nxt: a.rcv_nxt,
+        snd_isn: a.snd_isn,
+        rcv_isn: a.rcv_isn,
+        sacks_sent: sacks_from_wire(&a.sacks_sent, "absolute.sacks_sent")?,
+        sacks_received: sacks_from_wire(&a.sacks_received, "absolute.sacks_received")?,
+    })
 }
 
 fn source_to_wire(s: Option<FactSource>) -> v1::FactSource {
@@ -272,6 +387,16 @@ pub fn sample_from_wire(w: &v1::Sample) -> Result<EndSample, ConvertError> {
         // A source without a value says nothing.
         cork: w.cork,
         cork_source: w.cork.and(source_from_wire(w.cork_source)),
+        nodelay: w.nodelay,
+        nodelay_source: w.nodelay.and(source_from_wire(w.nodelay_source)),
+        owner: w.owner.as_ref().map(owner_from_wire).transpose()?,
+        // A reason beside an owner says nothing.
+        owner_missing: if w.owner.is_some() {
+            None
+        } else {
+            owner_missing_from_wire(w.owner_missing)
+        },
+        absolute: w.absolute.as_ref().map(absolute_from_wire).transpose()?,
     })
 }
 
@@ -358,7 +483,47 @@ mod tests {
             bytes_retrans: Some(600),
             cork: Some(true),
             cork_source: Some(FactSource::Getsockopt),
+            nodelay: Some(false),
+            nodelay_source: Some(FactSource::Getsockopt),
+            owner: Some(ProcessOwner {
+                pid: 4242,
+                command: "/usr/bin/app --serve".into(),
+                unit: Some("app.service".into()),
+                cgroup: Some("/system.slice/app.service".into()),
+            }),
+            owner_missing: None,
+            absolute: Some(AbsoluteSeq {
+                snd_una: u32::MAX - 100,
+                snd_nxt: 99,
+                write_seq: 199,
+                rcv_nxt: 70,
+                snd_isn: Some(u32::MAX - 1100),
+                rcv_isn: None,
+                sacks_sent: vec![],
+                sacks_received: vec![SackBlock { start: 20, end: 90 }; 4],
+            }),
         }
+    }
+
+    #[test]
+    fn an_old_agent_without_the_new_facts_is_accepted() {
+        let mut w = sample_to_wire(&sample(), v1::SampleReason::Suspect);
+        w.nodelay = None;
+        w.nodelay_source = 0;
+        w.owner = None;
+        w.owner_missing = 0;
+        w.absolute = None;
+        let s = sample_from_wire(&w).expect("accepted");
+        assert_eq!(s.nodelay, None);
+        assert_eq!(s.owner, None);
+        assert_eq!(s.owner_missing, None);
+        assert_eq!(s.absolute, None);
+        // Unknown with its reason round-trips too.
+        let mut s = sample();
+        s.owner = None;
+        s.owner_missing = Some(OwnerMissing::NoPermission);
+        let w = sample_to_wire(&s, v1::SampleReason::Watched);
+        assert_eq!(sample_from_wire(&w), Ok(s));
     }
 
     #[test]
@@ -399,6 +564,38 @@ mod tests {
                 "address",
             ),
             (Box::new(|w| w.netns = "x".repeat(300)), "netns"),
+            (
+                Box::new(|w| {
+                    if let Some(o) = w.owner.as_mut() {
+                        o.command = "x".repeat(MAX_COMMAND + 1);
+                    }
+                }),
+                "owner.command",
+            ),
+            (
+                Box::new(|w| {
+                    if let Some(o) = w.owner.as_mut() {
+                        o.unit = Some("u".repeat(MAX_UNIT + 1));
+                    }
+                }),
+                "owner.unit",
+            ),
+            (
+                Box::new(|w| {
+                    if let Some(o) = w.owner.as_mut() {
+                        o.cgroup = Some("/".repeat(MAX_CGROUP + 1));
+                    }
+                }),
+                "owner.cgroup",
+            ),
+            (
+                Box::new(|w| {
+                    if let Some(a) = w.absolute.as_mut() {
+                        a.sacks_received.push(v1::SackBlock { start: 1, end: 2 });
+                    }
+                }),
+                "sacks",
+            ),
         ];
         for (break_it, what) in cases {
             let mut w = good.clone();

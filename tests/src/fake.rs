@@ -104,6 +104,11 @@ pub fn stuck(flow: FlowTuple, cookie: u64, unchanged_ms: u64) -> EndSample {
         bytes_retrans: None,
         cork: None,
         cork_source: None,
+        nodelay: None,
+        nodelay_source: None,
+        owner: None,
+        owner_missing: None,
+        absolute: None,
     }
 }
 

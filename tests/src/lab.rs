@@ -74,6 +74,21 @@ impl Lab {
     /// As [`Lab::start`], but the hosts named in `unmonitored` run no
     /// agent.
     pub fn start_unmonitored(hosts: &[&str], unmonitored: &[&str], settings: Settings) -> Lab {
+        Lab::start_full(hosts, unmonitored, settings, &[])
+    }
+
+    /// As [`Lab::start`], every agent run through `wrapper` (see
+    /// [`AgentProcess::start_wrapped`]): to take capabilities away.
+    pub fn start_wrapped(hosts: &[&str], settings: Settings, wrapper: &[&str]) -> Lab {
+        Lab::start_full(hosts, &[], settings, wrapper)
+    }
+
+    fn start_full(
+        hosts: &[&str],
+        unmonitored: &[&str],
+        settings: Settings,
+        wrapper: &[&str],
+    ) -> Lab {
         let net = Net::new(hosts);
         let collector = CollectorProcess::start(&["--threshold", &ms_text(settings.threshold)]);
         let url = collector.url();
@@ -90,7 +105,8 @@ impl Lab {
         let agents = monitored
             .iter()
             .map(|h| {
-                AgentProcess::start(
+                AgentProcess::start_wrapped(
+                    wrapper,
                     &url,
                     &[
                         "--host",

@@ -274,7 +274,23 @@ pub struct AgentProcess {
 
 impl AgentProcess {
     pub fn start(collector: &str, extra: &[&str]) -> AgentProcess {
-        let child = Command::new(binary("tcpstall-agent"))
+        Self::start_wrapped(&[], collector, extra)
+    }
+
+    /// As [`AgentProcess::start`], run through `wrapper` (a command and
+    /// its arguments, e.g. `setpriv --bounding-set=-sys_ptrace`); none
+    /// when empty.
+    pub fn start_wrapped(wrapper: &[&str], collector: &str, extra: &[&str]) -> AgentProcess {
+        let agent = binary("tcpstall-agent");
+        let mut cmd = match wrapper.split_first() {
+            Some((prog, args)) => {
+                let mut c = Command::new(prog);
+                c.args(args).arg(&agent);
+                c
+            }
+            None => Command::new(&agent),
+        };
+        let child = cmd
             .args(["run", "--collector", collector])
             .args(extra)
             .env("RUST_LOG", "info")

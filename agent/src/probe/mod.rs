@@ -18,11 +18,20 @@ use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
 
-use tcpstall_common::{FactSource, KernelTcp};
+use tcpstall_common::{FactSource, KernelTcp, OwnerMissing, ProcessOwner};
+use tcpstall_proto::convert;
 
 use crate::netns::Netns;
 pub use bpf::{ProbeError, TcpIterProbe};
 use owner::OwnerIndex;
+
+/// TCP_CORK and TCP_NODELAY of one socket, and the probe that read them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flags {
+    pub cork: bool,
+    pub nodelay: bool,
+    pub source: FactSource,
+}
 
 /// A probe's state, as announced at start.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -118,8 +127,18 @@ impl Probes {
     /// else (for a suspect, `suspect` true) its owner's descriptor; `None`
     /// = unknown.
     pub fn cork(&mut self, cookie: u64, inode: u32, suspect: bool) -> Option<(bool, FactSource)> {
+        self.flags(cookie, inode, suspect)
+            .map(|f| (f.cork, f.source))
+    }
+
+    /// Cork and nodelay of a socket, read the same way as [`Self::cork`].
+    pub fn flags(&mut self, cookie: u64, inode: u32, suspect: bool) -> Option<Flags> {
         if let Some(k) = self.by_cookie.get(&cookie) {
-            return Some((k.cork(), FactSource::Bpf));
+            return Some(Flags {
+                cork: k.cork(),
+                nodelay: k.nodelay(),
+                source: FactSource::Bpf,
+            });
         }
         if !suspect || self.getsockopt_status != ProbeStatus::Available {
             return None;
@@ -127,10 +146,34 @@ impl Probes {
         let index = self.owners.as_mut()?;
         match index.lookup(u64::from(inode)) {
             owner::OwnerLookup::Found(o) => owner::cork_by_getsockopt(&o, u64::from(inode))
-                .map(|(cork, _)| (cork, FactSource::Getsockopt))
+                .map(|(cork, nodelay)| Flags {
+                    cork,
+                    nodelay,
+                    source: FactSource::Getsockopt,
+                })
                 .map_err(|e| tracing::debug!(pid = o.pid, error = %e, "cork unknown"))
                 .ok(),
             _ => None,
+        }
+    }
+
+    /// The process holding the socket with this inode, or why it is
+    /// unknown. Walks /proc only on a miss, at most once per
+    /// [`OWNER_RESCAN`].
+    pub fn owner(&mut self, inode: u32) -> Result<ProcessOwner, OwnerMissing> {
+        let Some(index) = self.owners.as_mut() else {
+            return Err(OwnerMissing::Off);
+        };
+        match index.lookup(u64::from(inode)) {
+            // What the collector would refuse is left out, not sent.
+            owner::OwnerLookup::Found(o) => Ok(ProcessOwner {
+                pid: o.pid,
+                command: o.command,
+                unit: o.unit.filter(|u| u.len() <= convert::MAX_UNIT),
+                cgroup: o.cgroup.filter(|c| c.len() <= convert::MAX_CGROUP),
+            }),
+            owner::OwnerLookup::None => Err(OwnerMissing::NoOwner),
+            owner::OwnerLookup::NoPermission => Err(OwnerMissing::NoPermission),
         }
     }
 

@@ -28,7 +28,8 @@ use std::time::{Duration, Instant};
 use rustix::process::{pidfd_getfd, pidfd_open, Pid, PidfdFlags, PidfdGetfdFlags};
 use serde::Serialize;
 
-/// Longest command line kept, in bytes.
+/// Longest command line kept, in bytes, with the `…` that marks a cut
+/// (the collector refuses longer ones).
 pub const MAX_COMMAND: usize = 1024;
 
 /// The process holding a socket.
@@ -186,7 +187,7 @@ impl OwnerIndex {
             .collect::<Vec<_>>()
             .join(" ");
         if command.len() > MAX_COMMAND {
-            let mut end = MAX_COMMAND;
+            let mut end = MAX_COMMAND - '…'.len_utf8();
             while !command.is_char_boundary(end) {
                 end -= 1;
             }

@@ -157,6 +157,11 @@ fn base_sample(flow: FlowTuple, cookie: u64, opened: Opened, pos: Positions) -> 
         bytes_retrans: Some(0),
         cork: None,
         cork_source: None,
+        nodelay: None,
+        nodelay_source: None,
+        owner: None,
+        owner_missing: None,
+        absolute: None,
     }
 }
 

@@ -50,6 +50,11 @@ pub fn a_end(cookie: u64, snd_una: u64, sendq: u32) -> EndSample {
         bytes_retrans: Some(0),
         cork: None,
         cork_source: None,
+        nodelay: None,
+        nodelay_source: None,
+        owner: None,
+        owner_missing: None,
+        absolute: None,
     }
 }
 

@@ -48,6 +48,11 @@ pub fn end(side: Side, pos: Positions) -> EndSample {
         bytes_retrans: None,
         cork: None,
         cork_source: None,
+        nodelay: None,
+        nodelay_source: None,
+        owner: None,
+        owner_missing: None,
+        absolute: None,
     }
 }
 

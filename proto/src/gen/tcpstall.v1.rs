@@ -111,7 +111,7 @@ pub struct Batch {
 }
 /// One socket at one poll. Optional fields are absent when the kernel (or
 /// the probe) did not give them.
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Sample {
     #[prost(enumeration = "SampleReason", tag = "1")]
     pub reason: i32,
@@ -200,6 +200,65 @@ pub struct Sample {
     pub cork: ::core::option::Option<bool>,
     #[prost(enumeration = "FactSource", tag = "61")]
     pub cork_source: i32,
+    /// TCP_NODELAY, the same way (absent = unknown).
+    #[prost(bool, optional, tag = "62")]
+    pub nodelay: ::core::option::Option<bool>,
+    #[prost(enumeration = "FactSource", tag = "63")]
+    pub nodelay_source: i32,
+    /// The process holding the socket, from a walk of /proc (absent =
+    /// unknown; owner_missing then says why, when the agent knows).
+    #[prost(message, optional, tag = "64")]
+    pub owner: ::core::option::Option<Owner>,
+    #[prost(enumeration = "OwnerMissing", tag = "65")]
+    pub owner_missing: i32,
+    /// The BPF probe's absolute facts (absent without it).
+    #[prost(message, optional, tag = "66")]
+    pub absolute: ::core::option::Option<AbsoluteSeq>,
+}
+/// The process that holds a socket.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Owner {
+    #[prost(uint32, tag = "1")]
+    pub pid: u32,
+    /// Command line, arguments joined by spaces; at most 1024 bytes.
+    #[prost(string, tag = "2")]
+    pub command: ::prost::alloc::string::String,
+    /// systemd unit (.service or .scope), at most 256 bytes.
+    #[prost(string, optional, tag = "3")]
+    pub unit: ::core::option::Option<::prost::alloc::string::String>,
+    /// cgroup v2 path, at most 4096 bytes.
+    #[prost(string, optional, tag = "4")]
+    pub cgroup: ::core::option::Option<::prost::alloc::string::String>,
+}
+/// One SACK block, absolute sequence numbers, end exclusive.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SackBlock {
+    #[prost(uint32, tag = "1")]
+    pub start: u32,
+    #[prost(uint32, tag = "2")]
+    pub end: u32,
+}
+/// Absolute sequence numbers as tcp_sock holds them (BPF iter/tcp).
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct AbsoluteSeq {
+    #[prost(uint32, tag = "1")]
+    pub snd_una: u32,
+    #[prost(uint32, tag = "2")]
+    pub snd_nxt: u32,
+    #[prost(uint32, tag = "3")]
+    pub write_seq: u32,
+    #[prost(uint32, tag = "4")]
+    pub rcv_nxt: u32,
+    /// Initial sequence numbers of each direction, where they follow.
+    #[prost(uint32, optional, tag = "5")]
+    pub snd_isn: ::core::option::Option<u32>,
+    #[prost(uint32, optional, tag = "6")]
+    pub rcv_isn: ::core::option::Option<u32>,
+    /// At most 4 each.
+    #[prost(message, repeated, tag = "7")]
+    pub sacks_sent: ::prost::alloc::vec::Vec<SackBlock>,
+    #[prost(message, repeated, tag = "8")]
+    pub sacks_received: ::prost::alloc::vec::Vec<SackBlock>,
 }
 /// A socket the agent had sent (suspect or watched) is gone.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -319,7 +378,7 @@ pub struct GetEpisodeRequest {
     #[prost(int64, tag = "1")]
     pub id: i64,
 }
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct EndSample {
     /// "a" (the stuck sender) or "b" (its peer).
     #[prost(string, tag = "1")]
@@ -344,7 +403,7 @@ pub struct GetFlowRequest {
     #[prost(message, optional, tag = "1")]
     pub flow: ::core::option::Option<FlowTuple>,
 }
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct GetFlowResponse {
     #[prost(string, tag = "1")]
     pub a_host: ::prost::alloc::string::String,
@@ -453,6 +512,42 @@ impl Timer {
             "TIMER_KEEPALIVE" => Some(Self::Keepalive),
             "TIMER_TIME_WAIT" => Some(Self::TimeWait),
             "TIMER_ZERO_WINDOW_PROBE" => Some(Self::ZeroWindowProbe),
+            _ => None,
+        }
+    }
+}
+/// Why no owner came with a sample.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum OwnerMissing {
+    Unspecified = 0,
+    /// No process holds the socket (closed, or held by the kernel only).
+    NoOwner = 1,
+    /// Some processes' descriptors could not be read (CAP_SYS_PTRACE).
+    NoPermission = 2,
+    /// The lookup is off on this agent.
+    Off = 3,
+}
+impl OwnerMissing {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "OWNER_MISSING_UNSPECIFIED",
+            Self::NoOwner => "OWNER_MISSING_NO_OWNER",
+            Self::NoPermission => "OWNER_MISSING_NO_PERMISSION",
+            Self::Off => "OWNER_MISSING_OFF",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "OWNER_MISSING_UNSPECIFIED" => Some(Self::Unspecified),
+            "OWNER_MISSING_NO_OWNER" => Some(Self::NoOwner),
+            "OWNER_MISSING_NO_PERMISSION" => Some(Self::NoPermission),
+            "OWNER_MISSING_OFF" => Some(Self::Off),
             _ => None,
         }
     }

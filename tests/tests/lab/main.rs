@@ -10,6 +10,7 @@
 mod controls;
 mod cork;
 mod faults;
+mod owner;
 mod topology;
 
 use std::time::{Duration, Instant, SystemTime};
