@@ -408,6 +408,16 @@ impl Worker {
             if used <= target || (total == 0 && used <= max) {
                 break;
             }
+            // About the share of the ended episodes that is over, oldest
+            // first (episodes are of similar size), at most a chunk.
+            let ended: i64 = self
+                .conn
+                .query_row("SELECT count(*) FROM episodes WHERE open = 0", [], |r| {
+                    r.get(0)
+                })
+                .unwrap_or(0);
+            let over = (used - target) as f64 / used.max(1) as f64;
+            let n = ((ended as f64 * over).ceil() as i64).clamp(1, PRUNE_CHUNK);
             let deleted = self
                 .conn
                 .prepare_cached(
@@ -415,7 +425,7 @@ impl Worker {
                         SELECT id FROM episodes WHERE open = 0
                          ORDER BY ended_at_ms LIMIT ?1)",
                 )
-                .and_then(|mut s| s.execute(params![PRUNE_CHUNK]));
+                .and_then(|mut s| s.execute(params![n]));
             match deleted {
                 Ok(0) => {
                     warn!(
