@@ -455,7 +455,19 @@ impl Worker {
 
     /// Returns free pages to the file system in steps of at most
     /// [`VACUUM_STEP`] pages, so that writes never wait long behind it.
+    /// In WAL mode the file only shrinks when the WAL is checkpointed: a
+    /// passive checkpoint follows (it waits for no reader or writer).
     fn give_back_free_pages(&self) {
+        let mut stepped = false;
+        self.vacuum_steps(&mut stepped);
+        if stepped {
+            if let Err(error) = self.conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE)") {
+                warn!(%error, "store checkpoint after vacuum failed");
+            }
+        }
+    }
+
+    fn vacuum_steps(&self, stepped: &mut bool) {
         loop {
             let free: i64 = match self
                 .conn
@@ -479,6 +491,7 @@ impl Worker {
                 warn!(%error, "store incremental vacuum failed");
                 return;
             }
+            *stepped = true;
             // Let queued writes in between steps.
             if !self.rx.is_empty() {
                 return;
