@@ -504,16 +504,16 @@ impl State {
     /// agent's polls (the request may have been dropped, or its agent
     /// reconnected).
     fn ask_again(&mut self, host: HostId, flow: FlowTuple, now_ms: i64) {
+        // Every suspect sample comes here: most peers have answered, so
+        // look at the watch before working out the agent's patience.
+        let asked_at = match self.watched.get(&(host, flow)) {
+            Some(w) if matches!(w.end, PeerEnd::Pending) => w.asked_at_ms,
+            _ => return,
+        };
         let patience = self.sessions.get(&host).map_or(i64::MAX, |s| {
             i64::try_from(ms(s.hello.interval * 2)).unwrap_or(i64::MAX)
         });
-        let due = match self.watched.get(&(host, flow)) {
-            Some(w) => {
-                matches!(w.end, PeerEnd::Pending)
-                    && w.asked_at_ms.is_none_or(|t| now_ms - t > patience)
-            }
-            None => false,
-        };
+        let due = asked_at.is_none_or(|t| now_ms - t > patience);
         if due && self.send(host, ToAgent::Watch(flow)) {
             if let Some(w) = self.watched.get_mut(&(host, flow)) {
                 w.asked_at_ms = Some(now_ms);
