@@ -169,6 +169,15 @@ impl From<anyhow::Error> for Failure {
 }
 
 fn status_failure(what: &str, s: tonic::Status) -> Failure {
+    // A status the client made from a broken transport (a plaintext
+    // request to a TLS port ends so) has a source; one the collector sent
+    // has none. Then the collector was not reached.
+    if let Some(source) = std::error::Error::source(&s) {
+        return Failure::new(
+            exit::UNREACHABLE,
+            format!("{what}: {}: {}", s.message(), error_chain(source)),
+        );
+    }
     let code = match s.code() {
         tonic::Code::NotFound => exit::NOT_FOUND,
         tonic::Code::Unavailable => exit::UNREACHABLE,

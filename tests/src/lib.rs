@@ -270,6 +270,8 @@ impl Drop for CollectorProcess {
 #[derive(Debug)]
 pub struct AgentProcess {
     pub child: std::process::Child,
+    /// Everything the agent logged so far.
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl AgentProcess {
@@ -281,6 +283,7 @@ impl AgentProcess {
     /// its arguments, e.g. `setpriv --bounding-set=-sys_ptrace`); none
     /// when empty.
     pub fn start_wrapped(wrapper: &[&str], collector: &str, extra: &[&str]) -> AgentProcess {
+        use std::io::BufRead;
         let agent = binary("tcpstall-agent");
         let mut cmd = match wrapper.split_first() {
             Some((prog, args)) => {
@@ -290,18 +293,45 @@ impl AgentProcess {
             }
             None => Command::new(&agent),
         };
-        let child = cmd
+        let mut child = cmd
             .args(["run", "--collector", collector])
             .args(extra)
             .env("RUST_LOG", "info")
-            .stderr(if std::env::var_os("TCPSTALL_TEST_LOGS").is_some() {
-                std::process::Stdio::inherit()
-            } else {
-                std::process::Stdio::null()
-            })
+            // Plain lines for `logged`, whatever the terminal.
+            .env("NO_COLOR", "1")
+            .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("start tcpstall-agent run");
-        AgentProcess { child }
+        let stderr = child.stderr.take().expect("stderr");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let keep = log.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if std::env::var_os("TCPSTALL_TEST_LOGS").is_some() {
+                    eprintln!("[agent] {line}");
+                }
+                if let Ok(mut l) = keep.lock() {
+                    l.push(line);
+                }
+            }
+        });
+        AgentProcess { child, log }
+    }
+
+    /// Whether some logged line contains all of `parts`.
+    pub fn logged(&self, parts: &[&str]) -> bool {
+        self.log
+            .lock()
+            .map(|l| l.iter().any(|line| parts.iter().all(|p| line.contains(p))))
+            .unwrap_or(false)
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     pub fn kill(&mut self) {
