@@ -306,6 +306,15 @@ fn mutual_tls_accepts_the_right_agents_and_refuses_the_others() {
         "plaintext to a TLS port: {}",
         String::from_utf8_lossy(&o.stderr)
     );
+    let other_ca_file = write(pki.dir.path(), "other-ca.crt", &other_ca.pem());
+    let o = cli(&["--collector", &url, "--tls-ca", &other_ca_file, "episodes"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "a collector the CA did not sign: {err}"
+    );
+    assert!(err.contains("invalid peer certificate"), "{err}");
     let o = cli(&[
         "--collector",
         &url,
@@ -362,6 +371,19 @@ fn collector_start(args: &[&str]) -> (Option<std::process::ExitStatus>, String) 
     } else {
         (Some(child.wait().expect("wait")), text)
     }
+}
+
+#[test]
+fn tls_without_client_certificates_takes_any_agent_that_trusts_it() {
+    let pki = Pki::new();
+    let collector =
+        CollectorProcess::start(&["--tls-cert", &pki.server.0, "--tls-key", &pki.server.1]);
+    let host = format!("tls-nocert-{}", std::process::id());
+    let _agent = agent(&https(&collector), &host, &pki.ca_file, None);
+    wait_for("the agent to connect over TLS", DEADLINE, || {
+        collector.logged(&["agent connected", &host]).then_some(())
+    });
+    assert!(!collector.logged(&["serving plaintext"]));
 }
 
 #[test]
