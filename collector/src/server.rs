@@ -185,6 +185,7 @@ pub async fn serve_on_reloading(
         Some(path) => QueryTokenCheck::from_file(path)?,
         None => QueryTokenCheck::new(None),
     };
+    let tls_refused = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let ingest = IngestService::new(agg_tx.clone(), config.max_batch_samples);
     let ingest = if config.tls_client_ca.is_some() {
         ingest.require_client_certs()
@@ -211,6 +212,7 @@ pub async fn serve_on_reloading(
                 agg: agg_tx.clone(),
                 store: store.clone(),
                 refused: ingest.refused.clone(),
+                tls_refused: tls_refused.clone(),
             };
             Some(tokio::spawn(metrics::serve(
                 listener,
@@ -239,7 +241,7 @@ pub async fn serve_on_reloading(
         Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>,
     > = match tls {
         Some(tls) => {
-            let accepted = tls::accept(listener, tls);
+            let accepted = tls::accept(listener, tls, tls_refused);
             Box::pin(router.serve_with_incoming_shutdown(
                 tokio_stream::wrappers::ReceiverStream::new(accepted),
                 shutdown,

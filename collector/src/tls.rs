@@ -14,8 +14,8 @@
 //! ([`agent_identity`]).
 
 use std::io;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -118,11 +118,12 @@ pub fn server_config(config: &Config) -> Result<Option<Arc<rustls::ServerConfig>
 }
 
 /// Accepts connections on `listener` and hands over those whose handshake
-/// succeeded; refused ones are logged with the peer and the reason. Ends
-/// when the receiver is dropped.
+/// succeeded; refused ones are logged with the peer and the reason, and
+/// counted in `refused`. Ends when the receiver is dropped.
 pub fn accept(
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
+    refused: Arc<AtomicU64>,
 ) -> mpsc::Receiver<io::Result<TlsStream<TcpStream>>> {
     let (tx, rx) = mpsc::channel(ACCEPTED_QUEUE);
     let acceptor = TlsAcceptor::from(config);
@@ -148,23 +149,24 @@ pub fn accept(
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let tx = tx.clone();
+            let refused = refused.clone();
             tokio::spawn(async move {
                 let _slot = slot;
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(stream)) => {
-                        let _ = tx.send(Ok(stream)).await;
-                    }
-                    Ok(Err(e)) => log_refused(peer, &e.to_string()),
-                    Err(_) => log_refused(peer, "handshake timed out"),
-                }
+                let reason =
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => {
+                            let _ = tx.send(Ok(stream)).await;
+                            return;
+                        }
+                        Ok(Err(e)) => e.to_string(),
+                        Err(_) => "handshake timed out".to_string(),
+                    };
+                refused.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%peer, reason, "TLS handshake refused");
             });
         }
     });
     rx
-}
-
-fn log_refused(peer: SocketAddr, reason: &str) {
-    tracing::warn!(%peer, reason, "TLS handshake refused");
 }
 
 /// What an agent's stream proved about itself at the TLS layer.

@@ -266,6 +266,16 @@ fn mutual_tls_accepts_the_right_agents_and_refuses_the_others() {
             "{host} was accepted"
         );
     }
+    let handshakes: u64 = metric(
+        &collector,
+        "tcpstall_collector_tls_handshakes_refused_total",
+    )
+    .and_then(|v| v.parse().ok())
+    .expect("the handshakes refused are counted");
+    assert!(
+        handshakes >= 2,
+        "foreign and expired at least: {handshakes}"
+    );
     wait_for("exactly one agent connected", DEADLINE, || {
         (metric(&collector, "tcpstall_collector_agents_connected").as_deref() == Some("1"))
             .then_some(())
