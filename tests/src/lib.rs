@@ -270,6 +270,8 @@ impl Drop for CollectorProcess {
 #[derive(Debug)]
 pub struct AgentProcess {
     pub child: std::process::Child,
+    /// Everything the agent logged so far.
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl AgentProcess {
@@ -290,18 +292,44 @@ impl AgentProcess {
             }
             None => Command::new(&agent),
         };
-        let child = cmd
+        let mut child = cmd
             .args(["run", "--collector", collector])
             .args(extra)
             .env("RUST_LOG", "info")
-            .stderr(if std::env::var_os("TCPSTALL_TEST_LOGS").is_some() {
-                std::process::Stdio::inherit()
-            } else {
-                std::process::Stdio::null()
-            })
+            .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("start tcpstall-agent run");
-        AgentProcess { child }
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        if let Some(stderr) = child.stderr.take() {
+            let keep = log.clone();
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(stderr)
+                    .lines()
+                    .map_while(Result::ok)
+                {
+                    if std::env::var_os("TCPSTALL_TEST_LOGS").is_some() {
+                        eprintln!("[agent] {line}");
+                    }
+                    if let Ok(mut l) = keep.lock() {
+                        l.push(line);
+                    }
+                }
+            });
+        }
+        AgentProcess { child, log }
+    }
+
+    /// The address of its Prometheus endpoint, once it said where
+    /// (started with `--metrics-listen`).
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        let log = self.log.lock().ok()?;
+        log.iter().find_map(|line| {
+            line.strip_prefix("tcpstall-agent metrics on http://")?
+                .strip_suffix("/metrics")?
+                .parse()
+                .ok()
+        })
     }
 
     pub fn kill(&mut self) {
