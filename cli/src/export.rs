@@ -194,7 +194,7 @@ async fn write_all(q: &mut Client, args: &ExportArgs, out: &mut dyn Write) -> Re
         Format::Csv => {
             let mut w = csv::Writer::from_writer(out);
             w.write_record(CSV_HEADER).map_err(|e| failed(&e))?;
-            Rows::Csv(w)
+            Rows::Csv(Box::new(w))
         }
     };
     // The cutoff is the export's start: later pages ask for a longer
@@ -262,7 +262,7 @@ async fn write_all(q: &mut Client, args: &ExportArgs, out: &mut dyn Write) -> Re
 /// The rows' writer of each format.
 enum Rows<'a> {
     Json(&'a mut dyn Write),
-    Csv(csv::Writer<&'a mut dyn Write>),
+    Csv(Box<csv::Writer<&'a mut dyn Write>>),
 }
 
 #[cfg(test)]
