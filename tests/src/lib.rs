@@ -235,13 +235,7 @@ impl CollectorProcess {
     /// The address of its Prometheus endpoint, once it said where
     /// (started with `--metrics-listen`).
     pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
-        let log = self.log.lock().ok()?;
-        log.iter().find_map(|line| {
-            line.strip_prefix("tcpstall-collector metrics on http://")?
-                .strip_suffix("/metrics")?
-                .parse()
-                .ok()
-        })
+        metrics_addr_in(&self.log, "tcpstall-collector")
     }
 
     /// Whether the process is still running.
@@ -264,6 +258,22 @@ impl Drop for CollectorProcess {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// The address in the line `PROGRAM metrics on http://ADDR/metrics` that
+/// a binary started with `--metrics-listen` prints, once it is logged.
+fn metrics_addr_in(
+    log: &std::sync::Mutex<Vec<String>>,
+    program: &str,
+) -> Option<std::net::SocketAddr> {
+    let log = log.lock().ok()?;
+    log.iter().find_map(|line| {
+        line.strip_prefix(program)?
+            .strip_prefix(" metrics on http://")?
+            .strip_suffix("/metrics")?
+            .parse()
+            .ok()
+    })
 }
 
 /// A real `tcpstall-agent run` process. Killed when dropped.
@@ -323,13 +333,7 @@ impl AgentProcess {
     /// The address of its Prometheus endpoint, once it said where
     /// (started with `--metrics-listen`).
     pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
-        let log = self.log.lock().ok()?;
-        log.iter().find_map(|line| {
-            line.strip_prefix("tcpstall-agent metrics on http://")?
-                .strip_suffix("/metrics")?
-                .parse()
-                .ok()
-        })
+        metrics_addr_in(&self.log, "tcpstall-agent")
     }
 
     pub fn kill(&mut self) {
