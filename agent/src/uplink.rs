@@ -401,6 +401,46 @@ mod tests {
         assert!(d < FIRST_RETRY * 2, "reset starts short again: {d:?}");
     }
 
+    #[tokio::test]
+    async fn what_the_transport_takes_is_counted_as_sent() {
+        use tokio_stream::StreamExt;
+        let metrics = Arc::new(AgentMetrics::default());
+        let (tx, rx) = mpsc::channel(4);
+        let batch = v1::AgentMessage {
+            body: Some(agent_message::Body::Batch(v1::Batch {
+                samples: vec![v1::Sample::default(); 3],
+                ..v1::Batch::default()
+            })),
+        };
+        let heartbeat = v1::AgentMessage {
+            body: Some(agent_message::Body::Heartbeat(v1::Heartbeat {
+                mono_us: 5,
+                ..v1::Heartbeat::default()
+            })),
+        };
+        let bytes = prost::Message::encoded_len(&batch) + prost::Message::encoded_len(&heartbeat);
+        tx.try_send(batch).expect("room");
+        tx.try_send(heartbeat).expect("room");
+        drop(tx);
+        let mut out = Outgoing {
+            rx,
+            lost: Arc::new(Lost::default()),
+            metrics: metrics.clone(),
+        };
+        while out.next().await.is_some() {}
+        let text = metrics.render();
+        assert!(
+            text.contains("tcpstall_agent_sent_messages_total 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tcpstall_agent_sent_samples_total 3\n"),
+            "{text}"
+        );
+        let line = format!("tcpstall_agent_sent_bytes_total {bytes}\n");
+        assert!(bytes > 0 && text.contains(&line), "{line} in {text}");
+    }
+
     #[test]
     fn a_dropped_stream_counts_what_it_never_sent() {
         let lost = Arc::new(Lost::default());
