@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
-use tcpstall_proto::v1;
+use serde::Serialize;
+use tcpstall_proto::{convert, v1};
 
 use crate::model::{EndView, EpisodeView};
 use crate::{exit, Client, Failure};
@@ -45,6 +46,46 @@ pub struct ExportArgs {
     /// instead of standard output.
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// With --format jsonl: each episode's stored samples of both ends too,
+    /// oldest first, in `samples` (CSV rows have no room for them).
+    #[arg(long)]
+    pub samples: bool,
+}
+
+/// One stored sample as `--samples` writes it: which end, when, and the
+/// fields of an end (docs/cli-json.md).
+#[derive(Debug, Serialize)]
+pub struct SampleJson {
+    /// `a` (the stuck sender) or `b` (its peer).
+    pub side: String,
+    /// RFC 3339, UTC, collector clock: when it was stored.
+    pub at: String,
+    #[serde(flatten)]
+    pub end: EndView,
+}
+
+/// An episode with its samples.
+#[derive(Debug, Serialize)]
+struct WithSamples<'a> {
+    #[serde(flatten)]
+    episode: &'a EpisodeView,
+    samples: Vec<SampleJson>,
+}
+
+/// The samples of an episode as `--samples` writes them; one the CLI
+/// cannot read is left out, as `show` leaves it out of the latest ends.
+pub fn samples_json(samples: &[v1::EndSample]) -> Vec<SampleJson> {
+    samples
+        .iter()
+        .filter_map(|s| {
+            let sample = convert::sample_from_wire(s.sample.as_ref()?).ok()?;
+            Some(SampleJson {
+                side: s.side.clone(),
+                at: crate::model::rfc3339(s.at_ms),
+                end: EndView::new(&s.host, sample.flow, Some(&sample)),
+            })
+        })
+        .collect()
 }
 
 /// The CSV columns, in order.
@@ -170,6 +211,17 @@ impl Sink {
     }
 }
 
+/// What clap cannot check of the flags; before the collector is asked.
+pub fn check(args: &ExportArgs) -> Result<(), Failure> {
+    if args.samples && args.format != Format::Jsonl {
+        return Err(Failure::new(
+            exit::USAGE,
+            "--samples needs --format jsonl (CSV rows have no room for them)",
+        ));
+    }
+    Ok(())
+}
+
 /// Runs the export; says on stderr how many episodes it wrote.
 pub async fn run(q: &mut Client, args: &ExportArgs) -> Result<u8, Failure> {
     let mut sink = Sink::open(args.output.as_deref())?;
@@ -222,8 +274,8 @@ async fn write_all(q: &mut Client, args: &ExportArgs, out: &mut dyn Write) -> Re
             if !seen.insert(e.id) {
                 continue;
             }
-            let view = match crate::episode(q, e.id).await {
-                Ok((view, _)) => view,
+            let (view, samples) = match crate::episode_samples(q, e.id).await {
+                Ok(found) => found,
                 // Deleted by retention since the list: not an error.
                 Err(f) if f.code == exit::NOT_FOUND => continue,
                 Err(f) => return Err(f),
@@ -231,7 +283,16 @@ async fn write_all(q: &mut Client, args: &ExportArgs, out: &mut dyn Write) -> Re
             match &mut rows {
                 Rows::Csv(w) => w.write_record(csv_row(&view)).map_err(|e| failed(&e))?,
                 Rows::Json(out) => {
-                    serde_json::to_writer(&mut **out, &view).map_err(|e| failed(&e))?;
+                    let written = if args.samples {
+                        let with = WithSamples {
+                            episode: &view,
+                            samples: samples_json(&samples),
+                        };
+                        serde_json::to_writer(&mut **out, &with)
+                    } else {
+                        serde_json::to_writer(&mut **out, &view)
+                    };
+                    written.map_err(|e| failed(&e))?;
                     writeln!(out).map_err(|e| failed(&e))?;
                 }
             }

@@ -262,6 +262,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
     match cli.command {
         Command::Demo(args) => demo::run(args, style).await,
         Command::Export(args) => {
+            export::check(&args)?;
             let mut q = connect(&cli.collector, cli.token_file.as_deref()).await?;
             export::run(&mut q, &args).await
         }
@@ -364,6 +365,15 @@ async fn list(q: &mut Client, f: &Filters) -> Result<Vec<EpisodeView>, Failure> 
 }
 
 async fn episode(q: &mut Client, id: i64) -> Result<(EpisodeView, usize), Failure> {
+    let (view, samples) = episode_samples(q, id).await?;
+    Ok((view, samples.len()))
+}
+
+/// An episode's view and every sample stored with it.
+async fn episode_samples(
+    q: &mut Client,
+    id: i64,
+) -> Result<(EpisodeView, Vec<v1::EndSample>), Failure> {
     let r = q
         .get_episode(v1::GetEpisodeRequest { id })
         .await
@@ -376,7 +386,7 @@ async fn episode(q: &mut Client, id: i64) -> Result<(EpisodeView, usize), Failur
         )
     })?;
     let (a, b) = latest_ends(&r.samples);
-    Ok((episode_view(&e, a.as_ref(), b.as_ref()), r.samples.len()))
+    Ok((episode_view(&e, a.as_ref(), b.as_ref()), r.samples))
 }
 
 /// Parses `ADDR:PORT ADDR:PORT` or an episode id.

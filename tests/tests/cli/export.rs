@@ -176,6 +176,31 @@ async fn export_pages_through_every_episode_in_jsonl_and_csv() {
     want.insert(open_id);
     assert_eq!(since, want, "--since 1h");
 
+    // --samples: each episode's stored samples nested, with the fields of
+    // an end; the fixture episodes have none, the live one has A's.
+    let o = export(&url, &["--since", "1h", "--samples"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let lines: Vec<Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    assert_eq!(lines.len(), want.len());
+    for line in &lines {
+        let samples = line["samples"].as_array().expect("samples array");
+        if line["id"] == open_id {
+            let a = samples.first().expect("the live episode's samples");
+            assert_eq!(a["side"], "a");
+            assert_eq!(a["host"], "live");
+            assert_eq!(a["local"], "198.18.7.1:9000");
+            assert_eq!(a["sendq"], 5000);
+            assert!(a["at"].as_str().is_some_and(|t| t.ends_with('Z')), "{a}");
+        } else {
+            assert!(samples.is_empty(), "{line}");
+        }
+    }
+    let o = export(&url, &["--format", "csv", "--samples"]);
+    assert_eq!(o.status.code(), Some(2), "--samples is for jsonl");
+
     // CSV to a file: a header, then as many rows; nothing else left behind.
     let out_dir = tempfile::tempdir().expect("temp dir");
     let path = out_dir.path().join("episodes.csv");
