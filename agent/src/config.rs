@@ -6,6 +6,7 @@
 //! commented TOML file; `agent.example.toml` is that file with the defaults
 //! and a test keeps the two equal.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -44,6 +45,8 @@ pub struct Config {
     /// Ceiling of the reconnection backoff.
     #[serde(with = "duration::text")]
     pub backoff_max: Duration,
+    /// Where to serve Prometheus metrics (`GET /metrics`); `None` = off.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for Config {
@@ -55,6 +58,7 @@ impl Default for Config {
             netns: Vec::new(),
             buffer: 64,
             backoff_max: Duration::from_secs(30),
+            metrics_listen: None,
         }
     }
 }
@@ -97,6 +101,10 @@ pub struct Flags {
     /// attempts; no wait is longer [default: 30s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub backoff_max: Option<Duration>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (port 0: any free
+    /// port, printed on stderr) [default: off].
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Why the settings could not be used.
@@ -159,6 +167,9 @@ impl Config {
         }
         if let Some(v) = flags.backoff_max {
             c.backoff_max = v;
+        }
+        if let Some(v) = flags.metrics_listen {
+            c.metrics_listen = Some(v);
         }
         c.validate()?;
         Ok(c)
@@ -258,6 +269,12 @@ impl Config {
         put("# Ceiling of the jittered exponential backoff between reconnection");
         put("# attempts: no wait is longer than this.");
         put(&format!("backoff_max = {}", duration(self.backoff_max)));
+        put("");
+        put("# Prometheus endpoint, http://ADDR/metrics. Off when not set.");
+        match &self.metrics_listen {
+            Some(addr) => put(&format!("metrics_listen = {}", text(&addr.to_string()))),
+            None => put("# metrics_listen = \"127.0.0.1:7788\""),
+        }
         out
     }
 }
@@ -334,6 +351,7 @@ mod tests {
             netns: vec!["lab1".into(), "/proc/1/ns/net".into(), "all".into()],
             buffer: 3,
             backoff_max: Duration::from_secs(90),
+            metrics_listen: Some("[::1]:9102".parse().expect("addr")),
         };
         let parsed: Config = toml::from_str(&c.to_toml()).expect("parses");
         assert_eq!(parsed, c);
@@ -390,6 +408,7 @@ mod tests {
             ("host = \"two words\"\n", "host"),
             ("host = \"\"\n", "host"),
             ("netns = [\"\"]\n", "netns"),
+            ("metrics_listen = \"localhost\"\n", "metrics_listen"),
         ];
         for (i, (text, named)) in cases.iter().enumerate() {
             let (_dir, path) = temp_file(&format!("bad{i}.toml"), text);

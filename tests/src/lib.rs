@@ -235,13 +235,7 @@ impl CollectorProcess {
     /// The address of its Prometheus endpoint, once it said where
     /// (started with `--metrics-listen`).
     pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
-        let log = self.log.lock().ok()?;
-        log.iter().find_map(|line| {
-            line.strip_prefix("tcpstall-collector metrics on http://")?
-                .strip_suffix("/metrics")?
-                .parse()
-                .ok()
-        })
+        metrics_addr_in(&self.log, "tcpstall-collector")
     }
 
     /// Whether the process is still running.
@@ -266,10 +260,28 @@ impl Drop for CollectorProcess {
     }
 }
 
+/// The address in the line `PROGRAM metrics on http://ADDR/metrics` that
+/// a binary started with `--metrics-listen` prints, once it is logged.
+fn metrics_addr_in(
+    log: &std::sync::Mutex<Vec<String>>,
+    program: &str,
+) -> Option<std::net::SocketAddr> {
+    let log = log.lock().ok()?;
+    log.iter().find_map(|line| {
+        line.strip_prefix(program)?
+            .strip_prefix(" metrics on http://")?
+            .strip_suffix("/metrics")?
+            .parse()
+            .ok()
+    })
+}
+
 /// A real `tcpstall-agent run` process. Killed when dropped.
 #[derive(Debug)]
 pub struct AgentProcess {
     pub child: std::process::Child,
+    /// Everything the agent logged so far.
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl AgentProcess {
@@ -290,18 +302,38 @@ impl AgentProcess {
             }
             None => Command::new(&agent),
         };
-        let child = cmd
+        let mut child = cmd
             .args(["run", "--collector", collector])
             .args(extra)
             .env("RUST_LOG", "info")
-            .stderr(if std::env::var_os("TCPSTALL_TEST_LOGS").is_some() {
-                std::process::Stdio::inherit()
-            } else {
-                std::process::Stdio::null()
-            })
+            .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("start tcpstall-agent run");
-        AgentProcess { child }
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        if let Some(stderr) = child.stderr.take() {
+            let keep = log.clone();
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(stderr)
+                    .lines()
+                    .map_while(Result::ok)
+                {
+                    if std::env::var_os("TCPSTALL_TEST_LOGS").is_some() {
+                        eprintln!("[agent] {line}");
+                    }
+                    if let Ok(mut l) = keep.lock() {
+                        l.push(line);
+                    }
+                }
+            });
+        }
+        AgentProcess { child, log }
+    }
+
+    /// The address of its Prometheus endpoint, once it said where
+    /// (started with `--metrics-listen`).
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        metrics_addr_in(&self.log, "tcpstall-agent")
     }
 
     pub fn kill(&mut self) {
