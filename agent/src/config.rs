@@ -6,6 +6,7 @@
 //! commented TOML file; `agent.example.toml` is that file with the defaults
 //! and a test keeps the two equal.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -61,6 +62,8 @@ pub struct Config {
     pub tls_server_name: Option<String>,
     /// Allow an http:// collector on another host.
     pub plaintext: bool,
+    /// Where to serve Prometheus metrics (`GET /metrics`); `None` = off.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for Config {
@@ -77,6 +80,7 @@ impl Default for Config {
             tls_key: None,
             tls_server_name: None,
             plaintext: false,
+            metrics_listen: None,
         }
     }
 }
@@ -139,6 +143,10 @@ pub struct Flags {
     /// needs no flag.
     #[arg(long)]
     pub plaintext: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics (port 0: any free
+    /// port, printed on stderr) [default: off].
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Why the settings could not be used.
@@ -213,6 +221,9 @@ impl Config {
             c.tls_server_name = Some(v.clone());
         }
         c.plaintext |= flags.plaintext;
+        if let Some(v) = flags.metrics_listen {
+            c.metrics_listen = Some(v);
+        }
         c.validate()?;
         Ok(c)
     }
@@ -371,6 +382,12 @@ impl Config {
         put("# attempts: no wait is longer than this.");
         put(&format!("backoff_max = {}", duration(self.backoff_max)));
         put("");
+        put("# Prometheus endpoint, http://ADDR/metrics. Off when not set.");
+        match &self.metrics_listen {
+            Some(addr) => put(&format!("metrics_listen = {}", text(&addr.to_string()))),
+            None => put("# metrics_listen = \"127.0.0.1:7788\""),
+        }
+        put("");
         put("# TLS (https:// collector): CA certificates (PEM) to trust for the collector;");
         put("# unset: the system's roots.");
         let path = |key: &str, p: &Option<PathBuf>, example: &str| match p {
@@ -466,6 +483,7 @@ mod tests {
             netns: vec!["lab1".into(), "/proc/1/ns/net".into(), "all".into()],
             buffer: 3,
             backoff_max: Duration::from_secs(90),
+            metrics_listen: Some("[::1]:9102".parse().expect("addr")),
             ..Config::default()
         };
         let parsed: Config = toml::from_str(&c.to_toml()).expect("parses");
@@ -540,6 +558,7 @@ mod tests {
             ("host = \"two words\"\n", "host"),
             ("host = \"\"\n", "host"),
             ("netns = [\"\"]\n", "netns"),
+            ("metrics_listen = \"localhost\"\n", "metrics_listen"),
         ];
         for (i, (text, named)) in cases.iter().enumerate() {
             let (_dir, path) = temp_file(&format!("bad{i}.toml"), text);

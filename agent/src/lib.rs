@@ -7,6 +7,7 @@ pub mod config;
 pub mod diag;
 pub mod filter;
 pub mod hello;
+pub mod metrics;
 pub mod netns;
 pub mod outbox;
 pub mod poll;

@@ -175,6 +175,7 @@ fn run_agent(flags: &config::Flags) -> anyhow::Result<ExitCode> {
         namespaces,
         buffer: config.buffer,
         backoff_max: config.backoff_max,
+        metrics_listen: config.metrics_listen,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

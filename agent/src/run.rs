@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -21,6 +22,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::MissedTickBehavior;
 
 use crate::hello::Identity;
+use crate::metrics::{AgentMetrics, PollFigures};
 use crate::netns::Netns;
 use crate::outbox::Outbox;
 use crate::probe::{ProbeStatus, Probes};
@@ -45,6 +47,8 @@ pub struct RunSettings {
     pub namespaces: Vec<Netns>,
     pub buffer: usize,
     pub backoff_max: Duration,
+    /// Serve Prometheus metrics here (`GET /metrics`); off when `None`.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// The agent's monotonic clock: CLOCK_MONOTONIC, the clock `mono_us` and
@@ -93,6 +97,9 @@ struct Polled {
     selection: Selection,
     mono: Duration,
     failures: Vec<String>,
+    /// How long the poll took, and what it counted, for the metrics.
+    took: Duration,
+    figures: PollFigures,
 }
 
 impl PollState {
@@ -104,6 +111,7 @@ impl PollState {
         // because the runtime got to one poll a little late (which would
         // delay its episode by a whole interval).
         let mono = mono_at(tick);
+        let started = Instant::now();
         // Only the sockets the selector may send, read in full.
         let selector = &self.selector;
         let (samples, connections, failures) =
@@ -138,10 +146,23 @@ impl PollState {
                 Err(why) => (None, Some(why)),
             };
         }
+        let figures = PollFigures {
+            connections: selection.connections,
+            suspects: selection
+                .samples
+                .iter()
+                .filter(|(r, _)| *r == Reason::Suspect)
+                .count(),
+            watched: self.selector.watched(),
+            failed_namespaces: failures.len(),
+            parse: self.poller.stats().parse,
+        };
         Polled {
             selection,
             mono,
             failures: failures.iter().map(|f| format!("{f:#}")).collect(),
+            took: started.elapsed(),
+            figures,
         }
     }
 }
@@ -214,7 +235,11 @@ pub async fn run(settings: RunSettings, shutdown: impl Future<Output = ()>) -> a
     })
     .await
     .context("opening sock_diag sockets")??;
+    let metrics = Arc::new(AgentMetrics::default());
+    metrics.probe("sock_diag", true);
+    metrics.probe("owner", probes.owners_on());
     for (name, status) in probes.announce() {
+        metrics.probe(name, *status == ProbeStatus::Available);
         match status {
             ProbeStatus::Available => tracing::info!(probe = name, "probe available"),
             other => tracing::warn!(probe = name, status = %other, "probe not available"),
@@ -242,6 +267,11 @@ pub async fn run(settings: RunSettings, shutdown: impl Future<Output = ()>) -> a
             probes: wire_probes,
         },
         backoff_max: settings.backoff_max,
+        metrics: metrics.clone(),
+    };
+    let metrics_server = match settings.metrics_listen {
+        Some(addr) => Some(serve_metrics(addr, metrics.clone(), stop_rx.clone()).await?),
+        None => None,
     };
     let link = tokio::spawn(uplink::run(link_cfg, events_tx, lost.clone(), stop_rx));
     tracing::info!(
@@ -255,6 +285,10 @@ pub async fn run(settings: RunSettings, shutdown: impl Future<Output = ()>) -> a
 
     let mut outbox = Outbox::new(settings.buffer);
     let mut session: Option<Session> = None;
+    // Streams opened so far (all but the first are reconnections), and
+    // the latest one's session id.
+    let mut streams = 0u64;
+    let mut latest = 0u64;
     // Drops since the stream was last up, for the log.
     let mut outage_drops = 0u64;
     let mut ticker = tokio::time::interval(settings.interval);
@@ -262,6 +296,7 @@ pub async fn run(settings: RunSettings, shutdown: impl Future<Output = ()>) -> a
     tokio::pin!(shutdown);
 
     loop {
+        metrics.outbox(outbox.len(), outbox.dropped());
         let sender = session
             .as_ref()
             .filter(|_| !outbox.is_empty())
@@ -284,6 +319,8 @@ pub async fn run(settings: RunSettings, shutdown: impl Future<Output = ()>) -> a
                 .await
                 .context("the poll thread failed")?;
                 state = back;
+                metrics.poll_duration.observe(polled.took);
+                metrics.polled(&polled.figures);
                 for failure in &polled.failures {
                     tracing::warn!(error = %failure, "namespace not polled");
                 }
@@ -352,10 +389,16 @@ pub async fn run(settings: RunSettings, shutdown: impl Future<Output = ()>) -> a
                     );
                     outage_drops = 0;
                     session = Some(Session { id, tx });
+                    streams += 1;
+                    latest = id;
+                    metrics.link(true, streams > 1);
                 }
                 Some(LinkEvent::Down { session: id }) => {
                     if session.as_ref().is_some_and(|s| s.id == id) {
                         session = None;
+                    }
+                    if id == latest {
+                        metrics.link(false, false);
                     }
                     // Watches belong to the stream that asked for them.
                     let watched = state.selector.watched();
@@ -389,7 +432,35 @@ pub async fn run(settings: RunSettings, shutdown: impl Future<Output = ()>) -> a
         Err(_) => tracing::warn!("the link did not close in time"),
     }
     drop(events);
+    if let Some(server) = metrics_server {
+        // It stops with the same signal as the link.
+        let _ = tokio::time::timeout(Duration::from_secs(1), server).await;
+    }
     Ok(())
+}
+
+/// Binds `addr` and serves the agent's metrics there until `stop`.
+async fn serve_metrics(
+    addr: SocketAddr,
+    metrics: Arc<AgentMetrics>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("metrics: listening on {addr}"))?;
+    let local = listener.local_addr().context("metrics: local address")?;
+    // Tests read this line to learn the port of --metrics-listen :0.
+    eprintln!("tcpstall-agent metrics on http://{local}/metrics");
+    let render = move || {
+        let metrics = metrics.clone();
+        async move { Ok(metrics.render()) }
+    };
+    let stopped = async move {
+        let _ = stop.wait_for(|stop| *stop).await;
+    };
+    Ok(tokio::spawn(tcpstall_prom::serve(
+        listener, render, stopped,
+    )))
 }
 
 #[cfg(test)]

@@ -26,6 +26,7 @@ use tokio_stream::Stream;
 use tonic::transport::Endpoint;
 
 use crate::hello::Identity;
+use crate::metrics::AgentMetrics;
 
 /// The first retry after a failure waits about this long (doubled by
 /// jitter at most), unless the ceiling is lower.
@@ -125,19 +126,29 @@ impl Lost {
     }
 }
 
-/// The request stream of one session. When the transport lets go of it,
-/// whatever is still queued is counted as lost.
+/// The request stream of one session. What the transport takes is counted
+/// as sent; when it lets go of the stream, whatever is still queued is
+/// counted as lost.
 #[derive(Debug)]
 struct Outgoing {
     rx: mpsc::Receiver<v1::AgentMessage>,
     lost: Arc<Lost>,
+    metrics: Arc<AgentMetrics>,
 }
 
 impl Stream for Outgoing {
     type Item = v1::AgentMessage;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.rx.poll_recv(cx)
+        let next = self.rx.poll_recv(cx);
+        if let Poll::Ready(Some(msg)) = &next {
+            let samples = match &msg.body {
+                Some(agent_message::Body::Batch(b)) => b.samples.len(),
+                _ => 0,
+            };
+            self.metrics.sent(prost::Message::encoded_len(msg), samples);
+        }
+        next
     }
 }
 
@@ -160,6 +171,8 @@ pub struct LinkConfig {
     pub tls: Option<tonic::transport::ClientTlsConfig>,
     pub identity: Identity,
     pub backoff_max: Duration,
+    /// Where the outgoing streams count what they send.
+    pub metrics: Arc<AgentMetrics>,
 }
 
 /// Waits until shutdown is asked for (or its sender is gone).
@@ -252,6 +265,7 @@ async fn one_session(
         let outgoing = Outgoing {
             rx,
             lost: lost.clone(),
+            metrics: cfg.metrics.clone(),
         };
         let response = IngestClient::new(channel)
             .stream(outgoing)
@@ -395,6 +409,46 @@ mod tests {
         assert!(d < FIRST_RETRY * 2, "reset starts short again: {d:?}");
     }
 
+    #[tokio::test]
+    async fn what_the_transport_takes_is_counted_as_sent() {
+        use tokio_stream::StreamExt;
+        let metrics = Arc::new(AgentMetrics::default());
+        let (tx, rx) = mpsc::channel(4);
+        let batch = v1::AgentMessage {
+            body: Some(agent_message::Body::Batch(v1::Batch {
+                samples: vec![v1::Sample::default(); 3],
+                ..v1::Batch::default()
+            })),
+        };
+        let heartbeat = v1::AgentMessage {
+            body: Some(agent_message::Body::Heartbeat(v1::Heartbeat {
+                mono_us: 5,
+                ..v1::Heartbeat::default()
+            })),
+        };
+        let bytes = prost::Message::encoded_len(&batch) + prost::Message::encoded_len(&heartbeat);
+        tx.try_send(batch).expect("room");
+        tx.try_send(heartbeat).expect("room");
+        drop(tx);
+        let mut out = Outgoing {
+            rx,
+            lost: Arc::new(Lost::default()),
+            metrics: metrics.clone(),
+        };
+        while out.next().await.is_some() {}
+        let text = metrics.render();
+        assert!(
+            text.contains("tcpstall_agent_sent_messages_total 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tcpstall_agent_sent_samples_total 3\n"),
+            "{text}"
+        );
+        let line = format!("tcpstall_agent_sent_bytes_total {bytes}\n");
+        assert!(bytes > 0 && text.contains(&line), "{line} in {text}");
+    }
+
     #[test]
     fn a_dropped_stream_counts_what_it_never_sent() {
         let lost = Arc::new(Lost::default());
@@ -414,6 +468,7 @@ mod tests {
         drop(Outgoing {
             rx,
             lost: lost.clone(),
+            metrics: Arc::new(AgentMetrics::default()),
         });
         assert_eq!(lost.take(), (2, 5), "heartbeats are not batches");
         assert_eq!(lost.take(), (0, 0));

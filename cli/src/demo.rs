@@ -167,6 +167,7 @@ pub async fn run(args: DemoArgs, style: Style) -> Result<u8, Failure> {
         namespaces: vec![ns],
         buffer: 16,
         backoff_max: Duration::from_millis(500),
+        metrics_listen: None,
     };
     let (stop_agent, agent_stopped) = oneshot::channel::<()>();
     let agent = tokio::spawn(tcpstall_agent::run::run(settings, async {

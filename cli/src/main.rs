@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod demo;
+mod export;
 mod model;
 mod plotting;
 mod render;
@@ -134,6 +135,9 @@ enum Command {
     /// in a temporary directory, a local agent, one loopback connection
     /// whose reader stops and one healthy; then the report and the diff.
     Demo(demo::DemoArgs),
+    /// Every stored episode since a time, open and ended, as JSON lines
+    /// (the fields of `episodes --json`) or CSV, on stdout or --output.
+    Export(export::ExportArgs),
 }
 
 fn parse_diagnosis(s: &str) -> Result<String, String> {
@@ -359,6 +363,11 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
     };
     match cli.command {
         Command::Demo(args) => demo::run(args, style).await,
+        Command::Export(args) => {
+            export::check(&args)?;
+            let mut q = connect(&target).await?;
+            export::run(&mut q, &args).await
+        }
         Command::Report(f) => {
             let mut f = f;
             if f.since.is_none() && !f.open {
@@ -443,6 +452,7 @@ async fn list(q: &mut Client, f: &Filters) -> Result<Vec<EpisodeView>, Failure> 
             diagnosis: f.diagnosis.clone().unwrap_or_default(),
             open_only: f.open,
             limit: f.limit,
+            ..Default::default()
         })
         .await
         .map_err(|s| status_failure("listing episodes", s))?
@@ -457,6 +467,15 @@ async fn list(q: &mut Client, f: &Filters) -> Result<Vec<EpisodeView>, Failure> 
 }
 
 async fn episode(q: &mut Client, id: i64) -> Result<(EpisodeView, usize), Failure> {
+    let (view, samples) = episode_samples(q, id).await?;
+    Ok((view, samples.len()))
+}
+
+/// An episode's view and every sample stored with it.
+async fn episode_samples(
+    q: &mut Client,
+    id: i64,
+) -> Result<(EpisodeView, Vec<v1::EndSample>), Failure> {
     let r = q
         .get_episode(v1::GetEpisodeRequest { id })
         .await
@@ -469,7 +488,7 @@ async fn episode(q: &mut Client, id: i64) -> Result<(EpisodeView, usize), Failur
         )
     })?;
     let (a, b) = latest_ends(&r.samples);
-    Ok((episode_view(&e, a.as_ref(), b.as_ref()), r.samples.len()))
+    Ok((episode_view(&e, a.as_ref(), b.as_ref()), r.samples))
 }
 
 /// Parses `ADDR:PORT ADDR:PORT` or an episode id.

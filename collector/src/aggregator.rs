@@ -961,22 +961,12 @@ impl State {
         }
     }
 
-    /// Both ends of `flow` as known now; asks the owners to watch it. A
-    /// scan of what is tracked: queries are rare next to samples.
+    /// Both ends of `flow` as known now; asks the owners to watch it.
     pub fn flow(&mut self, flow: FlowTuple, now_ms: i64) -> FlowView {
         let mut view = FlowView::default();
         for (slot, tuple) in [(0, flow), (1, flow.reversed())] {
-            let watched = self.watched.iter().find_map(|((h, t), w)| match &w.end {
-                PeerEnd::Seen { sample, .. } if *t == tuple => Some((*h, sample)),
-                _ => None,
-            });
-            let known = watched
-                .or_else(|| {
-                    self.suspects
-                        .iter()
-                        .find(|(_, s)| s.flow == tuple)
-                        .map(|(c, s)| (c.host, &s.latest))
-                })
+            let known = self
+                .find_end(tuple)
                 .and_then(|(h, p)| Some((h, unpack(p)?)));
             let host = known
                 .as_ref()
@@ -995,6 +985,38 @@ impl State {
             }
         }
         view
+    }
+
+    /// The latest sample of the end whose own side is `tuple.local`: looked
+    /// up at the host that announced that address (as watches are asked of
+    /// it), else (loopback, an address nobody announced) found by a scan of
+    /// everything tracked. Queries come at any rate; the scan is for the
+    /// cases the index cannot serve.
+    fn find_end(&self, tuple: FlowTuple) -> Option<(HostId, &Packed)> {
+        fn seen(w: &Watch) -> Option<&Packed> {
+            match &w.end {
+                PeerEnd::Seen { sample, .. } => Some(sample),
+                _ => None,
+            }
+        }
+        if let Some(&host) = self.owners.get(&tuple.local.ip()) {
+            let watched = self.watched.get(&(host, tuple)).and_then(seen);
+            let suspect = || {
+                let cookie = self.detector.cookie_of(host, tuple)?;
+                let s = self.suspects.get(&ConnKey { host, cookie })?;
+                Some(&s.latest)
+            };
+            return watched.or_else(suspect).map(|p| (host, p));
+        }
+        self.watched
+            .iter()
+            .find_map(|((h, t), w)| (*t == tuple).then(|| seen(w).map(|p| (*h, p))).flatten())
+            .or_else(|| {
+                self.suspects
+                    .iter()
+                    .find(|(_, s)| s.flow == tuple)
+                    .map(|(c, s)| (c.host, &s.latest))
+            })
     }
 }
 

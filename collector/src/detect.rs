@@ -128,6 +128,11 @@ impl<H: HostKey> Detector<H> {
         self.tracks.len()
     }
 
+    /// The cookie of the socket `host` reports on `flow` now, if tracked.
+    pub fn cookie_of(&self, host: H, flow: FlowTuple) -> Option<u64> {
+        self.by_flow.get(&(host, flow)).copied()
+    }
+
     /// Whether this connection has an open episode.
     pub fn is_open(&self, conn: &ConnKey<H>) -> bool {
         self.tracks.get(conn).is_some_and(|t| t.open)

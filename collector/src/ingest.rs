@@ -12,8 +12,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use prost::Message;
 use tcpstall_proto::convert::{self, ConvertError};
-use tcpstall_proto::v1::{self, agent_message, collector_message};
+use tcpstall_proto::raw::{self, agent_message};
+use tcpstall_proto::v1::{self, collector_message};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::Stream;
 use tonic::{Code, Request, Response, Status, Streaming};
@@ -106,8 +108,9 @@ pub fn hello_from_wire(h: &v1::Hello) -> Result<HostHello, Status> {
     })
 }
 
-/// Validates a Batch.
-pub fn batch_from_wire(b: &v1::Batch, max_samples: usize) -> Result<AgentBatch, Status> {
+/// Validates a Batch. Each sample is decoded to check it; the encoding it
+/// came in is what the aggregator keeps.
+pub fn batch_from_wire(b: raw::Batch, max_samples: usize) -> Result<AgentBatch, Status> {
     let n = b.samples.len() + b.closed.len() + b.absent.len();
     if n > max_samples {
         return Err(Status::resource_exhausted(format!(
@@ -116,7 +119,9 @@ pub fn batch_from_wire(b: &v1::Batch, max_samples: usize) -> Result<AgentBatch, 
     }
     let mut samples = Vec::with_capacity(b.samples.len());
     let mut packed = Vec::with_capacity(b.samples.len());
-    for (i, w) in b.samples.iter().enumerate() {
+    for (i, bytes) in b.samples.into_iter().enumerate() {
+        let w = v1::Sample::decode(&*bytes)
+            .map_err(|e| Status::invalid_argument(format!("samples[{i}]: {e}")))?;
         let reason = match v1::SampleReason::try_from(w.reason) {
             Ok(v1::SampleReason::Suspect) => Reason::Suspect,
             Ok(v1::SampleReason::Watched) => Reason::Watched,
@@ -128,12 +133,11 @@ pub fn batch_from_wire(b: &v1::Batch, max_samples: usize) -> Result<AgentBatch, 
                 )))
             }
         };
-        let s = convert::sample_from_wire(w)
+        let s = convert::sample_from_wire(&w)
             .map_err(|e| Status::invalid_argument(format!("samples[{i}]: {e}")))?;
-        // What the aggregator may keep, encoded here, off its thread; a
-        // released sample is kept only as an episode's last, and encoded
-        // there if so.
-        packed.push((reason != Reason::Released).then(|| Packed::from_wire(w)));
+        // What the aggregator may keep; a released sample is kept only as
+        // an episode's last, and encoded there if so.
+        packed.push((reason != Reason::Released).then(|| Packed::from_bytes(bytes)));
         samples.push((reason, s));
     }
     let closed = b
@@ -184,12 +188,12 @@ fn to_wire(msg: ToAgent) -> v1::CollectorMessage {
 type Outbound = Pin<Box<dyn Stream<Item = Result<v1::CollectorMessage, Status>> + Send>>;
 
 #[tonic::async_trait]
-impl v1::ingest_server::Ingest for IngestService {
+impl tcpstall_proto::server::ingest_server::Ingest for IngestService {
     type StreamStream = Outbound;
 
     async fn stream(
         &self,
-        request: Request<Streaming<v1::AgentMessage>>,
+        request: Request<Streaming<raw::AgentMessage>>,
     ) -> Result<Response<Outbound>, Status> {
         let remote: Option<SocketAddr> = request.remote_addr();
         let session = self.sessions.fetch_add(1, Ordering::Relaxed);
@@ -273,7 +277,7 @@ impl v1::ingest_server::Ingest for IngestService {
                 };
                 let cmd = match msg.body {
                     Some(agent_message::Body::Batch(b)) => {
-                        batch_from_wire(&b, max.load(Ordering::Relaxed))
+                        batch_from_wire(b, max.load(Ordering::Relaxed))
                             .map(|batch| Command::Batch { session, batch })
                     }
                     Some(agent_message::Body::Heartbeat(h)) => Ok(Command::Heartbeat {

@@ -8,20 +8,12 @@
 //! DESIGN.md's table, every id present (zero included) so that a rule on a
 //! diagnosis never sees a missing series.
 
-use std::convert::Infallible;
-use std::fmt::Write as _;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper::{header, Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use tcpstall_prom::{Exposition, Kind};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
@@ -45,74 +37,26 @@ pub struct Sources {
 
 /// Serves `/metrics` on `listener` until `shutdown` completes.
 pub async fn serve(listener: TcpListener, sources: Sources, shutdown: impl Future<Output = ()>) {
-    tokio::pin!(shutdown);
-    loop {
-        let stream = tokio::select! {
-            _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(error) => {
-                    // Out of descriptors and the like: wait, do not spin.
-                    tracing::warn!(%error, "metrics: accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let sources = sources.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| answer(req, sources.clone()));
-            if let Err(error) = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(%error, "metrics: connection ended");
-            }
-        });
-    }
+    let render = move || scrape(sources.clone());
+    tcpstall_prom::serve(listener, render, shutdown).await;
 }
 
-async fn answer(
-    req: Request<Incoming>,
-    sources: Sources,
-) -> Result<Response<Full<Bytes>>, Infallible> {
-    if req.uri().path() != "/metrics" {
-        return Ok(plain(StatusCode::NOT_FOUND, "not found: try /metrics\n"));
-    }
-    if req.method() != Method::GET && req.method() != Method::HEAD {
-        return Ok(plain(StatusCode::METHOD_NOT_ALLOWED, "GET /metrics\n"));
-    }
+/// One scrape: the aggregator's counters (asked like a query), the store's
+/// and the ingest service's atomics.
+async fn scrape(sources: Sources) -> Result<String, String> {
     let (reply, stats) = oneshot::channel();
     let asked = sources.agg.send(Command::Stats { reply }).await.is_ok();
-    let stats = match tokio::time::timeout(AGGREGATOR_WAIT, stats).await {
-        Ok(Ok(stats)) if asked => stats,
-        _ => {
-            return Ok(plain(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the aggregator did not answer\n",
-            ))
-        }
-    };
-    let text = render(
-        &stats,
-        &sources.store.stats().snapshot(),
-        Refused {
-            messages: sources.refused.load(Ordering::Relaxed),
-            handshakes: sources.tls_refused.load(Ordering::Relaxed),
-        },
-    );
-    let mut res = Response::new(Full::new(Bytes::from(text)));
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-    );
-    Ok(res)
-}
-
-fn plain(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
-    let mut res = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
-    *res.status_mut() = status;
-    res
+    match tokio::time::timeout(AGGREGATOR_WAIT, stats).await {
+        Ok(Ok(stats)) if asked => Ok(render(
+            &stats,
+            &sources.store.stats().snapshot(),
+            Refused {
+                messages: sources.refused.load(Ordering::Relaxed),
+                handshakes: sources.tls_refused.load(Ordering::Relaxed),
+            },
+        )),
+        _ => Err("the aggregator did not answer".into()),
+    }
 }
 
 /// What the gRPC edge refused, counted since start.
@@ -126,122 +70,119 @@ pub struct Refused {
 
 /// The exposition text.
 pub fn render(stats: &Stats, store: &StoreStatsSnapshot, refused: Refused) -> String {
-    let mut out = String::new();
-    let mut one = |name: &str, kind: &str, help: &str, value: f64| {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        let _ = writeln!(out, "{name} {value}");
+    let mut out = Exposition::new();
+    let mut one = |name: &str, kind: Kind, help: &str, value: f64| {
+        out.single(name, kind, help, value);
     };
     one(
         "tcpstall_collector_agents_connected",
-        "gauge",
+        Kind::Gauge,
         "Agents with an open stream.",
         stats.agents as f64,
     );
     one(
         "tcpstall_collector_suspects",
-        "gauge",
+        Kind::Gauge,
         "Connections whose send queue is reported stuck now.",
         stats.suspects as f64,
     );
     one(
         "tcpstall_collector_watched_peers",
-        "gauge",
+        Kind::Gauge,
         "Peer ends agents are asked to report now.",
         stats.watched as f64,
     );
     one(
         "tcpstall_collector_samples_received_total",
-        "counter",
+        Kind::Counter,
         "Samples received from agents.",
         stats.samples as f64,
     );
     one(
         "tcpstall_collector_messages_refused_total",
-        "counter",
+        Kind::Counter,
         "Agent messages refused as malformed, oversized or impossible, or from an agent its certificate does not name.",
         refused.messages as f64,
     );
     one(
         "tcpstall_collector_tls_handshakes_refused_total",
-        "counter",
+        Kind::Counter,
         "TLS handshakes refused: a certificate from an unknown CA, expired, or no TLS at all.",
         refused.handshakes as f64,
     );
     one(
         "tcpstall_collector_requests_dropped_total",
-        "counter",
+        Kind::Counter,
         "Watch and unwatch requests dropped on a full per-agent queue (watches are asked again).",
         stats.requests_dropped as f64,
     );
     one(
         "tcpstall_collector_agent_dropped_batches",
-        "gauge",
+        Kind::Gauge,
         "Batches the connected agents report having dropped while cut off.",
         stats.agent_dropped_batches as f64,
     );
     one(
         "tcpstall_collector_store_writes_dropped_total",
-        "counter",
+        Kind::Counter,
         "Writes the store refused (queue full or stopped).",
         store.dropped as f64,
     );
     one(
         "tcpstall_collector_store_write_errors_total",
-        "counter",
+        Kind::Counter,
         "Writes that failed in SQLite.",
         store.write_errors as f64,
     );
     one(
         "tcpstall_collector_store_rows_total",
-        "counter",
+        Kind::Counter,
         "Rows written by committed transactions.",
         store.committed_rows as f64,
     );
     one(
         "tcpstall_collector_store_transactions_total",
-        "counter",
+        Kind::Counter,
         "Write transactions committed.",
         store.transactions as f64,
     );
     one(
         "tcpstall_collector_store_last_commit_seconds",
-        "gauge",
+        Kind::Gauge,
         "Duration of the latest write transaction, BEGIN to COMMIT.",
         store.last_commit_micros as f64 / 1e6,
     );
     one(
         "tcpstall_collector_store_max_commit_seconds",
-        "gauge",
+        Kind::Gauge,
         "Longest write transaction since start.",
         store.max_commit_micros as f64 / 1e6,
     );
     one(
         "tcpstall_collector_store_pruned_episodes_total",
-        "counter",
+        Kind::Counter,
         "Episodes deleted by retention.",
         store.pruned_episodes as f64,
     );
-    let mut labelled = |name: &str, kind: &str, help: &str, value: &dyn Fn(usize) -> f64| {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
+    let mut labelled = |name: &str, kind: Kind, help: &str, value: &dyn Fn(usize) -> f64| {
+        let mut family = out.family(name, kind, help);
         for (i, d) in Diagnosis::ALL.iter().enumerate() {
-            let _ = writeln!(out, "{name}{{diagnosis=\"{}\"}} {}", d.id(), value(i));
+            family.sample(&[("diagnosis", d.id())], value(i));
         }
     };
     labelled(
         "tcpstall_collector_episodes_open",
-        "gauge",
+        Kind::Gauge,
         "Episodes open now, by their current diagnosis.",
         &|i| stats.open_by_diagnosis[i] as f64,
     );
     labelled(
         "tcpstall_collector_episodes_total",
-        "counter",
+        Kind::Counter,
         "Episodes opened since start, by the diagnosis they opened with.",
         &|i| stats.opened_by_diagnosis[i] as f64,
     );
-    out
+    out.finish()
 }
 
 #[cfg(test)]

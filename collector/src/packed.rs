@@ -22,10 +22,10 @@ impl Packed {
         Packed(wire.encode_to_vec().into_boxed_slice())
     }
 
-    /// A sample as it came over the wire, already checked by
-    /// `sample_from_wire` (the caller's job): encoded again as it is.
-    pub fn from_wire(w: &v1::Sample) -> Packed {
-        Packed(w.encode_to_vec().into_boxed_slice())
+    /// A sample's bytes as they came over the wire, already decoded and
+    /// checked by `sample_from_wire` (the caller's job).
+    pub fn from_bytes(bytes: Vec<u8>) -> Packed {
+        Packed(bytes.into_boxed_slice())
     }
 
     /// The sample back. `None` only if what [`Packed::new`] wrote no longer

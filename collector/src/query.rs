@@ -75,6 +75,18 @@ fn sample_to_wire(s: &StoredSample) -> v1::EndSample {
     }
 }
 
+/// The page token after an episode: its place in the list's order
+/// (newest first by start, then by id).
+pub fn page_token(started_at_ms: i64, id: i64) -> String {
+    format!("{started_at_ms}.{id}")
+}
+
+/// The place a [`page_token`] names; `None` for anything else.
+pub fn parse_page_token(token: &str) -> Option<(i64, i64)> {
+    let (started, id) = token.split_once('.')?;
+    Some((started.parse().ok()?, id.parse().ok()?))
+}
+
 fn internal(e: impl std::fmt::Display) -> Status {
     Status::internal(e.to_string())
 }
@@ -96,16 +108,34 @@ impl v1::query_server::Query for QueryService {
             let since = Duration::from_secs(r.since_s.min(100 * 365 * 24 * 3600));
             now_ms() - i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
         });
+        let after = match r.page_token.as_str() {
+            "" => None,
+            token => Some(parse_page_token(token).ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "page_token `{token}` is not one this collector gave"
+                ))
+            })?),
+        };
         let filter = EpisodeFilter {
             since_ms,
             host: (!r.host.is_empty()).then_some(r.host),
             diagnosis: (!r.diagnosis.is_empty()).then_some(r.diagnosis),
             open_only: r.open_only,
             limit: r.limit,
+            after,
         };
+        let full = filter.effective_limit();
         let rows = self.store.list_episodes(filter).await.map_err(internal)?;
+        // A full page may have more behind it; a short one is the last.
+        let next_page_token = match rows.last() {
+            Some(last) if rows.len() >= usize::try_from(full).unwrap_or(usize::MAX) => {
+                page_token(last.started_at_ms, last.id)
+            }
+            _ => String::new(),
+        };
         Ok(Response::new(v1::ListEpisodesResponse {
             episodes: rows.iter().map(episode_to_wire).collect(),
+            next_page_token,
         }))
     }
 
@@ -218,6 +248,24 @@ impl tonic::service::Interceptor for TokenCheck {
             Err(tonic::Status::unauthenticated(
                 "this collector's queries need a token (authorization: Bearer TOKEN)",
             ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_tokens_round_trip_and_strangers_are_refused() {
+        let t = page_token(1_732_000_000_123, 42);
+        assert_eq!(parse_page_token(&t), Some((1_732_000_000_123, 42)));
+        assert_eq!(
+            parse_page_token(&page_token(-1, i64::MAX)),
+            Some((-1, i64::MAX))
+        );
+        for bad in ["", "12", "a.b", "1.2.3", "1.", ".2"] {
+            assert_eq!(parse_page_token(bad), None, "{bad:?}");
         }
     }
 }

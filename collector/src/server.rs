@@ -5,7 +5,7 @@
 use std::future::Future;
 
 use anyhow::Context;
-use tcpstall_proto::v1::ingest_server::IngestServer;
+use tcpstall_proto::server::ingest_server::IngestServer;
 use tcpstall_proto::v1::query_server::QueryServer;
 use tokio::sync::mpsc;
 

@@ -464,3 +464,67 @@ async fn a_watch_request_dropped_on_a_full_queue_is_asked_again() {
     rig.send(a_sess, 106.0, again, at(6.0));
     assert_eq!(rig.asked("hostb").len(), 16, "the sixteen asked at 0 s");
 }
+
+#[tokio::test]
+async fn a_flow_query_finds_both_ends_through_their_hosts_and_loopback_by_scan() {
+    let mut rig = Rig::new();
+    let a_sess = rig.hello("hosta", "198.18.0.2", at(0.0));
+    let b_sess = rig.hello("hostb", "198.18.0.1", at(0.0));
+    // Other suspects on both hosts, so that a wrong lookup has something
+    // else to find.
+    let mut others = Vec::new();
+    for i in 0..50u16 {
+        let mut o = stuck_a(2000);
+        o.cookie = 1000 + u64::from(i);
+        o.flow = FlowTuple::new(
+            format!("198.18.0.2:{}", 9000 + i).parse().expect("addr"),
+            format!("198.18.0.1:{}", 41000 + i).parse().expect("addr"),
+        );
+        others.push((Reason::Suspect, o));
+    }
+    rig.send(a_sess, 99.0, others, at(0.0));
+    let a = stuck_a(2000);
+    rig.send(a_sess, 100.0, vec![(Reason::Suspect, a.clone())], at(0.0));
+    let b = b_end(&a, 5000, 4096, 0);
+    rig.send(b_sess, 50.0, vec![(Reason::Watched, b.clone())], at(0.5));
+    rig.asked("hostb");
+
+    // Asked from either side, A's end is A's suspect and B's end B's
+    // watched report, each named by its host.
+    for (flow, mine, theirs) in [(a.flow, &a, &b), (a.flow.reversed(), &b, &a)] {
+        let view = rig.state.flow(flow, at(1.0));
+        let (ha, sa) = view.a.expect("this end");
+        let (hb, sb) = view.b.expect("the other end");
+        assert_eq!((&sa, &sb), (mine, theirs), "asked for {flow}");
+        let hosts = if flow == a.flow {
+            ("hosta", "hostb")
+        } else {
+            ("hostb", "hosta")
+        };
+        assert_eq!((ha.as_str(), hb.as_str()), hosts);
+    }
+    // (A query also asks a suspect's own host to watch it: drained here.)
+    rig.asked("hosta");
+    assert!(rig.asked("hostb").is_empty(), "B already watches its end");
+
+    // A flow nobody reports: each end's owner is asked to watch it.
+    let quiet = FlowTuple::new(
+        "198.18.0.2:7777".parse().expect("addr"),
+        "198.18.0.1:47777".parse().expect("addr"),
+    );
+    let view = rig.state.flow(quiet, at(1.0));
+    assert!(view.a.is_none() && view.b.is_none());
+    assert_eq!(rig.asked("hosta"), vec![ToAgent::Watch(quiet)]);
+    assert_eq!(rig.asked("hostb"), vec![ToAgent::Watch(quiet.reversed())]);
+
+    // Loopback belongs to no announced host: found by the scan.
+    let mut lo = stuck_a(2000);
+    lo.cookie = 77;
+    lo.flow = FlowTuple::new(
+        "127.0.0.1:8080".parse().expect("addr"),
+        "127.0.0.1:40000".parse().expect("addr"),
+    );
+    rig.send(a_sess, 101.0, vec![(Reason::Suspect, lo.clone())], at(1.0));
+    let view = rig.state.flow(lo.flow, at(1.5));
+    assert_eq!(view.a, Some(("hosta".to_string(), lo)));
+}

@@ -15,6 +15,7 @@ use tcpstall_collector::aggregator::Reason;
 use tcpstall_collector::ingest::{batch_from_wire, hello_from_wire};
 use tcpstall_common::FlowTuple;
 use tcpstall_proto::convert;
+use tcpstall_proto::raw;
 use tcpstall_proto::v1::{self, agent_message};
 
 mod support;
@@ -89,10 +90,11 @@ fn encode(msgs: &[v1::AgentMessage]) -> Vec<u8> {
     out
 }
 
-fn decode(mut bytes: &[u8]) -> Vec<v1::AgentMessage> {
+/// As the collector reads them.
+fn decode(mut bytes: &[u8]) -> Vec<raw::AgentMessage> {
     let mut out = Vec::new();
     while !bytes.is_empty() {
-        out.push(v1::AgentMessage::decode_length_delimited(&mut bytes).expect("decodes"));
+        out.push(raw::AgentMessage::decode_length_delimited(&mut bytes).expect("decodes"));
     }
     out
 }
@@ -115,17 +117,17 @@ fn every_earlier_agent_release_is_understood() {
         let [hello, batch] = msgs.as_slice() else {
             panic!("{}: a Hello and a Batch", path.display());
         };
-        let Some(agent_message::Body::Hello(h)) = &hello.body else {
+        let Some(raw::agent_message::Body::Hello(h)) = &hello.body else {
             panic!("{}: first a Hello", path.display());
         };
         let h =
             hello_from_wire(h).unwrap_or_else(|s| panic!("{}: hello refused: {s}", path.display()));
         assert_eq!(h.host, "old-agent");
         assert_eq!(h.interval, Duration::from_secs(2));
-        let Some(agent_message::Body::Batch(b)) = &batch.body else {
+        let Some(raw::agent_message::Body::Batch(b)) = &batch.body else {
             panic!("{}: then a Batch", path.display());
         };
-        let b = batch_from_wire(b, 50_000)
+        let b = batch_from_wire(b.clone(), 50_000)
             .unwrap_or_else(|s| panic!("{}: batch refused: {s}", path.display()));
         assert_eq!(b.samples.len(), 2);
         assert_eq!(b.samples[0].0, Reason::Suspect);

@@ -323,6 +323,7 @@ async fn filters_select_by_since_host_diagnosis_open_and_limit() -> TestResult {
         diagnosis: Some("data_lost".into()),
         open_only: false,
         limit: 1,
+        after: None,
     });
     assert_eq!(ids(&combined.await?), [next + 3]);
 
@@ -333,6 +334,54 @@ async fn filters_select_by_since_host_diagnosis_open_and_limit() -> TestResult {
     assert!(none.await?.is_empty());
 
     assert_eq!(EpisodeFilter::default().effective_limit(), 1000);
+    stop(store, thread).await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn pages_after_a_place_cover_every_episode_once_even_on_equal_starts() -> TestResult {
+    let dir = TempDir::new()?;
+    let (store, thread, next) = Store::open(config(&dir))?;
+    // 23 episodes, starts in threes: page edges fall inside equal starts.
+    for i in 0..23 {
+        let e = episode(next + i, "alpha", None, "peer_unmonitored", 1_000 + i / 3);
+        assert!(store.open_episode(e));
+    }
+    let whole = store.list_episodes(EpisodeFilter::default()).await?;
+    let mut paged = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .list_episodes(EpisodeFilter {
+                limit: 5,
+                after,
+                ..Default::default()
+            })
+            .await?;
+        paged.extend(ids(&page));
+        match page.last() {
+            Some(last) if page.len() == 5 => after = Some((last.started_at_ms, last.id)),
+            _ => break,
+        }
+    }
+    assert_eq!(
+        paged,
+        ids(&whole),
+        "the same order, nothing twice or missed"
+    );
+    assert_eq!(paged.len(), 23);
+    let since = store
+        .list_episodes(EpisodeFilter {
+            since_ms: Some(1_005),
+            after: Some((1_006, next + 18)),
+            ..Default::default()
+        })
+        .await?;
+    assert_eq!(
+        ids(&since),
+        [next + 17, next + 16, next + 15],
+        "both bounds"
+    );
     stop(store, thread).await;
     Ok(())
 }

@@ -13,7 +13,16 @@ pub mod v1 {
     include!("gen/tcpstall.v1.rs");
 }
 
+/// The Ingest and Query servers with `AgentMessage` read as
+/// [`raw::AgentMessage`]: what the collector serves.
+#[allow(clippy::all, missing_debug_implementations, unreachable_pub)]
+#[rustfmt::skip]
+pub mod server {
+    include!("gen/ingest_raw.rs");
+}
+
 pub mod convert;
+pub mod raw;
 
 /// The protocol version this build speaks (`Hello.protocol`).
 pub const PROTOCOL_VERSION: u32 = 1;

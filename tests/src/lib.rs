@@ -235,13 +235,7 @@ impl CollectorProcess {
     /// The address of its Prometheus endpoint, once it said where
     /// (started with `--metrics-listen`).
     pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
-        let log = self.log.lock().ok()?;
-        log.iter().find_map(|line| {
-            line.strip_prefix("tcpstall-collector metrics on http://")?
-                .strip_suffix("/metrics")?
-                .parse()
-                .ok()
-        })
+        metrics_addr_in(&self.log, "tcpstall-collector")
     }
 
     /// Whether the process is still running.
@@ -266,6 +260,22 @@ impl Drop for CollectorProcess {
     }
 }
 
+/// The address in the line `PROGRAM metrics on http://ADDR/metrics` that
+/// a binary started with `--metrics-listen` prints, once it is logged.
+fn metrics_addr_in(
+    log: &std::sync::Mutex<Vec<String>>,
+    program: &str,
+) -> Option<std::net::SocketAddr> {
+    let log = log.lock().ok()?;
+    log.iter().find_map(|line| {
+        line.strip_prefix(program)?
+            .strip_prefix(" metrics on http://")?
+            .strip_suffix("/metrics")?
+            .parse()
+            .ok()
+    })
+}
+
 /// A real `tcpstall-agent run` process. Killed when dropped.
 #[derive(Debug)]
 pub struct AgentProcess {
@@ -283,7 +293,6 @@ impl AgentProcess {
     /// its arguments, e.g. `setpriv --bounding-set=-sys_ptrace`); none
     /// when empty.
     pub fn start_wrapped(wrapper: &[&str], collector: &str, extra: &[&str]) -> AgentProcess {
-        use std::io::BufRead;
         let agent = binary("tcpstall-agent");
         let mut cmd = match wrapper.split_first() {
             Some((prog, args)) => {
@@ -302,22 +311,24 @@ impl AgentProcess {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("start tcpstall-agent run");
-        let stderr = child.stderr.take().expect("stderr");
         let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let keep = log.clone();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if std::env::var_os("TCPSTALL_TEST_LOGS").is_some() {
-                    eprintln!("[agent] {line}");
+        if let Some(stderr) = child.stderr.take() {
+            let keep = log.clone();
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(stderr)
+                    .lines()
+                    .map_while(Result::ok)
+                {
+                    if std::env::var_os("TCPSTALL_TEST_LOGS").is_some() {
+                        eprintln!("[agent] {line}");
+                    }
+                    if let Ok(mut l) = keep.lock() {
+                        l.push(line);
+                    }
                 }
-                if let Ok(mut l) = keep.lock() {
-                    l.push(line);
-                }
-            }
-        });
+            });
+        }
         AgentProcess { child, log }
     }
 
@@ -332,6 +343,12 @@ impl AgentProcess {
     /// Whether the process is still running.
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The address of its Prometheus endpoint, once it said where
+    /// (started with `--metrics-listen`).
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        metrics_addr_in(&self.log, "tcpstall-agent")
     }
 
     pub fn kill(&mut self) {

@@ -114,6 +114,11 @@ impl Probes {
         ]
     }
 
+    /// Whether the owner lookup (the /proc walk) is on.
+    pub fn owners_on(&self) -> bool {
+        self.owners.is_some()
+    }
+
     /// What the Hello tells the collector.
     pub fn to_wire(&self) -> tcpstall_proto::v1::Probes {
         tcpstall_proto::v1::Probes {

@@ -72,6 +72,7 @@ async fn list_host(
             diagnosis: String::new(),
             open_only: false,
             limit: 1000,
+            page_token: String::new(),
         };
         let episodes = client
             .list_episodes(req)

@@ -43,6 +43,12 @@ pub(super) fn list_episodes(
     if f.open_only {
         sql += " AND open = 1";
     }
+    if let Some((started_at_ms, id)) = f.after {
+        args.push(Value::Integer(started_at_ms));
+        args.push(Value::Integer(id));
+        let n = args.len();
+        sql += &format!(" AND (started_at_ms, id) < (?{}, ?{n})", n - 1);
+    }
     args.push(Value::Integer(i64::from(f.effective_limit())));
     sql += &format!(
         " ORDER BY started_at_ms DESC, id DESC LIMIT ?{}",

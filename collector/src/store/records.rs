@@ -140,6 +140,9 @@ pub struct EpisodeFilter {
     pub open_only: bool,
     /// 0 = [`DEFAULT_LIST_LIMIT`]; capped at [`MAX_LIST_LIMIT`].
     pub limit: u32,
+    /// Only episodes after this one in the list's order: (started_at_ms,
+    /// id) of the last episode of the previous page.
+    pub after: Option<(i64, i64)>,
 }
 
 impl EpisodeFilter {

@@ -331,6 +331,10 @@ pub struct ListEpisodesRequest {
     pub open_only: bool,
     #[prost(uint32, tag = "5")]
     pub limit: u32,
+    /// Where to go on: the next_page_token of the previous page (empty: from
+    /// the newest). Opaque; the other fields must be the same as then.
+    #[prost(string, tag = "6")]
+    pub page_token: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Episode {
@@ -372,6 +376,10 @@ pub struct Episode {
 pub struct ListEpisodesResponse {
     #[prost(message, repeated, tag = "1")]
     pub episodes: ::prost::alloc::vec::Vec<Episode>,
+    /// Set when more episodes may follow: ask again with it as page_token.
+    /// Empty on the last page.
+    #[prost(string, tag = "2")]
+    pub next_page_token: ::prost::alloc::string::String,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct GetEpisodeRequest {

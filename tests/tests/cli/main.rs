@@ -1,5 +1,7 @@
 //! The `tcpstall` CLI against a real collector with real stored episodes,
-//! and `tcpstall demo` run to completion.
+//! `tcpstall export` paging through more than a page, and `tcpstall demo`
+//! run to completion.
 
 mod demo;
+mod export;
 mod queries;

@@ -325,3 +325,90 @@ async fn agent_killed_is_marked_gone_and_others_are_served() {
     assert_eq!(eps[0].a_host, other_host);
     assert!(!collector.logged(&["agent gone", &other_host]));
 }
+
+/// Every sample of a scrape by its series (name and labels).
+fn series(text: &str) -> std::collections::HashMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Scrapes the agent until `ok` holds for its figures, or panics with the
+/// last scrape after `within`.
+fn scrape_until(
+    addr: SocketAddr,
+    what: &str,
+    within: Duration,
+    ok: impl Fn(&dyn Fn(&str) -> f64) -> bool,
+) -> std::collections::HashMap<String, f64> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let figures = series(&scrape(addr));
+        let get = |s: &str| figures.get(s).copied().unwrap_or(f64::NAN);
+        if ok(&get) {
+            return figures;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}: {figures:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn agent_metrics_show_polls_suspects_bytes_sent_and_reconnects() {
+    let mut collector = CollectorProcess::start(&["--threshold", "2s"]);
+    let (addr, dir) = (collector.addr.to_string(), collector.dir.clone());
+    let host = format!("metrics-{}", std::process::id());
+    let mut args = vec!["--host", host.as_str(), "--metrics-listen", "127.0.0.1:0"];
+    args.extend_from_slice(AGENT_ARGS);
+    let agent = AgentProcess::start(&collector.url(), &args);
+    let metrics = tcpstall_tests::wait_for(
+        "the agent's metrics address",
+        Duration::from_secs(20),
+        || agent.metrics_addr(),
+    );
+    let s = stalled();
+
+    let first = scrape_until(metrics, "a suspect sent", Duration::from_secs(20), |v| {
+        v("tcpstall_agent_suspects") >= 1.0
+            && v("tcpstall_agent_connected") == 1.0
+            && v("tcpstall_agent_sent_samples_total") > 0.0
+    });
+    let polls = first["tcpstall_agent_polls_total"];
+    assert!(polls >= 1.0);
+    // The stuck pair and the agent's own stream at least.
+    assert!(first["tcpstall_agent_connections"] >= 2.0, "{first:?}");
+    assert!(first["tcpstall_agent_sent_bytes_total"] > 0.0, "{first:?}");
+    assert!(
+        first["tcpstall_agent_sent_messages_total"] >= 2.0,
+        "{first:?}"
+    );
+    assert_eq!(
+        first["tcpstall_agent_probe_available{probe=\"sock_diag\"}"],
+        1.0
+    );
+    assert_eq!(first["tcpstall_agent_reconnects_total"], 0.0);
+    assert!(first["tcpstall_agent_poll_duration_seconds_count"] >= 1.0);
+    scrape_until(metrics, "polls going on", Duration::from_secs(10), |v| {
+        v("tcpstall_agent_polls_total") > polls
+    });
+
+    collector.kill();
+    scrape_until(
+        metrics,
+        "the stream seen down",
+        Duration::from_secs(20),
+        |v| v("tcpstall_agent_connected") == 0.0,
+    );
+    let _collector = CollectorProcess::start_in(dir, &addr, &["--threshold", "2s"]);
+    scrape_until(metrics, "a reconnection", Duration::from_secs(30), |v| {
+        v("tcpstall_agent_connected") == 1.0 && v("tcpstall_agent_reconnects_total") >= 1.0
+    });
+    drop(s.sender);
+}
