@@ -45,6 +45,23 @@ pub struct Config {
     /// Ceiling of the reconnection backoff.
     #[serde(with = "duration::text")]
     pub backoff_max: Duration,
+    /// CA certificates (PEM) to trust for an https:// collector; `None` =
+    /// the system's roots.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_ca: Option<PathBuf>,
+    /// This agent's certificate chain (PEM), for a collector that asks
+    /// for one; it must name `host`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of `tls_cert` (PEM).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// The name checked on the collector's certificate; `None` = the URL's
+    /// host.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_server_name: Option<String>,
+    /// Allow an http:// collector on another host.
+    pub plaintext: bool,
     /// Where to serve Prometheus metrics (`GET /metrics`); `None` = off.
     pub metrics_listen: Option<SocketAddr>,
 }
@@ -58,6 +75,11 @@ impl Default for Config {
             netns: Vec::new(),
             buffer: 64,
             backoff_max: Duration::from_secs(30),
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_server_name: None,
+            plaintext: false,
             metrics_listen: None,
         }
     }
@@ -78,7 +100,8 @@ pub struct Flags {
     /// TOML file with any of the settings below (see agent.example.toml).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// The collector to stream to, as http://HOST:PORT.
+    /// The collector to stream to, as https://HOST:PORT (TLS) or
+    /// http://HOST:PORT.
     #[arg(long, value_name = "URL")]
     pub collector: Option<String>,
     /// The name this host reports, unique in the fleet [default: the
@@ -101,6 +124,25 @@ pub struct Flags {
     /// attempts; no wait is longer [default: 30s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub backoff_max: Option<Duration>,
+    /// CA certificates (PEM) to trust for an https:// collector [default:
+    /// the system's roots].
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// This agent's certificate chain (PEM), for a collector that asks
+    /// for one (mutual TLS); it must name this host's --host.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// The name to check on the collector's certificate [default: the
+    /// URL's host].
+    #[arg(long, value_name = "NAME")]
+    pub tls_server_name: Option<String>,
+    /// Allow an http:// (plaintext) collector on another host; loopback
+    /// needs no flag.
+    #[arg(long)]
+    pub plaintext: bool,
     /// Serve Prometheus metrics at http://ADDR/metrics (port 0: any free
     /// port, printed on stderr) [default: off].
     #[arg(long, value_name = "ADDR")]
@@ -168,6 +210,17 @@ impl Config {
         if let Some(v) = flags.backoff_max {
             c.backoff_max = v;
         }
+        if let Some(v) = &flags.tls_ca {
+            c.tls_ca = Some(v.clone());
+        }
+        if let Some(v) = &flags.tls_cert {
+            c.tls_cert = Some(v.clone());
+            c.tls_key = flags.tls_key.clone();
+        }
+        if let Some(v) = &flags.tls_server_name {
+            c.tls_server_name = Some(v.clone());
+        }
+        c.plaintext |= flags.plaintext;
         if let Some(v) = flags.metrics_listen {
             c.metrics_listen = Some(v);
         }
@@ -179,6 +232,13 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if let Some(url) = &self.collector {
             check_collector(url)?;
+            self.check_transport(url)?;
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(invalid(
+                "tls_cert",
+                "tls_cert and tls_key (--tls-cert, --tls-key) go together",
+            ));
         }
         if let Some(host) = &self.host {
             check_host(host)?;
@@ -208,6 +268,57 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// TLS settings only with https://, and plaintext off this host only
+    /// when asked for.
+    fn check_transport(&self, url: &str) -> Result<(), ConfigError> {
+        let tls = url.starts_with("https://");
+        let any_tls_file = self.tls_ca.is_some()
+            || self.tls_cert.is_some()
+            || self.tls_key.is_some()
+            || self.tls_server_name.is_some();
+        if tls && self.plaintext {
+            return Err(invalid(
+                "plaintext",
+                format!("`{url}` is https://: drop --plaintext (plaintext = true)"),
+            ));
+        }
+        if !tls && any_tls_file {
+            return Err(invalid(
+                "collector",
+                format!("`{url}`: TLS settings given for a plaintext URL; use https://"),
+            ));
+        }
+        if !tls && !self.plaintext && !crate::tls::is_loopback_url(url) {
+            return Err(invalid(
+                "collector",
+                format!(
+                    "`{url}` is plaintext to another host: use https:// (with --tls-ca, \
+                     --tls-cert, --tls-key as the collector needs), or allow plaintext \
+                     with --plaintext (plaintext = true)"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The client TLS settings when the collector is https://.
+    pub fn client_tls(
+        &self,
+    ) -> Result<Option<tonic::transport::ClientTlsConfig>, crate::tls::FileError> {
+        match &self.collector {
+            Some(url) if url.starts_with("https://") => {
+                crate::tls::client_config(&crate::tls::ClientFiles {
+                    ca: self.tls_ca.clone(),
+                    cert: self.tls_cert.clone(),
+                    key: self.tls_key.clone(),
+                    server_name: self.tls_server_name.clone(),
+                })
+                .map(Some)
+            }
+            _ => Ok(None),
+        }
     }
 
     /// The namespaces as `--netns` specs.
@@ -242,10 +353,11 @@ impl Config {
         put("# --backoff-max, ...): a flag beats this file, this file beats the defaults.");
         put("# Durations read like 500ms, 3s, 1m.");
         put("");
-        put("# The collector to stream to, as http://HOST:PORT. Required by `run`.");
+        put("# The collector to stream to, as https://HOST:PORT (TLS) or http://HOST:PORT.");
+        put("# Required by `run`.");
         match &self.collector {
             Some(url) => put(&format!("collector = {}", text(url))),
-            None => put("# collector = \"http://collector.example:7786\""),
+            None => put("# collector = \"https://collector.example:7786\""),
         }
         put("");
         put("# The name this host reports, unique in the fleet. Unset: the hostname.");
@@ -275,6 +387,26 @@ impl Config {
             Some(addr) => put(&format!("metrics_listen = {}", text(&addr.to_string()))),
             None => put("# metrics_listen = \"127.0.0.1:7788\""),
         }
+        put("");
+        put("# TLS (https:// collector): CA certificates (PEM) to trust for the collector;");
+        put("# unset: the system's roots.");
+        let path = |key: &str, p: &Option<PathBuf>, example: &str| match p {
+            Some(p) => format!("{key} = {}", text(&p.display().to_string())),
+            None => format!("# {key} = {}", text(example)),
+        };
+        put(&path("tls_ca", &self.tls_ca, "/etc/tcpstall/ca.crt"));
+        put("# This agent's certificate chain and key (PEM), for a collector that asks");
+        put("# for one (mutual TLS). The certificate must name this host's `host`.");
+        put(&path("tls_cert", &self.tls_cert, "/etc/tcpstall/agent.crt"));
+        put(&path("tls_key", &self.tls_key, "/etc/tcpstall/agent.key"));
+        put("# The name checked on the collector's certificate. Unset: the URL's host.");
+        match &self.tls_server_name {
+            Some(name) => put(&format!("tls_server_name = {}", text(name))),
+            None => put("# tls_server_name = \"collector.example\""),
+        }
+        put("# Allow an http:// (plaintext) collector on another host. Loopback needs");
+        put("# no permission: nothing leaves this host.");
+        put(&format!("plaintext = {}", self.plaintext));
         out
     }
 }
@@ -284,17 +416,17 @@ fn check_collector(url: &str) -> Result<(), ConfigError> {
         .parse()
         .map_err(|e| invalid("collector", format!("`{url}`: {e}")))?;
     match uri.scheme_str() {
-        Some("http") => {}
+        Some("http" | "https") => {}
         Some(other) => {
             return Err(invalid(
                 "collector",
-                format!("`{url}`: scheme {other} is not supported (use http://)"),
+                format!("`{url}`: scheme {other} is not supported (use https:// or http://)"),
             ))
         }
         None => {
             return Err(invalid(
                 "collector",
-                format!("`{url}`: give a URL such as http://collector:7786"),
+                format!("`{url}`: give a URL such as https://collector:7786"),
             ))
         }
     }
@@ -352,6 +484,24 @@ mod tests {
             buffer: 3,
             backoff_max: Duration::from_secs(90),
             metrics_listen: Some("[::1]:9102".parse().expect("addr")),
+            ..Config::default()
+        };
+        let parsed: Config = toml::from_str(&c.to_toml()).expect("parses");
+        assert_eq!(parsed, c);
+        let c = Config {
+            collector: Some("https://198.18.0.1:7786".into()),
+            tls_ca: Some("/etc/ca \"x\".pem".into()),
+            tls_cert: Some("/etc/a.crt".into()),
+            tls_key: Some("/etc/a.key".into()),
+            tls_server_name: Some("collector.example".into()),
+            ..c
+        };
+        let parsed: Config = toml::from_str(&c.to_toml()).expect("parses");
+        assert_eq!(parsed, c);
+        let c = Config {
+            collector: Some("http://198.18.0.1:7786".into()),
+            plaintext: true,
+            ..Config::default()
         };
         let parsed: Config = toml::from_str(&c.to_toml()).expect("parses");
         assert_eq!(parsed, c);
@@ -370,7 +520,7 @@ mod tests {
     fn flags_beat_the_file_and_the_file_beats_defaults() {
         let (_dir, path) = temp_file(
             "layers.toml",
-            "interval = \"3s\"\nbuffer = 7\nnetns = [\"lab1\"]\ncollector = \"http://a:1\"\n",
+            "interval = \"3s\"\nbuffer = 7\nnetns = [\"lab1\"]\ncollector = \"http://a:1\"\nplaintext = true\n",
         );
         let flags = Flags {
             config: Some(path.clone()),
@@ -426,6 +576,30 @@ mod tests {
         };
         let err = Config::load(&missing).expect_err("missing file");
         assert!(err.to_string().contains("/nonexistent"), "{err}");
+    }
+
+    #[test]
+    fn plaintext_leaves_this_host_only_when_asked() {
+        let load = |collector: &str, plaintext: bool, tls_ca: Option<&str>| {
+            Config::load(&Flags {
+                collector: Some(collector.into()),
+                plaintext,
+                tls_ca: tls_ca.map(PathBuf::from),
+                ..Flags::default()
+            })
+        };
+        load("http://127.0.0.1:7786", false, None).expect("loopback needs no flag");
+        load("http://localhost:7786", false, None).expect("loopback needs no flag");
+        let err = load("http://198.18.0.1:7786", false, None).expect_err("refused");
+        assert!(err.to_string().contains("--plaintext"), "{err}");
+        assert!(err.to_string().contains("https://"), "{err}");
+        load("http://198.18.0.1:7786", true, None).expect("asked for");
+        load("https://198.18.0.1:7786", false, Some("/ca.pem")).expect("TLS");
+        let err = load("https://198.18.0.1:7786", true, None).expect_err("both");
+        assert!(err.to_string().contains("plaintext"), "{err}");
+        let err =
+            load("http://127.0.0.1:7786", false, Some("/ca.pem")).expect_err("TLS file, plain URL");
+        assert!(err.to_string().contains("https://"), "{err}");
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod poll;
 pub mod probe;
 pub mod run;
 pub mod suspects;
+pub mod tls;
 pub mod uplink;
 pub mod view;
 

@@ -40,6 +40,8 @@ const EVENT_QUEUE: usize = 256;
 #[derive(Debug, Clone)]
 pub struct RunSettings {
     pub collector: String,
+    /// TLS settings for an https:// collector.
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
     pub host: String,
     pub interval: Duration,
     pub namespaces: Vec<Netns>,
@@ -257,6 +259,7 @@ pub async fn run(settings: RunSettings, shutdown: impl Future<Output = ()>) -> a
     let lost = Arc::new(Lost::default());
     let link_cfg = LinkConfig {
         collector: settings.collector.clone(),
+        tls: settings.tls.clone(),
         identity: Identity {
             host: settings.host.clone(),
             namespaces: settings.namespaces.clone(),

@@ -167,6 +167,8 @@ impl Drop for Outgoing {
 #[derive(Debug, Clone)]
 pub struct LinkConfig {
     pub collector: String,
+    /// TLS settings for an https:// collector.
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
     pub identity: Identity,
     pub backoff_max: Duration,
     /// Where the outgoing streams count what they send.
@@ -237,8 +239,14 @@ async fn one_session(
     shutdown: &mut watch::Receiver<bool>,
 ) -> End {
     let open = async {
-        let endpoint = Endpoint::from_shared(cfg.collector.clone())
-            .map_err(|e| e.to_string())?
+        let mut endpoint =
+            Endpoint::from_shared(cfg.collector.clone()).map_err(|e| e.to_string())?;
+        if let Some(tls) = &cfg.tls {
+            endpoint = endpoint
+                .tls_config(tls.clone())
+                .map_err(|e| format!("TLS settings: {}", error_chain(&e)))?;
+        }
+        let endpoint = endpoint
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))

@@ -51,7 +51,7 @@ fn print_config_with_no_flags_is_the_committed_example() {
 fn a_flag_beats_the_file_and_the_file_beats_the_default() {
     let (_dir, file) = temp_file(
         "layers.toml",
-        "collector = \"http://198.18.0.1:7786\"\ninterval = \"3s\"\nbuffer = 5\nhost = \"from-file\"\n",
+        "collector = \"http://198.18.0.1:7786\"\nplaintext = true\ninterval = \"3s\"\nbuffer = 5\nhost = \"from-file\"\n",
     );
     let path = file.to_str().expect("utf-8 path");
     let out = agent(&[

@@ -160,6 +160,7 @@ pub async fn run(args: DemoArgs, style: Style) -> Result<u8, Failure> {
     // The agent, on this host's namespace.
     let ns = netns::current().map_err(|e| fail("reading this network namespace", e))?;
     let settings = RunSettings {
+        tls: None,
         collector: url.clone(),
         host: "demo-host".into(),
         interval: args.interval,

@@ -54,6 +54,25 @@ struct Cli {
     /// A file holding the collector's query token, when it asks for one.
     #[arg(long, global = true, env = "TCPSTALL_TOKEN_FILE", value_name = "FILE")]
     token_file: Option<std::path::PathBuf>,
+    /// CA certificates (PEM) to trust for an https:// collector [default:
+    /// the system's roots].
+    #[arg(long, global = true, env = "TCPSTALL_TLS_CA", value_name = "FILE")]
+    tls_ca: Option<std::path::PathBuf>,
+    /// A client certificate chain (PEM) to present, when the collector
+    /// wants one.
+    #[arg(long, global = true, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, global = true, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+    /// The name to check on the collector's certificate [default: the
+    /// URL's host].
+    #[arg(long, global = true, value_name = "NAME")]
+    tls_server_name: Option<String>,
+    /// Allow an http:// (plaintext) collector on another host; loopback
+    /// needs no flag.
+    #[arg(long, global = true)]
+    plaintext: bool,
     /// One JSON document per answer instead of text (schema: docs/cli-json.md).
     #[arg(long, global = true)]
     json: bool,
@@ -154,6 +173,15 @@ impl From<anyhow::Error> for Failure {
 }
 
 fn status_failure(what: &str, s: tonic::Status) -> Failure {
+    // A status the client made from a broken transport (a plaintext
+    // request to a TLS port ends so) has a source; one the collector sent
+    // has none. Then the collector was not reached.
+    if let Some(source) = std::error::Error::source(&s) {
+        return Failure::new(
+            exit::UNREACHABLE,
+            format!("{what}: {}: {}", s.message(), error_chain(source)),
+        );
+    }
     let code = match s.code() {
         tonic::Code::NotFound => exit::NOT_FOUND,
         tonic::Code::Unavailable => exit::UNREACHABLE,
@@ -235,17 +263,74 @@ fn read_token(path: &std::path::Path) -> Result<WithToken, Failure> {
     Ok(WithToken(Some(value)))
 }
 
-async fn connect(url: &str, token_file: Option<&std::path::Path>) -> Result<Client, Failure> {
-    let token = match token_file {
+/// Where the collector is and how to reach it.
+#[derive(Debug)]
+struct Target {
+    url: String,
+    token_file: Option<std::path::PathBuf>,
+    tls: tcpstall_agent::tls::ClientFiles,
+    plaintext: bool,
+}
+
+impl Target {
+    fn of(cli: &Cli) -> Target {
+        Target {
+            url: cli.collector.clone(),
+            token_file: cli.token_file.clone(),
+            tls: tcpstall_agent::tls::ClientFiles {
+                ca: cli.tls_ca.clone(),
+                cert: cli.tls_cert.clone(),
+                key: cli.tls_key.clone(),
+                server_name: cli.tls_server_name.clone(),
+            },
+            plaintext: cli.plaintext,
+        }
+    }
+
+    /// The TLS settings for an https:// URL; plaintext only to this host
+    /// unless --plaintext.
+    fn tls(&self) -> Result<Option<tonic::transport::ClientTlsConfig>, Failure> {
+        let url = &self.url;
+        let usage = |m: String| Failure::new(exit::USAGE, m);
+        if url.starts_with("https://") {
+            return tcpstall_agent::tls::client_config(&self.tls)
+                .map(Some)
+                .map_err(|e| usage(e.to_string()));
+        }
+        if self.tls != tcpstall_agent::tls::ClientFiles::default() {
+            return Err(usage(format!(
+                "--collector {url}: TLS flags given for a plaintext URL; use https://"
+            )));
+        }
+        if !self.plaintext && !tcpstall_agent::tls::is_loopback_url(url) {
+            return Err(usage(format!(
+                "--collector {url} is plaintext to another host: use https:// (with --tls-ca), \
+                 or allow plaintext with --plaintext"
+            )));
+        }
+        Ok(None)
+    }
+}
+
+async fn connect(target: &Target) -> Result<Client, Failure> {
+    let url = &target.url;
+    let token = match &target.token_file {
         Some(p) => read_token(p)?,
         None => WithToken(None),
     };
-    let endpoint = Channel::from_shared(url.to_string())
-        .map_err(|e| Failure::new(exit::FAILED, format!("--collector {url}: {e}")))?
+    let tls = target.tls()?;
+    let mut endpoint = Channel::from_shared(url.to_string())
+        .map_err(|e| Failure::new(exit::FAILED, format!("--collector {url}: {e}")))?;
+    if let Some(tls) = tls {
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|e| Failure::new(exit::USAGE, format!("TLS settings: {e}")))?;
+    }
+    let endpoint = endpoint
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(30));
     let channel = endpoint.connect().await.map_err(|e| {
-        let reason = std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
+        let reason = error_chain(&e);
         Failure::new(
             exit::UNREACHABLE,
             format!("cannot reach the collector at {url}: {reason}"),
@@ -254,8 +339,25 @@ async fn connect(url: &str, token_file: Option<&std::path::Path>) -> Result<Clie
     Ok(QueryClient::with_interceptor(channel, token))
 }
 
+/// An error with its causes, as `a: b: c` (a refused TLS handshake says
+/// why only at the end of the chain).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let s = cause.to_string();
+        if !text.contains(&s) {
+            text.push_str(": ");
+            text.push_str(&s);
+        }
+        next = cause.source();
+    }
+    text
+}
+
 async fn run(cli: Cli) -> Result<u8, Failure> {
     let json = cli.json;
+    let target = Target::of(&cli);
     let style = Style {
         color: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
     };
@@ -263,7 +365,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Demo(args) => demo::run(args, style).await,
         Command::Export(args) => {
             export::check(&args)?;
-            let mut q = connect(&cli.collector, cli.token_file.as_deref()).await?;
+            let mut q = connect(&target).await?;
             export::run(&mut q, &args).await
         }
         Command::Report(f) => {
@@ -272,7 +374,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 // A report is about now: open pairs and the last hour's.
                 f.since = Some(Duration::from_secs(3600));
             }
-            let mut q = connect(&cli.collector, cli.token_file.as_deref()).await?;
+            let mut q = connect(&target).await?;
             let eps = list(&mut q, &f).await?;
             print(json, &eps, || render::report(&eps, style))?;
             Ok(if eps.iter().any(|e| e.open) {
@@ -282,13 +384,13 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             })
         }
         Command::Episodes(f) => {
-            let mut q = connect(&cli.collector, cli.token_file.as_deref()).await?;
+            let mut q = connect(&target).await?;
             let eps = list(&mut q, &f).await?;
             print(json, &eps, || render::episodes(&eps))?;
             Ok(exit::OK)
         }
         Command::Plot { id, output } => {
-            let mut q = connect(&cli.collector, cli.token_file.as_deref()).await?;
+            let mut q = connect(&target).await?;
             let r = q
                 .get_episode(v1::GetEpisodeRequest { id })
                 .await
@@ -310,7 +412,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             Ok(exit::OK)
         }
         Command::Show { id } => {
-            let mut q = connect(&cli.collector, cli.token_file.as_deref()).await?;
+            let mut q = connect(&target).await?;
             let (e, n) = episode(&mut q, id).await?;
             print(json, &e, || render::show(&e, n))?;
             Ok(exit::OK)
@@ -320,7 +422,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             watch,
             interval,
         } => {
-            let mut q = connect(&cli.collector, cli.token_file.as_deref()).await?;
+            let mut q = connect(&target).await?;
             diff(json, &mut q, &flow, watch, interval).await
         }
     }

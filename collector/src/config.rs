@@ -43,6 +43,20 @@ pub struct Config {
     /// Bearer TOKEN`); none: queries need no token.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub query_token_file: Option<PathBuf>,
+    /// The collector's certificate chain (PEM); with `tls_key`, agents and
+    /// queries are served over TLS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of `tls_cert` (PEM).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) that sign the agents' certificates: an agent
+    /// must present one (mutual TLS), and may report only for the host its
+    /// certificate names.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Serve without TLS on an address other hosts can reach.
+    pub plaintext: bool,
 }
 
 impl Default for Config {
@@ -59,6 +73,10 @@ impl Default for Config {
             max_samples_per_episode: 720,
             metrics_listen: None,
             query_token_file: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            plaintext: false,
         }
     }
 }
@@ -106,6 +124,20 @@ pub struct Flags {
     /// Queries must present the token in FILE [default: none needed].
     #[arg(long, value_name = "FILE")]
     pub query_token_file: Option<PathBuf>,
+    /// Serve TLS with this certificate chain (PEM) [default: none].
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Agents must present a certificate signed by a CA in FILE (PEM) and
+    /// report only for the host it names [default: no client certificates].
+    #[arg(long, value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Allow serving without TLS on an address other hosts can reach
+    /// (loopback needs no flag).
+    #[arg(long)]
+    pub plaintext: bool,
 }
 
 /// Why the settings could not be read.
@@ -164,6 +196,14 @@ impl Config {
         if flags.query_token_file.is_some() {
             c.query_token_file = flags.query_token_file.clone();
         }
+        if flags.tls_cert.is_some() {
+            c.tls_cert = flags.tls_cert.clone();
+            c.tls_key = flags.tls_key.clone();
+        }
+        if flags.tls_client_ca.is_some() {
+            c.tls_client_ca = flags.tls_client_ca.clone();
+        }
+        c.plaintext |= flags.plaintext;
         c.validate()?;
         Ok(c)
     }
@@ -177,7 +217,34 @@ impl Config {
                 "max_agents and max_batch_samples must be positive, max_message_bytes at least 1024".into(),
             ));
         }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(ConfigError::Invalid(
+                "tls_cert and tls_key (--tls-cert, --tls-key) go together".into(),
+            ));
+        }
+        if self.tls_cert.is_some() && self.plaintext {
+            return Err(ConfigError::Invalid(
+                "plaintext and tls_cert both set: choose one".into(),
+            ));
+        }
+        if self.tls_client_ca.is_some() && self.tls_cert.is_none() {
+            return Err(ConfigError::Invalid(
+                "tls_client_ca needs TLS: give tls_cert and tls_key (--tls-cert, --tls-key)".into(),
+            ));
+        }
+        if self.tls_cert.is_none() && !self.plaintext && !self.listen.ip().is_loopback() {
+            return Err(ConfigError::Invalid(format!(
+                "listen {}: other hosts can reach it; serve TLS with --tls-cert and --tls-key \
+                 (tls_cert, tls_key), or allow plaintext with --plaintext (plaintext = true)",
+                self.listen
+            )));
+        }
         Ok(())
+    }
+
+    /// Whether agents and queries are served over TLS.
+    pub fn tls(&self) -> bool {
+        self.tls_cert.is_some()
     }
 
     /// The settings as a commented TOML file: `print-config` prints it and
@@ -211,7 +278,19 @@ impl Config {
              {}metrics_listen = \"{}\"\n\
              # File with the token queries must present (authorization: Bearer TOKEN);\n\
              # queries need none when not set.\n\
-             {}query_token_file = \"{}\"\n",
+             {}query_token_file = \"{}\"\n\
+             \n\
+             # TLS for agents and queries: the collector's certificate chain and its key\n\
+             # (PEM). Without them the collector serves plaintext, which it allows on a\n\
+             # loopback address only, unless plaintext = true.\n\
+             {}tls_cert = \"{}\"\n\
+             {}tls_key = \"{}\"\n\
+             # CA certificates (PEM) signing the agents' certificates. When set, an agent\n\
+             # must present one (mutual TLS) and may report only for the host its\n\
+             # certificate names (a DNS name of its subjectAltName).\n\
+             {}tls_client_ca = \"{}\"\n\
+             # Serve without TLS on an address other hosts can reach.\n\
+             plaintext = {}\n",
             self.listen,
             self.db.display(),
             d(self.threshold),
@@ -237,8 +316,28 @@ impl Config {
                 .as_deref()
                 .unwrap_or(Path::new("/etc/tcpstall/query.token"))
                 .display(),
+            comment(&self.tls_cert),
+            path_or(&self.tls_cert, "/etc/tcpstall/collector.crt"),
+            comment(&self.tls_key),
+            path_or(&self.tls_key, "/etc/tcpstall/collector.key"),
+            comment(&self.tls_client_ca),
+            path_or(&self.tls_client_ca, "/etc/tcpstall/agents-ca.crt"),
+            self.plaintext,
         )
     }
+}
+
+/// `# ` when the setting is unset: the example line is a comment then.
+fn comment(p: &Option<PathBuf>) -> &'static str {
+    if p.is_some() {
+        ""
+    } else {
+        "# "
+    }
+}
+
+fn path_or<'a>(p: &'a Option<PathBuf>, example: &'a str) -> std::path::Display<'a> {
+    p.as_deref().unwrap_or(Path::new(example)).display()
 }
 
 #[cfg(test)]
@@ -273,6 +372,47 @@ mod tests {
         };
         let parsed: Config = toml::from_str(&c.to_toml()).expect("parses");
         assert_eq!(parsed, c);
+        let c = Config {
+            tls_cert: Some("/etc/c.crt".into()),
+            tls_key: Some("/etc/c.key".into()),
+            tls_client_ca: Some("/etc/ca.crt".into()),
+            ..c
+        };
+        let parsed: Config = toml::from_str(&c.to_toml()).expect("parses");
+        assert_eq!(parsed, c);
+        let c = Config {
+            plaintext: true,
+            ..Config::default()
+        };
+        let parsed: Config = toml::from_str(&c.to_toml()).expect("parses");
+        assert_eq!(parsed, c);
+    }
+
+    #[test]
+    fn plaintext_off_loopback_only_when_asked() {
+        let load = |listen: &str, plaintext: bool, tls: bool| {
+            Config::load(&Flags {
+                listen: Some(listen.parse().expect("address")),
+                plaintext,
+                tls_cert: tls.then(|| "/c.crt".into()),
+                tls_key: tls.then(|| "/c.key".into()),
+                ..Flags::default()
+            })
+        };
+        load("127.0.0.1:7786", false, false).expect("loopback needs no flag");
+        load("[::1]:7786", false, false).expect("loopback needs no flag");
+        let err = load("0.0.0.0:7786", false, false).expect_err("refused");
+        assert!(err.to_string().contains("--plaintext"), "{err}");
+        assert!(err.to_string().contains("--tls-cert"), "{err}");
+        load("0.0.0.0:7786", true, false).expect("asked for");
+        load("0.0.0.0:7786", false, true).expect("TLS");
+        load("0.0.0.0:7786", true, true).expect_err("both");
+        let err = Config::load(&Flags {
+            tls_client_ca: Some("/ca.crt".into()),
+            ..Flags::default()
+        })
+        .expect_err("client CA without TLS");
+        assert!(err.to_string().contains("tls_client_ca"), "{err}");
     }
 
     #[test]

@@ -22,6 +22,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::aggregator::{AgentBatch, ClosedSocket, Command, HostHello, Reason, ToAgent};
 use crate::packed::Packed;
+use crate::tls;
 
 /// Watch requests queued for one agent before new ones are dropped.
 const OUTBOUND_QUEUE: usize = 1024;
@@ -38,6 +39,8 @@ pub struct IngestService {
     sessions: Arc<AtomicU64>,
     /// Messages refused since start.
     pub refused: Arc<AtomicU64>,
+    /// Agents must present a client certificate naming their host.
+    mtls: bool,
 }
 
 impl IngestService {
@@ -47,7 +50,14 @@ impl IngestService {
             max_batch_samples: Arc::new(std::sync::atomic::AtomicUsize::new(max_batch_samples)),
             sessions: Arc::new(AtomicU64::new(1)),
             refused: Arc::new(AtomicU64::new(0)),
+            mtls: false,
         }
+    }
+
+    /// Requires every agent's stream to carry a verified client
+    /// certificate that names the host of its Hello (mutual TLS).
+    pub fn require_client_certs(self) -> IngestService {
+        IngestService { mtls: true, ..self }
     }
 }
 
@@ -186,14 +196,24 @@ impl tcpstall_proto::server::ingest_server::Ingest for IngestService {
         request: Request<Streaming<raw::AgentMessage>>,
     ) -> Result<Response<Outbound>, Status> {
         let remote: Option<SocketAddr> = request.remote_addr();
-        let mut inbound = request.into_inner();
         let session = self.sessions.fetch_add(1, Ordering::Relaxed);
+        let certs = request.peer_certs();
+        let identity = match tls::agent_identity(self.mtls, certs.as_deref().map(Vec::as_slice)) {
+            Ok(identity) => identity,
+            Err(status) => {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(session, ?remote, %status, "agent refused: no client certificate");
+                return Err(status);
+            }
+        };
+        let mut inbound = request.into_inner();
         let first = inbound
             .message()
             .await?
             .ok_or_else(|| Status::invalid_argument("stream ended before its Hello"))?;
         let hello = match first.body {
-            Some(agent_message::Body::Hello(h)) => hello_from_wire(&h),
+            Some(agent_message::Body::Hello(h)) => hello_from_wire(&h)
+                .and_then(|hello| tls::check_host(&identity, &hello.host).map(|()| hello)),
             _ => Err(Status::invalid_argument(
                 "the first message must be a Hello",
             )),

@@ -5,7 +5,7 @@
 //! samples, `now` passed in) and [`diagnose`] (a verdict from both ends).
 //! [`aggregator`] is the one task that owns the state; [`ingest`] and
 //! [`query`] are the gRPC edge; [`store`] is SQLite on its own thread;
-//! [`server`] wires them together.
+//! [`server`] wires them together; [`tls`] secures the listener.
 #![forbid(unsafe_code)]
 
 pub mod aggregator;
@@ -18,3 +18,4 @@ pub mod packed;
 pub mod query;
 pub mod server;
 pub mod store;
+pub mod tls;

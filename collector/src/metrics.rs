@@ -31,6 +31,8 @@ pub struct Sources {
     pub store: Store,
     /// Agent messages refused (the ingest service's counter).
     pub refused: Arc<AtomicU64>,
+    /// TLS handshakes refused (the listener's counter).
+    pub tls_refused: Arc<AtomicU64>,
 }
 
 /// Serves `/metrics` on `listener` until `shutdown` completes.
@@ -48,14 +50,26 @@ async fn scrape(sources: Sources) -> Result<String, String> {
         Ok(Ok(stats)) if asked => Ok(render(
             &stats,
             &sources.store.stats().snapshot(),
-            sources.refused.load(Ordering::Relaxed),
+            Refused {
+                messages: sources.refused.load(Ordering::Relaxed),
+                handshakes: sources.tls_refused.load(Ordering::Relaxed),
+            },
         )),
         _ => Err("the aggregator did not answer".into()),
     }
 }
 
+/// What the gRPC edge refused, counted since start.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Refused {
+    /// Agent messages (malformed, oversized, impossible, unauthorised).
+    pub messages: u64,
+    /// TLS handshakes (unknown CA, expired certificate, not TLS at all).
+    pub handshakes: u64,
+}
+
 /// The exposition text.
-pub fn render(stats: &Stats, store: &StoreStatsSnapshot, refused: u64) -> String {
+pub fn render(stats: &Stats, store: &StoreStatsSnapshot, refused: Refused) -> String {
     let mut out = Exposition::new();
     let mut one = |name: &str, kind: Kind, help: &str, value: f64| {
         out.single(name, kind, help, value);
@@ -87,8 +101,14 @@ pub fn render(stats: &Stats, store: &StoreStatsSnapshot, refused: u64) -> String
     one(
         "tcpstall_collector_messages_refused_total",
         Kind::Counter,
-        "Agent messages refused as malformed, oversized or impossible.",
-        refused as f64,
+        "Agent messages refused as malformed, oversized or impossible, or from an agent its certificate does not name.",
+        refused.messages as f64,
+    );
+    one(
+        "tcpstall_collector_tls_handshakes_refused_total",
+        Kind::Counter,
+        "TLS handshakes refused: a certificate from an unknown CA, expired, or no TLS at all.",
+        refused.handshakes as f64,
     );
     one(
         "tcpstall_collector_requests_dropped_total",
@@ -178,10 +198,15 @@ mod tests {
         };
         stats.open_by_diagnosis[Diagnosis::AckLost.index()] = 2;
         stats.opened_by_diagnosis[Diagnosis::AckLost.index()] = 5;
-        let text = render(&stats, &StoreStatsSnapshot::default(), 7);
+        let refused = Refused {
+            messages: 7,
+            handshakes: 2,
+        };
+        let text = render(&stats, &StoreStatsSnapshot::default(), refused);
         assert!(text.contains("tcpstall_collector_agents_connected 3\n"));
         assert!(text.contains("tcpstall_collector_samples_received_total 1234\n"));
         assert!(text.contains("tcpstall_collector_messages_refused_total 7\n"));
+        assert!(text.contains("tcpstall_collector_tls_handshakes_refused_total 2\n"));
         assert!(text.contains("tcpstall_collector_episodes_open{diagnosis=\"ack_lost\"} 2\n"));
         assert!(text.contains("tcpstall_collector_episodes_total{diagnosis=\"ack_lost\"} 5\n"));
         for d in Diagnosis::ALL {

@@ -15,6 +15,7 @@ use crate::ingest::IngestService;
 use crate::metrics;
 use crate::query::{QueryService, TokenCheck as QueryTokenCheck};
 use crate::store::{Store, StoreConfig};
+use crate::tls;
 
 /// Commands queued for the aggregator before handlers wait. A command is
 /// at most one agent's batch (a few hundred KB decoded): this bounds what
@@ -81,6 +82,13 @@ fn fixed_while_running(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.query_token_file != new.query_token_file {
         fixed.push("query_token_file");
     }
+    if old.tls_cert != new.tls_cert
+        || old.tls_key != new.tls_key
+        || old.tls_client_ca != new.tls_client_ca
+        || old.plaintext != new.plaintext
+    {
+        fixed.push("tls_cert, tls_key, tls_client_ca, plaintext");
+    }
     fixed
 }
 
@@ -125,6 +133,10 @@ async fn reload(
             metrics_listen: current.metrics_listen,
             max_message_bytes: current.max_message_bytes,
             query_token_file: current.query_token_file,
+            tls_cert: current.tls_cert,
+            tls_key: current.tls_key,
+            tls_client_ca: current.tls_client_ca,
+            plaintext: current.plaintext,
             ..new
         };
     }
@@ -137,6 +149,8 @@ pub async fn serve_on_reloading(
     shutdown: impl Future<Output = ()> + Send,
     reloads: mpsc::Receiver<Config>,
 ) -> anyhow::Result<()> {
+    // Files first: a bad certificate stops the start before anything opens.
+    let tls = tls::server_config(&config)?;
     let (store, store_thread, next_episode) = Store::open(StoreConfig {
         retention: config.retention,
         max_bytes: (config.max_db_bytes > 0).then_some(config.max_db_bytes),
@@ -158,13 +172,26 @@ pub async fn serve_on_reloading(
     let local = listener.local_addr().context("local address")?;
     // Tests and scripts read this line to learn the port of --listen :0.
     eprintln!("tcpstall-collector listening on {local}");
-    tracing::info!(%local, db = %config.db.display(), threshold = ?config.threshold, "collector started");
+    tracing::info!(%local, db = %config.db.display(), threshold = ?config.threshold, tls = tls.is_some(), mtls = config.tls_client_ca.is_some(), "collector started");
+    if tls.is_none() {
+        if local.ip().is_loopback() {
+            tracing::warn!(%local, "serving plaintext on loopback: only this host can reach it; give --tls-cert and --tls-key for other hosts");
+        } else {
+            tracing::warn!(%local, "serving plaintext (--plaintext): agents' data and query tokens cross the network unencrypted");
+        }
+    }
 
     let token = match &config.query_token_file {
         Some(path) => QueryTokenCheck::from_file(path)?,
         None => QueryTokenCheck::new(None),
     };
+    let tls_refused = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let ingest = IngestService::new(agg_tx.clone(), config.max_batch_samples);
+    let ingest = if config.tls_client_ca.is_some() {
+        ingest.require_client_certs()
+    } else {
+        ingest
+    };
     let query = QueryService::new(store.clone(), agg_tx.clone());
     let reloading = tokio::spawn(reload(
         config.clone(),
@@ -185,6 +212,7 @@ pub async fn serve_on_reloading(
                 agg: agg_tx.clone(),
                 store: store.clone(),
                 refused: ingest.refused.clone(),
+                tls_refused: tls_refused.clone(),
             };
             Some(tokio::spawn(metrics::serve(
                 listener,
@@ -195,21 +223,35 @@ pub async fn serve_on_reloading(
         None => None,
     };
     drop(agg_tx);
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let stopping = std::sync::Arc::new(tokio::sync::Notify::new());
     let notify = stopping.clone();
-    let server = tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .add_service(IngestServer::new(ingest).max_decoding_message_size(config.max_message_bytes))
         .add_service(tonic::service::interceptor::InterceptedService::new(
             QueryServer::new(query).max_decoding_message_size(64 * 1024),
             token,
-        ))
-        .serve_with_incoming_shutdown(incoming, async move {
-            shutdown.await;
-            notify.notify_one();
-        });
+        ));
+    let shutdown = async move {
+        shutdown.await;
+        notify.notify_one();
+    };
+    let server: std::pin::Pin<
+        Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>,
+    > = match tls {
+        Some(tls) => {
+            let accepted = tls::accept(listener, tls, tls_refused);
+            Box::pin(router.serve_with_incoming_shutdown(
+                tokio_stream::wrappers::ReceiverStream::new(accepted),
+                shutdown,
+            ))
+        }
+        None => Box::pin(router.serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        )),
+    };
     // Agents' streams never end by themselves: after the signal, give
     // requests in flight a grace period, then stop waiting for them.
     tokio::select! {

@@ -306,6 +306,8 @@ impl AgentProcess {
             .args(["run", "--collector", collector])
             .args(extra)
             .env("RUST_LOG", "info")
+            // Plain lines for `logged`, whatever the terminal.
+            .env("NO_COLOR", "1")
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("start tcpstall-agent run");
@@ -328,6 +330,19 @@ impl AgentProcess {
             });
         }
         AgentProcess { child, log }
+    }
+
+    /// Whether some logged line contains all of `parts`.
+    pub fn logged(&self, parts: &[&str]) -> bool {
+        self.log
+            .lock()
+            .map(|l| l.iter().any(|line| parts.iter().all(|p| line.contains(p))))
+            .unwrap_or(false)
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// The address of its Prometheus endpoint, once it said where
