@@ -327,7 +327,7 @@ async fn agent_killed_is_marked_gone_and_others_are_served() {
 }
 
 /// Every sample of a scrape by its series (name and labels).
-fn series(text: &str) -> std::collections::HashMap<String, f64> {
+pub(crate) fn series(text: &str) -> std::collections::HashMap<String, f64> {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| {
@@ -339,7 +339,7 @@ fn series(text: &str) -> std::collections::HashMap<String, f64> {
 
 /// Scrapes the agent until `ok` holds for its figures, or panics with the
 /// last scrape after `within`.
-fn scrape_until(
+pub(crate) fn scrape_until(
     addr: SocketAddr,
     what: &str,
     within: Duration,

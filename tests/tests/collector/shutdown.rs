@@ -106,7 +106,8 @@ async fn sighup_applies_a_new_threshold_and_a_broken_file_changes_nothing() {
     let file = dir.path().join("collector.toml");
     std::fs::write(&file, "threshold = \"30s\"\n").expect("write config");
     let path = file.to_str().expect("utf-8 path");
-    let mut collector = CollectorProcess::start(&["--config", path]);
+    let mut collector =
+        CollectorProcess::start(&["--config", path, "--metrics-listen", "127.0.0.1:0"]);
     let url = collector.url();
     let pid = Pid::from_raw(i32::try_from(collector.child.id()).expect("pid"));
     let mut agent = connect(&url, hello("hup-a", &["198.18.9.17"]))
@@ -134,11 +135,28 @@ async fn sighup_applies_a_new_threshold_and_a_broken_file_changes_nothing() {
     });
     assert!(collector.alive());
     agent.tx.send(send(105_000, 5_000)).await.expect("send");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        episodes(&url).await.is_empty(),
-        "5 s stuck is no episode under a 30 s threshold"
+    // Once the aggregator counted the third sample it has judged it: one
+    // scrape shows both, from one snapshot of its state.
+    let metrics = wait_for("the metrics address", Duration::from_secs(10), || {
+        collector.metrics_addr()
+    });
+    let figures = tokio::task::spawn_blocking(move || {
+        super::e2e::scrape_until(metrics, "three samples", Duration::from_secs(10), |get| {
+            get("tcpstall_collector_samples_received_total") >= 3.0
+        })
+    })
+    .await
+    .expect("scrape");
+    let opened: f64 = figures
+        .iter()
+        .filter(|(k, _)| k.starts_with("tcpstall_collector_episodes_total"))
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(
+        opened, 0.0,
+        "5 s stuck is no episode under a 30 s threshold: {figures:?}"
     );
+    assert!(episodes(&url).await.is_empty());
 
     std::fs::write(&file, "threshold = \"2s\"\n").expect("write config");
     kill(pid, Signal::SIGHUP).expect("SIGHUP");
