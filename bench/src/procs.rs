@@ -151,6 +151,39 @@ impl Collector {
     }
 
     /// The last `n` lines of its log.
+    /// One scrape of the collector's `/metrics` (started with
+    /// `--metrics-listen`): series (with labels) to values.
+    pub fn scrape_metrics(&self) -> anyhow::Result<std::collections::HashMap<String, f64>> {
+        use std::io::{Read, Write};
+        const PREFIX: &str = "tcpstall-collector metrics on http://";
+        let file = File::open(&self.log).context("collector log")?;
+        let addr: SocketAddr = BufReader::new(file)
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|l| {
+                l.strip_prefix(PREFIX)?
+                    .strip_suffix("/metrics")?
+                    .parse()
+                    .ok()
+            })
+            .context("the collector did not say where its metrics are")?;
+        let mut conn = std::net::TcpStream::connect(addr).context("connecting to /metrics")?;
+        conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+        conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n")?;
+        let mut reply = String::new();
+        conn.read_to_string(&mut reply)
+            .context("reading /metrics")?;
+        let (_, body) = reply.split_once("\r\n\r\n").context("not an HTTP reply")?;
+        Ok(body
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (series, value) = l.rsplit_once(' ')?;
+                Some((series.to_string(), value.parse().ok()?))
+            })
+            .collect())
+    }
+
     pub fn log_tail(&self, n: usize) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();

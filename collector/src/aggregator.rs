@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tcpstall_common::{EndSample, FlowTuple};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::detect::{ConnKey, Detector, EndReason, Event};
+use crate::detect::{map_bytes, ConnKey, Detector, EndReason, Event};
 use crate::diagnose::{diagnose, Diagnosis, Peer, Verdict};
 use crate::packed::Packed;
 use crate::store::{EpisodeEnd, EpisodeUpdate, HostRecord, NewEpisode, Side, Store, StoredSample};
@@ -93,6 +93,10 @@ pub struct Stats {
     pub open_by_diagnosis: [usize; Diagnosis::ALL.len()],
     /// Episodes opened since start, by the diagnosis they opened with.
     pub opened_by_diagnosis: [u64; Diagnosis::ALL.len()],
+    /// Bytes of what the aggregator tracks: its tables (by capacity) and
+    /// the samples and episodes they hold. An estimate, to tell its share
+    /// of the process's memory from buffers and the allocator's.
+    pub tracked_bytes: usize,
 }
 
 /// Messages to the aggregator.
@@ -370,6 +374,7 @@ impl State {
 
     pub fn stats(&self) -> Stats {
         Stats {
+            tracked_bytes: self.tracked_bytes(),
             agents: self.sessions.len(),
             suspects: self.suspects.len(),
             watched: self.watched.len(),
@@ -378,6 +383,33 @@ impl State {
             store_dropped: self.store.stats().snapshot().dropped,
             ..self.stats
         }
+    }
+
+    /// See [`Stats::tracked_bytes`]. A walk over everything tracked: for a
+    /// scrape, not for every batch.
+    fn tracked_bytes(&self) -> usize {
+        let suspects: usize = self
+            .suspects
+            .values()
+            .map(|s| {
+                s.latest.len()
+                    + s.first.as_ref().map_or(0, Packed::len)
+                    + s.episode.as_ref().map_or(0, |_| size_of::<OpenEpisode>())
+            })
+            .sum();
+        let watched: usize = self
+            .watched
+            .values()
+            .map(|w| match &w.end {
+                PeerEnd::Seen { sample, .. } => sample.len(),
+                _ => 0,
+            })
+            .sum();
+        map_bytes(&self.suspects)
+            + map_bytes(&self.watched)
+            + self.detector.table_bytes()
+            + suspects
+            + watched
     }
 
     fn hello(

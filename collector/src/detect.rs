@@ -29,6 +29,13 @@ impl<T: Copy + Eq + Hash + Debug> HostKey for T {}
 
 type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
+/// What a hash table holds on the heap: a slot and a control byte per
+/// bucket, at most 7/8 of the buckets usable (hashbrown's layout).
+pub fn map_bytes<K, V, S>(m: &HashMap<K, V, S>) -> usize {
+    let buckets = m.capacity().div_ceil(7) * 8;
+    buckets * (std::mem::size_of::<(K, V)>() + 1)
+}
+
 /// Why an episode ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -126,6 +133,11 @@ impl<H: HostKey> Detector<H> {
     /// Connections tracked now.
     pub fn tracked(&self) -> usize {
         self.tracks.len()
+    }
+
+    /// Bytes its tables hold (an estimate from their capacities).
+    pub fn table_bytes(&self) -> usize {
+        map_bytes(&self.tracks) + map_bytes(&self.by_flow)
     }
 
     /// The cookie of the socket `host` reports on `flow` now, if tracked.

@@ -54,6 +54,7 @@ async fn scrape(sources: Sources) -> Result<String, String> {
                 messages: sources.refused.load(Ordering::Relaxed),
                 handshakes: sources.tls_refused.load(Ordering::Relaxed),
             },
+            Heap::now(),
         )),
         _ => Err("the aggregator did not answer".into()),
     }
@@ -68,8 +69,37 @@ pub struct Refused {
     pub handshakes: u64,
 }
 
+/// The allocator's own figures (jemalloc's, when it is the process's
+/// allocator: `tcpstall-collector`, not an embedding such as the demo).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Heap {
+    /// Bytes the program holds.
+    pub allocated: usize,
+    /// Bytes of memory the allocator has in physical pages.
+    pub resident: usize,
+}
+
+impl Heap {
+    /// Now, or `None` where jemalloc allocated nothing (not the allocator)
+    /// or cannot say.
+    pub fn now() -> Option<Heap> {
+        use tikv_jemalloc_ctl::{epoch, stats};
+        epoch::advance().ok()?;
+        let heap = Heap {
+            allocated: stats::allocated::read().ok()?,
+            resident: stats::resident::read().ok()?,
+        };
+        (heap.allocated > 0).then_some(heap)
+    }
+}
+
 /// The exposition text.
-pub fn render(stats: &Stats, store: &StoreStatsSnapshot, refused: Refused) -> String {
+pub fn render(
+    stats: &Stats,
+    store: &StoreStatsSnapshot,
+    refused: Refused,
+    heap: Option<Heap>,
+) -> String {
     let mut out = Exposition::new();
     let mut one = |name: &str, kind: Kind, help: &str, value: f64| {
         out.single(name, kind, help, value);
@@ -92,6 +122,26 @@ pub fn render(stats: &Stats, store: &StoreStatsSnapshot, refused: Refused) -> St
         "Peer ends agents are asked to report now.",
         stats.watched as f64,
     );
+    one(
+        "tcpstall_collector_tracked_bytes",
+        Kind::Gauge,
+        "Estimated bytes of the suspects and watched peers held: tables and kept samples.",
+        stats.tracked_bytes as f64,
+    );
+    if let Some(heap) = heap {
+        one(
+            "tcpstall_collector_heap_allocated_bytes",
+            Kind::Gauge,
+            "Bytes allocated by the collector (jemalloc).",
+            heap.allocated as f64,
+        );
+        one(
+            "tcpstall_collector_heap_resident_bytes",
+            Kind::Gauge,
+            "Bytes of physical memory the allocator holds (jemalloc).",
+            heap.resident as f64,
+        );
+    }
     one(
         "tcpstall_collector_samples_received_total",
         Kind::Counter,
@@ -202,8 +252,14 @@ mod tests {
             messages: 7,
             handshakes: 2,
         };
-        let text = render(&stats, &StoreStatsSnapshot::default(), refused);
+        let heap = Heap {
+            allocated: 1000,
+            resident: 4096,
+        };
+        let text = render(&stats, &StoreStatsSnapshot::default(), refused, Some(heap));
         assert!(text.contains("tcpstall_collector_agents_connected 3\n"));
+        assert!(text.contains("tcpstall_collector_heap_allocated_bytes 1000\n"));
+        assert!(text.contains("tcpstall_collector_heap_resident_bytes 4096\n"));
         assert!(text.contains("tcpstall_collector_samples_received_total 1234\n"));
         assert!(text.contains("tcpstall_collector_messages_refused_total 7\n"));
         assert!(text.contains("tcpstall_collector_tls_handshakes_refused_total 2\n"));

@@ -528,3 +528,45 @@ async fn a_flow_query_finds_both_ends_through_their_hosts_and_loopback_by_scan()
     let view = rig.state.flow(lo.flow, at(1.5));
     assert_eq!(view.a, Some(("hosta".to_string(), lo)));
 }
+
+#[tokio::test]
+async fn tracked_bytes_count_the_samples_held_and_let_go_of_them() {
+    let mut rig = Rig::new();
+    let a_sess = rig.hello("hosta", "198.18.0.2", at(0.0));
+    let empty = rig.state.stats().tracked_bytes;
+    let stuck: Vec<(Reason, EndSample)> = (0..200u16)
+        .map(|i| {
+            let mut o = stuck_a(2000);
+            o.cookie = 1000 + u64::from(i);
+            o.flow = FlowTuple::new(
+                format!("198.18.0.2:{}", 9000 + i).parse().expect("addr"),
+                format!("198.18.0.1:{}", 41000 + i).parse().expect("addr"),
+            );
+            (Reason::Suspect, o)
+        })
+        .collect();
+    rig.send(a_sess, 100.0, stuck.clone(), at(0.0));
+    // A second poll: each suspect now holds its first and latest samples.
+    rig.send(a_sess, 102.0, stuck.clone(), at(2.0));
+    let held = rig.state.stats().tracked_bytes;
+    // 200 suspects, two samples of ~100 bytes and a table slot each.
+    assert!(
+        held - empty > 200 * 300,
+        "{empty} -> {held} bytes for 200 suspects"
+    );
+    // Released: the samples go; the tables keep their capacity.
+    let released = stuck
+        .into_iter()
+        .map(|(_, mut s)| {
+            s.pos.sendq = 0;
+            (Reason::Released, s)
+        })
+        .collect();
+    rig.send(a_sess, 104.0, released, at(4.0));
+    let after = rig.state.stats().tracked_bytes;
+    assert_eq!(rig.state.stats().suspects, 0);
+    assert!(
+        after < held && held - after > 200 * 150,
+        "{held} -> {after} bytes once released"
+    );
+}

@@ -275,6 +275,9 @@ struct Measured {
     failed_agents: u64,
     window_start: Duration,
     window_end: Duration,
+    /// The collector's own memory figures at the window's end (its
+    /// /metrics): what it tracks, what jemalloc has allocated, resident.
+    memory: Option<(f64, f64, f64)>,
 }
 
 /// Runs the benchmark and prints a markdown report on stdout.
@@ -315,7 +318,12 @@ pub fn run(args: &LoadArgs) -> anyhow::Result<()> {
     let mut collector = Collector::start(
         &bins,
         &args.collector_log,
-        &["--threshold".to_string(), threshold],
+        &[
+            "--threshold".to_string(),
+            threshold,
+            "--metrics-listen".to_string(),
+            "127.0.0.1:0".to_string(),
+        ],
     )?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.threads)
@@ -484,6 +492,14 @@ async fn drive(args: &LoadArgs, collector: &mut Collector) -> anyhow::Result<Mea
         series.push(snap(pid, port, c, &db).await?);
     }
     let end = series.last().cloned().context("an empty window")?;
+    let memory = collector.scrape_metrics().ok().and_then(|m| {
+        let get = |k: &str| m.get(k).copied();
+        Some((
+            get("tcpstall_collector_tracked_bytes")?,
+            get("tcpstall_collector_heap_allocated_bytes")?,
+            get("tcpstall_collector_heap_resident_bytes")?,
+        ))
+    });
     if let Some(p) = perf.as_mut() {
         p.wait();
     }
@@ -515,6 +531,7 @@ async fn drive(args: &LoadArgs, collector: &mut Collector) -> anyhow::Result<Mea
         probed,
         delays,
         failed_agents: c.failed.load(Ordering::Relaxed),
+        memory,
     })
 }
 
@@ -784,6 +801,21 @@ fn report(args: &LoadArgs, m: &Measured, after: &After, alive: bool) {
             per(e.collector_mem.rss_kib.saturating_sub(m.idle.rss_kib))
         ),
     );
+    if let Some((tracked_b, allocated, resident)) = m.memory {
+        row(
+            "… of which the aggregator's tables and kept samples (its estimate) / tracked",
+            format!("{:.0} B", tracked_b / tracked.max(1) as f64),
+        );
+        row(
+            "… heap allocated (jemalloc) / tracked; resident heap",
+            format!(
+                "{:.0} B; {:.1} MiB of {:.1} MiB allocated",
+                allocated / tracked.max(1) as f64,
+                resident / 1048576.0,
+                allocated / 1048576.0
+            ),
+        );
+    }
     row(
         "… idle VmRSS per connected agent",
         format!("{:.1} KiB", m.idle.rss_kib as f64 / f64::from(args.agents)),

@@ -229,6 +229,17 @@ async fn receiver_that_stops_reading_is_one_joined_peer_not_reading_episode() {
     assert_eq!(value("tcpstall_collector_agents_connected"), 1.0);
     assert!(value("tcpstall_collector_samples_received_total") > 0.0);
     assert!(value("tcpstall_collector_store_rows_total") > 0.0);
+    // The suspect and its watched peer are held; jemalloc, the binary's
+    // allocator, reports its heap.
+    assert!(value("tcpstall_collector_tracked_bytes") > 0.0);
+    let (allocated, resident) = (
+        value("tcpstall_collector_heap_allocated_bytes"),
+        value("tcpstall_collector_heap_resident_bytes"),
+    );
+    assert!(
+        allocated > 0.0 && resident >= allocated,
+        "heap {allocated} of {resident} resident"
+    );
 
     // The healthy transfer and the idle connection never became episodes.
     let all = list(&url).await;
