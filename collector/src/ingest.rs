@@ -275,6 +275,14 @@ impl tcpstall_proto::server::ingest_server::Ingest for IngestService {
                         break;
                     }
                 };
+                // A place in the aggregator's queue first, then the decode:
+                // while the collector is behind, each stream waits holding
+                // its message as it came (about its wire size), not decoded
+                // (about three times that), so the queue's bound is also
+                // the bound on decoded batches.
+                let Ok(place) = agg.reserve().await else {
+                    break;
+                };
                 let cmd = match msg.body {
                     Some(agent_message::Body::Batch(b)) => {
                         batch_from_wire(b, max.load(Ordering::Relaxed))
@@ -290,11 +298,7 @@ impl tcpstall_proto::server::ingest_server::Ingest for IngestService {
                     None => Err(Status::invalid_argument("empty message")),
                 };
                 match cmd {
-                    Ok(cmd) => {
-                        if agg.send(cmd).await.is_err() {
-                            break;
-                        }
-                    }
+                    Ok(cmd) => place.send(cmd),
                     Err(status) => {
                         refused.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(session, host = %host, %status, "agent message refused; stream closed");

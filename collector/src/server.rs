@@ -23,11 +23,14 @@ use crate::tls;
 const AGGREGATOR_QUEUE: usize = 256;
 
 /// HTTP/2 flow-control windows: what one agent may have in flight that the
-/// collector has not yet read (a batch of 500 samples is about 80 KB). With
-/// a thousand agents behind a busy aggregator, hyper's defaults would let
-/// a gigabyte pile up in receive buffers.
-const STREAM_WINDOW: Option<u32> = Some(256 * 1024);
-const CONNECTION_WINDOW: Option<u32> = Some(512 * 1024);
+/// collector has not yet read (a batch of 500 samples is about 80 KB; a
+/// message larger than the window still flows, the window reopening as it
+/// is read). They bound what a collector that falls behind holds per agent:
+/// at 1,000 agents behind, 512 KB windows held about a gigabyte of the
+/// 1.4 GiB heap (BENCHMARKS.md). 128 KB per agent still carries a batch per
+/// round trip, megabytes a second at WAN round trips.
+const STREAM_WINDOW: Option<u32> = Some(128 * 1024);
+const CONNECTION_WINDOW: Option<u32> = Some(128 * 1024);
 
 /// How long requests in flight may finish after a shutdown signal.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
