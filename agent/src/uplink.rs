@@ -18,7 +18,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use tcpstall_common::FlowTuple;
+use tcpstall_common::{error_chain, FlowTuple};
 use tcpstall_proto::v1::{self, agent_message, collector_message, ingest_client::IngestClient};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -344,21 +344,6 @@ fn status_text(status: &tonic::Status) -> String {
     let mut text = format!("{:?}: {}", status.code(), status.message());
     if let Some(source) = std::error::Error::source(status) {
         text.push_str(&format!(" ({})", error_chain(source)));
-    }
-    text
-}
-
-/// An error with its causes, as `a: b: c`.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut next = e.source();
-    while let Some(cause) = next {
-        let s = cause.to_string();
-        if !text.contains(&s) {
-            text.push_str(": ");
-            text.push_str(&s);
-        }
-        next = cause.source();
     }
     text
 }

@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use tcpstall_common::FlowTuple;
+use tcpstall_common::{error_chain, FlowTuple};
 use tcpstall_proto::convert;
 use tcpstall_proto::v1::{self, query_client::QueryClient};
 use tonic::transport::Channel;
@@ -337,22 +337,6 @@ async fn connect(target: &Target) -> Result<Client, Failure> {
         )
     })?;
     Ok(QueryClient::with_interceptor(channel, token))
-}
-
-/// An error with its causes, as `a: b: c` (a refused TLS handshake says
-/// why only at the end of the chain).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut next = e.source();
-    while let Some(cause) = next {
-        let s = cause.to_string();
-        if !text.contains(&s) {
-            text.push_str(": ");
-            text.push_str(&s);
-        }
-        next = cause.source();
-    }
-    text
 }
 
 async fn run(cli: Cli) -> Result<u8, Failure> {

@@ -6,6 +6,7 @@
 
 pub mod duration;
 pub mod end;
+pub mod error;
 pub mod flow;
 pub mod kernel_tcp;
 pub mod positions;
@@ -13,6 +14,7 @@ pub mod sample;
 pub mod tcp_info;
 
 pub use end::{AbsoluteSeq, EndSample, OwnerMissing, ProcessOwner};
+pub use error::error_chain;
 pub use flow::{FlowKey, FlowTuple};
 pub use kernel_tcp::{FactSource, KernelTcp, SackBlock};
 pub use positions::Positions;
