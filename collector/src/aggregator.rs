@@ -586,30 +586,26 @@ impl State {
         }
         self.stats.samples += batch.samples.len() as u64;
         for flow in batch.absent {
-            self.peer_report(host, flow, PeerEnd::NoSocket);
+            self.peer_report(host, flow, || PeerEnd::NoSocket);
         }
         let exact = batch.packed.len() == batch.samples.len();
         let mut packed = batch.packed.into_iter();
         for (reason, sample) in batch.samples {
             let mut slot = if exact { packed.next().flatten() } else { None };
-            if self.watched.contains_key(&(host, sample.flow)) {
-                let p = if reason == Reason::Watched {
+            self.peer_report(host, sample.flow, || PeerEnd::Seen {
+                at_ms: now_ms,
+                sample: if reason == Reason::Watched {
                     take(&mut slot, &sample)
                 } else {
                     slot.clone().unwrap_or_else(|| Packed::new(&sample))
-                };
-                let end = PeerEnd::Seen {
-                    at_ms: now_ms,
-                    sample: p,
-                };
-                self.peer_report(host, sample.flow, end);
-            }
+                },
+            });
             if reason != Reason::Watched {
                 self.observe(host, reason, sample, slot, batch.mono, now_ms);
             }
         }
         for closed in batch.closed {
-            self.peer_report(host, closed.flow, PeerEnd::NoSocket);
+            self.peer_report(host, closed.flow, || PeerEnd::NoSocket);
             if let Some(event) = self.detector.closed(host, closed.cookie, batch.mono) {
                 self.event(event, now_ms, None);
             }
@@ -621,12 +617,13 @@ impl State {
     }
 
     /// A watched end reported (or was reported gone): keep it, and bring
-    /// the episode it is the peer of up to date.
-    fn peer_report(&mut self, host: HostId, flow: FlowTuple, end: PeerEnd) {
+    /// the episode it is the peer of up to date. `end` is made only if the
+    /// flow is watched (most samples are not of a watched end).
+    fn peer_report(&mut self, host: HostId, flow: FlowTuple, end: impl FnOnce() -> PeerEnd) {
         let Some(w) = self.watched.get_mut(&(host, flow)) else {
             return;
         };
-        w.end = end;
+        w.end = end();
         if let Some(conn) = w.episode_of {
             self.rediagnose(&conn, None);
             self.record(&conn, None);
