@@ -111,7 +111,7 @@ impl Drop for Bulk {
     }
 }
 
-async fn list(url: &str) -> Vec<v1::Episode> {
+pub(crate) async fn list(url: &str) -> Vec<v1::Episode> {
     let Ok(mut q) = QueryClient::connect(url.to_string()).await else {
         return Vec::new();
     };

@@ -90,15 +90,7 @@ async fn sigterm_right_after_episodes_open_loses_none_of_them() {
     }
 }
 
-async fn episodes(url: &str) -> Vec<v1::Episode> {
-    let Ok(mut q) = QueryClient::connect(url.to_string()).await else {
-        return Vec::new();
-    };
-    q.list_episodes(v1::ListEpisodesRequest::default())
-        .await
-        .map(|r| r.into_inner().episodes)
-        .unwrap_or_default()
-}
+use super::e2e::list as episodes;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_applies_a_new_threshold_and_a_broken_file_changes_nothing() {
