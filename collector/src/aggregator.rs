@@ -15,6 +15,7 @@ use crate::detect::{map_bytes, ConnKey, Detector, EndReason, Event};
 use crate::diagnose::{diagnose, Diagnosis, Peer, Verdict};
 use crate::packed::Packed;
 use crate::store::{EpisodeEnd, EpisodeUpdate, HostRecord, NewEpisode, Side, Store, StoredSample};
+use crate::tuple::Tuple;
 
 /// An agent's greeting, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -206,7 +207,7 @@ struct Watch {
 /// A connection whose queue looks stuck, with what we know of its peer.
 #[derive(Debug)]
 struct Suspect {
-    flow: FlowTuple,
+    flow: Tuple,
     /// The host owning the peer's address; `None` when nobody announced it.
     peer: Option<HostId>,
     latest: Packed,
@@ -263,7 +264,7 @@ pub struct State {
     owners: Map<IpAddr, HostId>,
     suspects: Map<ConnKey, Suspect>,
     /// (host, flow as that host sees it) -> what it reports of it.
-    watched: Map<(HostId, FlowTuple), Watch>,
+    watched: Map<(HostId, Tuple), Watch>,
     open_episodes: usize,
     next_episode: i64,
     stats: Stats,
@@ -453,14 +454,14 @@ impl State {
             },
         );
         // Flows it was asked to watch before it went away.
-        let again: Vec<FlowTuple> = self
+        let again: Vec<Tuple> = self
             .watched
             .keys()
             .filter(|(h, _)| *h == host)
             .map(|(_, f)| *f)
             .collect();
         for flow in again {
-            let sent = self.send(host, ToAgent::Watch(flow));
+            let sent = self.send(host, ToAgent::Watch(flow.flow()));
             if let Some(w) = self.watched.get_mut(&(host, flow)) {
                 w.asked_at_ms = sent.then_some(now_ms);
             }
@@ -535,7 +536,7 @@ impl State {
     /// Asks again for a watched end that has not answered in two of its
     /// agent's polls (the request may have been dropped, or its agent
     /// reconnected).
-    fn ask_again(&mut self, host: HostId, flow: FlowTuple, now_ms: i64) {
+    fn ask_again(&mut self, host: HostId, flow: Tuple, now_ms: i64) {
         // Every suspect sample comes here: most peers have answered, so
         // look at the watch before working out the agent's patience.
         let asked_at = match self.watched.get(&(host, flow)) {
@@ -546,14 +547,14 @@ impl State {
             i64::try_from(ms(s.hello.interval * 2)).unwrap_or(i64::MAX)
         });
         let due = asked_at.is_none_or(|t| now_ms - t > patience);
-        if due && self.send(host, ToAgent::Watch(flow)) {
+        if due && self.send(host, ToAgent::Watch(flow.flow())) {
             if let Some(w) = self.watched.get_mut(&(host, flow)) {
                 w.asked_at_ms = Some(now_ms);
             }
         }
     }
 
-    fn watch(&mut self, host: HostId, flow: FlowTuple, now_ms: i64) {
+    fn watch(&mut self, host: HostId, flow: Tuple, now_ms: i64) {
         let w = self.watched.entry((host, flow)).or_insert(Watch {
             refs: 0,
             end: PeerEnd::Pending,
@@ -561,20 +562,20 @@ impl State {
             asked_at_ms: None,
         });
         w.refs += 1;
-        if w.refs == 1 && self.send(host, ToAgent::Watch(flow)) {
+        if w.refs == 1 && self.send(host, ToAgent::Watch(flow.flow())) {
             if let Some(w) = self.watched.get_mut(&(host, flow)) {
                 w.asked_at_ms = Some(now_ms);
             }
         }
     }
 
-    fn unwatch(&mut self, host: HostId, flow: FlowTuple) {
+    fn unwatch(&mut self, host: HostId, flow: Tuple) {
         let key = (host, flow);
         if let Some(w) = self.watched.get_mut(&key) {
             w.refs = w.refs.saturating_sub(1);
             if w.refs == 0 {
                 self.watched.remove(&key);
-                self.send(host, ToAgent::Unwatch(flow));
+                self.send(host, ToAgent::Unwatch(flow.flow()));
             }
         }
     }
@@ -586,13 +587,14 @@ impl State {
         }
         self.stats.samples += batch.samples.len() as u64;
         for flow in batch.absent {
-            self.peer_report(host, flow, || PeerEnd::NoSocket);
+            self.peer_report(host, Tuple::new(flow), || PeerEnd::NoSocket);
         }
         let exact = batch.packed.len() == batch.samples.len();
         let mut packed = batch.packed.into_iter();
         for (reason, sample) in batch.samples {
             let mut slot = if exact { packed.next().flatten() } else { None };
-            self.peer_report(host, sample.flow, || PeerEnd::Seen {
+            let tuple = Tuple::new(sample.flow);
+            self.peer_report(host, tuple, || PeerEnd::Seen {
                 at_ms: now_ms,
                 sample: if reason == Reason::Watched {
                     take(&mut slot, &sample)
@@ -601,11 +603,11 @@ impl State {
                 },
             });
             if reason != Reason::Watched {
-                self.observe(host, reason, sample, slot, batch.mono, now_ms);
+                self.observe(host, tuple, reason, sample, slot, batch.mono, now_ms);
             }
         }
         for closed in batch.closed {
-            self.peer_report(host, closed.flow, || PeerEnd::NoSocket);
+            self.peer_report(host, Tuple::new(closed.flow), || PeerEnd::NoSocket);
             if let Some(event) = self.detector.closed(host, closed.cookie, batch.mono) {
                 self.event(event, now_ms, None);
             }
@@ -619,7 +621,7 @@ impl State {
     /// A watched end reported (or was reported gone): keep it, and bring
     /// the episode it is the peer of up to date. `end` is made only if the
     /// flow is watched (most samples are not of a watched end).
-    fn peer_report(&mut self, host: HostId, flow: FlowTuple, end: impl FnOnce() -> PeerEnd) {
+    fn peer_report(&mut self, host: HostId, flow: Tuple, end: impl FnOnce() -> PeerEnd) {
         let Some(w) = self.watched.get_mut(&(host, flow)) else {
             return;
         };
@@ -630,9 +632,11 @@ impl State {
         }
     }
 
+    #[allow(clippy::too_many_arguments)] // one sample's parts, on the hot path
     fn observe(
         &mut self,
         host: HostId,
+        tuple: Tuple,
         reason: Reason,
         sample: EndSample,
         mut packed: Option<Packed>,
@@ -662,12 +666,12 @@ impl State {
         } else if reason == Reason::Suspect && !last_word {
             let peer = self.owner(host, sample.flow.remote.ip());
             if let Some(peer) = peer {
-                self.watch(peer, sample.flow.reversed(), now_ms);
+                self.watch(peer, tuple.reversed(), now_ms);
             }
             self.suspects.insert(
                 conn,
                 Suspect {
-                    flow: sample.flow,
+                    flow: tuple,
                     peer,
                     latest: take(&mut packed, &sample),
                     latest_at_ms: now_ms,
@@ -925,7 +929,7 @@ impl State {
             );
         }
         if let Some(peer) = s.peer {
-            if let Some(w) = self.watched.get_mut(&(peer, flow.reversed())) {
+            if let Some(w) = self.watched.get_mut(&(peer, s.flow.reversed())) {
                 w.episode_of = Some(conn);
             }
         }
@@ -1002,8 +1006,9 @@ impl State {
                 .map(|(h, _)| *h)
                 .or_else(|| self.owners.get(&tuple.local.ip()).copied());
             if let Some(host) = host {
-                if !self.watched.contains_key(&(host, tuple)) {
-                    self.watch(host, tuple, now_ms);
+                let key = Tuple::new(tuple);
+                if !self.watched.contains_key(&(host, key)) {
+                    self.watch(host, key, now_ms);
                 }
             }
             let known = known.map(|(h, s)| (self.hosts.name(h).to_string(), s));
@@ -1028,8 +1033,9 @@ impl State {
                 _ => None,
             }
         }
+        let key = Tuple::new(tuple);
         if let Some(&host) = self.owners.get(&tuple.local.ip()) {
-            let watched = self.watched.get(&(host, tuple)).and_then(seen);
+            let watched = self.watched.get(&(host, key)).and_then(seen);
             let suspect = || {
                 let cookie = self.detector.cookie_of(host, tuple)?;
                 let s = self.suspects.get(&ConnKey { host, cookie })?;
@@ -1039,11 +1045,11 @@ impl State {
         }
         self.watched
             .iter()
-            .find_map(|((h, t), w)| (*t == tuple).then(|| seen(w).map(|p| (*h, p))).flatten())
+            .find_map(|((h, t), w)| (*t == key).then(|| seen(w).map(|p| (*h, p))).flatten())
             .or_else(|| {
                 self.suspects
                     .iter()
-                    .find(|(_, s)| s.flow == tuple)
+                    .find(|(_, s)| s.flow == key)
                     .map(|(c, s)| (c.host, &s.latest))
             })
     }

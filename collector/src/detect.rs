@@ -14,6 +14,8 @@ use std::time::Duration;
 use serde::Serialize;
 use tcpstall_common::{EndSample, FlowTuple};
 
+use crate::tuple::Tuple;
+
 /// A connection's identity: the host that reports it and its cookie. The
 /// collector names hosts by a small number ([`crate::aggregator::HostId`]);
 /// tests may name them by string.
@@ -84,21 +86,40 @@ pub enum Event<H = crate::aggregator::HostId> {
 }
 
 /// The marks that must not move: positions where known, else the queue.
-type Marks = (Option<u64>, Option<u64>, u32);
+/// (Unknown positions are `None`, kept as 0 with a bit saying so: one
+/// entry per tracked connection, so its size counts.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Marks {
+    snd_una: u64,
+    write_seq: u64,
+    sendq: u32,
+    /// Bit 0: snd_una known; bit 1: write_seq known.
+    known: u8,
+}
 
 fn marks(s: &EndSample) -> Marks {
-    (s.pos.snd_una, s.pos.write_seq, s.pos.sendq)
+    Marks {
+        snd_una: s.pos.snd_una.unwrap_or(0),
+        write_seq: s.pos.write_seq.unwrap_or(0),
+        sendq: s.pos.sendq,
+        known: u8::from(s.pos.snd_una.is_some()) | (u8::from(s.pos.write_seq.is_some()) << 1),
+    }
+}
+
+/// An agent clock reading, microseconds (half a `Duration`'s size).
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 #[derive(Debug)]
 struct Track {
-    flow: FlowTuple,
+    flow: Tuple,
     marks: Marks,
-    /// Agent clock when the marks were first seen as they are.
-    since: Duration,
-    /// Agent clock of the latest observation.
-    last: Duration,
     open: bool,
+    /// Agent clock (µs) when the marks were first seen as they are.
+    since: u64,
+    /// Agent clock (µs) of the latest observation.
+    last: u64,
 }
 
 /// The episode detector for all connections. Memory: one small entry per
@@ -108,7 +129,7 @@ pub struct Detector<H = crate::aggregator::HostId> {
     threshold: Duration,
     tracks: Map<ConnKey<H>, Track>,
     /// (host, 4-tuple) -> cookie, to see a cookie change.
-    by_flow: Map<(H, FlowTuple), u64>,
+    by_flow: Map<(H, Tuple), u64>,
 }
 
 impl<H: HostKey> Detector<H> {
@@ -142,7 +163,7 @@ impl<H: HostKey> Detector<H> {
 
     /// The cookie of the socket `host` reports on `flow` now, if tracked.
     pub fn cookie_of(&self, host: H, flow: FlowTuple) -> Option<u64> {
-        self.by_flow.get(&(host, flow)).copied()
+        self.by_flow.get(&(host, Tuple::new(flow))).copied()
     }
 
     /// Whether this connection has an open episode.
@@ -158,7 +179,8 @@ impl<H: HostKey> Detector<H> {
             host,
             cookie: s.cookie,
         };
-        match self.by_flow.insert((host, s.flow), s.cookie) {
+        let flow = Tuple::new(s.flow);
+        match self.by_flow.insert((host, flow), s.cookie) {
             Some(old) if old != s.cookie => {
                 let old = ConnKey { host, cookie: old };
                 events.extend(self.end(&old, EndReason::Replaced, now));
@@ -171,31 +193,26 @@ impl<H: HostKey> Detector<H> {
             events.extend(self.end(&conn, EndReason::Drained, now));
             return events;
         }
-        let reported_since = now.saturating_sub(Duration::from_millis(s.unchanged_ms));
+        let reported_since = micros(now.saturating_sub(Duration::from_millis(s.unchanged_ms)));
+        let fresh = Track {
+            flow,
+            marks: m,
+            open: false,
+            since: reported_since,
+            last: micros(now),
+        };
         let track = match self.tracks.get_mut(&conn) {
             Some(t) if t.marks == m => t,
             Some(_) => {
                 events.extend(self.end(&conn, EndReason::Moved, now));
-                self.tracks.entry(conn).or_insert(Track {
-                    flow: s.flow,
-                    marks: m,
-                    since: reported_since,
-                    last: now,
-                    open: false,
-                })
+                self.tracks.entry(conn).or_insert(fresh)
             }
-            None => self.tracks.entry(conn).or_insert(Track {
-                flow: s.flow,
-                marks: m,
-                since: reported_since,
-                last: now,
-                open: false,
-            }),
+            None => self.tracks.entry(conn).or_insert(fresh),
         };
         // The agent may have watched it longer than we have.
         track.since = track.since.min(reported_since);
-        track.last = track.last.max(now);
-        let stuck_for = now.saturating_sub(track.since);
+        track.last = track.last.max(micros(now));
+        let stuck_for = now.saturating_sub(Duration::from_micros(track.since));
         if !track.open && stuck_for >= self.threshold {
             track.open = true;
             events.push(Event::Opened {
@@ -222,7 +239,10 @@ impl<H: HostKey> Detector<H> {
             .collect();
         let mut events = Vec::new();
         for conn in conns {
-            let last = self.tracks.get(&conn).map_or(Duration::ZERO, |t| t.last);
+            let last = self
+                .tracks
+                .get(&conn)
+                .map_or(Duration::ZERO, |t| Duration::from_micros(t.last));
             events.extend(self.end(&conn, EndReason::HostGone, last));
         }
         self.by_flow.retain(|(h, _), _| *h != host);
@@ -234,6 +254,7 @@ impl<H: HostKey> Detector<H> {
     /// without a word (a lost release). Bounds memory.
     pub fn expire(&mut self, host: H, before: Duration) -> usize {
         let n = self.tracks.len();
+        let before = micros(before);
         self.tracks
             .retain(|c, t| c.host != host || t.open || t.last >= before);
         n - self.tracks.len()
@@ -248,9 +269,9 @@ impl<H: HostKey> Detector<H> {
         }
         track.open.then(|| Event::Closed {
             conn: *conn,
-            flow: track.flow,
+            flow: track.flow.flow(),
             reason,
-            stuck_for: now.saturating_sub(track.since),
+            stuck_for: now.saturating_sub(Duration::from_micros(track.since)),
         })
     }
 }
