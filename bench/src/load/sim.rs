@@ -119,9 +119,11 @@ pub fn a_flow(i: u32, k: u32, stuck: bool, hosts: u32) -> FlowTuple {
     )
 }
 
-/// Where the A→B byte stream stands: both ends count from here.
+/// Where the A→B byte stream stands: both ends count from here. Above
+/// a full receive buffer, so that a non-reading peer's `copied` (rcv_nxt
+/// less what it holds) stays positive for every host and connection.
 fn stream_base(i: u32, k: u32) -> u64 {
-    1 + (u64::from(i) << 24) + (u64::from(k) << 8)
+    1 + u64::from(PEER_FULL) + (u64::from(i) << 24) + (u64::from(k) << 8)
 }
 
 fn cookie(i: u32, k: u32, stuck: bool, b_side: bool) -> u64 {
@@ -559,9 +561,13 @@ mod tests {
             a_released(3, 17, true, 10),
             a_released(3, 17, false, 10),
         ];
-        for stuck in [true, false] {
-            let flow = a_flow(3, 17, stuck, 10).reversed();
-            all.push(b_watched(flow, 10).expect("a simulated connection"));
+        // Host 0's first connections too: their stream starts lowest (a
+        // non-reading peer's `copied` once went below zero there).
+        for (i, k) in [(3, 17), (0, 0), (0, 1)] {
+            for stuck in [true, false] {
+                let flow = a_flow(i, k, stuck, 10).reversed();
+                all.push(b_watched(flow, 10).expect("a simulated connection"));
+            }
         }
         for s in all {
             let wire = sample_to_wire(&s, SampleReason::Suspect);

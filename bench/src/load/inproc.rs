@@ -1,0 +1,311 @@
+//! `tcpstall-bench collector-inproc`: the collector's own work per sample,
+//! without the network. The same simulated hosts as `collector-load`
+//! (see [`sim`]), on a simulated clock, as fast as one thread can go: each
+//! host's poll is encoded as the agent would send it, then decoded and
+//! checked as the ingest task does (`raw::AgentMessage`,
+//! `batch_from_wire`), then handed to the aggregator's `State` with a real
+//! store on a temporary SQLite file. Watch requests go back to the hosts.
+//!
+//! Figures: CPU per sample of the ingest step and of the aggregator (this
+//! thread, wall clock while it runs flat out), the store thread's CPU over
+//! the same window, and the aggregator's own estimate of what it holds per
+//! tracked connection. What this leaves out is what `collector-load`
+//! measures: HTTP/2, tonic, task scheduling.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use prost::Message;
+use tcpstall_collector::aggregator::{Command, HostHello, State, ToAgent};
+use tcpstall_collector::ingest::batch_from_wire;
+use tcpstall_collector::store::{Store, StoreConfig};
+use tcpstall_proto::convert::{flow_to_wire, sample_to_wire};
+use tcpstall_proto::{raw, v1};
+use tokio::sync::{mpsc, oneshot};
+
+use super::sim::{self, Reason};
+use crate::procfs;
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e}"))
+}
+
+/// Arguments of `tcpstall-bench collector-inproc`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct InprocArgs {
+    /// Simulated hosts.
+    #[arg(long, default_value_t = 1000)]
+    agents: u32,
+    #[arg(long, default_value_t = 20_000)]
+    conns_per_agent: u32,
+    #[arg(long, default_value_t = 0.01)]
+    suspect_frac: f64,
+    #[arg(long, default_value_t = 0.0005)]
+    stuck_frac: f64,
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    stuck_for: Duration,
+    /// Polls before the measured ones (stuck flows reach their steady
+    /// state after stuck-for + threshold).
+    #[arg(long, default_value_t = 25)]
+    warmup_polls: u32,
+    /// Measured polls (of every host).
+    #[arg(long, default_value_t = 30)]
+    polls: u32,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+const INTERVAL: Duration = Duration::from_secs(2);
+const THRESHOLD: Duration = Duration::from_secs(10);
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+fn wire_reason(r: Reason) -> v1::SampleReason {
+    match r {
+        Reason::Suspect => v1::SampleReason::Suspect,
+        Reason::Watched => v1::SampleReason::Watched,
+        Reason::Released => v1::SampleReason::Released,
+    }
+}
+
+/// One host's poll as the agent sends it.
+fn encode(polled: &sim::Polled, now: Duration, conns: u32) -> Vec<u8> {
+    let batch = v1::Batch {
+        mono_us: micros(now),
+        connections: conns,
+        samples: polled
+            .samples
+            .iter()
+            .map(|(r, s)| sample_to_wire(s, wire_reason(*r)))
+            .collect(),
+        closed: Vec::new(),
+        dropped_batches: 0,
+        dropped_samples: 0,
+        absent: polled.absent.iter().map(|f| flow_to_wire(*f)).collect(),
+    };
+    v1::AgentMessage {
+        body: Some(v1::agent_message::Body::Batch(batch)),
+    }
+    .encode_to_vec()
+}
+
+#[derive(Debug, Default)]
+struct Totals {
+    samples: u64,
+    ingest: Duration,
+    aggregate: Duration,
+}
+
+pub fn run(args: &InprocArgs) -> anyhow::Result<()> {
+    measure(args).map(|_| ())
+}
+
+/// What one run saw, for the test below.
+#[derive(Debug)]
+struct Seen {
+    samples: u64,
+    tracked: usize,
+    episodes_opened: u64,
+}
+
+fn measure(args: &InprocArgs) -> anyhow::Result<Seen> {
+    let dir = tempfile::tempdir().context("temporary directory")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("runtime")?;
+    let _guard = rt.enter();
+    // A queue deep enough that the store never drops a write while this
+    // thread runs ahead of it (the figure would flatter it).
+    let mut cfg = StoreConfig::new(dir.path().join("inproc.db"));
+    cfg.queue = 1 << 22;
+    let (store, store_thread, next_episode) = Store::open(cfg).context("opening the store")?;
+    let mut state = State::new(store.clone(), THRESHOLD, next_episode, 100_000, 100);
+    let conns = f64::from(args.conns_per_agent);
+    let shape = sim::Shape {
+        hosts: args.agents,
+        conns: args.conns_per_agent,
+        suspects: conns * args.suspect_frac,
+        stuck: (conns * args.stuck_frac).round() as u32,
+        interval: INTERVAL,
+        stuck_for: args.stuck_for,
+    };
+    let mut hosts = Vec::new();
+    let mut inboxes = Vec::new();
+    let wall0: i64 = 1_800_000_000_000;
+    for i in 0..args.agents {
+        let (tx, rx) = mpsc::channel::<ToAgent>(1 << 16);
+        let (reply, answer) = oneshot::channel();
+        state.handle(
+            Command::Hello {
+                session: u64::from(i),
+                hello: HostHello {
+                    host: sim::host_name(i),
+                    agent_version: "bench".into(),
+                    kernel: "bench".into(),
+                    boot_id: "bench".into(),
+                    addresses: vec![sim::host_addr(i).into()],
+                    interval: INTERVAL,
+                },
+                tx,
+                reply,
+            },
+            wall0,
+        );
+        answer
+            .blocking_recv()
+            .context("hello unanswered")?
+            .map_err(|e| anyhow::anyhow!("hello refused: {e}"))?;
+        let mut host = sim::Host::new(i, shape, args.seed);
+        host.start_load(Duration::ZERO);
+        hosts.push(host);
+        inboxes.push(rx);
+    }
+    let me = std::process::id();
+    let mut totals = Totals::default();
+    let mut store_before = None;
+    let mut measured_from = Instant::now();
+    let max_samples = usize::MAX;
+    for poll in 0..args.warmup_polls + args.polls {
+        if poll == args.warmup_polls {
+            totals = Totals::default();
+            store_before = Some(procfs::threads(me)?);
+            measured_from = Instant::now();
+        }
+        // Hosts poll at different moments of the interval, as a fleet does.
+        for (i, host) in hosts.iter_mut().enumerate() {
+            let offset = INTERVAL.mul_f64(i as f64 / f64::from(args.agents.max(1)));
+            let now = INTERVAL * (poll + 1) + offset;
+            let now_ms = wall0 + i64::try_from(now.as_millis()).unwrap_or(0);
+            let polled = host.poll(now);
+            let wire = encode(&polled, now, args.conns_per_agent);
+
+            let t0 = Instant::now();
+            let msg = raw::AgentMessage::decode(wire.as_slice()).context("decode")?;
+            let Some(raw::agent_message::Body::Batch(b)) = msg.body else {
+                anyhow::bail!("not a batch");
+            };
+            let batch = batch_from_wire(b, max_samples)
+                .map_err(|s| anyhow::anyhow!("refused: {}", s.message()))?;
+            let t1 = Instant::now();
+            totals.samples += batch.samples.len() as u64 + batch.absent.len() as u64;
+            state.handle(
+                Command::Batch {
+                    session: i as u64,
+                    batch,
+                },
+                now_ms,
+            );
+            if i % 64 == 0 {
+                state.expire(now_ms, tcpstall_collector::aggregator::SILENT_POLLS);
+            }
+            let t2 = Instant::now();
+            totals.ingest += t1 - t0;
+            totals.aggregate += t2 - t1;
+        }
+        for (host, rx) in hosts.iter_mut().zip(inboxes.iter_mut()) {
+            while let Ok(msg) = rx.try_recv() {
+                match msg {
+                    ToAgent::Watch(f) => host.watch(f),
+                    ToAgent::Unwatch(f) => host.unwatch(&f),
+                }
+            }
+        }
+    }
+    let wall = measured_from.elapsed();
+    // The store thread's run time (schedstat), over the measured polls.
+    let store_ns: u64 = match store_before {
+        Some(before) => procfs::threads_since(&before, &procfs::threads(me)?)
+            .into_iter()
+            .filter(|(name, _)| name.starts_with("tcpstall-store"))
+            .map(|(_, (_, _, ns))| ns)
+            .sum(),
+        None => 0,
+    };
+    let stats = state.stats();
+    let tracked = stats.suspects + stats.watched;
+    let per = |d: Duration| d.as_secs_f64() * 1e6 / totals.samples.max(1) as f64;
+    let store_s = store_ns as f64 / 1e9;
+    println!(
+        "{} hosts, {} measured polls of each: {} samples ({:.0} per host and poll) in {:.1} s",
+        args.agents,
+        args.polls,
+        totals.samples,
+        totals.samples as f64 / f64::from(args.agents.max(1) * args.polls.max(1)),
+        wall.as_secs_f64()
+    );
+    println!();
+    println!("| step | µs per sample |");
+    println!("|---|---:|");
+    println!(
+        "| ingest: decode + check (`batch_from_wire`) | {:.2} |",
+        per(totals.ingest)
+    );
+    println!(
+        "| aggregator (`State::handle`, expiry) | {:.2} |",
+        per(totals.aggregate)
+    );
+    println!(
+        "| store thread (CPU) | {:.2} |",
+        store_s * 1e6 / totals.samples.max(1) as f64
+    );
+    println!();
+    println!(
+        "At the issue's rate ({:.0} samples/s for {} hosts at 2 s polls) that is {:.1} % of one core.",
+        totals.samples as f64 / (f64::from(args.polls) * INTERVAL.as_secs_f64()),
+        args.agents,
+        (per(totals.ingest) + per(totals.aggregate) + store_s * 1e6 / totals.samples.max(1) as f64)
+            * totals.samples as f64
+            / (f64::from(args.polls) * INTERVAL.as_secs_f64())
+            / 1e4
+    );
+    println!(
+        "Tracked: {} suspects + {} watched; the aggregator's tables and samples {} B per tracked connection; {} episodes opened, {} open.",
+        stats.suspects,
+        stats.watched,
+        stats.tracked_bytes / tracked.max(1),
+        stats.episodes_opened,
+        stats.open_episodes
+    );
+    anyhow::ensure!(
+        stats.store_dropped == 0,
+        "the store dropped {} writes: its figure would be too low",
+        stats.store_dropped
+    );
+    drop(state);
+    rt.block_on(store.shutdown());
+    let _ = store_thread.join();
+    Ok(Seen {
+        samples: totals.samples,
+        tracked,
+        episodes_opened: stats.episodes_opened,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_small_run_ingests_tracks_and_opens_episodes() {
+        let args = InprocArgs {
+            agents: 4,
+            conns_per_agent: 2_000,
+            suspect_frac: 0.01,
+            stuck_frac: 0.002,
+            stuck_for: Duration::from_secs(20),
+            warmup_polls: 3,
+            polls: 12,
+            seed: 7,
+        };
+        let seen = measure(&args).expect("run");
+        // 20 churning suspects and 4 stuck flows per host and poll, and
+        // their watched peers: well over 20 samples per host and poll.
+        assert!(seen.samples > 4 * 12 * 20, "{seen:?}");
+        assert!(seen.tracked > 0, "{seen:?}");
+        // Stuck for 20 s against a 10 s threshold: episodes open.
+        assert!(seen.episodes_opened > 0, "{seen:?}");
+    }
+}
