@@ -30,6 +30,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// The collector's allocator: `collector-inproc` runs the collector's code
+/// in this process and must measure it as the collector runs it.
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Benchmarks for tcpstall.
 #[derive(Debug, Parser)]
 #[command(name = "tcpstall-bench", version, about)]
@@ -50,6 +55,9 @@ enum Command {
     /// samples ingested, collector CPU and memory, SQLite rows, and the
     /// time from a stall's start to its stored episode.
     CollectorLoad(load::LoadArgs),
+    /// The collector's own work per sample (decode and check, aggregator,
+    /// store) on the same simulated hosts, in one process, no network.
+    CollectorInproc(load::inproc::InprocArgs),
     /// A real agent on a host with many idle connections: its CPU share
     /// and the bytes per second it sends to a real collector.
     AgentIdle(agent_idle::IdleArgs),
@@ -64,6 +72,7 @@ fn main() -> ExitCode {
         Command::Poll(args) => poll::run(&args),
         Command::BpfPoll(args) => bpf_poll::run(&args),
         Command::CollectorLoad(args) => load::run(&args),
+        Command::CollectorInproc(args) => load::inproc::run(&args),
         Command::AgentIdle(args) => agent_idle::run(&args),
         Command::Hold(args) => holder::hold(&args),
     };

@@ -13,6 +13,7 @@
 //! from each stall's start to its stored episode for the probe hosts.
 
 mod agent;
+pub mod inproc;
 mod probe;
 pub mod sim;
 
