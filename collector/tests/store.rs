@@ -1047,14 +1047,15 @@ async fn a_size_bound_keeps_the_file_under_it_while_writes_go_past_it() -> TestR
     // The oldest of all, and open: never deleted.
     let open = episode(next, "alpha", None, "data_lost", now - 10_000_000);
     assert!(store.open_episode(open.clone()));
-    // 800 closed episodes of 10 samples each: several times the bound.
+    // 800 closed episodes of 40 samples each (~150 bytes of protobuf):
+    // several times the bound.
     let mut peak = 0;
     let mut last = next;
     for i in 1..=800 {
         let id = next + i;
         let e = episode(id, "alpha", None, "data_lost", now - 5_000_000 + i * 1000);
         assert!(store.open_episode(e.clone()));
-        let samples = (0..10)
+        let samples = (0..40)
             .map(|k| stored(Side::A, "alpha", e.started_at_ms + k, e.a_flow))
             .collect();
         assert!(store.add_samples(id, samples));
