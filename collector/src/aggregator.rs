@@ -814,32 +814,29 @@ impl State {
         let Some(ep) = &s.episode else { return };
         let (mut stored_a, mut stored_b, mut last_b) = (ep.stored_a, ep.stored_b, ep.last_b_ms);
         let mut batch = Vec::new();
-        if let Some(a) = a {
-            if stored_a < self.max_samples {
-                batch.push(StoredSample {
-                    side: Side::A,
-                    host: self.hosts.name(conn.host).to_string(),
-                    at_ms: s.latest_at_ms,
-                    sample: a.clone(),
-                });
-                stored_a += 1;
-            }
+        // `a` has just been observed: `s.latest` is its encoding.
+        if a.is_some() && stored_a < self.max_samples {
+            batch.push(StoredSample {
+                side: Side::A,
+                host: self.hosts.name(conn.host).to_string(),
+                at_ms: s.latest_at_ms,
+                sample: s.latest.clone(),
+            });
+            stored_a += 1;
         }
         if let Some(peer) = s.peer {
             if let Some(PeerEnd::Seen { at_ms, sample }) =
                 self.watched.get(&(peer, s.flow.reversed())).map(|w| &w.end)
             {
                 if *at_ms > last_b && stored_b < self.max_samples {
-                    if let Some(b) = unpack(sample) {
-                        batch.push(StoredSample {
-                            side: Side::B,
-                            host: self.hosts.name(peer).to_string(),
-                            at_ms: *at_ms,
-                            sample: b,
-                        });
-                        stored_b += 1;
-                        last_b = *at_ms;
-                    }
+                    batch.push(StoredSample {
+                        side: Side::B,
+                        host: self.hosts.name(peer).to_string(),
+                        at_ms: *at_ms,
+                        sample: sample.clone(),
+                    });
+                    stored_b += 1;
+                    last_b = *at_ms;
                 }
             }
         }
@@ -917,7 +914,7 @@ impl State {
             peer_note: note,
         });
         // The first sample of the stall, then this poll's (record).
-        if let Some(first) = s.first.as_ref().and_then(unpack) {
+        if let Some(first) = s.first.clone() {
             self.store.add_samples(
                 id,
                 vec![StoredSample {
@@ -963,24 +960,22 @@ impl State {
         let open = &mut self.stats.open_by_diagnosis[ep.verdict.diagnosis.index()];
         *open = open.saturating_sub(1);
         let (peer, flow, at_ms) = (s.peer, s.flow, s.latest_at_ms);
-        let last = unpack(&s.latest);
+        let last = s.latest.clone();
         if let Some(w) = peer.and_then(|p| self.watched.get_mut(&(p, flow.reversed()))) {
             w.episode_of = None;
         }
         let host = self.hosts.name(conn.host);
         tracing::info!(episode = ep.id, host = %host, reason = reason.id(), "episode closed");
         // The last word on A.
-        if let Some(last) = last {
-            self.store.add_samples(
-                ep.id,
-                vec![StoredSample {
-                    side: Side::A,
-                    host: host.to_string(),
-                    at_ms,
-                    sample: last,
-                }],
-            );
-        }
+        self.store.add_samples(
+            ep.id,
+            vec![StoredSample {
+                side: Side::A,
+                host: host.to_string(),
+                at_ms,
+                sample: last,
+            }],
+        );
         self.store.close_episode(
             ep.id,
             EpisodeEnd {

@@ -35,6 +35,12 @@ impl Packed {
         convert::sample_from_wire(&wire).ok()
     }
 
+    /// The encoding: a `tcpstall.v1.Sample` message. What the store
+    /// writes to `samples.sample_pb`.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
     /// Bytes held on the heap.
     pub fn len(&self) -> usize {
         self.0.len()
@@ -42,6 +48,12 @@ impl Packed {
 
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+}
+
+impl From<EndSample> for Packed {
+    fn from(s: EndSample) -> Packed {
+        Packed::new(&s)
     }
 }
 

@@ -60,8 +60,16 @@ pub fn episode_to_wire(e: &EpisodeRow) -> v1::Episode {
     }
 }
 
-fn sample_to_wire(s: &StoredSample) -> v1::EndSample {
-    v1::EndSample {
+/// A stored sample on the wire. The stored bytes are not sent as they
+/// are: they are the agent's encoding, with its `reason` and whatever it
+/// set that the collector's checks normalise away (a source beside no
+/// value, an unknown enum value). Going through the `EndSample` sends
+/// exactly what was diagnosed, as before the store kept the bytes.
+/// `None`: the bytes do not decode (the store checked them when it read
+/// them, so a bug).
+fn sample_to_wire(s: &StoredSample) -> Option<v1::EndSample> {
+    let sample = s.sample.unpack()?;
+    Some(v1::EndSample {
         side: match s.side {
             Side::A => "a".into(),
             Side::B => "b".into(),
@@ -69,10 +77,10 @@ fn sample_to_wire(s: &StoredSample) -> v1::EndSample {
         host: s.host.clone(),
         at_ms: s.at_ms,
         sample: Some(convert::sample_to_wire(
-            &s.sample,
+            &sample,
             v1::SampleReason::Unspecified,
         )),
-    }
+    })
 }
 
 /// The page token after an episode: its place in the list's order
@@ -150,9 +158,14 @@ impl v1::query_server::Query for QueryService {
             .await
             .map_err(internal)?
             .ok_or_else(|| Status::not_found(format!("no episode {id}")))?;
+        let samples = samples
+            .iter()
+            .map(sample_to_wire)
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| Status::internal(format!("episode {id}: a sample does not decode")))?;
         Ok(Response::new(v1::GetEpisodeResponse {
             episode: Some(episode_to_wire(&row)),
-            samples: samples.iter().map(sample_to_wire).collect(),
+            samples,
         }))
     }
 
@@ -267,5 +280,88 @@ mod tests {
         for bad in ["", "12", "a.b", "1.2.3", "1.", ".2"] {
             assert_eq!(parse_page_token(bad), None, "{bad:?}");
         }
+    }
+}
+
+#[cfg(test)]
+mod sample_tests {
+    use super::*;
+    use crate::packed::Packed;
+    use prost::Message;
+    use std::net::SocketAddr;
+    use tcpstall_common::{EndSample, FlowTuple, Positions, TcpState};
+
+    fn sample() -> EndSample {
+        EndSample {
+            flow: FlowTuple::new(
+                SocketAddr::from(([198, 18, 0, 2], 40000)),
+                SocketAddr::from(([198, 18, 0, 1], 7000)),
+            ),
+            netns: "host".into(),
+            state: TcpState::Established,
+            cookie: 9,
+            inode: 10,
+            opened: None,
+            pos: Positions {
+                sendq: 100,
+                recvq: 0,
+                notsent: Some(100),
+                inflight: Some(0),
+                snd_una: Some(1),
+                snd_nxt: Some(1),
+                write_seq: Some(101),
+                rcv_nxt: None,
+                copied: None,
+                snd_wnd: Some(0),
+                rcv_wnd: None,
+                snd_wscale: None,
+                rcv_wscale: None,
+            },
+            unchanged_ms: 5000,
+            timer: None,
+            timer_expires_ms: 0,
+            retransmits: None,
+            probes: None,
+            backoff: None,
+            ca_state: None,
+            rto_us: None,
+            rtt_us: None,
+            snd_cwnd: None,
+            unacked: None,
+            lost: None,
+            retrans: None,
+            total_retrans: None,
+            last_data_sent_ms: None,
+            last_data_recv_ms: None,
+            last_ack_recv_ms: None,
+            bytes_retrans: None,
+            cork: None,
+            cork_source: None,
+            nodelay: None,
+            nodelay_source: None,
+            owner: None,
+            owner_missing: None,
+            absolute: None,
+        }
+    }
+
+    /// The store keeps the agent's bytes, reason and all; GetEpisode sends
+    /// what it sent when the store kept the decoded sample.
+    #[test]
+    fn stored_agent_bytes_go_out_as_the_decoded_sample_did() {
+        let s = sample();
+        let mut w = convert::sample_to_wire(&s, v1::SampleReason::Suspect);
+        // What sample_from_wire drops: a source beside no value.
+        w.cork_source = v1::FactSource::Bpf as i32;
+        assert_eq!(convert::sample_from_wire(&w).ok(), Some(s.clone()));
+        let stored = StoredSample {
+            side: Side::A,
+            host: "alpha".into(),
+            at_ms: 5,
+            sample: Packed::from_bytes(w.encode_to_vec()),
+        };
+        let before = convert::sample_to_wire(&s, v1::SampleReason::Unspecified);
+        let sent = sample_to_wire(&stored).and_then(|e| e.sample);
+        assert_eq!(sent, Some(before));
     }
 }

@@ -207,11 +207,8 @@ async fn join_watch_and_peer_not_reading_from_both_ends() {
     );
     assert!(sides.contains(&Side::B), "B's samples stored: {sides:?}");
     let last_a = samples.iter().rfind(|s| s.side == Side::A).expect("last A");
-    assert_eq!(
-        last_a.sample.pos.snd_una,
-        Some(6000),
-        "the last word is the move"
-    );
+    let last_a = last_a.sample.unpack().expect("a stored sample decodes");
+    assert_eq!(last_a.pos.snd_una, Some(6000), "the last word is the move");
 }
 
 #[tokio::test]

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rusqlite::Connection;
+use tcpstall_collector::packed::Packed;
 use tcpstall_collector::store::schema::SCHEMA_VERSION;
 use tcpstall_collector::store::{
     EpisodeEnd, EpisodeFilter, EpisodeRow, EpisodeUpdate, HostRecord, NewEpisode, Side, Store,
@@ -42,9 +43,11 @@ fn now_ms() -> i64 {
 }
 
 /// A sample with every field set, Some and None mixed, and values near the
-/// ends of their types, so that a JSON round trip that loses anything
+/// ends of their types (as far as the wire's checks allow: the store keeps
+/// only samples that decode), so that a round trip that loses anything
 /// shows.
 fn end_sample(f: FlowTuple, cookie: u64, sendq: u32) -> EndSample {
+    let una = u64::MAX - 5 - u64::from(sendq);
     EndSample {
         flow: f,
         netns: "ns-a".into(),
@@ -57,9 +60,9 @@ fn end_sample(f: FlowTuple, cookie: u64, sendq: u32) -> EndSample {
             recvq: 7,
             notsent: Some(sendq / 2),
             inflight: Some(sendq - sendq / 2),
-            snd_una: Some(u64::MAX - 5),
-            snd_nxt: Some(1 << 40),
-            write_seq: Some(1 << 41),
+            snd_una: Some(una),
+            snd_nxt: Some(una + u64::from(sendq - sendq / 2)),
+            write_seq: Some(una + u64::from(sendq)),
             rcv_nxt: Some(0),
             copied: None,
             snd_wnd: Some(0),
@@ -144,7 +147,7 @@ fn stored(side: Side, host: &str, at_ms: i64, f: FlowTuple) -> StoredSample {
         side,
         host: host.into(),
         at_ms,
-        sample: end_sample(f, 77, 4096),
+        sample: Packed::new(&end_sample(f, 77, 4096)),
     }
 }
 
@@ -186,7 +189,7 @@ async fn episode_round_trips_with_evidence_and_both_sides() -> TestResult {
     assert_eq!(got, samples, "samples of both sides, exact, in time order");
     assert_eq!(store.get_episode(e.id + 1).await?, None);
 
-    // Readable by people with the sqlite3 shell: addresses and JSON text.
+    // Addresses readable with the sqlite3 shell; samples as protobuf.
     let path = config(&dir).path;
     let c = Connection::open(&path)?;
     let (local, remote): (String, String) = c.query_row(
@@ -198,12 +201,13 @@ async fn episode_round_trips_with_evidence_and_both_sides() -> TestResult {
         (local.as_str(), remote.as_str()),
         ("198.18.0.1:40000", "[2001:db8::2]:8080")
     );
-    let json: String = c.query_row(
-        "SELECT sample FROM samples WHERE side = 'b' ORDER BY at_ms LIMIT 1",
+    let (json, pb): (String, Vec<u8>) = c.query_row(
+        "SELECT sample, sample_pb FROM samples WHERE side = 'b' ORDER BY at_ms LIMIT 1",
         [],
-        |r| r.get(0),
+        |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
-    assert!(json.contains("\"zero_window_probe\""), "{json}");
+    assert_eq!(json, "", "no JSON since schema version 2");
+    assert_eq!(pb, samples[1].sample.as_bytes());
 
     let s = store.stats().snapshot();
     assert_eq!(s.committed_rows, 5, "one episode and four samples: {s:?}");
@@ -497,6 +501,230 @@ async fn migrations_are_idempotent_and_a_newer_schema_is_refused() -> TestResult
     Ok(())
 }
 
+/// Schema version 1 as the first release created it, copied rather than
+/// taken from the collector: the upgrade test must build the file an
+/// older collector left, whatever the migrations list becomes.
+const SCHEMA_V1: &str = "
+    CREATE TABLE hosts (
+        host          TEXT PRIMARY KEY NOT NULL,
+        kernel        TEXT NOT NULL,
+        agent_version TEXT NOT NULL,
+        boot_id       TEXT NOT NULL,
+        first_seen_ms INTEGER NOT NULL,
+        last_seen_ms  INTEGER NOT NULL,
+        connected     INTEGER NOT NULL CHECK (connected IN (0, 1))
+    );
+    CREATE TABLE episodes (
+        id            INTEGER PRIMARY KEY AUTOINCREMENT,
+        diagnosis     TEXT NOT NULL,
+        summary       TEXT NOT NULL,
+        evidence      TEXT NOT NULL,
+        started_at_ms INTEGER NOT NULL,
+        duration_ms   INTEGER NOT NULL,
+        stuck_bytes   INTEGER NOT NULL,
+        a_host        TEXT NOT NULL,
+        a_netns       TEXT NOT NULL,
+        a_local       TEXT NOT NULL,
+        a_remote      TEXT NOT NULL,
+        a_cookie      INTEGER NOT NULL,
+        b_host        TEXT,
+        peer_note     TEXT,
+        open          INTEGER NOT NULL CHECK (open IN (0, 1)),
+        ended_at_ms   INTEGER,
+        end_reason    TEXT
+    );
+    CREATE INDEX episodes_started ON episodes (started_at_ms);
+    CREATE INDEX episodes_diagnosis ON episodes (diagnosis);
+    CREATE INDEX episodes_open ON episodes (open);
+    CREATE INDEX episodes_a_host ON episodes (a_host);
+    CREATE INDEX episodes_b_host ON episodes (b_host);
+    CREATE TABLE samples (
+        id         INTEGER PRIMARY KEY,
+        episode_id INTEGER NOT NULL REFERENCES episodes (id) ON DELETE CASCADE,
+        side       TEXT NOT NULL CHECK (side IN ('a', 'b')),
+        host       TEXT NOT NULL,
+        at_ms      INTEGER NOT NULL,
+        sample     TEXT NOT NULL
+    );
+    CREATE INDEX samples_episode ON samples (episode_id, at_ms);
+";
+
+/// A file at schema version 1 holding an episode and one sample as JSON,
+/// written the way the version 1 collector wrote them.
+fn version_1_file(path: &Path, e: &NewEpisode, old: &EndSample, at_ms: i64) -> TestResult {
+    let c = Connection::open(path)?;
+    c.execute_batch(SCHEMA_V1)?;
+    c.pragma_update(None, "user_version", 1)?;
+    c.execute(
+        "INSERT INTO episodes (id, diagnosis, summary, evidence, started_at_ms,
+            duration_ms, stuck_bytes, a_host, a_netns, a_local, a_remote,
+            a_cookie, b_host, peer_note, open)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, 1)",
+        rusqlite::params![
+            e.id,
+            e.diagnosis,
+            e.summary,
+            serde_json::to_string(&e.evidence)?,
+            e.started_at_ms,
+            i64::try_from(e.duration_ms)?,
+            e.stuck_bytes,
+            e.a_host,
+            e.a_netns,
+            e.a_flow.local.to_string(),
+            e.a_flow.remote.to_string(),
+            i64::from_ne_bytes(e.a_cookie.to_ne_bytes()),
+            e.b_host,
+            e.peer_note,
+        ],
+    )?;
+    c.execute(
+        "INSERT INTO samples (episode_id, side, host, at_ms, sample)
+         VALUES (?1, 'a', ?2, ?3, ?4)",
+        rusqlite::params![e.id, e.a_host, at_ms, serde_json::to_string(old)?],
+    )?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_version_1_file_upgrades_and_its_json_samples_read_beside_new_ones() -> TestResult {
+    let dir = TempDir::new()?;
+    let cfg = config(&dir);
+    let e = episode(7, "alpha", Some("beta"), "peer_not_reading", 1_000);
+    let f = e.a_flow;
+    let old = end_sample(f, 77, 4096);
+    version_1_file(&cfg.path, &e, &old, 2_000)?;
+
+    let (store, thread, next) = Store::open(cfg.clone())?;
+    assert_eq!(next, e.id + 1);
+    assert_eq!(count(&cfg.path, "PRAGMA user_version"), 2);
+    assert_eq!(SCHEMA_VERSION, 2);
+    let (row, got) = store.get_episode(e.id).await?.ok_or("episode kept")?;
+    assert_eq!((row.id, row.a_cookie, row.a_flow), (e.id, e.a_cookie, f));
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        got[0].sample.unpack().as_ref(),
+        Some(&old),
+        "the JSON, read"
+    );
+    assert_eq!((got[0].side, got[0].at_ms), (Side::A, 2_000));
+
+    // New samples on either side of the old one in time.
+    let mut b = end_sample(f.reversed(), 78, 0);
+    b.netns = "ns-b".into();
+    let new = vec![
+        StoredSample {
+            side: Side::B,
+            host: "beta".into(),
+            at_ms: 1_500,
+            sample: Packed::new(&b),
+        },
+        StoredSample {
+            side: Side::A,
+            host: "alpha".into(),
+            at_ms: 3_000,
+            sample: Packed::new(&end_sample(f, 77, 2048)),
+        },
+    ];
+    assert!(store.add_samples(e.id, new.clone()));
+    let (_, got) = store.get_episode(e.id).await?.ok_or("episode kept")?;
+    let want = vec![
+        new[0].clone(),
+        StoredSample {
+            side: Side::A,
+            host: "alpha".into(),
+            at_ms: 2_000,
+            sample: Packed::new(&old),
+        },
+        new[1].clone(),
+    ];
+    assert_eq!(got, want, "old and new, in time order");
+    assert_eq!(got[0].sample.unpack(), Some(b));
+    assert_eq!(got[2].sample.unpack(), Some(end_sample(f, 77, 2048)));
+    stop(store, thread).await;
+
+    // In the file: the old row as it was, the new ones as protobuf.
+    assert_eq!(
+        count(
+            &cfg.path,
+            "SELECT count(*) FROM samples WHERE sample_pb IS NULL AND sample LIKE '{%'"
+        ),
+        1
+    );
+    assert_eq!(
+        count(
+            &cfg.path,
+            "SELECT count(*) FROM samples WHERE sample_pb IS NOT NULL AND sample = ''"
+        ),
+        2
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn samples_are_stored_as_wire_samples_and_bad_bytes_are_corrupt() -> TestResult {
+    use prost::Message;
+    use tcpstall_proto::{convert, v1};
+
+    let dir = TempDir::new()?;
+    let cfg = config(&dir);
+    let (store, thread, next) = Store::open(cfg.clone())?;
+    let e = episode(next, "alpha", Some("beta"), "peer_not_reading", 1_000);
+    let written = end_sample(e.a_flow, 77, 4096);
+    assert!(store.open_episode(e.clone()));
+    assert!(store.add_samples(
+        e.id,
+        vec![StoredSample {
+            side: Side::A,
+            host: "alpha".into(),
+            at_ms: 1_000,
+            sample: Packed::new(&written),
+        }]
+    ));
+    store.flush().await?;
+
+    let c = Connection::open(&cfg.path)?;
+    let pb: Vec<u8> = c.query_row("SELECT sample_pb FROM samples", [], |r| r.get(0))?;
+    let w = v1::Sample::decode(&*pb)?;
+    assert_eq!(w.cookie, 77);
+    assert_eq!(w.sendq, 4096);
+    assert_eq!(w.netns, "ns-a");
+    assert_eq!(w.snd_una, written.pos.snd_una);
+    assert_eq!(w.bytes_retrans, Some(u64::MAX));
+    assert_eq!(w.timer, v1::Timer::ZeroWindowProbe as i32);
+    assert_eq!(convert::sample_from_wire(&w)?, written, "every field");
+
+    // Bytes that are not a sample: an error naming the column, no panic.
+    let bad: [(&str, rusqlite::types::Value); 3] = [
+        ("garbage", vec![0xff, 0xff, 0xff].into()),
+        ("a message that is no valid sample", Vec::<u8>::new().into()),
+        ("text", "not protobuf".to_string().into()),
+    ];
+    for (what, value) in bad {
+        c.execute("UPDATE samples SET sample_pb = ?1", [value])?;
+        match store.get_episode(e.id).await {
+            Err(StoreError::Corrupt { id, column, .. }) => {
+                assert_eq!((id, column), (e.id, "sample_pb"), "{what}");
+            }
+            other => panic!("{what}: expected Corrupt, got {other:?}"),
+        }
+    }
+    // A NULL one falls back to the JSON column, here ''.
+    c.execute("UPDATE samples SET sample_pb = NULL", [])?;
+    match store.get_episode(e.id).await {
+        Err(StoreError::Corrupt { column, .. }) => assert_eq!(column, "sample"),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    let msg = store
+        .get_episode(e.id)
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(msg.contains("column sample"), "{msg}");
+    stop(store, thread).await;
+    Ok(())
+}
+
 #[tokio::test]
 async fn restart_ends_open_episodes_and_keeps_closed_ones() -> TestResult {
     let dir = TempDir::new()?;
@@ -754,14 +982,23 @@ async fn throughput_100k_samples() -> TestResult {
     }
     store.flush().await?;
     let f = flow("198.18.0.1:40000", "198.18.0.2:80");
+    // Encoded once: the aggregator hands the store the agents' encoding.
+    let a = stored(Side::A, "alpha", 0, f);
+    let b = stored(Side::B, "beta", 0, f.reversed());
     let cpu_before = process_cpu_secs();
     let started = Instant::now();
     let mut sent = 0u64;
     for n in 0..50_000i64 {
         let id = next + n % episodes;
         let pair = vec![
-            stored(Side::A, "alpha", n, f),
-            stored(Side::B, "beta", n, f.reversed()),
+            StoredSample {
+                at_ms: n,
+                ..a.clone()
+            },
+            StoredSample {
+                at_ms: n,
+                ..b.clone()
+            },
         ];
         if store.add_samples(id, pair) {
             sent += 2;
@@ -787,17 +1024,9 @@ async fn throughput_100k_samples() -> TestResult {
     }
     assert_eq!(s.dropped, 0);
 
-    // For scale: the JSON encoding alone, which the store thread also does.
-    let one = end_sample(f, 77, 4096);
-    let started = Instant::now();
-    let mut bytes = 0;
-    for _ in 0..sent {
-        bytes += serde_json::to_string(&one)?.len();
-    }
     println!(
-        "of which JSON: {:.3} s for {sent} samples, {} bytes each",
-        started.elapsed().as_secs_f64(),
-        bytes / sent as usize
+        "each sample {} bytes of protobuf, encoded before (as the agents do)",
+        a.sample.len()
     );
     stop(store, thread).await;
     Ok(())
@@ -818,14 +1047,15 @@ async fn a_size_bound_keeps_the_file_under_it_while_writes_go_past_it() -> TestR
     // The oldest of all, and open: never deleted.
     let open = episode(next, "alpha", None, "data_lost", now - 10_000_000);
     assert!(store.open_episode(open.clone()));
-    // 800 closed episodes of 10 samples each: several times the bound.
+    // 800 closed episodes of 40 samples each (~150 bytes of protobuf):
+    // several times the bound.
     let mut peak = 0;
     let mut last = next;
     for i in 1..=800 {
         let id = next + i;
         let e = episode(id, "alpha", None, "data_lost", now - 5_000_000 + i * 1000);
         assert!(store.open_episode(e.clone()));
-        let samples = (0..10)
+        let samples = (0..40)
             .map(|k| stored(Side::A, "alpha", e.started_at_ms + k, e.a_flow))
             .collect();
         assert!(store.add_samples(id, samples));

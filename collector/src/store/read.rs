@@ -2,11 +2,12 @@
 //! hosts. Runs on the store thread; every stored value is decoded with a
 //! typed error, never a panic, since a person may have edited the file.
 
-use rusqlite::types::Value;
+use rusqlite::types::{Value, ValueRef};
 use rusqlite::{params_from_iter, Connection, Row};
-use tcpstall_common::FlowTuple;
+use tcpstall_common::{EndSample, FlowTuple};
 
 use super::{EpisodeFilter, EpisodeRow, HostRow, Side, StoreError, StoredSample};
+use crate::packed::Packed;
 
 const EPISODE_COLS: &str = "id, diagnosis, summary, evidence, started_at_ms, duration_ms, \
      stuck_bytes, a_host, a_netns, a_local, a_remote, a_cookie, b_host, peer_note, open, \
@@ -76,22 +77,66 @@ pub(super) fn get_episode(
     };
     let episode = episode_row(row)?;
     let mut stmt = conn.prepare_cached(
-        "SELECT side, host, at_ms, sample FROM samples
+        "SELECT side, host, at_ms, sample, sample_pb FROM samples
           WHERE episode_id = ?1 ORDER BY at_ms, id",
     )?;
     let mut rows = stmt.query([id])?;
     let mut samples = Vec::new();
     while let Some(row) = rows.next()? {
         let side: String = row.get(0)?;
-        let json: String = row.get(3)?;
         samples.push(StoredSample {
             side: Side::parse(&side).ok_or_else(|| corrupt(id, "side", &side))?,
             host: row.get(1)?,
             at_ms: row.get(2)?,
-            sample: serde_json::from_str(&json).map_err(|_| corrupt(id, "sample", &json))?,
+            sample: sample(row, id)?,
         });
     }
     Ok(Some((episode, samples)))
+}
+
+/// A sample row's sample: the protobuf in `sample_pb` (schema version 2
+/// on), else the JSON in `sample` that version 1 wrote. Either must
+/// decode to a valid sample.
+fn sample(row: &Row<'_>, id: i64) -> Result<Packed, StoreError> {
+    let bytes = match row.get_ref(4)? {
+        ValueRef::Null => None,
+        ValueRef::Blob(b) => Some(b.to_vec()),
+        other => {
+            let kind = other.data_type();
+            return Err(corrupt(
+                id,
+                "sample_pb",
+                &format!("a {kind} value, not a BLOB"),
+            ));
+        }
+    };
+    match bytes {
+        Some(b) => {
+            let p = Packed::from_bytes(b);
+            match p.unpack() {
+                Some(_) => Ok(p),
+                None => Err(corrupt(id, "sample_pb", &describe(p.as_bytes()))),
+            }
+        }
+        None => {
+            let json: String = row.get(3)?;
+            let s: EndSample =
+                serde_json::from_str(&json).map_err(|_| corrupt(id, "sample", &json))?;
+            let p = Packed::new(&s);
+            // What a person's edit may hold but the wire cannot carry.
+            match p.unpack() {
+                Some(_) => Ok(p),
+                None => Err(corrupt(id, "sample", &json)),
+            }
+        }
+    }
+}
+
+/// Bytes for an error message: their length and the first few in hex.
+fn describe(b: &[u8]) -> String {
+    let head: String = b.iter().take(32).map(|x| format!("{x:02x}")).collect();
+    let more = if b.len() > 32 { "…" } else { "" };
+    format!("{} bytes: {head}{more}", b.len())
 }
 
 pub(super) fn list_hosts(conn: &Connection) -> Result<Vec<HostRow>, StoreError> {

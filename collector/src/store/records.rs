@@ -1,9 +1,12 @@
 //! The records the store keeps and gives back: domain types only, no
-//! proto types. Samples keep the whole [`EndSample`].
+//! proto types. Samples are kept whole, in the [`Packed`] encoding the
+//! collector already holds them in.
 
 use std::collections::BTreeMap;
 
-use tcpstall_common::{EndSample, FlowTuple};
+use tcpstall_common::FlowTuple;
+
+use crate::packed::Packed;
 
 use super::{DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT};
 
@@ -125,8 +128,11 @@ pub struct StoredSample {
     pub side: Side,
     pub host: String,
     pub at_ms: i64,
-    /// Stored as JSON text, readable with the sqlite3 shell.
-    pub sample: EndSample,
+    /// Stored as those bytes (protobuf `tcpstall.v1.Sample`) in
+    /// `samples.sample_pb`; rows of schema version 1 held JSON and are
+    /// read back into the same encoding. [`Packed::unpack`] gives the
+    /// `EndSample`.
+    pub sample: Packed,
 }
 
 /// Which episodes [`Store::list_episodes`](super::Store::list_episodes) returns, newest first.

@@ -6,6 +6,11 @@
 //! version bump, so a crash leaves the file at a whole step. A file whose
 //! version is higher than the list is long was written by a newer
 //! collector, and is refused rather than misread.
+//!
+//! Versions: 1 created the tables, with each sample as JSON text in
+//! `samples.sample`; 2 added `samples.sample_pb`, where samples are written
+//! since (protobuf `tcpstall.v1.Sample`, '' left in `sample`). Rows of
+//! either kind are read back.
 
 use std::path::Path;
 use std::time::Duration;
@@ -66,6 +71,16 @@ const MIGRATIONS: &[&str] = &[
         sample     TEXT NOT NULL               -- JSON: tcpstall_common::EndSample
     );
     CREATE INDEX samples_episode ON samples (episode_id, at_ms);
+    ",
+    // 2: samples as protobuf. Writing ~1 KB of JSON per row cost the
+    // store thread more than the rest of the insert; the collector already
+    // holds each sample in its wire encoding (~150 B).
+    "
+    -- tcpstall.v1.Sample, protobuf-encoded (proto/proto/tcpstall/v1/).
+    -- Rows written before version 2 have it NULL and their JSON in
+    -- `sample`; rows written since have '' in `sample` (NOT NULL, and
+    -- relaxing that would copy the whole table at the upgrade).
+    ALTER TABLE samples ADD COLUMN sample_pb BLOB;
     ",
 ];
 

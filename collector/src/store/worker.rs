@@ -326,14 +326,20 @@ impl Worker {
                 ])?,
             )?,
             Command::AddSamples { id, samples } => {
+                // `sample` (the JSON of schema version 1) is NOT NULL: ''.
                 let mut stmt = c.prepare_cached(
-                    "INSERT INTO samples (episode_id, side, host, at_ms, sample)
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    "INSERT INTO samples (episode_id, side, host, at_ms, sample, sample_pb)
+                     VALUES (?1, ?2, ?3, ?4, '', ?5)",
                 )?;
                 let mut n = 0;
                 for s in &samples {
-                    let json = serde_json::to_string(&s.sample)?;
-                    n += stmt.execute(params![id, s.side.as_str(), s.host, s.at_ms, json])?;
+                    n += stmt.execute(params![
+                        id,
+                        s.side.as_str(),
+                        s.host,
+                        s.at_ms,
+                        s.sample.as_bytes()
+                    ])?;
                 }
                 n
             }
