@@ -7,8 +7,8 @@
 //! store on a temporary SQLite file. Watch requests go back to the hosts.
 //!
 //! Figures: CPU per sample of the ingest step and of the aggregator (this
-//! thread, wall clock while it runs flat out), the store thread's CPU over
-//! the same window, and the aggregator's own estimate of what it holds per
+//! thread's CPU time around each step), the store thread's CPU over the
+//! same window, and the aggregator's own estimate of what it holds per
 //! tracked connection. What this leaves out is what `collector-load`
 //! measures: HTTP/2, tonic, task scheduling.
 
@@ -24,7 +24,13 @@ use tcpstall_proto::{raw, v1};
 use tokio::sync::{mpsc, oneshot};
 
 use super::sim::{self, Reason};
-use crate::procfs;
+use crate::{measure, procfs};
+
+/// This thread's CPU time so far (the scheduler's exact run time, not
+/// ticks): other work on the machine does not count against a step.
+fn thread_cpu() -> anyhow::Result<Duration> {
+    Ok(measure::cpu(nix::sys::resource::UsageWho::RUSAGE_THREAD)?.total())
+}
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e}"))
@@ -99,7 +105,15 @@ struct Totals {
 }
 
 pub fn run(args: &InprocArgs) -> anyhow::Result<()> {
-    measure(args).map(|_| ())
+    let seen = measure(args)?;
+    anyhow::ensure!(
+        seen.samples > 0 && seen.tracked > 0,
+        "nothing was ingested or tracked: {seen:?}"
+    );
+    if seen.episodes_opened == 0 {
+        println!("No episode opened: too few polls for the stuck flows to pass the threshold.");
+    }
+    Ok(())
 }
 
 /// What one run saw, for the test below.
@@ -182,14 +196,14 @@ fn measure(args: &InprocArgs) -> anyhow::Result<Seen> {
             let polled = host.poll(now);
             let wire = encode(&polled, now, args.conns_per_agent);
 
-            let t0 = Instant::now();
+            let t0 = thread_cpu()?;
             let msg = raw::AgentMessage::decode(wire.as_slice()).context("decode")?;
             let Some(raw::agent_message::Body::Batch(b)) = msg.body else {
                 anyhow::bail!("not a batch");
             };
             let batch = batch_from_wire(b, max_samples)
                 .map_err(|s| anyhow::anyhow!("refused: {}", s.message()))?;
-            let t1 = Instant::now();
+            let t1 = thread_cpu()?;
             totals.samples += batch.samples.len() as u64 + batch.absent.len() as u64;
             state.handle(
                 Command::Batch {
@@ -201,7 +215,7 @@ fn measure(args: &InprocArgs) -> anyhow::Result<Seen> {
             if i % 64 == 0 {
                 state.expire(now_ms, tcpstall_collector::aggregator::SILENT_POLLS);
             }
-            let t2 = Instant::now();
+            let t2 = thread_cpu()?;
             totals.ingest += t1 - t0;
             totals.aggregate += t2 - t1;
         }
