@@ -20,8 +20,10 @@ use crate::netns::NetnsSpec;
 pub const MIN_INTERVAL: Duration = Duration::from_millis(50);
 /// Longest poll interval.
 pub const MAX_INTERVAL: Duration = Duration::from_secs(3600);
-/// Most batches the buffer may be asked to keep.
+/// Most polls the buffer may be asked to keep.
 pub const MAX_BUFFER: usize = 100_000;
+/// Most entries `batch_max` may allow in one batch.
+pub const MAX_BATCH_MAX: usize = crate::run::MAX_BATCH_ENTRIES;
 /// Shortest reconnection ceiling.
 pub const MIN_BACKOFF_MAX: Duration = Duration::from_millis(100);
 /// Longest host name (as the collector accepts it).
@@ -40,8 +42,11 @@ pub struct Config {
     pub interval: Duration,
     /// Network namespaces to read (as `--netns` takes them); empty = own.
     pub netns: Vec<String>,
-    /// Batches kept while cut off from the collector.
+    /// Polls kept while cut off from the collector.
     pub buffer: usize,
+    /// Most entries (samples, closed, absent) in one batch; a poll with
+    /// more is sent as several batches.
+    pub batch_max: usize,
     /// Ceiling of the reconnection backoff.
     #[serde(with = "duration::text")]
     pub backoff_max: Duration,
@@ -74,6 +79,7 @@ impl Default for Config {
             interval: Duration::from_secs(2),
             netns: Vec::new(),
             buffer: 64,
+            batch_max: crate::run::DEFAULT_BATCH_MAX,
             backoff_max: Duration::from_secs(30),
             tls_ca: None,
             tls_cert: None,
@@ -116,10 +122,15 @@ pub struct Flags {
     /// list [default: the agent's own].
     #[arg(long, value_name = "NAME|PATH|all", value_parser = parse_netns)]
     pub netns: Vec<String>,
-    /// Batches kept while cut off from the collector; when full the oldest
-    /// is dropped and counted [default: 64].
+    /// Polls kept while cut off from the collector; when full the oldest
+    /// batches are dropped and counted [default: 64].
     #[arg(long, value_name = "N")]
     pub buffer: Option<usize>,
+    /// Most samples, closings and absent flows in one batch: a poll with
+    /// more is sent as several batches, so that the collector's buffers
+    /// for this stream stay small [default: 128].
+    #[arg(long, value_name = "N")]
+    pub batch_max: Option<usize>,
     /// Ceiling of the jittered exponential backoff between reconnection
     /// attempts; no wait is longer [default: 30s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
@@ -207,6 +218,9 @@ impl Config {
         if let Some(v) = flags.buffer {
             c.buffer = v;
         }
+        if let Some(v) = flags.batch_max {
+            c.batch_max = v;
+        }
         if let Some(v) = flags.backoff_max {
             c.backoff_max = v;
         }
@@ -259,6 +273,15 @@ impl Config {
             return Err(invalid(
                 "buffer",
                 format!("{} is out of range 1..={MAX_BUFFER}", self.buffer),
+            ));
+        }
+        if self.batch_max == 0 || self.batch_max > MAX_BATCH_MAX {
+            return Err(invalid(
+                "batch_max",
+                format!(
+                    "{} is out of range 1..={MAX_BATCH_MAX} (--batch-max, batch_max)",
+                    self.batch_max
+                ),
             ));
         }
         if self.backoff_max < MIN_BACKOFF_MAX {
@@ -374,9 +397,14 @@ impl Config {
         let list: Vec<String> = self.netns.iter().map(|s| text(s)).collect();
         put(&format!("netns = [{}]", list.join(", ")));
         put("");
-        put("# Batches kept while cut off from the collector. When full, the oldest is");
-        put("# dropped; the drops are counted and reported in every batch and heartbeat.");
+        put("# Polls kept while cut off from the collector. When full, the oldest batches");
+        put("# are dropped; the drops are counted and reported in every batch and heartbeat.");
         put(&format!("buffer = {}", self.buffer));
+        put("");
+        put("# Most samples, closings and absent flows in one batch: a poll with more is");
+        put("# sent as several batches, which keeps the collector's buffers for this");
+        put("# stream small. At most the collector's max_batch_samples.");
+        put(&format!("batch_max = {}", self.batch_max));
         put("");
         put("# Ceiling of the jittered exponential backoff between reconnection");
         put("# attempts: no wait is longer than this.");
@@ -482,6 +510,7 @@ mod tests {
             interval: Duration::from_millis(1500),
             netns: vec!["lab1".into(), "/proc/1/ns/net".into(), "all".into()],
             buffer: 3,
+            batch_max: 500,
             backoff_max: Duration::from_secs(90),
             metrics_listen: Some("[::1]:9102".parse().expect("addr")),
             ..Config::default()
@@ -552,6 +581,9 @@ mod tests {
             ("interval = \"soon\"\n", "soon"),
             ("interval = \"10ms\"\n", "interval"),
             ("buffer = 0\n", "buffer"),
+            ("batch_max = 0\n", "--batch-max"),
+            ("batch_max = 8193\n", "batch_max"),
+            ("batch_max = -1\n", "batch_max"),
             ("backoff_max = \"1ms\"\n", "backoff_max"),
             ("collector = \"grpc://x:1\"\n", "collector"),
             ("collector = \"x:1\"\n", "collector"),
@@ -576,6 +608,32 @@ mod tests {
         };
         let err = Config::load(&missing).expect_err("missing file");
         assert!(err.to_string().contains("/nonexistent"), "{err}");
+    }
+
+    #[test]
+    fn batch_max_is_a_flag_and_a_key() {
+        let (_dir, path) = temp_file("batch.toml", "batch_max = 64\n");
+        let from_file = Flags {
+            config: Some(path.clone()),
+            ..Flags::default()
+        };
+        assert_eq!(Config::load(&from_file).expect("load").batch_max, 64);
+        let flag = Flags {
+            batch_max: Some(1),
+            ..from_file
+        };
+        assert_eq!(
+            Config::load(&flag).expect("load").batch_max,
+            1,
+            "the flag wins"
+        );
+        assert_eq!(Config::default().batch_max, 128);
+        let zero = Flags {
+            batch_max: Some(0),
+            ..Flags::default()
+        };
+        let err = Config::load(&zero).expect_err("0 refused");
+        assert!(err.to_string().contains("--batch-max"), "{err}");
     }
 
     #[test]

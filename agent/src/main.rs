@@ -174,6 +174,7 @@ fn run_agent(flags: &config::Flags) -> anyhow::Result<ExitCode> {
         interval: config.interval,
         namespaces,
         buffer: config.buffer,
+        batch_max: config.batch_max,
         backoff_max: config.backoff_max,
         metrics_listen: config.metrics_listen,
     };

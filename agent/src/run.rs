@@ -30,9 +30,12 @@ use crate::suspects::{Reason, Selection, Selector};
 use crate::uplink::{self, LinkConfig, LinkEvent, Lost};
 use crate::Poller;
 
-/// Most entries (samples, closed, absent) in one batch; what a poll has
-/// beyond is dropped and counted in `dropped_samples`.
+/// Most entries (samples, closed, absent) in one batch, whatever
+/// `--batch-max` says: the guard below the collector's default
+/// `max_batch_samples` (50,000), beyond which it refuses a batch.
 pub const MAX_BATCH_ENTRIES: usize = 8192;
+/// Entries in one batch by default (`--batch-max`).
+pub const DEFAULT_BATCH_MAX: usize = 128;
 /// Link events queued for the run loop.
 const EVENT_QUEUE: usize = 256;
 
@@ -45,7 +48,11 @@ pub struct RunSettings {
     pub host: String,
     pub interval: Duration,
     pub namespaces: Vec<Netns>,
+    /// Polls kept while cut off.
     pub buffer: usize,
+    /// Most entries in one batch; a poll's selection is split into as
+    /// many batches as it takes.
+    pub batch_max: usize,
     pub backoff_max: Duration,
     /// Serve Prometheus metrics here (`GET /metrics`); off when `None`.
     pub metrics_listen: Option<SocketAddr>,
@@ -175,44 +182,53 @@ fn wire_reason(r: Reason) -> v1::SampleReason {
     }
 }
 
-/// A poll's selection as a batch of at most [`MAX_BATCH_ENTRIES`] entries;
-/// returns the batch and how many entries did not fit.
-pub fn to_batch(sel: &Selection, mono: Duration) -> (v1::Batch, usize) {
-    let mut room = MAX_BATCH_ENTRIES;
-    let mut take = |n: usize| {
-        let k = n.min(room);
-        room -= k;
-        k
-    };
-    let closed: Vec<v1::Closed> = sel.closed[..take(sel.closed.len())]
-        .iter()
-        .map(|g| v1::Closed {
-            netns: g.netns.clone(),
-            local: Some(endpoint_to_wire(g.flow.local)),
-            remote: Some(endpoint_to_wire(g.flow.remote)),
-            cookie: g.cookie,
-        })
-        .collect();
-    let absent: Vec<v1::FlowTuple> = sel.absent[..take(sel.absent.len())]
-        .iter()
-        .map(|f| flow_to_wire(*f))
-        .collect();
-    let samples: Vec<v1::Sample> = sel.samples[..take(sel.samples.len())]
-        .iter()
-        .map(|(r, s)| sample_to_wire(s, wire_reason(*r)))
-        .collect();
-    let cut = sel.closed.len() + sel.absent.len() + sel.samples.len()
-        - (closed.len() + absent.len() + samples.len());
-    let batch = v1::Batch {
-        mono_us: micros(mono),
-        connections: u32::try_from(sel.connections).unwrap_or(u32::MAX),
-        samples,
-        closed,
-        dropped_batches: 0,
-        dropped_samples: 0,
-        absent,
-    };
-    (batch, cut)
+/// A poll's selection as batches of at most `max` entries each (and never
+/// more than [`MAX_BATCH_ENTRIES`]), all with the poll's `mono_us` and
+/// `connections`; none when there is nothing to send. Nothing is left out.
+///
+/// The entries go in the order the collector applies a batch's (absent,
+/// then samples, then closed), each kind in the selection's order: the
+/// batches of a poll, applied one after the other, have the effect its
+/// single batch had.
+pub fn to_batches(sel: &Selection, mono: Duration, max: usize) -> Vec<v1::Batch> {
+    let max = max.clamp(1, MAX_BATCH_ENTRIES);
+    let total = sel.absent.len() + sel.samples.len() + sel.closed.len();
+    let mut out = Vec::with_capacity(total.div_ceil(max));
+    let (mut absent, mut samples, mut closed) =
+        (&sel.absent[..], &sel.samples[..], &sel.closed[..]);
+    while !(absent.is_empty() && samples.is_empty() && closed.is_empty()) {
+        let mut room = max;
+        let mut take = |n: usize| {
+            let k = n.min(room);
+            room -= k;
+            k
+        };
+        let (a, rest_a) = absent.split_at(take(absent.len()));
+        let (s, rest_s) = samples.split_at(take(samples.len()));
+        let (c, rest_c) = closed.split_at(take(closed.len()));
+        (absent, samples, closed) = (rest_a, rest_s, rest_c);
+        out.push(v1::Batch {
+            mono_us: micros(mono),
+            connections: u32::try_from(sel.connections).unwrap_or(u32::MAX),
+            samples: s
+                .iter()
+                .map(|(r, s)| sample_to_wire(s, wire_reason(*r)))
+                .collect(),
+            closed: c
+                .iter()
+                .map(|g| v1::Closed {
+                    netns: g.netns.clone(),
+                    local: Some(endpoint_to_wire(g.flow.local)),
+                    remote: Some(endpoint_to_wire(g.flow.remote)),
+                    cookie: g.cookie,
+                })
+                .collect(),
+            dropped_batches: 0,
+            dropped_samples: 0,
+            absent: a.iter().map(|f| flow_to_wire(*f)).collect(),
+        });
+    }
+    out
 }
 
 /// The current stream, if any.
@@ -280,10 +296,14 @@ pub async fn run(settings: RunSettings, shutdown: impl Future<Output = ()>) -> a
         interval_ms = settings.interval.as_millis() as u64,
         namespaces = settings.namespaces.len(),
         buffer = settings.buffer,
+        batch_max = settings.batch_max,
         "agent running"
     );
 
-    let mut outbox = Outbox::new(settings.buffer);
+    let mut outbox = Outbox::new(
+        settings.buffer,
+        settings.buffer.saturating_mul(MAX_BATCH_ENTRIES),
+    );
     let mut session: Option<Session> = None;
     // Streams opened so far (all but the first are reconnections), and
     // the latest one's session id.
@@ -339,17 +359,14 @@ pub async fn run(settings: RunSettings, shutdown: impl Future<Output = ()>) -> a
                     }
                     continue;
                 }
-                let (batch, cut) = to_batch(&polled.selection, polled.mono);
-                if cut > 0 {
-                    outbox.count_lost(0, cut);
-                    tracing::warn!(cut, max = MAX_BATCH_ENTRIES, "poll had more to send than a batch holds; the rest is dropped");
-                }
-                if let Some(evicted) = outbox.push(batch) {
+                let batches = to_batches(&polled.selection, polled.mono, settings.batch_max);
+                if let Some(evicted) = outbox.push_poll(batches) {
                     outage_drops += 1;
                     let dropped = outbox.dropped();
                     if outage_drops == 1 {
                         tracing::warn!(
                             buffer = settings.buffer,
+                            batches = evicted.batches,
                             samples = evicted.samples,
                             dropped_batches = dropped.batches,
                             dropped_samples = dropped.samples,
@@ -357,6 +374,7 @@ pub async fn run(settings: RunSettings, shutdown: impl Future<Output = ()>) -> a
                         );
                     } else {
                         tracing::debug!(
+                            batches = evicted.batches,
                             samples = evicted.samples,
                             dropped_batches = dropped.batches,
                             dropped_samples = dropped.samples,
@@ -527,8 +545,10 @@ mod tests {
             absent: vec![s.flow.reversed()],
             connections: 70_000,
         };
-        let (b, cut) = to_batch(&sel, Duration::from_millis(1500));
-        assert_eq!(cut, 0);
+        let batches = to_batches(&sel, Duration::from_millis(1500), DEFAULT_BATCH_MAX);
+        let [b] = &batches[..] else {
+            panic!("one batch: {batches:?}");
+        };
         assert_eq!(b.mono_us, 1_500_000);
         assert_eq!(b.connections, 70_000);
         assert_eq!(b.samples.len(), 2);
@@ -546,24 +566,92 @@ mod tests {
         assert_eq!(back, s);
     }
 
+    fn gone(cookie: u64) -> Gone {
+        Gone {
+            netns: "host".into(),
+            flow: sample(cookie).flow,
+            cookie,
+        }
+    }
+
+    fn absent(port: u16) -> FlowTuple {
+        FlowTuple::new(
+            SocketAddr::from(([198, 18, 0, 1], port)),
+            SocketAddr::from(([198, 18, 0, 3], 443)),
+        )
+    }
+
     #[test]
-    fn an_oversized_poll_is_cut_and_counted() {
+    fn a_large_selection_is_split_not_cut() {
+        let sel = Selection {
+            samples: (0..300).map(|c| (Reason::Suspect, sample(c))).collect(),
+            closed: (1000..1007).map(gone).collect(),
+            absent: (1..=5).map(absent).collect(),
+            connections: 400,
+        };
+        let n: usize = 300 + 7 + 5;
+        let batches = to_batches(&sel, Duration::from_millis(2500), 128);
+        assert_eq!(batches.len(), n.div_ceil(128));
+        for b in &batches {
+            assert!(crate::outbox::entries(b) <= 128, "within the bound");
+            assert!(crate::outbox::entries(b) > 0);
+            assert_eq!(b.mono_us, 2_500_000, "the poll's time on each");
+            assert_eq!(b.connections, 400, "the poll's count on each");
+            assert_eq!((b.dropped_batches, b.dropped_samples), (0, 0));
+        }
+        let cookies: Vec<u64> = batches
+            .iter()
+            .flat_map(|b| &b.samples)
+            .map(|s| s.cookie)
+            .collect();
+        assert_eq!(cookies, (0..300).collect::<Vec<u64>>(), "all, in order");
+        let closed: Vec<u64> = batches
+            .iter()
+            .flat_map(|b| &b.closed)
+            .map(|c| c.cookie)
+            .collect();
+        assert_eq!(closed, (1000..1007).collect::<Vec<u64>>(), "all, in order");
+        let absent_back: Vec<FlowTuple> = batches
+            .iter()
+            .flat_map(|b| &b.absent)
+            .map(|f| tcpstall_proto::convert::flow_from_wire(Some(f)).expect("valid"))
+            .collect();
+        assert_eq!(absent_back, (1..=5).map(absent).collect::<Vec<_>>());
+        // In the order the collector applies them: absent, samples, closed.
+        assert_eq!(batches[0].absent.len(), 5);
+        assert!(batches[..2].iter().all(|b| b.closed.is_empty()));
+        assert_eq!(batches[2].closed.len(), 7);
+        // Full batches but the last.
+        assert!(batches[..2]
+            .iter()
+            .all(|b| crate::outbox::entries(b) == 128));
+        assert_eq!(crate::outbox::entries(&batches[2]), n - 256);
+    }
+
+    #[test]
+    fn one_batch_is_never_more_than_the_guard() {
         let sel = Selection {
             samples: (0..MAX_BATCH_ENTRIES as u64 + 10)
                 .map(|c| (Reason::Suspect, sample(c)))
                 .collect(),
-            closed: vec![Gone {
-                netns: "host".into(),
-                flow: sample(0).flow,
-                cookie: 1,
-            }],
+            closed: vec![gone(1)],
             absent: Vec::new(),
             connections: 1,
         };
-        let (b, cut) = to_batch(&sel, Duration::ZERO);
-        assert_eq!(cut, 11);
-        assert_eq!(b.closed.len(), 1, "closings go first");
-        assert_eq!(b.samples.len() + b.closed.len(), MAX_BATCH_ENTRIES);
+        let batches = to_batches(&sel, Duration::ZERO, usize::MAX);
+        assert_eq!(batches.len(), 2);
+        assert_eq!(crate::outbox::entries(&batches[0]), MAX_BATCH_ENTRIES);
+        assert_eq!(crate::outbox::entries(&batches[1]), 11, "nothing cut");
+        assert_eq!(batches[1].closed.len(), 1);
+        // And a bound of 0 is taken as 1 (the settings refuse 0).
+        let sel = Selection {
+            samples: vec![(Reason::Suspect, sample(1))],
+            closed: vec![gone(2)],
+            absent: Vec::new(),
+            connections: 1,
+        };
+        assert_eq!(to_batches(&sel, Duration::ZERO, 0).len(), 2);
+        assert!(to_batches(&Selection::default(), Duration::ZERO, 128).is_empty());
     }
 
     #[test]

@@ -102,6 +102,10 @@ fn bad_settings_are_refused_with_their_name() {
     let out = agent(&["print-config", "--buffer", "0"]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("buffer"), "{}", stderr(&out));
+
+    let out = agent(&["print-config", "--batch-max", "0"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--batch-max"), "{}", stderr(&out));
 }
 
 #[test]

@@ -166,6 +166,7 @@ pub async fn run(args: DemoArgs, style: Style) -> Result<u8, Failure> {
         interval: args.interval,
         namespaces: vec![ns],
         buffer: 16,
+        batch_max: tcpstall_agent::run::DEFAULT_BATCH_MAX,
         backoff_max: Duration::from_millis(500),
         metrics_listen: None,
     };

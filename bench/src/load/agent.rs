@@ -10,13 +10,13 @@
 //! the collector consumes what it sent (at most one stream window, 64 KiB,
 //! is in flight unacknowledged).
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use tcpstall_agent::run::mono_at;
+use tcpstall_agent::outbox::Outbox;
+use tcpstall_agent::run::{mono_at, MAX_BATCH_ENTRIES};
 use tcpstall_proto::convert::{flow_from_wire, flow_to_wire, ip_to_wire, sample_to_wire};
 use tcpstall_proto::v1::{self, agent_message, collector_message, ingest_client::IngestClient};
 use tokio::sync::{mpsc, watch};
@@ -92,8 +92,10 @@ pub struct Shared {
     pub load: AtomicBool,
     pub shape: sim::Shape,
     pub seed: u64,
-    /// Batches an outbox keeps (the agent's `--buffer`).
+    /// Polls an outbox keeps (the agent's `--buffer`).
     pub buffer: usize,
+    /// Most entries in one batch (the agent's `--batch-max`).
+    pub batch_max: usize,
 }
 
 fn reason(r: Reason) -> v1::SampleReason {
@@ -102,6 +104,34 @@ fn reason(r: Reason) -> v1::SampleReason {
         Reason::Watched => v1::SampleReason::Watched,
         Reason::Released => v1::SampleReason::Released,
     }
+}
+
+/// One poll as batches of at most `max` entries (absent, then samples),
+/// as the agent splits its selection (`tcpstall_agent::run::to_batches`).
+fn split(polled: &sim::Polled, mono_us: u64, connections: u32, max: usize) -> Vec<v1::Batch> {
+    let max = max.clamp(1, MAX_BATCH_ENTRIES);
+    let (mut absent, mut samples) = (&polled.absent[..], &polled.samples[..]);
+    let mut out = Vec::new();
+    while !(absent.is_empty() && samples.is_empty()) {
+        let a = absent.len().min(max);
+        let k = samples.len().min(max - a);
+        let (a_now, a_rest) = absent.split_at(a);
+        let (s_now, s_rest) = samples.split_at(k);
+        (absent, samples) = (a_rest, s_rest);
+        out.push(v1::Batch {
+            mono_us,
+            connections,
+            samples: s_now
+                .iter()
+                .map(|(r, s)| sample_to_wire(s, reason(*r)))
+                .collect(),
+            closed: Vec::new(),
+            dropped_batches: 0,
+            dropped_samples: 0,
+            absent: a_now.iter().map(|f| flow_to_wire(*f)).collect(),
+        });
+    }
+    out
 }
 
 fn hello(host: &Host, shape: &sim::Shape) -> v1::AgentMessage {
@@ -188,8 +218,11 @@ async fn stream(
     let phase = sim::Rng::new(shared.seed ^ u64::from(index)).within(shape.interval);
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + phase, shape.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut outbox: VecDeque<(v1::AgentMessage, usize)> = VecDeque::new();
-    let (mut dropped_batches, mut dropped_samples) = (0u64, 0u64);
+    // The agent's own outbox: bounded in polls and entries alike.
+    let mut outbox = Outbox::new(
+        shared.buffer,
+        shared.buffer.saturating_mul(MAX_BATCH_ENTRIES),
+    );
     let (mut suspects, mut watched, mut stuck) = (0i64, 0i64, 0i64);
 
     let res: anyhow::Result<()> = loop {
@@ -227,56 +260,31 @@ async fn stream(
                 gauge(&c.stuck, &mut stuck, host.stuck());
                 if polled.samples.is_empty() && polled.absent.is_empty() {
                     if outbox.is_empty() {
-                        let hb = v1::Heartbeat {
-                            mono_us: micros(now),
-                            connections: shape.conns,
-                            dropped_batches,
-                            dropped_samples,
-                        };
+                        let hb = outbox.heartbeat(micros(now), shape.conns);
                         let _ = tx.try_send(v1::AgentMessage {
                             body: Some(agent_message::Body::Heartbeat(hb)),
                         });
                     }
                     continue;
                 }
+                let batches = split(&polled, micros(now), shape.conns, shared.batch_max);
                 let n = polled.samples.len() + polled.absent.len();
-                let batch = v1::Batch {
-                    mono_us: micros(now),
-                    connections: shape.conns,
-                    samples: polled
-                        .samples
-                        .iter()
-                        .map(|(r, s)| sample_to_wire(s, reason(*r)))
-                        .collect(),
-                    closed: Vec::new(),
-                    dropped_batches,
-                    dropped_samples,
-                    absent: polled.absent.iter().map(|f| flow_to_wire(*f)).collect(),
-                };
-                c.batches_offered.fetch_add(1, Ordering::Relaxed);
+                c.batches_offered.fetch_add(batches.len() as u64, Ordering::Relaxed);
                 c.samples_offered.fetch_add(n as u64, Ordering::Relaxed);
-                outbox.push_back((
-                    v1::AgentMessage {
-                        body: Some(agent_message::Body::Batch(batch)),
-                    },
-                    n,
-                ));
-                c.outboxed.fetch_add(1, Ordering::Relaxed);
-                if outbox.len() > shared.buffer {
-                    if let Some((_, lost)) = outbox.pop_front() {
-                        dropped_batches += 1;
-                        dropped_samples += lost as u64;
-                        c.batches_dropped.fetch_add(1, Ordering::Relaxed);
-                        c.samples_dropped.fetch_add(lost as u64, Ordering::Relaxed);
-                        c.outboxed.fetch_sub(1, Ordering::Relaxed);
-                    }
+                c.outboxed.fetch_add(batches.len() as i64, Ordering::Relaxed);
+                if let Some(evicted) = outbox.push_poll(batches) {
+                    c.batches_dropped.fetch_add(evicted.batches as u64, Ordering::Relaxed);
+                    c.samples_dropped.fetch_add(evicted.entries as u64, Ordering::Relaxed);
+                    c.outboxed.fetch_sub(evicted.batches as i64, Ordering::Relaxed);
                 }
             }
             permit = room => match permit {
                 Some(permit) => {
-                    if let Some((msg, _)) = outbox.pop_front() {
+                    if let Some(batch) = outbox.pop() {
                         c.outboxed.fetch_sub(1, Ordering::Relaxed);
-                        permit.send(msg);
+                        permit.send(v1::AgentMessage {
+                            body: Some(agent_message::Body::Batch(batch)),
+                        });
                     }
                 }
                 None => break Err(anyhow::anyhow!("the request stream closed")),
@@ -308,4 +316,38 @@ async fn stream(
     c.stuck.fetch_sub(stuck, Ordering::Relaxed);
     c.outboxed.fetch_sub(outbox.len() as i64, Ordering::Relaxed);
     res.with_context(|| sim::host_name(index))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_poll_is_split_as_the_agent_splits_it() {
+        let hosts = 10;
+        let polled = sim::Polled {
+            samples: (0..300)
+                .map(|k| (Reason::Suspect, sim::a_queued(1, k, false, hosts, 2000)))
+                .collect(),
+            absent: (0..5)
+                .map(|k| sim::a_flow(1, 1000 + k, false, hosts))
+                .collect(),
+            stalls: Vec::new(),
+        };
+        let batches = split(&polled, 7, 20_000, 128);
+        assert_eq!(batches.len(), 305usize.div_ceil(128));
+        for b in &batches {
+            assert!(b.samples.len() + b.absent.len() <= 128);
+            assert_eq!((b.mono_us, b.connections), (7, 20_000));
+        }
+        assert_eq!(batches[0].absent.len(), 5, "absent first");
+        let cookies: Vec<u64> = batches
+            .iter()
+            .flat_map(|b| &b.samples)
+            .map(|s| s.cookie)
+            .collect();
+        let want: Vec<u64> = polled.samples.iter().map(|(_, s)| s.cookie).collect();
+        assert_eq!(cookies, want, "all, in order");
+        assert_eq!(split(&polled, 7, 1, 100_000).len(), 1, "one batch per poll");
+    }
 }

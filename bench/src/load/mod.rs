@@ -80,10 +80,15 @@ pub struct LoadArgs {
     /// agent, as real agents have).
     #[arg(long, default_value_t = 1)]
     agents_per_conn: u32,
-    /// Batches each simulated agent keeps while its stream has no room
+    /// Polls each simulated agent keeps while its stream has no room
     /// (the agent's --buffer default).
     #[arg(long, default_value_t = 64)]
     buffer: usize,
+    /// Most entries in one batch: a poll with more is sent as several
+    /// batches (the agent's --batch-max default; a large value sends each
+    /// poll as one batch, up to the agent's 8192).
+    #[arg(long, default_value_t = tcpstall_agent::run::DEFAULT_BATCH_MAX)]
+    batch_max: usize,
     /// Hosts whose stalls are followed to their stored episodes (each is
     /// listed every --probe-every: that costs the collector CPU too).
     #[arg(long, default_value_t = 10)]
@@ -306,6 +311,7 @@ pub fn run(args: &LoadArgs) -> anyhow::Result<()> {
         "--interval below 50ms"
     );
     ensure!(args.threads >= 1, "--threads must be at least 1");
+    ensure!(args.batch_max >= 1, "--batch-max must be at least 1");
     // Each HTTP/2 connection is one descriptor here and one in the
     // collector; a process may hold 20,000.
     let conns = args.agents.div_ceil(args.agents_per_conn);
@@ -358,6 +364,7 @@ async fn drive(args: &LoadArgs, collector: &mut Collector) -> anyhow::Result<Mea
         shape,
         seed: args.seed,
         buffer: args.buffer,
+        batch_max: args.batch_max,
     });
     let url = collector.url();
     let endpoint = Endpoint::from_shared(url.clone())?
@@ -640,7 +647,8 @@ fn report(args: &LoadArgs, m: &Measured, after: &After, alive: bool) {
     println!(
         "Load: {} agents x {} connections, {:.0} suspects and {} stuck flows per agent at any \
          poll, {} polls, stalls of {}, collector --threshold {}; {} HTTP/2 connections \
-         ({} agents each), connected in {:.1} s; warm-up {}, window {:.1} s.",
+         ({} agents each), connected in {:.1} s; warm-up {}, window {:.1} s; batches of at \
+         most {} entries.",
         args.agents,
         args.conns_per_agent,
         shape.suspects,
@@ -653,6 +661,7 @@ fn report(args: &LoadArgs, m: &Measured, after: &After, alive: bool) {
         m.connect_time.as_secs_f64(),
         humantime::format_duration(args.warmup()),
         wall.as_secs_f64(),
+        args.batch_max.min(tcpstall_agent::run::MAX_BATCH_ENTRIES),
     );
     println!();
     println!("| what | value |");
