@@ -24,6 +24,7 @@ use tcpstall_proto::{raw, v1};
 use tokio::sync::{mpsc, oneshot};
 
 use super::sim::{self, Reason};
+use super::Fleet;
 use crate::{measure, procfs};
 
 /// This thread's CPU time so far (the scheduler's exact run time, not
@@ -32,24 +33,11 @@ fn thread_cpu() -> anyhow::Result<Duration> {
     Ok(measure::cpu(nix::sys::resource::UsageWho::RUSAGE_THREAD)?.total())
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e}"))
-}
-
 /// Arguments of `tcpstall-bench collector-inproc`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct InprocArgs {
-    /// Simulated hosts.
-    #[arg(long, default_value_t = 1000)]
-    agents: u32,
-    #[arg(long, default_value_t = 20_000)]
-    conns_per_agent: u32,
-    #[arg(long, default_value_t = 0.01)]
-    suspect_frac: f64,
-    #[arg(long, default_value_t = 0.0005)]
-    stuck_frac: f64,
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
-    stuck_for: Duration,
+    #[command(flatten)]
+    fleet: Fleet,
     /// Polls before the measured ones (stuck flows reach their steady
     /// state after stuck-for + threshold).
     #[arg(long, default_value_t = 25)]
@@ -137,19 +125,12 @@ fn measure(args: &InprocArgs) -> anyhow::Result<Seen> {
     cfg.queue = 1 << 22;
     let (store, store_thread, next_episode) = Store::open(cfg).context("opening the store")?;
     let mut state = State::new(store.clone(), THRESHOLD, next_episode, 100_000, 100);
-    let conns = f64::from(args.conns_per_agent);
-    let shape = sim::Shape {
-        hosts: args.agents,
-        conns: args.conns_per_agent,
-        suspects: conns * args.suspect_frac,
-        stuck: (conns * args.stuck_frac).round() as u32,
-        interval: INTERVAL,
-        stuck_for: args.stuck_for,
-    };
+    args.fleet.check()?;
+    let shape = args.fleet.shape(INTERVAL);
     let mut hosts = Vec::new();
     let mut inboxes = Vec::new();
     let wall0: i64 = 1_800_000_000_000;
-    for i in 0..args.agents {
+    for i in 0..args.fleet.agents {
         let (tx, rx) = mpsc::channel::<ToAgent>(1 << 16);
         let (reply, answer) = oneshot::channel();
         state.handle(
@@ -190,11 +171,11 @@ fn measure(args: &InprocArgs) -> anyhow::Result<Seen> {
         }
         // Hosts poll at different moments of the interval, as a fleet does.
         for (i, host) in hosts.iter_mut().enumerate() {
-            let offset = INTERVAL.mul_f64(i as f64 / f64::from(args.agents.max(1)));
+            let offset = INTERVAL.mul_f64(i as f64 / f64::from(args.fleet.agents.max(1)));
             let now = INTERVAL * (poll + 1) + offset;
             let now_ms = wall0 + i64::try_from(now.as_millis()).unwrap_or(0);
             let polled = host.poll(now);
-            let wire = encode(&polled, now, args.conns_per_agent);
+            let wire = encode(&polled, now, args.fleet.conns_per_agent);
 
             let t0 = thread_cpu()?;
             let msg = raw::AgentMessage::decode(wire.as_slice()).context("decode")?;
@@ -244,10 +225,10 @@ fn measure(args: &InprocArgs) -> anyhow::Result<Seen> {
     let store_s = store_ns as f64 / 1e9;
     println!(
         "{} hosts, {} measured polls of each: {} samples ({:.0} per host and poll) in {:.1} s",
-        args.agents,
+        args.fleet.agents,
         args.polls,
         totals.samples,
-        totals.samples as f64 / f64::from(args.agents.max(1) * args.polls.max(1)),
+        totals.samples as f64 / f64::from(args.fleet.agents.max(1) * args.polls.max(1)),
         wall.as_secs_f64()
     );
     println!();
@@ -269,7 +250,7 @@ fn measure(args: &InprocArgs) -> anyhow::Result<Seen> {
     println!(
         "At the issue's rate ({:.0} samples/s for {} hosts at 2 s polls) that is {:.1} % of one core.",
         totals.samples as f64 / (f64::from(args.polls) * INTERVAL.as_secs_f64()),
-        args.agents,
+        args.fleet.agents,
         (per(totals.ingest) + per(totals.aggregate) + store_s * 1e6 / totals.samples.max(1) as f64)
             * totals.samples as f64
             / (f64::from(args.polls) * INTERVAL.as_secs_f64())
@@ -305,11 +286,13 @@ mod tests {
     #[test]
     fn a_small_run_ingests_tracks_and_opens_episodes() {
         let args = InprocArgs {
-            agents: 4,
-            conns_per_agent: 2_000,
-            suspect_frac: 0.01,
-            stuck_frac: 0.002,
-            stuck_for: Duration::from_secs(20),
+            fleet: Fleet {
+                agents: 4,
+                conns_per_agent: 2_000,
+                suspect_frac: 0.01,
+                stuck_frac: 0.002,
+                stuck_for: Duration::from_secs(20),
+            },
             warmup_polls: 3,
             polls: 12,
             seed: 7,

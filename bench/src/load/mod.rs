@@ -39,23 +39,68 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e}"))
 }
 
-/// Arguments of `tcpstall-bench collector-load`.
+/// The simulated fleet: hosts, their connections and how many are stuck
+/// (`collector-load` and `collector-inproc` alike).
 #[derive(Debug, Clone, clap::Args)]
-pub struct LoadArgs {
+pub struct Fleet {
     /// Simulated agents (hosts), one ingest stream each.
     #[arg(long, default_value_t = 1000)]
-    agents: u32,
+    pub agents: u32,
     /// Connections each simulated host holds.
     #[arg(long, default_value_t = 20_000)]
-    conns_per_agent: u32,
+    pub conns_per_agent: u32,
     /// Fraction of the connections that are suspects at any poll (their
     /// queues hold for a poll or two, then move on).
     #[arg(long, default_value_t = 0.01)]
-    suspect_frac: f64,
+    pub suspect_frac: f64,
     /// Fraction of the connections that are stuck long enough to become
     /// episodes, at any time.
     #[arg(long, default_value_t = 0.0005)]
-    stuck_frac: f64,
+    pub stuck_frac: f64,
+    /// How long each stall lasts before its queue drains; a new one takes
+    /// its slot at once.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub stuck_for: Duration,
+}
+
+impl Fleet {
+    /// Refuses what the simulation cannot model, naming the flag.
+    pub fn check(&self) -> anyhow::Result<()> {
+        ensure!(
+            (1..=sim::MAX_HOSTS).contains(&self.agents),
+            "--agents must be 1..={}",
+            sim::MAX_HOSTS
+        );
+        ensure!(
+            (1..=sim::MAX_CONNS).contains(&self.conns_per_agent),
+            "--conns-per-agent must be 1..={}",
+            sim::MAX_CONNS
+        );
+        ensure!(
+            (0.0..=0.5).contains(&self.suspect_frac) && (0.0..=0.5).contains(&self.stuck_frac),
+            "--suspect-frac and --stuck-frac must be within 0..=0.5"
+        );
+        Ok(())
+    }
+
+    pub fn shape(&self, interval: Duration) -> sim::Shape {
+        let conns = f64::from(self.conns_per_agent);
+        sim::Shape {
+            hosts: self.agents,
+            conns: self.conns_per_agent,
+            suspects: conns * self.suspect_frac,
+            stuck: (conns * self.stuck_frac).round() as u32,
+            interval,
+            stuck_for: self.stuck_for,
+        }
+    }
+}
+
+/// Arguments of `tcpstall-bench collector-load`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LoadArgs {
+    #[command(flatten)]
+    fleet: Fleet,
     /// Poll interval of every simulated agent.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     interval: Duration,
@@ -65,10 +110,6 @@ pub struct LoadArgs {
     /// The measured window.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     duration: Duration,
-    /// How long each stall lasts before its queue drains; a new one takes
-    /// its slot at once.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
-    stuck_for: Duration,
     /// Load before the window [default: stuck-for + threshold + 2 polls,
     /// when the number of open episodes has levelled].
     #[arg(long, value_parser = parse_duration)]
@@ -118,20 +159,12 @@ pub struct LoadArgs {
 
 impl LoadArgs {
     fn shape(&self) -> sim::Shape {
-        let conns = f64::from(self.conns_per_agent);
-        sim::Shape {
-            hosts: self.agents,
-            conns: self.conns_per_agent,
-            suspects: conns * self.suspect_frac,
-            stuck: (conns * self.stuck_frac).round() as u32,
-            interval: self.interval,
-            stuck_for: self.stuck_for,
-        }
+        self.fleet.shape(self.interval)
     }
 
     fn warmup(&self) -> Duration {
         self.warmup
-            .unwrap_or(self.stuck_for + self.threshold + 2 * self.interval)
+            .unwrap_or(self.fleet.stuck_for + self.threshold + 2 * self.interval)
     }
 
     /// Stall start to stored episode, the target: threshold + 2 polls.
@@ -288,20 +321,7 @@ struct Measured {
 
 /// Runs the benchmark and prints a markdown report on stdout.
 pub fn run(args: &LoadArgs) -> anyhow::Result<()> {
-    ensure!(
-        (1..=sim::MAX_HOSTS).contains(&args.agents),
-        "--agents must be 1..={}",
-        sim::MAX_HOSTS
-    );
-    ensure!(
-        (1..=sim::MAX_CONNS).contains(&args.conns_per_agent),
-        "--conns-per-agent must be 1..={}",
-        sim::MAX_CONNS
-    );
-    ensure!(
-        (0.0..=0.5).contains(&args.suspect_frac) && (0.0..=0.5).contains(&args.stuck_frac),
-        "fractions must be within 0..=0.5"
-    );
+    args.fleet.check()?;
     ensure!(
         args.agents_per_conn >= 1,
         "--agents-per-conn must be at least 1"
@@ -314,7 +334,7 @@ pub fn run(args: &LoadArgs) -> anyhow::Result<()> {
     ensure!(args.batch_max >= 1, "--batch-max must be at least 1");
     // Each HTTP/2 connection is one descriptor here and one in the
     // collector; a process may hold 20,000.
-    let conns = args.agents.div_ceil(args.agents_per_conn);
+    let conns = args.fleet.agents.div_ceil(args.agents_per_conn);
     ensure!(
         conns <= 19_000,
         "{conns} connections exceed the 20,000 descriptors a process may hold; raise --agents-per-conn"
@@ -373,7 +393,7 @@ async fn drive(args: &LoadArgs, collector: &mut Collector) -> anyhow::Result<Mea
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(10))
         .keep_alive_while_idle(true);
-    let n_conns = args.agents.div_ceil(args.agents_per_conn) as usize;
+    let n_conns = args.fleet.agents.div_ceil(args.agents_per_conn) as usize;
     eprintln!(
         "tcpstall-bench: collector pid {pid} on {url}; opening {n_conns} HTTP/2 connections ..."
     );
@@ -390,7 +410,7 @@ async fn drive(args: &LoadArgs, collector: &mut Collector) -> anyhow::Result<Mea
     let connect_time = t0.elapsed();
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let probe_hosts: Vec<u32> = (0..args.probe_hosts.min(args.agents)).collect();
+    let probe_hosts: Vec<u32> = (0..args.probe_hosts.min(args.fleet.agents)).collect();
     let (stall_tx, stall_rx) = mpsc::channel(65_536);
     let query = endpoint.connect().await.context("connecting the probe")?;
     let probe = tokio::spawn(probe::run(
@@ -410,7 +430,7 @@ async fn drive(args: &LoadArgs, collector: &mut Collector) -> anyhow::Result<Mea
         stop_rx.clone(),
     ));
     let mut agents = tokio::task::JoinSet::new();
-    for i in 0..args.agents {
+    for i in 0..args.fleet.agents {
         let channel = channels[(i / args.agents_per_conn) as usize].clone();
         let stalls = probe_hosts.contains(&i).then(|| stall_tx.clone());
         agents.spawn(agent::run(
@@ -426,13 +446,13 @@ async fn drive(args: &LoadArgs, collector: &mut Collector) -> anyhow::Result<Mea
     let c = &shared.counters;
     let deadline = Instant::now() + Duration::from_secs(120);
     while c.welcomed.load(Ordering::Relaxed) + c.failed.load(Ordering::Relaxed)
-        < u64::from(args.agents)
+        < u64::from(args.fleet.agents)
     {
         if Instant::now() > deadline {
             bail!(
                 "only {} of {} agents welcomed after 120 s",
                 c.welcomed.load(Ordering::Relaxed),
-                args.agents
+                args.fleet.agents
             );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -444,7 +464,7 @@ async fn drive(args: &LoadArgs, collector: &mut Collector) -> anyhow::Result<Mea
     ensure!(failed == 0, "{failed} simulated agents failed to connect");
     eprintln!(
         "tcpstall-bench: {} agents connected in {:.1} s; {} heartbeat-only polls ...",
-        args.agents,
+        args.fleet.agents,
         connect_time.as_secs_f64(),
         args.idle_polls
     );
@@ -649,12 +669,12 @@ fn report(args: &LoadArgs, m: &Measured, after: &After, alive: bool) {
          poll, {} polls, stalls of {}, collector --threshold {}; {} HTTP/2 connections \
          ({} agents each), connected in {:.1} s; warm-up {}, window {:.1} s; batches of at \
          most {} entries.",
-        args.agents,
-        args.conns_per_agent,
+        args.fleet.agents,
+        args.fleet.conns_per_agent,
         shape.suspects,
         shape.stuck,
         humantime::format_duration(args.interval),
-        humantime::format_duration(args.stuck_for),
+        humantime::format_duration(args.fleet.stuck_for),
         humantime::format_duration(args.threshold),
         m.connections,
         args.agents_per_conn,
@@ -828,7 +848,10 @@ fn report(args: &LoadArgs, m: &Measured, after: &After, alive: bool) {
     }
     row(
         "… idle VmRSS per connected agent",
-        format!("{:.1} KiB", m.idle.rss_kib as f64 / f64::from(args.agents)),
+        format!(
+            "{:.1} KiB",
+            m.idle.rss_kib as f64 / f64::from(args.fleet.agents)
+        ),
     );
     row(
         "size of one `EndSample` (the aggregator keeps 2 per suspect, 1 per watched peer)",
@@ -953,7 +976,7 @@ fn report(args: &LoadArgs, m: &Measured, after: &After, alive: bool) {
     println!(
         "Stall start → episode listed by ListEpisodes, for the {} probe hosts' stalls due within \
          the window ({} stalls; probe every {}, {} calls, {} failed, {} rows):",
-        args.probe_hosts.min(args.agents),
+        args.probe_hosts.min(args.fleet.agents),
         due.len(),
         humantime::format_duration(args.probe_every),
         m.probed.calls,
@@ -1024,13 +1047,13 @@ fn report(args: &LoadArgs, m: &Measured, after: &After, alive: bool) {
     let lag_p99 = pct(&delays, 0.99);
     println!(
         "| {} agents held: nothing dropped, the aggregator keeps up (delay p99 < 1 poll) | {:.0} samples/s dropped, {} batches outboxed at the end, delay p99 {} s | {} |",
-        args.agents,
+        args.fleet.agents,
         per_s(d(e.samples_dropped, s.samples_dropped), wall),
         e.outboxed,
         secs(lag_p99),
         verdict(
             e.samples_dropped == s.samples_dropped
-                && e.outboxed <= i64::from(args.agents)
+                && e.outboxed <= i64::from(args.fleet.agents)
                 && m.failed_agents == 0
                 && !delays.is_empty()
                 && lag_p99 < args.interval
