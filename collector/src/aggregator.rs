@@ -649,7 +649,10 @@ impl State {
         };
         let events = self.detector.observe(host, &sample, mono);
         let last_word = reason == Reason::Released || sample.pos.sendq == 0;
+        // Whether it has an open episode, as long as no event changed that.
+        let mut open = false;
         if let Some(s) = self.suspects.get_mut(&conn) {
+            open = s.episode.is_some();
             // A last word is kept only for an episode's closing sample.
             if !last_word || s.episode.is_some() {
                 let prev = std::mem::replace(&mut s.latest, take(&mut packed, &sample));
@@ -682,8 +685,14 @@ impl State {
                 },
             );
         }
-        for event in events {
-            self.event(event, now_ms, Some(&sample));
+        if !events.is_empty() {
+            for event in events {
+                self.event(event, now_ms, Some(&sample));
+            }
+            open = self
+                .suspects
+                .get(&conn)
+                .is_some_and(|s| s.episode.is_some());
         }
         if last_word {
             // The agent's last word on it: nothing more will come.
@@ -691,11 +700,7 @@ impl State {
                 self.event(event, now_ms, Some(&sample));
             }
             self.forget(&conn);
-        } else if self
-            .suspects
-            .get(&conn)
-            .is_some_and(|s| s.episode.is_some())
-        {
+        } else if open {
             self.rediagnose(&conn, Some(&sample));
             self.record(&conn, Some(&sample));
         }

@@ -132,6 +132,31 @@ pub struct Detector<H = crate::aggregator::HostId> {
     by_flow: Map<(H, Tuple), u64>,
 }
 
+/// A sample that keeps a track's marks: its clocks move on, and past the
+/// threshold its episode opens.
+fn advance<H>(
+    track: &mut Track,
+    conn: ConnKey<H>,
+    flow: FlowTuple,
+    reported_since: u64,
+    now: Duration,
+    threshold: Duration,
+) -> Option<Event<H>> {
+    // The agent may have watched it longer than we have.
+    track.since = track.since.min(reported_since);
+    track.last = track.last.max(micros(now));
+    let stuck_for = now.saturating_sub(Duration::from_micros(track.since));
+    if track.open || stuck_for < threshold {
+        return None;
+    }
+    track.open = true;
+    Some(Event::Opened {
+        conn,
+        flow,
+        stuck_for,
+    })
+}
+
 impl<H: HostKey> Detector<H> {
     pub fn new(threshold: Duration) -> Detector<H> {
         Detector {
@@ -180,6 +205,26 @@ impl<H: HostKey> Detector<H> {
             cookie: s.cookie,
         };
         let flow = Tuple::new(s.flow);
+        let m = marks(s);
+        let reported_since = micros(now.saturating_sub(Duration::from_millis(s.unchanged_ms)));
+        // Most samples: a tracked connection on its 4-tuple, marks held.
+        // Its track exists, so the index maps its 4-tuple to it already
+        // (a newer cookie there would have ended it): one lookup.
+        if s.pos.sendq > 0 {
+            if let Some(t) = self.tracks.get_mut(&conn) {
+                if t.flow == flow && t.marks == m {
+                    events.extend(advance(
+                        t,
+                        conn,
+                        s.flow,
+                        reported_since,
+                        now,
+                        self.threshold,
+                    ));
+                    return events;
+                }
+            }
+        }
         match self.by_flow.insert((host, flow), s.cookie) {
             Some(old) if old != s.cookie => {
                 let old = ConnKey { host, cookie: old };
@@ -187,13 +232,10 @@ impl<H: HostKey> Detector<H> {
             }
             _ => {}
         }
-
-        let m = marks(s);
         if s.pos.sendq == 0 {
             events.extend(self.end(&conn, EndReason::Drained, now));
             return events;
         }
-        let reported_since = micros(now.saturating_sub(Duration::from_millis(s.unchanged_ms)));
         let fresh = Track {
             flow,
             marks: m,
@@ -209,18 +251,14 @@ impl<H: HostKey> Detector<H> {
             }
             None => self.tracks.entry(conn).or_insert(fresh),
         };
-        // The agent may have watched it longer than we have.
-        track.since = track.since.min(reported_since);
-        track.last = track.last.max(micros(now));
-        let stuck_for = now.saturating_sub(Duration::from_micros(track.since));
-        if !track.open && stuck_for >= self.threshold {
-            track.open = true;
-            events.push(Event::Opened {
-                conn,
-                flow: s.flow,
-                stuck_for,
-            });
-        }
+        events.extend(advance(
+            track,
+            conn,
+            s.flow,
+            reported_since,
+            now,
+            self.threshold,
+        ));
         events
     }
 
