@@ -51,19 +51,14 @@ impl Packed {
     }
 }
 
-impl From<EndSample> for Packed {
-    fn from(s: EndSample) -> Packed {
-        Packed::new(&s)
-    }
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::net::SocketAddr;
     use tcpstall_common::{FactSource, FlowTuple, Positions, TcpState, TimerKind};
 
-    fn sample() -> EndSample {
+    /// A stuck sender with most facts known (also the query tests').
+    pub(crate) fn sample() -> EndSample {
         EndSample {
             flow: FlowTuple::new(
                 SocketAddr::from(([198, 18, 0, 2], 40000)),

@@ -288,61 +288,15 @@ mod sample_tests {
     use super::*;
     use crate::packed::Packed;
     use prost::Message;
-    use std::net::SocketAddr;
-    use tcpstall_common::{EndSample, FlowTuple, Positions, TcpState};
+    use tcpstall_common::EndSample;
 
+    /// A sample without TCP_CORK known: a cork source beside it is what
+    /// the wire checks drop.
     fn sample() -> EndSample {
-        EndSample {
-            flow: FlowTuple::new(
-                SocketAddr::from(([198, 18, 0, 2], 40000)),
-                SocketAddr::from(([198, 18, 0, 1], 7000)),
-            ),
-            netns: "host".into(),
-            state: TcpState::Established,
-            cookie: 9,
-            inode: 10,
-            opened: None,
-            pos: Positions {
-                sendq: 100,
-                recvq: 0,
-                notsent: Some(100),
-                inflight: Some(0),
-                snd_una: Some(1),
-                snd_nxt: Some(1),
-                write_seq: Some(101),
-                rcv_nxt: None,
-                copied: None,
-                snd_wnd: Some(0),
-                rcv_wnd: None,
-                snd_wscale: None,
-                rcv_wscale: None,
-            },
-            unchanged_ms: 5000,
-            timer: None,
-            timer_expires_ms: 0,
-            retransmits: None,
-            probes: None,
-            backoff: None,
-            ca_state: None,
-            rto_us: None,
-            rtt_us: None,
-            snd_cwnd: None,
-            unacked: None,
-            lost: None,
-            retrans: None,
-            total_retrans: None,
-            last_data_sent_ms: None,
-            last_data_recv_ms: None,
-            last_ack_recv_ms: None,
-            bytes_retrans: None,
-            cork: None,
-            cork_source: None,
-            nodelay: None,
-            nodelay_source: None,
-            owner: None,
-            owner_missing: None,
-            absolute: None,
-        }
+        let mut s = crate::packed::tests::sample();
+        s.cork = None;
+        s.cork_source = None;
+        s
     }
 
     /// The store keeps the agent's bytes, reason and all; GetEpisode sends

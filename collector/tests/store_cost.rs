@@ -6,17 +6,17 @@
 //!
 //! Run with
 //! `cargo test --release -p tcpstall-collector --test store_cost -- --ignored --nocapture`.
-//! The file builds against any version whose `StoredSample::sample` is made
-//! `From` an `EndSample`, so the same file measures before and after a
-//! change of the stored form.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use tcpstall_collector::packed::Packed;
 use tcpstall_collector::store::{NewEpisode, Side, Store, StoreConfig, StoredSample};
-use tcpstall_common::{EndSample, FlowTuple, Opened, Positions, TcpState, TimerKind};
+use tcpstall_common::{EndSample, FlowTuple, Opened, TimerKind};
 use tempfile::TempDir;
+
+mod support;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -44,64 +44,16 @@ fn flow(i: u32) -> FlowTuple {
     )
 }
 
-/// Fields as a Linux host reports an established connection.
-fn base(flow: FlowTuple, cookie: u64, opened: Opened, pos: Positions) -> EndSample {
-    EndSample {
-        flow,
-        netns: "host".into(),
-        state: TcpState::Established,
-        cookie,
-        inode: (cookie as u32) | 1,
-        opened: Some(opened),
-        pos,
-        unchanged_ms: 0,
-        timer: None,
-        timer_expires_ms: 0,
-        retransmits: Some(0),
-        probes: Some(0),
-        backoff: Some(0),
-        ca_state: Some(0),
-        rto_us: Some(204_000),
-        rtt_us: Some(180),
-        snd_cwnd: Some(10),
-        unacked: Some(0),
-        lost: Some(0),
-        retrans: Some(0),
-        total_retrans: Some(0),
-        last_data_sent_ms: Some(40),
-        last_data_recv_ms: Some(40),
-        last_ack_recv_ms: Some(40),
-        bytes_retrans: Some(0),
-        cork: None,
-        cork_source: None,
-        nodelay: None,
-        nodelay_source: None,
-        owner: None,
-        owner_missing: None,
-        absolute: None,
-    }
-}
-
 /// A stuck sender at poll `n`: zero window, probing.
 fn a_end(i: u32, n: u32) -> EndSample {
     let una = (1 << 32) + (u64::from(i) << 24);
-    let sendq = 65_536;
-    let pos = Positions {
-        sendq,
-        recvq: 0,
-        notsent: Some(sendq),
-        inflight: Some(0),
-        snd_una: Some(una),
-        snd_nxt: Some(una),
-        write_seq: Some(una + u64::from(sendq)),
-        rcv_nxt: Some(7_000),
-        copied: Some(7_000),
-        snd_wnd: Some(0),
-        rcv_wnd: Some(65_535 << 7),
-        snd_wscale: Some(7),
-        rcv_wscale: Some(7),
-    };
-    let mut s = base(flow(i), (u64::from(i) << 1) | 1, Opened::Active, pos);
+    let mut s = support::a_end((u64::from(i) << 1) | 1, una, 65_536);
+    s.flow = flow(i);
+    s.opened = Some(Opened::Active);
+    s.pos.notsent = Some(65_536);
+    s.pos.inflight = Some(0);
+    s.pos.snd_nxt = Some(una);
+    s.pos.snd_wnd = Some(0);
     s.unchanged_ms = 10_000 + u64::from(n) * 1_000;
     s.timer = Some(TimerKind::ZeroWindowProbe);
     s.timer_expires_ms = 1_600;
@@ -113,30 +65,10 @@ fn a_end(i: u32, n: u32) -> EndSample {
 
 /// Its peer, whose application does not read.
 fn b_end(i: u32, n: u32) -> EndSample {
-    let rcv_nxt = (1 << 32) + (u64::from(i) << 24);
-    let recvq = 131_072;
-    let pos = Positions {
-        sendq: 0,
-        recvq,
-        notsent: Some(0),
-        inflight: Some(0),
-        snd_una: Some(7_000),
-        snd_nxt: Some(7_000),
-        write_seq: Some(7_000),
-        rcv_nxt: Some(rcv_nxt),
-        copied: Some(rcv_nxt - u64::from(recvq)),
-        snd_wnd: Some(65_535 << 7),
-        rcv_wnd: Some(0),
-        snd_wscale: Some(7),
-        rcv_wscale: Some(7),
-    };
-    let mut s = base(
-        flow(i).reversed(),
-        (1 << 63) | (u64::from(i) << 1),
-        Opened::Passive,
-        pos,
-    );
-    s.unchanged_ms = 10_000 + u64::from(n) * 1_000;
+    let a = a_end(i, n);
+    let mut s = support::b_end(&a, a.pos.snd_una.unwrap_or(0), 131_072, 0);
+    s.cookie = (1 << 63) | (u64::from(i) << 1);
+    s.opened = Some(Opened::Passive);
     s
 }
 
@@ -189,13 +121,13 @@ async fn one_run() -> Result<Run, Box<dyn std::error::Error>> {
                     side: Side::A,
                     host: format!("host-{i}"),
                     at_ms,
-                    sample: a_end(i, n).into(),
+                    sample: Packed::new(&a_end(i, n)),
                 },
                 StoredSample {
                     side: Side::B,
                     host: format!("peer-{i}"),
                     at_ms,
-                    sample: b_end(i, n).into(),
+                    sample: Packed::new(&b_end(i, n)),
                 },
             ];
             pairs.push((next + i64::from(i), pair));
@@ -214,12 +146,14 @@ async fn one_run() -> Result<Run, Box<dyn std::error::Error>> {
     let rows = u64::from(EPISODES * POLLS * 2);
     assert_eq!(after.committed_rows - before.committed_rows, rows);
     assert_eq!(after.write_errors, 0);
+    store.shutdown().await;
+    thread.join().map_err(|_| "store thread panicked")?;
+    // What the rows take once the write-ahead log is folded into the file.
     let c = rusqlite::Connection::open(&cfg.path)?;
+    c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
     let pages: i64 = c.query_row("PRAGMA page_count", [], |r| r.get(0))?;
     let size: i64 = c.query_row("PRAGMA page_size", [], |r| r.get(0))?;
     drop(c);
-    store.shutdown().await;
-    thread.join().map_err(|_| "store thread panicked")?;
     Ok(Run {
         wall,
         cpu,
