@@ -647,7 +647,7 @@ impl State {
             host,
             cookie: sample.cookie,
         };
-        let events = self.detector.observe(host, &sample, mono);
+        let events = self.detector.observe_at(host, tuple, &sample, mono);
         let last_word = reason == Reason::Released || sample.pos.sendq == 0;
         // Whether it has an open episode, as long as no event changed that.
         let mut open = false;

@@ -199,12 +199,23 @@ impl<H: HostKey> Detector<H> {
     /// One sample of a connection at agent time `now`. May close an episode
     /// of an older socket on the same 4-tuple first, so up to two events.
     pub fn observe(&mut self, host: H, s: &EndSample, now: Duration) -> Vec<Event<H>> {
+        self.observe_at(host, Tuple::new(s.flow), s, now)
+    }
+
+    /// [`Detector::observe`] with the sample's 4-tuple as the caller keyed
+    /// it already (`flow` is `Tuple::new(s.flow)`).
+    pub fn observe_at(
+        &mut self,
+        host: H,
+        flow: Tuple,
+        s: &EndSample,
+        now: Duration,
+    ) -> Vec<Event<H>> {
         let mut events = Vec::new();
         let conn = ConnKey {
             host,
             cookie: s.cookie,
         };
-        let flow = Tuple::new(s.flow);
         let m = marks(s);
         let reported_since = micros(now.saturating_sub(Duration::from_millis(s.unchanged_ms)));
         // Most samples: a tracked connection on its 4-tuple, marks held.
