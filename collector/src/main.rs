@@ -12,7 +12,10 @@ use tcpstall_collector::server;
 /// jemalloc: the collector frees thousands of small samples per batch and
 /// allocates a few large buffers per batch; glibc consolidated its free
 /// lists on every large allocation (a quarter of the collector's CPU under
-/// load, in `perf`) and kept freed memory fragmented.
+/// load, in `perf`) and kept freed memory fragmented. Without the feature
+/// (`--no-default-features`) the system allocator serves, for heap
+/// profilers that follow malloc.
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
