@@ -11,9 +11,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tcpstall_common::{EndSample, FlowTuple};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::detect::{map_bytes, ConnKey, Detector, EndReason, Event};
+use crate::detect::{ConnKey, Detector, EndReason, Event};
 use crate::diagnose::{diagnose, Diagnosis, Peer, Verdict};
 use crate::packed::Packed;
+use crate::slab_map::SlabMap;
 use crate::store::{EpisodeEnd, EpisodeUpdate, HostRecord, NewEpisode, Side, Store, StoredSample};
 use crate::tuple::Tuple;
 
@@ -262,9 +263,9 @@ pub struct State {
     session_hosts: Map<u64, HostId>,
     /// Non-loopback address -> host that announced it.
     owners: Map<IpAddr, HostId>,
-    suspects: Map<ConnKey, Suspect>,
+    suspects: SlabMap<ConnKey, Suspect>,
     /// (host, flow as that host sees it) -> what it reports of it.
-    watched: Map<(HostId, Tuple), Watch>,
+    watched: SlabMap<(HostId, Tuple), Watch>,
     open_episodes: usize,
     next_episode: i64,
     stats: Stats,
@@ -313,8 +314,8 @@ impl State {
             sessions: Map::default(),
             session_hosts: Map::default(),
             owners: Map::default(),
-            suspects: Map::default(),
-            watched: Map::default(),
+            suspects: SlabMap::new(),
+            watched: SlabMap::new(),
             open_episodes: 0,
             next_episode,
             stats: Stats::default(),
@@ -406,8 +407,8 @@ impl State {
                 _ => 0,
             })
             .sum();
-        map_bytes(&self.suspects)
-            + map_bytes(&self.watched)
+        self.suspects.bytes()
+            + self.watched.bytes()
             + self.detector.table_bytes()
             + suspects
             + watched
@@ -555,12 +556,15 @@ impl State {
     }
 
     fn watch(&mut self, host: HostId, flow: Tuple, now_ms: i64) {
-        let w = self.watched.entry((host, flow)).or_insert(Watch {
-            refs: 0,
-            end: PeerEnd::Pending,
-            episode_of: None,
-            asked_at_ms: None,
-        });
+        let w = self.watched.get_or_insert(
+            (host, flow),
+            Watch {
+                refs: 0,
+                end: PeerEnd::Pending,
+                episode_of: None,
+                asked_at_ms: None,
+            },
+        );
         w.refs += 1;
         if w.refs == 1 && self.send(host, ToAgent::Watch(flow.flow())) {
             if let Some(w) = self.watched.get_mut(&(host, flow)) {

@@ -6,7 +6,6 @@
 //! difference of two hosts' wall clocks. A connection is its host and its
 //! socket cookie: a new cookie on the same 4-tuple is a new connection.
 
-use std::collections::HashMap;
 use std::fmt::Debug;
 use std::hash::Hash;
 use std::time::Duration;
@@ -14,6 +13,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tcpstall_common::{EndSample, FlowTuple};
 
+use crate::slab_map::SlabMap;
 use crate::tuple::Tuple;
 
 /// A connection's identity: the host that reports it and its cookie. The
@@ -28,15 +28,6 @@ pub struct ConnKey<H = crate::aggregator::HostId> {
 /// What a host may be named by in the detector.
 pub trait HostKey: Copy + Eq + Hash + Debug {}
 impl<T: Copy + Eq + Hash + Debug> HostKey for T {}
-
-type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
-
-/// What a hash table holds on the heap: a slot and a control byte per
-/// bucket, at most 7/8 of the buckets usable (hashbrown's layout).
-pub fn map_bytes<K, V, S>(m: &HashMap<K, V, S>) -> usize {
-    let buckets = m.capacity().div_ceil(7) * 8;
-    buckets * (std::mem::size_of::<(K, V)>() + 1)
-}
 
 /// Why an episode ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -127,9 +118,9 @@ struct Track {
 #[derive(Debug)]
 pub struct Detector<H = crate::aggregator::HostId> {
     threshold: Duration,
-    tracks: Map<ConnKey<H>, Track>,
+    tracks: SlabMap<ConnKey<H>, Track>,
     /// (host, 4-tuple) -> cookie, to see a cookie change.
-    by_flow: Map<(H, Tuple), u64>,
+    by_flow: SlabMap<(H, Tuple), u64>,
 }
 
 /// A sample that keeps a track's marks: its clocks move on, and past the
@@ -161,8 +152,8 @@ impl<H: HostKey> Detector<H> {
     pub fn new(threshold: Duration) -> Detector<H> {
         Detector {
             threshold,
-            tracks: Map::default(),
-            by_flow: Map::default(),
+            tracks: SlabMap::new(),
+            by_flow: SlabMap::new(),
         }
     }
 
@@ -183,7 +174,7 @@ impl<H: HostKey> Detector<H> {
 
     /// Bytes its tables hold (an estimate from their capacities).
     pub fn table_bytes(&self) -> usize {
-        map_bytes(&self.tracks) + map_bytes(&self.by_flow)
+        self.tracks.bytes() + self.by_flow.bytes()
     }
 
     /// The cookie of the socket `host` reports on `flow` now, if tracked.
@@ -258,9 +249,9 @@ impl<H: HostKey> Detector<H> {
             Some(t) if t.marks == m => t,
             Some(_) => {
                 events.extend(self.end(&conn, EndReason::Moved, now));
-                self.tracks.entry(conn).or_insert(fresh)
+                self.tracks.get_or_insert(conn, fresh)
             }
-            None => self.tracks.entry(conn).or_insert(fresh),
+            None => self.tracks.get_or_insert(conn, fresh),
         };
         events.extend(advance(
             track,

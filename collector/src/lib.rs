@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod packed;
 pub mod query;
 pub mod server;
+pub mod slab_map;
 pub mod store;
 pub mod tls;
 pub mod tuple;
