@@ -574,13 +574,12 @@ impl State {
     }
 
     fn unwatch(&mut self, host: HostId, flow: Tuple) {
-        let key = (host, flow);
-        if let Some(w) = self.watched.get_mut(&key) {
+        let unneeded = self.watched.remove_if(&(host, flow), |w| {
             w.refs = w.refs.saturating_sub(1);
-            if w.refs == 0 {
-                self.watched.remove(&key);
-                self.send(host, ToAgent::Unwatch(flow.flow()));
-            }
+            w.refs == 0
+        });
+        if unneeded.is_some() {
+            self.send(host, ToAgent::Unwatch(flow.flow()));
         }
     }
 
@@ -740,10 +739,7 @@ impl State {
     }
 
     fn forget(&mut self, conn: &ConnKey) {
-        if self.suspects.get(conn).is_some_and(|s| s.episode.is_some()) {
-            return;
-        }
-        if let Some(s) = self.suspects.remove(conn) {
+        if let Some(s) = self.suspects.remove_if(conn, |s| s.episode.is_none()) {
             if let Some(peer) = s.peer {
                 self.unwatch(peer, s.flow.reversed());
             }

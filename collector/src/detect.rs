@@ -302,10 +302,9 @@ impl<H: HostKey> Detector<H> {
 
     fn end(&mut self, conn: &ConnKey<H>, reason: EndReason, now: Duration) -> Option<Event<H>> {
         let track = self.tracks.remove(conn)?;
-        if reason != EndReason::Moved
-            && self.by_flow.get(&(conn.host, track.flow)) == Some(&conn.cookie)
-        {
-            self.by_flow.remove(&(conn.host, track.flow));
+        if reason != EndReason::Moved {
+            self.by_flow
+                .remove_if(&(conn.host, track.flow), |c| *c == conn.cookie);
         }
         track.open.then(|| Event::Closed {
             conn: *conn,

@@ -182,6 +182,29 @@ impl<K: Hash + Eq, V> SlabMap<K, V> {
         v
     }
 
+    /// Looks `k` up once: lets `f` see (and change) its value, and removes
+    /// the entry if `f` says so. The removed value, if any.
+    pub fn remove_if(&mut self, k: &K, f: impl FnOnce(&mut V) -> bool) -> Option<V> {
+        let hash = self.hash(k);
+        let slots = &mut self.slots;
+        let entry = self
+            .index
+            .find_entry(hash, |&i| key_of(&slots[i as usize]) == Some(k))
+            .ok()?;
+        let i = *entry.get() as usize;
+        let remove = match &mut slots[i] {
+            Slot::Full(_, v) => f(v),
+            Slot::Free(_) => false,
+        };
+        if !remove {
+            return None;
+        }
+        entry.remove();
+        let v = self.free_slot(i);
+        self.compact_if_sparse();
+        v
+    }
+
     /// Empties slot `i` (already out of the index) onto the free list.
     fn free_slot(&mut self, i: usize) -> Option<V> {
         let old = std::mem::replace(&mut self.slots[i], Slot::Free(self.free));
@@ -310,6 +333,25 @@ mod tests {
                 7 => {
                     let got = m.get_or_insert(k, format!("g{step}")).clone();
                     let want = model.entry(k).or_insert(format!("g{step}")).clone();
+                    assert_eq!(got, want);
+                }
+                8 if step % 2 == 0 => {
+                    // Removes values of even length, appends to the others.
+                    let got = m.remove_if(&k, |v| {
+                        v.push('+');
+                        v.len() % 2 == 0
+                    });
+                    let want = match model.get_mut(&k) {
+                        Some(v) => {
+                            v.push('+');
+                            if v.len() % 2 == 0 {
+                                model.remove(&k)
+                            } else {
+                                None
+                            }
+                        }
+                        None => None,
+                    };
                     assert_eq!(got, want);
                 }
                 8 => {
