@@ -455,15 +455,14 @@ impl State {
             },
         );
         // Flows it was asked to watch before it went away.
-        let again: Vec<Tuple> = self
-            .watched
-            .keys()
-            .filter(|(h, _)| *h == host)
-            .map(|(_, f)| *f)
-            .collect();
-        for flow in again {
-            let sent = self.send(host, ToAgent::Watch(flow.flow()));
-            if let Some(w) = self.watched.get_mut(&(host, flow)) {
+        for ((h, flow), w) in self.watched.iter_mut() {
+            if *h == host {
+                let sent = queue(
+                    &self.sessions,
+                    &mut self.stats,
+                    host,
+                    ToAgent::Watch(flow.flow()),
+                );
                 w.asked_at_ms = sent.then_some(now_ms);
             }
         }
@@ -516,22 +515,7 @@ impl State {
 
     /// Queues a request to `host`'s agent; false if it could not be.
     fn send(&mut self, host: HostId, msg: ToAgent) -> bool {
-        let Some(s) = self.sessions.get(&host) else {
-            return false;
-        };
-        if s.tx.try_send(msg).is_ok() {
-            return true;
-        }
-        self.stats.requests_dropped += 1;
-        let n = self.stats.requests_dropped;
-        if n.is_power_of_two() {
-            tracing::warn!(
-                host = %s.hello.host,
-                dropped = n,
-                "agent's outbound queue is full; request dropped (a watch is asked again at the suspect's next report)"
-            );
-        }
-        false
+        queue(&self.sessions, &mut self.stats, host, msg)
     }
 
     /// Asks again for a watched end that has not answered in two of its
@@ -540,18 +524,23 @@ impl State {
     fn ask_again(&mut self, host: HostId, flow: Tuple, now_ms: i64) {
         // Every suspect sample comes here: most peers have answered, so
         // look at the watch before working out the agent's patience.
-        let asked_at = match self.watched.get(&(host, flow)) {
-            Some(w) if matches!(w.end, PeerEnd::Pending) => w.asked_at_ms,
+        let w = match self.watched.get_mut(&(host, flow)) {
+            Some(w) if matches!(w.end, PeerEnd::Pending) => w,
             _ => return,
         };
         let patience = self.sessions.get(&host).map_or(i64::MAX, |s| {
             i64::try_from(ms(s.hello.interval * 2)).unwrap_or(i64::MAX)
         });
-        let due = asked_at.is_none_or(|t| now_ms - t > patience);
-        if due && self.send(host, ToAgent::Watch(flow.flow())) {
-            if let Some(w) = self.watched.get_mut(&(host, flow)) {
-                w.asked_at_ms = Some(now_ms);
-            }
+        let due = w.asked_at_ms.is_none_or(|t| now_ms - t > patience);
+        if due
+            && queue(
+                &self.sessions,
+                &mut self.stats,
+                host,
+                ToAgent::Watch(flow.flow()),
+            )
+        {
+            w.asked_at_ms = Some(now_ms);
         }
     }
 
@@ -566,10 +555,15 @@ impl State {
             },
         );
         w.refs += 1;
-        if w.refs == 1 && self.send(host, ToAgent::Watch(flow.flow())) {
-            if let Some(w) = self.watched.get_mut(&(host, flow)) {
-                w.asked_at_ms = Some(now_ms);
-            }
+        if w.refs == 1
+            && queue(
+                &self.sessions,
+                &mut self.stats,
+                host,
+                ToAgent::Watch(flow.flow()),
+            )
+        {
+            w.asked_at_ms = Some(now_ms);
         }
     }
 
@@ -1072,6 +1066,29 @@ fn peer_note(peer: Peer<'_>) -> Option<String> {
 
 /// Polls of silence after which a suspect is taken as gone.
 pub const SILENT_POLLS: u32 = 5;
+
+/// Queues a request to `host`'s agent; false if it could not be (no session,
+/// or its queue is full: counted, and logged at powers of two). A function
+/// of the two fields it needs, not of `State`, so that a caller can keep an
+/// entry of the watch table borrowed meanwhile instead of looking it up again.
+fn queue(sessions: &Map<HostId, Session>, stats: &mut Stats, host: HostId, msg: ToAgent) -> bool {
+    let Some(s) = sessions.get(&host) else {
+        return false;
+    };
+    if s.tx.try_send(msg).is_ok() {
+        return true;
+    }
+    stats.requests_dropped += 1;
+    let n = stats.requests_dropped;
+    if n.is_power_of_two() {
+        tracing::warn!(
+            host = %s.hello.host,
+            dropped = n,
+            "agent's outbound queue is full; request dropped (a watch is asked again at the suspect's next report)"
+        );
+    }
+    false
+}
 
 /// Runs the aggregator until `stop` fires or every sender is gone:
 /// commands as they come, and once a second the expiry of what went silent.
