@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tcpstall_common::{EndSample, FlowTuple};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::detect::{ConnKey, Detector, EndReason, Event};
+use crate::detect::{ConnKey, Detector, EndReason, Event, Observed};
 use crate::diagnose::{diagnose, Diagnosis, Peer, Verdict};
 use crate::packed::Packed;
 use crate::slab_map::SlabMap;
@@ -131,6 +131,7 @@ pub enum Command {
     /// Settings of a reloaded config that apply from now on.
     Reload {
         threshold: Duration,
+        watch_peer_after: Option<Duration>,
         max_agents: usize,
         max_samples: usize,
     },
@@ -211,6 +212,9 @@ struct Suspect {
     flow: Tuple,
     /// The host owning the peer's address; `None` when nobody announced it.
     peer: Option<HostId>,
+    /// Whether that host has been asked to watch the peer (see
+    /// [`ask_peer_after`]).
+    asked: bool,
     latest: Packed,
     latest_at_ms: i64,
     /// The agent's clock at the latest sample.
@@ -228,6 +232,17 @@ struct OpenEpisode {
     stored_a: usize,
     stored_b: usize,
     last_b_ms: i64,
+}
+
+/// A batch's clocks, for each of its samples.
+#[derive(Debug, Clone, Copy)]
+struct Clocks {
+    /// The agent's clock at the poll.
+    mono: Duration,
+    /// The collector's wall clock at the batch.
+    now_ms: i64,
+    /// See [`ask_peer_after`].
+    ask_after: Duration,
 }
 
 /// The peer of a suspect as known now, owned (samples are kept packed).
@@ -257,6 +272,8 @@ pub struct State {
     detector: Detector,
     max_agents: usize,
     max_samples: usize,
+    /// See [`State::watch_peer_after`]; `None`: [`ask_peer_after`].
+    watch_peer_after: Option<Duration>,
     hosts: Hosts,
     sessions: Map<HostId, Session>,
     /// Session id -> host, for the commands that name a session.
@@ -279,6 +296,18 @@ fn wall_ms() -> i64 {
 
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// How long a suspect's queue must have been held before its peer's agent
+/// is asked to watch the other end, for a suspect whose agent polls every
+/// `interval`: late enough that the many queues held for a poll or two
+/// cost no request, no peer report and no unwatch, and early enough that
+/// the peer has three and a half polls before the episode opens (the
+/// request's gathering, the peer's next poll, and a second request after
+/// two polls' patience). At the defaults (10 s, 2 s) that is 3 s: the
+/// suspect's second report (held 4 s), where it used to be the first.
+pub fn ask_peer_after(threshold: Duration, interval: Duration) -> Duration {
+    threshold.saturating_sub(interval * 7 / 2)
 }
 
 /// The sample's encoding: the one at hand, or a new one.
@@ -310,6 +339,7 @@ impl State {
             detector: Detector::new(threshold),
             max_agents,
             max_samples,
+            watch_peer_after: None,
             hosts: Hosts::default(),
             sessions: Map::default(),
             session_hosts: Map::default(),
@@ -319,6 +349,16 @@ impl State {
             open_episodes: 0,
             next_episode,
             stats: Stats::default(),
+        }
+    }
+
+    /// Asks for a suspect's peer once its queue has been held for `after`
+    /// (zero: at its first report); `None`, the default: at
+    /// [`ask_peer_after`] for its agent's interval.
+    pub fn watch_peer_after(self, after: Option<Duration>) -> State {
+        State {
+            watch_peer_after: after,
+            ..self
         }
     }
 
@@ -364,10 +404,12 @@ impl State {
             }
             Command::Reload {
                 threshold,
+                watch_peer_after,
                 max_agents,
                 max_samples,
             } => {
                 self.detector.set_threshold(threshold);
+                self.watch_peer_after = watch_peer_after;
                 self.max_agents = max_agents;
                 self.max_samples = max_samples;
             }
@@ -579,9 +621,14 @@ impl State {
 
     /// Handles one batch from `host` at collector wall time `now_ms`.
     pub fn batch(&mut self, host: HostId, batch: AgentBatch, now_ms: i64) {
+        let mut interval = Duration::from_secs(2);
         if let Some(s) = self.sessions.get_mut(&host) {
             s.dropped_batches = batch.dropped_batches;
+            interval = s.hello.interval;
         }
+        let ask_after = self
+            .watch_peer_after
+            .unwrap_or_else(|| ask_peer_after(self.detector.threshold(), interval));
         self.stats.samples += batch.samples.len() as u64;
         for flow in batch.absent {
             self.peer_report(host, Tuple::new(flow), || PeerEnd::NoSocket);
@@ -600,7 +647,12 @@ impl State {
                 },
             });
             if reason != Reason::Watched {
-                self.observe(host, tuple, reason, sample, slot, batch.mono, now_ms);
+                let at = Clocks {
+                    mono: batch.mono,
+                    now_ms,
+                    ask_after,
+                };
+                self.observe(host, tuple, reason, sample, slot, at);
             }
         }
         for closed in batch.closed {
@@ -629,7 +681,6 @@ impl State {
         }
     }
 
-    #[allow(clippy::too_many_arguments)] // one sample's parts, on the hot path
     fn observe(
         &mut self,
         host: HostId,
@@ -637,14 +688,20 @@ impl State {
         reason: Reason,
         sample: EndSample,
         mut packed: Option<Packed>,
-        mono: Duration,
-        now_ms: i64,
+        at: Clocks,
     ) {
+        let Clocks {
+            mono,
+            now_ms,
+            ask_after,
+        } = at;
         let conn = ConnKey {
             host,
             cookie: sample.cookie,
         };
-        let events = self.detector.observe_at(host, tuple, &sample, mono);
+        let Observed { events, held } = self.detector.observe_at(host, tuple, &sample, mono);
+        // An episode opening (held for the threshold) is past it too.
+        let ask = held >= ask_after || !events.is_empty();
         let last_word = reason == Reason::Released || sample.pos.sendq == 0;
         // Whether it has an open episode, as long as no event changed that.
         let mut open = false;
@@ -661,11 +718,17 @@ impl State {
             s.last_mono = mono;
             if let (Some(peer), false) = (s.peer, last_word) {
                 let flow = s.flow.reversed();
-                self.ask_again(peer, flow, now_ms);
+                if s.asked {
+                    self.ask_again(peer, flow, now_ms);
+                } else if ask {
+                    s.asked = true;
+                    self.watch(peer, flow, now_ms);
+                }
             }
         } else if reason == Reason::Suspect && !last_word {
             let peer = self.owner(host, sample.flow.remote.ip());
-            if let Some(peer) = peer {
+            let asked = ask && peer.is_some();
+            if let (Some(peer), true) = (peer, asked) {
                 self.watch(peer, tuple.reversed(), now_ms);
             }
             self.suspects.insert(
@@ -673,6 +736,7 @@ impl State {
                 Suspect {
                     flow: tuple,
                     peer,
+                    asked,
                     latest: take(&mut packed, &sample),
                     latest_at_ms: now_ms,
                     last_mono: mono,
@@ -734,7 +798,7 @@ impl State {
 
     fn forget(&mut self, conn: &ConnKey) {
         if let Some(s) = self.suspects.remove_if(conn, |s| s.episode.is_none()) {
-            if let Some(peer) = s.peer {
+            if let (Some(peer), true) = (s.peer, s.asked) {
                 self.unwatch(peer, s.flow.reversed());
             }
         }
@@ -1112,5 +1176,22 @@ pub async fn run(
             _ = tick.tick() => state.expire(now_ms(), SILENT_POLLS),
             _ = &mut stop => break,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_is_asked_three_and_a_half_polls_before_the_threshold() {
+        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
+        // Defaults: held 3 s, met at the second report (4 s), not the first.
+        assert_eq!(ask_peer_after(s(10), s(2)), s(3));
+        assert_eq!(ask_peer_after(s(60), s(2)), s(53));
+        assert_eq!(ask_peer_after(s(3), ms(500)), ms(1250));
+        // A threshold within 3.5 polls: at the first report.
+        assert_eq!(ask_peer_after(s(5), s(2)), Duration::ZERO);
     }
 }

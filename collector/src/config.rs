@@ -21,6 +21,14 @@ pub struct Config {
     /// How long a send queue must stay stuck to become an episode.
     #[serde(with = "duration::text")]
     pub threshold: Duration,
+    /// How long a suspect's queue must be held before the agent of its
+    /// peer is asked to watch the other end; `None`: the threshold less
+    /// three and a half of the suspect's agent's polls (3s at the defaults).
+    #[serde(
+        with = "duration::option_text",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub watch_peer_after: Option<Duration>,
     /// How long ended episodes are kept.
     #[serde(with = "duration::text")]
     pub retention: Duration,
@@ -65,6 +73,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 7786)),
             db: PathBuf::from("tcpstall.db"),
             threshold: Duration::from_secs(10),
+            watch_peer_after: None,
             retention: Duration::from_secs(30 * 24 * 3600),
             max_db_bytes: 10 * 1024 * 1024 * 1024,
             max_agents: 5000,
@@ -100,6 +109,10 @@ pub struct Flags {
     /// Stuck time that makes an episode [default: 10s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub threshold: Option<Duration>,
+    /// Held time after which a suspect's peer is watched, 0s for at once
+    /// [default: the threshold less 3.5 of its agent's polls].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub watch_peer_after: Option<Duration>,
     /// How long ended episodes are kept [default: 30days].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub retention: Option<Duration>,
@@ -190,6 +203,9 @@ impl Config {
             max_message_bytes,
             max_samples_per_episode
         );
+        if flags.watch_peer_after.is_some() {
+            c.watch_peer_after = flags.watch_peer_after;
+        }
         if flags.metrics_listen.is_some() {
             c.metrics_listen = flags.metrics_listen;
         }
@@ -261,6 +277,11 @@ impl Config {
              db = \"{}\"\n\
              # How long a send queue must stay stuck to become an episode.\n\
              threshold = \"{}\"\n\
+             # How long a suspect's queue must be held before the agent of its peer is\n\
+             # asked to watch the other end (0s: at once). When not set: the threshold\n\
+             # less three and a half of the suspect's agent's polls (3s at 10s and 2s),\n\
+             # so that queues held only briefly cost their peers nothing.\n\
+             {}watch_peer_after = \"{}\"\n\
              # How long ended episodes are kept.\n\
              retention = \"{}\"\n\
              # Most bytes the database may hold; past it the oldest ended episodes go\n\
@@ -294,6 +315,12 @@ impl Config {
             self.listen,
             self.db.display(),
             d(self.threshold),
+            if self.watch_peer_after.is_some() {
+                ""
+            } else {
+                "# "
+            },
+            d(self.watch_peer_after.unwrap_or(Duration::ZERO)),
             d(self.retention),
             self.max_db_bytes,
             self.max_agents,
@@ -381,6 +408,12 @@ mod tests {
         let parsed: Config = toml::from_str(&c.to_toml()).expect("parses");
         assert_eq!(parsed, c);
         let c = Config {
+            watch_peer_after: Some(Duration::from_secs(4)),
+            ..c
+        };
+        let parsed: Config = toml::from_str(&c.to_toml()).expect("parses");
+        assert_eq!(parsed, c);
+        let c = Config {
             plaintext: true,
             ..Config::default()
         };
@@ -419,7 +452,11 @@ mod tests {
     fn flags_beat_the_file_and_the_file_beats_defaults() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("c.toml");
-        std::fs::write(&path, "threshold = \"3s\"\nmax_agents = 7\n").expect("write");
+        std::fs::write(
+            &path,
+            "threshold = \"3s\"\nmax_agents = 7\nwatch_peer_after = \"1s\"\n",
+        )
+        .expect("write");
         let flags = Flags {
             config: Some(path.clone()),
             max_agents: Some(9),
@@ -428,6 +465,13 @@ mod tests {
         let c = Config::load(&flags).expect("load");
         assert_eq!(c.threshold, Duration::from_secs(3));
         assert_eq!(c.max_agents, 9);
+        assert_eq!(c.watch_peer_after, Some(Duration::from_secs(1)));
+        let c = Config::load(&Flags {
+            watch_peer_after: Some(Duration::ZERO),
+            ..flags.clone()
+        })
+        .expect("load");
+        assert_eq!(c.watch_peer_after, Some(Duration::ZERO), "the flag wins");
         assert_eq!(c.db, Config::default().db);
         std::fs::write(&path, "treshold = \"3s\"\n").expect("write");
         let err = Config::load(&flags).expect_err("unknown key");

@@ -97,6 +97,17 @@ fn marks(s: &EndSample) -> Marks {
     }
 }
 
+/// What one observation found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed<H = crate::aggregator::HostId> {
+    /// Up to two: an older socket's episode on the same 4-tuple may close
+    /// before this one's opens.
+    pub events: Vec<Event<H>>,
+    /// How long its marks have been held as of this sample (zero once the
+    /// queue drained).
+    pub held: Duration,
+}
+
 /// An agent clock reading, microseconds (half a `Duration`'s size).
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
@@ -136,7 +147,7 @@ fn advance<H>(
     // The agent may have watched it longer than we have.
     track.since = track.since.min(reported_since);
     track.last = track.last.max(micros(now));
-    let stuck_for = now.saturating_sub(Duration::from_micros(track.since));
+    let stuck_for = held(track, now);
     if track.open || stuck_for < threshold {
         return None;
     }
@@ -146,6 +157,11 @@ fn advance<H>(
         flow,
         stuck_for,
     })
+}
+
+/// How long a track's marks have been held at agent time `now`.
+fn held(track: &Track, now: Duration) -> Duration {
+    now.saturating_sub(Duration::from_micros(track.since))
 }
 
 impl<H: HostKey> Detector<H> {
@@ -190,18 +206,19 @@ impl<H: HostKey> Detector<H> {
     /// One sample of a connection at agent time `now`. May close an episode
     /// of an older socket on the same 4-tuple first, so up to two events.
     pub fn observe(&mut self, host: H, s: &EndSample, now: Duration) -> Vec<Event<H>> {
-        self.observe_at(host, Tuple::new(s.flow), s, now)
+        self.observe_at(host, Tuple::new(s.flow), s, now).events
     }
 
     /// [`Detector::observe`] with the sample's 4-tuple as the caller keyed
-    /// it already (`flow` is `Tuple::new(s.flow)`).
+    /// it already (`flow` is `Tuple::new(s.flow)`), and how long the marks
+    /// have been held.
     pub fn observe_at(
         &mut self,
         host: H,
         flow: Tuple,
         s: &EndSample,
         now: Duration,
-    ) -> Vec<Event<H>> {
+    ) -> Observed<H> {
         let mut events = Vec::new();
         let conn = ConnKey {
             host,
@@ -223,7 +240,8 @@ impl<H: HostKey> Detector<H> {
                         now,
                         self.threshold,
                     ));
-                    return events;
+                    let held = held(t, now);
+                    return Observed { events, held };
                 }
             }
         }
@@ -236,7 +254,10 @@ impl<H: HostKey> Detector<H> {
         }
         if s.pos.sendq == 0 {
             events.extend(self.end(&conn, EndReason::Drained, now));
-            return events;
+            return Observed {
+                events,
+                held: Duration::ZERO,
+            };
         }
         let fresh = Track {
             flow,
@@ -261,7 +282,8 @@ impl<H: HostKey> Detector<H> {
             now,
             self.threshold,
         ));
-        events
+        let held = held(track, now);
+        Observed { events, held }
     }
 
     /// The socket went away (the agent said so).

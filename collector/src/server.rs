@@ -110,6 +110,7 @@ async fn reload(
         }
         let command = aggregator::Command::Reload {
             threshold: new.threshold,
+            watch_peer_after: new.watch_peer_after,
             max_agents: new.max_agents,
             max_samples: new.max_samples_per_episode,
         };
@@ -123,6 +124,7 @@ async fn reload(
         max_batch_samples.store(new.max_batch_samples, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(
             threshold = ?new.threshold,
+            watch_peer_after = ?new.watch_peer_after,
             retention = ?new.retention,
             max_db_bytes = new.max_db_bytes,
             max_agents = new.max_agents,
@@ -168,7 +170,8 @@ pub async fn serve_on_reloading(
         next_episode,
         config.max_agents,
         config.max_samples_per_episode,
-    );
+    )
+    .watch_peer_after(config.watch_peer_after);
     let (stop_agg, agg_stopped) = tokio::sync::oneshot::channel();
     let aggregator = tokio::spawn(aggregator::run(state, agg_rx, agg_stopped));
 

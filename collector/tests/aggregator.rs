@@ -133,9 +133,18 @@ async fn join_watch_and_peer_not_reading_from_both_ends() {
     let a_sess = rig.hello("hosta", "198.18.0.2", at(0.0));
     let b_sess = rig.hello("hostb", "198.18.0.1", at(0.0));
 
-    // A's first suspect sample: the collector asks B to watch the peer end.
+    // A's first suspect sample (held one poll, 2 s): nobody is asked yet.
     let a = zero_window(stuck_a(2000));
     rig.send(a_sess, 100.0, vec![(Reason::Suspect, a.clone())], at(0.0));
+    assert!(rig.asked("hostb").is_empty(), "not at the first report");
+    // Its second (held 4 s, past threshold - 3.5 polls = 3 s): the
+    // collector asks B to watch the peer end, once.
+    rig.send(
+        a_sess,
+        102.0,
+        vec![(Reason::Suspect, zero_window(stuck_a(4000)))],
+        at(0.1),
+    );
     assert_eq!(rig.asked("hostb"), vec![ToAgent::Watch(a.flow.reversed())]);
     assert!(rig.asked("hosta").is_empty());
 
@@ -255,7 +264,7 @@ async fn ack_lost_and_data_lost_need_both_ends() {
         let mut rig = Rig::new();
         let a_sess = rig.hello("hosta", "198.18.0.2", at(0.0));
         let b_sess = rig.hello("hostb", "198.18.0.1", at(0.0));
-        let mut a = stuck_a(0);
+        let mut a = stuck_a(4000);
         a.retransmits = Some(3);
         a.backoff = Some(3);
         rig.send(a_sess, 100.0, vec![(Reason::Suspect, a.clone())], at(0.0));
@@ -394,11 +403,69 @@ fn flow_tuples_in_the_builders_point_at_each_other() {
 }
 
 #[tokio::test]
+async fn a_queue_held_briefly_costs_its_peer_nothing() {
+    let mut rig = Rig::new();
+    let a_sess = rig.hello("hosta", "198.18.0.2", at(0.0));
+    rig.hello("hostb", "198.18.0.1", at(0.0));
+    // Held one poll, then drained: neither a watch nor an unwatch.
+    let a = stuck_a(2000);
+    rig.send(a_sess, 100.0, vec![(Reason::Suspect, a.clone())], at(0.0));
+    let mut drained = a.clone();
+    drained.pos.sendq = 0;
+    rig.send(a_sess, 102.0, vec![(Reason::Released, drained)], at(2.0));
+    assert!(rig.asked("hostb").is_empty(), "B was never needed");
+    assert_eq!(rig.state.stats().watched, 0);
+
+    // Held two polls: B is asked at the second report, and told to stop
+    // when A's queue drains.
+    let mut c = stuck_a(2000);
+    c.cookie = 9;
+    c.flow.remote.set_port(40_001);
+    rig.send(a_sess, 104.0, vec![(Reason::Suspect, c.clone())], at(4.0));
+    assert!(rig.asked("hostb").is_empty());
+    c.unchanged_ms = 4000;
+    rig.send(a_sess, 106.0, vec![(Reason::Suspect, c.clone())], at(6.0));
+    assert_eq!(rig.asked("hostb"), vec![ToAgent::Watch(c.flow.reversed())]);
+    c.pos.sendq = 0;
+    rig.send(a_sess, 108.0, vec![(Reason::Released, c.clone())], at(8.0));
+    assert_eq!(
+        rig.asked("hostb"),
+        vec![ToAgent::Unwatch(c.flow.reversed())]
+    );
+    assert_eq!(rig.state.stats().watched, 0);
+
+    // An agent that has watched a queue longer than the collector (its
+    // first report already held 8 s) has its peer asked at once.
+    let mut d = stuck_a(8000);
+    d.cookie = 10;
+    d.flow.remote.set_port(40_002);
+    rig.send(a_sess, 110.0, vec![(Reason::Suspect, d.clone())], at(10.0));
+    assert_eq!(rig.asked("hostb"), vec![ToAgent::Watch(d.flow.reversed())]);
+
+    // watch_peer_after = 0s (here from a reloaded config): every suspect's
+    // peer is asked at its first report.
+    rig.state.handle(
+        Command::Reload {
+            threshold: THRESHOLD,
+            watch_peer_after: Some(Duration::ZERO),
+            max_agents: 10,
+            max_samples: 720,
+        },
+        at(11.0),
+    );
+    let mut e = stuck_a(2000);
+    e.cookie = 11;
+    e.flow.remote.set_port(40_003);
+    rig.send(a_sess, 112.0, vec![(Reason::Suspect, e.clone())], at(12.0));
+    assert_eq!(rig.asked("hostb"), vec![ToAgent::Watch(e.flow.reversed())]);
+}
+
+#[tokio::test]
 async fn a_peer_host_that_reconnects_is_asked_again_for_what_it_watched() {
     let mut rig = Rig::new();
     let a_sess = rig.hello("hosta", "198.18.0.2", at(0.0));
     let b_sess = rig.hello("hostb", "198.18.0.1", at(0.0));
-    let a = zero_window(stuck_a(2000));
+    let a = zero_window(stuck_a(4000));
     rig.send(a_sess, 100.0, vec![(Reason::Suspect, a.clone())], at(0.0));
     assert_eq!(rig.asked("hostb"), vec![ToAgent::Watch(a.flow.reversed())]);
 
@@ -431,7 +498,7 @@ async fn a_watch_request_dropped_on_a_full_queue_is_asked_again() {
     // sixteen watch requests, the last is dropped.
     let suspects: Vec<EndSample> = (0..17u16)
         .map(|i| {
-            let mut a = zero_window(stuck_a(2000));
+            let mut a = zero_window(stuck_a(4000));
             a.cookie = 100 + u64::from(i);
             a.flow.remote.set_port(40_000 + i);
             a
@@ -471,7 +538,7 @@ async fn a_flow_query_finds_both_ends_through_their_hosts_and_loopback_by_scan()
     // else to find.
     let mut others = Vec::new();
     for i in 0..50u16 {
-        let mut o = stuck_a(2000);
+        let mut o = stuck_a(4000);
         o.cookie = 1000 + u64::from(i);
         o.flow = FlowTuple::new(
             format!("198.18.0.2:{}", 9000 + i).parse().expect("addr"),
@@ -480,7 +547,7 @@ async fn a_flow_query_finds_both_ends_through_their_hosts_and_loopback_by_scan()
         others.push((Reason::Suspect, o));
     }
     rig.send(a_sess, 99.0, others, at(0.0));
-    let a = stuck_a(2000);
+    let a = stuck_a(4000);
     rig.send(a_sess, 100.0, vec![(Reason::Suspect, a.clone())], at(0.0));
     let b = b_end(&a, 5000, 4096, 0);
     rig.send(b_sess, 50.0, vec![(Reason::Watched, b.clone())], at(0.5));
