@@ -301,11 +301,13 @@ fn ms(d: Duration) -> u64 {
 /// How long a suspect's queue must have been held before its peer's agent
 /// is asked to watch the other end, for a suspect whose agent polls every
 /// `interval`: late enough that the many queues held for a poll or two
-/// cost no request, no peer report and no unwatch, and early enough that
-/// the peer has three and a half polls before the episode opens (the
-/// request's gathering, the peer's next poll, and a second request after
-/// two polls' patience). At the defaults (10 s, 2 s) that is 3 s: the
-/// suspect's second report (held 4 s), where it used to be the first.
+/// cost no request, no peer report and no unwatch, and early enough for
+/// the peer's report to be there when the episode opens. The ask comes
+/// with a report 3.5 to 2.5 polls before the threshold; the peer's first
+/// report needs the request's gathering (a quarter of a poll) and one of
+/// its polls, which leaves more than a poll to spare. At the defaults
+/// (10 s, 2 s) that is 3 s: the suspect's second report (held 4 s), where
+/// it used to be the first.
 pub fn ask_peer_after(threshold: Duration, interval: Duration) -> Duration {
     threshold.saturating_sub(interval * 7 / 2)
 }
