@@ -501,13 +501,7 @@ impl State {
         // Flows it was asked to watch before it went away.
         for ((h, flow), w) in self.watched.iter_mut() {
             if *h == host {
-                let sent = queue(
-                    &self.sessions,
-                    &mut self.stats,
-                    host,
-                    ToAgent::Watch(flow.flow()),
-                );
-                w.asked_at_ms = sent.then_some(now_ms);
+                ask(&self.sessions, &mut self.stats, host, *flow, w, now_ms);
             }
         }
         Ok(())
@@ -575,16 +569,8 @@ impl State {
         let patience = self.sessions.get(&host).map_or(i64::MAX, |s| {
             i64::try_from(ms(s.hello.interval * 2)).unwrap_or(i64::MAX)
         });
-        let due = w.asked_at_ms.is_none_or(|t| now_ms - t > patience);
-        if due
-            && queue(
-                &self.sessions,
-                &mut self.stats,
-                host,
-                ToAgent::Watch(flow.flow()),
-            )
-        {
-            w.asked_at_ms = Some(now_ms);
+        if w.asked_at_ms.is_none_or(|t| now_ms - t > patience) {
+            ask(&self.sessions, &mut self.stats, host, flow, w, now_ms);
         }
     }
 
@@ -599,15 +585,8 @@ impl State {
             },
         );
         w.refs += 1;
-        if w.refs == 1
-            && queue(
-                &self.sessions,
-                &mut self.stats,
-                host,
-                ToAgent::Watch(flow.flow()),
-            )
-        {
-            w.asked_at_ms = Some(now_ms);
+        if w.refs == 1 {
+            ask(&self.sessions, &mut self.stats, host, flow, w, now_ms);
         }
     }
 
@@ -1154,6 +1133,20 @@ fn queue(sessions: &Map<HostId, Session>, stats: &mut Stats, host: HostId, msg: 
         );
     }
     false
+}
+
+/// Asks `host`'s agent to watch `flow` and records when on its watch `w`
+/// (`None` if the request was dropped: it is then due at once).
+fn ask(
+    sessions: &Map<HostId, Session>,
+    stats: &mut Stats,
+    host: HostId,
+    flow: Tuple,
+    w: &mut Watch,
+    now_ms: i64,
+) {
+    let sent = queue(sessions, stats, host, ToAgent::Watch(flow.flow()));
+    w.asked_at_ms = sent.then_some(now_ms);
 }
 
 /// Runs the aggregator until `stop` fires or every sender is gone:

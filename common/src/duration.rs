@@ -36,7 +36,7 @@ pub mod text {
 pub mod option_text {
     use std::time::Duration;
 
-    use serde::{Deserialize, Deserializer, Serializer};
+    use serde::{Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
         match d {
@@ -46,10 +46,7 @@ pub mod option_text {
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        let text = String::deserialize(d)?;
-        super::parse(&text)
-            .map(Some)
-            .map_err(serde::de::Error::custom)
+        super::text::deserialize(d).map(Some)
     }
 }
 
