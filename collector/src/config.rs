@@ -315,11 +315,7 @@ impl Config {
             self.listen,
             self.db.display(),
             d(self.threshold),
-            if self.watch_peer_after.is_some() {
-                ""
-            } else {
-                "# "
-            },
+            comment(&self.watch_peer_after),
             d(self.watch_peer_after.unwrap_or(Duration::ZERO)),
             d(self.retention),
             self.max_db_bytes,
@@ -327,18 +323,10 @@ impl Config {
             self.max_batch_samples,
             self.max_message_bytes,
             self.max_samples_per_episode,
-            if self.metrics_listen.is_some() {
-                ""
-            } else {
-                "# "
-            },
+            comment(&self.metrics_listen),
             self.metrics_listen
                 .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 7787))),
-            if self.query_token_file.is_some() {
-                ""
-            } else {
-                "# "
-            },
+            comment(&self.query_token_file),
             self.query_token_file
                 .as_deref()
                 .unwrap_or(Path::new("/etc/tcpstall/query.token"))
@@ -355,8 +343,8 @@ impl Config {
 }
 
 /// `# ` when the setting is unset: the example line is a comment then.
-fn comment(p: &Option<PathBuf>) -> &'static str {
-    if p.is_some() {
+fn comment<T>(setting: &Option<T>) -> &'static str {
+    if setting.is_some() {
         ""
     } else {
         "# "
