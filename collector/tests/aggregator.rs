@@ -442,6 +442,22 @@ async fn a_queue_held_briefly_costs_its_peer_nothing() {
     rig.send(a_sess, 110.0, vec![(Reason::Suspect, d.clone())], at(10.0));
     assert_eq!(rig.asked("hostb"), vec![ToAgent::Watch(d.flow.reversed())]);
 
+    // A peer end watched for a query: a suspect that never asked for it
+    // does not take the query's claim away when it drains.
+    let mut q = stuck_a(2000);
+    q.cookie = 12;
+    q.flow.remote.set_port(40_004);
+    rig.state.flow(q.flow, at(10.2));
+    rig.asked("hosta");
+    assert_eq!(rig.asked("hostb"), vec![ToAgent::Watch(q.flow.reversed())]);
+    rig.send(a_sess, 110.5, vec![(Reason::Suspect, q.clone())], at(10.5));
+    q.pos.sendq = 0;
+    rig.send(a_sess, 111.0, vec![(Reason::Released, q)], at(10.8));
+    assert!(
+        rig.asked("hostb").is_empty(),
+        "the query still needs B's end"
+    );
+
     // watch_peer_after = 0s (here from a reloaded config): every suspect's
     // peer is asked at its first report.
     rig.state.handle(
