@@ -12,9 +12,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use prost::Message;
 use tcpstall_proto::convert::{self, ConvertError};
 use tcpstall_proto::raw::{self, agent_message};
+use tcpstall_proto::sample_wire;
 use tcpstall_proto::v1::{self, collector_message};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::Stream;
@@ -133,7 +133,7 @@ pub fn batch_from_wire(b: raw::Batch, max_samples: usize) -> Result<AgentBatch, 
     let mut samples = Vec::with_capacity(b.samples.len());
     let mut packed = Vec::with_capacity(b.samples.len());
     for (i, bytes) in b.samples.into_iter().enumerate() {
-        let w = v1::Sample::decode(&*bytes)
+        let w = sample_wire::decode_sample(&bytes)
             .map_err(|e| Status::invalid_argument(format!("samples[{i}]: {e}")))?;
         let reason = match v1::SampleReason::try_from(w.reason) {
             Ok(v1::SampleReason::Suspect) => Reason::Suspect,

@@ -10,6 +10,7 @@
 use prost::Message;
 use tcpstall_common::EndSample;
 use tcpstall_proto::convert;
+use tcpstall_proto::sample_wire;
 use tcpstall_proto::v1;
 
 /// An [`EndSample`], protobuf-encoded.
@@ -31,7 +32,7 @@ impl Packed {
     /// The sample back. `None` only if what [`Packed::new`] wrote no longer
     /// decodes, which would be a bug: the caller logs it and goes on.
     pub fn unpack(&self) -> Option<EndSample> {
-        let wire = v1::Sample::decode(&*self.0).ok()?;
+        let wire = sample_wire::decode_sample(&self.0).ok()?;
         convert::sample_from_wire(&wire).ok()
     }
 

@@ -23,6 +23,7 @@ pub mod server {
 
 pub mod convert;
 pub mod raw;
+pub mod sample_wire;
 
 /// The protocol version this build speaks (`Hello.protocol`).
 pub const PROTOCOL_VERSION: u32 = 1;
