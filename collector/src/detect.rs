@@ -229,6 +229,7 @@ impl<H: HostKey> Detector<H> {
         // Most samples: a tracked connection on its 4-tuple, marks held.
         // Its track exists, so the index maps its 4-tuple to it already
         // (a newer cookie there would have ended it): one lookup.
+        let mut tracked = false;
         if s.pos.sendq > 0 {
             if let Some(t) = self.tracks.get_mut(&conn) {
                 if t.flow == flow && t.marks == m {
@@ -243,7 +244,23 @@ impl<H: HostKey> Detector<H> {
                     let held = held(t, now);
                     return Observed { events, held };
                 }
+                tracked = true;
             }
+        }
+        if s.pos.sendq == 0 {
+            // Drained: its 4-tuple is no longer tracked, whichever socket
+            // had it (an older one is replaced).
+            if let Some(old) = self.by_flow.remove(&(host, flow)) {
+                if old != s.cookie {
+                    let old = ConnKey { host, cookie: old };
+                    events.extend(self.end_track(&old, EndReason::Replaced, now));
+                }
+            }
+            events.extend(self.end_track(&conn, EndReason::Drained, now));
+            return Observed {
+                events,
+                held: Duration::ZERO,
+            };
         }
         match self.by_flow.insert((host, flow), s.cookie) {
             Some(old) if old != s.cookie => {
@@ -252,13 +269,6 @@ impl<H: HostKey> Detector<H> {
             }
             _ => {}
         }
-        if s.pos.sendq == 0 {
-            events.extend(self.end(&conn, EndReason::Drained, now));
-            return Observed {
-                events,
-                held: Duration::ZERO,
-            };
-        }
         let fresh = Track {
             flow,
             marks: m,
@@ -266,13 +276,18 @@ impl<H: HostKey> Detector<H> {
             since: reported_since,
             last: micros(now),
         };
-        let track = match self.tracks.get_mut(&conn) {
-            Some(t) if t.marks == m => t,
-            Some(_) => {
-                events.extend(self.end(&conn, EndReason::Moved, now));
-                self.tracks.get_or_insert(conn, fresh)
+        // Ending the older socket above did not touch this one's track:
+        // what the first lookup found still holds.
+        let track = if !tracked {
+            self.tracks.get_or_insert(conn, fresh)
+        } else {
+            match self.tracks.get_mut(&conn) {
+                Some(t) if t.marks == m => t,
+                _ => {
+                    events.extend(self.end(&conn, EndReason::Moved, now));
+                    self.tracks.get_or_insert(conn, fresh)
+                }
             }
-            None => self.tracks.get_or_insert(conn, fresh),
         };
         events.extend(advance(
             track,
@@ -315,11 +330,19 @@ impl<H: HostKey> Detector<H> {
     /// that never became episodes: the agent stopped reporting them
     /// without a word (a lost release). Bounds memory.
     pub fn expire(&mut self, host: H, before: Duration) -> usize {
-        let n = self.tracks.len();
         let before = micros(before);
-        self.tracks
-            .retain(|c, t| c.host != host || t.open || t.last >= before);
-        n - self.tracks.len()
+        let mut gone = Vec::new();
+        self.tracks.retain(|c, t| {
+            let keep = c.host != host || t.open || t.last >= before;
+            if !keep {
+                gone.push((*c, t.flow));
+            }
+            keep
+        });
+        for (c, flow) in &gone {
+            self.by_flow.remove_if(&(c.host, *flow), |k| *k == c.cookie);
+        }
+        gone.len()
     }
 
     fn end(&mut self, conn: &ConnKey<H>, reason: EndReason, now: Duration) -> Option<Event<H>> {
@@ -328,11 +351,32 @@ impl<H: HostKey> Detector<H> {
             self.by_flow
                 .remove_if(&(conn.host, track.flow), |c| *c == conn.cookie);
         }
-        track.open.then(|| Event::Closed {
-            conn: *conn,
-            flow: track.flow.flow(),
-            reason,
-            stuck_for: now.saturating_sub(Duration::from_micros(track.since)),
-        })
+        closing(conn, track, reason, now)
     }
+
+    /// [`Detector::end`] with the 4-tuple's index entry already seen to.
+    fn end_track(
+        &mut self,
+        conn: &ConnKey<H>,
+        reason: EndReason,
+        now: Duration,
+    ) -> Option<Event<H>> {
+        let track = self.tracks.remove(conn)?;
+        closing(conn, track, reason, now)
+    }
+}
+
+/// The event a track's end makes: a closed episode if it had one open.
+fn closing<H: HostKey>(
+    conn: &ConnKey<H>,
+    track: Track,
+    reason: EndReason,
+    now: Duration,
+) -> Option<Event<H>> {
+    track.open.then(|| Event::Closed {
+        conn: *conn,
+        flow: track.flow.flow(),
+        reason,
+        stuck_for: now.saturating_sub(Duration::from_micros(track.since)),
+    })
 }

@@ -118,29 +118,39 @@ impl<K: Hash + Eq, V> SlabMap<K, V> {
 
     /// Puts `v` under `k`; the value it replaced, if any.
     pub fn insert(&mut self, k: K, v: V) -> Option<V> {
-        if let Some(old) = self.get_mut(&k) {
-            return Some(std::mem::replace(old, v));
+        match self.entry(k, v) {
+            (i, Some(v)) => match &mut self.slots[i] {
+                Slot::Full(_, old) => Some(std::mem::replace(old, v)),
+                Slot::Free(_) => unreachable!("slot {i} of a present key is free"),
+            },
+            (_, None) => None,
         }
-        self.insert_new(k, v);
-        None
     }
 
     /// The value under `k`, inserting `v` first if there is none.
     pub fn get_or_insert(&mut self, k: K, v: V) -> &mut V {
-        let i = match self.find(&k) {
-            Some(i) => i,
-            None => self.insert_new(k, v),
-        };
+        let (i, _) = self.entry(k, v);
         match &mut self.slots[i] {
             Slot::Full(_, v) => v,
-            // insert_new filled it, or find found it full.
             Slot::Free(_) => unreachable!("slot {i} of a present key is free"),
         }
     }
 
-    /// Inserts a key known to be absent; its slot.
-    fn insert_new(&mut self, k: K, v: V) -> usize {
+    /// One probe of the index for `k`: its slot and `v` back if present,
+    /// else `v` put in a new slot and that slot.
+    fn entry(&mut self, k: K, v: V) -> (usize, Option<V>) {
         let hash = self.hash(&k);
+        let slots = &self.slots;
+        let hasher = &self.hasher;
+        let entry = self.index.entry(
+            hash,
+            |&i| key_of(&slots[i as usize]) == Some(&k),
+            |&j| key_of(&slots[j as usize]).map_or(0, |k| hasher.hash_one(k)),
+        );
+        let vacant = match entry {
+            hashbrown::hash_table::Entry::Occupied(e) => return (*e.get() as usize, Some(v)),
+            hashbrown::hash_table::Entry::Vacant(e) => e,
+        };
         let i = if self.free != NONE {
             let i = self.free as usize;
             if let Slot::Free(next) = self.slots[i] {
@@ -160,13 +170,9 @@ impl<K: Hash + Eq, V> SlabMap<K, V> {
             self.slots.push(Slot::Full(k, v));
             self.slots.len() - 1
         };
-        let slots = &self.slots;
-        let hasher = &self.hasher;
-        self.index.insert_unique(hash, i as u32, |&j| {
-            key_of(&slots[j as usize]).map_or(0, |k| hasher.hash_one(k))
-        });
+        vacant.insert(i as u32);
         self.len += 1;
-        i
+        (i, None)
     }
 
     pub fn remove(&mut self, k: &K) -> Option<V> {

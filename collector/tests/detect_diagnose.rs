@@ -153,6 +153,37 @@ fn a_new_cookie_on_the_same_tuple_is_a_new_connection() {
 }
 
 #[test]
+fn a_new_socket_that_drains_at_once_still_replaces_the_old_one() {
+    let mut d = Detector::new(T);
+    let old = a_end(1, 5000, 3000);
+    d.observe("a", &old, secs(0.0));
+    assert!(opened(&d.observe("a", &old, secs(10.0))));
+    // The new socket on the same 4-tuple is seen with its queue empty.
+    let ev = d.observe("a", &a_end(2, 3000, 0), secs(12.0));
+    assert_eq!(closed_with(&ev), Some(EndReason::Replaced));
+    assert_eq!(d.tracked(), 0);
+    assert_eq!(d.cookie_of("a", old.flow), None);
+}
+
+#[test]
+fn what_drains_or_expires_leaves_no_index_entry_behind() {
+    let mut d = Detector::new(T);
+    // A drain of a connection never tracked (its suspect expired, or its
+    // queue emptied before a report) tracks nothing.
+    let a = a_end(1, 5000, 3000);
+    d.observe("a", &a_end(1, 8000, 0), secs(0.0));
+    assert_eq!(d.cookie_of("a", a.flow), None);
+    // A suspect that went silent is forgotten whole: a later socket on
+    // its 4-tuple is not taken for its replacement, and its entry does
+    // not stay for the life of the collector.
+    d.observe("a", &a, secs(1.0));
+    assert_eq!(d.cookie_of("a", a.flow), Some(1));
+    assert_eq!(d.expire("a", secs(5.0)), 1);
+    assert_eq!(d.tracked(), 0);
+    assert_eq!(d.cookie_of("a", a.flow), None);
+}
+
+#[test]
 fn host_gone_ends_only_that_hosts_episodes() {
     let mut d = Detector::new(T);
     let a = a_end(1, 5000, 3000);
