@@ -147,9 +147,9 @@ impl PollState {
             s.absolute = self
                 .probes
                 .bpf(s.cookie)
-                .map(|k| AbsoluteSeq::from_kernel(k, s.opened));
+                .map(|k| Box::new(AbsoluteSeq::from_kernel(k, s.opened)));
             (s.owner, s.owner_missing) = match self.probes.owner(s.inode) {
-                Ok(o) => (Some(o), None),
+                Ok(o) => (Some(Box::new(o)), None),
                 Err(why) => (None, Some(why)),
             };
         }

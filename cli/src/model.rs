@@ -109,9 +109,9 @@ impl EndView {
             cork_source: s.and_then(|s| s.cork_source),
             nodelay: s.and_then(|s| s.nodelay),
             nodelay_source: s.and_then(|s| s.nodelay_source),
-            owner: s.and_then(|s| s.owner.clone()),
+            owner: s.and_then(|s| s.owner.as_deref().cloned()),
             owner_unknown: s.and_then(|s| s.owner_missing),
-            absolute: s.and_then(|s| s.absolute.clone()),
+            absolute: s.and_then(|s| s.absolute.as_deref().cloned()),
             absolute_source: s.and_then(|s| s.absolute.as_ref()).map(|_| FactSource::Bpf),
             source: "tcp_info",
         }

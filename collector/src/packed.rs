@@ -118,13 +118,13 @@ pub(crate) mod tests {
         let mut s = sample();
         s.nodelay = Some(true);
         s.nodelay_source = Some(FactSource::Bpf);
-        s.owner = Some(tcpstall_common::ProcessOwner {
+        s.owner = Some(Box::new(tcpstall_common::ProcessOwner {
             pid: 31337,
             command: "redis-server *:6379".into(),
             unit: Some("redis.service".into()),
             cgroup: Some("/system.slice/redis.service".into()),
-        });
-        s.absolute = Some(tcpstall_common::AbsoluteSeq {
+        }));
+        s.absolute = Some(Box::new(tcpstall_common::AbsoluteSeq {
             snd_una: 4_000_000_000,
             snd_nxt: 4_000_000_000,
             write_seq: 4_000_003_000,
@@ -133,7 +133,7 @@ pub(crate) mod tests {
             rcv_isn: Some(15),
             sacks_sent: vec![tcpstall_common::SackBlock { start: 30, end: 40 }],
             sacks_received: vec![],
-        });
+        }));
         assert_eq!(Packed::new(&s).unpack(), Some(s.clone()));
         s.owner = None;
         s.owner_missing = Some(tcpstall_common::OwnerMissing::NoPermission);

@@ -389,14 +389,24 @@ pub fn sample_from_wire(w: &v1::Sample) -> Result<EndSample, ConvertError> {
         cork_source: w.cork.and(source_from_wire(w.cork_source)),
         nodelay: w.nodelay,
         nodelay_source: w.nodelay.and(source_from_wire(w.nodelay_source)),
-        owner: w.owner.as_ref().map(owner_from_wire).transpose()?,
+        owner: w
+            .owner
+            .as_ref()
+            .map(owner_from_wire)
+            .transpose()?
+            .map(Box::new),
         // A reason beside an owner says nothing.
         owner_missing: if w.owner.is_some() {
             None
         } else {
             owner_missing_from_wire(w.owner_missing)
         },
-        absolute: w.absolute.as_ref().map(absolute_from_wire).transpose()?,
+        absolute: w
+            .absolute
+            .as_ref()
+            .map(absolute_from_wire)
+            .transpose()?
+            .map(Box::new),
     })
 }
 
@@ -485,14 +495,14 @@ mod tests {
             cork_source: Some(FactSource::Getsockopt),
             nodelay: Some(false),
             nodelay_source: Some(FactSource::Getsockopt),
-            owner: Some(ProcessOwner {
+            owner: Some(Box::new(ProcessOwner {
                 pid: 4242,
                 command: "/usr/bin/app --serve".into(),
                 unit: Some("app.service".into()),
                 cgroup: Some("/system.slice/app.service".into()),
-            }),
+            })),
             owner_missing: None,
-            absolute: Some(AbsoluteSeq {
+            absolute: Some(Box::new(AbsoluteSeq {
                 snd_una: u32::MAX - 100,
                 snd_nxt: 99,
                 write_seq: 199,
@@ -501,7 +511,7 @@ mod tests {
                 rcv_isn: None,
                 sacks_sent: vec![],
                 sacks_received: vec![SackBlock { start: 20, end: 90 }; 4],
-            }),
+            })),
         }
     }
 
