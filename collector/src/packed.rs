@@ -3,7 +3,7 @@
 //! The aggregator holds the latest sample of every suspect and of every
 //! watched peer, and the first sample of every suspect's stall, for the
 //! moment one of them becomes an episode. Decoded, an [`EndSample`] is
-//! about 400 bytes plus its namespace's name; encoded, about 150. Most
+//! about 370 bytes plus its namespace's name; encoded, about 150. Most
 //! suspects drain without ever being read back, so they are kept encoded
 //! and decoded only when an episode, a re-diagnosis or a query needs them.
 
