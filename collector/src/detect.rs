@@ -226,13 +226,27 @@ impl<H: HostKey> Detector<H> {
         };
         let m = marks(s);
         let reported_since = micros(now.saturating_sub(Duration::from_millis(s.unchanged_ms)));
-        // Most samples: a tracked connection on its 4-tuple, marks held.
-        // Its track exists, so the index maps its 4-tuple to it already
-        // (a newer cookie there would have ended it): one lookup.
-        let mut tracked = false;
+        let fresh = || Track {
+            flow,
+            marks: m,
+            open: false,
+            since: reported_since,
+            last: micros(now),
+        };
+        // Most samples: a tracked connection on its 4-tuple, one lookup.
+        // Its track exists, so the index maps its 4-tuple to it already (a
+        // newer cookie there would have ended it). Marks held, its clock
+        // goes on; marks moved, its stall ends and a new one starts.
+        // Tracked but on another 4-tuple (a cookie the kernel reused) is
+        // left to the general case below.
+        let mut elsewhere = false;
         if s.pos.sendq > 0 {
             if let Some(t) = self.tracks.get_mut(&conn) {
-                if t.flow == flow && t.marks == m {
+                if t.flow == flow {
+                    if t.marks != m {
+                        let old = std::mem::replace(t, fresh());
+                        events.extend(closing(&conn, old, EndReason::Moved, now));
+                    }
                     events.extend(advance(
                         t,
                         conn,
@@ -244,7 +258,7 @@ impl<H: HostKey> Detector<H> {
                     let held = held(t, now);
                     return Observed { events, held };
                 }
-                tracked = true;
+                elsewhere = true;
             }
         }
         if s.pos.sendq == 0 {
@@ -269,23 +283,16 @@ impl<H: HostKey> Detector<H> {
             }
             _ => {}
         }
-        let fresh = Track {
-            flow,
-            marks: m,
-            open: false,
-            since: reported_since,
-            last: micros(now),
-        };
         // Ending the older socket above did not touch this one's track:
         // what the first lookup found still holds.
-        let track = if !tracked {
-            self.tracks.get_or_insert(conn, fresh)
+        let track = if !elsewhere {
+            self.tracks.get_or_insert(conn, fresh())
         } else {
             match self.tracks.get_mut(&conn) {
                 Some(t) if t.marks == m => t,
                 _ => {
                     events.extend(self.end(&conn, EndReason::Moved, now));
-                    self.tracks.get_or_insert(conn, fresh)
+                    self.tracks.get_or_insert(conn, fresh())
                 }
             }
         };
