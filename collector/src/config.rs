@@ -23,7 +23,7 @@ pub struct Config {
     pub threshold: Duration,
     /// How long a suspect's queue must be held before the agent of its
     /// peer is asked to watch the other end; `None`: the threshold less
-    /// three and a half of the suspect's agent's polls (3s at the defaults).
+    /// two and a half of the suspect's agent's polls (5s at the defaults).
     #[serde(
         with = "duration::option_text",
         skip_serializing_if = "Option::is_none"
@@ -110,7 +110,7 @@ pub struct Flags {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub threshold: Option<Duration>,
     /// Held time after which a suspect's peer is watched, 0s for at once
-    /// [default: the threshold less 3.5 of its agent's polls].
+    /// [default: the threshold less 2.5 of its agent's polls].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub watch_peer_after: Option<Duration>,
     /// How long ended episodes are kept [default: 30days].
@@ -279,7 +279,7 @@ impl Config {
              threshold = \"{}\"\n\
              # How long a suspect's queue must be held before the agent of its peer is\n\
              # asked to watch the other end (0s: at once). When not set: the threshold\n\
-             # less three and a half of the suspect's agent's polls (3s at 10s and 2s),\n\
+             # less two and a half of the suspect's agent's polls (5s at 10s and 2s),\n\
              # so that queues held only briefly cost their peers nothing.\n\
              {}watch_peer_after = \"{}\"\n\
              # How long ended episodes are kept.\n\

@@ -137,13 +137,20 @@ async fn join_watch_and_peer_not_reading_from_both_ends() {
     let a = zero_window(stuck_a(2000));
     rig.send(a_sess, 100.0, vec![(Reason::Suspect, a.clone())], at(0.0));
     assert!(rig.asked("hostb").is_empty(), "not at the first report");
-    // Its second (held 4 s, past threshold - 3.5 polls = 3 s): the
-    // collector asks B to watch the peer end, once.
+    // Nor at its second (held 4 s). Its third (held 6 s, past threshold -
+    // 2.5 polls = 5 s): the collector asks B to watch the peer end, once.
     rig.send(
         a_sess,
         102.0,
         vec![(Reason::Suspect, zero_window(stuck_a(4000)))],
         at(0.1),
+    );
+    assert!(rig.asked("hostb").is_empty(), "not at the second report");
+    rig.send(
+        a_sess,
+        104.0,
+        vec![(Reason::Suspect, zero_window(stuck_a(6000)))],
+        at(0.2),
     );
     assert_eq!(rig.asked("hostb"), vec![ToAgent::Watch(a.flow.reversed())]);
     assert!(rig.asked("hosta").is_empty());
@@ -264,7 +271,7 @@ async fn ack_lost_and_data_lost_need_both_ends() {
         let mut rig = Rig::new();
         let a_sess = rig.hello("hosta", "198.18.0.2", at(0.0));
         let b_sess = rig.hello("hostb", "198.18.0.1", at(0.0));
-        let mut a = stuck_a(4000);
+        let mut a = stuck_a(6000);
         a.retransmits = Some(3);
         a.backoff = Some(3);
         rig.send(a_sess, 100.0, vec![(Reason::Suspect, a.clone())], at(0.0));
@@ -416,14 +423,18 @@ async fn a_queue_held_briefly_costs_its_peer_nothing() {
     assert!(rig.asked("hostb").is_empty(), "B was never needed");
     assert_eq!(rig.state.stats().watched, 0);
 
-    // Held two polls: B is asked at the second report, and told to stop
-    // when A's queue drains.
+    // Held three polls: B is asked at the third report (held 6 s, past
+    // the threshold less 2.5 polls), not the second, and told to stop when
+    // A's queue drains.
     let mut c = stuck_a(2000);
     c.cookie = 9;
     c.flow.remote.set_port(40_001);
-    rig.send(a_sess, 104.0, vec![(Reason::Suspect, c.clone())], at(4.0));
+    rig.send(a_sess, 102.0, vec![(Reason::Suspect, c.clone())], at(2.0));
     assert!(rig.asked("hostb").is_empty());
     c.unchanged_ms = 4000;
+    rig.send(a_sess, 104.0, vec![(Reason::Suspect, c.clone())], at(4.0));
+    assert!(rig.asked("hostb").is_empty(), "held 4 s: not yet");
+    c.unchanged_ms = 6000;
     rig.send(a_sess, 106.0, vec![(Reason::Suspect, c.clone())], at(6.0));
     assert_eq!(rig.asked("hostb"), vec![ToAgent::Watch(c.flow.reversed())]);
     c.pos.sendq = 0;
@@ -481,7 +492,7 @@ async fn a_peer_host_that_reconnects_is_asked_again_for_what_it_watched() {
     let mut rig = Rig::new();
     let a_sess = rig.hello("hosta", "198.18.0.2", at(0.0));
     let b_sess = rig.hello("hostb", "198.18.0.1", at(0.0));
-    let a = zero_window(stuck_a(4000));
+    let a = zero_window(stuck_a(6000));
     rig.send(a_sess, 100.0, vec![(Reason::Suspect, a.clone())], at(0.0));
     assert_eq!(rig.asked("hostb"), vec![ToAgent::Watch(a.flow.reversed())]);
 
@@ -514,7 +525,7 @@ async fn a_watch_request_dropped_on_a_full_queue_is_asked_again() {
     // sixteen watch requests, the last is dropped.
     let suspects: Vec<EndSample> = (0..17u16)
         .map(|i| {
-            let mut a = zero_window(stuck_a(4000));
+            let mut a = zero_window(stuck_a(6000));
             a.cookie = 100 + u64::from(i);
             a.flow.remote.set_port(40_000 + i);
             a
@@ -554,7 +565,7 @@ async fn a_flow_query_finds_both_ends_through_their_hosts_and_loopback_by_scan()
     // else to find.
     let mut others = Vec::new();
     for i in 0..50u16 {
-        let mut o = stuck_a(4000);
+        let mut o = stuck_a(6000);
         o.cookie = 1000 + u64::from(i);
         o.flow = FlowTuple::new(
             format!("198.18.0.2:{}", 9000 + i).parse().expect("addr"),
@@ -563,7 +574,7 @@ async fn a_flow_query_finds_both_ends_through_their_hosts_and_loopback_by_scan()
         others.push((Reason::Suspect, o));
     }
     rig.send(a_sess, 99.0, others, at(0.0));
-    let a = stuck_a(4000);
+    let a = stuck_a(6000);
     rig.send(a_sess, 100.0, vec![(Reason::Suspect, a.clone())], at(0.0));
     let b = b_end(&a, 5000, 4096, 0);
     rig.send(b_sess, 50.0, vec![(Reason::Watched, b.clone())], at(0.5));
