@@ -826,13 +826,21 @@ impl State {
         };
         let peer = self.peer_of(s);
         let verdict = diagnose(a, peer.as_peer());
+        // Most polls of a held queue find what the last one did, a little
+        // later: nothing to store (its duration is read from its start).
+        if s.episode
+            .as_ref()
+            .is_some_and(|ep| ep.verdict.same_finding(&verdict))
+        {
+            return;
+        }
         let note = peer_note(peer.as_peer());
         let b_host = s.peer.map(|p| self.hosts.name(p).to_string());
         let (stuck_for, stuck_bytes) = (a.unchanged_ms, a.pos.sendq);
         let Some(ep) = self.suspects.get_mut(conn).and_then(|s| s.episode.as_mut()) else {
             return;
         };
-        if ep.verdict != verdict {
+        {
             if ep.verdict.diagnosis != verdict.diagnosis {
                 tracing::info!(episode = ep.id, from = %ep.verdict.diagnosis, to = %verdict.diagnosis, "diagnosis changed");
                 let open = &mut self.stats.open_by_diagnosis[ep.verdict.diagnosis.index()];

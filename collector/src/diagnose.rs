@@ -116,6 +116,25 @@ pub struct Verdict {
     pub evidence: BTreeMap<&'static str, i64>,
 }
 
+/// The evidence that grows with every poll of a held queue.
+const HELD_FOR: &str = "a_unchanged_ms";
+
+impl Verdict {
+    /// Whether `other` finds the same as this one: the same diagnosis,
+    /// words and numbers, apart from how long A's queue has been held
+    /// (`a_unchanged_ms`), which grows every poll. An open episode is
+    /// written again only when its verdict is not the same finding; its
+    /// duration is the time since it started until it ends.
+    pub fn same_finding(&self, other: &Verdict) -> bool {
+        fn numbers(v: &Verdict) -> impl Iterator<Item = (&&'static str, &i64)> {
+            v.evidence.iter().filter(|(k, _)| **k != HELD_FOR)
+        }
+        self.diagnosis == other.diagnosis
+            && self.summary == other.summary
+            && numbers(self).eq(numbers(other))
+    }
+}
+
 fn put(ev: &mut BTreeMap<&'static str, i64>, name: &'static str, v: Option<impl TryInto<i64>>) {
     if let Some(v) = v.and_then(|v| v.try_into().ok()) {
         ev.insert(name, v);
@@ -137,7 +156,7 @@ fn a_evidence(a: &EndSample) -> BTreeMap<&'static str, i64> {
     put(&mut ev, "a_retransmits", a.retransmits);
     put(&mut ev, "a_backoff", a.backoff);
     put(&mut ev, "a_probes", a.probes);
-    put(&mut ev, "a_unchanged_ms", Some(a.unchanged_ms));
+    put(&mut ev, HELD_FOR, Some(a.unchanged_ms));
     put(&mut ev, "a_cork", a.cork.map(i64::from));
     ev
 }

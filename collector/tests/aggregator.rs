@@ -188,7 +188,12 @@ async fn join_watch_and_peer_not_reading_from_both_ends() {
     assert!(e.open);
     assert_eq!(e.started_at_ms, at(8.1) - 10_100);
 
-    // More polls store samples of both ends while it is open.
+    assert_eq!(e.evidence.get("a_unchanged_ms"), Some(&10_100));
+
+    // More polls store samples of both ends while it is open. A poll that
+    // finds the same, only later, leaves the episode's row as it was (its
+    // duration is read from its start while it is open); one that finds
+    // new numbers (another zero-window probe) writes them.
     rig.send(b_sess, 52.0, vec![(Reason::Watched, b.clone())], at(10.0));
     rig.send(
         a_sess,
@@ -196,6 +201,16 @@ async fn join_watch_and_peer_not_reading_from_both_ends() {
         vec![(Reason::Suspect, zero_window(stuck_a(12_100)))],
         at(10.1),
     );
+    let e = &rig.episodes().await[0];
+    assert_eq!(e.evidence.get("a_unchanged_ms"), Some(&10_100));
+    assert_eq!(e.evidence.get("a_probes"), Some(&0));
+    let mut probing = zero_window(stuck_a(14_100));
+    probing.probes = Some(1);
+    rig.send(a_sess, 112.0, vec![(Reason::Suspect, probing)], at(11.0));
+    let e = &rig.episodes().await[0];
+    assert_eq!(e.evidence.get("a_probes"), Some(&1));
+    assert_eq!(e.evidence.get("a_unchanged_ms"), Some(&14_100));
+    assert_eq!(e.diagnosis, "peer_not_reading");
     // Then A's queue moves: the episode ends, with the last sample kept,
     // and the peer's watch is released.
     let mut moved = zero_window(stuck_a(0));
