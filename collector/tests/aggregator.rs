@@ -243,6 +243,69 @@ async fn join_watch_and_peer_not_reading_from_both_ends() {
 }
 
 #[tokio::test]
+async fn released_suspects_leave_nothing_behind() {
+    let mut rig = Rig::new();
+    let a_sess = rig.hello("hosta", "198.18.0.2", at(0.0));
+    rig.hello("hostb", "198.18.0.1", at(0.0));
+    // Three suspects: one drains, one moves (its queue still non-empty),
+    // one held long enough to have its peer watched, then drained.
+    let suspect = |cookie: u64, held_ms: u64| {
+        let mut a = stuck_a(held_ms);
+        a.cookie = cookie;
+        a.flow.remote.set_port(40_000 + cookie as u16);
+        a
+    };
+    let (drains, moves, watched) = (suspect(1, 2000), suspect(2, 2000), suspect(3, 6000));
+    rig.send(
+        a_sess,
+        100.0,
+        vec![
+            (Reason::Suspect, drains.clone()),
+            (Reason::Suspect, moves.clone()),
+            (Reason::Suspect, watched.clone()),
+        ],
+        at(0.0),
+    );
+    assert_eq!(
+        rig.asked("hostb"),
+        vec![ToAgent::Watch(watched.flow.reversed())]
+    );
+    let stats = rig.state.stats();
+    assert_eq!((stats.suspects, stats.tracks, stats.watched), (3, 3, 1));
+
+    let drained = |mut a: EndSample| {
+        a.pos.sendq = 0;
+        a.unchanged_ms = 0;
+        a
+    };
+    let mut moved = moves.clone();
+    moved.pos.snd_una = Some(5500);
+    moved.pos.sendq = 2500;
+    moved.unchanged_ms = 0;
+    rig.send(
+        a_sess,
+        102.0,
+        vec![
+            (Reason::Released, drained(drains)),
+            (Reason::Released, moved),
+            (Reason::Released, drained(watched.clone())),
+        ],
+        at(2.0),
+    );
+    assert_eq!(
+        rig.asked("hostb"),
+        vec![ToAgent::Unwatch(watched.flow.reversed())]
+    );
+    let stats = rig.state.stats();
+    assert_eq!(
+        (stats.suspects, stats.tracks, stats.watched),
+        (0, 0, 0),
+        "no suspect, track or watch left"
+    );
+    assert!(rig.episodes().await.is_empty());
+}
+
+#[tokio::test]
 async fn pending_peer_settles_when_it_reports_and_absent_peer_is_half_open() {
     let mut rig = Rig::new();
     let a_sess = rig.hello("hosta", "198.18.0.2", at(0.0));
