@@ -429,10 +429,6 @@ pub async fn run(settings: RunSettings, shutdown: impl Future<Output = ()>) -> a
                         "cut off from the collector: buffering batches"
                     );
                 }
-                // Kept across a cut: the batches buffered meanwhile most
-                // likely go to the same collector, and one that restarted
-                // knows none of their suspects.
-                Some(LinkEvent::Welcomed { threshold }) => state.selector.lean_releases_below(threshold),
                 Some(LinkEvent::Watch(flow)) => {
                     if !state.selector.watch(flow) {
                         tracing::warn!(%flow, max = crate::suspects::MAX_WATCHED, "too many watched flows; watch refused");

@@ -12,11 +12,6 @@
 //! - A socket that was sent (suspect or watched) and is gone gets a
 //!   **closed**.
 //!
-//! - Once the collector has said its episode threshold, a release of a
-//!   queue held for less than it (which cannot have an episode open) is
-//!   sent **lean**: identity and queue marks only ([`EndSample::lean`]),
-//!   unless its flow is watched.
-//!
 //! A socket is sent at most once per poll, with the first reason that
 //! applies of suspect, released, watched. Identity is (namespace inode,
 //! socket cookie): a reused 4-tuple is a new connection. Memory holds only
@@ -106,9 +101,6 @@ pub struct Selector {
     watched: BTreeSet<FlowTuple>,
     watched_sockets: HashMap<ConnKey, WatchedSocket>,
     generation: u64,
-    /// Releases of queues held for less go lean (the collector's
-    /// threshold); `None`: every release is sent whole.
-    lean_below: Option<Duration>,
 }
 
 impl Selector {
@@ -118,12 +110,6 @@ impl Selector {
             labels: labels.into_iter().collect(),
             ..Selector::default()
         }
-    }
-
-    /// The collector's episode threshold, from its Welcome: releases of
-    /// queues held for less are sent lean from the next poll on.
-    pub fn lean_releases_below(&mut self, threshold: Option<Duration>) {
-        self.lean_below = threshold;
     }
 
     fn label(&self, inode: u64) -> String {
@@ -208,8 +194,6 @@ impl Selector {
             let flow = FlowTuple::new(s.local, s.remote);
             let mut reason = None;
             let mut unchanged = Duration::ZERO;
-            // A release's stall: how long its marks had been held by now.
-            let mut held = Duration::ZERO;
             if s.wqueue > 0 {
                 let pos = s.positions();
                 let marks = Marks {
@@ -228,7 +212,6 @@ impl Selector {
                             if q.suspect {
                                 q.suspect = false;
                                 reason = Some(Reason::Released);
-                                held = now.saturating_sub(q.since);
                             }
                             q.marks = marks;
                             q.since = now;
@@ -250,11 +233,9 @@ impl Selector {
             } else if let Some(q) = self.queued.remove(&key) {
                 if q.suspect {
                     reason = Some(Reason::Released);
-                    held = now.saturating_sub(q.since);
                 }
             }
-            let watched = self.watched.contains(&flow);
-            if watched {
+            if self.watched.contains(&flow) {
                 found.insert(flow);
                 self.watched_sockets
                     .insert(key, WatchedSocket { flow, seen: gen });
@@ -263,16 +244,8 @@ impl Selector {
             if let Some(reason) = reason {
                 let ms = u64::try_from(unchanged.as_millis()).unwrap_or(u64::MAX);
                 let label = self.label(s.netns);
-                let mut sample = EndSample::from_socket(s, &label, ms);
-                // Held until now for less than the threshold, it was held
-                // for less at every report: no episode can be open for it.
-                let lean = reason == Reason::Released
-                    && !watched
-                    && self.lean_below.is_some_and(|t| held < t);
-                if lean {
-                    sample = sample.lean();
-                }
-                out.samples.push((reason, sample));
+                out.samples
+                    .push((reason, EndSample::from_socket(s, &label, ms)));
             }
         }
 
@@ -494,60 +467,6 @@ mod tests {
         let out = sel.select(&[moved], &[], at(2));
         assert_eq!(reasons(&out), vec![(Reason::Suspect, 1, 2000)]);
         assert_eq!(out.samples[0].1.pos.snd_una, Some(5099), "minus the SYN");
-    }
-
-    #[test]
-    fn releases_go_lean_below_the_collectors_threshold() {
-        let with_info = |cookie: u64, remote: &str, sendq: u32| {
-            let mut s = conn(cookie, "198.18.0.1:40000", remote, sendq);
-            s.info = Some(tcp_info_with_acked(5000));
-            s
-        };
-        let short = |sendq| with_info(1, "198.18.0.2:80", sendq);
-        let long = |sendq| with_info(2, "198.18.0.2:81", sendq);
-        let watched = |sendq| with_info(3, "198.18.0.2:82", sendq);
-        let released = |out: &Selection, cookie: u64| -> EndSample {
-            out.samples
-                .iter()
-                .find(|(r, s)| *r == Reason::Released && s.cookie == cookie)
-                .map(|(_, s)| s.clone())
-                .expect("a release")
-        };
-
-        // Before the collector says its threshold: every release whole.
-        let mut sel = selector();
-        sel.select(&[short(300)], &[], at(0));
-        sel.select(&[short(300)], &[], at(1));
-        let out = sel.select(&[short(0)], &[], at(2));
-        assert!(released(&out, 1).rtt_us.is_some(), "whole: {out:?}");
-
-        let mut sel = selector();
-        sel.lean_releases_below(Some(Duration::from_secs(10)));
-        let flow = |s: &SocketSample| FlowTuple::new(s.local, s.remote);
-        assert!(sel.watch(flow(&watched(0))));
-        let all = |q| [short(q), long(q), watched(q)];
-        sel.select(&all(300), &[], at(0));
-        sel.select(&all(300), &[], at(1));
-        // Held 4 s, then moved: lean, with its marks.
-        let out = sel.select(&[short(200), long(300), watched(200)], &[], at(2));
-        let lean = released(&out, 1);
-        assert_eq!(lean, EndSample::from_socket(&short(200), "host", 0).lean());
-        assert_eq!((lean.pos.sendq, lean.pos.snd_una), (200, Some(4999)));
-        assert_eq!(lean.pos.write_seq, Some(5199));
-        assert_eq!(
-            (lean.rtt_us, lean.pos.snd_wnd, lean.timer),
-            (None, None, None)
-        );
-        // A watched flow's release is its peer's report: whole.
-        assert!(released(&out, 3).rtt_us.is_some());
-        // Held 10 s (an episode may be open): whole.
-        for i in 3..6 {
-            sel.select(&[long(300)], &[], at(i));
-        }
-        let out = sel.select(&[long(0)], &[], at(6));
-        let whole = released(&out, 2);
-        assert_eq!(whole.rtt_us, Some(0));
-        assert_eq!(whole.pos.sendq, 0);
     }
 
     /// A tcp_info of the oldest supported length with `bytes_acked` set.

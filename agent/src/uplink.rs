@@ -91,10 +91,6 @@ pub enum LinkEvent {
         session: u64,
         tx: mpsc::Sender<v1::AgentMessage>,
     },
-    /// The collector said its episode threshold (`None`: it did not).
-    Welcomed {
-        threshold: Option<Duration>,
-    },
     /// The collector asks for a flow (local is this host's address).
     Watch(FlowTuple),
     Unwatch(FlowTuple),
@@ -310,10 +306,8 @@ async fn one_session(
         };
         let event = match body {
             collector_message::Body::Welcome(w) => {
-                tracing::info!(session, protocol = w.protocol, collector_version = %w.collector_version, threshold_ms = w.threshold_ms, "welcomed");
-                LinkEvent::Welcomed {
-                    threshold: (w.threshold_ms > 0).then(|| Duration::from_millis(w.threshold_ms)),
-                }
+                tracing::info!(session, protocol = w.protocol, collector_version = %w.collector_version, "welcomed");
+                continue;
             }
             collector_message::Body::Watch(w) => {
                 match tcpstall_proto::convert::flow_from_wire(w.flow.as_ref()) {

@@ -594,67 +594,6 @@ fn a_stuck_sender_is_a_suspect_and_its_watched_peer_shows_the_same_position() {
 }
 
 #[test]
-fn a_release_held_less_than_the_collectors_threshold_goes_lean() {
-    let rec = Recorder::default();
-    let collector = TestCollector::start("127.0.0.1:0".parse().expect("addr"), &rec);
-    let stall = Stall::new();
-    let agent = Agent::start(&collector.url(), &[]);
-    let sender = stall.sender_flow();
-    rec.wait("the hello", |streams| streams.first()?.hello().map(|_| ()));
-    rec.send(collector_message::Body::Welcome(v1::Welcome {
-        protocol: 1,
-        collector_version: "test".into(),
-        threshold_ms: 60_000,
-    }));
-    agent.wait_log("welcomed", 1);
-    let suspects_of = |streams: &[StreamLog]| -> Vec<v1::Sample> {
-        streams
-            .iter()
-            .flat_map(|s| s.batches())
-            .flat_map(|b| b.samples.iter())
-            .filter(|s| flow_of(s) == Some(sender))
-            .cloned()
-            .collect()
-    };
-    // Two polls after the welcome, the agent holds the threshold.
-    let seen = rec.wait("a suspect", |streams| {
-        let n = suspects_of(streams).len();
-        (n > 0).then_some(n)
-    });
-    let whole = rec.wait("two more suspect samples", |streams| {
-        let found = suspects_of(streams);
-        (found.len() >= seen + 2).then(|| found[found.len() - 1].clone())
-    });
-    assert_eq!(reason(&whole), v1::SampleReason::Suspect);
-    assert!(
-        whole.rtt_us.is_some() && whole.snd_wnd.is_some(),
-        "{whole:?}"
-    );
-
-    // The receiver reads everything: the queue drains after a few hundred
-    // milliseconds held, far below the threshold.
-    let mut reader = stall.receiver.try_clone().expect("clone");
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 64 * 1024];
-        while matches!(std::io::Read::read(&mut reader, &mut buf), Ok(n) if n > 0) {}
-    });
-    let released = rec.wait("the release", |streams| {
-        suspects_of(streams)
-            .into_iter()
-            .find(|s| reason(s) == v1::SampleReason::Released)
-    });
-    assert_eq!(released.cookie, whole.cookie);
-    assert_eq!(released.sendq, 0, "drained");
-    assert_eq!(released.snd_una, released.write_seq, "its marks are there");
-    assert!(released.snd_una.is_some());
-    assert_eq!(
-        (released.rtt_us, released.snd_wnd, released.retransmits),
-        (None, None, None),
-        "lean: only identity and marks"
-    );
-}
-
-#[test]
 fn idle_and_healthy_connections_are_never_suspects() {
     let rec = Recorder::default();
     let collector = TestCollector::start("127.0.0.1:0".parse().expect("addr"), &rec);

@@ -49,9 +49,6 @@ pub struct IngestService {
     agg: mpsc::Sender<Command>,
     /// Shared so that a reloaded config reaches streams already open.
     pub max_batch_samples: Arc<std::sync::atomic::AtomicUsize>,
-    /// The episode threshold told to each agent in its Welcome
-    /// (milliseconds); a reloaded config reaches the streams opened after.
-    pub threshold_ms: Arc<AtomicU64>,
     sessions: Arc<AtomicU64>,
     /// Messages refused since start.
     pub refused: Arc<AtomicU64>,
@@ -64,18 +61,10 @@ impl IngestService {
         IngestService {
             agg,
             max_batch_samples: Arc::new(std::sync::atomic::AtomicUsize::new(max_batch_samples)),
-            threshold_ms: Arc::new(AtomicU64::new(0)),
             sessions: Arc::new(AtomicU64::new(1)),
             refused: Arc::new(AtomicU64::new(0)),
             mtls: false,
         }
-    }
-
-    /// Tells agents the episode threshold (see `v1::Welcome::threshold_ms`).
-    pub fn with_threshold(self, threshold: Duration) -> IngestService {
-        let ms = u64::try_from(threshold.as_millis()).unwrap_or(u64::MAX);
-        self.threshold_ms.store(ms, Ordering::Relaxed);
-        self
     }
 
     /// Requires every agent's stream to carry a verified client
@@ -336,13 +325,11 @@ impl tcpstall_proto::server::ingest_server::Ingest for IngestService {
         });
 
         // Outbound: a Welcome, then what the aggregator asks of this agent.
-        let threshold_ms = self.threshold_ms.load(Ordering::Relaxed);
         tokio::spawn(async move {
             let welcome = v1::CollectorMessage {
                 body: Some(collector_message::Body::Welcome(v1::Welcome {
                     protocol: tcpstall_proto::PROTOCOL_VERSION,
                     collector_version: env!("CARGO_PKG_VERSION").to_string(),
-                    threshold_ms,
                 })),
             };
             if out_tx.send(Ok(welcome)).await.is_err() {

@@ -102,7 +102,6 @@ async fn reload(
     agg: mpsc::Sender<aggregator::Command>,
     store: Store,
     max_batch_samples: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    threshold_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
 ) {
     while let Some(new) = reloads.recv().await {
         let fixed = fixed_while_running(&current, &new);
@@ -123,10 +122,6 @@ async fn reload(
             return;
         }
         max_batch_samples.store(new.max_batch_samples, std::sync::atomic::Ordering::Relaxed);
-        threshold_ms.store(
-            u64::try_from(new.threshold.as_millis()).unwrap_or(u64::MAX),
-            std::sync::atomic::Ordering::Relaxed,
-        );
         tracing::info!(
             threshold = ?new.threshold,
             watch_peer_after = ?new.watch_peer_after,
@@ -197,8 +192,7 @@ pub async fn serve_on_reloading(
         None => QueryTokenCheck::new(None),
     };
     let tls_refused = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let ingest = IngestService::new(agg_tx.clone(), config.max_batch_samples)
-        .with_threshold(config.threshold);
+    let ingest = IngestService::new(agg_tx.clone(), config.max_batch_samples);
     let ingest = if config.tls_client_ca.is_some() {
         ingest.require_client_certs()
     } else {
@@ -211,7 +205,6 @@ pub async fn serve_on_reloading(
         agg_tx.clone(),
         store.clone(),
         ingest.max_batch_samples.clone(),
-        ingest.threshold_ms.clone(),
     ));
     let metrics = match config.metrics_listen {
         Some(addr) => {

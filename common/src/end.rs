@@ -134,54 +134,6 @@ impl AbsoluteSeq {
 }
 
 impl EndSample {
-    /// Only what names the connection and its queue marks: what the
-    /// collector needs of the release of a suspect that cannot have an
-    /// episode open (held for less than its threshold). Everything else is
-    /// left unknown; a sample is about a third of its size this way.
-    pub fn lean(self) -> EndSample {
-        let p = self.pos;
-        EndSample {
-            flow: self.flow,
-            netns: self.netns,
-            state: self.state,
-            cookie: self.cookie,
-            inode: self.inode,
-            opened: self.opened,
-            pos: Positions {
-                sendq: p.sendq,
-                recvq: p.recvq,
-                snd_una: p.snd_una,
-                write_seq: p.write_seq,
-                ..Positions::default()
-            },
-            unchanged_ms: self.unchanged_ms,
-            timer: None,
-            timer_expires_ms: 0,
-            retransmits: None,
-            probes: None,
-            backoff: None,
-            ca_state: None,
-            rto_us: None,
-            rtt_us: None,
-            snd_cwnd: None,
-            unacked: None,
-            lost: None,
-            retrans: None,
-            total_retrans: None,
-            last_data_sent_ms: None,
-            last_data_recv_ms: None,
-            last_ack_recv_ms: None,
-            bytes_retrans: None,
-            cork: None,
-            cork_source: None,
-            nodelay: None,
-            nodelay_source: None,
-            owner: None,
-            owner_missing: None,
-            absolute: None,
-        }
-    }
-
     /// The facts of one polled socket.
     pub fn from_socket(s: &SocketSample, netns: &str, unchanged_ms: u64) -> EndSample {
         let i = s.info.as_ref();

@@ -207,12 +207,9 @@ async fn stream(
         .into_inner();
     match inbound.message().await {
         Ok(Some(v1::CollectorMessage {
-            body: Some(collector_message::Body::Welcome(w)),
+            body: Some(collector_message::Body::Welcome(_)),
         })) => {
             c.welcomed.fetch_add(1, Ordering::Relaxed);
-            host.lean_releases_below(
-                (w.threshold_ms > 0).then(|| Duration::from_millis(w.threshold_ms)),
-            );
         }
         other => bail!("{}: no welcome: {other:?}", sim::host_name(index)),
     }

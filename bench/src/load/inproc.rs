@@ -154,8 +154,6 @@ fn measure(args: &InprocArgs) -> anyhow::Result<Seen> {
             .context("hello unanswered")?
             .map_err(|e| anyhow::anyhow!("hello refused: {e}"))?;
         let mut host = sim::Host::new(i, shape, args.seed);
-        // As the collector's Welcome tells a real agent.
-        host.lean_releases_below(Some(THRESHOLD));
         host.start_load(Duration::ZERO);
         hosts.push(host);
         inboxes.push(rx);

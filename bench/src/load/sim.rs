@@ -355,9 +355,6 @@ pub struct Host {
     watched: BTreeSet<FlowTuple>,
     /// Whether the load is on; off, the host only heartbeats.
     pub loaded: bool,
-    /// The collector's threshold once it said it: releases of queues held
-    /// for less go lean, as the agent sends them.
-    lean_below: Option<Duration>,
 }
 
 impl Host {
@@ -375,26 +372,6 @@ impl Host {
             next_stuck_k,
             watched: BTreeSet::new(),
             loaded: false,
-            lean_below: None,
-        }
-    }
-
-    /// The collector's Welcome said its threshold (see the agent's
-    /// `Selector::lean_releases_below`).
-    pub fn lean_releases_below(&mut self, threshold: Option<Duration>) {
-        self.lean_below = threshold;
-    }
-
-    /// A release, lean when the agent would send it so: held until `now`
-    /// for less than the collector's threshold, and not watched.
-    fn release(&self, sample: EndSample, first_seen: Duration, now: Duration) -> EndSample {
-        let held = now.saturating_sub(first_seen);
-        let lean =
-            self.lean_below.is_some_and(|t| held < t) && !self.watched.contains(&sample.flow);
-        if lean {
-            sample.lean()
-        } else {
-            sample
         }
     }
 
@@ -455,8 +432,8 @@ impl Host {
                     .push((Reason::Suspect, a_queued(i, c.k, false, hosts, ms)));
                 kept.push(c);
             } else {
-                let s = self.release(a_released(i, c.k, false, hosts), c.first_seen, now);
-                out.samples.push((Reason::Released, s));
+                out.samples
+                    .push((Reason::Released, a_released(i, c.k, false, hosts)));
                 self.in_churn.remove(&c.k);
             }
         }
@@ -502,14 +479,9 @@ impl Host {
                     };
                 }
                 Slot::Waiting { .. } => {}
-                Slot::Stuck {
-                    k,
-                    first_seen,
-                    until,
-                    ..
-                } if now >= until => {
-                    let s = self.release(a_released(i, k, true, hosts), first_seen, now);
-                    out.samples.push((Reason::Released, s));
+                Slot::Stuck { k, until, .. } if now >= until => {
+                    out.samples
+                        .push((Reason::Released, a_released(i, k, true, hosts)));
                     self.slots[slot] = Slot::Waiting {
                         start: now + self.rng.within(self.shape.interval),
                     };
@@ -659,14 +631,10 @@ mod tests {
     #[test]
     fn stuck_flows_are_reported_with_their_age_then_released_and_replaced() {
         let mut h = Host::new(0, shape(10), 7);
-        // As a collector at 10 s says: churning queues' releases go lean,
-        // stuck ones' (held 30 s) whole.
-        h.lean_releases_below(Some(Duration::from_secs(10)));
         h.start_load(Duration::ZERO);
         let mut starts = Vec::new();
         let mut longest = 0;
         let mut stuck_released = 0;
-        let mut lean_released = 0;
         for n in 0..60u32 {
             let now = POLL * n;
             let out = h.poll(now);
@@ -681,16 +649,9 @@ mod tests {
                 if s.flow.remote.port() == STUCK_PORT {
                     match r {
                         Reason::Suspect => longest = longest.max(s.unchanged_ms),
-                        Reason::Released => {
-                            assert!(s.rtt_us.is_some(), "a stuck flow's release is whole");
-                            stuck_released += 1;
-                        }
+                        Reason::Released => stuck_released += 1,
                         Reason::Watched => unreachable!(),
                     }
-                } else if *r == Reason::Released {
-                    assert_eq!(s.rtt_us, None, "a churning queue's release is lean");
-                    assert!(s.pos.snd_una.is_some() && s.pos.write_seq.is_some());
-                    lean_released += 1;
                 }
             }
             assert!(h.stuck() <= 10);
@@ -702,7 +663,6 @@ mod tests {
         let unique: HashSet<_> = starts.iter().collect();
         assert_eq!(unique.len(), starts.len());
         assert!(stuck_released >= 20);
-        assert!(lean_released > 1000, "{lean_released} lean releases");
     }
 
     #[test]

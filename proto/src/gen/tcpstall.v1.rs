@@ -295,14 +295,6 @@ pub struct Welcome {
     pub protocol: u32,
     #[prost(string, tag = "2")]
     pub collector_version: ::prost::alloc::string::String,
-    /// The collector's episode threshold as the stream began, milliseconds
-    /// (0: not said). A queue
-    /// held for less cannot have an open episode, so the agent may send its
-    /// release lean: the connection's identity and its queue marks only
-    /// (netns, 4-tuple, state, cookie, inode, opened, sendq, recvq, snd_una,
-    /// write_seq, unchanged_ms), unless the flow is watched.
-    #[prost(uint64, tag = "3")]
-    pub threshold_ms: u64,
 }
 /// A flow by its 4-tuple as seen from the agent's side (local is the
 /// agent's address).
