@@ -647,7 +647,10 @@ impl State {
         }
         for closed in batch.closed {
             self.peer_report(host, Tuple::new(closed.flow), || PeerEnd::NoSocket);
-            if let Some(event) = self.detector.closed(host, closed.cookie, batch.mono) {
+            if let Some(event) = self
+                .detector
+                .closed(host, closed.flow, closed.cookie, batch.mono)
+            {
                 self.event(event, now_ms, None);
             }
             self.forget(&ConnKey {
@@ -699,7 +702,7 @@ impl State {
             if let Some(s) = self.suspects.remove_if(&conn, |s| s.episode.is_none()) {
                 // A drain ended its track already; a move restarted it.
                 if sample.pos.sendq > 0 {
-                    if let Some(event) = self.detector.closed(host, sample.cookie, mono) {
+                    if let Some(event) = self.detector.closed_at(host, tuple, sample.cookie, mono) {
                         self.event(event, now_ms, Some(&sample));
                     }
                 }
@@ -761,7 +764,7 @@ impl State {
         }
         if last_word {
             // The agent's last word on it: nothing more will come.
-            if let Some(event) = self.detector.closed(host, sample.cookie, mono) {
+            if let Some(event) = self.detector.closed_at(host, tuple, sample.cookie, mono) {
                 self.event(event, now_ms, Some(&sample));
             }
             self.forget(&conn);
@@ -783,17 +786,17 @@ impl State {
             })
             .collect();
         let default = i64::try_from(ms(Duration::from_secs(2) * polls)).unwrap_or(i64::MAX);
-        let stale: Vec<(ConnKey, Duration)> = self
+        let stale: Vec<(ConnKey, Tuple, Duration)> = self
             .suspects
             .iter()
             .filter(|(c, s)| {
                 now_ms - s.latest_at_ms > silence.get(&c.host).copied().unwrap_or(default)
             })
-            .map(|(c, s)| (*c, s.last_mono))
+            .map(|(c, s)| (*c, s.flow, s.last_mono))
             .collect();
-        for (conn, mono) in stale {
+        for (conn, flow, mono) in stale {
             tracing::debug!(host = %self.hosts.name(conn.host), cookie = conn.cookie, "suspect went silent");
-            if let Some(event) = self.detector.closed(conn.host, conn.cookie, mono) {
+            if let Some(event) = self.detector.closed_at(conn.host, flow, conn.cookie, mono) {
                 self.event(event, now_ms, None);
             }
             self.forget(&conn);

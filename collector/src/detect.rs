@@ -115,7 +115,8 @@ fn micros(d: Duration) -> u64 {
 
 #[derive(Debug)]
 struct Track {
-    flow: Tuple,
+    /// The socket tracked on this 4-tuple.
+    cookie: u64,
     marks: Marks,
     open: bool,
     /// Agent clock (µs) when the marks were first seen as they are.
@@ -126,12 +127,15 @@ struct Track {
 
 /// The episode detector for all connections. Memory: one small entry per
 /// connection that is currently suspect.
+///
+/// A track is keyed by its host and 4-tuple, and holds the cookie of the
+/// socket on it: a sample with another cookie is a new socket on the same
+/// 4-tuple, which replaces the old one, without a second table to map
+/// 4-tuples to cookies.
 #[derive(Debug)]
 pub struct Detector<H = crate::aggregator::HostId> {
     threshold: Duration,
-    tracks: SlabMap<ConnKey<H>, Track>,
-    /// (host, 4-tuple) -> cookie, to see a cookie change.
-    by_flow: SlabMap<(H, Tuple), u64>,
+    tracks: SlabMap<(H, Tuple), Track>,
 }
 
 /// A sample that keeps a track's marks: its clocks move on, and past the
@@ -169,7 +173,6 @@ impl<H: HostKey> Detector<H> {
         Detector {
             threshold,
             tracks: SlabMap::new(),
-            by_flow: SlabMap::new(),
         }
     }
 
@@ -188,19 +191,21 @@ impl<H: HostKey> Detector<H> {
         self.tracks.len()
     }
 
-    /// Bytes its tables hold (an estimate from their capacities).
+    /// Bytes its table holds (an estimate from its capacity).
     pub fn table_bytes(&self) -> usize {
-        self.tracks.bytes() + self.by_flow.bytes()
+        self.tracks.bytes()
     }
 
     /// The cookie of the socket `host` reports on `flow` now, if tracked.
     pub fn cookie_of(&self, host: H, flow: FlowTuple) -> Option<u64> {
-        self.by_flow.get(&(host, Tuple::new(flow))).copied()
+        self.tracks.get(&(host, Tuple::new(flow))).map(|t| t.cookie)
     }
 
-    /// Whether this connection has an open episode.
-    pub fn is_open(&self, conn: &ConnKey<H>) -> bool {
-        self.tracks.get(conn).is_some_and(|t| t.open)
+    /// Whether the socket `host` reports on `flow` has an open episode.
+    pub fn is_open(&self, host: H, flow: FlowTuple) -> bool {
+        self.tracks
+            .get(&(host, Tuple::new(flow)))
+            .is_some_and(|t| t.open)
     }
 
     /// One sample of a connection at agent time `now`. May close an episode
@@ -220,81 +225,55 @@ impl<H: HostKey> Detector<H> {
         now: Duration,
     ) -> Observed<H> {
         let mut events = Vec::new();
+        let key = (host, flow);
         let conn = ConnKey {
             host,
             cookie: s.cookie,
         };
-        let m = marks(s);
-        let reported_since = micros(now.saturating_sub(Duration::from_millis(s.unchanged_ms)));
-        let fresh = || Track {
-            flow,
-            marks: m,
-            open: false,
-            since: reported_since,
-            last: micros(now),
-        };
-        // Most samples: a tracked connection on its 4-tuple, one lookup.
-        // Its track exists, so the index maps its 4-tuple to it already (a
-        // newer cookie there would have ended it). Marks held, its clock
-        // goes on; marks moved, its stall ends and a new one starts.
-        // Tracked but on another 4-tuple (a cookie the kernel reused) is
-        // left to the general case below.
-        let mut elsewhere = false;
-        if s.pos.sendq > 0 {
-            if let Some(t) = self.tracks.get_mut(&conn) {
-                if t.flow == flow {
-                    if t.marks != m {
-                        let old = std::mem::replace(t, fresh());
-                        events.extend(closing(&conn, old, EndReason::Moved, now));
-                    }
-                    events.extend(advance(
-                        t,
-                        conn,
-                        s.flow,
-                        reported_since,
-                        now,
-                        self.threshold,
-                    ));
-                    let held = held(t, now);
-                    return Observed { events, held };
-                }
-                elsewhere = true;
-            }
-        }
         if s.pos.sendq == 0 {
             // Drained: its 4-tuple is no longer tracked, whichever socket
             // had it (an older one is replaced).
-            if let Some(old) = self.by_flow.remove(&(host, flow)) {
-                if old != s.cookie {
-                    let old = ConnKey { host, cookie: old };
-                    events.extend(self.end_track(&old, EndReason::Replaced, now));
-                }
+            if let Some(old) = self.tracks.remove(&key) {
+                let reason = if old.cookie == s.cookie {
+                    EndReason::Drained
+                } else {
+                    EndReason::Replaced
+                };
+                events.extend(closing(host, flow, old, reason, now));
             }
-            events.extend(self.end_track(&conn, EndReason::Drained, now));
             return Observed {
                 events,
                 held: Duration::ZERO,
             };
         }
-        match self.by_flow.insert((host, flow), s.cookie) {
-            Some(old) if old != s.cookie => {
-                let old = ConnKey { host, cookie: old };
-                events.extend(self.end(&old, EndReason::Replaced, now));
-            }
-            _ => {}
-        }
-        // Ending the older socket above did not touch this one's track:
-        // what the first lookup found still holds.
-        let track = if !elsewhere {
-            self.tracks.get_or_insert(conn, fresh())
-        } else {
-            match self.tracks.get_mut(&conn) {
-                Some(t) if t.marks == m => t,
-                _ => {
-                    events.extend(self.end(&conn, EndReason::Moved, now));
-                    self.tracks.get_or_insert(conn, fresh())
+        let m = marks(s);
+        let reported_since = micros(now.saturating_sub(Duration::from_millis(s.unchanged_ms)));
+        let fresh = Track {
+            cookie: s.cookie,
+            marks: m,
+            open: false,
+            since: reported_since,
+            last: micros(now),
+        };
+        // Most samples: the socket tracked on its 4-tuple, one lookup.
+        // Marks held, its clock goes on; marks moved, its stall ends and a
+        // new one starts; another cookie, the old socket was replaced.
+        let track = match self.tracks.get_mut(&key) {
+            Some(t) => {
+                let reason = if t.cookie != s.cookie {
+                    Some(EndReason::Replaced)
+                } else if t.marks != m {
+                    Some(EndReason::Moved)
+                } else {
+                    None
+                };
+                if let Some(reason) = reason {
+                    let old = std::mem::replace(t, fresh);
+                    events.extend(closing(host, flow, old, reason, now));
                 }
+                t
             }
+            None => self.tracks.get_or_insert(key, fresh),
         };
         events.extend(advance(
             track,
@@ -308,28 +287,46 @@ impl<H: HostKey> Detector<H> {
         Observed { events, held }
     }
 
-    /// The socket went away (the agent said so).
-    pub fn closed(&mut self, host: H, cookie: u64, now: Duration) -> Option<Event<H>> {
-        self.end(&ConnKey { host, cookie }, EndReason::Closed, now)
+    /// The socket `cookie` on `flow` went away (the agent said so).
+    pub fn closed(
+        &mut self,
+        host: H,
+        flow: FlowTuple,
+        cookie: u64,
+        now: Duration,
+    ) -> Option<Event<H>> {
+        self.closed_at(host, Tuple::new(flow), cookie, now)
+    }
+
+    /// [`Detector::closed`] with the 4-tuple keyed already.
+    pub fn closed_at(
+        &mut self,
+        host: H,
+        flow: Tuple,
+        cookie: u64,
+        now: Duration,
+    ) -> Option<Event<H>> {
+        let track = self
+            .tracks
+            .remove_if(&(host, flow), |t| t.cookie == cookie)?;
+        closing(host, flow, track, EndReason::Closed, now)
     }
 
     /// The host's agent disconnected: everything it reported ends.
     pub fn host_gone(&mut self, host: H) -> Vec<Event<H>> {
-        let conns: Vec<ConnKey<H>> = self
+        let keys: Vec<(H, Tuple)> = self
             .tracks
             .keys()
-            .filter(|c| c.host == host)
+            .filter(|(h, _)| *h == host)
             .copied()
             .collect();
         let mut events = Vec::new();
-        for conn in conns {
-            let last = self
-                .tracks
-                .get(&conn)
-                .map_or(Duration::ZERO, |t| Duration::from_micros(t.last));
-            events.extend(self.end(&conn, EndReason::HostGone, last));
+        for key in keys {
+            if let Some(track) = self.tracks.remove(&key) {
+                let last = Duration::from_micros(track.last);
+                events.extend(closing(host, key.1, track, EndReason::HostGone, last));
+            }
         }
-        self.by_flow.retain(|(h, _), _| *h != host);
         events
     }
 
@@ -338,51 +335,27 @@ impl<H: HostKey> Detector<H> {
     /// without a word (a lost release). Bounds memory.
     pub fn expire(&mut self, host: H, before: Duration) -> usize {
         let before = micros(before);
-        let mut gone = Vec::new();
-        self.tracks.retain(|c, t| {
-            let keep = c.host != host || t.open || t.last >= before;
-            if !keep {
-                gone.push((*c, t.flow));
-            }
-            keep
-        });
-        for (c, flow) in &gone {
-            self.by_flow.remove_if(&(c.host, *flow), |k| *k == c.cookie);
-        }
-        gone.len()
-    }
-
-    fn end(&mut self, conn: &ConnKey<H>, reason: EndReason, now: Duration) -> Option<Event<H>> {
-        let track = self.tracks.remove(conn)?;
-        if reason != EndReason::Moved {
-            self.by_flow
-                .remove_if(&(conn.host, track.flow), |c| *c == conn.cookie);
-        }
-        closing(conn, track, reason, now)
-    }
-
-    /// [`Detector::end`] with the 4-tuple's index entry already seen to.
-    fn end_track(
-        &mut self,
-        conn: &ConnKey<H>,
-        reason: EndReason,
-        now: Duration,
-    ) -> Option<Event<H>> {
-        let track = self.tracks.remove(conn)?;
-        closing(conn, track, reason, now)
+        let n = self.tracks.len();
+        self.tracks
+            .retain(|(h, _), t| *h != host || t.open || t.last >= before);
+        n - self.tracks.len()
     }
 }
 
 /// The event a track's end makes: a closed episode if it had one open.
 fn closing<H: HostKey>(
-    conn: &ConnKey<H>,
+    host: H,
+    flow: Tuple,
     track: Track,
     reason: EndReason,
     now: Duration,
 ) -> Option<Event<H>> {
     track.open.then(|| Event::Closed {
-        conn: *conn,
-        flow: track.flow.flow(),
+        conn: ConnKey {
+            host,
+            cookie: track.cookie,
+        },
+        flow: flow.flow(),
         reason,
         stuck_for: now.saturating_sub(Duration::from_micros(track.since)),
     })

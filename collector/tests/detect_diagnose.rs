@@ -121,7 +121,7 @@ fn draining_and_closing_end_it() {
 
     d.observe("a", &a, secs(20.0));
     d.observe("a", &a, secs(30.0));
-    match d.closed("a", 1, secs(31.0)) {
+    match d.closed("a", a.flow, 1, secs(31.0)) {
         Some(Event::Closed {
             reason, stuck_for, ..
         }) => {
@@ -131,7 +131,7 @@ fn draining_and_closing_end_it() {
         other => panic!("expected a close, got {other:?}"),
     }
     assert_eq!(
-        d.closed("a", 1, secs(32.0)),
+        d.closed("a", a.flow, 1, secs(32.0)),
         None,
         "closing twice is nothing"
     );
@@ -166,7 +166,7 @@ fn a_new_socket_that_drains_at_once_still_replaces_the_old_one() {
 }
 
 #[test]
-fn what_drains_or_expires_leaves_no_index_entry_behind() {
+fn what_drains_or_expires_leaves_nothing_behind() {
     let mut d = Detector::new(T);
     // A drain of a connection never tracked (its suspect expired, or its
     // queue emptied before a report) tracks nothing.
@@ -194,10 +194,8 @@ fn host_gone_ends_only_that_hosts_episodes() {
     let ev = d.host_gone("a");
     assert_eq!(ev.len(), 1);
     assert_eq!(closed_with(&ev), Some(EndReason::HostGone));
-    assert!(d.is_open(&ConnKey {
-        host: "c",
-        cookie: 1
-    }));
+    assert!(d.is_open("c", a.flow));
+    assert!(!d.is_open("a", a.flow));
 }
 
 #[test]
