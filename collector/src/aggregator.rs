@@ -866,25 +866,23 @@ impl State {
         let Some(ep) = self.suspects.get_mut(conn).and_then(|s| s.episode.as_mut()) else {
             return;
         };
-        {
-            if ep.verdict.diagnosis != verdict.diagnosis {
-                tracing::info!(episode = ep.id, from = %ep.verdict.diagnosis, to = %verdict.diagnosis, "diagnosis changed");
-                let open = &mut self.stats.open_by_diagnosis[ep.verdict.diagnosis.index()];
-                *open = open.saturating_sub(1);
-                self.stats.open_by_diagnosis[verdict.diagnosis.index()] += 1;
-            }
-            ep.verdict = verdict.clone();
-            self.store.update_episode(EpisodeUpdate {
-                id: ep.id,
-                diagnosis: verdict.diagnosis.id().to_string(),
-                summary: verdict.summary,
-                evidence: evidence(&verdict.evidence),
-                b_host,
-                peer_note: note,
-                duration_ms: stuck_for,
-                stuck_bytes,
-            });
+        if ep.verdict.diagnosis != verdict.diagnosis {
+            tracing::info!(episode = ep.id, from = %ep.verdict.diagnosis, to = %verdict.diagnosis, "diagnosis changed");
+            let open = &mut self.stats.open_by_diagnosis[ep.verdict.diagnosis.index()];
+            *open = open.saturating_sub(1);
+            self.stats.open_by_diagnosis[verdict.diagnosis.index()] += 1;
         }
+        self.store.update_episode(EpisodeUpdate {
+            id: ep.id,
+            diagnosis: verdict.diagnosis.id().to_string(),
+            summary: verdict.summary.clone(),
+            evidence: evidence(&verdict.evidence),
+            b_host,
+            peer_note: note,
+            duration_ms: stuck_for,
+            stuck_bytes,
+        });
+        ep.verdict = verdict;
     }
 
     /// Stores this poll's samples of an open episode: A's when the caller
