@@ -700,12 +700,7 @@ impl State {
         // third of all samples in a busy fleet): forget them in one step.
         if last_word && events.is_empty() {
             if let Some(s) = self.suspects.remove_if(&conn, |s| s.episode.is_none()) {
-                // A drain ended its track already; a move restarted it.
-                if sample.pos.sendq > 0 {
-                    if let Some(event) = self.detector.closed_at(host, tuple, sample.cookie, mono) {
-                        self.event(event, now_ms, Some(&sample));
-                    }
-                }
+                self.last_word_track(host, tuple, &sample, mono, now_ms);
                 self.let_peer_go(s);
                 return;
             }
@@ -764,13 +759,30 @@ impl State {
         }
         if last_word {
             // The agent's last word on it: nothing more will come.
-            if let Some(event) = self.detector.closed_at(host, tuple, sample.cookie, mono) {
-                self.event(event, now_ms, Some(&sample));
-            }
+            self.last_word_track(host, tuple, &sample, mono, now_ms);
             self.forget(&conn);
         } else if open {
             self.rediagnose(&conn, Some(&sample));
             self.record(&conn, Some(&sample));
+        }
+    }
+
+    /// The detector's part of an agent's last word on a connection: a
+    /// drain ended its track already (in `observe_at`); a move restarted
+    /// it, and it ends here.
+    fn last_word_track(
+        &mut self,
+        host: HostId,
+        tuple: Tuple,
+        sample: &EndSample,
+        mono: Duration,
+        now_ms: i64,
+    ) {
+        if sample.pos.sendq == 0 {
+            return;
+        }
+        if let Some(event) = self.detector.closed_at(host, tuple, sample.cookie, mono) {
+            self.event(event, now_ms, Some(sample));
         }
     }
 
