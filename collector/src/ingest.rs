@@ -12,15 +12,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use prost::Message;
 use tcpstall_proto::convert::{self, ConvertError};
 use tcpstall_proto::raw::{self, agent_message};
 use tcpstall_proto::sample_wire;
+use tcpstall_proto::server::ingest_server::IngestServer;
 use tcpstall_proto::v1::{self, collector_message};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::Stream;
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::aggregator::{AgentBatch, ClosedSocket, Command, HostHello, Reason, ToAgent};
+use crate::frames::{IngestBody, MessageReader, TakeBody};
 use crate::packed::Packed;
 use crate::tls;
 
@@ -54,23 +57,49 @@ pub struct IngestService {
     pub refused: Arc<AtomicU64>,
     /// Agents must present a client certificate naming their host.
     mtls: bool,
+    /// Messages longer than this are refused.
+    max_message_bytes: usize,
 }
 
 impl IngestService {
-    pub fn new(agg: mpsc::Sender<Command>, max_batch_samples: usize) -> IngestService {
+    pub fn new(
+        agg: mpsc::Sender<Command>,
+        max_batch_samples: usize,
+        max_message_bytes: usize,
+    ) -> IngestService {
         IngestService {
             agg,
             max_batch_samples: Arc::new(std::sync::atomic::AtomicUsize::new(max_batch_samples)),
             sessions: Arc::new(AtomicU64::new(1)),
             refused: Arc::new(AtomicU64::new(0)),
             mtls: false,
+            max_message_bytes,
         }
+    }
+
+    /// The gRPC service, reading its streams' messages itself
+    /// ([`crate::frames`]).
+    pub fn into_server(self) -> TakeBody<IngestServer<IngestService>> {
+        TakeBody::new(IngestServer::new(self))
     }
 
     /// Requires every agent's stream to carry a verified client
     /// certificate that names the host of its Hello (mutual TLS).
     pub fn require_client_certs(self) -> IngestService {
         IngestService { mtls: true, ..self }
+    }
+}
+
+/// The next message of an agent's stream, decoded.
+async fn next_message<B>(reader: &mut MessageReader<B>) -> Result<Option<raw::AgentMessage>, Status>
+where
+    B: tonic::codegen::Body<Data = tonic::codegen::Bytes, Error = Status> + Unpin,
+{
+    match reader.message().await? {
+        Some(bytes) => raw::AgentMessage::decode(bytes)
+            .map(Some)
+            .map_err(|e| Status::internal(format!("not a message: {e}"))),
+        None => Ok(None),
     }
 }
 
@@ -219,9 +248,16 @@ impl tcpstall_proto::server::ingest_server::Ingest for IngestService {
                 return Err(status);
             }
         };
-        let mut inbound = request.into_inner();
-        let first = inbound
-            .message()
+        // The body, set aside for us by `TakeBody`; tonic's reader, given
+        // nothing, goes with the request.
+        let body = request
+            .extensions()
+            .get::<IngestBody>()
+            .and_then(IngestBody::take)
+            .ok_or_else(|| Status::internal("ingest served without its body reader"))?;
+        drop(request);
+        let mut inbound = MessageReader::new(body, self.max_message_bytes);
+        let first = next_message(&mut inbound)
             .await?
             .ok_or_else(|| Status::invalid_argument("stream ended before its Hello"))?;
         let hello = match first.body {
@@ -266,7 +302,7 @@ impl tcpstall_proto::server::ingest_server::Ingest for IngestService {
         let fail_tx = out_tx.clone();
         tokio::spawn(async move {
             loop {
-                let msg = match inbound.message().await {
+                let msg = match next_message(&mut inbound).await {
                     Ok(Some(m)) => m,
                     Ok(None) => break,
                     Err(status) => {
@@ -363,6 +399,25 @@ impl tcpstall_proto::server::ingest_server::Ingest for IngestService {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_frame_that_is_not_a_message_is_refused_as_internal() {
+        use crate::frames::{framed, Chunks};
+        let hello = raw::AgentMessage {
+            body: Some(agent_message::Body::Heartbeat(v1::Heartbeat::default())),
+        };
+        let mut wire = framed(&hello.encode_to_vec());
+        wire.extend(framed(&[0xff; 40]));
+        let body = Chunks {
+            chunks: [tonic::codegen::Bytes::from(wire)].into(),
+            end: None,
+        };
+        let mut reader = MessageReader::new(body, 1024);
+        let first = next_message(&mut reader).await.expect("a message");
+        assert_eq!(first, Some(hello));
+        let err = next_message(&mut reader).await.expect_err("garbage");
+        assert_eq!(err.code(), Code::Internal, "{err}");
+    }
 
     #[test]
     fn watch_requests_gather_for_a_quarter_of_the_poll_within_bounds() {

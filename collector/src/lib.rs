@@ -4,7 +4,8 @@
 //! The pure parts are tested without I/O: [`detect`] (episodes from
 //! samples, `now` passed in) and [`diagnose`] (a verdict from both ends).
 //! [`aggregator`] is the one task that owns the state; [`ingest`] and
-//! [`query`] are the gRPC edge; [`store`] is SQLite on its own thread;
+//! [`query`] are the gRPC edge, [`frames`] reads
+//! the agents' streams; [`store`] is SQLite on its own thread;
 //! [`server`] wires them together; [`tls`] secures the listener.
 #![forbid(unsafe_code)]
 
@@ -12,6 +13,7 @@ pub mod aggregator;
 pub mod config;
 pub mod detect;
 pub mod diagnose;
+pub mod frames;
 pub mod ingest;
 pub mod metrics;
 pub mod packed;

@@ -5,7 +5,6 @@
 use std::future::Future;
 
 use anyhow::Context;
-use tcpstall_proto::server::ingest_server::IngestServer;
 use tcpstall_proto::v1::query_server::QueryServer;
 use tokio::sync::mpsc;
 
@@ -192,7 +191,11 @@ pub async fn serve_on_reloading(
         None => QueryTokenCheck::new(None),
     };
     let tls_refused = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let ingest = IngestService::new(agg_tx.clone(), config.max_batch_samples);
+    let ingest = IngestService::new(
+        agg_tx.clone(),
+        config.max_batch_samples,
+        config.max_message_bytes,
+    );
     let ingest = if config.tls_client_ca.is_some() {
         ingest.require_client_certs()
     } else {
@@ -234,7 +237,7 @@ pub async fn serve_on_reloading(
     let router = tonic::transport::Server::builder()
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
-        .add_service(IngestServer::new(ingest).max_decoding_message_size(config.max_message_bytes))
+        .add_service(ingest.into_server())
         .add_service(tonic::service::interceptor::InterceptedService::new(
             QueryServer::new(query).max_decoding_message_size(64 * 1024),
             token,
