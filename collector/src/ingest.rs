@@ -403,10 +403,10 @@ mod tests {
     #[tokio::test]
     async fn a_frame_that_is_not_a_message_is_refused_as_internal() {
         use crate::frames::{framed, Chunks};
-        let hello = raw::AgentMessage {
+        let heartbeat = raw::AgentMessage {
             body: Some(agent_message::Body::Heartbeat(v1::Heartbeat::default())),
         };
-        let mut wire = framed(&hello.encode_to_vec());
+        let mut wire = framed(&heartbeat.encode_to_vec());
         wire.extend(framed(&[0xff; 40]));
         let body = Chunks {
             chunks: [tonic::codegen::Bytes::from(wire)].into(),
@@ -414,7 +414,8 @@ mod tests {
         };
         let mut reader = MessageReader::new(body, 1024);
         let first = next_message(&mut reader).await.expect("a message");
-        assert_eq!(first, Some(hello));
+        assert_eq!(first, Some(heartbeat));
+        // A well-framed message that is not protobuf: refused, not skipped.
         let err = next_message(&mut reader).await.expect_err("garbage");
         assert_eq!(err.code(), Code::Internal, "{err}");
     }
