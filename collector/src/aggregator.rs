@@ -692,15 +692,34 @@ impl State {
             host,
             cookie: sample.cookie,
         };
-        let Observed { events, held } = self.detector.observe_at(host, tuple, &sample, mono);
+        let last_word = reason == Reason::Released || sample.pos.sendq == 0;
+        // On the agent's last word the detector forgets the connection in
+        // the same step. If the sample restarted its track, the closing of
+        // that (`late`) comes after the suspect has taken the sample, as
+        // an episode's last.
+        let (events, held, late) = if last_word {
+            let mut events = self.detector.last_word_at(host, tuple, &sample, mono);
+            let late = match events.last() {
+                Some(Event::Closed {
+                    reason: EndReason::Closed,
+                    ..
+                }) => events.pop(),
+                _ => None,
+            };
+            (events, Duration::ZERO, late)
+        } else {
+            let Observed { events, held } = self.detector.observe_at(host, tuple, &sample, mono);
+            (events, held, None)
+        };
         // An episode opening (held for the threshold) is past it too.
         let ask = held >= ask_after || !events.is_empty();
-        let last_word = reason == Reason::Released || sample.pos.sendq == 0;
         // Most last words are of suspects that never became episodes (a
         // third of all samples in a busy fleet): forget them in one step.
         if last_word && events.is_empty() {
             if let Some(s) = self.suspects.remove_if(&conn, |s| s.episode.is_none()) {
-                self.last_word_track(host, tuple, &sample, mono, now_ms);
+                if let Some(event) = late {
+                    self.event(event, now_ms, Some(&sample));
+                }
                 self.let_peer_go(s);
                 return;
             }
@@ -759,30 +778,13 @@ impl State {
         }
         if last_word {
             // The agent's last word on it: nothing more will come.
-            self.last_word_track(host, tuple, &sample, mono, now_ms);
+            if let Some(event) = late {
+                self.event(event, now_ms, Some(&sample));
+            }
             self.forget(&conn);
         } else if open {
             self.rediagnose(&conn, Some(&sample));
             self.record(&conn, Some(&sample));
-        }
-    }
-
-    /// The detector's part of an agent's last word on a connection: a
-    /// drain ended its track already (in `observe_at`); a move restarted
-    /// it, and it ends here.
-    fn last_word_track(
-        &mut self,
-        host: HostId,
-        tuple: Tuple,
-        sample: &EndSample,
-        mono: Duration,
-        now_ms: i64,
-    ) {
-        if sample.pos.sendq == 0 {
-            return;
-        }
-        if let Some(event) = self.detector.closed_at(host, tuple, sample.cookie, mono) {
-            self.event(event, now_ms, Some(sample));
         }
     }
 

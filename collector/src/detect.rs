@@ -287,6 +287,71 @@ impl<H: HostKey> Detector<H> {
         Observed { events, held }
     }
 
+    /// The agent's last word on a connection (its release, or a drained
+    /// queue): what [`Detector::observe_at`] and then
+    /// [`Detector::closed_at`] would find, in one lookup instead of two.
+    /// Nothing of the 4-tuple is tracked afterwards. Most suspects end
+    /// this way (two samples in five, in a busy fleet).
+    pub fn last_word_at(
+        &mut self,
+        host: H,
+        flow: Tuple,
+        s: &EndSample,
+        now: Duration,
+    ) -> Vec<Event<H>> {
+        let key = (host, flow);
+        let mut events = Vec::new();
+        let old = self.tracks.remove(&key);
+        if s.pos.sendq == 0 {
+            // Drained: as in `observe_at`.
+            if let Some(old) = old {
+                let reason = if old.cookie == s.cookie {
+                    EndReason::Drained
+                } else {
+                    EndReason::Replaced
+                };
+                events.extend(closing(host, flow, old, reason, now));
+            }
+            return events;
+        }
+        let m = marks(s);
+        let reported_since = micros(now.saturating_sub(Duration::from_millis(s.unchanged_ms)));
+        let fresh = Track {
+            cookie: s.cookie,
+            marks: m,
+            open: false,
+            since: reported_since,
+            last: micros(now),
+        };
+        let mut track = match old {
+            Some(t) if t.cookie == s.cookie && t.marks == m => t,
+            Some(t) => {
+                let reason = if t.cookie != s.cookie {
+                    EndReason::Replaced
+                } else {
+                    EndReason::Moved
+                };
+                events.extend(closing(host, flow, t, reason, now));
+                fresh
+            }
+            None => fresh,
+        };
+        let conn = ConnKey {
+            host,
+            cookie: s.cookie,
+        };
+        events.extend(advance(
+            &mut track,
+            conn,
+            s.flow,
+            reported_since,
+            now,
+            self.threshold,
+        ));
+        events.extend(closing(host, flow, track, EndReason::Closed, now));
+        events
+    }
+
     /// The socket `cookie` on `flow` went away (the agent said so).
     pub fn closed(
         &mut self,

@@ -210,6 +210,54 @@ fn silent_suspects_expire_but_open_episodes_stay() {
     assert_eq!(d.tracked(), 1);
 }
 
+#[test]
+fn a_last_word_in_one_step_finds_what_a_sample_and_a_close_find() {
+    use tcpstall_collector::tuple::Tuple;
+    // SplitMix64: a reproducible sequence of samples.
+    let mut seed = 0x5eed_u64;
+    let mut next = move |n: u64| {
+        seed = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = seed;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        (z ^ (z >> 31)) % n
+    };
+    let mut other = a_end(1, 5000, 3000);
+    other.flow.remote = "198.18.0.1:40001".parse().expect("addr");
+    let flows = [a_end(1, 5000, 3000).flow, other.flow];
+    for _ in 0..200 {
+        // Two steps: observe, then close, as the collector did; one step.
+        let (mut two, mut one) = (Detector::new(T), Detector::new(T));
+        let mut now = secs(0.0);
+        for _ in 0..40 {
+            now += secs(0.5 * (1 + next(8)) as f64);
+            let mut s = a_end(
+                1 + next(2),
+                [5000, 6000][next(2) as usize],
+                [0, 3000][usize::from(next(4) != 0)],
+            );
+            s.flow = flows[next(2) as usize];
+            s.unchanged_ms = [0, 4000, 12_000][next(3) as usize];
+            let tuple = Tuple::new(s.flow);
+            if next(3) == 0 {
+                let mut want = two.observe_at("h", tuple, &s, now).events;
+                want.extend(two.closed_at("h", tuple, s.cookie, now));
+                let got = one.last_word_at("h", tuple, &s, now);
+                assert_eq!(got, want, "last word {s:?} at {now:?}");
+            } else {
+                let want = two.observe_at("h", tuple, &s, now);
+                let got = one.observe_at("h", tuple, &s, now);
+                assert_eq!(got, want, "sample {s:?} at {now:?}");
+            }
+            assert_eq!(one.tracked(), two.tracked());
+            for f in flows {
+                assert_eq!(one.cookie_of("h", f), two.cookie_of("h", f));
+                assert_eq!(one.is_open("h", f), two.is_open("h", f));
+            }
+        }
+    }
+}
+
 // ------------------------------------------------------------- diagnosis
 
 fn zero_window(mut a: EndSample) -> EndSample {
