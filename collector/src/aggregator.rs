@@ -625,15 +625,16 @@ impl State {
         }
         let exact = batch.packed.len() == batch.samples.len();
         let mut packed = batch.packed.into_iter();
-        for (reason, sample) in batch.samples {
+        // By reference: a sample is a few hundred bytes, not worth moving.
+        for &(reason, ref sample) in &batch.samples {
             let mut slot = if exact { packed.next().flatten() } else { None };
             let tuple = Tuple::new(sample.flow);
             self.peer_report(host, tuple, || PeerEnd::Seen {
                 at_ms: now_ms,
                 sample: if reason == Reason::Watched {
-                    take(&mut slot, &sample)
+                    take(&mut slot, sample)
                 } else {
-                    slot.clone().unwrap_or_else(|| Packed::new(&sample))
+                    slot.clone().unwrap_or_else(|| Packed::new(sample))
                 },
             });
             if reason != Reason::Watched {
@@ -679,7 +680,7 @@ impl State {
         host: HostId,
         tuple: Tuple,
         reason: Reason,
-        sample: EndSample,
+        sample: &EndSample,
         mut packed: Option<Packed>,
         at: Clocks,
     ) {
@@ -698,7 +699,7 @@ impl State {
         // that (`late`) comes after the suspect has taken the sample, as
         // an episode's last.
         let (events, held, late) = if last_word {
-            let mut events = self.detector.last_word_at(host, tuple, &sample, mono);
+            let mut events = self.detector.last_word_at(host, tuple, sample, mono);
             let late = match events.last() {
                 Some(Event::Closed {
                     reason: EndReason::Closed,
@@ -708,7 +709,7 @@ impl State {
             };
             (events, Duration::ZERO, late)
         } else {
-            let Observed { events, held } = self.detector.observe_at(host, tuple, &sample, mono);
+            let Observed { events, held } = self.detector.observe_at(host, tuple, sample, mono);
             (events, held, None)
         };
         // An episode opening (held for the threshold) is past it too.
@@ -718,7 +719,7 @@ impl State {
         if last_word && events.is_empty() {
             if let Some(s) = self.suspects.remove_if(&conn, |s| s.episode.is_none()) {
                 if let Some(event) = late {
-                    self.event(event, now_ms, Some(&sample));
+                    self.event(event, now_ms, Some(sample));
                 }
                 self.let_peer_go(s);
                 return;
@@ -730,7 +731,7 @@ impl State {
             open = s.episode.is_some();
             // A last word is kept only for an episode's closing sample.
             if !last_word || s.episode.is_some() {
-                let prev = std::mem::replace(&mut s.latest, take(&mut packed, &sample));
+                let prev = std::mem::replace(&mut s.latest, take(&mut packed, sample));
                 if s.first.is_none() {
                     s.first = Some(prev);
                 }
@@ -758,7 +759,7 @@ impl State {
                     flow: tuple,
                     peer,
                     asked,
-                    latest: take(&mut packed, &sample),
+                    latest: take(&mut packed, sample),
                     latest_at_ms: now_ms,
                     last_mono: mono,
                     first: None,
@@ -769,7 +770,7 @@ impl State {
         }
         if !events.is_empty() {
             for event in events {
-                self.event(event, now_ms, Some(&sample));
+                self.event(event, now_ms, Some(sample));
             }
             open = self
                 .suspects
@@ -779,12 +780,12 @@ impl State {
         if last_word {
             // The agent's last word on it: nothing more will come.
             if let Some(event) = late {
-                self.event(event, now_ms, Some(&sample));
+                self.event(event, now_ms, Some(sample));
             }
             self.forget(&conn);
         } else if open {
-            self.rediagnose(&conn, Some(&sample));
-            self.record(&conn, Some(&sample));
+            self.rediagnose(&conn, Some(sample));
+            self.record(&conn, Some(sample));
         }
     }
 
