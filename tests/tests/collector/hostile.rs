@@ -182,3 +182,49 @@ async fn hostile_clients_are_refused_and_others_are_untouched() {
     assert!(episodes(&url, "evil").await.is_empty());
     drop(good);
 }
+
+/// The collector reads the ingest stream's messages itself (not through
+/// tonic's reader): batches far larger than an HTTP/2 frame (16 KB), sent
+/// back to back so that one batch's end and the next's start can share a
+/// frame, arrive whole, every sample of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_spread_over_many_http2_frames_are_read_whole() {
+    const FLOWS: u16 = 1_000;
+    let collector = CollectorProcess::start(&["--threshold", "1s"]);
+    let url = collector.url();
+    let flows: Vec<FlowTuple> = (0..FLOWS)
+        .map(|i| {
+            FlowTuple::new(
+                "198.18.9.1:8080".parse().expect("addr"),
+                std::net::SocketAddr::from(([198, 18, 9, 2], 20_000 + i)),
+            )
+        })
+        .collect();
+    let big = connect(&url, hello("big", &["198.18.9.1"]))
+        .await
+        .expect("hello accepted");
+    for (mono_ms, held_ms) in [(100_000, 0), (101_500, 1_500)] {
+        let samples: Vec<v1::Sample> = flows
+            .iter()
+            .zip(1u64..)
+            .map(|(f, cookie)| suspect(&stuck(*f, cookie, held_ms)))
+            .collect();
+        let msg = batch(Duration::from_millis(mono_ms), samples);
+        let wire = prost::Message::encoded_len(&msg);
+        assert!(
+            wire > 4 * 16_384,
+            "a batch of {wire} bytes spans few frames"
+        );
+        big.tx.send(msg).await.expect("send");
+    }
+    let eps = wait_episodes(&url, "big", usize::from(FLOWS)).await;
+    let mut ports: Vec<u16> = eps
+        .iter()
+        .filter_map(|e| tcpstall_tests::lab::flow_of(e).map(|(_, r)| r.port()))
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    assert_eq!(ports.len(), usize::from(FLOWS), "one episode per flow");
+    assert!(!collector.logged(&["agent message refused"]));
+    drop(big);
+}
