@@ -233,56 +233,28 @@ impl<H: HostKey> Detector<H> {
         if s.pos.sendq == 0 {
             // Drained: its 4-tuple is no longer tracked, whichever socket
             // had it (an older one is replaced).
-            if let Some(old) = self.tracks.remove(&key) {
-                let reason = if old.cookie == s.cookie {
-                    EndReason::Drained
-                } else {
-                    EndReason::Replaced
-                };
-                events.extend(closing(host, flow, old, reason, now));
-            }
+            events.extend(drained(host, flow, self.tracks.remove(&key), s, now));
             return Observed {
                 events,
                 held: Duration::ZERO,
             };
         }
         let m = marks(s);
-        let reported_since = micros(now.saturating_sub(Duration::from_millis(s.unchanged_ms)));
-        let fresh = Track {
-            cookie: s.cookie,
-            marks: m,
-            open: false,
-            since: reported_since,
-            last: micros(now),
-        };
+        let since = reported_since(s, now);
         // Most samples: the socket tracked on its 4-tuple, one lookup.
         // Marks held, its clock goes on; marks moved, its stall ends and a
         // new one starts; another cookie, the old socket was replaced.
         let track = match self.tracks.get_mut(&key) {
             Some(t) => {
-                let reason = if t.cookie != s.cookie {
-                    Some(EndReason::Replaced)
-                } else if t.marks != m {
-                    Some(EndReason::Moved)
-                } else {
-                    None
-                };
-                if let Some(reason) = reason {
-                    let old = std::mem::replace(t, fresh);
+                if let Some(reason) = ends(t, s, m) {
+                    let old = std::mem::replace(t, start(s, m, since, now));
                     events.extend(closing(host, flow, old, reason, now));
                 }
                 t
             }
-            None => self.tracks.get_or_insert(key, fresh),
+            None => self.tracks.get_or_insert(key, start(s, m, since, now)),
         };
-        events.extend(advance(
-            track,
-            conn,
-            s.flow,
-            reported_since,
-            now,
-            self.threshold,
-        ));
+        events.extend(advance(track, conn, s.flow, since, now, self.threshold));
         let held = held(track, now);
         Observed { events, held }
     }
@@ -300,41 +272,22 @@ impl<H: HostKey> Detector<H> {
         now: Duration,
     ) -> Vec<Event<H>> {
         let key = (host, flow);
-        let mut events = Vec::new();
         let old = self.tracks.remove(&key);
         if s.pos.sendq == 0 {
-            // Drained: as in `observe_at`.
-            if let Some(old) = old {
-                let reason = if old.cookie == s.cookie {
-                    EndReason::Drained
-                } else {
-                    EndReason::Replaced
-                };
-                events.extend(closing(host, flow, old, reason, now));
-            }
-            return events;
+            return drained(host, flow, old, s, now).into_iter().collect();
         }
+        let mut events = Vec::new();
         let m = marks(s);
-        let reported_since = micros(now.saturating_sub(Duration::from_millis(s.unchanged_ms)));
-        let fresh = Track {
-            cookie: s.cookie,
-            marks: m,
-            open: false,
-            since: reported_since,
-            last: micros(now),
-        };
+        let since = reported_since(s, now);
         let mut track = match old {
-            Some(t) if t.cookie == s.cookie && t.marks == m => t,
-            Some(t) => {
-                let reason = if t.cookie != s.cookie {
-                    EndReason::Replaced
-                } else {
-                    EndReason::Moved
-                };
-                events.extend(closing(host, flow, t, reason, now));
-                fresh
-            }
-            None => fresh,
+            Some(t) => match ends(&t, s, m) {
+                None => t,
+                Some(reason) => {
+                    events.extend(closing(host, flow, t, reason, now));
+                    start(s, m, since, now)
+                }
+            },
+            None => start(s, m, since, now),
         };
         let conn = ConnKey {
             host,
@@ -344,7 +297,7 @@ impl<H: HostKey> Detector<H> {
             &mut track,
             conn,
             s.flow,
-            reported_since,
+            since,
             now,
             self.threshold,
         ));
@@ -405,6 +358,53 @@ impl<H: HostKey> Detector<H> {
             .retain(|(h, _), t| *h != host || t.open || t.last >= before);
         n - self.tracks.len()
     }
+}
+
+/// Why a sample with queued bytes ends the stall its 4-tuple's track
+/// holds; `None` while the stall holds.
+fn ends(track: &Track, s: &EndSample, m: Marks) -> Option<EndReason> {
+    if track.cookie != s.cookie {
+        Some(EndReason::Replaced)
+    } else if track.marks != m {
+        Some(EndReason::Moved)
+    } else {
+        None
+    }
+}
+
+/// Agent clock (µs) at which the sample's marks were first seen as they
+/// are, by the agent's count.
+fn reported_since(s: &EndSample, now: Duration) -> u64 {
+    micros(now.saturating_sub(Duration::from_millis(s.unchanged_ms)))
+}
+
+/// A track starting at this sample.
+fn start(s: &EndSample, m: Marks, since: u64, now: Duration) -> Track {
+    Track {
+        cookie: s.cookie,
+        marks: m,
+        open: false,
+        since,
+        last: micros(now),
+    }
+}
+
+/// The end of what a drained sample's 4-tuple tracked (`old`): its own
+/// stall drained, or an older socket's was replaced.
+fn drained<H: HostKey>(
+    host: H,
+    flow: Tuple,
+    old: Option<Track>,
+    s: &EndSample,
+    now: Duration,
+) -> Option<Event<H>> {
+    let old = old?;
+    let reason = if old.cookie == s.cookie {
+        EndReason::Drained
+    } else {
+        EndReason::Replaced
+    };
+    closing(host, flow, old, reason, now)
 }
 
 /// The event a track's end makes: a closed episode if it had one open.
