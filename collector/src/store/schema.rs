@@ -23,6 +23,9 @@ use super::{StoreError, END_COLLECTOR_RESTART};
 /// the sqlite3 shell, a backup) holds before it fails.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// SQLite's page cache for the collector's connection, KiB.
+const CACHE_KIB: i64 = 8 * 1024;
+
 /// The schema, one step per version. Append; never edit a released step.
 const MIGRATIONS: &[&str] = &[
     // 1: hosts, episodes, samples.
@@ -110,6 +113,15 @@ pub(super) fn open(path: &Path) -> Result<Connection, StoreError> {
     conn.pragma_update(None, "synchronous", "NORMAL")
         .map_err(err)?;
     conn.pragma_update(None, "foreign_keys", true)
+        .map_err(err)?;
+    // 8 MiB of page cache instead of SQLite's 2 MiB: the samples' index
+    // takes each poll's rows at one place per open episode, and at 1,000
+    // agents (6,600 open episodes) those pages did not fit; every commit
+    // read them back through the kernel. With 8 MiB the store thread went
+    // from 15.7–17.9 % to 13.1–13.5 % of a core and the collector's system
+    // time fell by a quarter, for 16–40 B more per tracked connection
+    // (BENCHMARKS.md).
+    conn.pragma_update(None, "cache_size", -CACHE_KIB)
         .map_err(err)?;
     // Enough for every statement the worker prepares, filters included.
     conn.set_prepared_statement_cache_capacity(64);
