@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tcpstall_common::{EndSample, FlowTuple};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::detect::{ConnKey, Detector, EndReason, Event, Observed};
+use crate::detect::{ConnKey, Detector, EndReason, Event, LastWord, Observed};
 use crate::diagnose::{diagnose, Diagnosis, Peer, Verdict};
 use crate::packed::Packed;
 use crate::slab_map::SlabMap;
@@ -699,15 +699,8 @@ impl State {
         // that (`late`) comes after the suspect has taken the sample, as
         // an episode's last.
         let (events, held, late) = if last_word {
-            let mut events = self.detector.last_word_at(host, tuple, sample, mono);
-            let late = match events.last() {
-                Some(Event::Closed {
-                    reason: EndReason::Closed,
-                    ..
-                }) => events.pop(),
-                _ => None,
-            };
-            (events, Duration::ZERO, late)
+            let LastWord { events, closed } = self.detector.last_word_at(host, tuple, sample, mono);
+            (events, Duration::ZERO, closed)
         } else {
             let Observed { events, held } = self.detector.observe_at(host, tuple, sample, mono);
             (events, held, None)

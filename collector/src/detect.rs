@@ -108,6 +108,18 @@ pub struct Observed<H = crate::aggregator::HostId> {
     pub held: Duration,
 }
 
+/// What an agent's last word on a connection found
+/// ([`Detector::last_word_at`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastWord<H = crate::aggregator::HostId> {
+    /// The sample's own events, as [`Detector::observe_at`] finds them.
+    pub events: Vec<Event<H>>,
+    /// The end of the track the sample left behind, when it had an episode
+    /// open (a restarted track the agent had seen held for the threshold):
+    /// it comes after `events`.
+    pub closed: Option<Event<H>>,
+}
+
 /// An agent clock reading, microseconds (half a `Duration`'s size).
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
@@ -270,11 +282,14 @@ impl<H: HostKey> Detector<H> {
         flow: Tuple,
         s: &EndSample,
         now: Duration,
-    ) -> Vec<Event<H>> {
+    ) -> LastWord<H> {
         let key = (host, flow);
         let old = self.tracks.remove(&key);
         if s.pos.sendq == 0 {
-            return drained(host, flow, old, s, now).into_iter().collect();
+            return LastWord {
+                events: drained(host, flow, old, s, now).into_iter().collect(),
+                closed: None,
+            };
         }
         let mut events = Vec::new();
         let m = marks(s);
@@ -301,8 +316,10 @@ impl<H: HostKey> Detector<H> {
             now,
             self.threshold,
         ));
-        events.extend(closing(host, flow, track, EndReason::Closed, now));
-        events
+        LastWord {
+            events,
+            closed: closing(host, flow, track, EndReason::Closed, now),
+        }
     }
 
     /// The socket `cookie` on `flow` went away (the agent said so).

@@ -4,9 +4,9 @@
 //! The pure parts are tested without I/O: [`detect`] (episodes from
 //! samples, `now` passed in) and [`diagnose`] (a verdict from both ends).
 //! [`aggregator`] is the one task that owns the state; [`ingest`] and
-//! [`query`] are the gRPC edge, [`frames`] reads
-//! the agents' streams; [`store`] is SQLite on its own thread;
-//! [`server`] wires them together; [`tls`] secures the listener.
+//! [`query`] are the gRPC edge, and [`frames`] reads the agents' streams;
+//! [`store`] is SQLite on its own thread; [`server`] wires them together;
+//! [`tls`] secures the listener.
 #![forbid(unsafe_code)]
 
 pub mod aggregator;

@@ -242,7 +242,9 @@ fn a_last_word_in_one_step_finds_what_a_sample_and_a_close_find() {
             if next(3) == 0 {
                 let mut want = two.observe_at("h", tuple, &s, now).events;
                 want.extend(two.closed_at("h", tuple, s.cookie, now));
-                let got = one.last_word_at("h", tuple, &s, now);
+                let word = one.last_word_at("h", tuple, &s, now);
+                let mut got = word.events;
+                got.extend(word.closed);
                 assert_eq!(got, want, "last word {s:?} at {now:?}");
             } else {
                 let want = two.observe_at("h", tuple, &s, now);
