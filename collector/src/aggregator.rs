@@ -11,7 +11,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tcpstall_common::{EndSample, FlowTuple};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::detect::{ConnKey, Detector, EndReason, Event, LastWord, Observed};
+use crate::detect::{
+    ConnKey, Detector, EndReason, Ended, Event, LastStep, LastWord, Observed, Step,
+};
 use crate::diagnose::{diagnose, Diagnosis, Peer, Verdict};
 use crate::packed::Packed;
 use crate::slab_map::SlabMap;
@@ -202,17 +204,20 @@ struct Watch {
     /// How many suspects (and queries) need it.
     refs: u32,
     end: PeerEnd,
-    /// The suspect with an open episode this is the peer of: a peer's
-    /// report finds its episode at once.
-    episode_of: Option<ConnKey>,
+    /// The host of the suspect with an open episode this is the peer of
+    /// (its 4-tuple is this one reversed): a peer's report finds its
+    /// episode at once.
+    episode_of: Option<HostId>,
     /// When the request was queued for the agent; `None` if it was dropped.
     asked_at_ms: Option<i64>,
 }
 
 /// A connection whose queue looks stuck, with what we know of its peer.
-#[derive(Debug)]
+/// Kept in the detector's table beside the connection's track (keyed by
+/// its host and 4-tuple, the cookie in the track): one lookup per sample
+/// finds both.
+#[derive(Debug, Default)]
 struct Suspect {
-    flow: Tuple,
     /// The host owning the peer's address; `None` when nobody announced it.
     peer: Option<HostId>,
     /// Whether that host has been asked to watch the peer (see
@@ -220,8 +225,6 @@ struct Suspect {
     asked: bool,
     latest: Packed,
     latest_at_ms: i64,
-    /// The agent's clock at the latest sample.
-    last_mono: Duration,
     /// The stall's first sample, once a later one replaced it as `latest`.
     first: Option<Packed>,
     first_at_ms: i64,
@@ -272,7 +275,8 @@ impl PeerNow {
 #[derive(Debug)]
 pub struct State {
     store: Store,
-    detector: Detector,
+    /// The episode detector's tracks, each with its suspect.
+    detector: Detector<HostId, Suspect>,
     max_agents: usize,
     max_samples: usize,
     /// See [`State::watch_peer_after`]; `None`: [`ask_peer_after`].
@@ -283,7 +287,6 @@ pub struct State {
     session_hosts: Map<u64, HostId>,
     /// Non-loopback address -> host that announced it.
     owners: Map<IpAddr, HostId>,
-    suspects: SlabMap<ConnKey, Suspect>,
     /// (host, flow as that host sees it) -> what it reports of it.
     watched: SlabMap<(HostId, Tuple), Watch>,
     open_episodes: usize,
@@ -354,7 +357,6 @@ impl State {
             sessions: Map::default(),
             session_hosts: Map::default(),
             owners: Map::default(),
-            suspects: SlabMap::new(),
             watched: SlabMap::new(),
             open_episodes: 0,
             next_episode,
@@ -430,7 +432,7 @@ impl State {
         Stats {
             tracked_bytes: self.tracked_bytes(),
             agents: self.sessions.len(),
-            suspects: self.suspects.len(),
+            suspects: self.detector.tracked(),
             tracks: self.detector.tracked(),
             watched: self.watched.len(),
             open_episodes: self.open_episodes,
@@ -444,8 +446,9 @@ impl State {
     /// scrape, not for every batch.
     fn tracked_bytes(&self) -> usize {
         let suspects: usize = self
-            .suspects
-            .values()
+            .detector
+            .tracks()
+            .map(|t| t.data)
             .map(|s| {
                 s.latest.len()
                     + s.first.as_ref().map_or(0, Packed::len)
@@ -460,11 +463,7 @@ impl State {
                 _ => 0,
             })
             .sum();
-        self.suspects.bytes()
-            + self.watched.bytes()
-            + self.detector.table_bytes()
-            + suspects
-            + watched
+        self.watched.bytes() + self.detector.table_bytes() + suspects + watched
     }
 
     fn hello(
@@ -525,21 +524,14 @@ impl State {
         self.session_hosts.remove(&session.id);
         self.owners.retain(|_, h| *h != host);
         self.store.host_gone(&name, now_ms);
-        for event in self.detector.host_gone(host) {
-            self.event(event, now_ms, None);
-        }
-        // Its suspects go (without episodes now), and with them the watches
+        // Its suspects end with their episodes, and with them the watches
         // they had asked of other hosts.
-        let conns: Vec<ConnKey> = self
-            .suspects
-            .keys()
-            .filter(|c| c.host == host)
-            .copied()
-            .collect();
-        for conn in conns {
-            self.forget(&conn);
+        for (flow, event, mut ended) in self.detector.host_gone_with(host) {
+            if let Some(event) = event {
+                self.event(event, now_ms, None, Some(&mut ended));
+            }
+            self.let_peer_go(&ended.data, flow);
         }
-        self.suspects.retain(|c, _| c.host != host);
         // What it was watching is no longer seen; the suspects that need it
         // keep their claim and hear "pending" until it comes back and is
         // asked again (`hello`).
@@ -547,16 +539,6 @@ impl State {
             if *h == host {
                 w.end = PeerEnd::Pending;
             }
-        }
-    }
-
-    /// The host whose agent owns `ip`, as seen from `from` (loopback is the
-    /// host itself).
-    fn owner(&self, from: HostId, ip: IpAddr) -> Option<HostId> {
-        if ip.is_loopback() {
-            Some(from)
-        } else {
-            self.owners.get(&ip).copied()
         }
     }
 
@@ -647,17 +629,9 @@ impl State {
             }
         }
         for closed in batch.closed {
-            self.peer_report(host, Tuple::new(closed.flow), || PeerEnd::NoSocket);
-            if let Some(event) = self
-                .detector
-                .closed(host, closed.flow, closed.cookie, batch.mono)
-            {
-                self.event(event, now_ms, None);
-            }
-            self.forget(&ConnKey {
-                host,
-                cookie: closed.cookie,
-            });
+            let flow = Tuple::new(closed.flow);
+            self.peer_report(host, flow, || PeerEnd::NoSocket);
+            self.close(host, flow, closed.cookie, batch.mono, now_ms);
         }
     }
 
@@ -669,12 +643,43 @@ impl State {
             return;
         };
         w.end = end();
-        if let Some(conn) = w.episode_of {
-            self.rediagnose(&conn, None);
-            self.record(&conn, None);
+        if let Some(owner) = w.episode_of {
+            let a_flow = flow.reversed();
+            self.with_suspect(owner, a_flow, None, |st, s| {
+                st.rediagnose(a_flow, s, None);
+                st.record(owner, a_flow, s, None);
+            });
         }
     }
 
+    /// Runs `f` on the suspect `host` reports on `flow` (of socket
+    /// `cookie`, when given), taken out of the detector's table for the
+    /// call and put back after; `None` if there is none. For what needs
+    /// the rest of the state beside a suspect (episodes, re-diagnosis),
+    /// which is rare next to samples; `f` must not change the detector.
+    fn with_suspect<R>(
+        &mut self,
+        host: HostId,
+        flow: Tuple,
+        cookie: Option<u64>,
+        f: impl FnOnce(&mut Self, &mut Suspect) -> R,
+    ) -> Option<R> {
+        let (found, s) = self.detector.data_mut(host, flow)?;
+        if cookie.is_some_and(|c| c != found) {
+            return None;
+        }
+        let mut taken = std::mem::take(s);
+        let r = f(self, &mut taken);
+        if let Some((c, s)) = self.detector.data_mut(host, flow) {
+            if c == found {
+                *s = taken;
+            }
+        }
+        Some(r)
+    }
+
+    /// A sample the agent sent as a suspect: one step of the detector,
+    /// which keeps the suspect beside the connection's track.
     fn observe(
         &mut self,
         host: HostId,
@@ -689,97 +694,124 @@ impl State {
             now_ms,
             ask_after,
         } = at;
-        let conn = ConnKey {
-            host,
-            cookie: sample.cookie,
-        };
-        let last_word = reason == Reason::Released || sample.pos.sendq == 0;
-        // On the agent's last word the detector forgets the connection in
-        // the same step. If the sample restarted its track, the closing of
-        // that (`late`) comes after the suspect has taken the sample, as
-        // an episode's last.
-        let (events, held, late) = if last_word {
-            let LastWord { events, closed } = self.detector.last_word_at(host, tuple, sample, mono);
-            (events, Duration::ZERO, closed)
-        } else {
-            let Observed { events, held } = self.detector.observe_at(host, tuple, sample, mono);
-            (events, held, None)
-        };
+        if reason == Reason::Released || sample.pos.sendq == 0 {
+            self.last_word(host, tuple, sample, packed, mono, now_ms);
+            return;
+        }
+        let Step {
+            observed: Observed { events, held },
+            data,
+            fresh,
+            restarted,
+            mut ended,
+        } = self.detector.step(host, tuple, sample, mono);
         // An episode opening (held for the threshold) is past it too.
         let ask = held >= ask_after || !events.is_empty();
-        // Most last words are of suspects that never became episodes (a
-        // third of all samples in a busy fleet): forget them in one step.
-        if last_word && events.is_empty() {
-            if let Some(s) = self.suspects.remove_if(&conn, |s| s.episode.is_none()) {
-                if let Some(event) = late {
-                    self.event(event, now_ms, Some(sample));
-                }
-                self.let_peer_go(s);
-                return;
-            }
-        }
-        // Whether it has an open episode, as long as no event changed that.
-        let mut open = false;
-        if let Some(s) = self.suspects.get_mut(&conn) {
-            open = s.episode.is_some();
-            // A last word is kept only for an episode's closing sample.
-            if !last_word || s.episode.is_some() {
-                let prev = std::mem::replace(&mut s.latest, take(&mut packed, sample));
-                if s.first.is_none() {
-                    s.first = Some(prev);
-                }
-            }
-            s.latest_at_ms = now_ms;
-            s.last_mono = mono;
-            if let (Some(peer), false) = (s.peer, last_word) {
-                let flow = s.flow.reversed();
-                if s.asked {
-                    self.ask_again(peer, flow, now_ms);
-                } else if ask {
-                    s.asked = true;
-                    self.watch(peer, flow, now_ms);
-                }
-            }
-        } else if reason == Reason::Suspect && !last_word {
-            let peer = self.owner(host, sample.flow.remote.ip());
-            let asked = ask && peer.is_some();
-            if let (Some(peer), true) = (peer, asked) {
-                self.watch(peer, tuple.reversed(), now_ms);
-            }
-            self.suspects.insert(
-                conn,
-                Suspect {
-                    flow: tuple,
+        // Whether it has an open episode, as long as no event changed that;
+        // and the peer to ask to watch it (true) or to ask again (false).
+        let (mut open, mut request) = (false, None);
+        if let Some(s) = data {
+            if fresh {
+                let peer = owner(&self.owners, host, sample.flow.remote.ip());
+                let asked = ask && peer.is_some();
+                *s = Suspect {
                     peer,
                     asked,
                     latest: take(&mut packed, sample),
                     latest_at_ms: now_ms,
-                    last_mono: mono,
                     first: None,
                     first_at_ms: now_ms,
                     episode: None,
-                },
-            );
-        }
-        if !events.is_empty() {
-            for event in events {
-                self.event(event, now_ms, Some(sample));
+                };
+                request = peer.filter(|_| asked).map(|p| (p, true));
+            } else {
+                open = s.episode.is_some();
+                let prev = std::mem::replace(&mut s.latest, take(&mut packed, sample));
+                if restarted {
+                    // The queue moved: a new stall starts at this sample.
+                    s.first = None;
+                    s.first_at_ms = now_ms;
+                } else if s.first.is_none() {
+                    s.first = Some(prev);
+                }
+                s.latest_at_ms = now_ms;
+                if let Some(peer) = s.peer {
+                    if s.asked {
+                        request = Some((peer, false));
+                    } else if ask {
+                        s.asked = true;
+                        request = Some((peer, true));
+                    }
+                }
             }
-            open = self
-                .suspects
-                .get(&conn)
-                .is_some_and(|s| s.episode.is_some());
         }
-        if last_word {
-            // The agent's last word on it: nothing more will come.
-            if let Some(event) = late {
-                self.event(event, now_ms, Some(sample));
+        match request {
+            Some((peer, true)) => self.watch(peer, tuple.reversed(), now_ms),
+            Some((peer, false)) => self.ask_again(peer, tuple.reversed(), now_ms),
+            None => {}
+        }
+        let changed = !events.is_empty();
+        for event in events {
+            self.event(event, now_ms, Some(sample), ended.as_mut());
+        }
+        // Another socket that had the 4-tuple.
+        if let Some(old) = ended {
+            self.let_peer_go(&old.data, tuple);
+        }
+        if open || changed {
+            self.with_suspect(host, tuple, Some(sample.cookie), |st, s| {
+                if s.episode.is_some() {
+                    st.rediagnose(tuple, s, Some(sample));
+                    st.record(host, tuple, s, Some(sample));
+                }
+            });
+        }
+    }
+
+    /// The agent's last word on a connection (its release, or a drained
+    /// queue): the detector forgets it in the same step, and an open
+    /// episode ends with this sample as its last. Most last words are of
+    /// suspects that never became episodes (a third of all samples in a
+    /// busy fleet): one lookup.
+    fn last_word(
+        &mut self,
+        host: HostId,
+        tuple: Tuple,
+        sample: &EndSample,
+        mut packed: Option<Packed>,
+        mono: Duration,
+        now_ms: i64,
+    ) {
+        let LastStep {
+            word: LastWord { events, closed },
+            mut ended,
+        } = self.detector.last_step(host, tuple, sample, mono);
+        if let Some(e) = ended.as_mut() {
+            // A last word is kept only as an episode's closing sample.
+            if e.cookie == sample.cookie && e.data.episode.is_some() {
+                e.data.latest = take(&mut packed, sample);
+                e.data.latest_at_ms = now_ms;
             }
-            self.forget(&conn);
-        } else if open {
-            self.rediagnose(&conn, Some(sample));
-            self.record(&conn, Some(sample));
         }
+        for event in events.into_iter().chain(closed) {
+            self.event(event, now_ms, Some(sample), ended.as_mut());
+        }
+        if let Some(e) = ended {
+            self.let_peer_go(&e.data, tuple);
+        }
+    }
+
+    /// The socket `cookie` on `flow` went, as its agent said or by its
+    /// silence: its episode ends, and its peer is let go.
+    fn close(&mut self, host: HostId, flow: Tuple, cookie: u64, mono: Duration, now_ms: i64) {
+        let Some((event, data)) = self.detector.close(host, flow, cookie, mono) else {
+            return;
+        };
+        let mut ended = Ended { cookie, data };
+        if let Some(event) = event {
+            self.event(event, now_ms, None, Some(&mut ended));
+        }
+        self.let_peer_go(&ended.data, flow);
     }
 
     /// Ends what agents stopped reporting without a word (a lost message):
@@ -794,41 +826,32 @@ impl State {
             })
             .collect();
         let default = i64::try_from(ms(Duration::from_secs(2) * polls)).unwrap_or(i64::MAX);
-        let stale: Vec<(ConnKey, Tuple, Duration)> = self
-            .suspects
-            .iter()
-            .filter(|(c, s)| {
-                now_ms - s.latest_at_ms > silence.get(&c.host).copied().unwrap_or(default)
+        let stale: Vec<(HostId, Tuple, u64, Duration)> = self
+            .detector
+            .tracks()
+            .filter(|t| {
+                now_ms - t.data.latest_at_ms > silence.get(&t.host).copied().unwrap_or(default)
             })
-            .map(|(c, s)| (*c, s.flow, s.last_mono))
+            .map(|t| (t.host, *t.flow, t.cookie, t.last))
             .collect();
-        for (conn, flow, mono) in stale {
-            tracing::debug!(host = %self.hosts.name(conn.host), cookie = conn.cookie, "suspect went silent");
-            if let Some(event) = self.detector.closed_at(conn.host, flow, conn.cookie, mono) {
-                self.event(event, now_ms, None);
-            }
-            self.forget(&conn);
+        for (host, flow, cookie, mono) in stale {
+            tracing::debug!(host = %self.hosts.name(host), cookie, "suspect went silent");
+            self.close(host, flow, cookie, mono, now_ms);
         }
     }
 
-    fn forget(&mut self, conn: &ConnKey) {
-        if let Some(s) = self.suspects.remove_if(conn, |s| s.episode.is_none()) {
-            self.let_peer_go(s);
-        }
-    }
-
-    /// A forgotten suspect's peer end is no longer needed by it.
-    fn let_peer_go(&mut self, s: Suspect) {
+    /// A suspect that ended (on `flow`) no longer needs its peer's end.
+    fn let_peer_go(&mut self, s: &Suspect, flow: Tuple) {
         if let (Some(peer), true) = (s.peer, s.asked) {
-            self.unwatch(peer, s.flow.reversed());
+            self.unwatch(peer, flow.reversed());
         }
     }
 
-    fn peer_of(&self, s: &Suspect) -> PeerNow {
+    fn peer_of(&self, s: &Suspect, flow: Tuple) -> PeerNow {
         let Some(peer) = s.peer else {
             return PeerNow::Unmonitored;
         };
-        match self.watched.get(&(peer, s.flow.reversed())).map(|w| &w.end) {
+        match self.watched.get(&(peer, flow.reversed())).map(|w| &w.end) {
             Some(PeerEnd::Seen { sample, .. }) => match unpack(sample) {
                 Some(b) => PeerNow::Seen(b),
                 None => PeerNow::Pending(self.hosts.name(peer)),
@@ -838,12 +861,9 @@ impl State {
         }
     }
 
-    /// Re-diagnoses an open episode from A's latest sample (`a` when the
-    /// caller has it at hand) and its peer as known now; stores a change.
-    fn rediagnose(&mut self, conn: &ConnKey, a: Option<&EndSample>) {
-        let Some(s) = self.suspects.get(conn) else {
-            return;
-        };
+    /// Re-diagnoses the open episode of suspect `s` (on `flow`) from A's latest sample (`a` when the caller has it at hand)
+    /// and its peer as known now; stores a change.
+    fn rediagnose(&mut self, flow: Tuple, s: &mut Suspect, a: Option<&EndSample>) {
         if s.episode.is_none() {
             return;
         }
@@ -858,7 +878,7 @@ impl State {
                 None => return,
             },
         };
-        let peer = self.peer_of(s);
+        let peer = self.peer_of(s, flow);
         let verdict = diagnose(a, peer.as_peer());
         // Most polls of a held queue find what the last one did, a little
         // later: nothing to store (its duration is read from its start).
@@ -871,7 +891,7 @@ impl State {
         let note = peer_note(peer.as_peer());
         let b_host = s.peer.map(|p| self.hosts.name(p).to_string());
         let (stuck_for, stuck_bytes) = (a.unchanged_ms, a.pos.sendq);
-        let Some(ep) = self.suspects.get_mut(conn).and_then(|s| s.episode.as_mut()) else {
+        let Some(ep) = s.episode.as_mut() else {
             return;
         };
         if ep.verdict.diagnosis != verdict.diagnosis {
@@ -896,73 +916,103 @@ impl State {
     /// Stores this poll's samples of an open episode: A's when the caller
     /// has it (`a`, a new report of A), and B's when it reported since the
     /// last one stored; each side up to the per-episode cap.
-    fn record(&mut self, conn: &ConnKey, a: Option<&EndSample>) {
-        let Some(s) = self.suspects.get(conn) else {
-            return;
-        };
-        let Some(ep) = &s.episode else { return };
-        let (mut stored_a, mut stored_b, mut last_b) = (ep.stored_a, ep.stored_b, ep.last_b_ms);
+    fn record(&mut self, host: HostId, flow: Tuple, s: &mut Suspect, a: Option<&EndSample>) {
+        let Some(ep) = s.episode.as_mut() else { return };
         let mut batch = Vec::new();
         // `a` has just been observed: `s.latest` is its encoding.
-        if a.is_some() && stored_a < self.max_samples {
+        if a.is_some() && ep.stored_a < self.max_samples {
             batch.push(StoredSample {
                 side: Side::A,
-                host: self.hosts.name(conn.host).to_string(),
+                host: self.hosts.name(host).to_string(),
                 at_ms: s.latest_at_ms,
                 sample: s.latest.clone(),
             });
-            stored_a += 1;
+            ep.stored_a += 1;
         }
         if let Some(peer) = s.peer {
             if let Some(PeerEnd::Seen { at_ms, sample }) =
-                self.watched.get(&(peer, s.flow.reversed())).map(|w| &w.end)
+                self.watched.get(&(peer, flow.reversed())).map(|w| &w.end)
             {
-                if *at_ms > last_b && stored_b < self.max_samples {
+                if *at_ms > ep.last_b_ms && ep.stored_b < self.max_samples {
                     batch.push(StoredSample {
                         side: Side::B,
                         host: self.hosts.name(peer).to_string(),
                         at_ms: *at_ms,
                         sample: sample.clone(),
                     });
-                    stored_b += 1;
-                    last_b = *at_ms;
+                    ep.stored_b += 1;
+                    ep.last_b_ms = *at_ms;
                 }
             }
         }
-        let id = ep.id;
         if !batch.is_empty() {
-            self.store.add_samples(id, batch);
-        }
-        if let Some(ep) = self.suspects.get_mut(conn).and_then(|s| s.episode.as_mut()) {
-            (ep.stored_a, ep.stored_b, ep.last_b_ms) = (stored_a, stored_b, last_b);
+            self.store.add_samples(ep.id, batch);
         }
     }
 
-    /// `a`: the sample of the event's connection just observed, if any.
-    fn event(&mut self, event: Event, now_ms: i64, a: Option<&EndSample>) {
+    /// An event of the detector. `a`: the sample of the event's connection
+    /// just observed, if any. `ended`: a suspect the detector no longer
+    /// holds; an event of its socket applies to it, any other's to the
+    /// suspect in the detector's table.
+    fn event(
+        &mut self,
+        event: Event,
+        now_ms: i64,
+        a: Option<&EndSample>,
+        ended: Option<&mut Ended<Suspect>>,
+    ) {
+        let (conn, flow) = match &event {
+            Event::Opened { conn, flow, .. } | Event::Closed { conn, flow, .. } => {
+                (*conn, Tuple::new(*flow))
+            }
+        };
+        if let Some(e) = ended.filter(|e| e.cookie == conn.cookie) {
+            self.apply(event, flow, &mut e.data, now_ms, a);
+            return;
+        }
+        let opened = matches!(event, Event::Opened { .. });
+        let applied = self.with_suspect(conn.host, flow, Some(conn.cookie), |st, s| {
+            st.apply(event, flow, s, now_ms, a)
+        });
+        if applied.is_none() && opened {
+            tracing::warn!(host = %self.hosts.name(conn.host), flow = %flow.flow(), "episode for a connection never seen as a suspect");
+        }
+    }
+
+    /// An event applied to its connection's suspect `s`.
+    fn apply(
+        &mut self,
+        event: Event,
+        flow: Tuple,
+        s: &mut Suspect,
+        now_ms: i64,
+        a: Option<&EndSample>,
+    ) {
         match event {
             Event::Opened {
                 conn,
-                flow,
+                flow: full,
                 stuck_for,
             } => {
-                let a = a
-                    .filter(|a| a.cookie == conn.cookie)
-                    .cloned()
-                    .or_else(|| self.suspects.get(&conn).and_then(|s| unpack(&s.latest)));
-                match a {
-                    Some(a) => self.open_episode(conn, flow, stuck_for, now_ms, &a),
-                    None => {
-                        tracing::warn!(host = %self.hosts.name(conn.host), %flow, "episode for a connection never seen as a suspect")
-                    }
-                }
+                let unpacked;
+                let a = match a.filter(|a| a.cookie == conn.cookie) {
+                    Some(a) => a,
+                    None => match unpack(&s.latest) {
+                        Some(x) => {
+                            unpacked = x;
+                            &unpacked
+                        }
+                        None => return,
+                    },
+                };
+                self.open_episode(conn, full, s, stuck_for, now_ms, a);
             }
             Event::Closed {
                 conn,
                 reason,
                 stuck_for,
                 ..
-            } => self.close_episode(conn, reason, stuck_for, now_ms),
+            } => self.close_episode(conn, flow, s, reason, stuck_for, now_ms),
         }
     }
 
@@ -970,16 +1020,14 @@ impl State {
         &mut self,
         conn: ConnKey,
         flow: FlowTuple,
+        s: &mut Suspect,
         stuck_for: Duration,
         now_ms: i64,
         a: &EndSample,
     ) {
         let host = self.hosts.name(conn.host);
-        let Some(s) = self.suspects.get(&conn) else {
-            tracing::warn!(host = %host, %flow, "episode for a connection never seen as a suspect");
-            return;
-        };
-        let peer = self.peer_of(s);
+        let tuple = Tuple::new(flow);
+        let peer = self.peer_of(s, tuple);
         let verdict = diagnose(a, peer.as_peer());
         let note = peer_note(peer.as_peer());
         let id = self.next_episode;
@@ -1003,7 +1051,7 @@ impl State {
             peer_note: note,
         });
         // The first sample of the stall, then this poll's (record).
-        if let Some(first) = s.first.clone() {
+        if let Some(first) = s.first.take() {
             self.store.add_samples(
                 id,
                 vec![StoredSample {
@@ -1015,42 +1063,40 @@ impl State {
             );
         }
         if let Some(peer) = s.peer {
-            if let Some(w) = self.watched.get_mut(&(peer, s.flow.reversed())) {
-                w.episode_of = Some(conn);
+            if let Some(w) = self.watched.get_mut(&(peer, tuple.reversed())) {
+                w.episode_of = Some(conn.host);
             }
         }
         self.open_episodes += 1;
         self.stats.open_by_diagnosis[verdict.diagnosis.index()] += 1;
         self.stats.opened_by_diagnosis[verdict.diagnosis.index()] += 1;
-        if let Some(s) = self.suspects.get_mut(&conn) {
-            s.first = None;
-            s.episode = Some(Box::new(OpenEpisode {
-                id,
-                verdict,
-                stored_a: 1,
-                stored_b: 0,
-                last_b_ms: i64::MIN,
-            }));
-        }
+        s.episode = Some(Box::new(OpenEpisode {
+            id,
+            verdict,
+            stored_a: 1,
+            stored_b: 0,
+            last_b_ms: i64::MIN,
+        }));
     }
 
+    /// Ends `s`'s open episode, its latest sample the last stored.
     fn close_episode(
         &mut self,
         conn: ConnKey,
+        flow: Tuple,
+        s: &mut Suspect,
         reason: EndReason,
         stuck_for: Duration,
         now_ms: i64,
     ) {
-        let Some(s) = self.suspects.get_mut(&conn) else {
-            return;
-        };
         let Some(ep) = s.episode.take() else { return };
         self.open_episodes = self.open_episodes.saturating_sub(1);
         let open = &mut self.stats.open_by_diagnosis[ep.verdict.diagnosis.index()];
         *open = open.saturating_sub(1);
-        let (peer, flow, at_ms) = (s.peer, s.flow, s.latest_at_ms);
-        let last = s.latest.clone();
-        if let Some(w) = peer.and_then(|p| self.watched.get_mut(&(p, flow.reversed()))) {
+        if let Some(w) = s
+            .peer
+            .and_then(|p| self.watched.get_mut(&(p, flow.reversed())))
+        {
             w.episode_of = None;
         }
         let host = self.hosts.name(conn.host);
@@ -1061,8 +1107,8 @@ impl State {
             vec![StoredSample {
                 side: Side::A,
                 host: host.to_string(),
-                at_ms,
-                sample: last,
+                at_ms: s.latest_at_ms,
+                sample: s.latest.clone(),
             }],
         );
         self.store.close_episode(
@@ -1073,9 +1119,6 @@ impl State {
                 duration_ms: ms(stuck_for),
             },
         );
-        if reason != EndReason::Moved {
-            self.forget(&conn);
-        }
     }
 
     /// Both ends of `flow` as known now; asks the owners to watch it.
@@ -1120,21 +1163,17 @@ impl State {
         let key = Tuple::new(tuple);
         if let Some(&host) = self.owners.get(&tuple.local.ip()) {
             let watched = self.watched.get(&(host, key)).and_then(seen);
-            let suspect = || {
-                let cookie = self.detector.cookie_of(host, tuple)?;
-                let s = self.suspects.get(&ConnKey { host, cookie })?;
-                Some(&s.latest)
-            };
+            let suspect = || self.detector.data(host, key).map(|(_, s)| &s.latest);
             return watched.or_else(suspect).map(|p| (host, p));
         }
         self.watched
             .iter()
             .find_map(|((h, t), w)| (*t == key).then(|| seen(w).map(|p| (*h, p))).flatten())
             .or_else(|| {
-                self.suspects
-                    .iter()
-                    .find(|(_, s)| s.flow == key)
-                    .map(|(c, s)| (c.host, &s.latest))
+                self.detector
+                    .tracks()
+                    .find(|t| *t.flow == key)
+                    .map(|t| (t.host, &t.data.latest))
             })
     }
 }
@@ -1151,6 +1190,17 @@ fn peer_note(peer: Peer<'_>) -> Option<String> {
         Peer::NoSocket { host } => Some(format!("{host} has no such socket")),
         Peer::Pending { host } => Some(format!("waiting for {host} to report")),
         Peer::Unmonitored => Some("no agent covers the peer's address".to_string()),
+    }
+}
+
+/// The host whose agent owns `ip`, as seen from `from` (loopback is the
+/// host itself): a function of the table it reads, so that a caller can
+/// keep a suspect borrowed meanwhile.
+fn owner(owners: &Map<IpAddr, HostId>, from: HostId, ip: IpAddr) -> Option<HostId> {
+    if ip.is_loopback() {
+        Some(from)
+    } else {
+        owners.get(&ip).copied()
     }
 }
 

@@ -126,7 +126,7 @@ fn micros(d: Duration) -> u64 {
 }
 
 #[derive(Debug)]
-struct Track {
+struct Track<T> {
     /// The socket tracked on this 4-tuple.
     cookie: u64,
     marks: Marks,
@@ -135,25 +135,79 @@ struct Track {
     since: u64,
     /// Agent clock (µs) of the latest observation.
     last: u64,
+    /// What the caller keeps of the connection beside its track (the
+    /// aggregator's suspect: its samples, its peer, its episode), so that
+    /// one lookup per sample finds both. Kept while the socket's track
+    /// lives, a moved queue's restart included; a new socket on the 4-tuple
+    /// starts with `T::default()`.
+    data: T,
+}
+
+/// A connection's data the detector no longer tracks: the track it was
+/// kept with ended (the socket drained, closed, went silent or was
+/// replaced on its 4-tuple, or its host went). Any closing event for that
+/// socket came with it.
+#[derive(Debug)]
+pub struct Ended<T> {
+    pub cookie: u64,
+    pub data: T,
+}
+
+/// One sample's step with the caller's data ([`Detector::step`]).
+#[derive(Debug)]
+pub struct Step<'a, H, T> {
+    pub observed: Observed<H>,
+    /// The data kept with the sample's socket; `None` once its queue
+    /// drained (then nothing of the 4-tuple is tracked).
+    pub data: Option<&'a mut T>,
+    /// The track started at this sample: `data` is `T::default()`.
+    pub fresh: bool,
+    /// The socket's queue moved, and its stall started again at this
+    /// sample, its data kept.
+    pub restarted: bool,
+    /// What this sample ended: another socket's track on the 4-tuple, or
+    /// the socket's own on a drain.
+    pub ended: Option<Ended<T>>,
+}
+
+/// An agent's last word with the caller's data ([`Detector::last_step`]).
+#[derive(Debug)]
+pub struct LastStep<H, T> {
+    pub word: LastWord<H>,
+    /// The data of what the 4-tuple had tracked before the sample: the
+    /// socket's own, or another socket's it replaced. Nothing of the
+    /// 4-tuple is tracked after.
+    pub ended: Option<Ended<T>>,
+}
+
+/// A tracked connection as [`Detector::tracks`] shows it.
+#[derive(Debug)]
+pub struct TrackView<'a, H, T> {
+    pub host: H,
+    pub flow: &'a Tuple,
+    pub cookie: u64,
+    /// The agent clock of its latest sample.
+    pub last: Duration,
+    pub data: &'a T,
 }
 
 /// The episode detector for all connections. Memory: one small entry per
-/// connection that is currently suspect.
+/// connection that is currently suspect, with the caller's `T`.
 ///
 /// A track is keyed by its host and 4-tuple, and holds the cookie of the
 /// socket on it: a sample with another cookie is a new socket on the same
 /// 4-tuple, which replaces the old one, without a second table to map
 /// 4-tuples to cookies.
 #[derive(Debug)]
-pub struct Detector<H = crate::aggregator::HostId> {
+pub struct Detector<H = crate::aggregator::HostId, T = ()> {
     threshold: Duration,
-    tracks: SlabMap<(H, Tuple), Track>,
+    tracks: SlabMap<(H, Tuple), Track<T>>,
 }
 
 /// A sample that keeps a track's marks: its clocks move on, and past the
 /// threshold its episode opens.
-fn advance<H>(
-    track: &mut Track,
+fn advance<H, T>(
+    track: &mut Track<T>,
     conn: ConnKey<H>,
     flow: FlowTuple,
     reported_since: u64,
@@ -176,12 +230,12 @@ fn advance<H>(
 }
 
 /// How long a track's marks have been held at agent time `now`.
-fn held(track: &Track, now: Duration) -> Duration {
+fn held<T>(track: &Track<T>, now: Duration) -> Duration {
     now.saturating_sub(Duration::from_micros(track.since))
 }
 
-impl<H: HostKey> Detector<H> {
-    pub fn new(threshold: Duration) -> Detector<H> {
+impl<H: HostKey, T: Default> Detector<H, T> {
+    pub fn new(threshold: Duration) -> Detector<H, T> {
         Detector {
             threshold,
             tracks: SlabMap::new(),
@@ -203,7 +257,8 @@ impl<H: HostKey> Detector<H> {
         self.tracks.len()
     }
 
-    /// Bytes its table holds (an estimate from its capacity).
+    /// Bytes its table holds (an estimate from its capacity; what the data
+    /// owns on the heap is not counted).
     pub fn table_bytes(&self) -> usize {
         self.tracks.bytes()
     }
@@ -218,6 +273,30 @@ impl<H: HostKey> Detector<H> {
         self.tracks
             .get(&(host, Tuple::new(flow)))
             .is_some_and(|t| t.open)
+    }
+
+    /// The data kept with the socket `host` reports on `flow`, if tracked,
+    /// and its cookie.
+    pub fn data(&self, host: H, flow: Tuple) -> Option<(u64, &T)> {
+        self.tracks.get(&(host, flow)).map(|t| (t.cookie, &t.data))
+    }
+
+    /// [`Detector::data`], to change it.
+    pub fn data_mut(&mut self, host: H, flow: Tuple) -> Option<(u64, &mut T)> {
+        self.tracks
+            .get_mut(&(host, flow))
+            .map(|t| (t.cookie, &mut t.data))
+    }
+
+    /// Every tracked connection.
+    pub fn tracks(&self) -> impl Iterator<Item = TrackView<'_, H, T>> {
+        self.tracks.iter().map(|((host, flow), t)| TrackView {
+            host: *host,
+            flow,
+            cookie: t.cookie,
+            last: Duration::from_micros(t.last),
+            data: &t.data,
+        })
     }
 
     /// One sample of a connection at agent time `now`. May close an episode
@@ -236,6 +315,12 @@ impl<H: HostKey> Detector<H> {
         s: &EndSample,
         now: Duration,
     ) -> Observed<H> {
+        self.step(host, flow, s, now).observed
+    }
+
+    /// [`Detector::observe_at`], with the data kept beside the socket's
+    /// track, and what the sample ended.
+    pub fn step(&mut self, host: H, flow: Tuple, s: &EndSample, now: Duration) -> Step<'_, H, T> {
         let mut events = Vec::new();
         let key = (host, flow);
         let conn = ConnKey {
@@ -245,30 +330,51 @@ impl<H: HostKey> Detector<H> {
         if s.pos.sendq == 0 {
             // Drained: its 4-tuple is no longer tracked, whichever socket
             // had it (an older one is replaced).
-            events.extend(drained(host, flow, self.tracks.remove(&key), s, now));
-            return Observed {
-                events,
-                held: Duration::ZERO,
+            let old = self.tracks.remove(&key);
+            events.extend(old.as_ref().and_then(|t| drained(host, flow, t, s, now)));
+            return Step {
+                observed: Observed {
+                    events,
+                    held: Duration::ZERO,
+                },
+                data: None,
+                fresh: false,
+                restarted: false,
+                ended: old.map(Track::ended),
             };
         }
         let m = marks(s);
         let since = reported_since(s, now);
+        let (mut fresh, mut restarted, mut ended) = (false, false, None);
         // Most samples: the socket tracked on its 4-tuple, one lookup.
         // Marks held, its clock goes on; marks moved, its stall ends and a
-        // new one starts; another cookie, the old socket was replaced.
-        let track = match self.tracks.get_mut(&key) {
-            Some(t) => {
-                if let Some(reason) = ends(t, s, m) {
-                    let old = std::mem::replace(t, start(s, m, since, now));
-                    events.extend(closing(host, flow, old, reason, now));
-                }
-                t
+        // new one starts with the socket's data kept; another cookie, the
+        // old socket was replaced, and its data goes with it.
+        let (track, inserted) = self
+            .tracks
+            .get_or_insert_with(key, || start(s, m, since, now));
+        if inserted {
+            fresh = true;
+        } else if let Some(reason) = ends(track, s, m) {
+            let mut old = std::mem::replace(track, start(s, m, since, now));
+            events.extend(closing(host, flow, &old, reason, now));
+            if reason == EndReason::Moved {
+                track.data = std::mem::take(&mut old.data);
+                restarted = true;
+            } else {
+                ended = Some(old.ended());
+                fresh = true;
             }
-            None => self.tracks.get_or_insert(key, start(s, m, since, now)),
-        };
+        }
         events.extend(advance(track, conn, s.flow, since, now, self.threshold));
         let held = held(track, now);
-        Observed { events, held }
+        Step {
+            observed: Observed { events, held },
+            data: Some(&mut track.data),
+            fresh,
+            restarted,
+            ended,
+        }
     }
 
     /// The agent's last word on a connection (its release, or a drained
@@ -283,26 +389,57 @@ impl<H: HostKey> Detector<H> {
         s: &EndSample,
         now: Duration,
     ) -> LastWord<H> {
+        self.last_step(host, flow, s, now).word
+    }
+
+    /// [`Detector::last_word_at`], with the data the 4-tuple's track held
+    /// before the sample, if it held any (the socket's own, or that of the
+    /// socket it replaced).
+    pub fn last_step(
+        &mut self,
+        host: H,
+        flow: Tuple,
+        s: &EndSample,
+        now: Duration,
+    ) -> LastStep<H, T> {
         let key = (host, flow);
         let old = self.tracks.remove(&key);
         if s.pos.sendq == 0 {
-            return LastWord {
-                events: drained(host, flow, old, s, now).into_iter().collect(),
-                closed: None,
+            return LastStep {
+                word: LastWord {
+                    events: old
+                        .as_ref()
+                        .and_then(|t| drained(host, flow, t, s, now))
+                        .into_iter()
+                        .collect(),
+                    closed: None,
+                },
+                ended: old.map(Track::ended),
             };
         }
         let mut events = Vec::new();
         let m = marks(s);
         let since = reported_since(s, now);
-        let mut track = match old {
-            Some(t) => match ends(&t, s, m) {
-                None => t,
+        let mut ended = None;
+        // The track the sample leaves behind, and whether it carries the
+        // data the socket was tracked with (not if it was new, or another
+        // socket's track was replaced: then that one's data ended).
+        let (mut track, own) = match old {
+            Some(mut t) => match ends(&t, s, m) {
+                None => (t, true),
                 Some(reason) => {
-                    events.extend(closing(host, flow, t, reason, now));
-                    start(s, m, since, now)
+                    events.extend(closing(host, flow, &t, reason, now));
+                    let mut new = start(s, m, since, now);
+                    if reason == EndReason::Moved {
+                        new.data = std::mem::take(&mut t.data);
+                        (new, true)
+                    } else {
+                        ended = Some(t.ended());
+                        (new, false)
+                    }
                 }
             },
-            None => start(s, m, since, now),
+            None => (start(s, m, since, now), false),
         };
         let conn = ConnKey {
             host,
@@ -316,9 +453,10 @@ impl<H: HostKey> Detector<H> {
             now,
             self.threshold,
         ));
-        LastWord {
-            events,
-            closed: closing(host, flow, track, EndReason::Closed, now),
+        let closed = closing(host, flow, &track, EndReason::Closed, now);
+        LastStep {
+            word: LastWord { events, closed },
+            ended: if own { Some(track.ended()) } else { ended },
         }
     }
 
@@ -341,33 +479,57 @@ impl<H: HostKey> Detector<H> {
         cookie: u64,
         now: Duration,
     ) -> Option<Event<H>> {
+        self.close(host, flow, cookie, now)?.0
+    }
+
+    /// [`Detector::closed_at`], with the data that was kept with it;
+    /// `None` if the socket was not tracked.
+    pub fn close(
+        &mut self,
+        host: H,
+        flow: Tuple,
+        cookie: u64,
+        now: Duration,
+    ) -> Option<(Option<Event<H>>, T)> {
         let track = self
             .tracks
             .remove_if(&(host, flow), |t| t.cookie == cookie)?;
-        closing(host, flow, track, EndReason::Closed, now)
+        let event = closing(host, flow, &track, EndReason::Closed, now);
+        Some((event, track.data))
     }
 
     /// The host's agent disconnected: everything it reported ends.
     pub fn host_gone(&mut self, host: H) -> Vec<Event<H>> {
+        self.host_gone_with(host)
+            .into_iter()
+            .filter_map(|(_, event, _)| event)
+            .collect()
+    }
+
+    /// [`Detector::host_gone`]: each connection's 4-tuple, its episode's
+    /// end if it had one open, and its data.
+    pub fn host_gone_with(&mut self, host: H) -> Vec<(Tuple, Option<Event<H>>, Ended<T>)> {
         let keys: Vec<(H, Tuple)> = self
             .tracks
             .keys()
             .filter(|(h, _)| *h == host)
             .copied()
             .collect();
-        let mut events = Vec::new();
+        let mut gone = Vec::with_capacity(keys.len());
         for key in keys {
             if let Some(track) = self.tracks.remove(&key) {
                 let last = Duration::from_micros(track.last);
-                events.extend(closing(host, key.1, track, EndReason::HostGone, last));
+                let event = closing(host, key.1, &track, EndReason::HostGone, last);
+                gone.push((key.1, event, track.ended()));
             }
         }
-        events
+        gone
     }
 
     /// Forgets suspects of `host` not seen since `before` (agent clock)
     /// that never became episodes: the agent stopped reporting them
-    /// without a word (a lost release). Bounds memory.
+    /// without a word (a lost release). Bounds memory. Their data goes
+    /// with them.
     pub fn expire(&mut self, host: H, before: Duration) -> usize {
         let before = micros(before);
         let n = self.tracks.len();
@@ -377,9 +539,18 @@ impl<H: HostKey> Detector<H> {
     }
 }
 
+impl<T> Track<T> {
+    fn ended(self) -> Ended<T> {
+        Ended {
+            cookie: self.cookie,
+            data: self.data,
+        }
+    }
+}
+
 /// Why a sample with queued bytes ends the stall its 4-tuple's track
 /// holds; `None` while the stall holds.
-fn ends(track: &Track, s: &EndSample, m: Marks) -> Option<EndReason> {
+fn ends<T>(track: &Track<T>, s: &EndSample, m: Marks) -> Option<EndReason> {
     if track.cookie != s.cookie {
         Some(EndReason::Replaced)
     } else if track.marks != m {
@@ -395,27 +566,27 @@ fn reported_since(s: &EndSample, now: Duration) -> u64 {
     micros(now.saturating_sub(Duration::from_millis(s.unchanged_ms)))
 }
 
-/// A track starting at this sample.
-fn start(s: &EndSample, m: Marks, since: u64, now: Duration) -> Track {
+/// A track starting at this sample, with new data.
+fn start<T: Default>(s: &EndSample, m: Marks, since: u64, now: Duration) -> Track<T> {
     Track {
         cookie: s.cookie,
         marks: m,
         open: false,
         since,
         last: micros(now),
+        data: T::default(),
     }
 }
 
 /// The end of what a drained sample's 4-tuple tracked (`old`): its own
 /// stall drained, or an older socket's was replaced.
-fn drained<H: HostKey>(
+fn drained<H: HostKey, T>(
     host: H,
     flow: Tuple,
-    old: Option<Track>,
+    old: &Track<T>,
     s: &EndSample,
     now: Duration,
 ) -> Option<Event<H>> {
-    let old = old?;
     let reason = if old.cookie == s.cookie {
         EndReason::Drained
     } else {
@@ -425,10 +596,10 @@ fn drained<H: HostKey>(
 }
 
 /// The event a track's end makes: a closed episode if it had one open.
-fn closing<H: HostKey>(
+fn closing<H: HostKey, T>(
     host: H,
     flow: Tuple,
-    track: Track,
+    track: &Track<T>,
     reason: EndReason,
     now: Duration,
 ) -> Option<Event<H>> {

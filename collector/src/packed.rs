@@ -14,7 +14,7 @@ use tcpstall_proto::sample_wire;
 use tcpstall_proto::v1;
 
 /// An [`EndSample`], protobuf-encoded.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Packed(Box<[u8]>);
 
 impl Packed {

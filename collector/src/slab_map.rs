@@ -118,27 +118,32 @@ impl<K: Hash + Eq, V> SlabMap<K, V> {
 
     /// Puts `v` under `k`; the value it replaced, if any.
     pub fn insert(&mut self, k: K, v: V) -> Option<V> {
-        match self.entry(k, v) {
-            (i, Some(v)) => match &mut self.slots[i] {
-                Slot::Full(_, old) => Some(std::mem::replace(old, v)),
-                Slot::Free(_) => unreachable!("slot {i} of a present key is free"),
-            },
-            (_, None) => None,
+        let mut v = Some(v);
+        let (i, inserted) = self.entry(k, || v.take().expect("taken once"));
+        match (&mut self.slots[i], v) {
+            (Slot::Full(_, old), Some(v)) if !inserted => Some(std::mem::replace(old, v)),
+            _ => None,
         }
     }
 
     /// The value under `k`, inserting `v` first if there is none.
     pub fn get_or_insert(&mut self, k: K, v: V) -> &mut V {
-        let (i, _) = self.entry(k, v);
+        self.get_or_insert_with(k, || v).0
+    }
+
+    /// The value under `k`, inserting `f()` first if there is none; and
+    /// whether it did. One probe of the index either way.
+    pub fn get_or_insert_with(&mut self, k: K, f: impl FnOnce() -> V) -> (&mut V, bool) {
+        let (i, inserted) = self.entry(k, f);
         match &mut self.slots[i] {
-            Slot::Full(_, v) => v,
+            Slot::Full(_, v) => (v, inserted),
             Slot::Free(_) => unreachable!("slot {i} of a present key is free"),
         }
     }
 
-    /// One probe of the index for `k`: its slot and `v` back if present,
-    /// else `v` put in a new slot and that slot.
-    fn entry(&mut self, k: K, v: V) -> (usize, Option<V>) {
+    /// One probe of the index for `k`: its slot if present, else `f()` put
+    /// in a new slot; and whether it was put.
+    fn entry(&mut self, k: K, f: impl FnOnce() -> V) -> (usize, bool) {
         let hash = self.hash(&k);
         let slots = &self.slots;
         let hasher = &self.hasher;
@@ -148,9 +153,10 @@ impl<K: Hash + Eq, V> SlabMap<K, V> {
             |&j| key_of(&slots[j as usize]).map_or(0, |k| hasher.hash_one(k)),
         );
         let vacant = match entry {
-            hashbrown::hash_table::Entry::Occupied(e) => return (*e.get() as usize, Some(v)),
+            hashbrown::hash_table::Entry::Occupied(e) => return (*e.get() as usize, false),
             hashbrown::hash_table::Entry::Vacant(e) => e,
         };
+        let v = f();
         let i = if self.free != NONE {
             let i = self.free as usize;
             if let Slot::Free(next) = self.slots[i] {
@@ -172,7 +178,7 @@ impl<K: Hash + Eq, V> SlabMap<K, V> {
         };
         vacant.insert(i as u32);
         self.len += 1;
-        (i, None)
+        (i, true)
     }
 
     pub fn remove(&mut self, k: &K) -> Option<V> {

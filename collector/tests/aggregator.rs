@@ -306,6 +306,45 @@ async fn released_suspects_leave_nothing_behind() {
 }
 
 #[tokio::test]
+async fn a_socket_replaced_on_its_4_tuple_leaves_nothing_of_the_old_one() {
+    let mut rig = Rig::new();
+    let a_sess = rig.hello("hosta", "198.18.0.2", at(0.0));
+    rig.hello("hostb", "198.18.0.1", at(0.0));
+    // A suspect held long enough to have its peer watched...
+    let old = stuck_a(6000);
+    rig.send(a_sess, 100.0, vec![(Reason::Suspect, old.clone())], at(0.0));
+    assert_eq!(
+        rig.asked("hostb"),
+        vec![ToAgent::Watch(old.flow.reversed())]
+    );
+    // ...then another socket on the same 4-tuple (the port reused), held
+    // as long: it needs the same peer end, so nothing is asked again.
+    let mut new = old.clone();
+    new.cookie = old.cookie + 1;
+    rig.send(a_sess, 102.0, vec![(Reason::Suspect, new.clone())], at(2.0));
+    assert_eq!(rig.asked("hostb"), vec![]);
+    let stats = rig.state.stats();
+    assert_eq!(
+        (stats.suspects, stats.tracks, stats.watched),
+        (1, 1, 1),
+        "the old socket's suspect went with its track"
+    );
+    // The new one drains: nothing is left, and the peer is let go (the
+    // old socket's claim on it went when it was replaced, not at expiry).
+    let mut drained = new;
+    drained.pos.sendq = 0;
+    drained.unchanged_ms = 0;
+    rig.send(a_sess, 104.0, vec![(Reason::Released, drained)], at(4.0));
+    assert_eq!(
+        rig.asked("hostb"),
+        vec![ToAgent::Unwatch(old.flow.reversed())]
+    );
+    let stats = rig.state.stats();
+    assert_eq!((stats.suspects, stats.tracks, stats.watched), (0, 0, 0));
+    assert!(rig.episodes().await.is_empty());
+}
+
+#[tokio::test]
 async fn pending_peer_settles_when_it_reports_and_absent_peer_is_half_open() {
     let mut rig = Rig::new();
     let a_sess = rig.hello("hosta", "198.18.0.2", at(0.0));

@@ -166,6 +166,52 @@ fn a_new_socket_that_drains_at_once_still_replaces_the_old_one() {
 }
 
 #[test]
+fn a_connections_data_lives_as_long_as_its_socket_is_tracked() {
+    use tcpstall_collector::tuple::Tuple;
+    // The data the collector keeps beside a track: here, a count of the
+    // samples seen of its socket.
+    let mut d: detect::Detector<&'static str, u32> = detect::Detector::new(T);
+    let a = a_end(1, 5000, 3000);
+    let tuple = Tuple::new(a.flow);
+    let step = |d: &mut detect::Detector<&'static str, u32>, s: &EndSample, at: f64| {
+        let step = d.step("a", tuple, s, secs(at));
+        let fresh = step.fresh;
+        let ended = step.ended.map(|e| (e.cookie, e.data));
+        if let Some(n) = step.data {
+            *n += 1;
+        }
+        (fresh, ended)
+    };
+    assert_eq!(
+        step(&mut d, &a, 0.0),
+        (true, None),
+        "a new socket's data is new"
+    );
+    assert_eq!(step(&mut d, &a, 2.0), (false, None));
+    // Its queue moves: the stall starts again, the data stays.
+    let moved = a_end(1, 6000, 3000);
+    assert_eq!(step(&mut d, &moved, 4.0), (false, None));
+    assert_eq!(d.data("a", tuple), Some((1, &3)));
+    // Another socket on the 4-tuple: the old one's data ends with it.
+    let other = a_end(2, 100, 3000);
+    assert_eq!(step(&mut d, &other, 6.0), (true, Some((1, 3))));
+    assert_eq!(d.data("a", tuple), Some((2, &1)));
+    // Its last word hands back its data; a drain of nothing tracked, none.
+    let last = d.last_step("a", tuple, &a_end(2, 3100, 0), secs(8.0));
+    assert_eq!(last.ended.map(|e| (e.cookie, e.data)), Some((2, 1)));
+    assert_eq!(d.tracked(), 0);
+    let none = d.last_step("a", tuple, &a_end(2, 3100, 0), secs(10.0));
+    assert!(none.ended.is_none());
+    // A first and last word on a socket never tracked hands back nothing.
+    let word = d.last_step("a", tuple, &a_end(3, 100, 3000), secs(12.0));
+    assert!(word.ended.is_none());
+    // A close hands back the data; a close of another cookie, nothing.
+    step(&mut d, &a, 14.0);
+    assert!(d.close("a", tuple, 9, secs(15.0)).is_none());
+    assert_eq!(d.close("a", tuple, 1, secs(15.0)).map(|(_, n)| n), Some(1));
+}
+
+#[test]
 fn what_drains_or_expires_leaves_nothing_behind() {
     let mut d = Detector::new(T);
     // A drain of a connection never tracked (its suspect expired, or its
