@@ -234,7 +234,11 @@ struct Suspect {
 #[derive(Debug)]
 struct OpenEpisode {
     id: i64,
+    /// The latest verdict.
     verdict: Verdict,
+    /// Whether its counters (probes, backoff, retransmissions) moved since
+    /// the episode's row was written: written when it ends.
+    unstored: bool,
     stored_a: usize,
     stored_b: usize,
     last_b_ms: i64,
@@ -880,37 +884,36 @@ impl State {
         };
         let peer = self.peer_of(s, flow);
         let verdict = diagnose(a, peer.as_peer());
-        // Most polls of a held queue find what the last one did, a little
-        // later: nothing to store (its duration is read from its start).
-        if s.episode
-            .as_ref()
-            .is_some_and(|ep| ep.verdict.same_finding(&verdict))
-        {
-            return;
-        }
-        let note = peer_note(peer.as_peer());
-        let b_host = s.peer.map(|p| self.hosts.name(p).to_string());
-        let (stuck_for, stuck_bytes) = (a.unchanged_ms, a.pos.sendq);
         let Some(ep) = s.episode.as_mut() else {
             return;
         };
+        // Most polls of a held queue find what the last one did, a little
+        // later, its counters perhaps higher: nothing to store until it
+        // ends (its duration is read from its start).
+        if ep.verdict.same_finding(&verdict) {
+            ep.unstored |= !ep.verdict.same_numbers(&verdict);
+            ep.verdict = verdict;
+            return;
+        }
         if ep.verdict.diagnosis != verdict.diagnosis {
             tracing::info!(episode = ep.id, from = %ep.verdict.diagnosis, to = %verdict.diagnosis, "diagnosis changed");
             let open = &mut self.stats.open_by_diagnosis[ep.verdict.diagnosis.index()];
             *open = open.saturating_sub(1);
             self.stats.open_by_diagnosis[verdict.diagnosis.index()] += 1;
         }
-        self.store.update_episode(EpisodeUpdate {
+        let update = EpisodeUpdate {
             id: ep.id,
             diagnosis: verdict.diagnosis.id().to_string(),
             summary: verdict.summary.clone(),
             evidence: evidence(&verdict.evidence),
-            b_host,
-            peer_note: note,
-            duration_ms: stuck_for,
-            stuck_bytes,
-        });
+            b_host: s.peer.map(|p| self.hosts.name(p).to_string()),
+            peer_note: peer_note(peer.as_peer()),
+            duration_ms: a.unchanged_ms,
+            stuck_bytes: a.pos.sendq,
+        };
+        self.store.update_episode(update);
         ep.verdict = verdict;
+        ep.unstored = false;
     }
 
     /// Stores this poll's samples of an open episode: A's when the caller
@@ -1073,6 +1076,7 @@ impl State {
         s.episode = Some(Box::new(OpenEpisode {
             id,
             verdict,
+            unstored: false,
             stored_a: 1,
             stored_b: 0,
             last_b_ms: i64::MIN,
@@ -1090,6 +1094,24 @@ impl State {
         now_ms: i64,
     ) {
         let Some(ep) = s.episode.take() else { return };
+        if ep.unstored {
+            // Its counters as they ended.
+            let peer = self.peer_of(s, flow);
+            let v = &ep.verdict;
+            self.store.update_episode(EpisodeUpdate {
+                id: ep.id,
+                diagnosis: v.diagnosis.id().to_string(),
+                summary: v.summary.clone(),
+                evidence: evidence(&v.evidence),
+                b_host: s.peer.map(|p| self.hosts.name(p).to_string()),
+                peer_note: peer_note(peer.as_peer()),
+                duration_ms: ms(stuck_for),
+                stuck_bytes: v
+                    .evidence
+                    .get("a_sendq")
+                    .map_or(0, |&b| u32::try_from(b).unwrap_or(u32::MAX)),
+            });
+        }
         self.open_episodes = self.open_episodes.saturating_sub(1);
         let open = &mut self.stats.open_by_diagnosis[ep.verdict.diagnosis.index()];
         *open = open.saturating_sub(1);

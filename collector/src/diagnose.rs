@@ -119,19 +119,34 @@ pub struct Verdict {
 /// The evidence that grows with every poll of a held queue.
 const HELD_FOR: &str = "a_unchanged_ms";
 
+/// The evidence that counts up while a stall holds, whatever its cause:
+/// how long A's queue has been held, and A's zero-window probes, backoff
+/// and retransmissions.
+const COUNTERS: [&str; 4] = [HELD_FOR, "a_probes", "a_backoff", "a_retransmits"];
+
 impl Verdict {
     /// Whether `other` finds the same as this one: the same diagnosis,
-    /// words and numbers, apart from how long A's queue has been held
-    /// (`a_unchanged_ms`), which grows every poll. An open episode is
-    /// written again only when its verdict is not the same finding; its
-    /// duration is the time since it started until it ends.
+    /// words and numbers, apart from those that count up while a stall
+    /// holds (how long A's queue has been held, its probes, backoff and
+    /// retransmissions). An open episode is written again only when its
+    /// verdict is not the same finding; its counters are brought up to
+    /// date when it ends, and its duration is the time since it started.
     pub fn same_finding(&self, other: &Verdict) -> bool {
         fn numbers(v: &Verdict) -> impl Iterator<Item = (&&'static str, &i64)> {
-            v.evidence.iter().filter(|(k, _)| **k != HELD_FOR)
+            v.evidence.iter().filter(|(k, _)| !COUNTERS.contains(*k))
         }
         self.diagnosis == other.diagnosis
             && self.summary == other.summary
             && numbers(self).eq(numbers(other))
+    }
+
+    /// Whether `other`'s numbers are this one's, apart from how long A's
+    /// queue has been held.
+    pub fn same_numbers(&self, other: &Verdict) -> bool {
+        fn numbers(v: &Verdict) -> impl Iterator<Item = (&&'static str, &i64)> {
+            v.evidence.iter().filter(|(k, _)| **k != HELD_FOR)
+        }
+        numbers(self).eq(numbers(other))
     }
 }
 

@@ -191,9 +191,10 @@ async fn join_watch_and_peer_not_reading_from_both_ends() {
     assert_eq!(e.evidence.get("a_unchanged_ms"), Some(&10_100));
 
     // More polls store samples of both ends while it is open. A poll that
-    // finds the same, only later, leaves the episode's row as it was (its
-    // duration is read from its start while it is open); one that finds
-    // new numbers (another zero-window probe) writes them.
+    // finds the same, only later or with a counter that grows while a
+    // stall holds (another zero-window probe), leaves the episode's row as
+    // it was (its duration is read from its start while it is open); the
+    // counters are written when it ends.
     rig.send(b_sess, 52.0, vec![(Reason::Watched, b.clone())], at(10.0));
     rig.send(
         a_sess,
@@ -208,8 +209,8 @@ async fn join_watch_and_peer_not_reading_from_both_ends() {
     probing.probes = Some(1);
     rig.send(a_sess, 112.0, vec![(Reason::Suspect, probing)], at(11.0));
     let e = &rig.episodes().await[0];
-    assert_eq!(e.evidence.get("a_probes"), Some(&1));
-    assert_eq!(e.evidence.get("a_unchanged_ms"), Some(&14_100));
+    assert_eq!(e.evidence.get("a_probes"), Some(&0));
+    assert_eq!(e.evidence.get("a_unchanged_ms"), Some(&10_100));
     assert_eq!(e.diagnosis, "peer_not_reading");
     // Then A's queue moves: the episode ends, with the last sample kept,
     // and the peer's watch is released.
@@ -221,6 +222,13 @@ async fn join_watch_and_peer_not_reading_from_both_ends() {
     let eps = rig.episodes().await;
     assert!(!eps[0].open);
     assert_eq!(eps[0].end_reason.as_deref(), Some("moved"));
+    assert_eq!(
+        eps[0].evidence.get("a_probes"),
+        Some(&1),
+        "counters at the end"
+    );
+    assert_eq!(eps[0].evidence.get("a_unchanged_ms"), Some(&14_100));
+    assert_eq!(eps[0].diagnosis, "peer_not_reading");
     assert_eq!(
         rig.asked("hostb"),
         vec![ToAgent::Unwatch(a.flow.reversed())]

@@ -330,6 +330,29 @@ fn peer_not_reading() {
 }
 
 #[test]
+fn counters_that_grow_while_a_stall_holds_are_the_same_finding() {
+    let a = zero_window(a_end(1, 5000, 3000));
+    let b = b_end(&a, 5000, 4096, 0);
+    let first = diagnose(&a, Peer::Seen(&b));
+    // Later, with more zero-window probes and backoff: the same finding,
+    // with other numbers (written when the episode ends).
+    let mut later = a.clone();
+    later.unchanged_ms += 4000;
+    later.probes = Some(3);
+    later.backoff = Some(3);
+    let v = diagnose(&later, Peer::Seen(&b));
+    assert!(first.same_finding(&v));
+    assert!(!first.same_numbers(&v));
+    // Only later: the same numbers too.
+    let mut older = a.clone();
+    older.unchanged_ms += 4000;
+    assert!(first.same_numbers(&diagnose(&older, Peer::Seen(&b))));
+    // B read some of its queue: another finding, written at once.
+    let b_read = b_end(&a, 5000, 1024, 0);
+    assert!(!first.same_finding(&diagnose(&a, Peer::Seen(&b_read))));
+}
+
+#[test]
 fn peer_not_reading_on_a_kernel_without_rcv_wnd() {
     let a = zero_window(a_end(1, 5000, 3000));
     let mut b = b_end(&a, 5000, 4096, 0);
