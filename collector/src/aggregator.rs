@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::detect::{
     ConnKey, Detector, EndReason, Ended, Event, LastStep, LastWord, Observed, Step,
 };
-use crate::diagnose::{diagnose, Diagnosis, Peer, Verdict};
+use crate::diagnose::{diagnose, Diagnosis, Evidence, Fact, Peer, Verdict};
 use crate::packed::Packed;
 use crate::slab_map::SlabMap;
 use crate::store::{EpisodeEnd, EpisodeUpdate, HostRecord, NewEpisode, Side, Store, StoredSample};
@@ -1108,8 +1108,8 @@ impl State {
                 duration_ms: ms(stuck_for),
                 stuck_bytes: v
                     .evidence
-                    .get("a_sendq")
-                    .map_or(0, |&b| u32::try_from(b).unwrap_or(u32::MAX)),
+                    .fact(Fact::ASendq)
+                    .map_or(0, |b| u32::try_from(b).unwrap_or(u32::MAX)),
             });
         }
         self.open_episodes = self.open_episodes.saturating_sub(1);
@@ -1200,10 +1200,8 @@ impl State {
     }
 }
 
-fn evidence(
-    ev: &std::collections::BTreeMap<&'static str, i64>,
-) -> std::collections::BTreeMap<String, i64> {
-    ev.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+fn evidence(ev: &Evidence) -> std::collections::BTreeMap<String, i64> {
+    ev.iter().map(|(k, v)| (k.to_string(), v)).collect()
 }
 
 fn peer_note(peer: Peer<'_>) -> Option<String> {

@@ -5,7 +5,6 @@
 //! and B's `rcv_nxt` compare directly; that comparison, with the windows,
 //! decides. The rows are DESIGN.md's table, checked in its order.
 
-use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::Serialize;
@@ -113,16 +112,181 @@ pub struct Verdict {
     pub diagnosis: Diagnosis,
     pub summary: String,
     /// Named numbers (a_snd_una, b_rcv_nxt, ...), stored with the episode.
-    pub evidence: BTreeMap<&'static str, i64>,
+    pub evidence: Evidence,
 }
 
-/// The evidence that grows with every poll of a held queue.
-const HELD_FOR: &str = "a_unchanged_ms";
+/// The numbers a verdict can rest on. Their names are stored with each
+/// episode: a contract with users' scripts, never renamed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Fact {
+    ASendq,
+    ASndUna,
+    ASndNxt,
+    AWriteSeq,
+    ANotsent,
+    AInflight,
+    ASndWnd,
+    ASndWscale,
+    ASndCwnd,
+    ARetransmits,
+    ABackoff,
+    AProbes,
+    AUnchangedMs,
+    ACork,
+    BRcvNxt,
+    BCopied,
+    BRecvq,
+    BRcvWnd,
+    BRcvWscale,
+    BSendq,
+    AckedNotSeen,
+}
 
-/// The evidence that counts up while a stall holds, whatever its cause:
-/// how long A's queue has been held, and A's zero-window probes, backoff
-/// and retransmissions.
-const COUNTERS: [&str; 4] = [HELD_FOR, "a_probes", "a_backoff", "a_retransmits"];
+impl Fact {
+    pub const ALL: [Fact; 21] = [
+        Fact::ASendq,
+        Fact::ASndUna,
+        Fact::ASndNxt,
+        Fact::AWriteSeq,
+        Fact::ANotsent,
+        Fact::AInflight,
+        Fact::ASndWnd,
+        Fact::ASndWscale,
+        Fact::ASndCwnd,
+        Fact::ARetransmits,
+        Fact::ABackoff,
+        Fact::AProbes,
+        Fact::AUnchangedMs,
+        Fact::ACork,
+        Fact::BRcvNxt,
+        Fact::BCopied,
+        Fact::BRecvq,
+        Fact::BRcvWnd,
+        Fact::BRcvWscale,
+        Fact::BSendq,
+        Fact::AckedNotSeen,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Fact::ASendq => "a_sendq",
+            Fact::ASndUna => "a_snd_una",
+            Fact::ASndNxt => "a_snd_nxt",
+            Fact::AWriteSeq => "a_write_seq",
+            Fact::ANotsent => "a_notsent",
+            Fact::AInflight => "a_inflight",
+            Fact::ASndWnd => "a_snd_wnd",
+            Fact::ASndWscale => "a_snd_wscale",
+            Fact::ASndCwnd => "a_snd_cwnd",
+            Fact::ARetransmits => "a_retransmits",
+            Fact::ABackoff => "a_backoff",
+            Fact::AProbes => "a_probes",
+            Fact::AUnchangedMs => "a_unchanged_ms",
+            Fact::ACork => "a_cork",
+            Fact::BRcvNxt => "b_rcv_nxt",
+            Fact::BCopied => "b_copied",
+            Fact::BRecvq => "b_recvq",
+            Fact::BRcvWnd => "b_rcv_wnd",
+            Fact::BRcvWscale => "b_rcv_wscale",
+            Fact::BSendq => "b_sendq",
+            Fact::AckedNotSeen => "acked_not_seen",
+        }
+    }
+
+    fn bit(self) -> u32 {
+        1 << self as u8
+    }
+}
+
+/// The facts that grow with every poll of a held queue.
+const HELD_FOR: u32 = 1 << Fact::AUnchangedMs as u8;
+
+/// The facts that count up while a stall holds, whatever its cause: how
+/// long A's queue has been held, and A's zero-window probes, backoff and
+/// retransmissions.
+const COUNTERS: u32 =
+    HELD_FOR | 1 << Fact::AProbes as u8 | 1 << Fact::ABackoff as u8 | 1 << Fact::ARetransmits as u8;
+
+/// A verdict's numbers: a value for each fact known. Inline, not a map: a
+/// verdict is made at every report of either end of an open episode, and
+/// compared with the last one.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Evidence {
+    /// Bit `f` set: fact `f` is known.
+    known: u32,
+    values: [i64; Fact::ALL.len()],
+}
+
+impl Evidence {
+    fn put(&mut self, fact: Fact, v: Option<impl TryInto<i64>>) {
+        if let Some(v) = v.and_then(|v| v.try_into().ok()) {
+            self.values[fact as usize] = v;
+            self.known |= fact.bit();
+        }
+    }
+
+    pub fn fact(&self, fact: Fact) -> Option<i64> {
+        (self.known & fact.bit() != 0).then(|| self.values[fact as usize])
+    }
+
+    /// The value named `name`, if known.
+    pub fn get(&self, name: &str) -> Option<i64> {
+        Fact::ALL
+            .into_iter()
+            .find(|f| f.name() == name)
+            .and_then(|f| self.fact(f))
+    }
+
+    /// The known facts with their names, in [`Fact`]'s order.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, i64)> + '_ {
+        Fact::ALL
+            .into_iter()
+            .filter_map(|f| Some((f.name(), self.fact(f)?)))
+    }
+
+    pub fn len(&self) -> usize {
+        self.known.count_ones() as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.known == 0
+    }
+
+    /// Whether the two know the same facts with the same values, those in
+    /// `ignore` apart.
+    fn same_but(&self, other: &Evidence, ignore: u32) -> bool {
+        self.known == other.known
+            && Fact::ALL.into_iter().all(|f| {
+                f.bit() & (ignore | !self.known) != 0
+                    || self.values[f as usize] == other.values[f as usize]
+            })
+    }
+}
+
+impl fmt::Debug for Evidence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+impl Serialize for Evidence {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.iter())
+    }
+}
+
+impl std::ops::Index<&str> for Evidence {
+    type Output = i64;
+
+    /// The value named `name`; panics if it is not known (as a map does).
+    fn index(&self, name: &str) -> &i64 {
+        match Fact::ALL.into_iter().find(|f| f.name() == name) {
+            Some(f) if self.known & f.bit() != 0 => &self.values[f as usize],
+            _ => panic!("no evidence named {name}"),
+        }
+    }
+}
 
 impl Verdict {
     /// Whether `other` finds the same as this one: the same diagnosis,
@@ -132,58 +296,46 @@ impl Verdict {
     /// verdict is not the same finding; its counters are brought up to
     /// date when it ends, and its duration is the time since it started.
     pub fn same_finding(&self, other: &Verdict) -> bool {
-        fn numbers(v: &Verdict) -> impl Iterator<Item = (&&'static str, &i64)> {
-            v.evidence.iter().filter(|(k, _)| !COUNTERS.contains(*k))
-        }
         self.diagnosis == other.diagnosis
+            && self.evidence.same_but(&other.evidence, COUNTERS)
             && self.summary == other.summary
-            && numbers(self).eq(numbers(other))
     }
 
     /// Whether `other`'s numbers are this one's, apart from how long A's
     /// queue has been held.
     pub fn same_numbers(&self, other: &Verdict) -> bool {
-        fn numbers(v: &Verdict) -> impl Iterator<Item = (&&'static str, &i64)> {
-            v.evidence.iter().filter(|(k, _)| **k != HELD_FOR)
-        }
-        numbers(self).eq(numbers(other))
+        self.evidence.same_but(&other.evidence, HELD_FOR)
     }
 }
 
-fn put(ev: &mut BTreeMap<&'static str, i64>, name: &'static str, v: Option<impl TryInto<i64>>) {
-    if let Some(v) = v.and_then(|v| v.try_into().ok()) {
-        ev.insert(name, v);
-    }
-}
-
-fn a_evidence(a: &EndSample) -> BTreeMap<&'static str, i64> {
-    let mut ev = BTreeMap::new();
+fn a_evidence(a: &EndSample) -> Evidence {
+    let mut ev = Evidence::default();
     let p = &a.pos;
-    put(&mut ev, "a_sendq", Some(p.sendq));
-    put(&mut ev, "a_snd_una", p.snd_una);
-    put(&mut ev, "a_snd_nxt", p.snd_nxt);
-    put(&mut ev, "a_write_seq", p.write_seq);
-    put(&mut ev, "a_notsent", p.notsent);
-    put(&mut ev, "a_inflight", p.inflight);
-    put(&mut ev, "a_snd_wnd", p.snd_wnd);
-    put(&mut ev, "a_snd_wscale", p.snd_wscale);
-    put(&mut ev, "a_snd_cwnd", a.snd_cwnd);
-    put(&mut ev, "a_retransmits", a.retransmits);
-    put(&mut ev, "a_backoff", a.backoff);
-    put(&mut ev, "a_probes", a.probes);
-    put(&mut ev, HELD_FOR, Some(a.unchanged_ms));
-    put(&mut ev, "a_cork", a.cork.map(i64::from));
+    ev.put(Fact::ASendq, Some(p.sendq));
+    ev.put(Fact::ASndUna, p.snd_una);
+    ev.put(Fact::ASndNxt, p.snd_nxt);
+    ev.put(Fact::AWriteSeq, p.write_seq);
+    ev.put(Fact::ANotsent, p.notsent);
+    ev.put(Fact::AInflight, p.inflight);
+    ev.put(Fact::ASndWnd, p.snd_wnd);
+    ev.put(Fact::ASndWscale, p.snd_wscale);
+    ev.put(Fact::ASndCwnd, a.snd_cwnd);
+    ev.put(Fact::ARetransmits, a.retransmits);
+    ev.put(Fact::ABackoff, a.backoff);
+    ev.put(Fact::AProbes, a.probes);
+    ev.put(Fact::AUnchangedMs, Some(a.unchanged_ms));
+    ev.put(Fact::ACork, a.cork.map(i64::from));
     ev
 }
 
-fn b_evidence(ev: &mut BTreeMap<&'static str, i64>, b: &EndSample) {
+fn b_evidence(ev: &mut Evidence, b: &EndSample) {
     let p = &b.pos;
-    put(ev, "b_rcv_nxt", p.rcv_nxt);
-    put(ev, "b_copied", p.copied);
-    put(ev, "b_recvq", Some(p.recvq));
-    put(ev, "b_rcv_wnd", p.rcv_wnd);
-    put(ev, "b_rcv_wscale", p.rcv_wscale);
-    put(ev, "b_sendq", Some(p.sendq));
+    ev.put(Fact::BRcvNxt, p.rcv_nxt);
+    ev.put(Fact::BCopied, p.copied);
+    ev.put(Fact::BRecvq, Some(p.recvq));
+    ev.put(Fact::BRcvWnd, p.rcv_wnd);
+    ev.put(Fact::BRcvWscale, p.rcv_wscale);
+    ev.put(Fact::BSendq, Some(p.sendq));
 }
 
 /// Diagnoses A's stuck send queue given what we know of B.
@@ -255,10 +407,7 @@ pub fn diagnose(a: &EndSample, b: Peer<'_>) -> Verdict {
 
     if let (Some(una), Some(rcv)) = (pa.snd_una, pb.rcv_nxt) {
         if rcv > una {
-            ev.insert(
-                "acked_not_seen",
-                i64::try_from(rcv - una).unwrap_or(i64::MAX),
-            );
+            ev.put(Fact::AckedNotSeen, Some(rcv - una));
             return verdict(
                 Diagnosis::AckLost,
                 format!(

@@ -353,6 +353,48 @@ fn counters_that_grow_while_a_stall_holds_are_the_same_finding() {
 }
 
 #[test]
+fn evidence_keeps_the_names_episodes_are_stored_with() {
+    use tcpstall_collector::diagnose::Fact;
+    // Users' scripts read these names from stored episodes: never renamed.
+    let names: Vec<&str> = Fact::ALL.iter().map(|f| f.name()).collect();
+    assert_eq!(
+        names,
+        [
+            "a_sendq",
+            "a_snd_una",
+            "a_snd_nxt",
+            "a_write_seq",
+            "a_notsent",
+            "a_inflight",
+            "a_snd_wnd",
+            "a_snd_wscale",
+            "a_snd_cwnd",
+            "a_retransmits",
+            "a_backoff",
+            "a_probes",
+            "a_unchanged_ms",
+            "a_cork",
+            "b_rcv_nxt",
+            "b_copied",
+            "b_recvq",
+            "b_rcv_wnd",
+            "b_rcv_wscale",
+            "b_sendq",
+            "acked_not_seen",
+        ]
+    );
+    // A verdict's numbers, by name, as a JSON object.
+    let a = zero_window(a_end(1, 5000, 3000));
+    let v = diagnose(&a, Peer::Seen(&b_end(&a, 5000, 4096, 0)));
+    let json = serde_json::to_value(&v.evidence).expect("json");
+    assert_eq!(json["b_recvq"], 4096);
+    assert_eq!(json["a_snd_una"], 5000);
+    assert_eq!(json.as_object().map(|o| o.len()), Some(v.evidence.len()));
+    assert_eq!(v.evidence.get("a_sendq"), Some(3000));
+    assert_eq!(v.evidence.get("acked_not_seen"), None);
+}
+
+#[test]
 fn peer_not_reading_on_a_kernel_without_rcv_wnd() {
     let a = zero_window(a_end(1, 5000, 3000));
     let mut b = b_end(&a, 5000, 4096, 0);
