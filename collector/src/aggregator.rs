@@ -3,6 +3,7 @@
 //! ends of each suspect flow, runs the detector, asks agents to watch
 //! peers, diagnoses, and hands writes to the store without waiting.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -330,6 +331,14 @@ pub fn ask_peer_after(threshold: Duration, interval: Duration) -> Duration {
 /// The sample's encoding: the one at hand, or a new one.
 fn take(slot: &mut Option<Packed>, s: &EndSample) -> Packed {
     slot.take().unwrap_or_else(|| Packed::new(s))
+}
+
+/// A's sample: the one at hand, else the suspect's latest, unpacked.
+fn a_sample<'a>(at_hand: Option<&'a EndSample>, s: &Suspect) -> Option<Cow<'a, EndSample>> {
+    match at_hand {
+        Some(a) => Some(Cow::Borrowed(a)),
+        None => unpack(&s.latest).map(Cow::Owned),
+    }
 }
 
 fn unpack(p: &Packed) -> Option<EndSample> {
@@ -871,17 +880,8 @@ impl State {
         if s.episode.is_none() {
             return;
         }
-        let unpacked;
-        let a = match a {
-            Some(a) => a,
-            None => match unpack(&s.latest) {
-                Some(x) => {
-                    unpacked = x;
-                    &unpacked
-                }
-                None => return,
-            },
-        };
+        let Some(a) = a_sample(a, s) else { return };
+        let a = a.as_ref();
         let peer = self.peer_of(s, flow);
         let verdict = diagnose(a, peer.as_peer());
         let Some(ep) = s.episode.as_mut() else {
@@ -997,18 +997,10 @@ impl State {
                 flow: full,
                 stuck_for,
             } => {
-                let unpacked;
-                let a = match a.filter(|a| a.cookie == conn.cookie) {
-                    Some(a) => a,
-                    None => match unpack(&s.latest) {
-                        Some(x) => {
-                            unpacked = x;
-                            &unpacked
-                        }
-                        None => return,
-                    },
+                let Some(a) = a_sample(a.filter(|a| a.cookie == conn.cookie), s) else {
+                    return;
                 };
-                self.open_episode(conn, full, s, stuck_for, now_ms, a);
+                self.open_episode(conn, full, s, stuck_for, now_ms, &a);
             }
             Event::Closed {
                 conn,
