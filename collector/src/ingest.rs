@@ -175,7 +175,7 @@ pub fn batch_from_wire(b: raw::Batch, max_samples: usize) -> Result<AgentBatch, 
                 )))
             }
         };
-        let s = convert::sample_from_wire(&w)
+        let s = convert::sample_from_wire_owned(w)
             .map_err(|e| Status::invalid_argument(format!("samples[{i}]: {e}")))?;
         // What the aggregator may keep; a released sample is kept only as
         // an episode's last, and encoded there if so.

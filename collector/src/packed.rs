@@ -33,7 +33,7 @@ impl Packed {
     /// decodes, which would be a bug: the caller logs it and goes on.
     pub fn unpack(&self) -> Option<EndSample> {
         let wire = sample_wire::decode_sample(&self.0).ok()?;
-        convert::sample_from_wire(&wire).ok()
+        convert::sample_from_wire_owned(wire).ok()
     }
 
     /// The encoding: a `tcpstall.v1.Sample` message. What the store

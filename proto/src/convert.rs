@@ -115,6 +115,11 @@ pub fn flow_from_wire(f: Option<&v1::FlowTuple>) -> Result<FlowTuple, ConvertErr
 }
 
 pub fn name_from_wire(s: &str, field: &'static str) -> Result<String, ConvertError> {
+    check_name(s, field)?;
+    Ok(s.to_string())
+}
+
+fn check_name(s: &str, field: &'static str) -> Result<(), ConvertError> {
     if s.len() > MAX_NAME {
         return Err(ConvertError::TooLong {
             field,
@@ -122,7 +127,7 @@ pub fn name_from_wire(s: &str, field: &'static str) -> Result<String, ConvertErr
             max: MAX_NAME,
         });
     }
-    Ok(s.to_string())
+    Ok(())
 }
 
 fn opened_to_wire(o: Option<Opened>) -> v1::Opened {
@@ -334,6 +339,24 @@ fn source_from_wire(s: i32) -> Option<FactSource> {
 
 /// A wire sample as a domain sample, refusing what TCP cannot produce.
 pub fn sample_from_wire(w: &v1::Sample) -> Result<EndSample, ConvertError> {
+    from_wire(w, || name_from_wire(&w.netns, "netns"))
+}
+
+/// [`sample_from_wire`] of a wire sample that is no longer needed: its
+/// namespace's name is taken, not copied (a collector converts every
+/// sample of every batch).
+pub fn sample_from_wire_owned(mut w: v1::Sample) -> Result<EndSample, ConvertError> {
+    let netns = std::mem::take(&mut w.netns);
+    from_wire(&w, move || check_name(&netns, "netns").map(|()| netns))
+}
+
+/// [`sample_from_wire`], the namespace's name given by `netns` (called
+/// where the name is checked, so that a sample with several faults is
+/// refused for the same one either way).
+fn from_wire(
+    w: &v1::Sample,
+    netns: impl FnOnce() -> Result<String, ConvertError>,
+) -> Result<EndSample, ConvertError> {
     let state = u8::try_from(w.state)
         .ok()
         .and_then(TcpState::from_kernel)
@@ -360,7 +383,7 @@ pub fn sample_from_wire(w: &v1::Sample) -> Result<EndSample, ConvertError> {
             endpoint_from_wire(w.local.as_ref(), "local")?,
             endpoint_from_wire(w.remote.as_ref(), "remote")?,
         ),
-        netns: name_from_wire(&w.netns, "netns")?,
+        netns: netns()?,
         state,
         cookie: w.cookie,
         inode: w.inode,
@@ -513,6 +536,38 @@ mod tests {
                 sacks_received: vec![SackBlock { start: 20, end: 90 }; 4],
             })),
         }
+    }
+
+    #[test]
+    fn a_wire_sample_converts_the_same_taken_or_borrowed() {
+        // Good ones, and ones refused for their name, for another field,
+        // or for both (the same fault must be named either way).
+        let mut cases = Vec::new();
+        for netns in [
+            String::new(),
+            "host".into(),
+            "n".repeat(MAX_NAME),
+            "n".repeat(MAX_NAME + 1),
+        ] {
+            let mut w = sample_to_wire(&sample(), v1::SampleReason::Suspect);
+            w.netns = netns;
+            cases.push(w.clone());
+            let mut bad_state = w.clone();
+            bad_state.state = 99;
+            cases.push(bad_state);
+            let mut bad_port = w;
+            if let Some(e) = bad_port.local.as_mut() {
+                e.port = 70_000;
+            }
+            cases.push(bad_port);
+        }
+        let mut refused = 0;
+        for w in cases {
+            let borrowed = sample_from_wire(&w);
+            refused += usize::from(borrowed.is_err());
+            assert_eq!(sample_from_wire_owned(w), borrowed);
+        }
+        assert_eq!(refused, 9, "3 good names x 2 faults, and the long name x 3");
     }
 
     #[test]
