@@ -84,8 +84,8 @@ pub struct FlowView {
 pub struct Stats {
     pub agents: usize,
     pub suspects: usize,
-    /// Connections the episode detector follows (one per suspect, when
-    /// nothing leaks).
+    /// Connections the episode detector follows: one per suspect, which
+    /// it keeps beside each track (the same count as `suspects`).
     pub tracks: usize,
     pub open_episodes: usize,
     pub samples: u64,
@@ -874,8 +874,9 @@ impl State {
         }
     }
 
-    /// Re-diagnoses the open episode of suspect `s` (on `flow`) from A's latest sample (`a` when the caller has it at hand)
-    /// and its peer as known now; stores a change.
+    /// Re-diagnoses the open episode of suspect `s` (on `flow`) from A's
+    /// latest sample (`a` when the caller has it at hand) and its peer as
+    /// known now; stores a change.
     fn rediagnose(&mut self, flow: Tuple, s: &mut Suspect, a: Option<&EndSample>) {
         if s.episode.is_none() {
             return;
@@ -901,19 +902,33 @@ impl State {
             *open = open.saturating_sub(1);
             self.stats.open_by_diagnosis[verdict.diagnosis.index()] += 1;
         }
-        let update = EpisodeUpdate {
-            id: ep.id,
-            diagnosis: verdict.diagnosis.id().to_string(),
-            summary: verdict.summary.clone(),
-            evidence: evidence(&verdict.evidence),
-            b_host: s.peer.map(|p| self.hosts.name(p).to_string()),
-            peer_note: peer_note(peer.as_peer()),
-            duration_ms: a.unchanged_ms,
-            stuck_bytes: a.pos.sendq,
-        };
+        let update =
+            self.episode_update(ep.id, &verdict, s.peer, &peer, a.unchanged_ms, a.pos.sendq);
         self.store.update_episode(update);
         ep.verdict = verdict;
         ep.unstored = false;
+    }
+
+    /// The row of episode `id` as `verdict` finds it, B on `peer_host`.
+    fn episode_update(
+        &self,
+        id: i64,
+        verdict: &Verdict,
+        peer_host: Option<HostId>,
+        peer: &PeerNow,
+        duration_ms: u64,
+        stuck_bytes: u32,
+    ) -> EpisodeUpdate {
+        EpisodeUpdate {
+            id,
+            diagnosis: verdict.diagnosis.id().to_string(),
+            summary: verdict.summary.clone(),
+            evidence: evidence(&verdict.evidence),
+            b_host: peer_host.map(|p| self.hosts.name(p).to_string()),
+            peer_note: peer_note(peer.as_peer()),
+            duration_ms,
+            stuck_bytes,
+        }
     }
 
     /// Stores this poll's samples of an open episode: A's when the caller
@@ -1090,19 +1105,12 @@ impl State {
             // Its counters as they ended.
             let peer = self.peer_of(s, flow);
             let v = &ep.verdict;
-            self.store.update_episode(EpisodeUpdate {
-                id: ep.id,
-                diagnosis: v.diagnosis.id().to_string(),
-                summary: v.summary.clone(),
-                evidence: evidence(&v.evidence),
-                b_host: s.peer.map(|p| self.hosts.name(p).to_string()),
-                peer_note: peer_note(peer.as_peer()),
-                duration_ms: ms(stuck_for),
-                stuck_bytes: v
-                    .evidence
-                    .fact(Fact::ASendq)
-                    .map_or(0, |b| u32::try_from(b).unwrap_or(u32::MAX)),
-            });
+            let stuck_bytes = v
+                .evidence
+                .fact(Fact::ASendq)
+                .map_or(0, |b| u32::try_from(b).unwrap_or(u32::MAX));
+            let update = self.episode_update(ep.id, v, s.peer, &peer, ms(stuck_for), stuck_bytes);
+            self.store.update_episode(update);
         }
         self.open_episodes = self.open_episodes.saturating_sub(1);
         let open = &mut self.stats.open_by_diagnosis[ep.verdict.diagnosis.index()];

@@ -194,19 +194,24 @@ impl Fact {
         }
     }
 
-    fn bit(self) -> u32 {
+    /// The fact named `name`.
+    pub fn named(name: &str) -> Option<Fact> {
+        Fact::ALL.into_iter().find(|f| f.name() == name)
+    }
+
+    const fn bit(self) -> u32 {
         1 << self as u8
     }
 }
 
 /// The facts that grow with every poll of a held queue.
-const HELD_FOR: u32 = 1 << Fact::AUnchangedMs as u8;
+const HELD_FOR: u32 = Fact::AUnchangedMs.bit();
 
 /// The facts that count up while a stall holds, whatever its cause: how
 /// long A's queue has been held, and A's zero-window probes, backoff and
 /// retransmissions.
 const COUNTERS: u32 =
-    HELD_FOR | 1 << Fact::AProbes as u8 | 1 << Fact::ABackoff as u8 | 1 << Fact::ARetransmits as u8;
+    HELD_FOR | Fact::AProbes.bit() | Fact::ABackoff.bit() | Fact::ARetransmits.bit();
 
 /// A verdict's numbers: a value for each fact known. Inline, not a map: a
 /// verdict is made at every report of either end of an open episode, and
@@ -232,10 +237,7 @@ impl Evidence {
 
     /// The value named `name`, if known.
     pub fn get(&self, name: &str) -> Option<i64> {
-        Fact::ALL
-            .into_iter()
-            .find(|f| f.name() == name)
-            .and_then(|f| self.fact(f))
+        Fact::named(name).and_then(|f| self.fact(f))
     }
 
     /// The known facts with their names, in [`Fact`]'s order.
@@ -281,7 +283,7 @@ impl std::ops::Index<&str> for Evidence {
 
     /// The value named `name`; panics if it is not known (as a map does).
     fn index(&self, name: &str) -> &i64 {
-        match Fact::ALL.into_iter().find(|f| f.name() == name) {
+        match Fact::named(name) {
             Some(f) if self.known & f.bit() != 0 => &self.values[f as usize],
             _ => panic!("no evidence named {name}"),
         }

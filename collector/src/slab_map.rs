@@ -118,12 +118,10 @@ impl<K: Hash + Eq, V> SlabMap<K, V> {
 
     /// Puts `v` under `k`; the value it replaced, if any.
     pub fn insert(&mut self, k: K, v: V) -> Option<V> {
-        let mut v = Some(v);
-        let (i, inserted) = self.entry(k, || v.take().expect("taken once"));
-        match (&mut self.slots[i], v) {
-            (Slot::Full(_, old), Some(v)) if !inserted => Some(std::mem::replace(old, v)),
-            _ => None,
-        }
+        // `new` is taken only if `k` was absent.
+        let mut new = Some(v);
+        let (slot, _) = self.get_or_insert_with(k, || new.take().expect("taken once"));
+        new.map(|v| std::mem::replace(slot, v))
     }
 
     /// The value under `k`, inserting `v` first if there is none.
