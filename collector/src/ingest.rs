@@ -151,7 +151,8 @@ pub fn hello_from_wire(h: &v1::Hello) -> Result<HostHello, Status> {
 }
 
 /// Validates a Batch. Each sample is decoded to check it; the encoding it
-/// came in is what the aggregator keeps.
+/// came in is what the aggregator keeps, copied out of the message (each
+/// sample is a slice of the message's buffer, which goes with the batch).
 pub fn batch_from_wire(b: raw::Batch, max_samples: usize) -> Result<AgentBatch, Status> {
     let n = b.samples.len() + b.closed.len() + b.absent.len();
     if n > max_samples {
@@ -179,7 +180,7 @@ pub fn batch_from_wire(b: raw::Batch, max_samples: usize) -> Result<AgentBatch, 
             .map_err(|e| Status::invalid_argument(format!("samples[{i}]: {e}")))?;
         // What the aggregator may keep; a released sample is kept only as
         // an episode's last, and encoded there if so.
-        packed.push((reason != Reason::Released).then(|| Packed::from_bytes(bytes)));
+        packed.push((reason != Reason::Released).then(|| Packed::from_bytes(&bytes[..])));
         samples.push((reason, s));
     }
     let closed = b
@@ -418,6 +419,65 @@ mod tests {
         // A well-framed message that is not protobuf: refused, not skipped.
         let err = next_message(&mut reader).await.expect_err("garbage");
         assert_eq!(err.code(), Code::Internal, "{err}");
+    }
+
+    /// Each sample is read as a slice of its message (no copy per sample),
+    /// and what the aggregator keeps is a copy of its own: a kept slice
+    /// would hold the whole message's buffer for as long as the suspect
+    /// lives.
+    #[test]
+    fn samples_are_read_in_place_and_kept_as_copies_of_their_own() {
+        let endpoint = |last: u8, port: u32| {
+            Some(v1::Endpoint {
+                ip: Some(v1::Ip {
+                    octets: vec![198, 18, 0, last],
+                }),
+                port,
+            })
+        };
+        let sample = |reason: v1::SampleReason, cookie: u64| v1::Sample {
+            reason: reason as i32,
+            netns: "host".into(),
+            local: endpoint(1, 7000),
+            remote: endpoint(2, 40000 + cookie as u32),
+            state: 1,
+            cookie,
+            sendq: 3000,
+            snd_una: Some(5000),
+            write_seq: Some(8000),
+            ..Default::default()
+        };
+        let wire = vec![
+            sample(v1::SampleReason::Suspect, 1),
+            sample(v1::SampleReason::Released, 2),
+            sample(v1::SampleReason::Watched, 3),
+        ];
+        let msg = v1::AgentMessage {
+            body: Some(v1::agent_message::Body::Batch(v1::Batch {
+                samples: wire.clone(),
+                ..Default::default()
+            })),
+        };
+        let buffer = tonic::codegen::Bytes::from(msg.encode_to_vec());
+        let within = |p: &[u8]| buffer.as_ptr_range().contains(&p.as_ptr());
+        let Some(agent_message::Body::Batch(b)) = raw::AgentMessage::decode(buffer.clone())
+            .expect("decodes")
+            .body
+        else {
+            panic!("not a batch");
+        };
+        assert!(b.samples.iter().all(|s| within(s)), "a sample was copied");
+        let batch = batch_from_wire(b, 100).expect("a valid batch");
+        assert_eq!(batch.samples.len(), 3);
+        // A released sample is not kept; the others are, outside the message.
+        assert!(batch.packed[1].is_none());
+        for i in [0, 2] {
+            let packed = batch.packed[i].as_ref().expect("kept");
+            assert!(!within(packed.as_bytes()), "sample {i} holds the message");
+            let back = packed.unpack().expect("unpacks");
+            assert_eq!(back, batch.samples[i].1);
+            assert_eq!(back, convert::sample_from_wire(&wire[i]).expect("valid"));
+        }
     }
 
     #[test]

@@ -24,9 +24,11 @@ impl Packed {
     }
 
     /// A sample's bytes as they came over the wire, already decoded and
-    /// checked by `sample_from_wire` (the caller's job).
-    pub fn from_bytes(bytes: Vec<u8>) -> Packed {
-        Packed(bytes.into_boxed_slice())
+    /// checked by `sample_from_wire` (the caller's job). A slice is copied
+    /// into an allocation of its own, so that what is kept does not hold
+    /// the buffer it came in.
+    pub fn from_bytes(bytes: impl Into<Box<[u8]>>) -> Packed {
+        Packed(bytes.into())
     }
 
     /// The sample back. `None` only if what [`Packed::new`] wrote no longer

@@ -39,8 +39,9 @@ pub struct Batch {
     pub mono_us: u64,
     #[prost(uint32, tag = "2")]
     pub connections: u32,
-    #[prost(bytes = "vec", repeated, tag = "3")]
-    pub samples: ::prost::alloc::vec::Vec<::prost::alloc::vec::Vec<u8>>,
+    /// Read from a `Bytes` buffer, each is a slice of it, not a copy.
+    #[prost(bytes = "bytes", repeated, tag = "3")]
+    pub samples: ::prost::alloc::vec::Vec<::prost::bytes::Bytes>,
     #[prost(message, repeated, tag = "4")]
     pub closed: ::prost::alloc::vec::Vec<v1::Closed>,
     #[prost(uint64, tag = "5")]
@@ -131,7 +132,11 @@ mod tests {
             body: Some(agent_message::Body::Batch(Batch {
                 mono_us: wire.mono_us,
                 connections: wire.connections,
-                samples: wire.samples.iter().map(Message::encode_to_vec).collect(),
+                samples: wire
+                    .samples
+                    .iter()
+                    .map(|s| s.encode_to_vec().into())
+                    .collect(),
                 closed: wire.closed.clone(),
                 dropped_batches: wire.dropped_batches,
                 dropped_samples: wire.dropped_samples,

@@ -178,7 +178,8 @@ fn measure(args: &InprocArgs) -> anyhow::Result<Seen> {
             let wire = encode(&polled, now, args.fleet.conns_per_agent);
 
             let t0 = thread_cpu()?;
-            let msg = raw::AgentMessage::decode(wire.as_slice()).context("decode")?;
+            let msg =
+                raw::AgentMessage::decode(prost::bytes::Bytes::from(wire)).context("decode")?;
             let Some(raw::agent_message::Body::Batch(b)) = msg.body else {
                 anyhow::bail!("not a batch");
             };
