@@ -62,6 +62,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         return Ok(());
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.workers())
         .enable_all()
         .build()
         .context("starting the async runtime")?;

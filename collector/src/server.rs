@@ -78,6 +78,9 @@ fn fixed_while_running(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.metrics_listen != new.metrics_listen {
         fixed.push("metrics_listen");
     }
+    if old.workers != new.workers {
+        fixed.push("workers");
+    }
     if old.max_message_bytes != new.max_message_bytes {
         fixed.push("max_message_bytes");
     }

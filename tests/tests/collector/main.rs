@@ -5,3 +5,4 @@ mod e2e;
 mod hostile;
 mod shutdown;
 mod tls;
+mod workers;
