@@ -372,8 +372,6 @@ impl Store {
         self.ask(Command::ListHosts).await
     }
 
-    /// A barrier: returns once every write sent before it is committed (or
-    /// has failed and been counted).
     /// New retention limits (a reloaded config); applied, with a prune, in
     /// queue order.
     pub async fn set_limits(&self, retention: Duration, max_bytes: Option<u64>) -> bool {
@@ -386,6 +384,8 @@ impl Store {
             .is_ok()
     }
 
+    /// A barrier: returns once every write sent before it is committed (or
+    /// has failed and been counted).
     pub async fn flush(&self) -> Result<(), StoreError> {
         let (reply, answer) = oneshot::channel();
         self.tx
