@@ -427,34 +427,25 @@ mod tests {
     /// lives.
     #[test]
     fn samples_are_read_in_place_and_kept_as_copies_of_their_own() {
-        let endpoint = |last: u8, port: u32| {
-            Some(v1::Endpoint {
-                ip: Some(v1::Ip {
-                    octets: vec![198, 18, 0, last],
-                }),
-                port,
+        let ends: Vec<_> = (1..=3)
+            .map(|cookie| tcpstall_common::EndSample {
+                cookie,
+                ..crate::packed::tests::sample()
             })
-        };
-        let sample = |reason: v1::SampleReason, cookie: u64| v1::Sample {
-            reason: reason as i32,
-            netns: "host".into(),
-            local: endpoint(1, 7000),
-            remote: endpoint(2, 40000 + cookie as u32),
-            state: 1,
-            cookie,
-            sendq: 3000,
-            snd_una: Some(5000),
-            write_seq: Some(8000),
-            ..Default::default()
-        };
-        let wire = vec![
-            sample(v1::SampleReason::Suspect, 1),
-            sample(v1::SampleReason::Released, 2),
-            sample(v1::SampleReason::Watched, 3),
+            .collect();
+        let reasons = [
+            v1::SampleReason::Suspect,
+            v1::SampleReason::Released,
+            v1::SampleReason::Watched,
         ];
+        let wire: Vec<_> = ends
+            .iter()
+            .zip(reasons)
+            .map(|(e, r)| convert::sample_to_wire(e, r))
+            .collect();
         let msg = v1::AgentMessage {
             body: Some(v1::agent_message::Body::Batch(v1::Batch {
-                samples: wire.clone(),
+                samples: wire,
                 ..Default::default()
             })),
         };
@@ -476,7 +467,7 @@ mod tests {
             assert!(!within(packed.as_bytes()), "sample {i} holds the message");
             let back = packed.unpack().expect("unpacks");
             assert_eq!(back, batch.samples[i].1);
-            assert_eq!(back, convert::sample_from_wire(&wire[i]).expect("valid"));
+            assert_eq!(back, ends[i]);
         }
     }
 
