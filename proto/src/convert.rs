@@ -6,9 +6,11 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use tcpstall_common::kernel_tcp::SACK_BLOCKS;
+use std::time::Duration;
+
 use tcpstall_common::{
-    AbsoluteSeq, EndSample, FactSource, FlowTuple, Opened, OwnerMissing, Positions, ProcessOwner,
-    SackBlock, TcpState, TimerKind,
+    AbsoluteSeq, EndSample, FactSource, FlowTuple, HeldEnd, HeldSpan, Opened, OwnerMissing,
+    Positions, ProcessOwner, SackBlock, TcpState, TimerKind,
 };
 
 use crate::v1;
@@ -28,6 +30,8 @@ pub enum ConvertError {
     Range { field: &'static str, value: u64 },
     #[error("impossible positions: {0}")]
     Positions(&'static str),
+    #[error("held: {0}")]
+    Held(String),
     #[error("{field}: {len} bytes, at most {max}")]
     TooLong {
         field: &'static str,
@@ -177,6 +181,48 @@ fn small(v: Option<u32>, field: &'static str, max: u32) -> Result<Option<u8>, Co
     }
 }
 
+fn held_end_to_wire(e: HeldEnd) -> v1::HeldEnd {
+    match e {
+        HeldEnd::Moved => v1::HeldEnd::Moved,
+        HeldEnd::Drained => v1::HeldEnd::Drained,
+        HeldEnd::Closed => v1::HeldEnd::Closed,
+        HeldEnd::Reset => v1::HeldEnd::Reset,
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// A held span on the wire.
+pub fn held_to_wire(h: &HeldSpan) -> v1::Held {
+    v1::Held {
+        since_us: micros(h.since),
+        last_held_us: micros(h.last_held),
+        ended_us: micros(h.ended),
+        end: held_end_to_wire(h.end) as i32,
+    }
+}
+
+/// A held span from the wire: its times in order and its end named, or
+/// refused.
+pub fn held_from_wire(h: &v1::Held) -> Result<HeldSpan, ConvertError> {
+    let end = match v1::HeldEnd::try_from(h.end) {
+        Ok(v1::HeldEnd::Moved) => HeldEnd::Moved,
+        Ok(v1::HeldEnd::Drained) => HeldEnd::Drained,
+        Ok(v1::HeldEnd::Closed) => HeldEnd::Closed,
+        Ok(v1::HeldEnd::Reset) => HeldEnd::Reset,
+        _ => return Err(ConvertError::Held(format!("unknown end {}", h.end))),
+    };
+    HeldSpan::new(
+        Duration::from_micros(h.since_us),
+        Duration::from_micros(h.last_held_us),
+        Duration::from_micros(h.ended_us),
+        end,
+    )
+    .map_err(|e| ConvertError::Held(e.to_string()))
+}
+
 /// A domain sample on the wire.
 pub fn sample_to_wire(s: &EndSample, reason: v1::SampleReason) -> v1::Sample {
     let p = &s.pos;
@@ -241,6 +287,8 @@ pub fn sample_to_wire(s: &EndSample, reason: v1::SampleReason) -> v1::Sample {
             sacks_sent: sacks_to_wire(&a.sacks_sent),
             sacks_received: sacks_to_wire(&a.sacks_received),
         }),
+        // The agent sets it on released samples.
+        held: None,
     }
 }
 
@@ -667,5 +715,24 @@ mod tests {
             break_it(&mut w);
             assert!(sample_from_wire(&w).is_err(), "{what} must be refused");
         }
+    }
+
+    #[test]
+    fn held_spans_cross_the_wire_and_bad_ones_are_refused() {
+        let ms = Duration::from_millis;
+        let h = HeldSpan::new(ms(1_000), ms(11_250), ms(11_500), HeldEnd::Closed).expect("span");
+        assert_eq!(held_from_wire(&held_to_wire(&h)), Ok(h));
+        let mut w = held_to_wire(&h);
+        w.end = v1::HeldEnd::Unspecified as i32;
+        assert!(held_from_wire(&w).is_err(), "an end must be named");
+        let mut w = held_to_wire(&h);
+        w.end = 17;
+        assert!(held_from_wire(&w).is_err(), "an unknown end is refused");
+        let mut w = held_to_wire(&h);
+        w.ended_us = w.last_held_us - 1;
+        assert!(held_from_wire(&w).is_err(), "over before its last held look");
+        let mut w = held_to_wire(&h);
+        w.since_us = w.last_held_us + 1;
+        assert!(held_from_wire(&w).is_err(), "held after its last held look");
     }
 }

@@ -94,6 +94,12 @@ mod tests {
                 local: endpoint(1, 7002),
                 remote: endpoint(4, 40002),
                 cookie: 9,
+                held: Some(v1::Held {
+                    since_us: 1_000,
+                    last_held_us: 11_000_000,
+                    ended_us: 11_250_000,
+                    end: v1::HeldEnd::Reset as i32,
+                }),
             }],
             dropped_batches: 3,
             dropped_samples: 44,

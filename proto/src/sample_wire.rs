@@ -75,7 +75,7 @@ pub fn decode_sample(bytes: &[u8]) -> Result<v1::Sample, WireError> {
         40: VARINT, 41: VARINT, 42: VARINT, 43: VARINT, 44: VARINT, 45: VARINT, 46: VARINT,
         47: VARINT, 48: VARINT, 49: VARINT, 50: VARINT, 51: VARINT, 52: VARINT, 53: VARINT,
         54: VARINT, 55: VARINT, 56: VARINT, 60: VARINT, 61: VARINT, 62: VARINT, 63: VARINT,
-        64: LEN, 65: VARINT, 66: LEN,
+        64: LEN, 65: VARINT, 66: LEN, 70: LEN,
     );
     while !r.0.is_empty() {
         let (tag, wt) = r.key()?;
@@ -326,6 +326,28 @@ fn sample_field(
             let a = w.absolute.get_or_insert_with(Default::default);
             fields(inner, d, a, absolute_field)?;
         }
+        70 => {
+            let (inner, d) = r.message(tag, wt, depth)?;
+            let h = w.held.get_or_insert_with(Default::default);
+            fields(inner, d, h, held_field)?;
+        }
+        _ => r.skip(tag, wt, depth)?,
+    }
+    Ok(())
+}
+
+fn held_field(
+    h: &mut v1::Held,
+    tag: u32,
+    wt: u8,
+    r: &mut Reader<'_>,
+    depth: u32,
+) -> Result<(), WireError> {
+    match tag {
+        1 => h.since_us = r.value(tag, wt)?,
+        2 => h.last_held_us = r.value(tag, wt)?,
+        3 => h.ended_us = r.value(tag, wt)?,
+        4 => h.end = r.value(tag, wt)? as i32,
         _ => r.skip(tag, wt, depth)?,
     }
     Ok(())
@@ -564,6 +586,12 @@ mod tests {
                         end: r.num() as u32,
                     })
                     .collect(),
+            }),
+            held: (r.below(3) == 0).then(|| v1::Held {
+                since_us: r.num(),
+                last_held_us: r.num(),
+                ended_us: r.num(),
+                end: r.below(6) as i32,
             }),
         }
     }

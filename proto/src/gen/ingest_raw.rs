@@ -224,6 +224,14 @@ pub mod query_server {
             tonic::Response<crate::v1::GetFlowResponse>,
             tonic::Status,
         >;
+        /// Held send queues that ended, short or long, counted by host pair.
+        async fn list_held_spans(
+            &self,
+            request: tonic::Request<crate::v1::ListHeldSpansRequest>,
+        ) -> std::result::Result<
+            tonic::Response<crate::v1::ListHeldSpansResponse>,
+            tonic::Status,
+        >;
     }
     /// Operators ask about episodes and flows.
     #[derive(Debug)]
@@ -420,6 +428,51 @@ pub mod query_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = GetFlowSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tcpstall.v1.Query/ListHeldSpans" => {
+                    #[allow(non_camel_case_types)]
+                    struct ListHeldSpansSvc<T: Query>(pub Arc<T>);
+                    impl<
+                        T: Query,
+                    > tonic::server::UnaryService<crate::v1::ListHeldSpansRequest>
+                    for ListHeldSpansSvc<T> {
+                        type Response = crate::v1::ListHeldSpansResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<crate::v1::ListHeldSpansRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Query>::list_held_spans(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ListHeldSpansSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

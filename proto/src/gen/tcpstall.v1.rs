@@ -214,6 +214,27 @@ pub struct Sample {
     /// The BPF probe's absolute facts (absent without it).
     #[prost(message, optional, tag = "66")]
     pub absolute: ::core::option::Option<AbsoluteSeq>,
+    /// On a released sample: how the hold it ends went (absent from agents
+    /// that predate it).
+    #[prost(message, optional, tag = "70")]
+    pub held: ::core::option::Option<Held>,
+}
+/// A held send queue from start to end, by the agent's monotonic clock,
+/// microseconds.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Held {
+    /// When its marks (snd_una, write_seq, a non-empty queue) were first
+    /// held: the agent's estimate from its own looks and the kernel's clocks.
+    #[prost(uint64, tag = "1")]
+    pub since_us: u64,
+    /// The last look that found them held.
+    #[prost(uint64, tag = "2")]
+    pub last_held_us: u64,
+    /// The first look that found the hold over.
+    #[prost(uint64, tag = "3")]
+    pub ended_us: u64,
+    #[prost(enumeration = "HeldEnd", tag = "4")]
+    pub end: i32,
 }
 /// The process that holds a socket.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -271,6 +292,9 @@ pub struct Closed {
     pub remote: ::core::option::Option<Endpoint>,
     #[prost(uint64, tag = "4")]
     pub cookie: u64,
+    /// When it was a held suspect: how the hold went.
+    #[prost(message, optional, tag = "5")]
+    pub held: ::core::option::Option<Held>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct CollectorMessage {
@@ -368,7 +392,8 @@ pub struct Episode {
     pub summary: ::prost::alloc::string::String,
     #[prost(map = "string, int64", tag = "13")]
     pub evidence: ::std::collections::HashMap<::prost::alloc::string::String, i64>,
-    /// How the episode ended: moved, drained, closed, host_gone.
+    /// How the episode ended: moved, drained, closed, reset, replaced,
+    /// host_gone.
     #[prost(string, tag = "14")]
     pub end_reason: ::prost::alloc::string::String,
 }
@@ -410,6 +435,48 @@ pub struct GetEpisodeResponse {
 pub struct GetFlowRequest {
     #[prost(message, optional, tag = "1")]
     pub flow: ::core::option::Option<FlowTuple>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListHeldSpansRequest {
+    /// Spans that ended within this many seconds (0 = any).
+    #[prost(uint64, tag = "1")]
+    pub since_s: u64,
+    /// Only pairs with this host at either end.
+    #[prost(string, tag = "2")]
+    pub host: ::prost::alloc::string::String,
+}
+/// How many held spans of one host pair ended one way, in one duration
+/// bucket, within the window.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct HeldSpanCount {
+    /// The held sender's host, and its peer's ("" when no agent covers it).
+    #[prost(string, tag = "1")]
+    pub a_host: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub b_host: ::prost::alloc::string::String,
+    /// moved, drained, closed, reset.
+    #[prost(string, tag = "3")]
+    pub end: ::prost::alloc::string::String,
+    /// The bucket's upper bound, milliseconds; 0 for the last (no bound).
+    #[prost(uint64, tag = "4")]
+    pub le_ms: u64,
+    #[prost(uint64, tag = "5")]
+    pub count: u64,
+    /// Of them, how many were held for the threshold (episodes).
+    #[prost(uint64, tag = "6")]
+    pub episodes: u64,
+    #[prost(uint64, tag = "7")]
+    pub total_ms: u64,
+    #[prost(uint64, tag = "8")]
+    pub max_ms: u64,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListHeldSpansResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub counts: ::prost::alloc::vec::Vec<HeldSpanCount>,
+    /// The collector's threshold now, milliseconds.
+    #[prost(uint64, tag = "2")]
+    pub threshold_ms: u64,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct GetFlowResponse {
@@ -520,6 +587,47 @@ impl Timer {
             "TIMER_KEEPALIVE" => Some(Self::Keepalive),
             "TIMER_TIME_WAIT" => Some(Self::TimeWait),
             "TIMER_ZERO_WINDOW_PROBE" => Some(Self::ZeroWindowProbe),
+            _ => None,
+        }
+    }
+}
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum HeldEnd {
+    Unspecified = 0,
+    /// snd_una or write_seq moved, bytes still queued.
+    Moved = 1,
+    /// The queue emptied.
+    Drained = 2,
+    /// The connection began to close (a FIN either way) while held, or a
+    /// socket last seen closing went away.
+    Closed = 3,
+    /// The socket went away while open with bytes queued: aborted (a reset
+    /// received or sent, or the kernel gave up).
+    Reset = 4,
+}
+impl HeldEnd {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "HELD_END_UNSPECIFIED",
+            Self::Moved => "HELD_END_MOVED",
+            Self::Drained => "HELD_END_DRAINED",
+            Self::Closed => "HELD_END_CLOSED",
+            Self::Reset => "HELD_END_RESET",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "HELD_END_UNSPECIFIED" => Some(Self::Unspecified),
+            "HELD_END_MOVED" => Some(Self::Moved),
+            "HELD_END_DRAINED" => Some(Self::Drained),
+            "HELD_END_CLOSED" => Some(Self::Closed),
+            "HELD_END_RESET" => Some(Self::Reset),
             _ => None,
         }
     }
@@ -1063,6 +1171,31 @@ pub mod query_client {
             req.extensions_mut().insert(GrpcMethod::new("tcpstall.v1.Query", "GetFlow"));
             self.inner.unary(req, path, codec).await
         }
+        /// Held send queues that ended, short or long, counted by host pair.
+        pub async fn list_held_spans(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListHeldSpansRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListHeldSpansResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tcpstall.v1.Query/ListHeldSpans",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("tcpstall.v1.Query", "ListHeldSpans"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -1097,6 +1230,14 @@ pub mod query_server {
             &self,
             request: tonic::Request<super::GetFlowRequest>,
         ) -> std::result::Result<tonic::Response<super::GetFlowResponse>, tonic::Status>;
+        /// Held send queues that ended, short or long, counted by host pair.
+        async fn list_held_spans(
+            &self,
+            request: tonic::Request<super::ListHeldSpansRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListHeldSpansResponse>,
+            tonic::Status,
+        >;
     }
     /// Operators ask about episodes and flows.
     #[derive(Debug)]
@@ -1291,6 +1432,51 @@ pub mod query_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = GetFlowSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tcpstall.v1.Query/ListHeldSpans" => {
+                    #[allow(non_camel_case_types)]
+                    struct ListHeldSpansSvc<T: Query>(pub Arc<T>);
+                    impl<
+                        T: Query,
+                    > tonic::server::UnaryService<super::ListHeldSpansRequest>
+                    for ListHeldSpansSvc<T> {
+                        type Response = super::ListHeldSpansResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ListHeldSpansRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Query>::list_held_spans(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ListHeldSpansSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
