@@ -28,6 +28,14 @@ pub const MAX_BATCH_MAX: usize = crate::run::MAX_BATCH_ENTRIES;
 pub const MIN_BACKOFF_MAX: Duration = Duration::from_millis(100);
 /// Longest host name (as the collector accepts it).
 pub const MAX_HOST: usize = 255;
+/// Shortest follow interval.
+pub const MIN_FOLLOW: Duration = Duration::from_millis(10);
+/// Most held suspects `follow_max` may allow at each follow.
+pub const MAX_FOLLOW_MAX: usize = 100_000;
+/// The follow interval when none is set: an eighth of the poll interval
+/// (250 ms at the default 2 s), within these bounds.
+pub const AUTO_FOLLOW_MIN: Duration = Duration::from_millis(50);
+pub const AUTO_FOLLOW_MAX: Duration = Duration::from_secs(1);
 
 /// The effective settings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,6 +77,18 @@ pub struct Config {
     pub plaintext: bool,
     /// Where to serve Prometheus metrics (`GET /metrics`); `None` = off.
     pub metrics_listen: Option<SocketAddr>,
+    /// How often each held suspect is asked for alone between polls, so
+    /// that a hold's end is known to within it; zero: never. `None`: an
+    /// eighth of `interval`, within 50 ms..=1 s ([`Config::follow_every`]).
+    #[serde(
+        default,
+        with = "duration::option_text",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub follow_interval: Option<Duration>,
+    /// Most held suspects asked for at each follow, the longest held
+    /// first; the others wait for the next poll.
+    pub follow_max: usize,
 }
 
 impl Default for Config {
@@ -87,6 +107,8 @@ impl Default for Config {
             tls_server_name: None,
             plaintext: false,
             metrics_listen: None,
+            follow_interval: None,
+            follow_max: 1000,
         }
     }
 }
@@ -158,6 +180,16 @@ pub struct Flags {
     /// port, printed on stderr) [default: off].
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
+    /// How often each held suspect (a send queue unchanged between two
+    /// polls) is asked for alone between polls, so that the end of its
+    /// hold is known to within this, not a poll; 0s: never [default: an
+    /// eighth of --interval, within 50ms..1s: 250ms at 2s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub follow_interval: Option<Duration>,
+    /// Most held suspects asked for at each follow, the longest held
+    /// first; the others wait for the next poll [default: 1000].
+    #[arg(long, value_name = "N")]
+    pub follow_max: Option<usize>,
 }
 
 /// Why the settings could not be used.
@@ -238,6 +270,12 @@ impl Config {
         if let Some(v) = flags.metrics_listen {
             c.metrics_listen = Some(v);
         }
+        if let Some(v) = flags.follow_interval {
+            c.follow_interval = Some(v);
+        }
+        if let Some(v) = flags.follow_max {
+            c.follow_max = v;
+        }
         c.validate()?;
         Ok(c)
     }
@@ -290,9 +328,51 @@ impl Config {
                 format!("at least {}", duration::format(MIN_BACKOFF_MAX)),
             ));
         }
+        if let Some(f) = self.follow_interval {
+            if !f.is_zero() && (f < MIN_FOLLOW || f >= self.interval) {
+                return Err(invalid(
+                    "follow_interval",
+                    format!(
+                        "{} must be 0s (off) or at least {} and shorter than the interval ({}) \
+                         (--follow-interval, follow_interval)",
+                        duration::format(f),
+                        duration::format(MIN_FOLLOW),
+                        duration::format(self.interval)
+                    ),
+                ));
+            }
+        }
+        if self.follow_max == 0 || self.follow_max > MAX_FOLLOW_MAX {
+            return Err(invalid(
+                "follow_max",
+                format!(
+                    "{} is out of range 1..={MAX_FOLLOW_MAX} (--follow-max, follow_max)",
+                    self.follow_max
+                ),
+            ));
+        }
         Ok(())
     }
 
+    /// How often held suspects are followed between polls; `None`: never
+    /// (asked for, or an interval too short to leave room between polls).
+    pub fn follow_every(&self) -> Option<Duration> {
+        match self.follow_interval {
+            Some(every) => (!every.is_zero() && every < self.interval).then_some(every),
+            None => auto_follow(self.interval),
+        }
+    }
+}
+
+/// The follow interval for a poll `interval` when none is set: an eighth
+/// of it, within [`AUTO_FOLLOW_MIN`]..=[`AUTO_FOLLOW_MAX`]; `None` when
+/// that leaves no room between polls.
+pub fn auto_follow(interval: Duration) -> Option<Duration> {
+    let every = (interval / 8).clamp(AUTO_FOLLOW_MIN, AUTO_FOLLOW_MAX);
+    (every < interval).then_some(every)
+}
+
+impl Config {
     /// TLS settings only with https://, and plaintext off this host only
     /// when asked for.
     fn check_transport(&self, url: &str) -> Result<(), ConfigError> {
@@ -409,6 +489,19 @@ impl Config {
         put("# Ceiling of the jittered exponential backoff between reconnection");
         put("# attempts: no wait is longer than this.");
         put(&format!("backoff_max = {}", duration(self.backoff_max)));
+        put("");
+        put("# How often each held suspect (a send queue unchanged between two polls) is");
+        put("# asked for alone between polls, so that the end of its hold is known to");
+        put("# within this rather than a poll. \"0s\": never. Unset: an eighth of the");
+        put("# interval, within 50ms..1s (250ms at 2s).");
+        match self.follow_interval {
+            Some(d) => put(&format!("follow_interval = {}", duration(d))),
+            None => put("# follow_interval = \"250ms\""),
+        }
+        put("");
+        put("# Most held suspects asked for at each follow, the longest held first; the");
+        put("# others wait for the next poll.");
+        put(&format!("follow_max = {}", self.follow_max));
         put("");
         put("# Prometheus endpoint, http://ADDR/metrics. Off when not set.");
         match &self.metrics_listen {
@@ -664,5 +757,76 @@ mod tests {
     fn run_needs_a_collector() {
         let err = Config::default().require_collector().expect_err("unset");
         assert!(err.to_string().contains("--collector"), "{err}");
+    }
+
+    #[test]
+    fn following_runs_at_an_eighth_of_the_interval_unless_told() {
+        let ms = Duration::from_millis;
+        let load = |flags: Flags| Config::load(&flags);
+        let c = load(Flags::default()).expect("defaults");
+        assert_eq!(c.follow_every(), Some(ms(250)));
+        assert_eq!(c.follow_max, 1000);
+        let fast = load(Flags {
+            interval: Some(ms(500)),
+            ..Flags::default()
+        })
+        .expect("fast");
+        assert_eq!(
+            fast.follow_every(),
+            Some(ms(62) + Duration::from_micros(500))
+        );
+        let slow = load(Flags {
+            interval: Some(Duration::from_secs(60)),
+            ..Flags::default()
+        })
+        .expect("slow");
+        assert_eq!(
+            slow.follow_every(),
+            Some(Duration::from_secs(1)),
+            "at most 1s"
+        );
+        let off = load(Flags {
+            follow_interval: Some(Duration::ZERO),
+            ..Flags::default()
+        })
+        .expect("off");
+        assert_eq!(off.follow_every(), None);
+        let set = load(Flags {
+            follow_interval: Some(ms(100)),
+            follow_max: Some(5),
+            ..Flags::default()
+        })
+        .expect("set");
+        assert_eq!((set.follow_every(), set.follow_max), (Some(ms(100)), 5));
+        // The file says it too, and the flag wins.
+        let file: Config =
+            toml::from_str("follow_interval = \"400ms\"\nfollow_max = 7\n").expect("parses");
+        assert_eq!((file.follow_every(), file.follow_max), (Some(ms(400)), 7));
+        for (bad, key) in [
+            (
+                Flags {
+                    follow_interval: Some(Duration::from_secs(2)),
+                    ..Flags::default()
+                },
+                "--follow-interval",
+            ),
+            (
+                Flags {
+                    follow_interval: Some(ms(1)),
+                    ..Flags::default()
+                },
+                "--follow-interval",
+            ),
+            (
+                Flags {
+                    follow_max: Some(0),
+                    ..Flags::default()
+                },
+                "--follow-max",
+            ),
+        ] {
+            let err = load(bad).expect_err("refused");
+            assert!(err.to_string().contains(key), "{err}");
+        }
     }
 }

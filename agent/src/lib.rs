@@ -6,6 +6,7 @@
 pub mod config;
 pub mod diag;
 pub mod filter;
+pub mod held;
 pub mod hello;
 pub mod metrics;
 pub mod netns;

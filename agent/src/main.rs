@@ -177,6 +177,8 @@ fn run_agent(flags: &config::Flags) -> anyhow::Result<ExitCode> {
         batch_max: config.batch_max,
         backoff_max: config.backoff_max,
         metrics_listen: config.metrics_listen,
+        follow: config.follow_every(),
+        follow_max: config.follow_max,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -9,6 +9,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use tcpstall_common::HeldEnd;
 use tcpstall_prom::{Exposition, Histogram, Kind};
 
 use crate::diag::ParseStats;
@@ -48,6 +49,13 @@ pub struct AgentMetrics {
     interrupted: AtomicU64,
     /// One per [`PROBES`] entry.
     probes: [AtomicBool; 4],
+    /// Follows done, sockets asked for by them, and held suspects a
+    /// follow left for the next poll (over `follow_max`).
+    follows: AtomicU64,
+    follow_requests: AtomicU64,
+    follow_skipped: AtomicU64,
+    /// Holds that ended, by [`HeldEnd::index`].
+    held_ended: [AtomicU64; 4],
 }
 
 impl Default for AgentMetrics {
@@ -72,6 +80,10 @@ impl Default for AgentMetrics {
             truncated_chunks: AtomicU64::new(0),
             interrupted: AtomicU64::new(0),
             probes: Default::default(),
+            follows: AtomicU64::new(0),
+            follow_requests: AtomicU64::new(0),
+            follow_skipped: AtomicU64::new(0),
+            held_ended: Default::default(),
         }
     }
 }
@@ -107,6 +119,22 @@ impl AgentMetrics {
         self.truncated_chunks
             .store(p.truncated_chunks, Ordering::Relaxed);
         self.interrupted.store(p.interrupted, Ordering::Relaxed);
+    }
+
+    /// A follow asked the kernel for `requests` suspects alone and left
+    /// `skipped` for the next poll.
+    pub fn followed(&self, requests: usize, skipped: usize) {
+        self.follows.fetch_add(1, Ordering::Relaxed);
+        self.follow_requests
+            .fetch_add(n(requests), Ordering::Relaxed);
+        self.follow_skipped.fetch_add(n(skipped), Ordering::Relaxed);
+    }
+
+    /// A look (poll or follow) found these holds over.
+    pub fn held_ended<'a>(&self, ended: impl IntoIterator<Item = &'a HeldEnd>) {
+        for e in ended {
+            self.held_ended[e.index()].fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// The buffer now: batches waiting, and loss since start.
@@ -180,6 +208,32 @@ impl AgentMetrics {
             "Connections whose send queue was stuck in the last poll.",
             get(&self.suspects),
         );
+        e.single(
+            "tcpstall_agent_follows_total",
+            Kind::Counter,
+            "Follows done: the held suspects asked for alone between polls.",
+            get(&self.follows),
+        );
+        e.single(
+            "tcpstall_agent_follow_requests_total",
+            Kind::Counter,
+            "Sockets asked for by follows (one exact sock_diag request each).",
+            get(&self.follow_requests),
+        );
+        e.single(
+            "tcpstall_agent_follow_skipped_total",
+            Kind::Counter,
+            "Held suspects a follow left to the next poll: more than follow_max were held.",
+            get(&self.follow_skipped),
+        );
+        let mut ended = e.family(
+            "tcpstall_agent_held_ended_total",
+            Kind::Counter,
+            "Held send queues whose hold ended, by how (moved, drained, closed, reset).",
+        );
+        for (end, count) in HeldEnd::ALL.iter().zip(&self.held_ended) {
+            ended.sample(&[("ended", end.id())], get(count));
+        }
         e.single(
             "tcpstall_agent_watched_flows",
             Kind::Gauge,
@@ -284,6 +338,9 @@ mod tests {
             },
         });
         m.poll_duration.observe(Duration::from_millis(3));
+        m.followed(7, 2);
+        m.followed(3, 0);
+        m.held_ended(&[HeldEnd::Reset, HeldEnd::Moved, HeldEnd::Reset]);
         m.sent(300, 0);
         m.sent(1200, 4);
         m.link(true, false);
@@ -303,6 +360,12 @@ mod tests {
             "tcpstall_agent_connections 120\n",
             "tcpstall_agent_suspects 2\n",
             "tcpstall_agent_watched_flows 1\n",
+            "tcpstall_agent_follows_total 2\n",
+            "tcpstall_agent_follow_requests_total 10\n",
+            "tcpstall_agent_follow_skipped_total 2\n",
+            "tcpstall_agent_held_ended_total{ended=\"reset\"} 2\n",
+            "tcpstall_agent_held_ended_total{ended=\"moved\"} 1\n",
+            "tcpstall_agent_held_ended_total{ended=\"drained\"} 0\n",
             "tcpstall_agent_probe_available{probe=\"sock_diag\"} 1\n",
             "tcpstall_agent_probe_available{probe=\"bpf\"} 0\n",
             "tcpstall_agent_probe_available{probe=\"getsockopt\"} 1\n",

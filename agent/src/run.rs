@@ -16,11 +16,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tcpstall_common::AbsoluteSeq;
-use tcpstall_proto::convert::{endpoint_to_wire, flow_to_wire, sample_to_wire};
+use tcpstall_proto::convert::{endpoint_to_wire, flow_to_wire, held_to_wire, sample_to_wire};
 use tcpstall_proto::v1::{self, agent_message};
 use tokio::sync::{mpsc, watch};
 use tokio::time::MissedTickBehavior;
 
+use crate::diag::ExactId;
 use crate::hello::Identity;
 use crate::metrics::{AgentMetrics, PollFigures};
 use crate::netns::Netns;
@@ -56,6 +57,11 @@ pub struct RunSettings {
     pub backoff_max: Duration,
     /// Serve Prometheus metrics here (`GET /metrics`); off when `None`.
     pub metrics_listen: Option<SocketAddr>,
+    /// How often held suspects are asked for alone between polls; never
+    /// when `None`.
+    pub follow: Option<Duration>,
+    /// Most held suspects asked for at each follow.
+    pub follow_max: usize,
 }
 
 /// The agent's monotonic clock: CLOCK_MONOTONIC, the clock `mono_us` and
@@ -96,6 +102,7 @@ struct PollState {
     namespaces: Vec<Netns>,
     selector: Selector,
     inode_by_label: HashMap<String, u64>,
+    follow_max: usize,
 }
 
 /// One poll's result.
@@ -107,6 +114,17 @@ struct Polled {
     /// How long the poll took, and what it counted, for the metrics.
     took: Duration,
     figures: PollFigures,
+}
+
+/// One follow's result.
+#[derive(Debug)]
+struct Followed {
+    selection: Selection,
+    mono: Duration,
+    failures: Vec<String>,
+    /// Sockets asked for, and held suspects left for the next poll.
+    requests: usize,
+    skipped: usize,
 }
 
 impl PollState {
@@ -121,15 +139,16 @@ impl PollState {
         let started = Instant::now();
         // Only the sockets the selector may send, read in full.
         let selector = &self.selector;
-        let (samples, connections, failures) =
-            self.poller.poll_wanted(|netns, b| selector.wants(netns, b));
+        let (samples, ids, connections, failures) = self
+            .poller
+            .poll_wanted_ids(|netns, b| selector.wants(netns, b));
         let failed: Vec<u64> = failures
             .iter()
             .filter_map(|f| self.inode_by_label.get(&f.label).copied())
             .collect();
         let mut selection = self
             .selector
-            .select_wanted(samples, connections, &failed, mono);
+            .select_wanted(samples, ids, connections, &failed, mono);
         // The deeper probes, for what is sent only (issue 6): a poll with
         // nothing to send costs no BPF pass.
         if !selection.samples.is_empty() {
@@ -174,11 +193,47 @@ impl PollState {
     }
 }
 
+impl PollState {
+    /// Follows the held suspects for the tick that was due at `tick`: asks
+    /// the kernel for each alone (the longest held first, at most
+    /// `follow_max`), and releases or closes those whose hold ended. A
+    /// follow with no suspect to ask for costs nothing.
+    fn follow(&mut self, tick: Instant) -> Followed {
+        let mono = mono_at(tick);
+        let held = self.selector.suspects();
+        let mut followed = self.selector.followed(self.follow_max);
+        let requests = followed.len();
+        // One exact request per socket, grouped by namespace.
+        followed.sort_by_key(|f| f.netns);
+        let mut looks = Vec::with_capacity(requests);
+        let mut failures = Vec::new();
+        for group in followed.chunk_by(|a, b| a.netns == b.netns) {
+            let ids: Vec<ExactId> = group.iter().map(|f| f.id).collect();
+            let netns = group[0].netns;
+            let res = self.poller.look(netns, &ids, |i, answer| {
+                if let Some(f) = group.get(i) {
+                    looks.push((f.key, answer));
+                }
+            });
+            if let Err(e) = res {
+                failures.push(format!("{}: {e:#}", self.poller.label(netns)));
+            }
+        }
+        Followed {
+            selection: self.selector.follow(&looks, mono),
+            mono,
+            failures,
+            requests,
+            skipped: held.saturating_sub(requests),
+        }
+    }
+}
+
 fn wire_reason(r: Reason) -> v1::SampleReason {
     match r {
         Reason::Suspect => v1::SampleReason::Suspect,
         Reason::Watched => v1::SampleReason::Watched,
-        Reason::Released => v1::SampleReason::Released,
+        Reason::Released(_) => v1::SampleReason::Released,
     }
 }
 
@@ -212,7 +267,13 @@ pub fn to_batches(sel: &Selection, mono: Duration, max: usize) -> Vec<v1::Batch>
             connections: u32::try_from(sel.connections).unwrap_or(u32::MAX),
             samples: s
                 .iter()
-                .map(|(r, s)| sample_to_wire(s, wire_reason(*r)))
+                .map(|(r, s)| {
+                    let mut w = sample_to_wire(s, wire_reason(*r));
+                    if let Reason::Released(held) = r {
+                        w.held = Some(held_to_wire(held));
+                    }
+                    w
+                })
                 .collect(),
             closed: c
                 .iter()
@@ -221,6 +282,7 @@ pub fn to_batches(sel: &Selection, mono: Duration, max: usize) -> Vec<v1::Batch>
                     local: Some(endpoint_to_wire(g.flow.local)),
                     remote: Some(endpoint_to_wire(g.flow.remote)),
                     cookie: g.cookie,
+                    held: g.held.as_ref().map(held_to_wire),
                 })
                 .collect(),
             dropped_batches: 0,
@@ -268,6 +330,7 @@ pub async fn run(settings: RunSettings, shutdown: impl Future<Output = ()>) -> a
         namespaces: settings.namespaces.clone(),
         selector: Selector::new(labels.iter().cloned()),
         inode_by_label: labels.iter().map(|(i, l)| (l.clone(), *i)).collect(),
+        follow_max: settings.follow_max,
     };
 
     let (events_tx, mut events) = mpsc::channel(EVENT_QUEUE);
@@ -297,6 +360,7 @@ pub async fn run(settings: RunSettings, shutdown: impl Future<Output = ()>) -> a
         namespaces = settings.namespaces.len(),
         buffer = settings.buffer,
         batch_max = settings.batch_max,
+        follow_ms = settings.follow.map_or(0, |f| f.as_millis() as u64),
         "agent running"
     );
 
@@ -313,6 +377,12 @@ pub async fn run(settings: RunSettings, shutdown: impl Future<Output = ()>) -> a
     let mut outage_drops = 0u64;
     let mut ticker = tokio::time::interval(settings.interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    // Following: a timer that only runs while a suspect is held.
+    let mut follower = settings.follow.map(|every| {
+        let mut t = tokio::time::interval(every);
+        t.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        t
+    });
     tokio::pin!(shutdown);
 
     loop {
@@ -327,8 +397,38 @@ pub async fn run(settings: RunSettings, shutdown: impl Future<Output = ()>) -> a
                 None => std::future::pending().await,
             }
         };
+        let held = state.selector.suspects() > 0;
+        let follow_tick = async {
+            match follower.as_mut() {
+                Some(t) if held => t.tick().await,
+                _ => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = &mut shutdown => break,
+            tick = follow_tick => {
+                let tick = tick.into_std();
+                let (back, followed) = tokio::task::spawn_blocking(move || {
+                    let mut state = state;
+                    let followed = state.follow(tick);
+                    (state, followed)
+                })
+                .await
+                .context("the poll thread failed")?;
+                state = back;
+                metrics.followed(followed.requests, followed.skipped);
+                metrics.held_ended(followed.selection.ended().map(|h| &h.end));
+                for failure in &followed.failures {
+                    tracing::warn!(error = %failure, "follow of a namespace failed");
+                }
+                if followed.selection.is_empty() {
+                    continue;
+                }
+                let batches = to_batches(&followed.selection, followed.mono, settings.batch_max);
+                if outbox.push_poll(batches).is_some() {
+                    outage_drops += 1;
+                }
+            }
             tick = ticker.tick() => {
                 let tick = tick.into_std();
                 let (back, polled) = tokio::task::spawn_blocking(move || {
@@ -341,6 +441,7 @@ pub async fn run(settings: RunSettings, shutdown: impl Future<Output = ()>) -> a
                 state = back;
                 metrics.poll_duration.observe(polled.took);
                 metrics.polled(&polled.figures);
+                metrics.held_ended(polled.selection.ended().map(|h| &h.end));
                 for failure in &polled.failures {
                     tracing::warn!(error = %failure, "namespace not polled");
                 }
@@ -485,7 +586,7 @@ async fn serve_metrics(
 mod tests {
     use std::net::SocketAddr;
 
-    use tcpstall_common::{EndSample, FlowTuple, Positions, TcpState};
+    use tcpstall_common::{EndSample, FlowTuple, HeldEnd, HeldSpan, Positions, TcpState};
 
     use super::*;
     use crate::suspects::Gone;
@@ -535,12 +636,19 @@ mod tests {
     #[test]
     fn a_selection_becomes_a_batch() {
         let s = sample(5);
+        let ms = Duration::from_millis;
+        let moved = HeldSpan::new(ms(100), ms(1300), ms(1500), HeldEnd::Moved).expect("span");
+        let reset = HeldSpan::new(ms(200), ms(1250), ms(1500), HeldEnd::Reset).expect("span");
         let sel = Selection {
-            samples: vec![(Reason::Suspect, s.clone()), (Reason::Released, sample(6))],
+            samples: vec![
+                (Reason::Suspect, s.clone()),
+                (Reason::Released(moved), sample(6)),
+            ],
             closed: vec![Gone {
                 netns: "host".into(),
                 flow: s.flow,
                 cookie: 4,
+                held: Some(reset),
             }],
             absent: vec![s.flow.reversed()],
             connections: 70_000,
@@ -555,8 +663,16 @@ mod tests {
         assert_eq!(b.samples[0].reason, v1::SampleReason::Suspect as i32);
         assert_eq!(b.samples[0].unchanged_ms, 2000);
         assert_eq!(b.samples[1].reason, v1::SampleReason::Released as i32);
+        let held = |h: Option<&v1::Held>| h.map(tcpstall_proto::convert::held_from_wire);
+        assert_eq!(
+            held(b.samples[0].held.as_ref()),
+            None,
+            "a suspect's hold goes on"
+        );
+        assert_eq!(held(b.samples[1].held.as_ref()), Some(Ok(moved)));
         assert_eq!(b.closed.len(), 1);
         assert_eq!(b.closed[0].cookie, 4);
+        assert_eq!(held(b.closed[0].held.as_ref()), Some(Ok(reset)));
         assert_eq!(b.closed[0].netns, "host");
         assert_eq!(
             tcpstall_proto::convert::flow_from_wire(b.absent.first()),
@@ -571,6 +687,7 @@ mod tests {
             netns: "host".into(),
             flow: sample(cookie).flow,
             cookie,
+            held: None,
         }
     }
 

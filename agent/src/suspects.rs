@@ -1,16 +1,26 @@
-//! What is worth sending: the agent's local decision, pure and fed one poll
+//! What is worth sending: the agent's local decision, pure and fed one look
 //! at a time with the agent's monotonic `now`.
 //!
 //! - A connection whose send queue is non-zero and whose (snd_una,
-//!   write_seq, sendq) are the same as at the previous poll is a
+//!   write_seq, sendq) are the same as at the previous look is a
 //!   **suspect**; its `unchanged_ms` is the time since those marks were
-//!   first seen.
-//! - A suspect that moves or drains gets one **released** sample, then
-//!   nothing more.
+//!   first held, as [`crate::held::since`] estimates it at their first look.
+//! - A suspect whose hold ends gets one **released** sample with the
+//!   [`HeldSpan`]: when it was first held, the last look that found it
+//!   held, the first that found it over, and how it ended (moved, drained,
+//!   or closed: its connection began to close), then nothing more.
 //! - A flow the collector asked to watch is sent every poll (**watched**);
 //!   when this host has no socket for it, it is reported **absent**.
 //! - A socket that was sent (suspect or watched) and is gone gets a
-//!   **closed**.
+//!   **closed**, with its span when it was a held suspect: `reset` when it
+//!   went while open with bytes queued (only an abort removes such a
+//!   socket), `closed` when it was last seen closing.
+//!
+//! Looks come from polls ([`Selector::select`]), which see every socket,
+//! and from follows ([`Selector::follow`]) between them, which ask the
+//! kernel again for each suspect alone so that a hold's end is known to
+//! within a fraction of a poll. Only polls make suspects; a follow only
+//! finds where holds end.
 //!
 //! A socket is sent at most once per poll, with the first reason that
 //! applies of suspect, released, watched. Identity is (namespace inode,
@@ -20,9 +30,9 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
-use tcpstall_common::{EndSample, FlowTuple, SocketSample};
+use tcpstall_common::{EndSample, FlowTuple, HeldEnd, HeldSpan, Opened, SocketSample, TcpState};
 
-use crate::diag::Base;
+use crate::diag::{Base, Exact, ExactId};
 
 /// Most flows watched at once; further watch requests are refused.
 pub const MAX_WATCHED: usize = 4096;
@@ -35,7 +45,8 @@ pub type ConnKey = (u64, u64);
 pub enum Reason {
     Suspect,
     Watched,
-    Released,
+    /// Its hold ended, as the span says.
+    Released(HeldSpan),
 }
 
 /// A sent socket that is gone.
@@ -45,16 +56,18 @@ pub struct Gone {
     pub netns: String,
     pub flow: FlowTuple,
     pub cookie: u64,
+    /// Its hold, when it went as a held suspect.
+    pub held: Option<HeldSpan>,
 }
 
-/// What one poll has worth sending.
+/// What one look has worth sending.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Selection {
     pub samples: Vec<(Reason, EndSample)>,
     pub closed: Vec<Gone>,
     /// Watched flows with no socket on this host.
     pub absent: Vec<FlowTuple>,
-    /// Connections in the poll.
+    /// Connections in the poll (for a follow, the last poll's).
     pub connections: usize,
 }
 
@@ -62,6 +75,15 @@ impl Selection {
     /// Nothing to send: a heartbeat will do.
     pub fn is_empty(&self) -> bool {
         self.samples.is_empty() && self.closed.is_empty() && self.absent.is_empty()
+    }
+
+    /// The holds this look found over, with how long each was held.
+    pub fn ended(&self) -> impl Iterator<Item = &HeldSpan> {
+        let released = self.samples.iter().filter_map(|(r, _)| match r {
+            Reason::Released(h) => Some(h),
+            _ => None,
+        });
+        released.chain(self.closed.iter().filter_map(|g| g.held.as_ref()))
     }
 }
 
@@ -73,17 +95,72 @@ struct Marks {
     sendq: u32,
 }
 
+fn marks_of(s: &SocketSample) -> Marks {
+    let pos = s.positions();
+    Marks {
+        snd_una: pos.snd_una,
+        write_seq: pos.write_seq,
+        sendq: s.wqueue,
+    }
+}
+
+/// How far a connection has got towards closing: a FIN received, then a
+/// FIN sent (by its own application's close).
+fn closing_stage(state: TcpState) -> u8 {
+    match state {
+        TcpState::CloseWait => 1,
+        TcpState::FinWait1
+        | TcpState::FinWait2
+        | TcpState::Closing
+        | TcpState::LastAck
+        | TcpState::TimeWait
+        | TcpState::Close => 2,
+        _ => 0,
+    }
+}
+
 /// A connection with bytes in its send queue.
 #[derive(Debug)]
 struct Queued {
     marks: Marks,
-    /// When these marks were first seen.
+    /// When these marks were first held (estimated at their first look).
     since: Duration,
+    /// The last look that saw the socket (with these marks).
+    looked: Duration,
     /// Sent as a suspect and not yet released.
     suspect: bool,
+    /// Its connection began to close while these marks were held: that
+    /// hold's span ended (`closed`), and they make no suspect again.
+    closing: bool,
+    state: TcpState,
+    /// As the poll that read it in full found it; a follow's exact answer
+    /// cannot always tell (and positions need it).
+    opened: Option<Opened>,
     flow: FlowTuple,
+    /// How to ask the kernel for it alone, when the poll gave it.
+    id: Option<ExactId>,
     /// The poll that last saw it.
     seen: u64,
+}
+
+impl Queued {
+    fn span(&self, ended: Duration, end: HeldEnd) -> HeldSpan {
+        HeldSpan {
+            since: self.since.min(self.looked),
+            last_held: self.looked,
+            ended: ended.max(self.looked),
+            end,
+        }
+    }
+
+    /// How it ends if it is gone now.
+    fn gone_end(&self) -> HeldEnd {
+        if closing_stage(self.state) == 2 {
+            HeldEnd::Closed
+        } else {
+            HeldEnd::Reset
+        }
+    }
 }
 
 /// A watched socket that was sent.
@@ -93,7 +170,15 @@ struct WatchedSocket {
     seen: u64,
 }
 
-/// Decides, poll after poll, which sockets are worth sending.
+/// A suspect to follow: its namespace, how to ask for it, and its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Followed {
+    pub netns: u64,
+    pub id: ExactId,
+    pub key: ConnKey,
+}
+
+/// Decides, look after look, which sockets are worth sending.
 #[derive(Debug, Default)]
 pub struct Selector {
     labels: HashMap<u64, String>,
@@ -101,6 +186,9 @@ pub struct Selector {
     watched: BTreeSet<FlowTuple>,
     watched_sockets: HashMap<ConnKey, WatchedSocket>,
     generation: u64,
+    /// When the last poll was, and the connections it counted.
+    last_poll: Option<Duration>,
+    connections: usize,
 }
 
 impl Selector {
@@ -150,6 +238,15 @@ impl Selector {
         self.queued.len() + self.watched_sockets.len()
     }
 
+    /// Held suspects now (those a follow looks at, when it can ask for
+    /// them).
+    pub fn suspects(&self) -> usize {
+        self.queued
+            .values()
+            .filter(|q| q.suspect && !q.closing)
+            .count()
+    }
+
     /// Whether a poll must read a socket in full, and hand it to
     /// [`Selector::select`], given its namespace and its base message: it
     /// has a send queue (a suspect's marks and sample need its positions),
@@ -170,69 +267,69 @@ impl Selector {
     /// Takes one poll's connections. Namespaces in `failed` did not dump
     /// this time: their sockets are neither gone nor absent, only unseen.
     pub fn select(&mut self, samples: &[SocketSample], failed: &[u64], now: Duration) -> Selection {
-        self.select_wanted(samples, samples.len(), failed, now)
+        self.select_wanted(samples, &[], samples.len(), failed, now)
     }
 
     /// [`Selector::select`] of a poll that returned only the sockets
-    /// [`Selector::wants`], out of `connections`.
+    /// [`Selector::wants`], out of `connections`; `ids[i]`, when given, is
+    /// how to ask the kernel for `samples[i]` alone (for following it).
     pub fn select_wanted(
         &mut self,
         samples: &[SocketSample],
+        ids: &[ExactId],
         connections: usize,
         failed: &[u64],
         now: Duration,
     ) -> Selection {
         self.generation += 1;
         let gen = self.generation;
+        let after = self.last_poll;
         let mut out = Selection {
             connections,
             ..Selection::default()
         };
         let mut found: HashSet<FlowTuple> = HashSet::new();
-        for s in samples {
+        for (i, s) in samples.iter().enumerate() {
             let key = (s.netns, s.cookie);
             let flow = FlowTuple::new(s.local, s.remote);
             let mut reason = None;
             let mut unchanged = Duration::ZERO;
             if s.wqueue > 0 {
-                let pos = s.positions();
-                let marks = Marks {
-                    snd_una: pos.snd_una,
-                    write_seq: pos.write_seq,
-                    sendq: s.wqueue,
-                };
-                match self.queued.get_mut(&key) {
-                    Some(q) => {
-                        q.seen = gen;
-                        if q.marks == marks {
+                if let Some(q) = self.queued.get_mut(&key) {
+                    q.seen = gen;
+                    if let Some(id) = ids.get(i) {
+                        q.id = Some(*id);
+                    }
+                    match step(q, s, now) {
+                        Step::Held if !q.closing => {
                             q.suspect = true;
                             unchanged = now.saturating_sub(q.since);
                             reason = Some(Reason::Suspect);
-                        } else {
-                            if q.suspect {
-                                q.suspect = false;
-                                reason = Some(Reason::Released);
-                            }
-                            q.marks = marks;
-                            q.since = now;
                         }
+                        Step::Held => {}
+                        Step::Ended(span) => reason = Some(Reason::Released(span)),
+                        Step::Restarted => {}
                     }
-                    None => {
-                        self.queued.insert(
-                            key,
-                            Queued {
-                                marks,
-                                since: now,
-                                suspect: false,
-                                flow,
-                                seen: gen,
-                            },
-                        );
-                    }
+                } else {
+                    self.queued.insert(
+                        key,
+                        Queued {
+                            marks: marks_of(s),
+                            since: crate::held::since(s, now, after, false),
+                            looked: now,
+                            suspect: false,
+                            closing: false,
+                            state: s.state,
+                            opened: s.opened,
+                            flow,
+                            id: ids.get(i).copied(),
+                            seen: gen,
+                        },
+                    );
                 }
             } else if let Some(q) = self.queued.remove(&key) {
-                if q.suspect {
-                    reason = Some(Reason::Released);
+                if q.suspect && !q.closing {
+                    reason = Some(Reason::Released(q.span(now, HeldEnd::Drained)));
                 }
             }
             if self.watched.contains(&flow) {
@@ -249,28 +346,30 @@ impl Selector {
             }
         }
 
-        let mut closed: Vec<(ConnKey, FlowTuple)> = Vec::new();
+        let mut closed: Vec<(ConnKey, FlowTuple, Option<HeldSpan>)> = Vec::new();
         self.queued.retain(|key, q| {
             let keep = q.seen == gen || failed.contains(&key.0);
             if !keep && q.suspect {
-                closed.push((*key, q.flow));
+                let held = (!q.closing).then(|| q.span(now, q.gone_end()));
+                closed.push((*key, q.flow, held));
             }
             keep
         });
         self.watched_sockets.retain(|key, w| {
             let keep = w.seen == gen || failed.contains(&key.0);
-            if !keep && !closed.iter().any(|(k, _)| k == key) {
-                closed.push((*key, w.flow));
+            if !keep && !closed.iter().any(|(k, _, _)| k == key) {
+                closed.push((*key, w.flow, None));
             }
             keep
         });
-        closed.sort_unstable();
+        closed.sort_unstable_by_key(|(k, f, _)| (*k, *f));
         out.closed = closed
             .into_iter()
-            .map(|((netns, cookie), flow)| Gone {
+            .map(|((netns, cookie), flow, held)| Gone {
                 netns: self.label(netns),
                 flow,
                 cookie,
+                held,
             })
             .collect();
         if failed.is_empty() {
@@ -281,7 +380,131 @@ impl Selector {
                 .copied()
                 .collect();
         }
+        self.last_poll = Some(now);
+        self.connections = connections;
         out
+    }
+
+    /// The held suspects a follow should ask the kernel for, longest held
+    /// first, at most `max` of them.
+    pub fn followed(&self, max: usize) -> Vec<Followed> {
+        let mut held: Vec<(Duration, Followed)> = self
+            .queued
+            .iter()
+            .filter(|(_, q)| q.suspect && !q.closing)
+            .filter_map(|(key, q)| {
+                let id = q.id?;
+                Some((
+                    q.since,
+                    Followed {
+                        netns: key.0,
+                        id,
+                        key: *key,
+                    },
+                ))
+            })
+            .collect();
+        if held.len() > max {
+            held.select_nth_unstable_by_key(max, |(since, f)| (*since, f.key));
+            held.truncate(max);
+        }
+        held.sort_unstable_by_key(|(since, f)| (*since, f.key));
+        held.into_iter().map(|(_, f)| f).collect()
+    }
+
+    /// Takes what a follow found of the sockets [`Selector::followed`]
+    /// named, at `now`: each one's answer to its exact request. A hold
+    /// that ended is released (or, for a socket gone, closed) at once; a
+    /// hold still there is known held until `now`. Makes no suspects and
+    /// sends nothing about a socket still held.
+    pub fn follow(&mut self, looks: &[(ConnKey, Exact)], now: Duration) -> Selection {
+        let mut out = Selection {
+            connections: self.connections,
+            ..Selection::default()
+        };
+        for (key, answer) in looks {
+            let Some(q) = self.queued.get_mut(key) else {
+                continue;
+            };
+            if !q.suspect || q.closing {
+                continue;
+            }
+            match answer {
+                Exact::Found(s) => {
+                    let mut s = s.clone();
+                    s.netns = key.0;
+                    s.opened = s.opened.or(q.opened);
+                    if s.wqueue == 0 {
+                        let span = q.span(now, HeldEnd::Drained);
+                        self.queued.remove(key);
+                        let label = self.label(key.0);
+                        let sample = EndSample::from_socket(&s, &label, 0);
+                        out.samples.push((Reason::Released(span), sample));
+                        continue;
+                    }
+                    if let Step::Ended(span) = step(q, &s, now) {
+                        let label = self.label(key.0);
+                        let sample = EndSample::from_socket(&s, &label, 0);
+                        out.samples.push((Reason::Released(span), sample));
+                    }
+                }
+                Exact::Gone => {
+                    let Some(q) = self.queued.remove(key) else {
+                        continue;
+                    };
+                    self.watched_sockets.remove(key);
+                    out.closed.push(Gone {
+                        netns: self.label(key.0),
+                        flow: q.flow,
+                        cookie: key.1,
+                        held: Some(q.span(now, q.gone_end())),
+                    });
+                }
+                Exact::Malformed => {}
+            }
+        }
+        out
+    }
+}
+
+/// What one look at a queued socket with bytes still queued did to its
+/// hold.
+enum Step {
+    /// The marks held (or the socket is past its closing, its hold ended).
+    Held,
+    /// The marks moved: a new hold starts at this look; not a suspect's.
+    Restarted,
+    /// A suspect's hold ended: its marks moved, or its connection began
+    /// to close.
+    Ended(HeldSpan),
+}
+
+/// One look at a queued socket that still has bytes queued: moves its
+/// marks, its clocks and its suspicion on.
+fn step(q: &mut Queued, s: &SocketSample, now: Duration) -> Step {
+    let marks = marks_of(s);
+    let was = std::mem::replace(&mut q.state, s.state);
+    if q.marks == marks {
+        if q.suspect && !q.closing && closing_stage(s.state) > closing_stage(was) {
+            q.suspect = false;
+            q.closing = true;
+            return Step::Ended(q.span(now, HeldEnd::Closed));
+        }
+        if !q.closing {
+            q.looked = now;
+        }
+        return Step::Held;
+    }
+    let span = (q.suspect && !q.closing).then(|| q.span(now, HeldEnd::Moved));
+    let write_only = q.marks.snd_una.is_some() && q.marks.snd_una == marks.snd_una;
+    q.since = crate::held::since(s, now, Some(q.looked), write_only);
+    q.marks = marks;
+    q.looked = now;
+    q.suspect = false;
+    q.closing = false;
+    match span {
+        Some(span) => Step::Ended(span),
+        None => Step::Restarted,
     }
 }
 
@@ -337,6 +560,10 @@ mod tests {
         Duration::from_secs(100) + POLL * polls
     }
 
+    fn held(since: Duration, last_held: Duration, ended: Duration, end: HeldEnd) -> HeldSpan {
+        HeldSpan::new(since, last_held, ended, end).expect("an ordered span")
+    }
+
     fn reasons(sel: &Selection) -> Vec<(Reason, u64, u64)> {
         sel.samples
             .iter()
@@ -375,7 +602,8 @@ mod tests {
         sel.select(&[a(1, 300)], &[], at(0));
         assert_eq!(sel.select(&[a(1, 300)], &[], at(1)).samples.len(), 1);
         let moved = sel.select(&[a(1, 200)], &[], at(2));
-        assert_eq!(reasons(&moved), vec![(Reason::Released, 1, 0)]);
+        let span = held(at(0), at(1), at(2), HeldEnd::Moved);
+        assert_eq!(reasons(&moved), vec![(Reason::Released(span), 1, 0)]);
         let later = sel.select(&[a(1, 100)], &[], at(3));
         assert!(later.is_empty(), "then nothing: {later:?}");
         // Stuck again at the new marks: a suspect again, aged from there.
@@ -389,7 +617,8 @@ mod tests {
         sel.select(&[a(1, 300)], &[], at(0));
         sel.select(&[a(1, 300)], &[], at(1));
         let drained = sel.select(&[a(1, 0)], &[], at(2));
-        assert_eq!(reasons(&drained), vec![(Reason::Released, 1, 0)]);
+        let span = held(at(0), at(1), at(2), HeldEnd::Drained);
+        assert_eq!(reasons(&drained), vec![(Reason::Released(span), 1, 0)]);
         assert_eq!(sel.tracked(), 0);
         assert!(sel.select(&[a(1, 0)], &[], at(3)).is_empty());
         assert!(
@@ -411,6 +640,8 @@ mod tests {
                 netns: "host".into(),
                 flow: FlowTuple::new(addr("198.18.0.1:40000"), addr("198.18.0.2:80")),
                 cookie: 1,
+                // Gone while open with bytes queued: only an abort does that.
+                held: Some(held(at(0), at(1), at(2), HeldEnd::Reset)),
             }]
         );
         assert_eq!(sel.tracked(), 0);
@@ -611,7 +842,7 @@ mod tests {
                 .cloned()
                 .collect();
             let want = all.select(polled, failed, at(i as u32));
-            let got = some.select_wanted(&wanted, polled.len(), failed, at(i as u32));
+            let got = some.select_wanted(&wanted, &[], polled.len(), failed, at(i as u32));
             assert_eq!(got, want, "poll {i}");
         }
         assert_eq!(all.tracked(), some.tracked());
@@ -631,7 +862,7 @@ mod tests {
         assert_eq!(
             out.samples
                 .iter()
-                .filter(|(r, _)| *r == Reason::Released)
+                .filter(|(r, _)| matches!(r, Reason::Released(_)))
                 .count(),
             990
         );
@@ -639,5 +870,171 @@ mod tests {
         let out = sel.select(&[], &[], at(3));
         assert_eq!(out.closed.len(), 10);
         assert_eq!(sel.tracked(), 0);
+    }
+
+    fn id(n: u8) -> ExactId {
+        ExactId {
+            family: 2,
+            sockid: [n; crate::diag::parse::SOCKID_LEN],
+        }
+    }
+
+    /// Polls `a(1, 300)` twice with its exact id: a held suspect.
+    fn held_suspect() -> Selector {
+        let mut sel = selector();
+        sel.select_wanted(&[a(1, 300)], &[id(1)], 1, &[], at(0));
+        let out = sel.select_wanted(&[a(1, 300)], &[id(1)], 1, &[], at(1));
+        assert_eq!(reasons(&out), vec![(Reason::Suspect, 1, 2000)]);
+        sel
+    }
+
+    const QUARTER: Duration = Duration::from_millis(500);
+
+    #[test]
+    fn a_follow_finds_where_a_hold_ends_between_polls() {
+        let mut sel = held_suspect();
+        let f = sel.followed(10);
+        assert_eq!(
+            f,
+            vec![Followed {
+                netns: NS,
+                id: id(1),
+                key: (NS, 1)
+            }]
+        );
+        // Still held a quarter in: nothing to send.
+        let still = sel.follow(&[((NS, 1), Exact::Found(a(1, 300)))], at(1) + QUARTER);
+        assert!(still.is_empty(), "{still:?}");
+        // Gone at the next follow: closed at once, its span ending between
+        // the two follows, not at the next poll.
+        let gone = sel.follow(&[((NS, 1), Exact::Gone)], at(1) + 2 * QUARTER);
+        assert!(gone.samples.is_empty());
+        assert_eq!(gone.closed.len(), 1, "{gone:?}");
+        let span = gone.closed[0].held.expect("a held span");
+        assert_eq!(
+            span,
+            held(at(0), at(1) + QUARTER, at(1) + 2 * QUARTER, HeldEnd::Reset)
+        );
+        assert_eq!(span.held(), Duration::from_millis(2750));
+        assert_eq!(gone.connections, 1, "the last poll's count");
+        // The next poll has nothing more to say of it.
+        let next = sel.select_wanted(&[], &[], 0, &[], at(2));
+        assert!(next.is_empty(), "{next:?}");
+        assert!(sel.followed(10).is_empty());
+    }
+
+    #[test]
+    fn a_follow_releases_a_queue_that_moved_or_drained_and_the_next_poll_does_not() {
+        let mut sel = held_suspect();
+        let moved = sel.follow(&[((NS, 1), Exact::Found(a(1, 200)))], at(1) + QUARTER);
+        let span = held(at(0), at(1), at(1) + QUARTER, HeldEnd::Moved);
+        assert_eq!(reasons(&moved), vec![(Reason::Released(span), 1, 0)]);
+        assert!(sel.followed(10).is_empty(), "no longer held");
+        // Unchanged since the follow: held again, a suspect at this poll,
+        // aged from the follow that saw its new marks first.
+        let again = sel.select_wanted(&[a(1, 200)], &[id(1)], 1, &[], at(2));
+        assert_eq!(reasons(&again), vec![(Reason::Suspect, 1, 1500)]);
+        let drained = sel.follow(&[((NS, 1), Exact::Found(a(1, 0)))], at(2) + QUARTER);
+        let span = held(at(1) + QUARTER, at(2), at(2) + QUARTER, HeldEnd::Drained);
+        assert_eq!(reasons(&drained), vec![(Reason::Released(span), 1, 0)]);
+        assert!(sel
+            .select_wanted(&[a(1, 0)], &[id(1)], 1, &[], at(3))
+            .is_empty());
+        assert_eq!(sel.tracked(), 0);
+    }
+
+    #[test]
+    fn a_connection_that_starts_closing_while_held_ends_its_hold_once() {
+        let mut sel = held_suspect();
+        // The peer's FIN arrives: the same bytes held, now in CLOSE-WAIT.
+        let mut fin = a(1, 300);
+        fin.state = TcpState::CloseWait;
+        let out = sel.follow(&[((NS, 1), Exact::Found(fin.clone()))], at(1) + QUARTER);
+        let span = held(at(0), at(1), at(1) + QUARTER, HeldEnd::Closed);
+        assert_eq!(reasons(&out), vec![(Reason::Released(span), 1, 0)]);
+        // The same marks make no suspect again, and its going is no news.
+        for i in 2..4 {
+            let out = sel.select_wanted(std::slice::from_ref(&fin), &[id(1)], 1, &[], at(i));
+            assert!(out.is_empty(), "poll {i}: {out:?}");
+        }
+        assert!(sel.select_wanted(&[], &[], 0, &[], at(4)).is_empty());
+        assert_eq!(sel.tracked(), 0);
+    }
+
+    #[test]
+    fn a_hold_first_seen_closing_is_held_and_goes_closed() {
+        // A client that shut its side down before asking (HTTP/1.0): the
+        // server's stall starts in CLOSE-WAIT and is a stall like any.
+        let mut half = a(1, 300);
+        half.state = TcpState::CloseWait;
+        let mut sel = selector();
+        sel.select(std::slice::from_ref(&half), &[], at(0));
+        let out = sel.select(std::slice::from_ref(&half), &[], at(1));
+        assert_eq!(reasons(&out), vec![(Reason::Suspect, 1, 2000)]);
+        // Its application closes: LAST-ACK, the bytes still held.
+        half.state = TcpState::LastAck;
+        let out = sel.select(std::slice::from_ref(&half), &[], at(2));
+        let span = held(at(0), at(1), at(2), HeldEnd::Closed);
+        assert_eq!(reasons(&out), vec![(Reason::Released(span), 1, 0)]);
+        // A suspect gone after it was seen closing went closed, not reset.
+        let mut sel = selector();
+        let mut closing = a(2, 300);
+        sel.select(std::slice::from_ref(&closing), &[], at(0));
+        closing.state = TcpState::FinWait1;
+        sel.select(std::slice::from_ref(&closing), &[], at(1));
+        let gone = sel.select(&[], &[], at(2));
+        let span = gone.closed[0].held.expect("held");
+        assert_eq!(span.end, HeldEnd::Closed);
+    }
+
+    /// A tcp_info of a sender facing a shut window, its last data sent
+    /// `sent_ms` before the look.
+    fn shut_window(sent_ms: u32) -> tcpstall_common::TcpInfo {
+        let mut raw = vec![0u8; 232];
+        raw[44..48].copy_from_slice(&sent_ms.to_ne_bytes());
+        raw[144..148].copy_from_slice(&300u32.to_ne_bytes()); // all unsent
+        raw[168..176].copy_from_slice(&u64::MAX.to_ne_bytes()); // busy for ever
+        tcpstall_common::TcpInfo::parse(&raw).expect("tcp_info")
+    }
+
+    #[test]
+    fn a_hold_is_aged_from_the_kernels_clocks_within_the_agents_looks() {
+        let mut sel = selector();
+        sel.select(&[], &[], at(0));
+        // First seen at the second poll, its window shut 1.5 s before.
+        let mut s = a(1, 300);
+        s.info = Some(shut_window(1500));
+        sel.select(std::slice::from_ref(&s), &[], at(1));
+        let out = sel.select(std::slice::from_ref(&s), &[], at(2));
+        assert_eq!(reasons(&out), vec![(Reason::Suspect, 1, 3500)]);
+        // A clock that says 5 s is held to the previous poll, which saw no
+        // queue: 2 s before the first look.
+        let mut sel = selector();
+        sel.select(&[], &[], at(0));
+        s.info = Some(shut_window(5000));
+        sel.select(std::slice::from_ref(&s), &[], at(1));
+        let out = sel.select(std::slice::from_ref(&s), &[], at(2));
+        assert_eq!(reasons(&out), vec![(Reason::Suspect, 1, 4000)]);
+    }
+
+    #[test]
+    fn follows_ask_for_the_longest_held_first_and_no_more_than_asked() {
+        let mut sel = selector();
+        let polled: Vec<SocketSample> = (1..=5).map(|c| a(c, 100)).collect();
+        let ids: Vec<ExactId> = (1..=5).map(|c| id(c as u8)).collect();
+        // 4 and 5 are queued a poll later than the rest.
+        sel.select_wanted(&polled[..3], &ids[..3], 3, &[], at(0));
+        sel.select_wanted(&polled, &ids, 5, &[], at(1));
+        sel.select_wanted(&polled, &ids, 5, &[], at(2));
+        assert_eq!(sel.suspects(), 5);
+        let first: Vec<u64> = sel.followed(3).iter().map(|f| f.key.1).collect();
+        assert_eq!(first, vec![1, 2, 3]);
+        assert_eq!(sel.followed(10).len(), 5);
+        // A socket the poll gave no id for is not followed.
+        let mut sel = selector();
+        sel.select(&[a(9, 10)], &[], at(0));
+        sel.select(&[a(9, 10)], &[], at(1));
+        assert_eq!(sel.suspects(), 1);
+        assert!(sel.followed(10).is_empty());
     }
 }

@@ -169,6 +169,8 @@ pub async fn run(args: DemoArgs, style: Style) -> Result<u8, Failure> {
         batch_max: tcpstall_agent::run::DEFAULT_BATCH_MAX,
         backoff_max: Duration::from_millis(500),
         metrics_listen: None,
+        follow: tcpstall_agent::config::auto_follow(args.interval),
+        follow_max: 1000,
     };
     let (stop_agent, agent_stopped) = oneshot::channel::<()>();
     let agent = tokio::spawn(tcpstall_agent::run::run(settings, async {

@@ -186,7 +186,7 @@ fn poll_select(
     });
     assert!(failures.is_empty(), "{failures:?}");
     let all = all.to_vec();
-    let selection = selector.select_wanted(&all, connections, &[], now);
+    let selection = selector.select_wanted(&all, &[], connections, &[], now);
     (all, selection)
 }
 
