@@ -9,16 +9,19 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tcpstall_common::{EndSample, FlowTuple};
+use tcpstall_common::{EndSample, FlowTuple, HeldSpan};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::detect::{
-    ConnKey, Detector, EndReason, Ended, Event, LastStep, LastWord, Observed, Step,
+    ConnKey, Detector, EndReason, Ended, Event, HeldStep, LastStep, LastWord, Observed, Step,
 };
 use crate::diagnose::{diagnose, Diagnosis, Evidence, Fact, Peer, Verdict};
+use crate::held::{self, HeldStats, HeldTally};
 use crate::packed::Packed;
 use crate::slab_map::SlabMap;
-use crate::store::{EpisodeEnd, EpisodeUpdate, HostRecord, NewEpisode, Side, Store, StoredSample};
+use crate::store::{
+    EpisodeEnd, EpisodeUpdate, HeldRow, HostRecord, NewEpisode, Side, Store, StoredSample,
+};
 use crate::tuple::Tuple;
 
 /// An agent's greeting, validated.
@@ -38,7 +41,8 @@ pub struct HostHello {
 pub enum Reason {
     Suspect,
     Watched,
-    Released,
+    /// The suspect's hold ended; how it went, from agents that say.
+    Released(Option<HeldSpan>),
 }
 
 /// A socket the agent had reported is gone.
@@ -46,6 +50,8 @@ pub enum Reason {
 pub struct ClosedSocket {
     pub flow: FlowTuple,
     pub cookie: u64,
+    /// Its hold, when it went as a held suspect (from agents that say).
+    pub held: Option<HeldSpan>,
 }
 
 /// One poll's worth from an agent, validated.
@@ -105,6 +111,10 @@ pub struct Stats {
     /// the samples and episodes they hold. An estimate, to tell its share
     /// of the process's memory from buffers and the allocator's.
     pub tracked_bytes: usize,
+    /// Held spans the agents saw end, by how.
+    pub held: HeldStats,
+    /// The episode threshold now.
+    pub threshold: Duration,
 }
 
 /// Messages to the aggregator.
@@ -186,6 +196,25 @@ struct Session {
     hello: HostHello,
     tx: mpsc::Sender<ToAgent>,
     dropped_batches: u64,
+    /// The least (arrival − agent clock) of its batches, milliseconds: the
+    /// offset that puts the agent's clock on the collector's, plus the
+    /// quickest delivery seen (see [`Session::taken_ms`]).
+    offset_ms: Option<i64>,
+}
+
+impl Session {
+    /// When the agent took a poll stamped `mono` that arrived at `now_ms`,
+    /// on the collector's clock: the agent's clock plus the least offset
+    /// any of its batches showed, so never later than the arrival. Only
+    /// this agent's clock differences are used; no two hosts' wall clocks
+    /// meet.
+    fn taken_ms(&mut self, mono: Duration, now_ms: i64) -> i64 {
+        let mono_ms = i64::try_from(mono.as_millis()).unwrap_or(i64::MAX);
+        let offset = now_ms.saturating_sub(mono_ms);
+        let least = self.offset_ms.map_or(offset, |o| o.min(offset));
+        self.offset_ms = Some(least);
+        mono_ms.saturating_add(least)
+    }
 }
 
 /// What we know of a watched end.
@@ -195,8 +224,30 @@ enum PeerEnd {
     Pending,
     /// Its latest report.
     Seen { at_ms: i64, sample: Packed },
-    /// Its agent says it has no such socket (or it closed).
-    NoSocket,
+    /// Its agent says it has no such socket (or it closed), first said at
+    /// collector time `gone_ms`; the last report from before, if any.
+    NoSocket {
+        gone_ms: i64,
+        last: Option<(i64, Packed)>,
+    },
+}
+
+impl PeerEnd {
+    /// The end reported gone at `now_ms`: the first time is kept, and the
+    /// last report from before.
+    fn gone(self, now_ms: i64) -> PeerEnd {
+        match self {
+            PeerEnd::Seen { at_ms, sample } => PeerEnd::NoSocket {
+                gone_ms: now_ms,
+                last: Some((at_ms, sample)),
+            },
+            gone @ PeerEnd::NoSocket { .. } => gone,
+            PeerEnd::Pending => PeerEnd::NoSocket {
+                gone_ms: now_ms,
+                last: None,
+            },
+        }
+    }
 }
 
 /// A flow some host was asked to watch.
@@ -242,6 +293,8 @@ struct OpenEpisode {
     unstored: bool,
     stored_a: usize,
     stored_b: usize,
+    /// When the A and B samples stored last were taken.
+    last_a_ms: i64,
     last_b_ms: i64,
 }
 
@@ -252,6 +305,8 @@ struct Clocks {
     mono: Duration,
     /// The collector's wall clock at the batch.
     now_ms: i64,
+    /// The poll on the collector's clock ([`Session::taken_ms`]).
+    taken_ms: i64,
     /// See [`ask_peer_after`].
     ask_after: Duration,
 }
@@ -297,7 +352,15 @@ pub struct State {
     open_episodes: usize,
     next_episode: i64,
     stats: Stats,
+    /// Every held span reported ended, counted; and when the counts last
+    /// went to the store.
+    held: HeldTally<HostId>,
+    held_stored_ms: i64,
 }
+
+/// How often the held-span counts go to the store: a report sees a span
+/// this long after it ended, at most.
+const HELD_STORE_EVERY_MS: i64 = 5_000;
 
 fn wall_ms() -> i64 {
     SystemTime::now()
@@ -374,6 +437,8 @@ impl State {
             open_episodes: 0,
             next_episode,
             stats: Stats::default(),
+            held: HeldTally::default(),
+            held_stored_ms: i64::MIN,
         }
     }
 
@@ -451,6 +516,8 @@ impl State {
             open_episodes: self.open_episodes,
             agent_dropped_batches: self.sessions.values().map(|s| s.dropped_batches).sum(),
             store_dropped: self.store.stats().snapshot().dropped,
+            held: self.held.stats(),
+            threshold: self.detector.threshold(),
             ..self.stats
         }
     }
@@ -517,6 +584,7 @@ impl State {
                 hello,
                 tx,
                 dropped_batches: 0,
+                offset_ms: None,
             },
         );
         // Flows it was asked to watch before it went away.
@@ -607,16 +675,24 @@ impl State {
     /// Handles one batch from `host` at collector wall time `now_ms`.
     pub fn batch(&mut self, host: HostId, batch: AgentBatch, now_ms: i64) {
         let mut interval = Duration::from_secs(2);
+        let mut taken_ms = now_ms;
         if let Some(s) = self.sessions.get_mut(&host) {
             s.dropped_batches = batch.dropped_batches;
             interval = s.hello.interval;
+            taken_ms = s.taken_ms(batch.mono, now_ms);
         }
         let ask_after = self
             .watch_peer_after
             .unwrap_or_else(|| ask_peer_after(self.detector.threshold(), interval));
+        let at = Clocks {
+            mono: batch.mono,
+            now_ms,
+            taken_ms,
+            ask_after,
+        };
         self.stats.samples += batch.samples.len() as u64;
         for flow in batch.absent {
-            self.peer_report(host, Tuple::new(flow), || PeerEnd::NoSocket);
+            self.peer_report(host, Tuple::new(flow), |old| old.gone(taken_ms));
         }
         let exact = batch.packed.len() == batch.samples.len();
         let mut packed = batch.packed.into_iter();
@@ -624,43 +700,47 @@ impl State {
         for &(reason, ref sample) in &batch.samples {
             let mut slot = if exact { packed.next().flatten() } else { None };
             let tuple = Tuple::new(sample.flow);
-            self.peer_report(host, tuple, || PeerEnd::Seen {
-                at_ms: now_ms,
+            self.peer_report(host, tuple, |_| PeerEnd::Seen {
+                at_ms: taken_ms,
                 sample: if reason == Reason::Watched {
                     take(&mut slot, sample)
                 } else {
                     slot.clone().unwrap_or_else(|| Packed::new(sample))
                 },
             });
-            if reason != Reason::Watched {
-                let at = Clocks {
-                    mono: batch.mono,
-                    now_ms,
-                    ask_after,
-                };
-                self.observe(host, tuple, reason, sample, slot, at);
+            match reason {
+                Reason::Watched => {}
+                Reason::Released(Some(span)) => {
+                    let ended = Some((sample, slot));
+                    self.held_end(host, tuple, sample.cookie, ended, &span, at);
+                }
+                _ => self.observe(host, tuple, reason, sample, slot, at),
             }
         }
         for closed in batch.closed {
             let flow = Tuple::new(closed.flow);
-            self.peer_report(host, flow, || PeerEnd::NoSocket);
-            self.close(host, flow, closed.cookie, batch.mono, now_ms);
+            self.peer_report(host, flow, |old| old.gone(taken_ms));
+            match closed.held {
+                Some(span) => self.held_end(host, flow, closed.cookie, None, &span, at),
+                None => self.close(host, flow, closed.cookie, batch.mono, now_ms),
+            }
         }
     }
 
     /// A watched end reported (or was reported gone): keep it, and bring
-    /// the episode it is the peer of up to date. `end` is made only if the
-    /// flow is watched (most samples are not of a watched end).
-    fn peer_report(&mut self, host: HostId, flow: Tuple, end: impl FnOnce() -> PeerEnd) {
+    /// the episode it is the peer of up to date. `end` makes the new state
+    /// from the old, and only if the flow is watched (most samples are not
+    /// of a watched end).
+    fn peer_report(&mut self, host: HostId, flow: Tuple, end: impl FnOnce(PeerEnd) -> PeerEnd) {
         let Some(w) = self.watched.get_mut(&(host, flow)) else {
             return;
         };
-        w.end = end();
+        w.end = end(std::mem::replace(&mut w.end, PeerEnd::Pending));
         if let Some(owner) = w.episode_of {
             let a_flow = flow.reversed();
             self.with_suspect(owner, a_flow, None, |st, s| {
                 st.rediagnose(a_flow, s, None);
-                st.record(owner, a_flow, s, None);
+                st.record(owner, a_flow, s, false);
             });
         }
     }
@@ -705,10 +785,11 @@ impl State {
         let Clocks {
             mono,
             now_ms,
+            taken_ms,
             ask_after,
         } = at;
-        if reason == Reason::Released || sample.pos.sendq == 0 {
-            self.last_word(host, tuple, sample, packed, mono, now_ms);
+        if matches!(reason, Reason::Released(_)) || sample.pos.sendq == 0 {
+            self.last_word(host, tuple, sample, packed, mono, now_ms, taken_ms);
             return;
         }
         let Step {
@@ -731,9 +812,9 @@ impl State {
                     peer,
                     asked,
                     latest: take(&mut packed, sample),
-                    latest_at_ms: now_ms,
+                    latest_at_ms: taken_ms,
                     first: None,
-                    first_at_ms: now_ms,
+                    first_at_ms: taken_ms,
                     episode: None,
                 };
                 request = peer.filter(|_| asked).map(|p| (p, true));
@@ -743,11 +824,11 @@ impl State {
                 if restarted {
                     // The queue moved: a new stall starts at this sample.
                     s.first = None;
-                    s.first_at_ms = now_ms;
+                    s.first_at_ms = taken_ms;
                 } else if s.first.is_none() {
                     s.first = Some(prev);
                 }
-                s.latest_at_ms = now_ms;
+                s.latest_at_ms = taken_ms;
                 if let Some(peer) = s.peer {
                     if s.asked {
                         request = Some((peer, false));
@@ -775,7 +856,7 @@ impl State {
             self.with_suspect(host, tuple, Some(sample.cookie), |st, s| {
                 if s.episode.is_some() {
                     st.rediagnose(tuple, s, Some(sample));
-                    st.record(host, tuple, s, Some(sample));
+                    st.record(host, tuple, s, true);
                 }
             });
         }
@@ -786,6 +867,7 @@ impl State {
     /// episode ends with this sample as its last. Most last words are of
     /// suspects that never became episodes (a third of all samples in a
     /// busy fleet): one lookup.
+    #[allow(clippy::too_many_arguments)]
     fn last_word(
         &mut self,
         host: HostId,
@@ -794,6 +876,7 @@ impl State {
         mut packed: Option<Packed>,
         mono: Duration,
         now_ms: i64,
+        taken_ms: i64,
     ) {
         let LastStep {
             word: LastWord { events, closed },
@@ -803,7 +886,7 @@ impl State {
             // A last word is kept only as an episode's closing sample.
             if e.cookie == sample.cookie && e.data.episode.is_some() {
                 e.data.latest = take(&mut packed, sample);
-                e.data.latest_at_ms = now_ms;
+                e.data.latest_at_ms = taken_ms;
             }
         }
         for event in events.into_iter().chain(closed) {
@@ -812,6 +895,56 @@ impl State {
         if let Some(e) = ended {
             self.let_peer_go(&e.data, tuple);
         }
+    }
+
+    /// The end of a hold its agent measured (`span`), with the sample that
+    /// found it over when there is one (a released socket; none for a
+    /// socket gone): the suspect's track ends, and with it its episode, or
+    /// an episode opens and ends at once for a hold that reached the
+    /// threshold between polls. Either way the verdict is the one made
+    /// from the samples taken while the queue was held: the sample after
+    /// the end is stored as the episode's last, never diagnosed. Every
+    /// span is counted, episode or not.
+    fn held_end(
+        &mut self,
+        host: HostId,
+        tuple: Tuple,
+        cookie: u64,
+        after: Option<(&EndSample, Option<Packed>)>,
+        span: &HeldSpan,
+        at: Clocks,
+    ) {
+        let HeldStep {
+            opened,
+            closed,
+            ended,
+        } = self.detector.held_end(host, tuple, cookie, span);
+        let episode = closed.is_some();
+        // When the hold ended, on the collector's clock.
+        let since_end = at.mono.saturating_sub(span.end_at());
+        let end_ms = at
+            .taken_ms
+            .saturating_sub(i64::try_from(since_end.as_millis()).unwrap_or(0));
+        let peer = match &ended {
+            Some(e) => e.data.peer,
+            None => owner(&self.owners, host, tuple.flow().remote.ip()),
+        };
+        self.held
+            .add(end_ms, host, peer, span.end, span.held(), episode);
+        let Some(mut ended) = ended else { return };
+        if let Some(event) = opened {
+            // `a` None: the suspect's latest sample, the last held one.
+            self.event(event, end_ms, None, Some(&mut ended));
+            self.record(host, tuple, &mut ended.data, true);
+        }
+        if let (Some((sample, mut packed)), true) = (after, ended.data.episode.is_some()) {
+            ended.data.latest = take(&mut packed, sample);
+            ended.data.latest_at_ms = at.taken_ms;
+        }
+        if let Some(event) = closed {
+            self.event(event, end_ms, None, Some(&mut ended));
+        }
+        self.let_peer_go(&ended.data, tuple);
     }
 
     /// The socket `cookie` on `flow` went, as its agent said or by its
@@ -851,6 +984,37 @@ impl State {
             tracing::debug!(host = %self.hosts.name(host), cookie, "suspect went silent");
             self.close(host, flow, cookie, mono, now_ms);
         }
+        if now_ms.saturating_sub(self.held_stored_ms) >= HELD_STORE_EVERY_MS {
+            self.store_held(now_ms);
+        }
+    }
+
+    /// Hands every held span counted so far to the store, which adds the
+    /// counts to those of the same minute, pair, end and bucket.
+    pub fn store_held(&mut self, now_ms: i64) {
+        self.held_stored_ms = now_ms;
+        let done = self.held.take();
+        if done.is_empty() {
+            return;
+        }
+        let rows = done
+            .into_iter()
+            .map(|(k, c)| HeldRow {
+                minute_ms: k.minute_ms,
+                a_host: self.hosts.name(k.a).to_string(),
+                b_host: k
+                    .b
+                    .map(|b| self.hosts.name(b).to_string())
+                    .unwrap_or_default(),
+                end: k.end,
+                le_ms: held::le_ms(usize::from(k.bucket)),
+                count: c.count,
+                episodes: c.episodes,
+                total_ms: c.total_ms,
+                max_ms: c.max_ms,
+            })
+            .collect();
+        self.store.add_held(rows);
     }
 
     /// A suspect that ended (on `flow`) no longer needs its peer's end.
@@ -864,12 +1028,25 @@ impl State {
         let Some(peer) = s.peer else {
             return PeerNow::Unmonitored;
         };
+        let seen = |sample: &Packed| match unpack(sample) {
+            Some(b) => PeerNow::Seen(b),
+            None => PeerNow::Pending(self.hosts.name(peer)),
+        };
         match self.watched.get(&(peer, flow.reversed())).map(|w| &w.end) {
-            Some(PeerEnd::Seen { sample, .. }) => match unpack(sample) {
-                Some(b) => PeerNow::Seen(b),
-                None => PeerNow::Pending(self.hosts.name(peer)),
-            },
-            Some(PeerEnd::NoSocket) => PeerNow::NoSocket(self.hosts.name(peer)),
+            Some(PeerEnd::Seen { sample, .. }) => seen(sample),
+            // B's socket gone proves B lost the connection only once A is
+            // seen still stuck after it: when both ends close (A's own
+            // agent may tell of A a moment after B's tells of B), B's
+            // going says nothing about the hold. Until then, B as it was.
+            Some(PeerEnd::NoSocket { gone_ms, last }) => {
+                if s.latest_at_ms > *gone_ms {
+                    PeerNow::NoSocket(self.hosts.name(peer))
+                } else if let Some((_, sample)) = last {
+                    seen(sample)
+                } else {
+                    PeerNow::Pending(self.hosts.name(peer))
+                }
+            }
             Some(PeerEnd::Pending) | None => PeerNow::Pending(self.hosts.name(peer)),
         }
     }
@@ -931,14 +1108,14 @@ impl State {
         }
     }
 
-    /// Stores this poll's samples of an open episode: A's when the caller
-    /// has it (`a`, a new report of A), and B's when it reported since the
-    /// last one stored; each side up to the per-episode cap.
-    fn record(&mut self, host: HostId, flow: Tuple, s: &mut Suspect, a: Option<&EndSample>) {
+    /// Stores this poll's samples of an open episode: A's latest when the
+    /// caller has just observed it (`a_new`), and B's latest report (the
+    /// last before its socket went, when it went) when it is newer than
+    /// the last one stored; each side up to the per-episode cap.
+    fn record(&mut self, host: HostId, flow: Tuple, s: &mut Suspect, a_new: bool) {
         let Some(ep) = s.episode.as_mut() else { return };
         let mut batch = Vec::new();
-        // `a` has just been observed: `s.latest` is its encoding.
-        if a.is_some() && ep.stored_a < self.max_samples {
+        if a_new && s.latest_at_ms > ep.last_a_ms && ep.stored_a < self.max_samples {
             batch.push(StoredSample {
                 side: Side::A,
                 host: self.hosts.name(host).to_string(),
@@ -946,11 +1123,18 @@ impl State {
                 sample: s.latest.clone(),
             });
             ep.stored_a += 1;
+            ep.last_a_ms = s.latest_at_ms;
         }
         if let Some(peer) = s.peer {
-            if let Some(PeerEnd::Seen { at_ms, sample }) =
-                self.watched.get(&(peer, flow.reversed())).map(|w| &w.end)
-            {
+            let b = match self.watched.get(&(peer, flow.reversed())).map(|w| &w.end) {
+                Some(PeerEnd::Seen { at_ms, sample })
+                | Some(PeerEnd::NoSocket {
+                    last: Some((at_ms, sample)),
+                    ..
+                }) => Some((at_ms, sample)),
+                _ => None,
+            };
+            if let Some((at_ms, sample)) = b {
                 if *at_ms > ep.last_b_ms && ep.stored_b < self.max_samples {
                     batch.push(StoredSample {
                         side: Side::B,
@@ -1061,7 +1245,9 @@ impl State {
             peer_note: note,
         });
         // The first sample of the stall, then this poll's (record).
+        let mut last_a_ms = i64::MIN;
         if let Some(first) = s.first.take() {
+            last_a_ms = s.first_at_ms;
             self.store.add_samples(
                 id,
                 vec![StoredSample {
@@ -1086,6 +1272,7 @@ impl State {
             unstored: false,
             stored_a: 1,
             stored_b: 0,
+            last_a_ms,
             last_b_ms: i64::MIN,
         }));
     }
@@ -1123,16 +1310,19 @@ impl State {
         }
         let host = self.hosts.name(conn.host);
         tracing::info!(episode = ep.id, host = %host, reason = reason.id(), "episode closed");
-        // The last word on A.
-        self.store.add_samples(
-            ep.id,
-            vec![StoredSample {
-                side: Side::A,
-                host: host.to_string(),
-                at_ms: s.latest_at_ms,
-                sample: s.latest.clone(),
-            }],
-        );
+        // The last word on A, unless it is stored already (a socket gone
+        // leaves its last held sample as its last word).
+        if s.latest_at_ms > ep.last_a_ms {
+            self.store.add_samples(
+                ep.id,
+                vec![StoredSample {
+                    side: Side::A,
+                    host: host.to_string(),
+                    at_ms: s.latest_at_ms,
+                    sample: s.latest.clone(),
+                }],
+            );
+        }
         self.store.close_episode(
             ep.id,
             EpisodeEnd {
@@ -1287,6 +1477,8 @@ pub async fn run(
             _ = &mut stop => break,
         }
     }
+    // The minute in progress too: nothing counted is lost at shutdown.
+    state.store_held(now_ms());
 }
 
 #[cfg(test)]

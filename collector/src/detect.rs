@@ -11,7 +11,7 @@ use std::hash::Hash;
 use std::time::Duration;
 
 use serde::Serialize;
-use tcpstall_common::{EndSample, FlowTuple};
+use tcpstall_common::{EndSample, FlowTuple, HeldEnd, HeldSpan};
 
 use crate::slab_map::SlabMap;
 use crate::tuple::Tuple;
@@ -37,8 +37,12 @@ pub enum EndReason {
     Moved,
     /// The send queue emptied.
     Drained,
-    /// The socket went away.
+    /// The socket went away, or (as its agent saw it) its connection began
+    /// to close while the queue was held.
     Closed,
+    /// The socket went away while open with bytes queued: aborted (a reset
+    /// received or sent, or the kernel gave up), as its agent saw it.
+    Reset,
     /// Another socket took the same 4-tuple.
     Replaced,
     /// The reporting agent disconnected.
@@ -51,8 +55,20 @@ impl EndReason {
             EndReason::Moved => "moved",
             EndReason::Drained => "drained",
             EndReason::Closed => "closed",
+            EndReason::Reset => "reset",
             EndReason::Replaced => "replaced",
             EndReason::HostGone => "host_gone",
+        }
+    }
+}
+
+impl From<HeldEnd> for EndReason {
+    fn from(e: HeldEnd) -> EndReason {
+        match e {
+            HeldEnd::Moved => EndReason::Moved,
+            HeldEnd::Drained => EndReason::Drained,
+            HeldEnd::Closed => EndReason::Closed,
+            HeldEnd::Reset => EndReason::Reset,
         }
     }
 }
@@ -178,6 +194,27 @@ pub struct LastStep<H, T> {
     /// socket's own, or another socket's it replaced. Nothing of the
     /// 4-tuple is tracked after.
     pub ended: Option<Ended<T>>,
+}
+
+/// What the end of a hold its agent measured found
+/// ([`Detector::held_end`]).
+#[derive(Debug)]
+pub struct HeldStep<H, T> {
+    /// The episode the hold made, when it was not open yet: held for the
+    /// threshold by the agent's measure, it reached it after the last poll
+    /// and ended before the next. Comes before `closed`.
+    pub opened: Option<Event<H>>,
+    /// The episode's end, with the hold's measured length.
+    pub closed: Option<Event<H>>,
+    /// The socket's track and its data; `None` when it was not tracked.
+    pub ended: Option<Ended<T>>,
+}
+
+impl<H, T> HeldStep<H, T> {
+    /// Whether the hold was, or became, an episode.
+    pub fn episode(&self) -> bool {
+        self.closed.is_some()
+    }
 }
 
 /// A tracked connection as [`Detector::tracks`] shows it.
@@ -496,6 +533,46 @@ impl<H: HostKey, T: Default> Detector<H, T> {
             .remove_if(&(host, flow), |t| t.cookie == cookie)?;
         let event = closing(host, flow, &track, EndReason::Closed, now);
         Some((event, track.data))
+    }
+
+    /// The hold of socket `cookie` on `flow` ended as its agent measured it
+    /// (`span`, the agent's clock): its track ends, its episode with the
+    /// measured length and the way it ended. A hold the agent measured at
+    /// the threshold or more is an episode even when no poll found it so.
+    /// Nothing happens for a socket not tracked (the collector never heard
+    /// of its hold, so holds no sample of it to diagnose).
+    pub fn held_end(
+        &mut self,
+        host: H,
+        flow: Tuple,
+        cookie: u64,
+        span: &HeldSpan,
+    ) -> HeldStep<H, T> {
+        let Some(track) = self.tracks.remove_if(&(host, flow), |t| t.cookie == cookie) else {
+            return HeldStep {
+                opened: None,
+                closed: None,
+                ended: None,
+            };
+        };
+        let held = span.held();
+        let conn = ConnKey { host, cookie };
+        let opened = (!track.open && held >= self.threshold).then(|| Event::Opened {
+            conn,
+            flow: flow.flow(),
+            stuck_for: held,
+        });
+        let closed = (track.open || opened.is_some()).then(|| Event::Closed {
+            conn,
+            flow: flow.flow(),
+            reason: span.end.into(),
+            stuck_for: held,
+        });
+        HeldStep {
+            opened,
+            closed,
+            ended: Some(track.ended()),
+        }
     }
 
     /// The host's agent disconnected: everything it reported ends.

@@ -168,7 +168,15 @@ pub fn batch_from_wire(b: raw::Batch, max_samples: usize) -> Result<AgentBatch, 
         let reason = match v1::SampleReason::try_from(w.reason) {
             Ok(v1::SampleReason::Suspect) => Reason::Suspect,
             Ok(v1::SampleReason::Watched) => Reason::Watched,
-            Ok(v1::SampleReason::Released) => Reason::Released,
+            // A span on anything but a release is ignored, as an unknown
+            // field would be.
+            Ok(v1::SampleReason::Released) => Reason::Released(
+                w.held
+                    .as_ref()
+                    .map(convert::held_from_wire)
+                    .transpose()
+                    .map_err(|e| Status::invalid_argument(format!("samples[{i}]: {e}")))?,
+            ),
             _ => {
                 return Err(Status::invalid_argument(format!(
                     "samples[{i}]: unknown reason {}",
@@ -180,7 +188,8 @@ pub fn batch_from_wire(b: raw::Batch, max_samples: usize) -> Result<AgentBatch, 
             .map_err(|e| Status::invalid_argument(format!("samples[{i}]: {e}")))?;
         // What the aggregator may keep; a released sample is kept only as
         // an episode's last, and encoded there if so.
-        packed.push((reason != Reason::Released).then(|| Packed::from_bytes(&bytes[..])));
+        packed
+            .push((!matches!(reason, Reason::Released(_))).then(|| Packed::from_bytes(&bytes[..])));
         samples.push((reason, s));
     }
     let closed = b
@@ -193,6 +202,7 @@ pub fn batch_from_wire(b: raw::Batch, max_samples: usize) -> Result<AgentBatch, 
                     convert::endpoint_from_wire(c.remote.as_ref(), "closed.remote")?,
                 ),
                 cookie: c.cookie,
+                held: c.held.as_ref().map(convert::held_from_wire).transpose()?,
             })
         })
         .collect::<Result<Vec<_>, ConvertError>>()
@@ -469,6 +479,61 @@ mod tests {
             assert_eq!(back, batch.samples[i].1);
             assert_eq!(back, ends[i]);
         }
+    }
+
+    /// A held span comes through on a release and a closing, is ignored
+    /// on anything else, and one that cannot be refuses the batch.
+    #[test]
+    fn held_spans_are_read_checked_and_refused_when_impossible() {
+        use tcpstall_common::{HeldEnd, HeldSpan};
+        let ms = Duration::from_millis;
+        let span = HeldSpan::new(ms(1_000), ms(11_000), ms(11_250), HeldEnd::Reset).expect("span");
+        let wire_span = convert::held_to_wire(&span);
+        let end = crate::packed::tests::sample();
+        let mut released = convert::sample_to_wire(&end, v1::SampleReason::Released);
+        released.held = Some(wire_span);
+        let mut suspect = convert::sample_to_wire(&end, v1::SampleReason::Suspect);
+        suspect.held = Some(wire_span);
+        let closed = v1::Closed {
+            netns: "host".into(),
+            local: Some(convert::endpoint_to_wire(end.flow.local)),
+            remote: Some(convert::endpoint_to_wire(end.flow.remote)),
+            cookie: 3,
+            held: Some(wire_span),
+        };
+        let raw = |samples: Vec<v1::Sample>, closed: Vec<v1::Closed>| raw::Batch {
+            samples: samples
+                .iter()
+                .map(|s| tonic::codegen::Bytes::from(s.encode_to_vec()))
+                .collect(),
+            closed,
+            ..raw::Batch::default()
+        };
+        let b = batch_from_wire(
+            raw(vec![released.clone(), suspect], vec![closed.clone()]),
+            100,
+        )
+        .expect("valid");
+        assert_eq!(b.samples[0].0, Reason::Released(Some(span)));
+        assert_eq!(b.samples[1].0, Reason::Suspect, "ignored on a suspect");
+        assert_eq!(b.closed[0].held, Some(span));
+        // Out of order, or with no end named: the batch is refused.
+        let mut bad = released;
+        bad.held = Some(v1::Held {
+            ended_us: 10,
+            ..wire_span
+        });
+        let err = batch_from_wire(raw(vec![bad], vec![]), 100).expect_err("refused");
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(err.message().contains("samples[0]"), "{err}");
+        let mut bad = closed;
+        bad.held = Some(v1::Held {
+            end: 0,
+            ..wire_span
+        });
+        let err = batch_from_wire(raw(vec![], vec![bad]), 100).expect_err("refused");
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(err.message().contains("held"), "{err}");
     }
 
     #[test]

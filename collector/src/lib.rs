@@ -2,7 +2,8 @@
 //! a send queue stays stuck, and diagnoses them from both ends.
 //!
 //! The pure parts are tested without I/O: [`detect`] (episodes from
-//! samples, `now` passed in) and [`diagnose`] (a verdict from both ends).
+//! samples, `now` passed in) and [`diagnose`] (a verdict from both ends);
+//! [`held`] counts every held send queue that ended, episode or not.
 //! [`aggregator`] is the one task that owns the state; [`ingest`] and
 //! [`query`] are the gRPC edge, and [`frames`] reads the agents' streams;
 //! [`store`] is SQLite on its own thread; [`server`] wires them together;
@@ -14,6 +15,7 @@ pub mod config;
 pub mod detect;
 pub mod diagnose;
 pub mod frames;
+pub mod held;
 pub mod ingest;
 pub mod metrics;
 pub mod packed;

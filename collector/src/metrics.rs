@@ -13,12 +13,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tcpstall_prom::{Exposition, Kind};
+use tcpstall_common::HeldEnd;
+use tcpstall_prom::{Exposition, HistogramSnapshot, Kind};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::aggregator::{Command, Stats};
 use crate::diagnose::Diagnosis;
+use crate::held;
 use crate::store::{Store, StoreStatsSnapshot};
 
 /// How long a scrape waits for the aggregator before answering 503.
@@ -232,6 +234,31 @@ pub fn render(
         "Episodes opened since start, by the diagnosis they opened with.",
         &|i| stats.opened_by_diagnosis[i] as f64,
     );
+    let held: Vec<HistogramSnapshot> = stats
+        .held
+        .by_end
+        .iter()
+        .map(|h| HistogramSnapshot {
+            bounds: &held::BUCKETS_S,
+            counts: h.counts[..held::BUCKETS_S.len()].to_vec(),
+            count: h.count(),
+            sum_seconds: h.sum_ms as f64 / 1e3,
+        })
+        .collect();
+    let labels: Vec<[(&str, &str); 1]> = HeldEnd::ALL.iter().map(|e| [("ended", e.id())]).collect();
+    let series: Vec<(&[(&str, &str)], &HistogramSnapshot)> =
+        labels.iter().map(|l| &l[..]).zip(held.iter()).collect();
+    out.histograms(
+        "tcpstall_collector_held_seconds",
+        "How long each held send queue that ended was held (its agent's measure), episode or not, by how it ended: moved, drained, closed (a FIN either way), reset (gone while open).",
+        &series,
+    );
+    out.single(
+        "tcpstall_collector_held_uncounted_total",
+        Kind::Counter,
+        "Held spans in the histogram but not counted by host pair: too many pairs at once.",
+        stats.held.dropped as f64,
+    );
     out.finish()
 }
 
@@ -248,6 +275,10 @@ mod tests {
         };
         stats.open_by_diagnosis[Diagnosis::AckLost.index()] = 2;
         stats.opened_by_diagnosis[Diagnosis::AckLost.index()] = 5;
+        let reset = &mut stats.held.by_end[HeldEnd::Reset.index()];
+        reset.counts[9] = 3; // three spans of 9 to 10 s
+        reset.counts[10] = 1; // one of 10 to 12 s
+        reset.sum_ms = 39_000;
         let refused = Refused {
             messages: 7,
             handshakes: 2,
@@ -265,6 +296,17 @@ mod tests {
         assert!(text.contains("tcpstall_collector_tls_handshakes_refused_total 2\n"));
         assert!(text.contains("tcpstall_collector_episodes_open{diagnosis=\"ack_lost\"} 2\n"));
         assert!(text.contains("tcpstall_collector_episodes_total{diagnosis=\"ack_lost\"} 5\n"));
+        for line in [
+            "tcpstall_collector_held_seconds_bucket{ended=\"reset\",le=\"9\"} 0\n",
+            "tcpstall_collector_held_seconds_bucket{ended=\"reset\",le=\"10\"} 3\n",
+            "tcpstall_collector_held_seconds_bucket{ended=\"reset\",le=\"12\"} 4\n",
+            "tcpstall_collector_held_seconds_bucket{ended=\"reset\",le=\"+Inf\"} 4\n",
+            "tcpstall_collector_held_seconds_sum{ended=\"reset\"} 39\n",
+            "tcpstall_collector_held_seconds_count{ended=\"moved\"} 0\n",
+            "tcpstall_collector_held_seconds_count{ended=\"closed\"} 0\n",
+        ] {
+            assert!(text.contains(line), "{line:?} missing in\n{text}");
+        }
         for d in Diagnosis::ALL {
             let series = format!(
                 "tcpstall_collector_episodes_open{{diagnosis=\"{}\"}} ",
@@ -278,7 +320,7 @@ mod tests {
         for line in text.lines() {
             if let Some(rest) = line.strip_prefix("# TYPE ") {
                 let (name, kind) = rest.split_once(' ').expect("TYPE name kind");
-                assert!(["gauge", "counter"].contains(&kind), "{line}");
+                assert!(["gauge", "counter", "histogram"].contains(&kind), "{line}");
                 typed.insert(name.to_string());
                 continue;
             }
@@ -287,7 +329,11 @@ mod tests {
             }
             let (series, value) = line.rsplit_once(' ').expect("name value");
             let name = series.split('{').next().expect("name");
-            assert!(typed.contains(name), "{name} sampled before its TYPE");
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s).filter(|f| typed.contains(*f)))
+                .unwrap_or(name);
+            assert!(typed.contains(family), "{name} sampled before its TYPE");
             assert!(
                 name.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
                 "{name}"

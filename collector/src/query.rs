@@ -9,7 +9,7 @@ use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status};
 
 use crate::aggregator::{Command, FlowView};
-use crate::store::{EpisodeFilter, EpisodeRow, Side, Store, StoredSample};
+use crate::store::{EpisodeFilter, EpisodeRow, HeldFilter, Side, Store, StoredSample};
 
 /// Most episodes one list returns.
 pub const MAX_LIST: u32 = 10_000;
@@ -166,6 +166,46 @@ impl v1::query_server::Query for QueryService {
         Ok(Response::new(v1::GetEpisodeResponse {
             episode: Some(episode_to_wire(&row)),
             samples,
+        }))
+    }
+
+    async fn list_held_spans(
+        &self,
+        request: Request<v1::ListHeldSpansRequest>,
+    ) -> Result<Response<v1::ListHeldSpansResponse>, Status> {
+        let r = request.into_inner();
+        let since_ms = (r.since_s > 0).then(|| {
+            let since = Duration::from_secs(r.since_s.min(100 * 365 * 24 * 3600));
+            now_ms() - i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+        });
+        let filter = HeldFilter {
+            since_ms,
+            host: (!r.host.is_empty()).then_some(r.host),
+        };
+        let rows = self.store.list_held(filter).await.map_err(internal)?;
+        let (reply, stats) = oneshot::channel();
+        self.agg
+            .send(Command::Stats { reply })
+            .await
+            .map_err(|_| Status::unavailable("collector is shutting down"))?;
+        let stats = stats
+            .await
+            .map_err(|_| Status::unavailable("collector is shutting down"))?;
+        Ok(Response::new(v1::ListHeldSpansResponse {
+            counts: rows
+                .into_iter()
+                .map(|h| v1::HeldSpanCount {
+                    a_host: h.a_host,
+                    b_host: h.b_host,
+                    end: h.end.id().to_string(),
+                    le_ms: h.le_ms,
+                    count: h.count,
+                    episodes: h.episodes,
+                    total_ms: h.total_ms,
+                    max_ms: h.max_ms,
+                })
+                .collect(),
+            threshold_ms: u64::try_from(stats.threshold.as_millis()).unwrap_or(u64::MAX),
         }))
     }
 

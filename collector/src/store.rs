@@ -31,8 +31,8 @@ pub mod schema;
 mod worker;
 
 pub use records::{
-    EpisodeEnd, EpisodeFilter, EpisodeRow, EpisodeUpdate, HostRecord, HostRow, NewEpisode, Side,
-    StoredSample,
+    EpisodeEnd, EpisodeFilter, EpisodeRow, EpisodeUpdate, HeldFilter, HeldRow, HostRecord, HostRow,
+    NewEpisode, Side, StoredSample,
 };
 
 /// Most commands the store thread applies in one transaction.
@@ -112,6 +112,13 @@ pub enum StoreError {
     #[error("episode {id}: column {column} holds {value:?}, which does not decode")]
     Corrupt {
         id: i64,
+        column: &'static str,
+        value: String,
+    },
+    /// A stored value outside an episode that does not decode.
+    #[error("{table}: column {column} holds {value:?}, which does not decode")]
+    CorruptRow {
+        table: &'static str,
         column: &'static str,
         value: String,
     },
@@ -212,7 +219,9 @@ enum Command {
         id: i64,
         samples: Vec<StoredSample>,
     },
+    AddHeld(Vec<HeldRow>),
     ListEpisodes(EpisodeFilter, Reply<Vec<EpisodeRow>>),
+    ListHeld(HeldFilter, Reply<Vec<HeldRow>>),
     GetEpisode(i64, Reply<Option<(EpisodeRow, Vec<StoredSample>)>>),
     ListHosts(Reply<Vec<HostRow>>),
     Flush(oneshot::Sender<()>),
@@ -234,6 +243,7 @@ impl Command {
                 | Command::UpdateEpisode(_)
                 | Command::CloseEpisode { .. }
                 | Command::AddSamples { .. }
+                | Command::AddHeld(_)
         )
     }
 
@@ -246,7 +256,9 @@ impl Command {
             Command::UpdateEpisode(_) => "update_episode",
             Command::CloseEpisode { .. } => "close_episode",
             Command::AddSamples { .. } => "add_samples",
+            Command::AddHeld(_) => "add_held",
             Command::ListEpisodes(..) => "list_episodes",
+            Command::ListHeld(..) => "list_held",
             Command::GetEpisode(..) => "get_episode",
             Command::ListHosts(_) => "list_hosts",
             Command::Flush(_) => "flush",
@@ -345,6 +357,12 @@ impl Store {
         self.write(Command::AddSamples { id, samples })
     }
 
+    /// Adds counts of held spans: each row's figures are added to those
+    /// already stored for its minute, pair, end and bucket.
+    pub fn add_held(&self, rows: Vec<HeldRow>) -> bool {
+        self.write(Command::AddHeld(rows))
+    }
+
     async fn ask<T>(&self, cmd: impl FnOnce(Reply<T>) -> Command) -> Result<T, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.tx
@@ -357,6 +375,13 @@ impl Store {
     /// Episodes matching `f`, newest first (by start, then id).
     pub async fn list_episodes(&self, f: EpisodeFilter) -> Result<Vec<EpisodeRow>, StoreError> {
         self.ask(|r| Command::ListEpisodes(f, r)).await
+    }
+
+    /// Held spans counted over the filter's window, one row per host pair,
+    /// end and bucket (`minute_ms`: the latest minute), busiest pairs
+    /// first.
+    pub async fn list_held(&self, f: HeldFilter) -> Result<Vec<HeldRow>, StoreError> {
+        self.ask(|r| Command::ListHeld(f, r)).await
     }
 
     /// One episode with its samples in time order.

@@ -9,8 +9,8 @@ use std::time::Duration;
 use tcpstall_collector::aggregator::{
     AgentBatch, ClosedSocket, Command, HostHello, Reason, State, ToAgent,
 };
-use tcpstall_collector::store::{EpisodeFilter, EpisodeRow, Side, Store, StoreConfig};
-use tcpstall_common::{EndSample, FlowTuple, TimerKind};
+use tcpstall_collector::store::{EpisodeFilter, EpisodeRow, HeldFilter, Side, Store, StoreConfig};
+use tcpstall_common::{EndSample, FlowTuple, HeldEnd, HeldSpan, TimerKind};
 use tokio::sync::{mpsc, oneshot};
 
 mod support;
@@ -218,7 +218,12 @@ async fn join_watch_and_peer_not_reading_from_both_ends() {
     moved.pos.snd_una = Some(6000);
     moved.pos.snd_nxt = Some(6000);
     moved.pos.write_seq = Some(9000);
-    rig.send(a_sess, 112.1, vec![(Reason::Released, moved)], at(12.1));
+    rig.send(
+        a_sess,
+        112.1,
+        vec![(Reason::Released(None), moved)],
+        at(12.1),
+    );
     let eps = rig.episodes().await;
     assert!(!eps[0].open);
     assert_eq!(eps[0].end_reason.as_deref(), Some("moved"));
@@ -294,9 +299,9 @@ async fn released_suspects_leave_nothing_behind() {
         a_sess,
         102.0,
         vec![
-            (Reason::Released, drained(drains)),
-            (Reason::Released, moved),
-            (Reason::Released, drained(watched.clone())),
+            (Reason::Released(None), drained(drains)),
+            (Reason::Released(None), moved),
+            (Reason::Released(None), drained(watched.clone())),
         ],
         at(2.0),
     );
@@ -342,7 +347,12 @@ async fn a_socket_replaced_on_its_4_tuple_leaves_nothing_of_the_old_one() {
     let mut drained = new;
     drained.pos.sendq = 0;
     drained.unchanged_ms = 0;
-    rig.send(a_sess, 104.0, vec![(Reason::Released, drained)], at(4.0));
+    rig.send(
+        a_sess,
+        104.0,
+        vec![(Reason::Released(None), drained)],
+        at(4.0),
+    );
     assert_eq!(
         rig.asked("hostb"),
         vec![ToAgent::Unwatch(old.flow.reversed())]
@@ -490,6 +500,7 @@ async fn closed_socket_ends_the_episode_and_a_closed_peer_is_half_open() {
             closed: vec![ClosedSocket {
                 flow: b.flow,
                 cookie: b.cookie,
+                held: None,
             }],
             ..AgentBatch::default()
         },
@@ -510,6 +521,7 @@ async fn closed_socket_ends_the_episode_and_a_closed_peer_is_half_open() {
             closed: vec![ClosedSocket {
                 flow: a.flow,
                 cookie: a.cookie,
+                held: None,
             }],
             ..AgentBatch::default()
         },
@@ -544,7 +556,12 @@ async fn a_queue_held_briefly_costs_its_peer_nothing() {
     rig.send(a_sess, 100.0, vec![(Reason::Suspect, a.clone())], at(0.0));
     let mut drained = a.clone();
     drained.pos.sendq = 0;
-    rig.send(a_sess, 102.0, vec![(Reason::Released, drained)], at(2.0));
+    rig.send(
+        a_sess,
+        102.0,
+        vec![(Reason::Released(None), drained)],
+        at(2.0),
+    );
     assert!(rig.asked("hostb").is_empty(), "B was never needed");
     assert_eq!(rig.state.stats().watched, 0);
 
@@ -563,7 +580,12 @@ async fn a_queue_held_briefly_costs_its_peer_nothing() {
     rig.send(a_sess, 106.0, vec![(Reason::Suspect, c.clone())], at(6.0));
     assert_eq!(rig.asked("hostb"), vec![ToAgent::Watch(c.flow.reversed())]);
     c.pos.sendq = 0;
-    rig.send(a_sess, 108.0, vec![(Reason::Released, c.clone())], at(8.0));
+    rig.send(
+        a_sess,
+        108.0,
+        vec![(Reason::Released(None), c.clone())],
+        at(8.0),
+    );
     assert_eq!(
         rig.asked("hostb"),
         vec![ToAgent::Unwatch(c.flow.reversed())]
@@ -588,7 +610,7 @@ async fn a_queue_held_briefly_costs_its_peer_nothing() {
     assert_eq!(rig.asked("hostb"), vec![ToAgent::Watch(q.flow.reversed())]);
     rig.send(a_sess, 110.5, vec![(Reason::Suspect, q.clone())], at(10.5));
     q.pos.sendq = 0;
-    rig.send(a_sess, 111.0, vec![(Reason::Released, q)], at(10.8));
+    rig.send(a_sess, 111.0, vec![(Reason::Released(None), q)], at(10.8));
     assert!(
         rig.asked("hostb").is_empty(),
         "the query still needs B's end"
@@ -634,7 +656,12 @@ async fn a_peer_host_that_reconnects_is_asked_again_for_what_it_watched() {
     // Once A's queue drains nobody needs it: B is told to stop.
     let mut drained = a.clone();
     drained.pos.sendq = 0;
-    rig.send(a_sess, 102.0, vec![(Reason::Released, drained)], at(3.0));
+    rig.send(
+        a_sess,
+        102.0,
+        vec![(Reason::Released(None), drained)],
+        at(3.0),
+    );
     assert_eq!(
         rig.asked("hostb"),
         vec![ToAgent::Unwatch(a.flow.reversed())]
@@ -775,7 +802,7 @@ async fn tracked_bytes_count_the_samples_held_and_let_go_of_them() {
         .into_iter()
         .map(|(_, mut s)| {
             s.pos.sendq = 0;
-            (Reason::Released, s)
+            (Reason::Released(None), s)
         })
         .collect();
     rig.send(a_sess, 104.0, released, at(4.0));
@@ -785,4 +812,272 @@ async fn tracked_bytes_count_the_samples_held_and_let_go_of_them() {
         after < held && held - after > 200 * 150,
         "{held} -> {after} bytes once released"
     );
+}
+
+/// A's hold as its agent measured it, on A's clock (seconds).
+fn span(since: f64, last_held: f64, ended: f64, end: HeldEnd) -> HeldSpan {
+    let d = Duration::from_secs_f64;
+    HeldSpan::new(d(since), d(last_held), d(ended), end).expect("an ordered span")
+}
+
+/// A closed from A's agent, with its hold.
+fn a_gone(a: &EndSample, held: HeldSpan) -> AgentBatch {
+    AgentBatch {
+        mono: held.ended,
+        closed: vec![ClosedSocket {
+            flow: a.flow,
+            cookie: a.cookie,
+            held: Some(held),
+        }],
+        ..AgentBatch::default()
+    }
+}
+
+/// A held by a peer that stopped reading, reported at A's polls 100, 102,
+/// ... `last` s (its hold began at 98.1 s by A's clock, so a poll at 108
+/// finds it held 9.9 s), B's end reported by B after the ask. Each batch
+/// of A's arrives at `at(mono - 100)`.
+async fn held_short_of_the_threshold_at_every_poll(
+    rig: &mut Rig,
+    a_sess: u64,
+    b_sess: u64,
+    last: f64,
+) -> EndSample {
+    let a = zero_window(stuck_a(1_900));
+    let polls = [100.0, 102.0, 104.0, 106.0, 108.0];
+    for (i, mono) in polls.into_iter().filter(|m| *m <= last).enumerate() {
+        let s = zero_window(stuck_a(1_900 + 2_000 * i as u64));
+        rig.send(a_sess, mono, vec![(Reason::Suspect, s)], at(mono - 100.0));
+        if mono == 104.0 {
+            assert_eq!(rig.asked("hostb"), vec![ToAgent::Watch(a.flow.reversed())]);
+            let b = b_end(&a, 5000, 4096, 0);
+            rig.send(b_sess, 50.0, vec![(Reason::Watched, b)], at(4.6));
+        }
+    }
+    assert!(
+        rig.episodes().await.is_empty(),
+        "below the threshold at every poll"
+    );
+    a
+}
+
+#[tokio::test]
+async fn a_hold_that_reaches_the_threshold_between_polls_is_an_episode_of_its_true_length() {
+    let mut rig = Rig::new();
+    let a_sess = rig.hello("hosta", "198.18.0.2", at(0.0));
+    let b_sess = rig.hello("hostb", "198.18.0.1", at(0.0));
+    let a = held_short_of_the_threshold_at_every_poll(&mut rig, a_sess, b_sess, 108.0).await;
+    // The client gives up at 108.6 s: its close resets A's socket, which
+    // A's follow finds gone at 108.75 s (held at 108.5). B's agent tells
+    // of B's socket first: that must not make it half-open.
+    rig.batch(
+        b_sess,
+        AgentBatch {
+            mono: Duration::from_secs_f64(54.65),
+            closed: vec![ClosedSocket {
+                flow: a.flow.reversed(),
+                cookie: a.cookie + 1000,
+                held: None,
+            }],
+            ..AgentBatch::default()
+        },
+        at(8.7),
+    );
+    let held = span(98.1, 108.5, 108.75, HeldEnd::Reset);
+    rig.batch(a_sess, a_gone(&a, held), at(8.75));
+    let eps = rig.episodes().await;
+    assert_eq!(eps.len(), 1, "{eps:?}");
+    let e = &eps[0];
+    assert_eq!(
+        e.diagnosis, "peer_not_reading",
+        "from the held samples: {e:?}"
+    );
+    assert!(!e.open);
+    assert_eq!(e.end_reason.as_deref(), Some("reset"));
+    assert_eq!(
+        e.duration_ms, 10_525,
+        "98.1 s to halfway between 108.5 and 108.75"
+    );
+    assert_eq!(e.b_host.as_deref(), Some("hostb"));
+    assert_eq!(e.evidence.get("b_recvq"), Some(&4096));
+    // On the collector's clock: ended when A's agent says, started that
+    // long before.
+    assert_eq!(e.ended_at_ms, Some(at(8.625)));
+    assert_eq!(e.started_at_ms, at(8.625) - 10_525);
+    // Its samples: A's first and last held, and B's last before it went.
+    let (_, samples) = rig
+        .store
+        .get_episode(e.id)
+        .await
+        .expect("read")
+        .expect("kept");
+    let sides: Vec<(Side, i64)> = samples.iter().map(|s| (s.side, s.at_ms)).collect();
+    assert_eq!(
+        sides,
+        vec![(Side::A, at(0.0)), (Side::B, at(4.6)), (Side::A, at(8.0))]
+    );
+    let stats = rig.state.stats();
+    assert_eq!(stats.open_episodes, 0);
+    assert_eq!(stats.suspects, 0);
+    assert_eq!(stats.watched, 0, "the peer is let go");
+    assert_eq!(
+        stats.held.by_end[HeldEnd::Reset.index()].counts[10],
+        1,
+        "(10, 12]"
+    );
+}
+
+#[tokio::test]
+async fn a_hold_that_ends_short_of_the_threshold_is_counted_by_pair_not_recorded() {
+    let mut rig = Rig::new();
+    let a_sess = rig.hello("hosta", "198.18.0.2", at(0.0));
+    let b_sess = rig.hello("hostb", "198.18.0.1", at(0.0));
+    let a = held_short_of_the_threshold_at_every_poll(&mut rig, a_sess, b_sess, 106.0).await;
+    // Given up at 9.5 s.
+    let held = span(98.1, 107.5, 107.75, HeldEnd::Reset);
+    rig.batch(a_sess, a_gone(&a, held), at(8.1));
+    // And another of its holds moved on after 2 s.
+    let mut c = zero_window(stuck_a(2_000));
+    c.cookie = 7;
+    c.flow.remote = "198.18.0.1:40001".parse().expect("addr");
+    rig.send(a_sess, 110.0, vec![(Reason::Suspect, c.clone())], at(10.0));
+    let moved = span(108.0, 110.0, 110.25, HeldEnd::Moved);
+    c.pos.sendq = 0;
+    rig.send(
+        a_sess,
+        110.25,
+        vec![(Reason::Released(Some(moved)), c)],
+        at(10.25),
+    );
+    assert!(rig.episodes().await.is_empty(), "no episode");
+    let held = rig.state.stats().held;
+    assert_eq!(
+        held.by_end[HeldEnd::Reset.index()].counts[9],
+        1,
+        "(9, 10]: 9.525 s"
+    );
+    assert_eq!(
+        held.by_end[HeldEnd::Moved.index()].counts[2],
+        1,
+        "(2, 3]: 2.125 s"
+    );
+    rig.state.store_held(at(11.0));
+    rig.store.flush().await.expect("flush");
+    let rows = rig
+        .store
+        .list_held(HeldFilter::default())
+        .await
+        .expect("list");
+    let got: Vec<(&str, &str, HeldEnd, u64, u64, u64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.a_host.as_str(),
+                r.b_host.as_str(),
+                r.end,
+                r.le_ms,
+                r.count,
+                r.episodes,
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("hosta", "hostb", HeldEnd::Moved, 3_000, 1, 0),
+            ("hosta", "hostb", HeldEnd::Reset, 10_000, 1, 0),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn an_open_episode_ends_with_the_measured_length_and_how_it_went() {
+    let mut rig = Rig::new();
+    let a_sess = rig.hello("hosta", "198.18.0.2", at(0.0));
+    let a = zero_window(stuck_a(10_000));
+    rig.send(a_sess, 100.0, vec![(Reason::Suspect, a.clone())], at(0.0));
+    assert!(rig.episodes().await[0].open);
+    // The peer's FIN arrives with the bytes still held: closed, 12.3 s.
+    let held = span(90.0, 102.25, 102.35, HeldEnd::Closed);
+    let mut fin = a.clone();
+    fin.state = tcpstall_common::TcpState::CloseWait;
+    rig.send(
+        a_sess,
+        102.35,
+        vec![(Reason::Released(Some(held)), fin)],
+        at(2.35),
+    );
+    let e = &rig.episodes().await[0];
+    assert!(!e.open);
+    assert_eq!(e.end_reason.as_deref(), Some("closed"));
+    assert_eq!(e.duration_ms, 12_300);
+    let (_, samples) = rig
+        .store
+        .get_episode(e.id)
+        .await
+        .expect("read")
+        .expect("kept");
+    let last = samples
+        .last()
+        .expect("samples")
+        .sample
+        .unpack()
+        .expect("decodes");
+    assert_eq!(
+        last.state,
+        tcpstall_common::TcpState::CloseWait,
+        "the end is its last sample"
+    );
+    let c = rig.state.stats().held.by_end[HeldEnd::Closed.index()];
+    assert_eq!((c.count(), c.counts[11]), (1, 1), "(12, 15]");
+}
+
+#[tokio::test]
+async fn a_peer_gone_is_half_open_only_once_a_is_seen_stuck_after() {
+    let mut rig = Rig::new();
+    let a_sess = rig.hello("hosta", "198.18.0.2", at(0.0));
+    let b_sess = rig.hello("hostb", "198.18.0.1", at(0.0));
+    let a = zero_window(stuck_a(10_000));
+    rig.send(a_sess, 100.0, vec![(Reason::Suspect, a.clone())], at(0.0));
+    let b = b_end(&a, 5000, 4096, 0);
+    rig.send(b_sess, 10.0, vec![(Reason::Watched, b.clone())], at(0.5));
+    rig.send(
+        a_sess,
+        102.0,
+        vec![(Reason::Suspect, zero_window(stuck_a(12_000)))],
+        at(2.0),
+    );
+    assert_eq!(rig.episodes().await[0].diagnosis, "peer_not_reading");
+    // B goes at 2.5 s. A's next report left A at 102.4 s by its clock
+    // (buffered: it arrives after B's news): no proof yet.
+    let gone = AgentBatch {
+        mono: Duration::from_secs_f64(12.5),
+        closed: vec![ClosedSocket {
+            flow: b.flow,
+            cookie: b.cookie,
+            held: None,
+        }],
+        ..AgentBatch::default()
+    };
+    rig.batch(b_sess, gone, at(2.5));
+    assert_eq!(rig.episodes().await[0].diagnosis, "peer_not_reading");
+    rig.send(
+        a_sess,
+        102.4,
+        vec![(Reason::Suspect, zero_window(stuck_a(12_400)))],
+        at(2.6),
+    );
+    assert_eq!(
+        rig.episodes().await[0].diagnosis,
+        "peer_not_reading",
+        "taken before B's socket was known gone"
+    );
+    // Taken after it: B lost the connection A still holds.
+    rig.send(
+        a_sess,
+        104.0,
+        vec![(Reason::Suspect, zero_window(stuck_a(14_000)))],
+        at(4.0),
+    );
+    assert_eq!(rig.episodes().await[0].diagnosis, "half_open");
 }

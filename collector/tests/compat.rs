@@ -66,6 +66,7 @@ fn messages() -> Vec<v1::AgentMessage> {
             remote: Some(convert::endpoint_to_wire(gone.remote)),
             cookie: 7,
             netns: "host".into(),
+            held: None,
         }],
         absent: vec![convert::flow_to_wire(gone.reversed())],
         dropped_batches: 2,

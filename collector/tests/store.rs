@@ -11,10 +11,10 @@ use rusqlite::Connection;
 use tcpstall_collector::packed::Packed;
 use tcpstall_collector::store::schema::SCHEMA_VERSION;
 use tcpstall_collector::store::{
-    EpisodeEnd, EpisodeFilter, EpisodeRow, EpisodeUpdate, HostRecord, NewEpisode, Side, Store,
-    StoreConfig, StoreError, StoredSample, END_COLLECTOR_RESTART,
+    EpisodeEnd, EpisodeFilter, EpisodeRow, EpisodeUpdate, HeldFilter, HeldRow, HostRecord,
+    NewEpisode, Side, Store, StoreConfig, StoreError, StoredSample, END_COLLECTOR_RESTART,
 };
-use tcpstall_common::{EndSample, FlowTuple, Opened, Positions, TcpState, TimerKind};
+use tcpstall_common::{EndSample, FlowTuple, HeldEnd, Opened, Positions, TcpState, TimerKind};
 use tempfile::TempDir;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -596,8 +596,8 @@ async fn a_version_1_file_upgrades_and_its_json_samples_read_beside_new_ones() -
 
     let (store, thread, next) = Store::open(cfg.clone())?;
     assert_eq!(next, e.id + 1);
-    assert_eq!(count(&cfg.path, "PRAGMA user_version"), 2);
-    assert_eq!(SCHEMA_VERSION, 2);
+    assert_eq!(count(&cfg.path, "PRAGMA user_version"), 3);
+    assert_eq!(SCHEMA_VERSION, 3);
     let (row, got) = store.get_episode(e.id).await?.ok_or("episode kept")?;
     assert_eq!((row.id, row.a_cookie, row.a_flow), (e.id, e.a_cookie, f));
     assert_eq!(got.len(), 1);
@@ -853,6 +853,120 @@ async fn retention_deletes_old_closed_episodes_with_their_samples() -> TestResul
         "samples went too"
     );
     assert_eq!(store.stats().snapshot().pruned_episodes, 1);
+    stop(store, thread).await;
+    Ok(())
+}
+
+fn held_row(minute_ms: i64, a: &str, b: &str, end: HeldEnd, le_ms: u64, count: u64) -> HeldRow {
+    HeldRow {
+        minute_ms,
+        a_host: a.into(),
+        b_host: b.into(),
+        end,
+        le_ms,
+        count,
+        episodes: u64::from(le_ms == 12_000) * count,
+        total_ms: count * 9_500,
+        max_ms: 9_000 + count,
+    }
+}
+
+#[tokio::test]
+async fn held_span_counts_add_up_by_pair_and_window_and_age_out() -> TestResult {
+    let dir = TempDir::new()?;
+    let cfg = StoreConfig {
+        retention: Duration::from_secs(600),
+        retention_every: Duration::from_millis(20),
+        ..config(&dir)
+    };
+    let (store, thread, _) = Store::open(cfg.clone())?;
+    let minute = 60_000;
+    let now = now_ms() / minute * minute;
+    let hour = 3_600_000;
+    // The same minute's counts come in two writes: they add up.
+    assert!(store.add_held(vec![
+        held_row(now, "web-1", "db-7", HeldEnd::Reset, 10_000, 2),
+        held_row(now, "web-1", "db-7", HeldEnd::Moved, 3_000, 5),
+        held_row(now - minute, "web-2", "", HeldEnd::Closed, 12_000, 1),
+    ]));
+    assert!(store.add_held(vec![held_row(
+        now,
+        "web-1",
+        "db-7",
+        HeldEnd::Reset,
+        10_000,
+        3
+    )]));
+    // Older than the retention: deleted by the next prune.
+    assert!(store.add_held(vec![held_row(
+        now - 2 * hour,
+        "web-9",
+        "db-7",
+        HeldEnd::Drained,
+        1_000,
+        4
+    )]));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let rows = loop {
+        let rows = store.list_held(HeldFilter::default()).await?;
+        if rows.iter().all(|r| r.a_host != "web-9") {
+            break rows;
+        }
+        assert!(Instant::now() < deadline, "held spans never aged out");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    type Figures<'a> = (&'a str, &'a str, HeldEnd, u64, u64, u64, u64, u64);
+    let got: Vec<Figures<'_>> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.a_host.as_str(),
+                r.b_host.as_str(),
+                r.end,
+                r.le_ms,
+                r.count,
+                r.episodes,
+                r.total_ms,
+                r.max_ms,
+            )
+        })
+        .collect();
+    // The busiest pair first (7 spans), then by end and bucket.
+    assert_eq!(
+        got,
+        vec![
+            ("web-1", "db-7", HeldEnd::Moved, 3_000, 5, 0, 47_500, 9_005),
+            ("web-1", "db-7", HeldEnd::Reset, 10_000, 5, 0, 47_500, 9_003),
+            ("web-2", "", HeldEnd::Closed, 12_000, 1, 1, 9_500, 9_001),
+        ]
+    );
+    assert_eq!(rows[1].minute_ms, now);
+    // A window that leaves the older minute out; a host at either end.
+    let recent = store
+        .list_held(HeldFilter {
+            since_ms: Some(now),
+            host: None,
+        })
+        .await?;
+    assert_eq!(recent.len(), 2);
+    let db7 = store
+        .list_held(HeldFilter {
+            since_ms: None,
+            host: Some("db-7".into()),
+        })
+        .await?;
+    assert!(db7.iter().all(|r| r.b_host == "db-7") && db7.len() == 2);
+    // A row edited to an unknown end is an error, not a panic.
+    let c = Connection::open(&cfg.path)?;
+    c.execute(
+        "UPDATE held_spans SET end_reason = 'lost' WHERE a_host = 'web-2'",
+        [],
+    )?;
+    let err = store
+        .list_held(HeldFilter::default())
+        .await
+        .expect_err("corrupt");
+    assert!(err.to_string().contains("end_reason"), "{err}");
     stop(store, thread).await;
     Ok(())
 }

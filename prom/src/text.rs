@@ -57,16 +57,38 @@ impl Exposition {
 
     /// A histogram family of one series without labels.
     pub fn histogram(&mut self, name: &str, help: &str, h: &HistogramSnapshot) {
+        self.histograms(name, help, &[(&[], h)]);
+    }
+
+    /// A histogram family of several series, each with its own labels
+    /// (`le` is added to them on the buckets).
+    pub fn histograms(
+        &mut self,
+        name: &str,
+        help: &str,
+        series: &[(&[(&str, &str)], &HistogramSnapshot)],
+    ) {
         let mut f = self.family(name, Kind::Histogram, help);
-        let mut cumulative = 0;
-        for (bound, count) in h.bounds.iter().zip(&h.counts) {
-            cumulative += count;
-            let le = format_value(*bound);
-            f.suffixed("_bucket", &[("le", &le)], cumulative as f64);
+        for (labels, h) in series {
+            let mut cumulative = 0;
+            let with_le = |le: &str| {
+                let mut l: Vec<(&str, String)> =
+                    labels.iter().map(|(k, v)| (*k, v.to_string())).collect();
+                l.push(("le", le.to_string()));
+                l
+            };
+            for (bound, count) in h.bounds.iter().zip(&h.counts) {
+                cumulative += count;
+                let l = with_le(&format_value(*bound));
+                let l: Vec<(&str, &str)> = l.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                f.suffixed("_bucket", &l, cumulative as f64);
+            }
+            let l = with_le("+Inf");
+            let l: Vec<(&str, &str)> = l.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            f.suffixed("_bucket", &l, h.count as f64);
+            f.suffixed("_sum", labels, h.sum_seconds);
+            f.suffixed("_count", labels, h.count as f64);
         }
-        f.suffixed("_bucket", &[("le", "+Inf")], h.count as f64);
-        f.suffixed("_sum", &[], h.sum_seconds);
-        f.suffixed("_count", &[], h.count as f64);
     }
 
     /// The text so far.
@@ -254,6 +276,44 @@ mod tests {
             "poll_seconds_bucket{le=\"+Inf\"} 4\n",
             "poll_seconds_sum 2.065\n",
             "poll_seconds_count 4\n",
+        ] {
+            assert!(text.contains(line), "{line:?} missing in\n{text}");
+        }
+    }
+
+    #[test]
+    fn labelled_histograms_share_one_family() {
+        static BOUNDS: [f64; 2] = [1.0, 10.0];
+        let one = HistogramSnapshot {
+            bounds: &BOUNDS,
+            counts: vec![1, 2],
+            count: 4,
+            sum_seconds: 30.5,
+        };
+        let none = HistogramSnapshot {
+            bounds: &BOUNDS,
+            counts: vec![0, 0],
+            count: 0,
+            sum_seconds: 0.0,
+        };
+        let mut e = Exposition::new();
+        e.histograms(
+            "held_seconds",
+            "Held.",
+            &[
+                (&[("ended", "reset")], &one),
+                (&[("ended", "mo\"ved")], &none),
+            ],
+        );
+        let text = e.finish();
+        assert_eq!(text.matches("# TYPE held_seconds histogram\n").count(), 1);
+        for line in [
+            "held_seconds_bucket{ended=\"reset\",le=\"1\"} 1\n",
+            "held_seconds_bucket{ended=\"reset\",le=\"10\"} 3\n",
+            "held_seconds_bucket{ended=\"reset\",le=\"+Inf\"} 4\n",
+            "held_seconds_sum{ended=\"reset\"} 30.5\n",
+            "held_seconds_count{ended=\"reset\"} 4\n",
+            "held_seconds_bucket{ended=\"mo\\\"ved\",le=\"+Inf\"} 0\n",
         ] {
             assert!(text.contains(line), "{line:?} missing in\n{text}");
         }

@@ -5,8 +5,8 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use tcpstall_common::kernel_tcp::SACK_BLOCKS;
 use std::time::Duration;
+use tcpstall_common::kernel_tcp::SACK_BLOCKS;
 
 use tcpstall_common::{
     AbsoluteSeq, EndSample, FactSource, FlowTuple, HeldEnd, HeldSpan, Opened, OwnerMissing,
@@ -730,7 +730,10 @@ mod tests {
         assert!(held_from_wire(&w).is_err(), "an unknown end is refused");
         let mut w = held_to_wire(&h);
         w.ended_us = w.last_held_us - 1;
-        assert!(held_from_wire(&w).is_err(), "over before its last held look");
+        assert!(
+            held_from_wire(&w).is_err(),
+            "over before its last held look"
+        );
         let mut w = held_to_wire(&h);
         w.since_us = w.last_held_us + 1;
         assert!(held_from_wire(&w).is_err(), "held after its last held look");

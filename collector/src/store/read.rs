@@ -4,9 +4,11 @@
 
 use rusqlite::types::{Value, ValueRef};
 use rusqlite::{params_from_iter, Connection, Row};
-use tcpstall_common::{EndSample, FlowTuple};
+use tcpstall_common::{EndSample, FlowTuple, HeldEnd};
 
-use super::{EpisodeFilter, EpisodeRow, HostRow, Side, StoreError, StoredSample};
+use super::{
+    EpisodeFilter, EpisodeRow, HeldFilter, HeldRow, HostRow, Side, StoreError, StoredSample,
+};
 use crate::packed::Packed;
 
 const EPISODE_COLS: &str = "id, diagnosis, summary, evidence, started_at_ms, duration_ms, \
@@ -157,6 +159,58 @@ pub(super) fn list_hosts(conn: &Connection) -> Result<Vec<HostRow>, StoreError> 
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Held spans summed over the filter's minutes, per host pair, end and
+/// bucket; the busiest pairs first.
+pub(super) fn list_held(conn: &Connection, f: &HeldFilter) -> Result<Vec<HeldRow>, StoreError> {
+    let mut sql = String::from(
+        "SELECT max(minute_ms), a_host, b_host, end_reason, le_ms, sum(count), sum(episodes),
+                sum(total_ms), max(max_ms)
+           FROM held_spans WHERE 1",
+    );
+    let mut args = Vec::new();
+    if let Some(since) = f.since_ms {
+        args.push(Value::Integer(since));
+        sql += &format!(" AND minute_ms >= ?{}", args.len());
+    }
+    if let Some(host) = &f.host {
+        args.push(Value::Text(host.clone()));
+        let n = args.len();
+        sql += &format!(" AND (a_host = ?{n} OR b_host = ?{n})");
+    }
+    sql += " GROUP BY a_host, b_host, end_reason, le_ms
+             ORDER BY sum(sum(count)) OVER (PARTITION BY a_host, b_host) DESC,
+                      a_host, b_host, end_reason, le_ms";
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut rows = stmt.query(params_from_iter(args))?;
+    let mut out = Vec::new();
+    let count = |v: i64, column| {
+        u64::try_from(v).map_err(|_| StoreError::CorruptRow {
+            table: "held_spans",
+            column,
+            value: v.to_string(),
+        })
+    };
+    while let Some(row) = rows.next()? {
+        let end: String = row.get(3)?;
+        out.push(HeldRow {
+            minute_ms: row.get(0)?,
+            a_host: row.get(1)?,
+            b_host: row.get(2)?,
+            end: HeldEnd::from_id(&end).ok_or_else(|| StoreError::CorruptRow {
+                table: "held_spans",
+                column: "end_reason",
+                value: end.chars().take(200).collect(),
+            })?,
+            le_ms: count(row.get(4)?, "le_ms")?,
+            count: count(row.get(5)?, "count")?,
+            episodes: count(row.get(6)?, "episodes")?,
+            total_ms: count(row.get(7)?, "total_ms")?,
+            max_ms: count(row.get(8)?, "max_ms")?,
+        });
+    }
+    Ok(out)
 }
 
 fn corrupt(id: i64, column: &'static str, value: &str) -> StoreError {

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use tcpstall_common::FlowTuple;
+use tcpstall_common::{FlowTuple, HeldEnd};
 
 use crate::packed::Packed;
 
@@ -159,4 +159,32 @@ impl EpisodeFilter {
             n => n.min(MAX_LIST_LIMIT),
         }
     }
+}
+
+/// Held spans of one host pair that ended one way in one minute, in one
+/// duration bucket (the collector's `held` module).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldRow {
+    /// The minute (its first millisecond) they ended in; for a row read
+    /// back over a window, the latest such minute.
+    pub minute_ms: i64,
+    pub a_host: String,
+    /// "" when no agent covers the peer.
+    pub b_host: String,
+    pub end: HeldEnd,
+    /// The bucket's upper bound, 0 for the last.
+    pub le_ms: u64,
+    pub count: u64,
+    pub episodes: u64,
+    pub total_ms: u64,
+    pub max_ms: u64,
+}
+
+/// Which held spans to count.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeldFilter {
+    /// Only minutes from this one on (Unix ms); `None`: all.
+    pub since_ms: Option<i64>,
+    /// Only pairs with this host at either end.
+    pub host: Option<String>,
 }

@@ -10,7 +10,8 @@
 //! Versions: 1 created the tables, with each sample as JSON text in
 //! `samples.sample`; 2 added `samples.sample_pb`, where samples are written
 //! since (protobuf `tcpstall.v1.Sample`, '' left in `sample`). Rows of
-//! either kind are read back.
+//! either kind are read back. 3 added `held_spans`: every held send queue
+//! that ended, counted per minute, host pair, end and duration bucket.
 
 use std::path::Path;
 use std::time::Duration;
@@ -87,6 +88,21 @@ const MIGRATIONS: &[&str] = &[
     -- `sample`; rows written since have '' in `sample` (NOT NULL, and
     -- relaxing that would copy the whole table at the upgrade).
     ALTER TABLE samples ADD COLUMN sample_pb BLOB;
+    ",
+    // 3: held spans, counted (the collector's `held` module).
+    "
+    CREATE TABLE held_spans (
+        minute_ms   INTEGER NOT NULL,          -- the minute they ended in
+        a_host      TEXT NOT NULL,             -- the held sender's host
+        b_host      TEXT NOT NULL,             -- its peer's, '' if unmonitored
+        end_reason  TEXT NOT NULL,             -- moved, drained, closed, reset
+        le_ms       INTEGER NOT NULL,          -- bucket bound, 0 = above all
+        count       INTEGER NOT NULL,
+        episodes    INTEGER NOT NULL,          -- of them, held for the threshold
+        total_ms    INTEGER NOT NULL,
+        max_ms      INTEGER NOT NULL,
+        PRIMARY KEY (minute_ms, a_host, b_host, end_reason, le_ms)
+    ) WITHOUT ROWID;
     ",
 ];
 

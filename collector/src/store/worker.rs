@@ -170,6 +170,9 @@ impl Worker {
                 Command::ListEpisodes(f, reply) => {
                     let _ = reply.send(read::list_episodes(&self.conn, &f));
                 }
+                Command::ListHeld(f, reply) => {
+                    let _ = reply.send(read::list_held(&self.conn, &f));
+                }
                 Command::GetEpisode(id, reply) => {
                     let _ = reply.send(read::get_episode(&self.conn, id));
                 }
@@ -343,6 +346,33 @@ impl Worker {
                 }
                 n
             }
+            Command::AddHeld(rows) => {
+                let mut stmt = c.prepare_cached(
+                    "INSERT INTO held_spans (minute_ms, a_host, b_host, end_reason, le_ms,
+                                             count, episodes, total_ms, max_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                     ON CONFLICT (minute_ms, a_host, b_host, end_reason, le_ms) DO UPDATE SET
+                        count = count + excluded.count,
+                        episodes = episodes + excluded.episodes,
+                        total_ms = total_ms + excluded.total_ms,
+                        max_ms = max(max_ms, excluded.max_ms)",
+                )?;
+                let mut n = 0;
+                for r in &rows {
+                    n += stmt.execute(params![
+                        r.minute_ms,
+                        r.a_host,
+                        r.b_host,
+                        r.end.id(),
+                        int(r.le_ms),
+                        int(r.count),
+                        int(r.episodes),
+                        int(r.total_ms),
+                        int(r.max_ms),
+                    ])?;
+                }
+                n
+            }
             _ => 0,
         };
         Ok(rows as u64)
@@ -381,6 +411,14 @@ impl Worker {
                 cutoff_ms = cutoff,
                 "store pruned old episodes"
             );
+        }
+        // Held-span counts: a row per minute and pair, by age alone.
+        if let Err(error) = self
+            .conn
+            .prepare_cached("DELETE FROM held_spans WHERE minute_ms < ?1")
+            .and_then(|mut s| s.execute(params![cutoff]))
+        {
+            warn!(%error, "store prune of held spans failed");
         }
         self.prune_to_size();
         self.give_back_free_pages();
