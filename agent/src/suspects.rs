@@ -27,6 +27,7 @@
 //! socket cookie): a reused 4-tuple is a new connection. Memory holds only
 //! connections with a non-empty send queue and the watched sockets.
 
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
@@ -93,6 +94,22 @@ struct Marks {
     snd_una: Option<u64>,
     write_seq: Option<u64>,
     sendq: u32,
+}
+
+/// `s` with the opener its queue was first read with. Which side opened
+/// decides whether `bytes_acked` counts a SYN, so positions read with one
+/// opener and then the other would seem to move; the poll's first reading
+/// of it (arithmetic, else the listeners) holds for the socket's life,
+/// over a later reading whose counters happen not to add up the same way.
+fn steady(s: &SocketSample, opened: Option<Opened>) -> Cow<'_, SocketSample> {
+    match opened {
+        Some(o) if s.opened != Some(o) => {
+            let mut s = s.clone();
+            s.opened = Some(o);
+            Cow::Owned(s)
+        }
+        _ => Cow::Borrowed(s),
+    }
 }
 
 fn marks_of(s: &SocketSample) -> Marks {
@@ -294,9 +311,15 @@ impl Selector {
             let flow = FlowTuple::new(s.local, s.remote);
             let mut reason = None;
             let mut unchanged = Duration::ZERO;
+            let s = match self.queued.get(&key) {
+                Some(q) => steady(s, q.opened),
+                None => Cow::Borrowed(s),
+            };
+            let s = s.as_ref();
             if s.wqueue > 0 {
                 if let Some(q) = self.queued.get_mut(&key) {
                     q.seen = gen;
+                    q.opened = q.opened.or(s.opened);
                     if let Some(id) = ids.get(i) {
                         q.id = Some(*id);
                     }
@@ -431,9 +454,8 @@ impl Selector {
             }
             match answer {
                 Exact::Found(s) => {
-                    let mut s = s.clone();
+                    let mut s = steady(s, q.opened).into_owned();
                     s.netns = key.0;
-                    s.opened = s.opened.or(q.opened);
                     if s.wqueue == 0 {
                         let span = q.span(now, HeldEnd::Drained);
                         self.queued.remove(key);
@@ -484,15 +506,20 @@ enum Step {
 fn step(q: &mut Queued, s: &SocketSample, now: Duration) -> Step {
     let marks = marks_of(s);
     let was = std::mem::replace(&mut q.state, s.state);
-    if q.marks == marks {
-        if q.suspect && !q.closing && closing_stage(s.state) > closing_stage(was) {
+    let closing = closing_stage(s.state) > closing_stage(was);
+    // An application's close queues a FIN behind the held bytes: one more
+    // byte of sequence space, the same hold.
+    if q.marks == marks || (closing && only_a_fin_more(q.marks, marks)) {
+        if q.suspect && !q.closing && closing {
             q.suspect = false;
             q.closing = true;
+            q.marks = marks;
             return Step::Ended(q.span(now, HeldEnd::Closed));
         }
         if !q.closing {
             q.looked = now;
         }
+        q.marks = marks;
         return Step::Held;
     }
     let span = (q.suspect && !q.closing).then(|| q.span(now, HeldEnd::Moved));
@@ -506,6 +533,18 @@ fn step(q: &mut Queued, s: &SocketSample, now: Duration) -> Step {
         Some(span) => Step::Ended(span),
         None => Step::Restarted,
     }
+}
+
+/// `now` is `was` with a FIN queued after the bytes: nothing acknowledged,
+/// one more byte written.
+fn only_a_fin_more(was: Marks, now: Marks) -> bool {
+    now.snd_una == was.snd_una
+        && now.sendq == was.sendq.saturating_add(1)
+        && match (was.write_seq, now.write_seq) {
+            (Some(w), Some(n)) => n == w + 1,
+            (None, None) => true,
+            _ => false,
+        }
 }
 
 #[cfg(test)]
@@ -1036,5 +1075,41 @@ mod tests {
         sel.select(&[a(9, 10)], &[], at(1));
         assert_eq!(sel.suspects(), 1);
         assert!(sel.followed(10).is_empty());
+    }
+
+    #[test]
+    fn a_later_reading_of_the_opener_does_not_move_the_marks() {
+        // First read as accepted (no SYN in bytes_acked); a later reading
+        // whose counters do not add up calls it the connecting side.
+        let mut s = a(1, 300);
+        s.opened = Some(Opened::Passive);
+        s.info = Some(tcp_info_with_acked(5000));
+        let mut sel = selector();
+        sel.select_wanted(std::slice::from_ref(&s), &[id(1)], 1, &[], at(0));
+        let mut odd = s.clone();
+        odd.opened = Some(Opened::Active);
+        let out = sel.select_wanted(std::slice::from_ref(&odd), &[id(1)], 1, &[], at(1));
+        assert_eq!(reasons(&out), vec![(Reason::Suspect, 1, 2000)]);
+        assert_eq!(out.samples[0].1.pos.snd_una, Some(5000), "as first read");
+        let follow = sel.follow(&[((NS, 1), Exact::Found(odd))], at(1) + QUARTER);
+        assert!(follow.is_empty(), "still held: {follow:?}");
+    }
+
+    #[test]
+    fn an_application_closing_a_held_socket_ends_its_hold_closed_not_moved() {
+        // The server's application closes while its bytes are held: the
+        // FIN goes behind them (one byte more) and the socket is LAST-ACK.
+        let mut sel = held_suspect();
+        let mut closed = a(1, 301);
+        closed.state = TcpState::LastAck;
+        let out = sel.follow(&[((NS, 1), Exact::Found(closed.clone()))], at(1) + QUARTER);
+        let span = held(at(0), at(1), at(1) + QUARTER, HeldEnd::Closed);
+        assert_eq!(reasons(&out), vec![(Reason::Released(span), 1, 0)]);
+        let later = sel.select_wanted(std::slice::from_ref(&closed), &[id(1)], 1, &[], at(2));
+        assert!(later.is_empty(), "{later:?}");
+        // A FIN's byte without a close is a write like any.
+        let mut sel = held_suspect();
+        let out = sel.follow(&[((NS, 1), Exact::Found(a(1, 301)))], at(1) + QUARTER);
+        assert!(matches!(out.samples[0].0, Reason::Released(h) if h.end == HeldEnd::Moved));
     }
 }
