@@ -6,6 +6,7 @@ mod export;
 mod model;
 mod plotting;
 mod render;
+mod stalls;
 
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
@@ -106,6 +107,17 @@ enum Command {
     Report(Filters),
     /// Episode history.
     Episodes(Filters),
+    /// Every held send queue that ended, short or long, counted by host
+    /// pair: how many, how long, how they ended (the stalls that timed out
+    /// an RPC without becoming an episode are here).
+    Stalls {
+        /// Only holds that ended within this long [default: 1h].
+        #[arg(long, value_name = "DURATION", value_parser = tcpstall_common::duration::parse)]
+        since: Option<Duration>,
+        /// Only pairs with this host at either end.
+        #[arg(long)]
+        host: Option<String>,
+    },
     /// One episode with its evidence and both ends.
     Show {
         /// Episode id.
@@ -360,12 +372,32 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             }
             let mut q = connect(&target).await?;
             let eps = list(&mut q, &f).await?;
-            print(json, &eps, || render::report(&eps, style))?;
+            // The stalls that ended short of the threshold, in the text
+            // (the JSON stays the array of episodes it has always been).
+            let held = if json {
+                None
+            } else {
+                held_spans_if_known(&mut q, f.since, f.host.clone()).await?
+            };
+            print(json, &eps, || {
+                let mut text = render::report(&eps, style);
+                if let Some(h) = &held {
+                    text.push_str(&stalls::report_section(h));
+                }
+                text
+            })?;
             Ok(if eps.iter().any(|e| e.open) {
                 exit::STUCK
             } else {
                 exit::OK
             })
+        }
+        Command::Stalls { since, host } => {
+            let mut q = connect(&target).await?;
+            let since = since.unwrap_or(Duration::from_secs(3600));
+            let s = held_spans(&mut q, Some(since), host).await?;
+            print(json, &s, || stalls::render(&s))?;
+            Ok(exit::OK)
         }
         Command::Episodes(f) => {
             let mut q = connect(&target).await?;
@@ -426,6 +458,46 @@ fn print<T: serde::Serialize>(
         out.write_all(text().as_bytes()).map_err(|e| e.to_string())
     };
     res.map_err(|e| Failure::new(exit::FAILED, format!("writing the answer: {e}")))
+}
+
+/// [`held_spans`], or `None` from a collector that predates them.
+async fn held_spans_if_known(
+    q: &mut Client,
+    since: Option<Duration>,
+    host: Option<String>,
+) -> Result<Option<stalls::Stalls>, Failure> {
+    match held_spans_raw(q, since, host).await {
+        Ok(r) => Ok(Some(r)),
+        Err(s) if s.code() == tonic::Code::Unimplemented => Ok(None),
+        Err(s) => Err(status_failure("listing held send queues", s)),
+    }
+}
+
+/// The collector's held-span counts over `since`, by pair.
+async fn held_spans(
+    q: &mut Client,
+    since: Option<Duration>,
+    host: Option<String>,
+) -> Result<stalls::Stalls, Failure> {
+    held_spans_raw(q, since, host)
+        .await
+        .map_err(|s| status_failure("listing held send queues", s))
+}
+
+async fn held_spans_raw(
+    q: &mut Client,
+    since: Option<Duration>,
+    host: Option<String>,
+) -> Result<stalls::Stalls, tonic::Status> {
+    let since_s = since.map(|d| d.as_secs().max(1));
+    let r = q
+        .list_held_spans(v1::ListHeldSpansRequest {
+            since_s: since_s.unwrap_or(0),
+            host: host.unwrap_or_default(),
+        })
+        .await?
+        .into_inner();
+    Ok(stalls::gather(&r, since_s))
 }
 
 async fn list(q: &mut Client, f: &Filters) -> Result<Vec<EpisodeView>, Failure> {
