@@ -90,7 +90,12 @@ impl Lab {
         wrapper: &[&str],
     ) -> Lab {
         let net = Net::new(hosts);
-        let collector = CollectorProcess::start(&["--threshold", &ms_text(settings.threshold)]);
+        let collector = CollectorProcess::start(&[
+            "--threshold",
+            &ms_text(settings.threshold),
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ]);
         let url = collector.url();
         let interval = ms_text(settings.interval);
         let monitored: Vec<&Host> = net
@@ -146,6 +151,17 @@ impl Lab {
         self.net.host(role)
     }
 
+    /// The collector's Prometheus figures now, by series (name and
+    /// labels).
+    pub fn metrics(&self) -> std::collections::HashMap<String, f64> {
+        let addr = crate::wait_for(
+            "the collector's metrics address",
+            Duration::from_secs(10),
+            || self.collector.metrics_addr(),
+        );
+        crate::series(&crate::scrape(addr))
+    }
+
     /// Every episode the collector has, or none while it cannot be asked.
     pub fn episodes(&self) -> Vec<v1::Episode> {
         let url = self.collector.url();
@@ -188,6 +204,25 @@ impl Lab {
             String::from_utf8_lossy(&out.stderr)
         );
         serde_json::from_slice(&out.stdout).expect("tcpstall prints one JSON document")
+    }
+
+    /// What the operator's CLI prints: `tcpstall --collector URL ARGS`.
+    pub fn cli_text(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new(crate::binary("tcpstall"))
+            .args(["--collector", &self.collector.url()])
+            .args(args)
+            .env_remove("TCPSTALL_COLLECTOR")
+            .env("NO_COLOR", "1")
+            .output()
+            .expect("run tcpstall");
+        // `report` exits 5 when stuck pairs are open; anything else is a
+        // failure.
+        assert!(
+            out.status.success() || out.status.code() == Some(5),
+            "tcpstall {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// Waits until an episode of the stuck sender `local` -> `remote` has

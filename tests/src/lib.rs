@@ -6,6 +6,8 @@
 pub mod fake;
 pub mod lab;
 
+use std::io::{Read, Write};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -183,7 +185,10 @@ impl CollectorProcess {
             .args(["--listen", listen, "--db"])
             .arg(&db)
             .args(extra)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("TCPSTALL_TEST_RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("start tcpstall-collector");
@@ -305,7 +310,10 @@ impl AgentProcess {
         let mut child = cmd
             .args(["run", "--collector", collector])
             .args(extra)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("TCPSTALL_TEST_RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             // Plain lines for `logged`, whatever the terminal.
             .env("NO_COLOR", "1")
             .stderr(std::process::Stdio::piped())
@@ -360,5 +368,58 @@ impl AgentProcess {
 impl Drop for AgentProcess {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// GET /metrics over plain HTTP/1.1; the body.
+pub fn scrape(addr: SocketAddr) -> String {
+    let mut conn = std::net::TcpStream::connect(addr).expect("connect to metrics");
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .expect("request");
+    let mut reply = String::new();
+    conn.read_to_string(&mut reply).expect("reply");
+    let (head, body) = reply.split_once("\r\n\r\n").expect("HTTP reply");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/plain; version=0.0.4"),
+        "{head}"
+    );
+    body.to_string()
+}
+
+/// Every sample of a scrape by its series (name and labels).
+pub fn series(text: &str) -> std::collections::HashMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Scrapes a metrics endpoint until `ok` holds for its figures, or panics with the
+/// last scrape after `within`.
+pub fn scrape_until(
+    addr: SocketAddr,
+    what: &str,
+    within: Duration,
+    ok: impl Fn(&dyn Fn(&str) -> f64) -> bool,
+) -> std::collections::HashMap<String, f64> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let figures = series(&scrape(addr));
+        let get = |s: &str| figures.get(s).copied().unwrap_or(f64::NAN);
+        if ok(&get) {
+            return figures;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}: {figures:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
 }

@@ -9,26 +9,7 @@ use std::time::Duration;
 
 use tcpstall_proto::convert;
 use tcpstall_proto::v1::{self, query_client::QueryClient};
-use tcpstall_tests::{AgentProcess, CollectorProcess};
-
-/// GET /metrics over plain HTTP/1.1; the body.
-fn scrape(addr: SocketAddr) -> String {
-    let mut conn = TcpStream::connect(addr).expect("connect to metrics");
-    conn.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-        .expect("request");
-    let mut reply = String::new();
-    conn.read_to_string(&mut reply).expect("reply");
-    let (head, body) = reply.split_once("\r\n\r\n").expect("HTTP reply");
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    assert!(
-        head.to_ascii_lowercase()
-            .contains("content-type: text/plain; version=0.0.4"),
-        "{head}"
-    );
-    body.to_string()
-}
+use tcpstall_tests::{scrape, scrape_until, AgentProcess, CollectorProcess};
 
 /// A connection whose receiver never reads: the sender's queue sticks.
 struct Stalled {
@@ -335,40 +316,6 @@ async fn agent_killed_is_marked_gone_and_others_are_served() {
     let eps = wait_for_episodes(&url, &s, 1, 1, Duration::from_secs(20)).await;
     assert_eq!(eps[0].a_host, other_host);
     assert!(!collector.logged(&["agent gone", &other_host]));
-}
-
-/// Every sample of a scrape by its series (name and labels).
-pub(crate) fn series(text: &str) -> std::collections::HashMap<String, f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            Some((series.to_string(), value.parse().ok()?))
-        })
-        .collect()
-}
-
-/// Scrapes the agent until `ok` holds for its figures, or panics with the
-/// last scrape after `within`.
-pub(crate) fn scrape_until(
-    addr: SocketAddr,
-    what: &str,
-    within: Duration,
-    ok: impl Fn(&dyn Fn(&str) -> f64) -> bool,
-) -> std::collections::HashMap<String, f64> {
-    let deadline = std::time::Instant::now() + within;
-    loop {
-        let figures = series(&scrape(addr));
-        let get = |s: &str| figures.get(s).copied().unwrap_or(f64::NAN);
-        if ok(&get) {
-            return figures;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out after {within:?} waiting for {what}: {figures:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]

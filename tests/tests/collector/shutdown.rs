@@ -133,7 +133,7 @@ async fn sighup_applies_a_new_threshold_and_a_broken_file_changes_nothing() {
         collector.metrics_addr()
     });
     let figures = tokio::task::spawn_blocking(move || {
-        super::e2e::scrape_until(metrics, "three samples", Duration::from_secs(10), |get| {
+        tcpstall_tests::scrape_until(metrics, "three samples", Duration::from_secs(10), |get| {
             get("tcpstall_collector_samples_received_total") >= 3.0
         })
     })

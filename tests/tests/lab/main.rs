@@ -11,6 +11,7 @@ mod controls;
 mod cork;
 mod faults;
 mod owner;
+mod question;
 mod topology;
 
 use std::time::{Duration, Instant, SystemTime};
