@@ -54,7 +54,13 @@ pub fn since(
         return now;
     }
     let pos = s.positions();
-    let zero_window = pos.snd_wnd == Some(0) || s.timer == Some(TimerKind::ZeroWindowProbe);
+    // The persist timer also runs for a local refusal (a qdisc that takes
+    // nothing) under an open window: the window itself decides where the
+    // kernel gives it (5.4+).
+    let zero_window = match pos.snd_wnd {
+        Some(w) => w == 0,
+        None => s.timer == Some(TimerKind::ZeroWindowProbe),
+    };
     let ago = match pos.inflight {
         Some(0) if zero_window => info.last_data_sent().map(|sent| {
             let sent = Duration::from_millis(u64::from(sent));
@@ -229,6 +235,16 @@ mod tests {
             since(&sample(i, 500, None, 0), now, Some(s(48.0)), false),
             now
         );
+        // The persist timer of a qdisc's refusal, under an open window.
+        let i = Info {
+            last_data_sent_ms: 300,
+            notsent: 500,
+            snd_wnd: 65_535,
+            busy_us: Some(10_000_000),
+            ..Info::default()
+        };
+        let refused = sample(i, 500, Some(TimerKind::ZeroWindowProbe), 200);
+        assert_eq!(since(&refused, now, Some(s(48.0)), false), now);
         // A queue that only grew since the previous look: a write.
         assert_eq!(since(&zero_window(1_000), now, Some(s(48.0)), true), now);
         // No tcp_info at all.

@@ -929,6 +929,16 @@ impl State {
             Some(e) => e.data.peer,
             None => owner(&self.owners, host, tuple.flow().remote.ip()),
         };
+        tracing::debug!(
+            host = %self.hosts.name(host),
+            flow = %tuple.flow(),
+            cookie,
+            end = %span.end,
+            held_ms = ms(span.held()),
+            episode,
+            tracked = ended.is_some(),
+            "hold ended"
+        );
         self.held
             .add(end_ms, host, peer, span.end, span.held(), episode);
         let Some(mut ended) = ended else { return };

@@ -6,7 +6,7 @@ use std::time::Duration;
 use tcpstall_common::TimerKind;
 use tcpstall_tests::lab::workload::{keepalive, Pace, Rpc};
 use tcpstall_tests::lab::{Lab, Outcome, Settings};
-use tcpstall_tests::{require_root, wait_for};
+use tcpstall_tests::wait_for;
 
 use crate::assert_no_episode_for;
 
@@ -16,9 +16,9 @@ fn run_length(s: Settings) -> Duration {
     s.detection_bound() + Duration::from_secs(1)
 }
 
-fn no_episode(scenario: &str, settings: Settings, note: String) {
+fn no_episode(name: &str, settings: Settings, note: String) {
     Outcome {
-        scenario,
+        scenario: &crate::scenario(name, settings),
         expected: "no episode",
         observed: "none",
         detected: None,
@@ -28,10 +28,7 @@ fn no_episode(scenario: &str, settings: Settings, note: String) {
     .record();
 }
 
-#[test]
-fn bulk_transfer_at_full_speed_gives_no_episode() {
-    require_root!();
-    let s = Settings::FAST;
+fn bulk_transfer_at_full_speed_gives_no_episode(s: Settings) {
     let lab = Lab::start(HOSTS, s);
     let mut rpc = Rpc::open(lab.host("client"), lab.host("server"));
     let len = rpc.request(u64::MAX);
@@ -55,10 +52,7 @@ fn bulk_transfer_at_full_speed_gives_no_episode() {
     no_episode("healthy bulk transfer", s, format!("{:.0} MB/s", mb / secs));
 }
 
-#[test]
-fn slow_reader_that_keeps_moving_gives_no_episode() {
-    require_root!();
-    let s = Settings::FAST;
+fn slow_reader_that_keeps_moving_gives_no_episode(s: Settings) {
     let lab = Lab::start(HOSTS, s);
     let server = lab.host("server");
     let mut rpc = Rpc::open(lab.host("client"), server);
@@ -92,10 +86,7 @@ fn slow_reader_that_keeps_moving_gives_no_episode() {
     );
 }
 
-#[test]
-fn idle_keepalive_connection_gives_no_episode() {
-    require_root!();
-    let s = Settings::FAST;
+fn idle_keepalive_connection_gives_no_episode(s: Settings) {
     let lab = Lab::start(HOSTS, s);
     let client = lab.host("client");
     let rpc = Rpc::open(client, lab.host("server"));
@@ -112,3 +103,13 @@ fn idle_keepalive_connection_gives_no_episode() {
         "keepalive timer running, queues empty".to_string(),
     );
 }
+
+at_both_settings!(bulk_transfer_at_full_speed_gives_no_episode:
+    bulk_transfer_at_full_speed_gives_no_episode_fast,
+    bulk_transfer_at_full_speed_gives_no_episode_at_the_defaults);
+at_both_settings!(slow_reader_that_keeps_moving_gives_no_episode:
+    slow_reader_that_keeps_moving_gives_no_episode_fast,
+    slow_reader_that_keeps_moving_gives_no_episode_at_the_defaults);
+at_both_settings!(idle_keepalive_connection_gives_no_episode:
+    idle_keepalive_connection_gives_no_episode_fast,
+    idle_keepalive_connection_gives_no_episode_at_the_defaults);

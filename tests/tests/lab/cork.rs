@@ -10,17 +10,14 @@ use std::time::{Duration, Instant};
 
 use tcpstall_tests::lab::workload::{cork, Pace, Rpc};
 use tcpstall_tests::lab::{Lab, Outcome, Settings};
-use tcpstall_tests::{require_root, wait_for};
+use tcpstall_tests::wait_for;
 
 use crate::assert_no_episode_for;
 
 /// A response smaller than one segment: all of it waits for the cork.
 const SMALL: usize = 100;
 
-#[test]
-fn corked_partial_response_is_flushed_after_about_200ms_and_gives_no_episode() {
-    require_root!();
-    let settings = Settings::FAST;
+fn corked_partial_response_is_flushed_after_about_200ms_and_gives_no_episode(settings: Settings) {
     let lab = Lab::start(&["client", "server"], settings);
     let server = lab.host("server");
     let mut rpc = Rpc::open(lab.host("client"), server);
@@ -68,7 +65,7 @@ fn corked_partial_response_is_flushed_after_about_200ms_and_gives_no_episode() {
     // The cork is still set, the queue is empty: nothing to report.
     assert_no_episode_for(&lab, settings.detection_bound(), "a corked sender");
     Outcome {
-        scenario: "server corks a 100-byte response and leaves the cork set",
+        scenario: &crate::scenario("server corks a 100-byte response and leaves the cork set", settings),
         expected: "no episode (Linux flushes after ~200 ms)",
         observed: "none",
         detected: None,
@@ -82,3 +79,7 @@ fn corked_partial_response_is_flushed_after_about_200ms_and_gives_no_episode() {
     }
     .record();
 }
+
+at_both_settings!(corked_partial_response_is_flushed_after_about_200ms_and_gives_no_episode:
+    corked_partial_response_is_flushed_after_about_200ms_and_gives_no_episode_fast,
+    corked_partial_response_is_flushed_after_about_200ms_and_gives_no_episode_at_the_defaults);

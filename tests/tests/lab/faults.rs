@@ -4,11 +4,11 @@
 
 use std::time::{Duration, SystemTime};
 
-use tcpstall_tests::lab::workload::{Pace, Rpc};
-use tcpstall_tests::lab::{evidence, Lab, Settings};
+use tcpstall_tests::lab::workload::{Pace, Reader, Rpc, Writer};
+use tcpstall_tests::lab::{evidence, Lab, Outcome, Settings};
 use tcpstall_tests::{require_root, wait_for};
 
-use crate::{expect_one, expect_one_with_b, latest_a, record, RESPONSE};
+use crate::{expect_one, expect_one_with_b, latest_a, record, scenario, RESPONSE};
 
 const HOSTS: &[&str] = &["client", "server"];
 
@@ -79,10 +79,8 @@ fn receiver_that_stops_reading_is_peer_not_reading_at_the_defaults() {
     peer_not_reading(Settings::DEFAULTS, "client stops reading (defaults)");
 }
 
-#[test]
-fn data_dropped_on_the_way_is_data_lost() {
-    require_root!();
-    let lab = Lab::start(HOSTS, Settings::FAST);
+fn data_dropped_on_the_way_is_data_lost(s: Settings) {
+    let lab = Lab::start(HOSTS, s);
     let (client, server) = (lab.host("client"), lab.host("server"));
     let (rpc, len) = asked(&lab);
     let reader = rpc.read(Pace::Full);
@@ -120,11 +118,11 @@ fn data_dropped_on_the_way_is_data_lost() {
     let dropped = client.nft_packets("data");
     assert!(dropped > 0, "the rule dropped the data");
     record(
-        "server's data dropped",
+        &scenario("server's data dropped", s),
         "data_lost",
         &e,
         detected,
-        Settings::FAST,
+        s,
         format!(
             "A.snd_una = B.rcv_nxt = 0, {} in flight, backoff {backoff}, total_retrans {total}; {dropped} segments dropped",
             ev("a_inflight"),
@@ -132,10 +130,8 @@ fn data_dropped_on_the_way_is_data_lost() {
     );
 }
 
-#[test]
-fn acks_dropped_on_the_way_back_is_ack_lost() {
-    require_root!();
-    let lab = Lab::start(HOSTS, Settings::FAST);
+fn acks_dropped_on_the_way_back_is_ack_lost(s: Settings) {
+    let lab = Lab::start(HOSTS, s);
     let (client, server) = (lab.host("client"), lab.host("server"));
     let (rpc, len) = asked(&lab);
     let reader = rpc.read(Pace::Full);
@@ -185,11 +181,11 @@ fn acks_dropped_on_the_way_back_is_ack_lost() {
         "{shown:#}"
     );
     record(
-        "client's ACKs dropped",
+        &scenario("client's ACKs dropped", s),
         "ack_lost",
         &e,
         detected,
-        Settings::FAST,
+        s,
         format!(
             "B.rcv_nxt - A.snd_una = {} = bytes the client read = A in flight; {dropped} ACKs dropped",
             ev("acked_not_seen")
@@ -197,10 +193,8 @@ fn acks_dropped_on_the_way_back_is_ack_lost() {
     );
 }
 
-#[test]
-fn window_update_dropped_while_closed_is_window_update_lost() {
-    require_root!();
-    let lab = Lab::start(HOSTS, Settings::FAST);
+fn window_update_dropped_while_closed_is_window_update_lost(s: Settings) {
+    let lab = Lab::start(HOSTS, s);
     let (client, server) = (lab.host("client"), lab.host("server"));
     let (rpc, len) = asked(&lab);
     let reader = rpc.read(Pace::Paused);
@@ -249,11 +243,11 @@ fn window_update_dropped_while_closed_is_window_update_lost() {
     let dropped = server.nft_packets("updates");
     assert!(dropped > 0, "the rule dropped window updates");
     record(
-        "window updates dropped while closed",
+        &scenario("window updates dropped while closed", s),
         "window_update_lost",
         &e,
         detected,
-        Settings::FAST,
+        s,
         format!(
             "A.snd_wnd 0, B.rcv_wnd {}, B.recvq 0; {dropped} updates dropped",
             ev("b_rcv_wnd")
@@ -261,10 +255,8 @@ fn window_update_dropped_while_closed_is_window_update_lost() {
     );
 }
 
-#[test]
-fn peer_that_lost_the_connection_is_half_open() {
-    require_root!();
-    let lab = Lab::start(HOSTS, Settings::FAST);
+fn peer_that_lost_the_connection_is_half_open(s: Settings) {
+    let lab = Lab::start(HOSTS, s);
     let (client, server) = (lab.host("client"), lab.host("server"));
     let (rpc, len) = asked(&lab);
     // The client's host forgets the connection without a word reaching
@@ -314,30 +306,36 @@ fn peer_that_lost_the_connection_is_half_open() {
     let dropped = client.nft_packets("resets");
     assert!(dropped > 0, "resets were sent and dropped");
     record(
-        "client's socket killed (ss -K), its resets dropped",
+        &scenario("client's socket killed (ss -K), its resets dropped", s),
         "half_open",
         &e,
         detected,
-        Settings::FAST,
+        s,
         format!("{}; {dropped} resets dropped", e.peer_note),
     );
+}
+
+/// The server's queue takes nothing: every packet is refused at enqueue,
+/// so TCP keeps the data as not sent and probes every half second or so.
+fn refusing_qdisc(lab: &Lab) -> (Rpc, Reader, Writer, SystemTime) {
+    let server = lab.host("server");
+    let (rpc, len) = asked(lab);
+    let reader = rpc.read(Pace::Full);
+    server.tc(&[
+        "qdisc", "replace", "dev", "eth0", "root", "pfifo", "limit", "0",
+    ]);
+    let fault = SystemTime::now();
+    let writer = rpc.respond(len);
+    (rpc, reader, writer, fault)
 }
 
 #[test]
 fn qdisc_that_drops_everything_is_unsent_unblocked() {
     require_root!();
-    let lab = Lab::start(HOSTS, Settings::FAST);
+    let s = Settings::FAST;
+    let lab = Lab::start(HOSTS, s);
     let server = lab.host("server");
-    let (rpc, len) = asked(&lab);
-    let reader = rpc.read(Pace::Full);
-    // A queue that takes nothing: every packet is refused at enqueue, so
-    // TCP keeps the data as not sent.
-    server.tc(&[
-        "qdisc", "replace", "dev", "eth0", "root", "pfifo", "limit", "0",
-    ]);
-    let fault = SystemTime::now();
-    let _writer = rpc.respond(len);
-
+    let (rpc, reader, _writer, fault) = refusing_qdisc(&lab);
     let (e, _, detected) = expect_one(&lab, &rpc, "unsent_unblocked", fault);
     let ev = |n| evidence(&e, n);
     assert_eq!(reader.got(), 0);
@@ -356,7 +354,7 @@ fn qdisc_that_drops_everything_is_unsent_unblocked() {
         "unsent_unblocked",
         &e,
         detected,
-        Settings::FAST,
+        s,
         format!(
             "A.notsent {} = sendq, in flight 0, window {}",
             ev("a_notsent"),
@@ -365,10 +363,51 @@ fn qdisc_that_drops_everything_is_unsent_unblocked() {
     );
 }
 
+/// At the defaults the same fault ends before the threshold: the kernel
+/// gives up on the connection after tcp_retries2 (15) unanswered local
+/// probes, about 7 s here, and resets it. No episode then; the hold is
+/// counted, ended by `reset`, and the operator sees it by host pair.
 #[test]
-fn qdisc_that_holds_packets_looks_like_data_lost() {
+fn qdisc_that_drops_everything_at_the_defaults_is_reset_by_the_kernel_and_counted() {
     require_root!();
-    let lab = Lab::start(HOSTS, Settings::FAST);
+    let s = Settings::DEFAULTS;
+    let lab = Lab::start(HOSTS, s);
+    let (rpc, _reader, _writer, _) = refusing_qdisc(&lab);
+    let server = lab.host("server");
+    wait_for(
+        "the kernel to give up on the connection",
+        Duration::from_secs(20),
+        || {
+            server
+                .socket(rpc.server_addr, rpc.client_addr)
+                .is_none()
+                .then_some(())
+        },
+    );
+    let reset = "tcpstall_collector_held_seconds_count{ended=\"reset\"}";
+    let m = wait_for("the hold counted", Duration::from_secs(5), || {
+        let m = lab.metrics();
+        (m.get(reset).copied() == Some(1.0)).then_some(m)
+    });
+    let sum = m
+        .get("tcpstall_collector_held_seconds_sum{ended=\"reset\"}")
+        .copied()
+        .unwrap_or(0.0);
+    assert!((5.0..10.0).contains(&sum), "held {sum} s: {m:?}");
+    crate::assert_no_episode_for(&lab, s.interval, "a stall the kernel reset at 7 s");
+    Outcome {
+        scenario: "server's qdisc takes nothing (pfifo limit 0) (defaults)",
+        expected: "no episode: reset by the kernel first",
+        observed: "none; counted reset",
+        detected: None,
+        settings: s,
+        note: format!("held {sum:.1} s, then tcp_retries2 local probes ended it"),
+    }
+    .record();
+}
+
+fn qdisc_that_holds_packets_looks_like_data_lost(s: Settings) {
+    let lab = Lab::start(HOSTS, s);
     let server = lab.host("server");
     let (rpc, len) = asked(&lab);
     let reader = rpc.read(Pace::Full);
@@ -412,11 +451,11 @@ fn qdisc_that_holds_packets_looks_like_data_lost() {
         "more RTOs ({backoff}) than retransmissions ({total})"
     );
     record(
-        "server's qdisc holds packets (tbf 8bit/s)",
+        &scenario("server's qdisc holds packets (tbf 8bit/s)", s),
         "unsent_unblocked (DESIGN), data_lost (tcp_info)",
         &e,
         detected,
-        Settings::FAST,
+        s,
         format!(
             "{} in flight inside the server's qdisc, B.rcv_nxt = A.snd_una = {}; backoff {backoff} > total_retrans {total}",
             ev("a_inflight"),
@@ -425,10 +464,8 @@ fn qdisc_that_holds_packets_looks_like_data_lost() {
     );
 }
 
-#[test]
-fn peer_without_an_agent_is_peer_unmonitored() {
-    require_root!();
-    let lab = Lab::start_unmonitored(HOSTS, &["client"], Settings::FAST);
+fn peer_without_an_agent_is_peer_unmonitored(s: Settings) {
+    let lab = Lab::start_unmonitored(HOSTS, &["client"], s);
     let client = lab.host("client");
     let (rpc, len) = asked(&lab);
     let _reader = rpc.read(Pace::Paused);
@@ -449,11 +486,26 @@ fn peer_without_an_agent_is_peer_unmonitored() {
         e.summary
     );
     record(
-        "client runs no agent, stops reading",
+        &scenario("client runs no agent, stops reading", s),
         "peer_unmonitored",
         &e,
         detected,
-        Settings::FAST,
+        s,
         e.summary.clone(),
     );
 }
+
+at_both_settings!(data_dropped_on_the_way_is_data_lost:
+    data_dropped_on_the_way_is_data_lost_fast, data_dropped_on_the_way_is_data_lost_at_the_defaults);
+at_both_settings!(acks_dropped_on_the_way_back_is_ack_lost:
+    acks_dropped_on_the_way_back_is_ack_lost_fast, acks_dropped_on_the_way_back_is_ack_lost_at_the_defaults);
+at_both_settings!(window_update_dropped_while_closed_is_window_update_lost:
+    window_update_dropped_while_closed_is_window_update_lost_fast,
+    window_update_dropped_while_closed_is_window_update_lost_at_the_defaults);
+at_both_settings!(peer_that_lost_the_connection_is_half_open:
+    peer_that_lost_the_connection_is_half_open_fast, peer_that_lost_the_connection_is_half_open_at_the_defaults);
+at_both_settings!(qdisc_that_holds_packets_looks_like_data_lost:
+    qdisc_that_holds_packets_looks_like_data_lost_fast,
+    qdisc_that_holds_packets_looks_like_data_lost_at_the_defaults);
+at_both_settings!(peer_without_an_agent_is_peer_unmonitored:
+    peer_without_an_agent_is_peer_unmonitored_fast, peer_without_an_agent_is_peer_unmonitored_at_the_defaults);

@@ -7,6 +7,25 @@
 //! the stuck sender (the tool's "A"), the client's its peer ("B").
 //! Results are printed as `lab-result` lines (docs/lab.md has the table).
 
+/// A scenario runs at the lab's fast settings and at the tools' defaults:
+/// `at_both_settings!(scenario: fast_test, defaults_test)` makes the two
+/// tests of `fn scenario(s: Settings)`.
+macro_rules! at_both_settings {
+    ($scenario:ident: $fast:ident, $defaults:ident) => {
+        #[test]
+        fn $fast() {
+            tcpstall_tests::require_root!();
+            $scenario(tcpstall_tests::lab::Settings::FAST);
+        }
+
+        #[test]
+        fn $defaults() {
+            tcpstall_tests::require_root!();
+            $scenario(tcpstall_tests::lab::Settings::DEFAULTS);
+        }
+    };
+}
+
 mod controls;
 mod cork;
 mod faults;
@@ -118,6 +137,16 @@ pub fn expect_one_with_b(
         "{want} opened {opened:?} after the fault, later than threshold + 2 polls ({bound:?})"
     );
     (e, detail, Detection { opened, seen })
+}
+
+/// A scenario's name for the docs' table, with the settings when they are
+/// the tools' defaults.
+pub fn scenario(name: &str, s: Settings) -> String {
+    if s == Settings::DEFAULTS {
+        format!("{name} (defaults)")
+    } else {
+        name.to_string()
+    }
 }
 
 /// Records a fault's outcome for the docs.

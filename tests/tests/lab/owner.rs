@@ -8,7 +8,6 @@
 use serde_json::Value;
 use tcpstall_tests::lab::workload::{Pace, Rpc};
 use tcpstall_tests::lab::{evidence, Lab, Settings};
-use tcpstall_tests::require_root;
 
 use crate::{expect_one, RESPONSE};
 
@@ -39,10 +38,8 @@ fn argv0() -> String {
     std::env::args().next().unwrap_or_default()
 }
 
-#[test]
-fn stall_names_the_owning_process_on_both_ends() {
-    require_root!();
-    let lab = Lab::start(HOSTS, Settings::FAST);
+fn stall_names_the_owning_process_on_both_ends(s: Settings) {
+    let lab = Lab::start(HOSTS, s);
     let shown = stalled_episode(&lab);
     for side in ["a", "b"] {
         let end = &shown["peer"][side];
@@ -81,14 +78,12 @@ fn stall_names_the_owning_process_on_both_ends() {
     println!("{text}");
 }
 
-#[test]
-fn without_cap_sys_ptrace_the_owner_is_unknown_and_the_diagnosis_unchanged() {
-    require_root!();
+fn without_cap_sys_ptrace_the_owner_is_unknown_and_the_diagnosis_unchanged(s: Settings) {
     // Root less CAP_SYS_PTRACE may not read the descriptors of a process
     // with more capabilities than it has: this one.
     let lab = Lab::start_wrapped(
         HOSTS,
-        Settings::FAST,
+        s,
         &["setpriv", "--bounding-set=-sys_ptrace", "--inh-caps=-all"],
     );
     let shown = stalled_episode(&lab);
@@ -104,7 +99,7 @@ fn without_cap_sys_ptrace_the_owner_is_unknown_and_the_diagnosis_unchanged() {
     }
     // The same stall seen by agents with every capability: the same
     // diagnosis, evidence and known facts, but for the owner.
-    let full = stalled_episode(&Lab::start(HOSTS, Settings::FAST));
+    let full = stalled_episode(&Lab::start(HOSTS, s));
     assert_eq!(shown["diagnosis"], full["diagnosis"]);
     assert_eq!(keys(&shown["evidence"]), keys(&full["evidence"]));
     for side in ["a", "b"] {
@@ -115,6 +110,13 @@ fn without_cap_sys_ptrace_the_owner_is_unknown_and_the_diagnosis_unchanged() {
         );
     }
 }
+
+at_both_settings!(stall_names_the_owning_process_on_both_ends:
+    stall_names_the_owning_process_on_both_ends_fast,
+    stall_names_the_owning_process_on_both_ends_at_the_defaults);
+at_both_settings!(without_cap_sys_ptrace_the_owner_is_unknown_and_the_diagnosis_unchanged:
+    without_cap_sys_ptrace_the_owner_is_unknown_and_the_diagnosis_unchanged_fast,
+    without_cap_sys_ptrace_the_owner_is_unknown_and_the_diagnosis_unchanged_at_the_defaults);
 
 /// The keys of a JSON object.
 fn keys(v: &Value) -> Vec<String> {

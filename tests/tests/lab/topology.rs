@@ -18,10 +18,8 @@ fn in_lab_range(ip: Ipv4Addr) -> bool {
     o[0] == 198 && (o[1] == 18 || o[1] == 19)
 }
 
-#[test]
-fn three_hosts_through_a_bridge_and_the_right_peer_is_joined() {
-    require_root!();
-    let lab = Lab::start(&["client", "server", "other"], Settings::FAST);
+fn three_hosts_through_a_bridge_and_the_right_peer_is_joined(s: Settings) {
+    let lab = Lab::start(&["client", "server", "other"], s);
     assert!(lab.net.bridge.is_some(), "three hosts meet on a bridge");
     let (client, server, other) = (lab.host("client"), lab.host("server"), lab.host("other"));
     for h in &lab.net.hosts {
@@ -63,11 +61,14 @@ fn three_hosts_through_a_bridge_and_the_right_peer_is_joined() {
         "the other host's transfer kept going through the bridge"
     );
     record(
-        "three hosts on a bridge: client's ACKs dropped, another host downloading",
+        &crate::scenario(
+            "three hosts on a bridge: client's ACKs dropped, another host downloading",
+            s,
+        ),
         "ack_lost",
         &e,
         detected,
-        Settings::FAST,
+        s,
         format!(
             "B = {}; the other host read {} MB meanwhile, no episode",
             e.b_host,
@@ -75,6 +76,10 @@ fn three_hosts_through_a_bridge_and_the_right_peer_is_joined() {
         ),
     );
 }
+
+at_both_settings!(three_hosts_through_a_bridge_and_the_right_peer_is_joined:
+    three_hosts_through_a_bridge_and_the_right_peer_is_joined_fast,
+    three_hosts_through_a_bridge_and_the_right_peer_is_joined_at_the_defaults);
 
 #[test]
 fn namespaces_are_removed_when_a_test_panics() {
