@@ -41,8 +41,9 @@ pub struct HostHello {
 pub enum Reason {
     Suspect,
     Watched,
-    /// The suspect's hold ended; how it went, from agents that say.
-    Released(Option<HeldSpan>),
+    /// The suspect's hold ended (how it went is in [`AgentBatch::held`],
+    /// from agents that say).
+    Released,
 }
 
 /// A socket the agent had reported is gone.
@@ -66,6 +67,10 @@ pub struct AgentBatch {
     /// empty the aggregator encodes what it keeps.
     pub packed: Vec<Option<Packed>>,
     pub closed: Vec<ClosedSocket>,
+    /// How the holds of released samples went: (index in `samples`, span),
+    /// in index order. Apart from the samples, which are many, since
+    /// spans are few.
+    pub held: Vec<(usize, HeldSpan)>,
     pub absent: Vec<FlowTuple>,
     pub dropped_batches: u64,
     pub dropped_samples: u64,
@@ -696,9 +701,11 @@ impl State {
         }
         let exact = batch.packed.len() == batch.samples.len();
         let mut packed = batch.packed.into_iter();
+        let mut spans = batch.held.iter().peekable();
         // By reference: a sample is a few hundred bytes, not worth moving.
-        for &(reason, ref sample) in &batch.samples {
+        for (i, &(reason, ref sample)) in batch.samples.iter().enumerate() {
             let mut slot = if exact { packed.next().flatten() } else { None };
+            let span = spans.next_if(|(j, _)| *j == i).map(|(_, span)| *span);
             let tuple = Tuple::new(sample.flow);
             self.peer_report(host, tuple, |_| PeerEnd::Seen {
                 at_ms: taken_ms,
@@ -708,9 +715,9 @@ impl State {
                     slot.clone().unwrap_or_else(|| Packed::new(sample))
                 },
             });
-            match reason {
-                Reason::Watched => {}
-                Reason::Released(Some(span)) => {
+            match (reason, span) {
+                (Reason::Watched, _) => {}
+                (Reason::Released, Some(span)) => {
                     let ended = Some((sample, slot));
                     self.held_end(host, tuple, sample.cookie, ended, &span, at);
                 }
@@ -788,7 +795,7 @@ impl State {
             taken_ms,
             ask_after,
         } = at;
-        if matches!(reason, Reason::Released(_)) || sample.pos.sendq == 0 {
+        if reason == Reason::Released || sample.pos.sendq == 0 {
             self.last_word(host, tuple, sample, packed, mono, now_ms, taken_ms);
             return;
         }

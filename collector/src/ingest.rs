@@ -162,6 +162,7 @@ pub fn batch_from_wire(b: raw::Batch, max_samples: usize) -> Result<AgentBatch, 
     }
     let mut samples = Vec::with_capacity(b.samples.len());
     let mut packed = Vec::with_capacity(b.samples.len());
+    let mut held = Vec::new();
     for (i, bytes) in b.samples.into_iter().enumerate() {
         let w = sample_wire::decode_sample(&bytes)
             .map_err(|e| Status::invalid_argument(format!("samples[{i}]: {e}")))?;
@@ -170,13 +171,14 @@ pub fn batch_from_wire(b: raw::Batch, max_samples: usize) -> Result<AgentBatch, 
             Ok(v1::SampleReason::Watched) => Reason::Watched,
             // A span on anything but a release is ignored, as an unknown
             // field would be.
-            Ok(v1::SampleReason::Released) => Reason::Released(
-                w.held
-                    .as_ref()
-                    .map(convert::held_from_wire)
-                    .transpose()
-                    .map_err(|e| Status::invalid_argument(format!("samples[{i}]: {e}")))?,
-            ),
+            Ok(v1::SampleReason::Released) => {
+                if let Some(h) = w.held.as_ref() {
+                    let span = convert::held_from_wire(h)
+                        .map_err(|e| Status::invalid_argument(format!("samples[{i}]: {e}")))?;
+                    held.push((i, span));
+                }
+                Reason::Released
+            }
             _ => {
                 return Err(Status::invalid_argument(format!(
                     "samples[{i}]: unknown reason {}",
@@ -188,8 +190,7 @@ pub fn batch_from_wire(b: raw::Batch, max_samples: usize) -> Result<AgentBatch, 
             .map_err(|e| Status::invalid_argument(format!("samples[{i}]: {e}")))?;
         // What the aggregator may keep; a released sample is kept only as
         // an episode's last, and encoded there if so.
-        packed
-            .push((!matches!(reason, Reason::Released(_))).then(|| Packed::from_bytes(&bytes[..])));
+        packed.push((reason != Reason::Released).then(|| Packed::from_bytes(&bytes[..])));
         samples.push((reason, s));
     }
     let closed = b
@@ -219,6 +220,7 @@ pub fn batch_from_wire(b: raw::Batch, max_samples: usize) -> Result<AgentBatch, 
         samples,
         packed,
         closed,
+        held,
         absent,
         dropped_batches: b.dropped_batches,
         dropped_samples: b.dropped_samples,
@@ -514,8 +516,9 @@ mod tests {
             100,
         )
         .expect("valid");
-        assert_eq!(b.samples[0].0, Reason::Released(Some(span)));
-        assert_eq!(b.samples[1].0, Reason::Suspect, "ignored on a suspect");
+        assert_eq!(b.samples[0].0, Reason::Released);
+        assert_eq!(b.held, vec![(0, span)], "on the release only");
+        assert_eq!(b.samples[1].0, Reason::Suspect);
         assert_eq!(b.closed[0].held, Some(span));
         // Out of order, or with no end named: the batch is refused.
         let mut bad = released;

@@ -218,12 +218,7 @@ async fn join_watch_and_peer_not_reading_from_both_ends() {
     moved.pos.snd_una = Some(6000);
     moved.pos.snd_nxt = Some(6000);
     moved.pos.write_seq = Some(9000);
-    rig.send(
-        a_sess,
-        112.1,
-        vec![(Reason::Released(None), moved)],
-        at(12.1),
-    );
+    rig.send(a_sess, 112.1, vec![(Reason::Released, moved)], at(12.1));
     let eps = rig.episodes().await;
     assert!(!eps[0].open);
     assert_eq!(eps[0].end_reason.as_deref(), Some("moved"));
@@ -299,9 +294,9 @@ async fn released_suspects_leave_nothing_behind() {
         a_sess,
         102.0,
         vec![
-            (Reason::Released(None), drained(drains)),
-            (Reason::Released(None), moved),
-            (Reason::Released(None), drained(watched.clone())),
+            (Reason::Released, drained(drains)),
+            (Reason::Released, moved),
+            (Reason::Released, drained(watched.clone())),
         ],
         at(2.0),
     );
@@ -347,12 +342,7 @@ async fn a_socket_replaced_on_its_4_tuple_leaves_nothing_of_the_old_one() {
     let mut drained = new;
     drained.pos.sendq = 0;
     drained.unchanged_ms = 0;
-    rig.send(
-        a_sess,
-        104.0,
-        vec![(Reason::Released(None), drained)],
-        at(4.0),
-    );
+    rig.send(a_sess, 104.0, vec![(Reason::Released, drained)], at(4.0));
     assert_eq!(
         rig.asked("hostb"),
         vec![ToAgent::Unwatch(old.flow.reversed())]
@@ -556,12 +546,7 @@ async fn a_queue_held_briefly_costs_its_peer_nothing() {
     rig.send(a_sess, 100.0, vec![(Reason::Suspect, a.clone())], at(0.0));
     let mut drained = a.clone();
     drained.pos.sendq = 0;
-    rig.send(
-        a_sess,
-        102.0,
-        vec![(Reason::Released(None), drained)],
-        at(2.0),
-    );
+    rig.send(a_sess, 102.0, vec![(Reason::Released, drained)], at(2.0));
     assert!(rig.asked("hostb").is_empty(), "B was never needed");
     assert_eq!(rig.state.stats().watched, 0);
 
@@ -580,12 +565,7 @@ async fn a_queue_held_briefly_costs_its_peer_nothing() {
     rig.send(a_sess, 106.0, vec![(Reason::Suspect, c.clone())], at(6.0));
     assert_eq!(rig.asked("hostb"), vec![ToAgent::Watch(c.flow.reversed())]);
     c.pos.sendq = 0;
-    rig.send(
-        a_sess,
-        108.0,
-        vec![(Reason::Released(None), c.clone())],
-        at(8.0),
-    );
+    rig.send(a_sess, 108.0, vec![(Reason::Released, c.clone())], at(8.0));
     assert_eq!(
         rig.asked("hostb"),
         vec![ToAgent::Unwatch(c.flow.reversed())]
@@ -610,7 +590,7 @@ async fn a_queue_held_briefly_costs_its_peer_nothing() {
     assert_eq!(rig.asked("hostb"), vec![ToAgent::Watch(q.flow.reversed())]);
     rig.send(a_sess, 110.5, vec![(Reason::Suspect, q.clone())], at(10.5));
     q.pos.sendq = 0;
-    rig.send(a_sess, 111.0, vec![(Reason::Released(None), q)], at(10.8));
+    rig.send(a_sess, 111.0, vec![(Reason::Released, q)], at(10.8));
     assert!(
         rig.asked("hostb").is_empty(),
         "the query still needs B's end"
@@ -656,12 +636,7 @@ async fn a_peer_host_that_reconnects_is_asked_again_for_what_it_watched() {
     // Once A's queue drains nobody needs it: B is told to stop.
     let mut drained = a.clone();
     drained.pos.sendq = 0;
-    rig.send(
-        a_sess,
-        102.0,
-        vec![(Reason::Released(None), drained)],
-        at(3.0),
-    );
+    rig.send(a_sess, 102.0, vec![(Reason::Released, drained)], at(3.0));
     assert_eq!(
         rig.asked("hostb"),
         vec![ToAgent::Unwatch(a.flow.reversed())]
@@ -802,7 +777,7 @@ async fn tracked_bytes_count_the_samples_held_and_let_go_of_them() {
         .into_iter()
         .map(|(_, mut s)| {
             s.pos.sendq = 0;
-            (Reason::Released(None), s)
+            (Reason::Released, s)
         })
         .collect();
     rig.send(a_sess, 104.0, released, at(4.0));
@@ -818,6 +793,16 @@ async fn tracked_bytes_count_the_samples_held_and_let_go_of_them() {
 fn span(since: f64, last_held: f64, ended: f64, end: HeldEnd) -> HeldSpan {
     let d = Duration::from_secs_f64;
     HeldSpan::new(d(since), d(last_held), d(ended), end).expect("an ordered span")
+}
+
+/// A's release with its hold, as A's agent sends it.
+fn released(mono_s: f64, s: EndSample, held: HeldSpan) -> AgentBatch {
+    AgentBatch {
+        mono: Duration::from_secs_f64(mono_s),
+        samples: vec![(Reason::Released, s)],
+        held: vec![(0, held)],
+        ..AgentBatch::default()
+    }
 }
 
 /// A closed from A's agent, with its hold.
@@ -943,12 +928,7 @@ async fn a_hold_that_ends_short_of_the_threshold_is_counted_by_pair_not_recorded
     rig.send(a_sess, 110.0, vec![(Reason::Suspect, c.clone())], at(10.0));
     let moved = span(108.0, 110.0, 110.25, HeldEnd::Moved);
     c.pos.sendq = 0;
-    rig.send(
-        a_sess,
-        110.25,
-        vec![(Reason::Released(Some(moved)), c)],
-        at(10.25),
-    );
+    rig.batch(a_sess, released(110.25, c, moved), at(10.25));
     assert!(rig.episodes().await.is_empty(), "no episode");
     let held = rig.state.stats().held;
     assert_eq!(
@@ -1001,12 +981,7 @@ async fn an_open_episode_ends_with_the_measured_length_and_how_it_went() {
     let held = span(90.0, 102.25, 102.35, HeldEnd::Closed);
     let mut fin = a.clone();
     fin.state = tcpstall_common::TcpState::CloseWait;
-    rig.send(
-        a_sess,
-        102.35,
-        vec![(Reason::Released(Some(held)), fin)],
-        at(2.35),
-    );
+    rig.batch(a_sess, released(102.35, fin, held), at(2.35));
     let e = &rig.episodes().await[0];
     assert!(!e.open);
     assert_eq!(e.end_reason.as_deref(), Some("closed"));
