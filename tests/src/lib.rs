@@ -6,7 +6,6 @@
 pub mod fake;
 pub mod lab;
 
-use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
@@ -371,35 +370,13 @@ impl Drop for AgentProcess {
     }
 }
 
-/// GET /metrics over plain HTTP/1.1; the body.
+/// GET /metrics over plain HTTP/1.1; the body (panics if it fails).
 pub fn scrape(addr: SocketAddr) -> String {
-    let mut conn = std::net::TcpStream::connect(addr).expect("connect to metrics");
-    conn.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-        .expect("request");
-    let mut reply = String::new();
-    conn.read_to_string(&mut reply).expect("reply");
-    let (head, body) = reply.split_once("\r\n\r\n").expect("HTTP reply");
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    assert!(
-        head.to_ascii_lowercase()
-            .contains("content-type: text/plain; version=0.0.4"),
-        "{head}"
-    );
-    body.to_string()
+    tcpstall_prom::read::scrape(addr, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("scraping {addr}: {e}"))
 }
 
-/// Every sample of a scrape by its series (name and labels).
-pub fn series(text: &str) -> std::collections::HashMap<String, f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            Some((series.to_string(), value.parse().ok()?))
-        })
-        .collect()
-}
+pub use tcpstall_prom::read::series;
 
 /// Scrapes a metrics endpoint until `ok` holds for its figures, or panics with the
 /// last scrape after `within`.
