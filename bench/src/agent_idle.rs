@@ -18,6 +18,13 @@
 //!   headers not) and `tcpi_segs_out`, read with sock_diag through
 //!   tcpstall's own [`Poller`], the socket found by the collector's port.
 //!
+//! With `--stuck-every N`, one connection in N is held stuck instead (its
+//! host end's send queue full behind a far end that never reads): the
+//! agent's suspects, sent every poll and followed between polls; the
+//! agent's own metrics then say how many follows and exact requests it
+//! made. `--follow-interval` is passed to the agent (`0s`: no following),
+//! to tell following's share of the cost.
+//!
 //! Afterwards, with the agent stopped and the connections still held, the
 //! floor: CPU per poll, in this process, over the same namespace, of
 //! tcpstall's two polls (everything about every socket; the base message of
@@ -90,6 +97,63 @@ pub struct IdleArgs {
     /// file (perturbs the CPU figures: use a separate run).
     #[arg(long)]
     perf: Option<PathBuf>,
+    /// One connection in this many is held stuck: a suspect the agent
+    /// sends every poll and follows between polls (0: none, all idle).
+    #[arg(long, default_value_t = 0)]
+    stuck_every: usize,
+    /// The agent's --follow-interval [default: the agent's own].
+    #[arg(long, value_name = "DURATION")]
+    follow_interval: Option<String>,
+}
+
+/// What the agent's own metrics counted over the window.
+#[derive(Debug, Clone, Copy, Default)]
+struct AgentFigures {
+    polls: f64,
+    follows: f64,
+    follow_requests: f64,
+    follow_skipped: f64,
+    sent_samples: f64,
+    suspects: f64,
+}
+
+impl AgentFigures {
+    fn scrape(addr: std::net::SocketAddr) -> anyhow::Result<AgentFigures> {
+        let text = tcpstall_prom::read::scrape(addr, Duration::from_secs(10))
+            .with_context(|| format!("scraping the agent at {addr}"))?;
+        let m = tcpstall_prom::read::series(&text);
+        let get = |k: &str| m.get(k).copied().unwrap_or(0.0);
+        Ok(AgentFigures {
+            polls: get("tcpstall_agent_polls_total"),
+            follows: get("tcpstall_agent_follows_total"),
+            follow_requests: get("tcpstall_agent_follow_requests_total"),
+            follow_skipped: get("tcpstall_agent_follow_skipped_total"),
+            sent_samples: get("tcpstall_agent_sent_samples_total"),
+            suspects: get("tcpstall_agent_suspects"),
+        })
+    }
+
+    fn since(&self, s: &AgentFigures) -> AgentFigures {
+        AgentFigures {
+            polls: self.polls - s.polls,
+            follows: self.follows - s.follows,
+            follow_requests: self.follow_requests - s.follow_requests,
+            follow_skipped: self.follow_skipped - s.follow_skipped,
+            sent_samples: self.sent_samples - s.sent_samples,
+            suspects: self.suspects,
+        }
+    }
+}
+
+/// The address the agent said it serves metrics on (its log's line).
+fn agent_metrics_addr(log: &std::path::Path) -> Option<std::net::SocketAddr> {
+    let text = std::fs::read_to_string(log).ok()?;
+    text.lines().find_map(|l| {
+        l.strip_prefix("tcpstall-agent metrics on http://")?
+            .strip_suffix("/metrics")?
+            .parse()
+            .ok()
+    })
 }
 
 /// The agent→collector socket's counters at one moment.
@@ -193,14 +257,22 @@ pub fn run(args: &IdleArgs) -> anyhow::Result<()> {
         "tcpstall-bench: opening {} idle connections ...",
         args.conns
     );
-    holders.grow_to(args.conns, args.per_holder, 0)?;
+    holders.grow_to_stuck(args.conns, args.per_holder, 0, args.stuck_every)?;
     ensure!(!lab::interrupted(), "interrupted");
     let collector = Collector::start(&bins, "info", &[])?;
     let interval = humantime::format_duration(args.interval).to_string();
     let agent_log = collector.dir().join("agent.log");
     let mut agent_args = vec!["--interval".to_string(), interval];
+    // The agent's own figures (follows, samples sent), when something is
+    // held; at rest its endpoint stays off, as in a default deployment.
+    if args.stuck_every > 0 {
+        agent_args.extend(["--metrics-listen".to_string(), "127.0.0.1:0".to_string()]);
+    }
     if let Some(lab) = &lab {
         agent_args.extend(["--netns".to_string(), lab.host.clone()]);
+    }
+    if let Some(f) = &args.follow_interval {
+        agent_args.extend(["--follow-interval".to_string(), f.clone()]);
     }
     let mut agent = Agent::start(&bins, &collector.url(), &agent_args, "info", &agent_log)?;
     // The agent's link to the collector is in this namespace.
@@ -222,6 +294,15 @@ pub fn run(args: &IdleArgs) -> anyhow::Result<()> {
         humantime::format_duration(args.duration)
     );
     nap(args.warmup)?;
+    let metrics = if args.stuck_every > 0 {
+        Some(agent_metrics_addr(&agent_log).context("the agent's metrics address")?)
+    } else {
+        None
+    };
+    let figures_start = match metrics {
+        Some(m) => AgentFigures::scrape(m)?,
+        None => AgentFigures::default(),
+    };
     let start = read(&agent, &collector, &mut poller, Some(link.cookie))?;
     let mut perf = match &args.perf {
         Some(out) => Some(procs::Perf::record(agent.pid(), out, args.duration)?),
@@ -233,6 +314,10 @@ pub fn run(args: &IdleArgs) -> anyhow::Result<()> {
         ensure!(agent.alive(), "the agent exited during the window");
     }
     let end = read(&agent, &collector, &mut poller, Some(link.cookie))?;
+    let figures = match metrics {
+        Some(m) => AgentFigures::scrape(m)?.since(&figures_start),
+        None => AgentFigures::default(),
+    };
     if let Some(p) = perf.as_mut() {
         p.wait();
     }
@@ -265,7 +350,15 @@ pub fn run(args: &IdleArgs) -> anyhow::Result<()> {
     };
     drop(holders);
     drop(lab);
-    report(args, &start, &end, sockets, warnings, floor.as_ref());
+    report(
+        args,
+        &start,
+        &end,
+        sockets,
+        warnings,
+        floor.as_ref(),
+        &figures,
+    );
     Ok(())
 }
 
@@ -390,6 +483,7 @@ fn report(
     sockets: (usize, usize),
     warnings: usize,
     floor: Option<&Floor>,
+    figures: &AgentFigures,
 ) {
     let wall = match (s.at, e.at) {
         (Some(a), Some(b)) => b - a,
@@ -426,9 +520,21 @@ fn report(
     } else {
         "far ends in a second network namespace behind a veth pair"
     };
+    let stuck = if args.stuck_every > 0 {
+        format!(
+            ", one in {} held stuck ({} suspects at the end)",
+            args.stuck_every, figures.suspects
+        )
+    } else {
+        String::new()
+    };
+    let follow = match &args.follow_interval {
+        Some(f) => format!(" (--follow-interval {f})"),
+        None => String::new(),
+    };
     println!(
-        "{} idle connections held ({layout}); the agent's namespace held {} connection sockets \
-         and {} listeners; agent polling every {}; window {:.1} s ({:.1} polls).",
+        "{} connections held ({layout}){stuck}; the agent's namespace held {} connection sockets \
+         and {} listeners; agent polling every {}{follow}; window {:.1} s ({:.1} polls).",
         args.conns,
         sockets.0,
         sockets.1,
@@ -490,6 +596,27 @@ fn report(
             procfs::percent_of_core(e.collector.since(&s.collector).total(), wall)
         ),
     );
+    if args.stuck_every > 0 {
+        row(
+            "agent: polls, follows, exact requests by follows (per second)",
+            format!(
+                "{:.0}, {:.0}, {:.0} ({:.1}/s); follows' skipped suspects {:.0}",
+                figures.polls,
+                figures.follows,
+                figures.follow_requests,
+                figures.follow_requests / secs,
+                figures.follow_skipped
+            ),
+        );
+        row(
+            "agent: samples sent (per second)",
+            format!(
+                "{:.0} ({:.1}/s)",
+                figures.sent_samples,
+                figures.sent_samples / secs
+            ),
+        );
+    }
     row("agent warnings and errors logged", warnings.to_string());
     println!();
     let verdict = |ok: bool| if ok { "met" } else { "**MISSED**" };

@@ -13,6 +13,12 @@
 //! holders never compete for the same ephemeral ports. Every socket gets
 //! `SO_LINGER` 0: when a holder exits, its connections end with a RST and
 //! leave no TIME-WAIT sockets for a later poll to count.
+//!
+//! Some connections may be held stuck (`--stuck-every`): the connecting
+//! end writes until its send buffer is full and the accepting end never
+//! reads, so the connecting end's send queue is held (a shut window), as a
+//! server's is behind a client that stopped reading. Their buffers are
+//! small, so that a thousand of them hold a few tens of megabytes.
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -50,6 +56,28 @@ pub struct HoldArgs {
     /// socket's receive queue (0: none).
     #[arg(long, default_value_t = 10)]
     unread_every: usize,
+    /// One connection in this many is held stuck: its connecting end's
+    /// send queue full, behind an accepting end that never reads (0: none).
+    #[arg(long, default_value_t = 0)]
+    stuck_every: usize,
+}
+
+/// Buffer sizes asked for on stuck connections (the kernel doubles them).
+const STUCK_BUF: usize = 4096;
+
+/// Fills `client`'s send queue: writes until the socket takes no more.
+fn fill(client: &TcpStream) -> anyhow::Result<usize> {
+    setsockopt(client, sockopt::SndBuf, &STUCK_BUF).context("SO_SNDBUF")?;
+    client.set_nonblocking(true)?;
+    let chunk = [0x53u8; 4096];
+    let mut total = 0;
+    loop {
+        match (&*client).write(&chunk) {
+            Ok(n) => total += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(total),
+            Err(e) => return Err(e).context("filling a stuck connection"),
+        }
+    }
 }
 
 /// Runs a holder: prints `ready N` once every connection is established,
@@ -82,12 +110,18 @@ pub fn hold(args: &HoldArgs) -> anyhow::Result<()> {
         }
     }
     .with_context(|| format!("listening on {}", args.addr))?;
+    if args.stuck_every > 0 {
+        // Inherited by the accepted ends: small windows to fill.
+        setsockopt(&listener, sockopt::RcvBuf, &STUCK_BUF).context("SO_RCVBUF")?;
+    }
     let target = listener.local_addr()?;
     let mut held = Vec::with_capacity(2 * args.conns);
     for i in 0..args.conns {
         let (client, server) = connect_one(&listener, target)
             .with_context(|| format!("connection {} of {} to {target}", i + 1, args.conns))?;
-        if args.unread_every > 0 && i % args.unread_every == 0 {
+        if args.stuck_every > 0 && i % args.stuck_every == args.stuck_every / 2 {
+            fill(&client)?;
+        } else if args.unread_every > 0 && i % args.unread_every == 0 {
             (&client).write_all(&[0x5a; UNREAD_BYTES])?;
         }
         held.push(client);
@@ -192,6 +226,18 @@ impl Holders {
         per_holder: usize,
         unread_every: usize,
     ) -> anyhow::Result<()> {
+        self.grow_to_stuck(total, per_holder, unread_every, 0)
+    }
+
+    /// [`Holders::grow_to`], one connection in `stuck_every` held stuck
+    /// (0: none).
+    pub fn grow_to_stuck(
+        &mut self,
+        total: usize,
+        per_holder: usize,
+        unread_every: usize,
+        stuck_every: usize,
+    ) -> anyhow::Result<()> {
         ensure!(
             (1..=MAX_PER_HOLDER).contains(&per_holder),
             "--per-holder must be between 1 and {MAX_PER_HOLDER}"
@@ -222,6 +268,8 @@ impl Holders {
                 .arg(n.to_string())
                 .arg("--unread-every")
                 .arg(unread_every.to_string())
+                .arg("--stuck-every")
+                .arg(stuck_every.to_string())
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit())

@@ -17,13 +17,13 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use tcpstall_agent::outbox::Outbox;
 use tcpstall_agent::run::{mono_at, MAX_BATCH_ENTRIES};
-use tcpstall_proto::convert::{flow_from_wire, flow_to_wire, ip_to_wire, sample_to_wire};
+use tcpstall_proto::convert::{flow_from_wire, flow_to_wire, ip_to_wire};
 use tcpstall_proto::v1::{self, agent_message, collector_message, ingest_client::IngestClient};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 
-use super::sim::{self, Host, Reason, StallStart};
+use super::sim::{self, Host, StallStart};
 
 /// Messages queued towards the stream before the outbox keeps them (the
 /// agent's `uplink::STREAM_QUEUE`).
@@ -98,14 +98,6 @@ pub struct Shared {
     pub batch_max: usize,
 }
 
-fn reason(r: Reason) -> v1::SampleReason {
-    match r {
-        Reason::Suspect => v1::SampleReason::Suspect,
-        Reason::Watched => v1::SampleReason::Watched,
-        Reason::Released => v1::SampleReason::Released,
-    }
-}
-
 /// One poll as batches of at most `max` entries (absent, then samples),
 /// as the agent splits its selection (`tcpstall_agent::run::to_batches`).
 fn split(polled: &sim::Polled, mono_us: u64, connections: u32, max: usize) -> Vec<v1::Batch> {
@@ -121,10 +113,7 @@ fn split(polled: &sim::Polled, mono_us: u64, connections: u32, max: usize) -> Ve
         out.push(v1::Batch {
             mono_us,
             connections,
-            samples: s_now
-                .iter()
-                .map(|(r, s)| sample_to_wire(s, reason(*r)))
-                .collect(),
+            samples: s_now.iter().map(|(r, s)| sim::to_wire(r, s)).collect(),
             closed: Vec::new(),
             dropped_batches: 0,
             dropped_samples: 0,
@@ -327,7 +316,12 @@ mod tests {
         let hosts = 10;
         let polled = sim::Polled {
             samples: (0..300)
-                .map(|k| (Reason::Suspect, sim::a_queued(1, k, false, hosts, 2000)))
+                .map(|k| {
+                    (
+                        sim::Reason::Suspect,
+                        sim::a_queued(1, k, false, hosts, 2000),
+                    )
+                })
                 .collect(),
             absent: (0..5)
                 .map(|k| sim::a_flow(1, 1000 + k, false, hosts))

@@ -19,11 +19,11 @@ use prost::Message;
 use tcpstall_collector::aggregator::{Command, HostHello, State, ToAgent};
 use tcpstall_collector::ingest::batch_from_wire;
 use tcpstall_collector::store::{Store, StoreConfig};
-use tcpstall_proto::convert::{flow_to_wire, sample_to_wire};
+use tcpstall_proto::convert::flow_to_wire;
 use tcpstall_proto::{raw, v1};
 use tokio::sync::{mpsc, oneshot};
 
-use super::sim::{self, Reason};
+use super::sim;
 use super::Fleet;
 use crate::{measure, procfs};
 
@@ -56,14 +56,6 @@ fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
-fn wire_reason(r: Reason) -> v1::SampleReason {
-    match r {
-        Reason::Suspect => v1::SampleReason::Suspect,
-        Reason::Watched => v1::SampleReason::Watched,
-        Reason::Released => v1::SampleReason::Released,
-    }
-}
-
 /// One host's poll as the agent sends it.
 fn encode(polled: &sim::Polled, now: Duration, conns: u32) -> Vec<u8> {
     let batch = v1::Batch {
@@ -72,7 +64,7 @@ fn encode(polled: &sim::Polled, now: Duration, conns: u32) -> Vec<u8> {
         samples: polled
             .samples
             .iter()
-            .map(|(r, s)| sample_to_wire(s, wire_reason(*r)))
+            .map(|(r, s)| sim::to_wire(r, s))
             .collect(),
         closed: Vec::new(),
         dropped_batches: 0,

@@ -29,7 +29,11 @@ use std::collections::{BTreeSet, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use tcpstall_common::{EndSample, FlowTuple, Opened, Positions, TcpState, TimerKind};
+use tcpstall_common::{
+    EndSample, FlowTuple, HeldEnd, HeldSpan, Opened, Positions, TcpState, TimerKind,
+};
+use tcpstall_proto::convert::{held_to_wire, sample_to_wire};
+use tcpstall_proto::v1;
 
 /// Server port of the flows whose queues churn.
 pub const CHURN_PORT: u16 = 7000;
@@ -284,7 +288,33 @@ pub fn b_watched(flow: FlowTuple, hosts: u32) -> Option<EndSample> {
 pub enum Reason {
     Suspect,
     Watched,
-    Released,
+    /// With the hold's span, as agents that follow their suspects send it.
+    Released(HeldSpan),
+}
+
+/// One sample as the agent puts it on the wire.
+pub fn to_wire(r: &Reason, s: &EndSample) -> v1::Sample {
+    let (reason, held) = match r {
+        Reason::Suspect => (v1::SampleReason::Suspect, None),
+        Reason::Watched => (v1::SampleReason::Watched, None),
+        Reason::Released(h) => (v1::SampleReason::Released, Some(held_to_wire(h))),
+    };
+    let mut w = sample_to_wire(s, reason);
+    w.held = held;
+    w
+}
+
+/// The span of a hold first seen at `first_seen` and found over at the
+/// poll `now`: followed, so last found held a follow (an eighth of a poll)
+/// before.
+fn released(first_seen: Duration, now: Duration, interval: Duration) -> Reason {
+    let last_held = now.saturating_sub(interval / 8).max(first_seen);
+    Reason::Released(HeldSpan {
+        since: first_seen,
+        last_held,
+        ended: now,
+        end: HeldEnd::Drained,
+    })
 }
 
 /// A churning queue.
@@ -432,8 +462,8 @@ impl Host {
                     .push((Reason::Suspect, a_queued(i, c.k, false, hosts, ms)));
                 kept.push(c);
             } else {
-                out.samples
-                    .push((Reason::Released, a_released(i, c.k, false, hosts)));
+                let why = released(c.first_seen, now, self.shape.interval);
+                out.samples.push((why, a_released(i, c.k, false, hosts)));
                 self.in_churn.remove(&c.k);
             }
         }
@@ -479,9 +509,14 @@ impl Host {
                     };
                 }
                 Slot::Waiting { .. } => {}
-                Slot::Stuck { k, until, .. } if now >= until => {
-                    out.samples
-                        .push((Reason::Released, a_released(i, k, true, hosts)));
+                Slot::Stuck {
+                    k,
+                    until,
+                    first_seen,
+                    ..
+                } if now >= until => {
+                    let why = released(first_seen, now, self.shape.interval);
+                    out.samples.push((why, a_released(i, k, true, hosts)));
                     self.slots[slot] = Slot::Waiting {
                         start: now + self.rng.within(self.shape.interval),
                     };
@@ -615,7 +650,13 @@ mod tests {
             if n >= 5 {
                 suspects.push(churn(Reason::Suspect));
             }
-            released += churn(Reason::Released);
+            released += out
+                .samples
+                .iter()
+                .filter(|(x, s)| {
+                    matches!(x, Reason::Released(_)) && s.flow.remote.port() == CHURN_PORT
+                })
+                .count();
             for (r, s) in &out.samples {
                 if *r == Reason::Suspect && s.flow.remote.port() == CHURN_PORT {
                     assert!(s.unchanged_ms == 2000 || s.unchanged_ms == 4000);
@@ -649,7 +690,10 @@ mod tests {
                 if s.flow.remote.port() == STUCK_PORT {
                     match r {
                         Reason::Suspect => longest = longest.max(s.unchanged_ms),
-                        Reason::Released => stuck_released += 1,
+                        Reason::Released(h) => {
+                            assert!(h.since <= h.last_held && h.last_held <= h.ended);
+                            stuck_released += 1
+                        }
                         Reason::Watched => unreachable!(),
                     }
                 }
