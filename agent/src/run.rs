@@ -191,9 +191,7 @@ impl PollState {
             figures,
         }
     }
-}
 
-impl PollState {
     /// Follows the held suspects for the tick that was due at `tick`: asks
     /// the kernel for each alone (the longest held first, at most
     /// `follow_max`), and releases or closes those whose hold ended. A
@@ -208,8 +206,10 @@ impl PollState {
         let mut looks = Vec::with_capacity(requests);
         let mut failures = Vec::new();
         for group in followed.chunk_by(|a, b| a.netns == b.netns) {
+            let Some(netns) = group.first().map(|f| f.netns) else {
+                continue;
+            };
             let ids: Vec<ExactId> = group.iter().map(|f| f.id).collect();
-            let netns = group[0].netns;
             let res = self.poller.look(netns, &ids, |i, answer| {
                 if let Some(f) = group.get(i) {
                     looks.push((f.key, answer));
@@ -377,6 +377,10 @@ pub async fn run(settings: RunSettings, shutdown: impl Future<Output = ()>) -> a
     let mut outage_drops = 0u64;
     let mut ticker = tokio::time::interval(settings.interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let mut follow_failing = false;
+    // Whether a suspect is held, as of the last poll or follow (the only
+    // steps that change it).
+    let mut held = false;
     // Following: a timer that only runs while a suspect is held.
     let mut follower = settings.follow.map(|every| {
         let mut t = tokio::time::interval(every);
@@ -397,7 +401,6 @@ pub async fn run(settings: RunSettings, shutdown: impl Future<Output = ()>) -> a
                 None => std::future::pending().await,
             }
         };
-        let held = state.selector.suspects() > 0;
         let follow_tick = async {
             match follower.as_mut() {
                 Some(t) if held => t.tick().await,
@@ -416,10 +419,21 @@ pub async fn run(settings: RunSettings, shutdown: impl Future<Output = ()>) -> a
                 .await
                 .context("the poll thread failed")?;
                 state = back;
+                held = state.selector.suspects() > 0;
                 metrics.followed(followed.requests, followed.skipped);
                 metrics.held_ended(followed.selection.ended().map(|h| &h.end));
-                for failure in &followed.failures {
-                    tracing::warn!(error = %failure, "follow of a namespace failed");
+                // Said once when following fails, and once when it works
+                // again: it runs four times a second or more.
+                match (followed.failures.first(), follow_failing) {
+                    (Some(failure), false) => {
+                        tracing::warn!(error = %failure, "following held suspects failed; their ends are known at polls until it works again");
+                        follow_failing = true;
+                    }
+                    (None, true) => {
+                        tracing::info!("following held suspects works again");
+                        follow_failing = false;
+                    }
+                    _ => {}
                 }
                 if followed.selection.is_empty() {
                     continue;
@@ -439,6 +453,7 @@ pub async fn run(settings: RunSettings, shutdown: impl Future<Output = ()>) -> a
                 .await
                 .context("the poll thread failed")?;
                 state = back;
+                held = state.selector.suspects() > 0;
                 metrics.poll_duration.observe(polled.took);
                 metrics.polled(&polled.figures);
                 metrics.held_ended(polled.selection.ended().map(|h| &h.end));

@@ -147,7 +147,8 @@ struct Queued {
     /// Sent as a suspect and not yet released.
     suspect: bool,
     /// Its connection began to close while these marks were held: that
-    /// hold's span ended (`closed`), and they make no suspect again.
+    /// hold's span ended (`closed`), and they make no suspect again. Never
+    /// set with `suspect`.
     closing: bool,
     state: TcpState,
     /// As the poll that read it in full found it; a follow's exact answer
@@ -260,7 +261,7 @@ impl Selector {
     pub fn suspects(&self) -> usize {
         self.queued
             .values()
-            .filter(|q| q.suspect && !q.closing)
+            .filter(|q| q.suspect)
             .count()
     }
 
@@ -351,7 +352,7 @@ impl Selector {
                     );
                 }
             } else if let Some(q) = self.queued.remove(&key) {
-                if q.suspect && !q.closing {
+                if q.suspect {
                     reason = Some(Reason::Released(q.span(now, HeldEnd::Drained)));
                 }
             }
@@ -373,8 +374,7 @@ impl Selector {
         self.queued.retain(|key, q| {
             let keep = q.seen == gen || failed.contains(&key.0);
             if !keep && q.suspect {
-                let held = (!q.closing).then(|| q.span(now, q.gone_end()));
-                closed.push((*key, q.flow, held));
+                closed.push((*key, q.flow, Some(q.span(now, q.gone_end()))));
             }
             keep
         });
@@ -414,7 +414,7 @@ impl Selector {
         let mut held: Vec<(Duration, Followed)> = self
             .queued
             .iter()
-            .filter(|(_, q)| q.suspect && !q.closing)
+            .filter(|(_, q)| q.suspect)
             .filter_map(|(key, q)| {
                 let id = q.id?;
                 Some((
@@ -449,7 +449,7 @@ impl Selector {
             let Some(q) = self.queued.get_mut(key) else {
                 continue;
             };
-            if !q.suspect || q.closing {
+            if !q.suspect {
                 continue;
             }
             match answer {
@@ -510,7 +510,7 @@ fn step(q: &mut Queued, s: &SocketSample, now: Duration) -> Step {
     // An application's close queues a FIN behind the held bytes: one more
     // byte of sequence space, the same hold.
     if q.marks == marks || (closing && only_a_fin_more(q.marks, marks)) {
-        if q.suspect && !q.closing && closing {
+        if q.suspect && closing {
             q.suspect = false;
             q.closing = true;
             q.marks = marks;
@@ -522,7 +522,7 @@ fn step(q: &mut Queued, s: &SocketSample, now: Duration) -> Step {
         q.marks = marks;
         return Step::Held;
     }
-    let span = (q.suspect && !q.closing).then(|| q.span(now, HeldEnd::Moved));
+    let span = q.suspect.then(|| q.span(now, HeldEnd::Moved));
     let write_only = q.marks.snd_una.is_some() && q.marks.snd_una == marks.snd_una;
     q.since = crate::held::since(s, now, Some(q.looked), write_only);
     q.marks = marks;
