@@ -259,10 +259,7 @@ impl Selector {
     /// Held suspects now (those a follow looks at, when it can ask for
     /// them).
     pub fn suspects(&self) -> usize {
-        self.queued
-            .values()
-            .filter(|q| q.suspect)
-            .count()
+        self.queued.values().filter(|q| q.suspect).count()
     }
 
     /// Whether a poll must read a socket in full, and hand it to

@@ -20,7 +20,8 @@ use crate::held::{self, HeldStats, HeldTally};
 use crate::packed::Packed;
 use crate::slab_map::SlabMap;
 use crate::store::{
-    EpisodeEnd, EpisodeUpdate, HeldRow, HostRecord, NewEpisode, Side, Store, StoredSample,
+    EpisodeEnd, EpisodeUpdate, HeldFilter, HeldRow, HostRecord, NewEpisode, Side, Store,
+    StoredSample,
 };
 use crate::tuple::Tuple;
 
@@ -148,6 +149,12 @@ pub enum Command {
     },
     Stats {
         reply: oneshot::Sender<Stats>,
+    },
+    /// The held-span counts not yet in the store (see
+    /// [`State::held_pending`]).
+    HeldPending {
+        filter: HeldFilter,
+        reply: oneshot::Sender<Vec<HeldRow>>,
     },
     /// Settings of a reloaded config that apply from now on.
     Reload {
@@ -357,15 +364,10 @@ pub struct State {
     open_episodes: usize,
     next_episode: i64,
     stats: Stats,
-    /// Every held span reported ended, counted; and when the counts last
-    /// went to the store.
+    /// Every held span reported ended, counted (a minute's counts go to
+    /// the store when it is over).
     held: HeldTally<HostId>,
-    held_stored_ms: i64,
 }
-
-/// How often the held-span counts go to the store: a report sees a span
-/// this long after it ended, at most.
-const HELD_STORE_EVERY_MS: i64 = 5_000;
 
 fn wall_ms() -> i64 {
     SystemTime::now()
@@ -443,7 +445,6 @@ impl State {
             next_episode,
             stats: Stats::default(),
             held: HeldTally::default(),
-            held_stored_ms: i64::MIN,
         }
     }
 
@@ -496,6 +497,9 @@ impl State {
             }
             Command::Stats { reply } => {
                 let _ = reply.send(self.stats());
+            }
+            Command::HeldPending { filter, reply } => {
+                let _ = reply.send(self.held_pending(&filter));
             }
             Command::Reload {
                 threshold,
@@ -1001,37 +1005,52 @@ impl State {
             tracing::debug!(host = %self.hosts.name(host), cookie, "suspect went silent");
             self.close(host, flow, cookie, mono, now_ms);
         }
-        if now_ms.saturating_sub(self.held_stored_ms) >= HELD_STORE_EVERY_MS {
-            self.store_held(now_ms);
-        }
+        self.store_held(now_ms, false);
     }
 
-    /// Hands every held span counted so far to the store, which adds the
-    /// counts to those of the same minute, pair, end and bucket.
-    pub fn store_held(&mut self, now_ms: i64) {
-        self.held_stored_ms = now_ms;
-        let done = self.held.take();
+    /// Hands the held-span counts of every minute that is over (all of
+    /// them when `all`, at shutdown) to the store, which adds them to what
+    /// it holds for the same minute, pair, end and bucket.
+    pub fn store_held(&mut self, now_ms: i64, all: bool) {
+        let done = self.held.take_done(now_ms, all);
         if done.is_empty() {
             return;
         }
-        let rows = done
-            .into_iter()
-            .map(|(k, c)| HeldRow {
-                minute_ms: k.minute_ms,
-                a_host: self.hosts.name(k.a).to_string(),
-                b_host: k
-                    .b
-                    .map(|b| self.hosts.name(b).to_string())
-                    .unwrap_or_default(),
-                end: k.end,
-                le_ms: held::le_ms(usize::from(k.bucket)),
-                count: c.count,
-                episodes: c.episodes,
-                total_ms: c.total_ms,
-                max_ms: c.max_ms,
-            })
-            .collect();
+        let rows = done.iter().map(|(k, c)| self.held_row(k, c)).collect();
         self.store.add_held(rows);
+    }
+
+    /// The held-span counts not yet in the store that a query over
+    /// `filter` would find there: the minute in progress.
+    pub fn held_pending(&self, filter: &HeldFilter) -> Vec<HeldRow> {
+        self.held
+            .pending()
+            .filter(|(k, _)| filter.since_ms.is_none_or(|since| k.minute_ms >= since))
+            .map(|(k, c)| self.held_row(k, c))
+            .filter(|r| {
+                filter
+                    .host
+                    .as_ref()
+                    .is_none_or(|h| r.a_host == *h || r.b_host == *h)
+            })
+            .collect()
+    }
+
+    fn held_row(&self, k: &held::Key<HostId>, c: &held::Count) -> HeldRow {
+        HeldRow {
+            minute_ms: k.minute_ms,
+            a_host: self.hosts.name(k.a).to_string(),
+            b_host: k
+                .b
+                .map(|b| self.hosts.name(b).to_string())
+                .unwrap_or_default(),
+            end: k.end,
+            le_ms: held::le_ms(usize::from(k.bucket)),
+            count: c.count,
+            episodes: c.episodes,
+            total_ms: c.total_ms,
+            max_ms: c.max_ms,
+        }
     }
 
     /// A suspect that ended (on `flow`) no longer needs its peer's end.
@@ -1495,7 +1514,7 @@ pub async fn run(
         }
     }
     // The minute in progress too: nothing counted is lost at shutdown.
-    state.store_held(now_ms());
+    state.store_held(now_ms(), true);
 }
 
 #[cfg(test)]

@@ -5,11 +5,15 @@
 //! RPC at 3 to 9 s never become episodes; these counts are where an
 //! operator sees them.
 //!
-//! The counts wait here, by minute, pair, end and bucket, until the
-//! aggregator hands them to the store (every few seconds), which adds them
-//! to what it holds for the same key. What waits is bounded: past
-//! [`MAX_PENDING`] distinct entries, further spans are counted in the
-//! histogram but not by pair, and counted as dropped.
+//! The counts wait here, by minute, pair, end and bucket, until their
+//! minute is over; then the aggregator hands them to the store in one
+//! write. A query reads both: the store's minutes and the one in progress
+//! here ([`HeldTally::pending`]). Writing once a minute keeps the store's
+//! share small when holds end by the tens of thousands a second between
+//! many pairs (the 1,000-agent benchmark's full mesh: an upsert per pair
+//! every few seconds took the store thread from 7 to 11 % of a core). What
+//! waits is bounded: past [`MAX_PENDING`] distinct entries, further spans
+//! are counted in the histogram but not by pair, and counted as dropped.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -109,6 +113,9 @@ pub struct Key<H> {
 pub struct HeldTally<H> {
     stats: HeldStats,
     pending: HashMap<Key<H>, Count>,
+    /// The earliest minute pending, so that most calls of
+    /// [`HeldTally::take_done`] find nothing to do without a walk.
+    oldest: i64,
 }
 
 impl<H> Default for HeldTally<H> {
@@ -116,6 +123,7 @@ impl<H> Default for HeldTally<H> {
         HeldTally {
             stats: HeldStats::default(),
             pending: HashMap::new(),
+            oldest: i64::MAX,
         }
     }
 }
@@ -148,6 +156,7 @@ impl<H: Copy + Eq + Hash> HeldTally<H> {
             self.stats.dropped += 1;
             return;
         }
+        self.oldest = self.oldest.min(key.minute_ms);
         let c = self.pending.entry(key).or_default();
         c.count += 1;
         c.episodes += u64::from(episode);
@@ -155,9 +164,31 @@ impl<H: Copy + Eq + Hash> HeldTally<H> {
         c.max_ms = c.max_ms.max(ms);
     }
 
-    /// Takes every entry counted since the last take.
-    pub fn take(&mut self) -> Vec<(Key<H>, Count)> {
-        self.pending.drain().collect()
+    /// Takes the entries of every minute over at collector time `now_ms`
+    /// (all of them when `all`, at shutdown).
+    pub fn take_done(&mut self, now_ms: i64, all: bool) -> Vec<(Key<H>, Count)> {
+        let current = now_ms.div_euclid(MINUTE_MS) * MINUTE_MS;
+        if !all && self.oldest >= current {
+            return Vec::new();
+        }
+        let mut done = Vec::new();
+        let mut oldest = i64::MAX;
+        self.pending.retain(|k, c| {
+            let over = all || k.minute_ms < current;
+            if over {
+                done.push((*k, *c));
+            } else {
+                oldest = oldest.min(k.minute_ms);
+            }
+            !over
+        });
+        self.oldest = oldest;
+        done
+    }
+
+    /// The entries not yet taken, for a query to add to the store's.
+    pub fn pending(&self) -> impl Iterator<Item = (&Key<H>, &Count)> {
+        self.pending.iter()
     }
 
     pub fn stats(&self) -> HeldStats {
@@ -165,7 +196,7 @@ impl<H: Copy + Eq + Hash> HeldTally<H> {
     }
 
     /// Entries waiting for their minute to end.
-    pub fn pending(&self) -> usize {
+    pub fn pending_len(&self) -> usize {
         self.pending.len()
     }
 }
@@ -205,9 +236,12 @@ mod tests {
         assert_eq!(st.by_end[HeldEnd::Reset.index()].counts[9], 2);
         assert_eq!(st.by_end[HeldEnd::Reset.index()].sum_ms, 29_700);
         assert_eq!(st.by_end[HeldEnd::Moved.index()].count(), 1);
-        let mut done = t.take();
-        done.sort_by_key(|(k, _)| (k.minute_ms, k.bucket));
-        assert_eq!(done.len(), 3, "{done:?}");
+        // Within the first minute nothing is done yet; the query sees it.
+        assert!(t.take_done(119_999, false).is_empty());
+        assert_eq!(t.pending().count(), 3);
+        let mut done = t.take_done(120_000, false);
+        done.sort_by_key(|(k, _)| k.bucket);
+        assert_eq!(done.len(), 2, "{done:?}");
         let (k, c) = done[0];
         assert_eq!(
             (k.minute_ms, k.a, k.b, k.end, k.bucket),
@@ -223,9 +257,15 @@ mod tests {
             }
         );
         assert_eq!(done[1].1.episodes, 1);
-        assert_eq!((done[2].0.minute_ms, done[2].0.b), (120_000, None));
-        assert_eq!(t.pending(), 0);
-        assert!(t.take().is_empty(), "taken once");
+        assert_eq!(t.pending_len(), 1, "the minute in progress stays");
+        let rest = t.take_done(120_000, true);
+        assert_eq!(
+            (rest[0].0.minute_ms, rest[0].0.b),
+            (120_000, None),
+            "all at shutdown"
+        );
+        assert_eq!(t.pending_len(), 0);
+        assert!(t.take_done(999_999, true).is_empty(), "taken once");
     }
 
     #[test]
@@ -234,7 +274,7 @@ mod tests {
         for a in 0..MAX_PENDING as u32 + 10 {
             t.add(0, a, None, HeldEnd::Drained, s(2.0), false);
         }
-        assert_eq!(t.pending(), MAX_PENDING);
+        assert_eq!(t.pending_len(), MAX_PENDING);
         assert_eq!(t.stats().dropped, 10);
         assert_eq!(
             t.stats().by_end[HeldEnd::Drained.index()].count(),

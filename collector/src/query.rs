@@ -9,7 +9,7 @@ use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status};
 
 use crate::aggregator::{Command, FlowView};
-use crate::store::{EpisodeFilter, EpisodeRow, HeldFilter, Side, Store, StoredSample};
+use crate::store::{EpisodeFilter, EpisodeRow, HeldFilter, HeldRow, Side, Store, StoredSample};
 
 /// Most episodes one list returns.
 pub const MAX_LIST: u32 = 10_000;
@@ -95,6 +95,35 @@ pub fn parse_page_token(token: &str) -> Option<(i64, i64)> {
     Some((started.parse().ok()?, id.parse().ok()?))
 }
 
+/// Held-span counts of the store and of the minute in progress, summed
+/// per pair, end and bucket, in the store's order (busiest pairs first)
+/// with pairs only in progress after them.
+pub fn merge_held(stored: Vec<HeldRow>, pending: Vec<HeldRow>) -> Vec<HeldRow> {
+    let mut out = stored;
+    let mut at: std::collections::HashMap<(String, String, tcpstall_common::HeldEnd, u64), usize> =
+        out.iter()
+            .enumerate()
+            .map(|(i, r)| ((r.a_host.clone(), r.b_host.clone(), r.end, r.le_ms), i))
+            .collect();
+    for p in pending {
+        let key = (p.a_host.clone(), p.b_host.clone(), p.end, p.le_ms);
+        match at.get(&key).and_then(|i| out.get_mut(*i)) {
+            Some(r) => {
+                r.minute_ms = r.minute_ms.max(p.minute_ms);
+                r.count += p.count;
+                r.episodes += p.episodes;
+                r.total_ms = r.total_ms.saturating_add(p.total_ms);
+                r.max_ms = r.max_ms.max(p.max_ms);
+            }
+            None => {
+                at.insert(key, out.len());
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
 fn internal(e: impl std::fmt::Display) -> Status {
     Status::internal(e.to_string())
 }
@@ -178,21 +207,34 @@ impl v1::query_server::Query for QueryService {
             let since = Duration::from_secs(r.since_s.min(100 * 365 * 24 * 3600));
             now_ms() - i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
         });
+        // Whole minutes: a span counted in a minute that began before the
+        // window but ended within it is in.
         let filter = HeldFilter {
-            since_ms,
+            since_ms: since_ms.map(|ms| ms.div_euclid(60_000) * 60_000),
             host: (!r.host.is_empty()).then_some(r.host),
         };
-        let rows = self.store.list_held(filter).await.map_err(internal)?;
+        // The minute in progress from the aggregator, the others from the
+        // store: asked in this order, a minute the aggregator hands over
+        // meanwhile is in the store's answer, never in both.
+        let (reply, pending) = oneshot::channel();
+        let gone = || Status::unavailable("collector is shutting down");
+        self.agg
+            .send(Command::HeldPending {
+                filter: filter.clone(),
+                reply,
+            })
+            .await
+            .map_err(|_| gone())?;
+        let pending = pending.await.map_err(|_| gone())?;
         let (reply, stats) = oneshot::channel();
         self.agg
             .send(Command::Stats { reply })
             .await
-            .map_err(|_| Status::unavailable("collector is shutting down"))?;
-        let stats = stats
-            .await
-            .map_err(|_| Status::unavailable("collector is shutting down"))?;
+            .map_err(|_| gone())?;
+        let stats = stats.await.map_err(|_| gone())?;
+        let stored = self.store.list_held(filter).await.map_err(internal)?;
         Ok(Response::new(v1::ListHeldSpansResponse {
-            counts: rows
+            counts: merge_held(stored, pending)
                 .into_iter()
                 .map(|h| v1::HeldSpanCount {
                     a_host: h.a_host,
@@ -307,7 +349,44 @@ impl tonic::service::Interceptor for TokenCheck {
 
 #[cfg(test)]
 mod tests {
+    use tcpstall_common::HeldEnd;
+
     use super::*;
+
+    fn row(a: &str, end: HeldEnd, le_ms: u64, count: u64, minute_ms: i64) -> HeldRow {
+        HeldRow {
+            minute_ms,
+            a_host: a.into(),
+            b_host: "db".into(),
+            end,
+            le_ms,
+            count,
+            episodes: 0,
+            total_ms: count * 1000,
+            max_ms: 1000 + count,
+        }
+    }
+
+    #[test]
+    fn the_minute_in_progress_adds_to_the_stored_ones() {
+        let stored = vec![
+            row("web-1", HeldEnd::Reset, 10_000, 5, 60_000),
+            row("web-2", HeldEnd::Moved, 3_000, 1, 60_000),
+        ];
+        let pending = vec![
+            row("web-1", HeldEnd::Reset, 10_000, 2, 120_000),
+            row("web-3", HeldEnd::Closed, 12_000, 1, 120_000),
+        ];
+        let merged = merge_held(stored, pending);
+        assert_eq!(merged.len(), 3);
+        let w1 = &merged[0];
+        assert_eq!(
+            (w1.count, w1.total_ms, w1.max_ms, w1.minute_ms),
+            (7, 7000, 1005, 120_000)
+        );
+        assert_eq!(merged[1].a_host, "web-2", "the store's order kept");
+        assert_eq!(merged[2].a_host, "web-3", "then what only the minute has");
+    }
 
     #[test]
     fn page_tokens_round_trip_and_strangers_are_refused() {

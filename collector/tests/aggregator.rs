@@ -941,8 +941,28 @@ async fn a_hold_that_ends_short_of_the_threshold_is_counted_by_pair_not_recorded
         1,
         "(2, 3]: 2.125 s"
     );
-    rig.state.store_held(at(11.0));
+    // The minute in progress is the aggregator's; a query adds it to the
+    // store's minutes. Once over, it is the store's.
+    let pending = rig.state.held_pending(&HeldFilter::default());
+    assert_eq!(pending.iter().map(|r| r.count).sum::<u64>(), 2);
+    let only_c = HeldFilter {
+        since_ms: None,
+        host: Some("hostc".into()),
+    };
+    assert!(rig.state.held_pending(&only_c).is_empty());
+    rig.state.store_held(at(11.0), false);
     rig.store.flush().await.expect("flush");
+    assert!(
+        rig.store
+            .list_held(HeldFilter::default())
+            .await
+            .expect("list")
+            .is_empty(),
+        "the minute is not over"
+    );
+    rig.state.store_held(at(11.0) + 60_000, false);
+    rig.store.flush().await.expect("flush");
+    assert!(rig.state.held_pending(&HeldFilter::default()).is_empty());
     let rows = rig
         .store
         .list_held(HeldFilter::default())

@@ -262,7 +262,7 @@ fn a_stall_given_up_short_of_the_threshold_is_no_episode_but_is_counted() {
     // The operator sees them by host pair.
     let server = lab.host("server").name.clone();
     let client = lab.host("client").name.clone();
-    let stalls = wait_for("the pair's count stored", Duration::from_secs(10), || {
+    let stalls = wait_for("the pair's count", Duration::from_secs(5), || {
         let j = lab.cli(&["stalls", "--since", "5m"]);
         let pair = j["pairs"]
             .as_array()?
