@@ -112,7 +112,10 @@ pub struct Key<H> {
 #[derive(Debug)]
 pub struct HeldTally<H> {
     stats: HeldStats,
-    pending: HashMap<Key<H>, Count>,
+    /// Keyed with foldhash, as the aggregator's tables are: a span of
+    /// each release goes through it, tens of thousands a second in a busy
+    /// fleet.
+    pending: HashMap<Key<H>, Count, foldhash::fast::RandomState>,
     /// The earliest minute pending, so that most calls of
     /// [`HeldTally::take_done`] find nothing to do without a walk.
     oldest: i64,
@@ -122,7 +125,7 @@ impl<H> Default for HeldTally<H> {
     fn default() -> Self {
         HeldTally {
             stats: HeldStats::default(),
-            pending: HashMap::new(),
+            pending: HashMap::default(),
             oldest: i64::MAX,
         }
     }
