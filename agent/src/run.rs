@@ -411,13 +411,7 @@ pub async fn run(settings: RunSettings, shutdown: impl Future<Output = ()>) -> a
             _ = &mut shutdown => break,
             tick = follow_tick => {
                 let tick = tick.into_std();
-                let (back, followed) = tokio::task::spawn_blocking(move || {
-                    let mut state = state;
-                    let followed = state.follow(tick);
-                    (state, followed)
-                })
-                .await
-                .context("the poll thread failed")?;
+                let (back, followed) = on_poll_thread(state, move |s| s.follow(tick)).await?;
                 state = back;
                 held = state.selector.suspects() > 0;
                 metrics.followed(followed.requests, followed.skipped);
@@ -445,13 +439,7 @@ pub async fn run(settings: RunSettings, shutdown: impl Future<Output = ()>) -> a
             }
             tick = ticker.tick() => {
                 let tick = tick.into_std();
-                let (back, polled) = tokio::task::spawn_blocking(move || {
-                    let mut state = state;
-                    let polled = state.poll(tick);
-                    (state, polled)
-                })
-                .await
-                .context("the poll thread failed")?;
+                let (back, polled) = on_poll_thread(state, move |s| s.poll(tick)).await?;
                 state = back;
                 held = state.selector.suspects() > 0;
                 metrics.poll_duration.observe(polled.took);
@@ -571,6 +559,21 @@ pub async fn run(settings: RunSettings, shutdown: impl Future<Output = ()>) -> a
         let _ = tokio::time::timeout(Duration::from_secs(1), server).await;
     }
     Ok(())
+}
+
+/// Runs `f` on the poll state on the blocking pool (the netlink socket is
+/// blocking): the state moves there for the call and comes back with its
+/// result.
+async fn on_poll_thread<T: Send + 'static>(
+    mut state: PollState,
+    f: impl FnOnce(&mut PollState) -> T + Send + 'static,
+) -> anyhow::Result<(PollState, T)> {
+    tokio::task::spawn_blocking(move || {
+        let out = f(&mut state);
+        (state, out)
+    })
+    .await
+    .context("the poll thread failed")
 }
 
 /// Binds `addr` and serves the agent's metrics there until `stop`.
