@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use tcpstall_common::duration;
 
 use crate::netns::NetnsSpec;
+use crate::probe::scrub::{OwnerArgs, Scrubber};
 
 /// Shortest poll interval (the collector refuses shorter ones).
 pub const MIN_INTERVAL: Duration = Duration::from_millis(50);
@@ -89,6 +90,11 @@ pub struct Config {
     /// Most held suspects asked for at each follow, the longest held
     /// first; the others wait for the next poll.
     pub follow_max: usize,
+    /// How much of a socket owner's command line leaves the host.
+    pub owner_args: OwnerArgs,
+    /// Words, besides the built-in ones, that make an argument's value a
+    /// secret to scrub.
+    pub owner_scrub_words: Vec<String>,
 }
 
 impl Default for Config {
@@ -109,6 +115,8 @@ impl Default for Config {
             metrics_listen: None,
             follow_interval: None,
             follow_max: 1000,
+            owner_args: OwnerArgs::Scrubbed,
+            owner_scrub_words: Vec::new(),
         }
     }
 }
@@ -190,6 +198,18 @@ pub struct Flags {
     /// first; the others wait for the next poll [default: 1000].
     #[arg(long, value_name = "N")]
     pub follow_max: Option<usize>,
+    /// How much of a socket owner's command line the agent sends:
+    /// `scrubbed` (the values of arguments named like a secret, and URL
+    /// passwords, become ********), `none` (the executable alone) or
+    /// `full` [default: scrubbed].
+    #[arg(long, value_name = "scrubbed|none|full", value_parser = OwnerArgs::parse)]
+    pub owner_args: Option<OwnerArgs>,
+    /// A word that makes an argument's value a secret, besides password,
+    /// passwd, pwd, secret, token, api_key, apikey, access_key, auth,
+    /// credential and private_key. Repeat for several; replaces the
+    /// file's list.
+    #[arg(long = "owner-scrub-word", value_name = "WORD")]
+    pub owner_scrub_words: Vec<String>,
 }
 
 /// Why the settings could not be used.
@@ -276,6 +296,12 @@ impl Config {
         if let Some(v) = flags.follow_max {
             c.follow_max = v;
         }
+        if let Some(v) = flags.owner_args {
+            c.owner_args = v;
+        }
+        if !flags.owner_scrub_words.is_empty() {
+            c.owner_scrub_words = flags.owner_scrub_words.clone();
+        }
         c.validate()?;
         Ok(c)
     }
@@ -352,6 +378,11 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// What tells owners' command lines.
+    pub fn scrubber(&self) -> Scrubber {
+        Scrubber::new(self.owner_args, &self.owner_scrub_words)
     }
 
     /// How often held suspects are followed between polls; `None`: never
@@ -502,6 +533,16 @@ impl Config {
         put("# Most held suspects asked for at each follow, the longest held first; the");
         put("# others wait for the next poll.");
         put(&format!("follow_max = {}", self.follow_max));
+        put("");
+        put("# How much of a socket owner's command line leaves this host: \"scrubbed\"");
+        put("# (the values of arguments named like a secret, and the passwords of URLs,");
+        put("# become ********), \"none\" (the executable alone) or \"full\".");
+        put(&format!("owner_args = {}", text(self.owner_args.id())));
+        put("# Words that make an argument's value a secret, besides password, passwd,");
+        put("# pwd, secret, token, api_key, apikey, access_key, auth, credential and");
+        put("# private_key (compared without case, - read as _).");
+        let words: Vec<String> = self.owner_scrub_words.iter().map(|w| text(w)).collect();
+        put(&format!("owner_scrub_words = [{}]", words.join(", ")));
         put("");
         put("# Prometheus endpoint, http://ADDR/metrics. Off when not set.");
         match &self.metrics_listen {
@@ -828,5 +869,43 @@ mod tests {
             let err = load(bad).expect_err("refused");
             assert!(err.to_string().contains(key), "{err}");
         }
+    }
+
+    #[test]
+    fn owner_command_lines_are_scrubbed_unless_told_and_words_can_be_added() {
+        let argv = ["app", "--db-password=x", "--session-id", "42"];
+        let c = Config::load(&Flags::default()).expect("defaults");
+        assert_eq!(c.owner_args, OwnerArgs::Scrubbed);
+        assert_eq!(
+            c.scrubber().command(&argv),
+            "app --db-password=******** --session-id 42"
+        );
+        let file: Config =
+            toml::from_str("owner_args = \"none\"\nowner_scrub_words = [\"session-id\"]\n")
+                .expect("parses");
+        assert_eq!(file.scrubber().command(&argv), "app");
+        // The flags win over the file.
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, "owner_args = \"none\"\n").expect("write");
+        let c = Config::load(&Flags {
+            config: Some(path),
+            owner_args: Some(OwnerArgs::Scrubbed),
+            owner_scrub_words: vec!["session_id".into()],
+            ..Flags::default()
+        })
+        .expect("loads");
+        assert_eq!(
+            c.scrubber().command(&argv),
+            "app --db-password=******** --session-id ********"
+        );
+        let full = Config {
+            owner_args: OwnerArgs::Full,
+            ..Config::default()
+        };
+        assert_eq!(full.scrubber().command(&argv), argv.join(" "));
+        let back: Config = toml::from_str(&full.to_toml()).expect("round trip");
+        assert_eq!(back.owner_args, OwnerArgs::Full);
+        assert!(toml::from_str::<Config>("owner_args = \"some\"\n").is_err());
     }
 }

@@ -12,6 +12,7 @@ use tcpstall_agent::diag::{parse, Family};
 use tcpstall_agent::filter::{Filter, Prefix};
 use tcpstall_agent::netns::{self, NetnsSpec};
 use tcpstall_agent::probe::owner::OwnerIndex;
+use tcpstall_agent::probe::scrub::{OwnerArgs, Scrubber};
 use tcpstall_agent::probe::{ProbeStatus, Probes};
 use tcpstall_agent::view::{self, ConnectionJson, PairJson};
 use tcpstall_agent::Poller;
@@ -100,6 +101,14 @@ struct SnapshotArgs {
     /// (pidfd_getfd, CAP_SYS_PTRACE), closed at once.
     #[arg(long)]
     owners: bool,
+    /// With --owners, how much of each command line to print, as `run`
+    /// sends it: scrubbed, none or full [default: scrubbed].
+    #[arg(long, value_name = "scrubbed|none|full", value_parser = OwnerArgs::parse, default_value = "scrubbed")]
+    owner_args: OwnerArgs,
+    /// With --owners, a word that makes an argument's value a secret,
+    /// besides the built-in ones. Repeat for several.
+    #[arg(long = "owner-scrub-word", value_name = "WORD")]
+    owner_scrub_words: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -179,6 +188,7 @@ fn run_agent(flags: &config::Flags) -> anyhow::Result<ExitCode> {
         metrics_listen: config.metrics_listen,
         follow: config.follow_every(),
         follow_max: config.follow_max,
+        scrubber: config.scrubber(),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -235,9 +245,10 @@ fn snapshot(args: SnapshotArgs) -> anyhow::Result<ExitCode> {
     if stats.parse != Default::default() {
         tracing::warn!(stats = ?stats.parse, "parts of the kernel's reply were skipped");
     }
+    let scrubber = Scrubber::new(args.owner_args, &args.owner_scrub_words);
     let mut owners = args
         .owners
-        .then(|| OwnerIndex::new(std::time::Duration::from_secs(30)));
+        .then(|| OwnerIndex::new(std::time::Duration::from_secs(30)).scrubbed_by(scrubber));
     let mut row = |s| json_row(s, poller.label(s.netns), &probes, owners.as_mut());
     let label = |inode: u64| poller.label(inode).to_string();
     let shown: Vec<&SocketSample> = samples.iter().filter(|s| filter.matches(s)).collect();

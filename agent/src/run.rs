@@ -62,6 +62,8 @@ pub struct RunSettings {
     pub follow: Option<Duration>,
     /// Most held suspects asked for at each follow.
     pub follow_max: usize,
+    /// What of owners' command lines is sent.
+    pub scrubber: crate::probe::scrub::Scrubber,
 }
 
 /// The agent's monotonic clock: CLOCK_MONOTONIC, the clock `mono_us` and
@@ -308,8 +310,9 @@ pub async fn run(settings: RunSettings, shutdown: impl Future<Output = ()>) -> a
         .map(|ns| (ns.inode, ns.label.clone()))
         .collect();
     let namespaces = settings.namespaces.clone();
+    let scrubber = settings.scrubber.clone();
     let (poller, probes) = tokio::task::spawn_blocking(move || {
-        Poller::new(namespaces).map(|p| (p, Probes::start(true)))
+        Poller::new(namespaces).map(|p| (p, Probes::start_scrubbed(true, scrubber)))
     })
     .await
     .context("opening sock_diag sockets")??;

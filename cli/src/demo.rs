@@ -171,6 +171,7 @@ pub async fn run(args: DemoArgs, style: Style) -> Result<u8, Failure> {
         metrics_listen: None,
         follow: tcpstall_agent::config::auto_follow(args.interval),
         follow_max: 1000,
+        scrubber: Default::default(),
     };
     let (stop_agent, agent_stopped) = oneshot::channel::<()>();
     let agent = tokio::spawn(tcpstall_agent::run::run(settings, async {

@@ -13,6 +13,7 @@ pub mod bpf;
 pub mod json;
 pub mod owner;
 pub mod record;
+pub mod scrub;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -24,6 +25,7 @@ use tcpstall_proto::convert;
 use crate::netns::Netns;
 pub use bpf::{ProbeError, TcpIterProbe};
 use owner::OwnerIndex;
+use scrub::Scrubber;
 
 /// TCP_CORK and TCP_NODELAY of one socket, and the probe that read them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,8 +73,14 @@ pub struct Probes {
 pub const OWNER_RESCAN: Duration = Duration::from_secs(30);
 
 impl Probes {
-    /// Tries every probe (or none when `enabled` is false).
+    /// Tries every probe (or none when `enabled` is false), owners'
+    /// command lines scrubbed of secrets.
     pub fn start(enabled: bool) -> Probes {
+        Self::start_scrubbed(enabled, Scrubber::default())
+    }
+
+    /// [`Probes::start`], owners' command lines told as `scrubber` says.
+    pub fn start_scrubbed(enabled: bool, scrubber: Scrubber) -> Probes {
         let (bpf, bpf_status) = if !enabled {
             (None, ProbeStatus::Off)
         } else {
@@ -101,7 +109,7 @@ impl Probes {
             bpf,
             bpf_status,
             by_cookie: HashMap::new(),
-            owners: enabled.then(|| OwnerIndex::new(OWNER_RESCAN)),
+            owners: enabled.then(|| OwnerIndex::new(OWNER_RESCAN).scrubbed_by(scrubber)),
             getsockopt_status,
         }
     }

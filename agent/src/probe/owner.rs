@@ -3,6 +3,9 @@
 //! a suspect socket's cork and nodelay flags read through a duplicate of
 //! the owner's descriptor.
 //!
+//! The command line is scrubbed before it goes anywhere ([`super::scrub`]:
+//! secrets masked by default, or only the executable, or all of it).
+//!
 //! Finding the owner: the kernel has no inode → process index, so one
 //! walk of /proc/*/fd builds one (every socket descriptor of every
 //! process). The walk runs only when a lookup misses and the last walk is
@@ -28,6 +31,8 @@ use std::time::{Duration, Instant};
 use rustix::process::{pidfd_getfd, pidfd_open, Pid, PidfdFlags, PidfdGetfdFlags};
 use serde::Serialize;
 
+use super::scrub::Scrubber;
+
 /// Longest command line kept, in bytes, with the `…` that marks a cut
 /// (the collector refuses longer ones).
 pub const MAX_COMMAND: usize = 1024;
@@ -38,8 +43,9 @@ pub struct Owner {
     pub pid: u32,
     /// The descriptor number in that process.
     pub fd: u32,
-    /// The command line, arguments joined by spaces (the command name
-    /// when the process has no command line, as kernel threads).
+    /// The command line, arguments joined by spaces, as the scrubber lets
+    /// it out (the command name when the process has no command line, as
+    /// kernel threads).
     pub command: String,
     /// The systemd unit (a `.service` or `.scope`) of its cgroup, if any.
     pub unit: Option<String>,
@@ -66,6 +72,8 @@ pub struct OwnerIndex {
     /// The last walk was refused for at least one process.
     refused: bool,
     rescan: Duration,
+    /// What of a command line is told.
+    scrubber: Scrubber,
     /// Walks so far: tests and the benchmark check it stays low.
     pub walks: u64,
 }
@@ -92,8 +100,14 @@ impl OwnerIndex {
             last_walk: None,
             refused: false,
             rescan,
+            scrubber: Scrubber::default(),
             walks: 0,
         }
+    }
+
+    /// The same index, its owners' command lines told as `scrubber` says.
+    pub fn scrubbed_by(self, scrubber: Scrubber) -> OwnerIndex {
+        OwnerIndex { scrubber, ..self }
     }
 
     fn still_holds(&self, pid: u32, fd: u32, inode: u64) -> bool {
@@ -180,12 +194,13 @@ impl OwnerIndex {
     fn describe(&self, pid: u32, fd: u32) -> Owner {
         let base = self.proc_root.join(pid.to_string());
         let cmdline = fs::read(base.join("cmdline")).unwrap_or_default();
-        let mut command = cmdline
+        let argv: Vec<_> = cmdline
             .split(|b| *b == 0)
             .filter(|a| !a.is_empty())
             .map(String::from_utf8_lossy)
-            .collect::<Vec<_>>()
-            .join(" ");
+            .collect();
+        // Scrubbed whole, then cut: a cut never leaves half a secret.
+        let mut command = self.scrubber.command(&argv);
         if command.len() > MAX_COMMAND {
             let mut end = MAX_COMMAND - '…'.len_utf8();
             while !command.is_char_boundary(end) {

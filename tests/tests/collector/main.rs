@@ -3,6 +3,7 @@
 
 mod e2e;
 mod hostile;
+mod scrub;
 mod shutdown;
 mod tls;
 mod workers;
