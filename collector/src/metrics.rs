@@ -211,6 +211,12 @@ pub fn render(
         store.max_commit_micros as f64 / 1e6,
     );
     one(
+        "tcpstall_collector_store_pruned_rows_total",
+        Kind::Counter,
+        "Rows deleted by retention and the size bound: episodes, their samples, held-span counts.",
+        store.pruned_rows as f64,
+    );
+    one(
         "tcpstall_collector_store_pruned_episodes_total",
         Kind::Counter,
         "Episodes deleted by retention.",

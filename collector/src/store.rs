@@ -142,6 +142,7 @@ pub struct StoreStats {
     max_commit_micros: AtomicU64,
     write_errors: AtomicU64,
     pruned_episodes: AtomicU64,
+    pruned_rows: AtomicU64,
 }
 
 /// A copy of [`StoreStats`] at one moment.
@@ -162,6 +163,9 @@ pub struct StoreStatsSnapshot {
     pub write_errors: u64,
     /// Episodes deleted by retention.
     pub pruned_episodes: u64,
+    /// Rows deleted by retention: episodes, their samples, held-span
+    /// counts.
+    pub pruned_rows: u64,
 }
 
 impl StoreStats {
@@ -175,6 +179,7 @@ impl StoreStats {
             max_commit_micros: get(&self.max_commit_micros),
             write_errors: get(&self.write_errors),
             pruned_episodes: get(&self.pruned_episodes),
+            pruned_rows: get(&self.pruned_rows),
         }
     }
 
@@ -196,6 +201,10 @@ impl StoreStats {
 
     fn pruned(&self, n: u64) {
         self.pruned_episodes.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn pruned_rows(&self, n: u64) {
+        self.pruned_rows.fetch_add(n, Ordering::Relaxed);
     }
 }
 

@@ -853,6 +853,11 @@ async fn retention_deletes_old_closed_episodes_with_their_samples() -> TestResul
         "samples went too"
     );
     assert_eq!(store.stats().snapshot().pruned_episodes, 1);
+    assert_eq!(
+        store.stats().snapshot().pruned_rows,
+        2,
+        "the episode and the sample it cascaded to"
+    );
     stop(store, thread).await;
     Ok(())
 }

@@ -155,6 +155,16 @@ pub struct LoadArgs {
     /// this file (perturbs the CPU figures: use a separate run).
     #[arg(long)]
     perf: Option<PathBuf>,
+    /// The collector's --max-db-bytes [default: the collector's, 10 GiB]:
+    /// a small bound makes a run reach it, so that deletion runs beside
+    /// ingest (a soak).
+    #[arg(long, value_name = "BYTES")]
+    max_db_bytes: Option<u64>,
+    /// One row of the table over the window this often; at a minute or
+    /// more the report also compares the first ten rows with the last ten
+    /// (a soak's trend).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    every: Duration,
 }
 
 impl LoadArgs {
@@ -202,6 +212,11 @@ struct Snap {
     stuck: i64,
     outboxed: i64,
     db: DbCounts,
+    /// The database file and its WAL, bytes.
+    db_bytes: u64,
+    /// Rows the collector's retention deleted, since it started (its
+    /// metrics; 0 when it did not answer).
+    pruned_rows: f64,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -209,6 +224,9 @@ struct DbCounts {
     samples: i64,
     episodes: i64,
     closed: i64,
+    /// The highest episode id: every episode ever stored (ids are never
+    /// handed out twice), where `episodes` is those still there.
+    episodes_max: i64,
 }
 
 fn db_counts(conn: &Connection) -> anyhow::Result<DbCounts> {
@@ -223,6 +241,7 @@ fn db_counts(conn: &Connection) -> anyhow::Result<DbCounts> {
         samples: one("SELECT max(id) FROM samples")?,
         episodes: one("SELECT count(*) FROM episodes")?,
         closed: one("SELECT count(*) FROM episodes WHERE open = 0")?,
+        episodes_max: one("SELECT max(id) FROM episodes")?,
     })
 }
 
@@ -257,8 +276,18 @@ fn collector_wire(port: u16) -> anyhow::Result<(u64, u64)> {
     Ok((rx, tx))
 }
 
-async fn snap(pid: u32, port: u16, counters: &Counters, db: &Path) -> anyhow::Result<Snap> {
-    let path = db.to_path_buf();
+/// The database file and its WAL, bytes.
+fn db_file_bytes(db: &Path) -> u64 {
+    ["", "-wal"]
+        .iter()
+        .map(|suffix| PathBuf::from(format!("{}{suffix}", db.display())))
+        .map(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
+        .sum()
+}
+
+async fn snap(collector: &Collector, counters: &Counters) -> anyhow::Result<Snap> {
+    let (pid, port) = (collector.pid(), collector.addr.port());
+    let path = collector.db.clone();
     let (counts, (wire_in, wire_out)) = tokio::task::spawn_blocking(move || {
         Ok::<_, anyhow::Error>((
             open_db(&path).and_then(|c| db_counts(&c))?,
@@ -267,6 +296,11 @@ async fn snap(pid: u32, port: u16, counters: &Counters, db: &Path) -> anyhow::Re
     })
     .await
     .context("the database and socket reader")??;
+    let pruned_rows = collector
+        .scrape_metrics()
+        .ok()
+        .and_then(|m| m.get("tcpstall_collector_store_pruned_rows_total").copied())
+        .unwrap_or(0.0);
     let me = std::process::id();
     let g = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     let gi = |c: &std::sync::atomic::AtomicI64| c.load(Ordering::Relaxed);
@@ -295,6 +329,8 @@ async fn snap(pid: u32, port: u16, counters: &Counters, db: &Path) -> anyhow::Re
         stuck: gi(&counters.stuck),
         outboxed: gi(&counters.outboxed),
         db: counts,
+        db_bytes: db_file_bytes(&collector.db),
+        pruned_rows,
     })
 }
 
@@ -342,16 +378,16 @@ pub fn run(args: &LoadArgs) -> anyhow::Result<()> {
     let bins = procs::bin_dir(args.bin_dir.as_deref())?;
     let threshold = humantime::format_duration(args.threshold).to_string();
     eprintln!("tcpstall-bench: starting the collector ...");
-    let mut collector = Collector::start(
-        &bins,
-        &args.collector_log,
-        &[
-            "--threshold".to_string(),
-            threshold,
-            "--metrics-listen".to_string(),
-            "127.0.0.1:0".to_string(),
-        ],
-    )?;
+    let mut flags = vec![
+        "--threshold".to_string(),
+        threshold,
+        "--metrics-listen".to_string(),
+        "127.0.0.1:0".to_string(),
+    ];
+    if let Some(max) = args.max_db_bytes {
+        flags.extend(["--max-db-bytes".to_string(), max.to_string()]);
+    }
+    let mut collector = Collector::start(&bins, &args.collector_log, &flags)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.threads)
         .thread_name("bench-rt")
@@ -495,15 +531,13 @@ async fn drive(args: &LoadArgs, collector: &mut Collector) -> anyhow::Result<Mea
         "tcpstall-bench: window of {} starts (collector pid {pid}) ...",
         humantime::format_duration(args.duration)
     );
-    let db = collector.db.clone();
-    let port = collector.addr.port();
-    let start = snap(pid, port, c, &db).await?;
+    let start = snap(collector, c).await?;
     let mut perf = match &args.perf {
         Some(out) => Some(procs::Perf::record(pid, out, args.duration)?),
         None => None,
     };
     let mut series = Vec::new();
-    let step = Duration::from_secs(10).min(args.duration);
+    let step = args.every.min(args.duration);
     let window_end = start.at + args.duration;
     loop {
         let left = window_end.saturating_sub(monotonic());
@@ -517,7 +551,7 @@ async fn drive(args: &LoadArgs, collector: &mut Collector) -> anyhow::Result<Mea
                 collector.log_tail(20)
             );
         }
-        series.push(snap(pid, port, c, &db).await?);
+        series.push(snap(collector, c).await?);
     }
     let end = series.last().cloned().context("an empty window")?;
     let memory = collector.scrape_metrics().ok().and_then(|m| {
@@ -621,6 +655,148 @@ fn log_message(line: &str) -> String {
     let rest = line.split_once(' ').map_or(line, |(_, r)| r).trim_start();
     let words: Vec<&str> = rest.split(' ').take_while(|w| !w.contains('=')).collect();
     words.join(" ")
+}
+
+/// One row of the table over the window.
+#[derive(Debug, Clone)]
+struct Row {
+    /// Since the window's start, at the row's end.
+    t: Duration,
+    collector_pct: f64,
+    store_pct: f64,
+    rss_mib: f64,
+    db_mib: f64,
+    stored_per_s: f64,
+    deleted_per_s: f64,
+    delay_max: Duration,
+    ingested_per_s: f64,
+    dropped_per_s: f64,
+    outboxed: i64,
+    suspects: i64,
+    watched: i64,
+    episodes: i64,
+    /// Stalls whose episode was due in the row: how many, how many stored,
+    /// the p99 of their start → stored.
+    due: usize,
+    stored: usize,
+    p99: Option<Duration>,
+}
+
+fn rows(args: &LoadArgs, m: &Measured) -> Vec<Row> {
+    let s = &m.start;
+    let stopped = m.window_end;
+    let d = |a: u64, b: u64| a.saturating_sub(b) as i64;
+    let deadline = args.deadline();
+    let mut out = Vec::with_capacity(m.series.len());
+    let mut prev = s;
+    for x in &m.series {
+        let w = x.at.saturating_sub(prev.at);
+        let delay_max = m
+            .delays
+            .iter()
+            .filter(|(at, _)| *at >= prev.at && *at < x.at)
+            .map(|(at, d)| d.unwrap_or_else(|| stopped.saturating_sub(*at)))
+            .max()
+            .unwrap_or_default();
+        let store: u64 = procfs::threads_since(&prev.collector_threads, &x.collector_threads)
+            .iter()
+            .filter(|(name, _)| name.as_str() == "tcpstall-store")
+            .map(|(_, (_, t, _))| t.total())
+            .sum();
+        let due: Vec<&probe::Stall> = m
+            .probed
+            .stalls
+            .iter()
+            .filter(|st| st.start + deadline >= prev.at && st.start + deadline < x.at)
+            .collect();
+        let mut lat: Vec<Duration> = due
+            .iter()
+            .filter_map(|st| st.stored.as_ref().map(|(t, _)| t.saturating_sub(st.start)))
+            .collect();
+        lat.sort();
+        let rows_now = x.db.samples + x.db.episodes_max;
+        let rows_before = prev.db.samples + prev.db.episodes_max;
+        out.push(Row {
+            t: x.at.saturating_sub(s.at),
+            collector_pct: procfs::percent_of_core(x.collector.since(&prev.collector).total(), w),
+            store_pct: procfs::percent_of_core(store, w),
+            rss_mib: mib(x.collector_mem.rss_kib),
+            db_mib: x.db_bytes as f64 / (1 << 20) as f64,
+            stored_per_s: per_s(rows_now - rows_before, w),
+            deleted_per_s: (x.pruned_rows - prev.pruned_rows).max(0.0) / w.as_secs_f64().max(1e-9),
+            delay_max,
+            ingested_per_s: per_s(d(x.samples_taken, prev.samples_taken), w),
+            dropped_per_s: per_s(d(x.samples_dropped, prev.samples_dropped), w),
+            outboxed: x.outboxed,
+            suspects: x.suspects,
+            watched: x.watched,
+            episodes: x.db.episodes,
+            due: due.len(),
+            stored: lat.len(),
+            p99: (!lat.is_empty()).then(|| pct(&lat, 0.99)),
+        });
+        prev = x;
+    }
+    out
+}
+
+/// A soak's trend: the first ten rows against the last ten.
+fn trend(args: &LoadArgs, rows: &[Row]) {
+    let (first, last) = (&rows[..10], &rows[rows.len() - 10..]);
+    let mean = |r: &[Row], f: fn(&Row) -> f64| r.iter().map(f).sum::<f64>() / r.len() as f64;
+    let change = |a: f64, b: f64| if a > 0.0 { (b - a) / a * 100.0 } else { 0.0 };
+    let cpu = (
+        mean(first, |r| r.collector_pct),
+        mean(last, |r| r.collector_pct),
+    );
+    let store = (mean(first, |r| r.store_pct), mean(last, |r| r.store_pct));
+    let rss = (mean(first, |r| r.rss_mib), mean(last, |r| r.rss_mib));
+    let db_max = rows.iter().map(|r| r.db_mib).fold(0.0, f64::max);
+    let p99_max = rows.iter().filter_map(|r| r.p99).max().unwrap_or_default();
+    let missed: usize = rows.iter().map(|r| r.due - r.stored).sum();
+    let deadline = args.deadline();
+    let verdict = |ok: bool| if ok { "met" } else { "**MISSED**" };
+    println!("The trend: the first ten rows against the last ten.");
+    println!();
+    println!("| what | first ten | last ten | change | goal | verdict |");
+    println!("|---|---:|---:|---:|---|---|");
+    println!(
+        "| collector CPU, % of one core | {:.1} | {:.1} | {:+.1} % | within 10 % | {} |",
+        cpu.0,
+        cpu.1,
+        change(cpu.0, cpu.1),
+        verdict(change(cpu.0, cpu.1).abs() <= 10.0)
+    );
+    println!(
+        "| store thread, % of one core | {:.1} | {:.1} | {:+.1} % | | |",
+        store.0,
+        store.1,
+        change(store.0, store.1)
+    );
+    println!(
+        "| collector VmRSS, MiB | {:.1} | {:.1} | {:+.1} % | within 10 % | {} |",
+        rss.0,
+        rss.1,
+        change(rss.0, rss.1),
+        verdict(change(rss.0, rss.1).abs() <= 10.0)
+    );
+    match args.max_db_bytes {
+        Some(max) => {
+            let bound = max as f64 / (1 << 20) as f64;
+            println!(
+                "| database file + WAL, MiB, largest seen | | {db_max:.0} | | within --max-db-bytes ({bound:.0}) | {} |",
+                verdict(db_max <= bound)
+            );
+        }
+        None => println!("| database file + WAL, MiB, largest seen | | {db_max:.0} | | | |"),
+    }
+    println!(
+        "| stall → episode p99, worst row | | {} | | within {} | {} |",
+        secs(p99_max),
+        secs(deadline),
+        verdict(p99_max <= deadline && missed == 0)
+    );
+    println!();
 }
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {
@@ -908,37 +1084,40 @@ fn report(args: &LoadArgs, m: &Measured, after: &After, alive: bool) {
     }
     println!();
 
-    println!("Every ~10 s of the window:");
+    let rows = rows(args, m);
+    println!(
+        "Every ~{} of the window (stalls: those whose episode was due in the row's time):",
+        humantime::format_duration(args.every.min(wall))
+    );
     println!();
-    println!("| t s | collector % core | VmRSS MiB | aggregator delay max s | ingested samples/s | dropped/s | outboxed | suspects | watched | episodes stored | samples stored |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    let mut prev = s;
-    for x in &m.series {
-        let w = x.at.saturating_sub(prev.at);
-        let slice_delay = m
-            .delays
-            .iter()
-            .filter(|(at, _)| *at >= prev.at && *at < x.at)
-            .map(|(at, d)| d.unwrap_or_else(|| stopped.saturating_sub(*at)))
-            .max()
-            .unwrap_or_default();
+    println!("| t s | collector % core | store thread % core | VmRSS MiB | database MiB | rows stored/s | rows deleted/s | aggregator delay max s | ingested samples/s | dropped/s | outboxed | suspects | watched | episodes in the database | stalls due: stored, p99 s |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in &rows {
         println!(
-            "| {:.0} | {:.1} | {:.1} | {} | {:.0} | {:.0} | {} | {} | {} | {} | {} |",
-            x.at.saturating_sub(s.at).as_secs_f64(),
-            procfs::percent_of_core(x.collector.since(&prev.collector).total(), w),
-            mib(x.collector_mem.rss_kib),
-            secs(slice_delay),
-            per_s(d(x.samples_taken, prev.samples_taken), w),
-            per_s(d(x.samples_dropped, prev.samples_dropped), w),
-            x.outboxed,
-            x.suspects,
-            x.watched,
-            x.db.episodes,
-            x.db.samples,
+            "| {:.0} | {:.1} | {:.1} | {:.1} | {:.0} | {:.0} | {:.0} | {} | {:.0} | {:.0} | {} | {} | {} | {} | {} of {}, {} |",
+            r.t.as_secs_f64(),
+            r.collector_pct,
+            r.store_pct,
+            r.rss_mib,
+            r.db_mib,
+            r.stored_per_s,
+            r.deleted_per_s,
+            secs(r.delay_max),
+            r.ingested_per_s,
+            r.dropped_per_s,
+            r.outboxed,
+            r.suspects,
+            r.watched,
+            r.episodes,
+            r.stored,
+            r.due,
+            r.p99.map_or_else(|| "-".to_string(), secs),
         );
-        prev = x;
     }
     println!();
+    if args.every >= Duration::from_secs(60) && rows.len() >= 20 {
+        trend(args, &rows);
+    }
 
     // Latency: stalls whose episode was due (start + deadline) within the
     // window.

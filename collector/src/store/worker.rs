@@ -378,9 +378,23 @@ impl Worker {
         Ok(rows as u64)
     }
 
-    /// Deletes closed episodes that ended before now − retention, with
-    /// their samples (ON DELETE CASCADE), a chunk per statement.
+    /// Retention: by age, then by size; counts what it deleted, and gives
+    /// the freed pages back.
     fn prune(&self) {
+        // Every row it deletes, the samples their episodes cascade to
+        // included (SQLite counts those in total_changes, not changes).
+        let changes = self.conn.total_changes();
+        self.prune_by_age();
+        self.prune_to_size();
+        self.stats
+            .pruned_rows(self.conn.total_changes().saturating_sub(changes));
+        self.give_back_free_pages();
+    }
+
+    /// Deletes closed episodes that ended before now − retention, with
+    /// their samples (ON DELETE CASCADE), a chunk per statement; and the
+    /// held-span counts of minutes that old.
+    fn prune_by_age(&self) {
         let retention = i64::try_from(self.retention.as_millis()).unwrap_or(i64::MAX);
         let cutoff = now_ms().saturating_sub(retention);
         let mut total = 0u64;
@@ -420,8 +434,6 @@ impl Worker {
         {
             warn!(%error, "store prune of held spans failed");
         }
-        self.prune_to_size();
-        self.give_back_free_pages();
     }
 
     /// Bytes held by the database's pages in use (the file less its free
