@@ -50,10 +50,6 @@ use crate::measure::{timed, Summary};
 use crate::procfs::{self, Mem, Ticks};
 use crate::procs::{self, Agent, Collector};
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e}"))
-}
-
 /// Targets from the issue.
 const TARGET_CPU_PCT: f64 = 1.0;
 const TARGET_BYTES_PER_S: f64 = 1000.0;
@@ -75,13 +71,13 @@ pub struct IdleArgs {
     #[arg(long, default_value_t = 100)]
     floor_exact: usize,
     /// The agent's --interval.
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, default_value = "2s", value_parser = crate::parse_duration)]
     interval: Duration,
     /// The measured window.
-    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = crate::parse_duration)]
     duration: Duration,
     /// Time after the agent connected before the window.
-    #[arg(long, default_value = "6s", value_parser = parse_duration)]
+    #[arg(long, default_value = "6s", value_parser = crate::parse_duration)]
     warmup: Duration,
     /// Connections per holder process.
     #[arg(long, default_value_t = MAX_PER_HOLDER)]

@@ -145,7 +145,7 @@ pub fn is_lab(ip: Ipv4Addr) -> bool {
 }
 
 /// Moves the calling thread into the network namespace at `path`.
-fn enter(path: &Path) -> anyhow::Result<()> {
+pub(crate) fn enter(path: &Path) -> anyhow::Result<()> {
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
         .with_context(|| format!("entering {}", path.display()))
@@ -153,7 +153,7 @@ fn enter(path: &Path) -> anyhow::Result<()> {
 
 /// Runs `f` on a thread inside the network namespace at `path`; sockets it
 /// creates stay there.
-fn in_netns<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> anyhow::Result<T> {
+pub(crate) fn in_netns<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> anyhow::Result<T> {
     std::thread::scope(|s| {
         s.spawn(|| {
             enter(path)?;

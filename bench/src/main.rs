@@ -14,10 +14,15 @@
 //!
 //! `tcpstall-bench agent-idle` runs a real `tcpstall-agent` on a host with
 //! many idle connections and measures its CPU and the bytes it sends.
+//!
+//! `tcpstall-bench agent-churn` runs a real `tcpstall-agent` on a host
+//! whose connections are opened and closed a thousand times a second, and
+//! follows its CPU, memory and descriptors, and the stalls it reports.
 #![forbid(unsafe_code)]
 
 mod agent_idle;
 mod bpf_poll;
+mod churn;
 mod holder;
 mod lab;
 mod load;
@@ -61,9 +66,23 @@ enum Command {
     /// A real agent on a host with many idle connections: its CPU share
     /// and the bytes per second it sends to a real collector.
     AgentIdle(agent_idle::IdleArgs),
+    /// A real agent on a host whose connections come and go (opened and
+    /// closed every second, some held stalls): its CPU per poll, memory
+    /// and descriptors over time, and the stalls made against the held
+    /// spans it sent.
+    AgentChurn(churn::ChurnArgs),
+    /// Internal: hold churning connections until stdin closes.
+    #[command(hide = true)]
+    ChurnHold(churn::hold::ChurnHoldArgs),
     /// Internal: hold loopback connections until stdin closes.
     #[command(hide = true)]
     Hold(holder::HoldArgs),
+}
+
+/// A duration flag (`2s`, `1h`, `250ms`): humantime's syntax, the error
+/// naming what was given.
+pub(crate) fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e}"))
 }
 
 fn main() -> ExitCode {
@@ -74,6 +93,8 @@ fn main() -> ExitCode {
         Command::CollectorLoad(args) => load::run(&args),
         Command::CollectorInproc(args) => load::inproc::run(&args),
         Command::AgentIdle(args) => agent_idle::run(&args),
+        Command::AgentChurn(args) => churn::run(&args),
+        Command::ChurnHold(args) => churn::hold::churn_hold(&args),
         Command::Hold(args) => holder::hold(&args),
     };
     match res {
