@@ -12,6 +12,10 @@
 //! since (protobuf `tcpstall.v1.Sample`, '' left in `sample`). Rows of
 //! either kind are read back. 3 added `held_spans`: every held send queue
 //! that ended, counted per minute, host pair, end and duration bucket.
+//! 4 replaced the indexes on `open`, `a_host` and `b_host` alone by ones
+//! with `ended_at_ms` or `started_at_ms` after them: retention walks the
+//! ended episodes oldest first, and a host's recent episodes are found
+//! without reading all of its older ones.
 
 use std::path::Path;
 use std::time::Duration;
@@ -104,7 +108,30 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (minute_ms, a_host, b_host, end_reason, le_ms)
     ) WITHOUT ROWID;
     ",
+    // 4: indexes whose cost does not grow with the table. Both prunes ask
+    // for ended episodes by `ended_at_ms` (older than the cutoff; the
+    // oldest first); on `open` alone they read every ended episode and
+    // sorted them. A host's recent episodes (`report --host`, `--since`)
+    // were found by reading every episode the host ever had. The new
+    // indexes' prefixes serve what the old ones did.
+    "
+    CREATE INDEX episodes_ended ON episodes (open, ended_at_ms);
+    DROP INDEX episodes_open;
+    CREATE INDEX episodes_a_host_started ON episodes (a_host, started_at_ms);
+    DROP INDEX episodes_a_host;
+    CREATE INDEX episodes_b_host_started ON episodes (b_host, started_at_ms);
+    DROP INDEX episodes_b_host;
+    ",
 ];
+
+/// Retention by age: a chunk of the ended episodes that ended before ?1,
+/// at most ?2 (their samples go by ON DELETE CASCADE).
+pub const PRUNE_BY_AGE: &str = "DELETE FROM episodes WHERE id IN (
+    SELECT id FROM episodes WHERE open = 0 AND ended_at_ms < ?1 LIMIT ?2)";
+
+/// Retention by size: the ?1 ended episodes that ended first.
+pub const PRUNE_OLDEST: &str = "DELETE FROM episodes WHERE id IN (
+    SELECT id FROM episodes WHERE open = 0 ORDER BY ended_at_ms LIMIT ?1)";
 
 /// The schema version this code writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

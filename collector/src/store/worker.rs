@@ -22,7 +22,7 @@ use rusqlite::{params, Connection};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
-use super::{read, Command, StoreConfig, StoreError, StoreStats, MAX_BATCH};
+use super::{read, schema, Command, StoreConfig, StoreError, StoreStats, MAX_BATCH};
 
 /// Episodes deleted per statement while pruning, so that one prune of a
 /// large backlog does not hold the write lock for long.
@@ -30,6 +30,19 @@ const PRUNE_CHUNK: i64 = 500;
 
 /// Free pages given back to the file system per step of vacuum.
 const VACUUM_STEP: i64 = 1000;
+
+/// Size retention starts when the pages in use pass this share (%) of the
+/// bound, and deletes until they are under [`SIZE_LOW`]: the 5 points
+/// between are left for the writes of the commits before the next check
+/// and for the free pages kept for reuse.
+const SIZE_HIGH: u64 = 95;
+const SIZE_LOW: u64 = 90;
+
+/// Free pages kept for reuse, as a share (%) of the pages in use; only
+/// those beyond it go back to the file system. Giving back pages that the
+/// next minute's writes take again cost the store a vacuum (pages moved to
+/// fill the holes) and the file system a truncate and a regrow each time.
+const FREE_SLACK: i64 = 10;
 
 /// How long the first write of a transaction waits for others to join it.
 /// Reads and flushes that arrive meanwhile wait as long, once.
@@ -242,6 +255,20 @@ impl Worker {
         }
         let micros = u64::try_from(t.started.elapsed().as_micros()).unwrap_or(u64::MAX);
         self.stats.committed(t.rows, micros);
+        self.keep_to_size();
+    }
+
+    /// After a commit: retention by size, if the bound is near.
+    fn keep_to_size(&self) {
+        if self.max_bytes.is_none() {
+            return;
+        }
+        let changes = self.conn.total_changes();
+        if self.prune_to_size() > 0 {
+            self.stats
+                .pruned_rows(self.conn.total_changes().saturating_sub(changes));
+            self.give_back_free_pages();
+        }
     }
 
     /// Applies one write command; returns the rows it changed.
@@ -401,11 +428,7 @@ impl Worker {
         loop {
             let deleted = self
                 .conn
-                .prepare_cached(
-                    "DELETE FROM episodes WHERE id IN (
-                        SELECT id FROM episodes
-                         WHERE open = 0 AND ended_at_ms < ?1 LIMIT ?2)",
-                )
+                .prepare_cached(schema::PRUNE_BY_AGE)
                 .and_then(|mut s| s.execute(params![cutoff, PRUNE_CHUNK]));
             match deleted {
                 Ok(0) => break,
@@ -446,22 +469,25 @@ impl Worker {
         Ok(u64::try_from(used * pragma("page_size")?).unwrap_or(0))
     }
 
-    /// Past `max_bytes`, deletes the oldest ended episodes, a chunk at a
-    /// time, until the pages in use are under 90 % of it. Open episodes are
-    /// never deleted.
-    fn prune_to_size(&self) {
-        let Some(max) = self.max_bytes else { return };
-        let target = max / 10 * 9;
+    /// Once the pages in use pass [`SIZE_HIGH`] of `max_bytes`, deletes the
+    /// oldest ended episodes, a chunk at a time, until they are under
+    /// [`SIZE_LOW`] of it. Open episodes are never deleted. Runs after every
+    /// commit (three pragmas when under the mark), so the file follows its
+    /// bound within a commit's writes, not within a retention tick's.
+    fn prune_to_size(&self) -> u64 {
+        let Some(max) = self.max_bytes else { return 0 };
+        let high = max / 100 * SIZE_HIGH;
+        let target = max / 100 * SIZE_LOW;
         let mut total = 0u64;
         loop {
             let used = match self.used_bytes() {
                 Ok(u) => u,
                 Err(error) => {
                     warn!(%error, "store size check failed");
-                    return;
+                    return total;
                 }
             };
-            if used <= target || (total == 0 && used <= max) {
+            if used <= target || (total == 0 && used <= high) {
                 break;
             }
             // About the share of the ended episodes that is over, oldest
@@ -476,11 +502,7 @@ impl Worker {
             let n = ((ended as f64 * over).ceil() as i64).clamp(1, PRUNE_CHUNK);
             let deleted = self
                 .conn
-                .prepare_cached(
-                    "DELETE FROM episodes WHERE id IN (
-                        SELECT id FROM episodes WHERE open = 0
-                         ORDER BY ended_at_ms LIMIT ?1)",
-                )
+                .prepare_cached(schema::PRUNE_OLDEST)
                 .and_then(|mut s| s.execute(params![n]));
             match deleted {
                 Ok(0) => {
@@ -507,12 +529,15 @@ impl Worker {
                 "store pruned its oldest episodes to stay under its size bound"
             );
         }
+        total
     }
 
-    /// Returns free pages to the file system in steps of at most
-    /// [`VACUUM_STEP`] pages, so that writes never wait long behind it.
-    /// In WAL mode the file only shrinks when the WAL is checkpointed: a
-    /// passive checkpoint follows (it waits for no reader or writer).
+    /// Returns free pages to the file system beyond those kept for reuse
+    /// ([`FREE_SLACK`]; all beyond the size bound, if the file is past
+    /// it), in steps of at most [`VACUUM_STEP`] pages, so that writes never
+    /// wait long behind it. In WAL mode the file only shrinks when the WAL
+    /// is checkpointed: a passive checkpoint follows (it waits for no
+    /// reader or writer).
     fn give_back_free_pages(&self) {
         let mut stepped = false;
         self.vacuum_steps(&mut stepped);
@@ -523,26 +548,42 @@ impl Worker {
         }
     }
 
+    /// Free pages beyond those kept for reuse; 0 if the file is not
+    /// vacuumed incrementally (files created before `auto_vacuum` was set
+    /// reuse their free pages, which bounds them as well).
+    fn free_pages_to_give_back(&self) -> rusqlite::Result<i64> {
+        let pragma = |name: &str| -> rusqlite::Result<i64> {
+            self.conn.pragma_query_value(None, name, |r| r.get(0))
+        };
+        // 2 = incremental.
+        if pragma("auto_vacuum")? != 2 {
+            return Ok(0);
+        }
+        let (pages, free) = (pragma("page_count")?, pragma("freelist_count")?);
+        let mut excess = free - (pages - free) * FREE_SLACK / 100;
+        if let Some(max) = self.max_bytes {
+            let max_pages = i64::try_from(max).unwrap_or(i64::MAX) / pragma("page_size")?.max(1);
+            excess = excess.max(pages - max_pages);
+        }
+        Ok(excess.clamp(0, free))
+    }
+
     fn vacuum_steps(&self, stepped: &mut bool) {
         loop {
-            let free: i64 = match self
-                .conn
-                .pragma_query_value(None, "freelist_count", |r| r.get(0))
-            {
+            let excess = match self.free_pages_to_give_back() {
                 Ok(n) => n,
-                Err(_) => return,
+                Err(error) => {
+                    warn!(%error, "store free page count failed");
+                    return;
+                }
             };
-            let vacuuming: i64 = self
-                .conn
-                .pragma_query_value(None, "auto_vacuum", |r| r.get(0))
-                .unwrap_or(0);
-            // 2 = incremental: only files created by this version.
-            if free == 0 || vacuuming != 2 {
+            if excess == 0 {
                 return;
             }
+            let step = excess.min(VACUUM_STEP);
             if let Err(error) = self
                 .conn
-                .execute_batch(&format!("PRAGMA incremental_vacuum({VACUUM_STEP})"))
+                .execute_batch(&format!("PRAGMA incremental_vacuum({step})"))
             {
                 warn!(%error, "store incremental vacuum failed");
                 return;
