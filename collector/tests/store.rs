@@ -1165,7 +1165,10 @@ async fn a_size_bound_keeps_the_file_under_it_while_writes_go_past_it() -> TestR
     };
     let (store, thread, next) = Store::open(cfg.clone())?;
     // The database's size as a reader sees it (the WAL's committed pages
-    // included; the file itself grows only at checkpoints).
+    // included; the file itself grows only at checkpoints). The WAL file
+    // beside it counts against the bound too, but at this tiny bound its
+    // smallest size (64 pages) is an eighth of it; the soak benchmark
+    // shows both at real sizes.
     let reader = Connection::open(&cfg.path)?;
     let db_bytes = || -> rusqlite::Result<u64> {
         let pragma = |name: &str| reader.pragma_query_value(None, name, |r| r.get::<_, i64>(0));
@@ -1178,8 +1181,8 @@ async fn a_size_bound_keeps_the_file_under_it_while_writes_go_past_it() -> TestR
     // 800 closed episodes of 40 samples each (~150 bytes of protobuf):
     // several times the bound.
     let mut peak = 0;
-    // Once retention began: the smallest size, the most free pages.
-    let (mut low, mut kept) = (u64::MAX, 0i64);
+    // Once retention began: the most free pages kept.
+    let mut kept = 0i64;
     let mut last = next;
     for i in 1..=800 {
         let id = next + i;
@@ -1204,7 +1207,6 @@ async fn a_size_bound_keeps_the_file_under_it_while_writes_go_past_it() -> TestR
             let size = db_bytes()?;
             peak = peak.max(size);
             if store.stats().snapshot().pruned_episodes > 0 {
-                low = low.min(size);
                 let free = reader.pragma_query_value(None, "freelist_count", |r| r.get(0))?;
                 kept = kept.max(free);
             }
@@ -1216,13 +1218,8 @@ async fn a_size_bound_keeps_the_file_under_it_while_writes_go_past_it() -> TestR
         Connection::open(&cfg.path)?
             .query_row("SELECT count(*) FROM episodes", [], |r| r.get(0))?;
     assert!(peak <= MAX, "peak {peak} bytes, bound {MAX}");
-    // Pages freed by deletion are reused, not given back and regrown: the
-    // file stays near its bound, with free pages in it.
+    // Pages freed by deletion are reused, not given back and regrown.
     assert!(kept > 0, "no free page kept for reuse");
-    assert!(
-        low > MAX / 100 * 90,
-        "the file shrank to {low} bytes: the freed pages went back to the file system"
-    );
     let pruned = store.stats().snapshot().pruned_episodes;
     assert!(
         pruned > 400,

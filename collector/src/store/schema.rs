@@ -32,7 +32,7 @@ pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const CACHE_KIB: i64 = 8 * 1024;
 
 /// WAL pages (of 4 KiB) after which a commit checkpoints.
-const WAL_CHECKPOINT_PAGES: i64 = 8000;
+pub(super) const WAL_CHECKPOINT_PAGES: i64 = 8000;
 
 /// The schema, one step per version. Append; never edit a released step.
 const MIGRATIONS: &[&str] = &[

@@ -13,6 +13,7 @@
 //! holds only a weak sender, so it never keeps the store alive, and it
 //! stops as soon as the store thread drops its end of the stop channel.
 
+use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -37,6 +38,11 @@ const VACUUM_STEP: i64 = 1000;
 /// and for the free pages kept for reuse.
 const SIZE_HIGH: u64 = 95;
 const SIZE_LOW: u64 = 90;
+
+/// Under a size bound, the WAL is checkpointed at 1/`WAL_SHARE` of it (but
+/// at least every [`WAL_MIN_PAGES`] pages, and at most as without a bound).
+const WAL_SHARE: i64 = 50;
+const WAL_MIN_PAGES: i64 = 64;
 
 /// Free pages kept for reuse, as a share (%) of the pages in use; only
 /// those beyond it go back to the file system. Giving back pages that the
@@ -67,6 +73,7 @@ pub(super) fn spawn(
         stats,
         retention: cfg.retention,
         max_bytes: cfg.max_bytes,
+        wal: wal_path(&cfg.path),
     };
     std::thread::Builder::new()
         .name("tcpstall-store".into())
@@ -91,6 +98,13 @@ fn tick(weak: mpsc::WeakSender<Command>, every: Duration, stopped: std_mpsc::Rec
         }
         // A full queue skips this prune; the next tick tries again.
     }
+}
+
+/// SQLite's name for a database's WAL: the path with `-wal` appended.
+fn wal_path(db: &Path) -> PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push("-wal");
+    PathBuf::from(name)
 }
 
 fn now_ms() -> i64 {
@@ -118,12 +132,15 @@ struct Worker {
     stats: Arc<StoreStats>,
     retention: Duration,
     max_bytes: Option<u64>,
+    /// The WAL file's path.
+    wal: PathBuf,
 }
 
 impl Worker {
     /// Runs until every sender is gone or a shutdown arrives; returns the
     /// shutdown's acknowledgement, sent once the connection is closed.
     fn run(mut self) -> Option<oneshot::Sender<()>> {
+        self.fit_wal_to_bound();
         self.prune();
         let mut batch = Vec::with_capacity(MAX_BATCH);
         while let Some(first) = self.rx.blocking_recv() {
@@ -201,6 +218,7 @@ impl Worker {
                     max_bytes,
                 } => {
                     (self.retention, self.max_bytes) = (retention, max_bytes);
+                    self.fit_wal_to_bound();
                     self.prune();
                 }
                 Command::Shutdown(ack) => {
@@ -256,6 +274,32 @@ impl Worker {
         let micros = u64::try_from(t.started.elapsed().as_micros()).unwrap_or(u64::MAX);
         self.stats.committed(t.rows, micros);
         self.keep_to_size();
+    }
+
+    /// The WAL counts against the size bound, so under a small bound it is
+    /// checkpointed sooner than every [`schema::WAL_CHECKPOINT_PAGES`]:
+    /// at [`WAL_SHARE`] of the bound, and its file is cut back to that
+    /// after a checkpoint that let it grow past.
+    fn fit_wal_to_bound(&self) {
+        let page_size: i64 = self
+            .conn
+            .pragma_query_value(None, "page_size", |r| r.get(0))
+            .unwrap_or(4096)
+            .max(512);
+        let pages = match self.max_bytes {
+            Some(max) => (i64::try_from(max).unwrap_or(i64::MAX) / page_size / WAL_SHARE)
+                .clamp(WAL_MIN_PAGES, schema::WAL_CHECKPOINT_PAGES),
+            None => schema::WAL_CHECKPOINT_PAGES,
+        };
+        let limit = match self.max_bytes {
+            Some(_) => pages * page_size,
+            None => -1,
+        };
+        for (pragma, value) in [("wal_autocheckpoint", pages), ("journal_size_limit", limit)] {
+            if let Err(error) = self.conn.pragma_update(None, pragma, value) {
+                warn!(%error, pragma, "store cannot set its WAL's size");
+            }
+        }
     }
 
     /// After a commit: retention by size, if the bound is near.
@@ -460,13 +504,16 @@ impl Worker {
     }
 
     /// Bytes held by the database's pages in use (the file less its free
-    /// pages).
+    /// pages), and by the WAL file beside it: it keeps the size of its
+    /// largest stretch between checkpoints (about 32 MB), and counts
+    /// against the bound as the disk sees it.
     fn used_bytes(&self) -> rusqlite::Result<u64> {
         let pragma = |name: &str| -> rusqlite::Result<i64> {
             self.conn.pragma_query_value(None, name, |r| r.get(0))
         };
         let used = (pragma("page_count")? - pragma("freelist_count")?).max(0);
-        Ok(u64::try_from(used * pragma("page_size")?).unwrap_or(0))
+        let wal = std::fs::metadata(&self.wal).map_or(0, |m| m.len());
+        Ok(u64::try_from(used * pragma("page_size")?).unwrap_or(0) + wal)
     }
 
     /// Once the pages in use pass [`SIZE_HIGH`] of `max_bytes`, deletes the
@@ -562,6 +609,8 @@ impl Worker {
         let (pages, free) = (pragma("page_count")?, pragma("freelist_count")?);
         let mut excess = free - (pages - free) * FREE_SLACK / 100;
         if let Some(max) = self.max_bytes {
+            // The pages alone: the WAL grows with every page a vacuum
+            // moves, and would ask for more.
             let max_pages = i64::try_from(max).unwrap_or(i64::MAX) / pragma("page_size")?.max(1);
             excess = excess.max(pages - max_pages);
         }
