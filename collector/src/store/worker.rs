@@ -317,11 +317,17 @@ impl Worker {
 
     /// After a commit: retention by size, if the bound is near.
     fn keep_to_size(&self) {
-        if self.max_bytes.is_none() {
-            return;
+        if self.max_bytes.is_some() {
+            self.counting_pruned(|w| w.prune_to_size() > 0);
         }
+    }
+
+    /// Runs `prune`; if it says it deleted, counts every row it deleted
+    /// (the samples their episodes cascade to included: SQLite counts
+    /// those in total_changes, not changes) and gives the freed pages back.
+    fn counting_pruned(&self, prune: impl FnOnce(&Self) -> bool) {
         let changes = self.conn.total_changes();
-        if self.prune_to_size() > 0 {
+        if prune(self) {
             self.stats
                 .pruned_rows(self.conn.total_changes().saturating_sub(changes));
             self.give_back_free_pages();
@@ -465,14 +471,11 @@ impl Worker {
     /// Retention: by age, then by size; counts what it deleted, and gives
     /// the freed pages back.
     fn prune(&self) {
-        // Every row it deletes, the samples their episodes cascade to
-        // included (SQLite counts those in total_changes, not changes).
-        let changes = self.conn.total_changes();
-        self.prune_by_age();
-        self.prune_to_size();
-        self.stats
-            .pruned_rows(self.conn.total_changes().saturating_sub(changes));
-        self.give_back_free_pages();
+        self.counting_pruned(|w| {
+            w.prune_by_age();
+            w.prune_to_size();
+            true
+        });
     }
 
     /// Deletes closed episodes that ended before now − retention, with
@@ -552,7 +555,7 @@ impl Worker {
                     return total;
                 }
             };
-            if used > high && !self.shrinking.get() {
+            if used > high {
                 self.shrinking.set(true);
             }
             if used <= target || !self.shrinking.get() || (total > 0 && used <= max) {
