@@ -80,7 +80,7 @@ pub(super) fn get_episode(
     let episode = episode_row(row)?;
     let mut stmt = conn.prepare_cached(
         "SELECT side, host, at_ms, sample, sample_pb FROM samples
-          WHERE episode_id = ?1 ORDER BY at_ms, id",
+          WHERE episode_id = ?1 ORDER BY at_ms, side",
     )?;
     let mut rows = stmt.query([id])?;
     let mut samples = Vec::new();
@@ -121,7 +121,9 @@ fn sample(row: &Row<'_>, id: i64) -> Result<Packed, StoreError> {
             }
         }
         None => {
-            let json: String = row.get(3)?;
+            let Some(json) = row.get::<_, Option<String>>(3)? else {
+                return Err(corrupt(id, "sample", "NULL, and sample_pb NULL too"));
+            };
             let s: EndSample =
                 serde_json::from_str(&json).map_err(|_| corrupt(id, "sample", &json))?;
             let p = Packed::new(&s);

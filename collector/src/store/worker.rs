@@ -57,6 +57,9 @@ const WAL_MIN_PAGES: i64 = 64;
 /// fill the holes) and the file system a truncate and a regrow each time.
 const FREE_SLACK: i64 = 10;
 
+/// One minute, in milliseconds: held spans are counted per minute.
+const MINUTE_MS: i64 = 60_000;
+
 /// How long the first write of a transaction waits for others to join it.
 /// Reads and flushes that arrive meanwhile wait as long, once.
 const GATHER: Duration = Duration::from_millis(100);
@@ -83,6 +86,7 @@ pub(super) fn spawn(
         wal: wal_path(&cfg.path),
         shrinking: Cell::new(false),
         shrunk: Cell::new(0),
+        held_minutes: Cell::new(0),
     };
     std::thread::Builder::new()
         .name("tcpstall-store".into())
@@ -147,6 +151,8 @@ struct Worker {
     /// the episodes deleted since passing it.
     shrinking: Cell<bool>,
     shrunk: Cell<u64>,
+    /// Minutes of held-span counts deleted meanwhile.
+    held_minutes: Cell<u64>,
 }
 
 impl Worker {
@@ -318,7 +324,7 @@ impl Worker {
     /// After a commit: retention by size, if the bound is near.
     fn keep_to_size(&self) {
         if self.max_bytes.is_some() {
-            self.counting_pruned(|w| w.prune_to_size() > 0);
+            self.counting_pruned(|w| w.prune_to_size());
         }
     }
 
@@ -419,10 +425,11 @@ impl Worker {
                 ])?,
             )?,
             Command::AddSamples { id, samples } => {
-                // `sample` (the JSON of schema version 1) is NOT NULL: ''.
+                // One end's sample at one instant is stored once: a
+                // second copy (an agent's resend) is the same sample.
                 let mut stmt = c.prepare_cached(
-                    "INSERT INTO samples (episode_id, side, host, at_ms, sample, sample_pb)
-                     VALUES (?1, ?2, ?3, ?4, '', ?5)",
+                    "INSERT OR IGNORE INTO samples (episode_id, side, host, at_ms, sample_pb)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
                 )?;
                 let mut n = 0;
                 for s in &samples {
@@ -533,40 +540,38 @@ impl Worker {
     }
 
     /// Once the pages in use pass [`SIZE_HIGH`] of `max_bytes`, deletes the
-    /// oldest ended episodes until they are under [`SIZE_LOW`] of it: one
-    /// chunk of [`SIZE_CHUNK`] per call, so that the writes and reads queued
+    /// oldest ended episodes and held-span minutes until they are under
+    /// [`SIZE_LOW`] of it ([`Self::delete_oldest`]): one step per call, so that the writes and reads queued
     /// meanwhile go first (deleting a round's 5 % of a 1 GiB store at once
     /// held the store thread for seconds, and every episode due then was
     /// listed late). Only past the bound itself does one call delete until
     /// it is back under. Open episodes are never deleted. Runs after every
     /// commit (three pragmas when there is nothing to do), so the file
     /// follows its bound within a commit's writes, not within a retention
-    /// tick's.
-    fn prune_to_size(&self) -> u64 {
-        let Some(max) = self.max_bytes else { return 0 };
+    /// tick's. Says whether it deleted anything.
+    fn prune_to_size(&self) -> bool {
+        let Some(max) = self.max_bytes else {
+            return false;
+        };
         let high = max / 100 * SIZE_HIGH;
         let target = max / 100 * SIZE_LOW;
-        let mut total = 0u64;
+        let (mut total, mut deleted_any) = (0u64, false);
         loop {
             let used = match self.used_bytes() {
                 Ok(u) => u,
                 Err(error) => {
                     warn!(%error, "store size check failed");
-                    return total;
+                    return deleted_any;
                 }
             };
             if used > high {
                 self.shrinking.set(true);
             }
-            if used <= target || !self.shrinking.get() || (total > 0 && used <= max) {
+            if used <= target || !self.shrinking.get() || (deleted_any && used <= max) {
                 break;
             }
-            let deleted = self
-                .conn
-                .prepare_cached(schema::PRUNE_OLDEST)
-                .and_then(|mut s| s.execute(params![SIZE_CHUNK]));
-            match deleted {
-                Ok(0) => {
+            match self.delete_oldest() {
+                Ok(Oldest::Nothing) => {
                     warn!(
                         used,
                         max, "store above its size bound with only open episodes left"
@@ -574,15 +579,17 @@ impl Worker {
                     self.shrinking.set(false);
                     break;
                 }
-                Ok(n) => {
-                    total += n as u64;
-                    self.stats.pruned(n as u64);
+                Ok(Oldest::Episodes(n)) => {
+                    total += n;
+                    self.stats.pruned(n);
                 }
+                Ok(Oldest::HeldMinute) => self.held_minutes.set(self.held_minutes.get() + 1),
                 Err(error) => {
                     warn!(%error, "store size prune failed");
                     break;
                 }
             }
+            deleted_any = true;
         }
         if self.shrinking.get() {
             let round = self.shrunk.get() + total;
@@ -593,12 +600,43 @@ impl Worker {
                 self.shrunk.set(0);
                 info!(
                     episodes = round,
+                    held_minutes = self.held_minutes.replace(0),
                     max_bytes = max,
-                    "store pruned its oldest episodes to stay under its size bound"
+                    "store pruned its oldest episodes and held-span minutes to stay under its size bound"
                 );
             }
         }
-        total
+        deleted_any
+    }
+
+    /// One step of retention by size: the oldest minute of held-span
+    /// counts if it ended before the oldest ended episode did, else a
+    /// chunk of [`SIZE_CHUNK`] of the oldest ended episodes. Both tables
+    /// so keep the same stretch of time; held-span counts (up to 65,536
+    /// rows a minute at 1,000 agents, a quarter of the file after an
+    /// hour) would otherwise outgrow the bound by themselves within hours,
+    /// retention by age being days, and leave room for no episode at all.
+    fn delete_oldest(&self) -> rusqlite::Result<Oldest> {
+        let c = &self.conn;
+        let ended: Option<i64> = c
+            .prepare_cached(schema::OLDEST_ENDED)?
+            .query_row([], |r| r.get(0))?;
+        let minute: Option<i64> = c
+            .prepare_cached(schema::OLDEST_HELD_MINUTE)?
+            .query_row([], |r| r.get(0))?;
+        match (minute, ended) {
+            (Some(m), e) if e.is_none_or(|e| m.saturating_add(MINUTE_MS) <= e) => {
+                c.prepare_cached(schema::PRUNE_HELD_MINUTE)?.execute([m])?;
+                Ok(Oldest::HeldMinute)
+            }
+            (_, None) => Ok(Oldest::Nothing),
+            (_, Some(_)) => {
+                let n = c
+                    .prepare_cached(schema::PRUNE_OLDEST)?
+                    .execute(params![SIZE_CHUNK])?;
+                Ok(Oldest::Episodes(n as u64))
+            }
+        }
     }
 
     /// Returns free pages to the file system beyond those kept for reuse
@@ -666,6 +704,16 @@ impl Worker {
             }
         }
     }
+}
+
+/// What one step of retention by size deleted.
+enum Oldest {
+    /// A chunk of ended episodes, with their samples.
+    Episodes(u64),
+    /// One minute of held-span counts.
+    HeldMinute,
+    /// Nothing: only open episodes are left.
+    Nothing,
 }
 
 /// An UPDATE that matched no row names an episode the store never had.
