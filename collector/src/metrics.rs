@@ -193,6 +193,12 @@ pub fn render(
         store.committed_rows as f64,
     );
     one(
+        "tcpstall_collector_store_samples_total",
+        Kind::Counter,
+        "Sample rows inserted by committed transactions.",
+        store.samples_stored as f64,
+    );
+    one(
         "tcpstall_collector_store_transactions_total",
         Kind::Counter,
         "Write transactions committed.",

@@ -143,6 +143,7 @@ pub struct StoreStats {
     write_errors: AtomicU64,
     pruned_episodes: AtomicU64,
     pruned_rows: AtomicU64,
+    samples_stored: AtomicU64,
 }
 
 /// A copy of [`StoreStats`] at one moment.
@@ -166,6 +167,9 @@ pub struct StoreStatsSnapshot {
     /// Rows deleted by retention: episodes, their samples, held-span
     /// counts.
     pub pruned_rows: u64,
+    /// Sample rows inserted by committed transactions (the store's main
+    /// load; with `pruned_rows`, how fast the file turns over).
+    pub samples_stored: u64,
 }
 
 impl StoreStats {
@@ -180,11 +184,13 @@ impl StoreStats {
             write_errors: get(&self.write_errors),
             pruned_episodes: get(&self.pruned_episodes),
             pruned_rows: get(&self.pruned_rows),
+            samples_stored: get(&self.samples_stored),
         }
     }
 
-    fn committed(&self, rows: u64, micros: u64) {
+    fn committed(&self, rows: u64, samples: u64, micros: u64) {
         self.committed_rows.fetch_add(rows, Ordering::Relaxed);
+        self.samples_stored.fetch_add(samples, Ordering::Relaxed);
         self.transactions.fetch_add(1, Ordering::Relaxed);
         self.last_commit_micros.store(micros, Ordering::Relaxed);
         self.max_commit_micros.fetch_max(micros, Ordering::Relaxed);

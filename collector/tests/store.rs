@@ -201,16 +201,17 @@ async fn episode_round_trips_with_evidence_and_both_sides() -> TestResult {
         (local.as_str(), remote.as_str()),
         ("198.18.0.1:40000", "[2001:db8::2]:8080")
     );
-    let (json, pb): (Option<String>, Vec<u8>) = c.query_row(
+    let (json, pb): (String, Vec<u8>) = c.query_row(
         "SELECT sample, sample_pb FROM samples WHERE side = 'b' ORDER BY at_ms LIMIT 1",
         [],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
-    assert_eq!(json, None, "no JSON since schema version 2");
+    assert_eq!(json, "", "no JSON since schema version 2");
     assert_eq!(pb, samples[1].sample.as_bytes());
 
     let s = store.stats().snapshot();
     assert_eq!(s.committed_rows, 5, "one episode and four samples: {s:?}");
+    assert_eq!(s.samples_stored, 4, "{s:?}");
     assert_eq!(s.dropped, 0);
     assert_eq!(s.write_errors, 0);
     stop(store, thread).await;
@@ -596,8 +597,8 @@ async fn a_version_1_file_upgrades_and_its_json_samples_read_beside_new_ones() -
 
     let (store, thread, next) = Store::open(cfg.clone())?;
     assert_eq!(next, e.id + 1);
-    assert_eq!(count(&cfg.path, "PRAGMA user_version"), 5);
-    assert_eq!(SCHEMA_VERSION, 5);
+    assert_eq!(count(&cfg.path, "PRAGMA user_version"), 4);
+    assert_eq!(SCHEMA_VERSION, 4);
     let (row, got) = store.get_episode(e.id).await?.ok_or("episode kept")?;
     assert_eq!((row.id, row.a_cookie, row.a_flow), (e.id, e.a_cookie, f));
     assert_eq!(got.len(), 1);
@@ -653,173 +654,10 @@ async fn a_version_1_file_upgrades_and_its_json_samples_read_beside_new_ones() -
     assert_eq!(
         count(
             &cfg.path,
-            "SELECT count(*) FROM samples WHERE sample_pb IS NOT NULL AND sample IS NULL"
+            "SELECT count(*) FROM samples WHERE sample_pb IS NOT NULL AND sample = ''"
         ),
         2
     );
-    Ok(())
-}
-
-/// A version 4 file (samples in a rowid table, the episodes' rows
-/// interleaved as they arrived, one sent twice) upgrades to samples keyed
-/// by episode: every sample kept once, in time order, and retention still
-/// takes an episode's samples with it.
-#[tokio::test]
-async fn version_4_samples_move_to_episode_order_once_each() -> TestResult {
-    let dir = TempDir::new()?;
-    let cfg = StoreConfig {
-        retention: Duration::from_secs(600),
-        retention_every: Duration::from_millis(20),
-        ..config(&dir)
-    };
-    let now = now_ms();
-    let (first, second) = (
-        episode(3, "alpha", Some("beta"), "data_lost", now - 7_200_000),
-        episode(4, "gamma", None, "peer_not_reading", now - 7_200_000),
-    );
-    {
-        let c = Connection::open(&cfg.path)?;
-        c.execute_batch(SCHEMA_V1)?;
-        c.execute_batch("ALTER TABLE samples ADD COLUMN sample_pb BLOB")?;
-        c.pragma_update(None, "user_version", 2)?;
-        for e in [&first, &second] {
-            c.execute(
-                "INSERT INTO episodes (id, diagnosis, summary, evidence, started_at_ms,
-                    duration_ms, stuck_bytes, a_host, a_netns, a_local, a_remote, a_cookie,
-                    b_host, peer_note, open, ended_at_ms, end_reason)
-                 VALUES (?1, ?2, '', '{}', ?3, 1, 1, ?4, 'ns', ?5, ?6, 9, ?7, NULL, 0, ?8,
-                    'moved')",
-                rusqlite::params![
-                    e.id,
-                    e.diagnosis,
-                    e.started_at_ms,
-                    e.a_host,
-                    e.a_flow.local.to_string(),
-                    e.a_flow.remote.to_string(),
-                    e.b_host,
-                    // The first ended an hour ago, past retention; the
-                    // second a second ago.
-                    if e.id == first.id {
-                        now - 3_600_000
-                    } else {
-                        now - 1_000
-                    },
-                ],
-            )?;
-        }
-        // As a collector appended them: the two episodes take turns, the
-        // later sample of the first comes in before its earlier one, and
-        // one row is there twice.
-        let rows = [
-            (first.id, "a", 2_000, 1),
-            (second.id, "a", 2_000, 2),
-            (first.id, "b", 2_000, 3),
-            (second.id, "a", 4_000, 4),
-            (first.id, "a", 6_000, 5),
-            (first.id, "a", 4_000, 6),
-            (second.id, "a", 4_000, 4),
-        ];
-        for (id, side, at_ms, sendq) in rows {
-            let e = if id == first.id { &first } else { &second };
-            c.execute(
-                "INSERT INTO samples (episode_id, side, host, at_ms, sample, sample_pb)
-                 VALUES (?1, ?2, ?3, ?4, '', ?5)",
-                rusqlite::params![
-                    id,
-                    side,
-                    e.a_host,
-                    at_ms,
-                    Packed::new(&end_sample(e.a_flow, 77, sendq)).as_bytes()
-                ],
-            )?;
-        }
-    }
-    // The episode past retention would go at the first prune: read the
-    // file's rows after the upgrade but before that, with the store's
-    // retention off.
-    let keep_all = StoreConfig {
-        retention: Duration::from_secs(100 * 365 * 24 * 3600),
-        retention_every: Duration::from_secs(3600),
-        ..cfg.clone()
-    };
-    let (store, thread, _) = Store::open(keep_all)?;
-    let sendqs = |got: &[StoredSample]| -> Vec<(i64, u32)> {
-        got.iter()
-            .map(|s| (s.at_ms, s.sample.unpack().map_or(0, |u| u.pos.sendq)))
-            .collect()
-    };
-    let (_, got) = store.get_episode(first.id).await?.ok_or("first kept")?;
-    assert_eq!(
-        sendqs(&got),
-        [(2_000, 1), (2_000, 3), (4_000, 6), (6_000, 5)]
-    );
-    assert_eq!(got[1].side, Side::B, "a before b at one instant");
-    let (_, got) = store.get_episode(second.id).await?.ok_or("second kept")?;
-    assert_eq!(sendqs(&got), [(2_000, 2), (4_000, 4)], "the copy, once");
-    stop(store, thread).await;
-    assert_eq!(count(&cfg.path, "PRAGMA user_version"), SCHEMA_VERSION);
-    assert_eq!(
-        count(
-            &cfg.path,
-            "SELECT count(*) FROM samples WHERE sample IS NULL"
-        ),
-        6,
-        "'' became NULL"
-    );
-
-    // Retention, with the foreign keys back on: the old episode goes
-    // with its samples, the other stays with its own.
-    let (store, thread, _) = Store::open(cfg.clone())?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while store.get_episode(first.id).await?.is_some() {
-        assert!(Instant::now() < deadline, "retention never pruned");
-        tokio::task::yield_now().await;
-        std::thread::yield_now();
-    }
-    stop(store, thread).await;
-    assert_eq!(
-        count(
-            &cfg.path,
-            "SELECT count(*) FROM samples WHERE episode_id = 4"
-        ),
-        2
-    );
-    assert_eq!(count(&cfg.path, "SELECT count(*) FROM samples"), 2);
-    Ok(())
-}
-
-/// An episode's samples are found, and deleted, by the table's own key:
-/// no index beside a table of rowids, whose pages an episode's rows share
-/// with those of every episode open at the time.
-#[tokio::test]
-async fn an_episodes_samples_are_one_range_of_the_tables_key() -> TestResult {
-    let dir = TempDir::new()?;
-    let cfg = config(&dir);
-    let (store, thread, _) = Store::open(cfg.clone())?;
-    stop(store, thread).await;
-    let c = Connection::open(&cfg.path)?;
-    let without_rowid: i64 = c.query_row(
-        "SELECT wr FROM pragma_table_list WHERE name = 'samples'",
-        [],
-        |r| r.get(0),
-    )?;
-    assert_eq!(without_rowid, 1, "samples is a WITHOUT ROWID table");
-    for sql in [
-        "DELETE FROM samples WHERE episode_id = ?1",
-        "SELECT side, host, at_ms, sample, sample_pb FROM samples
-          WHERE episode_id = ?1 ORDER BY at_ms, side",
-    ] {
-        let mut plan = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
-        let steps: Vec<String> = plan
-            .query_map([1i64], |r| r.get::<_, String>(3))?
-            .collect::<Result<_, _>>()?;
-        let plan = steps.join("\n");
-        assert!(
-            plan.contains("USING PRIMARY KEY (episode_id=?)"),
-            "{sql}\nplan:\n{plan}"
-        );
-        assert!(!plan.contains("TEMP B-TREE"), "{sql} sorts:\n{plan}");
-    }
     Ok(())
 }
 
@@ -871,7 +709,7 @@ async fn samples_are_stored_as_wire_samples_and_bad_bytes_are_corrupt() -> TestR
             other => panic!("{what}: expected Corrupt, got {other:?}"),
         }
     }
-    // A NULL one falls back to the JSON column, here NULL as well.
+    // A NULL one falls back to the JSON column, here ''.
     c.execute("UPDATE samples SET sample_pb = NULL", [])?;
     match store.get_episode(e.id).await {
         Err(StoreError::Corrupt { column, .. }) => assert_eq!(column, "sample"),

@@ -213,11 +213,12 @@ struct Snap {
     /// Rows the collector's retention deleted, since it started (its
     /// metrics; 0 when it did not answer).
     pruned_rows: f64,
+    /// Sample rows ever stored (`tcpstall_collector_store_samples_total`).
+    samples_stored: i64,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
 struct DbCounts {
-    samples: i64,
     episodes: i64,
     closed: i64,
     /// The highest episode id: every episode ever stored (ids are never
@@ -232,9 +233,6 @@ fn db_counts(conn: &Connection) -> anyhow::Result<DbCounts> {
             .unwrap_or(0))
     };
     Ok(DbCounts {
-        // Rows are only added during a run (retention is 30 days), so
-        // the highest id is the number of rows.
-        samples: one("SELECT max(id) FROM samples")?,
         episodes: one("SELECT count(*) FROM episodes")?,
         closed: one("SELECT count(*) FROM episodes WHERE open = 0")?,
         episodes_max: one("SELECT max(id) FROM episodes")?,
@@ -292,11 +290,19 @@ async fn snap(collector: &Collector, counters: &Counters) -> anyhow::Result<Snap
     })
     .await
     .context("the database and socket reader")??;
-    let pruned_rows = collector
+    // Rows leave under a size bound, so the table's rows are not the
+    // rows ever stored: the store's own counters say both.
+    let metrics = collector
         .scrape_metrics()
-        .ok()
-        .and_then(|m| m.get("tcpstall_collector_store_pruned_rows_total").copied())
-        .unwrap_or(0.0);
+        .context("the collector's /metrics")?;
+    let counter = |name: &str| -> anyhow::Result<f64> {
+        metrics
+            .get(name)
+            .copied()
+            .with_context(|| format!("{name} missing from the collector's /metrics"))
+    };
+    let pruned_rows = counter("tcpstall_collector_store_pruned_rows_total")?;
+    let samples_stored = counter("tcpstall_collector_store_samples_total")? as i64;
     let me = std::process::id();
     let g = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     let gi = |c: &std::sync::atomic::AtomicI64| c.load(Ordering::Relaxed);
@@ -327,6 +333,7 @@ async fn snap(collector: &Collector, counters: &Counters) -> anyhow::Result<Snap
         db: counts,
         db_bytes: db_file_bytes(&collector.db),
         pruned_rows,
+        samples_stored,
     })
 }
 
@@ -710,8 +717,8 @@ fn rows(args: &LoadArgs, m: &Measured) -> Vec<Row> {
             .filter_map(|st| st.stored.as_ref().map(|(t, _)| t.saturating_sub(st.start)))
             .collect();
         lat.sort();
-        let rows_now = x.db.samples + x.db.episodes_max;
-        let rows_before = prev.db.samples + prev.db.episodes_max;
+        let rows_now = x.samples_stored + x.db.episodes_max;
+        let rows_before = prev.samples_stored + prev.db.episodes_max;
         out.push(Row {
             t: x.at.saturating_sub(s.at),
             collector_pct: procfs::percent_of_core(x.collector.since(&prev.collector).total(), w),
@@ -736,9 +743,32 @@ fn rows(args: &LoadArgs, m: &Measured) -> Vec<Row> {
     out
 }
 
-/// A soak's trend: the first ten rows against the last ten.
+/// A soak's trend: the first ten rows against the last ten; and, when the
+/// size bound was reached early enough, the first ten rows wholly at it
+/// (from the row after the one where deletion began) against the last ten,
+/// so that the climb from writing only to writing and deleting is told
+/// apart from a climb at the bound.
 fn trend(args: &LoadArgs, rows: &[Row]) {
-    let (first, last) = (&rows[..10], &rows[rows.len() - 10..]);
+    println!("The trend: the first ten rows against the last ten.");
+    println!();
+    trend_table(args, rows, &rows[..10], &rows[rows.len() - 10..]);
+    let at_bound = rows
+        .iter()
+        .position(|r| r.deleted_per_s > 0.0)
+        .map(|i| i + 1);
+    if let Some(i) = at_bound.filter(|i| rows.len().saturating_sub(*i) >= 20) {
+        println!(
+            "At the bound: rows {}–{} (the first ten wholly after deletion began, in the row ending at {} s) against the last ten.",
+            i + 1,
+            i + 10,
+            rows[i - 1].t.as_secs()
+        );
+        println!();
+        trend_table(args, &rows[i..], &rows[i..i + 10], &rows[rows.len() - 10..]);
+    }
+}
+
+fn trend_table(args: &LoadArgs, rows: &[Row], first: &[Row], last: &[Row]) {
     let mean = |r: &[Row], f: fn(&Row) -> f64| r.iter().map(f).sum::<f64>() / r.len() as f64;
     let change = |a: f64, b: f64| if a > 0.0 { (b - a) / a * 100.0 } else { 0.0 };
     let cpu = (
@@ -752,8 +782,6 @@ fn trend(args: &LoadArgs, rows: &[Row]) {
     let missed: usize = rows.iter().map(|r| r.due - r.stored).sum();
     let deadline = args.deadline();
     let verdict = |ok: bool| if ok { "met" } else { "**MISSED**" };
-    println!("The trend: the first ten rows against the last ten.");
-    println!();
     println!("| what | first ten | last ten | change | goal | verdict |");
     println!("|---|---:|---:|---:|---|---|");
     println!(
@@ -1029,7 +1057,7 @@ fn report(args: &LoadArgs, m: &Measured, after: &After, alive: bool) {
         "size of one `EndSample` (the aggregator keeps 2 per suspect, 1 per watched peer)",
         format!("{} B", std::mem::size_of::<tcpstall_common::EndSample>()),
     );
-    let dsamples = e.db.samples - s.db.samples;
+    let dsamples = e.samples_stored - s.samples_stored;
     let depisodes = e.db.episodes - s.db.episodes;
     let dclosed = e.db.closed - s.db.closed;
     row(

@@ -80,7 +80,7 @@ pub(super) fn get_episode(
     let episode = episode_row(row)?;
     let mut stmt = conn.prepare_cached(
         "SELECT side, host, at_ms, sample, sample_pb FROM samples
-          WHERE episode_id = ?1 ORDER BY at_ms, side",
+          WHERE episode_id = ?1 ORDER BY at_ms, id",
     )?;
     let mut rows = stmt.query([id])?;
     let mut samples = Vec::new();
@@ -121,9 +121,7 @@ fn sample(row: &Row<'_>, id: i64) -> Result<Packed, StoreError> {
             }
         }
         None => {
-            let Some(json) = row.get::<_, Option<String>>(3)? else {
-                return Err(corrupt(id, "sample", "NULL, and sample_pb NULL too"));
-            };
+            let json: String = row.get(3)?;
             let s: EndSample =
                 serde_json::from_str(&json).map_err(|_| corrupt(id, "sample", &json))?;
             let p = Packed::new(&s);

@@ -15,9 +15,7 @@
 //! 4 replaced the indexes on `open`, `a_host` and `b_host` alone by ones
 //! with `ended_at_ms` or `started_at_ms` after them: retention walks the
 //! ended episodes oldest first, and a host's recent episodes are found
-//! without reading all of its older ones. 5 keyed `samples` by episode,
-//! time and side (WITHOUT ROWID), so that an episode's samples lie
-//! together and retention deletes them as one run of pages.
+//! without reading all of its older ones.
 
 use std::path::Path;
 use std::time::Duration;
@@ -124,32 +122,6 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX episodes_b_host_started ON episodes (b_host, started_at_ms);
     DROP INDEX episodes_b_host;
     ",
-    // 5: samples kept in episode order. As a table of rowids with an
-    // index on (episode_id, at_ms), an episode's samples lay where the
-    // rows of the thousands of episodes open beside it were appended, a
-    // few to a page; deleting a hundred old episodes touched some two
-    // thousand pages, which at the size bound was most of the store
-    // thread's work. Keyed by (episode_id, at_ms, side) they lie
-    // together, and leave together; the index goes with the rowid.
-    // `sample` (version 1's JSON) is NULL where `sample_pb` holds the
-    // sample, no longer ''.
-    "
-    CREATE TABLE samples_by_episode (
-        episode_id INTEGER NOT NULL REFERENCES episodes (id) ON DELETE CASCADE,
-        at_ms      INTEGER NOT NULL,
-        side       TEXT NOT NULL CHECK (side IN ('a', 'b')),
-        host       TEXT NOT NULL,
-        sample     TEXT,                       -- JSON, rows of version 1
-        sample_pb  BLOB,                       -- tcpstall.v1.Sample
-        PRIMARY KEY (episode_id, at_ms, side)
-    ) WITHOUT ROWID;
-    -- One end's sample at one instant: a second copy is the same sample.
-    INSERT OR IGNORE INTO samples_by_episode
-        SELECT episode_id, at_ms, side, host, nullif(sample, ''), sample_pb
-          FROM samples ORDER BY episode_id, at_ms, id;
-    DROP TABLE samples;
-    ALTER TABLE samples_by_episode RENAME TO samples;
-    ",
 ];
 
 /// Retention by age: a chunk of the ended episodes that ended before ?1,
@@ -230,23 +202,8 @@ pub(super) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreErr
         });
     }
     let done = usize::try_from(found).unwrap_or(0);
-    if done >= MIGRATIONS.len() {
-        return Ok(());
-    }
-    // A step that copies a table and drops the old one would otherwise
-    // have SQLite delete the old rows one by one, checking each against
-    // its parent. The setting cannot change inside a transaction.
-    conn.pragma_update(None, "foreign_keys", false)?;
-    let stepped = migrate_steps(conn, path, done);
-    conn.pragma_update(None, "foreign_keys", true)?;
-    stepped
-}
-
-fn migrate_steps(conn: &mut Connection, path: &Path, done: usize) -> Result<(), StoreError> {
     for (i, step) in MIGRATIONS.iter().enumerate().skip(done) {
         let version = i64::try_from(i + 1).unwrap_or(i64::MAX);
-        // A step may copy a table: say so before, not only after.
-        tracing::info!(path = %path.display(), version, "store schema migrating");
         let tx = conn.transaction()?;
         tx.execute_batch(step)?;
         tx.pragma_update(None, "user_version", version)?;

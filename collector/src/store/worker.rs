@@ -137,6 +137,8 @@ struct Txn {
     began: bool,
     writes: u64,
     rows: u64,
+    /// Of them, sample rows inserted.
+    samples: u64,
 }
 
 struct Worker {
@@ -202,10 +204,14 @@ impl Worker {
             if cmd.is_write() {
                 let t = txn.get_or_insert_with(|| self.begin());
                 let kind = cmd.kind();
+                let samples = matches!(cmd, Command::AddSamples { .. });
                 match self.write(cmd) {
                     Ok(rows) => {
                         t.writes += 1;
                         t.rows += rows;
+                        if samples {
+                            t.samples += rows;
+                        }
                     }
                     Err(error) => {
                         self.stats.write_failed(1);
@@ -266,6 +272,7 @@ impl Worker {
             began,
             writes: 0,
             rows: 0,
+            samples: 0,
         }
     }
 
@@ -291,7 +298,7 @@ impl Worker {
             }
         }
         let micros = u64::try_from(t.started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        self.stats.committed(t.rows, micros);
+        self.stats.committed(t.rows, t.samples, micros);
         self.keep_to_size();
     }
 
@@ -425,11 +432,10 @@ impl Worker {
                 ])?,
             )?,
             Command::AddSamples { id, samples } => {
-                // One end's sample at one instant is stored once: a
-                // second copy (an agent's resend) is the same sample.
+                // `sample` (the JSON of schema version 1) is NOT NULL: ''.
                 let mut stmt = c.prepare_cached(
-                    "INSERT OR IGNORE INTO samples (episode_id, side, host, at_ms, sample_pb)
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    "INSERT INTO samples (episode_id, side, host, at_ms, sample, sample_pb)
+                     VALUES (?1, ?2, ?3, ?4, '', ?5)",
                 )?;
                 let mut n = 0;
                 for s in &samples {

@@ -210,6 +210,7 @@ async fn receiver_that_stops_reading_is_one_joined_peer_not_reading_episode() {
     assert_eq!(value("tcpstall_collector_agents_connected"), 1.0);
     assert!(value("tcpstall_collector_samples_received_total") > 0.0);
     assert!(value("tcpstall_collector_store_rows_total") > 0.0);
+    assert!(value("tcpstall_collector_store_samples_total") > 0.0);
     // The suspect and its watched peer are held; jemalloc, the binary's
     // allocator, reports its heap.
     assert!(value("tcpstall_collector_tracked_bytes") > 0.0);
