@@ -1362,6 +1362,85 @@ async fn a_size_bound_takes_held_span_minutes_and_episodes_oldest_first() -> Tes
     Ok(())
 }
 
+/// A reader that holds a snapshot keeps checkpoints from resetting the
+/// WAL, which then grows with every commit. Counted against the bound,
+/// that growth had the store delete ended episodes to make room, each
+/// deletion writing more WAL: all of them would go, and the WAL would not
+/// shrink by a byte until the reader let go.
+#[tokio::test]
+async fn a_wal_held_by_a_reader_does_not_make_the_store_delete_episodes() -> TestResult {
+    const MAX: u64 = 2 * 1024 * 1024;
+    let dir = TempDir::new()?;
+    let cfg = StoreConfig {
+        max_bytes: Some(MAX),
+        retention_every: Duration::from_secs(3600),
+        ..config(&dir)
+    };
+    let (store, thread, next) = Store::open(cfg.clone())?;
+    // Someone's long read: a transaction with a snapshot, held open.
+    let reader = Connection::open(&cfg.path)?;
+    reader.execute_batch("BEGIN")?;
+    let seen: i64 = reader.query_row("SELECT count(*) FROM episodes", [], |r| r.get(0))?;
+    assert_eq!(seen, 0);
+    let now = now_ms();
+    // ~1.2 MB of ended episodes: the pages in use stay under 90 % of the
+    // bound, the WAL behind the reader grows by as much.
+    let mut ids = Vec::new();
+    for i in 1..=120 {
+        let id = next + i;
+        let e = episode(id, "alpha", None, "data_lost", now - 5_000_000 + i * 1000);
+        assert!(store.open_episode(e.clone()));
+        let samples = (0..40)
+            .map(|k| stored(Side::A, "alpha", e.started_at_ms + k, e.a_flow))
+            .collect();
+        assert!(store.add_samples(id, samples));
+        assert!(store.close_episode(
+            id,
+            EpisodeEnd {
+                ended_at_ms: e.started_at_ms + 10,
+                end_reason: "moved".into(),
+                duration_ms: 10,
+            }
+        ));
+        if i % 5 == 0 {
+            store.flush().await?;
+        }
+        ids.push(id);
+    }
+    store.flush().await?;
+    let wal = std::fs::metadata(dir.path().join("tcpstall.db-wal"))?.len();
+    let pages: i64 = Connection::open(&cfg.path)?.query_row(
+        "SELECT (SELECT page_count FROM pragma_page_count())
+              - (SELECT freelist_count FROM pragma_freelist_count())",
+        [],
+        |r| r.get(0),
+    )?;
+    let in_use = u64::try_from(pages)? * 4096;
+    assert!(
+        in_use < MAX / 100 * 90 && in_use + wal > MAX,
+        "the case: pages in use {in_use} under the mark, with the WAL {wal} past the bound"
+    );
+    assert_eq!(
+        store.stats().snapshot().pruned_episodes,
+        0,
+        "nothing deleted"
+    );
+    let kept: i64 = Connection::open(&cfg.path)?.query_row(
+        "SELECT count(*) FROM episodes WHERE open = 0",
+        [],
+        |r| r.get(0),
+    )?;
+    assert_eq!(kept, 120);
+    // The reader lets go: the next checkpoint resets the WAL, and the
+    // store goes on as before.
+    reader.execute_batch("COMMIT")?;
+    assert!(store.open_episode(episode(next + 500, "alpha", None, "data_lost", now)));
+    store.flush().await?;
+    assert!(store.get_episode(ids[0]).await?.is_some());
+    stop(store, thread).await;
+    Ok(())
+}
+
 /// Retention's statements walk the index on (open, ended_at_ms): no scan of
 /// every episode, no sort of every ended one. On the index on `open` alone
 /// both cost grew with the table, and the collector's CPU with it.

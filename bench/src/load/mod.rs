@@ -215,6 +215,9 @@ struct Snap {
     pruned_rows: f64,
     /// Sample rows ever stored (`tcpstall_collector_store_samples_total`).
     samples_stored: i64,
+    /// Episodes retention deleted, all of them ended
+    /// (`tcpstall_collector_store_pruned_episodes_total`).
+    pruned_episodes: i64,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -303,6 +306,7 @@ async fn snap(collector: &Collector, counters: &Counters) -> anyhow::Result<Snap
     };
     let pruned_rows = counter("tcpstall_collector_store_pruned_rows_total")?;
     let samples_stored = counter("tcpstall_collector_store_samples_total")? as i64;
+    let pruned_episodes = counter("tcpstall_collector_store_pruned_episodes_total")? as i64;
     let me = std::process::id();
     let g = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     let gi = |c: &std::sync::atomic::AtomicI64| c.load(Ordering::Relaxed);
@@ -334,6 +338,7 @@ async fn snap(collector: &Collector, counters: &Counters) -> anyhow::Result<Snap
         db_bytes: db_file_bytes(&collector.db),
         pruned_rows,
         samples_stored,
+        pruned_episodes,
     })
 }
 
@@ -667,6 +672,9 @@ struct Row {
     t: Duration,
     collector_pct: f64,
     store_pct: f64,
+    /// This process's CPU: the same work every minute, so a change in it
+    /// is the machine's (its speed, its neighbours), not the collector's.
+    generator_pct: f64,
     rss_mib: f64,
     db_mib: f64,
     stored_per_s: f64,
@@ -723,6 +731,7 @@ fn rows(args: &LoadArgs, m: &Measured) -> Vec<Row> {
             t: x.at.saturating_sub(s.at),
             collector_pct: procfs::percent_of_core(x.collector.since(&prev.collector).total(), w),
             store_pct: procfs::percent_of_core(store, w),
+            generator_pct: procfs::percent_of_core(x.generator.since(&prev.generator).total(), w),
             rss_mib: mib(x.collector_mem.rss_kib),
             db_mib: x.db_bytes as f64 / (1 << 20) as f64,
             stored_per_s: per_s(rows_now - rows_before, w),
@@ -776,6 +785,10 @@ fn trend_table(args: &LoadArgs, rows: &[Row], first: &[Row], last: &[Row]) {
         mean(last, |r| r.collector_pct),
     );
     let store = (mean(first, |r| r.store_pct), mean(last, |r| r.store_pct));
+    let generator = (
+        mean(first, |r| r.generator_pct),
+        mean(last, |r| r.generator_pct),
+    );
     let rss = (mean(first, |r| r.rss_mib), mean(last, |r| r.rss_mib));
     let db_max = rows.iter().map(|r| r.db_mib).fold(0.0, f64::max);
     let p99_max = rows.iter().filter_map(|r| r.p99).max().unwrap_or_default();
@@ -796,6 +809,12 @@ fn trend_table(args: &LoadArgs, rows: &[Row], first: &[Row], last: &[Row]) {
         store.0,
         store.1,
         change(store.0, store.1)
+    );
+    println!(
+        "| generator (the same work throughout: the machine's drift), % of one core | {:.1} | {:.1} | {:+.1} % | | |",
+        generator.0,
+        generator.1,
+        change(generator.0, generator.1)
     );
     println!(
         "| collector VmRSS, MiB | {:.1} | {:.1} | {:+.1} % | within 10 % | {} |",
@@ -1058,8 +1077,9 @@ fn report(args: &LoadArgs, m: &Measured, after: &After, alive: bool) {
         format!("{} B", std::mem::size_of::<tcpstall_common::EndSample>()),
     );
     let dsamples = e.samples_stored - s.samples_stored;
-    let depisodes = e.db.episodes - s.db.episodes;
-    let dclosed = e.db.closed - s.db.closed;
+    // Ever stored and ever closed: what retention deleted counts too.
+    let depisodes = e.db.episodes_max - s.db.episodes_max;
+    let dclosed = (e.db.closed + e.pruned_episodes) - (s.db.closed + s.pruned_episodes);
     row(
         "SQLite rows inserted /s: samples + episodes",
         format!(
@@ -1114,14 +1134,15 @@ fn report(args: &LoadArgs, m: &Measured, after: &After, alive: bool) {
         humantime::format_duration(args.every.min(wall))
     );
     println!();
-    println!("| t s | collector % core | store thread % core | VmRSS MiB | database MiB | rows stored/s | rows deleted/s | aggregator delay max s | ingested samples/s | dropped/s | outboxed | suspects | watched | episodes in the database | stalls due: stored, p99 s |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| t s | collector % core | store thread % core | generator % core | VmRSS MiB | database MiB | rows stored/s | rows deleted/s | aggregator delay max s | ingested samples/s | dropped/s | outboxed | suspects | watched | episodes in the database | stalls due: stored, p99 s |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in &rows {
         println!(
-            "| {:.0} | {:.1} | {:.1} | {:.1} | {:.0} | {:.0} | {:.0} | {} | {:.0} | {:.0} | {} | {} | {} | {} | {} of {}, {} |",
+            "| {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} | {:.0} | {:.0} | {} | {:.0} | {:.0} | {} | {} | {} | {} | {} of {}, {} |",
             r.t.as_secs_f64(),
             r.collector_pct,
             r.store_pct,
+            r.generator_pct,
             r.rss_mib,
             r.db_mib,
             r.stored_per_s,

@@ -87,6 +87,8 @@ pub(super) fn spawn(
         shrinking: Cell::new(false),
         shrunk: Cell::new(0),
         held_minutes: Cell::new(0),
+        wal_budget: Cell::new(u64::MAX),
+        wal_held: Cell::new(false),
     };
     std::thread::Builder::new()
         .name("tcpstall-store".into())
@@ -155,6 +157,11 @@ struct Worker {
     shrunk: Cell<u64>,
     /// Minutes of held-span counts deleted meanwhile.
     held_minutes: Cell<u64>,
+    /// The WAL's size that counts against the bound
+    /// ([`Self::fit_wal_to_bound`]), and whether it is past that now
+    /// (warned once each time).
+    wal_budget: Cell<u64>,
+    wal_held: Cell<bool>,
 }
 
 impl Worker {
@@ -321,6 +328,8 @@ impl Worker {
             Some(_) => pages * page_size,
             None => -1,
         };
+        self.wal_budget
+            .set(u64::try_from(pages * page_size).unwrap_or(u64::MAX));
         for (pragma, value) in [("wal_autocheckpoint", pages), ("journal_size_limit", limit)] {
             if let Err(error) = self.conn.pragma_update(None, pragma, value) {
                 warn!(%error, pragma, "store cannot set its WAL's size");
@@ -533,16 +542,33 @@ impl Worker {
     }
 
     /// Bytes held by the database's pages in use (the file less its free
-    /// pages), and by the WAL file beside it: it keeps the size of its
-    /// largest stretch between checkpoints (about 32 MB), and counts
-    /// against the bound as the disk sees it.
+    /// pages), and by the WAL file beside it up to its budget (what it
+    /// holds between checkpoints, cut back to after one): that much counts
+    /// against the bound as the disk sees it. Beyond its budget the WAL
+    /// is held by a reader's snapshot (a long export, someone's sqlite3
+    /// shell; a checkpoint cannot pass it), and is not counted: deleting
+    /// episodes cannot shrink it, and would only write more of it.
     fn used_bytes(&self) -> rusqlite::Result<u64> {
         let pragma = |name: &str| -> rusqlite::Result<i64> {
             self.conn.pragma_query_value(None, name, |r| r.get(0))
         };
         let used = (pragma("page_count")? - pragma("freelist_count")?).max(0);
         let wal = std::fs::metadata(&self.wal).map_or(0, |m| m.len());
-        Ok(u64::try_from(used * pragma("page_size")?).unwrap_or(0) + wal)
+        let over = wal.saturating_sub(self.wal_budget.get());
+        // A commit's frames may pass the budget before the checkpoint it
+        // brings; twice the budget is a reader's doing.
+        let held = over > self.wal_budget.get();
+        if held && !self.wal_held.replace(true) {
+            warn!(
+                wal_bytes = wal,
+                budget = self.wal_budget.get(),
+                "store's WAL is past its budget: a reader holds an old snapshot, so \
+                 checkpoints cannot reset it; it is not counted against the size bound"
+            );
+        } else if !held {
+            self.wal_held.set(false);
+        }
+        Ok(u64::try_from(used * pragma("page_size")?).unwrap_or(0) + wal - over)
     }
 
     /// Once the pages in use pass [`SIZE_HIGH`] of `max_bytes`, deletes the
