@@ -554,27 +554,27 @@ impl Worker {
         };
         let used = (pragma("page_count")? - pragma("freelist_count")?).max(0);
         let wal = std::fs::metadata(&self.wal).map_or(0, |m| m.len());
-        let over = wal.saturating_sub(self.wal_budget.get());
+        let budget = self.wal_budget.get();
         // A commit's frames may pass the budget before the checkpoint it
         // brings; twice the budget is a reader's doing.
-        let held = over > self.wal_budget.get();
+        let held = wal / 2 > budget;
         if held && !self.wal_held.replace(true) {
             warn!(
                 wal_bytes = wal,
-                budget = self.wal_budget.get(),
+                budget,
                 "store's WAL is past its budget: a reader holds an old snapshot, so \
                  checkpoints cannot reset it; it is not counted against the size bound"
             );
         } else if !held {
             self.wal_held.set(false);
         }
-        Ok(u64::try_from(used * pragma("page_size")?).unwrap_or(0) + wal - over)
+        Ok(u64::try_from(used * pragma("page_size")?).unwrap_or(0) + wal.min(budget))
     }
 
     /// Once the pages in use pass [`SIZE_HIGH`] of `max_bytes`, deletes the
     /// oldest ended episodes and held-span minutes until they are under
-    /// [`SIZE_LOW`] of it ([`Self::delete_oldest`]): one step per call, so that the writes and reads queued
-    /// meanwhile go first (deleting a round's 5 % of a 1 GiB store at once
+    /// [`SIZE_LOW`] of it ([`Self::delete_oldest`]): one step per call,
+    /// so that the writes and reads queued meanwhile go first (deleting a round's 5 % of a 1 GiB store at once
     /// held the store thread for seconds, and every episode due then was
     /// listed late). Only past the bound itself does one call delete until
     /// it is back under. Open episodes are never deleted. Runs after every
