@@ -165,6 +165,37 @@ async fn stop(store: Store, thread: std::thread::JoinHandle<()>) {
     thread.join().expect("store thread ends cleanly");
 }
 
+/// A store in `dir` under a size bound of `max` bytes whose retention tick
+/// never comes within a test: the bound must hold from the checks after
+/// each commit alone (a tick's worth of writes at 1,000 agents is over
+/// 100 MB).
+fn bounded(dir: &TempDir, max: u64) -> StoreConfig {
+    StoreConfig {
+        max_bytes: Some(max),
+        retention_every: Duration::from_secs(3600),
+        ..config(dir)
+    }
+}
+
+/// Queues episode `id` started at `start` with 40 samples (~150 bytes of
+/// protobuf each, ~8 KB in all), ended 10 ms later.
+fn write_ended(store: &Store, id: i64, start: i64) -> bool {
+    let e = episode(id, "alpha", None, "data_lost", start);
+    let samples = (0..40)
+        .map(|k| stored(Side::A, "alpha", start + k, e.a_flow))
+        .collect();
+    store.open_episode(e)
+        && store.add_samples(id, samples)
+        && store.close_episode(
+            id,
+            EpisodeEnd {
+                ended_at_ms: start + 10,
+                end_reason: "moved".into(),
+                duration_ms: 10,
+            },
+        )
+}
+
 #[tokio::test]
 async fn episode_round_trips_with_evidence_and_both_sides() -> TestResult {
     let dir = TempDir::new()?;
@@ -1156,14 +1187,7 @@ async fn throughput_100k_samples() -> TestResult {
 async fn a_size_bound_keeps_the_file_under_it_while_writes_go_past_it() -> TestResult {
     const MAX: u64 = 2 * 1024 * 1024;
     let dir = TempDir::new()?;
-    // The retention tick never comes within the test: the bound must hold
-    // from the checks after each commit alone (a tick's worth of writes at
-    // 1,000 agents is over 100 MB).
-    let cfg = StoreConfig {
-        max_bytes: Some(MAX),
-        retention_every: Duration::from_secs(3600),
-        ..config(&dir)
-    };
+    let cfg = bounded(&dir, MAX);
     let (store, thread, next) = Store::open(cfg.clone())?;
     // The database's size as a reader sees it (the WAL's committed pages
     // included; the file itself grows only at checkpoints). The WAL file
@@ -1187,20 +1211,7 @@ async fn a_size_bound_keeps_the_file_under_it_while_writes_go_past_it() -> TestR
     let mut last = next;
     for i in 1..=800 {
         let id = next + i;
-        let e = episode(id, "alpha", None, "data_lost", now - 5_000_000 + i * 1000);
-        assert!(store.open_episode(e.clone()));
-        let samples = (0..40)
-            .map(|k| stored(Side::A, "alpha", e.started_at_ms + k, e.a_flow))
-            .collect();
-        assert!(store.add_samples(id, samples));
-        assert!(store.close_episode(
-            id,
-            EpisodeEnd {
-                ended_at_ms: e.started_at_ms + 10,
-                end_reason: "moved".into(),
-                duration_ms: 10,
-            }
-        ));
+        assert!(write_ended(&store, id, now - 5_000_000 + i * 1000));
         // A commit every 5 episodes (~40 KB): less than the 5 % of the
         // bound the store leaves between its mark and the bound.
         if i % 5 == 0 {
@@ -1249,11 +1260,7 @@ async fn a_size_bound_takes_held_span_minutes_and_episodes_oldest_first() -> Tes
     const MAX: u64 = 2 * 1024 * 1024;
     const MINUTE: i64 = 60_000;
     let dir = TempDir::new()?;
-    let cfg = StoreConfig {
-        max_bytes: Some(MAX),
-        retention_every: Duration::from_secs(3600),
-        ..config(&dir)
-    };
+    let cfg = bounded(&dir, MAX);
     let (store, thread, next) = Store::open(cfg.clone())?;
     let reader = Connection::open(&cfg.path)?;
     let q =
@@ -1371,11 +1378,7 @@ async fn a_size_bound_takes_held_span_minutes_and_episodes_oldest_first() -> Tes
 async fn a_wal_held_by_a_reader_does_not_make_the_store_delete_episodes() -> TestResult {
     const MAX: u64 = 2 * 1024 * 1024;
     let dir = TempDir::new()?;
-    let cfg = StoreConfig {
-        max_bytes: Some(MAX),
-        retention_every: Duration::from_secs(3600),
-        ..config(&dir)
-    };
+    let cfg = bounded(&dir, MAX);
     let (store, thread, next) = Store::open(cfg.clone())?;
     // Someone's long read: a transaction with a snapshot, held open.
     let reader = Connection::open(&cfg.path)?;
@@ -1388,20 +1391,7 @@ async fn a_wal_held_by_a_reader_does_not_make_the_store_delete_episodes() -> Tes
     let mut ids = Vec::new();
     for i in 1..=120 {
         let id = next + i;
-        let e = episode(id, "alpha", None, "data_lost", now - 5_000_000 + i * 1000);
-        assert!(store.open_episode(e.clone()));
-        let samples = (0..40)
-            .map(|k| stored(Side::A, "alpha", e.started_at_ms + k, e.a_flow))
-            .collect();
-        assert!(store.add_samples(id, samples));
-        assert!(store.close_episode(
-            id,
-            EpisodeEnd {
-                ended_at_ms: e.started_at_ms + 10,
-                end_reason: "moved".into(),
-                duration_ms: 10,
-            }
-        ));
+        assert!(write_ended(&store, id, now - 5_000_000 + i * 1000));
         if i % 5 == 0 {
             store.flush().await?;
         }
