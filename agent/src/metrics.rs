@@ -16,7 +16,7 @@ use crate::diag::ParseStats;
 use crate::outbox::Dropped;
 
 /// Bucket bounds of the poll duration, seconds: a poll of a few sockets
-/// takes about a millisecond, of 20,000 about 80 ms (DESIGN.md).
+/// takes about a millisecond, of 20,000 some tens of milliseconds.
 pub static POLL_BUCKETS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];

@@ -388,7 +388,7 @@ fn live_loopback_tcp_info_on_this_kernel() {
         assert_eq!(info.state(), Some(1), "ESTABLISHED");
         assert!(info.snd_mss().is_some_and(|m| m > 0));
         // connect() returned after the SYN-ACK acknowledged our SYN; the
-        // accepted end starts past its SYN-ACK (DESIGN.md, measured).
+        // accepted end starts past its SYN-ACK (docs/design.md, measured).
         let want_acked = if s.local == c_addr { 1 } else { 0 };
         assert_eq!(info.bytes_acked(), Some(want_acked), "{}", s.local);
     }

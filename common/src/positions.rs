@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::sample::{Opened, SocketSample};
 
-/// The derived columns of DESIGN.md for one socket.
+/// The derived positions of docs/design.md for one socket.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Positions {
     /// `write_seq - snd_una`: written and not yet acknowledged.

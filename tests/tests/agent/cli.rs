@@ -29,7 +29,7 @@ fn json_lines(out: &Output) -> Vec<Value> {
         .collect()
 }
 
-/// The field names DESIGN.md promises to scripts.
+/// The field names docs/cli-json.md promises to scripts.
 const CONTRACT: &[&str] = &[
     "local",
     "remote",

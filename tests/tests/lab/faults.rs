@@ -1,5 +1,5 @@
 //! Each fault, injected inside the hosts, gives exactly one episode with
-//! the diagnosis DESIGN.md's table names for it, both ends joined, and
+//! the diagnosis docs/design.md's table names for it, both ends joined, and
 //! evidence that matches what was injected.
 
 use std::time::{Duration, SystemTime};
