@@ -15,8 +15,11 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use tcpstall_common::AbsoluteSeq;
-use tcpstall_proto::convert::{endpoint_to_wire, flow_to_wire, held_to_wire, sample_to_wire};
+use tcpstall_common::time::micros;
+use tcpstall_common::{AbsoluteSeq, SampleReason};
+use tcpstall_proto::convert::{
+    endpoint_to_wire, flow_to_wire, held_to_wire, reasoned_sample_to_wire,
+};
 use tcpstall_proto::v1::{self, agent_message};
 use tokio::sync::{mpsc, watch};
 use tokio::time::MissedTickBehavior;
@@ -27,7 +30,7 @@ use crate::metrics::{AgentMetrics, PollFigures};
 use crate::netns::Netns;
 use crate::outbox::Outbox;
 use crate::probe::{ProbeStatus, Probes};
-use crate::suspects::{Reason, Selection, Selector};
+use crate::suspects::{Selection, Selector};
 use crate::uplink::{self, LinkConfig, LinkEvent, Lost};
 use crate::Poller;
 
@@ -90,10 +93,6 @@ pub fn mono_at(t: Instant) -> Duration {
         Some(after) => mono + after,
         None => mono.saturating_sub(at - t),
     }
-}
-
-fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// What the poll thread holds.
@@ -159,7 +158,7 @@ impl PollState {
             }
         }
         for (reason, s) in selection.samples.iter_mut() {
-            let suspect = *reason == Reason::Suspect && s.pos.sendq > 0;
+            let suspect = *reason == SampleReason::Suspect && s.pos.sendq > 0;
             let flags = self.probes.flags(s.cookie, s.inode, suspect);
             s.cork = flags.map(|f| f.cork);
             s.nodelay = flags.map(|f| f.nodelay);
@@ -179,7 +178,7 @@ impl PollState {
             suspects: selection
                 .samples
                 .iter()
-                .filter(|(r, _)| *r == Reason::Suspect)
+                .filter(|(r, _)| *r == SampleReason::Suspect)
                 .count(),
             watched: self.selector.watched(),
             failed_namespaces: failures.len(),
@@ -231,14 +230,6 @@ impl PollState {
     }
 }
 
-fn wire_reason(r: Reason) -> v1::SampleReason {
-    match r {
-        Reason::Suspect => v1::SampleReason::Suspect,
-        Reason::Watched => v1::SampleReason::Watched,
-        Reason::Released(_) => v1::SampleReason::Released,
-    }
-}
-
 /// A poll's selection as batches of at most `max` entries each (and never
 /// more than [`MAX_BATCH_ENTRIES`]), all with the poll's `mono_us` and
 /// `connections`; none when there is nothing to send. Nothing is left out.
@@ -269,13 +260,7 @@ pub fn to_batches(sel: &Selection, mono: Duration, max: usize) -> Vec<v1::Batch>
             connections: u32::try_from(sel.connections).unwrap_or(u32::MAX),
             samples: s
                 .iter()
-                .map(|(r, s)| {
-                    let mut w = sample_to_wire(s, wire_reason(*r));
-                    if let Reason::Released(held) = r {
-                        w.held = Some(held_to_wire(held));
-                    }
-                    w
-                })
+                .map(|(r, s)| reasoned_sample_to_wire(r, s))
                 .collect(),
             closed: c
                 .iter()
@@ -662,8 +647,8 @@ mod tests {
         let reset = HeldSpan::new(ms(200), ms(1250), ms(1500), HeldEnd::Reset).expect("span");
         let sel = Selection {
             samples: vec![
-                (Reason::Suspect, s.clone()),
-                (Reason::Released(moved), sample(6)),
+                (SampleReason::Suspect, s.clone()),
+                (SampleReason::Released(Some(moved)), sample(6)),
             ],
             closed: vec![Gone {
                 netns: "host".into(),
@@ -722,7 +707,9 @@ mod tests {
     #[test]
     fn a_large_selection_is_split_not_cut() {
         let sel = Selection {
-            samples: (0..300).map(|c| (Reason::Suspect, sample(c))).collect(),
+            samples: (0..300)
+                .map(|c| (SampleReason::Suspect, sample(c)))
+                .collect(),
             closed: (1000..1007).map(gone).collect(),
             absent: (1..=5).map(absent).collect(),
             connections: 400,
@@ -770,7 +757,7 @@ mod tests {
     fn one_batch_is_never_more_than_the_guard() {
         let sel = Selection {
             samples: (0..MAX_BATCH_ENTRIES as u64 + 10)
-                .map(|c| (Reason::Suspect, sample(c)))
+                .map(|c| (SampleReason::Suspect, sample(c)))
                 .collect(),
             closed: vec![gone(1)],
             absent: Vec::new(),
@@ -783,7 +770,7 @@ mod tests {
         assert_eq!(batches[1].closed.len(), 1);
         // And a bound of 0 is taken as 1 (the settings refuse 0).
         let sel = Selection {
-            samples: vec![(Reason::Suspect, sample(1))],
+            samples: vec![(SampleReason::Suspect, sample(1))],
             closed: vec![gone(2)],
             absent: Vec::new(),
             connections: 1,

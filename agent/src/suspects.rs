@@ -31,7 +31,9 @@ use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
-use tcpstall_common::{EndSample, FlowTuple, HeldEnd, HeldSpan, Opened, SocketSample, TcpState};
+use tcpstall_common::{
+    EndSample, FlowTuple, HeldEnd, HeldSpan, Opened, SampleReason, SocketSample, TcpState,
+};
 
 use crate::diag::{Base, Exact, ExactId};
 
@@ -39,16 +41,7 @@ use crate::diag::{Base, Exact, ExactId};
 pub const MAX_WATCHED: usize = 4096;
 
 /// A connection's identity: (network namespace inode, socket cookie).
-pub type ConnKey = (u64, u64);
-
-/// Why a sample is sent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
-    Suspect,
-    Watched,
-    /// Its hold ended, as the span says.
-    Released(HeldSpan),
-}
+pub type SocketKey = (u64, u64);
 
 /// A sent socket that is gone.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,7 +57,7 @@ pub struct Gone {
 /// What one look has worth sending.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Selection {
-    pub samples: Vec<(Reason, EndSample)>,
+    pub samples: Vec<(SampleReason, EndSample)>,
     pub closed: Vec<Gone>,
     /// Watched flows with no socket on this host.
     pub absent: Vec<FlowTuple>,
@@ -81,7 +74,7 @@ impl Selection {
     /// The holds this look found over, with how long each was held.
     pub fn ended(&self) -> impl Iterator<Item = &HeldSpan> {
         let released = self.samples.iter().filter_map(|(r, _)| match r {
-            Reason::Released(h) => Some(h),
+            SampleReason::Released(h) => h.as_ref(),
             _ => None,
         });
         released.chain(self.closed.iter().filter_map(|g| g.held.as_ref()))
@@ -193,16 +186,16 @@ struct WatchedSocket {
 pub struct Followed {
     pub netns: u64,
     pub id: ExactId,
-    pub key: ConnKey,
+    pub key: SocketKey,
 }
 
 /// Decides, look after look, which sockets are worth sending.
 #[derive(Debug, Default)]
 pub struct Selector {
     labels: HashMap<u64, String>,
-    queued: HashMap<ConnKey, Queued>,
+    queued: HashMap<SocketKey, Queued>,
     watched: BTreeSet<FlowTuple>,
-    watched_sockets: HashMap<ConnKey, WatchedSocket>,
+    watched_sockets: HashMap<SocketKey, WatchedSocket>,
     generation: u64,
     /// When the last poll was, and the connections it counted.
     last_poll: Option<Duration>,
@@ -325,10 +318,10 @@ impl Selector {
                         Step::Held if !q.closing => {
                             q.suspect = true;
                             unchanged = now.saturating_sub(q.since);
-                            reason = Some(Reason::Suspect);
+                            reason = Some(SampleReason::Suspect);
                         }
                         Step::Held => {}
-                        Step::Ended(span) => reason = Some(Reason::Released(span)),
+                        Step::Ended(span) => reason = Some(SampleReason::Released(Some(span))),
                         Step::Restarted => {}
                     }
                 } else {
@@ -350,14 +343,14 @@ impl Selector {
                 }
             } else if let Some(q) = self.queued.remove(&key) {
                 if q.suspect {
-                    reason = Some(Reason::Released(q.span(now, HeldEnd::Drained)));
+                    reason = Some(SampleReason::Released(Some(q.span(now, HeldEnd::Drained))));
                 }
             }
             if self.watched.contains(&flow) {
                 found.insert(flow);
                 self.watched_sockets
                     .insert(key, WatchedSocket { flow, seen: gen });
-                reason = reason.or(Some(Reason::Watched));
+                reason = reason.or(Some(SampleReason::Watched));
             }
             if let Some(reason) = reason {
                 let ms = u64::try_from(unchanged.as_millis()).unwrap_or(u64::MAX);
@@ -367,7 +360,7 @@ impl Selector {
             }
         }
 
-        let mut closed: Vec<(ConnKey, FlowTuple, Option<HeldSpan>)> = Vec::new();
+        let mut closed: Vec<(SocketKey, FlowTuple, Option<HeldSpan>)> = Vec::new();
         self.queued.retain(|key, q| {
             let keep = q.seen == gen || failed.contains(&key.0);
             if !keep && q.suspect {
@@ -437,7 +430,7 @@ impl Selector {
     /// that ended is released (or, for a socket gone, closed) at once; a
     /// hold still there is known held until `now`. Makes no suspects and
     /// sends nothing about a socket still held.
-    pub fn follow(&mut self, looks: &[(ConnKey, Exact)], now: Duration) -> Selection {
+    pub fn follow(&mut self, looks: &[(SocketKey, Exact)], now: Duration) -> Selection {
         let mut out = Selection {
             connections: self.connections,
             ..Selection::default()
@@ -458,13 +451,15 @@ impl Selector {
                         self.queued.remove(key);
                         let label = self.label(key.0);
                         let sample = EndSample::from_socket(&s, &label, 0);
-                        out.samples.push((Reason::Released(span), sample));
+                        out.samples
+                            .push((SampleReason::Released(Some(span)), sample));
                         continue;
                     }
                     if let Step::Ended(span) = step(q, &s, now) {
                         let label = self.label(key.0);
                         let sample = EndSample::from_socket(&s, &label, 0);
-                        out.samples.push((Reason::Released(span), sample));
+                        out.samples
+                            .push((SampleReason::Released(Some(span)), sample));
                     }
                 }
                 Exact::Gone => {
@@ -600,7 +595,7 @@ mod tests {
         HeldSpan::new(since, last_held, ended, end).expect("an ordered span")
     }
 
-    fn reasons(sel: &Selection) -> Vec<(Reason, u64, u64)> {
+    fn reasons(sel: &Selection) -> Vec<(SampleReason, u64, u64)> {
         sel.samples
             .iter()
             .map(|(r, s)| (*r, s.cookie, s.unchanged_ms))
@@ -614,10 +609,10 @@ mod tests {
         assert!(first.is_empty(), "one poll proves nothing: {first:?}");
         assert_eq!(first.connections, 1);
         let second = sel.select(&[a(1, 300)], &[], at(1));
-        assert_eq!(reasons(&second), vec![(Reason::Suspect, 1, 2000)]);
+        assert_eq!(reasons(&second), vec![(SampleReason::Suspect, 1, 2000)]);
         assert_eq!(second.samples[0].1.netns, "host");
         let third = sel.select(&[a(1, 300)], &[], at(2) + Duration::from_millis(7));
-        assert_eq!(reasons(&third), vec![(Reason::Suspect, 1, 4007)]);
+        assert_eq!(reasons(&third), vec![(SampleReason::Suspect, 1, 4007)]);
     }
 
     #[test]
@@ -639,12 +634,15 @@ mod tests {
         assert_eq!(sel.select(&[a(1, 300)], &[], at(1)).samples.len(), 1);
         let moved = sel.select(&[a(1, 200)], &[], at(2));
         let span = held(at(0), at(1), at(2), HeldEnd::Moved);
-        assert_eq!(reasons(&moved), vec![(Reason::Released(span), 1, 0)]);
+        assert_eq!(
+            reasons(&moved),
+            vec![(SampleReason::Released(Some(span)), 1, 0)]
+        );
         let later = sel.select(&[a(1, 100)], &[], at(3));
         assert!(later.is_empty(), "then nothing: {later:?}");
         // Stuck again at the new marks: a suspect again, aged from there.
         let again = sel.select(&[a(1, 100)], &[], at(4));
-        assert_eq!(reasons(&again), vec![(Reason::Suspect, 1, 2000)]);
+        assert_eq!(reasons(&again), vec![(SampleReason::Suspect, 1, 2000)]);
     }
 
     #[test]
@@ -654,7 +652,10 @@ mod tests {
         sel.select(&[a(1, 300)], &[], at(1));
         let drained = sel.select(&[a(1, 0)], &[], at(2));
         let span = held(at(0), at(1), at(2), HeldEnd::Drained);
-        assert_eq!(reasons(&drained), vec![(Reason::Released(span), 1, 0)]);
+        assert_eq!(
+            reasons(&drained),
+            vec![(SampleReason::Released(Some(span)), 1, 0)]
+        );
         assert_eq!(sel.tracked(), 0);
         assert!(sel.select(&[a(1, 0)], &[], at(3)).is_empty());
         assert!(
@@ -705,7 +706,7 @@ mod tests {
         assert_eq!(reused.closed.len(), 1);
         assert_eq!(reused.closed[0].cookie, 1);
         let next = sel.select(&[a(2, 300)], &[], at(3));
-        assert_eq!(reasons(&next), vec![(Reason::Suspect, 2, 2000)]);
+        assert_eq!(reasons(&next), vec![(SampleReason::Suspect, 2, 2000)]);
     }
 
     #[test]
@@ -732,7 +733,7 @@ mod tests {
         moved.info = Some(tcp_info_with_acked(5100));
         assert!(sel.select(&[moved.clone()], &[], at(1)).is_empty());
         let out = sel.select(&[moved], &[], at(2));
-        assert_eq!(reasons(&out), vec![(Reason::Suspect, 1, 2000)]);
+        assert_eq!(reasons(&out), vec![(SampleReason::Suspect, 1, 2000)]);
         assert_eq!(out.samples[0].1.pos.snd_una, Some(5099), "minus the SYN");
     }
 
@@ -754,7 +755,11 @@ mod tests {
         assert!(sel.watch(nobody));
         for i in 0..3 {
             let out = sel.select(&[b.clone(), a(1, 0)], &[], at(i));
-            assert_eq!(reasons(&out), vec![(Reason::Watched, 9, 0)], "poll {i}");
+            assert_eq!(
+                reasons(&out),
+                vec![(SampleReason::Watched, 9, 0)],
+                "poll {i}"
+            );
             assert_eq!(out.absent, vec![nobody], "poll {i}");
         }
         // The watched socket goes: closed once, then the flow is absent.
@@ -781,9 +786,9 @@ mod tests {
         let s = a(1, 300);
         sel.watch(FlowTuple::new(s.local, s.remote));
         let first = sel.select(std::slice::from_ref(&s), &[], at(0));
-        assert_eq!(reasons(&first), vec![(Reason::Watched, 1, 0)]);
+        assert_eq!(reasons(&first), vec![(SampleReason::Watched, 1, 0)]);
         let second = sel.select(std::slice::from_ref(&s), &[], at(1));
-        assert_eq!(reasons(&second), vec![(Reason::Suspect, 1, 2000)]);
+        assert_eq!(reasons(&second), vec![(SampleReason::Suspect, 1, 2000)]);
         let gone = sel.select(&[], &[], at(2));
         assert_eq!(gone.closed.len(), 1, "{gone:?}");
     }
@@ -817,7 +822,10 @@ mod tests {
         let back = sel.select(&[a(1, 300), b], &[], at(3));
         assert_eq!(
             reasons(&back),
-            vec![(Reason::Suspect, 1, 6000), (Reason::Watched, 9, 0)]
+            vec![
+                (SampleReason::Suspect, 1, 6000),
+                (SampleReason::Watched, 9, 0)
+            ]
         );
     }
 
@@ -898,7 +906,7 @@ mod tests {
         assert_eq!(
             out.samples
                 .iter()
-                .filter(|(r, _)| matches!(r, Reason::Released(_)))
+                .filter(|(r, _)| matches!(r, SampleReason::Released(_)))
                 .count(),
             990
         );
@@ -920,7 +928,7 @@ mod tests {
         let mut sel = selector();
         sel.select_wanted(&[a(1, 300)], &[id(1)], 1, &[], at(0));
         let out = sel.select_wanted(&[a(1, 300)], &[id(1)], 1, &[], at(1));
-        assert_eq!(reasons(&out), vec![(Reason::Suspect, 1, 2000)]);
+        assert_eq!(reasons(&out), vec![(SampleReason::Suspect, 1, 2000)]);
         sel
     }
 
@@ -964,15 +972,21 @@ mod tests {
         let mut sel = held_suspect();
         let moved = sel.follow(&[((NS, 1), Exact::Found(a(1, 200)))], at(1) + QUARTER);
         let span = held(at(0), at(1), at(1) + QUARTER, HeldEnd::Moved);
-        assert_eq!(reasons(&moved), vec![(Reason::Released(span), 1, 0)]);
+        assert_eq!(
+            reasons(&moved),
+            vec![(SampleReason::Released(Some(span)), 1, 0)]
+        );
         assert!(sel.followed(10).is_empty(), "no longer held");
         // Unchanged since the follow: held again, a suspect at this poll,
         // aged from the follow that saw its new marks first.
         let again = sel.select_wanted(&[a(1, 200)], &[id(1)], 1, &[], at(2));
-        assert_eq!(reasons(&again), vec![(Reason::Suspect, 1, 1500)]);
+        assert_eq!(reasons(&again), vec![(SampleReason::Suspect, 1, 1500)]);
         let drained = sel.follow(&[((NS, 1), Exact::Found(a(1, 0)))], at(2) + QUARTER);
         let span = held(at(1) + QUARTER, at(2), at(2) + QUARTER, HeldEnd::Drained);
-        assert_eq!(reasons(&drained), vec![(Reason::Released(span), 1, 0)]);
+        assert_eq!(
+            reasons(&drained),
+            vec![(SampleReason::Released(Some(span)), 1, 0)]
+        );
         assert!(sel
             .select_wanted(&[a(1, 0)], &[id(1)], 1, &[], at(3))
             .is_empty());
@@ -987,7 +1001,10 @@ mod tests {
         fin.state = TcpState::CloseWait;
         let out = sel.follow(&[((NS, 1), Exact::Found(fin.clone()))], at(1) + QUARTER);
         let span = held(at(0), at(1), at(1) + QUARTER, HeldEnd::Closed);
-        assert_eq!(reasons(&out), vec![(Reason::Released(span), 1, 0)]);
+        assert_eq!(
+            reasons(&out),
+            vec![(SampleReason::Released(Some(span)), 1, 0)]
+        );
         // The same marks make no suspect again, and its going is no news.
         for i in 2..4 {
             let out = sel.select_wanted(std::slice::from_ref(&fin), &[id(1)], 1, &[], at(i));
@@ -1006,12 +1023,15 @@ mod tests {
         let mut sel = selector();
         sel.select(std::slice::from_ref(&half), &[], at(0));
         let out = sel.select(std::slice::from_ref(&half), &[], at(1));
-        assert_eq!(reasons(&out), vec![(Reason::Suspect, 1, 2000)]);
+        assert_eq!(reasons(&out), vec![(SampleReason::Suspect, 1, 2000)]);
         // Its application closes: LAST-ACK, the bytes still held.
         half.state = TcpState::LastAck;
         let out = sel.select(std::slice::from_ref(&half), &[], at(2));
         let span = held(at(0), at(1), at(2), HeldEnd::Closed);
-        assert_eq!(reasons(&out), vec![(Reason::Released(span), 1, 0)]);
+        assert_eq!(
+            reasons(&out),
+            vec![(SampleReason::Released(Some(span)), 1, 0)]
+        );
         // A suspect gone after it was seen closing went closed, not reset.
         let mut sel = selector();
         let mut closing = a(2, 300);
@@ -1042,7 +1062,7 @@ mod tests {
         s.info = Some(shut_window(1500));
         sel.select(std::slice::from_ref(&s), &[], at(1));
         let out = sel.select(std::slice::from_ref(&s), &[], at(2));
-        assert_eq!(reasons(&out), vec![(Reason::Suspect, 1, 3500)]);
+        assert_eq!(reasons(&out), vec![(SampleReason::Suspect, 1, 3500)]);
         // A clock that says 5 s is held to the previous poll, which saw no
         // queue: 2 s before the first look.
         let mut sel = selector();
@@ -1050,7 +1070,7 @@ mod tests {
         s.info = Some(shut_window(5000));
         sel.select(std::slice::from_ref(&s), &[], at(1));
         let out = sel.select(std::slice::from_ref(&s), &[], at(2));
-        assert_eq!(reasons(&out), vec![(Reason::Suspect, 1, 4000)]);
+        assert_eq!(reasons(&out), vec![(SampleReason::Suspect, 1, 4000)]);
     }
 
     #[test]
@@ -1086,7 +1106,7 @@ mod tests {
         let mut odd = s.clone();
         odd.opened = Some(Opened::Active);
         let out = sel.select_wanted(std::slice::from_ref(&odd), &[id(1)], 1, &[], at(1));
-        assert_eq!(reasons(&out), vec![(Reason::Suspect, 1, 2000)]);
+        assert_eq!(reasons(&out), vec![(SampleReason::Suspect, 1, 2000)]);
         assert_eq!(out.samples[0].1.pos.snd_una, Some(5000), "as first read");
         let follow = sel.follow(&[((NS, 1), Exact::Found(odd))], at(1) + QUARTER);
         assert!(follow.is_empty(), "still held: {follow:?}");
@@ -1101,12 +1121,17 @@ mod tests {
         closed.state = TcpState::LastAck;
         let out = sel.follow(&[((NS, 1), Exact::Found(closed.clone()))], at(1) + QUARTER);
         let span = held(at(0), at(1), at(1) + QUARTER, HeldEnd::Closed);
-        assert_eq!(reasons(&out), vec![(Reason::Released(span), 1, 0)]);
+        assert_eq!(
+            reasons(&out),
+            vec![(SampleReason::Released(Some(span)), 1, 0)]
+        );
         let later = sel.select_wanted(std::slice::from_ref(&closed), &[id(1)], 1, &[], at(2));
         assert!(later.is_empty(), "{later:?}");
         // A FIN's byte without a close is a write like any.
         let mut sel = held_suspect();
         let out = sel.follow(&[((NS, 1), Exact::Found(a(1, 301)))], at(1) + QUARTER);
-        assert!(matches!(out.samples[0].0, Reason::Released(h) if h.end == HeldEnd::Moved));
+        assert!(
+            matches!(out.samples[0].0, SampleReason::Released(Some(h)) if h.end == HeldEnd::Moved)
+        );
     }
 }

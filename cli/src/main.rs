@@ -153,7 +153,7 @@ enum Command {
 }
 
 fn parse_diagnosis(s: &str) -> Result<String, String> {
-    use tcpstall_collector::diagnose::Diagnosis;
+    use tcpstall_common::Diagnosis;
     Diagnosis::from_id(s)
         .map(|d| d.id().to_string())
         .ok_or_else(|| {

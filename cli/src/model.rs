@@ -10,7 +10,7 @@ use tcpstall_common::{
 };
 use tcpstall_proto::{convert, v1};
 
-/// The DESIGN.md fields of one end for JSON: every one `null` when the
+/// The docs/design.md fields of one end for JSON: every one `null` when the
 /// end was never sampled, never a made-up 0.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct PosJson {
@@ -152,7 +152,7 @@ pub fn rfc3339(ms: i64) -> String {
 
 /// Whom a diagnosis blames, in words.
 pub fn blame(diagnosis: &str) -> &'static str {
-    tcpstall_collector::diagnose::Diagnosis::from_id(diagnosis).map_or("unknown", |d| d.blame())
+    tcpstall_common::Diagnosis::from_id(diagnosis).map_or("unknown", |d| d.blame())
 }
 
 /// Builds the view of an episode from the query service's answer; `a` and

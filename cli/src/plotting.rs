@@ -35,11 +35,7 @@ pub fn input(e: &v1::Episode, samples: &[v1::EndSample]) -> PlotInput {
         samples: samples
             .iter()
             .filter_map(|s| {
-                let side = match s.side.as_str() {
-                    "a" => Side::A,
-                    "b" => Side::B,
-                    _ => return None,
-                };
+                let side = Side::parse(&s.side)?;
                 let sample = convert::sample_from_wire(s.sample.as_ref()?).ok()?;
                 Some(PlotSample {
                     side,

@@ -7,21 +7,23 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use tcpstall_common::{EndSample, FlowTuple, HeldSpan};
+use tcpstall_common::time::{millis, millis_i64};
+use tcpstall_common::{
+    Clock, Diagnosis, EndReason, EndSample, FlowTuple, HeldSpan, SampleReason, Side,
+};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::detect::{
-    ConnKey, Detector, EndReason, Ended, Event, HeldStep, LastStep, LastWord, Observed, Step,
+    ConnKey, Detector, Ended, Event, HeldStep, LastStep, LastWord, Observed, Step,
 };
-use crate::diagnose::{diagnose, Diagnosis, Evidence, Fact, Peer, Verdict};
+use crate::diagnose::{diagnose, Evidence, Fact, Peer, Verdict};
 use crate::held::{self, HeldStats, HeldTally};
 use crate::packed::Packed;
 use crate::slab_map::SlabMap;
 use crate::store::{
-    EpisodeEnd, EpisodeUpdate, HeldFilter, HeldRow, HostRecord, NewEpisode, Side, Store,
-    StoredSample,
+    EpisodeEnd, EpisodeUpdate, HeldFilter, HeldRow, HostRecord, NewEpisode, Store, StoredSample,
 };
 use crate::tuple::Tuple;
 
@@ -35,16 +37,6 @@ pub struct HostHello {
     /// Every address of every namespace the agent reads.
     pub addresses: Vec<IpAddr>,
     pub interval: Duration,
-}
-
-/// Why a sample was sent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
-    Suspect,
-    Watched,
-    /// The suspect's hold ended (how it went is in [`AgentBatch::held`],
-    /// from agents that say).
-    Released,
 }
 
 /// A socket the agent had reported is gone.
@@ -62,16 +54,12 @@ pub struct AgentBatch {
     /// The agent's monotonic clock at the poll.
     pub mono: Duration,
     pub connections: u32,
-    pub samples: Vec<(Reason, EndSample)>,
+    pub samples: Vec<(SampleReason, EndSample)>,
     /// The same samples encoded, index for index, when the wire gave them
     /// (the ingest task encodes them, off the aggregator's thread); when
     /// empty the aggregator encodes what it keeps.
     pub packed: Vec<Option<Packed>>,
     pub closed: Vec<ClosedSocket>,
-    /// How the holds of released samples went: (index in `samples`, span),
-    /// in index order. Apart from the samples, which are many, since
-    /// spans are few.
-    pub held: Vec<(usize, HeldSpan)>,
     pub absent: Vec<FlowTuple>,
     pub dropped_batches: u64,
     pub dropped_samples: u64,
@@ -369,16 +357,6 @@ pub struct State {
     held: HeldTally<HostId>,
 }
 
-fn wall_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
 /// How long a suspect's queue must have been held before its peer's agent
 /// is asked to watch the other end, for a suspect whose agent polls every
 /// `interval`: late enough that the many queues held for a poll or two
@@ -647,9 +625,10 @@ impl State {
             Some(w) if matches!(w.end, PeerEnd::Pending) => w,
             _ => return,
         };
-        let patience = self.sessions.get(&host).map_or(i64::MAX, |s| {
-            i64::try_from(ms(s.hello.interval * 2)).unwrap_or(i64::MAX)
-        });
+        let patience = self
+            .sessions
+            .get(&host)
+            .map_or(i64::MAX, |s| millis_i64(s.hello.interval * 2));
         if w.asked_at_ms.is_none_or(|t| now_ms - t > patience) {
             ask(&self.sessions, &mut self.stats, host, flow, w, now_ms);
         }
@@ -705,23 +684,21 @@ impl State {
         }
         let exact = batch.packed.len() == batch.samples.len();
         let mut packed = batch.packed.into_iter();
-        let mut spans = batch.held.iter().peekable();
         // By reference: a sample is a few hundred bytes, not worth moving.
-        for (i, &(reason, ref sample)) in batch.samples.iter().enumerate() {
+        for &(reason, ref sample) in &batch.samples {
             let mut slot = if exact { packed.next().flatten() } else { None };
-            let span = spans.next_if(|(j, _)| *j == i).map(|(_, span)| *span);
             let tuple = Tuple::new(sample.flow);
             self.peer_report(host, tuple, |_| PeerEnd::Seen {
                 at_ms: taken_ms,
-                sample: if reason == Reason::Watched {
+                sample: if reason == SampleReason::Watched {
                     take(&mut slot, sample)
                 } else {
                     slot.clone().unwrap_or_else(|| Packed::new(sample))
                 },
             });
-            match (reason, span) {
-                (Reason::Watched, _) => {}
-                (Reason::Released, Some(span)) => {
+            match reason {
+                SampleReason::Watched => {}
+                SampleReason::Released(Some(span)) => {
                     let ended = Some((sample, slot));
                     self.held_end(host, tuple, sample.cookie, ended, &span, at);
                 }
@@ -788,7 +765,7 @@ impl State {
         &mut self,
         host: HostId,
         tuple: Tuple,
-        reason: Reason,
+        reason: SampleReason,
         sample: &EndSample,
         mut packed: Option<Packed>,
         at: Clocks,
@@ -799,7 +776,7 @@ impl State {
             taken_ms,
             ask_after,
         } = at;
-        if reason == Reason::Released || sample.pos.sendq == 0 {
+        if matches!(reason, SampleReason::Released(_)) || sample.pos.sendq == 0 {
             self.last_word(host, tuple, sample, packed, mono, now_ms, taken_ms);
             return;
         }
@@ -945,7 +922,7 @@ impl State {
             flow = %tuple.flow(),
             cookie,
             end = %span.end,
-            held_ms = ms(span.held()),
+            held_ms = millis(span.held()),
             episode,
             tracked = ended.is_some(),
             "hold ended"
@@ -987,12 +964,9 @@ impl State {
         let silence: Map<HostId, i64> = self
             .sessions
             .iter()
-            .map(|(h, s)| {
-                let ms = ms(s.hello.interval * polls);
-                (*h, i64::try_from(ms).unwrap_or(i64::MAX))
-            })
+            .map(|(h, s)| (*h, millis_i64(s.hello.interval * polls)))
             .collect();
-        let default = i64::try_from(ms(Duration::from_secs(2) * polls)).unwrap_or(i64::MAX);
+        let default = millis_i64(Duration::from_secs(2) * polls);
         let stale: Vec<(HostId, Tuple, u64, Duration)> = self
             .detector
             .tracks()
@@ -1263,15 +1237,15 @@ impl State {
         let id = self.next_episode;
         self.next_episode += 1;
         self.stats.episodes_opened += 1;
-        tracing::info!(episode = id, host = %host, %flow, diagnosis = %verdict.diagnosis, stuck_ms = ms(stuck_for), "episode opened");
-        let started_at_ms = now_ms - i64::try_from(ms(stuck_for)).unwrap_or(0);
+        tracing::info!(episode = id, host = %host, %flow, diagnosis = %verdict.diagnosis, stuck_ms = millis(stuck_for), "episode opened");
+        let started_at_ms = now_ms.saturating_sub(millis_i64(stuck_for));
         self.store.open_episode(NewEpisode {
             id,
             diagnosis: verdict.diagnosis.id().to_string(),
             summary: verdict.summary.clone(),
             evidence: evidence(&verdict.evidence),
             started_at_ms,
-            duration_ms: ms(stuck_for),
+            duration_ms: millis(stuck_for),
             stuck_bytes: a.pos.sendq,
             a_host: host.to_string(),
             a_netns: a.netns.clone(),
@@ -1332,7 +1306,8 @@ impl State {
                 .evidence
                 .fact(Fact::ASendq)
                 .map_or(0, |b| u32::try_from(b).unwrap_or(u32::MAX));
-            let update = self.episode_update(ep.id, v, s.peer, &peer, ms(stuck_for), stuck_bytes);
+            let update =
+                self.episode_update(ep.id, v, s.peer, &peer, millis(stuck_for), stuck_bytes);
             self.store.update_episode(update);
         }
         self.open_episodes = self.open_episodes.saturating_sub(1);
@@ -1364,7 +1339,7 @@ impl State {
             EpisodeEnd {
                 ended_at_ms: now_ms,
                 end_reason: reason.id().to_string(),
-                duration_ms: ms(stuck_for),
+                duration_ms: millis(stuck_for),
             },
         );
     }
@@ -1496,11 +1471,9 @@ pub async fn run(
     mut state: State,
     mut rx: mpsc::Receiver<Command>,
     mut stop: oneshot::Receiver<()>,
+    clock: Clock,
 ) {
-    // Wall time for records, advanced by tokio's clock so that a paused
-    // clock in tests moves it too.
-    let (wall0, t0) = (wall_ms(), tokio::time::Instant::now());
-    let now_ms = move || wall0 + i64::try_from(t0.elapsed().as_millis()).unwrap_or(i64::MAX);
+    let now_ms = move || clock.now_ms();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -10,8 +10,8 @@ use std::fmt::Debug;
 use std::hash::Hash;
 use std::time::Duration;
 
-use serde::Serialize;
-use tcpstall_common::{EndSample, FlowTuple, HeldEnd, HeldSpan};
+use tcpstall_common::time::micros;
+use tcpstall_common::{EndReason, EndSample, FlowTuple, HeldSpan};
 
 use crate::slab_map::SlabMap;
 use crate::tuple::Tuple;
@@ -28,50 +28,6 @@ pub struct ConnKey<H = crate::aggregator::HostId> {
 /// What a host may be named by in the detector.
 pub trait HostKey: Copy + Eq + Hash + Debug {}
 impl<T: Copy + Eq + Hash + Debug> HostKey for T {}
-
-/// Why an episode ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EndReason {
-    /// snd_una or write_seq moved.
-    Moved,
-    /// The send queue emptied.
-    Drained,
-    /// The socket went away, or (as its agent saw it) its connection began
-    /// to close while the queue was held.
-    Closed,
-    /// The socket went away while open with bytes queued: aborted (a reset
-    /// received or sent, or the kernel gave up), as its agent saw it.
-    Reset,
-    /// Another socket took the same 4-tuple.
-    Replaced,
-    /// The reporting agent disconnected.
-    HostGone,
-}
-
-impl EndReason {
-    pub fn id(self) -> &'static str {
-        match self {
-            EndReason::Moved => "moved",
-            EndReason::Drained => "drained",
-            EndReason::Closed => "closed",
-            EndReason::Reset => "reset",
-            EndReason::Replaced => "replaced",
-            EndReason::HostGone => "host_gone",
-        }
-    }
-}
-
-impl From<HeldEnd> for EndReason {
-    fn from(e: HeldEnd) -> EndReason {
-        match e {
-            HeldEnd::Moved => EndReason::Moved,
-            HeldEnd::Drained => EndReason::Drained,
-            HeldEnd::Closed => EndReason::Closed,
-            HeldEnd::Reset => EndReason::Reset,
-        }
-    }
-}
 
 /// What an observation changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,11 +90,6 @@ pub struct LastWord<H = crate::aggregator::HostId> {
     /// open (a restarted track the agent had seen held for the threshold):
     /// it comes after `events`.
     pub closed: Option<Event<H>>,
-}
-
-/// An agent clock reading, microseconds (half a `Duration`'s size).
-fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 #[derive(Debug)]

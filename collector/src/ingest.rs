@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prost::Message;
+use tcpstall_common::SampleReason;
 use tcpstall_proto::convert::{self, ConvertError};
 use tcpstall_proto::raw::{self, agent_message};
 use tcpstall_proto::sample_wire;
@@ -22,7 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_stream::Stream;
 use tonic::{Code, Request, Response, Status, Streaming};
 
-use crate::aggregator::{AgentBatch, ClosedSocket, Command, HostHello, Reason, ToAgent};
+use crate::aggregator::{AgentBatch, ClosedSocket, Command, HostHello, ToAgent};
 use crate::frames::{IngestBody, MessageReader, TakeBody};
 use crate::packed::Packed;
 use crate::tls;
@@ -162,35 +163,15 @@ pub fn batch_from_wire(b: raw::Batch, max_samples: usize) -> Result<AgentBatch, 
     }
     let mut samples = Vec::with_capacity(b.samples.len());
     let mut packed = Vec::with_capacity(b.samples.len());
-    let mut held = Vec::new();
     for (i, bytes) in b.samples.into_iter().enumerate() {
-        let w = sample_wire::decode_sample(&bytes)
-            .map_err(|e| Status::invalid_argument(format!("samples[{i}]: {e}")))?;
-        let reason = match v1::SampleReason::try_from(w.reason) {
-            Ok(v1::SampleReason::Suspect) => Reason::Suspect,
-            Ok(v1::SampleReason::Watched) => Reason::Watched,
-            // A span on anything but a release is ignored, as an unknown
-            // field would be.
-            Ok(v1::SampleReason::Released) => {
-                if let Some(h) = w.held.as_ref() {
-                    let span = convert::held_from_wire(h)
-                        .map_err(|e| Status::invalid_argument(format!("samples[{i}]: {e}")))?;
-                    held.push((i, span));
-                }
-                Reason::Released
-            }
-            _ => {
-                return Err(Status::invalid_argument(format!(
-                    "samples[{i}]: unknown reason {}",
-                    w.reason
-                )))
-            }
-        };
-        let s = convert::sample_from_wire_owned(w)
-            .map_err(|e| Status::invalid_argument(format!("samples[{i}]: {e}")))?;
+        let at = |e: &dyn std::fmt::Display| Status::invalid_argument(format!("samples[{i}]: {e}"));
+        let w = sample_wire::decode_sample(&bytes).map_err(|e| at(&e))?;
+        let reason = convert::reason_from_wire(w.reason, w.held.as_ref()).map_err(|e| at(&e))?;
+        let s = convert::sample_from_wire_owned(w).map_err(|e| at(&e))?;
         // What the aggregator may keep; a released sample is kept only as
         // an episode's last, and encoded there if so.
-        packed.push((reason != Reason::Released).then(|| Packed::from_bytes(&bytes[..])));
+        let released = matches!(reason, SampleReason::Released(_));
+        packed.push((!released).then(|| Packed::from_bytes(&bytes[..])));
         samples.push((reason, s));
     }
     let closed = b
@@ -220,7 +201,6 @@ pub fn batch_from_wire(b: raw::Batch, max_samples: usize) -> Result<AgentBatch, 
         samples,
         packed,
         closed,
-        held,
         absent,
         dropped_batches: b.dropped_batches,
         dropped_samples: b.dropped_samples,
@@ -516,9 +496,12 @@ mod tests {
             100,
         )
         .expect("valid");
-        assert_eq!(b.samples[0].0, Reason::Released);
-        assert_eq!(b.held, vec![(0, span)], "on the release only");
-        assert_eq!(b.samples[1].0, Reason::Suspect);
+        assert_eq!(b.samples[0].0, SampleReason::Released(Some(span)));
+        assert_eq!(
+            b.samples[1].0,
+            SampleReason::Suspect,
+            "a span on the release only"
+        );
         assert_eq!(b.closed[0].held, Some(span));
         // Out of order, or with no end named: the batch is refused.
         let mut bad = released;

@@ -5,7 +5,7 @@
 //! reads the store's and the ingest service's atomics. Names follow
 //! Prometheus conventions: `tcpstall_collector_` prefix, `_total` for
 //! counters, base units (seconds), one `diagnosis` label with the ids of
-//! DESIGN.md's table, every id present (zero included) so that a rule on a
+//! docs/design.md's table, every id present (zero included) so that a rule on a
 //! diagnosis never sees a missing series.
 
 use std::future::Future;
@@ -19,9 +19,9 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::aggregator::{Command, Stats};
-use crate::diagnose::Diagnosis;
 use crate::held;
 use crate::store::{Store, StoreStatsSnapshot};
+use tcpstall_common::Diagnosis;
 
 /// How long a scrape waits for the aggregator before answering 503.
 const AGGREGATOR_WAIT: Duration = Duration::from_secs(5);

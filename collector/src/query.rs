@@ -1,15 +1,17 @@
 //! The operators' side of the gRPC edge: episodes from the store, and a
 //! flow's two ends from the aggregator.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
+use tcpstall_common::time::millis_i64;
+use tcpstall_common::Clock;
 use tcpstall_proto::convert;
 use tcpstall_proto::v1;
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status};
 
 use crate::aggregator::{Command, FlowView};
-use crate::store::{EpisodeFilter, EpisodeRow, HeldFilter, HeldRow, Side, Store, StoredSample};
+use crate::store::{EpisodeFilter, EpisodeRow, HeldFilter, HeldRow, Store, StoredSample};
 
 /// Most episodes one list returns.
 pub const MAX_LIST: u32 = 10_000;
@@ -18,24 +20,28 @@ pub const MAX_LIST: u32 = 10_000;
 pub struct QueryService {
     store: Store,
     agg: mpsc::Sender<Command>,
+    clock: Clock,
 }
 
 impl QueryService {
-    pub fn new(store: Store, agg: mpsc::Sender<Command>) -> QueryService {
-        QueryService { store, agg }
+    pub fn new(store: Store, agg: mpsc::Sender<Command>, clock: Clock) -> QueryService {
+        QueryService { store, agg, clock }
+    }
+
+    /// The start of a window of the last `since_s` seconds (0: no window).
+    fn since_ms(&self, since_s: u64) -> Option<i64> {
+        (since_s > 0).then(|| {
+            let since = Duration::from_secs(since_s.min(100 * 365 * 24 * 3600));
+            self.clock.now_ms().saturating_sub(millis_i64(since))
+        })
     }
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-/// A stored episode on the wire.
-pub fn episode_to_wire(e: &EpisodeRow) -> v1::Episode {
+/// A stored episode on the wire, as of `now_ms` (an open one has lasted
+/// until then).
+pub fn episode_to_wire(e: &EpisodeRow, now_ms: i64) -> v1::Episode {
     let duration_ms = if e.open {
-        u64::try_from(now_ms() - e.started_at_ms)
+        u64::try_from(now_ms - e.started_at_ms)
             .unwrap_or(0)
             .max(e.duration_ms)
     } else {
@@ -70,10 +76,7 @@ pub fn episode_to_wire(e: &EpisodeRow) -> v1::Episode {
 fn sample_to_wire(s: &StoredSample) -> Option<v1::EndSample> {
     let sample = s.sample.unpack()?;
     Some(v1::EndSample {
-        side: match s.side {
-            Side::A => "a".into(),
-            Side::B => "b".into(),
-        },
+        side: s.side.as_str().into(),
         host: s.host.clone(),
         at_ms: s.at_ms,
         sample: Some(convert::sample_to_wire(
@@ -141,10 +144,7 @@ impl v1::query_server::Query for QueryService {
                 r.limit
             )));
         }
-        let since_ms = (r.since_s > 0).then(|| {
-            let since = Duration::from_secs(r.since_s.min(100 * 365 * 24 * 3600));
-            now_ms() - i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
-        });
+        let since_ms = self.since_ms(r.since_s);
         let after = match r.page_token.as_str() {
             "" => None,
             token => Some(parse_page_token(token).ok_or_else(|| {
@@ -163,6 +163,7 @@ impl v1::query_server::Query for QueryService {
         };
         let full = filter.effective_limit();
         let rows = self.store.list_episodes(filter).await.map_err(internal)?;
+        let now_ms = self.clock.now_ms();
         // A full page may have more behind it; a short one is the last.
         let next_page_token = match rows.last() {
             Some(last) if rows.len() >= usize::try_from(full).unwrap_or(usize::MAX) => {
@@ -171,7 +172,7 @@ impl v1::query_server::Query for QueryService {
             _ => String::new(),
         };
         Ok(Response::new(v1::ListEpisodesResponse {
-            episodes: rows.iter().map(episode_to_wire).collect(),
+            episodes: rows.iter().map(|e| episode_to_wire(e, now_ms)).collect(),
             next_page_token,
         }))
     }
@@ -193,7 +194,7 @@ impl v1::query_server::Query for QueryService {
             .collect::<Option<Vec<_>>>()
             .ok_or_else(|| Status::internal(format!("episode {id}: a sample does not decode")))?;
         Ok(Response::new(v1::GetEpisodeResponse {
-            episode: Some(episode_to_wire(&row)),
+            episode: Some(episode_to_wire(&row, self.clock.now_ms())),
             samples,
         }))
     }
@@ -203,10 +204,7 @@ impl v1::query_server::Query for QueryService {
         request: Request<v1::ListHeldSpansRequest>,
     ) -> Result<Response<v1::ListHeldSpansResponse>, Status> {
         let r = request.into_inner();
-        let since_ms = (r.since_s > 0).then(|| {
-            let since = Duration::from_secs(r.since_s.min(100 * 365 * 24 * 3600));
-            now_ms() - i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
-        });
+        let since_ms = self.since_ms(r.since_s);
         // Whole minutes: a span counted in a minute that began before the
         // window but ended within it is in.
         let filter = HeldFilter {
@@ -407,7 +405,7 @@ mod sample_tests {
     use super::*;
     use crate::packed::Packed;
     use prost::Message;
-    use tcpstall_common::EndSample;
+    use tcpstall_common::{EndSample, Side};
 
     /// A sample without TCP_CORK known: a cork source beside it is what
     /// the wire checks drop.

@@ -5,6 +5,7 @@
 use std::future::Future;
 
 use anyhow::Context;
+use tcpstall_common::Clock;
 use tcpstall_proto::v1::query_server::QueryServer;
 use tokio::sync::mpsc;
 
@@ -158,9 +159,14 @@ pub async fn serve_on_reloading(
 ) -> anyhow::Result<()> {
     // Files first: a bad certificate stops the start before anything opens.
     let tls = tls::server_config(&config)?;
+    // One wall clock for every record, query and retention: the wall clock
+    // at start advanced by a monotonic one, so that differences of it (how
+    // long an agent was silent) never go backwards.
+    let clock = Clock::monotonic();
     let (store, store_thread, next_episode) = Store::open(StoreConfig {
         retention: config.retention,
         max_bytes: (config.max_db_bytes > 0).then_some(config.max_db_bytes),
+        clock: clock.clone(),
         ..StoreConfig::new(config.db.clone())
     })
     .with_context(|| format!("opening the database {}", config.db.display()))?;
@@ -175,7 +181,7 @@ pub async fn serve_on_reloading(
     )
     .watch_peer_after(config.watch_peer_after);
     let (stop_agg, agg_stopped) = tokio::sync::oneshot::channel();
-    let aggregator = tokio::spawn(aggregator::run(state, agg_rx, agg_stopped));
+    let aggregator = tokio::spawn(aggregator::run(state, agg_rx, agg_stopped, clock.clone()));
 
     let local = listener.local_addr().context("local address")?;
     // Tests and scripts read this line to learn the port of --listen :0.
@@ -204,7 +210,7 @@ pub async fn serve_on_reloading(
     } else {
         ingest
     };
-    let query = QueryService::new(store.clone(), agg_tx.clone());
+    let query = QueryService::new(store.clone(), agg_tx.clone(), clock);
     let reloading = tokio::spawn(reload(
         config.clone(),
         reloads,

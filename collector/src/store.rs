@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use tcpstall_common::Clock;
 use tokio::sync::{mpsc, oneshot};
 
 mod read;
@@ -32,7 +33,7 @@ mod worker;
 
 pub use records::{
     EpisodeEnd, EpisodeFilter, EpisodeRow, EpisodeUpdate, HeldFilter, HeldRow, HostRecord, HostRow,
-    NewEpisode, Side, StoredSample,
+    NewEpisode, StoredSample,
 };
 
 /// Most commands the store thread applies in one transaction.
@@ -41,11 +42,9 @@ pub const MAX_BATCH: usize = 4096;
 pub const DEFAULT_LIST_LIMIT: u32 = 1000;
 /// Most rows one [`Store::list_episodes`] returns, whatever the filter asks.
 pub const MAX_LIST_LIMIT: u32 = 10_000;
-/// The `end_reason` of episodes an earlier run left open.
-pub const END_COLLECTOR_RESTART: &str = "collector_restart";
 
 /// Where and how the store keeps its data.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct StoreConfig {
     /// The SQLite file; created when missing (its directory must exist).
     pub path: PathBuf,
@@ -60,6 +59,8 @@ pub struct StoreConfig {
     pub max_bytes: Option<u64>,
     /// Capacity of the bounded command queue.
     pub queue: usize,
+    /// The wall clock retention ages episodes by.
+    pub clock: Clock,
 }
 
 impl StoreConfig {
@@ -75,6 +76,7 @@ impl StoreConfig {
             retention_every: Self::DEFAULT_RETENTION_EVERY,
             max_bytes: None,
             queue: Self::DEFAULT_QUEUE,
+            clock: Clock::system(),
         }
     }
 }
@@ -295,7 +297,8 @@ pub struct Store {
 impl Store {
     /// Opens or creates the database (WAL, synchronous=NORMAL, a busy
     /// timeout, foreign keys on), brings its schema up to date, ends the
-    /// episodes an earlier run left open with [`END_COLLECTOR_RESTART`],
+    /// episodes an earlier run left open with
+    /// [`EndReason::CollectorRestart`],
     /// marks every host disconnected until its agent says hello again, and
     /// starts the store thread.
     ///

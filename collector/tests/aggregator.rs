@@ -7,10 +7,10 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use tcpstall_collector::aggregator::{
-    AgentBatch, ClosedSocket, Command, HostHello, Reason, State, ToAgent,
+    AgentBatch, ClosedSocket, Command, HostHello, State, ToAgent,
 };
-use tcpstall_collector::store::{EpisodeFilter, EpisodeRow, HeldFilter, Side, Store, StoreConfig};
-use tcpstall_common::{EndSample, FlowTuple, HeldEnd, HeldSpan, TimerKind};
+use tcpstall_collector::store::{EpisodeFilter, EpisodeRow, HeldFilter, Store, StoreConfig};
+use tcpstall_common::{EndSample, FlowTuple, HeldEnd, HeldSpan, SampleReason, Side, TimerKind};
 use tokio::sync::{mpsc, oneshot};
 
 mod support;
@@ -70,7 +70,13 @@ impl Rig {
         self.session
     }
 
-    fn send(&mut self, session: u64, mono_s: f64, samples: Vec<(Reason, EndSample)>, now: i64) {
+    fn send(
+        &mut self,
+        session: u64,
+        mono_s: f64,
+        samples: Vec<(SampleReason, EndSample)>,
+        now: i64,
+    ) {
         self.batch(
             session,
             AgentBatch {
@@ -135,21 +141,26 @@ async fn join_watch_and_peer_not_reading_from_both_ends() {
 
     // A's first suspect sample (held one poll, 2 s): nobody is asked yet.
     let a = zero_window(stuck_a(2000));
-    rig.send(a_sess, 100.0, vec![(Reason::Suspect, a.clone())], at(0.0));
+    rig.send(
+        a_sess,
+        100.0,
+        vec![(SampleReason::Suspect, a.clone())],
+        at(0.0),
+    );
     assert!(rig.asked("hostb").is_empty(), "not at the first report");
     // Nor at its second (held 4 s). Its third (held 6 s, past threshold -
     // 2.5 polls = 5 s): the collector asks B to watch the peer end, once.
     rig.send(
         a_sess,
         102.0,
-        vec![(Reason::Suspect, zero_window(stuck_a(4000)))],
+        vec![(SampleReason::Suspect, zero_window(stuck_a(4000)))],
         at(0.1),
     );
     assert!(rig.asked("hostb").is_empty(), "not at the second report");
     rig.send(
         a_sess,
         104.0,
-        vec![(Reason::Suspect, zero_window(stuck_a(6000)))],
+        vec![(SampleReason::Suspect, zero_window(stuck_a(6000)))],
         at(0.2),
     );
     assert_eq!(rig.asked("hostb"), vec![ToAgent::Watch(a.flow.reversed())]);
@@ -157,13 +168,18 @@ async fn join_watch_and_peer_not_reading_from_both_ends() {
 
     // B answers with its end: a full receive queue and a closed window.
     let b = b_end(&a, 5000, 4096, 0);
-    rig.send(b_sess, 50.0, vec![(Reason::Watched, b.clone())], at(0.5));
+    rig.send(
+        b_sess,
+        50.0,
+        vec![(SampleReason::Watched, b.clone())],
+        at(0.5),
+    );
 
     // 9.9 s after the stall began (2 s before the first sample): nothing.
     rig.send(
         a_sess,
         107.9,
-        vec![(Reason::Suspect, zero_window(stuck_a(9900)))],
+        vec![(SampleReason::Suspect, zero_window(stuck_a(9900)))],
         at(7.9),
     );
     assert!(rig.episodes().await.is_empty(), "no episode at 9.9 s");
@@ -171,7 +187,7 @@ async fn join_watch_and_peer_not_reading_from_both_ends() {
     rig.send(
         a_sess,
         108.1,
-        vec![(Reason::Suspect, zero_window(stuck_a(10_100)))],
+        vec![(SampleReason::Suspect, zero_window(stuck_a(10_100)))],
         at(8.1),
     );
     let eps = rig.episodes().await;
@@ -195,11 +211,16 @@ async fn join_watch_and_peer_not_reading_from_both_ends() {
     // stall holds (another zero-window probe), leaves the episode's row as
     // it was (its duration is read from its start while it is open); the
     // counters are written when it ends.
-    rig.send(b_sess, 52.0, vec![(Reason::Watched, b.clone())], at(10.0));
+    rig.send(
+        b_sess,
+        52.0,
+        vec![(SampleReason::Watched, b.clone())],
+        at(10.0),
+    );
     rig.send(
         a_sess,
         110.1,
-        vec![(Reason::Suspect, zero_window(stuck_a(12_100)))],
+        vec![(SampleReason::Suspect, zero_window(stuck_a(12_100)))],
         at(10.1),
     );
     let e = &rig.episodes().await[0];
@@ -207,7 +228,12 @@ async fn join_watch_and_peer_not_reading_from_both_ends() {
     assert_eq!(e.evidence.get("a_probes"), Some(&0));
     let mut probing = zero_window(stuck_a(14_100));
     probing.probes = Some(1);
-    rig.send(a_sess, 112.0, vec![(Reason::Suspect, probing)], at(11.0));
+    rig.send(
+        a_sess,
+        112.0,
+        vec![(SampleReason::Suspect, probing)],
+        at(11.0),
+    );
     let e = &rig.episodes().await[0];
     assert_eq!(e.evidence.get("a_probes"), Some(&0));
     assert_eq!(e.evidence.get("a_unchanged_ms"), Some(&10_100));
@@ -218,7 +244,12 @@ async fn join_watch_and_peer_not_reading_from_both_ends() {
     moved.pos.snd_una = Some(6000);
     moved.pos.snd_nxt = Some(6000);
     moved.pos.write_seq = Some(9000);
-    rig.send(a_sess, 112.1, vec![(Reason::Released, moved)], at(12.1));
+    rig.send(
+        a_sess,
+        112.1,
+        vec![(SampleReason::Released(None), moved)],
+        at(12.1),
+    );
     let eps = rig.episodes().await;
     assert!(!eps[0].open);
     assert_eq!(eps[0].end_reason.as_deref(), Some("moved"));
@@ -268,9 +299,9 @@ async fn released_suspects_leave_nothing_behind() {
         a_sess,
         100.0,
         vec![
-            (Reason::Suspect, drains.clone()),
-            (Reason::Suspect, moves.clone()),
-            (Reason::Suspect, watched.clone()),
+            (SampleReason::Suspect, drains.clone()),
+            (SampleReason::Suspect, moves.clone()),
+            (SampleReason::Suspect, watched.clone()),
         ],
         at(0.0),
     );
@@ -294,9 +325,9 @@ async fn released_suspects_leave_nothing_behind() {
         a_sess,
         102.0,
         vec![
-            (Reason::Released, drained(drains)),
-            (Reason::Released, moved),
-            (Reason::Released, drained(watched.clone())),
+            (SampleReason::Released(None), drained(drains)),
+            (SampleReason::Released(None), moved),
+            (SampleReason::Released(None), drained(watched.clone())),
         ],
         at(2.0),
     );
@@ -320,7 +351,12 @@ async fn a_socket_replaced_on_its_4_tuple_leaves_nothing_of_the_old_one() {
     rig.hello("hostb", "198.18.0.1", at(0.0));
     // A suspect held long enough to have its peer watched...
     let old = stuck_a(6000);
-    rig.send(a_sess, 100.0, vec![(Reason::Suspect, old.clone())], at(0.0));
+    rig.send(
+        a_sess,
+        100.0,
+        vec![(SampleReason::Suspect, old.clone())],
+        at(0.0),
+    );
     assert_eq!(
         rig.asked("hostb"),
         vec![ToAgent::Watch(old.flow.reversed())]
@@ -329,7 +365,12 @@ async fn a_socket_replaced_on_its_4_tuple_leaves_nothing_of_the_old_one() {
     // as long: it needs the same peer end, so nothing is asked again.
     let mut new = old.clone();
     new.cookie = old.cookie + 1;
-    rig.send(a_sess, 102.0, vec![(Reason::Suspect, new.clone())], at(2.0));
+    rig.send(
+        a_sess,
+        102.0,
+        vec![(SampleReason::Suspect, new.clone())],
+        at(2.0),
+    );
     assert_eq!(rig.asked("hostb"), vec![]);
     let stats = rig.state.stats();
     assert_eq!(
@@ -342,7 +383,12 @@ async fn a_socket_replaced_on_its_4_tuple_leaves_nothing_of_the_old_one() {
     let mut drained = new;
     drained.pos.sendq = 0;
     drained.unchanged_ms = 0;
-    rig.send(a_sess, 104.0, vec![(Reason::Released, drained)], at(4.0));
+    rig.send(
+        a_sess,
+        104.0,
+        vec![(SampleReason::Released(None), drained)],
+        at(4.0),
+    );
     assert_eq!(
         rig.asked("hostb"),
         vec![ToAgent::Unwatch(old.flow.reversed())]
@@ -358,7 +404,12 @@ async fn pending_peer_settles_when_it_reports_and_absent_peer_is_half_open() {
     let a_sess = rig.hello("hosta", "198.18.0.2", at(0.0));
     let b_sess = rig.hello("hostb", "198.18.0.1", at(0.0));
     let a = stuck_a(11_000);
-    rig.send(a_sess, 100.0, vec![(Reason::Suspect, a.clone())], at(0.0));
+    rig.send(
+        a_sess,
+        100.0,
+        vec![(SampleReason::Suspect, a.clone())],
+        at(0.0),
+    );
     let eps = rig.episodes().await;
     assert_eq!(eps[0].diagnosis, "undetermined", "B has not reported yet");
     assert_eq!(
@@ -379,7 +430,7 @@ async fn pending_peer_settles_when_it_reports_and_absent_peer_is_half_open() {
     rig.send(
         a_sess,
         102.0,
-        vec![(Reason::Suspect, stuck_a(13_000))],
+        vec![(SampleReason::Suspect, stuck_a(13_000))],
         at(2.0),
     );
     let eps = rig.episodes().await;
@@ -399,15 +450,20 @@ async fn ack_lost_and_data_lost_need_both_ends() {
         let mut a = stuck_a(6000);
         a.retransmits = Some(3);
         a.backoff = Some(3);
-        rig.send(a_sess, 100.0, vec![(Reason::Suspect, a.clone())], at(0.0));
+        rig.send(
+            a_sess,
+            100.0,
+            vec![(SampleReason::Suspect, a.clone())],
+            at(0.0),
+        );
         rig.send(
             b_sess,
             10.0,
-            vec![(Reason::Watched, b_end(&a, b_rcv, 0, 65536))],
+            vec![(SampleReason::Watched, b_end(&a, b_rcv, 0, 65536))],
             at(0.5),
         );
         a.unchanged_ms = 10_000;
-        rig.send(a_sess, 110.0, vec![(Reason::Suspect, a)], at(10.0));
+        rig.send(a_sess, 110.0, vec![(SampleReason::Suspect, a)], at(10.0));
         let eps = rig.episodes().await;
         assert_eq!(eps.len(), 1);
         assert_eq!(eps[0].diagnosis, want, "B.rcv_nxt {b_rcv}: {eps:?}");
@@ -420,7 +476,7 @@ async fn unmonitored_peer_is_said_so() {
     let a_sess = rig.hello("hosta", "198.18.0.2", at(0.0));
     let mut a = stuck_a(10_500);
     a.flow.remote = "198.51.100.7:40000".parse().expect("addr");
-    rig.send(a_sess, 100.0, vec![(Reason::Suspect, a)], at(0.0));
+    rig.send(a_sess, 100.0, vec![(SampleReason::Suspect, a)], at(0.0));
     let eps = rig.episodes().await;
     assert_eq!(eps[0].diagnosis, "peer_unmonitored");
     assert_eq!(eps[0].b_host, None);
@@ -436,7 +492,7 @@ async fn silent_suspects_expire_and_a_gone_host_ends_its_episodes() {
     let mut quiet = stuck_a(0);
     quiet.cookie = 77;
     quiet.flow.local = "198.18.0.2:9999".parse().expect("addr");
-    rig.send(a_sess, 100.0, vec![(Reason::Suspect, quiet)], at(0.0));
+    rig.send(a_sess, 100.0, vec![(SampleReason::Suspect, quiet)], at(0.0));
     assert_eq!(rig.state.stats().suspects, 1);
     rig.state.expire(at(9.9), 5);
     assert_eq!(
@@ -454,7 +510,7 @@ async fn silent_suspects_expire_and_a_gone_host_ends_its_episodes() {
     // hostc: an open episode; then its agent goes away.
     let mut c = stuck_a(10_000);
     c.flow.local = "198.18.0.3:8080".parse().expect("addr");
-    rig.send(c_sess, 100.0, vec![(Reason::Suspect, c)], at(11.0));
+    rig.send(c_sess, 100.0, vec![(SampleReason::Suspect, c)], at(11.0));
     assert!(rig.episodes().await[0].open);
     rig.state
         .handle(Command::Gone { session: c_sess }, at(12.0));
@@ -472,13 +528,23 @@ async fn closed_socket_ends_the_episode_and_a_closed_peer_is_half_open_once_a_is
     let a_sess = rig.hello("hosta", "198.18.0.2", at(0.0));
     let b_sess = rig.hello("hostb", "198.18.0.1", at(0.0));
     let a = zero_window(stuck_a(10_000));
-    rig.send(a_sess, 100.0, vec![(Reason::Suspect, a.clone())], at(0.0));
+    rig.send(
+        a_sess,
+        100.0,
+        vec![(SampleReason::Suspect, a.clone())],
+        at(0.0),
+    );
     let b = b_end(&a, 5000, 4096, 0);
-    rig.send(b_sess, 10.0, vec![(Reason::Watched, b.clone())], at(0.5));
+    rig.send(
+        b_sess,
+        10.0,
+        vec![(SampleReason::Watched, b.clone())],
+        at(0.5),
+    );
     rig.send(
         a_sess,
         102.0,
-        vec![(Reason::Suspect, zero_window(stuck_a(12_000)))],
+        vec![(SampleReason::Suspect, zero_window(stuck_a(12_000)))],
         at(2.0),
     );
     assert_eq!(rig.episodes().await[0].diagnosis, "peer_not_reading");
@@ -503,7 +569,7 @@ async fn closed_socket_ends_the_episode_and_a_closed_peer_is_half_open_once_a_is
     rig.send(
         a_sess,
         102.4,
-        vec![(Reason::Suspect, zero_window(stuck_a(12_400)))],
+        vec![(SampleReason::Suspect, zero_window(stuck_a(12_400)))],
         at(2.6),
     );
     assert_eq!(
@@ -514,7 +580,7 @@ async fn closed_socket_ends_the_episode_and_a_closed_peer_is_half_open_once_a_is
     rig.send(
         a_sess,
         104.0,
-        vec![(Reason::Suspect, zero_window(stuck_a(14_000)))],
+        vec![(SampleReason::Suspect, zero_window(stuck_a(14_000)))],
         at(4.0),
     );
     assert_eq!(rig.episodes().await[0].diagnosis, "half_open");
@@ -558,10 +624,20 @@ async fn a_queue_held_briefly_costs_its_peer_nothing() {
     rig.hello("hostb", "198.18.0.1", at(0.0));
     // Held one poll, then drained: neither a watch nor an unwatch.
     let a = stuck_a(2000);
-    rig.send(a_sess, 100.0, vec![(Reason::Suspect, a.clone())], at(0.0));
+    rig.send(
+        a_sess,
+        100.0,
+        vec![(SampleReason::Suspect, a.clone())],
+        at(0.0),
+    );
     let mut drained = a.clone();
     drained.pos.sendq = 0;
-    rig.send(a_sess, 102.0, vec![(Reason::Released, drained)], at(2.0));
+    rig.send(
+        a_sess,
+        102.0,
+        vec![(SampleReason::Released(None), drained)],
+        at(2.0),
+    );
     assert!(rig.asked("hostb").is_empty(), "B was never needed");
     assert_eq!(rig.state.stats().watched, 0);
 
@@ -571,16 +647,36 @@ async fn a_queue_held_briefly_costs_its_peer_nothing() {
     let mut c = stuck_a(2000);
     c.cookie = 9;
     c.flow.remote.set_port(40_001);
-    rig.send(a_sess, 102.0, vec![(Reason::Suspect, c.clone())], at(2.0));
+    rig.send(
+        a_sess,
+        102.0,
+        vec![(SampleReason::Suspect, c.clone())],
+        at(2.0),
+    );
     assert!(rig.asked("hostb").is_empty());
     c.unchanged_ms = 4000;
-    rig.send(a_sess, 104.0, vec![(Reason::Suspect, c.clone())], at(4.0));
+    rig.send(
+        a_sess,
+        104.0,
+        vec![(SampleReason::Suspect, c.clone())],
+        at(4.0),
+    );
     assert!(rig.asked("hostb").is_empty(), "held 4 s: not yet");
     c.unchanged_ms = 6000;
-    rig.send(a_sess, 106.0, vec![(Reason::Suspect, c.clone())], at(6.0));
+    rig.send(
+        a_sess,
+        106.0,
+        vec![(SampleReason::Suspect, c.clone())],
+        at(6.0),
+    );
     assert_eq!(rig.asked("hostb"), vec![ToAgent::Watch(c.flow.reversed())]);
     c.pos.sendq = 0;
-    rig.send(a_sess, 108.0, vec![(Reason::Released, c.clone())], at(8.0));
+    rig.send(
+        a_sess,
+        108.0,
+        vec![(SampleReason::Released(None), c.clone())],
+        at(8.0),
+    );
     assert_eq!(
         rig.asked("hostb"),
         vec![ToAgent::Unwatch(c.flow.reversed())]
@@ -592,7 +688,12 @@ async fn a_queue_held_briefly_costs_its_peer_nothing() {
     let mut d = stuck_a(8000);
     d.cookie = 10;
     d.flow.remote.set_port(40_002);
-    rig.send(a_sess, 110.0, vec![(Reason::Suspect, d.clone())], at(10.0));
+    rig.send(
+        a_sess,
+        110.0,
+        vec![(SampleReason::Suspect, d.clone())],
+        at(10.0),
+    );
     assert_eq!(rig.asked("hostb"), vec![ToAgent::Watch(d.flow.reversed())]);
 
     // A peer end watched for a query: a suspect that never asked for it
@@ -603,9 +704,19 @@ async fn a_queue_held_briefly_costs_its_peer_nothing() {
     rig.state.flow(q.flow, at(10.2));
     rig.asked("hosta");
     assert_eq!(rig.asked("hostb"), vec![ToAgent::Watch(q.flow.reversed())]);
-    rig.send(a_sess, 110.5, vec![(Reason::Suspect, q.clone())], at(10.5));
+    rig.send(
+        a_sess,
+        110.5,
+        vec![(SampleReason::Suspect, q.clone())],
+        at(10.5),
+    );
     q.pos.sendq = 0;
-    rig.send(a_sess, 111.0, vec![(Reason::Released, q)], at(10.8));
+    rig.send(
+        a_sess,
+        111.0,
+        vec![(SampleReason::Released(None), q)],
+        at(10.8),
+    );
     assert!(
         rig.asked("hostb").is_empty(),
         "the query still needs B's end"
@@ -625,7 +736,12 @@ async fn a_queue_held_briefly_costs_its_peer_nothing() {
     let mut e = stuck_a(2000);
     e.cookie = 11;
     e.flow.remote.set_port(40_003);
-    rig.send(a_sess, 112.0, vec![(Reason::Suspect, e.clone())], at(12.0));
+    rig.send(
+        a_sess,
+        112.0,
+        vec![(SampleReason::Suspect, e.clone())],
+        at(12.0),
+    );
     assert_eq!(rig.asked("hostb"), vec![ToAgent::Watch(e.flow.reversed())]);
 }
 
@@ -635,7 +751,12 @@ async fn a_peer_host_that_reconnects_is_asked_again_for_what_it_watched() {
     let a_sess = rig.hello("hosta", "198.18.0.2", at(0.0));
     let b_sess = rig.hello("hostb", "198.18.0.1", at(0.0));
     let a = zero_window(stuck_a(6000));
-    rig.send(a_sess, 100.0, vec![(Reason::Suspect, a.clone())], at(0.0));
+    rig.send(
+        a_sess,
+        100.0,
+        vec![(SampleReason::Suspect, a.clone())],
+        at(0.0),
+    );
     assert_eq!(rig.asked("hostb"), vec![ToAgent::Watch(a.flow.reversed())]);
 
     // B's agent goes and comes back while A's suspect still needs B's end.
@@ -651,7 +772,12 @@ async fn a_peer_host_that_reconnects_is_asked_again_for_what_it_watched() {
     // Once A's queue drains nobody needs it: B is told to stop.
     let mut drained = a.clone();
     drained.pos.sendq = 0;
-    rig.send(a_sess, 102.0, vec![(Reason::Released, drained)], at(3.0));
+    rig.send(
+        a_sess,
+        102.0,
+        vec![(SampleReason::Released(None), drained)],
+        at(3.0),
+    );
     assert_eq!(
         rig.asked("hostb"),
         vec![ToAgent::Unwatch(a.flow.reversed())]
@@ -675,7 +801,7 @@ async fn a_watch_request_dropped_on_a_full_queue_is_asked_again() {
         .collect();
     let batch = suspects
         .iter()
-        .map(|a| (Reason::Suspect, a.clone()))
+        .map(|a| (SampleReason::Suspect, a.clone()))
         .collect();
     rig.send(a_sess, 100.0, batch, at(0.0));
     assert_eq!(rig.asked("hostb").len(), 16);
@@ -683,9 +809,9 @@ async fn a_watch_request_dropped_on_a_full_queue_is_asked_again() {
 
     // At A's next report the dropped one is asked again (the queue has
     // room now), and only that one: the others were queued.
-    let again: Vec<(Reason, EndSample)> = suspects
+    let again: Vec<(SampleReason, EndSample)> = suspects
         .iter()
-        .map(|a| (Reason::Suspect, a.clone()))
+        .map(|a| (SampleReason::Suspect, a.clone()))
         .collect();
     let last = suspects.last().expect("17").flow.reversed();
     rig.send(a_sess, 102.0, again.clone(), at(2.0));
@@ -713,13 +839,23 @@ async fn a_flow_query_finds_both_ends_through_their_hosts_and_loopback_by_scan()
             format!("198.18.0.2:{}", 9000 + i).parse().expect("addr"),
             format!("198.18.0.1:{}", 41000 + i).parse().expect("addr"),
         );
-        others.push((Reason::Suspect, o));
+        others.push((SampleReason::Suspect, o));
     }
     rig.send(a_sess, 99.0, others, at(0.0));
     let a = stuck_a(6000);
-    rig.send(a_sess, 100.0, vec![(Reason::Suspect, a.clone())], at(0.0));
+    rig.send(
+        a_sess,
+        100.0,
+        vec![(SampleReason::Suspect, a.clone())],
+        at(0.0),
+    );
     let b = b_end(&a, 5000, 4096, 0);
-    rig.send(b_sess, 50.0, vec![(Reason::Watched, b.clone())], at(0.5));
+    rig.send(
+        b_sess,
+        50.0,
+        vec![(SampleReason::Watched, b.clone())],
+        at(0.5),
+    );
     rig.asked("hostb");
 
     // Asked from either side, A's end is A's suspect and B's end B's
@@ -757,7 +893,12 @@ async fn a_flow_query_finds_both_ends_through_their_hosts_and_loopback_by_scan()
         "127.0.0.1:8080".parse().expect("addr"),
         "127.0.0.1:40000".parse().expect("addr"),
     );
-    rig.send(a_sess, 101.0, vec![(Reason::Suspect, lo.clone())], at(1.0));
+    rig.send(
+        a_sess,
+        101.0,
+        vec![(SampleReason::Suspect, lo.clone())],
+        at(1.0),
+    );
     let view = rig.state.flow(lo.flow, at(1.5));
     assert_eq!(view.a, Some(("hosta".to_string(), lo)));
 }
@@ -767,7 +908,7 @@ async fn tracked_bytes_count_the_samples_held_and_let_go_of_them() {
     let mut rig = Rig::new();
     let a_sess = rig.hello("hosta", "198.18.0.2", at(0.0));
     let empty = rig.state.stats().tracked_bytes;
-    let stuck: Vec<(Reason, EndSample)> = (0..200u16)
+    let stuck: Vec<(SampleReason, EndSample)> = (0..200u16)
         .map(|i| {
             let mut o = stuck_a(2000);
             o.cookie = 1000 + u64::from(i);
@@ -775,7 +916,7 @@ async fn tracked_bytes_count_the_samples_held_and_let_go_of_them() {
                 format!("198.18.0.2:{}", 9000 + i).parse().expect("addr"),
                 format!("198.18.0.1:{}", 41000 + i).parse().expect("addr"),
             );
-            (Reason::Suspect, o)
+            (SampleReason::Suspect, o)
         })
         .collect();
     rig.send(a_sess, 100.0, stuck.clone(), at(0.0));
@@ -792,7 +933,7 @@ async fn tracked_bytes_count_the_samples_held_and_let_go_of_them() {
         .into_iter()
         .map(|(_, mut s)| {
             s.pos.sendq = 0;
-            (Reason::Released, s)
+            (SampleReason::Released(None), s)
         })
         .collect();
     rig.send(a_sess, 104.0, released, at(4.0));
@@ -814,8 +955,7 @@ fn span(since: f64, last_held: f64, ended: f64, end: HeldEnd) -> HeldSpan {
 fn released(mono_s: f64, s: EndSample, held: HeldSpan) -> AgentBatch {
     AgentBatch {
         mono: Duration::from_secs_f64(mono_s),
-        samples: vec![(Reason::Released, s)],
-        held: vec![(0, held)],
+        samples: vec![(SampleReason::Released(Some(held)), s)],
         ..AgentBatch::default()
     }
 }
@@ -847,11 +987,16 @@ async fn held_short_of_the_threshold_at_every_poll(
     let polls = [100.0, 102.0, 104.0, 106.0, 108.0];
     for (i, mono) in polls.into_iter().filter(|m| *m <= last).enumerate() {
         let s = zero_window(stuck_a(1_900 + 2_000 * i as u64));
-        rig.send(a_sess, mono, vec![(Reason::Suspect, s)], at(mono - 100.0));
+        rig.send(
+            a_sess,
+            mono,
+            vec![(SampleReason::Suspect, s)],
+            at(mono - 100.0),
+        );
         if mono == 104.0 {
             assert_eq!(rig.asked("hostb"), vec![ToAgent::Watch(a.flow.reversed())]);
             let b = b_end(&a, 5000, 4096, 0);
-            rig.send(b_sess, 50.0, vec![(Reason::Watched, b)], at(4.6));
+            rig.send(b_sess, 50.0, vec![(SampleReason::Watched, b)], at(4.6));
         }
     }
     assert!(
@@ -940,7 +1085,12 @@ async fn a_hold_that_ends_short_of_the_threshold_is_counted_by_pair_not_recorded
     let mut c = zero_window(stuck_a(2_000));
     c.cookie = 7;
     c.flow.remote = "198.18.0.1:40001".parse().expect("addr");
-    rig.send(a_sess, 110.0, vec![(Reason::Suspect, c.clone())], at(10.0));
+    rig.send(
+        a_sess,
+        110.0,
+        vec![(SampleReason::Suspect, c.clone())],
+        at(10.0),
+    );
     let moved = span(108.0, 110.0, 110.25, HeldEnd::Moved);
     c.pos.sendq = 0;
     rig.batch(a_sess, released(110.25, c, moved), at(10.25));
@@ -1010,7 +1160,12 @@ async fn an_open_episode_ends_with_the_measured_length_and_how_it_went() {
     let mut rig = Rig::new();
     let a_sess = rig.hello("hosta", "198.18.0.2", at(0.0));
     let a = zero_window(stuck_a(10_000));
-    rig.send(a_sess, 100.0, vec![(Reason::Suspect, a.clone())], at(0.0));
+    rig.send(
+        a_sess,
+        100.0,
+        vec![(SampleReason::Suspect, a.clone())],
+        at(0.0),
+    );
     assert!(rig.episodes().await[0].open);
     // The peer's FIN arrives with the bytes still held: closed, 12.3 s.
     let held = span(90.0, 102.25, 102.35, HeldEnd::Closed);

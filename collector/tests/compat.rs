@@ -11,9 +11,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use prost::Message;
-use tcpstall_collector::aggregator::Reason;
 use tcpstall_collector::ingest::{batch_from_wire, hello_from_wire};
-use tcpstall_common::FlowTuple;
+use tcpstall_common::{FlowTuple, SampleReason};
 use tcpstall_proto::convert;
 use tcpstall_proto::raw;
 use tcpstall_proto::v1::{self, agent_message};
@@ -131,9 +130,9 @@ fn every_earlier_agent_release_is_understood() {
         let b = batch_from_wire(b.clone(), 50_000)
             .unwrap_or_else(|s| panic!("{}: batch refused: {s}", path.display()));
         assert_eq!(b.samples.len(), 2);
-        assert_eq!(b.samples[0].0, Reason::Suspect);
+        assert_eq!(b.samples[0].0, SampleReason::Suspect);
         assert_eq!(b.samples[0].1.pos.sendq, 3000);
-        assert_eq!(b.samples[1].0, Reason::Watched);
+        assert_eq!(b.samples[1].0, SampleReason::Watched);
         assert_eq!((b.closed.len(), b.absent.len()), (1, 1));
         assert_eq!((b.dropped_batches, b.dropped_samples), (2, 300));
     }

@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use tcpstall_collector::detect::{self, EndReason};
-use tcpstall_collector::diagnose::{diagnose, Diagnosis, Peer};
-use tcpstall_common::{EndSample, TimerKind};
+use tcpstall_collector::detect;
+use tcpstall_collector::diagnose::{diagnose, Peer};
+use tcpstall_common::{Diagnosis, EndReason, EndSample, TimerKind};
 
 mod support;
 use support::{a_end, b_end};

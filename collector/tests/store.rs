@@ -5,16 +5,19 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use rusqlite::Connection;
 use tcpstall_collector::packed::Packed;
 use tcpstall_collector::store::schema::{self, SCHEMA_VERSION};
 use tcpstall_collector::store::{
     EpisodeEnd, EpisodeFilter, EpisodeRow, EpisodeUpdate, HeldFilter, HeldRow, HostRecord,
-    NewEpisode, Side, Store, StoreConfig, StoreError, StoredSample, END_COLLECTOR_RESTART,
+    NewEpisode, Store, StoreConfig, StoreError, StoredSample,
 };
-use tcpstall_common::{EndSample, FlowTuple, HeldEnd, Opened, Positions, TcpState, TimerKind};
+use tcpstall_common::time::unix_ms;
+use tcpstall_common::{
+    EndReason, EndSample, FlowTuple, HeldEnd, Opened, Positions, Side, TcpState, TimerKind,
+};
 use tempfile::TempDir;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -33,13 +36,6 @@ fn flow(a: &str, b: &str) -> FlowTuple {
         a.parse().expect("test address"),
         b.parse().expect("test address"),
     )
-}
-
-fn now_ms() -> i64 {
-    let d = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970");
-    i64::try_from(d.as_millis()).expect("ms fit i64")
 }
 
 /// A sample with every field set, Some and None mixed, and values near the
@@ -496,7 +492,7 @@ async fn migrations_are_idempotent_and_a_newer_schema_is_refused() -> TestResult
     assert!(store.close_episode(
         e.id,
         EpisodeEnd {
-            ended_at_ms: now_ms(),
+            ended_at_ms: unix_ms(SystemTime::now()),
             end_reason: "moved".into(),
             duration_ms: 11_000,
         }
@@ -763,7 +759,7 @@ async fn restart_ends_open_episodes_and_keeps_closed_ones() -> TestResult {
     let cfg = config(&dir);
     let (store, thread, next) = Store::open(cfg.clone())?;
     // Recent times: retention (30 days by default) must not take them.
-    let t0 = now_ms() - 60_000;
+    let t0 = unix_ms(SystemTime::now()) - 60_000;
     let with_samples = episode(next, "alpha", Some("beta"), "peer_not_reading", t0 + 1_000);
     let bare = episode(next + 1, "alpha", None, "peer_unmonitored", t0 + 2_000);
     let closed = episode(next + 2, "beta", None, "corked", t0 + 500);
@@ -805,13 +801,13 @@ async fn restart_ends_open_episodes_and_keeps_closed_ones() -> TestResult {
     let mut want = row_of(&with_samples);
     want.open = false;
     want.ended_at_ms = Some(t0 + 4_500);
-    want.end_reason = Some(END_COLLECTOR_RESTART.into());
+    want.end_reason = Some(EndReason::CollectorRestart.id().into());
     assert_eq!(by_id(with_samples.id)?, want, "ended at its last sample");
 
     let mut want = row_of(&bare);
     want.open = false;
     want.ended_at_ms = Some(t0 + 2_000);
-    want.end_reason = Some(END_COLLECTOR_RESTART.into());
+    want.end_reason = Some(EndReason::CollectorRestart.id().into());
     assert_eq!(by_id(bare.id)?, want, "no samples: ended at its start");
 
     let mut want = row_of(&closed);
@@ -841,7 +837,7 @@ async fn retention_deletes_old_closed_episodes_with_their_samples() -> TestResul
         ..config(&dir)
     };
     let (store, thread, next) = Store::open(cfg.clone())?;
-    let now = now_ms();
+    let now = unix_ms(SystemTime::now());
     let hour = 3_600_000;
     let old = episode(next, "alpha", None, "data_lost", now - 2 * hour);
     let recent = episode(next + 1, "alpha", None, "data_lost", now - 2 * hour);
@@ -918,7 +914,7 @@ async fn held_span_counts_add_up_by_pair_and_window_and_age_out() -> TestResult 
     };
     let (store, thread, _) = Store::open(cfg.clone())?;
     let minute = 60_000;
-    let now = now_ms() / minute * minute;
+    let now = unix_ms(SystemTime::now()) / minute * minute;
     let hour = 3_600_000;
     // The same minute's counts come in two writes: they add up.
     assert!(store.add_held(vec![
@@ -1199,7 +1195,7 @@ async fn a_size_bound_keeps_the_file_under_it_while_writes_go_past_it() -> TestR
         let pragma = |name: &str| reader.pragma_query_value(None, name, |r| r.get::<_, i64>(0));
         Ok(u64::try_from(pragma("page_count")? * pragma("page_size")?).unwrap_or(0))
     };
-    let now = now_ms();
+    let now = unix_ms(SystemTime::now());
     // The oldest of all, and open: never deleted.
     let open = episode(next, "alpha", None, "data_lost", now - 10_000_000);
     assert!(store.open_episode(open.clone()));
@@ -1285,7 +1281,7 @@ async fn a_size_bound_takes_held_span_minutes_and_episodes_oldest_first() -> Tes
             })
             .collect()
     };
-    let t0 = (now_ms() - 10 * 3_600_000) / MINUTE * MINUTE;
+    let t0 = (unix_ms(SystemTime::now()) - 10 * 3_600_000) / MINUTE * MINUTE;
     let open = episode(next, "alpha", None, "data_lost", t0 - 4 * 3_600_000);
     assert!(store.open_episode(open.clone()));
     let mut peak = 0;
@@ -1385,7 +1381,7 @@ async fn a_wal_held_by_a_reader_does_not_make_the_store_delete_episodes() -> Tes
     reader.execute_batch("BEGIN")?;
     let seen: i64 = reader.query_row("SELECT count(*) FROM episodes", [], |r| r.get(0))?;
     assert_eq!(seen, 0);
-    let now = now_ms();
+    let now = unix_ms(SystemTime::now());
     // ~1.2 MB of ended episodes: the pages in use stay under 90 % of the
     // bound, the WAL behind the reader grows by as much.
     let mut ids = Vec::new();

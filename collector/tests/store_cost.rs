@@ -12,8 +12,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use tcpstall_collector::packed::Packed;
-use tcpstall_collector::store::{NewEpisode, Side, Store, StoreConfig, StoredSample};
-use tcpstall_common::{EndSample, FlowTuple, Opened, TimerKind};
+use tcpstall_collector::store::{NewEpisode, Store, StoreConfig, StoredSample};
+use tcpstall_common::{EndSample, FlowTuple, Opened, Side, TimerKind};
 use tempfile::TempDir;
 
 mod support;

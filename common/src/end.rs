@@ -5,9 +5,23 @@
 use serde::{Deserialize, Serialize};
 
 use crate::flow::FlowTuple;
+use crate::held::HeldSpan;
 use crate::kernel_tcp::{FactSource, KernelTcp, SackBlock};
 use crate::positions::Positions;
 use crate::sample::{Opened, SocketSample, TcpState, TimerKind};
+
+/// Why an agent sent a sample.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SampleReason {
+    /// Its send queue looks stuck.
+    Suspect,
+    /// The collector asked for it: the peer of a suspect, or a queried flow.
+    Watched,
+    /// Its hold ended: the last word on a suspect, with how the hold went
+    /// by the agent's measure (agents that follow their suspects say; a
+    /// last word without it ends its track at this sample).
+    Released(Option<HeldSpan>),
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EndSample {

@@ -1,11 +1,16 @@
 //! Domain types shared by the tcpstall agent, collector and CLI: one TCP
 //! socket as a poll saw it ([`SocketSample`]), the kernel's `tcp_info`
 //! parsed by length ([`TcpInfo`]), and the stream positions derived from
-//! them ([`Positions`]). No I/O and no async runtime live here.
+//! them ([`Positions`]); and the words every part uses of them: why a
+//! sample was sent ([`SampleReason`]), an episode's sides and end reasons,
+//! the diagnoses, and time ([`time`]). No I/O and no async runtime live
+//! here.
 #![forbid(unsafe_code)]
 
+pub mod diagnosis;
 pub mod duration;
 pub mod end;
+pub mod episode;
 pub mod error;
 pub mod flow;
 pub mod held;
@@ -13,8 +18,11 @@ pub mod kernel_tcp;
 pub mod positions;
 pub mod sample;
 pub mod tcp_info;
+pub mod time;
 
-pub use end::{AbsoluteSeq, EndSample, OwnerMissing, ProcessOwner};
+pub use diagnosis::Diagnosis;
+pub use end::{AbsoluteSeq, EndSample, OwnerMissing, ProcessOwner, SampleReason};
+pub use episode::{EndReason, Side};
 pub use error::error_chain;
 pub use flow::{FlowKey, FlowTuple};
 pub use held::{HeldEnd, HeldSpan, HeldSpanError};
@@ -22,3 +30,4 @@ pub use kernel_tcp::{FactSource, KernelTcp, SackBlock};
 pub use positions::Positions;
 pub use sample::{normalize_addr, CongName, Opened, SkMemInfo, SocketSample, TcpState, TimerKind};
 pub use tcp_info::{TcpInfo, TcpInfoError};
+pub use time::Clock;

@@ -29,17 +29,9 @@ mod series;
 mod svg;
 
 use tcpstall_common::EndSample;
+pub use tcpstall_common::Side;
 
 pub use raster::{render_png, render_png_with, Fonts};
-
-/// Which end of the episode's connection a sample shows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Side {
-    /// The stuck sender.
-    A,
-    /// Its peer.
-    B,
-}
 
 /// One end at one poll.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,10 +7,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use std::time::Duration;
 use tcpstall_common::kernel_tcp::SACK_BLOCKS;
+use tcpstall_common::time::micros;
 
 use tcpstall_common::{
     AbsoluteSeq, EndSample, FactSource, FlowTuple, HeldEnd, HeldSpan, Opened, OwnerMissing,
-    Positions, ProcessOwner, SackBlock, TcpState, TimerKind,
+    Positions, ProcessOwner, SackBlock, SampleReason, TcpState, TimerKind,
 };
 
 use crate::v1;
@@ -32,6 +33,8 @@ pub enum ConvertError {
     Positions(&'static str),
     #[error("held: {0}")]
     Held(String),
+    #[error("unknown reason {0}")]
+    Reason(i32),
     #[error("{field}: {len} bytes, at most {max}")]
     TooLong {
         field: &'static str,
@@ -190,10 +193,6 @@ fn held_end_to_wire(e: HeldEnd) -> v1::HeldEnd {
     }
 }
 
-fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
-}
-
 /// A held span on the wire.
 pub fn held_to_wire(h: &HeldSpan) -> v1::Held {
     v1::Held {
@@ -221,6 +220,35 @@ pub fn held_from_wire(h: &v1::Held) -> Result<HeldSpan, ConvertError> {
         end,
     )
     .map_err(|e| ConvertError::Held(e.to_string()))
+}
+
+/// A sample with why it was sent, on the wire: a release carries its
+/// hold's span when it has one.
+pub fn reasoned_sample_to_wire(r: &SampleReason, s: &EndSample) -> v1::Sample {
+    let (reason, held) = match r {
+        SampleReason::Suspect => (v1::SampleReason::Suspect, None),
+        SampleReason::Watched => (v1::SampleReason::Watched, None),
+        SampleReason::Released(h) => (v1::SampleReason::Released, h.as_ref().map(held_to_wire)),
+    };
+    let mut w = sample_to_wire(s, reason);
+    w.held = held;
+    w
+}
+
+/// Why a wire sample was sent, from its `reason` and `held` fields. A span
+/// on anything but a release is ignored, as an unknown field would be.
+pub fn reason_from_wire(
+    reason: i32,
+    held: Option<&v1::Held>,
+) -> Result<SampleReason, ConvertError> {
+    match v1::SampleReason::try_from(reason) {
+        Ok(v1::SampleReason::Suspect) => Ok(SampleReason::Suspect),
+        Ok(v1::SampleReason::Watched) => Ok(SampleReason::Watched),
+        Ok(v1::SampleReason::Released) => Ok(SampleReason::Released(
+            held.map(held_from_wire).transpose()?,
+        )),
+        _ => Err(ConvertError::Reason(reason)),
+    }
 }
 
 /// A domain sample on the wire.

@@ -13,7 +13,7 @@ pub mod net;
 pub mod workload;
 
 use std::net::SocketAddr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use tcpstall_proto::convert;
 use tcpstall_proto::v1::{self, query_client::QueryClient};
@@ -261,13 +261,6 @@ impl Lab {
 pub fn flow_of(e: &v1::Episode) -> Option<(SocketAddr, SocketAddr)> {
     let f = convert::flow_from_wire(e.a_flow.as_ref()).ok()?;
     Some((f.local, f.remote))
-}
-
-/// Unix milliseconds of `t`.
-pub fn unix_ms(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 /// One evidence number of an episode, panicking with all of them if it is

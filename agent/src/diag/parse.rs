@@ -21,6 +21,7 @@ use netlink_packet_sock_diag::constants::{
     SOCK_DIAG_BY_FAMILY,
 };
 use netlink_packet_sock_diag::inet::{InetResponseHeader, Timer};
+use tcpstall_common::time;
 use tcpstall_common::{
     normalize_addr, CongName, SkMemInfo, SocketSample, TcpInfo, TcpState, TimerKind,
 };
@@ -284,6 +285,8 @@ pub fn parse_socket(payload: &[u8], stats: &mut ParseStats) -> Option<SocketSamp
     let id = &header.socket_id;
     let cookie_lo = u32::from_ne_bytes(id.cookie[0..4].try_into().ok()?);
     let cookie_hi = u32::from_ne_bytes(id.cookie[4..8].try_into().ok()?);
+    // The timer's expiry as tcp_info's other millisecond fields hold it.
+    let millis = |d| u32::try_from(time::millis(d)).unwrap_or(u32::MAX);
     let (timer, timer_expires_ms, timer_retransmits) = match header.timer {
         Some(Timer::Retransmit(d, n)) => (Some(TimerKind::Retransmit), millis(d), n),
         Some(Timer::KeepAlive(d)) => (Some(TimerKind::Keepalive), millis(d), 0),
@@ -360,10 +363,6 @@ pub fn attributes(buf: &[u8]) -> impl Iterator<Item = Result<(u16, &[u8]), ()>> 
         rest = rest.get((len + 3) & !3..).unwrap_or(&[]);
         Some(Ok((kind, value)))
     })
-}
-
-fn millis(d: std::time::Duration) -> u32 {
-    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
 }
 
 fn u32_at(value: &[u8], i: usize) -> Option<u32> {

@@ -12,12 +12,12 @@
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{bail, Context};
 use tcpstall_agent::outbox::Outbox;
 use tcpstall_agent::run::{mono_at, MAX_BATCH_ENTRIES};
-use tcpstall_proto::convert::{flow_from_wire, flow_to_wire, ip_to_wire};
+use tcpstall_common::time::micros;
+use tcpstall_proto::convert::{flow_from_wire, flow_to_wire, ip_to_wire, reasoned_sample_to_wire};
 use tcpstall_proto::v1::{self, agent_message, collector_message, ingest_client::IngestClient};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::StreamExt;
@@ -113,7 +113,10 @@ fn split(polled: &sim::Polled, mono_us: u64, connections: u32, max: usize) -> Ve
         out.push(v1::Batch {
             mono_us,
             connections,
-            samples: s_now.iter().map(|(r, s)| sim::to_wire(r, s)).collect(),
+            samples: s_now
+                .iter()
+                .map(|(r, s)| reasoned_sample_to_wire(r, s))
+                .collect(),
             closed: Vec::new(),
             dropped_batches: 0,
             dropped_samples: 0,
@@ -148,10 +151,6 @@ fn hello(host: &Host, shape: &sim::Shape) -> v1::AgentMessage {
             interval_ms: u32::try_from(shape.interval.as_millis()).unwrap_or(u32::MAX),
         })),
     }
-}
-
-fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// Runs simulated agent `index` over `channel` until `stop` turns true.
@@ -309,6 +308,8 @@ async fn stream(
 
 #[cfg(test)]
 mod tests {
+    use tcpstall_common::SampleReason;
+
     use super::*;
 
     #[test]
@@ -318,7 +319,7 @@ mod tests {
             samples: (0..300)
                 .map(|k| {
                     (
-                        sim::Reason::Suspect,
+                        SampleReason::Suspect,
                         sim::a_queued(1, k, false, hosts, 2000),
                     )
                 })

@@ -19,7 +19,8 @@ use prost::Message;
 use tcpstall_collector::aggregator::{Command, HostHello, State, ToAgent};
 use tcpstall_collector::ingest::batch_from_wire;
 use tcpstall_collector::store::{Store, StoreConfig};
-use tcpstall_proto::convert::flow_to_wire;
+use tcpstall_common::time::micros;
+use tcpstall_proto::convert::{flow_to_wire, reasoned_sample_to_wire};
 use tcpstall_proto::{raw, v1};
 use tokio::sync::{mpsc, oneshot};
 
@@ -52,10 +53,6 @@ pub struct InprocArgs {
 const INTERVAL: Duration = Duration::from_secs(2);
 const THRESHOLD: Duration = Duration::from_secs(10);
 
-fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
-}
-
 /// One host's poll as the agent sends it.
 fn encode(polled: &sim::Polled, now: Duration, conns: u32) -> Vec<u8> {
     let batch = v1::Batch {
@@ -64,7 +61,7 @@ fn encode(polled: &sim::Polled, now: Duration, conns: u32) -> Vec<u8> {
         samples: polled
             .samples
             .iter()
-            .map(|(r, s)| sim::to_wire(r, s))
+            .map(|(r, s)| reasoned_sample_to_wire(r, s))
             .collect(),
         closed: Vec::new(),
         dropped_batches: 0,

@@ -29,11 +29,10 @@ use std::collections::{BTreeSet, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
+use tcpstall_common::time::millis;
 use tcpstall_common::{
-    EndSample, FlowTuple, HeldEnd, HeldSpan, Opened, Positions, TcpState, TimerKind,
+    EndSample, FlowTuple, HeldEnd, HeldSpan, Opened, Positions, SampleReason, TcpState, TimerKind,
 };
-use tcpstall_proto::convert::{held_to_wire, sample_to_wire};
-use tcpstall_proto::v1;
 
 /// Server port of the flows whose queues churn.
 pub const CHURN_PORT: u16 = 7000;
@@ -283,38 +282,17 @@ pub fn b_watched(flow: FlowTuple, hosts: u32) -> Option<EndSample> {
     ))
 }
 
-/// Why a sample is sent (the wire's SampleReason).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
-    Suspect,
-    Watched,
-    /// With the hold's span, as agents that follow their suspects send it.
-    Released(HeldSpan),
-}
-
-/// One sample as the agent puts it on the wire.
-pub fn to_wire(r: &Reason, s: &EndSample) -> v1::Sample {
-    let (reason, held) = match r {
-        Reason::Suspect => (v1::SampleReason::Suspect, None),
-        Reason::Watched => (v1::SampleReason::Watched, None),
-        Reason::Released(h) => (v1::SampleReason::Released, Some(held_to_wire(h))),
-    };
-    let mut w = sample_to_wire(s, reason);
-    w.held = held;
-    w
-}
-
 /// The span of a hold first seen at `first_seen` and found over at the
 /// poll `now`: followed, so last found held a follow (an eighth of a poll)
 /// before.
-fn released(first_seen: Duration, now: Duration, interval: Duration) -> Reason {
+fn released(first_seen: Duration, now: Duration, interval: Duration) -> SampleReason {
     let last_held = now.saturating_sub(interval / 8).max(first_seen);
-    Reason::Released(HeldSpan {
+    SampleReason::Released(Some(HeldSpan {
         since: first_seen,
         last_held,
         ended: now,
         end: HeldEnd::Drained,
-    })
+    }))
 }
 
 /// A churning queue.
@@ -351,7 +329,7 @@ pub struct StallStart {
 /// What the host has to send after one poll.
 #[derive(Debug, Default)]
 pub struct Polled {
-    pub samples: Vec<(Reason, EndSample)>,
+    pub samples: Vec<(SampleReason, EndSample)>,
     /// Watched flows it has no socket for.
     pub absent: Vec<FlowTuple>,
     pub stalls: Vec<StallStart>,
@@ -459,7 +437,7 @@ impl Host {
                 c.reported = true;
                 let ms = millis(now.saturating_sub(c.first_seen));
                 out.samples
-                    .push((Reason::Suspect, a_queued(i, c.k, false, hosts, ms)));
+                    .push((SampleReason::Suspect, a_queued(i, c.k, false, hosts, ms)));
                 kept.push(c);
             } else {
                 let why = released(c.first_seen, now, self.shape.interval);
@@ -529,7 +507,7 @@ impl Host {
                 } => {
                     let ms = millis(now.saturating_sub(first_seen));
                     out.samples
-                        .push((Reason::Suspect, a_queued(i, k, true, hosts, ms)));
+                        .push((SampleReason::Suspect, a_queued(i, k, true, hosts, ms)));
                     self.slots[slot] = Slot::Stuck {
                         k,
                         first_seen,
@@ -542,7 +520,7 @@ impl Host {
         // Watched flows: the receiving ends.
         for flow in &self.watched {
             match b_watched(*flow, hosts) {
-                Some(s) => out.samples.push((Reason::Watched, s)),
+                Some(s) => out.samples.push((SampleReason::Watched, s)),
                 None => out.absent.push(*flow),
             }
         }
@@ -550,15 +528,12 @@ impl Host {
     }
 }
 
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
 #[cfg(test)]
 mod tests {
-    use tcpstall_collector::diagnose::{diagnose, Diagnosis, Peer};
+    use tcpstall_collector::diagnose::{diagnose, Peer};
+    use tcpstall_common::Diagnosis;
     use tcpstall_proto::convert::{sample_from_wire, sample_to_wire};
-    use tcpstall_proto::v1::SampleReason;
+    use tcpstall_proto::v1;
 
     use super::*;
 
@@ -605,7 +580,7 @@ mod tests {
             }
         }
         for s in all {
-            let wire = sample_to_wire(&s, SampleReason::Suspect);
+            let wire = sample_to_wire(&s, v1::SampleReason::Suspect);
             assert_eq!(sample_from_wire(&wire).as_ref(), Ok(&s), "{s:?}");
         }
     }
@@ -641,24 +616,24 @@ mod tests {
         let mut suspects = Vec::new();
         for n in 0..50u32 {
             let out = h.poll(POLL * n);
-            let churn = |r: Reason| {
+            let churn = |r: SampleReason| {
                 out.samples
                     .iter()
                     .filter(|(x, s)| *x == r && s.flow.remote.port() == CHURN_PORT)
                     .count()
             };
             if n >= 5 {
-                suspects.push(churn(Reason::Suspect));
+                suspects.push(churn(SampleReason::Suspect));
             }
             released += out
                 .samples
                 .iter()
                 .filter(|(x, s)| {
-                    matches!(x, Reason::Released(_)) && s.flow.remote.port() == CHURN_PORT
+                    matches!(x, SampleReason::Released(_)) && s.flow.remote.port() == CHURN_PORT
                 })
                 .count();
             for (r, s) in &out.samples {
-                if *r == Reason::Suspect && s.flow.remote.port() == CHURN_PORT {
+                if *r == SampleReason::Suspect && s.flow.remote.port() == CHURN_PORT {
                     assert!(s.unchanged_ms == 2000 || s.unchanged_ms == 4000);
                 }
             }
@@ -689,12 +664,12 @@ mod tests {
             for (r, s) in &out.samples {
                 if s.flow.remote.port() == STUCK_PORT {
                     match r {
-                        Reason::Suspect => longest = longest.max(s.unchanged_ms),
-                        Reason::Released(h) => {
+                        SampleReason::Suspect => longest = longest.max(s.unchanged_ms),
+                        SampleReason::Released(Some(h)) => {
                             assert!(h.since <= h.last_held && h.last_held <= h.ended);
                             stuck_released += 1
                         }
-                        Reason::Watched => unreachable!(),
+                        SampleReason::Released(None) | SampleReason::Watched => unreachable!(),
                     }
                 }
             }
@@ -717,7 +692,7 @@ mod tests {
         owner.watch(f);
         let out = owner.poll(POLL);
         assert_eq!(out.samples.len(), 1);
-        assert_eq!(out.samples[0].0, Reason::Watched);
+        assert_eq!(out.samples[0].0, SampleReason::Watched);
         assert_eq!(out.samples[0].1.pos.rcv_wnd, Some(0));
         owner.unwatch(&f);
         assert!(owner.poll(POLL * 2).samples.is_empty());

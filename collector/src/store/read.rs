@@ -4,11 +4,9 @@
 
 use rusqlite::types::{Value, ValueRef};
 use rusqlite::{params_from_iter, Connection, Row};
-use tcpstall_common::{EndSample, FlowTuple, HeldEnd};
+use tcpstall_common::{EndSample, FlowTuple, HeldEnd, Side};
 
-use super::{
-    EpisodeFilter, EpisodeRow, HeldFilter, HeldRow, HostRow, Side, StoreError, StoredSample,
-};
+use super::{EpisodeFilter, EpisodeRow, HeldFilter, HeldRow, HostRow, StoreError, StoredSample};
 use crate::packed::Packed;
 
 const EPISODE_COLS: &str = "id, diagnosis, summary, evidence, started_at_ms, duration_ms, \

@@ -4,36 +4,11 @@
 
 use std::collections::BTreeMap;
 
-use tcpstall_common::{FlowTuple, HeldEnd};
+use tcpstall_common::{FlowTuple, HeldEnd, Side};
 
 use crate::packed::Packed;
 
 use super::{DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT};
-
-/// Which end of an episode's connection a sample shows: A is the stuck
-/// sender, B its peer. Stored as `'a'` / `'b'`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Side {
-    A,
-    B,
-}
-
-impl Side {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Side::A => "a",
-            Side::B => "b",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Side> {
-        match s {
-            "a" => Some(Side::A),
-            "b" => Some(Side::B),
-            _ => None,
-        }
-    }
-}
 
 /// An agent said hello (or is still there).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,7 +37,7 @@ pub struct HostRow {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewEpisode {
     pub id: i64,
-    /// A [`Diagnosis`](crate::diagnose::Diagnosis) id.
+    /// A [`Diagnosis`](tcpstall_common::Diagnosis) id.
     pub diagnosis: String,
     pub summary: String,
     pub evidence: BTreeMap<String, i64>,
@@ -95,8 +70,7 @@ pub struct EpisodeUpdate {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EpisodeEnd {
     pub ended_at_ms: i64,
-    /// An [`EndReason`](crate::detect::EndReason) id, or
-    /// [`END_COLLECTOR_RESTART`](super::END_COLLECTOR_RESTART).
+    /// An [`EndReason`](tcpstall_common::EndReason) id.
     pub end_reason: String,
     pub duration_ms: u64,
 }

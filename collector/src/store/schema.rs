@@ -22,7 +22,9 @@ use std::time::Duration;
 
 use rusqlite::Connection;
 
-use super::{StoreError, END_COLLECTOR_RESTART};
+use tcpstall_common::EndReason;
+
+use super::StoreError;
 
 /// How long a statement waits for a lock another connection (a person with
 /// the sqlite3 shell, a backup) holds before it fails.
@@ -226,7 +228,7 @@ pub(super) fn end_left_open(conn: &Connection) -> Result<usize, StoreError> {
                     (SELECT max(at_ms) FROM samples WHERE episode_id = episodes.id),
                     started_at_ms))
           WHERE open = 1",
-        [END_COLLECTOR_RESTART],
+        [EndReason::CollectorRestart.id()],
     )?;
     conn.execute("UPDATE hosts SET connected = 0 WHERE connected = 1", [])?;
     Ok(ended)

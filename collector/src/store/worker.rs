@@ -18,9 +18,11 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection};
+use tcpstall_common::time::millis_i64;
+use tcpstall_common::Clock;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
@@ -82,6 +84,7 @@ pub(super) fn spawn(
         rx,
         stats,
         retention: cfg.retention,
+        clock: cfg.clock.clone(),
         max_bytes: cfg.max_bytes,
         wal: wal_path(&cfg.path),
         shrinking: Cell::new(false),
@@ -122,12 +125,6 @@ fn wal_path(db: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
 fn int(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
@@ -148,6 +145,8 @@ struct Worker {
     rx: mpsc::Receiver<Command>,
     stats: Arc<StoreStats>,
     retention: Duration,
+    /// Ages episodes for retention.
+    clock: Clock,
     max_bytes: Option<u64>,
     /// The WAL file's path.
     wal: PathBuf,
@@ -504,8 +503,10 @@ impl Worker {
     /// their samples (ON DELETE CASCADE), a chunk per statement; and the
     /// held-span counts of minutes that old.
     fn prune_by_age(&self) {
-        let retention = i64::try_from(self.retention.as_millis()).unwrap_or(i64::MAX);
-        let cutoff = now_ms().saturating_sub(retention);
+        let cutoff = self
+            .clock
+            .now_ms()
+            .saturating_sub(millis_i64(self.retention));
         let mut total = 0u64;
         loop {
             let deleted = self

@@ -11,9 +11,9 @@ use std::time::Duration;
 use serde_json::Value;
 use tcpstall_agent::diag::Base;
 use tcpstall_agent::netns::{self, NetnsSpec};
-use tcpstall_agent::suspects::{Reason, Selector};
+use tcpstall_agent::suspects::Selector;
 use tcpstall_agent::Poller;
-use tcpstall_common::{FlowTuple, SocketSample};
+use tcpstall_common::{FlowTuple, SampleReason, SocketSample};
 use tcpstall_tests::{find, require_root, wait_for, TestNetns};
 
 use crate::{recv, send, Conn};
@@ -243,7 +243,7 @@ fn a_socket_that_queues_between_the_phases_is_a_suspect_two_polls_later() {
     let suspects: Vec<_> = out
         .samples
         .iter()
-        .filter(|(r, s)| *r == Reason::Suspect && s.flow == flow)
+        .filter(|(r, s)| *r == SampleReason::Suspect && s.flow == flow)
         .collect();
     assert_eq!(suspects.len(), 1, "{out:?}");
     let pos = &suspects[0].1.pos;

@@ -6,10 +6,11 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
 use tcpstall_collector::store::{EpisodeEnd, NewEpisode, Store, StoreConfig};
+use tcpstall_common::time::unix_ms;
 use tcpstall_common::FlowTuple;
 use tcpstall_proto::v1::{self, query_client::QueryClient};
 use tcpstall_tests::fake::{batch, connect, hello, stuck, suspect};
@@ -28,13 +29,6 @@ fn export(url: &str, args: &[&str]) -> Output {
         .env_remove("TCPSTALL_COLLECTOR")
         .output()
         .expect("run tcpstall export")
-}
-
-fn now_ms() -> i64 {
-    let d = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970");
-    i64::try_from(d.as_millis()).expect("ms fit i64")
 }
 
 fn new_episode(id: i64, i: i64, started_at_ms: i64) -> NewEpisode {
@@ -63,7 +57,7 @@ fn new_episode(id: i64, i: i64, started_at_ms: i64) -> NewEpisode {
 /// Writes the fixture episodes into `db`; returns (old ids, recent ids).
 async fn populate(db: &Path) -> (HashSet<i64>, HashSet<i64>) {
     let (store, thread, next) = Store::open(StoreConfig::new(db)).expect("open the store");
-    let now = now_ms();
+    let now = unix_ms(SystemTime::now());
     let (mut old, mut recent) = (HashSet::new(), HashSet::new());
     for i in 0..OLD + RECENT {
         let id = next + i;

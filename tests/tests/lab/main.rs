@@ -35,9 +35,10 @@ mod topology;
 
 use std::time::{Duration, Instant, SystemTime};
 
+use tcpstall_common::time::unix_ms;
 use tcpstall_proto::v1;
 use tcpstall_tests::lab::workload::Rpc;
-use tcpstall_tests::lab::{flow_of, unix_ms, Lab, Outcome, Settings};
+use tcpstall_tests::lab::{flow_of, Lab, Outcome, Settings};
 
 /// The response the client asks for: more than its receive window and the
 /// server's send buffer hold, so that a stall leaves bytes queued.
