@@ -424,7 +424,7 @@ impl Config {
                 format!("`{url}`: TLS settings given for a plaintext URL; use https://"),
             ));
         }
-        if !tls && !self.plaintext && !crate::tls::is_loopback_url(url) {
+        if !tls && !self.plaintext && !tcpstall_client::tls::is_loopback_url(url) {
             return Err(invalid(
                 "collector",
                 format!(
@@ -440,10 +440,10 @@ impl Config {
     /// The client TLS settings when the collector is https://.
     pub fn client_tls(
         &self,
-    ) -> Result<Option<tonic::transport::ClientTlsConfig>, crate::tls::FileError> {
+    ) -> Result<Option<tonic::transport::ClientTlsConfig>, tcpstall_client::tls::FileError> {
         match &self.collector {
             Some(url) if url.starts_with("https://") => {
-                crate::tls::client_config(&crate::tls::ClientFiles {
+                tcpstall_client::tls::client_config(&tcpstall_client::tls::ClientFiles {
                     ca: self.tls_ca.clone(),
                     cert: self.tls_cert.clone(),
                     key: self.tls_key.clone(),

@@ -15,7 +15,6 @@ pub mod poll;
 pub mod probe;
 pub mod run;
 pub mod suspects;
-pub mod tls;
 pub mod uplink;
 pub mod view;
 

@@ -173,7 +173,7 @@ fn run_agent(flags: &config::Flags) -> anyhow::Result<ExitCode> {
     };
     let namespaces = netns::resolve(&config.netns_specs()?)?;
     let tls = config.client_tls()?;
-    if tls.is_none() && !tcpstall_agent::tls::is_loopback_url(&collector) {
+    if tls.is_none() && !tcpstall_client::tls::is_loopback_url(&collector) {
         tracing::warn!(%collector, "streaming plaintext (--plaintext): this host's connections cross the network unencrypted");
     }
     let settings = tcpstall_agent::run::RunSettings {

@@ -1,6 +1,7 @@
 //! `tcpstall`: the operator's CLI over the collector's query service.
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "demo")]
 mod demo;
 mod export;
 mod model;
@@ -14,10 +15,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use tcpstall_client::tls::ClientFiles;
+use tcpstall_client::{Client, ConnectError, Target};
 use tcpstall_common::{error_chain, FlowTuple};
 use tcpstall_proto::convert;
-use tcpstall_proto::v1::{self, query_client::QueryClient};
-use tonic::transport::Channel;
+use tcpstall_proto::v1;
 
 use crate::model::{episode_view, latest_ends, EndView, EpisodeView};
 use crate::render::Style;
@@ -146,6 +148,7 @@ enum Command {
     /// A self-contained demonstration: a collector on an embedded SQLite
     /// in a temporary directory, a local agent, one loopback connection
     /// whose reader stops and one healthy; then the report and the diff.
+    #[cfg(feature = "demo")]
     Demo(demo::DemoArgs),
     /// Every stored episode since a time, open and ended, as JSON lines
     /// (the fields of `episodes --json`) or CSV, on stdout or --output.
@@ -175,6 +178,17 @@ impl Failure {
             code,
             message: message.into(),
         }
+    }
+}
+
+impl From<ConnectError> for Failure {
+    fn from(e: ConnectError) -> Self {
+        let code = match &e {
+            ConnectError::Usage(_) => exit::USAGE,
+            ConnectError::Unreachable(_) => exit::UNREACHABLE,
+            ConnectError::Failed(_) => exit::FAILED,
+        };
+        Failure::new(code, e.to_string())
     }
 }
 
@@ -238,126 +252,33 @@ fn main() -> ExitCode {
     }
 }
 
-/// Adds the query token, if any, to every request.
-#[derive(Clone)]
-pub struct WithToken(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
-
-impl std::fmt::Debug for WithToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Never the token itself.
-        f.debug_tuple("WithToken").field(&self.0.is_some()).finish()
-    }
-}
-
-impl tonic::service::Interceptor for WithToken {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(v) = &self.0 {
-            req.metadata_mut().insert("authorization", v.clone());
-        }
-        Ok(req)
-    }
-}
-
-/// The query client, with the token.
-pub type Client = QueryClient<tonic::service::interceptor::InterceptedService<Channel, WithToken>>;
-
-fn read_token(path: &std::path::Path) -> Result<WithToken, Failure> {
-    let bad =
-        |m: String| Failure::new(exit::USAGE, format!("--token-file {}: {m}", path.display()));
-    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
-    let token = text.lines().next().unwrap_or("").trim();
-    if token.is_empty() {
-        return Err(bad("empty".into()));
-    }
-    let value = format!("Bearer {token}")
-        .parse()
-        .map_err(|_| bad("not a printable ASCII token".into()))?;
-    Ok(WithToken(Some(value)))
-}
-
-/// Where the collector is and how to reach it.
-#[derive(Debug)]
-struct Target {
-    url: String,
-    token_file: Option<std::path::PathBuf>,
-    tls: tcpstall_agent::tls::ClientFiles,
-    plaintext: bool,
-}
-
-impl Target {
-    fn of(cli: &Cli) -> Target {
-        Target {
-            url: cli.collector.clone(),
-            token_file: cli.token_file.clone(),
-            tls: tcpstall_agent::tls::ClientFiles {
-                ca: cli.tls_ca.clone(),
-                cert: cli.tls_cert.clone(),
-                key: cli.tls_key.clone(),
-                server_name: cli.tls_server_name.clone(),
-            },
-            plaintext: cli.plaintext,
-        }
-    }
-
-    /// The TLS settings for an https:// URL; plaintext only to this host
-    /// unless --plaintext.
-    fn tls(&self) -> Result<Option<tonic::transport::ClientTlsConfig>, Failure> {
-        let url = &self.url;
-        let usage = |m: String| Failure::new(exit::USAGE, m);
-        if url.starts_with("https://") {
-            return tcpstall_agent::tls::client_config(&self.tls)
-                .map(Some)
-                .map_err(|e| usage(e.to_string()));
-        }
-        if self.tls != tcpstall_agent::tls::ClientFiles::default() {
-            return Err(usage(format!(
-                "--collector {url}: TLS flags given for a plaintext URL; use https://"
-            )));
-        }
-        if !self.plaintext && !tcpstall_agent::tls::is_loopback_url(url) {
-            return Err(usage(format!(
-                "--collector {url} is plaintext to another host: use https:// (with --tls-ca), \
-                 or allow plaintext with --plaintext"
-            )));
-        }
-        Ok(None)
+/// Where the collector is and how to reach it, from the global flags.
+fn target(cli: &Cli) -> Target {
+    Target {
+        url: cli.collector.clone(),
+        token_file: cli.token_file.clone(),
+        tls: ClientFiles {
+            ca: cli.tls_ca.clone(),
+            cert: cli.tls_cert.clone(),
+            key: cli.tls_key.clone(),
+            server_name: cli.tls_server_name.clone(),
+        },
+        plaintext: cli.plaintext,
     }
 }
 
 async fn connect(target: &Target) -> Result<Client, Failure> {
-    let url = &target.url;
-    let token = match &target.token_file {
-        Some(p) => read_token(p)?,
-        None => WithToken(None),
-    };
-    let tls = target.tls()?;
-    let mut endpoint = Channel::from_shared(url.to_string())
-        .map_err(|e| Failure::new(exit::FAILED, format!("--collector {url}: {e}")))?;
-    if let Some(tls) = tls {
-        endpoint = endpoint
-            .tls_config(tls)
-            .map_err(|e| Failure::new(exit::USAGE, format!("TLS settings: {e}")))?;
-    }
-    let endpoint = endpoint
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(30));
-    let channel = endpoint.connect().await.map_err(|e| {
-        let reason = error_chain(&e);
-        Failure::new(
-            exit::UNREACHABLE,
-            format!("cannot reach the collector at {url}: {reason}"),
-        )
-    })?;
-    Ok(QueryClient::with_interceptor(channel, token))
+    Ok(target.connect().await?)
 }
 
 async fn run(cli: Cli) -> Result<u8, Failure> {
     let json = cli.json;
-    let target = Target::of(&cli);
+    let target = target(&cli);
     let style = Style {
         color: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
     };
     match cli.command {
+        #[cfg(feature = "demo")]
         Command::Demo(args) => demo::run(args, style).await,
         Command::Export(args) => {
             export::check(&args)?;

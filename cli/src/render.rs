@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use tcpstall_agent::view::{human_bytes, Table};
+use tcpstall_client::table::{human_bytes, Table};
 use tcpstall_common::{AbsoluteSeq, FactSource, Positions, ProcessOwner, SackBlock};
 
 use crate::model::{EndView, EpisodeView};

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use serde::Serialize;
-use tcpstall_agent::view::Table;
+use tcpstall_client::table::Table;
 use tcpstall_common::HeldEnd;
 use tcpstall_proto::v1;
 

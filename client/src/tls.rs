@@ -1,4 +1,4 @@
-//! TLS towards the collector, for the agent and the operator's CLI: which
+//! TLS towards the collector, for the operator's CLI and the agent: which
 //! CA to trust, the client certificate to present, and whether a plaintext
 //! URL stays on this host.
 //!
