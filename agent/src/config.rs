@@ -13,6 +13,7 @@ use std::time::Duration;
 use clap::Args;
 use serde::{Deserialize, Serialize};
 use tcpstall_common::duration;
+use tcpstall_settings::SettingsError;
 
 use crate::netns::NetnsSpec;
 use crate::probe::scrub::{OwnerArgs, Scrubber};
@@ -121,110 +122,128 @@ impl Default for Config {
     }
 }
 
-/// Parses "500ms", "3s", "1m".
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    duration::parse(s)
-}
-
 fn parse_netns(s: &str) -> Result<String, String> {
     s.parse::<NetnsSpec>().map(|_| s.to_string())
 }
 
-/// The flags; each one overrides the file's key of the same name.
-#[derive(Debug, Clone, Default, Args)]
+/// The flags; each one overrides the file's key of the same name, and its
+/// help is the key's comment in the generated file. Serialized, they are the
+/// flags given, nothing else (see `tcpstall_settings`).
+#[derive(Debug, Clone, Default, Args, Serialize)]
 pub struct Flags {
     /// TOML file with any of the settings below (see agent.example.toml).
     #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
     /// The collector to stream to, as https://HOST:PORT (TLS) or
-    /// http://HOST:PORT.
+    /// http://HOST:PORT; `run` needs one.
     #[arg(long, value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub collector: Option<String>,
     /// The name this host reports, unique in the fleet [default: the
     /// hostname].
     #[arg(long, value_name = "NAME")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
     /// How often to poll every TCP connection [default: 2s].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+    #[serde(
+        with = "duration::option_text",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub interval: Option<Duration>,
     /// Network namespace to read: a name under /run/netns, a path such as
     /// /proc/PID/ns/net, or `all`. Repeat for several; replaces the file's
     /// list [default: the agent's own].
     #[arg(long, value_name = "NAME|PATH|all", value_parser = parse_netns)]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub netns: Vec<String>,
     /// Polls kept while cut off from the collector; when full the oldest
-    /// batches are dropped and counted [default: 64].
+    /// batches are dropped, and the drops counted and reported in every
+    /// batch and heartbeat [default: 64].
     #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub buffer: Option<usize>,
     /// Most samples, closings and absent flows in one batch: a poll with
     /// more is sent as several batches, so that the collector's buffers
-    /// for this stream stay small [default: 128].
+    /// for this stream stay small; at most the collector's
+    /// max_batch_samples [default: 128].
     #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub batch_max: Option<usize>,
     /// Ceiling of the jittered exponential backoff between reconnection
     /// attempts; no wait is longer [default: 30s].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+    #[serde(
+        with = "duration::option_text",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub backoff_max: Option<Duration>,
     /// CA certificates (PEM) to trust for an https:// collector [default:
     /// the system's roots].
     #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_ca: Option<PathBuf>,
     /// This agent's certificate chain (PEM), for a collector that asks
     /// for one (mutual TLS); it must name this host's --host.
     #[arg(long, value_name = "FILE", requires = "tls_key")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_cert: Option<PathBuf>,
     /// The private key of --tls-cert (PEM).
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_key: Option<PathBuf>,
     /// The name to check on the collector's certificate [default: the
     /// URL's host].
     #[arg(long, value_name = "NAME")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_server_name: Option<String>,
     /// Allow an http:// (plaintext) collector on another host; loopback
     /// needs no flag.
     #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub plaintext: bool,
     /// Serve Prometheus metrics at http://ADDR/metrics (port 0: any free
     /// port, printed on stderr) [default: off].
     #[arg(long, value_name = "ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<SocketAddr>,
     /// How often each held suspect (a send queue unchanged between two
     /// polls) is asked for alone between polls, so that the end of its
     /// hold is known to within this, not a poll; 0s: never [default: an
     /// eighth of --interval, within 50ms..1s: 250ms at 2s].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+    #[serde(
+        with = "duration::option_text",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub follow_interval: Option<Duration>,
     /// Most held suspects asked for at each follow, the longest held
     /// first; the others wait for the next poll [default: 1000].
     #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub follow_max: Option<usize>,
     /// How much of a socket owner's command line the agent sends:
     /// `scrubbed` (the values of arguments named like a secret, and URL
     /// passwords, become ********), `none` (the executable alone) or
     /// `full` [default: scrubbed].
     #[arg(long, value_name = "scrubbed|none|full", value_parser = OwnerArgs::parse)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub owner_args: Option<OwnerArgs>,
     /// A word that makes an argument's value a secret, besides password,
     /// passwd, pwd, secret, token, api_key, apikey, access_key, auth,
-    /// credential and private_key. Repeat for several; replaces the
-    /// file's list.
+    /// credential and private_key (compared without case, - read as _).
+    /// Repeat for several; replaces the file's list.
     #[arg(long = "owner-scrub-word", value_name = "WORD")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub owner_scrub_words: Vec<String>,
 }
 
 /// Why the settings could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("reading {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path}: {source}")]
-    Parse {
-        path: PathBuf,
-        source: Box<toml::de::Error>,
-    },
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
     #[error("{key}: {why}")]
     Invalid { key: &'static str, why: String },
 }
@@ -239,69 +258,12 @@ fn invalid(key: &'static str, why: impl Into<String>) -> ConfigError {
 impl Config {
     /// Reads a TOML file; keys left out keep their defaults.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        toml::from_str(&text).map_err(|source| ConfigError::Parse {
-            path: path.to_path_buf(),
-            source: Box::new(source),
-        })
+        Ok(tcpstall_settings::from_file(path)?)
     }
 
     /// Defaults, then the file, then the flags; then checks the result.
     pub fn load(flags: &Flags) -> Result<Config, ConfigError> {
-        let mut c = match &flags.config {
-            Some(path) => Config::from_file(path)?,
-            None => Config::default(),
-        };
-        if let Some(v) = &flags.collector {
-            c.collector = Some(v.clone());
-        }
-        if let Some(v) = &flags.host {
-            c.host = Some(v.clone());
-        }
-        if let Some(v) = flags.interval {
-            c.interval = v;
-        }
-        if !flags.netns.is_empty() {
-            c.netns = flags.netns.clone();
-        }
-        if let Some(v) = flags.buffer {
-            c.buffer = v;
-        }
-        if let Some(v) = flags.batch_max {
-            c.batch_max = v;
-        }
-        if let Some(v) = flags.backoff_max {
-            c.backoff_max = v;
-        }
-        if let Some(v) = &flags.tls_ca {
-            c.tls_ca = Some(v.clone());
-        }
-        if let Some(v) = &flags.tls_cert {
-            c.tls_cert = Some(v.clone());
-            c.tls_key = flags.tls_key.clone();
-        }
-        if let Some(v) = &flags.tls_server_name {
-            c.tls_server_name = Some(v.clone());
-        }
-        c.plaintext |= flags.plaintext;
-        if let Some(v) = flags.metrics_listen {
-            c.metrics_listen = Some(v);
-        }
-        if let Some(v) = flags.follow_interval {
-            c.follow_interval = Some(v);
-        }
-        if let Some(v) = flags.follow_max {
-            c.follow_max = v;
-        }
-        if let Some(v) = flags.owner_args {
-            c.owner_args = v;
-        }
-        if !flags.owner_scrub_words.is_empty() {
-            c.owner_scrub_words = flags.owner_scrub_words.clone();
-        }
+        let c: Config = tcpstall_settings::load(flags.config.as_deref(), flags)?;
         c.validate()?;
         Ok(c)
     }
@@ -473,105 +435,30 @@ impl Config {
         })
     }
 
-    /// The settings as a commented TOML file that parses back to them.
+    /// The settings as a commented TOML file that parses back to them, each
+    /// key under its flag's help: `print-config` prints it and
+    /// agent.example.toml is it with the defaults.
     pub fn to_toml(&self) -> String {
-        let text = |s: &str| toml::Value::String(s.to_string()).to_string();
-        let duration = |d: Duration| text(&duration::format(d).to_string());
-        let mut out = String::new();
-        let mut put = |line: &str| {
-            out.push_str(line);
-            out.push('\n');
-        };
-        put("# tcpstall-agent settings, as `tcpstall-agent print-config` prints them.");
-        put("# Every key is also a flag of `tcpstall-agent run` (--collector, --interval,");
-        put("# --backoff-max, ...): a flag beats this file, this file beats the defaults.");
-        put("# Durations read like 500ms, 3s, 1m.");
-        put("");
-        put("# The collector to stream to, as https://HOST:PORT (TLS) or http://HOST:PORT.");
-        put("# Required by `run`.");
-        match &self.collector {
-            Some(url) => put(&format!("collector = {}", text(url))),
-            None => put("# collector = \"https://collector.example:7786\""),
-        }
-        put("");
-        put("# The name this host reports, unique in the fleet. Unset: the hostname.");
-        match &self.host {
-            Some(host) => put(&format!("host = {}", text(host))),
-            None => put("# host = \"web-17\""),
-        }
-        put("");
-        put("# How often to poll every TCP connection.");
-        put(&format!("interval = {}", duration(self.interval)));
-        put("");
-        put("# Network namespaces to read: names under /run/netns, paths such as");
-        put("# /proc/PID/ns/net, or \"all\". Empty: the agent's own.");
-        let list: Vec<String> = self.netns.iter().map(|s| text(s)).collect();
-        put(&format!("netns = [{}]", list.join(", ")));
-        put("");
-        put("# Polls kept while cut off from the collector. When full, the oldest batches");
-        put("# are dropped; the drops are counted and reported in every batch and heartbeat.");
-        put(&format!("buffer = {}", self.buffer));
-        put("");
-        put("# Most samples, closings and absent flows in one batch: a poll with more is");
-        put("# sent as several batches, which keeps the collector's buffers for this");
-        put("# stream small. At most the collector's max_batch_samples.");
-        put(&format!("batch_max = {}", self.batch_max));
-        put("");
-        put("# Ceiling of the jittered exponential backoff between reconnection");
-        put("# attempts: no wait is longer than this.");
-        put(&format!("backoff_max = {}", duration(self.backoff_max)));
-        put("");
-        put("# How often each held suspect (a send queue unchanged between two polls) is");
-        put("# asked for alone between polls, so that the end of its hold is known to");
-        put("# within this rather than a poll. \"0s\": never. Unset: an eighth of the");
-        put("# interval, within 50ms..1s (250ms at 2s).");
-        match self.follow_interval {
-            Some(d) => put(&format!("follow_interval = {}", duration(d))),
-            None => put("# follow_interval = \"250ms\""),
-        }
-        put("");
-        put("# Most held suspects asked for at each follow, the longest held first; the");
-        put("# others wait for the next poll.");
-        put(&format!("follow_max = {}", self.follow_max));
-        put("");
-        put("# How much of a socket owner's command line leaves this host: \"scrubbed\"");
-        put("# (the values of arguments named like a secret, and the passwords of URLs,");
-        put("# become ********), \"none\" (the executable alone) or \"full\".");
-        put(&format!("owner_args = {}", text(self.owner_args.id())));
-        put("# Words that make an argument's value a secret, besides password, passwd,");
-        put("# pwd, secret, token, api_key, apikey, access_key, auth, credential and");
-        put("# private_key (compared without case, - read as _).");
-        let words: Vec<String> = self.owner_scrub_words.iter().map(|w| text(w)).collect();
-        put(&format!("owner_scrub_words = [{}]", words.join(", ")));
-        put("");
-        put("# Prometheus endpoint, http://ADDR/metrics. Off when not set.");
-        match &self.metrics_listen {
-            Some(addr) => put(&format!("metrics_listen = {}", text(&addr.to_string()))),
-            None => put("# metrics_listen = \"127.0.0.1:7788\""),
-        }
-        put("");
-        put("# TLS (https:// collector): CA certificates (PEM) to trust for the collector;");
-        put("# unset: the system's roots.");
-        let path = |key: &str, p: &Option<PathBuf>, example: &str| match p {
-            Some(p) => format!("{key} = {}", text(&p.display().to_string())),
-            None => format!("# {key} = {}", text(example)),
-        };
-        put(&path("tls_ca", &self.tls_ca, "/etc/tcpstall/ca.crt"));
-        put("# This agent's certificate chain and key (PEM), for a collector that asks");
-        put("# for one (mutual TLS). The certificate must name this host's `host`.");
-        put(&path("tls_cert", &self.tls_cert, "/etc/tcpstall/agent.crt"));
-        put(&path("tls_key", &self.tls_key, "/etc/tcpstall/agent.key"));
-        put("# The name checked on the collector's certificate. Unset: the URL's host.");
-        match &self.tls_server_name {
-            Some(name) => put(&format!("tls_server_name = {}", text(name))),
-            None => put("# tls_server_name = \"collector.example\""),
-        }
-        put("# Allow an http:// (plaintext) collector on another host. Loopback needs");
-        put("# no permission: nothing leaves this host.");
-        put(&format!("plaintext = {}", self.plaintext));
-        out
+        tcpstall_settings::to_toml::<Config, Flags>(self, HEADER, EXAMPLES)
     }
 }
+
+const HEADER: &str = "tcpstall-agent settings, as `tcpstall-agent print-config` prints them.
+Every key is also a flag of `tcpstall-agent run` (--collector, --interval,
+--backoff-max, ...): a flag beats this file, this file beats the defaults.
+Durations read like 500ms, 3s, 1m.";
+
+/// What the file shows, commented out, for a setting that is not set.
+const EXAMPLES: &[(&str, &str)] = &[
+    ("collector", "\"https://collector.example:7786\""),
+    ("host", "\"web-17\""),
+    ("tls_ca", "\"/etc/tcpstall/ca.crt\""),
+    ("tls_cert", "\"/etc/tcpstall/agent.crt\""),
+    ("tls_key", "\"/etc/tcpstall/agent.key\""),
+    ("tls_server_name", "\"collector.example\""),
+    ("metrics_listen", "\"127.0.0.1:7788\""),
+    ("follow_interval", "\"250ms\""),
+];
 
 fn check_collector(url: &str) -> Result<(), ConfigError> {
     let uri: tonic::codegen::http::Uri = url

@@ -71,13 +71,13 @@ pub struct IdleArgs {
     #[arg(long, default_value_t = 100)]
     floor_exact: usize,
     /// The agent's --interval.
-    #[arg(long, default_value = "2s", value_parser = crate::parse_duration)]
+    #[arg(long, default_value = "2s", value_parser = tcpstall_common::duration::parse)]
     interval: Duration,
     /// The measured window.
-    #[arg(long, default_value = "60s", value_parser = crate::parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = tcpstall_common::duration::parse)]
     duration: Duration,
     /// Time after the agent connected before the window.
-    #[arg(long, default_value = "6s", value_parser = crate::parse_duration)]
+    #[arg(long, default_value = "6s", value_parser = tcpstall_common::duration::parse)]
     warmup: Duration,
     /// Connections per holder process.
     #[arg(long, default_value_t = MAX_PER_HOLDER)]

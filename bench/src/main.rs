@@ -79,12 +79,6 @@ enum Command {
     Hold(holder::HoldArgs),
 }
 
-/// A duration flag (`2s`, `1h`, `250ms`): humantime's syntax, the error
-/// naming what was given.
-pub(crate) fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e}"))
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match cli.command {

@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::Args;
 use serde::{Deserialize, Serialize};
 use tcpstall_common::duration;
+use tcpstall_settings::SettingsError;
 
 /// The effective settings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,86 +100,111 @@ impl Default for Config {
 /// Most worker threads a setting may ask for.
 const MAX_WORKERS: usize = 1024;
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    duration::parse(s)
-}
-
-/// The flags; each overrides the file's key of the same name.
-#[derive(Debug, Clone, Default, Args)]
+/// The flags; each overrides the file's key of the same name, and its help
+/// is the key's comment in the generated file. Serialized, they are the
+/// flags given, nothing else (see `tcpstall_settings`).
+#[derive(Debug, Clone, Default, Args, Serialize)]
 pub struct Flags {
     /// TOML file with any of the settings below.
     #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
     /// Address for agents and queries [default: 127.0.0.1:7786].
     #[arg(long, value_name = "ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<SocketAddr>,
     /// SQLite database file [default: ./tcpstall.db].
     #[arg(long, value_name = "PATH")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub db: Option<PathBuf>,
     /// Stuck time that makes an episode [default: 10s].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+    #[serde(
+        with = "duration::option_text",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub threshold: Option<Duration>,
-    /// Held time after which a suspect's peer is watched, 0s for at once
-    /// [default: the threshold less 2.5 of its agent's polls].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    /// How long a suspect's queue must be held before its peer's agent is
+    /// asked to watch the other end, 0s for at once [default: the threshold
+    /// less two and a half of the suspect's agent's polls, 5s at 10s and 2s,
+    /// so that queues held only briefly cost their peers nothing].
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+    #[serde(
+        with = "duration::option_text",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub watch_peer_after: Option<Duration>,
     /// How long ended episodes are kept [default: 30days].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+    #[serde(
+        with = "duration::option_text",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub retention: Option<Duration>,
-    /// Most bytes the database may hold, 0 for no bound [default: 10737418240].
+    /// Most bytes the database may hold: past it the oldest ended episodes
+    /// go first, open ones never; 0 for no bound but age [default:
+    /// 10737418240].
     #[arg(long, value_name = "BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_db_bytes: Option<u64>,
     /// Most agents connected at once [default: 5000].
     #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_agents: Option<usize>,
     /// Most samples in one batch [default: 50000].
     #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_batch_samples: Option<usize>,
     /// Largest gRPC message, bytes [default: 16777216].
     #[arg(long, value_name = "BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_message_bytes: Option<usize>,
     /// Samples stored per episode and side while open [default: 720].
     #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_samples_per_episode: Option<usize>,
     /// Serve Prometheus metrics at http://ADDR/metrics [default: off].
     #[arg(long, value_name = "ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<SocketAddr>,
     /// Queries must present the token in FILE [default: none needed].
     #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub query_token_file: Option<PathBuf>,
-    /// Serve TLS with this certificate chain (PEM) [default: none].
+    /// Serve agents and queries over TLS with this certificate chain (PEM);
+    /// without it the collector serves plaintext, on a loopback address
+    /// only unless --plaintext [default: none].
     #[arg(long, value_name = "FILE", requires = "tls_key")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_cert: Option<PathBuf>,
     /// The private key of --tls-cert (PEM).
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_key: Option<PathBuf>,
-    /// Agents must present a certificate signed by a CA in FILE (PEM) and
-    /// report only for the host it names [default: no client certificates].
+    /// Agents must present a certificate signed by a CA in FILE (PEM), and
+    /// may report only for the host it names (a DNS name of its
+    /// subjectAltName) [default: no client certificates].
     #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_client_ca: Option<PathBuf>,
     /// Allow serving without TLS on an address other hosts can reach
     /// (loopback needs no flag).
     #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub plaintext: bool,
-    /// Threads serving streams and the aggregator [default: CPUs less one,
-    /// at least 1].
+    /// Threads that read the agents' streams and run the aggregator; the
+    /// store writes on a thread of its own [default: one fewer than the CPUs
+    /// the collector may use (its affinity and cgroup quota), at least 1].
     #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub workers: Option<usize>,
 }
 
 /// Why the settings could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("reading {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path}: {source}")]
-    Parse {
-        path: PathBuf,
-        source: Box<toml::de::Error>,
-    },
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
     #[error("{0}")]
     Invalid(String),
 }
@@ -186,56 +212,12 @@ pub enum ConfigError {
 impl Config {
     /// Reads a TOML file; keys left out keep their defaults.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        toml::from_str(&text).map_err(|source| ConfigError::Parse {
-            path: path.to_path_buf(),
-            source: Box::new(source),
-        })
+        Ok(tcpstall_settings::from_file(path)?)
     }
 
     /// Defaults, then the file, then the flags.
     pub fn load(flags: &Flags) -> Result<Config, ConfigError> {
-        let mut c = match &flags.config {
-            Some(path) => Config::from_file(path)?,
-            None => Config::default(),
-        };
-        macro_rules! take {
-            ($($f:ident),*) => {$( if let Some(v) = flags.$f.clone() { c.$f = v; } )*};
-        }
-        take!(
-            listen,
-            db,
-            threshold,
-            retention,
-            max_db_bytes,
-            max_agents,
-            max_batch_samples,
-            max_message_bytes,
-            max_samples_per_episode
-        );
-        if flags.watch_peer_after.is_some() {
-            c.watch_peer_after = flags.watch_peer_after;
-        }
-        if flags.metrics_listen.is_some() {
-            c.metrics_listen = flags.metrics_listen;
-        }
-        if flags.query_token_file.is_some() {
-            c.query_token_file = flags.query_token_file.clone();
-        }
-        if flags.tls_cert.is_some() {
-            c.tls_cert = flags.tls_cert.clone();
-            c.tls_key = flags.tls_key.clone();
-        }
-        if flags.tls_client_ca.is_some() {
-            c.tls_client_ca = flags.tls_client_ca.clone();
-        }
-        c.plaintext |= flags.plaintext;
-        if flags.workers.is_some() {
-            c.workers = flags.workers;
-        }
+        let c: Config = tcpstall_settings::load(flags.config.as_deref(), flags)?;
         c.validate()?;
         Ok(c)
     }
@@ -284,89 +266,11 @@ impl Config {
         self.tls_cert.is_some()
     }
 
-    /// The settings as a commented TOML file: `print-config` prints it and
-    /// collector.example.toml is it with the defaults.
+    /// The settings as a commented TOML file, each key under its flag's
+    /// help: `print-config` prints it and collector.example.toml is it with
+    /// the defaults.
     pub fn to_toml(&self) -> String {
-        let d = duration::format;
-        format!(
-            "# tcpstall-collector settings. Every key is also a flag (--listen, --db, ...);\n\
-             # a flag beats this file. Durations read like 500ms, 3s, 1m, 30days.\n\
-             \n\
-             # Address for agents' streams and for queries.\n\
-             listen = \"{}\"\n\
-             # SQLite database file, created if missing.\n\
-             db = \"{}\"\n\
-             # How long a send queue must stay stuck to become an episode.\n\
-             threshold = \"{}\"\n\
-             # How long a suspect's queue must be held before the agent of its peer is\n\
-             # asked to watch the other end (0s: at once). When not set: the threshold\n\
-             # less two and a half of the suspect's agent's polls (5s at 10s and 2s),\n\
-             # so that queues held only briefly cost their peers nothing.\n\
-             {}watch_peer_after = \"{}\"\n\
-             # How long ended episodes are kept.\n\
-             retention = \"{}\"\n\
-             # Most bytes the database may hold; past it the oldest ended episodes go\n\
-             # first, open ones never (0: no bound but age).\n\
-             max_db_bytes = {}\n\
-             # Most agents connected at once; more are refused.\n\
-             max_agents = {}\n\
-             # Most samples in one batch; a larger batch is refused.\n\
-             max_batch_samples = {}\n\
-             # Largest gRPC message accepted, bytes.\n\
-             max_message_bytes = {}\n\
-             # Samples stored per episode and side while it is open.\n\
-             max_samples_per_episode = {}\n\
-             # Prometheus endpoint, http://ADDR/metrics; off when not set.\n\
-             {}metrics_listen = \"{}\"\n\
-             # File with the token queries must present (authorization: Bearer TOKEN);\n\
-             # queries need none when not set.\n\
-             {}query_token_file = \"{}\"\n\
-             \n\
-             # TLS for agents and queries: the collector's certificate chain and its key\n\
-             # (PEM). Without them the collector serves plaintext, which it allows on a\n\
-             # loopback address only, unless plaintext = true.\n\
-             {}tls_cert = \"{}\"\n\
-             {}tls_key = \"{}\"\n\
-             # CA certificates (PEM) signing the agents' certificates. When set, an agent\n\
-             # must present one (mutual TLS) and may report only for the host its\n\
-             # certificate names (a DNS name of its subjectAltName).\n\
-             {}tls_client_ca = \"{}\"\n\
-             # Serve without TLS on an address other hosts can reach.\n\
-             plaintext = {}\n\
-             \n\
-             # Threads that read the agents' streams and run the aggregator. When not\n\
-             # set: one fewer than the CPUs the collector may use (its affinity and\n\
-             # cgroup quota), at least one; the store writes on a thread of its own.\n\
-             {}workers = {}\n",
-            self.listen,
-            self.db.display(),
-            d(self.threshold),
-            comment(&self.watch_peer_after),
-            d(self.watch_peer_after.unwrap_or(Duration::ZERO)),
-            d(self.retention),
-            self.max_db_bytes,
-            self.max_agents,
-            self.max_batch_samples,
-            self.max_message_bytes,
-            self.max_samples_per_episode,
-            comment(&self.metrics_listen),
-            self.metrics_listen
-                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 7787))),
-            comment(&self.query_token_file),
-            self.query_token_file
-                .as_deref()
-                .unwrap_or(Path::new("/etc/tcpstall/query.token"))
-                .display(),
-            comment(&self.tls_cert),
-            path_or(&self.tls_cert, "/etc/tcpstall/collector.crt"),
-            comment(&self.tls_key),
-            path_or(&self.tls_key, "/etc/tcpstall/collector.key"),
-            comment(&self.tls_client_ca),
-            path_or(&self.tls_client_ca, "/etc/tcpstall/agents-ca.crt"),
-            self.plaintext,
-            comment(&self.workers),
-            self.workers.unwrap_or(4),
-        )
+        tcpstall_settings::to_toml::<Config, Flags>(self, HEADER, EXAMPLES)
     }
 
     /// The worker threads to start: the setting, or one fewer than the
@@ -383,18 +287,21 @@ impl Config {
     }
 }
 
-/// `# ` when the setting is unset: the example line is a comment then.
-fn comment<T>(setting: &Option<T>) -> &'static str {
-    if setting.is_some() {
-        ""
-    } else {
-        "# "
-    }
-}
+const HEADER: &str =
+    "tcpstall-collector settings, as `tcpstall-collector print-config` prints them.
+Every key is also a flag (--listen, --db, ...): a flag beats this file, this
+file beats the defaults. Durations read like 500ms, 3s, 1m, 30days.";
 
-fn path_or<'a>(p: &'a Option<PathBuf>, example: &'a str) -> std::path::Display<'a> {
-    p.as_deref().unwrap_or(Path::new(example)).display()
-}
+/// What the file shows, commented out, for a setting that is not set.
+const EXAMPLES: &[(&str, &str)] = &[
+    ("watch_peer_after", "\"5s\""),
+    ("metrics_listen", "\"127.0.0.1:7787\""),
+    ("query_token_file", "\"/etc/tcpstall/query.token\""),
+    ("tls_cert", "\"/etc/tcpstall/collector.crt\""),
+    ("tls_key", "\"/etc/tcpstall/collector.key\""),
+    ("tls_client_ca", "\"/etc/tcpstall/agents-ca.crt\""),
+    ("workers", "4"),
+];
 
 #[cfg(test)]
 mod tests {

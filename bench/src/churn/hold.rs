@@ -63,7 +63,7 @@ pub struct ChurnHoldArgs {
     #[arg(long)]
     stall_rate: f64,
     /// How long each stall holds the host end's send queue.
-    #[arg(long, value_parser = crate::parse_duration)]
+    #[arg(long, value_parser = tcpstall_common::duration::parse)]
     stall_for: Duration,
 }
 

@@ -49,24 +49,24 @@ pub struct ChurnArgs {
     #[arg(long, default_value_t = 0.01)]
     suspect_frac: f64,
     /// How long each stall holds its send queue.
-    #[arg(long, default_value = "5s", value_parser = crate::parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = tcpstall_common::duration::parse)]
     stall_for: Duration,
     /// The agent's --interval.
-    #[arg(long, default_value = "2s", value_parser = crate::parse_duration)]
+    #[arg(long, default_value = "2s", value_parser = tcpstall_common::duration::parse)]
     interval: Duration,
     /// The agent's --follow-interval [default: the agent's own].
     #[arg(long, value_name = "DURATION")]
     follow_interval: Option<String>,
     /// Churn before the window: long enough for the TIME-WAIT sockets to
     /// level (the kernel keeps each 60 s).
-    #[arg(long, default_value = "70s", value_parser = crate::parse_duration)]
+    #[arg(long, default_value = "70s", value_parser = tcpstall_common::duration::parse)]
     warmup: Duration,
     /// The measured window.
-    #[arg(long, default_value = "10m", value_parser = crate::parse_duration)]
+    #[arg(long, default_value = "10m", value_parser = tcpstall_common::duration::parse)]
     duration: Duration,
     /// One row of the table this often; with 20 rows or more the report
     /// compares the first ten with the last ten.
-    #[arg(long, default_value = "60s", value_parser = crate::parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = tcpstall_common::duration::parse)]
     every: Duration,
     /// Connections per holder process.
     #[arg(long, default_value_t = 2500)]

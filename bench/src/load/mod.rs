@@ -55,7 +55,7 @@ pub struct Fleet {
     pub stuck_frac: f64,
     /// How long each stall lasts before its queue drains; a new one takes
     /// its slot at once.
-    #[arg(long, default_value = "30s", value_parser = crate::parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = tcpstall_common::duration::parse)]
     pub stuck_for: Duration,
 }
 
@@ -98,17 +98,17 @@ pub struct LoadArgs {
     #[command(flatten)]
     fleet: Fleet,
     /// Poll interval of every simulated agent.
-    #[arg(long, default_value = "2s", value_parser = crate::parse_duration)]
+    #[arg(long, default_value = "2s", value_parser = tcpstall_common::duration::parse)]
     interval: Duration,
     /// The collector's --threshold.
-    #[arg(long, default_value = "10s", value_parser = crate::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = tcpstall_common::duration::parse)]
     threshold: Duration,
     /// The measured window.
-    #[arg(long, default_value = "60s", value_parser = crate::parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = tcpstall_common::duration::parse)]
     duration: Duration,
     /// Load before the window [default: stuck-for + threshold + 2 polls,
     /// when the number of open episodes has levelled].
-    #[arg(long, value_parser = crate::parse_duration)]
+    #[arg(long, value_parser = tcpstall_common::duration::parse)]
     warmup: Option<Duration>,
     /// Heartbeat-only polls before the load, for the idle baseline.
     #[arg(long, default_value_t = 3)]
@@ -131,7 +131,7 @@ pub struct LoadArgs {
     #[arg(long, default_value_t = 10)]
     probe_hosts: u32,
     /// How often the probe lists each probe host's episodes.
-    #[arg(long, default_value = "250ms", value_parser = crate::parse_duration)]
+    #[arg(long, default_value = "250ms", value_parser = tcpstall_common::duration::parse)]
     probe_every: Duration,
     /// Worker threads of the generator's runtime.
     #[arg(long, default_value_t = 2)]
@@ -159,7 +159,7 @@ pub struct LoadArgs {
     /// One row of the table over the window this often; at a minute or
     /// more the report also compares the first ten rows with the last ten
     /// (a soak's trend).
-    #[arg(long, default_value = "10s", value_parser = crate::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = tcpstall_common::duration::parse)]
     every: Duration,
 }
 
