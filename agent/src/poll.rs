@@ -589,15 +589,4 @@ pub fn opened_by_arithmetic(s: &SocketSample) -> Option<Opened> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn exact_requests_pay_for_few_sockets() {
-        assert!(exact_pays(0, 0));
-        assert!(exact_pays(EXACT_MIN, 10));
-        assert!(!exact_pays(EXACT_MIN + 1, 10));
-        assert!(exact_pays(2500, 10_000));
-        assert!(!exact_pays(2501, 10_000));
-    }
-}
+mod tests;

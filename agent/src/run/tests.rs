@@ -1,0 +1,215 @@
+//! Unit tests of `run`.
+
+use std::net::SocketAddr;
+
+use tcpstall_common::{EndSample, FlowTuple, HeldEnd, HeldSpan, Positions, TcpState};
+
+use super::*;
+use crate::suspects::Gone;
+
+fn sample(cookie: u64) -> EndSample {
+    let local: SocketAddr = "198.18.0.1:40000".parse().expect("addr");
+    let remote: SocketAddr = "198.18.0.2:80".parse().expect("addr");
+    EndSample {
+        flow: FlowTuple::new(local, remote),
+        netns: "host".into(),
+        state: TcpState::Established,
+        cookie,
+        inode: 1,
+        opened: None,
+        pos: Positions {
+            sendq: 10,
+            ..Positions::default()
+        },
+        unchanged_ms: 2000,
+        timer: None,
+        timer_expires_ms: 0,
+        retransmits: None,
+        probes: None,
+        backoff: None,
+        ca_state: None,
+        rto_us: None,
+        rtt_us: None,
+        snd_cwnd: None,
+        unacked: None,
+        lost: None,
+        retrans: None,
+        total_retrans: None,
+        last_data_sent_ms: None,
+        last_data_recv_ms: None,
+        last_ack_recv_ms: None,
+        bytes_retrans: None,
+        cork: None,
+        cork_source: None,
+        nodelay: None,
+        nodelay_source: None,
+        owner: None,
+        owner_missing: None,
+        absolute: None,
+    }
+}
+
+#[test]
+fn a_selection_becomes_a_batch() {
+    let s = sample(5);
+    let ms = Duration::from_millis;
+    let moved = HeldSpan::new(ms(100), ms(1300), ms(1500), HeldEnd::Moved).expect("span");
+    let reset = HeldSpan::new(ms(200), ms(1250), ms(1500), HeldEnd::Reset).expect("span");
+    let sel = Selection {
+        samples: vec![
+            (SampleReason::Suspect, s.clone()),
+            (SampleReason::Released(Some(moved)), sample(6)),
+        ],
+        closed: vec![Gone {
+            netns: "host".into(),
+            flow: s.flow,
+            cookie: 4,
+            held: Some(reset),
+        }],
+        absent: vec![s.flow.reversed()],
+        connections: 70_000,
+    };
+    let batches = to_batches(&sel, Duration::from_millis(1500), DEFAULT_BATCH_MAX);
+    let [b] = &batches[..] else {
+        panic!("one batch: {batches:?}");
+    };
+    assert_eq!(b.mono_us, 1_500_000);
+    assert_eq!(b.connections, 70_000);
+    assert_eq!(b.samples.len(), 2);
+    assert_eq!(b.samples[0].reason, v1::SampleReason::Suspect as i32);
+    assert_eq!(b.samples[0].unchanged_ms, 2000);
+    assert_eq!(b.samples[1].reason, v1::SampleReason::Released as i32);
+    let held = |h: Option<&v1::Held>| h.map(tcpstall_proto::convert::held_from_wire);
+    assert_eq!(
+        held(b.samples[0].held.as_ref()),
+        None,
+        "a suspect's hold goes on"
+    );
+    assert_eq!(held(b.samples[1].held.as_ref()), Some(Ok(moved)));
+    assert_eq!(b.closed.len(), 1);
+    assert_eq!(b.closed[0].cookie, 4);
+    assert_eq!(held(b.closed[0].held.as_ref()), Some(Ok(reset)));
+    assert_eq!(b.closed[0].netns, "host");
+    assert_eq!(
+        tcpstall_proto::convert::flow_from_wire(b.absent.first()),
+        Ok(s.flow.reversed())
+    );
+    let back = tcpstall_proto::convert::sample_from_wire(&b.samples[0]).expect("valid");
+    assert_eq!(back, s);
+}
+
+fn gone(cookie: u64) -> Gone {
+    Gone {
+        netns: "host".into(),
+        flow: sample(cookie).flow,
+        cookie,
+        held: None,
+    }
+}
+
+fn absent(port: u16) -> FlowTuple {
+    FlowTuple::new(
+        SocketAddr::from(([198, 18, 0, 1], port)),
+        SocketAddr::from(([198, 18, 0, 3], 443)),
+    )
+}
+
+#[test]
+fn a_large_selection_is_split_not_cut() {
+    let sel = Selection {
+        samples: (0..300)
+            .map(|c| (SampleReason::Suspect, sample(c)))
+            .collect(),
+        closed: (1000..1007).map(gone).collect(),
+        absent: (1..=5).map(absent).collect(),
+        connections: 400,
+    };
+    let n: usize = 300 + 7 + 5;
+    let batches = to_batches(&sel, Duration::from_millis(2500), 128);
+    assert_eq!(batches.len(), n.div_ceil(128));
+    for b in &batches {
+        assert!(crate::outbox::entries(b) <= 128, "within the bound");
+        assert!(crate::outbox::entries(b) > 0);
+        assert_eq!(b.mono_us, 2_500_000, "the poll's time on each");
+        assert_eq!(b.connections, 400, "the poll's count on each");
+        assert_eq!((b.dropped_batches, b.dropped_samples), (0, 0));
+    }
+    let cookies: Vec<u64> = batches
+        .iter()
+        .flat_map(|b| &b.samples)
+        .map(|s| s.cookie)
+        .collect();
+    assert_eq!(cookies, (0..300).collect::<Vec<u64>>(), "all, in order");
+    let closed: Vec<u64> = batches
+        .iter()
+        .flat_map(|b| &b.closed)
+        .map(|c| c.cookie)
+        .collect();
+    assert_eq!(closed, (1000..1007).collect::<Vec<u64>>(), "all, in order");
+    let absent_back: Vec<FlowTuple> = batches
+        .iter()
+        .flat_map(|b| &b.absent)
+        .map(|f| tcpstall_proto::convert::flow_from_wire(Some(f)).expect("valid"))
+        .collect();
+    assert_eq!(absent_back, (1..=5).map(absent).collect::<Vec<_>>());
+    // In the order the collector applies them: absent, samples, closed.
+    assert_eq!(batches[0].absent.len(), 5);
+    assert!(batches[..2].iter().all(|b| b.closed.is_empty()));
+    assert_eq!(batches[2].closed.len(), 7);
+    // Full batches but the last.
+    assert!(batches[..2]
+        .iter()
+        .all(|b| crate::outbox::entries(b) == 128));
+    assert_eq!(crate::outbox::entries(&batches[2]), n - 256);
+}
+
+#[test]
+fn one_batch_is_never_more_than_the_guard() {
+    let sel = Selection {
+        samples: (0..MAX_BATCH_ENTRIES as u64 + 10)
+            .map(|c| (SampleReason::Suspect, sample(c)))
+            .collect(),
+        closed: vec![gone(1)],
+        absent: Vec::new(),
+        connections: 1,
+    };
+    let batches = to_batches(&sel, Duration::ZERO, usize::MAX);
+    assert_eq!(batches.len(), 2);
+    assert_eq!(crate::outbox::entries(&batches[0]), MAX_BATCH_ENTRIES);
+    assert_eq!(crate::outbox::entries(&batches[1]), 11, "nothing cut");
+    assert_eq!(batches[1].closed.len(), 1);
+    // And a bound of 0 is taken as 1 (the settings refuse 0).
+    let sel = Selection {
+        samples: vec![(SampleReason::Suspect, sample(1))],
+        closed: vec![gone(2)],
+        absent: Vec::new(),
+        connections: 1,
+    };
+    assert_eq!(to_batches(&sel, Duration::ZERO, 0).len(), 2);
+    assert!(to_batches(&Selection::default(), Duration::ZERO, 128).is_empty());
+}
+
+#[test]
+fn polls_are_stamped_on_their_schedule() {
+    let t = Instant::now();
+    let first = mono_at(t);
+    let sixth = mono_at(t + 6 * Duration::from_millis(500));
+    assert_eq!(sixth - first, Duration::from_secs(3), "exactly");
+    assert_eq!(
+        first - mono_at(t - Duration::from_millis(1)),
+        Duration::from_millis(1)
+    );
+    let (now, mono) = (mono_at(Instant::now()), monotonic());
+    assert!(
+        mono.abs_diff(now) < Duration::from_millis(100),
+        "the same clock: {now:?} {mono:?}"
+    );
+}
+
+#[test]
+fn the_clock_is_monotonic() {
+    let a = monotonic();
+    let b = monotonic();
+    assert!(b >= a);
+    assert!(a > Duration::ZERO);
+}
