@@ -267,10 +267,6 @@ fn target(cli: &Cli) -> Target {
     }
 }
 
-async fn connect(target: &Target) -> Result<Client, Failure> {
-    Ok(target.connect().await?)
-}
-
 async fn run(cli: Cli) -> Result<u8, Failure> {
     let json = cli.json;
     let target = target(&cli);
@@ -282,7 +278,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Demo(args) => demo::run(args, style).await,
         Command::Export(args) => {
             export::check(&args)?;
-            let mut q = connect(&target).await?;
+            let mut q = target.connect().await?;
             export::run(&mut q, &args).await
         }
         Command::Report(f) => {
@@ -291,7 +287,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 // A report is about now: open pairs and the last hour's.
                 f.since = Some(Duration::from_secs(3600));
             }
-            let mut q = connect(&target).await?;
+            let mut q = target.connect().await?;
             let eps = list(&mut q, &f).await?;
             // The stalls that ended short of the threshold, in the text
             // (the JSON stays the array of episodes it has always been).
@@ -314,20 +310,20 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             })
         }
         Command::Stalls { since, host } => {
-            let mut q = connect(&target).await?;
+            let mut q = target.connect().await?;
             let since = since.unwrap_or(Duration::from_secs(3600));
             let s = held_spans(&mut q, Some(since), host).await?;
             print(json, &s, || stalls::render(&s))?;
             Ok(exit::OK)
         }
         Command::Episodes(f) => {
-            let mut q = connect(&target).await?;
+            let mut q = target.connect().await?;
             let eps = list(&mut q, &f).await?;
             print(json, &eps, || render::episodes(&eps))?;
             Ok(exit::OK)
         }
         Command::Plot { id, output } => {
-            let mut q = connect(&target).await?;
+            let mut q = target.connect().await?;
             let r = q
                 .get_episode(v1::GetEpisodeRequest { id })
                 .await
@@ -349,7 +345,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             Ok(exit::OK)
         }
         Command::Show { id } => {
-            let mut q = connect(&target).await?;
+            let mut q = target.connect().await?;
             let (e, n) = episode(&mut q, id).await?;
             print(json, &e, || render::show(&e, n))?;
             Ok(exit::OK)
@@ -359,7 +355,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             watch,
             interval,
         } => {
-            let mut q = connect(&target).await?;
+            let mut q = target.connect().await?;
             diff(json, &mut q, &flow, watch, interval).await
         }
     }

@@ -16,7 +16,7 @@ use tcpstall_collector::store::{
 };
 use tcpstall_common::time::unix_ms;
 use tcpstall_common::{
-    EndReason, EndSample, FlowTuple, HeldEnd, Opened, Positions, Side, TcpState, TimerKind,
+    Clock, EndReason, EndSample, FlowTuple, HeldEnd, Opened, Positions, Side, TcpState, TimerKind,
 };
 use tempfile::TempDir;
 
@@ -886,6 +886,55 @@ async fn retention_deletes_old_closed_episodes_with_their_samples() -> TestResul
         2,
         "the episode and the sample it cascaded to"
     );
+    stop(store, thread).await;
+    Ok(())
+}
+
+/// Retention ages episodes by the clock the collector hands the store, not
+/// the system's: on a clock set in 2030, episodes that ended then go when
+/// that clock says so (read from SystemTime, neither would ever go).
+#[tokio::test]
+async fn retention_ages_episodes_by_the_clock_it_is_handed() -> TestResult {
+    let dir = TempDir::new()?;
+    let t0 = 1_900_000_000_000;
+    let (clock, hand) = Clock::manual(t0);
+    let cfg = StoreConfig {
+        retention: Duration::from_secs(600),
+        retention_every: Duration::from_millis(20),
+        clock,
+        ..config(&dir)
+    };
+    let (store, thread, next) = Store::open(cfg)?;
+    let older = episode(next, "alpha", None, "data_lost", t0 - 3_600_000);
+    let newer = episode(next + 1, "alpha", None, "data_lost", t0 - 3_600_000);
+    let end = |at| EpisodeEnd {
+        ended_at_ms: at,
+        end_reason: "moved".into(),
+        duration_ms: 1,
+    };
+    for (e, ended) in [(&older, t0 - 601_000), (&newer, t0 - 1_000)] {
+        assert!(store.open_episode(e.clone()));
+        assert!(store.close_episode(e.id, end(ended)));
+    }
+    let gone = |id: i64| {
+        let store = store.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while store.get_episode(id).await?.is_some() {
+                assert!(Instant::now() < deadline, "episode {id} never pruned");
+                tokio::task::yield_now().await;
+                std::thread::yield_now();
+            }
+            Ok::<(), StoreError>(())
+        }
+    };
+    gone(older.id).await?;
+    assert!(
+        store.get_episode(newer.id).await?.is_some(),
+        "ended 1 s before the clock's now: kept"
+    );
+    hand.advance(Duration::from_secs(600));
+    gone(newer.id).await?;
     stop(store, thread).await;
     Ok(())
 }
