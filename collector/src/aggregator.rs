@@ -15,9 +15,7 @@ use tcpstall_common::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-use crate::detect::{
-    ConnKey, Detector, Ended, Event, HeldStep, LastStep, LastWord, Observed, Step,
-};
+use crate::detect::{Event, Restart, Step, Track};
 use crate::diagnose::{diagnose, Evidence, Fact, Peer, Verdict};
 use crate::held::{self, HeldStats, HeldTally};
 use crate::packed::Packed;
@@ -84,8 +82,8 @@ pub struct FlowView {
 pub struct Stats {
     pub agents: usize,
     pub suspects: usize,
-    /// Connections the episode detector follows: one per suspect, which
-    /// it keeps beside each track (the same count as `suspects`).
+    /// Connections the episode detector follows: one track per suspect,
+    /// kept in the same entry (the same count as `suspects`).
     pub tracks: usize,
     pub open_episodes: usize,
     pub samples: u64,
@@ -265,7 +263,7 @@ struct Watch {
 }
 
 /// A connection whose queue looks stuck, with what we know of its peer.
-/// Kept in the detector's table beside the connection's track (keyed by
+/// Kept beside the connection's track in one entry of the table (keyed by
 /// its host and 4-tuple, the cookie in the track): one lookup per sample
 /// finds both.
 #[derive(Debug, Default)]
@@ -331,12 +329,29 @@ impl PeerNow {
     }
 }
 
+/// A connection end the collector follows: the detector's track of it and
+/// what is kept of the suspect, one entry of one table (keyed by its host
+/// and 4-tuple; the socket's cookie is in the track).
+#[derive(Debug)]
+struct Entry {
+    track: Track,
+    suspect: Suspect,
+}
+
 /// The collector's state; all methods run on the aggregator task.
 #[derive(Debug)]
 pub struct State {
+    /// Every suspect connection end.
+    table: SlabMap<(HostId, Tuple), Entry>,
+    threshold: Duration,
+    ctx: Ctx,
+}
+
+/// Everything but the table: what handling a suspect needs beside its
+/// entry, which its methods take as an argument.
+#[derive(Debug)]
+struct Ctx {
     store: Store,
-    /// The episode detector's tracks, each with its suspect.
-    detector: Detector<HostId, Suspect>,
     max_agents: usize,
     max_samples: usize,
     /// See [`State::watch_peer_after`]; `None`: [`ask_peer_after`].
@@ -409,31 +424,32 @@ impl State {
         max_samples: usize,
     ) -> State {
         State {
-            store,
-            detector: Detector::new(threshold),
-            max_agents,
-            max_samples,
-            watch_peer_after: None,
-            hosts: Hosts::default(),
-            sessions: Map::default(),
-            session_hosts: Map::default(),
-            owners: Map::default(),
-            watched: SlabMap::new(),
-            open_episodes: 0,
-            next_episode,
-            stats: Stats::default(),
-            held: HeldTally::default(),
+            table: SlabMap::new(),
+            threshold,
+            ctx: Ctx {
+                store,
+                max_agents,
+                max_samples,
+                watch_peer_after: None,
+                hosts: Hosts::default(),
+                sessions: Map::default(),
+                session_hosts: Map::default(),
+                owners: Map::default(),
+                watched: SlabMap::new(),
+                open_episodes: 0,
+                next_episode,
+                stats: Stats::default(),
+                held: HeldTally::default(),
+            },
         }
     }
 
     /// Asks for a suspect's peer once its queue has been held for `after`
     /// (zero: at its first report); `None`, the default: at
     /// [`ask_peer_after`] for its agent's interval.
-    pub fn watch_peer_after(self, after: Option<Duration>) -> State {
-        State {
-            watch_peer_after: after,
-            ..self
-        }
+    pub fn watch_peer_after(mut self, after: Option<Duration>) -> State {
+        self.ctx.watch_peer_after = after;
+        self
     }
 
     /// Handles one command at collector wall time `now_ms`.
@@ -449,7 +465,7 @@ impl State {
                 let _ = reply.send(res);
             }
             Command::Batch { session, batch } => {
-                if let Some(host) = self.session_hosts.get(&session).copied() {
+                if let Some(host) = self.ctx.session_hosts.get(&session).copied() {
                     self.batch(host, batch, now_ms);
                 }
             }
@@ -458,15 +474,16 @@ impl State {
                 dropped_batches,
             } => {
                 if let Some(s) = self
+                    .ctx
                     .session_hosts
                     .get(&session)
-                    .and_then(|h| self.sessions.get_mut(h))
+                    .and_then(|h| self.ctx.sessions.get_mut(h))
                 {
                     s.dropped_batches = dropped_batches;
                 }
             }
             Command::Gone { session } => {
-                if let Some(host) = self.session_hosts.get(&session).copied() {
+                if let Some(host) = self.ctx.session_hosts.get(&session).copied() {
                     self.gone(host, now_ms);
                 }
             }
@@ -485,27 +502,28 @@ impl State {
                 max_agents,
                 max_samples,
             } => {
-                self.detector.set_threshold(threshold);
-                self.watch_peer_after = watch_peer_after;
-                self.max_agents = max_agents;
-                self.max_samples = max_samples;
+                self.threshold = threshold;
+                self.ctx.watch_peer_after = watch_peer_after;
+                self.ctx.max_agents = max_agents;
+                self.ctx.max_samples = max_samples;
             }
         }
     }
 
     pub fn stats(&self) -> Stats {
+        let ctx = &self.ctx;
         Stats {
             tracked_bytes: self.tracked_bytes(),
-            agents: self.sessions.len(),
-            suspects: self.detector.tracked(),
-            tracks: self.detector.tracked(),
-            watched: self.watched.len(),
-            open_episodes: self.open_episodes,
-            agent_dropped_batches: self.sessions.values().map(|s| s.dropped_batches).sum(),
-            store_dropped: self.store.stats().snapshot().dropped,
-            held: self.held.stats(),
-            threshold: self.detector.threshold(),
-            ..self.stats
+            agents: ctx.sessions.len(),
+            suspects: self.table.len(),
+            tracks: self.table.len(),
+            watched: ctx.watched.len(),
+            open_episodes: ctx.open_episodes,
+            agent_dropped_batches: ctx.sessions.values().map(|s| s.dropped_batches).sum(),
+            store_dropped: ctx.store.stats().snapshot().dropped,
+            held: ctx.held.stats(),
+            threshold: self.threshold,
+            ..ctx.stats
         }
     }
 
@@ -513,9 +531,9 @@ impl State {
     /// scrape, not for every batch.
     fn tracked_bytes(&self) -> usize {
         let suspects: usize = self
-            .detector
-            .tracks()
-            .map(|t| t.data)
+            .table
+            .values()
+            .map(|e| &e.suspect)
             .map(|s| {
                 s.latest.len()
                     + s.first.as_ref().map_or(0, Packed::len)
@@ -523,6 +541,7 @@ impl State {
             })
             .sum();
         let watched: usize = self
+            .ctx
             .watched
             .values()
             .map(|w| match &w.end {
@@ -530,7 +549,7 @@ impl State {
                 _ => 0,
             })
             .sum();
-        self.watched.bytes() + self.detector.table_bytes() + suspects + watched
+        self.ctx.watched.bytes() + self.table.bytes() + suspects + watched
     }
 
     fn hello(
@@ -540,22 +559,22 @@ impl State {
         tx: mpsc::Sender<ToAgent>,
         now_ms: i64,
     ) -> Result<(), String> {
-        let host = self.hosts.id(&hello.host);
-        if let Some(old) = self.sessions.get(&host) {
+        let host = self.ctx.hosts.id(&hello.host);
+        if let Some(old) = self.ctx.sessions.get(&host) {
             tracing::warn!(host = %hello.host, old = old.id, new = session, "host reconnected; its previous stream is replaced");
             self.gone(host, now_ms);
-        } else if self.sessions.len() >= self.max_agents {
+        } else if self.ctx.sessions.len() >= self.ctx.max_agents {
             return Err(format!(
                 "collector is full: {} agents connected",
-                self.max_agents
+                self.ctx.max_agents
             ));
         }
         for ip in &hello.addresses {
             if !ip.is_loopback() && !ip.is_unspecified() {
-                self.owners.insert(*ip, host);
+                self.ctx.owners.insert(*ip, host);
             }
         }
-        self.store.host_seen(HostRecord {
+        self.ctx.store.host_seen(HostRecord {
             host: hello.host.clone(),
             kernel: hello.kernel.clone(),
             agent_version: hello.agent_version.clone(),
@@ -563,8 +582,8 @@ impl State {
             at_ms: now_ms,
         });
         tracing::info!(host = %hello.host, kernel = %hello.kernel, addresses = hello.addresses.len(), "agent connected");
-        self.session_hosts.insert(session, host);
-        self.sessions.insert(
+        self.ctx.session_hosts.insert(session, host);
+        self.ctx.sessions.insert(
             host,
             Session {
                 id: session,
@@ -575,41 +594,476 @@ impl State {
             },
         );
         // Flows it was asked to watch before it went away.
-        for ((h, flow), w) in self.watched.iter_mut() {
+        let ctx = &mut self.ctx;
+        for ((h, flow), w) in ctx.watched.iter_mut() {
             if *h == host {
-                ask(&self.sessions, &mut self.stats, host, *flow, w, now_ms);
+                ask(&ctx.sessions, &mut ctx.stats, host, *flow, w, now_ms);
             }
         }
         Ok(())
     }
 
     fn gone(&mut self, host: HostId, now_ms: i64) {
-        let Some(session) = self.sessions.remove(&host) else {
+        let ctx = &mut self.ctx;
+        let Some(session) = ctx.sessions.remove(&host) else {
             return;
         };
-        let name = self.hosts.name(host);
+        let name = ctx.hosts.name(host);
         tracing::info!(host = %name, session = session.id, "agent gone");
-        self.session_hosts.remove(&session.id);
-        self.owners.retain(|_, h| *h != host);
-        self.store.host_gone(&name, now_ms);
+        ctx.session_hosts.remove(&session.id);
+        ctx.owners.retain(|_, h| *h != host);
+        ctx.store.host_gone(&name, now_ms);
         // Its suspects end with their episodes, and with them the watches
         // they had asked of other hosts.
-        for (flow, event, mut ended) in self.detector.host_gone_with(host) {
-            if let Some(event) = event {
-                self.event(event, now_ms, None, Some(&mut ended));
+        let keys: Vec<(HostId, Tuple)> = self
+            .table
+            .keys()
+            .filter(|(h, _)| *h == host)
+            .copied()
+            .collect();
+        for key in keys {
+            let Some(mut e) = self.table.remove(&key) else {
+                continue;
+            };
+            let flow = key.1;
+            if let Some(closed) = e.track.end(EndReason::HostGone, e.track.last()) {
+                ctx.apply(closed, host, flow, &mut e.suspect, now_ms, None);
             }
-            self.let_peer_go(&ended.data, flow);
+            ctx.let_peer_go(&e.suspect, flow);
         }
         // What it was watching is no longer seen; the suspects that need it
         // keep their claim and hear "pending" until it comes back and is
         // asked again (`hello`).
-        for ((h, _), w) in self.watched.iter_mut() {
+        for ((h, _), w) in ctx.watched.iter_mut() {
             if *h == host {
                 w.end = PeerEnd::Pending;
             }
         }
     }
 
+    /// A watched end reported (or was reported gone): keep it, and bring
+    /// the episode it is the peer of up to date. `end` makes the new state
+    /// from the old, and only if the flow is watched (most samples are not
+    /// of a watched end).
+    fn peer_report(&mut self, host: HostId, flow: Tuple, end: impl FnOnce(PeerEnd) -> PeerEnd) {
+        let Some(w) = self.ctx.watched.get_mut(&(host, flow)) else {
+            return;
+        };
+        w.end = end(std::mem::replace(&mut w.end, PeerEnd::Pending));
+        let Some(owner) = w.episode_of else { return };
+        let a_flow = flow.reversed();
+        if let Some(e) = self.table.get_mut(&(owner, a_flow)) {
+            self.ctx.rediagnose(a_flow, &mut e.suspect, None);
+            self.ctx.record(owner, a_flow, &mut e.suspect, false);
+        }
+    }
+
+    /// A sample the agent sent as a suspect: one step of its track, which
+    /// the table keeps beside the suspect.
+    fn observe(
+        &mut self,
+        host: HostId,
+        tuple: Tuple,
+        reason: SampleReason,
+        sample: &EndSample,
+        mut packed: Option<Packed>,
+        at: Clocks,
+    ) {
+        let Clocks {
+            mono,
+            now_ms,
+            taken_ms,
+            ask_after,
+        } = at;
+        if matches!(reason, SampleReason::Released(_)) || sample.pos.sendq == 0 {
+            self.last_word(host, tuple, sample, packed, mono, now_ms, taken_ms);
+            return;
+        }
+        let ctx = &mut self.ctx;
+        let (e, inserted) = self.table.get_or_insert_with((host, tuple), || Entry {
+            track: Track::new(sample, mono),
+            suspect: Suspect::default(),
+        });
+        let Step {
+            restart,
+            opened,
+            held,
+        } = e.track.step(sample, mono, self.threshold);
+        // Another socket had the 4-tuple: its suspect ends here, and this
+        // one starts afresh.
+        let mut replaced = match restart {
+            Some(Restart {
+                reason: EndReason::Replaced,
+                ..
+            }) => Some(std::mem::take(&mut e.suspect)),
+            _ => None,
+        };
+        let closed = restart.and_then(|r| r.closed);
+        let changed = closed.is_some() || opened.is_some();
+        // An episode opening (held for the threshold) is past it too.
+        let ask = held >= ask_after || changed;
+        let s = &mut e.suspect;
+        // Whether it has an open episode, as long as no event changed that;
+        // and the peer to ask to watch it (true) or to ask again (false).
+        let (mut open, mut request) = (false, None);
+        if inserted || replaced.is_some() {
+            let peer = owner(&ctx.owners, host, sample.flow.remote.ip());
+            let asked = ask && peer.is_some();
+            *s = Suspect {
+                peer,
+                asked,
+                latest: take(&mut packed, sample),
+                latest_at_ms: taken_ms,
+                first: None,
+                first_at_ms: taken_ms,
+                episode: None,
+            };
+            request = peer.filter(|_| asked).map(|p| (p, true));
+        } else {
+            open = s.episode.is_some();
+            let prev = std::mem::replace(&mut s.latest, take(&mut packed, sample));
+            if restart.is_some() {
+                // The queue moved: a new stall starts at this sample.
+                s.first = None;
+                s.first_at_ms = taken_ms;
+            } else if s.first.is_none() {
+                s.first = Some(prev);
+            }
+            s.latest_at_ms = taken_ms;
+            if let Some(peer) = s.peer {
+                if s.asked {
+                    request = Some((peer, false));
+                } else if ask {
+                    s.asked = true;
+                    request = Some((peer, true));
+                }
+            }
+        }
+        match request {
+            Some((peer, true)) => ctx.watch(peer, tuple.reversed(), now_ms),
+            Some((peer, false)) => ctx.ask_again(peer, tuple.reversed(), now_ms),
+            None => {}
+        }
+        // The old stall's end first (of the socket it was), then this one's
+        // opening.
+        if let Some(closed) = closed {
+            let of = replaced.as_mut().unwrap_or(s);
+            ctx.apply(closed, host, tuple, of, now_ms, Some(sample));
+        }
+        if let Some(opened) = opened {
+            ctx.apply(opened, host, tuple, s, now_ms, Some(sample));
+        }
+        if let Some(old) = replaced {
+            ctx.let_peer_go(&old, tuple);
+        }
+        if (open || changed) && s.episode.is_some() {
+            ctx.rediagnose(tuple, s, Some(sample));
+            ctx.record(host, tuple, s, true);
+        }
+    }
+
+    /// The agent's last word on a connection (its release, or a drained
+    /// queue): its track ends in the same step, and an open episode ends
+    /// with this sample as its last. Most last words are of suspects that
+    /// never became episodes (a third of all samples in a busy fleet): one
+    /// lookup.
+    #[allow(clippy::too_many_arguments)]
+    fn last_word(
+        &mut self,
+        host: HostId,
+        tuple: Tuple,
+        sample: &EndSample,
+        mut packed: Option<Packed>,
+        mono: Duration,
+        now_ms: i64,
+        taken_ms: i64,
+    ) {
+        // Nothing tracked: no suspect of it was heard, so nothing to end.
+        let Some(mut e) = self.table.remove(&(host, tuple)) else {
+            return;
+        };
+        let ctx = &mut self.ctx;
+        let own = e.track.cookie() == sample.cookie;
+        // A last word is kept only as an episode's closing sample.
+        if own && e.suspect.episode.is_some() {
+            e.suspect.latest = take(&mut packed, sample);
+            e.suspect.latest_at_ms = taken_ms;
+        }
+        let s = &mut e.suspect;
+        if sample.pos.sendq == 0 {
+            // Drained: its stall ends (or, of another socket, was replaced).
+            let reason = if own {
+                EndReason::Drained
+            } else {
+                EndReason::Replaced
+            };
+            if let Some(closed) = e.track.end(reason, mono) {
+                ctx.apply(closed, host, tuple, s, now_ms, Some(sample));
+            }
+        } else if own {
+            // Its last step (a move closes the stall before it), then its end.
+            let step = e.track.step(sample, mono, self.threshold);
+            let closing = e.track.end(EndReason::Closed, mono);
+            for event in [step.restart.and_then(|r| r.closed), step.opened, closing]
+                .into_iter()
+                .flatten()
+            {
+                ctx.apply(event, host, tuple, s, now_ms, Some(sample));
+            }
+        } else if let Some(closed) = e.track.end(EndReason::Replaced, mono) {
+            // Another socket's last word: the tracked one was replaced; the
+            // new one was never a suspect here, so nothing of it is kept.
+            ctx.apply(closed, host, tuple, s, now_ms, Some(sample));
+        }
+        ctx.let_peer_go(s, tuple);
+    }
+
+    /// The end of a hold its agent measured (`span`), with the sample that
+    /// found it over when there is one (a released socket; none for a
+    /// socket gone): the suspect's track ends, and with it its episode, or
+    /// an episode opens and ends at once for a hold that reached the
+    /// threshold between polls. Either way the verdict is the one made
+    /// from the samples taken while the queue was held: the sample after
+    /// the end is stored as the episode's last, never diagnosed. Every
+    /// span is counted, episode or not.
+    fn held_end(
+        &mut self,
+        host: HostId,
+        tuple: Tuple,
+        cookie: u64,
+        after: Option<(&EndSample, Option<Packed>)>,
+        span: &HeldSpan,
+        at: Clocks,
+    ) {
+        let ctx = &mut self.ctx;
+        let entry = self
+            .table
+            .remove_if(&(host, tuple), |e| e.track.cookie() == cookie);
+        let [opened, closed] = entry
+            .as_ref()
+            .map_or([None, None], |e| e.track.held_end(span, self.threshold));
+        let episode = closed.is_some();
+        // When the hold ended, on the collector's clock.
+        let since_end = at.mono.saturating_sub(span.end_at());
+        let end_ms = at.taken_ms.saturating_sub(millis_i64(since_end));
+        let peer = match &entry {
+            Some(e) => e.suspect.peer,
+            None => owner(&ctx.owners, host, tuple.flow().remote.ip()),
+        };
+        tracing::debug!(
+            host = %ctx.hosts.name(host),
+            flow = %tuple.flow(),
+            cookie,
+            end = %span.end,
+            held_ms = millis(span.held()),
+            episode,
+            tracked = entry.is_some(),
+            "hold ended"
+        );
+        ctx.held
+            .add(end_ms, host, peer, span.end, span.held(), episode);
+        let Some(mut e) = entry else { return };
+        let s = &mut e.suspect;
+        if let Some(opened) = opened {
+            // `a` None: the suspect's latest sample, the last held one.
+            ctx.apply(opened, host, tuple, s, end_ms, None);
+            ctx.record(host, tuple, s, true);
+        }
+        if let (Some((sample, mut packed)), true) = (after, s.episode.is_some()) {
+            s.latest = take(&mut packed, sample);
+            s.latest_at_ms = at.taken_ms;
+        }
+        if let Some(closed) = closed {
+            ctx.apply(closed, host, tuple, s, end_ms, None);
+        }
+        ctx.let_peer_go(s, tuple);
+    }
+
+    /// The socket `cookie` on `flow` went, as its agent said or by its
+    /// silence: its episode ends, and its peer is let go.
+    fn close(&mut self, host: HostId, flow: Tuple, cookie: u64, mono: Duration, now_ms: i64) {
+        let Some(mut e) = self
+            .table
+            .remove_if(&(host, flow), |e| e.track.cookie() == cookie)
+        else {
+            return;
+        };
+        if let Some(closed) = e.track.end(EndReason::Closed, mono) {
+            self.ctx
+                .apply(closed, host, flow, &mut e.suspect, now_ms, None);
+        }
+        self.ctx.let_peer_go(&e.suspect, flow);
+    }
+
+    /// Ends what agents stopped reporting without a word (a lost message):
+    /// suspects silent for `polls` of their agent's polls.
+    pub fn expire(&mut self, now_ms: i64, polls: u32) {
+        let silence: Map<HostId, i64> = self
+            .ctx
+            .sessions
+            .iter()
+            .map(|(h, s)| (*h, millis_i64(s.hello.interval * polls)))
+            .collect();
+        let default = millis_i64(Duration::from_secs(2) * polls);
+        let stale: Vec<(HostId, Tuple, u64, Duration)> = self
+            .table
+            .iter()
+            .filter(|((h, _), e)| {
+                now_ms - e.suspect.latest_at_ms > silence.get(h).copied().unwrap_or(default)
+            })
+            .map(|((h, flow), e)| (*h, *flow, e.track.cookie(), e.track.last()))
+            .collect();
+        for (host, flow, cookie, mono) in stale {
+            tracing::debug!(host = %self.ctx.hosts.name(host), cookie, "suspect went silent");
+            self.close(host, flow, cookie, mono, now_ms);
+        }
+        self.store_held(now_ms, false);
+    }
+
+    /// Handles one batch from `host` at collector wall time `now_ms`.
+    pub fn batch(&mut self, host: HostId, batch: AgentBatch, now_ms: i64) {
+        let mut interval = Duration::from_secs(2);
+        let mut taken_ms = now_ms;
+        if let Some(s) = self.ctx.sessions.get_mut(&host) {
+            s.dropped_batches = batch.dropped_batches;
+            interval = s.hello.interval;
+            taken_ms = s.taken_ms(batch.mono, now_ms);
+        }
+        let ask_after = self
+            .ctx
+            .watch_peer_after
+            .unwrap_or_else(|| ask_peer_after(self.threshold, interval));
+        let at = Clocks {
+            mono: batch.mono,
+            now_ms,
+            taken_ms,
+            ask_after,
+        };
+        self.ctx.stats.samples += batch.samples.len() as u64;
+        for flow in batch.absent {
+            self.peer_report(host, Tuple::new(flow), |old| old.gone(taken_ms));
+        }
+        let exact = batch.packed.len() == batch.samples.len();
+        let mut packed = batch.packed.into_iter();
+        // By reference: a sample is a few hundred bytes, not worth moving.
+        for &(reason, ref sample) in &batch.samples {
+            let mut slot = if exact { packed.next().flatten() } else { None };
+            let tuple = Tuple::new(sample.flow);
+            self.peer_report(host, tuple, |_| PeerEnd::Seen {
+                at_ms: taken_ms,
+                sample: if reason == SampleReason::Watched {
+                    take(&mut slot, sample)
+                } else {
+                    slot.clone().unwrap_or_else(|| Packed::new(sample))
+                },
+            });
+            match reason {
+                SampleReason::Watched => {}
+                SampleReason::Released(Some(span)) => {
+                    let ended = Some((sample, slot));
+                    self.held_end(host, tuple, sample.cookie, ended, &span, at);
+                }
+                _ => self.observe(host, tuple, reason, sample, slot, at),
+            }
+        }
+        for closed in batch.closed {
+            let flow = Tuple::new(closed.flow);
+            self.peer_report(host, flow, |old| old.gone(taken_ms));
+            match closed.held {
+                Some(span) => self.held_end(host, flow, closed.cookie, None, &span, at),
+                None => self.close(host, flow, closed.cookie, batch.mono, now_ms),
+            }
+        }
+    }
+
+    /// Hands the held-span counts of every minute that is over (all of
+    /// them when `all`, at shutdown) to the store, which adds them to what
+    /// it holds for the same minute, pair, end and bucket.
+    pub fn store_held(&mut self, now_ms: i64, all: bool) {
+        let done = self.ctx.held.take_done(now_ms, all);
+        if done.is_empty() {
+            return;
+        }
+        let rows = done.iter().map(|(k, c)| self.ctx.held_row(k, c)).collect();
+        self.ctx.store.add_held(rows);
+    }
+
+    /// The held-span counts not yet in the store that a query over
+    /// `filter` would find there: the minute in progress.
+    pub fn held_pending(&self, filter: &HeldFilter) -> Vec<HeldRow> {
+        self.ctx
+            .held
+            .pending()
+            .filter(|(k, _)| filter.since_ms.is_none_or(|since| k.minute_ms >= since))
+            .map(|(k, c)| self.ctx.held_row(k, c))
+            .filter(|r| {
+                filter
+                    .host
+                    .as_ref()
+                    .is_none_or(|h| r.a_host == *h || r.b_host == *h)
+            })
+            .collect()
+    }
+
+    /// Both ends of `flow` as known now; asks the owners to watch it.
+    pub fn flow(&mut self, flow: FlowTuple, now_ms: i64) -> FlowView {
+        let mut view = FlowView::default();
+        for (slot, tuple) in [(0, flow), (1, flow.reversed())] {
+            let known = self
+                .find_end(tuple)
+                .and_then(|(h, p)| Some((h, unpack(p)?)));
+            let host = known
+                .as_ref()
+                .map(|(h, _)| *h)
+                .or_else(|| self.ctx.owners.get(&tuple.local.ip()).copied());
+            if let Some(host) = host {
+                let key = Tuple::new(tuple);
+                if !self.ctx.watched.contains_key(&(host, key)) {
+                    self.ctx.watch(host, key, now_ms);
+                }
+            }
+            let known = known.map(|(h, s)| (self.ctx.hosts.name(h).to_string(), s));
+            if slot == 0 {
+                view.a = known;
+            } else {
+                view.b = known;
+            }
+        }
+        view
+    }
+
+    /// The latest sample of the end whose own side is `tuple.local`: looked
+    /// up at the host that announced that address (as watches are asked of
+    /// it), else (loopback, an address nobody announced) found by a scan of
+    /// everything tracked. Queries come at any rate; the scan is for the
+    /// cases the index cannot serve.
+    fn find_end(&self, tuple: FlowTuple) -> Option<(HostId, &Packed)> {
+        fn seen(w: &Watch) -> Option<&Packed> {
+            match &w.end {
+                PeerEnd::Seen { sample, .. } => Some(sample),
+                _ => None,
+            }
+        }
+        let key = Tuple::new(tuple);
+        if let Some(&host) = self.ctx.owners.get(&tuple.local.ip()) {
+            let watched = self.ctx.watched.get(&(host, key)).and_then(seen);
+            let suspect = || self.table.get(&(host, key)).map(|e| &e.suspect.latest);
+            return watched.or_else(suspect).map(|p| (host, p));
+        }
+        self.ctx
+            .watched
+            .iter()
+            .find_map(|((h, t), w)| (*t == key).then(|| seen(w).map(|p| (*h, p))).flatten())
+            .or_else(|| {
+                self.table
+                    .iter()
+                    .find(|((_, t), _)| *t == key)
+                    .map(|((h, _), e)| (*h, &e.suspect.latest))
+            })
+    }
+}
+
+impl Ctx {
     /// Queues a request to `host`'s agent; false if it could not be.
     fn send(&mut self, host: HostId, msg: ToAgent) -> bool {
         queue(&self.sessions, &mut self.stats, host, msg)
@@ -658,356 +1112,6 @@ impl State {
         if unneeded.is_some() {
             self.send(host, ToAgent::Unwatch(flow.flow()));
         }
-    }
-
-    /// Handles one batch from `host` at collector wall time `now_ms`.
-    pub fn batch(&mut self, host: HostId, batch: AgentBatch, now_ms: i64) {
-        let mut interval = Duration::from_secs(2);
-        let mut taken_ms = now_ms;
-        if let Some(s) = self.sessions.get_mut(&host) {
-            s.dropped_batches = batch.dropped_batches;
-            interval = s.hello.interval;
-            taken_ms = s.taken_ms(batch.mono, now_ms);
-        }
-        let ask_after = self
-            .watch_peer_after
-            .unwrap_or_else(|| ask_peer_after(self.detector.threshold(), interval));
-        let at = Clocks {
-            mono: batch.mono,
-            now_ms,
-            taken_ms,
-            ask_after,
-        };
-        self.stats.samples += batch.samples.len() as u64;
-        for flow in batch.absent {
-            self.peer_report(host, Tuple::new(flow), |old| old.gone(taken_ms));
-        }
-        let exact = batch.packed.len() == batch.samples.len();
-        let mut packed = batch.packed.into_iter();
-        // By reference: a sample is a few hundred bytes, not worth moving.
-        for &(reason, ref sample) in &batch.samples {
-            let mut slot = if exact { packed.next().flatten() } else { None };
-            let tuple = Tuple::new(sample.flow);
-            self.peer_report(host, tuple, |_| PeerEnd::Seen {
-                at_ms: taken_ms,
-                sample: if reason == SampleReason::Watched {
-                    take(&mut slot, sample)
-                } else {
-                    slot.clone().unwrap_or_else(|| Packed::new(sample))
-                },
-            });
-            match reason {
-                SampleReason::Watched => {}
-                SampleReason::Released(Some(span)) => {
-                    let ended = Some((sample, slot));
-                    self.held_end(host, tuple, sample.cookie, ended, &span, at);
-                }
-                _ => self.observe(host, tuple, reason, sample, slot, at),
-            }
-        }
-        for closed in batch.closed {
-            let flow = Tuple::new(closed.flow);
-            self.peer_report(host, flow, |old| old.gone(taken_ms));
-            match closed.held {
-                Some(span) => self.held_end(host, flow, closed.cookie, None, &span, at),
-                None => self.close(host, flow, closed.cookie, batch.mono, now_ms),
-            }
-        }
-    }
-
-    /// A watched end reported (or was reported gone): keep it, and bring
-    /// the episode it is the peer of up to date. `end` makes the new state
-    /// from the old, and only if the flow is watched (most samples are not
-    /// of a watched end).
-    fn peer_report(&mut self, host: HostId, flow: Tuple, end: impl FnOnce(PeerEnd) -> PeerEnd) {
-        let Some(w) = self.watched.get_mut(&(host, flow)) else {
-            return;
-        };
-        w.end = end(std::mem::replace(&mut w.end, PeerEnd::Pending));
-        if let Some(owner) = w.episode_of {
-            let a_flow = flow.reversed();
-            self.with_suspect(owner, a_flow, None, |st, s| {
-                st.rediagnose(a_flow, s, None);
-                st.record(owner, a_flow, s, false);
-            });
-        }
-    }
-
-    /// Runs `f` on the suspect `host` reports on `flow` (of socket
-    /// `cookie`, when given), taken out of the detector's table for the
-    /// call and put back after; `None` if there is none. For what needs
-    /// the rest of the state beside a suspect (episodes, re-diagnosis),
-    /// which is rare next to samples; `f` must not change the detector.
-    fn with_suspect<R>(
-        &mut self,
-        host: HostId,
-        flow: Tuple,
-        cookie: Option<u64>,
-        f: impl FnOnce(&mut Self, &mut Suspect) -> R,
-    ) -> Option<R> {
-        let (found, s) = self.detector.data_mut(host, flow)?;
-        if cookie.is_some_and(|c| c != found) {
-            return None;
-        }
-        let mut taken = std::mem::take(s);
-        let r = f(self, &mut taken);
-        if let Some((c, s)) = self.detector.data_mut(host, flow) {
-            if c == found {
-                *s = taken;
-            }
-        }
-        Some(r)
-    }
-
-    /// A sample the agent sent as a suspect: one step of the detector,
-    /// which keeps the suspect beside the connection's track.
-    fn observe(
-        &mut self,
-        host: HostId,
-        tuple: Tuple,
-        reason: SampleReason,
-        sample: &EndSample,
-        mut packed: Option<Packed>,
-        at: Clocks,
-    ) {
-        let Clocks {
-            mono,
-            now_ms,
-            taken_ms,
-            ask_after,
-        } = at;
-        if matches!(reason, SampleReason::Released(_)) || sample.pos.sendq == 0 {
-            self.last_word(host, tuple, sample, packed, mono, now_ms, taken_ms);
-            return;
-        }
-        let Step {
-            observed: Observed { events, held },
-            data,
-            fresh,
-            restarted,
-            mut ended,
-        } = self.detector.step(host, tuple, sample, mono);
-        // An episode opening (held for the threshold) is past it too.
-        let ask = held >= ask_after || !events.is_empty();
-        // Whether it has an open episode, as long as no event changed that;
-        // and the peer to ask to watch it (true) or to ask again (false).
-        let (mut open, mut request) = (false, None);
-        if let Some(s) = data {
-            if fresh {
-                let peer = owner(&self.owners, host, sample.flow.remote.ip());
-                let asked = ask && peer.is_some();
-                *s = Suspect {
-                    peer,
-                    asked,
-                    latest: take(&mut packed, sample),
-                    latest_at_ms: taken_ms,
-                    first: None,
-                    first_at_ms: taken_ms,
-                    episode: None,
-                };
-                request = peer.filter(|_| asked).map(|p| (p, true));
-            } else {
-                open = s.episode.is_some();
-                let prev = std::mem::replace(&mut s.latest, take(&mut packed, sample));
-                if restarted {
-                    // The queue moved: a new stall starts at this sample.
-                    s.first = None;
-                    s.first_at_ms = taken_ms;
-                } else if s.first.is_none() {
-                    s.first = Some(prev);
-                }
-                s.latest_at_ms = taken_ms;
-                if let Some(peer) = s.peer {
-                    if s.asked {
-                        request = Some((peer, false));
-                    } else if ask {
-                        s.asked = true;
-                        request = Some((peer, true));
-                    }
-                }
-            }
-        }
-        match request {
-            Some((peer, true)) => self.watch(peer, tuple.reversed(), now_ms),
-            Some((peer, false)) => self.ask_again(peer, tuple.reversed(), now_ms),
-            None => {}
-        }
-        let changed = !events.is_empty();
-        for event in events {
-            self.event(event, now_ms, Some(sample), ended.as_mut());
-        }
-        // Another socket that had the 4-tuple.
-        if let Some(old) = ended {
-            self.let_peer_go(&old.data, tuple);
-        }
-        if open || changed {
-            self.with_suspect(host, tuple, Some(sample.cookie), |st, s| {
-                if s.episode.is_some() {
-                    st.rediagnose(tuple, s, Some(sample));
-                    st.record(host, tuple, s, true);
-                }
-            });
-        }
-    }
-
-    /// The agent's last word on a connection (its release, or a drained
-    /// queue): the detector forgets it in the same step, and an open
-    /// episode ends with this sample as its last. Most last words are of
-    /// suspects that never became episodes (a third of all samples in a
-    /// busy fleet): one lookup.
-    #[allow(clippy::too_many_arguments)]
-    fn last_word(
-        &mut self,
-        host: HostId,
-        tuple: Tuple,
-        sample: &EndSample,
-        mut packed: Option<Packed>,
-        mono: Duration,
-        now_ms: i64,
-        taken_ms: i64,
-    ) {
-        let LastStep {
-            word: LastWord { events, closed },
-            mut ended,
-        } = self.detector.last_step(host, tuple, sample, mono);
-        if let Some(e) = ended.as_mut() {
-            // A last word is kept only as an episode's closing sample.
-            if e.cookie == sample.cookie && e.data.episode.is_some() {
-                e.data.latest = take(&mut packed, sample);
-                e.data.latest_at_ms = taken_ms;
-            }
-        }
-        for event in events.into_iter().chain(closed) {
-            self.event(event, now_ms, Some(sample), ended.as_mut());
-        }
-        if let Some(e) = ended {
-            self.let_peer_go(&e.data, tuple);
-        }
-    }
-
-    /// The end of a hold its agent measured (`span`), with the sample that
-    /// found it over when there is one (a released socket; none for a
-    /// socket gone): the suspect's track ends, and with it its episode, or
-    /// an episode opens and ends at once for a hold that reached the
-    /// threshold between polls. Either way the verdict is the one made
-    /// from the samples taken while the queue was held: the sample after
-    /// the end is stored as the episode's last, never diagnosed. Every
-    /// span is counted, episode or not.
-    fn held_end(
-        &mut self,
-        host: HostId,
-        tuple: Tuple,
-        cookie: u64,
-        after: Option<(&EndSample, Option<Packed>)>,
-        span: &HeldSpan,
-        at: Clocks,
-    ) {
-        let HeldStep {
-            opened,
-            closed,
-            ended,
-        } = self.detector.held_end(host, tuple, cookie, span);
-        let episode = closed.is_some();
-        // When the hold ended, on the collector's clock.
-        let since_end = at.mono.saturating_sub(span.end_at());
-        let end_ms = at
-            .taken_ms
-            .saturating_sub(i64::try_from(since_end.as_millis()).unwrap_or(0));
-        let peer = match &ended {
-            Some(e) => e.data.peer,
-            None => owner(&self.owners, host, tuple.flow().remote.ip()),
-        };
-        tracing::debug!(
-            host = %self.hosts.name(host),
-            flow = %tuple.flow(),
-            cookie,
-            end = %span.end,
-            held_ms = millis(span.held()),
-            episode,
-            tracked = ended.is_some(),
-            "hold ended"
-        );
-        self.held
-            .add(end_ms, host, peer, span.end, span.held(), episode);
-        let Some(mut ended) = ended else { return };
-        if let Some(event) = opened {
-            // `a` None: the suspect's latest sample, the last held one.
-            self.event(event, end_ms, None, Some(&mut ended));
-            self.record(host, tuple, &mut ended.data, true);
-        }
-        if let (Some((sample, mut packed)), true) = (after, ended.data.episode.is_some()) {
-            ended.data.latest = take(&mut packed, sample);
-            ended.data.latest_at_ms = at.taken_ms;
-        }
-        if let Some(event) = closed {
-            self.event(event, end_ms, None, Some(&mut ended));
-        }
-        self.let_peer_go(&ended.data, tuple);
-    }
-
-    /// The socket `cookie` on `flow` went, as its agent said or by its
-    /// silence: its episode ends, and its peer is let go.
-    fn close(&mut self, host: HostId, flow: Tuple, cookie: u64, mono: Duration, now_ms: i64) {
-        let Some((event, data)) = self.detector.close(host, flow, cookie, mono) else {
-            return;
-        };
-        let mut ended = Ended { cookie, data };
-        if let Some(event) = event {
-            self.event(event, now_ms, None, Some(&mut ended));
-        }
-        self.let_peer_go(&ended.data, flow);
-    }
-
-    /// Ends what agents stopped reporting without a word (a lost message):
-    /// suspects silent for `polls` of their agent's polls.
-    pub fn expire(&mut self, now_ms: i64, polls: u32) {
-        let silence: Map<HostId, i64> = self
-            .sessions
-            .iter()
-            .map(|(h, s)| (*h, millis_i64(s.hello.interval * polls)))
-            .collect();
-        let default = millis_i64(Duration::from_secs(2) * polls);
-        let stale: Vec<(HostId, Tuple, u64, Duration)> = self
-            .detector
-            .tracks()
-            .filter(|t| {
-                now_ms - t.data.latest_at_ms > silence.get(&t.host).copied().unwrap_or(default)
-            })
-            .map(|t| (t.host, *t.flow, t.cookie, t.last))
-            .collect();
-        for (host, flow, cookie, mono) in stale {
-            tracing::debug!(host = %self.hosts.name(host), cookie, "suspect went silent");
-            self.close(host, flow, cookie, mono, now_ms);
-        }
-        self.store_held(now_ms, false);
-    }
-
-    /// Hands the held-span counts of every minute that is over (all of
-    /// them when `all`, at shutdown) to the store, which adds them to what
-    /// it holds for the same minute, pair, end and bucket.
-    pub fn store_held(&mut self, now_ms: i64, all: bool) {
-        let done = self.held.take_done(now_ms, all);
-        if done.is_empty() {
-            return;
-        }
-        let rows = done.iter().map(|(k, c)| self.held_row(k, c)).collect();
-        self.store.add_held(rows);
-    }
-
-    /// The held-span counts not yet in the store that a query over
-    /// `filter` would find there: the minute in progress.
-    pub fn held_pending(&self, filter: &HeldFilter) -> Vec<HeldRow> {
-        self.held
-            .pending()
-            .filter(|(k, _)| filter.since_ms.is_none_or(|since| k.minute_ms >= since))
-            .map(|(k, c)| self.held_row(k, c))
-            .filter(|r| {
-                filter
-                    .host
-                    .as_ref()
-                    .is_none_or(|h| r.a_host == *h || r.b_host == *h)
-            })
-            .collect()
     }
 
     fn held_row(&self, k: &held::Key<HostId>, c: &held::Count) -> HeldRow {
@@ -1162,75 +1266,43 @@ impl State {
         }
     }
 
-    /// An event of the detector. `a`: the sample of the event's connection
-    /// just observed, if any. `ended`: a suspect the detector no longer
-    /// holds; an event of its socket applies to it, any other's to the
-    /// suspect in the detector's table.
-    fn event(
-        &mut self,
-        event: Event,
-        now_ms: i64,
-        a: Option<&EndSample>,
-        ended: Option<&mut Ended<Suspect>>,
-    ) {
-        let (conn, flow) = match &event {
-            Event::Opened { conn, flow, .. } | Event::Closed { conn, flow, .. } => {
-                (*conn, Tuple::new(*flow))
-            }
-        };
-        if let Some(e) = ended.filter(|e| e.cookie == conn.cookie) {
-            self.apply(event, flow, &mut e.data, now_ms, a);
-            return;
-        }
-        let opened = matches!(event, Event::Opened { .. });
-        let applied = self.with_suspect(conn.host, flow, Some(conn.cookie), |st, s| {
-            st.apply(event, flow, s, now_ms, a)
-        });
-        if applied.is_none() && opened {
-            tracing::warn!(host = %self.hosts.name(conn.host), flow = %flow.flow(), "episode for a connection never seen as a suspect");
-        }
-    }
-
-    /// An event applied to its connection's suspect `s`.
+    /// An event of `s`'s track, applied to it. `a`: the sample just
+    /// observed of the event's connection, if any.
     fn apply(
         &mut self,
         event: Event,
+        host: HostId,
         flow: Tuple,
         s: &mut Suspect,
         now_ms: i64,
         a: Option<&EndSample>,
     ) {
         match event {
-            Event::Opened {
-                conn,
-                flow: full,
-                stuck_for,
-            } => {
-                let Some(a) = a_sample(a.filter(|a| a.cookie == conn.cookie), s) else {
+            Event::Opened { cookie, stuck_for } => {
+                let Some(a) = a_sample(a.filter(|a| a.cookie == cookie), s) else {
                     return;
                 };
-                self.open_episode(conn, full, s, stuck_for, now_ms, &a);
+                self.open_episode(host, cookie, flow, s, stuck_for, now_ms, &a);
             }
             Event::Closed {
-                conn,
-                reason,
-                stuck_for,
-                ..
-            } => self.close_episode(conn, flow, s, reason, stuck_for, now_ms),
+                reason, stuck_for, ..
+            } => self.close_episode(host, flow, s, reason, stuck_for, now_ms),
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn open_episode(
         &mut self,
-        conn: ConnKey,
-        flow: FlowTuple,
+        host_id: HostId,
+        cookie: u64,
+        tuple: Tuple,
         s: &mut Suspect,
         stuck_for: Duration,
         now_ms: i64,
         a: &EndSample,
     ) {
-        let host = self.hosts.name(conn.host);
-        let tuple = Tuple::new(flow);
+        let host = self.hosts.name(host_id);
+        let flow = tuple.flow();
         let peer = self.peer_of(s, tuple);
         let verdict = diagnose(a, peer.as_peer());
         let note = peer_note(peer.as_peer());
@@ -1250,7 +1322,7 @@ impl State {
             a_host: host.to_string(),
             a_netns: a.netns.clone(),
             a_flow: flow,
-            a_cookie: conn.cookie,
+            a_cookie: cookie,
             b_host: s.peer.map(|p| self.hosts.name(p).to_string()),
             peer_note: note,
         });
@@ -1270,7 +1342,7 @@ impl State {
         }
         if let Some(peer) = s.peer {
             if let Some(w) = self.watched.get_mut(&(peer, tuple.reversed())) {
-                w.episode_of = Some(conn.host);
+                w.episode_of = Some(host_id);
             }
         }
         self.open_episodes += 1;
@@ -1290,7 +1362,7 @@ impl State {
     /// Ends `s`'s open episode, its latest sample the last stored.
     fn close_episode(
         &mut self,
-        conn: ConnKey,
+        host_id: HostId,
         flow: Tuple,
         s: &mut Suspect,
         reason: EndReason,
@@ -1319,7 +1391,7 @@ impl State {
         {
             w.episode_of = None;
         }
-        let host = self.hosts.name(conn.host);
+        let host = self.hosts.name(host_id);
         tracing::info!(episode = ep.id, host = %host, reason = reason.id(), "episode closed");
         // The last word on A, unless it is stored already (a socket gone
         // leaves its last held sample as its last word).
@@ -1342,62 +1414,6 @@ impl State {
                 duration_ms: millis(stuck_for),
             },
         );
-    }
-
-    /// Both ends of `flow` as known now; asks the owners to watch it.
-    pub fn flow(&mut self, flow: FlowTuple, now_ms: i64) -> FlowView {
-        let mut view = FlowView::default();
-        for (slot, tuple) in [(0, flow), (1, flow.reversed())] {
-            let known = self
-                .find_end(tuple)
-                .and_then(|(h, p)| Some((h, unpack(p)?)));
-            let host = known
-                .as_ref()
-                .map(|(h, _)| *h)
-                .or_else(|| self.owners.get(&tuple.local.ip()).copied());
-            if let Some(host) = host {
-                let key = Tuple::new(tuple);
-                if !self.watched.contains_key(&(host, key)) {
-                    self.watch(host, key, now_ms);
-                }
-            }
-            let known = known.map(|(h, s)| (self.hosts.name(h).to_string(), s));
-            if slot == 0 {
-                view.a = known;
-            } else {
-                view.b = known;
-            }
-        }
-        view
-    }
-
-    /// The latest sample of the end whose own side is `tuple.local`: looked
-    /// up at the host that announced that address (as watches are asked of
-    /// it), else (loopback, an address nobody announced) found by a scan of
-    /// everything tracked. Queries come at any rate; the scan is for the
-    /// cases the index cannot serve.
-    fn find_end(&self, tuple: FlowTuple) -> Option<(HostId, &Packed)> {
-        fn seen(w: &Watch) -> Option<&Packed> {
-            match &w.end {
-                PeerEnd::Seen { sample, .. } => Some(sample),
-                _ => None,
-            }
-        }
-        let key = Tuple::new(tuple);
-        if let Some(&host) = self.owners.get(&tuple.local.ip()) {
-            let watched = self.watched.get(&(host, key)).and_then(seen);
-            let suspect = || self.detector.data(host, key).map(|(_, s)| &s.latest);
-            return watched.or_else(suspect).map(|p| (host, p));
-        }
-        self.watched
-            .iter()
-            .find_map(|((h, t), w)| (*t == key).then(|| seen(w).map(|p| (*h, p))).flatten())
-            .or_else(|| {
-                self.detector
-                    .tracks()
-                    .find(|t| *t.flow == key)
-                    .map(|t| (t.host, &t.data.latest))
-            })
     }
 }
 

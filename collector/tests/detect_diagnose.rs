@@ -1,19 +1,17 @@
-//! The detector and the diagnosis on hand-made pairs of samples; time is
-//! passed in, so a 10 s threshold tests in microseconds.
+//! The detector and the diagnosis on hand-made samples; time is passed in,
+//! so a 10 s threshold tests in microseconds. The detector is one track's
+//! state machine: what the collector does with its events (the table of
+//! tracks, their suspects, drains and hosts going) is tested in
+//! `aggregator.rs`.
 
 use std::time::Duration;
 
-use tcpstall_collector::detect;
+use tcpstall_collector::detect::{Event, Restart, Track};
 use tcpstall_collector::diagnose::{diagnose, Peer};
-use tcpstall_common::{Diagnosis, EndReason, EndSample, TimerKind};
+use tcpstall_common::{Diagnosis, EndReason, EndSample, HeldEnd, HeldSpan, TimerKind};
 
 mod support;
 use support::{a_end, b_end};
-
-// Hosts named by string here; the collector numbers them.
-type Detector = detect::Detector<&'static str>;
-type Event = detect::Event<&'static str>;
-type ConnKey = detect::ConnKey<&'static str>;
 
 const T: Duration = Duration::from_secs(10);
 
@@ -21,45 +19,43 @@ fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s)
 }
 
-fn opened(events: &[Event]) -> bool {
-    events.iter().any(|e| matches!(e, Event::Opened { .. }))
+/// A track of `s` first seen at `at`, after its first step.
+fn track(s: &EndSample, at: f64) -> Track {
+    let mut t = Track::new(s, secs(at));
+    let first = t.step(s, secs(at), T);
+    assert_eq!(first.restart, None, "a first sample restarts nothing");
+    t
 }
 
-fn closed_with(events: &[Event]) -> Option<EndReason> {
-    events.iter().find_map(|e| match e {
-        Event::Closed { reason, .. } => Some(*reason),
-        _ => None,
+fn opened(cookie: u64, stuck_for: f64) -> Option<Event> {
+    Some(Event::Opened {
+        cookie,
+        stuck_for: secs(stuck_for),
+    })
+}
+
+fn closed(cookie: u64, reason: EndReason, stuck_for: f64) -> Option<Event> {
+    Some(Event::Closed {
+        cookie,
+        reason,
+        stuck_for: secs(stuck_for),
     })
 }
 
 #[test]
 fn threshold_is_exact_9_9_s_nothing_10_1_s_episode() {
-    let mut d = Detector::new(T);
     let a = a_end(1, 5000, 3000);
-    assert!(d.observe("a", &a, secs(100.0)).is_empty());
-    assert!(
-        d.observe("a", &a, secs(109.9)).is_empty(),
-        "9.9 s is not yet an episode"
-    );
-    let ev = d.observe("a", &a, secs(110.1));
-    assert_eq!(ev.len(), 1);
-    match &ev[0] {
-        Event::Opened {
-            conn, stuck_for, ..
-        } => {
-            assert_eq!(
-                conn,
-                &ConnKey {
-                    host: "a",
-                    cookie: 1
-                }
-            );
-            assert_eq!(*stuck_for, secs(10.1));
-        }
-        other => panic!("expected an opened episode, got {other:?}"),
-    }
-    assert!(
-        d.observe("a", &a, secs(112.1)).is_empty(),
+    let mut t = track(&a, 100.0);
+    let early = t.step(&a, secs(109.9), T);
+    assert_eq!(early.opened, None, "9.9 s is not yet an episode");
+    assert_eq!(early.held, secs(9.9));
+    let step = t.step(&a, secs(110.1), T);
+    assert_eq!(step.opened, opened(1, 10.1));
+    assert_eq!(step.restart, None);
+    assert!(t.is_open());
+    assert_eq!(
+        t.step(&a, secs(112.1), T).opened,
+        None,
         "one episode, not one per poll"
     );
 }
@@ -67,246 +63,143 @@ fn threshold_is_exact_9_9_s_nothing_10_1_s_episode() {
 #[test]
 fn agent_measured_age_counts_from_the_first_poll() {
     // The agent had seen the queue unchanged for 9 s before it first sent it.
-    let mut d = Detector::new(T);
     let mut a = a_end(1, 5000, 3000);
     a.unchanged_ms = 9_000;
-    assert!(d.observe("a", &a, secs(50.0)).is_empty());
+    let mut t = track(&a, 50.0);
+    assert!(!t.is_open());
     a.unchanged_ms = 10_100;
-    assert!(opened(&d.observe("a", &a, secs(51.1))));
+    assert_eq!(t.step(&a, secs(51.1), T).opened, opened(1, 10.1));
+    // Held for the threshold already at its first report: open at once.
+    let mut b = a_end(2, 5000, 3000);
+    b.unchanged_ms = 12_000;
+    let mut t = Track::new(&b, secs(70.0));
+    assert_eq!(t.step(&b, secs(70.0), T).opened, opened(2, 12.0));
 }
 
 #[test]
 fn moving_ends_the_episode_and_restarts_the_clock() {
-    let mut d = Detector::new(T);
     let a = a_end(1, 5000, 3000);
-    d.observe("a", &a, secs(0.0));
-    assert!(opened(&d.observe("a", &a, secs(10.0))));
+    let mut t = track(&a, 0.0);
+    assert_eq!(t.step(&a, secs(10.0), T).opened, opened(1, 10.0));
     let moved = a_end(1, 5100, 2900);
+    let step = t.step(&moved, secs(12.0), T);
     assert_eq!(
-        closed_with(&d.observe("a", &moved, secs(12.0))),
-        Some(EndReason::Moved)
+        step.restart,
+        Some(Restart {
+            reason: EndReason::Moved,
+            closed: closed(1, EndReason::Moved, 12.0),
+        })
     );
-    assert!(
-        d.observe("a", &moved, secs(21.9)).is_empty(),
+    assert_eq!(step.opened, None);
+    assert_eq!(
+        t.step(&moved, secs(21.9), T).opened,
+        None,
         "the clock restarted at the move"
     );
-    assert!(opened(&d.observe("a", &moved, secs(22.0))));
+    assert_eq!(t.step(&moved, secs(22.0), T).opened, opened(1, 10.0));
 }
 
 #[test]
 fn write_seq_moving_alone_also_ends_it() {
-    let mut d = Detector::new(T);
     let a = a_end(1, 5000, 3000);
-    d.observe("a", &a, secs(0.0));
-    d.observe("a", &a, secs(10.0));
+    let mut t = track(&a, 0.0);
+    t.step(&a, secs(10.0), T);
     let more = a_end(1, 5000, 4000);
+    let restart = t.step(&more, secs(12.0), T).restart;
+    assert_eq!(restart.map(|r| r.reason), Some(EndReason::Moved));
     assert_eq!(
-        closed_with(&d.observe("a", &more, secs(12.0))),
-        Some(EndReason::Moved)
+        restart.and_then(|r| r.closed),
+        closed(1, EndReason::Moved, 12.0)
     );
 }
 
 #[test]
-fn draining_and_closing_end_it() {
-    let mut d = Detector::new(T);
+fn a_move_before_the_threshold_closes_nothing() {
     let a = a_end(1, 5000, 3000);
-    d.observe("a", &a, secs(0.0));
-    d.observe("a", &a, secs(10.0));
-    let drained = a_end(1, 8000, 0);
+    let mut t = track(&a, 0.0);
+    let step = t.step(&a_end(1, 5100, 2900), secs(4.0), T);
     assert_eq!(
-        closed_with(&d.observe("a", &drained, secs(11.0))),
-        Some(EndReason::Drained)
-    );
-    assert_eq!(d.tracked(), 0);
-
-    d.observe("a", &a, secs(20.0));
-    d.observe("a", &a, secs(30.0));
-    match d.closed("a", a.flow, 1, secs(31.0)) {
-        Some(Event::Closed {
-            reason, stuck_for, ..
-        }) => {
-            assert_eq!(reason, EndReason::Closed);
-            assert_eq!(stuck_for, secs(11.0));
-        }
-        other => panic!("expected a close, got {other:?}"),
-    }
-    assert_eq!(
-        d.closed("a", a.flow, 1, secs(32.0)),
-        None,
-        "closing twice is nothing"
+        step.restart,
+        Some(Restart {
+            reason: EndReason::Moved,
+            closed: None,
+        })
     );
 }
 
 #[test]
 fn a_new_cookie_on_the_same_tuple_is_a_new_connection() {
-    let mut d = Detector::new(T);
     let old = a_end(1, 5000, 3000);
-    d.observe("a", &old, secs(0.0));
-    assert!(opened(&d.observe("a", &old, secs(10.0))));
+    let mut t = track(&old, 0.0);
+    assert_eq!(t.step(&old, secs(10.0), T).opened, opened(1, 10.0));
     let new = a_end(2, 0, 3000);
-    let ev = d.observe("a", &new, secs(12.0));
-    assert_eq!(closed_with(&ev), Some(EndReason::Replaced));
-    assert!(!opened(&ev), "the new socket starts its own clock");
-    assert!(d.observe("a", &new, secs(21.9)).is_empty());
-    let ev = d.observe("a", &new, secs(22.0));
-    assert!(matches!(&ev[..], [Event::Opened { conn, .. }] if conn.cookie == 2));
-}
-
-#[test]
-fn a_new_socket_that_drains_at_once_still_replaces_the_old_one() {
-    let mut d = Detector::new(T);
-    let old = a_end(1, 5000, 3000);
-    d.observe("a", &old, secs(0.0));
-    assert!(opened(&d.observe("a", &old, secs(10.0))));
-    // The new socket on the same 4-tuple is seen with its queue empty.
-    let ev = d.observe("a", &a_end(2, 3000, 0), secs(12.0));
-    assert_eq!(closed_with(&ev), Some(EndReason::Replaced));
-    assert_eq!(d.tracked(), 0);
-    assert_eq!(d.cookie_of("a", old.flow), None);
-}
-
-#[test]
-fn a_connections_data_lives_as_long_as_its_socket_is_tracked() {
-    use tcpstall_collector::tuple::Tuple;
-    // The data the collector keeps beside a track: here, a count of the
-    // samples seen of its socket.
-    let mut d: detect::Detector<&'static str, u32> = detect::Detector::new(T);
-    let a = a_end(1, 5000, 3000);
-    let tuple = Tuple::new(a.flow);
-    let step = |d: &mut detect::Detector<&'static str, u32>, s: &EndSample, at: f64| {
-        let step = d.step("a", tuple, s, secs(at));
-        let fresh = step.fresh;
-        let ended = step.ended.map(|e| (e.cookie, e.data));
-        if let Some(n) = step.data {
-            *n += 1;
-        }
-        (fresh, ended)
-    };
+    let step = t.step(&new, secs(12.0), T);
     assert_eq!(
-        step(&mut d, &a, 0.0),
-        (true, None),
-        "a new socket's data is new"
+        step.restart,
+        Some(Restart {
+            reason: EndReason::Replaced,
+            closed: closed(1, EndReason::Replaced, 12.0),
+        })
     );
-    assert_eq!(step(&mut d, &a, 2.0), (false, None));
-    // Its queue moves: the stall starts again, the data stays.
-    let moved = a_end(1, 6000, 3000);
-    assert_eq!(step(&mut d, &moved, 4.0), (false, None));
-    assert_eq!(d.data("a", tuple), Some((1, &3)));
-    // Another socket on the 4-tuple: the old one's data ends with it.
-    let other = a_end(2, 100, 3000);
-    assert_eq!(step(&mut d, &other, 6.0), (true, Some((1, 3))));
-    assert_eq!(d.data("a", tuple), Some((2, &1)));
-    // Its last word hands back its data; a drain of nothing tracked, none.
-    let last = d.last_step("a", tuple, &a_end(2, 3100, 0), secs(8.0));
-    assert_eq!(last.ended.map(|e| (e.cookie, e.data)), Some((2, 1)));
-    assert_eq!(d.tracked(), 0);
-    let none = d.last_step("a", tuple, &a_end(2, 3100, 0), secs(10.0));
-    assert!(none.ended.is_none());
-    // A first and last word on a socket never tracked hands back nothing.
-    let word = d.last_step("a", tuple, &a_end(3, 100, 3000), secs(12.0));
-    assert!(word.ended.is_none());
-    // A close hands back the data; a close of another cookie, nothing.
-    step(&mut d, &a, 14.0);
-    assert!(d.close("a", tuple, 9, secs(15.0)).is_none());
-    assert_eq!(d.close("a", tuple, 1, secs(15.0)).map(|(_, n)| n), Some(1));
+    assert_eq!(step.opened, None, "the new socket starts its own clock");
+    assert_eq!(t.cookie(), 2);
+    assert_eq!(t.step(&new, secs(21.9), T).opened, None);
+    assert_eq!(t.step(&new, secs(22.0), T).opened, opened(2, 10.0));
 }
 
 #[test]
-fn what_drains_or_expires_leaves_nothing_behind() {
-    let mut d = Detector::new(T);
-    // A drain of a connection never tracked (its suspect expired, or its
-    // queue emptied before a report) tracks nothing.
+fn a_tracks_end_closes_its_episode_only_if_one_is_open() {
     let a = a_end(1, 5000, 3000);
-    d.observe("a", &a_end(1, 8000, 0), secs(0.0));
-    assert_eq!(d.cookie_of("a", a.flow), None);
-    // A suspect that went silent is forgotten whole: a later socket on
-    // its 4-tuple is not taken for its replacement, and its entry does
-    // not stay for the life of the collector.
-    d.observe("a", &a, secs(1.0));
-    assert_eq!(d.cookie_of("a", a.flow), Some(1));
-    assert_eq!(d.expire("a", secs(5.0)), 1);
-    assert_eq!(d.tracked(), 0);
-    assert_eq!(d.cookie_of("a", a.flow), None);
+    let mut t = track(&a, 0.0);
+    t.step(&a, secs(8.0), T);
+    assert_eq!(
+        t.end(EndReason::Drained, secs(9.0)),
+        None,
+        "held 9 s: no episode"
+    );
+    t.step(&a, secs(10.0), T);
+    assert_eq!(
+        t.end(EndReason::Drained, secs(11.0)),
+        closed(1, EndReason::Drained, 11.0)
+    );
+    assert_eq!(
+        t.end(EndReason::Closed, secs(31.0)),
+        closed(1, EndReason::Closed, 31.0)
+    );
+    // A host gone ends it at the last time its agent reported it.
+    assert_eq!(t.last(), secs(10.0));
+    assert_eq!(
+        t.end(EndReason::HostGone, t.last()),
+        closed(1, EndReason::HostGone, 10.0)
+    );
 }
 
 #[test]
-fn host_gone_ends_only_that_hosts_episodes() {
-    let mut d = Detector::new(T);
-    let a = a_end(1, 5000, 3000);
-    for host in ["a", "c"] {
-        d.observe(host, &a, secs(0.0));
-        d.observe(host, &a, secs(10.0));
-    }
-    let ev = d.host_gone("a");
-    assert_eq!(ev.len(), 1);
-    assert_eq!(closed_with(&ev), Some(EndReason::HostGone));
-    assert!(d.is_open("c", a.flow));
-    assert!(!d.is_open("a", a.flow));
-}
-
-#[test]
-fn silent_suspects_expire_but_open_episodes_stay() {
-    let mut d = Detector::new(T);
-    d.observe("a", &a_end(1, 5000, 3000), secs(0.0));
-    let mut stuck = a_end(2, 5000, 3000);
-    stuck.flow.remote = "198.18.0.1:40001".parse().expect("addr");
-    d.observe("a", &stuck, secs(0.0));
-    d.observe("a", &stuck, secs(10.0));
-    assert_eq!(d.expire("a", secs(5.0)), 1);
-    assert_eq!(d.tracked(), 1);
-}
-
-#[test]
-fn a_last_word_in_one_step_finds_what_a_sample_and_a_close_find() {
-    use tcpstall_collector::tuple::Tuple;
-    // SplitMix64: a reproducible sequence of samples.
-    let mut seed = 0x5eed_u64;
-    let mut next = move |n: u64| {
-        seed = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = seed;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        (z ^ (z >> 31)) % n
+fn a_hold_measured_by_its_agent_opens_and_closes_at_its_true_length() {
+    let span = |since: f64, last_held: f64, ended: f64, end: HeldEnd| {
+        HeldSpan::new(secs(since), secs(last_held), secs(ended), end).expect("an ordered span")
     };
-    let mut other = a_end(1, 5000, 3000);
-    other.flow.remote = "198.18.0.1:40001".parse().expect("addr");
-    let flows = [a_end(1, 5000, 3000).flow, other.flow];
-    for _ in 0..200 {
-        // Two steps: observe, then close, as the collector did; one step.
-        let (mut two, mut one) = (Detector::new(T), Detector::new(T));
-        let mut now = secs(0.0);
-        for _ in 0..40 {
-            now += secs(0.5 * (1 + next(8)) as f64);
-            let mut s = a_end(
-                1 + next(2),
-                [5000, 6000][next(2) as usize],
-                [0, 3000][usize::from(next(4) != 0)],
-            );
-            s.flow = flows[next(2) as usize];
-            s.unchanged_ms = [0, 4000, 12_000][next(3) as usize];
-            let tuple = Tuple::new(s.flow);
-            if next(3) == 0 {
-                let mut want = two.observe_at("h", tuple, &s, now).events;
-                want.extend(two.closed_at("h", tuple, s.cookie, now));
-                let word = one.last_word_at("h", tuple, &s, now);
-                let mut got = word.events;
-                got.extend(word.closed);
-                assert_eq!(got, want, "last word {s:?} at {now:?}");
-            } else {
-                let want = two.observe_at("h", tuple, &s, now);
-                let got = one.observe_at("h", tuple, &s, now);
-                assert_eq!(got, want, "sample {s:?} at {now:?}");
-            }
-            assert_eq!(one.tracked(), two.tracked());
-            for f in flows {
-                assert_eq!(one.cookie_of("h", f), two.cookie_of("h", f));
-                assert_eq!(one.is_open("h", f), two.is_open("h", f));
-            }
-        }
-    }
+    let a = a_end(1, 5000, 3000);
+    let t = track(&a, 0.0);
+    // Held 10.2 s by the agent's measure, ended between polls: an episode
+    // of that length, opened and closed at once.
+    let held = span(0.0, 10.0, 10.4, HeldEnd::Moved);
+    assert_eq!(
+        t.held_end(&held, T),
+        [opened(1, 10.2), closed(1, EndReason::Moved, 10.2)]
+    );
+    // Short of the threshold: no episode.
+    let short = span(0.0, 8.0, 8.25, HeldEnd::Drained);
+    assert_eq!(t.held_end(&short, T), [None, None]);
+    // Already open: it closes with the measured length and how it ended.
+    let mut open = track(&a, 0.0);
+    open.step(&a, secs(10.0), T);
+    let reset = span(0.0, 11.0, 11.5, HeldEnd::Reset);
+    assert_eq!(
+        open.held_end(&reset, T),
+        [None, closed(1, EndReason::Reset, 11.25)]
+    );
 }
-
-// ------------------------------------------------------------- diagnosis
 
 fn zero_window(mut a: EndSample) -> EndSample {
     a.pos.snd_wnd = Some(0);
