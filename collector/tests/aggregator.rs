@@ -511,11 +511,23 @@ async fn silent_suspects_expire_and_a_gone_host_ends_its_episodes() {
     let mut c = stuck_a(10_000);
     c.flow.local = "198.18.0.3:8080".parse().expect("addr");
     rig.send(c_sess, 100.0, vec![(SampleReason::Suspect, c)], at(11.0));
-    assert!(rig.episodes().await[0].open);
+    // hosta: an open episode of its own, which hostc's going must not end.
+    let mut a_open = stuck_a(10_000);
+    a_open.cookie = 78;
+    a_open.flow.local = "198.18.0.2:8888".parse().expect("addr");
+    rig.send(
+        a_sess,
+        111.0,
+        vec![(SampleReason::Suspect, a_open)],
+        at(11.0),
+    );
+    assert!(rig.episodes().await.iter().all(|e| e.open));
     rig.state
         .handle(Command::Gone { session: c_sess }, at(12.0));
     let eps = rig.episodes().await;
-    assert_eq!(eps[0].end_reason.as_deref(), Some("host_gone"));
+    let of = |host: &str| eps.iter().find(|e| e.a_host == host).expect("its episode");
+    assert_eq!(of("hostc").end_reason.as_deref(), Some("host_gone"));
+    assert!(of("hosta").open, "only the gone host's episodes end");
     assert_eq!(rig.state.stats().agents, 1);
     let hosts = rig.store.list_hosts().await.expect("hosts");
     let c_row = hosts.iter().find(|h| h.host == "hostc").expect("hostc");
