@@ -11,64 +11,20 @@ use std::time::Duration;
 
 use tcpstall_common::time::{millis, millis_i64};
 use tcpstall_common::{
-    Clock, Diagnosis, EndReason, EndSample, FlowTuple, HeldSpan, SampleReason, Side,
+    AgentBatch, Clock, Diagnosis, EndReason, EndSample, FlowTuple, HeldSpan, HostHello, Packed,
+    SampleReason, Side, ToAgent,
 };
+use tcpstall_proto::convert::{pack, unpack as decode};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::detect::{Event, Restart, Step, Track};
 use crate::diagnose::{diagnose, Evidence, Fact, Peer, Verdict};
 use crate::held::{self, HeldStats, HeldTally};
-use crate::packed::Packed;
 use crate::slab_map::SlabMap;
 use crate::store::{
     EpisodeEnd, EpisodeUpdate, HeldFilter, HeldRow, HostRecord, NewEpisode, Store, StoredSample,
 };
 use crate::tuple::Tuple;
-
-/// An agent's greeting, validated.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostHello {
-    pub host: String,
-    pub agent_version: String,
-    pub kernel: String,
-    pub boot_id: String,
-    /// Every address of every namespace the agent reads.
-    pub addresses: Vec<IpAddr>,
-    pub interval: Duration,
-}
-
-/// A socket the agent had reported is gone.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClosedSocket {
-    pub flow: FlowTuple,
-    pub cookie: u64,
-    /// Its hold, when it went as a held suspect (from agents that say).
-    pub held: Option<HeldSpan>,
-}
-
-/// One poll's worth from an agent, validated.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct AgentBatch {
-    /// The agent's monotonic clock at the poll.
-    pub mono: Duration,
-    pub connections: u32,
-    pub samples: Vec<(SampleReason, EndSample)>,
-    /// The same samples encoded, index for index, when the wire gave them
-    /// (the ingest task encodes them, off the aggregator's thread); when
-    /// empty the aggregator encodes what it keeps.
-    pub packed: Vec<Option<Packed>>,
-    pub closed: Vec<ClosedSocket>,
-    pub absent: Vec<FlowTuple>,
-    pub dropped_batches: u64,
-    pub dropped_samples: u64,
-}
-
-/// What the collector asks an agent.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ToAgent {
-    Watch(FlowTuple),
-    Unwatch(FlowTuple),
-}
 
 /// Both ends of a flow as known now.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -393,7 +349,7 @@ pub fn ask_peer_after(threshold: Duration, interval: Duration) -> Duration {
 
 /// The sample's encoding: the one at hand, or a new one.
 fn take(slot: &mut Option<Packed>, s: &EndSample) -> Packed {
-    slot.take().unwrap_or_else(|| Packed::new(s))
+    slot.take().unwrap_or_else(|| pack(s))
 }
 
 /// A's sample: the one at hand, else the suspect's latest, unpacked.
@@ -405,7 +361,7 @@ fn a_sample<'a>(at_hand: Option<&'a EndSample>, s: &Suspect) -> Option<Cow<'a, E
 }
 
 fn unpack(p: &Packed) -> Option<EndSample> {
-    let s = p.unpack();
+    let s = decode(p);
     if s.is_none() {
         tracing::error!(
             bytes = p.len(),
@@ -954,7 +910,7 @@ impl State {
                 sample: if reason == SampleReason::Watched {
                     take(&mut slot, sample)
                 } else {
-                    slot.clone().unwrap_or_else(|| Packed::new(sample))
+                    slot.clone().unwrap_or_else(|| pack(sample))
                 },
             });
             match reason {

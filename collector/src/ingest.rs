@@ -13,19 +13,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prost::Message;
-use tcpstall_common::SampleReason;
+use tcpstall_common::ToAgent;
 use tcpstall_proto::convert::{self, ConvertError};
 use tcpstall_proto::raw::{self, agent_message};
-use tcpstall_proto::sample_wire;
 use tcpstall_proto::server::ingest_server::IngestServer;
 use tcpstall_proto::v1::{self, collector_message};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::Stream;
 use tonic::{Code, Request, Response, Status, Streaming};
 
-use crate::aggregator::{AgentBatch, ClosedSocket, Command, HostHello, ToAgent};
+use crate::aggregator::Command;
 use crate::frames::{IngestBody, MessageReader, TakeBody};
-use crate::packed::Packed;
 use crate::tls;
 
 /// Watch requests queued for one agent before new ones are dropped.
@@ -104,120 +102,13 @@ where
     }
 }
 
-fn invalid(e: ConvertError) -> Status {
-    Status::invalid_argument(e.to_string())
-}
-
-/// Validates a Hello.
-pub fn hello_from_wire(h: &v1::Hello) -> Result<HostHello, Status> {
-    if h.protocol == 0 || h.protocol > tcpstall_proto::PROTOCOL_VERSION {
-        return Err(Status::failed_precondition(format!(
-            "protocol {} not spoken here (this collector speaks 1..={})",
-            h.protocol,
-            tcpstall_proto::PROTOCOL_VERSION
-        )));
+/// The gRPC status of a message `convert` refused.
+fn status(e: ConvertError) -> Status {
+    match e {
+        ConvertError::Protocol { .. } => Status::failed_precondition(e.to_string()),
+        ConvertError::TooMany { .. } => Status::resource_exhausted(e.to_string()),
+        _ => Status::invalid_argument(e.to_string()),
     }
-    let host = convert::name_from_wire(&h.host, "host").map_err(invalid)?;
-    if host.is_empty() || host.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err(Status::invalid_argument(
-            "host: empty or with spaces or control characters",
-        ));
-    }
-    let mut addresses = Vec::new();
-    for ns in &h.namespaces {
-        for ip in &ns.addresses {
-            addresses
-                .push(convert::ip_from_wire(Some(ip), "namespaces.addresses").map_err(invalid)?);
-        }
-    }
-    if addresses.len() > 65_536 {
-        return Err(Status::invalid_argument("more than 65536 addresses"));
-    }
-    let interval = Duration::from_millis(u64::from(h.interval_ms));
-    if interval < Duration::from_millis(50) || interval > Duration::from_secs(3600) {
-        return Err(Status::invalid_argument(format!(
-            "interval_ms {} out of range 50..=3600000",
-            h.interval_ms
-        )));
-    }
-    Ok(HostHello {
-        host,
-        agent_version: convert::name_from_wire(&h.agent_version, "agent_version")
-            .map_err(invalid)?,
-        kernel: convert::name_from_wire(&h.kernel, "kernel").map_err(invalid)?,
-        boot_id: convert::name_from_wire(&h.boot_id, "boot_id").map_err(invalid)?,
-        addresses,
-        interval,
-    })
-}
-
-/// Validates a Batch. Each sample is decoded to check it; the encoding it
-/// came in is what the aggregator keeps, copied out of the message (each
-/// sample is a slice of the message's buffer, which goes with the batch).
-pub fn batch_from_wire(b: raw::Batch, max_samples: usize) -> Result<AgentBatch, Status> {
-    let n = b.samples.len() + b.closed.len() + b.absent.len();
-    if n > max_samples {
-        return Err(Status::resource_exhausted(format!(
-            "batch of {n} entries, at most {max_samples}"
-        )));
-    }
-    let mut samples = Vec::with_capacity(b.samples.len());
-    let mut packed = Vec::with_capacity(b.samples.len());
-    for (i, bytes) in b.samples.into_iter().enumerate() {
-        let at = |e: &dyn std::fmt::Display| Status::invalid_argument(format!("samples[{i}]: {e}"));
-        let w = sample_wire::decode_sample(&bytes).map_err(|e| at(&e))?;
-        let reason = convert::reason_from_wire(w.reason, w.held.as_ref()).map_err(|e| at(&e))?;
-        let s = convert::sample_from_wire_owned(w).map_err(|e| at(&e))?;
-        // What the aggregator may keep; a released sample is kept only as
-        // an episode's last, and encoded there if so.
-        let released = matches!(reason, SampleReason::Released(_));
-        packed.push((!released).then(|| Packed::from_bytes(&bytes[..])));
-        samples.push((reason, s));
-    }
-    let closed = b
-        .closed
-        .iter()
-        .map(|c| {
-            Ok(ClosedSocket {
-                flow: tcpstall_common::FlowTuple::new(
-                    convert::endpoint_from_wire(c.local.as_ref(), "closed.local")?,
-                    convert::endpoint_from_wire(c.remote.as_ref(), "closed.remote")?,
-                ),
-                cookie: c.cookie,
-                held: c.held.as_ref().map(convert::held_from_wire).transpose()?,
-            })
-        })
-        .collect::<Result<Vec<_>, ConvertError>>()
-        .map_err(invalid)?;
-    let absent = b
-        .absent
-        .iter()
-        .map(|f| convert::flow_from_wire(Some(f)))
-        .collect::<Result<Vec<_>, ConvertError>>()
-        .map_err(invalid)?;
-    Ok(AgentBatch {
-        mono: Duration::from_micros(b.mono_us),
-        connections: b.connections,
-        samples,
-        packed,
-        closed,
-        absent,
-        dropped_batches: b.dropped_batches,
-        dropped_samples: b.dropped_samples,
-    })
-}
-
-fn to_wire(msg: ToAgent) -> v1::CollectorMessage {
-    let body = match msg {
-        ToAgent::Watch(flow) => collector_message::Body::Watch(v1::Watch {
-            flow: Some(convert::flow_to_wire(flow)),
-            reason: "peer of a suspect flow".into(),
-        }),
-        ToAgent::Unwatch(flow) => collector_message::Body::Unwatch(v1::Unwatch {
-            flow: Some(convert::flow_to_wire(flow)),
-        }),
-    };
-    v1::CollectorMessage { body: Some(body) }
 }
 
 type Outbound = Pin<Box<dyn Stream<Item = Result<v1::CollectorMessage, Status>> + Send>>;
@@ -254,7 +145,8 @@ impl tcpstall_proto::server::ingest_server::Ingest for IngestService {
             .await?
             .ok_or_else(|| Status::invalid_argument("stream ended before its Hello"))?;
         let hello = match first.body {
-            Some(agent_message::Body::Hello(h)) => hello_from_wire(&h)
+            Some(agent_message::Body::Hello(h)) => convert::hello_from_wire(&h)
+                .map_err(status)
                 .and_then(|hello| tls::check_host(&identity, &hello.host).map(|()| hello)),
             _ => Err(Status::invalid_argument(
                 "the first message must be a Hello",
@@ -328,7 +220,8 @@ impl tcpstall_proto::server::ingest_server::Ingest for IngestService {
                 };
                 let cmd = match msg.body {
                     Some(agent_message::Body::Batch(b)) => {
-                        batch_from_wire(b, max.load(Ordering::Relaxed))
+                        convert::batch_from_wire(b, max.load(Ordering::Relaxed))
+                            .map_err(status)
                             .map(|batch| Command::Batch { session, batch })
                     }
                     Some(agent_message::Body::Heartbeat(h)) => Ok(Command::Heartbeat {
@@ -377,7 +270,11 @@ impl tcpstall_proto::server::ingest_server::Ingest for IngestService {
                     }
                 }
                 for msg in burst.drain(..) {
-                    if out_tx.send(Ok(to_wire(msg))).await.is_err() {
+                    if out_tx
+                        .send(Ok(convert::to_agent_to_wire(msg)))
+                        .await
+                        .is_err()
+                    {
                         break 'out;
                     }
                 }
@@ -411,115 +308,6 @@ mod tests {
         // A well-framed message that is not protobuf: refused, not skipped.
         let err = next_message(&mut reader).await.expect_err("garbage");
         assert_eq!(err.code(), Code::Internal, "{err}");
-    }
-
-    /// Each sample is read as a slice of its message (no copy per sample),
-    /// and what the aggregator keeps is a copy of its own: a kept slice
-    /// would hold the whole message's buffer for as long as the suspect
-    /// lives.
-    #[test]
-    fn samples_are_read_in_place_and_kept_as_copies_of_their_own() {
-        let ends: Vec<_> = (1..=3)
-            .map(|cookie| tcpstall_common::EndSample {
-                cookie,
-                ..crate::packed::tests::sample()
-            })
-            .collect();
-        let reasons = [
-            v1::SampleReason::Suspect,
-            v1::SampleReason::Released,
-            v1::SampleReason::Watched,
-        ];
-        let wire: Vec<_> = ends
-            .iter()
-            .zip(reasons)
-            .map(|(e, r)| convert::sample_to_wire(e, r))
-            .collect();
-        let msg = v1::AgentMessage {
-            body: Some(v1::agent_message::Body::Batch(v1::Batch {
-                samples: wire,
-                ..Default::default()
-            })),
-        };
-        let buffer = tonic::codegen::Bytes::from(msg.encode_to_vec());
-        let within = |p: &[u8]| buffer.as_ptr_range().contains(&p.as_ptr());
-        let Some(agent_message::Body::Batch(b)) = raw::AgentMessage::decode(buffer.clone())
-            .expect("decodes")
-            .body
-        else {
-            panic!("not a batch");
-        };
-        assert!(b.samples.iter().all(|s| within(s)), "a sample was copied");
-        let batch = batch_from_wire(b, 100).expect("a valid batch");
-        assert_eq!(batch.samples.len(), 3);
-        // A released sample is not kept; the others are, outside the message.
-        assert!(batch.packed[1].is_none());
-        for i in [0, 2] {
-            let packed = batch.packed[i].as_ref().expect("kept");
-            assert!(!within(packed.as_bytes()), "sample {i} holds the message");
-            let back = packed.unpack().expect("unpacks");
-            assert_eq!(back, batch.samples[i].1);
-            assert_eq!(back, ends[i]);
-        }
-    }
-
-    /// A held span comes through on a release and a closing, is ignored
-    /// on anything else, and one that cannot be refuses the batch.
-    #[test]
-    fn held_spans_are_read_checked_and_refused_when_impossible() {
-        use tcpstall_common::{HeldEnd, HeldSpan};
-        let ms = Duration::from_millis;
-        let span = HeldSpan::new(ms(1_000), ms(11_000), ms(11_250), HeldEnd::Reset).expect("span");
-        let wire_span = convert::held_to_wire(&span);
-        let end = crate::packed::tests::sample();
-        let mut released = convert::sample_to_wire(&end, v1::SampleReason::Released);
-        released.held = Some(wire_span);
-        let mut suspect = convert::sample_to_wire(&end, v1::SampleReason::Suspect);
-        suspect.held = Some(wire_span);
-        let closed = v1::Closed {
-            netns: "host".into(),
-            local: Some(convert::endpoint_to_wire(end.flow.local)),
-            remote: Some(convert::endpoint_to_wire(end.flow.remote)),
-            cookie: 3,
-            held: Some(wire_span),
-        };
-        let raw = |samples: Vec<v1::Sample>, closed: Vec<v1::Closed>| raw::Batch {
-            samples: samples
-                .iter()
-                .map(|s| tonic::codegen::Bytes::from(s.encode_to_vec()))
-                .collect(),
-            closed,
-            ..raw::Batch::default()
-        };
-        let b = batch_from_wire(
-            raw(vec![released.clone(), suspect], vec![closed.clone()]),
-            100,
-        )
-        .expect("valid");
-        assert_eq!(b.samples[0].0, SampleReason::Released(Some(span)));
-        assert_eq!(
-            b.samples[1].0,
-            SampleReason::Suspect,
-            "a span on the release only"
-        );
-        assert_eq!(b.closed[0].held, Some(span));
-        // Out of order, or with no end named: the batch is refused.
-        let mut bad = released;
-        bad.held = Some(v1::Held {
-            ended_us: 10,
-            ..wire_span
-        });
-        let err = batch_from_wire(raw(vec![bad], vec![]), 100).expect_err("refused");
-        assert_eq!(err.code(), Code::InvalidArgument);
-        assert!(err.message().contains("samples[0]"), "{err}");
-        let mut bad = closed;
-        bad.held = Some(v1::Held {
-            end: 0,
-            ..wire_span
-        });
-        let err = batch_from_wire(raw(vec![], vec![bad]), 100).expect_err("refused");
-        assert_eq!(err.code(), Code::InvalidArgument);
-        assert!(err.message().contains("held"), "{err}");
     }
 
     #[test]

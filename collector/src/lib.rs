@@ -18,10 +18,14 @@ pub mod frames;
 pub mod held;
 pub mod ingest;
 pub mod metrics;
-pub mod packed;
 pub mod query;
 pub mod server;
 pub mod slab_map;
 pub mod store;
 pub mod tls;
+
+/// The sample builders of the integration tests, for unit tests too.
+#[cfg(test)]
+#[path = "../tests/support/mod.rs"]
+mod test_support;
 pub mod tuple;

@@ -74,7 +74,7 @@ pub fn episode_to_wire(e: &EpisodeRow, now_ms: i64) -> v1::Episode {
 /// `None`: the bytes do not decode (the store checked them when it read
 /// them, so a bug).
 fn sample_to_wire(s: &StoredSample) -> Option<v1::EndSample> {
-    let sample = s.sample.unpack()?;
+    let sample = tcpstall_proto::convert::unpack(&s.sample)?;
     Some(v1::EndSample {
         side: s.side.as_str().into(),
         host: s.host.clone(),
@@ -403,14 +403,14 @@ mod tests {
 #[cfg(test)]
 mod sample_tests {
     use super::*;
-    use crate::packed::Packed;
     use prost::Message;
+    use tcpstall_common::Packed;
     use tcpstall_common::{EndSample, Side};
 
     /// A sample without TCP_CORK known: a cork source beside it is what
     /// the wire checks drop.
     fn sample() -> EndSample {
-        let mut s = crate::packed::tests::sample();
+        let mut s = crate::test_support::a_end(7, 5000, 3000);
         s.cork = None;
         s.cork_source = None;
         s

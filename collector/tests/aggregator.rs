@@ -6,11 +6,11 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use tcpstall_collector::aggregator::{
-    AgentBatch, ClosedSocket, Command, HostHello, State, ToAgent,
-};
+use tcpstall_collector::aggregator::{Command, State};
 use tcpstall_collector::store::{EpisodeFilter, EpisodeRow, HeldFilter, Store, StoreConfig};
+use tcpstall_common::{AgentBatch, ClosedSocket, HostHello, ToAgent};
 use tcpstall_common::{EndSample, FlowTuple, HeldEnd, HeldSpan, SampleReason, Side, TimerKind};
+use tcpstall_proto::convert::unpack;
 use tokio::sync::{mpsc, oneshot};
 
 mod support;
@@ -277,7 +277,7 @@ async fn join_watch_and_peer_not_reading_from_both_ends() {
     );
     assert!(sides.contains(&Side::B), "B's samples stored: {sides:?}");
     let last_a = samples.iter().rfind(|s| s.side == Side::A).expect("last A");
-    let last_a = last_a.sample.unpack().expect("a stored sample decodes");
+    let last_a = unpack(&last_a.sample).expect("a stored sample decodes");
     assert_eq!(last_a.pos.snd_una, Some(6000), "the last word is the move");
 }
 
@@ -1194,12 +1194,7 @@ async fn an_open_episode_ends_with_the_measured_length_and_how_it_went() {
         .await
         .expect("read")
         .expect("kept");
-    let last = samples
-        .last()
-        .expect("samples")
-        .sample
-        .unpack()
-        .expect("decodes");
+    let last = unpack(&samples.last().expect("samples").sample).expect("decodes");
     assert_eq!(
         last.state,
         tcpstall_common::TcpState::CloseWait,

@@ -11,9 +11,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use prost::Message;
-use tcpstall_collector::ingest::{batch_from_wire, hello_from_wire};
 use tcpstall_common::{FlowTuple, SampleReason};
-use tcpstall_proto::convert;
+use tcpstall_proto::convert::{self, batch_from_wire, hello_from_wire};
 use tcpstall_proto::raw;
 use tcpstall_proto::v1::{self, agent_message};
 

@@ -8,7 +8,6 @@ use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
 use rusqlite::Connection;
-use tcpstall_collector::packed::Packed;
 use tcpstall_collector::store::schema::{self, SCHEMA_VERSION};
 use tcpstall_collector::store::{
     EpisodeEnd, EpisodeFilter, EpisodeRow, EpisodeUpdate, HeldFilter, HeldRow, HostRecord,
@@ -18,6 +17,7 @@ use tcpstall_common::time::unix_ms;
 use tcpstall_common::{
     Clock, EndReason, EndSample, FlowTuple, HeldEnd, Opened, Positions, Side, TcpState, TimerKind,
 };
+use tcpstall_proto::convert::{pack, unpack};
 use tempfile::TempDir;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -143,7 +143,7 @@ fn stored(side: Side, host: &str, at_ms: i64, f: FlowTuple) -> StoredSample {
         side,
         host: host.into(),
         at_ms,
-        sample: Packed::new(&end_sample(f, 77, 4096)),
+        sample: pack(&end_sample(f, 77, 4096)),
     }
 }
 
@@ -630,7 +630,7 @@ async fn a_version_1_file_upgrades_and_its_json_samples_read_beside_new_ones() -
     assert_eq!((row.id, row.a_cookie, row.a_flow), (e.id, e.a_cookie, f));
     assert_eq!(got.len(), 1);
     assert_eq!(
-        got[0].sample.unpack().as_ref(),
+        unpack(&got[0].sample).as_ref(),
         Some(&old),
         "the JSON, read"
     );
@@ -644,13 +644,13 @@ async fn a_version_1_file_upgrades_and_its_json_samples_read_beside_new_ones() -
             side: Side::B,
             host: "beta".into(),
             at_ms: 1_500,
-            sample: Packed::new(&b),
+            sample: pack(&b),
         },
         StoredSample {
             side: Side::A,
             host: "alpha".into(),
             at_ms: 3_000,
-            sample: Packed::new(&end_sample(f, 77, 2048)),
+            sample: pack(&end_sample(f, 77, 2048)),
         },
     ];
     assert!(store.add_samples(e.id, new.clone()));
@@ -661,13 +661,13 @@ async fn a_version_1_file_upgrades_and_its_json_samples_read_beside_new_ones() -
             side: Side::A,
             host: "alpha".into(),
             at_ms: 2_000,
-            sample: Packed::new(&old),
+            sample: pack(&old),
         },
         new[1].clone(),
     ];
     assert_eq!(got, want, "old and new, in time order");
-    assert_eq!(got[0].sample.unpack(), Some(b));
-    assert_eq!(got[2].sample.unpack(), Some(end_sample(f, 77, 2048)));
+    assert_eq!(unpack(&got[0].sample), Some(b));
+    assert_eq!(unpack(&got[2].sample), Some(end_sample(f, 77, 2048)));
     stop(store, thread).await;
 
     // In the file: the old row as it was, the new ones as protobuf.
@@ -705,7 +705,7 @@ async fn samples_are_stored_as_wire_samples_and_bad_bytes_are_corrupt() -> TestR
             side: Side::A,
             host: "alpha".into(),
             at_ms: 1_000,
-            sample: Packed::new(&written),
+            sample: pack(&written),
         }]
     ));
     store.flush().await?;

@@ -11,9 +11,9 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use tcpstall_collector::packed::Packed;
 use tcpstall_collector::store::{NewEpisode, Store, StoreConfig, StoredSample};
 use tcpstall_common::{EndSample, FlowTuple, Opened, Side, TimerKind};
+use tcpstall_proto::convert::pack;
 use tempfile::TempDir;
 
 mod support;
@@ -121,13 +121,13 @@ async fn one_run() -> Result<Run, Box<dyn std::error::Error>> {
                     side: Side::A,
                     host: format!("host-{i}"),
                     at_ms,
-                    sample: Packed::new(&a_end(i, n)),
+                    sample: pack(&a_end(i, n)),
                 },
                 StoredSample {
                     side: Side::B,
                     host: format!("peer-{i}"),
                     at_ms,
-                    sample: Packed::new(&b_end(i, n)),
+                    sample: pack(&b_end(i, n)),
                 },
             ];
             pairs.push((next + i64::from(i), pair));

@@ -16,6 +16,9 @@ use tcpstall_common::{
 
 use crate::v1;
 
+mod ingest;
+pub use ingest::{batch_from_wire, hello_from_wire, pack, to_agent_to_wire, unpack, MAX_ADDRESSES};
+
 /// Why a wire message was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConvertError {
@@ -41,6 +44,21 @@ pub enum ConvertError {
         len: usize,
         max: usize,
     },
+    /// A peer speaking a protocol version this side does not.
+    #[error("protocol {got} not spoken here (this collector speaks 1..={speaks})")]
+    Protocol { got: u32, speaks: u32 },
+    /// More entries than the receiver takes in one message.
+    #[error("{what} of {n} entries, at most {max}")]
+    TooMany {
+        what: &'static str,
+        n: usize,
+        max: usize,
+    },
+    /// One sample of a batch, by its index.
+    #[error("samples[{index}]: {error}")]
+    Sample { index: usize, error: String },
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// Longest namespace label or host name accepted.

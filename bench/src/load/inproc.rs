@@ -16,10 +16,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use prost::Message;
-use tcpstall_collector::aggregator::{Command, HostHello, State, ToAgent};
-use tcpstall_collector::ingest::batch_from_wire;
+use tcpstall_collector::aggregator::{Command, State};
 use tcpstall_collector::store::{Store, StoreConfig};
 use tcpstall_common::time::micros;
+use tcpstall_common::{HostHello, ToAgent};
+use tcpstall_proto::convert::batch_from_wire;
 use tcpstall_proto::convert::{flow_to_wire, reasoned_sample_to_wire};
 use tcpstall_proto::{raw, v1};
 use tokio::sync::{mpsc, oneshot};
@@ -172,8 +173,8 @@ fn measure(args: &InprocArgs) -> anyhow::Result<Seen> {
             let Some(raw::agent_message::Body::Batch(b)) = msg.body else {
                 anyhow::bail!("not a batch");
             };
-            let batch = batch_from_wire(b, max_samples)
-                .map_err(|s| anyhow::anyhow!("refused: {}", s.message()))?;
+            let batch =
+                batch_from_wire(b, max_samples).map_err(|e| anyhow::anyhow!("refused: {e}"))?;
             let t1 = thread_cpu()?;
             totals.samples += batch.samples.len() as u64 + batch.absent.len() as u64;
             state.handle(

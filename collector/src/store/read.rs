@@ -7,7 +7,8 @@ use rusqlite::{params_from_iter, Connection, Row};
 use tcpstall_common::{EndSample, FlowTuple, HeldEnd, Side};
 
 use super::{EpisodeFilter, EpisodeRow, HeldFilter, HeldRow, HostRow, StoreError, StoredSample};
-use crate::packed::Packed;
+use tcpstall_common::Packed;
+use tcpstall_proto::convert::{pack, unpack};
 
 const EPISODE_COLS: &str = "id, diagnosis, summary, evidence, started_at_ms, duration_ms, \
      stuck_bytes, a_host, a_netns, a_local, a_remote, a_cookie, b_host, peer_note, open, \
@@ -113,7 +114,7 @@ fn sample(row: &Row<'_>, id: i64) -> Result<Packed, StoreError> {
     match bytes {
         Some(b) => {
             let p = Packed::from_bytes(b);
-            match p.unpack() {
+            match unpack(&p) {
                 Some(_) => Ok(p),
                 None => Err(corrupt(id, "sample_pb", &describe(p.as_bytes()))),
             }
@@ -122,9 +123,9 @@ fn sample(row: &Row<'_>, id: i64) -> Result<Packed, StoreError> {
             let json: String = row.get(3)?;
             let s: EndSample =
                 serde_json::from_str(&json).map_err(|_| corrupt(id, "sample", &json))?;
-            let p = Packed::new(&s);
+            let p = pack(&s);
             // What a person's edit may hold but the wire cannot carry.
-            match p.unpack() {
+            match unpack(&p) {
                 Some(_) => Ok(p),
                 None => Err(corrupt(id, "sample", &json)),
             }

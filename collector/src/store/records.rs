@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use tcpstall_common::{FlowTuple, HeldEnd, Side};
 
-use crate::packed::Packed;
+use tcpstall_common::Packed;
 
 use super::{DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT};
 
@@ -104,7 +104,7 @@ pub struct StoredSample {
     pub at_ms: i64,
     /// Stored as those bytes (protobuf `tcpstall.v1.Sample`) in
     /// `samples.sample_pb`; rows of schema version 1 held JSON and are
-    /// read back into the same encoding. [`Packed::unpack`] gives the
+    /// read back into the same encoding. `convert::unpack` gives the
     /// `EndSample`.
     pub sample: Packed,
 }

@@ -2,7 +2,7 @@
 
 use super::*;
 
-fn sample() -> EndSample {
+pub(super) fn sample() -> EndSample {
     EndSample {
         flow: FlowTuple::new(
             "198.18.0.1:40000".parse().expect("addr"),

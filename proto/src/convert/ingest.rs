@@ -1,0 +1,153 @@
+//! The ingest protocol's messages: an agent's Hello and Batch as the
+//! collector checks them, the requests it sends back, and a sample kept in
+//! its wire encoding ([`pack`], [`unpack`]).
+
+use std::time::Duration;
+
+use prost::Message;
+use tcpstall_common::{
+    AgentBatch, ClosedSocket, EndSample, FlowTuple, HostHello, Packed, SampleReason, ToAgent,
+};
+
+use super::{
+    endpoint_from_wire, flow_from_wire, flow_to_wire, held_from_wire, ip_from_wire, name_from_wire,
+    reason_from_wire, sample_from_wire_owned, sample_to_wire, ConvertError,
+};
+use crate::v1::{self, collector_message};
+use crate::{raw, sample_wire};
+
+/// Most addresses one Hello may announce.
+pub const MAX_ADDRESSES: usize = 65_536;
+
+/// A sample in the encoding the collector keeps and stores.
+pub fn pack(s: &EndSample) -> Packed {
+    let wire = sample_to_wire(s, v1::SampleReason::Unspecified);
+    Packed::from_bytes(wire.encode_to_vec())
+}
+
+/// The sample back. `None` only if what [`pack`] wrote (or a store kept)
+/// no longer decodes, which would be a bug: the caller logs it and goes on.
+pub fn unpack(p: &Packed) -> Option<EndSample> {
+    let wire = sample_wire::decode_sample(p.as_bytes()).ok()?;
+    sample_from_wire_owned(wire).ok()
+}
+
+/// An agent's Hello, checked: a protocol this collector speaks, a host name
+/// fit for logs and keys, addresses, and a poll interval in range.
+pub fn hello_from_wire(h: &v1::Hello) -> Result<HostHello, ConvertError> {
+    if h.protocol == 0 || h.protocol > crate::PROTOCOL_VERSION {
+        return Err(ConvertError::Protocol {
+            got: h.protocol,
+            speaks: crate::PROTOCOL_VERSION,
+        });
+    }
+    let host = name_from_wire(&h.host, "host")?;
+    if host.is_empty() || host.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(ConvertError::Invalid(
+            "host: empty or with spaces or control characters".into(),
+        ));
+    }
+    let mut addresses = Vec::new();
+    for ns in &h.namespaces {
+        for ip in &ns.addresses {
+            addresses.push(ip_from_wire(Some(ip), "namespaces.addresses")?);
+        }
+    }
+    if addresses.len() > MAX_ADDRESSES {
+        return Err(ConvertError::Invalid(format!(
+            "more than {MAX_ADDRESSES} addresses"
+        )));
+    }
+    let interval = Duration::from_millis(u64::from(h.interval_ms));
+    if interval < Duration::from_millis(50) || interval > Duration::from_secs(3600) {
+        return Err(ConvertError::Invalid(format!(
+            "interval_ms {} out of range 50..=3600000",
+            h.interval_ms
+        )));
+    }
+    Ok(HostHello {
+        host,
+        agent_version: name_from_wire(&h.agent_version, "agent_version")?,
+        kernel: name_from_wire(&h.kernel, "kernel")?,
+        boot_id: name_from_wire(&h.boot_id, "boot_id")?,
+        addresses,
+        interval,
+    })
+}
+
+/// An agent's Batch, checked. Each sample is decoded to check it; the
+/// encoding it came in is what the collector keeps, copied out of the
+/// message (each sample is a slice of the message's buffer, which goes with
+/// the batch).
+pub fn batch_from_wire(b: raw::Batch, max_entries: usize) -> Result<AgentBatch, ConvertError> {
+    let n = b.samples.len() + b.closed.len() + b.absent.len();
+    if n > max_entries {
+        return Err(ConvertError::TooMany {
+            what: "batch",
+            n,
+            max: max_entries,
+        });
+    }
+    let mut samples = Vec::with_capacity(b.samples.len());
+    let mut packed = Vec::with_capacity(b.samples.len());
+    for (index, bytes) in b.samples.into_iter().enumerate() {
+        let at = |e: &dyn std::fmt::Display| ConvertError::Sample {
+            index,
+            error: e.to_string(),
+        };
+        let w = sample_wire::decode_sample(&bytes).map_err(|e| at(&e))?;
+        let reason = reason_from_wire(w.reason, w.held.as_ref()).map_err(|e| at(&e))?;
+        let s = sample_from_wire_owned(w).map_err(|e| at(&e))?;
+        // What the matcher may keep; a released sample is kept only as an
+        // episode's last, and encoded there if so.
+        let released = matches!(reason, SampleReason::Released(_));
+        packed.push((!released).then(|| Packed::from_bytes(&bytes[..])));
+        samples.push((reason, s));
+    }
+    let closed = b
+        .closed
+        .iter()
+        .map(|c| {
+            Ok(ClosedSocket {
+                flow: FlowTuple::new(
+                    endpoint_from_wire(c.local.as_ref(), "closed.local")?,
+                    endpoint_from_wire(c.remote.as_ref(), "closed.remote")?,
+                ),
+                cookie: c.cookie,
+                held: c.held.as_ref().map(held_from_wire).transpose()?,
+            })
+        })
+        .collect::<Result<Vec<_>, ConvertError>>()?;
+    let absent = b
+        .absent
+        .iter()
+        .map(|f| flow_from_wire(Some(f)))
+        .collect::<Result<Vec<_>, ConvertError>>()?;
+    Ok(AgentBatch {
+        mono: Duration::from_micros(b.mono_us),
+        connections: b.connections,
+        samples,
+        packed,
+        closed,
+        absent,
+        dropped_batches: b.dropped_batches,
+        dropped_samples: b.dropped_samples,
+    })
+}
+
+/// A request to an agent on the wire.
+pub fn to_agent_to_wire(msg: ToAgent) -> v1::CollectorMessage {
+    let body = match msg {
+        ToAgent::Watch(flow) => collector_message::Body::Watch(v1::Watch {
+            flow: Some(flow_to_wire(flow)),
+            reason: "peer of a suspect flow".into(),
+        }),
+        ToAgent::Unwatch(flow) => collector_message::Body::Unwatch(v1::Unwatch {
+            flow: Some(flow_to_wire(flow)),
+        }),
+    };
+    v1::CollectorMessage { body: Some(body) }
+}
+
+#[cfg(test)]
+mod tests;
