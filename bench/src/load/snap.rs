@@ -1,0 +1,182 @@
+//! A reading of everything at one moment of a `collector-load` run: the
+//! collector's and this process's CPU and memory, the simulated agents'
+//! counters, the bytes on the collector's port, the database's rows and
+//! size, and the store's own counters.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context;
+use rusqlite::{Connection, OpenFlags};
+use tcpstall_agent::run::monotonic;
+use tcpstall_agent::{netns, Poller};
+use tcpstall_common::TcpState;
+
+use super::agent::Counters;
+use crate::procfs::{self, Mem, ThreadCpu, Ticks};
+use crate::procs::Collector;
+
+/// A reading of everything at one moment.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Snap {
+    pub(super) at: Duration,
+    pub(super) collector: Ticks,
+    pub(super) collector_threads: BTreeMap<u32, (String, ThreadCpu)>,
+    pub(super) collector_mem: Mem,
+    pub(super) generator: Ticks,
+    pub(super) generator_threads: BTreeMap<u32, (String, ThreadCpu)>,
+    pub(super) samples_taken: u64,
+    pub(super) suspect_taken: u64,
+    pub(super) released_taken: u64,
+    pub(super) watched_taken: u64,
+    pub(super) batches_taken: u64,
+    pub(super) heartbeats_taken: u64,
+    /// TCP payload the collector received on / acknowledged from its
+    /// listening port's connections (gRPC and HTTP/2 framing included).
+    pub(super) wire_in: u64,
+    pub(super) wire_out: u64,
+    pub(super) samples_offered: u64,
+    pub(super) samples_dropped: u64,
+    pub(super) batches_dropped: u64,
+    pub(super) watches: u64,
+    pub(super) unwatches: u64,
+    pub(super) suspects: i64,
+    pub(super) watched: i64,
+    pub(super) stuck: i64,
+    pub(super) outboxed: i64,
+    pub(super) db: DbCounts,
+    /// The database file and its WAL, bytes.
+    pub(super) db_bytes: u64,
+    /// Rows the collector's retention deleted, since it started (its
+    /// metrics; 0 when it did not answer).
+    pub(super) pruned_rows: f64,
+    /// Sample rows ever stored (`tcpstall_collector_store_samples_total`).
+    pub(super) samples_stored: i64,
+    /// Episodes retention deleted, all of them ended
+    /// (`tcpstall_collector_store_pruned_episodes_total`).
+    pub(super) pruned_episodes: i64,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct DbCounts {
+    pub(super) episodes: i64,
+    pub(super) closed: i64,
+    /// The highest episode id: every episode ever stored (ids are never
+    /// handed out twice), where `episodes` is those still there.
+    pub(super) episodes_max: i64,
+}
+
+fn db_counts(conn: &Connection) -> anyhow::Result<DbCounts> {
+    let one = |sql: &str| -> anyhow::Result<i64> {
+        Ok(conn
+            .query_row(sql, [], |r| r.get::<_, Option<i64>>(0))?
+            .unwrap_or(0))
+    };
+    Ok(DbCounts {
+        episodes: one("SELECT count(*) FROM episodes")?,
+        closed: one("SELECT count(*) FROM episodes WHERE open = 0")?,
+        episodes_max: one("SELECT max(id) FROM episodes")?,
+    })
+}
+
+pub(super) fn open_db(path: &Path) -> anyhow::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .with_context(|| format!("opening {} read-only", path.display()))?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    Ok(conn)
+}
+
+/// Bytes the collector received and sent on its port's connections, from
+/// the kernel (sock_diag): `tcpi_bytes_received` and `tcpi_bytes_acked`
+/// of every established socket whose local port is the collector's.
+fn collector_wire(port: u16) -> anyhow::Result<(u64, u64)> {
+    let mut poller = Poller::new(vec![netns::current()?])?;
+    let (samples, failures) = poller.poll();
+    if let Some(f) = failures.into_iter().next() {
+        return Err(f).context("polling the collector's sockets");
+    }
+    let (mut rx, mut tx) = (0, 0);
+    for s in samples {
+        if s.state == TcpState::Established && s.local.port() == port {
+            if let Some(i) = &s.info {
+                rx += i.bytes_received().unwrap_or(0);
+                tx += i.bytes_acked().unwrap_or(0);
+            }
+        }
+    }
+    Ok((rx, tx))
+}
+
+/// The database file and its WAL, bytes.
+fn db_file_bytes(db: &Path) -> u64 {
+    ["", "-wal"]
+        .iter()
+        .map(|suffix| PathBuf::from(format!("{}{suffix}", db.display())))
+        .map(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
+        .sum()
+}
+
+pub(super) async fn snap(collector: &Collector, counters: &Counters) -> anyhow::Result<Snap> {
+    let (pid, port) = (collector.pid(), collector.addr.port());
+    let path = collector.db.clone();
+    let (counts, (wire_in, wire_out)) = tokio::task::spawn_blocking(move || {
+        Ok::<_, anyhow::Error>((
+            open_db(&path).and_then(|c| db_counts(&c))?,
+            collector_wire(port)?,
+        ))
+    })
+    .await
+    .context("the database and socket reader")??;
+    // Rows leave under a size bound, so the table's rows are not the
+    // rows ever stored: the store's own counters say both.
+    let metrics = collector
+        .scrape_metrics()
+        .context("the collector's /metrics")?;
+    let counter = |name: &str| -> anyhow::Result<f64> {
+        metrics
+            .get(name)
+            .copied()
+            .with_context(|| format!("{name} missing from the collector's /metrics"))
+    };
+    let pruned_rows = counter("tcpstall_collector_store_pruned_rows_total")?;
+    let samples_stored = counter("tcpstall_collector_store_samples_total")? as i64;
+    let pruned_episodes = counter("tcpstall_collector_store_pruned_episodes_total")? as i64;
+    let me = std::process::id();
+    let g = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    let gi = |c: &std::sync::atomic::AtomicI64| c.load(Ordering::Relaxed);
+    Ok(Snap {
+        at: monotonic(),
+        collector: procfs::process_ticks(pid)?,
+        collector_threads: procfs::threads(pid)?,
+        collector_mem: Mem::of(pid)?,
+        generator: procfs::process_ticks(me)?,
+        generator_threads: procfs::threads(me)?,
+        samples_taken: counters.samples_taken(),
+        suspect_taken: g(&counters.suspect_taken),
+        released_taken: g(&counters.released_taken),
+        watched_taken: g(&counters.watched_taken),
+        batches_taken: g(&counters.batches_taken),
+        heartbeats_taken: g(&counters.heartbeats_taken),
+        wire_in,
+        wire_out,
+        samples_offered: g(&counters.samples_offered),
+        samples_dropped: g(&counters.samples_dropped),
+        batches_dropped: g(&counters.batches_dropped),
+        watches: g(&counters.watches),
+        unwatches: g(&counters.unwatches),
+        suspects: gi(&counters.suspects),
+        watched: gi(&counters.watched),
+        stuck: gi(&counters.stuck),
+        outboxed: gi(&counters.outboxed),
+        db: counts,
+        db_bytes: db_file_bytes(&collector.db),
+        pruned_rows,
+        samples_stored,
+        pruned_episodes,
+    })
+}
