@@ -1,26 +1,27 @@
 //! tcpstall-collector: joins both ends of each flow, detects episodes where
 //! a send queue stays stuck, and diagnoses them from both ends.
 //!
-//! The pure parts are tested without I/O: [`detect`] (episodes from
-//! samples, `now` passed in) and [`diagnose`] (a verdict from both ends);
-//! [`held`] counts every held send queue that ended, episode or not.
-//! [`aggregator`] is the one task that owns the state; [`ingest`] and
-//! [`query`] are the gRPC edge, and [`frames`] reads the agents' streams;
-//! [`store`] is SQLite on its own thread; [`server`] wires them together;
-//! [`tls`] secures the listener.
+//! Three roles, each a folder, talking through plain messages on bounded
+//! channels ([`messages`]); docs/architecture.md draws them:
+//! - [`gateway`]: the agents' streams, checked at the edge; the host
+//!   registry and sessions; watch requests handed to the agent that holds
+//!   a host.
+//! - [`matcher`]: per-connection state, the detector (a pure state machine
+//!   on explicit time), the join of both ends, diagnosis, the episode
+//!   lifecycle.
+//! - [`store`]: episodes, samples and counts in SQLite on its own thread.
+//!
+//! Around them: [`query`] (the operators' gRPC edge), [`metrics`],
+//! [`config`], [`tls`], and [`server`], which wires it all together.
 #![forbid(unsafe_code)]
 
-pub mod aggregator;
 pub mod config;
-pub mod detect;
-pub mod diagnose;
-pub mod frames;
-pub mod held;
-pub mod ingest;
+pub mod gateway;
+pub mod matcher;
+pub mod messages;
 pub mod metrics;
 pub mod query;
 pub mod server;
-pub mod slab_map;
 pub mod store;
 pub mod tls;
 
@@ -28,4 +29,3 @@ pub mod tls;
 #[cfg(test)]
 #[path = "../tests/support/mod.rs"]
 mod test_support;
-pub mod tuple;

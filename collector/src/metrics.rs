@@ -1,7 +1,8 @@
 //! The collector's Prometheus endpoint: `GET /metrics` on
 //! `--metrics-listen`, in the text exposition format.
 //!
-//! Each scrape asks the aggregator for its counters (like a query does) and
+//! Each scrape asks the matcher and the gateway for their counters (like a
+//! query does) and
 //! reads the store's and the ingest service's atomics. Names follow
 //! Prometheus conventions: `tcpstall_collector_` prefix, `_total` for
 //! counters, base units (seconds), one `diagnosis` label with the ids of
@@ -18,18 +19,21 @@ use tcpstall_prom::{Exposition, HistogramSnapshot, Kind};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::aggregator::{Command, Stats};
-use crate::held;
+use crate::gateway::{GatewayStats, Input};
+use crate::matcher::held;
+use crate::matcher::{Question, Stats};
 use crate::store::{Store, StoreStatsSnapshot};
 use tcpstall_common::Diagnosis;
 
-/// How long a scrape waits for the aggregator before answering 503.
-const AGGREGATOR_WAIT: Duration = Duration::from_secs(5);
+/// How long a scrape waits for the matcher and the gateway before
+/// answering 503.
+const ROLES_WAIT: Duration = Duration::from_secs(5);
 
 /// Where the figures come from.
 #[derive(Debug, Clone)]
 pub struct Sources {
-    pub agg: mpsc::Sender<Command>,
+    pub matcher: mpsc::Sender<Question>,
+    pub gateway: mpsc::Sender<Input>,
     pub store: Store,
     /// Agent messages refused (the ingest service's counter).
     pub refused: Arc<AtomicU64>,
@@ -46,11 +50,18 @@ pub async fn serve(listener: TcpListener, sources: Sources, shutdown: impl Futur
 /// One scrape: the aggregator's counters (asked like a query), the store's
 /// and the ingest service's atomics.
 async fn scrape(sources: Sources) -> Result<String, String> {
-    let (reply, stats) = oneshot::channel();
-    let asked = sources.agg.send(Command::Stats { reply }).await.is_ok();
-    match tokio::time::timeout(AGGREGATOR_WAIT, stats).await {
-        Ok(Ok(stats)) if asked => Ok(render(
+    let asked = async {
+        let (reply, stats) = oneshot::channel();
+        sources.matcher.send(Question::Stats { reply }).await.ok()?;
+        let stats = stats.await.ok()?;
+        let (reply, gateway) = oneshot::channel();
+        sources.gateway.send(Input::Stats { reply }).await.ok()?;
+        Some((stats, gateway.await.ok()?))
+    };
+    match tokio::time::timeout(ROLES_WAIT, asked).await {
+        Ok(Some((stats, gateway))) => Ok(render(
             &stats,
+            &gateway,
             &sources.store.stats().snapshot(),
             Refused {
                 messages: sources.refused.load(Ordering::Relaxed),
@@ -58,7 +69,7 @@ async fn scrape(sources: Sources) -> Result<String, String> {
             },
             Heap::now(),
         )),
-        _ => Err("the aggregator did not answer".into()),
+        _ => Err("the matcher or the gateway did not answer".into()),
     }
 }
 
@@ -98,6 +109,7 @@ impl Heap {
 /// The exposition text.
 pub fn render(
     stats: &Stats,
+    gateway: &GatewayStats,
     store: &StoreStatsSnapshot,
     refused: Refused,
     heap: Option<Heap>,
@@ -110,7 +122,7 @@ pub fn render(
         "tcpstall_collector_agents_connected",
         Kind::Gauge,
         "Agents with an open stream.",
-        stats.agents as f64,
+        gateway.agents as f64,
     );
     one(
         "tcpstall_collector_suspects",
@@ -165,14 +177,14 @@ pub fn render(
     one(
         "tcpstall_collector_requests_dropped_total",
         Kind::Counter,
-        "Watch and unwatch requests dropped on a full per-agent queue (watches are asked again).",
-        stats.requests_dropped as f64,
+        "Watch and unwatch requests dropped on a full queue: the gateway's or an agent's (watches are asked again).",
+        (stats.requests_dropped + gateway.requests_dropped) as f64,
     );
     one(
         "tcpstall_collector_agent_dropped_batches",
         Kind::Gauge,
         "Batches the connected agents report having dropped while cut off.",
-        stats.agent_dropped_batches as f64,
+        gateway.agent_dropped_batches as f64,
     );
     one(
         "tcpstall_collector_store_writes_dropped_total",
@@ -281,9 +293,14 @@ mod tests {
     #[test]
     fn every_diagnosis_has_its_series_and_the_format_parses() {
         let mut stats = Stats {
-            agents: 3,
             samples: 1234,
+            requests_dropped: 1,
             ..Stats::default()
+        };
+        let gateway = GatewayStats {
+            agents: 3,
+            agent_dropped_batches: 4,
+            requests_dropped: 2,
         };
         stats.open_by_diagnosis[Diagnosis::AckLost.index()] = 2;
         stats.opened_by_diagnosis[Diagnosis::AckLost.index()] = 5;
@@ -299,8 +316,16 @@ mod tests {
             allocated: 1000,
             resident: 4096,
         };
-        let text = render(&stats, &StoreStatsSnapshot::default(), refused, Some(heap));
+        let text = render(
+            &stats,
+            &gateway,
+            &StoreStatsSnapshot::default(),
+            refused,
+            Some(heap),
+        );
         assert!(text.contains("tcpstall_collector_agents_connected 3\n"));
+        assert!(text.contains("tcpstall_collector_requests_dropped_total 3\n"));
+        assert!(text.contains("tcpstall_collector_agent_dropped_batches 4\n"));
         assert!(text.contains("tcpstall_collector_heap_allocated_bytes 1000\n"));
         assert!(text.contains("tcpstall_collector_heap_resident_bytes 4096\n"));
         assert!(text.contains("tcpstall_collector_samples_received_total 1234\n"));

@@ -1,5 +1,5 @@
 //! The operators' side of the gRPC edge: episodes from the store, and a
-//! flow's two ends from the aggregator.
+//! flow's two ends from the matcher.
 
 use std::time::Duration;
 
@@ -10,7 +10,7 @@ use tcpstall_proto::v1;
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status};
 
-use crate::aggregator::{Command, FlowView};
+use crate::matcher::{FlowView, Question};
 use crate::store::{EpisodeFilter, EpisodeRow, HeldFilter, HeldRow, Store, StoredSample};
 
 /// Most episodes one list returns.
@@ -19,13 +19,17 @@ pub const MAX_LIST: u32 = 10_000;
 #[derive(Debug, Clone)]
 pub struct QueryService {
     store: Store,
-    agg: mpsc::Sender<Command>,
+    matcher: mpsc::Sender<Question>,
     clock: Clock,
 }
 
 impl QueryService {
-    pub fn new(store: Store, agg: mpsc::Sender<Command>, clock: Clock) -> QueryService {
-        QueryService { store, agg, clock }
+    pub fn new(store: Store, matcher: mpsc::Sender<Question>, clock: Clock) -> QueryService {
+        QueryService {
+            store,
+            matcher,
+            clock,
+        }
     }
 
     /// The start of a window of the last `since_s` seconds (0: no window).
@@ -211,13 +215,13 @@ impl v1::query_server::Query for QueryService {
             since_ms: since_ms.map(|ms| ms.div_euclid(60_000) * 60_000),
             host: (!r.host.is_empty()).then_some(r.host),
         };
-        // The minute in progress from the aggregator, the others from the
-        // store: asked in this order, a minute the aggregator hands over
+        // The minute in progress from the matcher, the others from the
+        // store: asked in this order, a minute the matcher hands over
         // meanwhile is in the store's answer, never in both.
         let (reply, pending) = oneshot::channel();
         let gone = || Status::unavailable("collector is shutting down");
-        self.agg
-            .send(Command::HeldPending {
+        self.matcher
+            .send(Question::HeldPending {
                 filter: filter.clone(),
                 reply,
             })
@@ -225,8 +229,8 @@ impl v1::query_server::Query for QueryService {
             .map_err(|_| gone())?;
         let pending = pending.await.map_err(|_| gone())?;
         let (reply, stats) = oneshot::channel();
-        self.agg
-            .send(Command::Stats { reply })
+        self.matcher
+            .send(Question::Stats { reply })
             .await
             .map_err(|_| gone())?;
         let stats = stats.await.map_err(|_| gone())?;
@@ -256,8 +260,8 @@ impl v1::query_server::Query for QueryService {
         let flow = convert::flow_from_wire(request.into_inner().flow.as_ref())
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let (reply, view) = oneshot::channel();
-        self.agg
-            .send(Command::Flow { flow, reply })
+        self.matcher
+            .send(Question::Flow { flow, reply })
             .await
             .map_err(|_| Status::unavailable("collector is shutting down"))?;
         let FlowView { a, b } = view

@@ -1,6 +1,6 @@
-//! Wiring: the store thread, the aggregator task and the gRPC services,
-//! started together and stopped in order (stop accepting, let the
-//! aggregator finish, flush the store).
+//! Wiring: the store thread, the gateway's and the matcher's tasks and the
+//! gRPC services, started together and stopped in order (stop accepting,
+//! let the gateway and the matcher finish, flush the store).
 
 use std::future::Future;
 
@@ -9,18 +9,25 @@ use tcpstall_common::Clock;
 use tcpstall_proto::v1::query_server::QueryServer;
 use tokio::sync::mpsc;
 
-use crate::aggregator::{self, State};
 use crate::config::Config;
-use crate::ingest::IngestService;
+use crate::gateway::{self, Gateway, IngestService};
+use crate::matcher::{self, Matcher, Question};
 use crate::metrics;
 use crate::query::{QueryService, TokenCheck as QueryTokenCheck};
 use crate::store::{Store, StoreConfig};
 use crate::tls;
 
-/// Commands queued for the aggregator before handlers wait. A command is
-/// at most one agent's batch (a few hundred KB decoded): this bounds what
+/// Messages queued for the matcher before streams wait. A message is at
+/// most one agent's batch (a few hundred KB decoded): this bounds what
 /// waits here; beyond it each agent's stream waits, then its own buffer.
-const AGGREGATOR_QUEUE: usize = 256;
+const MATCHER_QUEUE: usize = 256;
+/// Questions (queries, scrapes, reloads) queued for the matcher.
+const QUESTIONS_QUEUE: usize = 64;
+/// The gateway's inputs (hellos, heartbeats, streams gone, scrapes).
+const GATEWAY_QUEUE: usize = 256;
+/// Watch requests of the matcher's queued for the gateway before more are
+/// dropped (and asked again): a burst of one batch's suspects fits.
+const REQUESTS_QUEUE: usize = 16 * 1024;
 
 /// HTTP/2 flow-control windows: what one agent may have in flight that the
 /// collector has not yet read (a batch of 500 samples is about 80 KB; a
@@ -102,7 +109,8 @@ fn fixed_while_running(old: &Config, new: &Config) -> Vec<&'static str> {
 async fn reload(
     mut current: Config,
     mut reloads: mpsc::Receiver<Config>,
-    agg: mpsc::Sender<aggregator::Command>,
+    matcher: mpsc::Sender<Question>,
+    gateway: mpsc::Sender<gateway::Input>,
     store: Store,
     max_batch_samples: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 ) {
@@ -111,13 +119,18 @@ async fn reload(
         if !fixed.is_empty() {
             tracing::warn!(settings = ?fixed, "these settings change only with a restart; kept as they were");
         }
-        let command = aggregator::Command::Reload {
+        let question = Question::Reload {
             threshold: new.threshold,
             watch_peer_after: new.watch_peer_after,
-            max_agents: new.max_agents,
             max_samples: new.max_samples_per_episode,
         };
-        if agg.send(command).await.is_err() {
+        if matcher.send(question).await.is_err() {
+            return;
+        }
+        let limit = gateway::Input::Reload {
+            max_agents: new.max_agents,
+        };
+        if gateway.send(limit).await.is_err() {
             return;
         }
         let bound = (new.max_db_bytes > 0).then_some(new.max_db_bytes);
@@ -171,17 +184,35 @@ pub async fn serve_on_reloading(
     })
     .with_context(|| format!("opening the database {}", config.db.display()))?;
 
-    let (agg_tx, agg_rx) = mpsc::channel(AGGREGATOR_QUEUE);
-    let state = State::new(
+    let (matcher_tx, matcher_rx) = mpsc::channel(MATCHER_QUEUE);
+    let (questions_tx, questions_rx) = mpsc::channel(QUESTIONS_QUEUE);
+    let (gateway_tx, gateway_rx) = mpsc::channel(GATEWAY_QUEUE);
+    let (requests_tx, requests_rx) = mpsc::channel(REQUESTS_QUEUE);
+    let state = Matcher::new(
         store.clone(),
+        requests_tx,
         config.threshold,
         next_episode,
-        config.max_agents,
         config.max_samples_per_episode,
     )
     .watch_peer_after(config.watch_peer_after);
-    let (stop_agg, agg_stopped) = tokio::sync::oneshot::channel();
-    let aggregator = tokio::spawn(aggregator::run(state, agg_rx, agg_stopped, clock.clone()));
+    let (stop_matcher, matcher_stopped) = tokio::sync::oneshot::channel();
+    let matcher = tokio::spawn(matcher::run(
+        state,
+        matcher_rx,
+        questions_rx,
+        matcher_stopped,
+        clock.clone(),
+    ));
+    let (stop_gateway, gateway_stopped) = tokio::sync::oneshot::channel();
+    let gateway_task = tokio::spawn(gateway::run(
+        Gateway::new(store.clone(), config.max_agents),
+        gateway_rx,
+        requests_rx,
+        matcher_tx.clone(),
+        gateway_stopped,
+        clock.clone(),
+    ));
 
     let local = listener.local_addr().context("local address")?;
     // Tests and scripts read this line to learn the port of --listen :0.
@@ -201,7 +232,9 @@ pub async fn serve_on_reloading(
     };
     let tls_refused = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let ingest = IngestService::new(
-        agg_tx.clone(),
+        gateway_tx.clone(),
+        matcher_tx.clone(),
+        clock.clone(),
         config.max_batch_samples,
         config.max_message_bytes,
     );
@@ -210,11 +243,12 @@ pub async fn serve_on_reloading(
     } else {
         ingest
     };
-    let query = QueryService::new(store.clone(), agg_tx.clone(), clock);
+    let query = QueryService::new(store.clone(), questions_tx.clone(), clock);
     let reloading = tokio::spawn(reload(
         config.clone(),
         reloads,
-        agg_tx.clone(),
+        questions_tx.clone(),
+        gateway_tx.clone(),
         store.clone(),
         ingest.max_batch_samples.clone(),
     ));
@@ -227,7 +261,8 @@ pub async fn serve_on_reloading(
             // Tests read this line to learn the port of --metrics-listen :0.
             eprintln!("tcpstall-collector metrics on http://{local}/metrics");
             let sources = metrics::Sources {
-                agg: agg_tx.clone(),
+                matcher: questions_tx.clone(),
+                gateway: gateway_tx.clone(),
                 store: store.clone(),
                 refused: ingest.refused.clone(),
                 tls_refused: tls_refused.clone(),
@@ -240,7 +275,7 @@ pub async fn serve_on_reloading(
         }
         None => None,
     };
-    drop(agg_tx);
+    drop((matcher_tx, questions_tx, gateway_tx));
     let stopping = std::sync::Arc::new(tokio::sync::Notify::new());
     let notify = stopping.clone();
     let router = tonic::transport::Server::builder()
@@ -280,15 +315,20 @@ pub async fn serve_on_reloading(
         } => tracing::info!("closing the agents' streams"),
     }
 
-    // Then the aggregator (metrics first: they ask it), then the store,
+    // Then the gateway and the matcher (metrics first: they ask them),
+    // then the store,
     // which commits what it holds.
     if let Some(m) = metrics {
         m.abort();
     }
     reloading.abort();
-    let _ = stop_agg.send(());
-    if let Err(e) = aggregator.await {
-        tracing::error!(error = %e, "aggregator task failed");
+    let _ = stop_gateway.send(());
+    if let Err(e) = gateway_task.await {
+        tracing::error!(error = %e, "gateway task failed");
+    }
+    let _ = stop_matcher.send(());
+    if let Err(e) = matcher.await {
+        tracing::error!(error = %e, "matcher task failed");
     }
     store.shutdown().await;
     if store_thread.join().is_err() {

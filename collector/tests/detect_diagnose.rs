@@ -6,8 +6,8 @@
 
 use std::time::Duration;
 
-use tcpstall_collector::detect::{Event, Restart, Track};
-use tcpstall_collector::diagnose::{diagnose, Peer};
+use tcpstall_collector::matcher::detector::{Event, Restart, Track};
+use tcpstall_collector::matcher::diagnose::{diagnose, Peer};
 use tcpstall_common::{Diagnosis, EndReason, EndSample, HeldEnd, HeldSpan, TimerKind};
 
 mod support;
@@ -247,7 +247,7 @@ fn counters_that_grow_while_a_stall_holds_are_the_same_finding() {
 
 #[test]
 fn evidence_keeps_the_names_episodes_are_stored_with() {
-    use tcpstall_collector::diagnose::Fact;
+    use tcpstall_collector::matcher::diagnose::Fact;
     // Users' scripts read these names from stored episodes: never renamed.
     let names: Vec<&str> = Fact::ALL.iter().map(|f| f.name()).collect();
     assert_eq!(

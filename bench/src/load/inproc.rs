@@ -3,12 +3,14 @@
 //! (see [`sim`]), on a simulated clock, as fast as one thread can go: each
 //! host's poll is encoded as the agent would send it, then decoded and
 //! checked as the ingest task does (`raw::AgentMessage`,
-//! `batch_from_wire`), then handed to the aggregator's `State` with a real
-//! store on a temporary SQLite file. Watch requests go back to the hosts.
+//! `batch_from_wire`), then handed to the [`Matcher`] with a real store on
+//! a temporary SQLite file; its watch requests go through the [`Gateway`]
+//! back to the hosts, the two roles' messages moved by hand as their tasks
+//! move them.
 //!
-//! Figures: CPU per sample of the ingest step and of the aggregator (this
+//! Figures: CPU per sample of the ingest step and of the matcher (this
 //! thread's CPU time around each step), the store thread's CPU over the
-//! same window, and the aggregator's own estimate of what it holds per
+//! same window, and the matcher's own estimate of what it holds per
 //! tracked connection. What this leaves out is what `collector-load`
 //! measures: HTTP/2, tonic, task scheduling.
 
@@ -16,7 +18,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use prost::Message;
-use tcpstall_collector::aggregator::{Command, State};
+use tcpstall_collector::gateway::{AgentClock, Gateway, Input, Pending};
+use tcpstall_collector::matcher::{Matcher, SILENT_POLLS};
+use tcpstall_collector::messages::{HostId, ToGateway, ToMatcher};
 use tcpstall_collector::store::{Store, StoreConfig};
 use tcpstall_common::time::micros;
 use tcpstall_common::{HostHello, ToAgent};
@@ -79,7 +83,7 @@ fn encode(polled: &sim::Polled, now: Duration, conns: u32) -> Vec<u8> {
 struct Totals {
     samples: u64,
     ingest: Duration,
-    aggregate: Duration,
+    matcher: Duration,
 }
 
 pub fn run(args: &InprocArgs) -> anyhow::Result<()> {
@@ -102,6 +106,40 @@ struct Seen {
     episodes_opened: u64,
 }
 
+/// The gateway and the matcher, their messages moved by hand.
+struct Roles {
+    gateway: Gateway,
+    matcher: Matcher,
+    requests: mpsc::Receiver<ToGateway>,
+}
+
+impl Roles {
+    /// Moves what each role has for the other until neither has more.
+    fn pump(&mut self, now_ms: i64) {
+        loop {
+            let mut moved = false;
+            let Pending {
+                to_matcher,
+                replies,
+            } = self.gateway.pending();
+            for m in to_matcher {
+                self.matcher.handle(m, now_ms);
+                moved = true;
+            }
+            for (reply, res) in replies {
+                let _ = reply.send(res);
+            }
+            while let Ok(r) = self.requests.try_recv() {
+                self.gateway.request(r);
+                moved = true;
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+}
+
 fn measure(args: &InprocArgs) -> anyhow::Result<Seen> {
     let dir = tempfile::tempdir().context("temporary directory")?;
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -114,7 +152,13 @@ fn measure(args: &InprocArgs) -> anyhow::Result<Seen> {
     let mut cfg = StoreConfig::new(dir.path().join("inproc.db"));
     cfg.queue = 1 << 22;
     let (store, store_thread, next_episode) = Store::open(cfg).context("opening the store")?;
-    let mut state = State::new(store.clone(), THRESHOLD, next_episode, 100_000, 100);
+    let (requests_tx, requests) = mpsc::channel(1 << 20);
+    let mut roles = Roles {
+        gateway: Gateway::new(store.clone(), 100_000),
+        matcher: Matcher::new(store.clone(), requests_tx, THRESHOLD, next_episode, 100),
+        requests,
+    };
+    let mut streams: Vec<(HostId, AgentClock)> = Vec::new();
     args.fleet.check()?;
     let shape = args.fleet.shape(INTERVAL);
     let mut hosts = Vec::new();
@@ -123,8 +167,8 @@ fn measure(args: &InprocArgs) -> anyhow::Result<Seen> {
     for i in 0..args.fleet.agents {
         let (tx, rx) = mpsc::channel::<ToAgent>(1 << 16);
         let (reply, answer) = oneshot::channel();
-        state.handle(
-            Command::Hello {
+        roles.gateway.handle(
+            Input::Hello {
                 session: u64::from(i),
                 hello: HostHello {
                     host: sim::host_name(i),
@@ -139,10 +183,12 @@ fn measure(args: &InprocArgs) -> anyhow::Result<Seen> {
             },
             wall0,
         );
-        answer
+        roles.pump(wall0);
+        let id = answer
             .blocking_recv()
             .context("hello unanswered")?
             .map_err(|e| anyhow::anyhow!("hello refused: {e}"))?;
+        streams.push((id, AgentClock::default()));
         let mut host = sim::Host::new(i, shape, args.seed);
         host.start_load(Duration::ZERO);
         hosts.push(host);
@@ -177,19 +223,21 @@ fn measure(args: &InprocArgs) -> anyhow::Result<Seen> {
                 batch_from_wire(b, max_samples).map_err(|e| anyhow::anyhow!("refused: {e}"))?;
             let t1 = thread_cpu()?;
             totals.samples += batch.samples.len() as u64 + batch.absent.len() as u64;
-            state.handle(
-                Command::Batch {
-                    session: i as u64,
-                    batch,
-                },
-                now_ms,
-            );
+            let (host_id, clock) = &mut streams[i];
+            let msg = ToMatcher::Batch {
+                host: *host_id,
+                session: i as u64,
+                taken_ms: clock.taken_ms(batch.mono, now_ms),
+                batch,
+            };
+            roles.matcher.handle(msg, now_ms);
             if i % 64 == 0 {
-                state.expire(now_ms, tcpstall_collector::aggregator::SILENT_POLLS);
+                roles.matcher.expire(now_ms, SILENT_POLLS);
             }
+            roles.pump(now_ms);
             let t2 = thread_cpu()?;
             totals.ingest += t1 - t0;
-            totals.aggregate += t2 - t1;
+            totals.matcher += t2 - t1;
         }
         for (host, rx) in hosts.iter_mut().zip(inboxes.iter_mut()) {
             while let Ok(msg) = rx.try_recv() {
@@ -210,7 +258,7 @@ fn measure(args: &InprocArgs) -> anyhow::Result<Seen> {
             .sum(),
         None => 0,
     };
-    let stats = state.stats();
+    let stats = roles.matcher.stats();
     let tracked = stats.suspects + stats.watched;
     let per = |d: Duration| d.as_secs_f64() * 1e6 / totals.samples.max(1) as f64;
     let store_s = store_ns as f64 / 1e9;
@@ -230,8 +278,8 @@ fn measure(args: &InprocArgs) -> anyhow::Result<Seen> {
         per(totals.ingest)
     );
     println!(
-        "| aggregator (`State::handle`, expiry) | {:.2} |",
-        per(totals.aggregate)
+        "| matcher (`Matcher::handle`, expiry) and gateway | {:.2} |",
+        per(totals.matcher)
     );
     println!(
         "| store thread (CPU) | {:.2} |",
@@ -242,13 +290,13 @@ fn measure(args: &InprocArgs) -> anyhow::Result<Seen> {
         "At the issue's rate ({:.0} samples/s for {} hosts at 2 s polls) that is {:.1} % of one core.",
         totals.samples as f64 / (f64::from(args.polls) * INTERVAL.as_secs_f64()),
         args.fleet.agents,
-        (per(totals.ingest) + per(totals.aggregate) + store_s * 1e6 / totals.samples.max(1) as f64)
+        (per(totals.ingest) + per(totals.matcher) + store_s * 1e6 / totals.samples.max(1) as f64)
             * totals.samples as f64
             / (f64::from(args.polls) * INTERVAL.as_secs_f64())
             / 1e4
     );
     println!(
-        "Tracked: {} suspects + {} watched; the aggregator's tables and samples {} B per tracked connection; {} episodes opened, {} open.",
+        "Tracked: {} suspects + {} watched; the matcher's tables and samples {} B per tracked connection; {} episodes opened, {} open.",
         stats.suspects,
         stats.watched,
         stats.tracked_bytes / tracked.max(1),
@@ -260,7 +308,7 @@ fn measure(args: &InprocArgs) -> anyhow::Result<Seen> {
         "the store dropped {} writes: its figure would be too low",
         stats.store_dropped
     );
-    drop(state);
+    drop(roles);
     rt.block_on(store.shutdown());
     let _ = store_thread.join();
     Ok(Seen {

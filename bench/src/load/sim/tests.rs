@@ -1,6 +1,6 @@
 //! Unit tests of `sim`.
 
-use tcpstall_collector::diagnose::{diagnose, Peer};
+use tcpstall_collector::matcher::diagnose::{diagnose, Peer};
 use tcpstall_common::Diagnosis;
 use tcpstall_proto::convert::{sample_from_wire, sample_to_wire};
 use tcpstall_proto::v1;

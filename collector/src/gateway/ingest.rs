@@ -1,6 +1,7 @@
-//! The agents' side of the gRPC edge: validates what arrives, turns it
-//! into domain messages for the aggregator, and streams watch requests
-//! back. Nothing here holds state of its own.
+//! The agents' streams: each is checked at the edge (`convert`), said
+//! hello to the gateway's task, and then sends its batches straight to the
+//! matcher, with when its agent took each poll on the collector's clock
+//! ([`AgentClock`]); the gateway's watch requests go back to its agent.
 //!
 //! A stream must open with a Hello. A malformed, oversized or impossible
 //! message ends that stream with a gRPC status naming what was wrong; the
@@ -13,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prost::Message;
-use tcpstall_common::ToAgent;
+use tcpstall_common::{Clock, ToAgent};
 use tcpstall_proto::convert::{self, ConvertError};
 use tcpstall_proto::raw::{self, agent_message};
 use tcpstall_proto::server::ingest_server::IngestServer;
@@ -22,8 +23,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_stream::Stream;
 use tonic::{Code, Request, Response, Status, Streaming};
 
-use crate::aggregator::Command;
-use crate::frames::{IngestBody, MessageReader, TakeBody};
+use super::clock::AgentClock;
+use super::frames::{IngestBody, MessageReader, TakeBody};
+use super::hub::Input;
+use crate::messages::ToMatcher;
 use crate::tls;
 
 /// Watch requests queued for one agent before new ones are dropped.
@@ -48,7 +51,9 @@ fn outbound_gather(interval: Duration) -> Duration {
 /// The ingest service.
 #[derive(Debug, Clone)]
 pub struct IngestService {
-    agg: mpsc::Sender<Command>,
+    gateway: mpsc::Sender<Input>,
+    matcher: mpsc::Sender<ToMatcher>,
+    clock: Clock,
     /// Shared so that a reloaded config reaches streams already open.
     pub max_batch_samples: Arc<std::sync::atomic::AtomicUsize>,
     sessions: Arc<AtomicU64>,
@@ -62,12 +67,16 @@ pub struct IngestService {
 
 impl IngestService {
     pub fn new(
-        agg: mpsc::Sender<Command>,
+        gateway: mpsc::Sender<Input>,
+        matcher: mpsc::Sender<ToMatcher>,
+        clock: Clock,
         max_batch_samples: usize,
         max_message_bytes: usize,
     ) -> IngestService {
         IngestService {
-            agg,
+            gateway,
+            matcher,
+            clock,
             max_batch_samples: Arc::new(std::sync::atomic::AtomicUsize::new(max_batch_samples)),
             sessions: Arc::new(AtomicU64::new(1)),
             refused: Arc::new(AtomicU64::new(0)),
@@ -162,10 +171,10 @@ impl tcpstall_proto::server::ingest_server::Ingest for IngestService {
         };
         let host = hello.host.clone();
         let gather = outbound_gather(hello.interval);
-        let (to_agent, mut from_agg) = mpsc::channel::<ToAgent>(OUTBOUND_QUEUE);
+        let (to_agent, mut from_gateway) = mpsc::channel::<ToAgent>(OUTBOUND_QUEUE);
         let (reply, accepted) = oneshot::channel();
-        self.agg
-            .send(Command::Hello {
+        self.gateway
+            .send(Input::Hello {
                 session,
                 hello,
                 tx: to_agent,
@@ -173,7 +182,7 @@ impl tcpstall_proto::server::ingest_server::Ingest for IngestService {
             })
             .await
             .map_err(|_| Status::unavailable("collector is shutting down"))?;
-        accepted
+        let host_id = accepted
             .await
             .map_err(|_| Status::unavailable("collector is shutting down"))?
             .map_err(Status::resource_exhausted)?;
@@ -181,72 +190,104 @@ impl tcpstall_proto::server::ingest_server::Ingest for IngestService {
         // Inbound: validate and forward until the stream ends or lies.
         let (out_tx, out_rx) =
             mpsc::channel::<Result<v1::CollectorMessage, Status>>(OUTBOUND_QUEUE);
-        let agg = self.agg.clone();
+        let gateway = self.gateway.clone();
+        let matcher = self.matcher.clone();
+        let clock = self.clock.clone();
         let max = self.max_batch_samples.clone();
         let refused = self.refused.clone();
         let fail_tx = out_tx.clone();
         tokio::spawn(async move {
+            let refuse = |status: Status| {
+                refused.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(session, host = %host, %status, "agent message refused; stream closed");
+                let fail_tx = fail_tx.clone();
+                async move {
+                    let _ = fail_tx.send(Err(status)).await;
+                }
+            };
+            let mut agent_clock = AgentClock::default();
+            let mut dropped_batches = 0;
             loop {
                 let msg = match next_message(&mut inbound).await {
                     Ok(Some(m)) => m,
                     Ok(None) => break,
-                    Err(status) => {
-                        // A message that could not be decoded (too large,
-                        // not protobuf) is refused like an invalid one; a
-                        // broken connection is just the end.
+                    // A message that could not be decoded (too large, not
+                    // protobuf) is refused like an invalid one; a broken
+                    // connection is just the end.
+                    Err(status)
                         if matches!(
                             status.code(),
                             Code::ResourceExhausted
                                 | Code::OutOfRange
                                 | Code::Internal
                                 | Code::InvalidArgument
-                        ) {
-                            refused.fetch_add(1, Ordering::Relaxed);
-                            tracing::warn!(session, host = %host, %status, "agent message refused; stream closed");
-                        } else {
-                            tracing::info!(session, host = %host, %status, "agent stream broke");
-                        }
+                        ) =>
+                    {
+                        refuse(status).await;
+                        break;
+                    }
+                    Err(status) => {
+                        tracing::info!(session, host = %host, %status, "agent stream broke");
                         let _ = fail_tx.send(Err(status)).await;
                         break;
                     }
                 };
-                // A place in the aggregator's queue first, then the decode:
+                let (batch, dropped) = match msg.body {
+                    Some(agent_message::Body::Batch(b)) => {
+                        let dropped = b.dropped_batches;
+                        (Some(b), dropped)
+                    }
+                    Some(agent_message::Body::Heartbeat(h)) => (None, h.dropped_batches),
+                    Some(agent_message::Body::Hello(_)) => {
+                        refuse(Status::invalid_argument("a second Hello on one stream")).await;
+                        break;
+                    }
+                    None => {
+                        refuse(Status::invalid_argument("empty message")).await;
+                        break;
+                    }
+                };
+                // The agent's count of what it dropped, for the gateway's
+                // figures: only when it moves.
+                if dropped != dropped_batches {
+                    dropped_batches = dropped;
+                    let beat = Input::Heartbeat {
+                        session,
+                        dropped_batches,
+                    };
+                    if gateway.send(beat).await.is_err() {
+                        break;
+                    }
+                }
+                let Some(batch) = batch else { continue };
+                // A place in the matcher's queue first, then the decode:
                 // while the collector is behind, each stream waits holding
                 // its message as it came (about its wire size), not decoded
                 // (about three times that), so the queue's bound is also
                 // the bound on decoded batches.
-                let Ok(place) = agg.reserve().await else {
+                let Ok(place) = matcher.reserve().await else {
                     break;
                 };
-                let cmd = match msg.body {
-                    Some(agent_message::Body::Batch(b)) => {
-                        convert::batch_from_wire(b, max.load(Ordering::Relaxed))
-                            .map_err(status)
-                            .map(|batch| Command::Batch { session, batch })
+                match convert::batch_from_wire(batch, max.load(Ordering::Relaxed)) {
+                    Ok(batch) => {
+                        let taken_ms = agent_clock.taken_ms(batch.mono, clock.now_ms());
+                        place.send(ToMatcher::Batch {
+                            host: host_id,
+                            session,
+                            taken_ms,
+                            batch,
+                        });
                     }
-                    Some(agent_message::Body::Heartbeat(h)) => Ok(Command::Heartbeat {
-                        session,
-                        dropped_batches: h.dropped_batches,
-                    }),
-                    Some(agent_message::Body::Hello(_)) => {
-                        Err(Status::invalid_argument("a second Hello on one stream"))
-                    }
-                    None => Err(Status::invalid_argument("empty message")),
-                };
-                match cmd {
-                    Ok(cmd) => place.send(cmd),
-                    Err(status) => {
-                        refused.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(session, host = %host, %status, "agent message refused; stream closed");
-                        let _ = fail_tx.send(Err(status)).await;
+                    Err(e) => {
+                        refuse(status(e)).await;
                         break;
                     }
                 }
             }
-            let _ = agg.send(Command::Gone { session }).await;
+            let _ = gateway.send(Input::Gone { session }).await;
         });
 
-        // Outbound: a Welcome, then what the aggregator asks of this agent.
+        // Outbound: a Welcome, then what the gateway asks of this agent.
         tokio::spawn(async move {
             let welcome = v1::CollectorMessage {
                 body: Some(collector_message::Body::Welcome(v1::Welcome {
@@ -261,10 +302,10 @@ impl tcpstall_proto::server::ingest_server::Ingest for IngestService {
             // out to many peers); gathered for a moment, a burst leaves in
             // one HTTP/2 write instead of one write per request.
             let mut burst = Vec::new();
-            'out: while from_agg.recv_many(&mut burst, OUTBOUND_QUEUE).await > 0 {
+            'out: while from_gateway.recv_many(&mut burst, OUTBOUND_QUEUE).await > 0 {
                 tokio::time::sleep(gather).await;
                 while burst.len() < OUTBOUND_QUEUE {
-                    match from_agg.try_recv() {
+                    match from_gateway.try_recv() {
                         Ok(msg) => burst.push(msg),
                         Err(_) => break,
                     }
@@ -292,7 +333,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_frame_that_is_not_a_message_is_refused_as_internal() {
-        use crate::frames::{framed, Chunks};
+        use crate::gateway::frames::{framed, Chunks};
         let heartbeat = raw::AgentMessage {
             body: Some(agent_message::Body::Heartbeat(v1::Heartbeat::default())),
         };

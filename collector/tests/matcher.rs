@@ -1,15 +1,23 @@
-//! The aggregator on explicit time with a real SQLite store: two hosts,
-//! the join through announced addresses, the watch request to the peer's
-//! agent, diagnosis from both ends as they report, one-sided cases,
-//! expiry of what went silent, and a host going away.
+//! The gateway and the matcher on explicit time with a real SQLite store,
+//! their messages pumped between them by hand: two hosts, the join through
+//! announced addresses, the watch request to the peer's agent, diagnosis
+//! from both ends as they report, one-sided cases, expiry of what went
+//! silent, and a host going away.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use tcpstall_collector::aggregator::{Command, State};
-use tcpstall_collector::store::{EpisodeFilter, EpisodeRow, HeldFilter, Store, StoreConfig};
-use tcpstall_common::{AgentBatch, ClosedSocket, HostHello, ToAgent};
-use tcpstall_common::{EndSample, FlowTuple, HeldEnd, HeldSpan, SampleReason, Side, TimerKind};
+use tcpstall_collector::gateway::{AgentClock, Gateway, Input, Pending};
+use tcpstall_collector::matcher::{FlowView, Matcher, Question, Stats};
+use tcpstall_collector::messages::{HostId, ToGateway, ToMatcher};
+use tcpstall_collector::store::{
+    EpisodeFilter, EpisodeRow, HeldFilter, HeldRow, Store, StoreConfig,
+};
+use tcpstall_common::{
+    AgentBatch, ClosedSocket, EndSample, FlowTuple, HeldEnd, HeldSpan, HostHello, SampleReason,
+    Side, TimerKind, ToAgent,
+};
 use tcpstall_proto::convert::unpack;
 use tokio::sync::{mpsc, oneshot};
 
@@ -21,12 +29,17 @@ const THRESHOLD: Duration = Duration::from_secs(10);
 const T0: i64 = 1_800_000_000_000;
 
 struct Rig {
-    state: State,
+    gateway: Gateway,
+    matcher: Matcher,
+    /// The matcher's watch requests, for the gateway.
+    requests: mpsc::Receiver<ToGateway>,
     store: Store,
     _dir: tempfile::TempDir,
     /// What the collector asked each host's agent.
     outbox: Vec<(String, mpsc::Receiver<ToAgent>)>,
     session: u64,
+    /// Each session's host and its agent's clock, as its stream keeps them.
+    streams: HashMap<u64, (HostId, AgentClock)>,
 }
 
 impl Rig {
@@ -34,13 +47,48 @@ impl Rig {
         let dir = tempfile::tempdir().expect("temp dir");
         let (store, _thread, next) =
             Store::open(StoreConfig::new(dir.path().join("t.db"))).expect("store");
+        let (requests_tx, requests) = mpsc::channel(1024);
         Rig {
-            state: State::new(store.clone(), THRESHOLD, next, 10, 720),
+            gateway: Gateway::new(store.clone(), 10),
+            matcher: Matcher::new(store.clone(), requests_tx, THRESHOLD, next, 720),
+            requests,
             store,
             _dir: dir,
             outbox: Vec::new(),
             session: 0,
+            streams: HashMap::new(),
         }
+    }
+
+    /// Moves what each role has for the other until neither has more, as
+    /// their tasks do.
+    fn pump(&mut self, now: i64) {
+        loop {
+            let mut moved = false;
+            let Pending {
+                to_matcher,
+                replies,
+            } = self.gateway.pending();
+            for m in to_matcher {
+                self.matcher.handle(m, now);
+                moved = true;
+            }
+            for (reply, res) in replies {
+                let _ = reply.send(res);
+            }
+            while let Ok(r) = self.requests.try_recv() {
+                self.gateway.request(r);
+                moved = true;
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    fn gateway(&mut self, input: Input, now: i64) {
+        self.gateway.handle(input, now);
+        self.pump(now);
     }
 
     /// Connects an agent for `host` owning `addr`; returns its session.
@@ -49,8 +97,8 @@ impl Rig {
         let (tx, rx) = mpsc::channel(16);
         let (reply, mut res) = oneshot::channel();
         let addr: IpAddr = addr.parse().expect("ip");
-        self.state.handle(
-            Command::Hello {
+        self.gateway(
+            Input::Hello {
                 session: self.session,
                 hello: HostHello {
                     host: host.into(),
@@ -65,9 +113,15 @@ impl Rig {
             },
             now,
         );
-        assert_eq!(res.try_recv().expect("answered"), Ok(()));
+        let id = res.try_recv().expect("answered").expect("accepted");
+        self.streams
+            .insert(self.session, (id, AgentClock::default()));
         self.outbox.push((host.into(), rx));
         self.session
+    }
+
+    fn gone(&mut self, session: u64, now: i64) {
+        self.gateway(Input::Gone { session }, now);
     }
 
     fn send(
@@ -89,8 +143,43 @@ impl Rig {
         );
     }
 
+    /// A batch of `session`'s stream, as the stream hands it to the matcher.
     fn batch(&mut self, session: u64, batch: AgentBatch, now: i64) {
-        self.state.handle(Command::Batch { session, batch }, now);
+        let (host, clock) = self.streams.get_mut(&session).expect("a stream");
+        let taken_ms = clock.taken_ms(batch.mono, now);
+        let msg = ToMatcher::Batch {
+            host: *host,
+            session,
+            taken_ms,
+            batch,
+        };
+        self.matcher.handle(msg, now);
+        self.pump(now);
+    }
+
+    fn expire(&mut self, now: i64) {
+        self.matcher.expire(now, 5);
+        self.pump(now);
+    }
+
+    fn ask<T>(&mut self, q: impl FnOnce(oneshot::Sender<T>) -> Question, now: i64) -> T {
+        let (reply, mut answer) = oneshot::channel();
+        self.matcher.answer(q(reply), now);
+        self.pump(now);
+        answer.try_recv().expect("answered")
+    }
+
+    fn flow(&mut self, flow: FlowTuple, now: i64) -> FlowView {
+        self.ask(|reply| Question::Flow { flow, reply }, now)
+    }
+
+    fn held_pending(&mut self, filter: &HeldFilter) -> Vec<HeldRow> {
+        let filter = filter.clone();
+        self.ask(|reply| Question::HeldPending { filter, reply }, T0)
+    }
+
+    fn stats(&self) -> Stats {
+        self.matcher.stats()
     }
 
     fn asked(&mut self, host: &str) -> Vec<ToAgent> {
@@ -309,7 +398,7 @@ async fn released_suspects_leave_nothing_behind() {
         rig.asked("hostb"),
         vec![ToAgent::Watch(watched.flow.reversed())]
     );
-    let stats = rig.state.stats();
+    let stats = rig.stats();
     assert_eq!((stats.suspects, stats.tracks, stats.watched), (3, 3, 1));
 
     let drained = |mut a: EndSample| {
@@ -335,7 +424,7 @@ async fn released_suspects_leave_nothing_behind() {
         rig.asked("hostb"),
         vec![ToAgent::Unwatch(watched.flow.reversed())]
     );
-    let stats = rig.state.stats();
+    let stats = rig.stats();
     assert_eq!(
         (stats.suspects, stats.tracks, stats.watched),
         (0, 0, 0),
@@ -372,7 +461,7 @@ async fn a_socket_replaced_on_its_4_tuple_leaves_nothing_of_the_old_one() {
         at(2.0),
     );
     assert_eq!(rig.asked("hostb"), vec![]);
-    let stats = rig.state.stats();
+    let stats = rig.stats();
     assert_eq!(
         (stats.suspects, stats.tracks, stats.watched),
         (1, 1, 1),
@@ -393,7 +482,7 @@ async fn a_socket_replaced_on_its_4_tuple_leaves_nothing_of_the_old_one() {
         rig.asked("hostb"),
         vec![ToAgent::Unwatch(old.flow.reversed())]
     );
-    let stats = rig.state.stats();
+    let stats = rig.stats();
     assert_eq!((stats.suspects, stats.tracks, stats.watched), (0, 0, 0));
     assert!(rig.episodes().await.is_empty());
 }
@@ -493,19 +582,15 @@ async fn silent_suspects_expire_and_a_gone_host_ends_its_episodes() {
     quiet.cookie = 77;
     quiet.flow.local = "198.18.0.2:9999".parse().expect("addr");
     rig.send(a_sess, 100.0, vec![(SampleReason::Suspect, quiet)], at(0.0));
-    assert_eq!(rig.state.stats().suspects, 1);
-    rig.state.expire(at(9.9), 5);
+    assert_eq!(rig.stats().suspects, 1);
+    rig.expire(at(9.9));
     assert_eq!(
-        rig.state.stats().suspects,
+        rig.stats().suspects,
         1,
         "4.95 polls of silence is not yet silence"
     );
-    rig.state.expire(at(10.1), 5);
-    assert_eq!(
-        rig.state.stats().suspects,
-        0,
-        "five polls of silence end it"
-    );
+    rig.expire(at(10.1));
+    assert_eq!(rig.stats().suspects, 0, "five polls of silence end it");
 
     // hostc: an open episode; then its agent goes away.
     let mut c = stuck_a(10_000);
@@ -522,13 +607,12 @@ async fn silent_suspects_expire_and_a_gone_host_ends_its_episodes() {
         at(11.0),
     );
     assert!(rig.episodes().await.iter().all(|e| e.open));
-    rig.state
-        .handle(Command::Gone { session: c_sess }, at(12.0));
+    rig.gone(c_sess, at(12.0));
     let eps = rig.episodes().await;
     let of = |host: &str| eps.iter().find(|e| e.a_host == host).expect("its episode");
     assert_eq!(of("hostc").end_reason.as_deref(), Some("host_gone"));
     assert!(of("hosta").open, "only the gone host's episodes end");
-    assert_eq!(rig.state.stats().agents, 1);
+    assert_eq!(rig.gateway.stats().agents, 1);
     let hosts = rig.store.list_hosts().await.expect("hosts");
     let c_row = hosts.iter().find(|h| h.host == "hostc").expect("hostc");
     assert!(!c_row.connected);
@@ -612,7 +696,7 @@ async fn closed_socket_ends_the_episode_and_a_closed_peer_is_half_open_once_a_is
     );
     let eps = rig.episodes().await;
     assert_eq!(eps[0].end_reason.as_deref(), Some("closed"));
-    assert_eq!(rig.state.stats().open_episodes, 0);
+    assert_eq!(rig.stats().open_episodes, 0);
 }
 
 #[test]
@@ -651,7 +735,7 @@ async fn a_queue_held_briefly_costs_its_peer_nothing() {
         at(2.0),
     );
     assert!(rig.asked("hostb").is_empty(), "B was never needed");
-    assert_eq!(rig.state.stats().watched, 0);
+    assert_eq!(rig.stats().watched, 0);
 
     // Held three polls: B is asked at the third report (held 6 s, past
     // the threshold less 2.5 polls), not the second, and told to stop when
@@ -693,7 +777,7 @@ async fn a_queue_held_briefly_costs_its_peer_nothing() {
         rig.asked("hostb"),
         vec![ToAgent::Unwatch(c.flow.reversed())]
     );
-    assert_eq!(rig.state.stats().watched, 0);
+    assert_eq!(rig.stats().watched, 0);
 
     // An agent that has watched a queue longer than the collector (its
     // first report already held 8 s) has its peer asked at once.
@@ -713,7 +797,7 @@ async fn a_queue_held_briefly_costs_its_peer_nothing() {
     let mut q = stuck_a(2000);
     q.cookie = 12;
     q.flow.remote.set_port(40_004);
-    rig.state.flow(q.flow, at(10.2));
+    rig.flow(q.flow, at(10.2));
     rig.asked("hosta");
     assert_eq!(rig.asked("hostb"), vec![ToAgent::Watch(q.flow.reversed())]);
     rig.send(
@@ -736,11 +820,10 @@ async fn a_queue_held_briefly_costs_its_peer_nothing() {
 
     // watch_peer_after = 0s (here from a reloaded config): every suspect's
     // peer is asked at its first report.
-    rig.state.handle(
-        Command::Reload {
+    rig.matcher.answer(
+        Question::Reload {
             threshold: THRESHOLD,
             watch_peer_after: Some(Duration::ZERO),
-            max_agents: 10,
             max_samples: 720,
         },
         at(11.0),
@@ -772,7 +855,7 @@ async fn a_peer_host_that_reconnects_is_asked_again_for_what_it_watched() {
     assert_eq!(rig.asked("hostb"), vec![ToAgent::Watch(a.flow.reversed())]);
 
     // B's agent goes and comes back while A's suspect still needs B's end.
-    rig.state.handle(Command::Gone { session: b_sess }, at(1.0));
+    rig.gone(b_sess, at(1.0));
     rig.outbox.retain(|(h, _)| h != "hostb");
     rig.hello("hostb", "198.18.0.1", at(2.0));
     assert_eq!(
@@ -817,7 +900,7 @@ async fn a_watch_request_dropped_on_a_full_queue_is_asked_again() {
         .collect();
     rig.send(a_sess, 100.0, batch, at(0.0));
     assert_eq!(rig.asked("hostb").len(), 16);
-    assert_eq!(rig.state.stats().requests_dropped, 1);
+    assert_eq!(rig.gateway.stats().requests_dropped, 1);
 
     // At A's next report the dropped one is asked again (the queue has
     // room now), and only that one: the others were queued.
@@ -873,7 +956,7 @@ async fn a_flow_query_finds_both_ends_through_their_hosts_and_loopback_by_scan()
     // Asked from either side, A's end is A's suspect and B's end B's
     // watched report, each named by its host.
     for (flow, mine, theirs) in [(a.flow, &a, &b), (a.flow.reversed(), &b, &a)] {
-        let view = rig.state.flow(flow, at(1.0));
+        let view = rig.flow(flow, at(1.0));
         let (ha, sa) = view.a.expect("this end");
         let (hb, sb) = view.b.expect("the other end");
         assert_eq!((&sa, &sb), (mine, theirs), "asked for {flow}");
@@ -893,7 +976,7 @@ async fn a_flow_query_finds_both_ends_through_their_hosts_and_loopback_by_scan()
         "198.18.0.2:7777".parse().expect("addr"),
         "198.18.0.1:47777".parse().expect("addr"),
     );
-    let view = rig.state.flow(quiet, at(1.0));
+    let view = rig.flow(quiet, at(1.0));
     assert!(view.a.is_none() && view.b.is_none());
     assert_eq!(rig.asked("hosta"), vec![ToAgent::Watch(quiet)]);
     assert_eq!(rig.asked("hostb"), vec![ToAgent::Watch(quiet.reversed())]);
@@ -911,7 +994,7 @@ async fn a_flow_query_finds_both_ends_through_their_hosts_and_loopback_by_scan()
         vec![(SampleReason::Suspect, lo.clone())],
         at(1.0),
     );
-    let view = rig.state.flow(lo.flow, at(1.5));
+    let view = rig.flow(lo.flow, at(1.5));
     assert_eq!(view.a, Some(("hosta".to_string(), lo)));
 }
 
@@ -919,7 +1002,7 @@ async fn a_flow_query_finds_both_ends_through_their_hosts_and_loopback_by_scan()
 async fn tracked_bytes_count_the_samples_held_and_let_go_of_them() {
     let mut rig = Rig::new();
     let a_sess = rig.hello("hosta", "198.18.0.2", at(0.0));
-    let empty = rig.state.stats().tracked_bytes;
+    let empty = rig.stats().tracked_bytes;
     let stuck: Vec<(SampleReason, EndSample)> = (0..200u16)
         .map(|i| {
             let mut o = stuck_a(2000);
@@ -934,7 +1017,7 @@ async fn tracked_bytes_count_the_samples_held_and_let_go_of_them() {
     rig.send(a_sess, 100.0, stuck.clone(), at(0.0));
     // A second poll: each suspect now holds its first and latest samples.
     rig.send(a_sess, 102.0, stuck.clone(), at(2.0));
-    let held = rig.state.stats().tracked_bytes;
+    let held = rig.stats().tracked_bytes;
     // 200 suspects, two samples of ~100 bytes and a table slot each.
     assert!(
         held - empty > 200 * 300,
@@ -949,8 +1032,8 @@ async fn tracked_bytes_count_the_samples_held_and_let_go_of_them() {
         })
         .collect();
     rig.send(a_sess, 104.0, released, at(4.0));
-    let after = rig.state.stats().tracked_bytes;
-    assert_eq!(rig.state.stats().suspects, 0);
+    let after = rig.stats().tracked_bytes;
+    assert_eq!(rig.stats().suspects, 0);
     assert!(
         after < held && held - after > 200 * 150,
         "{held} -> {after} bytes once released"
@@ -1073,7 +1156,7 @@ async fn a_hold_that_reaches_the_threshold_between_polls_is_an_episode_of_its_tr
         sides,
         vec![(Side::A, at(0.0)), (Side::B, at(4.6)), (Side::A, at(8.0))]
     );
-    let stats = rig.state.stats();
+    let stats = rig.stats();
     assert_eq!(stats.open_episodes, 0);
     assert_eq!(stats.suspects, 0);
     assert_eq!(stats.watched, 0, "the peer is let go");
@@ -1107,7 +1190,7 @@ async fn a_hold_that_ends_short_of_the_threshold_is_counted_by_pair_not_recorded
     c.pos.sendq = 0;
     rig.batch(a_sess, released(110.25, c, moved), at(10.25));
     assert!(rig.episodes().await.is_empty(), "no episode");
-    let held = rig.state.stats().held;
+    let held = rig.stats().held;
     assert_eq!(
         held.by_end[HeldEnd::Reset.index()].counts[9],
         1,
@@ -1120,14 +1203,14 @@ async fn a_hold_that_ends_short_of_the_threshold_is_counted_by_pair_not_recorded
     );
     // The minute in progress is the aggregator's; a query adds it to the
     // store's minutes. Once over, it is the store's.
-    let pending = rig.state.held_pending(&HeldFilter::default());
+    let pending = rig.held_pending(&HeldFilter::default());
     assert_eq!(pending.iter().map(|r| r.count).sum::<u64>(), 2);
     let only_c = HeldFilter {
         since_ms: None,
         host: Some("hostc".into()),
     };
-    assert!(rig.state.held_pending(&only_c).is_empty());
-    rig.state.store_held(at(11.0), false);
+    assert!(rig.held_pending(&only_c).is_empty());
+    rig.matcher.store_held(at(11.0), false);
     rig.store.flush().await.expect("flush");
     assert!(
         rig.store
@@ -1137,9 +1220,9 @@ async fn a_hold_that_ends_short_of_the_threshold_is_counted_by_pair_not_recorded
             .is_empty(),
         "the minute is not over"
     );
-    rig.state.store_held(at(11.0) + 60_000, false);
+    rig.matcher.store_held(at(11.0) + 60_000, false);
     rig.store.flush().await.expect("flush");
-    assert!(rig.state.held_pending(&HeldFilter::default()).is_empty());
+    assert!(rig.held_pending(&HeldFilter::default()).is_empty());
     let rows = rig
         .store
         .list_held(HeldFilter::default())
@@ -1200,6 +1283,25 @@ async fn an_open_episode_ends_with_the_measured_length_and_how_it_went() {
         tcpstall_common::TcpState::CloseWait,
         "the end is its last sample"
     );
-    let c = rig.state.stats().held.by_end[HeldEnd::Closed.index()];
+    let c = rig.stats().held.by_end[HeldEnd::Closed.index()];
     assert_eq!((c.count(), c.counts[11]), (1, 1), "(12, 15]");
+}
+
+/// A host that says hello again replaces its stream: the old stream's
+/// batches still in flight are stale, and only the new one's count.
+#[tokio::test]
+async fn a_replaced_stream_is_heard_no_more() {
+    let mut rig = Rig::new();
+    let old = rig.hello("hosta", "198.18.0.2", at(0.0));
+    let new = rig.hello("hosta", "198.18.0.2", at(1.0));
+    assert_eq!(rig.gateway.stats().agents, 1);
+    let suspect = vec![(SampleReason::Suspect, stuck_a(6000))];
+    rig.send(old, 100.0, suspect.clone(), at(2.0));
+    assert_eq!(rig.stats().suspects, 0, "a stale stream's batch was taken");
+    rig.send(new, 100.0, suspect, at(2.0));
+    assert_eq!(rig.stats().suspects, 1);
+    // Its end ends what it reported.
+    rig.gone(new, at(3.0));
+    assert_eq!(rig.stats().suspects, 0);
+    assert_eq!(rig.gateway.stats().agents, 0);
 }

@@ -76,10 +76,6 @@ impl<K: Hash + Eq, V> SlabMap<K, V> {
         self.len
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// Bytes the map holds on the heap: the index's buckets and the slab's
     /// slots (what the values own on the heap is not counted).
     pub fn bytes(&self) -> usize {
@@ -116,6 +112,7 @@ impl<K: Hash + Eq, V> SlabMap<K, V> {
         }
     }
 
+    #[cfg(test)] // the matcher has no use for it; the map's tests do
     /// Puts `v` under `k`; the value it replaced, if any.
     pub fn insert(&mut self, k: K, v: V) -> Option<V> {
         // `new` is taken only if `k` was absent.
@@ -226,6 +223,7 @@ impl<K: Hash + Eq, V> SlabMap<K, V> {
         }
     }
 
+    #[cfg(test)] // the matcher has no use for it; the map's tests do
     /// Keeps the entries for which `f` is true.
     pub fn retain(&mut self, mut f: impl FnMut(&K, &mut V) -> bool) {
         for i in 0..self.slots.len() {

@@ -1,0 +1,286 @@
+//! The gateway's task: the sessions of the agents streaming now, the
+//! registry of their hosts, and the watch requests the matcher asks of a
+//! host, handed to the stream of the agent that holds it.
+//!
+//! It tells the matcher of hosts coming and going ([`ToMatcher::HostUp`],
+//! [`ToMatcher::HostDown`]) before it answers the stream that said hello,
+//! so that a stream's first batch never reaches the matcher ahead of its
+//! host. Batches themselves go from the streams to the matcher directly.
+
+use std::collections::HashMap;
+
+use tcpstall_common::{Clock, HostHello, ToAgent};
+use tokio::sync::{mpsc, oneshot};
+
+use super::registry::Hosts;
+use crate::messages::{HostId, ToGateway, ToMatcher};
+use crate::store::{HostRecord, Store};
+
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// What the agents' streams (and this process's metrics and config) tell
+/// the gateway.
+#[derive(Debug)]
+pub enum Input {
+    /// A stream's Hello, checked; answered with the host's number, or why
+    /// the collector will not take it.
+    Hello {
+        session: u64,
+        hello: HostHello,
+        /// Where the stream takes requests for its agent.
+        tx: mpsc::Sender<ToAgent>,
+        reply: HelloReply,
+    },
+    /// The agent's count of batches it had to drop.
+    Heartbeat { session: u64, dropped_batches: u64 },
+    /// The stream ended.
+    Gone { session: u64 },
+    Stats {
+        reply: oneshot::Sender<GatewayStats>,
+    },
+    /// A reloaded config's limit, from now on.
+    Reload { max_agents: usize },
+}
+
+/// Where a Hello is answered: the host's number, or why not.
+pub type HelloReply = oneshot::Sender<Result<HostId, String>>;
+
+/// The gateway's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GatewayStats {
+    /// Agents streaming now.
+    pub agents: usize,
+    /// Batches the agents say they dropped (their queues were full).
+    pub agent_dropped_batches: u64,
+    /// Watch and unwatch requests dropped because an agent's outbound
+    /// queue was full (a dropped watch is asked again).
+    pub requests_dropped: u64,
+}
+
+#[derive(Debug)]
+struct Session {
+    id: u64,
+    hello: HostHello,
+    tx: mpsc::Sender<ToAgent>,
+    dropped_batches: u64,
+}
+
+/// The gateway's state; its methods run on its task.
+#[derive(Debug)]
+pub struct Gateway {
+    hosts: Hosts,
+    sessions: Map<HostId, Session>,
+    /// Session id -> host, for the inputs that name a session.
+    session_hosts: Map<u64, HostId>,
+    store: Store,
+    max_agents: usize,
+    requests_dropped: u64,
+    /// For the matcher, in order: sent (waiting for room) before any reply.
+    out: Vec<ToMatcher>,
+    replies: Vec<(HelloReply, Result<HostId, String>)>,
+}
+
+impl Gateway {
+    pub fn new(store: Store, max_agents: usize) -> Gateway {
+        Gateway {
+            hosts: Hosts::default(),
+            sessions: Map::default(),
+            session_hosts: Map::default(),
+            store,
+            max_agents,
+            requests_dropped: 0,
+            out: Vec::new(),
+            replies: Vec::new(),
+        }
+    }
+
+    /// Handles one input at collector wall time `now_ms`; what it has for
+    /// the matcher and the streams waits in [`Gateway::deliver`].
+    pub fn handle(&mut self, input: Input, now_ms: i64) {
+        match input {
+            Input::Hello {
+                session,
+                hello,
+                tx,
+                reply,
+            } => {
+                let res = self.hello(session, hello, tx, now_ms);
+                self.replies.push((reply, res));
+            }
+            Input::Heartbeat {
+                session,
+                dropped_batches,
+            } => {
+                if let Some(s) = self
+                    .session_hosts
+                    .get(&session)
+                    .and_then(|h| self.sessions.get_mut(h))
+                {
+                    s.dropped_batches = dropped_batches;
+                }
+            }
+            Input::Gone { session } => {
+                if let Some(host) = self.session_hosts.get(&session).copied() {
+                    self.gone(host, now_ms);
+                }
+            }
+            Input::Stats { reply } => {
+                let _ = reply.send(self.stats());
+            }
+            Input::Reload { max_agents } => self.max_agents = max_agents,
+        }
+    }
+
+    /// Hands a request of the matcher's to the stream of the host's agent;
+    /// a watch that cannot be (no stream, or its queue full) goes back to
+    /// the matcher as [`ToMatcher::Unsent`], due again at once.
+    pub fn request(&mut self, r: ToGateway) {
+        let (host, msg) = match r {
+            ToGateway::Watch { host, flow } => (host, ToAgent::Watch(flow)),
+            ToGateway::Unwatch { host, flow } => (host, ToAgent::Unwatch(flow)),
+        };
+        let Some(s) = self.sessions.get(&host) else {
+            if let ToAgent::Watch(flow) = msg {
+                self.out.push(ToMatcher::Unsent { host, flow });
+            }
+            return;
+        };
+        if s.tx.try_send(msg).is_ok() {
+            return;
+        }
+        self.requests_dropped += 1;
+        let n = self.requests_dropped;
+        if n.is_power_of_two() {
+            tracing::warn!(
+                host = %s.hello.host,
+                dropped = n,
+                "agent's outbound queue is full; request dropped (a watch is asked again at the suspect's next report)"
+            );
+        }
+        if let ToAgent::Watch(flow) = msg {
+            self.out.push(ToMatcher::Unsent { host, flow });
+        }
+    }
+
+    /// What waits for the matcher, then the answers to hellos: in this
+    /// order, so that a host is up at the matcher before its stream sends
+    /// a batch.
+    pub fn pending(&mut self) -> Pending<'_> {
+        Pending {
+            to_matcher: self.out.drain(..),
+            replies: self.replies.drain(..),
+        }
+    }
+
+    /// Sends what [`Gateway::pending`] holds: to the matcher waiting for
+    /// room (its queue is bounded), then the replies. `Err` when the
+    /// matcher is gone.
+    pub async fn deliver(&mut self, matcher: &mpsc::Sender<ToMatcher>) -> Result<(), ()> {
+        let Pending {
+            to_matcher,
+            replies,
+        } = self.pending();
+        for m in to_matcher {
+            matcher.send(m).await.map_err(|_| ())?;
+        }
+        for (reply, res) in replies {
+            let _ = reply.send(res);
+        }
+        Ok(())
+    }
+
+    pub fn stats(&self) -> GatewayStats {
+        GatewayStats {
+            agents: self.sessions.len(),
+            agent_dropped_batches: self.sessions.values().map(|s| s.dropped_batches).sum(),
+            requests_dropped: self.requests_dropped,
+        }
+    }
+
+    fn hello(
+        &mut self,
+        session: u64,
+        hello: HostHello,
+        tx: mpsc::Sender<ToAgent>,
+        now_ms: i64,
+    ) -> Result<HostId, String> {
+        let host = self.hosts.id(&hello.host);
+        if let Some(old) = self.sessions.get(&host) {
+            tracing::warn!(host = %hello.host, old = old.id, new = session, "host reconnected; its previous stream is replaced");
+            self.gone(host, now_ms);
+        } else if self.sessions.len() >= self.max_agents {
+            return Err(format!(
+                "collector is full: {} agents connected",
+                self.max_agents
+            ));
+        }
+        self.store.host_seen(HostRecord {
+            host: hello.host.clone(),
+            kernel: hello.kernel.clone(),
+            agent_version: hello.agent_version.clone(),
+            boot_id: hello.boot_id.clone(),
+            at_ms: now_ms,
+        });
+        tracing::info!(host = %hello.host, kernel = %hello.kernel, addresses = hello.addresses.len(), "agent connected");
+        self.out.push(ToMatcher::HostUp {
+            host,
+            session,
+            name: hello.host.clone(),
+            addresses: hello.addresses.clone(),
+            interval: hello.interval,
+        });
+        self.session_hosts.insert(session, host);
+        self.sessions.insert(
+            host,
+            Session {
+                id: session,
+                hello,
+                tx,
+                dropped_batches: 0,
+            },
+        );
+        Ok(host)
+    }
+
+    fn gone(&mut self, host: HostId, now_ms: i64) {
+        let Some(session) = self.sessions.remove(&host) else {
+            return;
+        };
+        let name = self.hosts.name(host);
+        tracing::info!(host = %name, session = session.id, "agent gone");
+        self.session_hosts.remove(&session.id);
+        self.store.host_gone(&name, now_ms);
+        self.out.push(ToMatcher::HostDown { host });
+    }
+}
+
+/// What the gateway has to send, in order (see [`Gateway::pending`]).
+#[derive(Debug)]
+pub struct Pending<'a> {
+    pub to_matcher: std::vec::Drain<'a, ToMatcher>,
+    pub replies: std::vec::Drain<'a, (HelloReply, Result<HostId, String>)>,
+}
+
+/// Runs the gateway until `stop` fires or its inputs are gone.
+pub async fn run(
+    mut gateway: Gateway,
+    mut inbox: mpsc::Receiver<Input>,
+    mut requests: mpsc::Receiver<ToGateway>,
+    matcher: mpsc::Sender<ToMatcher>,
+    mut stop: oneshot::Receiver<()>,
+    clock: Clock,
+) {
+    loop {
+        tokio::select! {
+            input = inbox.recv() => match input {
+                Some(input) => gateway.handle(input, clock.now_ms()),
+                None => break,
+            },
+            Some(r) = requests.recv() => gateway.request(r),
+            _ = &mut stop => break,
+        }
+        if gateway.deliver(&matcher).await.is_err() {
+            break;
+        }
+    }
+}

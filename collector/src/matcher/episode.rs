@@ -1,0 +1,298 @@
+//! An episode's life: opened when a suspect's track says its queue was
+//! held for the threshold, diagnosed from both ends (again whenever either
+//! reports something new), its samples of both ends stored up to a cap,
+//! and closed with how it ended. Every row goes to the store without
+//! waiting.
+
+use std::time::Duration;
+
+use tcpstall_common::time::{millis, millis_i64};
+use tcpstall_common::{EndReason, EndSample, Side};
+
+use super::detector::Event;
+use super::diagnose::{diagnose, Evidence, Fact, Peer, Verdict};
+use super::held;
+use super::state::{a_sample, Ctx, OpenEpisode, PeerEnd, PeerNow, Suspect};
+use super::tuple::Tuple;
+use crate::messages::HostId;
+use crate::store::{EpisodeEnd, EpisodeUpdate, HeldRow, NewEpisode, StoredSample};
+
+impl Ctx {
+    pub(super) fn held_row(&self, k: &held::Key<HostId>, c: &held::Count) -> HeldRow {
+        HeldRow {
+            minute_ms: k.minute_ms,
+            a_host: self.name(k.a).to_string(),
+            b_host: k.b.map(|b| self.name(b).to_string()).unwrap_or_default(),
+            end: k.end,
+            le_ms: held::le_ms(usize::from(k.bucket)),
+            count: c.count,
+            episodes: c.episodes,
+            total_ms: c.total_ms,
+            max_ms: c.max_ms,
+        }
+    }
+
+    /// Re-diagnoses the open episode of suspect `s` (on `flow`) from A's
+    /// latest sample (`a` when the caller has it at hand) and its peer as
+    /// known now; stores a change.
+    pub(super) fn rediagnose(&mut self, flow: Tuple, s: &mut Suspect, a: Option<&EndSample>) {
+        if s.episode.is_none() {
+            return;
+        }
+        let Some(a) = a_sample(a, s) else { return };
+        let a = a.as_ref();
+        let peer = self.peer_of(s, flow);
+        let verdict = diagnose(a, peer.as_peer());
+        let Some(ep) = s.episode.as_mut() else {
+            return;
+        };
+        // Most polls of a held queue find what the last one did, a little
+        // later, its counters perhaps higher: nothing to store until it
+        // ends (its duration is read from its start).
+        if ep.verdict.same_finding(&verdict) {
+            ep.unstored |= !ep.verdict.same_numbers(&verdict);
+            ep.verdict = verdict;
+            return;
+        }
+        if ep.verdict.diagnosis != verdict.diagnosis {
+            tracing::info!(episode = ep.id, from = %ep.verdict.diagnosis, to = %verdict.diagnosis, "diagnosis changed");
+            let open = &mut self.stats.open_by_diagnosis[ep.verdict.diagnosis.index()];
+            *open = open.saturating_sub(1);
+            self.stats.open_by_diagnosis[verdict.diagnosis.index()] += 1;
+        }
+        let update =
+            self.episode_update(ep.id, &verdict, s.peer, &peer, a.unchanged_ms, a.pos.sendq);
+        self.store.update_episode(update);
+        ep.verdict = verdict;
+        ep.unstored = false;
+    }
+
+    /// The row of episode `id` as `verdict` finds it, B on `peer_host`.
+    pub(super) fn episode_update(
+        &self,
+        id: i64,
+        verdict: &Verdict,
+        peer_host: Option<HostId>,
+        peer: &PeerNow,
+        duration_ms: u64,
+        stuck_bytes: u32,
+    ) -> EpisodeUpdate {
+        EpisodeUpdate {
+            id,
+            diagnosis: verdict.diagnosis.id().to_string(),
+            summary: verdict.summary.clone(),
+            evidence: evidence(&verdict.evidence),
+            b_host: peer_host.map(|p| self.name(p).to_string()),
+            peer_note: peer_note(peer.as_peer()),
+            duration_ms,
+            stuck_bytes,
+        }
+    }
+
+    /// Stores this poll's samples of an open episode: A's latest when the
+    /// caller has just observed it (`a_new`), and B's latest report (the
+    /// last before its socket went, when it went) when it is newer than
+    /// the last one stored; each side up to the per-episode cap.
+    pub(super) fn record(&mut self, host: HostId, flow: Tuple, s: &mut Suspect, a_new: bool) {
+        let Some(ep) = s.episode.as_mut() else { return };
+        let mut batch = Vec::new();
+        if a_new && s.latest_at_ms > ep.last_a_ms && ep.stored_a < self.max_samples {
+            batch.push(StoredSample {
+                side: Side::A,
+                host: self.name(host).to_string(),
+                at_ms: s.latest_at_ms,
+                sample: s.latest.clone(),
+            });
+            ep.stored_a += 1;
+            ep.last_a_ms = s.latest_at_ms;
+        }
+        if let Some(peer) = s.peer {
+            let b = match self.watched.get(&(peer, flow.reversed())).map(|w| &w.end) {
+                Some(PeerEnd::Seen { at_ms, sample })
+                | Some(PeerEnd::NoSocket {
+                    last: Some((at_ms, sample)),
+                    ..
+                }) => Some((at_ms, sample)),
+                _ => None,
+            };
+            if let Some((at_ms, sample)) = b {
+                if *at_ms > ep.last_b_ms && ep.stored_b < self.max_samples {
+                    batch.push(StoredSample {
+                        side: Side::B,
+                        host: self.name(peer).to_string(),
+                        at_ms: *at_ms,
+                        sample: sample.clone(),
+                    });
+                    ep.stored_b += 1;
+                    ep.last_b_ms = *at_ms;
+                }
+            }
+        }
+        if !batch.is_empty() {
+            self.store.add_samples(ep.id, batch);
+        }
+    }
+
+    /// An event of `s`'s track, applied to it. `a`: the sample just
+    /// observed of the event's connection, if any.
+    pub(super) fn apply(
+        &mut self,
+        event: Event,
+        host: HostId,
+        flow: Tuple,
+        s: &mut Suspect,
+        now_ms: i64,
+        a: Option<&EndSample>,
+    ) {
+        match event {
+            Event::Opened { cookie, stuck_for } => {
+                let Some(a) = a_sample(a.filter(|a| a.cookie == cookie), s) else {
+                    return;
+                };
+                self.open_episode(host, cookie, flow, s, stuck_for, now_ms, &a);
+            }
+            Event::Closed {
+                reason, stuck_for, ..
+            } => self.close_episode(host, flow, s, reason, stuck_for, now_ms),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn open_episode(
+        &mut self,
+        host_id: HostId,
+        cookie: u64,
+        tuple: Tuple,
+        s: &mut Suspect,
+        stuck_for: Duration,
+        now_ms: i64,
+        a: &EndSample,
+    ) {
+        let host = self.name(host_id);
+        let flow = tuple.flow();
+        let peer = self.peer_of(s, tuple);
+        let verdict = diagnose(a, peer.as_peer());
+        let note = peer_note(peer.as_peer());
+        let id = self.next_episode;
+        self.next_episode += 1;
+        self.stats.episodes_opened += 1;
+        tracing::info!(episode = id, host = %host, %flow, diagnosis = %verdict.diagnosis, stuck_ms = millis(stuck_for), "episode opened");
+        let started_at_ms = now_ms.saturating_sub(millis_i64(stuck_for));
+        self.store.open_episode(NewEpisode {
+            id,
+            diagnosis: verdict.diagnosis.id().to_string(),
+            summary: verdict.summary.clone(),
+            evidence: evidence(&verdict.evidence),
+            started_at_ms,
+            duration_ms: millis(stuck_for),
+            stuck_bytes: a.pos.sendq,
+            a_host: host.to_string(),
+            a_netns: a.netns.clone(),
+            a_flow: flow,
+            a_cookie: cookie,
+            b_host: s.peer.map(|p| self.name(p).to_string()),
+            peer_note: note,
+        });
+        // The first sample of the stall, then this poll's (record).
+        let mut last_a_ms = i64::MIN;
+        if let Some(first) = s.first.take() {
+            last_a_ms = s.first_at_ms;
+            self.store.add_samples(
+                id,
+                vec![StoredSample {
+                    side: Side::A,
+                    host: host.to_string(),
+                    at_ms: s.first_at_ms,
+                    sample: first,
+                }],
+            );
+        }
+        if let Some(peer) = s.peer {
+            if let Some(w) = self.watched.get_mut(&(peer, tuple.reversed())) {
+                w.episode_of = Some(host_id);
+            }
+        }
+        self.open_episodes += 1;
+        self.stats.open_by_diagnosis[verdict.diagnosis.index()] += 1;
+        self.stats.opened_by_diagnosis[verdict.diagnosis.index()] += 1;
+        s.episode = Some(Box::new(OpenEpisode {
+            id,
+            verdict,
+            unstored: false,
+            stored_a: 1,
+            stored_b: 0,
+            last_a_ms,
+            last_b_ms: i64::MIN,
+        }));
+    }
+
+    /// Ends `s`'s open episode, its latest sample the last stored.
+    pub(super) fn close_episode(
+        &mut self,
+        host_id: HostId,
+        flow: Tuple,
+        s: &mut Suspect,
+        reason: EndReason,
+        stuck_for: Duration,
+        now_ms: i64,
+    ) {
+        let Some(ep) = s.episode.take() else { return };
+        if ep.unstored {
+            // Its counters as they ended.
+            let peer = self.peer_of(s, flow);
+            let v = &ep.verdict;
+            let stuck_bytes = v
+                .evidence
+                .fact(Fact::ASendq)
+                .map_or(0, |b| u32::try_from(b).unwrap_or(u32::MAX));
+            let update =
+                self.episode_update(ep.id, v, s.peer, &peer, millis(stuck_for), stuck_bytes);
+            self.store.update_episode(update);
+        }
+        self.open_episodes = self.open_episodes.saturating_sub(1);
+        let open = &mut self.stats.open_by_diagnosis[ep.verdict.diagnosis.index()];
+        *open = open.saturating_sub(1);
+        if let Some(w) = s
+            .peer
+            .and_then(|p| self.watched.get_mut(&(p, flow.reversed())))
+        {
+            w.episode_of = None;
+        }
+        let host = self.name(host_id);
+        tracing::info!(episode = ep.id, host = %host, reason = reason.id(), "episode closed");
+        // The last word on A, unless it is stored already (a socket gone
+        // leaves its last held sample as its last word).
+        if s.latest_at_ms > ep.last_a_ms {
+            self.store.add_samples(
+                ep.id,
+                vec![StoredSample {
+                    side: Side::A,
+                    host: host.to_string(),
+                    at_ms: s.latest_at_ms,
+                    sample: s.latest.clone(),
+                }],
+            );
+        }
+        self.store.close_episode(
+            ep.id,
+            EpisodeEnd {
+                ended_at_ms: now_ms,
+                end_reason: reason.id().to_string(),
+                duration_ms: millis(stuck_for),
+            },
+        );
+    }
+}
+
+fn evidence(ev: &Evidence) -> std::collections::BTreeMap<String, i64> {
+    ev.iter().map(|(k, v)| (k.to_string(), v)).collect()
+}
+
+fn peer_note(peer: Peer<'_>) -> Option<String> {
+    match peer {
+        Peer::Seen(_) => None,
+        Peer::NoSocket { host } => Some(format!("{host} has no such socket")),
+        Peer::Pending { host } => Some(format!("waiting for {host} to report")),
+        Peer::Unmonitored => Some("no agent covers the peer's address".to_string()),
+    }
+}

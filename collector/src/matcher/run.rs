@@ -1,0 +1,324 @@
+//! The matcher's task: its inputs (the gateway's and the streams' plain
+//! messages, and the questions of the query edge and the metrics), once a
+//! second the expiry of what went silent, and its counters.
+
+use std::time::Duration;
+
+use tcpstall_common::time::millis_i64;
+use tcpstall_common::{Clock, EndReason, FlowTuple, Packed};
+use tokio::sync::{mpsc, oneshot};
+
+use super::held::HeldTally;
+use super::join::FlowView;
+use super::samples::DEFAULT_INTERVAL;
+use super::slab_map::SlabMap;
+use super::state::{Ctx, Map, Matcher, OpenEpisode, PeerEnd, Stats, Up, SILENT_POLLS};
+use super::tuple::Tuple;
+use crate::messages::{HostId, ToGateway, ToMatcher};
+use crate::store::{HeldFilter, HeldRow, Store};
+
+/// A question to the matcher from this process's query edge or metrics,
+/// answered on its reply channel (across processes, a request and its
+/// response).
+#[derive(Debug)]
+pub enum Question {
+    /// Both ends of a flow as known now (and asks their hosts to watch it).
+    Flow {
+        flow: FlowTuple,
+        reply: oneshot::Sender<FlowView>,
+    },
+    Stats {
+        reply: oneshot::Sender<Stats>,
+    },
+    /// The held-span counts not yet in the store: the minute in progress.
+    HeldPending {
+        filter: HeldFilter,
+        reply: oneshot::Sender<Vec<HeldRow>>,
+    },
+    /// Settings of a reloaded config that apply from now on.
+    Reload {
+        threshold: Duration,
+        watch_peer_after: Option<Duration>,
+        max_samples: usize,
+    },
+}
+
+impl Matcher {
+    /// A matcher writing to `store`, numbering episodes from
+    /// `next_episode`, asking watches of the `gateway`.
+    pub fn new(
+        store: Store,
+        gateway: mpsc::Sender<ToGateway>,
+        threshold: Duration,
+        next_episode: i64,
+        max_samples: usize,
+    ) -> Matcher {
+        Matcher {
+            table: SlabMap::new(),
+            threshold,
+            ctx: Ctx {
+                store,
+                max_samples,
+                watch_peer_after: None,
+                gateway,
+                names: Map::default(),
+                up: Map::default(),
+                owners: Map::default(),
+                watched: SlabMap::new(),
+                open_episodes: 0,
+                next_episode,
+                stats: Stats::default(),
+                held: HeldTally::default(),
+            },
+        }
+    }
+
+    /// Asks for a suspect's peer once its queue has been held for `after`
+    /// (zero: at its first report); `None`, the default:
+    /// `ask_peer_after` for its agent's interval.
+    pub fn watch_peer_after(mut self, after: Option<Duration>) -> Matcher {
+        self.ctx.watch_peer_after = after;
+        self
+    }
+
+    /// Handles one message at collector wall time `now_ms`.
+    pub fn handle(&mut self, msg: ToMatcher, now_ms: i64) {
+        match msg {
+            ToMatcher::HostUp {
+                host,
+                session,
+                name,
+                addresses,
+                interval,
+            } => self.host_up(host, session, name, &addresses, interval, now_ms),
+            ToMatcher::HostDown { host } => self.host_down(host, now_ms),
+            ToMatcher::Batch {
+                host,
+                session,
+                taken_ms,
+                batch,
+            } => {
+                // Only of the host's stream now: an older one's are stale.
+                if self.ctx.up.get(&host).is_some_and(|u| u.session == session) {
+                    self.batch(host, taken_ms, batch, now_ms);
+                }
+            }
+            ToMatcher::Unsent { host, flow } => self.ctx.unsent(host, flow),
+        }
+    }
+
+    /// Answers one question at collector wall time `now_ms`.
+    pub fn answer(&mut self, q: Question, now_ms: i64) {
+        match q {
+            Question::Flow { flow, reply } => {
+                let _ = reply.send(self.flow(flow, now_ms));
+            }
+            Question::Stats { reply } => {
+                let _ = reply.send(self.stats());
+            }
+            Question::HeldPending { filter, reply } => {
+                let _ = reply.send(self.held_pending(&filter));
+            }
+            Question::Reload {
+                threshold,
+                watch_peer_after,
+                max_samples,
+            } => {
+                self.threshold = threshold;
+                self.ctx.watch_peer_after = watch_peer_after;
+                self.ctx.max_samples = max_samples;
+            }
+        }
+    }
+
+    pub fn stats(&self) -> Stats {
+        let ctx = &self.ctx;
+        Stats {
+            tracked_bytes: self.tracked_bytes(),
+            suspects: self.table.len(),
+            tracks: self.table.len(),
+            watched: ctx.watched.len(),
+            open_episodes: ctx.open_episodes,
+            store_dropped: ctx.store.stats().snapshot().dropped,
+            held: ctx.held.stats(),
+            threshold: self.threshold,
+            ..ctx.stats
+        }
+    }
+
+    /// See [`Stats::tracked_bytes`]. A walk over everything tracked: for a
+    /// scrape, not for every batch.
+    fn tracked_bytes(&self) -> usize {
+        let suspects: usize = self
+            .table
+            .values()
+            .map(|e| &e.suspect)
+            .map(|s| {
+                s.latest.len()
+                    + s.first.as_ref().map_or(0, Packed::len)
+                    + s.episode.as_ref().map_or(0, |_| size_of::<OpenEpisode>())
+            })
+            .sum();
+        let watched: usize = self
+            .ctx
+            .watched
+            .values()
+            .map(|w| match &w.end {
+                PeerEnd::Seen { sample, .. } => sample.len(),
+                _ => 0,
+            })
+            .sum();
+        self.ctx.watched.bytes() + self.table.bytes() + suspects + watched
+    }
+
+    /// A host's agent said hello: its addresses are its own from now on,
+    /// and what it was asked to watch before it went away is asked again.
+    fn host_up(
+        &mut self,
+        host: HostId,
+        session: u64,
+        name: String,
+        addresses: &[std::net::IpAddr],
+        interval: Duration,
+        now_ms: i64,
+    ) {
+        let ctx = &mut self.ctx;
+        ctx.names.insert(host, name.into());
+        ctx.up.insert(host, Up { session, interval });
+        for ip in addresses {
+            if !ip.is_loopback() && !ip.is_unspecified() {
+                ctx.owners.insert(*ip, host);
+            }
+        }
+        let again: Vec<Tuple> = ctx
+            .watched
+            .keys()
+            .filter(|(h, _)| *h == host)
+            .map(|(_, flow)| *flow)
+            .collect();
+        for flow in again {
+            if let Some(w) = ctx.watched.get_mut(&(host, flow)) {
+                w.asked_at_ms = None;
+            }
+            ctx.ask_again(host, flow, now_ms);
+        }
+    }
+
+    /// A host's stream ended: its suspects end with their episodes, and
+    /// with them the watches they had asked of other hosts.
+    fn host_down(&mut self, host: HostId, now_ms: i64) {
+        let ctx = &mut self.ctx;
+        if ctx.up.remove(&host).is_none() {
+            return;
+        }
+        ctx.owners.retain(|_, h| *h != host);
+        // Its suspects end with their episodes, and with them the watches
+        // they had asked of other hosts.
+        let keys: Vec<(HostId, Tuple)> = self
+            .table
+            .keys()
+            .filter(|(h, _)| *h == host)
+            .copied()
+            .collect();
+        for key in keys {
+            let Some(mut e) = self.table.remove(&key) else {
+                continue;
+            };
+            let flow = key.1;
+            if let Some(closed) = e.track.end(EndReason::HostGone, e.track.last()) {
+                ctx.apply(closed, host, flow, &mut e.suspect, now_ms, None);
+            }
+            ctx.let_peer_go(&e.suspect, flow);
+        }
+        // What it was watching is no longer seen; the suspects that need it
+        // keep their claim and hear "pending" until it comes back and is
+        // asked again (`hello`).
+        for ((h, _), w) in ctx.watched.iter_mut() {
+            if *h == host {
+                w.end = PeerEnd::Pending;
+            }
+        }
+    }
+
+    /// Ends what agents stopped reporting without a word (a lost message):
+    /// suspects silent for `polls` of their agent's polls.
+    pub fn expire(&mut self, now_ms: i64, polls: u32) {
+        let silence: Map<HostId, i64> = self
+            .ctx
+            .up
+            .iter()
+            .map(|(h, u)| (*h, millis_i64(u.interval * polls)))
+            .collect();
+        let default = millis_i64(DEFAULT_INTERVAL * polls);
+        let stale: Vec<(HostId, Tuple, u64, Duration)> = self
+            .table
+            .iter()
+            .filter(|((h, _), e)| {
+                now_ms - e.suspect.latest_at_ms > silence.get(h).copied().unwrap_or(default)
+            })
+            .map(|((h, flow), e)| (*h, *flow, e.track.cookie(), e.track.last()))
+            .collect();
+        for (host, flow, cookie, mono) in stale {
+            tracing::debug!(host = %self.ctx.name(host), cookie, "suspect went silent");
+            self.close(host, flow, cookie, mono, now_ms);
+        }
+        self.store_held(now_ms, false);
+    }
+
+    /// Hands the held-span counts of every minute that is over (all of
+    /// them when `all`, at shutdown) to the store, which adds them to what
+    /// it holds for the same minute, pair, end and bucket.
+    pub fn store_held(&mut self, now_ms: i64, all: bool) {
+        let done = self.ctx.held.take_done(now_ms, all);
+        if done.is_empty() {
+            return;
+        }
+        let rows = done.iter().map(|(k, c)| self.ctx.held_row(k, c)).collect();
+        self.ctx.store.add_held(rows);
+    }
+
+    /// The held-span counts not yet in the store that a query over
+    /// `filter` would find there: the minute in progress.
+    fn held_pending(&self, filter: &HeldFilter) -> Vec<HeldRow> {
+        self.ctx
+            .held
+            .pending()
+            .filter(|(k, _)| filter.since_ms.is_none_or(|since| k.minute_ms >= since))
+            .map(|(k, c)| self.ctx.held_row(k, c))
+            .filter(|r| {
+                filter
+                    .host
+                    .as_ref()
+                    .is_none_or(|h| r.a_host == *h || r.b_host == *h)
+            })
+            .collect()
+    }
+}
+
+/// Runs the matcher until `stop` fires or every sender is gone: messages
+/// and questions as they come, and once a second the expiry of what went
+/// silent.
+pub async fn run(
+    mut matcher: Matcher,
+    mut inbox: mpsc::Receiver<ToMatcher>,
+    mut questions: mpsc::Receiver<Question>,
+    mut stop: oneshot::Receiver<()>,
+    clock: Clock,
+) {
+    let now_ms = move || clock.now_ms();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            msg = inbox.recv() => match msg {
+                Some(msg) => matcher.handle(msg, now_ms()),
+                None => break,
+            },
+            Some(q) = questions.recv() => matcher.answer(q, now_ms()),
+            _ = tick.tick() => matcher.expire(now_ms(), SILENT_POLLS),
+            _ = &mut stop => break,
+        }
+    }
+    // The minute in progress too: nothing counted is lost at shutdown.
+    matcher.store_held(now_ms(), true);
+}
