@@ -49,6 +49,13 @@ pub struct Positions {
     pub rcv_wscale: Option<u8>,
 }
 
+impl SocketSample {
+    /// The stream positions derived from this sample (see [`Positions`]).
+    pub fn positions(&self) -> Positions {
+        Positions::derive(self)
+    }
+}
+
 impl Positions {
     /// Derives the positions of one sample. Without `tcp_info` (TIME-WAIT
     /// and request sockets) only the queues are known.

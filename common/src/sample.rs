@@ -6,7 +6,6 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
-use crate::positions::Positions;
 use crate::tcp_info::TcpInfo;
 
 /// TCP states, numbered as in the kernel's `include/net/tcp_states.h`.
@@ -113,7 +112,7 @@ impl fmt::Display for TcpState {
 }
 
 /// Which side opened the connection. It decides whether `bytes_acked`
-/// counts a SYN (see [`Positions`]).
+/// counts a SYN (see `Positions`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Opened {
@@ -228,11 +227,6 @@ pub struct SocketSample {
 }
 
 impl SocketSample {
-    /// The stream positions derived from this sample (see [`Positions`]).
-    pub fn positions(&self) -> Positions {
-        Positions::derive(self)
-    }
-
     /// Whether an address is the loopback of its family.
     pub fn is_loopback(&self) -> bool {
         is_loopback(self.local.ip()) && is_loopback(self.remote.ip())

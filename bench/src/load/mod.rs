@@ -27,6 +27,7 @@ mod run;
 mod series;
 pub mod sim;
 mod snap;
+mod units;
 
 use std::path::PathBuf;
 use std::time::Duration;

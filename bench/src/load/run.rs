@@ -15,31 +15,10 @@ use super::after::after_run;
 use super::agent::{self, Counters, Shared};
 use super::probe;
 use super::report::report;
-use super::snap::{snap, Snap};
+use super::snap::{snap, Measured};
 use super::LoadArgs;
 use crate::procfs::{self, Mem};
 use crate::procs::{self, Collector};
-
-/// What one run measured.
-#[derive(Debug)]
-pub(super) struct Measured {
-    pub(super) connections: usize,
-    pub(super) connect_time: Duration,
-    pub(super) idle: Mem,
-    pub(super) idle_cpu: f64,
-    pub(super) start: Snap,
-    pub(super) series: Vec<Snap>,
-    pub(super) end: Snap,
-    pub(super) probed: probe::Probed,
-    /// The aggregator's round trips: (when, how long; None = failed).
-    pub(super) delays: Vec<(Duration, Option<Duration>)>,
-    pub(super) failed_agents: u64,
-    pub(super) window_start: Duration,
-    pub(super) window_end: Duration,
-    /// The collector's own memory figures at the window's end (its
-    /// /metrics): what it tracks, what jemalloc has allocated, resident.
-    pub(super) memory: Option<(f64, f64, f64)>,
-}
 
 /// Runs the benchmark and prints a markdown report on stdout.
 pub(crate) fn run(args: &LoadArgs) -> anyhow::Result<()> {

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use super::probe;
-use super::report::{mib, pct, per_s, secs};
-use super::run::Measured;
+use super::snap::Measured;
+use super::units::{mib, pct, per_s, secs};
 use super::LoadArgs;
 use crate::procfs;
 

@@ -15,6 +15,7 @@ use tcpstall_agent::{netns, Poller};
 use tcpstall_common::TcpState;
 
 use super::agent::Counters;
+use super::probe;
 use crate::procfs::{self, Mem, ThreadCpu, Ticks};
 use crate::procs::Collector;
 
@@ -179,4 +180,25 @@ pub(super) async fn snap(collector: &Collector, counters: &Counters) -> anyhow::
         samples_stored,
         pruned_episodes,
     })
+}
+
+/// What one run measured.
+#[derive(Debug)]
+pub(super) struct Measured {
+    pub(super) connections: usize,
+    pub(super) connect_time: Duration,
+    pub(super) idle: Mem,
+    pub(super) idle_cpu: f64,
+    pub(super) start: Snap,
+    pub(super) series: Vec<Snap>,
+    pub(super) end: Snap,
+    pub(super) probed: probe::Probed,
+    /// The aggregator's round trips: (when, how long; None = failed).
+    pub(super) delays: Vec<(Duration, Option<Duration>)>,
+    pub(super) failed_agents: u64,
+    pub(super) window_start: Duration,
+    pub(super) window_end: Duration,
+    /// The collector's own memory figures at the window's end (its
+    /// /metrics): what it tracks, what jemalloc has allocated, resident.
+    pub(super) memory: Option<(f64, f64, f64)>,
 }
