@@ -16,14 +16,21 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
-pub mod gateway;
-pub mod matcher;
-pub mod messages;
-pub mod metrics;
-pub mod query;
 pub mod server;
-pub mod store;
-pub mod tls;
+
+/// Modules public only with the feature `internals` (this crate's own
+/// integration tests and the benchmarks turn it on); to everyone else the
+/// collector is its binary, [`server`] and [`config`].
+macro_rules! internal {
+    ($($name:ident),* $(,)?) => {$(
+        #[cfg(feature = "internals")]
+        pub mod $name;
+        #[cfg(not(feature = "internals"))]
+        pub(crate) mod $name;
+    )*};
+}
+
+internal!(gateway, matcher, messages, metrics, query, store, tls);
 
 /// The sample builders of the integration tests, for unit tests too.
 #[cfg(test)]

@@ -61,6 +61,7 @@ pub enum ToGateway {
     Unwatch { host: HostId, flow: FlowTuple },
 }
 
+#[cfg_attr(not(feature = "internals"), allow(dead_code))] // fleet mode's partitions (to come); its tests today
 /// The partition of `n` that a flow belongs to: both ends of a connection
 /// (the key is direction-free) land in the same one, in every process (a
 /// fixed hash, not a per-process random one).

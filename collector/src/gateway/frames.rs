@@ -180,6 +180,7 @@ where
         self.chunks.push_back(tail.freeze());
     }
 
+    #[cfg(test)]
     /// Bytes held between messages, for tests.
     pub fn buffered(&self) -> usize {
         self.buffered

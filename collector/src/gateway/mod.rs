@@ -16,6 +16,9 @@ pub mod hub;
 pub mod ingest;
 mod registry;
 
+#[cfg(feature = "internals")]
 pub use clock::AgentClock;
-pub use hub::{run, Gateway, GatewayStats, Input, Pending};
+#[cfg(feature = "internals")]
+pub use hub::Pending;
+pub use hub::{run, Gateway, GatewayStats, Input};
 pub use ingest::IngestService;

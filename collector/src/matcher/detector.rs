@@ -162,6 +162,7 @@ impl Track {
         self.cookie
     }
 
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))] // for the tests
     pub fn is_open(&self) -> bool {
         self.open
     }

@@ -153,6 +153,7 @@ impl Evidence {
         (self.known & fact.bit() != 0).then(|| self.values[fact as usize])
     }
 
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))] // for the tests
     /// The value named `name`, if known.
     pub fn get(&self, name: &str) -> Option<i64> {
         Fact::named(name).and_then(|f| self.fact(f))
@@ -165,10 +166,12 @@ impl Evidence {
             .filter_map(|f| Some((f.name(), self.fact(f)?)))
     }
 
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))] // for the tests
     pub fn len(&self) -> usize {
         self.known.count_ones() as usize
     }
 
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))] // for the tests
     pub fn is_empty(&self) -> bool {
         self.known == 0
     }

@@ -50,6 +50,7 @@ pub fn le_ms(bucket: usize) -> u64 {
     BUCKETS_S.get(bucket).map_or(0, |s| (s * 1000.0) as u64)
 }
 
+#[cfg(test)]
 /// The bucket whose upper bound is `le_ms` (0: the last).
 pub fn bucket_of_le(le_ms: u64) -> Option<usize> {
     (0..BUCKETS).find(|b| self::le_ms(*b) == le_ms)
@@ -198,6 +199,7 @@ impl<H: Copy + Eq + Hash> HeldTally<H> {
         self.stats
     }
 
+    #[cfg(test)]
     /// Entries waiting for their minute to end.
     pub fn pending_len(&self) -> usize {
         self.pending.len()

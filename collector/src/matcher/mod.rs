@@ -28,4 +28,6 @@ mod tuple;
 
 pub use join::FlowView;
 pub use run::{run, Question};
-pub use state::{ask_peer_after, Matcher, Stats, SILENT_POLLS};
+#[cfg(feature = "internals")]
+pub use state::{ask_peer_after, SILENT_POLLS};
+pub use state::{Matcher, Stats};
