@@ -2,7 +2,7 @@
 //! so a 10 s threshold tests in microseconds. The detector is one track's
 //! state machine: what the collector does with its events (the table of
 //! tracks, their suspects, drains and hosts going) is tested in
-//! `aggregator.rs`.
+//! `matcher.rs`.
 
 use std::time::Duration;
 

@@ -1305,3 +1305,151 @@ async fn a_replaced_stream_is_heard_no_more() {
     assert_eq!(rig.stats().suspects, 0);
     assert_eq!(rig.gateway.stats().agents, 0);
 }
+
+/// What B's agent says of the peer end, in the join's table below.
+#[derive(Debug, Clone, Copy)]
+enum BSays {
+    /// Its end: its rcv_nxt, receive queue and window.
+    End {
+        rcv_nxt: u64,
+        recvq: u32,
+        rcv_wnd: u32,
+    },
+    /// It has no such socket.
+    NoSocket,
+    /// Nothing (asked, not yet answered).
+    Nothing,
+    /// Nobody announced B's address: no agent to ask.
+    NoAgent,
+}
+
+/// The join on explicit time, row by row as docs/design.md's diagnosis
+/// table reads: A's end held past the threshold (its peer asked for at 5 s,
+/// the defaults' 2.5 polls before it), what B's agent says of the other
+/// end, and the diagnosis the episode opens with, with its peer note.
+#[tokio::test]
+async fn the_join_reads_as_the_diagnosis_table() {
+    use BSays::*;
+    let zero_window_a = || zero_window(stuck_a(6000));
+    let retransmitting_a = || {
+        let mut a = stuck_a(6000);
+        a.retransmits = Some(3);
+        a.backoff = Some(3);
+        a
+    };
+    #[allow(clippy::type_complexity)]
+    let table: [(&str, fn() -> EndSample, BSays, &str, Option<&str>); 6] = [
+        // B's queue full, its window closed: B's application is not reading.
+        (
+            "peer not reading",
+            zero_window_a,
+            End {
+                rcv_nxt: 5000,
+                recvq: 4096,
+                rcv_wnd: 0,
+            },
+            "peer_not_reading",
+            None,
+        ),
+        // B has everything A sent (rcv_nxt past A's snd_una): its ACKs are
+        // lost on the way back.
+        (
+            "acks lost",
+            retransmitting_a,
+            End {
+                rcv_nxt: 8000,
+                recvq: 0,
+                rcv_wnd: 65536,
+            },
+            "ack_lost",
+            None,
+        ),
+        // B is still at A's snd_una: A's data never arrives.
+        (
+            "data lost",
+            retransmitting_a,
+            End {
+                rcv_nxt: 5000,
+                recvq: 0,
+                rcv_wnd: 65536,
+            },
+            "data_lost",
+            None,
+        ),
+        (
+            "B has no such socket",
+            retransmitting_a,
+            NoSocket,
+            "half_open",
+            Some("hostb has no such socket"),
+        ),
+        (
+            "B not heard yet",
+            retransmitting_a,
+            Nothing,
+            "undetermined",
+            Some("waiting for hostb to report"),
+        ),
+        (
+            "no agent for B",
+            retransmitting_a,
+            NoAgent,
+            "peer_unmonitored",
+            Some("no agent covers the peer's address"),
+        ),
+    ];
+    for (row, a_end_of, b_says, want, note) in table {
+        let mut rig = Rig::new();
+        let a_sess = rig.hello("hosta", "198.18.0.2", at(0.0));
+        let b_addr = if matches!(b_says, NoAgent) {
+            "198.18.0.99"
+        } else {
+            "198.18.0.1"
+        };
+        let b_sess = rig.hello("hostb", b_addr, at(0.0));
+        let mut a = a_end_of();
+        rig.send(
+            a_sess,
+            106.0,
+            vec![(SampleReason::Suspect, a.clone())],
+            at(6.0),
+        );
+        let asked = rig.asked("hostb");
+        match b_says {
+            NoAgent => assert!(asked.is_empty(), "{row}: nobody to ask"),
+            _ => assert_eq!(
+                asked,
+                vec![ToAgent::Watch(a.flow.reversed())],
+                "{row}: B's host asked at 5 s held"
+            ),
+        }
+        match b_says {
+            End {
+                rcv_nxt,
+                recvq,
+                rcv_wnd,
+            } => {
+                let b = b_end(&a, rcv_nxt, recvq, rcv_wnd);
+                rig.send(b_sess, 7.0, vec![(SampleReason::Watched, b)], at(7.0));
+            }
+            NoSocket => rig.batch(
+                b_sess,
+                AgentBatch {
+                    mono: Duration::from_secs(7),
+                    absent: vec![a.flow.reversed()],
+                    ..AgentBatch::default()
+                },
+                at(7.0),
+            ),
+            Nothing | NoAgent => {}
+        }
+        a.unchanged_ms = 10_000;
+        rig.send(a_sess, 110.0, vec![(SampleReason::Suspect, a)], at(10.0));
+        let eps = rig.episodes().await;
+        assert_eq!(eps.len(), 1, "{row}: {eps:?}");
+        assert_eq!(eps[0].diagnosis, want, "{row}: {eps:?}");
+        assert_eq!(eps[0].peer_note.as_deref(), note, "{row}");
+        let b_host = (!matches!(b_says, NoAgent)).then_some("hostb");
+        assert_eq!(eps[0].b_host.as_deref(), b_host, "{row}");
+    }
+}
