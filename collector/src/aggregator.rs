@@ -307,7 +307,7 @@ pub struct State {
 /// entry, which its methods take as an argument.
 #[derive(Debug)]
 struct Ctx {
-    store: Store,
+    store: Arc<dyn Store>,
     max_agents: usize,
     max_samples: usize,
     /// See [`State::watch_peer_after`]; `None`: [`ask_peer_after`].
@@ -373,7 +373,7 @@ fn unpack(p: &Packed) -> Option<EndSample> {
 
 impl State {
     pub fn new(
-        store: Store,
+        store: Arc<dyn Store>,
         threshold: Duration,
         next_episode: i64,
         max_agents: usize,
@@ -476,7 +476,7 @@ impl State {
             watched: ctx.watched.len(),
             open_episodes: ctx.open_episodes,
             agent_dropped_batches: ctx.sessions.values().map(|s| s.dropped_batches).sum(),
-            store_dropped: ctx.store.stats().snapshot().dropped,
+            store_dropped: ctx.store.stats().dropped,
             held: ctx.held.stats(),
             threshold: self.threshold,
             ..ctx.stats

@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::aggregator::{Command, Stats};
 use crate::held;
-use crate::store::{Store, StoreStatsSnapshot};
+use crate::store::{SharedStore, StoreStatsSnapshot};
 use tcpstall_common::Diagnosis;
 
 /// How long a scrape waits for the aggregator before answering 503.
@@ -30,7 +30,7 @@ const AGGREGATOR_WAIT: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub struct Sources {
     pub agg: mpsc::Sender<Command>,
-    pub store: Store,
+    pub store: SharedStore,
     /// Agent messages refused (the ingest service's counter).
     pub refused: Arc<AtomicU64>,
     /// TLS handshakes refused (the listener's counter).
@@ -51,7 +51,7 @@ async fn scrape(sources: Sources) -> Result<String, String> {
     match tokio::time::timeout(AGGREGATOR_WAIT, stats).await {
         Ok(Ok(stats)) if asked => Ok(render(
             &stats,
-            &sources.store.stats().snapshot(),
+            &sources.store.stats(),
             Refused {
                 messages: sources.refused.load(Ordering::Relaxed),
                 handshakes: sources.tls_refused.load(Ordering::Relaxed),

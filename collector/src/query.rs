@@ -11,20 +11,20 @@ use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status};
 
 use crate::aggregator::{Command, FlowView};
-use crate::store::{EpisodeFilter, EpisodeRow, HeldFilter, HeldRow, Store, StoredSample};
+use crate::store::{EpisodeFilter, EpisodeRow, HeldFilter, HeldRow, SharedStore, StoredSample};
 
 /// Most episodes one list returns.
 pub const MAX_LIST: u32 = 10_000;
 
 #[derive(Debug, Clone)]
 pub struct QueryService {
-    store: Store,
+    store: SharedStore,
     agg: mpsc::Sender<Command>,
     clock: Clock,
 }
 
 impl QueryService {
-    pub fn new(store: Store, agg: mpsc::Sender<Command>, clock: Clock) -> QueryService {
+    pub fn new(store: SharedStore, agg: mpsc::Sender<Command>, clock: Clock) -> QueryService {
         QueryService { store, agg, clock }
     }
 

@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::ingest::IngestService;
 use crate::metrics;
 use crate::query::{QueryService, TokenCheck as QueryTokenCheck};
-use crate::store::{Store, StoreConfig};
+use crate::store::{SharedStore, SqliteStore, StoreConfig};
 use crate::tls;
 
 /// Commands queued for the aggregator before handlers wait. A command is
@@ -103,7 +103,7 @@ async fn reload(
     mut current: Config,
     mut reloads: mpsc::Receiver<Config>,
     agg: mpsc::Sender<aggregator::Command>,
-    store: Store,
+    store: SharedStore,
     max_batch_samples: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 ) {
     while let Some(new) = reloads.recv().await {
@@ -163,13 +163,14 @@ pub async fn serve_on_reloading(
     // at start advanced by a monotonic one, so that differences of it (how
     // long an agent was silent) never go backwards.
     let clock = Clock::monotonic();
-    let (store, store_thread, next_episode) = Store::open(StoreConfig {
+    let (store, store_thread, next_episode) = SqliteStore::open(StoreConfig {
         retention: config.retention,
         max_bytes: (config.max_db_bytes > 0).then_some(config.max_db_bytes),
         clock: clock.clone(),
         ..StoreConfig::new(config.db.clone())
     })
     .with_context(|| format!("opening the database {}", config.db.display()))?;
+    let store: SharedStore = std::sync::Arc::new(store);
 
     let (agg_tx, agg_rx) = mpsc::channel(AGGREGATOR_QUEUE);
     let state = State::new(

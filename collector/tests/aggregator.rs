@@ -7,7 +7,9 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use tcpstall_collector::aggregator::{Command, State};
-use tcpstall_collector::store::{EpisodeFilter, EpisodeRow, HeldFilter, Store, StoreConfig};
+use tcpstall_collector::store::{
+    EpisodeFilter, EpisodeRow, HeldFilter, SharedStore, SqliteStore, StoreConfig,
+};
 use tcpstall_common::{AgentBatch, ClosedSocket, HostHello, ToAgent};
 use tcpstall_common::{EndSample, FlowTuple, HeldEnd, HeldSpan, SampleReason, Side, TimerKind};
 use tcpstall_proto::convert::unpack;
@@ -22,7 +24,7 @@ const T0: i64 = 1_800_000_000_000;
 
 struct Rig {
     state: State,
-    store: Store,
+    store: SharedStore,
     _dir: tempfile::TempDir,
     /// What the collector asked each host's agent.
     outbox: Vec<(String, mpsc::Receiver<ToAgent>)>,
@@ -33,7 +35,8 @@ impl Rig {
     fn new() -> Rig {
         let dir = tempfile::tempdir().expect("temp dir");
         let (store, _thread, next) =
-            Store::open(StoreConfig::new(dir.path().join("t.db"))).expect("store");
+            SqliteStore::open(StoreConfig::new(dir.path().join("t.db"))).expect("store");
+        let store: SharedStore = std::sync::Arc::new(store);
         Rig {
             state: State::new(store.clone(), THRESHOLD, next, 10, 720),
             store,

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use prost::Message;
 use tcpstall_collector::aggregator::{Command, State};
-use tcpstall_collector::store::{Store, StoreConfig};
+use tcpstall_collector::store::{SharedStore, SqliteStore, StoreConfig};
 use tcpstall_common::time::micros;
 use tcpstall_common::{HostHello, ToAgent};
 use tcpstall_proto::convert::batch_from_wire;
@@ -113,7 +113,9 @@ fn measure(args: &InprocArgs) -> anyhow::Result<Seen> {
     // thread runs ahead of it (the figure would flatter it).
     let mut cfg = StoreConfig::new(dir.path().join("inproc.db"));
     cfg.queue = 1 << 22;
-    let (store, store_thread, next_episode) = Store::open(cfg).context("opening the store")?;
+    let (store, store_thread, next_episode) =
+        SqliteStore::open(cfg).context("opening the store")?;
+    let store: SharedStore = std::sync::Arc::new(store);
     let mut state = State::new(store.clone(), THRESHOLD, next_episode, 100_000, 100);
     args.fleet.check()?;
     let shape = args.fleet.shape(INTERVAL);
