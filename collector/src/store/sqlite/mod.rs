@@ -15,8 +15,9 @@
 //! clock; retention compares them with the collector's clock too.
 //!
 //! Submodules: [`schema`] (pragmas, migrations, the restart sweep),
-//! `worker` (the thread: group commit, pruning) and `read` (queries and
-//! decoding).
+//! `worker` (the thread and its group-commit loop), `write` (each write as
+//! SQL), `retention` (pruning by age and by size, giving pages back) and
+//! `read` (queries and decoding).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,8 +35,10 @@ use super::{
 };
 
 mod read;
+mod retention;
 pub mod schema;
 mod worker;
+mod write;
 
 /// Most commands the store thread applies in one transaction.
 pub(crate) const MAX_BATCH: usize = 4096;
