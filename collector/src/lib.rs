@@ -9,7 +9,8 @@
 //! - [`matcher`]: per-connection state, the detector (a pure state machine
 //!   on explicit time), the join of both ends, diagnosis, the episode
 //!   lifecycle.
-//! - [`store`]: episodes, samples and counts in SQLite on its own thread.
+//! - [`store`]: a trait (episodes, samples, counts, queries, retention);
+//!   SQLite on its own thread is its implementation.
 //!
 //! Around them: [`query`] (the operators' gRPC edge), [`metrics`],
 //! [`config`], [`tls`], and [`server`], which wires it all together.

@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::gateway::{GatewayStats, Input};
 use crate::matcher::held;
 use crate::matcher::{Question, Stats};
-use crate::store::{Store, StoreStatsSnapshot};
+use crate::store::{SharedStore, StoreStatsSnapshot};
 use tcpstall_common::Diagnosis;
 
 /// How long a scrape waits for the matcher and the gateway before
@@ -34,7 +34,7 @@ const ROLES_WAIT: Duration = Duration::from_secs(5);
 pub struct Sources {
     pub matcher: mpsc::Sender<Question>,
     pub gateway: mpsc::Sender<Input>,
-    pub store: Store,
+    pub store: SharedStore,
     /// Agent messages refused (the ingest service's counter).
     pub refused: Arc<AtomicU64>,
     /// TLS handshakes refused (the listener's counter).
@@ -62,7 +62,7 @@ async fn scrape(sources: Sources) -> Result<String, String> {
         Ok(Some((stats, gateway))) => Ok(render(
             &stats,
             &gateway,
-            &sources.store.stats().snapshot(),
+            &sources.store.stats(),
             Refused {
                 messages: sources.refused.load(Ordering::Relaxed),
                 handshakes: sources.tls_refused.load(Ordering::Relaxed),

@@ -11,20 +11,20 @@ use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status};
 
 use crate::matcher::{FlowView, Question};
-use crate::store::{EpisodeFilter, EpisodeRow, HeldFilter, HeldRow, Store, StoredSample};
+use crate::store::{EpisodeFilter, EpisodeRow, HeldFilter, HeldRow, SharedStore, StoredSample};
 
 /// Most episodes one list returns.
 pub const MAX_LIST: u32 = 10_000;
 
 #[derive(Debug, Clone)]
 pub struct QueryService {
-    store: Store,
+    store: SharedStore,
     matcher: mpsc::Sender<Question>,
     clock: Clock,
 }
 
 impl QueryService {
-    pub fn new(store: Store, matcher: mpsc::Sender<Question>, clock: Clock) -> QueryService {
+    pub fn new(store: SharedStore, matcher: mpsc::Sender<Question>, clock: Clock) -> QueryService {
         QueryService {
             store,
             matcher,

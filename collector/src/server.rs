@@ -14,7 +14,7 @@ use crate::gateway::{self, Gateway, IngestService};
 use crate::matcher::{self, Matcher, Question};
 use crate::metrics;
 use crate::query::{QueryService, TokenCheck as QueryTokenCheck};
-use crate::store::{Store, StoreConfig};
+use crate::store::{SharedStore, SqliteStore, StoreConfig};
 use crate::tls;
 
 /// Messages queued for the matcher before streams wait. A message is at
@@ -111,7 +111,7 @@ async fn reload(
     mut reloads: mpsc::Receiver<Config>,
     matcher: mpsc::Sender<Question>,
     gateway: mpsc::Sender<gateway::Input>,
-    store: Store,
+    store: SharedStore,
     max_batch_samples: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 ) {
     while let Some(new) = reloads.recv().await {
@@ -176,13 +176,14 @@ pub async fn serve_on_reloading(
     // at start advanced by a monotonic one, so that differences of it (how
     // long an agent was silent) never go backwards.
     let clock = Clock::monotonic();
-    let (store, store_thread, next_episode) = Store::open(StoreConfig {
+    let (store, store_thread, next_episode) = SqliteStore::open(StoreConfig {
         retention: config.retention,
         max_bytes: (config.max_db_bytes > 0).then_some(config.max_db_bytes),
         clock: clock.clone(),
         ..StoreConfig::new(config.db.clone())
     })
     .with_context(|| format!("opening the database {}", config.db.display()))?;
+    let store: SharedStore = std::sync::Arc::new(store);
 
     let (matcher_tx, matcher_rx) = mpsc::channel(MATCHER_QUEUE);
     let (questions_tx, questions_rx) = mpsc::channel(QUESTIONS_QUEUE);

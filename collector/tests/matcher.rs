@@ -12,7 +12,7 @@ use tcpstall_collector::gateway::{AgentClock, Gateway, Input, Pending};
 use tcpstall_collector::matcher::{FlowView, Matcher, Question, Stats};
 use tcpstall_collector::messages::{HostId, ToGateway, ToMatcher};
 use tcpstall_collector::store::{
-    EpisodeFilter, EpisodeRow, HeldFilter, HeldRow, Store, StoreConfig,
+    EpisodeFilter, EpisodeRow, HeldFilter, HeldRow, SharedStore, SqliteStore, StoreConfig,
 };
 use tcpstall_common::{
     AgentBatch, ClosedSocket, EndSample, FlowTuple, HeldEnd, HeldSpan, HostHello, SampleReason,
@@ -33,7 +33,7 @@ struct Rig {
     matcher: Matcher,
     /// The matcher's watch requests, for the gateway.
     requests: mpsc::Receiver<ToGateway>,
-    store: Store,
+    store: SharedStore,
     _dir: tempfile::TempDir,
     /// What the collector asked each host's agent.
     outbox: Vec<(String, mpsc::Receiver<ToAgent>)>,
@@ -46,7 +46,8 @@ impl Rig {
     fn new() -> Rig {
         let dir = tempfile::tempdir().expect("temp dir");
         let (store, _thread, next) =
-            Store::open(StoreConfig::new(dir.path().join("t.db"))).expect("store");
+            SqliteStore::open(StoreConfig::new(dir.path().join("t.db"))).expect("store");
+        let store: SharedStore = std::sync::Arc::new(store);
         let (requests_tx, requests) = mpsc::channel(1024);
         Rig {
             gateway: Gateway::new(store.clone(), 10),

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use tcpstall_collector::store::{NewEpisode, Store, StoreConfig, StoredSample};
+use tcpstall_collector::store::{NewEpisode, SqliteStore, Store, StoreConfig, StoredSample};
 use tcpstall_common::{EndSample, FlowTuple, Opened, Side, TimerKind};
 use tcpstall_proto::convert::pack;
 use tempfile::TempDir;
@@ -106,7 +106,7 @@ async fn one_run() -> Result<Run, Box<dyn std::error::Error>> {
         retention: Duration::from_secs(100 * 365 * 24 * 3600),
         ..StoreConfig::new(dir.path().join("tcpstall.db"))
     };
-    let (store, thread, next) = Store::open(cfg.clone())?;
+    let (store, thread, next) = SqliteStore::open(cfg.clone())?;
     for i in 0..EPISODES {
         assert!(store.open_episode(episode(next + i64::from(i), i)));
     }
@@ -133,7 +133,7 @@ async fn one_run() -> Result<Run, Box<dyn std::error::Error>> {
             pairs.push((next + i64::from(i), pair));
         }
     }
-    let before = store.stats().snapshot();
+    let before = store.stats();
     let cpu0 = process_cpu_secs();
     let t0 = Instant::now();
     for (id, pair) in pairs {
@@ -142,7 +142,7 @@ async fn one_run() -> Result<Run, Box<dyn std::error::Error>> {
     store.flush().await?;
     let wall = t0.elapsed();
     let cpu = process_cpu_secs().zip(cpu0).map(|(a, b)| a - b);
-    let after = store.stats().snapshot();
+    let after = store.stats();
     let rows = u64::from(EPISODES * POLLS * 2);
     assert_eq!(after.committed_rows - before.committed_rows, rows);
     assert_eq!(after.write_errors, 0);

@@ -21,7 +21,7 @@ use prost::Message;
 use tcpstall_collector::gateway::{AgentClock, Gateway, Input, Pending};
 use tcpstall_collector::matcher::{Matcher, SILENT_POLLS};
 use tcpstall_collector::messages::{HostId, ToGateway, ToMatcher};
-use tcpstall_collector::store::{Store, StoreConfig};
+use tcpstall_collector::store::{SharedStore, SqliteStore, StoreConfig};
 use tcpstall_common::time::micros;
 use tcpstall_common::{HostHello, ToAgent};
 use tcpstall_proto::convert::batch_from_wire;
@@ -151,7 +151,9 @@ fn measure(args: &InprocArgs) -> anyhow::Result<Seen> {
     // thread runs ahead of it (the figure would flatter it).
     let mut cfg = StoreConfig::new(dir.path().join("inproc.db"));
     cfg.queue = 1 << 22;
-    let (store, store_thread, next_episode) = Store::open(cfg).context("opening the store")?;
+    let (store, store_thread, next_episode) =
+        SqliteStore::open(cfg).context("opening the store")?;
+    let store: SharedStore = std::sync::Arc::new(store);
     let (requests_tx, requests) = mpsc::channel(1 << 20);
     let mut roles = Roles {
         gateway: Gateway::new(store.clone(), 100_000),

@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::registry::Hosts;
 use crate::messages::{HostId, ToGateway, ToMatcher};
-use crate::store::{HostRecord, Store};
+use crate::store::{HostRecord, SharedStore};
 
 type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
@@ -72,7 +72,7 @@ pub struct Gateway {
     sessions: Map<HostId, Session>,
     /// Session id -> host, for the inputs that name a session.
     session_hosts: Map<u64, HostId>,
-    store: Store,
+    store: SharedStore,
     max_agents: usize,
     requests_dropped: u64,
     /// For the matcher, in order: sent (waiting for room) before any reply.
@@ -81,7 +81,7 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub fn new(store: Store, max_agents: usize) -> Gateway {
+    pub fn new(store: SharedStore, max_agents: usize) -> Gateway {
         Gateway {
             hosts: Hosts::default(),
             sessions: Map::default(),

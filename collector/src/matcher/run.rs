@@ -15,7 +15,7 @@ use super::slab_map::SlabMap;
 use super::state::{Ctx, Map, Matcher, OpenEpisode, PeerEnd, Stats, Up, SILENT_POLLS};
 use super::tuple::Tuple;
 use crate::messages::{HostId, ToGateway, ToMatcher};
-use crate::store::{HeldFilter, HeldRow, Store};
+use crate::store::{HeldFilter, HeldRow, SharedStore};
 
 /// A question to the matcher from this process's query edge or metrics,
 /// answered on its reply channel (across processes, a request and its
@@ -47,7 +47,7 @@ impl Matcher {
     /// A matcher writing to `store`, numbering episodes from
     /// `next_episode`, asking watches of the `gateway`.
     pub fn new(
-        store: Store,
+        store: SharedStore,
         gateway: mpsc::Sender<ToGateway>,
         threshold: Duration,
         next_episode: i64,
@@ -139,7 +139,7 @@ impl Matcher {
             tracks: self.table.len(),
             watched: ctx.watched.len(),
             open_episodes: ctx.open_episodes,
-            store_dropped: ctx.store.stats().snapshot().dropped,
+            store_dropped: ctx.store.stats().dropped,
             held: ctx.held.stats(),
             threshold: self.threshold,
             ..ctx.stats

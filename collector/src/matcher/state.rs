@@ -21,7 +21,7 @@ use super::held::{HeldStats, HeldTally};
 use super::slab_map::SlabMap;
 use super::tuple::Tuple;
 use crate::messages::{HostId, ToGateway};
-use crate::store::Store;
+use crate::store::SharedStore;
 
 pub(super) type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
@@ -200,7 +200,7 @@ pub struct Matcher {
 /// entry, which its methods take as an argument.
 #[derive(Debug)]
 pub(super) struct Ctx {
-    pub(super) store: Store,
+    pub(super) store: SharedStore,
     pub(super) max_samples: usize,
     /// See [`Matcher::watch_peer_after`]; `None`: [`ask_peer_after`].
     pub(super) watch_peer_after: Option<Duration>,

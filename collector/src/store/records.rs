@@ -33,7 +33,7 @@ pub struct HostRow {
 }
 
 /// An episode that has just opened. The caller allocates `id` (starting at
-/// the one [`Store::open`](super::Store::open) returned).
+/// the one [`SqliteStore::open`](super::SqliteStore::open) returned).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewEpisode {
     pub id: i64,

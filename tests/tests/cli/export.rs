@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
-use tcpstall_collector::store::{EpisodeEnd, NewEpisode, Store, StoreConfig};
+use tcpstall_collector::store::{EpisodeEnd, NewEpisode, SqliteStore, Store, StoreConfig};
 use tcpstall_common::time::unix_ms;
 use tcpstall_common::FlowTuple;
 use tcpstall_proto::v1::{self, query_client::QueryClient};
@@ -56,7 +56,7 @@ fn new_episode(id: i64, i: i64, started_at_ms: i64) -> NewEpisode {
 
 /// Writes the fixture episodes into `db`; returns (old ids, recent ids).
 async fn populate(db: &Path) -> (HashSet<i64>, HashSet<i64>) {
-    let (store, thread, next) = Store::open(StoreConfig::new(db)).expect("open the store");
+    let (store, thread, next) = SqliteStore::open(StoreConfig::new(db)).expect("open the store");
     let now = unix_ms(SystemTime::now());
     let (mut old, mut recent) = (HashSet::new(), HashSet::new());
     for i in 0..OLD + RECENT {

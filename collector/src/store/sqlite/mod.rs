@@ -1,21 +1,23 @@
-//! The collector's store: hosts, episodes and samples of both ends in one
-//! SQLite file, written by one OS thread that owns the connection.
+//! The store as one SQLite file, written by one OS thread that owns the
+//! connection: [`SqliteStore`] is the handle the other roles hold (as a
+//! [`SharedStore`](super::SharedStore)), and the thread does the rest.
 //!
-//! The async side never touches SQLite. Writes are fire-and-forget: they go
-//! into a bounded queue with `try_send`, and when the queue is full they are
-//! counted in [`StoreStats`] and refused, never waited for. The store thread
-//! takes a command with `blocking_recv`, drains what else is queued (up to
-//! [`MAX_BATCH`]) and applies the writes in one transaction (group commit).
-//! Reads and [`Store::flush`] travel the same queue with a oneshot reply, so
-//! they see every write sent before them. Pruning by age runs on the same
-//! thread, woken by a small ticker thread.
+//! The async side never touches SQLite. Writes go into a bounded queue
+//! with `try_send`, and when the queue is full they are counted and
+//! refused, never waited for. The store thread takes a command with
+//! `blocking_recv`, drains what else is queued (up to `MAX_BATCH`) and
+//! applies the writes in one transaction (group commit). Reads and flushes
+//! travel the same queue with a oneshot reply, so they see every write
+//! sent before them. Pruning by age runs on the same thread, woken by a
+//! small ticker thread.
 //!
 //! Timestamps (`*_at_ms`) are Unix epoch milliseconds of the collector's
 //! clock; retention compares them with the collector's clock too.
 //!
-//! Submodules: `records` (the domain records stored and read back),
-//! [`schema`] (pragmas, migrations, the restart sweep), `worker` (the
-//! thread: group commit, pruning) and `read` (queries and decoding).
+//! Submodules: [`schema`] (pragmas, migrations, the restart sweep),
+//! `worker` (the thread and its group-commit loop), `write` (each write as
+//! SQL), `retention` (pruning by age and by size, giving pages back) and
+//! `read` (queries and decoding).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,22 +28,20 @@ use std::time::Duration;
 use tcpstall_common::Clock;
 use tokio::sync::{mpsc, oneshot};
 
-mod read;
-mod records;
-pub mod schema;
-mod worker;
-
-pub use records::{
-    EpisodeEnd, EpisodeFilter, EpisodeRow, EpisodeUpdate, HeldFilter, HeldRow, HostRecord, HostRow,
-    NewEpisode, StoredSample,
+use super::{
+    BoxFuture, EpisodeEnd, EpisodeFilter, EpisodeRow, EpisodeUpdate, HeldFilter, HeldRow,
+    HostRecord, HostRow, NewEpisode, Store, StoreError, StoreStatsSnapshot, StoredEpisode,
+    StoredSample,
 };
 
+mod read;
+mod retention;
+pub mod schema;
+mod worker;
+mod write;
+
 /// Most commands the store thread applies in one transaction.
-pub const MAX_BATCH: usize = 4096;
-/// Rows [`Store::list_episodes`] returns when the filter's limit is 0.
-pub const DEFAULT_LIST_LIMIT: u32 = 1000;
-/// Most rows one [`Store::list_episodes`] returns, whatever the filter asks.
-pub const MAX_LIST_LIMIT: u32 = 10_000;
+pub(crate) const MAX_BATCH: usize = 4096;
 
 /// Where and how the store keeps its data.
 #[derive(Debug, Clone)]
@@ -88,55 +88,9 @@ impl Default for StoreConfig {
     }
 }
 
-/// What the store refuses or fails at.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("cannot open the database {path}: {source}")]
-    Open {
-        path: PathBuf,
-        #[source]
-        source: rusqlite::Error,
-    },
-    #[error(
-        "the database {path} has schema version {found}, newer than the {known} this \
-         collector knows; refusing to use it (run a newer collector or another --db)"
-    )]
-    TooNew {
-        path: PathBuf,
-        found: i64,
-        known: i64,
-    },
-    #[error("sqlite: {0}")]
-    Sqlite(#[from] rusqlite::Error),
-    #[error("json: {0}")]
-    Json(#[from] serde_json::Error),
-    /// A stored value that does not decode (edited by hand, or a bug).
-    #[error("episode {id}: column {column} holds {value:?}, which does not decode")]
-    Corrupt {
-        id: i64,
-        column: &'static str,
-        value: String,
-    },
-    /// A stored value outside an episode that does not decode.
-    #[error("{table}: column {column} holds {value:?}, which does not decode")]
-    CorruptRow {
-        table: &'static str,
-        column: &'static str,
-        value: String,
-    },
-    /// An update or close named an episode that is not stored.
-    #[error("no episode {id}")]
-    UnknownEpisode { id: i64 },
-    #[error("cannot start the store thread: {0}")]
-    Spawn(std::io::Error),
-    /// The store thread has stopped (shut down, or it never started).
-    #[error("the store has stopped")]
-    Closed,
-}
-
 /// The store's counters, shared between the handles and the thread.
 #[derive(Debug, Default)]
-pub struct StoreStats {
+struct StoreStats {
     dropped: AtomicU64,
     committed_rows: AtomicU64,
     transactions: AtomicU64,
@@ -148,34 +102,8 @@ pub struct StoreStats {
     samples_stored: AtomicU64,
 }
 
-/// A copy of [`StoreStats`] at one moment.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct StoreStatsSnapshot {
-    /// Writes refused because the queue was full or the store had stopped.
-    pub dropped: u64,
-    /// Rows inserted, updated or deleted by committed transactions.
-    pub committed_rows: u64,
-    /// Write transactions committed.
-    pub transactions: u64,
-    /// How long the latest write transaction took, BEGIN to COMMIT.
-    pub last_commit_micros: u64,
-    /// The longest one since the store opened.
-    pub max_commit_micros: u64,
-    /// Writes that failed in SQLite (logged) or were lost with a failed
-    /// commit.
-    pub write_errors: u64,
-    /// Episodes deleted by retention.
-    pub pruned_episodes: u64,
-    /// Rows deleted by retention: episodes, their samples, held-span
-    /// counts.
-    pub pruned_rows: u64,
-    /// Sample rows inserted by committed transactions (the store's main
-    /// load; with `pruned_rows`, how fast the file turns over).
-    pub samples_stored: u64,
-}
-
 impl StoreStats {
-    pub fn snapshot(&self) -> StoreStatsSnapshot {
+    fn snapshot(&self) -> StoreStatsSnapshot {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         StoreStatsSnapshot {
             dropped: get(&self.dropped),
@@ -239,8 +167,10 @@ enum Command {
     AddHeld(Vec<HeldRow>),
     ListEpisodes(EpisodeFilter, Reply<Vec<EpisodeRow>>),
     ListHeld(HeldFilter, Reply<Vec<HeldRow>>),
-    GetEpisode(i64, Reply<Option<(EpisodeRow, Vec<StoredSample>)>>),
+    GetEpisode(i64, Reply<Option<StoredEpisode>>),
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))]
     ListHosts(Reply<Vec<HostRow>>),
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))]
     Flush(oneshot::Sender<()>),
     Prune,
     SetLimits {
@@ -286,19 +216,19 @@ impl Command {
     }
 }
 
-/// A handle on the store. Cheap to clone; the thread stops when every
-/// handle is dropped or [`Store::shutdown`] is called.
+/// A handle on the SQLite store. Cheap to clone; the thread stops when
+/// every handle is dropped or [`Store::shutdown`] is called.
 #[derive(Debug, Clone)]
-pub struct Store {
+pub struct SqliteStore {
     tx: mpsc::Sender<Command>,
     stats: Arc<StoreStats>,
 }
 
-impl Store {
+impl SqliteStore {
     /// Opens or creates the database (WAL, synchronous=NORMAL, a busy
     /// timeout, foreign keys on), brings its schema up to date, ends the
     /// episodes an earlier run left open with
-    /// [`EndReason::CollectorRestart`],
+    /// [`EndReason::CollectorRestart`](tcpstall_common::EndReason::CollectorRestart),
     /// marks every host disconnected until its agent says hello again, and
     /// starts the store thread.
     ///
@@ -307,7 +237,7 @@ impl Store {
     ///
     /// This blocks on SQLite: call it before the async runtime's work
     /// starts or from `spawn_blocking`.
-    pub fn open(cfg: StoreConfig) -> Result<(Store, JoinHandle<()>, i64), StoreError> {
+    pub fn open(cfg: StoreConfig) -> Result<(SqliteStore, JoinHandle<()>, i64), StoreError> {
         let mut conn = schema::open(&cfg.path)?;
         schema::migrate(&mut conn, &cfg.path)?;
         let ended = schema::end_left_open(&conn)?;
@@ -322,17 +252,7 @@ impl Store {
         let stats = Arc::new(StoreStats::default());
         let thread = worker::spawn(conn, rx, tx.downgrade(), stats.clone(), &cfg)
             .map_err(StoreError::Spawn)?;
-        Ok((Store { tx, stats }, thread, next_id))
-    }
-
-    /// The shared counters.
-    pub fn stats(&self) -> &Arc<StoreStats> {
-        &self.stats
-    }
-
-    /// Commands waiting in the queue now.
-    pub fn queued(&self) -> usize {
-        self.tx.max_capacity() - self.tx.capacity()
+        Ok((SqliteStore { tx, stats }, thread, next_id))
     }
 
     fn write(&self, cmd: Command) -> bool {
@@ -345,42 +265,6 @@ impl Store {
         }
     }
 
-    /// Records an agent's hello: inserts the host or refreshes it, and marks
-    /// it connected. `false` when the write was dropped.
-    pub fn host_seen(&self, h: HostRecord) -> bool {
-        self.write(Command::HostSeen(h))
-    }
-
-    /// Marks a host disconnected.
-    pub fn host_gone(&self, host: &str, at_ms: i64) -> bool {
-        self.write(Command::HostGone {
-            host: host.to_string(),
-            at_ms,
-        })
-    }
-
-    pub fn open_episode(&self, e: NewEpisode) -> bool {
-        self.write(Command::OpenEpisode(Box::new(e)))
-    }
-
-    pub fn update_episode(&self, u: EpisodeUpdate) -> bool {
-        self.write(Command::UpdateEpisode(Box::new(u)))
-    }
-
-    pub fn close_episode(&self, id: i64, end: EpisodeEnd) -> bool {
-        self.write(Command::CloseEpisode { id, end })
-    }
-
-    pub fn add_samples(&self, id: i64, samples: Vec<StoredSample>) -> bool {
-        self.write(Command::AddSamples { id, samples })
-    }
-
-    /// Adds counts of held spans: each row's figures are added to those
-    /// already stored for its minute, pair, end and bucket.
-    pub fn add_held(&self, rows: Vec<HeldRow>) -> bool {
-        self.write(Command::AddHeld(rows))
-    }
-
     async fn ask<T>(&self, cmd: impl FnOnce(Reply<T>) -> Command) -> Result<T, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.tx
@@ -389,63 +273,96 @@ impl Store {
             .map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
+}
 
-    /// Episodes matching `f`, newest first (by start, then id).
-    pub async fn list_episodes(&self, f: EpisodeFilter) -> Result<Vec<EpisodeRow>, StoreError> {
-        self.ask(|r| Command::ListEpisodes(f, r)).await
+impl Store for SqliteStore {
+    fn host_seen(&self, h: HostRecord) -> bool {
+        self.write(Command::HostSeen(h))
     }
 
-    /// Held spans counted over the filter's window, one row per host pair,
-    /// end and bucket (`minute_ms`: the latest minute), busiest pairs
-    /// first.
-    pub async fn list_held(&self, f: HeldFilter) -> Result<Vec<HeldRow>, StoreError> {
-        self.ask(|r| Command::ListHeld(f, r)).await
+    fn host_gone(&self, host: &str, at_ms: i64) -> bool {
+        self.write(Command::HostGone {
+            host: host.to_string(),
+            at_ms,
+        })
     }
 
-    /// One episode with its samples in time order.
-    pub async fn get_episode(
+    fn open_episode(&self, e: NewEpisode) -> bool {
+        self.write(Command::OpenEpisode(Box::new(e)))
+    }
+
+    fn update_episode(&self, u: EpisodeUpdate) -> bool {
+        self.write(Command::UpdateEpisode(Box::new(u)))
+    }
+
+    fn close_episode(&self, id: i64, end: EpisodeEnd) -> bool {
+        self.write(Command::CloseEpisode { id, end })
+    }
+
+    fn add_samples(&self, id: i64, samples: Vec<StoredSample>) -> bool {
+        self.write(Command::AddSamples { id, samples })
+    }
+
+    fn add_held(&self, rows: Vec<HeldRow>) -> bool {
+        self.write(Command::AddHeld(rows))
+    }
+
+    fn list_episodes(
         &self,
-        id: i64,
-    ) -> Result<Option<(EpisodeRow, Vec<StoredSample>)>, StoreError> {
-        self.ask(|r| Command::GetEpisode(id, r)).await
+        f: EpisodeFilter,
+    ) -> BoxFuture<'_, Result<Vec<EpisodeRow>, StoreError>> {
+        Box::pin(self.ask(|r| Command::ListEpisodes(f, r)))
     }
 
-    /// Every host ever seen, by name.
-    pub async fn list_hosts(&self) -> Result<Vec<HostRow>, StoreError> {
-        self.ask(Command::ListHosts).await
+    fn get_episode(&self, id: i64) -> BoxFuture<'_, Result<Option<StoredEpisode>, StoreError>> {
+        Box::pin(self.ask(move |r| Command::GetEpisode(id, r)))
     }
 
-    /// New retention limits (a reloaded config); applied, with a prune, in
-    /// queue order.
-    pub async fn set_limits(&self, retention: Duration, max_bytes: Option<u64>) -> bool {
-        self.tx
-            .send(Command::SetLimits {
-                retention,
-                max_bytes,
-            })
-            .await
-            .is_ok()
+    fn list_held(&self, f: HeldFilter) -> BoxFuture<'_, Result<Vec<HeldRow>, StoreError>> {
+        Box::pin(self.ask(|r| Command::ListHeld(f, r)))
     }
 
-    /// A barrier: returns once every write sent before it is committed (or
-    /// has failed and been counted).
-    pub async fn flush(&self) -> Result<(), StoreError> {
-        let (reply, answer) = oneshot::channel();
-        self.tx
-            .send(Command::Flush(reply))
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        answer.await.map_err(|_| StoreError::Closed)
+    fn list_hosts(&self) -> BoxFuture<'_, Result<Vec<HostRow>, StoreError>> {
+        Box::pin(self.ask(Command::ListHosts))
+    }
+
+    fn set_limits(&self, retention: Duration, max_bytes: Option<u64>) -> BoxFuture<'_, bool> {
+        Box::pin(async move {
+            self.tx
+                .send(Command::SetLimits {
+                    retention,
+                    max_bytes,
+                })
+                .await
+                .is_ok()
+        })
+    }
+
+    fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let (reply, answer) = oneshot::channel();
+            self.tx
+                .send(Command::Flush(reply))
+                .await
+                .map_err(|_| StoreError::Closed)?;
+            answer.await.map_err(|_| StoreError::Closed)
+        })
     }
 
     /// Applies everything queued before it, commits, closes the database
     /// and stops the thread, even while other handles remain (their later
     /// writes are counted as dropped).
-    pub async fn shutdown(self) {
-        let (reply, answer) = oneshot::channel();
-        if self.tx.send(Command::Shutdown(reply)).await.is_ok() {
-            // An error means the thread is gone already: nothing to wait for.
-            let _ = answer.await;
-        }
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let (reply, answer) = oneshot::channel();
+            if self.tx.send(Command::Shutdown(reply)).await.is_ok() {
+                // An error means the thread is gone already: nothing to wait for.
+                let _ = answer.await;
+            }
+        })
+    }
+
+    fn stats(&self) -> StoreStatsSnapshot {
+        self.stats.snapshot()
     }
 }

@@ -6,7 +6,10 @@ use rusqlite::types::{Value, ValueRef};
 use rusqlite::{params_from_iter, Connection, Row};
 use tcpstall_common::{EndSample, FlowTuple, HeldEnd, Side};
 
-use super::{EpisodeFilter, EpisodeRow, HeldFilter, HeldRow, HostRow, StoreError, StoredSample};
+use crate::store::{
+    EpisodeFilter, EpisodeRow, HeldFilter, HeldRow, HostRow, StoreError, StoredEpisode,
+    StoredSample,
+};
 use tcpstall_common::Packed;
 use tcpstall_proto::convert::{pack, unpack};
 
@@ -65,10 +68,7 @@ pub(super) fn list_episodes(
     Ok(out)
 }
 
-pub(super) fn get_episode(
-    conn: &Connection,
-    id: i64,
-) -> Result<Option<(EpisodeRow, Vec<StoredSample>)>, StoreError> {
+pub(super) fn get_episode(conn: &Connection, id: i64) -> Result<Option<StoredEpisode>, StoreError> {
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {EPISODE_COLS} FROM episodes WHERE id = ?1"
     ))?;

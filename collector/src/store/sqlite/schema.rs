@@ -24,7 +24,7 @@ use rusqlite::Connection;
 
 use tcpstall_common::EndReason;
 
-use super::StoreError;
+use crate::store::StoreError;
 
 /// How long a statement waits for a lock another connection (a person with
 /// the sqlite3 shell, a backup) holds before it fails.
