@@ -33,6 +33,9 @@ macro_rules! internal {
 
 internal!(gateway, matcher, messages, metrics, query, store, tls);
 
+#[cfg(feature = "internals")]
+pub mod inprocess;
+
 /// The sample builders of the integration tests, for unit tests too.
 #[cfg(test)]
 #[path = "../tests/support/mod.rs"]

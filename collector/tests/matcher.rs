@@ -8,9 +8,10 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use tcpstall_collector::gateway::{AgentClock, Gateway, Input, Pending};
-use tcpstall_collector::matcher::{FlowView, Matcher, Question, Stats};
-use tcpstall_collector::messages::{HostId, ToGateway, ToMatcher};
+use tcpstall_collector::gateway::{AgentClock, Input};
+use tcpstall_collector::inprocess::InProcess;
+use tcpstall_collector::matcher::{FlowView, Question, Stats};
+use tcpstall_collector::messages::{HostId, ToMatcher};
 use tcpstall_collector::store::{
     EpisodeFilter, EpisodeRow, HeldFilter, HeldRow, SharedStore, SqliteStore, StoreConfig,
 };
@@ -29,10 +30,7 @@ const THRESHOLD: Duration = Duration::from_secs(10);
 const T0: i64 = 1_800_000_000_000;
 
 struct Rig {
-    gateway: Gateway,
-    matcher: Matcher,
-    /// The matcher's watch requests, for the gateway.
-    requests: mpsc::Receiver<ToGateway>,
+    roles: InProcess,
     store: SharedStore,
     _dir: tempfile::TempDir,
     /// What the collector asked each host's agent.
@@ -48,11 +46,8 @@ impl Rig {
         let (store, _thread, next) =
             SqliteStore::open(StoreConfig::new(dir.path().join("t.db"))).expect("store");
         let store: SharedStore = std::sync::Arc::new(store);
-        let (requests_tx, requests) = mpsc::channel(1024);
         Rig {
-            gateway: Gateway::new(store.clone(), 10),
-            matcher: Matcher::new(store.clone(), requests_tx, THRESHOLD, next, 720),
-            requests,
+            roles: InProcess::new(store.clone(), THRESHOLD, next, 10, 720, 1024),
             store,
             _dir: dir,
             outbox: Vec::new(),
@@ -61,34 +56,12 @@ impl Rig {
         }
     }
 
-    /// Moves what each role has for the other until neither has more, as
-    /// their tasks do.
     fn pump(&mut self, now: i64) {
-        loop {
-            let mut moved = false;
-            let Pending {
-                to_matcher,
-                replies,
-            } = self.gateway.pending();
-            for m in to_matcher {
-                self.matcher.handle(m, now);
-                moved = true;
-            }
-            for (reply, res) in replies {
-                let _ = reply.send(res);
-            }
-            while let Ok(r) = self.requests.try_recv() {
-                self.gateway.request(r);
-                moved = true;
-            }
-            if !moved {
-                return;
-            }
-        }
+        self.roles.pump(now);
     }
 
     fn gateway(&mut self, input: Input, now: i64) {
-        self.gateway.handle(input, now);
+        self.roles.gateway.handle(input, now);
         self.pump(now);
     }
 
@@ -154,18 +127,18 @@ impl Rig {
             taken_ms,
             batch,
         };
-        self.matcher.handle(msg, now);
+        self.roles.matcher.handle(msg, now);
         self.pump(now);
     }
 
     fn expire(&mut self, now: i64) {
-        self.matcher.expire(now, 5);
+        self.roles.matcher.expire(now, 5);
         self.pump(now);
     }
 
     fn ask<T>(&mut self, q: impl FnOnce(oneshot::Sender<T>) -> Question, now: i64) -> T {
         let (reply, mut answer) = oneshot::channel();
-        self.matcher.answer(q(reply), now);
+        self.roles.matcher.answer(q(reply), now);
         self.pump(now);
         answer.try_recv().expect("answered")
     }
@@ -180,7 +153,7 @@ impl Rig {
     }
 
     fn stats(&self) -> Stats {
-        self.matcher.stats()
+        self.roles.matcher.stats()
     }
 
     fn asked(&mut self, host: &str) -> Vec<ToAgent> {
@@ -613,7 +586,7 @@ async fn silent_suspects_expire_and_a_gone_host_ends_its_episodes() {
     let of = |host: &str| eps.iter().find(|e| e.a_host == host).expect("its episode");
     assert_eq!(of("hostc").end_reason.as_deref(), Some("host_gone"));
     assert!(of("hosta").open, "only the gone host's episodes end");
-    assert_eq!(rig.gateway.stats().agents, 1);
+    assert_eq!(rig.roles.gateway.stats().agents, 1);
     let hosts = rig.store.list_hosts().await.expect("hosts");
     let c_row = hosts.iter().find(|h| h.host == "hostc").expect("hostc");
     assert!(!c_row.connected);
@@ -821,7 +794,7 @@ async fn a_queue_held_briefly_costs_its_peer_nothing() {
 
     // watch_peer_after = 0s (here from a reloaded config): every suspect's
     // peer is asked at its first report.
-    rig.matcher.answer(
+    rig.roles.matcher.answer(
         Question::Reload {
             threshold: THRESHOLD,
             watch_peer_after: Some(Duration::ZERO),
@@ -901,7 +874,7 @@ async fn a_watch_request_dropped_on_a_full_queue_is_asked_again() {
         .collect();
     rig.send(a_sess, 100.0, batch, at(0.0));
     assert_eq!(rig.asked("hostb").len(), 16);
-    assert_eq!(rig.gateway.stats().requests_dropped, 1);
+    assert_eq!(rig.roles.gateway.stats().requests_dropped, 1);
 
     // At A's next report the dropped one is asked again (the queue has
     // room now), and only that one: the others were queued.
@@ -1211,7 +1184,7 @@ async fn a_hold_that_ends_short_of_the_threshold_is_counted_by_pair_not_recorded
         host: Some("hostc".into()),
     };
     assert!(rig.held_pending(&only_c).is_empty());
-    rig.matcher.store_held(at(11.0), false);
+    rig.roles.matcher.store_held(at(11.0), false);
     rig.store.flush().await.expect("flush");
     assert!(
         rig.store
@@ -1221,7 +1194,7 @@ async fn a_hold_that_ends_short_of_the_threshold_is_counted_by_pair_not_recorded
             .is_empty(),
         "the minute is not over"
     );
-    rig.matcher.store_held(at(11.0) + 60_000, false);
+    rig.roles.matcher.store_held(at(11.0) + 60_000, false);
     rig.store.flush().await.expect("flush");
     assert!(rig.held_pending(&HeldFilter::default()).is_empty());
     let rows = rig
@@ -1295,7 +1268,7 @@ async fn a_replaced_stream_is_heard_no_more() {
     let mut rig = Rig::new();
     let old = rig.hello("hosta", "198.18.0.2", at(0.0));
     let new = rig.hello("hosta", "198.18.0.2", at(1.0));
-    assert_eq!(rig.gateway.stats().agents, 1);
+    assert_eq!(rig.roles.gateway.stats().agents, 1);
     let suspect = vec![(SampleReason::Suspect, stuck_a(6000))];
     rig.send(old, 100.0, suspect.clone(), at(2.0));
     assert_eq!(rig.stats().suspects, 0, "a stale stream's batch was taken");
@@ -1304,7 +1277,7 @@ async fn a_replaced_stream_is_heard_no_more() {
     // Its end ends what it reported.
     rig.gone(new, at(3.0));
     assert_eq!(rig.stats().suspects, 0);
-    assert_eq!(rig.gateway.stats().agents, 0);
+    assert_eq!(rig.roles.gateway.stats().agents, 0);
 }
 
 /// What B's agent says of the peer end, in the join's table below.

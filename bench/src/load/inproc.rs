@@ -18,9 +18,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use prost::Message;
-use tcpstall_collector::gateway::{AgentClock, Gateway, Input, Pending};
-use tcpstall_collector::matcher::{Matcher, SILENT_POLLS};
-use tcpstall_collector::messages::{HostId, ToGateway, ToMatcher};
+use tcpstall_collector::gateway::{AgentClock, Input};
+use tcpstall_collector::inprocess::InProcess;
+use tcpstall_collector::matcher::SILENT_POLLS;
+use tcpstall_collector::messages::{HostId, ToMatcher};
 use tcpstall_collector::store::{SharedStore, SqliteStore, StoreConfig};
 use tcpstall_common::time::micros;
 use tcpstall_common::{HostHello, ToAgent};
@@ -106,40 +107,6 @@ struct Seen {
     episodes_opened: u64,
 }
 
-/// The gateway and the matcher, their messages moved by hand.
-struct Roles {
-    gateway: Gateway,
-    matcher: Matcher,
-    requests: mpsc::Receiver<ToGateway>,
-}
-
-impl Roles {
-    /// Moves what each role has for the other until neither has more.
-    fn pump(&mut self, now_ms: i64) {
-        loop {
-            let mut moved = false;
-            let Pending {
-                to_matcher,
-                replies,
-            } = self.gateway.pending();
-            for m in to_matcher {
-                self.matcher.handle(m, now_ms);
-                moved = true;
-            }
-            for (reply, res) in replies {
-                let _ = reply.send(res);
-            }
-            while let Ok(r) = self.requests.try_recv() {
-                self.gateway.request(r);
-                moved = true;
-            }
-            if !moved {
-                return;
-            }
-        }
-    }
-}
-
 fn measure(args: &InprocArgs) -> anyhow::Result<Seen> {
     let dir = tempfile::tempdir().context("temporary directory")?;
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -154,12 +121,14 @@ fn measure(args: &InprocArgs) -> anyhow::Result<Seen> {
     let (store, store_thread, next_episode) =
         SqliteStore::open(cfg).context("opening the store")?;
     let store: SharedStore = std::sync::Arc::new(store);
-    let (requests_tx, requests) = mpsc::channel(1 << 20);
-    let mut roles = Roles {
-        gateway: Gateway::new(store.clone(), 100_000),
-        matcher: Matcher::new(store.clone(), requests_tx, THRESHOLD, next_episode, 100),
-        requests,
-    };
+    let mut roles = InProcess::new(
+        store.clone(),
+        THRESHOLD,
+        next_episode,
+        100_000,
+        100,
+        1 << 20,
+    );
     let mut streams: Vec<(HostId, AgentClock)> = Vec::new();
     args.fleet.check()?;
     let shape = args.fleet.shape(INTERVAL);

@@ -115,16 +115,7 @@ impl Ctx {
         };
         let patience = millis_i64(up.interval * 2);
         if w.asked_at_ms.is_none_or(|t| now_ms - t > patience) {
-            w.asked_at_ms = request(
-                &self.gateway,
-                &self.up,
-                &mut self.stats,
-                ToGateway::Watch {
-                    host,
-                    flow: flow.flow(),
-                },
-                now_ms,
-            );
+            w.asked_at_ms = ask(&self.gateway, &self.up, &mut self.stats, host, flow, now_ms);
         }
     }
 
@@ -140,16 +131,7 @@ impl Ctx {
         );
         w.refs += 1;
         if w.refs == 1 {
-            w.asked_at_ms = request(
-                &self.gateway,
-                &self.up,
-                &mut self.stats,
-                ToGateway::Watch {
-                    host,
-                    flow: flow.flow(),
-                },
-                now_ms,
-            );
+            w.asked_at_ms = ask(&self.gateway, &self.up, &mut self.stats, host, flow, now_ms);
         }
     }
 
@@ -210,6 +192,19 @@ impl Ctx {
             Some(PeerEnd::Pending) | None => PeerNow::Pending(self.name(peer)),
         }
     }
+}
+
+/// Asks the gateway to have `host`'s agent watch `flow` (see [`request`]).
+fn ask(
+    gateway: &mpsc::Sender<ToGateway>,
+    up: &Map<HostId, Up>,
+    stats: &mut Stats,
+    host: HostId,
+    flow: Tuple,
+    now_ms: i64,
+) -> Option<i64> {
+    let flow = flow.flow();
+    request(gateway, up, stats, ToGateway::Watch { host, flow }, now_ms)
 }
 
 /// Hands a request for `host`'s agent to the gateway: `Some(now_ms)` when
