@@ -38,10 +38,9 @@ pub use records::{
 
 /// Most commands the store thread applies in one transaction.
 pub const MAX_BATCH: usize = 4096;
-/// Rows [`Store::list_episodes`] returns when the filter's limit is 0.
-pub const DEFAULT_LIST_LIMIT: u32 = 1000;
-/// Most rows one [`Store::list_episodes`] returns, whatever the filter asks.
-pub const MAX_LIST_LIMIT: u32 = 10_000;
+/// Rows [`Store::list_episodes`] returns when the filter's limit is 0, and
+/// the most it returns whatever the filter asks.
+pub use tcpstall_common::record::{DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT};
 
 /// Where and how the store keeps its data.
 #[derive(Debug, Clone)]
