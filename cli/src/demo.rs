@@ -15,8 +15,10 @@ use clap::Args;
 use tcpstall_agent::netns;
 use tcpstall_agent::run::RunSettings;
 use tcpstall_collector::config::Config;
+use tcpstall_common::record::{EpisodeDetail, EpisodeQuery};
+use tcpstall_common::Side;
 use tcpstall_proto::convert;
-use tcpstall_proto::v1::{self, query_client::QueryClient};
+use tcpstall_proto::v1::query_client::QueryClient;
 use tokio::sync::oneshot;
 
 use crate::render::{self, Style};
@@ -189,9 +191,11 @@ pub async fn run(args: DemoArgs, style: Style) -> Result<u8, Failure> {
 
     let found = wait_for_episode(&url, &s, args.timeout).await;
     let code = match found {
-        Ok((episode, samples)) => {
+        Ok(EpisodeDetail {
+            episode, samples, ..
+        }) => {
             let (a, b) = model::latest_ends(&samples);
-            let view = model::episode_view(&episode, a.as_ref(), b.as_ref());
+            let view = model::episode_view(&episode, a, b);
             println!("$ tcpstall report");
             print!("{}", render::report(std::slice::from_ref(&view), style));
             println!("\n$ tcpstall diff {}", view.id);
@@ -231,7 +235,7 @@ async fn wait_for_episode(
     url: &str,
     s: &Stuck,
     timeout: Duration,
-) -> Result<(v1::Episode, Vec<v1::EndSample>), String> {
+) -> Result<EpisodeDetail, String> {
     let start = Instant::now();
     let mut last = String::from("nothing yet");
     while start.elapsed() < timeout {
@@ -240,28 +244,35 @@ async fn wait_for_episode(
             last = "the collector is not answering yet".into();
             continue;
         };
-        let eps = match q.list_episodes(v1::ListEpisodesRequest::default()).await {
-            Ok(r) => r.into_inner().episodes,
+        let list = q
+            .list_episodes(convert::episode_query_to_wire(&EpisodeQuery::default()))
+            .await;
+        let eps = match list {
+            Ok(r) => {
+                convert::episode_page_from_wire(r.into_inner())
+                    .map_err(|e| e.to_string())?
+                    .episodes
+            }
             Err(e) => {
                 last = e.message().to_string();
                 continue;
             }
         };
-        let ours = eps.into_iter().find(|e| {
-            convert::flow_from_wire(e.a_flow.as_ref())
-                .is_ok_and(|f| f.local == s.server_addr && f.remote == s.client_addr)
-        });
+        let ours = eps
+            .into_iter()
+            .find(|e| e.a_flow.local == s.server_addr && e.a_flow.remote == s.client_addr);
         let Some(e) = ours else { continue };
         if e.diagnosis == "undetermined" {
             last = format!("episode {} waits for the peer end", e.id);
             continue;
         }
-        let detail = q
-            .get_episode(v1::GetEpisodeRequest { id: e.id })
+        let answer = q
+            .get_episode(convert::episode_request_to_wire(e.id))
             .await
             .map_err(|s| s.message().to_string())?
             .into_inner();
-        if !detail.samples.iter().any(|x| x.side == "b") {
+        let detail = convert::episode_detail_from_wire(answer).map_err(|e| e.to_string())?;
+        if !detail.samples.iter().any(|x| x.side == Side::B) {
             last = format!("episode {} has no sample of the peer yet", e.id);
             continue;
         }
@@ -271,7 +282,7 @@ async fn wait_for_episode(
             start.elapsed().as_secs_f64(),
             e.diagnosis
         );
-        return Ok((detail.episode.unwrap_or(e), detail.samples));
+        return Ok(detail);
     }
     Err(format!(
         "no episode for the stuck connection within {timeout:?} ({last})"

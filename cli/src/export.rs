@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
 use serde::Serialize;
-use tcpstall_proto::{convert, v1};
+use tcpstall_common::record::{EpisodeQuery, EpisodeSample};
+use tcpstall_proto::convert;
 
 use crate::model::{EndView, EpisodeView};
 use crate::{exit, Client, Failure};
@@ -72,18 +73,16 @@ struct WithSamples<'a> {
     samples: Vec<SampleJson>,
 }
 
-/// The samples of an episode as `--samples` writes them; one the CLI
-/// cannot read is left out, as `show` leaves it out of the latest ends.
-pub fn samples_json(samples: &[v1::EndSample]) -> Vec<SampleJson> {
+/// The samples of an episode as `--samples` writes them (one the CLI
+/// cannot read was left out when the answer was read, as it is left out of
+/// `show`'s latest ends).
+pub fn samples_json(samples: &[EpisodeSample]) -> Vec<SampleJson> {
     samples
         .iter()
-        .filter_map(|s| {
-            let sample = convert::sample_from_wire(s.sample.as_ref()?).ok()?;
-            Some(SampleJson {
-                side: s.side.clone(),
-                at: crate::model::rfc3339(s.at_ms),
-                end: EndView::new(&s.host, sample.flow, Some(&sample)),
-            })
+        .map(|s| SampleJson {
+            side: s.side.as_str().to_string(),
+            at: crate::model::rfc3339(s.at_ms),
+            end: EndView::new(&s.host, s.sample.flow, Some(&s.sample)),
         })
         .collect()
 }
@@ -252,29 +251,33 @@ async fn write_all(q: &mut Client, args: &ExportArgs, out: &mut dyn Write) -> Re
     // The cutoff is the export's start: later pages ask for a longer
     // `since` by the time gone, so that it does not move.
     let started = Instant::now();
-    let mut token = String::new();
+    let mut token = None;
     let mut seen = HashSet::new();
     let mut written = 0u64;
     loop {
-        let since_s = args
-            .since
-            .map_or(0, |d| (d + started.elapsed()).as_secs().max(1));
+        let query = EpisodeQuery {
+            since: args.since.map(|d| d + started.elapsed()),
+            limit: PAGE,
+            page_token: token.take(),
+            ..Default::default()
+        };
         let page = q
-            .list_episodes(v1::ListEpisodesRequest {
-                since_s,
-                limit: PAGE,
-                page_token: token.clone(),
-                ..Default::default()
-            })
+            .list_episodes(convert::episode_query_to_wire(&query))
             .await
             .map_err(|s| crate::status_failure("listing episodes", s))?
             .into_inner();
+        let page = convert::episode_page_from_wire(page).map_err(|e| {
+            Failure::new(
+                exit::FAILED,
+                format!("listing episodes: the collector's answer: {e}"),
+            )
+        })?;
         let full = page.episodes.len() >= PAGE as usize;
         for e in &page.episodes {
             if !seen.insert(e.id) {
                 continue;
             }
-            let (view, samples) = match crate::episode_samples(q, e.id).await {
+            let (view, detail) = match crate::episode_samples(q, e.id).await {
                 Ok(found) => found,
                 // Deleted by retention since the list: not an error.
                 Err(f) if f.code == exit::NOT_FOUND => continue,
@@ -286,7 +289,7 @@ async fn write_all(q: &mut Client, args: &ExportArgs, out: &mut dyn Write) -> Re
                     let written = if args.samples {
                         let with = WithSamples {
                             episode: &view,
-                            samples: samples_json(&samples),
+                            samples: samples_json(&detail.samples),
                         };
                         serde_json::to_writer(&mut **out, &with)
                     } else {
@@ -298,7 +301,7 @@ async fn write_all(q: &mut Client, args: &ExportArgs, out: &mut dyn Write) -> Re
             }
             written += 1;
         }
-        if page.next_page_token.is_empty() {
+        let Some(next) = page.next_page_token else {
             if full {
                 // A full page and no way on: a collector from before
                 // paging. Better no export than a silently partial one.
@@ -311,8 +314,8 @@ async fn write_all(q: &mut Client, args: &ExportArgs, out: &mut dyn Write) -> Re
                 ));
             }
             break;
-        }
-        token = page.next_page_token;
+        };
+        token = Some(next);
     }
     if let Rows::Csv(w) = &mut rows {
         w.flush().map_err(|e| failed(&e))?;

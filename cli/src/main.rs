@@ -17,9 +17,9 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use tcpstall_client::tls::ClientFiles;
 use tcpstall_client::{Client, ConnectError, Target};
+use tcpstall_common::record::{EpisodeDetail, EpisodeQuery, FlowEnd, HeldQuery};
 use tcpstall_common::{error_chain, FlowTuple};
-use tcpstall_proto::convert;
-use tcpstall_proto::v1;
+use tcpstall_proto::convert::{self, ConvertError};
 
 use crate::model::{episode_view, latest_ends, EndView, EpisodeView};
 use crate::render::Style;
@@ -222,6 +222,12 @@ fn status_failure(what: &str, s: tonic::Status) -> Failure {
     Failure::new(code, format!("{what}: {}", s.message()))
 }
 
+/// An answer `convert` refused: the collector sent what this CLI cannot
+/// read.
+fn answer_failure(what: &str, e: ConvertError) -> Failure {
+    Failure::new(exit::FAILED, format!("{what}: the collector's answer: {e}"))
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -324,18 +330,8 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         }
         Command::Plot { id, output } => {
             let mut q = target.connect().await?;
-            let r = q
-                .get_episode(v1::GetEpisodeRequest { id })
-                .await
-                .map_err(|s| status_failure(&format!("episode {id}"), s))?
-                .into_inner();
-            let e = r.episode.ok_or_else(|| {
-                Failure::new(
-                    exit::FAILED,
-                    format!("episode {id}: the collector sent no episode"),
-                )
-            })?;
-            plotting::write(&plotting::input(&e, &r.samples), &output)
+            let d = episode_detail(&mut q, id).await?;
+            plotting::write(&plotting::input(&d.episode, &d.samples), &output)
                 .map_err(|m| Failure::new(exit::FAILED, format!("plot of episode {id}: {m}")))?;
             if json {
                 println!("{}", serde_json::json!({ "id": id, "plot": output }));
@@ -406,30 +402,32 @@ async fn held_spans_raw(
     since: Option<Duration>,
     host: Option<String>,
 ) -> Result<stalls::Stalls, tonic::Status> {
-    let since_s = since.map(|d| d.as_secs().max(1));
+    let query = HeldQuery { since, host };
     let r = q
-        .list_held_spans(v1::ListHeldSpansRequest {
-            since_s: since_s.unwrap_or(0),
-            host: host.unwrap_or_default(),
-        })
+        .list_held_spans(convert::held_query_to_wire(&query))
         .await?
         .into_inner();
-    Ok(stalls::gather(&r, since_s))
+    // The window as asked, in the seconds the request carries it.
+    let since_s = since.map(|d| d.as_secs().max(1));
+    Ok(stalls::gather(&convert::held_spans_from_wire(r), since_s))
 }
 
 async fn list(q: &mut Client, f: &Filters) -> Result<Vec<EpisodeView>, Failure> {
-    let eps = q
-        .list_episodes(v1::ListEpisodesRequest {
-            since_s: f.since.map_or(0, |d| d.as_secs().max(1)),
-            host: f.host.clone().unwrap_or_default(),
-            diagnosis: f.diagnosis.clone().unwrap_or_default(),
-            open_only: f.open,
-            limit: f.limit,
-            ..Default::default()
-        })
+    let query = EpisodeQuery {
+        since: f.since,
+        host: f.host.clone(),
+        diagnosis: f.diagnosis.clone(),
+        open_only: f.open,
+        limit: f.limit,
+        page_token: None,
+    };
+    let r = q
+        .list_episodes(convert::episode_query_to_wire(&query))
         .await
         .map_err(|s| status_failure("listing episodes", s))?
-        .into_inner()
+        .into_inner();
+    let eps = convert::episode_page_from_wire(r)
+        .map_err(|e| answer_failure("listing episodes", e))?
         .episodes;
     let mut out = Vec::with_capacity(eps.len());
     for e in eps {
@@ -439,29 +437,34 @@ async fn list(q: &mut Client, f: &Filters) -> Result<Vec<EpisodeView>, Failure> 
     Ok(out)
 }
 
+/// An episode's view and how many samples were stored with it.
 async fn episode(q: &mut Client, id: i64) -> Result<(EpisodeView, usize), Failure> {
-    let (view, samples) = episode_samples(q, id).await?;
-    Ok((view, samples.len()))
+    let (view, d) = episode_samples(q, id).await?;
+    Ok((view, d.samples.len() + d.unreadable))
 }
 
-/// An episode's view and every sample stored with it.
-async fn episode_samples(
-    q: &mut Client,
-    id: i64,
-) -> Result<(EpisodeView, Vec<v1::EndSample>), Failure> {
+/// An episode and every sample stored with it, as the collector answers.
+async fn episode_detail(q: &mut Client, id: i64) -> Result<EpisodeDetail, Failure> {
+    let what = format!("episode {id}");
     let r = q
-        .get_episode(v1::GetEpisodeRequest { id })
+        .get_episode(convert::episode_request_to_wire(id))
         .await
-        .map_err(|s| status_failure(&format!("episode {id}"), s))?
+        .map_err(|s| status_failure(&what, s))?
         .into_inner();
-    let e = r.episode.ok_or_else(|| {
-        Failure::new(
+    convert::episode_detail_from_wire(r).map_err(|e| match e {
+        ConvertError::Missing("episode") => Failure::new(
             exit::FAILED,
-            format!("episode {id}: the collector sent no episode"),
-        )
-    })?;
-    let (a, b) = latest_ends(&r.samples);
-    Ok((episode_view(&e, a.as_ref(), b.as_ref()), r.samples))
+            format!("{what}: the collector sent no episode"),
+        ),
+        e => answer_failure(&what, e),
+    })
+}
+
+/// An episode's view, and the episode with every sample stored with it.
+async fn episode_samples(q: &mut Client, id: i64) -> Result<(EpisodeView, EpisodeDetail), Failure> {
+    let d = episode_detail(q, id).await?;
+    let (a, b) = latest_ends(&d.samples);
+    Ok((episode_view(&d.episode, a, b), d))
 }
 
 /// Parses `ADDR:PORT ADDR:PORT` or an episode id.
@@ -510,18 +513,16 @@ async fn diff(
         }
         DiffTarget::Flow(flow) => loop {
             let r = q
-                .get_flow(v1::GetFlowRequest {
-                    flow: Some(convert::flow_to_wire(flow)),
-                })
+                .get_flow(convert::flow_request_to_wire(flow))
                 .await
                 .map_err(|s| status_failure("flow", s))?
                 .into_inner();
-            let end = |host: &str, s: Option<&v1::Sample>, tuple: FlowTuple| {
-                let s = s.and_then(|s| convert::sample_from_wire(s).ok());
-                s.map(|s| EndView::new(host, tuple, Some(&s)))
+            let ends = convert::flow_ends_from_wire(r).map_err(|e| answer_failure("flow", e))?;
+            let end = |e: Option<FlowEnd>, tuple: FlowTuple| {
+                e.map(|e| EndView::new(&e.host, tuple, Some(&e.sample)))
             };
-            let a = end(&r.a_host, r.a.as_ref(), flow);
-            let b = end(&r.b_host, r.b.as_ref(), flow.reversed());
+            let a = end(ends.a, flow);
+            let b = end(ends.b, flow.reversed());
             let (a, b) = match (a, b) {
                 (Some(a), b) => (a, b),
                 (None, Some(b)) => (b, None),

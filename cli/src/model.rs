@@ -1,14 +1,16 @@
-//! What the CLI shows, built from the query service's answers: an episode
-//! with the latest sample of each end. Its JSON form is the documented,
+//! What the CLI shows, built from the query service's answers (as
+//! `tcpstall_proto::convert` gives them: domain types): an episode with the
+//! latest sample of each end. Its JSON form is the documented,
 //! stable schema of `--json` (docs/cli-json.md): add fields, never rename.
 
 use std::time::{Duration, UNIX_EPOCH};
 
 use serde::Serialize;
+use tcpstall_common::record::{Episode, EpisodeSample};
 use tcpstall_common::{
-    AbsoluteSeq, EndSample, FactSource, FlowTuple, OwnerMissing, Positions, ProcessOwner, TcpState,
+    AbsoluteSeq, EndSample, FactSource, FlowTuple, OwnerMissing, Positions, ProcessOwner, Side,
+    TcpState,
 };
-use tcpstall_proto::{convert, v1};
 
 /// The docs/design.md fields of one end for JSON: every one `null` when the
 /// end was never sampled, never a made-up 0.
@@ -157,25 +159,25 @@ pub fn blame(diagnosis: &str) -> &'static str {
 
 /// Builds the view of an episode from the query service's answer; `a` and
 /// `b` are each end's latest sample, if any was stored.
-pub fn episode_view(e: &v1::Episode, a: Option<&EndSample>, b: Option<&EndSample>) -> EpisodeView {
-    let flow = convert::flow_from_wire(e.a_flow.as_ref()).unwrap_or(FlowTuple::new(
-        std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
-        std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
-    ));
-    let b_view = (!e.b_host.is_empty()).then(|| EndView::new(&e.b_host, flow.reversed(), b));
+pub fn episode_view(e: &Episode, a: Option<&EndSample>, b: Option<&EndSample>) -> EpisodeView {
+    let flow = e.a_flow;
+    let b_view = e
+        .b_host
+        .as_ref()
+        .map(|host| EndView::new(host, flow.reversed(), b));
     EpisodeView {
         id: e.id,
         diagnosis: e.diagnosis.clone(),
         open: e.open,
         started_at: rfc3339(e.started_at_ms),
-        ended_at: (!e.open && e.ended_at_ms > 0).then(|| rfc3339(e.ended_at_ms)),
+        ended_at: e.ended_at_ms.filter(|&ms| !e.open && ms > 0).map(rfc3339),
         duration_s: e.duration_ms as f64 / 1000.0,
         stuck: e.stuck_bytes,
         summary: e.summary.clone(),
         blame: blame(&e.diagnosis),
-        peer_note: (!e.peer_note.is_empty()).then(|| e.peer_note.clone()),
-        end_reason: (!e.end_reason.is_empty()).then(|| e.end_reason.clone()),
-        evidence: e.evidence.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+        peer_note: e.peer_note.clone(),
+        end_reason: e.end_reason.clone(),
+        evidence: e.evidence.clone(),
         peer: Ends {
             a: EndView::new(&e.a_host, flow, a),
             b: b_view,
@@ -184,14 +186,13 @@ pub fn episode_view(e: &v1::Episode, a: Option<&EndSample>, b: Option<&EndSample
 }
 
 /// The latest stored sample of each side of an episode.
-pub fn latest_ends(samples: &[v1::EndSample]) -> (Option<EndSample>, Option<EndSample>) {
-    let latest = |side: &str| {
+pub fn latest_ends(samples: &[EpisodeSample]) -> (Option<&EndSample>, Option<&EndSample>) {
+    let latest = |side: Side| {
         samples
             .iter()
             .filter(|s| s.side == side)
             .max_by_key(|s| s.at_ms)
-            .and_then(|s| s.sample.as_ref())
-            .and_then(|s| convert::sample_from_wire(s).ok())
+            .map(|s| &s.sample)
     };
-    (latest("a"), latest("b"))
+    (latest(Side::A), latest(Side::B))
 }

@@ -3,45 +3,34 @@
 
 use std::path::Path;
 
-use tcpstall_plot::{PlotInput, PlotSample, Side};
-use tcpstall_proto::{convert, v1};
+use tcpstall_common::record::{Episode, EpisodeSample};
+use tcpstall_plot::{PlotInput, PlotSample};
 
 /// Size of the picture, pixels.
 pub const WIDTH: u32 = 1000;
 pub const HEIGHT: u32 = 600;
 
-/// The plot's input from a GetEpisode answer. Samples that do not convert
-/// are left out.
-pub fn input(e: &v1::Episode, samples: &[v1::EndSample]) -> PlotInput {
-    let flow = convert::flow_from_wire(e.a_flow.as_ref()).ok();
-    let (a, b) = match flow {
-        Some(f) => (
-            format!("{} {}", e.a_host, f.local),
-            if e.b_host.is_empty() {
-                format!("{} (no agent)", f.remote)
-            } else {
-                format!("{} {}", e.b_host, f.remote)
-            },
-        ),
-        None => (e.a_host.clone(), e.b_host.clone()),
+/// The plot's input from a GetEpisode answer.
+pub fn input(e: &Episode, samples: &[EpisodeSample]) -> PlotInput {
+    let f = e.a_flow;
+    let a = format!("{} {}", e.a_host, f.local);
+    let b = match &e.b_host {
+        Some(host) => format!("{host} {}", f.remote),
+        None => format!("{} (no agent)", f.remote),
     };
     PlotInput {
         title: format!("episode {}: {a} → {b}", e.id),
         diagnosis: e.diagnosis.clone(),
         started_at_ms: e.started_at_ms,
-        ended_at_ms: (!e.open && e.ended_at_ms > 0).then_some(e.ended_at_ms),
+        ended_at_ms: e.ended_at_ms.filter(|&ms| !e.open && ms > 0),
         a_label: a,
         b_label: b,
         samples: samples
             .iter()
-            .filter_map(|s| {
-                let side = Side::parse(&s.side)?;
-                let sample = convert::sample_from_wire(s.sample.as_ref()?).ok()?;
-                Some(PlotSample {
-                    side,
-                    at_ms: s.at_ms,
-                    sample,
-                })
+            .map(|s| PlotSample {
+                side: s.side,
+                at_ms: s.at_ms,
+                sample: s.sample.clone(),
             })
             .collect(),
     }

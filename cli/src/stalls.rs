@@ -8,8 +8,8 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 use tcpstall_client::table::Table;
+use tcpstall_common::record::HeldSpans;
 use tcpstall_common::HeldEnd;
-use tcpstall_proto::v1;
 
 /// Held spans that ended between one host pair.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -60,12 +60,12 @@ impl PairStalls {
 }
 
 /// The collector's counts, gathered by pair (busiest first).
-pub fn gather(r: &v1::ListHeldSpansResponse, since_s: Option<u64>) -> Stalls {
+pub fn gather(r: &HeldSpans, since_s: Option<u64>) -> Stalls {
     let mut pairs: Vec<PairStalls> = Vec::new();
     let mut by_le: Vec<BTreeMap<u64, u64>> = Vec::new();
     let mut total_ms: Vec<u64> = Vec::new();
     for c in &r.counts {
-        let b_host = (!c.b_host.is_empty()).then(|| c.b_host.clone());
+        let b_host = c.b_host.clone();
         let i = match pairs
             .iter()
             .position(|p| p.a_host == c.a_host && p.b_host == b_host)
@@ -97,7 +97,7 @@ pub fn gather(r: &v1::ListHeldSpansResponse, since_s: Option<u64>) -> Stalls {
             p.at_least_3s += c.count;
         }
         p.longest_s = p.longest_s.max(c.max_ms as f64 / 1e3);
-        if let Some(n) = HeldEnd::from_id(&c.end).and_then(|e| p.ended.get_mut(e.id())) {
+        if let Some(n) = c.end.and_then(|e| p.ended.get_mut(e.id())) {
             *n += c.count;
         }
         *by_le[i].entry(c.le_ms).or_default() += c.count;
@@ -123,7 +123,7 @@ pub fn gather(r: &v1::ListHeldSpansResponse, since_s: Option<u64>) -> Stalls {
     pairs.sort_by(|a, b| b.held.cmp(&a.held).then_with(|| a.a_host.cmp(&b.a_host)));
     Stalls {
         since_s,
-        threshold_s: r.threshold_ms as f64 / 1e3,
+        threshold_s: r.threshold.as_millis() as f64 / 1e3,
         pairs,
     }
 }
@@ -222,6 +222,8 @@ pub fn report_section(s: &Stalls) -> String {
 
 #[cfg(test)]
 mod tests {
+    use tcpstall_proto::{convert, v1};
+
     use super::*;
 
     fn count(
@@ -245,8 +247,9 @@ mod tests {
         }
     }
 
-    fn sample() -> v1::ListHeldSpansResponse {
-        v1::ListHeldSpansResponse {
+    /// The counts as a collector sends them, read as the CLI reads them.
+    fn sample() -> HeldSpans {
+        convert::held_spans_from_wire(v1::ListHeldSpansResponse {
             counts: vec![
                 count("web-1", "db-7", "reset", 10_000, 3, 0, 9_600),
                 count("web-1", "db-7", "reset", 12_000, 1, 1, 10_500),
@@ -254,7 +257,7 @@ mod tests {
                 count("web-2", "", "drained", 0, 1, 1, 400_000),
             ],
             threshold_ms: 10_000,
-        }
+        })
     }
 
     #[test]
@@ -323,7 +326,7 @@ mod tests {
             !report.contains("web-2"),
             "its one hold was an episode: {report}"
         );
-        let none = gather(&v1::ListHeldSpansResponse::default(), None);
+        let none = gather(&HeldSpans::default(), None);
         assert_eq!(report_section(&none), "");
         assert!(render(&none).starts_with("no held send queue ended in all stored"));
     }

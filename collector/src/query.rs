@@ -1,20 +1,24 @@
 //! The operators' side of the gRPC edge: episodes from the store, and a
 //! flow's two ends from the matcher.
+//!
+//! What crosses the wire is converted in `tcpstall_proto::convert` (its
+//! `query` part); this service maps its errors to gRPC statuses and asks
+//! the store and the matcher. GetEpisode answers with the stored
+//! samples' bytes as they are (a `raw::GetEpisodeResponse`), decoding
+//! none: they are the agents' encodings, so a client reads in them the
+//! agent's `reason` and whatever the collector's checks normalise away (a
+//! fact source beside no value), and normalises them as the collector
+//! does through `convert::sample_from_wire`, as the CLI does.
 
-use std::time::Duration;
-
-use tcpstall_common::time::millis_i64;
+use tcpstall_common::record::{FlowEnd, FlowEnds, HeldSpanCount, HeldSpans};
 use tcpstall_common::Clock;
-use tcpstall_proto::convert;
-use tcpstall_proto::v1;
+use tcpstall_proto::convert::{self, ConvertError};
+use tcpstall_proto::{raw, v1};
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status};
 
 use crate::matcher::{FlowView, Question};
-use crate::store::{EpisodeFilter, EpisodeRow, HeldFilter, HeldRow, SharedStore, StoredSample};
-
-/// Most episodes one list returns.
-pub const MAX_LIST: u32 = 10_000;
+use crate::store::{HeldRow, SharedStore};
 
 #[derive(Debug, Clone)]
 pub struct QueryService {
@@ -31,75 +35,6 @@ impl QueryService {
             clock,
         }
     }
-
-    /// The start of a window of the last `since_s` seconds (0: no window).
-    fn since_ms(&self, since_s: u64) -> Option<i64> {
-        (since_s > 0).then(|| {
-            let since = Duration::from_secs(since_s.min(100 * 365 * 24 * 3600));
-            self.clock.now_ms().saturating_sub(millis_i64(since))
-        })
-    }
-}
-
-/// A stored episode on the wire, as of `now_ms` (an open one has lasted
-/// until then).
-pub fn episode_to_wire(e: &EpisodeRow, now_ms: i64) -> v1::Episode {
-    let duration_ms = if e.open {
-        u64::try_from(now_ms - e.started_at_ms)
-            .unwrap_or(0)
-            .max(e.duration_ms)
-    } else {
-        e.duration_ms
-    };
-    let summary = e.summary.clone();
-    v1::Episode {
-        id: e.id,
-        diagnosis: e.diagnosis.clone(),
-        open: e.open,
-        started_at_ms: e.started_at_ms,
-        ended_at_ms: e.ended_at_ms.unwrap_or(0),
-        duration_ms,
-        stuck_bytes: e.stuck_bytes,
-        a_host: e.a_host.clone(),
-        a_flow: Some(convert::flow_to_wire(e.a_flow)),
-        b_host: e.b_host.clone().unwrap_or_default(),
-        peer_note: e.peer_note.clone().unwrap_or_default(),
-        summary,
-        evidence: e.evidence.clone().into_iter().collect(),
-        end_reason: e.end_reason.clone().unwrap_or_default(),
-    }
-}
-
-/// A stored sample on the wire. The stored bytes are not sent as they
-/// are: they are the agent's encoding, with its `reason` and whatever it
-/// set that the collector's checks normalise away (a source beside no
-/// value, an unknown enum value). Going through the `EndSample` sends
-/// exactly what was diagnosed, as before the store kept the bytes.
-/// `None`: the bytes do not decode (the store checked them when it read
-/// them, so a bug).
-fn sample_to_wire(s: &StoredSample) -> Option<v1::EndSample> {
-    let sample = tcpstall_proto::convert::unpack(&s.sample)?;
-    Some(v1::EndSample {
-        side: s.side.as_str().into(),
-        host: s.host.clone(),
-        at_ms: s.at_ms,
-        sample: Some(convert::sample_to_wire(
-            &sample,
-            v1::SampleReason::Unspecified,
-        )),
-    })
-}
-
-/// The page token after an episode: its place in the list's order
-/// (newest first by start, then by id).
-pub fn page_token(started_at_ms: i64, id: i64) -> String {
-    format!("{started_at_ms}.{id}")
-}
-
-/// The place a [`page_token`] names; `None` for anything else.
-pub fn parse_page_token(token: &str) -> Option<(i64, i64)> {
-    let (started, id) = token.split_once('.')?;
-    Some((started.parse().ok()?, id.parse().ok()?))
 }
 
 /// Held-span counts of the store and of the minute in progress, summed
@@ -135,86 +70,50 @@ fn internal(e: impl std::fmt::Display) -> Status {
     Status::internal(e.to_string())
 }
 
+/// The gRPC status of a request `convert` refused.
+fn invalid(e: ConvertError) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
 #[tonic::async_trait]
-impl v1::query_server::Query for QueryService {
+impl tcpstall_proto::server::query_server::Query for QueryService {
     async fn list_episodes(
         &self,
         request: Request<v1::ListEpisodesRequest>,
     ) -> Result<Response<v1::ListEpisodesResponse>, Status> {
-        let r = request.into_inner();
-        if r.limit > MAX_LIST {
-            return Err(Status::invalid_argument(format!(
-                "limit {} above {MAX_LIST}",
-                r.limit
-            )));
-        }
-        let since_ms = self.since_ms(r.since_s);
-        let after = match r.page_token.as_str() {
-            "" => None,
-            token => Some(parse_page_token(token).ok_or_else(|| {
-                Status::invalid_argument(format!(
-                    "page_token `{token}` is not one this collector gave"
-                ))
-            })?),
-        };
-        let filter = EpisodeFilter {
-            since_ms,
-            host: (!r.host.is_empty()).then_some(r.host),
-            diagnosis: (!r.diagnosis.is_empty()).then_some(r.diagnosis),
-            open_only: r.open_only,
-            limit: r.limit,
-            after,
-        };
-        let full = filter.effective_limit();
+        let filter = convert::episode_filter_from_wire(request.into_inner(), self.clock.now_ms())
+            .map_err(invalid)?;
+        let limit = filter.effective_limit();
         let rows = self.store.list_episodes(filter).await.map_err(internal)?;
         let now_ms = self.clock.now_ms();
-        // A full page may have more behind it; a short one is the last.
-        let next_page_token = match rows.last() {
-            Some(last) if rows.len() >= usize::try_from(full).unwrap_or(usize::MAX) => {
-                page_token(last.started_at_ms, last.id)
-            }
-            _ => String::new(),
-        };
-        Ok(Response::new(v1::ListEpisodesResponse {
-            episodes: rows.iter().map(|e| episode_to_wire(e, now_ms)).collect(),
-            next_page_token,
-        }))
+        let episodes = rows.into_iter().map(|e| e.answer(now_ms)).collect();
+        Ok(Response::new(convert::episode_page_to_wire(
+            episodes, limit,
+        )))
     }
 
     async fn get_episode(
         &self,
         request: Request<v1::GetEpisodeRequest>,
-    ) -> Result<Response<v1::GetEpisodeResponse>, Status> {
-        let id = request.into_inner().id;
+    ) -> Result<Response<raw::GetEpisodeResponse>, Status> {
+        let id = convert::episode_request_from_wire(request.get_ref());
         let (row, samples) = self
             .store
             .get_episode(id)
             .await
             .map_err(internal)?
             .ok_or_else(|| Status::not_found(format!("no episode {id}")))?;
-        let samples = samples
-            .iter()
-            .map(sample_to_wire)
-            .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| Status::internal(format!("episode {id}: a sample does not decode")))?;
-        Ok(Response::new(v1::GetEpisodeResponse {
-            episode: Some(episode_to_wire(&row, self.clock.now_ms())),
+        Ok(Response::new(convert::episode_detail_to_wire(
+            row.answer(self.clock.now_ms()),
             samples,
-        }))
+        )))
     }
 
     async fn list_held_spans(
         &self,
         request: Request<v1::ListHeldSpansRequest>,
     ) -> Result<Response<v1::ListHeldSpansResponse>, Status> {
-        let r = request.into_inner();
-        let since_ms = self.since_ms(r.since_s);
-        // Whole minutes: a span counted in a minute that began before the
-        // window but ended within it is in.
-        let filter = HeldFilter {
-            since_ms: since_ms.map(|ms| ms.div_euclid(60_000) * 60_000),
-            host: (!r.host.is_empty()).then_some(r.host),
-        };
+        let filter = convert::held_filter_from_wire(request.into_inner(), self.clock.now_ms());
         // The minute in progress from the matcher, the others from the
         // store: asked in this order, a minute the matcher hands over
         // meanwhile is in the store's answer, never in both.
@@ -235,30 +134,20 @@ impl v1::query_server::Query for QueryService {
             .map_err(|_| gone())?;
         let stats = stats.await.map_err(|_| gone())?;
         let stored = self.store.list_held(filter).await.map_err(internal)?;
-        Ok(Response::new(v1::ListHeldSpansResponse {
+        Ok(Response::new(convert::held_spans_to_wire(HeldSpans {
             counts: merge_held(stored, pending)
                 .into_iter()
-                .map(|h| v1::HeldSpanCount {
-                    a_host: h.a_host,
-                    b_host: h.b_host,
-                    end: h.end.id().to_string(),
-                    le_ms: h.le_ms,
-                    count: h.count,
-                    episodes: h.episodes,
-                    total_ms: h.total_ms,
-                    max_ms: h.max_ms,
-                })
+                .map(HeldSpanCount::from)
                 .collect(),
-            threshold_ms: u64::try_from(stats.threshold.as_millis()).unwrap_or(u64::MAX),
-        }))
+            threshold: stats.threshold,
+        })))
     }
 
     async fn get_flow(
         &self,
         request: Request<v1::GetFlowRequest>,
     ) -> Result<Response<v1::GetFlowResponse>, Status> {
-        let flow = convert::flow_from_wire(request.into_inner().flow.as_ref())
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let flow = convert::flow_request_from_wire(request.get_ref()).map_err(invalid)?;
         let (reply, view) = oneshot::channel();
         self.matcher
             .send(Question::Flow { flow, reply })
@@ -267,21 +156,13 @@ impl v1::query_server::Query for QueryService {
         let FlowView { a, b } = view
             .await
             .map_err(|_| Status::unavailable("collector is shutting down"))?;
-        let side = |x: Option<(String, tcpstall_common::EndSample)>| match x {
-            Some((host, s)) => (
-                host,
-                Some(convert::sample_to_wire(&s, v1::SampleReason::Watched)),
-            ),
-            None => (String::new(), None),
+        let end = |x: Option<(String, tcpstall_common::EndSample)>| {
+            x.map(|(host, sample)| FlowEnd { host, sample })
         };
-        let (a_host, a) = side(a);
-        let (b_host, b) = side(b);
-        Ok(Response::new(v1::GetFlowResponse {
-            a_host,
-            a,
-            b_host,
-            b,
-        }))
+        Ok(Response::new(convert::flow_ends_to_wire(FlowEnds {
+            a: end(a),
+            b: end(b),
+        })))
     }
 }
 
@@ -389,27 +270,16 @@ mod tests {
         assert_eq!(merged[1].a_host, "web-2", "the store's order kept");
         assert_eq!(merged[2].a_host, "web-3", "then what only the minute has");
     }
-
-    #[test]
-    fn page_tokens_round_trip_and_strangers_are_refused() {
-        let t = page_token(1_732_000_000_123, 42);
-        assert_eq!(parse_page_token(&t), Some((1_732_000_000_123, 42)));
-        assert_eq!(
-            parse_page_token(&page_token(-1, i64::MAX)),
-            Some((-1, i64::MAX))
-        );
-        for bad in ["", "12", "a.b", "1.2.3", "1.", ".2"] {
-            assert_eq!(parse_page_token(bad), None, "{bad:?}");
-        }
-    }
 }
 
 #[cfg(test)]
 mod sample_tests {
     use super::*;
     use prost::Message;
-    use tcpstall_common::Packed;
-    use tcpstall_common::{EndSample, Side};
+    use tcpstall_common::{EndSample, Packed, Side};
+    use tcpstall_proto::server::query_server::Query;
+
+    use crate::store::{NewEpisode, SqliteStore, StoreConfig, StoredSample};
 
     /// A sample without TCP_CORK known: a cork source beside it is what
     /// the wire checks drop.
@@ -420,23 +290,80 @@ mod sample_tests {
         s
     }
 
+    fn episode(id: i64, s: &EndSample) -> NewEpisode {
+        NewEpisode {
+            id,
+            diagnosis: "peer_not_reading".into(),
+            summary: "beta stopped reading".into(),
+            evidence: Default::default(),
+            started_at_ms: 1_000,
+            duration_ms: 10_000,
+            stuck_bytes: s.pos.sendq,
+            a_host: "alpha".into(),
+            a_netns: s.netns.clone(),
+            a_flow: s.flow,
+            a_cookie: s.cookie,
+            b_host: None,
+            peer_note: None,
+        }
+    }
+
     /// The store keeps the agent's bytes, reason and all; GetEpisode sends
-    /// what it sent when the store kept the decoded sample.
-    #[test]
-    fn stored_agent_bytes_go_out_as_the_decoded_sample_did() {
+    /// those very bytes, decoding none. A client reads in them what the
+    /// agent wrote (its reason, a source beside no value) and, converting
+    /// them, the sample it read when GetEpisode decoded each stored sample
+    /// and encoded it again.
+    #[tokio::test]
+    async fn get_episode_sends_the_stored_agent_bytes() -> Result<(), Box<dyn std::error::Error>> {
         let s = sample();
         let mut w = convert::sample_to_wire(&s, v1::SampleReason::Suspect);
         // What sample_from_wire drops: a source beside no value.
         w.cork_source = v1::FactSource::Bpf as i32;
-        assert_eq!(convert::sample_from_wire(&w).ok(), Some(s.clone()));
-        let stored = StoredSample {
-            side: Side::A,
-            host: "alpha".into(),
-            at_ms: 5,
-            sample: Packed::from_bytes(w.encode_to_vec()),
-        };
+        let agents = w.encode_to_vec();
+
+        let dir = tempfile::TempDir::new()?;
+        let (store, thread, id) = SqliteStore::open(StoreConfig::new(dir.path().join("t.db")))?;
+        let store: crate::store::SharedStore = std::sync::Arc::new(store);
+        assert!(store.open_episode(episode(id, &s)));
+        assert!(store.add_samples(
+            id,
+            vec![StoredSample {
+                side: Side::A,
+                host: "alpha".into(),
+                at_ms: 5_000,
+                sample: Packed::from_bytes(agents.clone()),
+            }]
+        ));
+        let (matcher, _unused) = mpsc::channel(1);
+        let service = QueryService::new(store.clone(), matcher, Clock::from_fn(|| 20_000));
+        let answer = service
+            .get_episode(Request::new(v1::GetEpisodeRequest { id }))
+            .await?
+            .into_inner();
+        assert_eq!(answer.samples.len(), 1);
+        assert_eq!(
+            answer.samples[0].sample.as_deref(),
+            Some(&agents[..]),
+            "the stored bytes, as they are"
+        );
+
+        // What a client (the CLI, through tonic's v1 client) reads.
+        let read = v1::GetEpisodeResponse::decode(&*answer.encode_to_vec())?;
+        let got = read.samples[0].sample.clone().ok_or("a sample")?;
+        assert_eq!(got, w, "the agent's encoding, reason and all");
+        // What GetEpisode sent when it decoded and encoded again.
         let before = convert::sample_to_wire(&s, v1::SampleReason::Unspecified);
-        let sent = sample_to_wire(&stored).and_then(|e| e.sample);
-        assert_eq!(sent, Some(before));
+        assert_eq!(convert::sample_from_wire(&got), Ok(s.clone()));
+        assert_eq!(convert::sample_from_wire(&before), Ok(s.clone()));
+        let detail = convert::episode_detail_from_wire(read)?;
+        assert_eq!(detail.samples[0].sample, s);
+        assert_eq!(
+            detail.episode.duration_ms, 19_000,
+            "open, until the service's now"
+        );
+
+        store.shutdown().await;
+        thread.join().map_err(|_| "the store thread panicked")?;
+        Ok(())
     }
 }

@@ -6,7 +6,7 @@ use std::future::Future;
 
 use anyhow::Context;
 use tcpstall_common::Clock;
-use tcpstall_proto::v1::query_server::QueryServer;
+use tcpstall_proto::server::query_server::QueryServer;
 use tokio::sync::mpsc;
 
 use crate::config::Config;

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use prost::Message;
 use tcpstall_collector::matcher::Question;
 use tcpstall_collector::query::QueryService;
 use tcpstall_collector::store::{
@@ -20,8 +21,8 @@ use tcpstall_collector::store::{
 };
 use tcpstall_common::{Clock, FlowTuple, Side};
 use tcpstall_proto::convert::{pack, sample_from_wire, unpack};
-use tcpstall_proto::v1::query_server::Query;
-use tcpstall_proto::v1::{GetEpisodeRequest, ListEpisodesRequest};
+use tcpstall_proto::server::query_server::Query;
+use tcpstall_proto::v1::{self, GetEpisodeRequest, ListEpisodesRequest};
 use tokio::sync::mpsc;
 use tonic::{Code, Request};
 
@@ -229,11 +230,19 @@ async fn the_query_service_reads_through_the_store_trait() -> Result<(), tonic::
             (wire.side.as_str(), wire.host.as_str(), wire.at_ms),
             (kept.side.as_str(), kept.host.as_str(), kept.at_ms)
         );
+        // The stored bytes as they are, read as a client reads them.
+        assert_eq!(wire.sample.as_deref(), Some(kept.sample.as_bytes()));
         let on_wire = wire
             .sample
-            .as_ref()
-            .map(sample_from_wire)
+            .as_deref()
+            .map(|b| v1::Sample::decode(b).map_err(|e| e.to_string()))
             .transpose()
+            .and_then(|w| {
+                w.as_ref()
+                    .map(sample_from_wire)
+                    .transpose()
+                    .map_err(|e| e.to_string())
+            })
             .map_err(|e| tonic::Status::internal(format!("the answer's sample: {e}")))?;
         assert_eq!(on_wire, unpack(&kept.sample), "the stored sample");
     }

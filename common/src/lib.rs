@@ -3,8 +3,9 @@
 //! parsed by length ([`TcpInfo`]), and the stream positions derived from
 //! them ([`Positions`]); and the words every part uses of them: why a
 //! sample was sent ([`SampleReason`]), an episode's sides and end reasons,
-//! the diagnoses, and time ([`time`]). No I/O and no async runtime live
-//! here.
+//! the diagnoses, and time ([`time`]); what an agent tells the collector
+//! ([`ingest`]) and what the collector's store keeps and its queries
+//! answer ([`record`]). No I/O and no async runtime live here.
 #![forbid(unsafe_code)]
 
 pub mod diagnosis;
@@ -18,6 +19,7 @@ pub mod ingest;
 pub mod kernel_tcp;
 pub mod packed;
 pub mod positions;
+pub mod record;
 pub mod sample;
 pub mod tcp_info;
 pub mod time;

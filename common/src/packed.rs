@@ -30,6 +30,11 @@ impl Packed {
         &self.0
     }
 
+    /// The encoding, given up: what a query sends as it is, without a copy.
+    pub fn into_bytes(self) -> Box<[u8]> {
+        self.0
+    }
+
     /// Bytes held on the heap.
     pub fn len(&self) -> usize {
         self.0.len()

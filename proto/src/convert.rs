@@ -2,6 +2,10 @@
 //! arrives from the network is validated here: a message that names an
 //! impossible state, address or sequence position is refused with a
 //! [`ConvertError`] the service turns into `InvalidArgument`.
+//!
+//! Here: addresses, flows, samples and held spans, the pieces every
+//! message is made of. The ingest protocol's messages are in `ingest`, the
+//! query protocol's (both the collector's side and the CLI's) in `query`.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -17,7 +21,15 @@ use tcpstall_common::{
 use crate::v1;
 
 mod ingest;
+mod query;
 pub use ingest::{batch_from_wire, hello_from_wire, pack, to_agent_to_wire, unpack, MAX_ADDRESSES};
+pub use query::{
+    episode_detail_from_wire, episode_detail_to_wire, episode_filter_from_wire, episode_from_wire,
+    episode_page_from_wire, episode_page_to_wire, episode_query_to_wire, episode_request_from_wire,
+    episode_request_to_wire, episode_sample_from_wire, episode_to_wire, flow_ends_from_wire,
+    flow_ends_to_wire, flow_request_from_wire, flow_request_to_wire, held_filter_from_wire,
+    held_query_to_wire, held_spans_from_wire, held_spans_to_wire, stored_sample_to_wire,
+};
 
 /// Why a wire message was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -13,12 +13,13 @@ pub mod v1 {
     include!("gen/tcpstall.v1.rs");
 }
 
-/// The Ingest and Query servers with `AgentMessage` read as
-/// [`raw::AgentMessage`]: what the collector serves.
+/// The Ingest and Query servers the collector serves: `AgentMessage` read
+/// as [`raw::AgentMessage`], GetEpisode answered with
+/// [`raw::GetEpisodeResponse`]; everything else `v1`'s.
 #[allow(clippy::all, missing_debug_implementations, unreachable_pub)]
 #[rustfmt::skip]
 pub mod server {
-    include!("gen/ingest_raw.rs");
+    include!("gen/server.rs");
 }
 
 pub mod convert;

@@ -40,16 +40,22 @@ fn generated_code_matches_the_proto() {
     );
 }
 
-/// The collector's ingest server reads `AgentMessage` as `raw::AgentMessage`
-/// (samples left encoded); everything else is `v1`'s.
+/// The collector's servers: ingest reads `AgentMessage` as
+/// `raw::AgentMessage` (samples left encoded), query answers GetEpisode
+/// with `raw::GetEpisodeResponse` (stored samples sent as their bytes);
+/// everything else is `v1`'s.
 #[test]
-fn generated_raw_ingest_server_matches_the_proto() {
+fn generated_raw_servers_match_the_proto() {
     check(
         tonic_prost_build::configure()
             .build_client(false)
             .build_server(true)
             .extern_path(".tcpstall.v1", "crate::v1")
-            .extern_path(".tcpstall.v1.AgentMessage", "crate::raw::AgentMessage"),
-        "ingest_raw.rs",
+            .extern_path(".tcpstall.v1.AgentMessage", "crate::raw::AgentMessage")
+            .extern_path(
+                ".tcpstall.v1.GetEpisodeResponse",
+                "crate::raw::GetEpisodeResponse",
+            ),
+        "server.rs",
     );
 }

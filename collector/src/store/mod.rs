@@ -38,10 +38,6 @@ pub use records::{
 };
 pub use sqlite::{SqliteStore, StoreConfig};
 
-/// Rows [`Store::list_episodes`] returns when the filter's limit is 0.
-pub const DEFAULT_LIST_LIMIT: u32 = 1000;
-/// Most rows one [`Store::list_episodes`] returns, whatever the filter asks.
-pub const MAX_LIST_LIMIT: u32 = 10_000;
 
 /// A future the store hands back from a read or a barrier: boxed, so that
 /// [`Store`] can be used as a trait object (reads are rare; writes never

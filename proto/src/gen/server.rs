@@ -213,7 +213,7 @@ pub mod query_server {
             &self,
             request: tonic::Request<crate::v1::GetEpisodeRequest>,
         ) -> std::result::Result<
-            tonic::Response<crate::v1::GetEpisodeResponse>,
+            tonic::Response<crate::raw::GetEpisodeResponse>,
             tonic::Status,
         >;
         /// Both ends of a flow as the agents see it now.
@@ -362,7 +362,7 @@ pub mod query_server {
                         T: Query,
                     > tonic::server::UnaryService<crate::v1::GetEpisodeRequest>
                     for GetEpisodeSvc<T> {
-                        type Response = crate::v1::GetEpisodeResponse;
+                        type Response = crate::raw::GetEpisodeResponse;
                         type Future = BoxFuture<
                             tonic::Response<Self::Response>,
                             tonic::Status,
