@@ -12,9 +12,7 @@ use std::io;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use tcpstall_common::normalize_addr;
-use tcpstall_proto::convert::ip_to_wire;
-use tcpstall_proto::v1;
+use tcpstall_common::{normalize_addr, AgentHello, NamespaceAddresses, ProbeSet};
 
 use crate::netns::{self, Netns, NetnsError};
 
@@ -83,13 +81,13 @@ pub struct Identity {
     pub namespaces: Vec<Netns>,
     pub interval: Duration,
     /// Which deeper probes work here, as found at start.
-    pub probes: v1::Probes,
+    pub probes: ProbeSet,
 }
 
 impl Identity {
     /// Reads the host's facts and builds the Hello. Blocking: it enters
     /// namespaces and reads /proc.
-    pub fn hello(&self) -> v1::Hello {
+    pub fn hello(&self) -> AgentHello {
         let kernel = kernel_release().unwrap_or_else(|e| {
             tracing::warn!(error = %e, "cannot read the kernel release");
             String::new()
@@ -106,28 +104,22 @@ impl Identity {
                     tracing::warn!(netns = %ns.label, error = %e, "cannot list addresses");
                     Vec::new()
                 });
-                namespace_to_wire(ns, &addresses)
+                NamespaceAddresses {
+                    label: ns.label.clone(),
+                    inode: ns.inode,
+                    addresses,
+                }
             })
             .collect();
-        v1::Hello {
-            protocol: tcpstall_proto::PROTOCOL_VERSION,
+        AgentHello {
             host: self.host.clone(),
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             kernel,
             boot_id,
             namespaces,
-            probes: Some(self.probes),
-            interval_ms: u32::try_from(self.interval.as_millis()).unwrap_or(u32::MAX),
+            probes: self.probes,
+            interval: self.interval,
         }
-    }
-}
-
-/// One namespace on the wire.
-pub fn namespace_to_wire(ns: &Netns, addresses: &[IpAddr]) -> v1::Namespace {
-    v1::Namespace {
-        label: ns.label.clone(),
-        inode: ns.inode,
-        addresses: addresses.iter().map(|ip| ip_to_wire(*ip)).collect(),
     }
 }
 
@@ -156,13 +148,17 @@ mod tests {
             host: "h1".into(),
             namespaces: vec![ns.clone()],
             interval: Duration::from_millis(1500),
-            probes: v1::Probes {
+            probes: ProbeSet {
                 sock_diag: true,
                 bpf_iter: true,
                 getsockopt: false,
             },
         };
-        let hello = id.hello();
+        let said = id.hello();
+        assert_eq!(said.host, "h1");
+        assert_eq!(said.agent_version, env!("CARGO_PKG_VERSION"));
+        // As it goes on the wire.
+        let hello = tcpstall_proto::convert::hello_to_wire(said);
         assert_eq!(hello.protocol, tcpstall_proto::PROTOCOL_VERSION);
         assert_eq!(hello.host, "h1");
         assert_eq!(hello.interval_ms, 1500);

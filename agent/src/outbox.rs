@@ -14,8 +14,9 @@
 //! holds more than it did.
 
 use std::collections::VecDeque;
+use std::time::Duration;
 
-use tcpstall_proto::v1;
+use tcpstall_common::{AgentBatch, Heartbeat};
 
 /// Loss since the agent started.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -36,7 +37,7 @@ pub struct Evicted {
 }
 
 /// Entries of a batch: what bounds its size.
-pub fn entries(b: &v1::Batch) -> usize {
+pub fn entries(b: &AgentBatch) -> usize {
     b.samples.len() + b.closed.len() + b.absent.len()
 }
 
@@ -45,7 +46,7 @@ pub fn entries(b: &v1::Batch) -> usize {
 #[derive(Debug)]
 pub struct Outbox {
     /// Each batch with the number of the poll it belongs to.
-    queue: VecDeque<(u64, v1::Batch)>,
+    queue: VecDeque<(u64, AgentBatch)>,
     max_polls: usize,
     max_entries: usize,
     /// Polls with a batch in the queue, and the entries queued.
@@ -73,7 +74,7 @@ impl Outbox {
     /// Queues one poll's batches; while over either bound, drops the
     /// oldest batch and counts it (a poll larger than the entry bound on
     /// its own loses its first batches).
-    pub fn push_poll(&mut self, batches: impl IntoIterator<Item = v1::Batch>) -> Option<Evicted> {
+    pub fn push_poll(&mut self, batches: impl IntoIterator<Item = AgentBatch>) -> Option<Evicted> {
         let poll = self.next_poll;
         let before = self.queue.len();
         for b in batches {
@@ -99,14 +100,14 @@ impl Outbox {
     }
 
     /// The oldest batch, stamped with the loss counters as they are now.
-    pub fn pop(&mut self) -> Option<v1::Batch> {
+    pub fn pop(&mut self) -> Option<AgentBatch> {
         let mut batch = self.pop_front()?;
         batch.dropped_batches = self.dropped.batches;
         batch.dropped_samples = self.dropped.samples;
         Some(batch)
     }
 
-    fn pop_front(&mut self) -> Option<v1::Batch> {
+    fn pop_front(&mut self) -> Option<AgentBatch> {
         let (poll, batch) = self.queue.pop_front()?;
         self.entries -= entries(&batch);
         if self.queue.front().is_none_or(|(next, _)| *next != poll) {
@@ -126,9 +127,9 @@ impl Outbox {
     }
 
     /// A heartbeat carrying the loss counters.
-    pub fn heartbeat(&self, mono_us: u64, connections: u32) -> v1::Heartbeat {
-        v1::Heartbeat {
-            mono_us,
+    pub fn heartbeat(&self, mono: Duration, connections: u32) -> Heartbeat {
+        Heartbeat {
+            mono,
             connections,
             dropped_batches: self.dropped.batches,
             dropped_samples: self.dropped.samples,
@@ -156,29 +157,49 @@ impl Outbox {
 
 #[cfg(test)]
 mod tests {
+    use tcpstall_common::{ClosedSocket, EndSample, SampleReason};
+
     use super::*;
 
-    fn batch(mono_us: u64, samples: usize) -> v1::Batch {
-        v1::Batch {
-            mono_us,
-            samples: vec![v1::Sample::default(); samples],
-            ..v1::Batch::default()
+    fn sample() -> (SampleReason, EndSample) {
+        (SampleReason::Suspect, crate::run::tests::sample(1))
+    }
+
+    fn closed() -> ClosedSocket {
+        let (_, s) = sample();
+        ClosedSocket {
+            netns: s.netns,
+            flow: s.flow,
+            cookie: s.cookie,
+            held: None,
+        }
+    }
+
+    fn us(mono_us: u64) -> Duration {
+        Duration::from_micros(mono_us)
+    }
+
+    fn batch(mono_us: u64, samples: usize) -> AgentBatch {
+        AgentBatch {
+            mono: us(mono_us),
+            samples: vec![sample(); samples],
+            ..AgentBatch::default()
         }
     }
 
     /// One poll at `mono_us` of `samples` samples and `closed` closings,
     /// split in batches of at most `max` entries as the run loop does.
-    fn poll(mono_us: u64, samples: usize, closed: usize, max: usize) -> Vec<v1::Batch> {
+    fn poll(mono_us: u64, samples: usize, closed: usize, max: usize) -> Vec<AgentBatch> {
         let mut out = Vec::new();
         let (mut s, mut c) = (samples, closed);
         while s + c > 0 {
             let ks = s.min(max);
             let kc = c.min(max - ks);
-            out.push(v1::Batch {
-                mono_us,
-                samples: vec![v1::Sample::default(); ks],
-                closed: vec![v1::Closed::default(); kc],
-                ..v1::Batch::default()
+            out.push(AgentBatch {
+                mono: us(mono_us),
+                samples: vec![sample(); ks],
+                closed: vec![self::closed(); kc],
+                ..AgentBatch::default()
             });
             (s, c) = (s - ks, c - kc);
         }
@@ -209,11 +230,11 @@ mod tests {
         );
         let first = out.pop().expect("buffered");
         assert_eq!(
-            (first.mono_us, first.dropped_batches, first.dropped_samples),
-            (3, 2, 4)
+            (first.mono, first.dropped_batches, first.dropped_samples),
+            (us(3), 2, 4)
         );
         let second = out.pop().expect("buffered");
-        assert_eq!(second.mono_us, 4);
+        assert_eq!(second.mono, us(4));
         assert!(out.pop().is_none());
         assert!(out.is_empty());
         assert_eq!(out.held(), (0, 0));
@@ -226,15 +247,15 @@ mod tests {
         out.count_lost(1, 5);
         let b = out.pop().expect("buffered");
         assert_eq!((b.dropped_batches, b.dropped_samples), (1, 5));
-        let hb = out.heartbeat(77, 12);
+        let hb = out.heartbeat(us(77), 12);
         assert_eq!(
             (
-                hb.mono_us,
+                hb.mono,
                 hb.connections,
                 hb.dropped_batches,
                 hb.dropped_samples
             ),
-            (77, 12, 1, 5)
+            (us(77), 12, 1, 5)
         );
     }
 
@@ -244,7 +265,7 @@ mod tests {
         out.push_poll([batch(1, 0)]);
         out.push_poll([batch(2, 0)]);
         assert_eq!(out.len(), 1);
-        assert_eq!(out.pop().map(|b| b.mono_us), Some(2));
+        assert_eq!(out.pop().map(|b| b.mono), Some(us(2)));
     }
 
     #[test]
@@ -283,7 +304,7 @@ mod tests {
         );
         assert_eq!((out.len(), out.held()), (6, (2, 640)));
         let monos: Vec<u64> = std::iter::from_fn(|| out.pop())
-            .map(|b| b.mono_us)
+            .map(|b| tcpstall_common::time::micros(b.mono))
             .collect();
         assert_eq!(monos, [2, 2, 2, 3, 3, 3], "in order, polls whole");
     }

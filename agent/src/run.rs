@@ -15,12 +15,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use tcpstall_common::time::micros;
-use tcpstall_common::{AbsoluteSeq, SampleReason};
-use tcpstall_proto::convert::{
-    endpoint_to_wire, flow_to_wire, held_to_wire, reasoned_sample_to_wire,
-};
-use tcpstall_proto::v1::{self, agent_message};
+use tcpstall_common::{AbsoluteSeq, AgentBatch, SampleReason, ToCollector};
 use tokio::sync::{mpsc, watch};
 use tokio::time::MissedTickBehavior;
 
@@ -231,51 +226,54 @@ impl PollState {
 }
 
 /// A poll's selection as batches of at most `max` entries each (and never
-/// more than [`MAX_BATCH_ENTRIES`]), all with the poll's `mono_us` and
+/// more than [`MAX_BATCH_ENTRIES`]), all with the poll's `mono` and
 /// `connections`; none when there is nothing to send. Nothing is left out.
 ///
 /// The entries go in the order the collector applies a batch's (absent,
 /// then samples, then closed), each kind in the selection's order: the
 /// batches of a poll, applied one after the other, have the effect its
-/// single batch had.
-pub fn to_batches(sel: &Selection, mono: Duration, max: usize) -> Vec<v1::Batch> {
+/// single batch had. The selection's entries move into the batches (a
+/// selection that fits in one batch is that batch, nothing copied); the
+/// loss counters are stamped when a batch leaves the outbox.
+pub fn to_batches(sel: Selection, mono: Duration, max: usize) -> Vec<AgentBatch> {
     let max = max.clamp(1, MAX_BATCH_ENTRIES);
+    let connections = u32::try_from(sel.connections).unwrap_or(u32::MAX);
+    let batch = |absent, samples, closed| AgentBatch {
+        mono,
+        connections,
+        samples,
+        packed: Vec::new(),
+        closed,
+        absent,
+        dropped_batches: 0,
+        dropped_samples: 0,
+    };
     let total = sel.absent.len() + sel.samples.len() + sel.closed.len();
+    if total == 0 {
+        return Vec::new();
+    }
+    if total <= max {
+        return vec![batch(sel.absent, sel.samples, sel.closed)];
+    }
     let mut out = Vec::with_capacity(total.div_ceil(max));
-    let (mut absent, mut samples, mut closed) =
-        (&sel.absent[..], &sel.samples[..], &sel.closed[..]);
-    while !(absent.is_empty() && samples.is_empty() && closed.is_empty()) {
+    let (mut absent, mut samples, mut closed) = (
+        sel.absent.into_iter(),
+        sel.samples.into_iter(),
+        sel.closed.into_iter(),
+    );
+    while absent.len() + samples.len() + closed.len() > 0 {
         let mut room = max;
         let mut take = |n: usize| {
             let k = n.min(room);
             room -= k;
             k
         };
-        let (a, rest_a) = absent.split_at(take(absent.len()));
-        let (s, rest_s) = samples.split_at(take(samples.len()));
-        let (c, rest_c) = closed.split_at(take(closed.len()));
-        (absent, samples, closed) = (rest_a, rest_s, rest_c);
-        out.push(v1::Batch {
-            mono_us: micros(mono),
-            connections: u32::try_from(sel.connections).unwrap_or(u32::MAX),
-            samples: s
-                .iter()
-                .map(|(r, s)| reasoned_sample_to_wire(r, s))
-                .collect(),
-            closed: c
-                .iter()
-                .map(|g| v1::Closed {
-                    netns: g.netns.clone(),
-                    local: Some(endpoint_to_wire(g.flow.local)),
-                    remote: Some(endpoint_to_wire(g.flow.remote)),
-                    cookie: g.cookie,
-                    held: g.held.as_ref().map(held_to_wire),
-                })
-                .collect(),
-            dropped_batches: 0,
-            dropped_samples: 0,
-            absent: a.iter().map(|f| flow_to_wire(*f)).collect(),
-        });
+        let (ka, ks, kc) = (take(absent.len()), take(samples.len()), take(closed.len()));
+        out.push(batch(
+            absent.by_ref().take(ka).collect(),
+            samples.by_ref().take(ks).collect(),
+            closed.by_ref().take(kc).collect(),
+        ));
     }
     out
 }
@@ -284,7 +282,7 @@ pub fn to_batches(sel: &Selection, mono: Duration, max: usize) -> Vec<v1::Batch>
 #[derive(Debug)]
 struct Session {
     id: u64,
-    tx: mpsc::Sender<v1::AgentMessage>,
+    tx: mpsc::Sender<ToCollector>,
 }
 
 /// Runs the agent until `shutdown` resolves.
@@ -311,7 +309,7 @@ pub async fn run(settings: RunSettings, shutdown: impl Future<Output = ()>) -> a
             other => tracing::warn!(probe = name, status = %other, "probe not available"),
         }
     }
-    let wire_probes = probes.to_wire();
+    let found = probes.found();
     let mut state = PollState {
         poller,
         probes,
@@ -331,7 +329,7 @@ pub async fn run(settings: RunSettings, shutdown: impl Future<Output = ()>) -> a
             host: settings.host.clone(),
             namespaces: settings.namespaces.clone(),
             interval: settings.interval,
-            probes: wire_probes,
+            probes: found,
         },
         backoff_max: settings.backoff_max,
         metrics: metrics.clone(),
@@ -420,7 +418,7 @@ pub async fn run(settings: RunSettings, shutdown: impl Future<Output = ()>) -> a
                 if followed.selection.is_empty() {
                     continue;
                 }
-                let batches = to_batches(&followed.selection, followed.mono, settings.batch_max);
+                let batches = to_batches(followed.selection, followed.mono, settings.batch_max);
                 if outbox.push_poll(batches).is_some() {
                     outage_drops += 1;
                 }
@@ -443,15 +441,14 @@ pub async fn run(settings: RunSettings, shutdown: impl Future<Output = ()>) -> a
                     // sending when nothing else is waiting.
                     if let Some(s) = session.as_ref().filter(|_| outbox.is_empty()) {
                         let connections = u32::try_from(polled.selection.connections).unwrap_or(u32::MAX);
-                        let hb = outbox.heartbeat(micros(polled.mono), connections);
-                        let msg = v1::AgentMessage { body: Some(agent_message::Body::Heartbeat(hb)) };
-                        if let Err(mpsc::error::TrySendError::Closed(_)) = s.tx.try_send(msg) {
+                        let hb = outbox.heartbeat(polled.mono, connections);
+                        if let Err(mpsc::error::TrySendError::Closed(_)) = s.tx.try_send(ToCollector::Heartbeat(hb)) {
                             session = None;
                         }
                     }
                     continue;
                 }
-                let batches = to_batches(&polled.selection, polled.mono, settings.batch_max);
+                let batches = to_batches(polled.selection, polled.mono, settings.batch_max);
                 if let Some(evicted) = outbox.push_poll(batches) {
                     outage_drops += 1;
                     let dropped = outbox.dropped();
@@ -480,7 +477,7 @@ pub async fn run(settings: RunSettings, shutdown: impl Future<Output = ()>) -> a
                     let (b, s) = lost.take();
                     outbox.count_lost(b, usize::try_from(s).unwrap_or(usize::MAX));
                     if let Some(batch) = outbox.pop() {
-                        permit.send(v1::AgentMessage { body: Some(agent_message::Body::Batch(batch)) });
+                        permit.send(ToCollector::Batch(batch));
                     }
                 }
                 // The stream let go; its Down event follows.
@@ -589,4 +586,4 @@ async fn serve_metrics(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

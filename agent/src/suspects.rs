@@ -32,7 +32,8 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use tcpstall_common::{
-    EndSample, FlowTuple, HeldEnd, HeldSpan, Opened, SampleReason, SocketSample, TcpState,
+    ClosedSocket, EndSample, FlowTuple, HeldEnd, HeldSpan, Opened, SampleReason, SocketSample,
+    TcpState,
 };
 
 use crate::diag::{Base, Exact, ExactId};
@@ -43,22 +44,12 @@ pub const MAX_WATCHED: usize = 4096;
 /// A connection's identity: (network namespace inode, socket cookie).
 pub type SocketKey = (u64, u64);
 
-/// A sent socket that is gone.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Gone {
-    /// The namespace's label.
-    pub netns: String,
-    pub flow: FlowTuple,
-    pub cookie: u64,
-    /// Its hold, when it went as a held suspect.
-    pub held: Option<HeldSpan>,
-}
-
 /// What one look has worth sending.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Selection {
     pub samples: Vec<(SampleReason, EndSample)>,
-    pub closed: Vec<Gone>,
+    /// Sent sockets that are gone.
+    pub closed: Vec<ClosedSocket>,
     /// Watched flows with no socket on this host.
     pub absent: Vec<FlowTuple>,
     /// Connections in the poll (for a follow, the last poll's).
@@ -378,7 +369,7 @@ impl Selector {
         closed.sort_unstable_by_key(|(k, f, _)| (*k, *f));
         out.closed = closed
             .into_iter()
-            .map(|((netns, cookie), flow, held)| Gone {
+            .map(|((netns, cookie), flow, held)| ClosedSocket {
                 netns: self.label(netns),
                 flow,
                 cookie,
@@ -467,7 +458,7 @@ impl Selector {
                         continue;
                     };
                     self.watched_sockets.remove(key);
-                    out.closed.push(Gone {
+                    out.closed.push(ClosedSocket {
                         netns: self.label(key.0),
                         flow: q.flow,
                         cookie: key.1,

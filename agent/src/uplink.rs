@@ -10,6 +10,13 @@
 //!
 //! Messages already handed to a stream that breaks are counted as dropped
 //! when the stream lets go of them (see [`Lost`]).
+//!
+//! The run loop hands over domain messages ([`ToCollector`]); this is the
+//! transport, the one place of the agent that holds the wire's envelopes:
+//! tonic's request stream is of `v1::AgentMessage` and its response
+//! stream of `v1::CollectorMessage`. Each message is converted by
+//! `tcpstall_proto::convert` as it passes, outgoing when tonic takes it
+//! from [`Outgoing`], incoming as it is read.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,8 +25,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use tcpstall_common::{error_chain, FlowTuple};
-use tcpstall_proto::v1::{self, agent_message, collector_message, ingest_client::IngestClient};
+use tcpstall_common::{error_chain, FlowTuple, FromCollector, ToAgent, ToCollector};
+use tcpstall_proto::convert::{agent_message_to_wire, collector_message_from_wire};
+use tcpstall_proto::v1::{self, ingest_client::IngestClient};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_stream::Stream;
@@ -89,7 +97,7 @@ pub enum LinkEvent {
     /// A stream is open; the Hello is already queued first on `tx`.
     Up {
         session: u64,
-        tx: mpsc::Sender<v1::AgentMessage>,
+        tx: mpsc::Sender<ToCollector>,
     },
     /// The collector asks for a flow (local is this host's address).
     Watch(FlowTuple),
@@ -126,12 +134,13 @@ impl Lost {
     }
 }
 
-/// The request stream of one session. What the transport takes is counted
-/// as sent; when it lets go of the stream, whatever is still queued is
-/// counted as lost.
+/// The request stream of one session: domain messages in, wire messages
+/// out (tonic's stream type). What the transport takes is converted then,
+/// and counted as sent; when it lets go of the stream, whatever is still
+/// queued is counted as lost, never converted.
 #[derive(Debug)]
 struct Outgoing {
-    rx: mpsc::Receiver<v1::AgentMessage>,
+    rx: mpsc::Receiver<ToCollector>,
     lost: Arc<Lost>,
     metrics: Arc<AgentMetrics>,
 }
@@ -140,15 +149,18 @@ impl Stream for Outgoing {
     type Item = v1::AgentMessage;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let next = self.rx.poll_recv(cx);
-        if let Poll::Ready(Some(msg)) = &next {
-            let samples = match &msg.body {
-                Some(agent_message::Body::Batch(b)) => b.samples.len(),
-                _ => 0,
-            };
-            self.metrics.sent(prost::Message::encoded_len(msg), samples);
-        }
-        next
+        self.rx.poll_recv(cx).map(|next| {
+            next.map(|msg| {
+                let samples = match &msg {
+                    ToCollector::Batch(b) => b.samples.len(),
+                    _ => 0,
+                };
+                let wire = agent_message_to_wire(msg);
+                self.metrics
+                    .sent(prost::Message::encoded_len(&wire), samples);
+                wire
+            })
+        })
     }
 }
 
@@ -156,7 +168,7 @@ impl Drop for Outgoing {
     fn drop(&mut self) {
         self.rx.close();
         while let Ok(msg) = self.rx.try_recv() {
-            if let Some(agent_message::Body::Batch(b)) = msg.body {
+            if let ToCollector::Batch(b) = msg {
                 self.lost.add(b.samples.len());
             }
         }
@@ -258,10 +270,8 @@ async fn one_session(
             .await
             .map_err(|e| format!("gathering the hello: {e}"))?;
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
-        tx.try_send(v1::AgentMessage {
-            body: Some(agent_message::Body::Hello(hello)),
-        })
-        .map_err(|e| format!("queueing the hello: {e}"))?;
+        tx.try_send(ToCollector::Hello(hello))
+            .map_err(|e| format!("queueing the hello: {e}"))?;
         let outgoing = Outgoing {
             rx,
             lost: lost.clone(),
@@ -295,43 +305,32 @@ async fn one_session(
                 return End::Shutdown;
             }
         };
-        let body = match msg {
-            Ok(Some(v1::CollectorMessage { body: Some(body) })) => body,
-            Ok(Some(v1::CollectorMessage { body: None })) => {
-                tracing::debug!(session, "empty message from the collector");
-                continue;
-            }
+        let msg = match msg {
+            Ok(Some(msg)) => collector_message_from_wire(msg),
             Ok(None) => return End::Lost("the collector ended the stream".into()),
             Err(status) => return End::Lost(status_text(&status)),
         };
-        let event = match body {
-            collector_message::Body::Welcome(w) => {
+        let event = match msg {
+            Ok(Some(FromCollector::Welcome(w))) => {
                 tracing::info!(session, protocol = w.protocol, collector_version = %w.collector_version, "welcomed");
                 continue;
             }
-            collector_message::Body::Watch(w) => {
-                match tcpstall_proto::convert::flow_from_wire(w.flow.as_ref()) {
-                    Ok(flow) => {
-                        tracing::debug!(session, %flow, reason = %w.reason, "watch");
-                        LinkEvent::Watch(flow)
-                    }
-                    Err(e) => {
-                        tracing::warn!(session, error = %e, "malformed watch request ignored");
-                        continue;
-                    }
-                }
+            Ok(Some(FromCollector::Request(ToAgent::Watch(flow)))) => {
+                tracing::debug!(session, %flow, "watch");
+                LinkEvent::Watch(flow)
             }
-            collector_message::Body::Unwatch(u) => {
-                match tcpstall_proto::convert::flow_from_wire(u.flow.as_ref()) {
-                    Ok(flow) => {
-                        tracing::debug!(session, %flow, "unwatch");
-                        LinkEvent::Unwatch(flow)
-                    }
-                    Err(e) => {
-                        tracing::warn!(session, error = %e, "malformed unwatch request ignored");
-                        continue;
-                    }
-                }
+            Ok(Some(FromCollector::Request(ToAgent::Unwatch(flow)))) => {
+                tracing::debug!(session, %flow, "unwatch");
+                LinkEvent::Unwatch(flow)
+            }
+            Ok(None) => {
+                tracing::debug!(session, "empty or unknown message from the collector");
+                continue;
+            }
+            // The error names the field: watch.flow, unwatch.flow.local...
+            Err(e) => {
+                tracing::warn!(session, error = %e, "malformed message from the collector ignored");
+                continue;
             }
         };
         if events.send(event).await.is_err() {
@@ -350,6 +349,8 @@ fn status_text(status: &tonic::Status) -> String {
 
 #[cfg(test)]
 mod tests {
+    use tcpstall_common::{AgentBatch, Heartbeat, SampleReason};
+
     use super::*;
 
     #[test]
@@ -394,25 +395,27 @@ mod tests {
         assert!(d < FIRST_RETRY * 2, "reset starts short again: {d:?}");
     }
 
+    /// A batch of `n` samples.
+    fn batch(n: usize) -> ToCollector {
+        let s = crate::run::tests::sample(1);
+        ToCollector::Batch(AgentBatch {
+            samples: vec![(SampleReason::Suspect, s); n],
+            ..AgentBatch::default()
+        })
+    }
+
     #[tokio::test]
     async fn what_the_transport_takes_is_counted_as_sent() {
         use tokio_stream::StreamExt;
         let metrics = Arc::new(AgentMetrics::default());
         let (tx, rx) = mpsc::channel(4);
-        let batch = v1::AgentMessage {
-            body: Some(agent_message::Body::Batch(v1::Batch {
-                samples: vec![v1::Sample::default(); 3],
-                ..v1::Batch::default()
-            })),
-        };
-        let heartbeat = v1::AgentMessage {
-            body: Some(agent_message::Body::Heartbeat(v1::Heartbeat {
-                mono_us: 5,
-                ..v1::Heartbeat::default()
-            })),
-        };
-        let bytes = prost::Message::encoded_len(&batch) + prost::Message::encoded_len(&heartbeat);
-        tx.try_send(batch).expect("room");
+        let heartbeat = ToCollector::Heartbeat(Heartbeat {
+            mono: Duration::from_micros(5),
+            ..Heartbeat::default()
+        });
+        let wire = [batch(3), heartbeat.clone()].map(agent_message_to_wire);
+        let bytes: usize = wire.iter().map(prost::Message::encoded_len).sum();
+        tx.try_send(batch(3)).expect("room");
         tx.try_send(heartbeat).expect("room");
         drop(tx);
         let mut out = Outgoing {
@@ -420,7 +423,11 @@ mod tests {
             lost: Arc::new(Lost::default()),
             metrics: metrics.clone(),
         };
-        while out.next().await.is_some() {}
+        let mut taken = Vec::new();
+        while let Some(m) = out.next().await {
+            taken.push(m);
+        }
+        assert_eq!(taken, wire, "converted as they are taken, in order");
         let text = metrics.render();
         assert!(
             text.contains("tcpstall_agent_sent_messages_total 2\n"),
@@ -438,17 +445,9 @@ mod tests {
     fn a_dropped_stream_counts_what_it_never_sent() {
         let lost = Arc::new(Lost::default());
         let (tx, rx) = mpsc::channel(4);
-        let batch = |n| v1::AgentMessage {
-            body: Some(agent_message::Body::Batch(v1::Batch {
-                samples: vec![v1::Sample::default(); n],
-                ..v1::Batch::default()
-            })),
-        };
         tx.try_send(batch(2)).expect("room");
-        tx.try_send(v1::AgentMessage {
-            body: Some(agent_message::Body::Heartbeat(v1::Heartbeat::default())),
-        })
-        .expect("room");
+        tx.try_send(ToCollector::Heartbeat(Heartbeat::default()))
+            .expect("room");
         tx.try_send(batch(3)).expect("room");
         drop(Outgoing {
             rx,

@@ -624,6 +624,7 @@ async fn closed_socket_ends_the_episode_and_a_closed_peer_is_half_open_once_a_is
         AgentBatch {
             mono: Duration::from_secs(12),
             closed: vec![ClosedSocket {
+                netns: "host".into(),
                 flow: b.flow,
                 cookie: b.cookie,
                 held: None,
@@ -660,6 +661,7 @@ async fn closed_socket_ends_the_episode_and_a_closed_peer_is_half_open_once_a_is
         AgentBatch {
             mono: Duration::from_secs(106),
             closed: vec![ClosedSocket {
+                netns: "host".into(),
                 flow: a.flow,
                 cookie: a.cookie,
                 held: None,
@@ -1034,6 +1036,7 @@ fn a_gone(a: &EndSample, held: HeldSpan) -> AgentBatch {
     AgentBatch {
         mono: held.ended,
         closed: vec![ClosedSocket {
+            netns: "host".into(),
             flow: a.flow,
             cookie: a.cookie,
             held: Some(held),
@@ -1089,6 +1092,7 @@ async fn a_hold_that_reaches_the_threshold_between_polls_is_an_episode_of_its_tr
         AgentBatch {
             mono: Duration::from_secs_f64(54.65),
             closed: vec![ClosedSocket {
+                netns: "host".into(),
                 flow: a.flow.reversed(),
                 cookie: a.cookie + 1000,
                 held: None,

@@ -1,7 +1,10 @@
-//! What an agent tells the collector, and what the collector asks of it, as
-//! domain messages: the greeting ([`HostHello`]), one poll's worth
-//! ([`AgentBatch`]) and the requests back ([`ToAgent`]). The wire forms and
-//! their checks are `tcpstall_proto::convert`'s.
+//! What an agent tells the collector, and what the collector tells it, as
+//! domain messages. An agent sends [`ToCollector`]: its greeting
+//! ([`AgentHello`]), one poll's worth ([`AgentBatch`]) or, when it has
+//! nothing to send, a [`Heartbeat`]. The collector answers with
+//! [`FromCollector`]: a [`Welcome`], then requests ([`ToAgent`]). The
+//! collector reads a greeting as [`HostHello`], the host and all its
+//! addresses. The wire forms and their checks are `tcpstall_proto::convert`'s.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -11,7 +14,8 @@ use crate::flow::FlowTuple;
 use crate::held::HeldSpan;
 use crate::packed::Packed;
 
-/// An agent's greeting, validated.
+/// An agent's greeting as the collector keeps it, validated: the host and
+/// every address it answers on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostHello {
     pub host: String,
@@ -23,9 +27,45 @@ pub struct HostHello {
     pub interval: Duration,
 }
 
+/// An agent's greeting as it says it: who it is, each namespace it reads
+/// with that namespace's addresses, and which probes work on its host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentHello {
+    pub host: String,
+    pub agent_version: String,
+    /// The kernel release (`uname -r`); empty when it could not be read.
+    pub kernel: String,
+    /// This boot's id; empty when it could not be read.
+    pub boot_id: String,
+    pub namespaces: Vec<NamespaceAddresses>,
+    pub probes: ProbeSet,
+    /// How often the agent polls.
+    pub interval: Duration,
+}
+
+/// One network namespace an agent reads, with the addresses it owns (the
+/// collector finds a flow's peer through them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamespaceAddresses {
+    pub label: String,
+    pub inode: u64,
+    pub addresses: Vec<IpAddr>,
+}
+
+/// Which probes work on an agent's host, as found when it started. A
+/// greeting that does not say reads as none.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProbeSet {
+    pub sock_diag: bool,
+    pub bpf_iter: bool,
+    pub getsockopt: bool,
+}
+
 /// A socket the agent had reported is gone.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClosedSocket {
+    /// The label of the namespace it was in.
+    pub netns: String,
     pub flow: FlowTuple,
     pub cookie: u64,
     /// Its hold, when it went as a held suspect (from agents that say).
@@ -35,18 +75,43 @@ pub struct ClosedSocket {
 /// One poll's worth from an agent, validated.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AgentBatch {
-    /// The agent's monotonic clock at the poll.
+    /// The agent's monotonic clock at the poll (sent in whole
+    /// microseconds).
     pub mono: Duration,
     pub connections: u32,
     pub samples: Vec<(SampleReason, EndSample)>,
     /// The same samples encoded, index for index, when the wire gave them
     /// (decoded off the matcher's thread, at the edge); when empty the
-    /// matcher encodes what it keeps.
+    /// matcher encodes what it keeps. Never sent: the wire carries
+    /// `samples`.
     pub packed: Vec<Option<Packed>>,
     pub closed: Vec<ClosedSocket>,
     pub absent: Vec<FlowTuple>,
+    /// What the agent has dropped since it started, batches and the
+    /// samples in them.
     pub dropped_batches: u64,
     pub dropped_samples: u64,
+}
+
+/// "Alive, nothing to send": an agent's poll that found nothing worth
+/// sending, with the loss counters as they are.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// The agent's monotonic clock at the poll (sent in whole
+    /// microseconds).
+    pub mono: Duration,
+    pub connections: u32,
+    pub dropped_batches: u64,
+    pub dropped_samples: u64,
+}
+
+/// What an agent sends the collector: a greeting first on every stream,
+/// then batches and heartbeats.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToCollector {
+    Hello(AgentHello),
+    Batch(AgentBatch),
+    Heartbeat(Heartbeat),
 }
 
 /// What the collector asks an agent.
@@ -54,4 +119,18 @@ pub struct AgentBatch {
 pub enum ToAgent {
     Watch(FlowTuple),
     Unwatch(FlowTuple),
+}
+
+/// The collector's first word on a stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Welcome {
+    pub protocol: u32,
+    pub collector_version: String,
+}
+
+/// What an agent reads from the collector.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FromCollector {
+    Welcome(Welcome),
+    Request(ToAgent),
 }

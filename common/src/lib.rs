@@ -30,7 +30,10 @@ pub use episode::{EndReason, Side};
 pub use error::error_chain;
 pub use flow::{FlowKey, FlowTuple};
 pub use held::{HeldEnd, HeldSpan, HeldSpanError};
-pub use ingest::{AgentBatch, ClosedSocket, HostHello, ToAgent};
+pub use ingest::{
+    AgentBatch, AgentHello, ClosedSocket, FromCollector, Heartbeat, HostHello, NamespaceAddresses,
+    ProbeSet, ToAgent, ToCollector, Welcome,
+};
 pub use kernel_tcp::{FactSource, KernelTcp, SackBlock};
 pub use packed::Packed;
 pub use positions::Positions;

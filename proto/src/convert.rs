@@ -3,9 +3,12 @@
 //! impossible state, address or sequence position is refused with a
 //! [`ConvertError`] the service turns into `InvalidArgument`.
 //!
-//! Here: addresses, flows, samples and held spans, the pieces every
-//! message is made of. The ingest protocol's messages are in `ingest`, the
-//! query protocol's (both the collector's side and the CLI's) in `query`.
+//! The shared pieces (addresses, flows, samples, held spans) are here; the
+//! Ingest stream's messages are in one submodule per side: `ingest` holds
+//! what the collector reads and sends, `agent` what an agent sends and
+//! reads; the query protocol's (both the collector's side and the CLI's)
+//! are in `query`. Each message's two directions are tested as a round
+//! trip.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -20,9 +23,17 @@ use tcpstall_common::{
 
 use crate::v1;
 
+mod agent;
 mod ingest;
 mod query;
-pub use ingest::{batch_from_wire, hello_from_wire, pack, to_agent_to_wire, unpack, MAX_ADDRESSES};
+pub use agent::{
+    agent_message_to_wire, batch_to_wire, collector_message_from_wire, heartbeat_to_wire,
+    hello_to_wire,
+};
+pub use ingest::{
+    agent_hello_from_wire, batch_from_wire, heartbeat_from_wire, hello_from_wire, pack,
+    to_agent_to_wire, unpack, welcome_to_wire, MAX_ADDRESSES,
+};
 pub use query::{
     episode_detail_from_wire, episode_detail_to_wire, episode_filter_from_wire, episode_from_wire,
     episode_page_from_wire, episode_page_to_wire, episode_query_to_wire, episode_request_from_wire,
@@ -328,12 +339,7 @@ pub fn sample_to_wire(s: &EndSample, reason: v1::SampleReason) -> v1::Sample {
         cork_source: source_to_wire(s.cork_source) as i32,
         nodelay: s.nodelay,
         nodelay_source: source_to_wire(s.nodelay_source) as i32,
-        owner: s.owner.as_ref().map(|o| v1::Owner {
-            pid: o.pid,
-            command: o.command.clone(),
-            unit: o.unit.clone(),
-            cgroup: o.cgroup.clone(),
-        }),
+        owner: s.owner.as_deref().cloned().map(owner_to_wire),
         owner_missing: owner_missing_to_wire(s.owner_missing) as i32,
         absolute: s.absolute.as_ref().map(|a| v1::AbsoluteSeq {
             snd_una: a.snd_una,
@@ -392,6 +398,15 @@ fn owner_missing_from_wire(m: i32) -> Option<OwnerMissing> {
         v1::OwnerMissing::NoOwner => Some(OwnerMissing::NoOwner),
         v1::OwnerMissing::NoPermission => Some(OwnerMissing::NoPermission),
         v1::OwnerMissing::Off => Some(OwnerMissing::Off),
+    }
+}
+
+fn owner_to_wire(o: ProcessOwner) -> v1::Owner {
+    v1::Owner {
+        pid: o.pid,
+        command: o.command,
+        unit: o.unit,
+        cgroup: o.cgroup,
     }
 }
 

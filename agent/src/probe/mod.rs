@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
 
-use tcpstall_common::{FactSource, KernelTcp, OwnerMissing, ProcessOwner};
+use tcpstall_common::{FactSource, KernelTcp, OwnerMissing, ProbeSet, ProcessOwner};
 use tcpstall_proto::convert;
 
 use crate::netns::Netns;
@@ -127,9 +127,9 @@ impl Probes {
         self.owners.is_some()
     }
 
-    /// What the Hello tells the collector.
-    pub fn to_wire(&self) -> tcpstall_proto::v1::Probes {
-        tcpstall_proto::v1::Probes {
+    /// Which probes work, as the Hello tells the collector.
+    pub fn found(&self) -> ProbeSet {
+        ProbeSet {
             sock_diag: true,
             bpf_iter: self.bpf_status == ProbeStatus::Available,
             getsockopt: self.getsockopt_status == ProbeStatus::Available,

@@ -2,12 +2,33 @@
 
 use std::net::SocketAddr;
 
-use tcpstall_common::{EndSample, FlowTuple, HeldEnd, HeldSpan, Positions, TcpState};
+use tcpstall_common::{ClosedSocket, EndSample, FlowTuple, HeldEnd, HeldSpan, Positions, TcpState};
+use tcpstall_proto::convert::batch_to_wire;
+use tcpstall_proto::v1;
 
 use super::*;
-use crate::suspects::Gone;
 
-fn sample(cookie: u64) -> EndSample {
+/// A poll's batches as they go on the wire; each the same size as the
+/// domain batch it came from.
+fn wire(sel: &Selection, mono: Duration, max: usize) -> Vec<v1::Batch> {
+    to_batches(sel.clone(), mono, max)
+        .into_iter()
+        .map(|b| {
+            let n = crate::outbox::entries(&b);
+            let w = batch_to_wire(b);
+            assert_eq!(entries(&w), n);
+            w
+        })
+        .collect()
+}
+
+/// Entries of a wire batch.
+fn entries(b: &v1::Batch) -> usize {
+    b.samples.len() + b.closed.len() + b.absent.len()
+}
+
+/// A suspect's sample (also for the outbox's and the uplink's tests).
+pub(crate) fn sample(cookie: u64) -> EndSample {
     let local: SocketAddr = "198.18.0.1:40000".parse().expect("addr");
     let remote: SocketAddr = "198.18.0.2:80".parse().expect("addr");
     EndSample {
@@ -60,7 +81,7 @@ fn a_selection_becomes_a_batch() {
             (SampleReason::Suspect, s.clone()),
             (SampleReason::Released(Some(moved)), sample(6)),
         ],
-        closed: vec![Gone {
+        closed: vec![ClosedSocket {
             netns: "host".into(),
             flow: s.flow,
             cookie: 4,
@@ -69,7 +90,7 @@ fn a_selection_becomes_a_batch() {
         absent: vec![s.flow.reversed()],
         connections: 70_000,
     };
-    let batches = to_batches(&sel, Duration::from_millis(1500), DEFAULT_BATCH_MAX);
+    let batches = wire(&sel, Duration::from_millis(1500), DEFAULT_BATCH_MAX);
     let [b] = &batches[..] else {
         panic!("one batch: {batches:?}");
     };
@@ -98,8 +119,8 @@ fn a_selection_becomes_a_batch() {
     assert_eq!(back, s);
 }
 
-fn gone(cookie: u64) -> Gone {
-    Gone {
+fn gone(cookie: u64) -> ClosedSocket {
+    ClosedSocket {
         netns: "host".into(),
         flow: sample(cookie).flow,
         cookie,
@@ -125,11 +146,11 @@ fn a_large_selection_is_split_not_cut() {
         connections: 400,
     };
     let n: usize = 300 + 7 + 5;
-    let batches = to_batches(&sel, Duration::from_millis(2500), 128);
+    let batches = wire(&sel, Duration::from_millis(2500), 128);
     assert_eq!(batches.len(), n.div_ceil(128));
     for b in &batches {
-        assert!(crate::outbox::entries(b) <= 128, "within the bound");
-        assert!(crate::outbox::entries(b) > 0);
+        assert!(entries(b) <= 128, "within the bound");
+        assert!(entries(b) > 0);
         assert_eq!(b.mono_us, 2_500_000, "the poll's time on each");
         assert_eq!(b.connections, 400, "the poll's count on each");
         assert_eq!((b.dropped_batches, b.dropped_samples), (0, 0));
@@ -157,10 +178,8 @@ fn a_large_selection_is_split_not_cut() {
     assert!(batches[..2].iter().all(|b| b.closed.is_empty()));
     assert_eq!(batches[2].closed.len(), 7);
     // Full batches but the last.
-    assert!(batches[..2]
-        .iter()
-        .all(|b| crate::outbox::entries(b) == 128));
-    assert_eq!(crate::outbox::entries(&batches[2]), n - 256);
+    assert!(batches[..2].iter().all(|b| entries(b) == 128));
+    assert_eq!(entries(&batches[2]), n - 256);
 }
 
 #[test]
@@ -173,10 +192,10 @@ fn one_batch_is_never_more_than_the_guard() {
         absent: Vec::new(),
         connections: 1,
     };
-    let batches = to_batches(&sel, Duration::ZERO, usize::MAX);
+    let batches = wire(&sel, Duration::ZERO, usize::MAX);
     assert_eq!(batches.len(), 2);
-    assert_eq!(crate::outbox::entries(&batches[0]), MAX_BATCH_ENTRIES);
-    assert_eq!(crate::outbox::entries(&batches[1]), 11, "nothing cut");
+    assert_eq!(entries(&batches[0]), MAX_BATCH_ENTRIES);
+    assert_eq!(entries(&batches[1]), 11, "nothing cut");
     assert_eq!(batches[1].closed.len(), 1);
     // And a bound of 0 is taken as 1 (the settings refuse 0).
     let sel = Selection {
@@ -185,8 +204,8 @@ fn one_batch_is_never_more_than_the_guard() {
         absent: Vec::new(),
         connections: 1,
     };
-    assert_eq!(to_batches(&sel, Duration::ZERO, 0).len(), 2);
-    assert!(to_batches(&Selection::default(), Duration::ZERO, 128).is_empty());
+    assert_eq!(to_batches(sel, Duration::ZERO, 0).len(), 2);
+    assert!(to_batches(Selection::default(), Duration::ZERO, 128).is_empty());
 }
 
 #[test]
@@ -212,4 +231,29 @@ fn the_clock_is_monotonic() {
     let b = monotonic();
     assert!(b >= a);
     assert!(a > Duration::ZERO);
+}
+
+#[test]
+fn a_selection_that_fits_is_one_batch_of_its_own_entries() {
+    let sel = Selection {
+        samples: vec![(SampleReason::Watched, sample(9))],
+        closed: vec![gone(3)],
+        absent: vec![absent(7)],
+        connections: usize::MAX,
+    };
+    let batches = to_batches(sel.clone(), Duration::from_micros(5), 3);
+    assert_eq!(
+        batches,
+        vec![AgentBatch {
+            mono: Duration::from_micros(5),
+            // Saturated, as the wire's u32 takes it.
+            connections: u32::MAX,
+            samples: sel.samples,
+            packed: Vec::new(),
+            closed: sel.closed,
+            absent: sel.absent,
+            dropped_batches: 0,
+            dropped_samples: 0,
+        }]
+    );
 }

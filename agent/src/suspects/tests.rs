@@ -132,7 +132,7 @@ fn a_suspect_that_goes_is_closed() {
     assert!(gone.samples.is_empty());
     assert_eq!(
         gone.closed,
-        vec![Gone {
+        vec![ClosedSocket {
             netns: "host".into(),
             flow: FlowTuple::new(addr("198.18.0.1:40000"), addr("198.18.0.2:80")),
             cookie: 1,

@@ -12,12 +12,14 @@
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use tcpstall_agent::outbox::Outbox;
-use tcpstall_agent::run::{mono_at, MAX_BATCH_ENTRIES};
-use tcpstall_common::time::micros;
-use tcpstall_proto::convert::{flow_from_wire, flow_to_wire, ip_to_wire, reasoned_sample_to_wire};
+use tcpstall_agent::run::{mono_at, to_batches, MAX_BATCH_ENTRIES};
+use tcpstall_agent::suspects::Selection;
+use tcpstall_common::{AgentBatch, ToCollector};
+use tcpstall_proto::convert::{agent_message_to_wire, flow_from_wire, ip_to_wire};
 use tcpstall_proto::v1::{self, agent_message, collector_message, ingest_client::IngestClient};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::StreamExt;
@@ -99,31 +101,15 @@ pub struct Shared {
 }
 
 /// One poll as batches of at most `max` entries (absent, then samples),
-/// as the agent splits its selection (`tcpstall_agent::run::to_batches`).
-fn split(polled: &sim::Polled, mono_us: u64, connections: u32, max: usize) -> Vec<v1::Batch> {
-    let max = max.clamp(1, MAX_BATCH_ENTRIES);
-    let (mut absent, mut samples) = (&polled.absent[..], &polled.samples[..]);
-    let mut out = Vec::new();
-    while !(absent.is_empty() && samples.is_empty()) {
-        let a = absent.len().min(max);
-        let k = samples.len().min(max - a);
-        let (a_now, a_rest) = absent.split_at(a);
-        let (s_now, s_rest) = samples.split_at(k);
-        (absent, samples) = (a_rest, s_rest);
-        out.push(v1::Batch {
-            mono_us,
-            connections,
-            samples: s_now
-                .iter()
-                .map(|(r, s)| reasoned_sample_to_wire(r, s))
-                .collect(),
-            closed: Vec::new(),
-            dropped_batches: 0,
-            dropped_samples: 0,
-            absent: a_now.iter().map(|f| flow_to_wire(*f)).collect(),
-        });
-    }
-    out
+/// as the agent splits its selection.
+fn split(polled: sim::Polled, mono: Duration, connections: u32, max: usize) -> Vec<AgentBatch> {
+    let selection = Selection {
+        samples: polled.samples,
+        closed: Vec::new(),
+        absent: polled.absent,
+        connections: connections as usize,
+    };
+    to_batches(selection, mono, max)
 }
 
 fn hello(host: &Host, shape: &sim::Shape) -> v1::AgentMessage {
@@ -248,15 +234,13 @@ async fn stream(
                 gauge(&c.stuck, &mut stuck, host.stuck());
                 if polled.samples.is_empty() && polled.absent.is_empty() {
                     if outbox.is_empty() {
-                        let hb = outbox.heartbeat(micros(now), shape.conns);
-                        let _ = tx.try_send(v1::AgentMessage {
-                            body: Some(agent_message::Body::Heartbeat(hb)),
-                        });
+                        let hb = outbox.heartbeat(now, shape.conns);
+                        let _ = tx.try_send(agent_message_to_wire(ToCollector::Heartbeat(hb)));
                     }
                     continue;
                 }
-                let batches = split(&polled, micros(now), shape.conns, shared.batch_max);
                 let n = polled.samples.len() + polled.absent.len();
+                let batches = split(polled, now, shape.conns, shared.batch_max);
                 c.batches_offered.fetch_add(batches.len() as u64, Ordering::Relaxed);
                 c.samples_offered.fetch_add(n as u64, Ordering::Relaxed);
                 c.outboxed.fetch_add(batches.len() as i64, Ordering::Relaxed);
@@ -270,9 +254,7 @@ async fn stream(
                 Some(permit) => {
                     if let Some(batch) = outbox.pop() {
                         c.outboxed.fetch_sub(1, Ordering::Relaxed);
-                        permit.send(v1::AgentMessage {
-                            body: Some(agent_message::Body::Batch(batch)),
-                        });
+                        permit.send(agent_message_to_wire(ToCollector::Batch(batch)));
                     }
                 }
                 None => break Err(anyhow::anyhow!("the request stream closed")),
@@ -309,8 +291,18 @@ async fn stream(
 #[cfg(test)]
 mod tests {
     use tcpstall_common::SampleReason;
+    use tcpstall_proto::convert::batch_to_wire;
 
     use super::*;
+
+    /// As they go on the wire.
+    fn wire(polled: &sim::Polled, mono_us: u64, connections: u32, max: usize) -> Vec<v1::Batch> {
+        let mono = Duration::from_micros(mono_us);
+        split(polled.clone(), mono, connections, max)
+            .into_iter()
+            .map(batch_to_wire)
+            .collect()
+    }
 
     #[test]
     fn a_poll_is_split_as_the_agent_splits_it() {
@@ -329,7 +321,7 @@ mod tests {
                 .collect(),
             stalls: Vec::new(),
         };
-        let batches = split(&polled, 7, 20_000, 128);
+        let batches = wire(&polled, 7, 20_000, 128);
         assert_eq!(batches.len(), 305usize.div_ceil(128));
         for b in &batches {
             assert!(b.samples.len() + b.absent.len() <= 128);
@@ -343,6 +335,6 @@ mod tests {
             .collect();
         let want: Vec<u64> = polled.samples.iter().map(|(_, s)| s.cookie).collect();
         assert_eq!(cookies, want, "all, in order");
-        assert_eq!(split(&polled, 7, 1, 100_000).len(), 1, "one batch per poll");
+        assert_eq!(wire(&polled, 7, 1, 100_000).len(), 1, "one batch per poll");
     }
 }

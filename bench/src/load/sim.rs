@@ -327,7 +327,7 @@ pub struct StallStart {
 }
 
 /// What the host has to send after one poll.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Polled {
     pub samples: Vec<(SampleReason, EndSample)>,
     /// Watched flows it has no socket for.

@@ -14,11 +14,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prost::Message;
-use tcpstall_common::{Clock, ToAgent};
+use tcpstall_common::{Clock, ToAgent, Welcome};
 use tcpstall_proto::convert::{self, ConvertError};
 use tcpstall_proto::raw::{self, agent_message};
 use tcpstall_proto::server::ingest_server::IngestServer;
-use tcpstall_proto::v1::{self, collector_message};
+use tcpstall_proto::v1;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::Stream;
 use tonic::{Code, Request, Response, Status, Streaming};
@@ -237,7 +237,9 @@ impl tcpstall_proto::server::ingest_server::Ingest for IngestService {
                         let dropped = b.dropped_batches;
                         (Some(b), dropped)
                     }
-                    Some(agent_message::Body::Heartbeat(h)) => (None, h.dropped_batches),
+                    Some(agent_message::Body::Heartbeat(h)) => {
+                        (None, convert::heartbeat_from_wire(&h).dropped_batches)
+                    }
                     Some(agent_message::Body::Hello(_)) => {
                         refuse(Status::invalid_argument("a second Hello on one stream")).await;
                         break;
@@ -289,12 +291,10 @@ impl tcpstall_proto::server::ingest_server::Ingest for IngestService {
 
         // Outbound: a Welcome, then what the gateway asks of this agent.
         tokio::spawn(async move {
-            let welcome = v1::CollectorMessage {
-                body: Some(collector_message::Body::Welcome(v1::Welcome {
-                    protocol: tcpstall_proto::PROTOCOL_VERSION,
-                    collector_version: env!("CARGO_PKG_VERSION").to_string(),
-                })),
-            };
+            let welcome = convert::welcome_to_wire(Welcome {
+                protocol: tcpstall_proto::PROTOCOL_VERSION,
+                collector_version: env!("CARGO_PKG_VERSION").to_string(),
+            });
             if out_tx.send(Ok(welcome)).await.is_err() {
                 return;
             }

@@ -1,17 +1,21 @@
-//! The ingest protocol's messages: an agent's Hello and Batch as the
-//! collector checks them, the requests it sends back, and a sample kept in
-//! its wire encoding ([`pack`], [`unpack`]).
+//! The collector's side of the Ingest stream: an agent's Hello, Batch and
+//! Heartbeat as the collector checks them, the Welcome and requests it
+//! sends back, and a sample kept in its wire encoding ([`pack`],
+//! [`unpack`]).
+//!
+//! The inverse of each is the agent's, in `agent`.
 
 use std::time::Duration;
 
 use prost::Message;
 use tcpstall_common::{
-    AgentBatch, ClosedSocket, EndSample, FlowTuple, HostHello, Packed, SampleReason, ToAgent,
+    AgentBatch, AgentHello, ClosedSocket, EndSample, FlowTuple, Heartbeat, HostHello,
+    NamespaceAddresses, Packed, ProbeSet, SampleReason, ToAgent, Welcome,
 };
 
 use super::{
-    endpoint_from_wire, flow_from_wire, flow_to_wire, held_from_wire, ip_from_wire, name_from_wire,
-    reason_from_wire, sample_from_wire_owned, sample_to_wire, ConvertError,
+    check_name, endpoint_from_wire, flow_from_wire, flow_to_wire, held_from_wire, ip_from_wire,
+    name_from_wire, reason_from_wire, sample_from_wire_owned, sample_to_wire, ConvertError,
 };
 use crate::v1::{self, collector_message};
 use crate::{raw, sample_wire};
@@ -75,6 +79,49 @@ pub fn hello_from_wire(h: &v1::Hello) -> Result<HostHello, ConvertError> {
     })
 }
 
+/// An agent's Hello, whole: every check [`hello_from_wire`] makes, and
+/// each namespace's label bounded as a sample's is. A Hello that does not
+/// say which probes work reads as none working.
+pub fn agent_hello_from_wire(h: &v1::Hello) -> Result<AgentHello, ConvertError> {
+    let HostHello {
+        host,
+        agent_version,
+        kernel,
+        boot_id,
+        addresses: _,
+        interval,
+    } = hello_from_wire(h)?;
+    let namespaces = h
+        .namespaces
+        .iter()
+        .map(|ns| {
+            Ok(NamespaceAddresses {
+                label: name_from_wire(&ns.label, "namespaces.label")?,
+                inode: ns.inode,
+                addresses: ns
+                    .addresses
+                    .iter()
+                    .map(|ip| ip_from_wire(Some(ip), "namespaces.addresses"))
+                    .collect::<Result<_, _>>()?,
+            })
+        })
+        .collect::<Result<_, ConvertError>>()?;
+    let probes = h.probes.map_or_else(ProbeSet::default, |p| ProbeSet {
+        sock_diag: p.sock_diag,
+        bpf_iter: p.bpf_iter,
+        getsockopt: p.getsockopt,
+    });
+    Ok(AgentHello {
+        host,
+        agent_version,
+        kernel,
+        boot_id,
+        namespaces,
+        probes,
+        interval,
+    })
+}
+
 /// An agent's Batch, checked. Each sample is decoded to check it; the
 /// encoding it came in is what the collector keeps, copied out of the
 /// message (each sample is a slice of the message's buffer, which goes with
@@ -106,15 +153,20 @@ pub fn batch_from_wire(b: raw::Batch, max_entries: usize) -> Result<AgentBatch, 
     }
     let closed = b
         .closed
-        .iter()
+        .into_iter()
         .map(|c| {
+            let flow = FlowTuple::new(
+                endpoint_from_wire(c.local.as_ref(), "closed.local")?,
+                endpoint_from_wire(c.remote.as_ref(), "closed.remote")?,
+            );
+            let held = c.held.as_ref().map(held_from_wire).transpose()?;
+            // Its namespace's name is taken, not copied, as a sample's is.
+            check_name(&c.netns, "closed.netns")?;
             Ok(ClosedSocket {
-                flow: FlowTuple::new(
-                    endpoint_from_wire(c.local.as_ref(), "closed.local")?,
-                    endpoint_from_wire(c.remote.as_ref(), "closed.remote")?,
-                ),
+                netns: c.netns,
+                flow,
                 cookie: c.cookie,
-                held: c.held.as_ref().map(held_from_wire).transpose()?,
+                held,
             })
         })
         .collect::<Result<Vec<_>, ConvertError>>()?;
@@ -133,6 +185,26 @@ pub fn batch_from_wire(b: raw::Batch, max_entries: usize) -> Result<AgentBatch, 
         dropped_batches: b.dropped_batches,
         dropped_samples: b.dropped_samples,
     })
+}
+
+/// An agent's Heartbeat: plain counters, nothing to refuse.
+pub fn heartbeat_from_wire(h: &v1::Heartbeat) -> Heartbeat {
+    Heartbeat {
+        mono: Duration::from_micros(h.mono_us),
+        connections: h.connections,
+        dropped_batches: h.dropped_batches,
+        dropped_samples: h.dropped_samples,
+    }
+}
+
+/// The collector's first word on a stream, on the wire.
+pub fn welcome_to_wire(w: Welcome) -> v1::CollectorMessage {
+    v1::CollectorMessage {
+        body: Some(collector_message::Body::Welcome(v1::Welcome {
+            protocol: w.protocol,
+            collector_version: w.collector_version,
+        })),
+    }
 }
 
 /// A request to an agent on the wire.
