@@ -10,10 +10,9 @@ fn endpoint(last: u8, port: u32) -> Option<v1::Endpoint> {
     })
 }
 
-/// Every field of `v1::Batch` set, so that a field `raw` lost or
-/// numbered differently shows.
-fn batch() -> v1::Batch {
-    let sample = |cookie| v1::Sample {
+/// A stuck sender's sample on the wire.
+fn stuck(cookie: u64) -> v1::Sample {
+    v1::Sample {
         reason: v1::SampleReason::Suspect as i32,
         netns: "host".into(),
         local: endpoint(1, 7000),
@@ -24,7 +23,13 @@ fn batch() -> v1::Batch {
         snd_una: Some(5000),
         write_seq: Some(8000),
         ..Default::default()
-    };
+    }
+}
+
+/// Every field of `v1::Batch` set, so that a field `raw` lost or
+/// numbered differently shows.
+fn batch() -> v1::Batch {
+    let sample = stuck;
     let flow = v1::FlowTuple {
         local: endpoint(1, 7001),
         remote: endpoint(3, 40001),
@@ -117,17 +122,8 @@ fn a_raw_message_reads_as_v1() {
 /// differently shows.
 fn answer() -> v1::GetEpisodeResponse {
     let sample = |cookie| v1::Sample {
-        reason: v1::SampleReason::Suspect as i32,
-        netns: "host".into(),
-        local: endpoint(1, 7000),
-        remote: endpoint(2, 40000),
-        state: 1,
-        cookie,
-        sendq: 3000,
-        snd_una: Some(5000),
-        write_seq: Some(8000),
         cork_source: v1::FactSource::Bpf as i32,
-        ..Default::default()
+        ..stuck(cookie)
     };
     let end = |side: &str, at_ms, sample| v1::EndSample {
         side: side.into(),
