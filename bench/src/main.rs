@@ -60,7 +60,7 @@ enum Command {
     /// samples ingested, collector CPU and memory, SQLite rows, and the
     /// time from a stall's start to its stored episode.
     CollectorLoad(load::LoadArgs),
-    /// The collector's own work per sample (decode and check, aggregator,
+    /// The collector's own work per sample (decode and check, matcher,
     /// store) on the same simulated hosts, in one process, no network.
     CollectorInproc(load::inproc::InprocArgs),
     /// A real agent on a host with many idle connections: its CPU share

@@ -66,7 +66,7 @@ pub struct Config {
     pub tls_client_ca: Option<PathBuf>,
     /// Serve without TLS on an address other hosts can reach.
     pub plaintext: bool,
-    /// Threads that read the agents' streams and run the aggregator;
+    /// Threads that read the agents' streams and run the matcher;
     /// `None`: one fewer than the CPUs the collector may use, at least one
     /// ([`Config::workers`]).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -192,7 +192,7 @@ pub struct Flags {
     #[arg(long)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub plaintext: bool,
-    /// Threads that read the agents' streams and run the aggregator; the
+    /// Threads that read the agents' streams and run the matcher; the
     /// store writes on a thread of its own [default: one fewer than the CPUs
     /// the collector may use (its affinity and cgroup quota), at least 1].
     #[arg(long, value_name = "N")]
@@ -274,7 +274,7 @@ impl Config {
     }
 
     /// The worker threads to start: the setting, or one fewer than the
-    /// CPUs this process may use, at least one. The aggregator is one task
+    /// CPUs this process may use, at least one. The matcher is one task
     /// and the store one thread, so on a small machine more workers than
     /// that only contend with them: on 2 CPUs at 1,000 agents, one worker
     /// took 12 % less CPU than two (BENCHMARKS.md).

@@ -47,7 +47,7 @@ pub async fn serve(listener: TcpListener, sources: Sources, shutdown: impl Futur
     tcpstall_prom::serve(listener, render, shutdown).await;
 }
 
-/// One scrape: the aggregator's counters (asked like a query), the store's
+/// One scrape: the matcher's counters (asked like a query), the store's
 /// and the ingest service's atomics.
 async fn scrape(sources: Sources) -> Result<String, String> {
     let asked = async {

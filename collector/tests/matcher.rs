@@ -1179,7 +1179,7 @@ async fn a_hold_that_ends_short_of_the_threshold_is_counted_by_pair_not_recorded
         1,
         "(2, 3]: 2.125 s"
     );
-    // The minute in progress is the aggregator's; a query adds it to the
+    // The minute in progress is the matcher's; a query adds it to the
     // store's minutes. Once over, it is the store's.
     let pending = rig.held_pending(&HeldFilter::default());
     assert_eq!(pending.iter().map(|r| r.count).sum::<u64>(), 2);
@@ -1430,4 +1430,27 @@ async fn the_join_reads_as_the_diagnosis_table() {
         let b_host = (!matches!(b_says, NoAgent)).then_some("hostb");
         assert_eq!(eps[0].b_host.as_deref(), b_host, "{row}");
     }
+}
+
+/// A request for a host whose stream is ending (its outbound side gone,
+/// its Gone not yet heard) is no drop on a full queue: it is not counted,
+/// and the watch is asked of the host's next stream.
+#[tokio::test]
+async fn a_request_to_a_closing_stream_is_no_drop_and_is_asked_again() {
+    let mut rig = Rig::new();
+    let a_sess = rig.hello("hosta", "198.18.0.2", at(0.0));
+    rig.hello("hostb", "198.18.0.1", at(0.0));
+    // B's stream stops taking requests (its outbound task has ended).
+    rig.outbox.retain(|(h, _)| h != "hostb");
+    let a = stuck_a(6000);
+    rig.send(
+        a_sess,
+        106.0,
+        vec![(SampleReason::Suspect, a.clone())],
+        at(6.0),
+    );
+    assert_eq!(rig.roles.gateway.stats().requests_dropped, 0);
+    // B is back on a new stream: the watch is asked there at once.
+    rig.hello("hostb", "198.18.0.1", at(7.0));
+    assert_eq!(rig.asked("hostb"), vec![ToAgent::Watch(a.flow.reversed())]);
 }

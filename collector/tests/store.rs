@@ -1173,7 +1173,7 @@ fn process_cpu_secs() -> Option<f64> {
 }
 
 /// Throughput: 100,000 samples in 50,000 two-sample commands, the way the
-/// aggregator sends them (one A and one B end per poll), across 1,000
+/// matcher sends them (one A and one B end per poll), across 1,000
 /// episodes. Run with
 /// `cargo test --release -p tcpstall-collector --test store -- --ignored --nocapture`.
 #[tokio::test]
@@ -1187,7 +1187,7 @@ async fn throughput_100k_samples() -> TestResult {
     }
     store.flush().await?;
     let f = flow("198.18.0.1:40000", "198.18.0.2:80");
-    // Encoded once: the aggregator hands the store the agents' encoding.
+    // Encoded once: the matcher hands the store the agents' encoding.
     let a = stored(Side::A, "alpha", 0, f);
     let b = stored(Side::B, "beta", 0, f.reversed());
     let cpu_before = process_cpu_secs();

@@ -1,7 +1,7 @@
 //! What one stored sample row costs the store: 1,000 open episodes get 20
-//! samples each (A's and B's, a pair per poll, as the aggregator sends
+//! samples each (A's and B's, a pair per poll, as the matcher sends
 //! them), then a flush. The samples are built before the clock starts, in
-//! the form the aggregator hands them over, so that what is timed is the
+//! the form the matcher hands them over, so that what is timed is the
 //! store's work (queue, SQLite, and whatever encoding it does itself).
 //!
 //! Run with
@@ -111,7 +111,7 @@ async fn one_run() -> Result<Run, Box<dyn std::error::Error>> {
         assert!(store.open_episode(episode(next + i64::from(i), i)));
     }
     store.flush().await?;
-    // Poll by poll, every episode's pair, as the aggregator sends them.
+    // Poll by poll, every episode's pair, as the matcher sends them.
     let mut pairs = Vec::with_capacity((EPISODES * POLLS) as usize);
     for n in 0..POLLS {
         for i in 0..EPISODES {

@@ -74,10 +74,10 @@ mod tests {
 
     #[test]
     fn log_lines_lose_their_time_and_fields() {
-        let l = "2026-11-26T10:00:00.123456Z  WARN tcpstall_collector::aggregator: agent's outbound queue is full; watch request dropped host=sim-00001";
+        let l = "2026-11-26T10:00:00.123456Z  WARN tcpstall_collector::gateway::hub: agent's outbound queue is full; watch request dropped host=sim-00001";
         assert_eq!(
             log_message(l),
-            "WARN tcpstall_collector::aggregator: agent's outbound queue is full; watch request dropped"
+            "WARN tcpstall_collector::gateway::hub: agent's outbound queue is full; watch request dropped"
         );
     }
 }

@@ -10,7 +10,7 @@
 //! queue behind the writes), so this is when an operator could see it; the
 //! figure is late by at most `every` plus one call.
 //!
-//! [`aggregator_delay`]: how far behind the aggregator task runs.
+//! [`matcher_delay`]: how far behind the matcher task runs.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -148,14 +148,14 @@ pub async fn run(
     out
 }
 
-/// How long the aggregator takes to answer, asked every `every` until
+/// How long the matcher takes to answer, asked every `every` until
 /// `stop`: GetFlow goes through its command queue like the agents'
 /// batches, so its round trip is the queue's delay plus one small command.
 /// The flow asked about (TEST-NET addresses) belongs to no host, so it
 /// starts no watch. Each call runs on its own, so that a stuck one does not
 /// hold back the next. Returns (when asked, round trip), the round trip
 /// `None` for a call still unanswered (or failed) at `stop`.
-pub async fn aggregator_delay(
+pub async fn matcher_delay(
     channel: Channel,
     every: Duration,
     mut stop: watch::Receiver<bool>,

@@ -124,7 +124,7 @@ pub(super) fn report(args: &LoadArgs, m: &Measured, after: &After, alive: bool) 
         .collect();
     delays.sort();
     row(
-        "aggregator delay: GetFlow round trip every 0.5 s, p50 / p99 / max",
+        "matcher delay: GetFlow round trip every 0.5 s, p50 / p99 / max",
         format!(
             "{} / {} / {} s{}",
             secs(pct(&delays, 0.5)),
@@ -204,7 +204,7 @@ pub(super) fn report(args: &LoadArgs, m: &Measured, after: &After, alive: bool) 
     );
     if let Some((tracked_b, allocated, resident)) = m.memory {
         row(
-            "… of which the aggregator's tables and kept samples (its estimate) / tracked",
+            "… of which the matcher's tables and kept samples (its estimate) / tracked",
             format!("{:.0} B", tracked_b / tracked.max(1) as f64),
         );
         row(
@@ -225,7 +225,7 @@ pub(super) fn report(args: &LoadArgs, m: &Measured, after: &After, alive: bool) 
         ),
     );
     row(
-        "size of one `EndSample` (the aggregator keeps 2 per suspect, 1 per watched peer)",
+        "size of one `EndSample` (the matcher keeps 2 per suspect, 1 per watched peer)",
         format!("{} B", std::mem::size_of::<tcpstall_common::EndSample>()),
     );
     let dsamples = e.samples_stored - s.samples_stored;
@@ -286,7 +286,7 @@ pub(super) fn report(args: &LoadArgs, m: &Measured, after: &After, alive: bool) 
         humantime::format_duration(args.every.min(wall))
     );
     println!();
-    println!("| t s | collector % core | store thread % core | generator % core | VmRSS MiB | database MiB | rows stored/s | rows deleted/s | aggregator delay max s | ingested samples/s | dropped/s | outboxed | suspects | watched | episodes in the database | stalls due: stored, p99 s |");
+    println!("| t s | collector % core | store thread % core | generator % core | VmRSS MiB | database MiB | rows stored/s | rows deleted/s | matcher delay max s | ingested samples/s | dropped/s | outboxed | suspects | watched | episodes in the database | stalls due: stored, p99 s |");
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in &rows {
         println!(
@@ -422,7 +422,7 @@ pub(super) fn report(args: &LoadArgs, m: &Measured, after: &After, alive: bool) 
     println!("|---|---|---|");
     let lag_p99 = pct(&delays, 0.99);
     println!(
-        "| {} agents held: nothing dropped, the aggregator keeps up (delay p99 < 1 poll) | {:.0} samples/s dropped, {} batches outboxed at the end, delay p99 {} s | {} |",
+        "| {} agents held: nothing dropped, the matcher keeps up (delay p99 < 1 poll) | {:.0} samples/s dropped, {} batches outboxed at the end, delay p99 {} s | {} |",
         args.fleet.agents,
         per_s(d(e.samples_dropped, s.samples_dropped), wall),
         e.outboxed,

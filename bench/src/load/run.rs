@@ -122,7 +122,7 @@ async fn drive(args: &LoadArgs, collector: &mut Collector) -> anyhow::Result<Mea
         (3 * args.deadline()).max(Duration::from_secs(30)),
         stop_rx.clone(),
     ));
-    let delay = tokio::spawn(probe::aggregator_delay(
+    let delay = tokio::spawn(probe::matcher_delay(
         endpoint
             .connect()
             .await

@@ -193,7 +193,7 @@ pub(super) struct Measured {
     pub(super) series: Vec<Snap>,
     pub(super) end: Snap,
     pub(super) probed: probe::Probed,
-    /// The aggregator's round trips: (when, how long; None = failed).
+    /// The matcher's round trips: (when, how long; None = failed).
     pub(super) delays: Vec<(Duration, Option<Duration>)>,
     pub(super) failed_agents: u64,
     pub(super) window_start: Duration,

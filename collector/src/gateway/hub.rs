@@ -145,8 +145,17 @@ impl Gateway {
             }
             return;
         };
-        if s.tx.try_send(msg).is_ok() {
-            return;
+        match s.tx.try_send(msg) {
+            Ok(()) => return,
+            // Its stream is ending (its Gone is on the way): nothing to
+            // count; the watch is asked again when the host is back.
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                if let ToAgent::Watch(flow) = msg {
+                    self.out.push(ToMatcher::Unsent { host, flow });
+                }
+                return;
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {}
         }
         self.requests_dropped += 1;
         let n = self.requests_dropped;

@@ -6,7 +6,7 @@
 //! operator sees them.
 //!
 //! The counts wait here, by minute, pair, end and bucket, until their
-//! minute is over; then the aggregator hands them to the store in one
+//! minute is over; then the matcher hands them to the store in one
 //! write. A query reads both: the store's minutes and the one in progress
 //! here ([`HeldTally::pending`]). Writing once a minute keeps the store's
 //! share small when holds end by the tens of thousands a second between
@@ -109,11 +109,11 @@ pub struct Key<H> {
     pub bucket: u8,
 }
 
-/// The counts, kept by the aggregator (one owner, no locks).
+/// The counts, kept by the matcher (one owner, no locks).
 #[derive(Debug)]
 pub struct HeldTally<H> {
     stats: HeldStats,
-    /// Keyed with foldhash, as the aggregator's tables are: a span of
+    /// Keyed with foldhash, as the matcher's tables are: a span of
     /// each release goes through it, tens of thousands a second in a busy
     /// fleet.
     pending: HashMap<Key<H>, Count, foldhash::fast::RandomState>,

@@ -1,4 +1,4 @@
-//! A 4-tuple as the aggregator's maps hold it: 37 bytes, hashed and
+//! A 4-tuple as the matcher's maps hold it: 37 bytes, hashed and
 //! compared as one slice.
 //!
 //! A [`FlowTuple`] is two `SocketAddr`s, 64 bytes, hashed field by field

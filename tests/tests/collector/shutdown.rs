@@ -127,7 +127,7 @@ async fn sighup_applies_a_new_threshold_and_a_broken_file_changes_nothing() {
     });
     assert!(collector.alive());
     agent.tx.send(send(105_000, 5_000)).await.expect("send");
-    // Once the aggregator counted the third sample it has judged it: one
+    // Once the matcher counted the third sample it has judged it: one
     // scrape shows both, from one snapshot of its state.
     let metrics = wait_for("the metrics address", Duration::from_secs(10), || {
         collector.metrics_addr()
