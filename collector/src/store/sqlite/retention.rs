@@ -5,7 +5,6 @@
 //! back to the file system a step at a time. Open episodes are never
 //! deleted.
 
-use std::path::{Path, PathBuf};
 
 use rusqlite::params;
 use tcpstall_common::time::millis_i64;
@@ -47,13 +46,6 @@ const FREE_SLACK: i64 = 10;
 
 /// One minute, in milliseconds: held spans are counted per minute.
 const MINUTE_MS: i64 = 60_000;
-
-/// SQLite's name for a database's WAL: the path with `-wal` appended.
-pub(super) fn wal_path(db: &Path) -> PathBuf {
-    let mut name = db.as_os_str().to_owned();
-    name.push("-wal");
-    PathBuf::from(name)
-}
 
 impl Worker {
     /// The WAL counts against the size bound, so under a small bound it is

@@ -15,7 +15,7 @@
 //! stops as soon as the store thread drops its end of the stop channel.
 
 use std::cell::Cell;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -26,7 +26,7 @@ use tcpstall_common::Clock;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
-use super::{read, retention, write, Command, StoreConfig, StoreStats, MAX_BATCH};
+use super::{read, write, Command, StoreConfig, StoreStats, MAX_BATCH};
 
 /// How long the first write of a transaction waits for others to join it.
 /// Reads and flushes that arrive meanwhile wait as long, once.
@@ -52,7 +52,7 @@ pub(super) fn spawn(
         retention: cfg.retention,
         clock: cfg.clock.clone(),
         max_bytes: cfg.max_bytes,
-        wal: retention::wal_path(&cfg.path),
+        wal: wal_path(&cfg.path),
         shrinking: Cell::new(false),
         shrunk: Cell::new(0),
         held_minutes: Cell::new(0),
@@ -266,4 +266,11 @@ impl Worker {
         self.stats.committed(t.rows, t.samples, micros);
         self.keep_to_size();
     }
+}
+
+/// SQLite's name for a database's WAL: the path with `-wal` appended.
+fn wal_path(db: &Path) -> PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push("-wal");
+    PathBuf::from(name)
 }
