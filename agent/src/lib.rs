@@ -3,19 +3,26 @@
 //! where each side stands in the byte stream.
 #![forbid(unsafe_code)]
 
+// What an embedding (the CLI's demo) runs: the agent's loop, its settings
+// and the namespaces it reads; and the binary's command line.
+pub mod cli;
 pub mod config;
-pub mod diag;
-pub mod filter;
-pub mod held;
-pub mod hello;
-pub mod metrics;
 pub mod netns;
-pub mod outbox;
-pub mod poll;
-pub mod probe;
 pub mod run;
-pub mod suspects;
-pub mod uplink;
-pub mod view;
 
+/// Modules public only with the feature `internals` (this crate's own
+/// integration tests, the workspace's end-to-end tests and the benchmarks
+/// turn it on).
+macro_rules! internal {
+    ($($name:ident),* $(,)?) => {$(
+        #[cfg(feature = "internals")]
+        pub mod $name;
+        #[cfg(not(feature = "internals"))]
+        pub(crate) mod $name;
+    )*};
+}
+
+internal!(diag, filter, held, hello, metrics, outbox, poll, probe, suspects, uplink, view);
+
+#[cfg(feature = "internals")]
 pub use poll::{PollStats, Poller};

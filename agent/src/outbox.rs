@@ -145,6 +145,7 @@ impl Outbox {
         self.queue.len()
     }
 
+    #[cfg(test)]
     /// Polls with a batch waiting, and the entries waiting.
     pub fn held(&self) -> (usize, usize) {
         (self.polls, self.entries)

@@ -135,6 +135,7 @@ impl Poller {
         &self.stats
     }
 
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))] // the tests' and benchmarks'
     /// Whether [`Poller::poll_wanted`] still walks both families in one
     /// dump in every namespace (no kernel refused the legacy request).
     pub fn one_walk(&self) -> bool {
@@ -192,6 +193,7 @@ impl Poller {
         (&self.samples, failures)
     }
 
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))] // the tests' and benchmarks'
     /// Polls every namespace for `run`. Of every connection (listeners
     /// excluded) only the base message is read, and `wanted` is asked,
     /// with the namespace's inode, whether the socket is worth reading in

@@ -24,10 +24,10 @@ use crate::hello::Identity;
 use crate::metrics::{AgentMetrics, PollFigures};
 use crate::netns::Netns;
 use crate::outbox::Outbox;
+use crate::poll::Poller;
 use crate::probe::{ProbeStatus, Probes};
 use crate::suspects::{Selection, Selector};
 use crate::uplink::{self, LinkConfig, LinkEvent, Lost};
-use crate::Poller;
 
 /// Most entries (samples, closed, absent) in one batch, whatever
 /// `--batch-max` says: the guard below the collector's default

@@ -235,6 +235,7 @@ impl Selector {
         self.watched.len()
     }
 
+    #[cfg(test)]
     /// Connections the selector remembers (queued and watched sockets).
     pub fn tracked(&self) -> usize {
         self.queued.len() + self.watched_sockets.len()
@@ -263,6 +264,7 @@ impl Selector {
                 && self.watched.contains(&FlowTuple::new(b.local, b.remote)))
     }
 
+    #[cfg(test)]
     /// Takes one poll's connections. Namespaces in `failed` did not dump
     /// this time: their sockets are neither gone nor absent, only unseen.
     pub fn select(&mut self, samples: &[SocketSample], failed: &[u64], now: Duration) -> Selection {

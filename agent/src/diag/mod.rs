@@ -5,5 +5,7 @@
 pub mod parse;
 pub mod socket;
 
-pub use parse::{Base, ChunkEnd, ExactId, ParseStats};
+#[cfg(feature = "internals")]
+pub use parse::ChunkEnd;
+pub use parse::{Base, ExactId, ParseStats};
 pub use socket::{Detail, DiagError, DiagSocket, Dump, Exact, Family, Scope};

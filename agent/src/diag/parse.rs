@@ -136,6 +136,7 @@ pub fn chunk_end(chunk: &[u8], seq: u32) -> ChunkEnd {
 /// `SOCK_DIAG_BY_FAMILY`; their payload is the same `inet_diag_msg`.
 pub const TCPDIAG_GETSOCK: u16 = 18;
 
+#[cfg_attr(not(feature = "internals"), allow(dead_code))] // the tests' and benchmarks'
 /// Parses one chunk of a dump answering request `seq`, handing every socket
 /// (listeners included; `netns` and `opened` left for the caller) to `on`.
 pub fn parse_chunk(

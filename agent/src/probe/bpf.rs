@@ -126,6 +126,7 @@ impl TcpIterProbe {
         })
     }
 
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))] // the tests' and benchmarks'
     /// What parsing skipped since the probe was loaded.
     pub fn stats(&self) -> &RecordStats {
         &self.stats
@@ -159,6 +160,7 @@ impl TcpIterProbe {
         Ok(())
     }
 
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))] // the tests' and benchmarks'
     /// One pass that only reads the bytes: the floor of [`Self::read`].
     pub fn read_raw(&mut self, ns: &Netns) -> Result<usize, ProbeError> {
         let mut file = self.open(ns)?;

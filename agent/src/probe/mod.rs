@@ -136,6 +136,7 @@ impl Probes {
         }
     }
 
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))] // the tests' and benchmarks'
     /// The cork of a socket and where it came from: the last BPF pass,
     /// else (for a suspect, `suspect` true) its owner's descriptor; `None`
     /// = unknown.
@@ -202,11 +203,6 @@ impl Probes {
     /// The BPF record of a socket from the last pass.
     pub fn bpf(&self, cookie: u64) -> Option<&KernelTcp> {
         self.by_cookie.get(&cookie)
-    }
-
-    /// What the BPF record parser skipped since start.
-    pub fn bpf_stats(&self) -> Option<&record::RecordStats> {
-        self.bpf.as_ref().map(|p| p.stats())
     }
 }
 

@@ -293,6 +293,7 @@ pub fn cork_by_getsockopt(owner: &Owner, inode: u64) -> Result<(bool, bool), Get
     Ok((cork, nodelay))
 }
 
+#[cfg(test)]
 /// The inode of a descriptor of ours (tests).
 pub fn inode_of(fd: impl AsFd) -> io::Result<u64> {
     let f = rustix::fs::fstat(fd).map_err(io::Error::from)?;
