@@ -1454,3 +1454,153 @@ async fn a_request_to_a_closing_stream_is_no_drop_and_is_asked_again() {
     rig.hello("hostb", "198.18.0.1", at(7.0));
     assert_eq!(rig.asked("hostb"), vec![ToAgent::Watch(a.flow.reversed())]);
 }
+
+/// B's address as two hosts announce it (every Docker host's bridge
+/// address, a container network repeated, a VIP): both are asked, and the
+/// one that has the socket is B — whichever said hello last.
+#[tokio::test]
+async fn an_address_two_hosts_announce_is_joined_with_the_host_that_has_the_socket() {
+    for hosts in [["hostb", "hostc"], ["hostc", "hostb"]] {
+        let mut rig = Rig::new();
+        let a_sess = rig.hello("hosta", "198.18.0.2", at(0.0));
+        let mut sessions = HashMap::new();
+        for h in hosts {
+            sessions.insert(h, rig.hello(h, "198.18.0.1", at(0.0)));
+        }
+        let mut a = zero_window(stuck_a(6000));
+        rig.send(
+            a_sess,
+            106.0,
+            vec![(SampleReason::Suspect, a.clone())],
+            at(6.0),
+        );
+        let watch = vec![ToAgent::Watch(a.flow.reversed())];
+        assert_eq!(rig.asked("hostb"), watch, "{hosts:?}: hostb asked");
+        assert_eq!(rig.asked("hostc"), watch, "{hosts:?}: hostc asked");
+        // hostc has no such socket; hostb has it, its reader stopped.
+        rig.batch(
+            sessions["hostc"],
+            AgentBatch {
+                mono: Duration::from_secs(7),
+                absent: vec![a.flow.reversed()],
+                ..AgentBatch::default()
+            },
+            at(7.0),
+        );
+        let b = b_end(&a, 5000, 4096, 0);
+        rig.send(
+            sessions["hostb"],
+            7.5,
+            vec![(SampleReason::Watched, b)],
+            at(7.5),
+        );
+        a.unchanged_ms = 10_000;
+        rig.send(
+            a_sess,
+            110.0,
+            vec![(SampleReason::Suspect, a.clone())],
+            at(10.0),
+        );
+        let eps = rig.episodes().await;
+        assert_eq!(eps.len(), 1, "{hosts:?}: {eps:?}");
+        assert_eq!(eps[0].diagnosis, "peer_not_reading", "{hosts:?}: {eps:?}");
+        assert_eq!(eps[0].b_host.as_deref(), Some("hostb"), "{hosts:?}");
+        assert_eq!(eps[0].peer_note, None, "{hosts:?}");
+        // Its end lets both go.
+        let mut drained = a;
+        drained.pos.sendq = 0;
+        rig.send(
+            a_sess,
+            112.0,
+            vec![(SampleReason::Released(None), drained.clone())],
+            at(12.0),
+        );
+        let unwatch = vec![ToAgent::Unwatch(drained.flow.reversed())];
+        assert_eq!(rig.asked("hostb"), unwatch, "{hosts:?}");
+        assert_eq!(rig.asked("hostc"), unwatch, "{hosts:?}");
+        assert_eq!(rig.stats().watched, 0, "{hosts:?}");
+    }
+}
+
+/// Several hosts hold B's address and none has the socket: B's end may
+/// be on a host nobody asked, so that is no half-open blamed on any of
+/// them but a peer not joined, with the reason. While one has not
+/// answered, it is waited for.
+#[tokio::test]
+async fn several_hosts_without_the_socket_is_never_half_open() {
+    let mut rig = Rig::new();
+    let a_sess = rig.hello("hosta", "198.18.0.2", at(0.0));
+    let b_sess = rig.hello("hostb", "198.18.0.1", at(0.0));
+    let c_sess = rig.hello("hostc", "198.18.0.1", at(0.0));
+    let mut a = stuck_a(6000);
+    rig.send(
+        a_sess,
+        106.0,
+        vec![(SampleReason::Suspect, a.clone())],
+        at(6.0),
+    );
+    let absent = |mono: u64| AgentBatch {
+        mono: Duration::from_secs(mono),
+        absent: vec![a.flow.reversed()],
+        ..AgentBatch::default()
+    };
+    rig.batch(b_sess, absent(7), at(7.0));
+    a.unchanged_ms = 10_000;
+    rig.send(
+        a_sess,
+        110.0,
+        vec![(SampleReason::Suspect, a.clone())],
+        at(10.0),
+    );
+    let eps = rig.episodes().await;
+    assert_eq!(eps[0].diagnosis, "undetermined", "hostc not heard: {eps:?}");
+    assert_eq!(
+        eps[0].peer_note.as_deref(),
+        Some("waiting for hostc to report")
+    );
+    rig.batch(c_sess, absent(11), at(11.0));
+    a.unchanged_ms = 12_000;
+    rig.send(a_sess, 112.0, vec![(SampleReason::Suspect, a)], at(12.0));
+    let eps = rig.episodes().await;
+    assert_eq!(eps[0].diagnosis, "peer_unmonitored", "{eps:?}");
+    assert_eq!(
+        eps[0].peer_note.as_deref(),
+        Some("198.18.0.1 is held by several hosts (hostb, hostc) and none has the socket")
+    );
+    assert_eq!(eps[0].b_host, None, "no host blamed");
+}
+
+/// When one of two hosts holding an address goes, the other is its only
+/// owner: a later suspect asks only it, and its "no such socket" is a
+/// half-open again.
+#[tokio::test]
+async fn an_address_left_with_one_owner_is_joined_as_before() {
+    let mut rig = Rig::new();
+    let a_sess = rig.hello("hosta", "198.18.0.2", at(0.0));
+    let b_sess = rig.hello("hostb", "198.18.0.1", at(0.0));
+    let c_sess = rig.hello("hostc", "198.18.0.1", at(0.0));
+    rig.gone(c_sess, at(1.0));
+    let mut a = stuck_a(6000);
+    rig.send(
+        a_sess,
+        106.0,
+        vec![(SampleReason::Suspect, a.clone())],
+        at(6.0),
+    );
+    assert_eq!(rig.asked("hostb"), vec![ToAgent::Watch(a.flow.reversed())]);
+    assert!(rig.asked("hostc").is_empty(), "hostc is gone");
+    rig.batch(
+        b_sess,
+        AgentBatch {
+            mono: Duration::from_secs(7),
+            absent: vec![a.flow.reversed()],
+            ..AgentBatch::default()
+        },
+        at(7.0),
+    );
+    a.unchanged_ms = 10_000;
+    rig.send(a_sess, 110.0, vec![(SampleReason::Suspect, a)], at(10.0));
+    let eps = rig.episodes().await;
+    assert_eq!(eps[0].diagnosis, "half_open", "{eps:?}");
+    assert_eq!(eps[0].b_host.as_deref(), Some("hostb"));
+}

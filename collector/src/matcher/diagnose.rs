@@ -22,6 +22,10 @@ pub enum Peer<'a> {
     Pending { host: &'a str },
     /// No agent announced B's address.
     Unmonitored,
+    /// Agents cover B's address, yet none of them could be joined: why
+    /// (several hosts hold it and none has the socket, ...). One-sided,
+    /// never half-open: B's socket may be on a host that was not asked.
+    Unjoined { why: &'a str },
 }
 
 /// A diagnosis with the numbers it rests on and a sentence for people.
@@ -291,6 +295,14 @@ pub fn diagnose(a: &EndSample, b: Peer<'_>) -> Verdict {
             return verdict(
                 Diagnosis::PeerUnmonitored,
                 format!("no agent covers {}; from A alone: {seen}", a.flow.remote),
+                ev,
+            );
+        }
+        Peer::Unjoined { why } => {
+            let seen = one_sided(a);
+            return verdict(
+                Diagnosis::PeerUnmonitored,
+                format!("{why}; from A alone: {seen}"),
                 ev,
             );
         }

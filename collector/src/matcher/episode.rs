@@ -12,7 +12,7 @@ use tcpstall_common::{EndReason, EndSample, Side};
 use super::detector::Event;
 use super::diagnose::{diagnose, Evidence, Fact, Peer, Verdict};
 use super::held;
-use super::state::{a_sample, Ctx, OpenEpisode, PeerEnd, PeerNow, Suspect};
+use super::state::{a_sample, Ctx, OpenEpisode, PeerNow, Suspect};
 use super::tuple::Tuple;
 use crate::messages::HostId;
 use crate::store::{EpisodeEnd, EpisodeUpdate, HeldRow, NewEpisode, StoredSample};
@@ -43,6 +43,7 @@ impl Ctx {
         let a = a.as_ref();
         let peer = self.peer_of(s, flow);
         let verdict = diagnose(a, peer.as_peer());
+        let b_host = self.b_host(s, flow);
         let Some(ep) = s.episode.as_mut() else {
             return;
         };
@@ -61,7 +62,7 @@ impl Ctx {
             self.stats.open_by_diagnosis[verdict.diagnosis.index()] += 1;
         }
         let update =
-            self.episode_update(ep.id, &verdict, s.peer, &peer, a.unchanged_ms, a.pos.sendq);
+            self.episode_update(ep.id, &verdict, b_host, &peer, a.unchanged_ms, a.pos.sendq);
         self.store.update_episode(update);
         ep.verdict = verdict;
         ep.unstored = false;
@@ -106,26 +107,21 @@ impl Ctx {
             ep.stored_a += 1;
             ep.last_a_ms = s.latest_at_ms;
         }
-        if let Some(peer) = s.peer {
-            let b = match self.watched.get(&(peer, flow.reversed())).map(|w| &w.end) {
-                Some(PeerEnd::Seen { at_ms, sample })
-                | Some(PeerEnd::NoSocket {
-                    last: Some((at_ms, sample)),
-                    ..
-                }) => Some((at_ms, sample)),
-                _ => None,
-            };
-            if let Some((at_ms, sample)) = b {
-                if *at_ms > ep.last_b_ms && ep.stored_b < self.max_samples {
-                    batch.push(StoredSample {
-                        side: Side::B,
-                        host: self.name(peer).to_string(),
-                        at_ms: *at_ms,
-                        sample: sample.clone(),
-                    });
-                    ep.stored_b += 1;
-                    ep.last_b_ms = *at_ms;
-                }
+        let b = s
+            .peers
+            .hosts()
+            .iter()
+            .find_map(|&p| self.b_report(p, flow).map(|r| (p, r)));
+        if let Some((peer, (at_ms, sample))) = b {
+            if at_ms > ep.last_b_ms && ep.stored_b < self.max_samples {
+                batch.push(StoredSample {
+                    side: Side::B,
+                    host: self.name(peer).to_string(),
+                    at_ms,
+                    sample: sample.clone(),
+                });
+                ep.stored_b += 1;
+                ep.last_b_ms = at_ms;
             }
         }
         if !batch.is_empty() {
@@ -190,7 +186,7 @@ impl Ctx {
             a_netns: a.netns.clone(),
             a_flow: flow,
             a_cookie: cookie,
-            b_host: s.peer.map(|p| self.name(p).to_string()),
+            b_host: self.b_host(s, tuple).map(|p| self.name(p).to_string()),
             peer_note: note,
         });
         // The first sample of the stall, then this poll's (record).
@@ -207,7 +203,8 @@ impl Ctx {
                 }],
             );
         }
-        if let Some(peer) = s.peer {
+        // Whichever of the peer's hosts reports, the episode hears of it.
+        for &peer in s.peers.hosts() {
             if let Some(w) = self.watched.get_mut(&(peer, tuple.reversed())) {
                 w.episode_of = Some(host_id);
             }
@@ -245,18 +242,18 @@ impl Ctx {
                 .evidence
                 .fact(Fact::ASendq)
                 .map_or(0, |b| u32::try_from(b).unwrap_or(u32::MAX));
+            let b_host = self.b_host(s, flow);
             let update =
-                self.episode_update(ep.id, v, s.peer, &peer, millis(stuck_for), stuck_bytes);
+                self.episode_update(ep.id, v, b_host, &peer, millis(stuck_for), stuck_bytes);
             self.store.update_episode(update);
         }
         self.open_episodes = self.open_episodes.saturating_sub(1);
         let open = &mut self.stats.open_by_diagnosis[ep.verdict.diagnosis.index()];
         *open = open.saturating_sub(1);
-        if let Some(w) = s
-            .peer
-            .and_then(|p| self.watched.get_mut(&(p, flow.reversed())))
-        {
-            w.episode_of = None;
+        for &peer in s.peers.hosts() {
+            if let Some(w) = self.watched.get_mut(&(peer, flow.reversed())) {
+                w.episode_of = None;
+            }
         }
         let host = self.name(host_id);
         tracing::info!(episode = ep.id, host = %host, reason = reason.id(), "episode closed");
@@ -294,5 +291,6 @@ fn peer_note(peer: Peer<'_>) -> Option<String> {
         Peer::NoSocket { host } => Some(format!("{host} has no such socket")),
         Peer::Pending { host } => Some(format!("waiting for {host} to report")),
         Peer::Unmonitored => Some("no agent covers the peer's address".to_string()),
+        Peer::Unjoined { why } => Some(why.to_string()),
     }
 }

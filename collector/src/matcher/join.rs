@@ -48,12 +48,19 @@ impl Matcher {
             let known = self
                 .find_end(tuple)
                 .and_then(|(h, p)| Some((h, decode(p)?)));
-            let host = known
-                .as_ref()
-                .map(|(h, _)| *h)
-                .or_else(|| self.ctx.owners.get(&tuple.local.ip()).copied());
-            if let Some(host) = host {
-                let key = Tuple::new(tuple);
+            // The host that reports the end, else every host that holds
+            // its address.
+            let hosts: Vec<HostId> = match &known {
+                Some((h, _)) => vec![*h],
+                None => self
+                    .ctx
+                    .owners
+                    .get(&tuple.local.ip())
+                    .cloned()
+                    .unwrap_or_default(),
+            };
+            let key = Tuple::new(tuple);
+            for host in hosts {
                 if !self.ctx.watched.contains_key(&(host, key)) {
                     self.ctx.watch(host, key, now_ms);
                 }
@@ -69,8 +76,8 @@ impl Matcher {
     }
 
     /// The latest sample of the end whose own side is `tuple.local`: looked
-    /// up at the host that announced that address (as watches are asked of
-    /// it), else (loopback, an address nobody announced) found by a scan of
+    /// up at the hosts that announced that address (as watches are asked of
+    /// them), else (loopback, an address nobody announced) found by a scan of
     /// everything tracked. Queries come at any rate; the scan is for the
     /// cases the index cannot serve.
     fn find_end(&self, tuple: FlowTuple) -> Option<(HostId, &Packed)> {
@@ -81,10 +88,12 @@ impl Matcher {
             }
         }
         let key = Tuple::new(tuple);
-        if let Some(&host) = self.ctx.owners.get(&tuple.local.ip()) {
-            let watched = self.ctx.watched.get(&(host, key)).and_then(seen);
-            let suspect = || self.table.get(&(host, key)).map(|e| &e.suspect.latest);
-            return watched.or_else(suspect).map(|p| (host, p));
+        if let Some(hosts) = self.ctx.owners.get(&tuple.local.ip()) {
+            return hosts.iter().find_map(|&host| {
+                let watched = self.ctx.watched.get(&(host, key)).and_then(seen);
+                let suspect = || self.table.get(&(host, key)).map(|e| &e.suspect.latest);
+                watched.or_else(suspect).map(|p| (host, p))
+            });
         }
         self.ctx
             .watched
@@ -161,35 +170,97 @@ impl Ctx {
 
     /// A suspect that ended (on `flow`) no longer needs its peer's end.
     pub(super) fn let_peer_go(&mut self, s: &Suspect, flow: Tuple) {
-        if let (Some(peer), true) = (s.peer, s.asked) {
-            self.unwatch(peer, flow.reversed());
+        if s.asked {
+            for &peer in s.peers.hosts() {
+                self.unwatch(peer, flow.reversed());
+            }
         }
     }
 
+    /// The host whose report of the peer end counts (the B of the
+    /// episode): the one that reports the socket (or reported it before
+    /// it went); with a single candidate, that one.
+    pub(super) fn b_host(&self, s: &Suspect, flow: Tuple) -> Option<HostId> {
+        let hosts = s.peers.hosts();
+        hosts
+            .iter()
+            .copied()
+            .find(|&p| self.b_report(p, flow).is_some())
+            .or_else(|| (hosts.len() == 1).then(|| hosts[0]))
+    }
+
+    /// `peer`'s latest report of the end reversed from `flow`: when it was
+    /// taken and the sample, the last before its socket went when it went.
+    pub(super) fn b_report(&self, peer: HostId, flow: Tuple) -> Option<(i64, &Packed)> {
+        match self.watched.get(&(peer, flow.reversed())).map(|w| &w.end) {
+            Some(PeerEnd::Seen { at_ms, sample })
+            | Some(PeerEnd::NoSocket {
+                last: Some((at_ms, sample)),
+                ..
+            }) => Some((*at_ms, sample)),
+            _ => None,
+        }
+    }
+
+    /// The peer of suspect `s` (on `flow`) as known now. With several
+    /// hosts holding the peer's address, a socket found on any of them
+    /// wins over its absence elsewhere; one still to answer leaves it
+    /// pending; only when every one of them has answered that it has no
+    /// such socket is that a finding: half-open with one candidate, and
+    /// with several no join at all (the socket may be on a host nobody
+    /// asked), never a half-open blamed on a host that never had it.
     pub(super) fn peer_of(&self, s: &Suspect, flow: Tuple) -> PeerNow {
-        let Some(peer) = s.peer else {
+        let hosts = s.peers.hosts();
+        if hosts.is_empty() {
             return PeerNow::Unmonitored;
-        };
-        let seen = |sample: &Packed| match decode(sample) {
+        }
+        let seen = |peer: HostId, sample: &Packed| match decode(sample) {
             Some(b) => PeerNow::Seen(b),
             None => PeerNow::Pending(self.name(peer)),
         };
-        match self.watched.get(&(peer, flow.reversed())).map(|w| &w.end) {
-            Some(PeerEnd::Seen { sample, .. }) => seen(sample),
-            // B's socket gone proves B lost the connection only once A is
-            // seen still stuck after it: when both ends close (A's own
-            // agent may tell of A a moment after B's tells of B), B's
-            // going says nothing about the hold. Until then, B as it was.
-            Some(PeerEnd::NoSocket { gone_ms, last }) => {
-                if s.latest_at_ms > *gone_ms {
-                    PeerNow::NoSocket(self.name(peer))
-                } else if let Some((_, sample)) = last {
-                    seen(sample)
-                } else {
-                    PeerNow::Pending(self.name(peer))
+        let (mut before, mut pending) = (None, None);
+        for &peer in hosts {
+            match self.watched.get(&(peer, flow.reversed())).map(|w| &w.end) {
+                Some(PeerEnd::Seen { sample, .. }) => return seen(peer, sample),
+                // B's socket gone proves B lost the connection only once A
+                // is seen still stuck after it: when both ends close (A's
+                // own agent may tell of A a moment after B's tells of B),
+                // B's going says nothing about the hold. Until then, B as
+                // it was.
+                Some(PeerEnd::NoSocket { gone_ms, last }) => {
+                    if s.latest_at_ms > *gone_ms {
+                        continue;
+                    }
+                    match last {
+                        Some((_, sample)) => {
+                            before.get_or_insert((peer, sample));
+                        }
+                        None => {
+                            pending.get_or_insert(peer);
+                        }
+                    }
+                }
+                Some(PeerEnd::Pending) | None => {
+                    pending.get_or_insert(peer);
                 }
             }
-            Some(PeerEnd::Pending) | None => PeerNow::Pending(self.name(peer)),
+        }
+        if let Some((peer, sample)) = before {
+            return seen(peer, sample);
+        }
+        if let Some(peer) = pending {
+            return PeerNow::Pending(self.name(peer));
+        }
+        match hosts {
+            [one] => PeerNow::NoSocket(self.name(*one)),
+            many => {
+                let names: Vec<String> = many.iter().map(|&h| self.name(h).to_string()).collect();
+                PeerNow::Unjoined(format!(
+                    "{} is held by several hosts ({}) and none has the socket",
+                    flow.flow().remote.ip(),
+                    names.join(", ")
+                ))
+            }
         }
     }
 }

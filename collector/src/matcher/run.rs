@@ -187,7 +187,10 @@ impl Matcher {
         ctx.up.insert(host, Up { session, interval });
         for ip in addresses {
             if !ip.is_loopback() && !ip.is_unspecified() {
-                ctx.owners.insert(*ip, host);
+                let hosts = ctx.owners.entry(*ip).or_default();
+                if !hosts.contains(&host) {
+                    hosts.push(host);
+                }
             }
         }
         let again: Vec<Tuple> = ctx
@@ -211,7 +214,10 @@ impl Matcher {
         if ctx.up.remove(&host).is_none() {
             return;
         }
-        ctx.owners.retain(|_, h| *h != host);
+        ctx.owners.retain(|_, hosts| {
+            hosts.retain(|h| *h != host);
+            !hosts.is_empty()
+        });
         // Its suspects end with their episodes, and with them the watches
         // they had asked of other hosts.
         let keys: Vec<(HostId, Tuple)> = self

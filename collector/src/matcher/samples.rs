@@ -10,7 +10,7 @@ use tcpstall_common::{AgentBatch, EndReason, EndSample, HeldSpan, Packed, Sample
 use tcpstall_proto::convert::pack;
 
 use super::detector::{Restart, Step, Track};
-use super::state::{ask_peer_after, owner, take, Clocks, Entry, Matcher, PeerEnd, Suspect};
+use super::state::{ask_peer_after, owners_of, take, Clocks, Entry, Matcher, PeerEnd, Suspect};
 use super::tuple::Tuple;
 use crate::messages::HostId;
 
@@ -120,13 +120,14 @@ impl Matcher {
         let ask = held >= ask_after || changed;
         let s = &mut e.suspect;
         // Whether it has an open episode, as long as no event changed that;
-        // and the peer to ask to watch it (true) or to ask again (false).
+        // and whether to ask its peer's hosts to watch it (true) or to ask
+        // again (false).
         let (mut open, mut request) = (false, None);
         if inserted || replaced.is_some() {
-            let peer = owner(&ctx.owners, host, sample.flow.remote.ip());
-            let asked = ask && peer.is_some();
+            let peers = owners_of(&ctx.owners, host, sample.flow.remote.ip());
+            let asked = ask && !peers.is_none();
             *s = Suspect {
-                peer,
+                peers,
                 asked,
                 latest: take(&mut packed, sample),
                 latest_at_ms: taken_ms,
@@ -134,7 +135,7 @@ impl Matcher {
                 first_at_ms: taken_ms,
                 episode: None,
             };
-            request = peer.filter(|_| asked).map(|p| (p, true));
+            request = asked.then_some(true);
         } else {
             open = s.episode.is_some();
             let prev = std::mem::replace(&mut s.latest, take(&mut packed, sample));
@@ -146,19 +147,23 @@ impl Matcher {
                 s.first = Some(prev);
             }
             s.latest_at_ms = taken_ms;
-            if let Some(peer) = s.peer {
+            if !s.peers.is_none() {
                 if s.asked {
-                    request = Some((peer, false));
+                    request = Some(false);
                 } else if ask {
                     s.asked = true;
-                    request = Some((peer, true));
+                    request = Some(true);
                 }
             }
         }
-        match request {
-            Some((peer, true)) => ctx.watch(peer, tuple.reversed(), now_ms),
-            Some((peer, false)) => ctx.ask_again(peer, tuple.reversed(), now_ms),
-            None => {}
+        if let Some(new) = request {
+            for &peer in s.peers.hosts() {
+                if new {
+                    ctx.watch(peer, tuple.reversed(), now_ms);
+                } else {
+                    ctx.ask_again(peer, tuple.reversed(), now_ms);
+                }
+            }
         }
         // The old stall's end first (of the socket it was), then this one's
         // opening.
@@ -263,8 +268,8 @@ impl Matcher {
         let since_end = at.mono.saturating_sub(span.end_at());
         let end_ms = at.taken_ms.saturating_sub(millis_i64(since_end));
         let peer = match &entry {
-            Some(e) => e.suspect.peer,
-            None => owner(&ctx.owners, host, tuple.flow().remote.ip()),
+            Some(e) => e.suspect.peers.first(),
+            None => owners_of(&ctx.owners, host, tuple.flow().remote.ip()).first(),
         };
         tracing::debug!(
             host = %ctx.name(host),

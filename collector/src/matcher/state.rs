@@ -109,9 +109,10 @@ pub(super) struct Watch {
 /// finds both.
 #[derive(Debug, Default)]
 pub(super) struct Suspect {
-    /// The host owning the peer's address; `None` when nobody announced it.
-    pub(super) peer: Option<HostId>,
-    /// Whether that host has been asked to watch the peer (see
+    /// The hosts that announced the peer's address when the suspect was
+    /// first seen (none: nobody did; several: every one is asked).
+    pub(super) peers: Peers,
+    /// Whether they have been asked to watch the peer (see
     /// [`ask_peer_after`]).
     pub(super) asked: bool,
     pub(super) latest: Packed,
@@ -137,6 +138,38 @@ pub(super) struct OpenEpisode {
     pub(super) last_b_ms: i64,
 }
 
+/// The hosts that could hold a suspect's peer end: those that announced
+/// the peer's address. Most addresses have one; an address that several
+/// agents announce (every Docker host's 172.17.0.1, container networks
+/// repeated across hosts, VIPs and anycast) has them all, and each is
+/// asked: a socket found anywhere wins over sockets missing elsewhere.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) enum Peers {
+    #[default]
+    None,
+    One(HostId),
+    Many(Box<[HostId]>),
+}
+
+impl Peers {
+    pub(super) fn hosts(&self) -> &[HostId] {
+        match self {
+            Peers::None => &[],
+            Peers::One(h) => std::slice::from_ref(h),
+            Peers::Many(hs) => hs,
+        }
+    }
+
+    pub(super) fn is_none(&self) -> bool {
+        matches!(self, Peers::None)
+    }
+
+    /// The one to name where only one can be (the held-span counts' pair).
+    pub(super) fn first(&self) -> Option<HostId> {
+        self.hosts().first().copied()
+    }
+}
+
 /// A batch's clocks, for each of its samples.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Clocks {
@@ -157,6 +190,8 @@ pub(super) enum PeerNow {
     NoSocket(Arc<str>),
     Pending(Arc<str>),
     Unmonitored,
+    /// Monitored hosts hold the address, yet the peer is not joined: why.
+    Unjoined(String),
 }
 
 impl PeerNow {
@@ -166,6 +201,7 @@ impl PeerNow {
             PeerNow::NoSocket(h) => Peer::NoSocket { host: h },
             PeerNow::Pending(h) => Peer::Pending { host: h },
             PeerNow::Unmonitored => Peer::Unmonitored,
+            PeerNow::Unjoined(why) => Peer::Unjoined { why },
         }
     }
 }
@@ -211,8 +247,9 @@ pub(super) struct Ctx {
     pub(super) names: Map<HostId, Arc<str>>,
     /// The hosts whose agents stream now.
     pub(super) up: Map<HostId, Up>,
-    /// Non-loopback address -> host that announced it.
-    pub(super) owners: Map<IpAddr, HostId>,
+    /// Non-loopback address -> the hosts that announced it, in the order
+    /// they said hello.
+    pub(super) owners: Map<IpAddr, Vec<HostId>>,
     /// (host, flow as that host sees it) -> what it reports of it.
     pub(super) watched: SlabMap<(HostId, Tuple), Watch>,
     pub(super) open_episodes: usize,
@@ -283,14 +320,17 @@ pub(super) fn decode(p: &Packed) -> Option<EndSample> {
     s
 }
 
-/// The host whose agent owns `ip`, as seen from `from` (loopback is the
+/// The hosts whose agents own `ip`, as seen from `from` (loopback is the
 /// host itself): a function of the table it reads, so that a caller can
 /// keep a suspect borrowed meanwhile.
-pub(super) fn owner(owners: &Map<IpAddr, HostId>, from: HostId, ip: IpAddr) -> Option<HostId> {
+pub(super) fn owners_of(owners: &Map<IpAddr, Vec<HostId>>, from: HostId, ip: IpAddr) -> Peers {
     if ip.is_loopback() {
-        Some(from)
-    } else {
-        owners.get(&ip).copied()
+        return Peers::One(from);
+    }
+    match owners.get(&ip).map(Vec::as_slice) {
+        None | Some([]) => Peers::None,
+        Some([one]) => Peers::One(*one),
+        Some(many) => Peers::Many(many.into()),
     }
 }
 
