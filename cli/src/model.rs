@@ -57,6 +57,9 @@ pub struct EndView {
     pub host: String,
     pub local: String,
     pub remote: String,
+    /// The Community ID of the connection as this end sees it (v1, seed
+    /// 0): the key of the same flow in Zeek, Suricata or Elastic data.
+    pub community_id: String,
     /// Whether a sample of this end exists; without one every number is null.
     pub seen: bool,
     pub state: Option<TcpState>,
@@ -97,6 +100,7 @@ impl EndView {
             host: host.to_string(),
             local: flow.local.to_string(),
             remote: flow.remote.to_string(),
+            community_id: flow.community_id(),
             seen: s.is_some(),
             state: s.map(|s| s.state),
             json: s.map(|s| PosJson::from(&s.pos)).unwrap_or_default(),

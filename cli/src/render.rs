@@ -480,6 +480,17 @@ pub fn show(e: &EpisodeView, samples: usize) -> String {
         let _ = writeln!(out, "  peer: {note}");
     }
     let _ = writeln!(out, "  samples stored: {samples}");
+    // The flow's key in Zeek, Suricata and Elastic data; one per end when
+    // an address was translated between them.
+    let a_id = &e.peer.a.community_id;
+    match e.peer.b.as_ref().map(|b| &b.community_id) {
+        Some(b_id) if b_id != a_id => {
+            let _ = writeln!(out, "  community id: {a_id} (A), {b_id} (B)");
+        }
+        _ => {
+            let _ = writeln!(out, "  community id: {a_id}");
+        }
+    }
     let _ = writeln!(out, "\nevidence:");
     for (k, v) in &e.evidence {
         let _ = writeln!(out, "  {k:<16} {v}");

@@ -237,6 +237,13 @@ async fn episode_round_trips_with_evidence_and_both_sides() -> TestResult {
         (local.as_str(), remote.as_str()),
         ("198.18.0.1:40000", "[2001:db8::2]:8080")
     );
+    // And the flow's Community ID, to find it by from Zeek or Suricata data.
+    let id: String = c.query_row(
+        "SELECT id FROM episodes WHERE community_id = ?1",
+        [f.community_id()],
+        |r| r.get::<_, i64>(0).map(|id| id.to_string()),
+    )?;
+    assert_eq!(id, e.id.to_string());
     let (json, pb): (String, Vec<u8>) = c.query_row(
         "SELECT sample, sample_pb FROM samples WHERE side = 'b' ORDER BY at_ms LIMIT 1",
         [],
@@ -633,8 +640,8 @@ async fn a_version_1_file_upgrades_and_its_json_samples_read_beside_new_ones() -
 
     let (store, thread, next) = open(cfg.clone())?;
     assert_eq!(next, e.id + 1);
-    assert_eq!(count(&cfg.path, "PRAGMA user_version"), 4);
-    assert_eq!(SCHEMA_VERSION, 4);
+    assert_eq!(count(&cfg.path, "PRAGMA user_version"), 5);
+    assert_eq!(SCHEMA_VERSION, 5);
     let (row, got) = store.get_episode(e.id).await?.ok_or("episode kept")?;
     assert_eq!((row.id, row.a_cookie, row.a_flow), (e.id, e.a_cookie, f));
     assert_eq!(got.len(), 1);

@@ -2,7 +2,7 @@
 //! canonical key both ends of a connection share.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
@@ -54,6 +54,61 @@ impl fmt::Display for FlowKey {
     }
 }
 
+/// IANA's protocol number of TCP.
+const IPPROTO_TCP: u8 = 6;
+
+impl FlowTuple {
+    /// The flow's Community ID (v1, seed 0, TCP), as the corelight
+    /// community-id spec defines it: the same string from either end, and
+    /// the one Zeek, Suricata and Elastic give the same connection.
+    pub fn community_id(self) -> String {
+        community_id_v1(0, IPPROTO_TCP, self.local, self.remote)
+    }
+}
+
+/// Community ID v1 of a flow between `a` and `b` of protocol `proto`
+/// (whose ports are those of the addresses): SHA-1 over the seed, the
+/// lower endpoint's address then the other's, the protocol, a zero pad and
+/// the two ports in the same order, all in network byte order; base64, with
+/// the version in front. Both directions give the same ID. Addresses of
+/// mixed families, which no socket has, are put in IPv6 form.
+pub fn community_id_v1(seed: u16, proto: u8, a: SocketAddr, b: SocketAddr) -> String {
+    use base64::Engine;
+    use sha1::{Digest, Sha1};
+    let octets = |ip: IpAddr| -> Vec<u8> {
+        match ip {
+            IpAddr::V4(v4) => v4.octets().to_vec(),
+            IpAddr::V6(v6) => v6.octets().to_vec(),
+        }
+    };
+    let (mut ia, mut ib) = (octets(a.ip()), octets(b.ip()));
+    if ia.len() != ib.len() {
+        let v6 = |ip: IpAddr| match ip {
+            IpAddr::V4(v4) => v4.to_ipv6_mapped().octets().to_vec(),
+            IpAddr::V6(v6) => v6.octets().to_vec(),
+        };
+        (ia, ib) = (v6(a.ip()), v6(b.ip()));
+    }
+    let (pa, pb) = (a.port(), b.port());
+    let ((first, first_port), (second, second_port)) = if (&ia, pa) <= (&ib, pb) {
+        ((ia, pa), (ib, pb))
+    } else {
+        ((ib, pb), (ia, pa))
+    };
+    let mut h = Sha1::new();
+    h.update(seed.to_be_bytes());
+    h.update(&first);
+    h.update(&second);
+    h.update([proto, 0]);
+    h.update(first_port.to_be_bytes());
+    h.update(second_port.to_be_bytes());
+    let digest = h.finalize();
+    format!(
+        "1:{}",
+        base64::engine::general_purpose::STANDARD.encode(digest)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,5 +122,49 @@ mod tests {
         assert_eq!(a.key(), a.reversed().key());
         assert_eq!(a.reversed().reversed(), a);
         assert_ne!(a, a.reversed());
+    }
+
+    /// The spec's published vectors (seed 0 and 1; ICMPv6 echo as its
+    /// pair of types for the IPv6 path), from either direction.
+    #[test]
+    fn community_ids_match_the_spec_vectors() {
+        let at = |s: &str| -> SocketAddr { s.parse().expect("addr") };
+        let (a, b) = (at("1.2.3.4:1122"), at("5.6.7.8:3344"));
+        assert_eq!(
+            community_id_v1(0, 6, a, b),
+            "1:wCb3OG7yAFWelaUydu0D+125CLM="
+        );
+        assert_eq!(
+            community_id_v1(0, 6, b, a),
+            "1:wCb3OG7yAFWelaUydu0D+125CLM="
+        );
+        assert_eq!(
+            community_id_v1(1, 6, a, b),
+            "1:HhA1B+6CoLbiKPEs5nhNYN4XWfk="
+        );
+        assert_eq!(
+            community_id_v1(0, 17, a, b),
+            "1:0Mu9InQx6z4ZiCZM/7HXi2WMhOg="
+        );
+        assert_eq!(
+            community_id_v1(1, 17, b, a),
+            "1:OShq+iKDAMVouh/4bMxB9Sz4amw="
+        );
+        let (c, d) = (
+            at("[fe80:1:203:405:607:809:a0b:c0d]:128"),
+            at("[fe80:1011:1213:1415:1617:1819:1a1b:1c1d]:129"),
+        );
+        assert_eq!(
+            community_id_v1(0, 58, c, d),
+            "1:0bf7hyMJUwt3fMED7z8LIfRpBeo="
+        );
+        assert_eq!(
+            community_id_v1(0, 58, d, c),
+            "1:0bf7hyMJUwt3fMED7z8LIfRpBeo="
+        );
+        // A flow's ID is its TCP one, the same from both ends.
+        let f = FlowTuple::new(a, b);
+        assert_eq!(f.community_id(), "1:wCb3OG7yAFWelaUydu0D+125CLM=");
+        assert_eq!(f.reversed().community_id(), f.community_id());
     }
 }

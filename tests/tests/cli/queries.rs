@@ -191,11 +191,19 @@ async fn report_episodes_show_diff_and_json() {
     assert_eq!(e["stuck"], 5000);
     assert_eq!(e["open"], true);
     assert!(e["started_at"].as_str().is_some_and(|s| s.ends_with('Z')));
+    // Both ends of an untranslated flow share one Community ID.
+    let id = e["peer"]["a"]["community_id"].as_str().unwrap_or_default();
+    assert!(id.starts_with("1:") && id.len() == 30, "{id:?}");
+    assert_eq!(
+        e["peer"]["b"]["community_id"],
+        e["peer"]["a"]["community_id"]
+    );
     for side in ["a", "b"] {
         for key in [
             "host",
             "local",
             "remote",
+            "community_id",
             "sendq",
             "recvq",
             "notsent",
@@ -259,6 +267,12 @@ async fn report_episodes_show_diff_and_json() {
         "{s}"
     );
     assert!(s.contains("b_recvq") && s.contains("6000"), "{s}");
+    let flow = tcpstall_common::FlowTuple::new(
+        "198.18.9.1:8080".parse().expect("addr"),
+        "198.18.9.2:41000".parse().expect("addr"),
+    );
+    let id = format!("  community id: {}\n", flow.community_id());
+    assert!(s.contains(&id), "{id:?} missing in\n{s}");
     let o = cli(&url, &["diff", &pnr.to_string()]);
     assert!(o.status.success());
     golden("diff_peer_not_reading.txt", &text(&o));

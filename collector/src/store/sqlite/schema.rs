@@ -124,6 +124,14 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX episodes_b_host_started ON episodes (b_host, started_at_ms);
     DROP INDEX episodes_b_host;
     ",
+    // 5: the Community ID of A's connection (v1, seed 0), the key of the
+    // same flow in Zeek, Suricata and Elastic data: found by it, joined
+    // with them in SQL. NULL on episodes stored before (their a_local and
+    // a_remote give it).
+    "
+    ALTER TABLE episodes ADD COLUMN community_id TEXT;
+    CREATE INDEX episodes_community_id ON episodes (community_id);
+    ",
 ];
 
 /// Retention by age: a chunk of the ended episodes that ended before ?1,

@@ -41,8 +41,8 @@ pub(super) fn apply(c: &Connection, cmd: Command) -> Result<u64, StoreError> {
             .prepare_cached(
                 "INSERT INTO episodes (id, diagnosis, summary, evidence, started_at_ms,
                     duration_ms, stuck_bytes, a_host, a_netns, a_local, a_remote,
-                    a_cookie, b_host, peer_note, open)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, 1)",
+                    a_cookie, b_host, peer_note, open, community_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, 1, ?15)",
             )?
             .execute(params![
                 e.id,
@@ -59,6 +59,7 @@ pub(super) fn apply(c: &Connection, cmd: Command) -> Result<u64, StoreError> {
                 read::cookie_to_sql(e.a_cookie),
                 e.b_host,
                 e.peer_note,
+                e.a_flow.community_id(),
             ])?,
         Command::UpdateEpisode(u) => known(
             u.id,
