@@ -8,8 +8,8 @@ use std::time::{Duration, UNIX_EPOCH};
 use serde::Serialize;
 use tcpstall_common::record::{Episode, EpisodeSample};
 use tcpstall_common::{
-    AbsoluteSeq, EndSample, FactSource, FlowTuple, OwnerMissing, Positions, ProcessOwner, Side,
-    TcpState,
+    AbsoluteSeq, Container, EndSample, FactSource, FlowTuple, OwnerMissing, Positions,
+    ProcessOwner, Side, TcpState,
 };
 
 /// The docs/design.md fields of one end for JSON: every one `null` when the
@@ -86,6 +86,9 @@ pub struct EndView {
     /// when unknown, and then `owner_unknown` says why when known.
     pub owner: Option<ProcessOwner>,
     pub owner_unknown: Option<OwnerMissing>,
+    /// The container (and pod) the owner runs in, read from its cgroup;
+    /// null outside containers or when the owner is unknown.
+    pub container: Option<Container>,
     /// Absolute sequence numbers, ISNs and SACK blocks (BPF probe only).
     pub absolute: Option<AbsoluteSeq>,
     /// `bpf` when `absolute` is there.
@@ -117,6 +120,10 @@ impl EndView {
             nodelay_source: s.and_then(|s| s.nodelay_source),
             owner: s.and_then(|s| s.owner.as_deref().cloned()),
             owner_unknown: s.and_then(|s| s.owner_missing),
+            container: s
+                .and_then(|s| s.owner.as_deref())
+                .and_then(|o| o.cgroup.as_deref())
+                .and_then(Container::from_cgroup),
             absolute: s.and_then(|s| s.absolute.as_deref().cloned()),
             absolute_source: s.and_then(|s| s.absolute.as_ref()).map(|_| FactSource::Bpf),
             source: "tcp_info",

@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 
 use tcpstall_client::table::{human_bytes, Table};
-use tcpstall_common::{AbsoluteSeq, FactSource, Positions, ProcessOwner, SackBlock};
+use tcpstall_common::{AbsoluteSeq, Container, FactSource, Positions, ProcessOwner, SackBlock};
 
 use crate::model::{EndView, EpisodeView};
 
@@ -323,9 +323,13 @@ fn facts(a: &EndView, b: Option<&EndView>) -> Vec<Fact> {
         bv(&|b| owner(b, command)),
         String::new(),
     ));
+    // A container by the name its runtime prints (`docker 4f6bd4a5e0c0`),
+    // not its 80-character scope; else the unit, else the cgroup.
     let unit = |o: &ProcessOwner| {
-        o.unit
-            .clone()
+        let container = o.cgroup.as_deref().and_then(Container::from_cgroup);
+        container
+            .map(|c| c.short())
+            .or_else(|| o.unit.clone())
             .or_else(|| o.cgroup.clone())
             .unwrap_or_else(|| "-".into())
     };
@@ -489,6 +493,12 @@ pub fn show(e: &EpisodeView, samples: usize) -> String {
         }
         _ => {
             let _ = writeln!(out, "  community id: {a_id}");
+        }
+    }
+    let ends = [("A", Some(&e.peer.a)), ("B", e.peer.b.as_ref())];
+    for (side, end) in ends {
+        if let Some(c) = end.and_then(|end| end.container.as_ref()) {
+            let _ = writeln!(out, "  {side} runs in {}", c.short());
         }
     }
     let _ = writeln!(out, "\nevidence:");

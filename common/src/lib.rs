@@ -8,6 +8,7 @@
 //! answer ([`record`]). No I/O and no async runtime live here.
 #![forbid(unsafe_code)]
 
+pub mod container;
 pub mod diagnosis;
 pub mod duration;
 pub mod end;
@@ -24,6 +25,7 @@ pub mod sample;
 pub mod tcp_info;
 pub mod time;
 
+pub use container::Container;
 pub use diagnosis::Diagnosis;
 pub use end::{AbsoluteSeq, EndSample, OwnerMissing, ProcessOwner, SampleReason};
 pub use episode::{EndReason, Side};

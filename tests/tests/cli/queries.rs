@@ -26,6 +26,9 @@ fn text(o: &Output) -> String {
 
 /// Two episodes: hostx's flow to hosty, whose receiver is not reading
 /// (peer_not_reading), and alpha's flow to an address nobody monitors.
+/// The container B's reader runs in.
+const CONTAINER: &str = "4f6bd4a5e0c0a9d8b7c6e5f4a3b2c1d0e9f8a7b6c5d4e3f2a1b0c9d8e7f6a5b4";
+
 async fn stored_episodes(url: &str) -> (i64, i64) {
     let xy = FlowTuple::new(
         "198.18.9.1:8080".parse().expect("a"),
@@ -49,6 +52,13 @@ async fn stored_episodes(url: &str) -> (i64, i64) {
     b.pos.recvq = 6000;
     b.pos.copied = a.pos.snd_una.map(|r| r - 6000);
     b.pos.rcv_wnd = Some(0);
+    // B's reader runs in a container.
+    b.owner = Some(Box::new(tcpstall_common::ProcessOwner {
+        pid: 4242,
+        command: "java -jar app.jar".into(),
+        unit: Some(format!("docker-{CONTAINER}.scope")),
+        cgroup: Some(format!("/system.slice/docker-{CONTAINER}.scope")),
+    }));
     let x = connect(url, hello("hostx", &["198.18.9.1"]))
         .await
         .expect("x");
@@ -198,6 +208,12 @@ async fn report_episodes_show_diff_and_json() {
         e["peer"]["b"]["community_id"],
         e["peer"]["a"]["community_id"]
     );
+    assert_eq!(e["peer"]["b"]["container"]["runtime"], "docker");
+    assert_eq!(e["peer"]["b"]["container"]["id"], CONTAINER);
+    assert!(
+        e["peer"]["a"]["container"].is_null(),
+        "A's owner unknown: {e}"
+    );
     for side in ["a", "b"] {
         for key in [
             "host",
@@ -273,6 +289,7 @@ async fn report_episodes_show_diff_and_json() {
     );
     let id = format!("  community id: {}\n", flow.community_id());
     assert!(s.contains(&id), "{id:?} missing in\n{s}");
+    assert!(s.contains("  B runs in docker 4f6bd4a5e0c0\n"), "{s}");
     let o = cli(&url, &["diff", &pnr.to_string()]);
     assert!(o.status.success());
     golden("diff_peer_not_reading.txt", &text(&o));
