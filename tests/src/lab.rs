@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime};
 use tcpstall_proto::convert;
 use tcpstall_proto::v1::{self, query_client::QueryClient};
 
-use crate::{wait_for, AgentProcess, CollectorProcess};
+use crate::{wait_for, AgentProcess, CollectorProcess, TestNetns};
 use net::{Host, Net};
 
 /// How fast the lab's tools run.
@@ -59,6 +59,8 @@ pub struct Lab {
     // Fields drop in this order: agents, collector, then the namespaces.
     _agents: Vec<AgentProcess>,
     pub collector: CollectorProcess,
+    /// Namespaces some hosts' agents read beside their own (containers).
+    _more: Vec<TestNetns>,
     pub net: Net,
     pub settings: Settings,
     rt: tokio::runtime::Runtime,
@@ -74,13 +76,25 @@ impl Lab {
     /// As [`Lab::start`], but the hosts named in `unmonitored` run no
     /// agent.
     pub fn start_unmonitored(hosts: &[&str], unmonitored: &[&str], settings: Settings) -> Lab {
-        Lab::start_full(hosts, unmonitored, settings, &[])
+        Lab::start_full(hosts, unmonitored, settings, &[], |_| Vec::new())
     }
 
     /// As [`Lab::start`], every agent run through `wrapper` (see
     /// [`AgentProcess::start_wrapped`]): to take capabilities away.
     pub fn start_wrapped(hosts: &[&str], settings: Settings, wrapper: &[&str]) -> Lab {
-        Lab::start_full(hosts, &[], settings, wrapper)
+        Lab::start_full(hosts, &[], settings, wrapper, |_| Vec::new())
+    }
+
+    /// As [`Lab::start`], the agent of each role `more` names also reading
+    /// the namespace made for it (once the hosts have their addresses): a
+    /// container's namespace, say. The agents say hello in the hosts'
+    /// order, each after the one before.
+    pub fn start_with_more_netns(
+        hosts: &[&str],
+        settings: Settings,
+        more: impl FnOnce(&Net) -> Vec<(String, TestNetns)>,
+    ) -> Lab {
+        Lab::start_full(hosts, &[], settings, &[], more)
     }
 
     fn start_full(
@@ -88,8 +102,10 @@ impl Lab {
         unmonitored: &[&str],
         settings: Settings,
         wrapper: &[&str],
+        more: impl FnOnce(&Net) -> Vec<(String, TestNetns)>,
     ) -> Lab {
         let net = Net::new(hosts);
+        let more = more(&net);
         let collector = CollectorProcess::start(&[
             "--threshold",
             &ms_text(settings.threshold),
@@ -110,20 +126,33 @@ impl Lab {
         let agents = monitored
             .iter()
             .map(|h| {
-                AgentProcess::start_wrapped(
-                    wrapper,
-                    &url,
-                    &[
-                        "--host",
-                        &h.name,
-                        "--netns",
-                        &h.ns.name,
-                        "--interval",
-                        &interval,
-                        "--backoff-max",
-                        "500ms",
-                    ],
-                )
+                let mut args = vec![
+                    "--host",
+                    h.name.as_str(),
+                    "--netns",
+                    h.ns.name.as_str(),
+                    "--interval",
+                    interval.as_str(),
+                    "--backoff-max",
+                    "500ms",
+                ];
+                for (role, ns) in &more {
+                    if h.name.starts_with(&format!("{role}-")) {
+                        args.extend(["--netns", ns.name.as_str()]);
+                    }
+                }
+                let agent = AgentProcess::start_wrapped(wrapper, &url, &args);
+                // With namespaces beyond the hosts' own, the agents say
+                // hello one after the other, in the hosts' order: which one
+                // announced an address last is then known.
+                if !more.is_empty() {
+                    wait_for("the agent connected", Duration::from_secs(20), || {
+                        collector
+                            .logged(&["agent connected", &h.name])
+                            .then_some(())
+                    });
+                }
+                agent
             })
             .collect();
         let names: Vec<String> = monitored.iter().map(|h| h.name.clone()).collect();
@@ -134,6 +163,7 @@ impl Lab {
         let lab = Lab {
             _agents: agents,
             collector,
+            _more: more.into_iter().map(|(_, ns)| ns).collect(),
             net,
             settings,
             rt,

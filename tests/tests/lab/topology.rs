@@ -9,7 +9,7 @@ use std::time::SystemTime;
 use tcpstall_tests::lab::net::Net;
 use tcpstall_tests::lab::workload::{Pace, Rpc};
 use tcpstall_tests::lab::{evidence, Lab, Settings};
-use tcpstall_tests::require_root;
+use tcpstall_tests::{require_root, run, TestNetns};
 
 use crate::{expect_one, record, RESPONSE};
 
@@ -96,4 +96,61 @@ fn namespaces_are_removed_when_a_test_panics() {
     for path in &names {
         assert!(!Path::new(path).exists(), "{} left behind", path.display());
     }
+}
+
+/// The client's address as two hosts announce it: the client, and the
+/// other host, whose agent also reads a container namespace holding the
+/// same address (as every Docker host holds 172.17.0.1, and container
+/// networks repeat across hosts). The client stops reading: the collector
+/// asks both hosts for B's end, the client has the socket, so B is the
+/// client — not a half-open blamed on the other host, although the other
+/// host's agent said hello last (when the last to announce an address
+/// owned it, this was the other host's half-open).
+fn an_address_two_hosts_announce_joins_the_host_with_the_socket(s: Settings) {
+    let lab = Lab::start_with_more_netns(&["client", "server", "other"], s, |net| {
+        let ctr = TestNetns::new("lab");
+        let addr = format!("{}/32", net.host("client").addr);
+        for args in [
+            // (this kernel has no dummy interfaces: a veth pair inside it)
+            vec![
+                "-n",
+                ctr.name.as_str(),
+                "link",
+                "add",
+                "c0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "c1",
+            ],
+            vec![
+                "-n",
+                ctr.name.as_str(),
+                "addr",
+                "add",
+                addr.as_str(),
+                "dev",
+                "c0",
+            ],
+            vec!["-n", ctr.name.as_str(), "link", "set", "c0", "up"],
+        ] {
+            run("ip", &args);
+        }
+        vec![("other".to_string(), ctr)]
+    });
+    let mut rpc = Rpc::open(lab.host("client"), lab.host("server"));
+    let len = rpc.request(RESPONSE);
+    let reader = rpc.read(Pace::Paused);
+    let fault = SystemTime::now();
+    let _writer = rpc.respond(len);
+    let (e, _, _) = expect_one(&lab, &rpc, "peer_not_reading", fault);
+    assert_eq!(e.peer_note, "", "B joined, nothing missing: {e:#?}");
+    assert_eq!(reader.got(), 0);
+}
+
+#[test]
+fn an_address_two_hosts_announce_is_joined_with_the_one_holding_the_socket() {
+    require_root!();
+    an_address_two_hosts_announce_joins_the_host_with_the_socket(Settings::FAST);
 }
