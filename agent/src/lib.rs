@@ -22,7 +22,9 @@ macro_rules! internal {
     )*};
 }
 
-internal!(diag, filter, held, hello, metrics, outbox, poll, probe, suspects, uplink, view);
+internal!(
+    conntrack, diag, filter, held, hello, metrics, outbox, poll, probe, suspects, uplink, view
+);
 
 #[cfg(feature = "internals")]
 pub use poll::{PollStats, Poller};

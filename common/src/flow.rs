@@ -54,6 +54,33 @@ impl fmt::Display for FlowKey {
     }
 }
 
+/// One connection's entry in a host's connection tracking, as that host's
+/// kernel holds it: the tuple its first packet carried and the tuple its
+/// replies carry, each as source -> destination. Without translation the
+/// reply is the original reversed; a translated connection differs in the
+/// addresses or ports a rule rewrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Translation {
+    /// The original direction: `local` is its source, `remote` its
+    /// destination, as the first packet left the connection's initiator.
+    pub original: FlowTuple,
+    /// The reply direction: `local` is the reply's source (after a DNAT,
+    /// the real server), `remote` its destination (after an SNAT, the
+    /// translated client address).
+    pub reply: FlowTuple,
+    /// The source of the original direction was rewritten (SNAT, masquerade).
+    pub src_nat: bool,
+    /// The destination of the original direction was rewritten (DNAT).
+    pub dst_nat: bool,
+}
+
+impl Translation {
+    /// Whether any address or port of the connection was rewritten.
+    pub fn translated(&self) -> bool {
+        self.src_nat || self.dst_nat
+    }
+}
+
 /// IANA's protocol number of TCP.
 const IPPROTO_TCP: u8 = 6;
 

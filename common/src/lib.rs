@@ -30,7 +30,7 @@ pub use diagnosis::Diagnosis;
 pub use end::{AbsoluteSeq, EndSample, OwnerMissing, ProcessOwner, SampleReason};
 pub use episode::{EndReason, Side};
 pub use error::error_chain;
-pub use flow::{FlowKey, FlowTuple};
+pub use flow::{FlowKey, FlowTuple, Translation};
 pub use held::{HeldEnd, HeldSpan, HeldSpanError};
 pub use ingest::{
     AgentBatch, AgentHello, ClosedSocket, FromCollector, Heartbeat, HostHello, NamespaceAddresses,
