@@ -3,6 +3,7 @@
 
 mod bpf;
 mod cli;
+mod conntrack;
 mod families;
 mod namespaces;
 mod owner;

@@ -1,0 +1,113 @@
+//! Conntrack lookups against a real kernel: a DNAT rule in a namespace the
+//! test created, a connection through it, and the entry looked up from
+//! both of its ends.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+
+use tcpstall_agent::conntrack::{Conntrack, Direction};
+use tcpstall_common::{FlowTuple, Translation};
+use tcpstall_tests::{require_root, run, TestNetns};
+
+/// What one namespace's lookups found.
+#[derive(Debug)]
+struct Found {
+    client: FlowTuple,
+    server: FlowTuple,
+    real: SocketAddr,
+    by_client: Option<Translation>,
+    by_server: Option<Translation>,
+    by_reply: Option<Translation>,
+    missing: Option<Translation>,
+}
+
+/// In a fresh namespace, DNATs `vip` (in `prefix`, routed to loopback from
+/// `loopback`) to a listener on `loopback`, connects to the VIP (the shape
+/// of kube-proxy on a client's node, in one namespace) and looks the
+/// connection up from both ends, plus a flow that has no entry.
+fn through_dnat(family: &str, prefix: &str, loopback: &str, vip: &str) -> Found {
+    let ns = TestNetns::new("ct");
+    let listener = ns.enter(|| TcpListener::bind((loopback, 0)).expect("bind"));
+    let real = listener.local_addr().expect("listener addr");
+    let vip: SocketAddr = vip.parse().expect("vip");
+    // A route for the VIP, so that the connect reaches the output hook;
+    // the DNAT there reroutes it to loopback.
+    run(
+        "ip",
+        &[
+            "-n", &ns.name, "route", "add", prefix, "dev", "lo", "src", loopback,
+        ],
+    );
+    let rules = format!(
+        "add table {family} nat; \
+         add chain {family} nat output {{ type nat hook output priority -100; }}; \
+         add rule {family} nat output {family} daddr {} tcp dport {} dnat to {real}",
+        vip.ip(),
+        vip.port()
+    );
+    run("ip", &["netns", "exec", &ns.name, "/usr/sbin/nft", &rules]);
+    let unused = |port| SocketAddr::new(real.ip(), port);
+
+    ns.enter(|| {
+        let client = TcpStream::connect(vip).expect("connect to the VIP");
+        let (server, _) = listener.accept().expect("accept");
+        let client = FlowTuple::new(client.local_addr().expect("client addr"), vip);
+        let server = FlowTuple::new(
+            server.local_addr().expect("server addr"),
+            server.peer_addr().expect("server peer"),
+        );
+        let mut ct = Conntrack::open().expect("ctnetlink socket");
+        Found {
+            client,
+            server,
+            real,
+            by_client: ct.lookup(client).expect("lookup the client's flow"),
+            by_server: ct.lookup(server).expect("lookup the server's flow"),
+            by_reply: ct
+                .get(Direction::Reply, server)
+                .expect("get by the reply tuple"),
+            missing: ct
+                .lookup(FlowTuple::new(unused(1), unused(2)))
+                .expect("lookup a flow without an entry"),
+        }
+    })
+}
+
+fn check(f: Found) {
+    eprintln!("client {}: {:?}", f.client, f.by_client);
+    eprintln!("server {}: {:?}", f.server, f.by_server);
+    assert!(!f.client.local.ip().is_unspecified(), "{f:?}");
+    let t = f.by_client.expect("the client's flow has an entry");
+    assert_eq!(t.original, f.client);
+    assert!(t.dst_nat && !t.src_nat, "{t:?}");
+    // The reply comes from the real server, to the client as it is.
+    assert_eq!(t.reply.local, f.real);
+    assert_eq!(t.reply.remote, f.client.local);
+    // The server's socket is the reply side of the same entry, found by
+    // the same one request.
+    assert_eq!(f.server, t.reply);
+    assert_eq!(f.by_server, Some(t));
+    assert_eq!(f.by_reply, Some(t));
+    assert_eq!(f.missing, None);
+}
+
+#[test]
+fn a_dnat_entry_is_found_from_both_ends_ipv4() {
+    require_root!();
+    check(through_dnat(
+        "ip",
+        "198.18.0.0/24",
+        "127.0.0.1",
+        "198.18.0.1:80",
+    ));
+}
+
+#[test]
+fn a_dnat_entry_is_found_from_both_ends_ipv6() {
+    require_root!();
+    check(through_dnat(
+        "ip6",
+        "fd00:18::/64",
+        "::1",
+        "[fd00:18::1]:80",
+    ));
+}
