@@ -111,3 +111,43 @@ fn a_dnat_entry_is_found_from_both_ends_ipv6() {
         "[fd00:18::1]:80",
     ));
 }
+
+/// A source rewrite (SNAT in postrouting, the shape of masquerade): the
+/// client's flow is the original, the server's is the reply, whose
+/// destination is the translated source.
+#[test]
+fn an_snat_entry_is_found_from_both_ends() {
+    require_root!();
+    let ns = TestNetns::new("ct-snat");
+    let listener = ns.enter(|| TcpListener::bind("127.0.0.1:0").expect("bind"));
+    let real = listener.local_addr().expect("listener addr");
+    let rules = format!(
+        "add table ip nat; \
+         add chain ip nat postrouting {{ type nat hook postrouting priority 100; }}; \
+         add rule ip nat postrouting ip daddr {} tcp dport {} snat to 127.0.0.2",
+        real.ip(),
+        real.port()
+    );
+    run("ip", &["netns", "exec", &ns.name, "/usr/sbin/nft", &rules]);
+    let (client, server, by_client, by_server) = ns.enter(|| {
+        let client = TcpStream::connect(real).expect("connect");
+        let (server, _) = listener.accept().expect("accept");
+        let client = FlowTuple::new(client.local_addr().expect("client addr"), real);
+        let server = FlowTuple::new(real, server.peer_addr().expect("server peer"));
+        let mut ct = Conntrack::open().expect("ctnetlink socket");
+        (
+            client,
+            server,
+            ct.lookup(client).expect("lookup the client's flow"),
+            ct.lookup(server).expect("lookup the server's flow"),
+        )
+    });
+    eprintln!("client {client}: {by_client:?}");
+    eprintln!("server {server}: {by_server:?}");
+    let t = by_client.expect("the client's flow has an entry");
+    assert!(t.src_nat && !t.dst_nat, "{t:?}");
+    assert_eq!(t.original, client);
+    assert_eq!(t.reply, server);
+    assert_eq!(server.remote.ip().to_string(), "127.0.0.2");
+    assert_eq!(by_server, Some(t));
+}
