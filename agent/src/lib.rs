@@ -10,19 +10,10 @@ pub mod config;
 pub mod netns;
 pub mod run;
 
-/// Modules public only with the feature `internals` (this crate's own
-/// integration tests, the workspace's end-to-end tests and the benchmarks
-/// turn it on).
-macro_rules! internal {
-    ($($name:ident),* $(,)?) => {$(
-        #[cfg(feature = "internals")]
-        pub mod $name;
-        #[cfg(not(feature = "internals"))]
-        pub(crate) mod $name;
-    )*};
-}
-
-internal!(
+// Modules public only with the feature `internals` (this crate's own
+// integration tests, the workspace's end-to-end tests and the benchmarks
+// turn it on).
+tcpstall_common::internal_mods!(
     conntrack, diag, filter, held, hello, metrics, outbox, poll, probe, suspects, uplink, view
 );
 

@@ -19,19 +19,10 @@
 pub mod config;
 pub mod server;
 
-/// Modules public only with the feature `internals` (this crate's own
-/// integration tests and the benchmarks turn it on); to everyone else the
-/// collector is its binary, [`server`] and [`config`].
-macro_rules! internal {
-    ($($name:ident),* $(,)?) => {$(
-        #[cfg(feature = "internals")]
-        pub mod $name;
-        #[cfg(not(feature = "internals"))]
-        pub(crate) mod $name;
-    )*};
-}
-
-internal!(gateway, matcher, messages, metrics, query, store, tls);
+// Modules public only with the feature `internals` (this crate's own
+// integration tests and the benchmarks turn it on); to everyone else the
+// collector is its binary, [`server`] and [`config`].
+tcpstall_common::internal_mods!(gateway, matcher, messages, metrics, query, store, tls);
 
 #[cfg(feature = "internals")]
 pub mod inprocess;

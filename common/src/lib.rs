@@ -42,3 +42,18 @@ pub use positions::Positions;
 pub use sample::{normalize_addr, CongName, Opened, SkMemInfo, SocketSample, TcpState, TimerKind};
 pub use tcp_info::{TcpInfo, TcpInfoError};
 pub use time::Clock;
+
+/// Declares modules that are public only with the calling crate's feature
+/// `internals` (its own integration tests, the end-to-end tests and the
+/// benchmarks turn it on) and crate-private otherwise: how the agent and the
+/// collector keep their insides from other users. The `cfg` is the
+/// caller's, evaluated where the macro expands.
+#[macro_export]
+macro_rules! internal_mods {
+    ($($name:ident),* $(,)?) => {$(
+        #[cfg(feature = "internals")]
+        pub mod $name;
+        #[cfg(not(feature = "internals"))]
+        pub(crate) mod $name;
+    )*};
+}
