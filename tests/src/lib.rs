@@ -104,7 +104,17 @@ impl TestNetns {
             std::process::id(),
             SEQ.fetch_add(1, Ordering::Relaxed)
         );
-        run("ip", &["netns", "add", &name]);
+        {
+            // One `ip netns add` at a time in this process: the first ones
+            // on a fresh machine make /run/netns a mount point, and two
+            // doing it at once can stack a second mount over a namespace
+            // the other just made, hiding it (seen in CI).
+            static ADDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+            let _one = ADDING
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            run("ip", &["netns", "add", &name]);
+        }
         let ns = TestNetns { name };
         run("ip", &["-n", &ns.name, "link", "set", "lo", "up"]);
         ns
