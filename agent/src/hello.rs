@@ -119,6 +119,8 @@ impl Identity {
             namespaces,
             probes: self.probes,
             interval: self.interval,
+            answers_lookups: false,
+            forwards: false,
         }
     }
 }

@@ -245,6 +245,7 @@ pub fn to_batches(sel: Selection, mono: Duration, max: usize) -> Vec<AgentBatch>
         packed: Vec::new(),
         closed,
         absent,
+        lookups: Vec::new(),
         dropped_batches: 0,
         dropped_samples: 0,
     };

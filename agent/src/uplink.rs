@@ -323,6 +323,12 @@ async fn one_session(
                 tracing::debug!(session, %flow, "unwatch");
                 LinkEvent::Unwatch(flow)
             }
+            // Not answered yet (the Hello does not say answers_lookups, so
+            // a collector does not ask).
+            Ok(Some(FromCollector::Request(ToAgent::Translate(flow)))) => {
+                tracing::debug!(session, %flow, "translate request ignored");
+                continue;
+            }
             Ok(None) => {
                 tracing::debug!(session, "empty or unknown message from the collector");
                 continue;

@@ -44,6 +44,7 @@ fn messages() -> Vec<v1::AgentMessage> {
             ..Default::default()
         }),
         interval_ms: 2000,
+        ..Default::default()
     };
     let a = a_end(41, 5000, 3000);
     let mut b = a_end(42, 1, 0);
@@ -69,6 +70,7 @@ fn messages() -> Vec<v1::AgentMessage> {
         absent: vec![convert::flow_to_wire(gone.reversed())],
         dropped_batches: 2,
         dropped_samples: 300,
+        ..Default::default()
     };
     vec![
         v1::AgentMessage {
@@ -103,6 +105,9 @@ fn sent_again(msgs: &[raw::AgentMessage]) -> Vec<u8> {
             }
             raw::agent_message::Body::Heartbeat(h) => {
                 ToCollector::Heartbeat(convert::heartbeat_from_wire(&h))
+            }
+            raw::agent_message::Body::Addresses(a) => {
+                ToCollector::Addresses(convert::addresses_from_wire(&a).expect("valid"))
             }
         };
         convert::agent_message_to_wire(domain)

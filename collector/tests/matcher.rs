@@ -81,6 +81,8 @@ impl Rig {
                     boot_id: "b".into(),
                     addresses: vec![addr, "127.0.0.1".parse().expect("ip")],
                     interval: Duration::from_secs(2),
+                    answers_lookups: true,
+                    forwards: false,
                 },
                 tx,
                 reply,

@@ -93,6 +93,7 @@ fn end_sample(f: FlowTuple, cookie: u64, sendq: u32) -> EndSample {
         owner: None,
         owner_missing: None,
         absolute: None,
+        translation: None,
     }
 }
 

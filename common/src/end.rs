@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::flow::FlowTuple;
+use crate::flow::{FlowTuple, Translation};
 use crate::held::HeldSpan;
 use crate::kernel_tcp::{FactSource, KernelTcp, SackBlock};
 use crate::positions::Positions;
@@ -75,6 +75,11 @@ pub struct EndSample {
     /// The BPF probe's absolute sequence numbers and SACK blocks.
     #[serde(default)]
     pub absolute: Option<Box<AbsoluteSeq>>,
+    /// The connection's conntrack entry when a NAT rule rewrote it, as
+    /// the sample's host reads it (the socket's namespace, else the
+    /// host's). Boxed: rarely set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub translation: Option<Box<Translation>>,
 }
 
 /// The process that holds a socket, found by its inode in /proc.
@@ -184,6 +189,7 @@ impl EndSample {
             owner: None,
             owner_missing: None,
             absolute: None,
+            translation: None,
         }
     }
 

@@ -79,6 +79,45 @@ impl Translation {
     pub fn translated(&self) -> bool {
         self.src_nat || self.dst_nat
     }
+
+    /// The far end's socket, given one end's (`seen`, as that end's host
+    /// sees it: local is its own side): a socket whose packets are the
+    /// entry's original direction talks to a socket whose packets are its
+    /// reply direction, and the other way round. `None` when `seen` is
+    /// neither of the entry's tuples.
+    ///
+    /// Behind a DNAT, the client's `c -> vip` gives the server's
+    /// `s -> c`; behind an SNAT, the server's `s -> n` (`n` the translated
+    /// client) gives the client's `c -> s`.
+    pub fn far_side(&self, seen: FlowTuple) -> Option<FlowTuple> {
+        if seen == self.original {
+            Some(self.reply)
+        } else if seen == self.reply {
+            Some(self.original)
+        } else {
+            None
+        }
+    }
+
+    /// Whether `flow` is one of the entry's directions (the flow's socket
+    /// is one of the connection's two ends).
+    pub fn holds(&self, flow: FlowTuple) -> bool {
+        flow == self.original || flow == self.reply
+    }
+}
+
+impl fmt::Display for Translation {
+    /// `original => reply`, each `source -> destination`, with what was
+    /// rewritten: `10.0.0.1:5000 -> 10.96.0.10:80 => 10.1.0.7:8080 -> 10.0.0.1:5000 (dnat)`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = match (self.src_nat, self.dst_nat) {
+            (true, true) => "snat+dnat",
+            (true, false) => "snat",
+            (false, true) => "dnat",
+            (false, false) => "untranslated",
+        };
+        write!(f, "{} => {} ({what})", self.original, self.reply)
+    }
 }
 
 /// IANA's protocol number of TCP.

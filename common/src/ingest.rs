@@ -6,11 +6,11 @@
 //! collector reads a greeting as [`HostHello`], the host and all its
 //! addresses. The wire forms and their checks are `tcpstall_proto::convert`'s.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use crate::end::{EndSample, SampleReason};
-use crate::flow::FlowTuple;
+use crate::flow::{FlowTuple, Translation};
 use crate::held::HeldSpan;
 use crate::packed::Packed;
 
@@ -25,6 +25,10 @@ pub struct HostHello {
     /// Every address of every namespace the agent reads.
     pub addresses: Vec<IpAddr>,
     pub interval: Duration,
+    /// The agent answers [`ToAgent::Translate`] and sends [`Lookup`]s.
+    pub answers_lookups: bool,
+    /// The host forwards packets, so may translate other hosts' flows.
+    pub forwards: bool,
 }
 
 /// An agent's greeting as it says it: who it is, each namespace it reads
@@ -41,6 +45,10 @@ pub struct AgentHello {
     pub probes: ProbeSet,
     /// How often the agent polls.
     pub interval: Duration,
+    /// The agent answers [`ToAgent::Translate`] and sends [`Lookup`]s.
+    pub answers_lookups: bool,
+    /// The host forwards packets (IP forwarding on in its own namespace).
+    pub forwards: bool,
 }
 
 /// One network namespace an agent reads, with the addresses it owns (the
@@ -87,10 +95,29 @@ pub struct AgentBatch {
     pub packed: Vec<Option<Packed>>,
     pub closed: Vec<ClosedSocket>,
     pub absent: Vec<FlowTuple>,
+    /// What the host knows of flows it has no socket for: watched flows
+    /// it reports absent (when it knows more), answers to
+    /// [`ToAgent::Translate`].
+    pub lookups: Vec<Lookup>,
     /// What the agent has dropped since it started, batches and the
     /// samples in them.
     pub dropped_batches: u64,
     pub dropped_samples: u64,
+}
+
+/// What a host knows of a flow it has no socket for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lookup {
+    /// The flow as asked.
+    pub flow: FlowTuple,
+    /// The conntrack entry that holds the flow in either direction.
+    pub translation: Option<Translation>,
+    /// The remote of the one socket here on the flow's local endpoint,
+    /// when that socket talks to someone else: the flow was translated on
+    /// its way by a host this one does not know.
+    pub connected_to: Option<SocketAddr>,
+    /// An answer to [`ToAgent::Translate`] (else about a watched flow).
+    pub asked: bool,
 }
 
 /// "Alive, nothing to send": an agent's poll that found nothing worth
@@ -112,6 +139,9 @@ pub enum ToCollector {
     Hello(AgentHello),
     Batch(AgentBatch),
     Heartbeat(Heartbeat),
+    /// The namespaces' addresses changed: all of them as they are now.
+    /// Sent only to a collector whose [`Welcome`] reads them.
+    Addresses(Vec<NamespaceAddresses>),
 }
 
 /// What the collector asks an agent.
@@ -119,6 +149,9 @@ pub enum ToCollector {
 pub enum ToAgent {
     Watch(FlowTuple),
     Unwatch(FlowTuple),
+    /// Look this flow up in connection tracking once and answer with a
+    /// [`Lookup`] (asked), found or not. Only to agents that answer them.
+    Translate(FlowTuple),
 }
 
 /// The collector's first word on a stream.
@@ -126,6 +159,8 @@ pub enum ToAgent {
 pub struct Welcome {
     pub protocol: u32,
     pub collector_version: String,
+    /// The collector reads [`ToCollector::Addresses`].
+    pub reads_addresses: bool,
 }
 
 /// What an agent reads from the collector.

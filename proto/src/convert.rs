@@ -18,7 +18,7 @@ use tcpstall_common::time::micros;
 
 use tcpstall_common::{
     AbsoluteSeq, EndSample, FactSource, FlowTuple, HeldEnd, HeldSpan, Opened, OwnerMissing,
-    Positions, ProcessOwner, SackBlock, SampleReason, TcpState, TimerKind,
+    Positions, ProcessOwner, SackBlock, SampleReason, TcpState, TimerKind, Translation,
 };
 
 use crate::v1;
@@ -31,7 +31,7 @@ pub use agent::{
     hello_to_wire,
 };
 pub use ingest::{
-    agent_hello_from_wire, batch_from_wire, heartbeat_from_wire, hello_from_wire, pack,
+    addresses_from_wire, agent_hello_from_wire, batch_from_wire, heartbeat_from_wire, hello_from_wire, pack,
     to_agent_to_wire, unpack, welcome_to_wire, MAX_ADDRESSES,
 };
 pub use query::{
@@ -353,7 +353,38 @@ pub fn sample_to_wire(s: &EndSample, reason: v1::SampleReason) -> v1::Sample {
         }),
         // The agent sets it on released samples.
         held: None,
+        translation: s.translation.as_deref().copied().map(translation_to_wire),
     }
+}
+
+/// A conntrack entry on the wire.
+pub fn translation_to_wire(t: Translation) -> v1::Translation {
+    v1::Translation {
+        original: Some(flow_to_wire(t.original)),
+        reply: Some(flow_to_wire(t.reply)),
+        src_nat: t.src_nat,
+        dst_nat: t.dst_nat,
+    }
+}
+
+/// A conntrack entry from the wire: both tuples whole, of one family
+/// (connection tracking never mixes them).
+pub fn translation_from_wire(t: &v1::Translation) -> Result<Translation, ConvertError> {
+    let original = flow_from_wire(t.original.as_ref())?;
+    let reply = flow_from_wire(t.reply.as_ref())?;
+    let family = |f: FlowTuple| (f.local.is_ipv4(), f.remote.is_ipv4());
+    let (o, r) = (family(original), family(reply));
+    if o.0 != o.1 || r.0 != r.1 || o != r {
+        return Err(ConvertError::Invalid(format!(
+            "translation: addresses of two families ({original} => {reply})"
+        )));
+    }
+    Ok(Translation {
+        original,
+        reply,
+        src_nat: t.src_nat,
+        dst_nat: t.dst_nat,
+    })
 }
 
 fn sacks_to_wire(b: &[SackBlock]) -> Vec<v1::SackBlock> {
@@ -549,6 +580,12 @@ fn from_wire(
             .absolute
             .as_ref()
             .map(absolute_from_wire)
+            .transpose()?
+            .map(Box::new),
+        translation: w
+            .translation
+            .as_ref()
+            .map(translation_from_wire)
             .transpose()?
             .map(Box::new),
     })

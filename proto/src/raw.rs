@@ -18,7 +18,7 @@ use crate::v1;
 /// `v1::AgentMessage`, batches' samples left encoded.
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct AgentMessage {
-    #[prost(oneof = "agent_message::Body", tags = "1, 2, 3")]
+    #[prost(oneof = "agent_message::Body", tags = "1, 2, 3, 4")]
     pub body: ::core::option::Option<agent_message::Body>,
 }
 
@@ -33,6 +33,8 @@ pub mod agent_message {
         Batch(super::Batch),
         #[prost(message, tag = "3")]
         Heartbeat(v1::Heartbeat),
+        #[prost(message, tag = "4")]
+        Addresses(v1::Addresses),
     }
 }
 
@@ -54,6 +56,8 @@ pub struct Batch {
     pub dropped_samples: u64,
     #[prost(message, repeated, tag = "7")]
     pub absent: ::prost::alloc::vec::Vec<v1::FlowTuple>,
+    #[prost(message, repeated, tag = "8")]
+    pub lookups: ::prost::alloc::vec::Vec<v1::Lookup>,
 }
 
 /// `v1::GetEpisodeResponse`, each sample as the bytes of a `v1::Sample`.

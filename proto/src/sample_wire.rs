@@ -75,7 +75,7 @@ pub fn decode_sample(bytes: &[u8]) -> Result<v1::Sample, WireError> {
         40: VARINT, 41: VARINT, 42: VARINT, 43: VARINT, 44: VARINT, 45: VARINT, 46: VARINT,
         47: VARINT, 48: VARINT, 49: VARINT, 50: VARINT, 51: VARINT, 52: VARINT, 53: VARINT,
         54: VARINT, 55: VARINT, 56: VARINT, 60: VARINT, 61: VARINT, 62: VARINT, 63: VARINT,
-        64: LEN, 65: VARINT, 66: LEN, 70: LEN,
+        64: LEN, 65: VARINT, 66: LEN, 70: LEN, 71: LEN,
     );
     while !r.0.is_empty() {
         let (tag, wt) = r.key()?;
@@ -330,6 +330,57 @@ fn sample_field(
             let (inner, d) = r.message(tag, wt, depth)?;
             let h = w.held.get_or_insert_with(Default::default);
             fields(inner, d, h, held_field)?;
+        }
+        71 => {
+            let (inner, d) = r.message(tag, wt, depth)?;
+            let t = w.translation.get_or_insert_with(Default::default);
+            fields(inner, d, t, translation_field)?;
+        }
+        _ => r.skip(tag, wt, depth)?,
+    }
+    Ok(())
+}
+
+fn translation_field(
+    t: &mut v1::Translation,
+    tag: u32,
+    wt: u8,
+    r: &mut Reader<'_>,
+    depth: u32,
+) -> Result<(), WireError> {
+    match tag {
+        1 | 2 => {
+            let (inner, d) = r.message(tag, wt, depth)?;
+            let f = if tag == 1 {
+                &mut t.original
+            } else {
+                &mut t.reply
+            };
+            fields(inner, d, f.get_or_insert_with(Default::default), flow_field)?;
+        }
+        3 => t.src_nat = r.value(tag, wt)? != 0,
+        4 => t.dst_nat = r.value(tag, wt)? != 0,
+        _ => r.skip(tag, wt, depth)?,
+    }
+    Ok(())
+}
+
+fn flow_field(
+    f: &mut v1::FlowTuple,
+    tag: u32,
+    wt: u8,
+    r: &mut Reader<'_>,
+    depth: u32,
+) -> Result<(), WireError> {
+    match tag {
+        1 | 2 => {
+            let (inner, d) = r.message(tag, wt, depth)?;
+            let e = if tag == 1 {
+                &mut f.local
+            } else {
+                &mut f.remote
+            };
+            fields(inner, d, e.get_or_insert_with(Default::default), endpoint_field)?;
         }
         _ => r.skip(tag, wt, depth)?,
     }

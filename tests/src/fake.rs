@@ -37,6 +37,7 @@ pub fn hello(host: &str, addrs: &[&str]) -> v1::AgentMessage {
                 ..Default::default()
             }),
             interval_ms: 500,
+            ..Default::default()
         })),
     }
 }
@@ -109,6 +110,7 @@ pub fn stuck(flow: FlowTuple, cookie: u64, unchanged_ms: u64) -> EndSample {
         owner: None,
         owner_missing: None,
         absolute: None,
+        translation: None,
     }
 }
 

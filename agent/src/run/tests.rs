@@ -67,6 +67,7 @@ pub(crate) fn sample(cookie: u64) -> EndSample {
         owner: None,
         owner_missing: None,
         absolute: None,
+        translation: None,
     }
 }
 
@@ -252,6 +253,7 @@ fn a_selection_that_fits_is_one_batch_of_its_own_entries() {
             packed: Vec::new(),
             closed: sel.closed,
             absent: sel.absent,
+            lookups: Vec::new(),
             dropped_batches: 0,
             dropped_samples: 0,
         }]

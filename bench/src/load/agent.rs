@@ -135,6 +135,8 @@ fn hello(host: &Host, shape: &sim::Shape) -> v1::AgentMessage {
                 getsockopt: false,
             }),
             interval_ms: u32::try_from(shape.interval.as_millis()).unwrap_or(u32::MAX),
+            answers_lookups: true,
+            forwards: false,
         })),
     }
 }

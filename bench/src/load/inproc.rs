@@ -73,6 +73,7 @@ fn encode(polled: &sim::Polled, now: Duration, conns: u32) -> Vec<u8> {
         dropped_batches: 0,
         dropped_samples: 0,
         absent: polled.absent.iter().map(|f| flow_to_wire(*f)).collect(),
+        lookups: Vec::new(),
     };
     v1::AgentMessage {
         body: Some(v1::agent_message::Body::Batch(batch)),
@@ -148,6 +149,8 @@ fn measure(args: &InprocArgs) -> anyhow::Result<Seen> {
                     boot_id: "bench".into(),
                     addresses: vec![sim::host_addr(i).into()],
                     interval: INTERVAL,
+                    answers_lookups: true,
+                    forwards: false,
                 },
                 tx,
                 reply,
@@ -215,6 +218,8 @@ fn measure(args: &InprocArgs) -> anyhow::Result<Seen> {
                 match msg {
                     ToAgent::Watch(f) => host.watch(f),
                     ToAgent::Unwatch(f) => host.unwatch(&f),
+                    // The simulated fleet translates nothing.
+                    ToAgent::Translate(_) => {}
                 }
             }
         }

@@ -167,6 +167,7 @@ fn base_sample(flow: FlowTuple, cookie: u64, opened: Opened, pos: Positions) -> 
         owner: None,
         owner_missing: None,
         absolute: None,
+        translation: None,
     }
 }
 

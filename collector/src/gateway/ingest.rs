@@ -244,6 +244,9 @@ impl tcpstall_proto::server::ingest_server::Ingest for IngestService {
                         refuse(Status::invalid_argument("a second Hello on one stream")).await;
                         break;
                     }
+                    // The Welcome does not say reads_addresses yet: an agent
+                    // that sends them anyway is not refused for it.
+                    Some(agent_message::Body::Addresses(_)) => continue,
                     None => {
                         refuse(Status::invalid_argument("empty message")).await;
                         break;
@@ -294,6 +297,7 @@ impl tcpstall_proto::server::ingest_server::Ingest for IngestService {
             let welcome = convert::welcome_to_wire(Welcome {
                 protocol: tcpstall_proto::PROTOCOL_VERSION,
                 collector_version: env!("CARGO_PKG_VERSION").to_string(),
+                reads_addresses: false,
             });
             if out_tx.send(Ok(welcome)).await.is_err() {
                 return;

@@ -55,6 +55,7 @@ pub fn a_end(cookie: u64, snd_una: u64, sendq: u32) -> EndSample {
         owner: None,
         owner_missing: None,
         absolute: None,
+        translation: None,
     }
 }
 

@@ -53,6 +53,7 @@ pub fn end(side: Side, pos: Positions) -> EndSample {
         owner: None,
         owner_missing: None,
         absolute: None,
+        translation: None,
     }
 }
 

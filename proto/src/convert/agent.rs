@@ -6,13 +6,13 @@
 
 use tcpstall_common::time::micros;
 use tcpstall_common::{
-    AgentBatch, AgentHello, ClosedSocket, EndSample, FlowTuple, FromCollector, Heartbeat,
+    AgentBatch, AgentHello, ClosedSocket, EndSample, FlowTuple, FromCollector, Heartbeat, Lookup,
     NamespaceAddresses, ProbeSet, SampleReason, ToAgent, ToCollector, Welcome,
 };
 
 use super::{
     check_name, endpoint_from_wire, endpoint_to_wire, flow_to_wire, held_to_wire, ip_to_wire,
-    owner_to_wire, reasoned_sample_to_wire, ConvertError,
+    owner_to_wire, reasoned_sample_to_wire, translation_to_wire, ConvertError,
 };
 use crate::v1::{self, agent_message, collector_message};
 
@@ -22,6 +22,9 @@ pub fn agent_message_to_wire(m: ToCollector) -> v1::AgentMessage {
         ToCollector::Hello(h) => agent_message::Body::Hello(hello_to_wire(h)),
         ToCollector::Batch(b) => agent_message::Body::Batch(batch_to_wire(b)),
         ToCollector::Heartbeat(h) => agent_message::Body::Heartbeat(heartbeat_to_wire(h)),
+        ToCollector::Addresses(namespaces) => agent_message::Body::Addresses(v1::Addresses {
+            namespaces: namespaces.into_iter().map(namespace_to_wire).collect(),
+        }),
     };
     v1::AgentMessage { body: Some(body) }
 }
@@ -37,6 +40,8 @@ pub fn hello_to_wire(h: AgentHello) -> v1::Hello {
         namespaces: h.namespaces.into_iter().map(namespace_to_wire).collect(),
         probes: Some(probes_to_wire(h.probes)),
         interval_ms: u32::try_from(h.interval.as_millis()).unwrap_or(u32::MAX),
+        answers_lookups: h.answers_lookups,
+        forwards: h.forwards,
     }
 }
 
@@ -73,6 +78,16 @@ pub fn batch_to_wire(b: AgentBatch) -> v1::Batch {
         dropped_batches: b.dropped_batches,
         dropped_samples: b.dropped_samples,
         absent: b.absent.into_iter().map(flow_to_wire).collect(),
+        lookups: b.lookups.into_iter().map(lookup_to_wire).collect(),
+    }
+}
+
+fn lookup_to_wire(l: Lookup) -> v1::Lookup {
+    v1::Lookup {
+        flow: Some(flow_to_wire(l.flow)),
+        translation: l.translation.map(translation_to_wire),
+        connected_to: l.connected_to.map(endpoint_to_wire),
+        asked: l.asked,
     }
 }
 
@@ -111,6 +126,11 @@ pub fn heartbeat_to_wire(h: Heartbeat) -> v1::Heartbeat {
 type FlowFields = [&'static str; 3];
 const WATCH: FlowFields = ["watch.flow", "watch.flow.local", "watch.flow.remote"];
 const UNWATCH: FlowFields = ["unwatch.flow", "unwatch.flow.local", "unwatch.flow.remote"];
+const TRANSLATE: FlowFields = [
+    "translate.flow",
+    "translate.flow.local",
+    "translate.flow.remote",
+];
 
 /// A collector's message as an agent reads it. `None` when it has no body
 /// this build knows (a newer collector's message, or an empty one); a
@@ -128,6 +148,7 @@ pub fn collector_message_from_wire(
             FromCollector::Welcome(Welcome {
                 protocol: w.protocol,
                 collector_version: w.collector_version,
+                reads_addresses: w.reads_addresses,
             })
         }
         collector_message::Body::Watch(w) => {
@@ -136,6 +157,9 @@ pub fn collector_message_from_wire(
         collector_message::Body::Unwatch(u) => {
             FromCollector::Request(ToAgent::Unwatch(request_flow(u.flow.as_ref(), UNWATCH)?))
         }
+        collector_message::Body::Translate(t) => FromCollector::Request(ToAgent::Translate(
+            request_flow(t.flow.as_ref(), TRANSLATE)?,
+        )),
     };
     Ok(Some(msg))
 }

@@ -9,13 +9,14 @@ use std::time::Duration;
 
 use prost::Message;
 use tcpstall_common::{
-    AgentBatch, AgentHello, ClosedSocket, EndSample, FlowTuple, Heartbeat, HostHello,
+    AgentBatch, AgentHello, ClosedSocket, EndSample, FlowTuple, Heartbeat, HostHello, Lookup,
     NamespaceAddresses, Packed, ProbeSet, SampleReason, ToAgent, Welcome,
 };
 
 use super::{
     check_name, endpoint_from_wire, flow_from_wire, flow_to_wire, held_from_wire, ip_from_wire,
-    name_from_wire, reason_from_wire, sample_from_wire_owned, sample_to_wire, ConvertError,
+    name_from_wire, reason_from_wire, sample_from_wire_owned, sample_to_wire,
+    translation_from_wire, ConvertError,
 };
 use crate::v1::{self, collector_message};
 use crate::{raw, sample_wire};
@@ -76,7 +77,38 @@ pub fn hello_from_wire(h: &v1::Hello) -> Result<HostHello, ConvertError> {
         boot_id: name_from_wire(&h.boot_id, "boot_id")?,
         addresses,
         interval,
+        answers_lookups: h.answers_lookups,
+        forwards: h.forwards,
     })
+}
+
+/// An agent's Addresses: every namespace's addresses, checked and bounded
+/// as a Hello's are.
+pub fn addresses_from_wire(a: &v1::Addresses) -> Result<Vec<NamespaceAddresses>, ConvertError> {
+    let namespaces = namespaces_from_wire(&a.namespaces)?;
+    let n: usize = namespaces.iter().map(|ns| ns.addresses.len()).sum();
+    if n > MAX_ADDRESSES {
+        return Err(ConvertError::Invalid(format!(
+            "more than {MAX_ADDRESSES} addresses"
+        )));
+    }
+    Ok(namespaces)
+}
+
+fn namespaces_from_wire(ns: &[v1::Namespace]) -> Result<Vec<NamespaceAddresses>, ConvertError> {
+    ns.iter()
+        .map(|ns| {
+            Ok(NamespaceAddresses {
+                label: name_from_wire(&ns.label, "namespaces.label")?,
+                inode: ns.inode,
+                addresses: ns
+                    .addresses
+                    .iter()
+                    .map(|ip| ip_from_wire(Some(ip), "namespaces.addresses"))
+                    .collect::<Result<_, _>>()?,
+            })
+        })
+        .collect()
 }
 
 /// An agent's Hello, whole: every check [`hello_from_wire`] makes, and
@@ -90,22 +122,10 @@ pub fn agent_hello_from_wire(h: &v1::Hello) -> Result<AgentHello, ConvertError> 
         boot_id,
         addresses: _,
         interval,
+        answers_lookups,
+        forwards,
     } = hello_from_wire(h)?;
-    let namespaces = h
-        .namespaces
-        .iter()
-        .map(|ns| {
-            Ok(NamespaceAddresses {
-                label: name_from_wire(&ns.label, "namespaces.label")?,
-                inode: ns.inode,
-                addresses: ns
-                    .addresses
-                    .iter()
-                    .map(|ip| ip_from_wire(Some(ip), "namespaces.addresses"))
-                    .collect::<Result<_, _>>()?,
-            })
-        })
-        .collect::<Result<_, ConvertError>>()?;
+    let namespaces = namespaces_from_wire(&h.namespaces)?;
     let probes = h.probes.map_or_else(ProbeSet::default, |p| ProbeSet {
         sock_diag: p.sock_diag,
         bpf_iter: p.bpf_iter,
@@ -119,6 +139,8 @@ pub fn agent_hello_from_wire(h: &v1::Hello) -> Result<AgentHello, ConvertError> 
         namespaces,
         probes,
         interval,
+        answers_lookups,
+        forwards,
     })
 }
 
@@ -127,7 +149,7 @@ pub fn agent_hello_from_wire(h: &v1::Hello) -> Result<AgentHello, ConvertError> 
 /// message (each sample is a slice of the message's buffer, which goes with
 /// the batch).
 pub fn batch_from_wire(b: raw::Batch, max_entries: usize) -> Result<AgentBatch, ConvertError> {
-    let n = b.samples.len() + b.closed.len() + b.absent.len();
+    let n = b.samples.len() + b.closed.len() + b.absent.len() + b.lookups.len();
     if n > max_entries {
         return Err(ConvertError::TooMany {
             what: "batch",
@@ -175,6 +197,11 @@ pub fn batch_from_wire(b: raw::Batch, max_entries: usize) -> Result<AgentBatch, 
         .iter()
         .map(|f| flow_from_wire(Some(f)))
         .collect::<Result<Vec<_>, ConvertError>>()?;
+    let lookups = b
+        .lookups
+        .iter()
+        .map(lookup_from_wire)
+        .collect::<Result<Vec<_>, ConvertError>>()?;
     Ok(AgentBatch {
         mono: Duration::from_micros(b.mono_us),
         connections: b.connections,
@@ -182,8 +209,26 @@ pub fn batch_from_wire(b: raw::Batch, max_entries: usize) -> Result<AgentBatch, 
         packed,
         closed,
         absent,
+        lookups,
         dropped_batches: b.dropped_batches,
         dropped_samples: b.dropped_samples,
+    })
+}
+
+fn lookup_from_wire(l: &v1::Lookup) -> Result<Lookup, ConvertError> {
+    Ok(Lookup {
+        flow: flow_from_wire(l.flow.as_ref())?,
+        translation: l
+            .translation
+            .as_ref()
+            .map(translation_from_wire)
+            .transpose()?,
+        connected_to: l
+            .connected_to
+            .as_ref()
+            .map(|e| endpoint_from_wire(Some(e), "lookup.connected_to"))
+            .transpose()?,
+        asked: l.asked,
     })
 }
 
@@ -203,6 +248,7 @@ pub fn welcome_to_wire(w: Welcome) -> v1::CollectorMessage {
         body: Some(collector_message::Body::Welcome(v1::Welcome {
             protocol: w.protocol,
             collector_version: w.collector_version,
+            reads_addresses: w.reads_addresses,
         })),
     }
 }
@@ -215,6 +261,9 @@ pub fn to_agent_to_wire(msg: ToAgent) -> v1::CollectorMessage {
             reason: "peer of a suspect flow".into(),
         }),
         ToAgent::Unwatch(flow) => collector_message::Body::Unwatch(v1::Unwatch {
+            flow: Some(flow_to_wire(flow)),
+        }),
+        ToAgent::Translate(flow) => collector_message::Body::Translate(v1::Translate {
             flow: Some(flow_to_wire(flow)),
         }),
     };

@@ -67,6 +67,19 @@ pub(super) fn sample() -> EndSample {
             sacks_sent: vec![],
             sacks_received: vec![SackBlock { start: 20, end: 90 }; 4],
         })),
+        translation: Some(Box::new(translation())),
+    }
+}
+
+/// A DNAT'd connection's entry: a client's dial of a service address,
+/// rewritten to a server.
+pub(super) fn translation() -> Translation {
+    let a = |s: &str| s.parse().expect("addr");
+    Translation {
+        original: FlowTuple::new(a("10.0.0.1:40000"), a("10.96.0.10:80")),
+        reply: FlowTuple::new(a("10.1.0.7:8080"), a("10.0.0.1:40000")),
+        src_nat: false,
+        dst_nat: true,
     }
 }
 

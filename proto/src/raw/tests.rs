@@ -52,7 +52,21 @@ fn batch() -> v1::Batch {
         }],
         dropped_batches: 3,
         dropped_samples: 44,
-        absent: vec![flow],
+        absent: vec![flow.clone()],
+        lookups: vec![v1::Lookup {
+            flow: Some(flow.clone()),
+            translation: Some(v1::Translation {
+                original: Some(flow.clone()),
+                reply: Some(v1::FlowTuple {
+                    local: endpoint(5, 8080),
+                    remote: endpoint(3, 40001),
+                }),
+                src_nat: false,
+                dst_nat: true,
+            }),
+            connected_to: endpoint(6, 443),
+            asked: true,
+        }],
     }
 }
 
@@ -96,6 +110,7 @@ fn a_raw_message_reads_as_v1() {
             dropped_batches: wire.dropped_batches,
             dropped_samples: wire.dropped_samples,
             absent: wire.absent.clone(),
+            lookups: wire.lookups.clone(),
         })),
     };
     let back = v1::AgentMessage::decode(&*raw.encode_to_vec()).expect("decodes as v1");
@@ -109,6 +124,15 @@ fn a_raw_message_reads_as_v1() {
         v1::agent_message::Body::Heartbeat(v1::Heartbeat {
             dropped_batches: 5,
             ..Default::default()
+        }),
+        v1::agent_message::Body::Addresses(v1::Addresses {
+            namespaces: vec![v1::Namespace {
+                label: "host".into(),
+                inode: 7,
+                addresses: vec![v1::Ip {
+                    octets: vec![10, 0, 0, 1],
+                }],
+            }],
         }),
     ] {
         let msg = v1::AgentMessage { body: Some(body) };

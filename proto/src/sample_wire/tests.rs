@@ -136,6 +136,18 @@ fn random_sample(r: &mut Rng) -> v1::Sample {
             ended_us: r.num(),
             end: r.below(6) as i32,
         }),
+        translation: (r.below(3) == 0).then(|| v1::Translation {
+            original: (r.below(4) > 0).then(|| v1::FlowTuple {
+                local: r.endpoint(),
+                remote: r.endpoint(),
+            }),
+            reply: (r.below(4) > 0).then(|| v1::FlowTuple {
+                local: r.endpoint(),
+                remote: r.endpoint(),
+            }),
+            src_nat: r.below(2) == 0,
+            dst_nat: r.below(2) == 0,
+        }),
     }
 }
 

@@ -44,6 +44,8 @@ fn hello() -> AgentHello {
             getsockopt: true,
         },
         interval: Duration::from_millis(1500),
+        answers_lookups: true,
+        forwards: true,
     }
 }
 
@@ -98,6 +100,20 @@ fn batch() -> AgentBatch {
             },
         ],
         absent: vec![s.flow.reversed()],
+        lookups: vec![
+            Lookup {
+                flow: s.flow.reversed(),
+                translation: None,
+                connected_to: Some("192.0.2.9:443".parse().expect("addr")),
+                asked: false,
+            },
+            Lookup {
+                flow: crate::convert::tests::translation().reply,
+                translation: Some(crate::convert::tests::translation()),
+                connected_to: None,
+                asked: true,
+            },
+        ],
         dropped_batches: 2,
         dropped_samples: 300,
     }
@@ -129,6 +145,8 @@ fn a_hello_goes_out_with_the_fields_the_agent_always_set() {
             getsockopt: true,
         }),
         interval_ms: 1500,
+        answers_lookups: true,
+        forwards: true,
     };
     let wire = hello_to_wire(h);
     assert_eq!(wire, by_hand);
@@ -150,6 +168,8 @@ fn a_hello_comes_back_whole_and_as_the_collector_keeps_it() {
             boot_id: h.boot_id.clone(),
             addresses: h.namespaces[0].addresses.clone(),
             interval: h.interval,
+            answers_lookups: true,
+            forwards: true,
         },
         "every namespace's addresses, in order"
     );
@@ -231,6 +251,21 @@ fn batch_by_hand(b: &AgentBatch) -> v1::Batch {
         dropped_batches: b.dropped_batches,
         dropped_samples: b.dropped_samples,
         absent: b.absent.iter().map(|f| flow_to_wire(*f)).collect(),
+        lookups: b
+            .lookups
+            .iter()
+            .map(|l| v1::Lookup {
+                flow: Some(flow_to_wire(l.flow)),
+                translation: l.translation.map(|t| v1::Translation {
+                    original: Some(flow_to_wire(t.original)),
+                    reply: Some(flow_to_wire(t.reply)),
+                    src_nat: t.src_nat,
+                    dst_nat: t.dst_nat,
+                }),
+                connected_to: l.connected_to.map(endpoint_to_wire),
+                asked: l.asked,
+            })
+            .collect(),
     }
 }
 
@@ -319,6 +354,7 @@ fn every_message_goes_in_its_envelope_and_comes_back() {
         ToCollector::Hello(hello()),
         ToCollector::Batch(batch()),
         ToCollector::Heartbeat(heartbeat),
+        ToCollector::Addresses(hello().namespaces),
     ] {
         let bytes = agent_message_to_wire(m.clone()).encode_to_vec();
         let body = raw::AgentMessage::decode(&bytes[..])
@@ -337,6 +373,9 @@ fn every_message_goes_in_its_envelope_and_comes_back() {
             raw::agent_message::Body::Heartbeat(h) => {
                 ToCollector::Heartbeat(heartbeat_from_wire(&h))
             }
+            raw::agent_message::Body::Addresses(a) => {
+                ToCollector::Addresses(crate::convert::addresses_from_wire(&a).expect("valid"))
+            }
         };
         assert_eq!(back, m);
     }
@@ -345,7 +384,11 @@ fn every_message_goes_in_its_envelope_and_comes_back() {
 #[test]
 fn requests_and_the_welcome_come_back_whole() {
     let flow = sample().flow;
-    for ask in [ToAgent::Watch(flow), ToAgent::Unwatch(flow.reversed())] {
+    for ask in [
+        ToAgent::Watch(flow),
+        ToAgent::Unwatch(flow.reversed()),
+        ToAgent::Translate(flow),
+    ] {
         assert_eq!(
             collector_message_from_wire(to_agent_to_wire(ask)),
             Ok(Some(FromCollector::Request(ask)))
@@ -354,6 +397,7 @@ fn requests_and_the_welcome_come_back_whole() {
     let welcome = Welcome {
         protocol: crate::PROTOCOL_VERSION,
         collector_version: "0.1.0".into(),
+        reads_addresses: true,
     };
     assert_eq!(
         collector_message_from_wire(welcome_to_wire(welcome.clone())),
@@ -427,6 +471,7 @@ fn a_malformed_request_is_refused_naming_its_field() {
     let long = welcome_to_wire(Welcome {
         protocol: 1,
         collector_version: "v".repeat(300),
+        reads_addresses: false,
     });
     assert!(matches!(
         collector_message_from_wire(long),

@@ -15,6 +15,7 @@ fn sample() -> EndSample {
 fn owner_nodelay_and_absolute_facts_survive_packing() {
     let mut s = sample();
     assert!(s.owner.is_some() && s.absolute.is_some() && s.nodelay.is_some());
+    assert!(s.translation.is_some());
     assert_eq!(unpack(&pack(&s)), Some(s.clone()));
     s.owner = None;
     s.owner_missing = Some(OwnerMissing::NoPermission);
@@ -26,6 +27,7 @@ fn a_packed_sample_comes_back_whole_and_smaller() {
     let mut s = sample();
     s.owner = None;
     s.absolute = None;
+    s.translation = None;
     let p = pack(&s);
     assert_eq!(unpack(&p), Some(s));
     assert!(
