@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use crate::end::EndSample;
 use crate::episode::Side;
-use crate::flow::FlowTuple;
+use crate::flow::{FlowTuple, Translation};
 use crate::held::HeldEnd;
 use crate::packed::Packed;
 
@@ -374,4 +374,15 @@ mod tests {
         assert_eq!(f(5).effective_limit(), 5);
         assert_eq!(f(u32::MAX).effective_limit(), MAX_LIST_LIMIT);
     }
+}
+
+/// The translation that joined an episode's two ends, when their addresses
+/// differ between them (a NAT between A and B): the conntrack entry, and
+/// the host whose connection tracking holds it (A's, B's, or a NAT
+/// gateway's that runs an agent).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct JoinedVia {
+    /// Whose conntrack gave it.
+    pub host: String,
+    pub translation: Translation,
 }
