@@ -34,6 +34,10 @@ pub enum ToMatcher {
         /// Every address of every namespace its agent reads.
         addresses: Vec<IpAddr>,
         interval: Duration,
+        /// Its agent answers [`ToGateway::Translate`].
+        answers_lookups: bool,
+        /// Its host forwards packets: it may translate other hosts' flows.
+        forwards: bool,
     },
     /// A host's stream ended: what it reported ends with it.
     HostDown { host: HostId },
@@ -59,6 +63,8 @@ pub enum ToGateway {
     Watch { host: HostId, flow: FlowTuple },
     /// Stop reporting it.
     Unwatch { host: HostId, flow: FlowTuple },
+    /// Look `flow` up in connection tracking once and answer.
+    Translate { host: HostId, flow: FlowTuple },
 }
 
 #[cfg_attr(not(feature = "internals"), allow(dead_code))] // fleet mode's partitions (to come); its tests today

@@ -67,10 +67,17 @@ impl Rig {
 
     /// Connects an agent for `host` owning `addr`; returns its session.
     fn hello(&mut self, host: &str, addr: &str, now: i64) -> u64 {
+        self.hello_as(host, &[addr], false, now)
+    }
+
+    /// Connects an agent for `host` owning `addrs`, on a host that
+    /// forwards packets or not; returns its session.
+    fn hello_as(&mut self, host: &str, addrs: &[&str], forwards: bool, now: i64) -> u64 {
         self.session += 1;
         let (tx, rx) = mpsc::channel(16);
         let (reply, mut res) = oneshot::channel();
-        let addr: IpAddr = addr.parse().expect("ip");
+        let mut addresses: Vec<IpAddr> = addrs.iter().map(|a| a.parse().expect("ip")).collect();
+        addresses.push("127.0.0.1".parse().expect("ip"));
         self.gateway(
             Input::Hello {
                 session: self.session,
@@ -79,10 +86,10 @@ impl Rig {
                     agent_version: "t".into(),
                     kernel: "6.18".into(),
                     boot_id: "b".into(),
-                    addresses: vec![addr, "127.0.0.1".parse().expect("ip")],
+                    addresses,
                     interval: Duration::from_secs(2),
                     answers_lookups: true,
-                    forwards: false,
+                    forwards,
                 },
                 tx,
                 reply,
@@ -1375,7 +1382,7 @@ async fn the_join_reads_as_the_diagnosis_table() {
             retransmitting_a,
             NoAgent,
             "peer_unmonitored",
-            Some("no agent covers the peer's address"),
+            Some("no agent covers 198.18.0.1"),
         ),
     ];
     for (row, a_end_of, b_says, want, note) in table {
@@ -1605,4 +1612,337 @@ async fn an_address_left_with_one_owner_is_joined_as_before() {
     let eps = rig.episodes().await;
     assert_eq!(eps[0].diagnosis, "half_open", "{eps:?}");
     assert_eq!(eps[0].b_host.as_deref(), Some("hostb"));
+}
+
+// ------------------------------------------------------------ through NAT
+
+/// A's end (the server, 198.18.0.2:8080, its queue held towards the client
+/// at 198.18.0.1:40000) and what the lab would show of each translation.
+mod nat {
+    use super::*;
+    use tcpstall_common::{Lookup, Translation};
+
+    fn f(local: &str, remote: &str) -> FlowTuple {
+        FlowTuple::new(local.parse().expect("addr"), remote.parse().expect("addr"))
+    }
+
+    fn t(original: FlowTuple, reply: FlowTuple, src_nat: bool, dst_nat: bool) -> Translation {
+        Translation {
+            original,
+            reply,
+            src_nat,
+            dst_nat,
+        }
+    }
+
+    /// The client's end on `flow`, not reading: `recvq` bytes read in
+    /// but not by its application, and a closed window.
+    fn not_reading(a: &EndSample, flow: FlowTuple) -> EndSample {
+        let mut b = b_end(a, 5000, 4096, 0);
+        b.flow = flow;
+        b
+    }
+
+    fn lookup(flow: FlowTuple, tr: Option<Translation>, connected_to: Option<&str>) -> Lookup {
+        Lookup {
+            flow,
+            translation: tr,
+            connected_to: connected_to.map(|c| c.parse().expect("addr")),
+            asked: false,
+        }
+    }
+
+    fn absent_with(rig: &mut Rig, sess: u64, mono: f64, l: Lookup, now: i64) {
+        rig.batch(
+            sess,
+            AgentBatch {
+                mono: Duration::from_secs_f64(mono),
+                absent: vec![l.flow],
+                lookups: vec![l],
+                ..AgentBatch::default()
+            },
+            now,
+        );
+    }
+
+    fn open_after(rig: &mut Rig, sess: u64, mut a: EndSample) {
+        a.unchanged_ms = 10_000;
+        rig.send(sess, 110.0, vec![(SampleReason::Suspect, a)], at(10.0));
+    }
+
+    /// A port-forward on A's own host (hostA:80 -> A's 8080): A's sample
+    /// carries the entry, and the client is asked for its own 4-tuple,
+    /// towards port 80, never for the reversed one it does not have.
+    #[tokio::test]
+    async fn a_translation_on_the_suspects_host_asks_the_peer_for_its_own_tuple() {
+        let mut rig = Rig::new();
+        let a_sess = rig.hello("hosta", "198.18.0.2", at(0.0));
+        let b_sess = rig.hello("hostb", "198.18.0.1", at(0.0));
+        let mut a = zero_window(stuck_a(6000));
+        let b_flow = f("198.18.0.1:40000", "198.18.0.2:80");
+        a.translation = Some(Box::new(t(b_flow, a.flow, false, true)));
+        rig.send(
+            a_sess,
+            106.0,
+            vec![(SampleReason::Suspect, a.clone())],
+            at(6.0),
+        );
+        assert_eq!(rig.asked("hostb"), vec![ToAgent::Watch(b_flow)]);
+        let b = not_reading(&a, b_flow);
+        rig.send(b_sess, 7.0, vec![(SampleReason::Watched, b)], at(7.0));
+        open_after(&mut rig, a_sess, a);
+        let eps = rig.episodes().await;
+        assert_eq!(eps.len(), 1, "{eps:?}");
+        assert_eq!(eps[0].diagnosis, "peer_not_reading", "{eps:?}");
+        assert_eq!(eps[0].b_host.as_deref(), Some("hostb"));
+        assert_eq!(rig.stats().joined_via_translation, 0, "joined at once");
+    }
+
+    /// A service address on the client's host (kube-proxy's shape): the
+    /// client has no socket for the server's tuple reversed, but its
+    /// conntrack maps it to the socket it has, towards the service
+    /// address; the collector watches that one instead — a join, never a
+    /// half-open.
+    #[tokio::test]
+    async fn a_dnat_on_the_peers_host_is_followed_to_the_socket_it_holds() {
+        let mut rig = Rig::new();
+        let a_sess = rig.hello("hosta", "198.18.0.2", at(0.0));
+        let b_sess = rig.hello("hostb", "198.18.0.1", at(0.0));
+        let a = zero_window(stuck_a(6000));
+        rig.send(
+            a_sess,
+            106.0,
+            vec![(SampleReason::Suspect, a.clone())],
+            at(6.0),
+        );
+        let w = a.flow.reversed();
+        assert_eq!(rig.asked("hostb"), vec![ToAgent::Watch(w)]);
+        let vip = f("198.18.0.1:40000", "10.96.0.10:80");
+        let entry = t(vip, a.flow, false, true);
+        absent_with(&mut rig, b_sess, 7.0, lookup(w, Some(entry), None), at(7.0));
+        assert_eq!(
+            rig.asked("hostb"),
+            vec![ToAgent::Unwatch(w), ToAgent::Watch(vip)],
+            "the socket the translation points at, on the host that holds its address"
+        );
+        let b = not_reading(&a, vip);
+        rig.send(b_sess, 8.0, vec![(SampleReason::Watched, b)], at(8.0));
+        open_after(&mut rig, a_sess, a);
+        let eps = rig.episodes().await;
+        assert_eq!(eps.len(), 1, "{eps:?}");
+        assert_eq!(eps[0].diagnosis, "peer_not_reading", "{eps:?}");
+        assert_eq!(eps[0].b_host.as_deref(), Some("hostb"));
+        assert_eq!(rig.stats().joined_via_translation, 1);
+    }
+
+    /// The client's socket talks to a third address (a gateway without an
+    /// agent rewrote it): the server's peer is not lost, it is out of
+    /// sight — peer_unmonitored with that reason, never half_open.
+    #[tokio::test]
+    async fn a_translation_nobody_here_holds_is_unmonitored_not_half_open() {
+        let mut rig = Rig::new();
+        let a_sess = rig.hello("hosta", "198.18.0.2", at(0.0));
+        let b_sess = rig.hello("hostb", "198.18.0.1", at(0.0));
+        let a = zero_window(stuck_a(6000));
+        rig.send(
+            a_sess,
+            106.0,
+            vec![(SampleReason::Suspect, a.clone())],
+            at(6.0),
+        );
+        let w = a.flow.reversed();
+        absent_with(
+            &mut rig,
+            b_sess,
+            7.0,
+            lookup(w, None, Some("203.0.113.1:80")),
+            at(7.0),
+        );
+        open_after(&mut rig, a_sess, a);
+        let eps = rig.episodes().await;
+        assert_eq!(eps.len(), 1, "{eps:?}");
+        assert_eq!(eps[0].diagnosis, "peer_unmonitored", "{eps:?}");
+        let note = eps[0].peer_note.clone().unwrap_or_default();
+        assert!(
+            note.contains("translated by a host without an agent")
+                && note.contains("203.0.113.1:80"),
+            "{note}"
+        );
+    }
+
+    /// The same client behind a gateway that runs an agent: the gateway,
+    /// which owns the address the client talks to, is asked to look that
+    /// connection up, its DNAT entry joins it to the server's, and the
+    /// client's socket is the peer.
+    #[tokio::test]
+    async fn a_gateway_with_an_agent_confirms_the_socket_on_the_peers_endpoint() {
+        let mut rig = Rig::new();
+        let a_sess = rig.hello("hosta", "198.18.0.2", at(0.0));
+        let b_sess = rig.hello("hostb", "198.18.0.1", at(0.0));
+        let g_sess = rig.hello_as("gateway", &["203.0.113.1"], true, at(0.0));
+        let a = zero_window(stuck_a(6000));
+        rig.send(
+            a_sess,
+            106.0,
+            vec![(SampleReason::Suspect, a.clone())],
+            at(6.0),
+        );
+        let w = a.flow.reversed();
+        absent_with(
+            &mut rig,
+            b_sess,
+            7.0,
+            lookup(w, None, Some("203.0.113.1:80")),
+            at(7.0),
+        );
+        let via_gw = f("198.18.0.1:40000", "203.0.113.1:80");
+        assert_eq!(rig.asked("gateway"), vec![ToAgent::Translate(via_gw)]);
+        let entry = t(via_gw, a.flow, false, true);
+        rig.batch(
+            g_sess,
+            AgentBatch {
+                mono: Duration::from_secs(7),
+                lookups: vec![Lookup {
+                    asked: true,
+                    ..lookup(via_gw, Some(entry), None)
+                }],
+                ..AgentBatch::default()
+            },
+            at(7.2),
+        );
+        assert_eq!(
+            rig.asked("hostb"),
+            vec![
+                ToAgent::Watch(w),
+                ToAgent::Unwatch(w),
+                ToAgent::Watch(via_gw)
+            ]
+        );
+        let b = not_reading(&a, via_gw);
+        rig.send(b_sess, 8.0, vec![(SampleReason::Watched, b)], at(8.0));
+        open_after(&mut rig, a_sess, a);
+        let eps = rig.episodes().await;
+        assert_eq!(eps.len(), 1, "{eps:?}");
+        assert_eq!(eps[0].diagnosis, "peer_not_reading", "{eps:?}");
+        assert_eq!(eps[0].b_host.as_deref(), Some("hostb"));
+    }
+
+    /// A client dials an address no agent owns (a service address a router
+    /// translates): the forwarding hosts are asked, and the one holding
+    /// the translation leads to the server's end.
+    #[tokio::test]
+    async fn an_address_nobody_owns_is_asked_of_the_forwarding_hosts() {
+        let mut rig = Rig::new();
+        let a_sess = rig.hello("client", "198.18.0.1", at(0.0));
+        let s_sess = rig.hello("server", "198.18.0.2", at(0.0));
+        let g_sess = rig.hello_as("router", &["198.18.9.1"], true, at(0.0));
+        let _quiet = rig.hello_as("bystander", &["198.18.9.2"], false, at(0.0));
+        // The client's queue held towards 10.96.0.10:80, nobody's.
+        let mut a = zero_window(stuck_a(6000));
+        a.flow = f("198.18.0.1:40000", "10.96.0.10:80");
+        rig.send(
+            a_sess,
+            106.0,
+            vec![(SampleReason::Suspect, a.clone())],
+            at(6.0),
+        );
+        assert_eq!(rig.asked("router"), vec![ToAgent::Translate(a.flow)]);
+        assert!(rig.asked("bystander").is_empty(), "only hosts that forward");
+        let server = f("198.18.0.2:8080", "198.18.0.1:40000");
+        let entry = t(a.flow, server, false, true);
+        rig.batch(
+            g_sess,
+            AgentBatch {
+                mono: Duration::from_secs(7),
+                lookups: vec![Lookup {
+                    asked: true,
+                    ..lookup(a.flow, Some(entry), None)
+                }],
+                ..AgentBatch::default()
+            },
+            at(7.0),
+        );
+        assert_eq!(rig.asked("server"), vec![ToAgent::Watch(server)]);
+        let b = not_reading(&a, server);
+        rig.send(s_sess, 8.0, vec![(SampleReason::Watched, b)], at(8.0));
+        open_after(&mut rig, a_sess, a);
+        let eps = rig.episodes().await;
+        assert_eq!(eps.len(), 1, "{eps:?}");
+        assert_eq!(eps[0].diagnosis, "peer_not_reading", "{eps:?}");
+        assert_eq!(eps[0].b_host.as_deref(), Some("server"));
+    }
+
+    /// Forwarding hosts that do not hold the flow say so (or keep quiet
+    /// past their patience): then, and only then, the peer is what the
+    /// direct join found — here, no agent covers its address.
+    #[tokio::test]
+    async fn forwarding_hosts_without_the_flow_leave_the_verdict_to_the_direct_join() {
+        let mut rig = Rig::new();
+        let a_sess = rig.hello("client", "198.18.0.1", at(0.0));
+        let g_sess = rig.hello_as("router", &["198.18.9.1"], true, at(0.0));
+        let mut a = zero_window(stuck_a(6000));
+        a.flow = f("198.18.0.1:40000", "10.96.0.10:80");
+        rig.send(
+            a_sess,
+            106.0,
+            vec![(SampleReason::Suspect, a.clone())],
+            at(6.0),
+        );
+        assert_eq!(rig.asked("router"), vec![ToAgent::Translate(a.flow)]);
+        rig.batch(
+            g_sess,
+            AgentBatch {
+                mono: Duration::from_secs(7),
+                lookups: vec![Lookup {
+                    asked: true,
+                    ..lookup(a.flow, None, None)
+                }],
+                ..AgentBatch::default()
+            },
+            at(7.0),
+        );
+        open_after(&mut rig, a_sess, a);
+        let eps = rig.episodes().await;
+        assert_eq!(eps.len(), 1, "{eps:?}");
+        assert_eq!(eps[0].diagnosis, "peer_unmonitored", "{eps:?}");
+        assert_eq!(
+            eps[0].peer_note.as_deref(),
+            Some("no agent covers 10.96.0.10")
+        );
+    }
+
+    /// The client's socket is gone (killed) behind its host's DNAT: the
+    /// entry leads to the socket it had, which its host no longer has — a
+    /// real half-open still reads half_open.
+    #[tokio::test]
+    async fn a_real_half_open_behind_a_dnat_reads_half_open() {
+        let mut rig = Rig::new();
+        let a_sess = rig.hello("hosta", "198.18.0.2", at(0.0));
+        let b_sess = rig.hello("hostb", "198.18.0.1", at(0.0));
+        let a = zero_window(stuck_a(6000));
+        rig.send(
+            a_sess,
+            106.0,
+            vec![(SampleReason::Suspect, a.clone())],
+            at(6.0),
+        );
+        let w = a.flow.reversed();
+        let vip = f("198.18.0.1:40000", "10.96.0.10:80");
+        let entry = t(vip, a.flow, false, true);
+        absent_with(&mut rig, b_sess, 7.0, lookup(w, Some(entry), None), at(7.0));
+        rig.batch(
+            b_sess,
+            AgentBatch {
+                mono: Duration::from_secs(8),
+                absent: vec![vip],
+                ..AgentBatch::default()
+            },
+            at(8.0),
+        );
+        open_after(&mut rig, a_sess, a);
+        let eps = rig.episodes().await;
+        assert_eq!(eps.len(), 1, "{eps:?}");
+        assert_eq!(eps[0].diagnosis, "half_open", "{eps:?}");
+        assert_eq!(eps[0].b_host.as_deref(), Some("hostb"));
+    }
 }

@@ -138,6 +138,9 @@ impl Gateway {
         let (host, msg) = match r {
             ToGateway::Watch { host, flow } => (host, ToAgent::Watch(flow)),
             ToGateway::Unwatch { host, flow } => (host, ToAgent::Unwatch(flow)),
+            // Unanswered, a translation request is given up by the
+            // matcher's patience: nothing to say back.
+            ToGateway::Translate { host, flow } => (host, ToAgent::Translate(flow)),
         };
         let Some(s) = self.sessions.get(&host) else {
             if let ToAgent::Watch(flow) = msg {
@@ -237,6 +240,8 @@ impl Gateway {
             name: hello.host.clone(),
             addresses: hello.addresses.clone(),
             interval: hello.interval,
+            answers_lookups: hello.answers_lookups,
+            forwards: hello.forwards,
         });
         self.session_hosts.insert(session, host);
         self.sessions.insert(

@@ -10,7 +10,7 @@ use tcpstall_common::time::{millis, millis_i64};
 use tcpstall_common::{EndReason, EndSample, Side};
 
 use super::detector::Event;
-use super::diagnose::{diagnose, Evidence, Fact, Peer, Verdict};
+use super::diagnose::{diagnose, Evidence, Fact, Verdict};
 use super::held;
 use super::state::{a_sample, Ctx, OpenEpisode, PeerNow, Suspect};
 use super::tuple::Tuple;
@@ -84,7 +84,7 @@ impl Ctx {
             summary: verdict.summary.clone(),
             evidence: evidence(&verdict.evidence),
             b_host: peer_host.map(|p| self.name(p).to_string()),
-            peer_note: peer_note(peer.as_peer()),
+            peer_note: peer_note(peer),
             duration_ms,
             stuck_bytes,
         }
@@ -95,6 +95,7 @@ impl Ctx {
     /// last before its socket went, when it went) when it is newer than
     /// the last one stored; each side up to the per-episode cap.
     pub(super) fn record(&mut self, host: HostId, flow: Tuple, s: &mut Suspect, a_new: bool) {
+        let b_flow = s.b_flow(flow);
         let Some(ep) = s.episode.as_mut() else { return };
         let mut batch = Vec::new();
         if a_new && s.latest_at_ms > ep.last_a_ms && ep.stored_a < self.max_samples {
@@ -111,7 +112,7 @@ impl Ctx {
             .peers
             .hosts()
             .iter()
-            .find_map(|&p| self.b_report(p, flow).map(|r| (p, r)));
+            .find_map(|&p| self.b_report(p, b_flow).map(|r| (p, r)));
         if let Some((peer, (at_ms, sample))) = b {
             if at_ms > ep.last_b_ms && ep.stored_b < self.max_samples {
                 batch.push(StoredSample {
@@ -168,7 +169,7 @@ impl Ctx {
         let flow = tuple.flow();
         let peer = self.peer_of(s, tuple);
         let verdict = diagnose(a, peer.as_peer());
-        let note = peer_note(peer.as_peer());
+        let note = peer_note(&peer);
         let id = self.next_episode;
         self.next_episode += 1;
         self.stats.episodes_opened += 1;
@@ -204,11 +205,7 @@ impl Ctx {
             );
         }
         // Whichever of the peer's hosts reports, the episode hears of it.
-        for &peer in s.peers.hosts() {
-            if let Some(w) = self.watched.get_mut(&(peer, tuple.reversed())) {
-                w.episode_of = Some(host_id);
-            }
-        }
+        self.mark_episode_of(s, tuple, Some(host_id));
         self.open_episodes += 1;
         self.stats.open_by_diagnosis[verdict.diagnosis.index()] += 1;
         self.stats.opened_by_diagnosis[verdict.diagnosis.index()] += 1;
@@ -250,11 +247,7 @@ impl Ctx {
         self.open_episodes = self.open_episodes.saturating_sub(1);
         let open = &mut self.stats.open_by_diagnosis[ep.verdict.diagnosis.index()];
         *open = open.saturating_sub(1);
-        for &peer in s.peers.hosts() {
-            if let Some(w) = self.watched.get_mut(&(peer, flow.reversed())) {
-                w.episode_of = None;
-            }
-        }
+        self.mark_episode_of(s, flow, None);
         let host = self.name(host_id);
         tracing::info!(episode = ep.id, host = %host, reason = reason.id(), "episode closed");
         // The last word on A, unless it is stored already (a socket gone
@@ -281,16 +274,29 @@ impl Ctx {
     }
 }
 
+impl Ctx {
+    /// Tells the watches of `s`'s peer (on `flow`) which host's open
+    /// episode they are the peer of (`None`: no longer).
+    pub(super) fn mark_episode_of(&mut self, s: &Suspect, flow: Tuple, host: Option<HostId>) {
+        let b_flow = s.b_flow(flow);
+        for &peer in s.peers.hosts() {
+            if let Some(w) = self.watched.get_mut(&(peer, b_flow)) {
+                w.episode_of = host;
+            }
+        }
+    }
+}
+
 fn evidence(ev: &Evidence) -> std::collections::BTreeMap<String, i64> {
     ev.iter().map(|(k, v)| (k.to_string(), v)).collect()
 }
 
-fn peer_note(peer: Peer<'_>) -> Option<String> {
+fn peer_note(peer: &PeerNow) -> Option<String> {
     match peer {
-        Peer::Seen(_) => None,
-        Peer::NoSocket { host } => Some(format!("{host} has no such socket")),
-        Peer::Pending { host } => Some(format!("waiting for {host} to report")),
-        Peer::Unmonitored => Some("no agent covers the peer's address".to_string()),
-        Peer::Unjoined { why } => Some(why.to_string()),
+        PeerNow::Seen(_) => None,
+        PeerNow::NoSocket(host) => Some(format!("{host} has no such socket")),
+        PeerNow::Pending(host) => Some(format!("waiting for {host} to report")),
+        PeerNow::Unmonitored(ip) => Some(format!("no agent covers {ip}")),
+        PeerNow::Unjoined(why) => Some(why.clone()),
     }
 }

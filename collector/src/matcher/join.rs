@@ -34,7 +34,12 @@ impl Matcher {
         };
         w.end = end(std::mem::replace(&mut w.end, PeerEnd::Pending));
         let Some(owner) = w.episode_of else { return };
-        let a_flow = flow.reversed();
+        let (owner, a_flow) = self
+            .ctx
+            .a_of
+            .get(&(host, flow))
+            .copied()
+            .unwrap_or((owner, flow.reversed()));
         if let Some(e) = self.table.get_mut(&(owner, a_flow)) {
             self.ctx.rediagnose(a_flow, &mut e.suspect, None);
             self.ctx.record(owner, a_flow, &mut e.suspect, false);
@@ -168,11 +173,21 @@ impl Ctx {
         }
     }
 
-    /// A suspect that ended (on `flow`) no longer needs its peer's end.
+    /// A suspect that ended (on `flow`) no longer needs its peer's end,
+    /// nor the translations asked for it.
     pub(super) fn let_peer_go(&mut self, s: &Suspect, flow: Tuple) {
+        let b_flow = s.b_flow(flow);
         if s.asked {
             for &peer in s.peers.hosts() {
-                self.unwatch(peer, flow.reversed());
+                self.unwatch(peer, b_flow);
+            }
+        }
+        if let Some(nat) = &s.nat {
+            for &peer in s.peers.hosts() {
+                self.a_of.remove(&(peer, b_flow));
+            }
+            if nat.translate.is_some() {
+                self.translating.retain(|_, (a, _)| a.1 != flow);
             }
         }
     }
@@ -182,17 +197,18 @@ impl Ctx {
     /// it went); with a single candidate, that one.
     pub(super) fn b_host(&self, s: &Suspect, flow: Tuple) -> Option<HostId> {
         let hosts = s.peers.hosts();
+        let b_flow = s.b_flow(flow);
         hosts
             .iter()
             .copied()
-            .find(|&p| self.b_report(p, flow).is_some())
+            .find(|&p| self.b_report(p, b_flow).is_some())
             .or_else(|| (hosts.len() == 1).then(|| hosts[0]))
     }
 
-    /// `peer`'s latest report of the end reversed from `flow`: when it was
-    /// taken and the sample, the last before its socket went when it went.
-    pub(super) fn b_report(&self, peer: HostId, flow: Tuple) -> Option<(i64, &Packed)> {
-        match self.watched.get(&(peer, flow.reversed())).map(|w| &w.end) {
+    /// `peer`'s latest report of its end `b_flow`: when it was taken and
+    /// the sample, the last before its socket went when it went.
+    pub(super) fn b_report(&self, peer: HostId, b_flow: Tuple) -> Option<(i64, &Packed)> {
+        match self.watched.get(&(peer, b_flow)).map(|w| &w.end) {
             Some(PeerEnd::Seen { at_ms, sample })
             | Some(PeerEnd::NoSocket {
                 last: Some((at_ms, sample)),
@@ -211,8 +227,18 @@ impl Ctx {
     /// asked), never a half-open blamed on a host that never had it.
     pub(super) fn peer_of(&self, s: &Suspect, flow: Tuple) -> PeerNow {
         let hosts = s.peers.hosts();
+        let b_flow = s.b_flow(flow);
+        // Forwarding hosts still to say whether they translate it.
+        let translating = s
+            .nat
+            .as_ref()
+            .and_then(|n| n.translate.as_ref())
+            .and_then(|t| self.still_translating(t, s.latest_at_ms));
         if hosts.is_empty() {
-            return PeerNow::Unmonitored;
+            if let Some(host) = translating {
+                return PeerNow::Pending(self.name(host));
+            }
+            return PeerNow::Unmonitored(b_flow.flow().local.ip());
         }
         let seen = |peer: HostId, sample: &Packed| match decode(sample) {
             Some(b) => PeerNow::Seen(b),
@@ -220,7 +246,7 @@ impl Ctx {
         };
         let (mut before, mut pending) = (None, None);
         for &peer in hosts {
-            match self.watched.get(&(peer, flow.reversed())).map(|w| &w.end) {
+            match self.watched.get(&(peer, b_flow)).map(|w| &w.end) {
                 Some(PeerEnd::Seen { sample, .. }) => return seen(peer, sample),
                 // B's socket gone proves B lost the connection only once A
                 // is seen still stuck after it: when both ends close (A's
@@ -248,8 +274,11 @@ impl Ctx {
         if let Some((peer, sample)) = before {
             return seen(peer, sample);
         }
-        if let Some(peer) = pending {
+        if let Some(peer) = pending.or(translating) {
             return PeerNow::Pending(self.name(peer));
+        }
+        if let Some(why) = s.nat.as_ref().and_then(|n| n.unjoined.as_ref()) {
+            return PeerNow::Unjoined(why.clone());
         }
         match hosts {
             [one] => PeerNow::NoSocket(self.name(*one)),
@@ -257,7 +286,7 @@ impl Ctx {
                 let names: Vec<String> = many.iter().map(|&h| self.name(h).to_string()).collect();
                 PeerNow::Unjoined(format!(
                     "{} is held by several hosts ({}) and none has the socket",
-                    flow.flow().remote.ip(),
+                    b_flow.flow().local.ip(),
                     names.join(", ")
                 ))
             }
@@ -278,6 +307,20 @@ fn ask(
     request(gateway, up, stats, ToGateway::Watch { host, flow }, now_ms)
 }
 
+/// Asks the gateway to have `host`'s agent look `flow` up in its
+/// connection tracking (see [`request`]).
+pub(super) fn ask_translate(
+    gateway: &mpsc::Sender<ToGateway>,
+    up: &Map<HostId, Up>,
+    stats: &mut Stats,
+    host: HostId,
+    flow: Tuple,
+    now_ms: i64,
+) -> Option<i64> {
+    let flow = flow.flow();
+    request(gateway, up, stats, ToGateway::Translate { host, flow }, now_ms)
+}
+
 /// Hands a request for `host`'s agent to the gateway: `Some(now_ms)` when
 /// it was, `None` when it could not be (the host does not stream now, or
 /// the gateway's queue is full: counted, and logged at powers of two). A
@@ -291,7 +334,9 @@ fn request(
     now_ms: i64,
 ) -> Option<i64> {
     let host = match msg {
-        ToGateway::Watch { host, .. } | ToGateway::Unwatch { host, .. } => host,
+        ToGateway::Watch { host, .. }
+        | ToGateway::Unwatch { host, .. }
+        | ToGateway::Translate { host, .. } => host,
     };
     if !up.contains_key(&host) {
         return None;

@@ -20,6 +20,7 @@ pub mod diagnose;
 mod episode;
 pub mod held;
 mod join;
+mod nat;
 mod run;
 mod samples;
 mod slab_map;

@@ -65,6 +65,9 @@ impl Matcher {
                 up: Map::default(),
                 owners: Map::default(),
                 watched: SlabMap::new(),
+                a_of: Map::default(),
+                translators: Vec::new(),
+                translating: Map::default(),
                 open_episodes: 0,
                 next_episode,
                 stats: Stats::default(),
@@ -90,7 +93,17 @@ impl Matcher {
                 name,
                 addresses,
                 interval,
-            } => self.host_up(host, session, name, &addresses, interval, now_ms),
+                answers_lookups,
+                forwards,
+            } => {
+                let up = Up {
+                    session,
+                    interval,
+                    answers_lookups,
+                    forwards,
+                };
+                self.host_up(host, up, name, &addresses, now_ms)
+            }
             ToMatcher::HostDown { host } => self.host_down(host, now_ms),
             ToMatcher::Batch {
                 host,
@@ -176,15 +189,18 @@ impl Matcher {
     fn host_up(
         &mut self,
         host: HostId,
-        session: u64,
+        up: Up,
         name: String,
         addresses: &[std::net::IpAddr],
-        interval: Duration,
         now_ms: i64,
     ) {
         let ctx = &mut self.ctx;
         ctx.names.insert(host, name.into());
-        ctx.up.insert(host, Up { session, interval });
+        ctx.translators.retain(|&h| h != host);
+        if up.forwards && up.answers_lookups {
+            ctx.translators.push(host);
+        }
+        ctx.up.insert(host, up);
         for ip in addresses {
             if !ip.is_loopback() && !ip.is_unspecified() {
                 let hosts = ctx.owners.entry(*ip).or_default();
@@ -214,6 +230,7 @@ impl Matcher {
         if ctx.up.remove(&host).is_none() {
             return;
         }
+        ctx.translators.retain(|&h| h != host);
         ctx.owners.retain(|_, hosts| {
             hosts.retain(|h| *h != host);
             !hosts.is_empty()

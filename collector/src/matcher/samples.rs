@@ -38,7 +38,7 @@ impl Matcher {
             ask_after,
         };
         self.ctx.stats.samples += batch.samples.len() as u64;
-        for flow in batch.absent {
+        for &flow in &batch.absent {
             self.peer_report(host, Tuple::new(flow), |old| old.gone(taken_ms));
         }
         let exact = batch.packed.len() == batch.samples.len();
@@ -71,6 +71,14 @@ impl Matcher {
                 Some(span) => self.held_end(host, flow, closed.cookie, None, &span, at),
                 None => self.close(host, flow, closed.cookie, batch.mono, now_ms),
             }
+        }
+        // What the host knows of the flows it has none of, then whether a
+        // peer every candidate host said it has not needs a translator.
+        if !batch.lookups.is_empty() {
+            self.lookups(host, &batch.lookups, now_ms);
+        }
+        for flow in batch.absent {
+            self.after_absent(host, Tuple::new(flow), now_ms);
         }
     }
 
@@ -124,7 +132,13 @@ impl Matcher {
         // again (false).
         let (mut open, mut request) = (false, None);
         if inserted || replaced.is_some() {
-            let peers = owners_of(&ctx.owners, host, sample.flow.remote.ip());
+            // Its host's conntrack may say the peer sees another 4-tuple.
+            let nat = super::nat::translated(host, sample);
+            let b_ip = nat
+                .as_ref()
+                .and_then(|n| n.b_flow)
+                .map_or(sample.flow.remote.ip(), |b| b.flow().local.ip());
+            let peers = owners_of(&ctx.owners, host, b_ip);
             let asked = ask && !peers.is_none();
             *s = Suspect {
                 peers,
@@ -134,6 +148,7 @@ impl Matcher {
                 first: None,
                 first_at_ms: taken_ms,
                 episode: None,
+                nat,
             };
             request = asked.then_some(true);
         } else {
@@ -157,11 +172,15 @@ impl Matcher {
             }
         }
         if let Some(new) = request {
+            let b_flow = s.b_flow(tuple);
             for &peer in s.peers.hosts() {
                 if new {
-                    ctx.watch(peer, tuple.reversed(), now_ms);
+                    ctx.watch(peer, b_flow, now_ms);
+                    if s.nat.is_some() {
+                        ctx.a_of.insert((peer, b_flow), (host, tuple));
+                    }
                 } else {
-                    ctx.ask_again(peer, tuple.reversed(), now_ms);
+                    ctx.ask_again(peer, b_flow, now_ms);
                 }
             }
         }
@@ -180,6 +199,16 @@ impl Matcher {
         if (open || changed) && s.episode.is_some() {
             ctx.rediagnose(tuple, s, Some(sample));
             ctx.record(host, tuple, s, true);
+        }
+        // No agent covers the peer's address: a forwarding host may hold
+        // the translation to one that does (asked once, when a peer would
+        // have been).
+        let translate = ask
+            && s.peers.is_none()
+            && !ctx.translators.is_empty()
+            && s.nat.as_ref().is_none_or(|n| n.translate.is_none());
+        if translate {
+            self.ask_translators((host, tuple), now_ms);
         }
     }
 

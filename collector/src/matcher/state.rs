@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tcpstall_common::{Diagnosis, EndSample, Packed};
+use tcpstall_common::{Diagnosis, EndSample, Packed, Translation};
 use tcpstall_proto::convert::{pack, unpack};
 use tokio::sync::mpsc;
 
@@ -39,6 +39,13 @@ pub struct Stats {
     /// Watch and unwatch requests dropped because the gateway's queue was
     /// full (a dropped watch is asked again).
     pub requests_dropped: u64,
+    /// Peers joined through a translation (a NAT between the ends): the
+    /// suspect's own host's conntrack, the peer host's, or a gateway's.
+    pub joined_via_translation: u64,
+    /// Translate requests asked of forwarding hosts, and those not asked
+    /// for the budget (a direct join failed, see [`super::nat`]).
+    pub translate_asked: u64,
+    pub translate_skipped: u64,
     /// Peer ends watched now.
     pub watched: usize,
     /// Open episodes, by diagnosis (indexed as [`Diagnosis::ALL`]).
@@ -95,8 +102,8 @@ pub(super) struct Watch {
     pub(super) refs: u32,
     pub(super) end: PeerEnd,
     /// The host of the suspect with an open episode this is the peer of
-    /// (its 4-tuple is this one reversed): a peer's report finds its
-    /// episode at once.
+    /// (its 4-tuple is this one reversed, or the one [`Ctx::a_of`] gives
+    /// for a translated flow): a peer's report finds its episode at once.
     pub(super) episode_of: Option<HostId>,
     /// When the request was handed to the gateway; `None` if it could not
     /// be, or the gateway could not deliver it.
@@ -121,6 +128,46 @@ pub(super) struct Suspect {
     pub(super) first: Option<Packed>,
     pub(super) first_at_ms: i64,
     pub(super) episode: Option<Box<OpenEpisode>>,
+    /// What a translation between the ends changed about the join; `None`
+    /// for the most, joined by their 4-tuple reversed.
+    pub(super) nat: Option<Box<Nat>>,
+}
+
+impl Suspect {
+    /// The peer's 4-tuple as its host sees it: this one's reversed, unless
+    /// a translation says otherwise.
+    pub(super) fn b_flow(&self, flow: Tuple) -> Tuple {
+        self.nat
+            .as_ref()
+            .and_then(|n| n.b_flow)
+            .unwrap_or_else(|| flow.reversed())
+    }
+}
+
+/// A suspect's join through translations (see [`super::nat`]).
+#[derive(Debug, Default)]
+pub(super) struct Nat {
+    /// The peer's 4-tuple as its host sees it, when a translation gave it.
+    pub(super) b_flow: Option<Tuple>,
+    /// That translation, and the host whose conntrack holds it.
+    pub(super) via: Option<(HostId, Translation)>,
+    /// How many times the peer was looked for again at a translated
+    /// tuple (bounded: translations do not chain forever).
+    pub(super) hops: u8,
+    /// Why the peer is not joined although monitored hosts were asked: a
+    /// translation on the way by a host without an agent.
+    pub(super) unjoined: Option<String>,
+    /// Forwarding hosts asked to look the flow up, when a direct join
+    /// failed.
+    pub(super) translate: Option<Translating>,
+}
+
+/// Translate requests out for one suspect.
+#[derive(Debug)]
+pub(super) struct Translating {
+    pub(super) asked_at_ms: i64,
+    /// The hosts still to answer.
+    pub(super) waiting: Vec<HostId>,
 }
 
 #[derive(Debug)]
@@ -189,7 +236,8 @@ pub(super) enum PeerNow {
     Seen(EndSample),
     NoSocket(Arc<str>),
     Pending(Arc<str>),
-    Unmonitored,
+    /// No agent covers the peer's address (this one).
+    Unmonitored(IpAddr),
     /// Monitored hosts hold the address, yet the peer is not joined: why.
     Unjoined(String),
 }
@@ -200,7 +248,7 @@ impl PeerNow {
             PeerNow::Seen(s) => Peer::Seen(s),
             PeerNow::NoSocket(h) => Peer::NoSocket { host: h },
             PeerNow::Pending(h) => Peer::Pending { host: h },
-            PeerNow::Unmonitored => Peer::Unmonitored,
+            PeerNow::Unmonitored(_) => Peer::Unmonitored,
             PeerNow::Unjoined(why) => Peer::Unjoined { why },
         }
     }
@@ -221,6 +269,10 @@ pub(super) struct Up {
     /// Its stream: batches of another are stale.
     pub(super) session: u64,
     pub(super) interval: Duration,
+    /// Its agent answers Translate requests.
+    pub(super) answers_lookups: bool,
+    /// Its host forwards packets (may translate others' flows).
+    pub(super) forwards: bool,
 }
 
 /// The matcher's state; all its methods run on its task.
@@ -250,8 +302,21 @@ pub(super) struct Ctx {
     /// Non-loopback address -> the hosts that announced it, in the order
     /// they said hello.
     pub(super) owners: Map<IpAddr, Vec<HostId>>,
+    /// The hosts up whose hosts forward packets and whose agents answer
+    /// Translate requests: asked when a direct join fails.
+    pub(super) translators: Vec<HostId>,
     /// (host, flow as that host sees it) -> what it reports of it.
     pub(super) watched: SlabMap<(HostId, Tuple), Watch>,
+    /// A watch of a translated peer end -> the suspect it is the peer of
+    /// (host, 4-tuple), whose 4-tuple is not the watch's reversed. Only
+    /// translated joins are here.
+    pub(super) a_of: Map<(HostId, Tuple), (HostId, Tuple)>,
+    /// A Translate request out (asked host, flow asked) -> the suspect it
+    /// is for, and the end it would confirm: `None` when the flow asked is
+    /// the suspect's own (a forwarding host may hold its translation);
+    /// `Some` when it is a socket found on the peer's endpoint, connected
+    /// elsewhere (the translator would join the suspect to it).
+    pub(super) translating: Map<(HostId, Tuple), ((HostId, Tuple), Option<(HostId, Tuple)>)>,
     pub(super) open_episodes: usize,
     pub(super) next_episode: i64,
     pub(super) stats: Stats,
