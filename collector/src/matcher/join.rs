@@ -187,7 +187,7 @@ impl Ctx {
                 self.a_of.remove(&(peer, b_flow));
             }
             if nat.translate.is_some() {
-                self.translating.retain(|_, (a, _)| a.1 != flow);
+                self.translating.retain(|_, asked| asked.suspect.1 != flow);
             }
         }
     }

@@ -25,7 +25,7 @@ use tcpstall_common::time::millis_i64;
 use tcpstall_common::{EndSample, FlowTuple, Lookup, Translation};
 
 use super::join::ask_translate;
-use super::state::{owners_of, Matcher, Nat, PeerEnd, Translating};
+use super::state::{owners_of, AskedTranslation, Matcher, Nat, PeerEnd, Translating};
 use super::tuple::Tuple;
 use crate::messages::HostId;
 
@@ -178,8 +178,11 @@ impl Matcher {
                 if ask_translate(&ctx.gateway, &ctx.up, &mut ctx.stats, t, candidate, now_ms)
                     .is_some()
                 {
-                    ctx.translating
-                        .insert((t, candidate), (a, Some((host, candidate))));
+                    let asked = AskedTranslation {
+                        suspect: a,
+                        confirms: Some((host, candidate)),
+                    };
+                    ctx.translating.insert((t, candidate), asked);
                     waiting.push(t);
                     ctx.stats.translate_asked += 1;
                 }
@@ -198,7 +201,11 @@ impl Matcher {
     /// A forwarding host's answer to a Translate request.
     fn translate_answer(&mut self, host: HostId, l: &Lookup, now_ms: i64) {
         let asked = Tuple::new(l.flow);
-        let Some((a, confirm)) = self.ctx.translating.remove(&(host, asked)) else {
+        let Some(AskedTranslation {
+            suspect: a,
+            confirms: confirm,
+        }) = self.ctx.translating.remove(&(host, asked))
+        else {
             return;
         };
         let ctx = &mut self.ctx;
@@ -337,7 +344,11 @@ impl Matcher {
                 continue;
             }
             if ask_translate(&ctx.gateway, &ctx.up, &mut ctx.stats, t, a.1, now_ms).is_some() {
-                ctx.translating.insert((t, a.1), (a, None));
+                let asked = AskedTranslation {
+                    suspect: a,
+                    confirms: None,
+                };
+                ctx.translating.insert((t, a.1), asked);
                 waiting.push(t);
             }
         }

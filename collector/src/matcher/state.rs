@@ -162,6 +162,19 @@ pub(super) struct Nat {
     pub(super) translate: Option<Translating>,
 }
 
+/// A connection end: its host, and its 4-tuple as that host sees it.
+pub(super) type End = (HostId, Tuple);
+
+/// What a Translate request out is for.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct AskedTranslation {
+    /// The suspect whose peer it looks for.
+    pub(super) suspect: End,
+    /// The end it would confirm as the peer: `None` when the flow asked is
+    /// the suspect's own.
+    pub(super) confirms: Option<End>,
+}
+
 /// Translate requests out for one suspect.
 #[derive(Debug)]
 pub(super) struct Translating {
@@ -316,7 +329,7 @@ pub(super) struct Ctx {
     /// the suspect's own (a forwarding host may hold its translation);
     /// `Some` when it is a socket found on the peer's endpoint, connected
     /// elsewhere (the translator would join the suspect to it).
-    pub(super) translating: Map<(HostId, Tuple), ((HostId, Tuple), Option<(HostId, Tuple)>)>,
+    pub(super) translating: Map<End, AskedTranslation>,
     pub(super) open_episodes: usize,
     pub(super) next_episode: i64,
     pub(super) stats: Stats,
