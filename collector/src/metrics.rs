@@ -181,6 +181,24 @@ pub fn render(
         (stats.requests_dropped + gateway.requests_dropped) as f64,
     );
     one(
+        "tcpstall_collector_peers_joined_via_translation_total",
+        Kind::Counter,
+        "Suspects whose peer was looked for again at a translated 4-tuple (a NAT between the ends: the peer's host's or a gateway's conntrack).",
+        stats.joined_via_translation as f64,
+    );
+    one(
+        "tcpstall_collector_translate_requests_total",
+        Kind::Counter,
+        "Translate requests asked of forwarding hosts because a direct join failed.",
+        stats.translate_asked as f64,
+    );
+    one(
+        "tcpstall_collector_translate_requests_skipped_total",
+        Kind::Counter,
+        "Forwarding hosts not asked to translate a flow: beyond the most asked for one flow.",
+        stats.translate_skipped as f64,
+    );
+    one(
         "tcpstall_collector_agent_dropped_batches",
         Kind::Gauge,
         "Batches the connected agents report having dropped while cut off.",
@@ -295,6 +313,8 @@ mod tests {
         let mut stats = Stats {
             samples: 1234,
             requests_dropped: 1,
+            joined_via_translation: 6,
+            translate_asked: 8,
             ..Stats::default()
         };
         let gateway = GatewayStats {
@@ -326,6 +346,8 @@ mod tests {
         assert!(text.contains("tcpstall_collector_agents_connected 3\n"));
         assert!(text.contains("tcpstall_collector_requests_dropped_total 3\n"));
         assert!(text.contains("tcpstall_collector_agent_dropped_batches 4\n"));
+        assert!(text.contains("tcpstall_collector_peers_joined_via_translation_total 6\n"));
+        assert!(text.contains("tcpstall_collector_translate_requests_total 8\n"));
         assert!(text.contains("tcpstall_collector_heap_allocated_bytes 1000\n"));
         assert!(text.contains("tcpstall_collector_heap_resident_bytes 4096\n"));
         assert!(text.contains("tcpstall_collector_samples_received_total 1234\n"));

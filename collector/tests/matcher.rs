@@ -1727,6 +1727,12 @@ mod nat {
         );
         let b = not_reading(&a, vip);
         rig.send(b_sess, 8.0, vec![(SampleReason::Watched, b)], at(8.0));
+        // The flow query shows the end the client has, towards the service.
+        let view = rig.flow(a.flow, at(8.5));
+        assert_eq!(
+            view.b.map(|(h, s)| (h, s.flow)),
+            Some(("hostb".to_string(), vip))
+        );
         open_after(&mut rig, a_sess, a);
         let eps = rig.episodes().await;
         assert_eq!(eps.len(), 1, "{eps:?}");

@@ -46,10 +46,21 @@ impl Matcher {
         }
     }
 
-    /// Both ends of `flow` as known now; asks the owners to watch it.
+    /// Both ends of `flow` as known now; asks the owners to watch it. The
+    /// other end is `flow` reversed, unless `flow` is a suspect joined
+    /// through a translation: then the 4-tuple its peer has.
     pub(super) fn flow(&mut self, flow: FlowTuple, now_ms: i64) -> FlowView {
         let mut view = FlowView::default();
-        for (slot, tuple) in [(0, flow), (1, flow.reversed())] {
+        let other = self
+            .ctx
+            .owners
+            .get(&flow.local.ip())
+            .into_iter()
+            .flatten()
+            .find_map(|&h| self.table.get(&(h, Tuple::new(flow))))
+            .and_then(|e| e.suspect.nat.as_ref()?.b_flow)
+            .map_or(flow.reversed(), |b| b.flow());
+        for (slot, tuple) in [(0, flow), (1, other)] {
             let known = self
                 .find_end(tuple)
                 .and_then(|(h, p)| Some((h, decode(p)?)));
