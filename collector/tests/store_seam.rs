@@ -155,6 +155,7 @@ fn episode(id: i64, host: &str) -> (EpisodeRow, Vec<StoredSample>) {
         a_cookie: 7,
         b_host: Some("db".into()),
         peer_note: None,
+        via: None,
         open: true,
         ended_at_ms: None,
         end_reason: None,
@@ -283,6 +284,7 @@ async fn a_stopped_store_is_an_error_to_the_operator_not_a_panic() {
         a_cookie: 1,
         b_host: None,
         peer_note: None,
+        via: None,
     }));
     let code = svc
         .get_episode(Request::new(GetEpisodeRequest { id: 1 }))

@@ -85,6 +85,7 @@ impl Ctx {
             evidence: evidence(&verdict.evidence),
             b_host: peer_host.map(|p| self.name(p).to_string()),
             peer_note: peer_note(peer.as_peer()),
+            via: None,
             duration_ms,
             stuck_bytes,
         }
@@ -188,6 +189,7 @@ impl Ctx {
             a_cookie: cookie,
             b_host: self.b_host(s, tuple).map(|p| self.name(p).to_string()),
             peer_note: note,
+            via: None,
         });
         // The first sample of the stall, then this poll's (record).
         let mut last_a_ms = i64::MIN;

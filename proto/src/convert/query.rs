@@ -187,6 +187,7 @@ pub fn episode_from_wire(e: v1::Episode) -> Result<Episode, ConvertError> {
         peer_note: some(e.peer_note),
         open: e.open,
         end_reason: some(e.end_reason),
+        via: None,
     })
 }
 

@@ -40,6 +40,7 @@ fn episode(id: i64, started_at_ms: i64) -> Episode {
         a_flow: flow(),
         b_host: Some("db-7".into()),
         peer_note: Some("B answered late".into()),
+        via: None,
         open: false,
         end_reason: Some("moved".into()),
     }
@@ -51,6 +52,7 @@ fn bare(id: i64) -> Episode {
         ended_at_ms: None,
         b_host: None,
         peer_note: None,
+        via: None,
         end_reason: None,
         open: true,
         evidence: Default::default(),
@@ -118,6 +120,7 @@ fn a_stored_row_answers_as_it_did() {
         a_cookie: 9,
         b_host: None,
         peer_note: Some("no agent covers 198.18.0.2".into()),
+        via: None,
         open: true,
         ended_at_ms: None,
         end_reason: None,
