@@ -7,7 +7,7 @@ use tcpstall_common::record::{EpisodeRow, DEFAULT_LIST_LIMIT};
 use tcpstall_common::{EndSample, Packed};
 
 use super::*;
-use crate::convert::{pack, unpack};
+use crate::convert::{endpoint_to_wire, pack, unpack};
 
 fn sample() -> EndSample {
     crate::convert::tests::sample()
@@ -40,9 +40,17 @@ fn episode(id: i64, started_at_ms: i64) -> Episode {
         a_flow: flow(),
         b_host: Some("db-7".into()),
         peer_note: Some("B answered late".into()),
-        via: None,
+        via: Some(via()),
         open: false,
         end_reason: Some("moved".into()),
+    }
+}
+
+/// The DNAT that joined an episode's ends, on B's host.
+fn via() -> JoinedVia {
+    JoinedVia {
+        host: "db-7".into(),
+        translation: crate::convert::tests::translation(),
     }
 }
 
@@ -82,6 +90,73 @@ fn an_episode_goes_to_the_wire_and_back_whole() {
         (0, "", "", ""),
         "absent is the wire's default"
     );
+    assert_eq!(wire.via, None);
+    let wire = episode_to_wire(episode(7, NOW_MS));
+    assert_eq!(
+        wire.via,
+        Some(v1::JoinedVia {
+            host: "db-7".into(),
+            translation: Some(translation_to_wire(crate::convert::tests::translation())),
+        })
+    );
+}
+
+/// A translation an episode names must be whole: a host, both tuples,
+/// each a 4-tuple, of one family. The error names the part.
+#[test]
+fn an_episode_with_a_malformed_translation_is_refused() {
+    let good = episode_to_wire(episode(7, NOW_MS));
+    let with = |f: &dyn Fn(&mut v1::JoinedVia)| {
+        let mut wire = good.clone();
+        if let Some(v) = wire.via.as_mut() {
+            f(v);
+        }
+        episode_from_wire(wire)
+    };
+    let bad_ip = v1::Endpoint {
+        ip: Some(v1::Ip {
+            octets: vec![10, 0, 0],
+        }),
+        port: 80,
+    };
+    let v6 = endpoint_to_wire("[2001:db8::1]:80".parse().expect("addr"));
+    let cases: [(&str, &dyn Fn(&mut v1::JoinedVia)); 6] = [
+        ("no host", &|v| v.host.clear()),
+        ("via.translation", &|v| v.translation = None),
+        ("flow", &|v| {
+            if let Some(t) = v.translation.as_mut() {
+                t.original = None;
+            }
+        }),
+        ("flow.remote", &|v| {
+            if let Some(r) = v.translation.as_mut().and_then(|t| t.reply.as_mut()) {
+                r.remote = None;
+            }
+        }),
+        ("flow.local", &|v| {
+            if let Some(o) = v.translation.as_mut().and_then(|t| t.original.as_mut()) {
+                o.local = Some(bad_ip.clone());
+            }
+        }),
+        ("two families", &|v| {
+            if let Some(r) = v.translation.as_mut().and_then(|t| t.reply.as_mut()) {
+                r.local = Some(v6.clone());
+            }
+        }),
+    ];
+    for (names, f) in cases {
+        match with(f) {
+            Err(e) => {
+                let msg = e.to_string();
+                assert!(
+                    msg.contains("episode") && msg.contains(names),
+                    "{names}: {msg}"
+                );
+            }
+            Ok(e) => panic!("{names}: accepted {e:?}"),
+        }
+    }
+    assert_eq!(with(&|_| {}), Ok(episode(7, NOW_MS)), "the good one reads");
 }
 
 #[test]
@@ -131,6 +206,16 @@ fn a_stored_row_answers_as_it_did() {
     assert_eq!(wire.peer_note, "no agent covers 198.18.0.2");
     assert_eq!(wire.evidence.get("b_recvq"), Some(&4096));
     assert_eq!((wire.b_host.as_str(), wire.ended_at_ms), ("", 0));
+    assert_eq!(wire.via, None);
+    let joined = EpisodeRow {
+        via: Some(via()),
+        ..row
+    };
+    assert_eq!(
+        episode_from_wire(episode_to_wire(joined.answer(NOW_MS))).map(|e| e.via),
+        Ok(Some(via())),
+        "the translation goes out as stored"
+    );
 }
 
 #[test]
