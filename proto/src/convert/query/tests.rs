@@ -105,47 +105,52 @@ fn an_episode_goes_to_the_wire_and_back_whole() {
 /// each a 4-tuple, of one family. The error names the part.
 #[test]
 fn an_episode_with_a_malformed_translation_is_refused() {
-    let good = episode_to_wire(episode(7, NOW_MS));
-    let with = |f: &dyn Fn(&mut v1::JoinedVia)| {
-        let mut wire = good.clone();
-        if let Some(v) = wire.via.as_mut() {
-            f(v);
-        }
-        episode_from_wire(wire)
-    };
-    let bad_ip = v1::Endpoint {
+    let good = via_to_wire(via());
+    let entry = |v: &v1::JoinedVia| v.translation.clone().unwrap_or_default();
+    let mut cases = Vec::new();
+    let mut v = good.clone();
+    v.host.clear();
+    cases.push(("no host", v));
+    let mut v = good.clone();
+    v.translation = None;
+    cases.push(("via.translation", v));
+    let mut v = good.clone();
+    let mut t = entry(&v);
+    t.original = None;
+    v.translation = Some(t);
+    cases.push(("flow", v));
+    let mut v = good.clone();
+    let mut t = entry(&v);
+    t.reply = t.reply.map(|r| v1::FlowTuple { remote: None, ..r });
+    v.translation = Some(t);
+    cases.push(("flow.remote", v));
+    let mut v = good.clone();
+    let mut t = entry(&v);
+    let three_bytes = v1::Endpoint {
         ip: Some(v1::Ip {
             octets: vec![10, 0, 0],
         }),
         port: 80,
     };
+    t.original = t.original.map(|o| v1::FlowTuple {
+        local: Some(three_bytes),
+        ..o
+    });
+    v.translation = Some(t);
+    cases.push(("flow.local", v));
+    let mut v = good.clone();
+    let mut t = entry(&v);
     let v6 = endpoint_to_wire("[2001:db8::1]:80".parse().expect("addr"));
-    let cases: [(&str, &dyn Fn(&mut v1::JoinedVia)); 6] = [
-        ("no host", &|v| v.host.clear()),
-        ("via.translation", &|v| v.translation = None),
-        ("flow", &|v| {
-            if let Some(t) = v.translation.as_mut() {
-                t.original = None;
-            }
-        }),
-        ("flow.remote", &|v| {
-            if let Some(r) = v.translation.as_mut().and_then(|t| t.reply.as_mut()) {
-                r.remote = None;
-            }
-        }),
-        ("flow.local", &|v| {
-            if let Some(o) = v.translation.as_mut().and_then(|t| t.original.as_mut()) {
-                o.local = Some(bad_ip.clone());
-            }
-        }),
-        ("two families", &|v| {
-            if let Some(r) = v.translation.as_mut().and_then(|t| t.reply.as_mut()) {
-                r.local = Some(v6.clone());
-            }
-        }),
-    ];
-    for (names, f) in cases {
-        match with(f) {
+    t.reply = t.reply.map(|r| v1::FlowTuple {
+        local: Some(v6),
+        ..r
+    });
+    v.translation = Some(t);
+    cases.push(("two families", v));
+    for (names, bad) in cases {
+        let mut wire = episode_to_wire(episode(7, NOW_MS));
+        wire.via = Some(bad);
+        match episode_from_wire(wire) {
             Err(e) => {
                 let msg = e.to_string();
                 assert!(
@@ -156,7 +161,13 @@ fn an_episode_with_a_malformed_translation_is_refused() {
             Ok(e) => panic!("{names}: accepted {e:?}"),
         }
     }
-    assert_eq!(with(&|_| {}), Ok(episode(7, NOW_MS)), "the good one reads");
+    let mut wire = episode_to_wire(episode(7, NOW_MS));
+    wire.via = Some(good);
+    assert_eq!(
+        episode_from_wire(wire),
+        Ok(episode(7, NOW_MS)),
+        "the good one reads"
+    );
 }
 
 #[test]
