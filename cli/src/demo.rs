@@ -194,8 +194,7 @@ pub async fn run(args: DemoArgs, style: Style) -> Result<u8, Failure> {
         Ok(EpisodeDetail {
             episode, samples, ..
         }) => {
-            let (a, b) = model::latest_ends(&samples);
-            let view = model::episode_view(&episode, a, b);
+            let view = model::episode_view(&episode, &samples);
             println!("$ tcpstall report");
             print!("{}", render::report(std::slice::from_ref(&view), style));
             println!("\n$ tcpstall diff {}", view.id);

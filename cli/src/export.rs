@@ -87,8 +87,8 @@ pub fn samples_json(samples: &[EpisodeSample]) -> Vec<SampleJson> {
         .collect()
 }
 
-/// The CSV columns, in order.
-pub const CSV_HEADER: [&str; 28] = [
+/// The CSV columns, in order (new ones go at the end).
+pub const CSV_HEADER: [&str; 32] = [
     "id",
     "diagnosis",
     "open",
@@ -117,6 +117,10 @@ pub const CSV_HEADER: [&str; 28] = [
     "b_rcv_nxt",
     "b_copied",
     "b_rcv_wnd",
+    "b_local",
+    "b_remote",
+    "via_host",
+    "via",
 ];
 
 fn opt<T: ToString>(v: Option<T>) -> String {
@@ -157,6 +161,10 @@ pub fn csv_row(e: &EpisodeView) -> Vec<String> {
         opt(b.and_then(|b| b.json.rcv_nxt)),
         opt(b.and_then(|b| b.json.copied)),
         opt(b.and_then(|b| b.json.rcv_wnd)),
+        opt(b.map(|b| &b.local)),
+        opt(b.map(|b| &b.remote)),
+        opt(e.via.as_ref().map(|v| &v.host)),
+        opt(e.via.as_ref().map(|v| v.translation.entry)),
     ]
 }
 
@@ -351,6 +359,7 @@ mod tests {
             summary: "B not monitored, \"one-sided\", evidence".into(),
             blame: "unknown",
             peer_note: None,
+            via: None,
             end_reason: None,
             evidence: Default::default(),
             peer: Ends {
@@ -370,6 +379,10 @@ mod tests {
         assert_eq!(col("a_local"), "198.18.0.1:80");
         assert_eq!(col("a_sendq"), "", "never sampled: unknown, not 0");
         assert_eq!(col("b_host"), "");
+        assert_eq!(
+            (col("b_local"), col("via_host"), col("via")),
+            ("".into(), "".into(), "".into())
+        );
         let mut w = csv::Writer::from_writer(Vec::new());
         w.write_record(&row).expect("write");
         let line = String::from_utf8(w.into_inner().expect("flush")).expect("utf-8");

@@ -21,7 +21,7 @@ use tcpstall_common::record::{EpisodeDetail, EpisodeQuery, FlowEnd, HeldQuery};
 use tcpstall_common::{error_chain, FlowTuple};
 use tcpstall_proto::convert::{self, ConvertError};
 
-use crate::model::{episode_view, latest_ends, EndView, EpisodeView};
+use crate::model::{episode_view, EndView, EpisodeView};
 use crate::render::Style;
 
 /// Exit codes a script can use.
@@ -463,8 +463,7 @@ async fn episode_detail(q: &mut Client, id: i64) -> Result<EpisodeDetail, Failur
 /// An episode's view, and the episode with every sample stored with it.
 async fn episode_samples(q: &mut Client, id: i64) -> Result<(EpisodeView, EpisodeDetail), Failure> {
     let d = episode_detail(q, id).await?;
-    let (a, b) = latest_ends(&d.samples);
-    Ok((episode_view(&d.episode, a, b), d))
+    Ok((episode_view(&d.episode, &d.samples), d))
 }
 
 /// Parses `ADDR:PORT ADDR:PORT` or an episode id.

@@ -1,15 +1,17 @@
 //! What the CLI shows, built from the query service's answers (as
 //! `tcpstall_proto::convert` gives them: domain types): an episode with the
-//! latest sample of each end. Its JSON form is the documented,
-//! stable schema of `--json` (docs/cli-json.md): add fields, never rename.
+//! latest sample of each end, each end at its own addresses (which differ
+//! from the other end's view when a NAT joined them). Its JSON form is the
+//! documented, stable schema of `--json` (docs/cli-json.md): add fields,
+//! never rename.
 
 use std::time::{Duration, UNIX_EPOCH};
 
 use serde::Serialize;
-use tcpstall_common::record::{Episode, EpisodeSample};
+use tcpstall_common::record::{Episode, EpisodeSample, JoinedVia};
 use tcpstall_common::{
     AbsoluteSeq, Container, EndSample, FactSource, FlowTuple, OwnerMissing, Positions,
-    ProcessOwner, Side, TcpState,
+    ProcessOwner, Side, TcpState, Translation,
 };
 
 /// The docs/design.md fields of one end for JSON: every one `null` when the
@@ -51,15 +53,81 @@ impl From<&Positions> for PosJson {
     }
 }
 
+/// One direction of a conntrack entry: its packets' source and
+/// destination, `ip:port`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DirectionJson {
+    pub src: String,
+    pub dst: String,
+}
+
+impl From<FlowTuple> for DirectionJson {
+    fn from(f: FlowTuple) -> Self {
+        DirectionJson {
+            src: f.local.to_string(),
+            dst: f.remote.to_string(),
+        }
+    }
+}
+
+/// A connection's conntrack entry as JSON: the direction of its first
+/// packet and of the replies, and what a NAT rule rewrote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TranslationJson {
+    pub original: DirectionJson,
+    pub reply: DirectionJson,
+    /// The original direction's source was rewritten (SNAT, masquerade).
+    pub src_nat: bool,
+    /// Its destination was rewritten (DNAT).
+    pub dst_nat: bool,
+    /// For rendering.
+    #[serde(skip)]
+    pub entry: Translation,
+}
+
+impl From<Translation> for TranslationJson {
+    fn from(t: Translation) -> Self {
+        TranslationJson {
+            original: t.original.into(),
+            reply: t.reply.into(),
+            src_nat: t.src_nat,
+            dst_nat: t.dst_nat,
+            entry: t,
+        }
+    }
+}
+
+/// The translation that joined an episode's ends, and the host whose
+/// conntrack held it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ViaJson {
+    pub host: String,
+    #[serde(flatten)]
+    pub translation: TranslationJson,
+}
+
+impl From<&JoinedVia> for ViaJson {
+    fn from(v: &JoinedVia) -> Self {
+        ViaJson {
+            host: v.host.clone(),
+            translation: v.translation.into(),
+        }
+    }
+}
+
 /// One end of a stuck pair.
 #[derive(Debug, Clone, Serialize)]
 pub struct EndView {
     pub host: String,
+    /// This end's own addresses, as its socket has them.
     pub local: String,
     pub remote: String,
     /// The Community ID of the connection as this end sees it (v1, seed
     /// 0): the key of the same flow in Zeek, Suricata or Elastic data.
     pub community_id: String,
+    /// The connection's conntrack entry on this end's host when a NAT rule
+    /// there rewrote it (from the latest sample that carried one).
+    pub translation: Option<TranslationJson>,
     /// Whether a sample of this end exists; without one every number is null.
     pub seen: bool,
     pub state: Option<TcpState>,
@@ -95,6 +163,9 @@ pub struct EndView {
     pub absolute_source: Option<FactSource>,
     /// Where the facts came from.
     pub source: &'static str,
+    /// This end's own 4-tuple, for rendering.
+    #[serde(skip)]
+    pub flow: FlowTuple,
 }
 
 impl EndView {
@@ -104,6 +175,9 @@ impl EndView {
             local: flow.local.to_string(),
             remote: flow.remote.to_string(),
             community_id: flow.community_id(),
+            translation: s
+                .and_then(|s| s.translation.as_deref())
+                .map(|t| TranslationJson::from(*t)),
             seen: s.is_some(),
             state: s.map(|s| s.state),
             json: s.map(|s| PosJson::from(&s.pos)).unwrap_or_default(),
@@ -127,6 +201,21 @@ impl EndView {
             absolute: s.and_then(|s| s.absolute.as_deref().cloned()),
             absolute_source: s.and_then(|s| s.absolute.as_ref()).map(|_| FactSource::Bpf),
             source: "tcp_info",
+            flow,
+        }
+    }
+
+    /// The connection as the far end sees it, this end's address first:
+    /// from the far end's own view when there is one, else through this
+    /// end's conntrack entry; `None` when neither says.
+    pub fn as_seen_by(&self, far: Option<&EndView>) -> Option<FlowTuple> {
+        match far {
+            Some(f) => Some(f.flow.reversed()),
+            None => self
+                .translation
+                .as_ref()
+                .and_then(|t| t.entry.far_side(self.flow))
+                .map(FlowTuple::reversed),
         }
     }
 }
@@ -153,6 +242,9 @@ pub struct EpisodeView {
     pub summary: String,
     pub blame: &'static str,
     pub peer_note: Option<String>,
+    /// The translation that joined B to A (a NAT between them); null when
+    /// B was joined by A's addresses reversed, or not joined.
+    pub via: Option<ViaJson>,
     pub end_reason: Option<String>,
     pub evidence: std::collections::BTreeMap<String, i64>,
     pub peer: Ends,
@@ -168,14 +260,19 @@ pub fn blame(diagnosis: &str) -> &'static str {
     tcpstall_common::Diagnosis::from_id(diagnosis).map_or("unknown", |d| d.blame())
 }
 
-/// Builds the view of an episode from the query service's answer; `a` and
-/// `b` are each end's latest sample, if any was stored.
-pub fn episode_view(e: &Episode, a: Option<&EndSample>, b: Option<&EndSample>) -> EpisodeView {
+/// Builds the view of an episode from the query service's answer and the
+/// samples stored with it: each end's numbers from its latest sample, its
+/// conntrack entry from the latest that carried one.
+pub fn episode_view(e: &Episode, samples: &[EpisodeSample]) -> EpisodeView {
+    let (a, b) = latest_ends(samples);
     let flow = e.a_flow;
-    let b_view = e
-        .b_host
-        .as_ref()
-        .map(|host| EndView::new(host, flow.reversed(), b));
+    let b_view = e.b_host.as_ref().map(|host| {
+        let mut v = EndView::new(host, b_flow(e, b), b);
+        v.translation = latest_translation(samples, Side::B);
+        v
+    });
+    let mut a_view = EndView::new(&e.a_host, flow, a);
+    a_view.translation = latest_translation(samples, Side::A);
     EpisodeView {
         id: e.id,
         diagnosis: e.diagnosis.clone(),
@@ -187,17 +284,33 @@ pub fn episode_view(e: &Episode, a: Option<&EndSample>, b: Option<&EndSample>) -
         summary: e.summary.clone(),
         blame: blame(&e.diagnosis),
         peer_note: e.peer_note.clone(),
+        via: e.via.as_ref().map(ViaJson::from),
         end_reason: e.end_reason.clone(),
         evidence: e.evidence.clone(),
         peer: Ends {
-            a: EndView::new(&e.a_host, flow, a),
+            a: a_view,
             b: b_view,
         },
     }
 }
 
+/// B's own 4-tuple. Joined directly, it is A's reversed; joined through a
+/// translation, B's addresses differ from those A talks to: as B's latest
+/// sample has them, else as the translation maps A's tuple (A's reversed
+/// only when it does not hold A's tuple either).
+fn b_flow(e: &Episode, b: Option<&EndSample>) -> FlowTuple {
+    let reversed = e.a_flow.reversed();
+    match &e.via {
+        None => reversed,
+        Some(via) => b
+            .map(|s| s.flow)
+            .or_else(|| via.translation.far_side(e.a_flow))
+            .unwrap_or(reversed),
+    }
+}
+
 /// The latest stored sample of each side of an episode.
-pub fn latest_ends(samples: &[EpisodeSample]) -> (Option<&EndSample>, Option<&EndSample>) {
+fn latest_ends(samples: &[EpisodeSample]) -> (Option<&EndSample>, Option<&EndSample>) {
     let latest = |side: Side| {
         samples
             .iter()
@@ -206,4 +319,111 @@ pub fn latest_ends(samples: &[EpisodeSample]) -> (Option<&EndSample>, Option<&En
             .map(|s| &s.sample)
     };
     (latest(Side::A), latest(Side::B))
+}
+
+/// The conntrack entry of the latest sample of `side` that carried one.
+fn latest_translation(samples: &[EpisodeSample], side: Side) -> Option<TranslationJson> {
+    samples
+        .iter()
+        .filter(|s| s.side == side)
+        .filter_map(|s| Some((s.at_ms, *s.sample.translation.as_deref()?)))
+        .max_by_key(|(at_ms, _)| *at_ms)
+        .map(|(_, t)| t.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tuple(local: &str, remote: &str) -> FlowTuple {
+        FlowTuple::new(local.parse().expect("addr"), remote.parse().expect("addr"))
+    }
+
+    /// A server's stalled send to a client that dialled a service address
+    /// its host DNATs to the server; `via` as given.
+    fn episode(via: Option<JoinedVia>) -> Episode {
+        Episode {
+            id: 1,
+            diagnosis: "peer_not_reading".into(),
+            summary: String::new(),
+            evidence: Default::default(),
+            started_at_ms: 0,
+            ended_at_ms: None,
+            duration_ms: 0,
+            stuck_bytes: 0,
+            a_host: "web".into(),
+            a_flow: tuple("10.1.0.7:8080", "10.0.0.1:40000"),
+            b_host: Some("client".into()),
+            peer_note: None,
+            via,
+            open: true,
+            end_reason: None,
+        }
+    }
+
+    fn dnat() -> Translation {
+        Translation {
+            original: tuple("10.0.0.1:40000", "10.96.0.10:80"),
+            reply: tuple("10.1.0.7:8080", "10.0.0.1:40000"),
+            src_nat: false,
+            dst_nat: true,
+        }
+    }
+
+    fn b_addresses(e: &Episode) -> (String, String) {
+        let v = episode_view(e, &[]);
+        let b = v.peer.b.expect("B's host is known");
+        (b.local, b.remote)
+    }
+
+    #[test]
+    fn b_is_at_its_own_addresses_when_a_translation_joined_it() {
+        let own = |l: &str, r: &str| (l.to_string(), r.to_string());
+        // Joined directly: A's tuple reversed.
+        assert_eq!(
+            b_addresses(&episode(None)),
+            own("10.0.0.1:40000", "10.1.0.7:8080")
+        );
+        // Through the client's DNAT, with no sample of B: the entry's
+        // other direction.
+        let via = JoinedVia {
+            host: "client".into(),
+            translation: dnat(),
+        };
+        let joined = episode(Some(via.clone()));
+        assert_eq!(b_addresses(&joined), own("10.0.0.1:40000", "10.96.0.10:80"));
+        let v = episode_view(&joined, &[]);
+        assert_eq!(v.via, Some(ViaJson::from(&via)));
+        assert_eq!(
+            v.peer.a.as_seen_by(v.peer.b.as_ref()),
+            Some(tuple("10.96.0.10:80", "10.0.0.1:40000")),
+            "B dials the service address"
+        );
+        // An entry that holds neither of A's directions says nothing of B.
+        let mut elsewhere = via;
+        elsewhere.translation.reply = tuple("10.1.0.8:8080", "10.0.0.1:40000");
+        assert_eq!(
+            b_addresses(&episode(Some(elsewhere))),
+            own("10.0.0.1:40000", "10.1.0.7:8080")
+        );
+    }
+
+    #[test]
+    fn a_translation_is_json_of_directions_and_flags() {
+        let via = JoinedVia {
+            host: "client".into(),
+            translation: dnat(),
+        };
+        let json = serde_json::to_value(ViaJson::from(&via)).expect("JSON");
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "host": "client",
+                "original": {"src": "10.0.0.1:40000", "dst": "10.96.0.10:80"},
+                "reply": {"src": "10.1.0.7:8080", "dst": "10.0.0.1:40000"},
+                "src_nat": false,
+                "dst_nat": true,
+            })
+        );
+    }
 }

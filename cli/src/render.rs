@@ -1,6 +1,11 @@
 //! Text for people in a hurry: the stuck-pair report, the episode list,
 //! one episode, and both ends side by side with what each pair of numbers
 //! means. Plain columns sized to fit; colour only on a terminal.
+//!
+//! Each end is printed at its own addresses; when a NAT between the ends
+//! makes the other end know it by others, those follow in parentheses
+//! (`web-1 10.1.0.7:8080 (B sees 10.96.0.10:80)`), and `show` names the
+//! translation that joined them.
 
 use std::fmt::Write as _;
 
@@ -76,6 +81,23 @@ fn end_name(v: &EndView) -> String {
     format!("{} {}", v.host, v.local)
 }
 
+/// An end by host and own address, then the address the other end knows
+/// it by when that differs (a translation between them):
+/// `web-1 10.1.0.7:8080 (B sees 10.96.0.10:80)`.
+fn end_seen(v: &EndView, other: Option<&EndView>, other_side: &str) -> String {
+    let mut out = end_name(v);
+    if let Some(seen) = v.as_seen_by(other).filter(|f| f.local != v.flow.local) {
+        let _ = write!(out, " ({other_side} sees {})", seen.local);
+    }
+    out
+}
+
+/// The report's and the list's cells of both ends.
+fn end_cells(e: &EpisodeView) -> (String, Option<String>) {
+    let (a, b) = (&e.peer.a, e.peer.b.as_ref());
+    (end_seen(a, b, "B"), b.map(|b| end_seen(b, Some(a), "A")))
+}
+
 /// `tcpstall report`: one row per stuck pair.
 pub fn report(eps: &[EpisodeView], style: Style) -> String {
     if eps.is_empty() {
@@ -91,13 +113,11 @@ pub fn report(eps: &[EpisodeView], style: Style) -> String {
     ]);
     let mut evidence = Vec::new();
     for e in eps {
+        let (a, b) = end_cells(e);
         t.push(vec![
             e.id.to_string(),
-            end_name(&e.peer.a),
-            e.peer
-                .b
-                .as_ref()
-                .map_or_else(|| format!("? {}", e.peer.a.remote), end_name),
+            a,
+            b.unwrap_or_else(|| format!("? {}", e.peer.a.remote)),
             human_bytes(u64::from(e.stuck)),
             age(e.duration_s),
             format!("{}{}", e.diagnosis, if e.open { "" } else { " (ended)" }),
@@ -129,6 +149,7 @@ pub fn episodes(eps: &[EpisodeView]) -> String {
         ("DIAGNOSIS", false),
     ]);
     for e in eps {
+        let (a, b) = end_cells(e);
         t.push(vec![
             e.id.to_string(),
             e.started_at.clone(),
@@ -138,8 +159,8 @@ pub fn episodes(eps: &[EpisodeView]) -> String {
             } else {
                 e.end_reason.clone().unwrap_or_else(|| "ended".into())
             },
-            end_name(&e.peer.a),
-            e.peer.b.as_ref().map_or_else(|| "-".into(), end_name),
+            a,
+            b.unwrap_or_else(|| "-".into()),
             human_bytes(u64::from(e.stuck)),
             e.diagnosis.clone(),
         ]);
@@ -428,16 +449,25 @@ fn cork(e: &EndView) -> String {
     flag(e.cork, e.cork_source)
 }
 
+/// An end's line above `diff`'s table: host and its own 4-tuple, then
+/// the same connection as the other end sees it, in the same order (this
+/// end first), when a translation makes that differ.
+fn end_line(side: &str, v: &EndView, other: Option<&EndView>, other_side: &str) -> String {
+    let mut out = format!("{side} {} {} -> {}", v.host, v.local, v.remote);
+    if let Some(seen) = v.as_seen_by(other).filter(|f| *f != v.flow) {
+        let _ = write!(out, "  (as {other_side} sees it: {seen})");
+    }
+    out
+}
+
 /// `tcpstall diff`: both ends side by side, one row per fact.
 pub fn diff(a: &EndView, b: Option<&EndView>) -> String {
     let mut out = format!(
-        "A {} {} -> {}\nB {}\n\n",
-        a.host,
-        a.local,
-        a.remote,
+        "{}\n{}\n\n",
+        end_line("A", a, b, "B"),
         b.map_or_else(
-            || "(not visible)".into(),
-            |b| format!("{} {} -> {}", b.host, b.local, b.remote)
+            || "B (not visible)".into(),
+            |b| end_line("B", b, Some(a), "A")
         )
     );
     let mut t = Table::new(&[
@@ -484,6 +514,29 @@ pub fn show(e: &EpisodeView, samples: usize) -> String {
         let _ = writeln!(out, "  peer: {note}");
     }
     let _ = writeln!(out, "  samples stored: {samples}");
+    // The conntrack entry that joined the ends, and any other an end's
+    // host holds for the connection.
+    let via = e.via.as_ref();
+    if let Some(v) = via {
+        let how = if v.translation.entry.translated() {
+            "NAT"
+        } else {
+            "conntrack"
+        };
+        let _ = writeln!(
+            out,
+            "  joined through {how} on {}: {}",
+            v.host, v.translation.entry
+        );
+    }
+    let ends = [("A", Some(&e.peer.a)), ("B", e.peer.b.as_ref())];
+    for (side, end) in ends {
+        let Some(end) = end else { continue };
+        let Some(t) = &end.translation else { continue };
+        if via.is_none_or(|v| v.translation != *t) {
+            let _ = writeln!(out, "  {side}'s host {} translates: {}", end.host, t.entry);
+        }
+    }
     // The flow's key in Zeek, Suricata and Elastic data; one per end when
     // an address was translated between them.
     let a_id = &e.peer.a.community_id;
@@ -495,7 +548,6 @@ pub fn show(e: &EpisodeView, samples: usize) -> String {
             let _ = writeln!(out, "  community id: {a_id}");
         }
     }
-    let ends = [("A", Some(&e.peer.a)), ("B", e.peer.b.as_ref())];
     for (side, end) in ends {
         if let Some(c) = end.and_then(|end| end.container.as_ref()) {
             let _ = writeln!(out, "  {side} runs in {}", c.short());

@@ -305,6 +305,7 @@ mod sample_tests {
             a_cookie: s.cookie,
             b_host: None,
             peer_note: None,
+            via: None,
         }
     }
 

@@ -1620,6 +1620,7 @@ async fn an_address_left_with_one_owner_is_joined_as_before() {
 /// at 198.18.0.1:40000) and what the lab would show of each translation.
 mod nat {
     use super::*;
+    use tcpstall_common::record::JoinedVia;
     use tcpstall_common::{Lookup, Translation};
 
     fn f(local: &str, remote: &str) -> FlowTuple {
@@ -1641,6 +1642,13 @@ mod nat {
         let mut b = b_end(a, 5000, 4096, 0);
         b.flow = flow;
         b
+    }
+
+    fn via(host: &str, t: Option<&Translation>) -> Option<JoinedVia> {
+        t.map(|t| JoinedVia {
+            host: host.into(),
+            translation: *t,
+        })
     }
 
     fn lookup(flow: FlowTuple, tr: Option<Translation>, connected_to: Option<&str>) -> Lookup {
@@ -1696,6 +1704,18 @@ mod nat {
         assert_eq!(eps[0].diagnosis, "peer_not_reading", "{eps:?}");
         assert_eq!(eps[0].b_host.as_deref(), Some("hostb"));
         assert_eq!(rig.stats().joined_via_translation, 0, "joined at once");
+        assert_eq!(
+            eps[0].via,
+            via(
+                "hosta",
+                Some(&t(
+                    b_flow,
+                    f("198.18.0.2:8080", "198.18.0.1:40000"),
+                    false,
+                    true
+                ))
+            )
+        );
     }
 
     /// A service address on the client's host (kube-proxy's shape): the
@@ -1739,6 +1759,11 @@ mod nat {
         assert_eq!(eps[0].diagnosis, "peer_not_reading", "{eps:?}");
         assert_eq!(eps[0].b_host.as_deref(), Some("hostb"));
         assert_eq!(rig.stats().joined_via_translation, 1);
+        assert_eq!(
+            eps[0].via,
+            via("hostb", Some(&entry)),
+            "named where it was found"
+        );
     }
 
     /// The client's socket talks to a third address (a gateway without an
@@ -1831,6 +1856,7 @@ mod nat {
         assert_eq!(eps.len(), 1, "{eps:?}");
         assert_eq!(eps[0].diagnosis, "peer_not_reading", "{eps:?}");
         assert_eq!(eps[0].b_host.as_deref(), Some("hostb"));
+        assert_eq!(eps[0].via, via("gateway", Some(&entry)));
     }
 
     /// A client dials an address no agent owns (a service address a router
@@ -1876,6 +1902,7 @@ mod nat {
         assert_eq!(eps.len(), 1, "{eps:?}");
         assert_eq!(eps[0].diagnosis, "peer_not_reading", "{eps:?}");
         assert_eq!(eps[0].b_host.as_deref(), Some("server"));
+        assert_eq!(eps[0].via, via("router", Some(&entry)));
     }
 
     /// Forwarding hosts that do not hold the flow say so (or keep quiet

@@ -15,9 +15,11 @@ use tcpstall_collector::store::{
     EpisodeEnd, EpisodeFilter, EpisodeRow, EpisodeUpdate, HeldFilter, HeldRow, HostRecord,
     NewEpisode, SharedStore, SqliteStore, StoreConfig, StoreError, StoredSample,
 };
+use tcpstall_common::record::JoinedVia;
 use tcpstall_common::time::unix_ms;
 use tcpstall_common::{
     Clock, EndReason, EndSample, FlowTuple, HeldEnd, Opened, Positions, Side, TcpState, TimerKind,
+    Translation,
 };
 use tcpstall_proto::convert::{pack, unpack};
 use tempfile::TempDir;
@@ -117,6 +119,7 @@ fn episode(id: i64, a_host: &str, b_host: Option<&str>, diagnosis: &str, start: 
         a_cookie: u64::MAX - 1,
         b_host: b_host.map(str::to_string),
         peer_note: None,
+        via: None,
     }
 }
 
@@ -135,6 +138,7 @@ fn row_of(e: &NewEpisode) -> EpisodeRow {
         a_cookie: e.a_cookie,
         b_host: e.b_host.clone(),
         peer_note: e.peer_note.clone(),
+        via: e.via.clone(),
         open: true,
         ended_at_ms: None,
         end_reason: None,
@@ -451,6 +455,7 @@ async fn update_then_close() -> TestResult {
         evidence: evidence.clone(),
         b_host: Some("beta".into()),
         peer_note: Some("pid 7".into()),
+        via: None,
         duration_ms: 14_000,
         stuck_bytes: 8192,
     };
@@ -641,8 +646,8 @@ async fn a_version_1_file_upgrades_and_its_json_samples_read_beside_new_ones() -
 
     let (store, thread, next) = open(cfg.clone())?;
     assert_eq!(next, e.id + 1);
-    assert_eq!(count(&cfg.path, "PRAGMA user_version"), 5);
-    assert_eq!(SCHEMA_VERSION, 5);
+    assert_eq!(count(&cfg.path, "PRAGMA user_version"), 6);
+    assert_eq!(SCHEMA_VERSION, 6);
     let (row, got) = store.get_episode(e.id).await?.ok_or("episode kept")?;
     assert_eq!((row.id, row.a_cookie, row.a_flow), (e.id, e.a_cookie, f));
     assert_eq!(got.len(), 1);
@@ -702,6 +707,259 @@ async fn a_version_1_file_upgrades_and_its_json_samples_read_beside_new_ones() -
         ),
         2
     );
+    Ok(())
+}
+
+/// Versions 2 to 5 as they were released, copied for the same reason as
+/// [`SCHEMA_V1`]: run after it, they make the file a version 5 collector
+/// left.
+const SCHEMA_V2_TO_V5: &str = "
+    ALTER TABLE samples ADD COLUMN sample_pb BLOB;
+    CREATE TABLE held_spans (
+        minute_ms   INTEGER NOT NULL,
+        a_host      TEXT NOT NULL,
+        b_host      TEXT NOT NULL,
+        end_reason  TEXT NOT NULL,
+        le_ms       INTEGER NOT NULL,
+        count       INTEGER NOT NULL,
+        episodes    INTEGER NOT NULL,
+        total_ms    INTEGER NOT NULL,
+        max_ms      INTEGER NOT NULL,
+        PRIMARY KEY (minute_ms, a_host, b_host, end_reason, le_ms)
+    ) WITHOUT ROWID;
+    CREATE INDEX episodes_ended ON episodes (open, ended_at_ms);
+    DROP INDEX episodes_open;
+    CREATE INDEX episodes_a_host_started ON episodes (a_host, started_at_ms);
+    DROP INDEX episodes_a_host;
+    CREATE INDEX episodes_b_host_started ON episodes (b_host, started_at_ms);
+    DROP INDEX episodes_b_host;
+    ALTER TABLE episodes ADD COLUMN community_id TEXT;
+    CREATE INDEX episodes_community_id ON episodes (community_id);
+";
+
+/// A file at schema version 5 holding an ended episode with one sample of
+/// each end, written the way the version 5 collector wrote them.
+fn version_5_file(path: &Path, e: &NewEpisode, samples: &[StoredSample]) -> TestResult {
+    let c = Connection::open(path)?;
+    c.execute_batch(SCHEMA_V1)?;
+    c.execute_batch(SCHEMA_V2_TO_V5)?;
+    c.pragma_update(None, "user_version", 5)?;
+    c.execute(
+        "INSERT INTO episodes (id, diagnosis, summary, evidence, started_at_ms,
+            duration_ms, stuck_bytes, a_host, a_netns, a_local, a_remote,
+            a_cookie, b_host, peer_note, open, community_id, ended_at_ms, end_reason)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, 0, ?15,
+            ?16, 'moved')",
+        rusqlite::params![
+            e.id,
+            e.diagnosis,
+            e.summary,
+            serde_json::to_string(&e.evidence)?,
+            e.started_at_ms,
+            i64::try_from(e.duration_ms)?,
+            e.stuck_bytes,
+            e.a_host,
+            e.a_netns,
+            e.a_flow.local.to_string(),
+            e.a_flow.remote.to_string(),
+            i64::from_ne_bytes(e.a_cookie.to_ne_bytes()),
+            e.b_host,
+            e.peer_note,
+            e.a_flow.community_id(),
+            e.started_at_ms + 20_000,
+        ],
+    )?;
+    for s in samples {
+        c.execute(
+            "INSERT INTO samples (episode_id, side, host, at_ms, sample, sample_pb)
+             VALUES (?1, ?2, ?3, ?4, '', ?5)",
+            rusqlite::params![e.id, s.side.as_str(), s.host, s.at_ms, s.sample.as_bytes()],
+        )?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_version_5_file_upgrades_its_episodes_kept_without_a_translation() -> TestResult {
+    let dir = TempDir::new()?;
+    let cfg = config(&dir);
+    let e = episode(9, "alpha", Some("beta"), "peer_not_reading", 1_000);
+    let f = e.a_flow;
+    let samples = vec![
+        stored(Side::A, "alpha", 1_000, f),
+        stored(Side::B, "beta", 1_001, f.reversed()),
+    ];
+    version_5_file(&cfg.path, &e, &samples)?;
+
+    let (store, thread, next) = open(cfg.clone())?;
+    assert_eq!(next, e.id + 1);
+    assert_eq!(count(&cfg.path, "PRAGMA user_version"), SCHEMA_VERSION);
+    let (row, got) = store.get_episode(e.id).await?.ok_or("episode kept")?;
+    let mut want = row_of(&e);
+    want.open = false;
+    want.ended_at_ms = Some(e.started_at_ms + 20_000);
+    want.end_reason = Some("moved".into());
+    assert_eq!(row, want, "every field as it was, no translation");
+    assert_eq!(got, samples);
+    assert_eq!(via_columns(&cfg.path, e.id)?, [None, None, None, None]);
+    assert_eq!(
+        count(
+            &cfg.path,
+            &format!(
+                "SELECT count(*) FROM episodes WHERE community_id = '{}'",
+                f.community_id()
+            )
+        ),
+        1,
+        "the Community ID kept"
+    );
+
+    // Episodes of the upgraded file keep a translation like new ones.
+    let mut joined = episode(next, "alpha", Some("beta"), "peer_not_reading", 5_000);
+    joined.via = Some(dnat_on_beta());
+    assert!(store.open_episode(joined.clone()));
+    let listed = store.list_episodes(EpisodeFilter::default()).await?;
+    assert_eq!(listed, [row_of(&joined), want]);
+    stop(store, thread).await;
+    Ok(())
+}
+
+/// A DNAT on B's host, as kube-proxy makes one: B, the client, dials a
+/// service address; its host sends the connection to A, the server.
+fn dnat_on_beta() -> JoinedVia {
+    JoinedVia {
+        host: "beta".into(),
+        translation: Translation {
+            original: flow("10.0.0.1:40000", "10.96.0.10:80"),
+            reply: flow("10.1.0.7:8080", "10.0.0.1:40000"),
+            src_nat: false,
+            dst_nat: true,
+        },
+    }
+}
+
+/// An IPv6 masquerade on a gateway between the two.
+fn snat_on_gateway() -> JoinedVia {
+    JoinedVia {
+        host: "gw".into(),
+        translation: Translation {
+            original: flow("[2001:db8::1]:5000", "[2001:db8:1::9]:443"),
+            reply: flow("[2001:db8:1::9]:443", "[2001:db8:2::1]:61000"),
+            src_nat: true,
+            dst_nat: false,
+        },
+    }
+}
+
+/// The `via_*` columns of episode `id` as the file holds them.
+fn via_columns(path: &Path, id: i64) -> rusqlite::Result<[Option<String>; 4]> {
+    Connection::open(path)?.query_row(
+        "SELECT via_host, via_original, via_reply, via_nat FROM episodes WHERE id = ?1",
+        [id],
+        |r| Ok([r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?]),
+    )
+}
+
+#[tokio::test]
+async fn the_translation_that_joined_the_ends_is_kept_replaced_and_cleared() -> TestResult {
+    let dir = TempDir::new()?;
+    let cfg = config(&dir);
+    let (store, thread, next) = open(cfg.clone())?;
+    let mut e = episode(next, "alpha", Some("beta"), "peer_not_reading", 1_000);
+    e.a_flow = flow("10.1.0.7:8080", "10.0.0.1:40000");
+    e.via = Some(dnat_on_beta());
+    assert!(store.open_episode(e.clone()));
+    let plain = episode(next + 1, "alpha", Some("beta"), "peer_not_reading", 2_000);
+    assert!(store.open_episode(plain.clone()));
+
+    let (row, _) = store.get_episode(e.id).await?.ok_or("stored")?;
+    assert_eq!(row, row_of(&e));
+    let listed = store.list_episodes(EpisodeFilter::default()).await?;
+    assert_eq!(listed, [row_of(&plain), row_of(&e)], "lists carry it too");
+    // Readable, and comparable, in the sqlite3 shell.
+    let want = [
+        "beta",
+        "10.0.0.1:40000 -> 10.96.0.10:80",
+        "10.1.0.7:8080 -> 10.0.0.1:40000",
+        "dnat",
+    ];
+    assert_eq!(via_columns(&cfg.path, e.id)?, want.map(|s| Some(s.into())));
+    assert_eq!(via_columns(&cfg.path, plain.id)?, [None, None, None, None]);
+
+    // An update replaces it, as it replaces b_host, and None clears it.
+    let update = |via: Option<JoinedVia>| EpisodeUpdate {
+        id: e.id,
+        diagnosis: "peer_not_reading".into(),
+        summary: "beta stopped reading".into(),
+        evidence: e.evidence.clone(),
+        b_host: Some("beta".into()),
+        peer_note: None,
+        via,
+        duration_ms: 14_000,
+        stuck_bytes: 4096,
+    };
+    assert!(store.update_episode(update(Some(snat_on_gateway()))));
+    let (row, _) = store.get_episode(e.id).await?.ok_or("stored")?;
+    assert_eq!(row.via, Some(snat_on_gateway()));
+    assert_eq!(row.duration_ms, 14_000);
+    let [host, original, reply, nat] = via_columns(&cfg.path, e.id)?;
+    assert_eq!(
+        (host, original, reply, nat),
+        (
+            Some("gw".into()),
+            Some("[2001:db8::1]:5000 -> [2001:db8:1::9]:443".into()),
+            Some("[2001:db8:1::9]:443 -> [2001:db8:2::1]:61000".into()),
+            Some("snat".into())
+        )
+    );
+    assert!(store.update_episode(update(None)));
+    let (row, _) = store.get_episode(e.id).await?.ok_or("stored")?;
+    assert_eq!(row.via, None);
+    assert_eq!(via_columns(&cfg.path, e.id)?, [None, None, None, None]);
+
+    // What a person's edit may leave: an error naming the column, no panic.
+    assert!(store.update_episode(update(Some(dnat_on_beta()))));
+    store.flush().await?;
+    let c = Connection::open(&cfg.path)?;
+    let good = via_columns(&cfg.path, e.id)?;
+    let set = |column: &str, value: Option<&str>| {
+        c.execute(
+            &format!("UPDATE episodes SET {column} = ?1 WHERE id = ?2"),
+            rusqlite::params![value, e.id],
+        )
+    };
+    let columns = ["via_host", "via_original", "via_reply", "via_nat"];
+    let bad = [
+        (1, Some("10.0.0.1:40000 => 10.96.0.10:80")),
+        (2, Some("10.1.0.7 -> 10.0.0.1:40000")),
+        (2, None),
+        (3, None),
+    ];
+    for (i, value) in bad {
+        set(columns[i], value)?;
+        match store.get_episode(e.id).await {
+            Err(StoreError::Corrupt { id, column, .. }) => {
+                assert_eq!((id, column), (e.id, columns[i]), "{value:?}");
+            }
+            other => panic!(
+                "{} = {value:?}: expected Corrupt, got {other:?}",
+                columns[i]
+            ),
+        }
+        set(columns[i], good[i].as_deref())?;
+    }
+    assert_eq!(
+        store.get_episode(e.id).await?.and_then(|(r, _)| r.via),
+        Some(dnat_on_beta()),
+        "mended"
+    );
+    // The schema refuses a word it does not know.
+    let refused = c.execute(
+        "UPDATE episodes SET via_nat = 'masquerade' WHERE id = ?1",
+        [e.id],
+    );
+    assert!(refused.is_err(), "{refused:?}");
+    stop(store, thread).await;
     Ok(())
 }
 

@@ -91,6 +91,7 @@ fn episode(id: i64, i: u32) -> NewEpisode {
         a_cookie: (u64::from(i) << 1) | 1,
         b_host: Some(format!("peer-{i}")),
         peer_note: None,
+        via: None,
     }
 }
 

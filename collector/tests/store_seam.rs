@@ -19,8 +19,9 @@ use tcpstall_collector::store::{
     HostRecord, HostRow, NewEpisode, SharedStore, Store, StoreError, StoreStatsSnapshot,
     StoredEpisode, StoredSample,
 };
-use tcpstall_common::{Clock, FlowTuple, Side};
-use tcpstall_proto::convert::{pack, sample_from_wire, unpack};
+use tcpstall_common::record::JoinedVia;
+use tcpstall_common::{Clock, FlowTuple, Side, Translation};
+use tcpstall_proto::convert::{episode_from_wire, pack, sample_from_wire, unpack};
 use tcpstall_proto::server::query_server::Query;
 use tcpstall_proto::v1::{self, GetEpisodeRequest, ListEpisodesRequest};
 use tokio::sync::mpsc;
@@ -155,6 +156,7 @@ fn episode(id: i64, host: &str) -> (EpisodeRow, Vec<StoredSample>) {
         a_cookie: 7,
         b_host: Some("db".into()),
         peer_note: None,
+        via: None,
         open: true,
         ended_at_ms: None,
         end_reason: None,
@@ -187,8 +189,23 @@ fn service(store: SharedStore) -> (QueryService, mpsc::Receiver<Question>) {
 
 #[tokio::test]
 async fn the_query_service_reads_through_the_store_trait() -> Result<(), tonic::Status> {
+    // Episode 2's ends were joined through a DNAT on B's host.
+    let (mut joined, samples) = episode(2, "web-2");
+    let via = JoinedVia {
+        host: "db".into(),
+        translation: Translation {
+            original: FlowTuple::new(
+                "198.18.0.1:40000".parse().expect("addr"),
+                "198.18.100.1:80".parse().expect("addr"),
+            ),
+            reply: flow(),
+            src_nat: false,
+            dst_nat: true,
+        },
+    };
+    joined.via = Some(via.clone());
     let memory = Arc::new(Memory {
-        episodes: vec![episode(1, "web-1"), episode(2, "web-2")],
+        episodes: vec![episode(1, "web-1"), (joined, samples)],
         ..Memory::default()
     });
     let (svc, _matcher) = service(memory.clone());
@@ -207,6 +224,10 @@ async fn the_query_service_reads_through_the_store_trait() -> Result<(), tonic::
     );
     // An open episode has lasted until now.
     assert_eq!(listed.episodes[0].duration_ms, 20_000);
+    // The translation that joined its ends, as the store gave it.
+    let answered = episode_from_wire(listed.episodes[0].clone())
+        .map_err(|e| tonic::Status::internal(e.to_string()))?;
+    assert_eq!(answered.via, Some(via));
     let asked = memory.asked.lock().expect("asked").clone();
     assert_eq!(
         asked,
@@ -222,7 +243,10 @@ async fn the_query_service_reads_through_the_store_trait() -> Result<(), tonic::
         .get_episode(Request::new(GetEpisodeRequest { id: 1 }))
         .await?
         .into_inner();
-    assert_eq!(got.episode.map(|e| e.id), Some(1));
+    assert_eq!(
+        got.episode.as_ref().map(|e| (e.id, e.via.is_none())),
+        Some((1, true))
+    );
     let (_, stored) = episode(1, "web-1");
     assert_eq!(got.samples.len(), stored.len());
     for (wire, kept) in got.samples.iter().zip(&stored) {
@@ -283,6 +307,7 @@ async fn a_stopped_store_is_an_error_to_the_operator_not_a_panic() {
         a_cookie: 1,
         b_host: None,
         peer_note: None,
+        via: None,
     }));
     let code = svc
         .get_episode(Request::new(GetEpisodeRequest { id: 1 }))

@@ -3,7 +3,8 @@
 //!
 //! - An episode: [`EpisodeRow`] as stored, [`Episode`] as a query answers
 //!   it (an open one has lasted until the answer), a page of them
-//!   ([`EpisodePage`]), one with its samples ([`EpisodeDetail`]).
+//!   ([`EpisodePage`]), one with its samples ([`EpisodeDetail`]); the
+//!   translation that joined its ends through a NAT ([`JoinedVia`]).
 //! - The samples of its two ends: [`StoredSample`] in the encoding the
 //!   store keeps (and a query sends as it is), [`EpisodeSample`] decoded
 //!   by whoever reads the answer.
@@ -46,6 +47,8 @@ pub struct EpisodeRow {
     pub a_cookie: u64,
     pub b_host: Option<String>,
     pub peer_note: Option<String>,
+    /// The translation that joined B to A, when one did.
+    pub via: Option<JoinedVia>,
     pub open: bool,
     pub ended_at_ms: Option<i64>,
     pub end_reason: Option<String>,
@@ -76,6 +79,7 @@ impl EpisodeRow {
             a_flow: self.a_flow,
             b_host: self.b_host,
             peer_note: self.peer_note,
+            via: self.via,
             open: self.open,
             end_reason: self.end_reason,
         }
@@ -105,9 +109,24 @@ pub struct Episode {
     pub b_host: Option<String>,
     /// Why the peer end is missing or pending, when it is.
     pub peer_note: Option<String>,
+    /// The translation that joined B to A, when their addresses differ
+    /// between them (a NAT on the way); `None` when B was found by A's
+    /// 4-tuple reversed, or not found.
+    pub via: Option<JoinedVia>,
     pub open: bool,
     /// An [`EndReason`](crate::EndReason) id.
     pub end_reason: Option<String>,
+}
+
+/// The translation that joined an episode's two ends, when their addresses
+/// differ between them (a NAT between A and B): the conntrack entry, and
+/// the host whose connection tracking holds it (A's, B's, or a NAT
+/// gateway's that runs an agent).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct JoinedVia {
+    /// Whose conntrack gave it.
+    pub host: String,
+    pub translation: Translation,
 }
 
 /// One page of a list of episodes, newest first.
@@ -318,6 +337,7 @@ mod tests {
             a_cookie: 7,
             b_host: Some("db-7".into()),
             peer_note: None,
+            via: None,
             open,
             ended_at_ms: (!open).then_some(1_020_000),
             end_reason: (!open).then(|| "moved".into()),
@@ -374,15 +394,4 @@ mod tests {
         assert_eq!(f(5).effective_limit(), 5);
         assert_eq!(f(u32::MAX).effective_limit(), MAX_LIST_LIMIT);
     }
-}
-
-/// The translation that joined an episode's two ends, when their addresses
-/// differ between them (a NAT between A and B): the conntrack entry, and
-/// the host whose connection tracking holds it (A's, B's, or a NAT
-/// gateway's that runs an agent).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct JoinedVia {
-    /// Whose conntrack gave it.
-    pub host: String,
-    pub translation: Translation,
 }

@@ -7,7 +7,8 @@
 use std::time::Duration;
 
 use tcpstall_common::time::{millis, millis_i64};
-use tcpstall_common::{EndReason, EndSample, Side};
+use tcpstall_common::record::JoinedVia;
+use tcpstall_common::{EndReason, EndSample, Side, Translation};
 
 use super::detector::Event;
 use super::diagnose::{diagnose, Evidence, Fact, Verdict};
@@ -44,13 +45,15 @@ impl Ctx {
         let peer = self.peer_of(s, flow);
         let verdict = diagnose(a, peer.as_peer());
         let b_host = self.b_host(s, flow);
+        let via = s.nat.as_ref().and_then(|n| n.via);
         let Some(ep) = s.episode.as_mut() else {
             return;
         };
         // Most polls of a held queue find what the last one did, a little
         // later, its counters perhaps higher: nothing to store until it
-        // ends (its duration is read from its start).
-        if ep.verdict.same_finding(&verdict) {
+        // ends (its duration is read from its start). A join through a
+        // translation found since is stored at once.
+        if ep.verdict.same_finding(&verdict) && ep.via == via {
             ep.unstored |= !ep.verdict.same_numbers(&verdict);
             ep.verdict = verdict;
             return;
@@ -61,23 +64,35 @@ impl Ctx {
             *open = open.saturating_sub(1);
             self.stats.open_by_diagnosis[verdict.diagnosis.index()] += 1;
         }
-        let update =
-            self.episode_update(ep.id, &verdict, b_host, &peer, a.unchanged_ms, a.pos.sendq);
+        let update = self.episode_update(
+            ep.id,
+            &verdict,
+            b_host,
+            &peer,
+            via,
+            a.unchanged_ms,
+            a.pos.sendq,
+        );
         self.store.update_episode(update);
+        ep.via = via;
         ep.verdict = verdict;
         ep.unstored = false;
     }
 
-    /// The row of episode `id` as `verdict` finds it, B on `peer_host`.
+    /// The row of episode `id` as `verdict` finds it, B on `peer_host`,
+    /// joined through `via`.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn episode_update(
         &self,
         id: i64,
         verdict: &Verdict,
         peer_host: Option<HostId>,
         peer: &PeerNow,
+        via: Option<(HostId, Translation)>,
         duration_ms: u64,
         stuck_bytes: u32,
     ) -> EpisodeUpdate {
+        let via = self.joined_via(via);
         EpisodeUpdate {
             id,
             diagnosis: verdict.diagnosis.id().to_string(),
@@ -85,6 +100,7 @@ impl Ctx {
             evidence: evidence(&verdict.evidence),
             b_host: peer_host.map(|p| self.name(p).to_string()),
             peer_note: peer_note(peer),
+            via,
             duration_ms,
             stuck_bytes,
         }
@@ -170,6 +186,7 @@ impl Ctx {
         let peer = self.peer_of(s, tuple);
         let verdict = diagnose(a, peer.as_peer());
         let note = peer_note(&peer);
+        let via = s.nat.as_ref().and_then(|n| n.via);
         let id = self.next_episode;
         self.next_episode += 1;
         self.stats.episodes_opened += 1;
@@ -189,6 +206,7 @@ impl Ctx {
             a_cookie: cookie,
             b_host: self.b_host(s, tuple).map(|p| self.name(p).to_string()),
             peer_note: note,
+            via: self.joined_via(via),
         });
         // The first sample of the stall, then this poll's (record).
         let mut last_a_ms = i64::MIN;
@@ -217,6 +235,7 @@ impl Ctx {
             stored_b: 0,
             last_a_ms,
             last_b_ms: i64::MIN,
+            via,
         }));
     }
 
@@ -240,8 +259,16 @@ impl Ctx {
                 .fact(Fact::ASendq)
                 .map_or(0, |b| u32::try_from(b).unwrap_or(u32::MAX));
             let b_host = self.b_host(s, flow);
-            let update =
-                self.episode_update(ep.id, v, b_host, &peer, millis(stuck_for), stuck_bytes);
+            let via = s.nat.as_ref().and_then(|n| n.via);
+            let update = self.episode_update(
+                ep.id,
+                v,
+                b_host,
+                &peer,
+                via,
+                millis(stuck_for),
+                stuck_bytes,
+            );
             self.store.update_episode(update);
         }
         self.open_episodes = self.open_episodes.saturating_sub(1);
@@ -275,6 +302,14 @@ impl Ctx {
 }
 
 impl Ctx {
+    /// The translation that joined an episode's ends, named for its row.
+    fn joined_via(&self, via: Option<(HostId, Translation)>) -> Option<JoinedVia> {
+        via.map(|(host, translation)| JoinedVia {
+            host: self.name(host).to_string(),
+            translation,
+        })
+    }
+
     /// Tells the watches of `s`'s peer (on `flow`) which host's open
     /// episode they are the peer of (`None`: no longer).
     pub(super) fn mark_episode_of(&mut self, s: &Suspect, flow: Tuple, host: Option<HostId>) {

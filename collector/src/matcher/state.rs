@@ -196,6 +196,8 @@ pub(super) struct OpenEpisode {
     /// When the A and B samples stored last were taken.
     pub(super) last_a_ms: i64,
     pub(super) last_b_ms: i64,
+    /// The translation that joined its ends, as its row has it.
+    pub(super) via: Option<(HostId, Translation)>,
 }
 
 /// The hosts that could hold a suspect's peer end: those that announced

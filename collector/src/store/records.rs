@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 
+use tcpstall_common::record::JoinedVia;
 use tcpstall_common::FlowTuple;
 
 pub use tcpstall_common::record::{EpisodeFilter, EpisodeRow, HeldFilter, HeldRow, StoredSample};
@@ -51,6 +52,8 @@ pub struct NewEpisode {
     pub a_cookie: u64,
     pub b_host: Option<String>,
     pub peer_note: Option<String>,
+    /// The translation that joined B to A, when one did.
+    pub via: Option<JoinedVia>,
 }
 
 /// A new verdict or duration for an open episode; every field replaces the
@@ -63,6 +66,8 @@ pub struct EpisodeUpdate {
     pub evidence: BTreeMap<String, i64>,
     pub b_host: Option<String>,
     pub peer_note: Option<String>,
+    /// Replaces the stored one, as `b_host` does: `None` clears it.
+    pub via: Option<JoinedVia>,
     pub duration_ms: u64,
     pub stuck_bytes: u32,
 }

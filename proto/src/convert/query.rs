@@ -22,12 +22,16 @@ use std::time::Duration;
 
 use tcpstall_common::record::{
     Episode, EpisodeDetail, EpisodeFilter, EpisodePage, EpisodeQuery, EpisodeSample, FlowEnd,
-    FlowEnds, HeldFilter, HeldQuery, HeldSpanCount, HeldSpans, StoredSample, MAX_LIST_LIMIT,
+    FlowEnds, HeldFilter, HeldQuery, HeldSpanCount, HeldSpans, JoinedVia, StoredSample,
+    MAX_LIST_LIMIT,
 };
 use tcpstall_common::time::millis_i64;
 use tcpstall_common::{FlowTuple, HeldEnd, Side};
 
-use super::{flow_from_wire, flow_to_wire, sample_from_wire, sample_to_wire, ConvertError};
+use super::{
+    flow_from_wire, flow_to_wire, sample_from_wire, sample_to_wire, translation_from_wire,
+    translation_to_wire, ConvertError,
+};
 use crate::{raw, v1};
 
 /// The longest window a request may name; a longer one is this one.
@@ -166,14 +170,46 @@ pub fn episode_to_wire(e: Episode) -> v1::Episode {
         summary: e.summary,
         evidence: e.evidence.into_iter().collect(),
         end_reason: e.end_reason.unwrap_or_default(),
+        via: e.via.map(via_to_wire),
     }
 }
 
-/// An episode from the wire: its flow must be one. An end time of 0 is
-/// none (the wire's default), as is an empty peer host, note or reason.
+/// The translation that joined an episode's ends, on the wire.
+fn via_to_wire(v: JoinedVia) -> v1::JoinedVia {
+    v1::JoinedVia {
+        host: v.host,
+        translation: Some(translation_to_wire(v.translation)),
+    }
+}
+
+/// The translation that joined an episode's ends, from the wire: a host
+/// named, and a whole translation (both tuples, of one family).
+fn via_from_wire(v: &v1::JoinedVia) -> Result<JoinedVia, ConvertError> {
+    if v.host.is_empty() {
+        return Err(ConvertError::Invalid("via: no host".into()));
+    }
+    let t = v
+        .translation
+        .as_ref()
+        .ok_or(ConvertError::Missing("via.translation"))?;
+    Ok(JoinedVia {
+        host: v.host.clone(),
+        translation: translation_from_wire(t).map_err(|err| in_field("via", err))?,
+    })
+}
+
+/// An episode from the wire: its flow must be one, and the translation
+/// that joined it whole when there is one. An end time of 0 is none (the
+/// wire's default), as is an empty peer host, note or reason.
 pub fn episode_from_wire(e: v1::Episode) -> Result<Episode, ConvertError> {
     Ok(Episode {
         a_flow: flow_from_wire(e.a_flow.as_ref()).map_err(|err| in_field("episode", err))?,
+        via: e
+            .via
+            .as_ref()
+            .map(via_from_wire)
+            .transpose()
+            .map_err(|err| in_field("episode", err))?,
         id: e.id,
         diagnosis: e.diagnosis,
         summary: e.summary,

@@ -482,6 +482,21 @@ pub struct Episode {
     /// host_gone.
     #[prost(string, tag = "14")]
     pub end_reason: ::prost::alloc::string::String,
+    /// The translation that joined B to A when their addresses differ
+    /// between them (a NAT on the way); absent when B was found by A's
+    /// 4-tuple reversed, or not found, and from collectors that predate it.
+    #[prost(message, optional, tag = "15")]
+    pub via: ::core::option::Option<JoinedVia>,
+}
+/// A conntrack entry that joined an episode's two ends, and whose it is.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct JoinedVia {
+    /// The host whose connection tracking holds it: A's, B's, or a NAT
+    /// gateway's that runs an agent.
+    #[prost(string, tag = "1")]
+    pub host: ::prost::alloc::string::String,
+    #[prost(message, optional, tag = "2")]
+    pub translation: ::core::option::Option<Translation>,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ListEpisodesResponse {

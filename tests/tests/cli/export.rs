@@ -51,6 +51,7 @@ fn new_episode(id: i64, i: i64, started_at_ms: i64) -> NewEpisode {
         a_cookie: u64::try_from(i).expect("cookie"),
         b_host: None,
         peer_note: Some("nobody monitors 198.18.5.2".into()),
+        via: None,
     }
 }
 

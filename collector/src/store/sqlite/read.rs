@@ -4,7 +4,8 @@
 
 use rusqlite::types::{Value, ValueRef};
 use rusqlite::{params_from_iter, Connection, Row};
-use tcpstall_common::{EndSample, FlowTuple, HeldEnd, Side};
+use tcpstall_common::record::JoinedVia;
+use tcpstall_common::{EndSample, FlowTuple, HeldEnd, Side, Translation};
 
 use crate::store::{
     EpisodeFilter, EpisodeRow, HeldFilter, HeldRow, HostRow, StoreError, StoredEpisode,
@@ -15,7 +16,7 @@ use tcpstall_proto::convert::{pack, unpack};
 
 const EPISODE_COLS: &str = "id, diagnosis, summary, evidence, started_at_ms, duration_ms, \
      stuck_bytes, a_host, a_netns, a_local, a_remote, a_cookie, b_host, peer_note, open, \
-     ended_at_ms, end_reason";
+     ended_at_ms, end_reason, via_host, via_original, via_reply, via_nat";
 
 /// Socket cookies are u64; SQLite integers are i64. The bits are kept.
 pub(super) fn cookie_to_sql(c: u64) -> i64 {
@@ -24,6 +25,80 @@ pub(super) fn cookie_to_sql(c: u64) -> i64 {
 
 fn cookie_from_sql(c: i64) -> u64 {
     u64::from_ne_bytes(c.to_ne_bytes())
+}
+
+/// An episode's `via_*` columns (schema version 6): the translation that
+/// joined its ends, each tuple as `source -> destination`, and what was
+/// rewritten as a word; all `None` without one.
+pub(super) struct ViaColumns {
+    pub host: Option<String>,
+    pub original: Option<String>,
+    pub reply: Option<String>,
+    pub nat: Option<&'static str>,
+}
+
+impl ViaColumns {
+    pub fn of(via: Option<&JoinedVia>) -> ViaColumns {
+        let Some(v) = via else {
+            return ViaColumns {
+                host: None,
+                original: None,
+                reply: None,
+                nat: None,
+            };
+        };
+        let t = &v.translation;
+        ViaColumns {
+            host: Some(v.host.clone()),
+            original: Some(t.original.to_string()),
+            reply: Some(t.reply.to_string()),
+            nat: Some(match (t.src_nat, t.dst_nat) {
+                (true, true) => "snat+dnat",
+                (true, false) => "snat",
+                (false, true) => "dnat",
+                (false, false) => "none",
+            }),
+        }
+    }
+}
+
+/// `ip:port -> ip:port` as [`ViaColumns`] writes a tuple.
+fn tuple_from_sql(s: &str) -> Option<FlowTuple> {
+    let (local, remote) = s.split_once(" -> ")?;
+    Some(FlowTuple::new(local.parse().ok()?, remote.parse().ok()?))
+}
+
+/// The translation of an episode row's `via_*` columns (17 on): none when
+/// `via_host` is NULL, else every column must read.
+fn via_from_row(row: &Row<'_>, id: i64) -> Result<Option<JoinedVia>, StoreError> {
+    let Some(host) = row.get::<_, Option<String>>(17)? else {
+        return Ok(None);
+    };
+    let tuple = |i, column| -> Result<FlowTuple, StoreError> {
+        let s: Option<String> = row.get(i)?;
+        s.as_deref()
+            .and_then(tuple_from_sql)
+            .ok_or_else(|| corrupt(id, column, s.as_deref().unwrap_or("NULL")))
+    };
+    let original = tuple(18, "via_original")?;
+    let reply = tuple(19, "via_reply")?;
+    let nat: Option<String> = row.get(20)?;
+    let (src_nat, dst_nat) = match nat.as_deref() {
+        Some("snat+dnat") => (true, true),
+        Some("snat") => (true, false),
+        Some("dnat") => (false, true),
+        Some("none") => (false, false),
+        other => return Err(corrupt(id, "via_nat", other.unwrap_or("NULL"))),
+    };
+    Ok(Some(JoinedVia {
+        host,
+        translation: Translation {
+            original,
+            reply,
+            src_nat,
+            dst_nat,
+        },
+    }))
 }
 
 pub(super) fn list_episodes(
@@ -245,6 +320,7 @@ fn episode_row(row: &Row<'_>) -> Result<EpisodeRow, StoreError> {
         a_cookie: cookie_from_sql(row.get(11)?),
         b_host: row.get(12)?,
         peer_note: row.get(13)?,
+        via: via_from_row(row, id)?,
         open: row.get::<_, i64>(14)? != 0,
         ended_at_ms: row.get(15)?,
         end_reason: row.get(16)?,

@@ -15,7 +15,10 @@
 //! 4 replaced the indexes on `open`, `a_host` and `b_host` alone by ones
 //! with `ended_at_ms` or `started_at_ms` after them: retention walks the
 //! ended episodes oldest first, and a host's recent episodes are found
-//! without reading all of its older ones.
+//! without reading all of its older ones. 5 added `episodes.community_id`.
+//! 6 added the translation that joined an episode's ends through a NAT
+//! (`via_host`, `via_original`, `via_reply`, `via_nat`), NULL on episodes
+//! joined directly and on those stored before.
 
 use std::path::Path;
 use std::time::Duration;
@@ -131,6 +134,17 @@ const MIGRATIONS: &[&str] = &[
     "
     ALTER TABLE episodes ADD COLUMN community_id TEXT;
     CREATE INDEX episodes_community_id ON episodes (community_id);
+    ",
+    // 6: the conntrack entry that joined B to A through a NAT, and whose
+    // it was: all four set, or all NULL (joined directly, not joined, or
+    // stored before). Text a person reads in the sqlite3 shell and a query
+    // compares (`WHERE via_nat = 'dnat'`); an update replaces them.
+    "
+    ALTER TABLE episodes ADD COLUMN via_host TEXT;     -- whose conntrack held it
+    ALTER TABLE episodes ADD COLUMN via_original TEXT; -- 'ip:port -> ip:port', first packet's source -> destination
+    ALTER TABLE episodes ADD COLUMN via_reply TEXT;    -- 'ip:port -> ip:port', the replies'
+    ALTER TABLE episodes ADD COLUMN via_nat TEXT
+        CHECK (via_nat IN ('snat', 'dnat', 'snat+dnat', 'none'));
     ",
 ];
 

@@ -37,12 +37,16 @@ pub(super) fn apply(c: &Connection, cmd: Command) -> Result<u64, StoreError> {
                   WHERE host = ?1",
             )?
             .execute(params![host, at_ms])?,
-        Command::OpenEpisode(e) => c
+        Command::OpenEpisode(e) => {
+            let via = read::ViaColumns::of(e.via.as_ref());
+            c
             .prepare_cached(
                 "INSERT INTO episodes (id, diagnosis, summary, evidence, started_at_ms,
                     duration_ms, stuck_bytes, a_host, a_netns, a_local, a_remote,
-                    a_cookie, b_host, peer_note, open, community_id)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, 1, ?15)",
+                    a_cookie, b_host, peer_note, open, community_id,
+                    via_host, via_original, via_reply, via_nat)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, 1, ?15,
+                    ?16, ?17, ?18, ?19)",
             )?
             .execute(params![
                 e.id,
@@ -60,25 +64,38 @@ pub(super) fn apply(c: &Connection, cmd: Command) -> Result<u64, StoreError> {
                 e.b_host,
                 e.peer_note,
                 e.a_flow.community_id(),
-            ])?,
-        Command::UpdateEpisode(u) => known(
-            u.id,
-            c.prepare_cached(
-                "UPDATE episodes SET diagnosis = ?2, summary = ?3, evidence = ?4,
-                    b_host = ?5, peer_note = ?6, duration_ms = ?7, stuck_bytes = ?8
-                  WHERE id = ?1",
-            )?
-            .execute(params![
+                via.host,
+                via.original,
+                via.reply,
+                via.nat,
+            ])?
+        }
+        Command::UpdateEpisode(u) => {
+            let via = read::ViaColumns::of(u.via.as_ref());
+            known(
                 u.id,
-                u.diagnosis,
-                u.summary,
-                serde_json::to_string(&u.evidence)?,
-                u.b_host,
-                u.peer_note,
-                int(u.duration_ms),
-                u.stuck_bytes,
-            ])?,
-        )?,
+                c.prepare_cached(
+                    "UPDATE episodes SET diagnosis = ?2, summary = ?3, evidence = ?4,
+                        b_host = ?5, peer_note = ?6, duration_ms = ?7, stuck_bytes = ?8,
+                        via_host = ?9, via_original = ?10, via_reply = ?11, via_nat = ?12
+                      WHERE id = ?1",
+                )?
+                .execute(params![
+                    u.id,
+                    u.diagnosis,
+                    u.summary,
+                    serde_json::to_string(&u.evidence)?,
+                    u.b_host,
+                    u.peer_note,
+                    int(u.duration_ms),
+                    u.stuck_bytes,
+                    via.host,
+                    via.original,
+                    via.reply,
+                    via.nat,
+                ])?,
+            )?
+        }
         Command::CloseEpisode { id, end } => known(
             id,
             c.prepare_cached(

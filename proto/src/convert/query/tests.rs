@@ -7,7 +7,7 @@ use tcpstall_common::record::{EpisodeRow, DEFAULT_LIST_LIMIT};
 use tcpstall_common::{EndSample, Packed};
 
 use super::*;
-use crate::convert::{pack, unpack};
+use crate::convert::{endpoint_to_wire, pack, unpack};
 
 fn sample() -> EndSample {
     crate::convert::tests::sample()
@@ -40,8 +40,17 @@ fn episode(id: i64, started_at_ms: i64) -> Episode {
         a_flow: flow(),
         b_host: Some("db-7".into()),
         peer_note: Some("B answered late".into()),
+        via: Some(via()),
         open: false,
         end_reason: Some("moved".into()),
+    }
+}
+
+/// The DNAT that joined an episode's ends, on B's host.
+fn via() -> JoinedVia {
+    JoinedVia {
+        host: "db-7".into(),
+        translation: crate::convert::tests::translation(),
     }
 }
 
@@ -51,6 +60,7 @@ fn bare(id: i64) -> Episode {
         ended_at_ms: None,
         b_host: None,
         peer_note: None,
+        via: None,
         end_reason: None,
         open: true,
         evidence: Default::default(),
@@ -79,6 +89,84 @@ fn an_episode_goes_to_the_wire_and_back_whole() {
         ),
         (0, "", "", ""),
         "absent is the wire's default"
+    );
+    assert_eq!(wire.via, None);
+    let wire = episode_to_wire(episode(7, NOW_MS));
+    assert_eq!(
+        wire.via,
+        Some(v1::JoinedVia {
+            host: "db-7".into(),
+            translation: Some(translation_to_wire(crate::convert::tests::translation())),
+        })
+    );
+}
+
+/// A translation an episode names must be whole: a host, both tuples,
+/// each a 4-tuple, of one family. The error names the part.
+#[test]
+fn an_episode_with_a_malformed_translation_is_refused() {
+    let good = via_to_wire(via());
+    let entry = |v: &v1::JoinedVia| v.translation.clone().unwrap_or_default();
+    let mut cases = Vec::new();
+    let mut v = good.clone();
+    v.host.clear();
+    cases.push(("no host", v));
+    let mut v = good.clone();
+    v.translation = None;
+    cases.push(("via.translation", v));
+    let mut v = good.clone();
+    let mut t = entry(&v);
+    t.original = None;
+    v.translation = Some(t);
+    cases.push(("flow", v));
+    let mut v = good.clone();
+    let mut t = entry(&v);
+    t.reply = t.reply.map(|r| v1::FlowTuple { remote: None, ..r });
+    v.translation = Some(t);
+    cases.push(("flow.remote", v));
+    let mut v = good.clone();
+    let mut t = entry(&v);
+    let three_bytes = v1::Endpoint {
+        ip: Some(v1::Ip {
+            octets: vec![10, 0, 0],
+        }),
+        port: 80,
+    };
+    t.original = t.original.map(|o| v1::FlowTuple {
+        local: Some(three_bytes),
+        ..o
+    });
+    v.translation = Some(t);
+    cases.push(("flow.local", v));
+    let mut v = good.clone();
+    let mut t = entry(&v);
+    let v6 = endpoint_to_wire("[2001:db8::1]:80".parse().expect("addr"));
+    t.reply = t.reply.map(|r| v1::FlowTuple {
+        local: Some(v6),
+        ..r
+    });
+    v.translation = Some(t);
+    cases.push(("two families", v));
+    for (names, bad) in cases {
+        let mut wire = episode_to_wire(episode(7, NOW_MS));
+        wire.via = Some(bad);
+        match episode_from_wire(wire) {
+            Err(e) => {
+                let msg = e.to_string();
+                assert!(
+                    msg.contains("episode") && msg.contains(names),
+                    "{names}: {msg}"
+                );
+            }
+            Ok(e) => panic!("{names}: accepted {e:?}"),
+        }
+    }
+    let mut wire = episode_to_wire(episode(7, NOW_MS));
+    wire.via = Some(good);
+    assert_eq!(
+        episode_from_wire(wire),
+        Ok(episode(7, NOW_MS)),
+        "the good one reads"
     );
 }
 
@@ -118,6 +206,7 @@ fn a_stored_row_answers_as_it_did() {
         a_cookie: 9,
         b_host: None,
         peer_note: Some("no agent covers 198.18.0.2".into()),
+        via: None,
         open: true,
         ended_at_ms: None,
         end_reason: None,
@@ -128,6 +217,16 @@ fn a_stored_row_answers_as_it_did() {
     assert_eq!(wire.peer_note, "no agent covers 198.18.0.2");
     assert_eq!(wire.evidence.get("b_recvq"), Some(&4096));
     assert_eq!((wire.b_host.as_str(), wire.ended_at_ms), ("", 0));
+    assert_eq!(wire.via, None);
+    let joined = EpisodeRow {
+        via: Some(via()),
+        ..row
+    };
+    assert_eq!(
+        episode_from_wire(episode_to_wire(joined.answer(NOW_MS))).map(|e| e.via),
+        Ok(Some(via())),
+        "the translation goes out as stored"
+    );
 }
 
 #[test]
