@@ -29,6 +29,7 @@ macro_rules! at_both_settings {
 mod controls;
 mod cork;
 mod faults;
+mod nat;
 mod owner;
 mod question;
 mod topology;
