@@ -53,16 +53,17 @@ impl Rpc {
     /// is accepted. Gives up after a few seconds, saying so, when the way
     /// leads nowhere.
     pub fn through(client: &Host, listener: TcpListener, to: SocketAddr) -> Rpc {
+        use nix::sys::socket::{setsockopt, sockopt};
+        use nix::sys::time::{TimeVal, TimeValLike};
         let c = client.connect_within(to, Duration::from_secs(5));
-        listener
-            .set_nonblocking(true)
-            .expect("a listener that does not block");
-        let (s, _) = crate::wait_for(
-            "the server to accept the client",
-            Duration::from_secs(5),
-            || listener.accept().ok(),
-        );
-        s.set_nonblocking(false).expect("a blocking server socket");
+        // accept(2) waits no longer than the listener's receive timeout.
+        setsockopt(&listener, sockopt::ReceiveTimeout, &TimeVal::seconds(5))
+            .expect("SO_RCVTIMEO on the listener");
+        let (s, _) = listener
+            .accept()
+            .unwrap_or_else(|e| panic!("the server to accept the client from {to}: {e}"));
+        // The accepted socket inherits the timeout: not the application's.
+        s.set_read_timeout(None).expect("no read timeout");
         super::net::pin_congestion_control(&s);
         Rpc {
             client_addr: c.local_addr().expect("client address"),

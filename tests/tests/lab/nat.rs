@@ -378,3 +378,24 @@ fn healthy_bulk(shape: &Shape, scenario: &str) {
     }
     .record();
 }
+
+/// The shapes' namespaces (a gateway's, containers') go with the lab when
+/// a test fails, as the hosts' do.
+#[test]
+fn shapes_leave_no_namespace_behind_when_a_test_panics() {
+    tcpstall_tests::require_root!();
+    let mut paths = Vec::new();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut net = tcpstall_tests::lab::net::Net::routed("client", "gateway", "server");
+        net.add_container("server");
+        net.add_container("server");
+        paths.extend(net.hosts.iter().map(|h| h.ns.path()));
+        paths.extend(net.containers.iter().map(|c| c.host.ns.path()));
+        panic!("a test fails with its shape up");
+    }));
+    assert!(result.is_err());
+    assert_eq!(paths.len(), 5, "three hosts and two containers");
+    for path in &paths {
+        assert!(!path.exists(), "{} left behind", path.display());
+    }
+}
