@@ -145,11 +145,23 @@ fn port_forward_into_a_container() -> Shape {
     }
 }
 
-/// A gateway between the client's network and the server's, masquerading
-/// what it forwards to the server's network; running an agent or not.
-fn nat_gateway(with_agent: bool) -> Shape {
+/// What a NAT gateway translates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gateway {
+    /// It masquerades what it forwards to the server's network (egress
+    /// NAT): the client dials the server's own address.
+    Masquerades,
+    /// It also publishes the server on its own address on the client's
+    /// network (a port-forward, as a load balancer or a home router's):
+    /// neither end sees the other's address.
+    Publishes,
+}
+
+/// A gateway between the client's network and the server's; running an
+/// agent or not.
+fn nat_gateway(nat: Gateway, with_agent: bool) -> Shape {
     let net = Net::routed("client", "gateway", "server");
-    let gateway = net.host("gateway");
+    let (gateway, server) = (net.host("gateway"), net.host("server"));
     let far = gateway.more_addrs[0];
     gateway.nat(
         "ip",
@@ -158,7 +170,25 @@ fn nat_gateway(with_agent: bool) -> Shape {
         "masquerade",
         "egress",
     );
-    let listen = SocketAddr::new(IpAddr::V4(net.host("server").addr), REAL_PORT);
+    let listen = SocketAddr::new(IpAddr::V4(server.addr), REAL_PORT);
+    let (dial, also) = match nat {
+        Gateway::Masquerades => (listen, None),
+        Gateway::Publishes => {
+            gateway.nat(
+                "ip",
+                "prerouting",
+                &format!(
+                    "iifname \"{IFACE}\" ip daddr {} tcp dport {SERVICE_PORT}",
+                    gateway.addr
+                ),
+                &format!("dnat to {listen}"),
+                "publish",
+            );
+            let published = SocketAddr::new(IpAddr::V4(gateway.addr), SERVICE_PORT);
+            // The server's own address is still reachable, masqueraded.
+            (published, Some((listen, listen)))
+        }
+    };
     let unmonitored: &[&str] = if with_agent { &[] } else { &["gateway"] };
     let lab = Lab::start_on(net, unmonitored, S);
     let b_host = if with_agent {
@@ -171,8 +201,8 @@ fn nat_gateway(with_agent: bool) -> Shape {
         client_in: Place::Host,
         server_in: Place::Host,
         listen,
-        dial: listen,
-        also: None,
+        dial,
+        also,
         client_seen_at: Some(IpAddr::V4(far)),
         translated_at: TranslatedAt::Between,
         b_host,
@@ -266,14 +296,14 @@ fn port_forward_into_a_container_data_dropped_is_data_lost() {
 #[test]
 fn nat_gateway_with_an_agent_stalled_reader_is_peer_not_reading() {
     require_root!();
-    let shape = nat_gateway(true);
+    let shape = nat_gateway(Gateway::Masquerades, true);
     stalled_reader(&shape, "NAT gateway with an agent: client stops reading");
 }
 
 #[test]
 fn nat_gateway_with_an_agent_data_dropped_is_data_lost() {
     require_root!();
-    let shape = nat_gateway(true);
+    let shape = nat_gateway(Gateway::Masquerades, true);
     network_fault(
         &shape,
         Lose::Data,
@@ -284,18 +314,49 @@ fn nat_gateway_with_an_agent_data_dropped_is_data_lost() {
 #[test]
 fn nat_gateway_without_an_agent_stalled_reader_is_peer_unmonitored() {
     require_root!();
-    let shape = nat_gateway(false);
+    let shape = nat_gateway(Gateway::Masquerades, false);
     stalled_reader(&shape, "NAT gateway without an agent: client stops reading");
 }
 
 #[test]
 fn nat_gateway_without_an_agent_acks_dropped_is_peer_unmonitored() {
     require_root!();
-    let shape = nat_gateway(false);
+    let shape = nat_gateway(Gateway::Masquerades, false);
     network_fault(
         &shape,
         Lose::Acks,
         "NAT gateway without an agent: client's ACKs dropped",
+    );
+}
+
+#[test]
+fn nat_gateway_publishing_the_server_with_an_agent_stalled_reader_is_peer_not_reading() {
+    require_root!();
+    let shape = nat_gateway(Gateway::Publishes, true);
+    stalled_reader(
+        &shape,
+        "NAT gateway publishing the server, with an agent: client stops reading",
+    );
+}
+
+#[test]
+fn nat_gateway_publishing_the_server_with_an_agent_acks_dropped_is_ack_lost() {
+    require_root!();
+    let shape = nat_gateway(Gateway::Publishes, true);
+    network_fault(
+        &shape,
+        Lose::Acks,
+        "NAT gateway publishing the server, with an agent: client's ACKs dropped",
+    );
+}
+
+#[test]
+fn nat_gateway_publishing_the_server_without_an_agent_stalled_reader_is_peer_unmonitored() {
+    require_root!();
+    let shape = nat_gateway(Gateway::Publishes, false);
+    stalled_reader(
+        &shape,
+        "NAT gateway publishing the server, without an agent: client stops reading",
     );
 }
 
@@ -329,17 +390,20 @@ fn healthy_bulk_through_a_port_forward_into_a_container_opens_nothing() {
 #[test]
 fn healthy_bulk_through_a_nat_gateway_with_an_agent_opens_nothing() {
     require_root!();
-    let shape = nat_gateway(true);
-    healthy_bulk(&shape, "healthy bulk through a NAT gateway with an agent");
+    let shape = nat_gateway(Gateway::Publishes, true);
+    healthy_bulk(
+        &shape,
+        "healthy bulk through a NAT gateway with an agent (published and masqueraded)",
+    );
 }
 
 #[test]
 fn healthy_bulk_through_a_nat_gateway_without_an_agent_opens_nothing() {
     require_root!();
-    let shape = nat_gateway(false);
+    let shape = nat_gateway(Gateway::Publishes, false);
     healthy_bulk(
         &shape,
-        "healthy bulk through a NAT gateway without an agent",
+        "healthy bulk through a NAT gateway without an agent (published and masqueraded)",
     );
 }
 
