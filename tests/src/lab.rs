@@ -9,6 +9,7 @@
 //! agents, then the collector, then removes the namespaces, also when the
 //! test panics.
 
+pub mod nat;
 pub mod net;
 pub mod workload;
 
@@ -76,13 +77,21 @@ impl Lab {
     /// As [`Lab::start`], but the hosts named in `unmonitored` run no
     /// agent.
     pub fn start_unmonitored(hosts: &[&str], unmonitored: &[&str], settings: Settings) -> Lab {
-        Lab::start_full(hosts, unmonitored, settings, &[], |_| Vec::new())
+        Lab::start_full(Net::new(hosts), unmonitored, settings, &[], Vec::new())
+    }
+
+    /// As [`Lab::start_unmonitored`], on hosts built beforehand (another
+    /// shape, more addresses, rules: [`nat`]). The agent of a host with
+    /// containers also reads theirs; with containers, the agents say hello
+    /// in the hosts' order, each after the one before.
+    pub fn start_on(net: Net, unmonitored: &[&str], settings: Settings) -> Lab {
+        Lab::start_full(net, unmonitored, settings, &[], Vec::new())
     }
 
     /// As [`Lab::start`], every agent run through `wrapper` (see
     /// [`AgentProcess::start_wrapped`]): to take capabilities away.
     pub fn start_wrapped(hosts: &[&str], settings: Settings, wrapper: &[&str]) -> Lab {
-        Lab::start_full(hosts, &[], settings, wrapper, |_| Vec::new())
+        Lab::start_full(Net::new(hosts), &[], settings, wrapper, Vec::new())
     }
 
     /// As [`Lab::start`], the agent of each role `more` names also reading
@@ -94,18 +103,18 @@ impl Lab {
         settings: Settings,
         more: impl FnOnce(&Net) -> Vec<(String, TestNetns)>,
     ) -> Lab {
-        Lab::start_full(hosts, &[], settings, &[], more)
+        let net = Net::new(hosts);
+        let more = more(&net);
+        Lab::start_full(net, &[], settings, &[], more)
     }
 
     fn start_full(
-        hosts: &[&str],
+        net: Net,
         unmonitored: &[&str],
         settings: Settings,
         wrapper: &[&str],
-        more: impl FnOnce(&Net) -> Vec<(String, TestNetns)>,
+        more: Vec<(String, TestNetns)>,
     ) -> Lab {
-        let net = Net::new(hosts);
-        let more = more(&net);
         let collector = CollectorProcess::start(&[
             "--threshold",
             &ms_text(settings.threshold),
@@ -141,11 +150,14 @@ impl Lab {
                         args.extend(["--netns", ns.name.as_str()]);
                     }
                 }
+                for c in net.containers.iter().filter(|c| c.on == h.name) {
+                    args.extend(["--netns", c.host.ns.name.as_str()]);
+                }
                 let agent = AgentProcess::start_wrapped(wrapper, &url, &args);
                 // With namespaces beyond the hosts' own, the agents say
                 // hello one after the other, in the hosts' order: which one
                 // announced an address last is then known.
-                if !more.is_empty() {
+                if !more.is_empty() || !net.containers.is_empty() {
                     wait_for("the agent connected", Duration::from_secs(20), || {
                         collector
                             .logged(&["agent connected", &h.name])

@@ -1,6 +1,8 @@
 //! The lab's hosts: network namespaces with one interface each, joined by
 //! a veth pair (two hosts) or through a bridge namespace (more), with
 //! addresses only from 198.18.0.0/15 and only inside the namespaces.
+//! Other shapes (two networks and a gateway, containers behind a bridge,
+//! IPv6, NAT rules) are built in [`super::nat`].
 //!
 //! Faults are put on a host with its own tools, run inside its namespace:
 //! nftables rules ([`Host::nft`]) and queueing disciplines ([`Host::tc`]).
@@ -8,7 +10,7 @@
 //! namespace when the [`Net`] is dropped, also on panic.
 
 use std::io::Write;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -44,10 +46,31 @@ pub struct Host {
     /// The name its agent reports (unique per run).
     pub name: String,
     pub ns: TestNetns,
+    /// Its address on [`IFACE`].
     pub addr: Ipv4Addr,
+    /// Its IPv6 address on [`IFACE`], once the net has IPv6
+    /// ([`Net::add_ipv6`]).
+    pub addr6: Option<Ipv6Addr>,
+    /// Its addresses on other interfaces: a gateway's on the second
+    /// network, the bridge's in front of its containers.
+    pub more_addrs: Vec<Ipv4Addr>,
 }
 
 impl Host {
+    /// A new namespace for the host of `role`, named after it; `addr` is
+    /// put on its interface by whoever makes the interface.
+    pub(super) fn new(role: &str, addr: Ipv4Addr) -> Host {
+        let ns = TestNetns::new("lab");
+        let suffix = ns.name.trim_start_matches(PREFIX).to_string();
+        Host {
+            name: format!("{role}-{suffix}"),
+            ns,
+            addr,
+            addr6: None,
+            more_addrs: Vec::new(),
+        }
+    }
+
     /// Runs `cmd args` inside this host's namespace; panics with its output
     /// if it fails.
     pub fn exec(&self, cmd: &str, args: &[&str]) -> String {
@@ -116,10 +139,15 @@ impl Host {
 
     /// A listening socket on this host's address, any port.
     pub fn listen(&self) -> TcpListener {
-        let addr = self.addr;
+        self.listen_at(SocketAddr::new(IpAddr::V4(self.addr), 0))
+    }
+
+    /// A listening socket on `at` (an address of this host; port 0 for
+    /// any).
+    pub fn listen_at(&self, at: SocketAddr) -> TcpListener {
         self.ns
-            .enter(move || TcpListener::bind((addr, 0)))
-            .expect("listen on the host's address")
+            .enter(move || TcpListener::bind(at))
+            .unwrap_or_else(|e| panic!("listen on {at} in {}: {e}", self.name))
     }
 
     /// A connection from this host to `to`, with
@@ -128,6 +156,18 @@ impl Host {
         let s = self
             .ns
             .enter(move || TcpStream::connect(to))
+            .unwrap_or_else(|e| panic!("connect from {} to {to}: {e}", self.name));
+        pin_congestion_control(&s);
+        s
+    }
+
+    /// As [`Host::connect`], giving up after `within`: a path through
+    /// translations that a rule got wrong drops the SYN, and a plain
+    /// connect would wait out every SYN retry.
+    pub fn connect_within(&self, to: SocketAddr, within: std::time::Duration) -> TcpStream {
+        let s = self
+            .ns
+            .enter(move || TcpStream::connect_timeout(&to, within))
             .unwrap_or_else(|e| panic!("connect from {} to {to}: {e}", self.name));
         pin_congestion_control(&s);
         s
@@ -153,6 +193,20 @@ pub struct Net {
     pub hosts: Vec<Host>,
     /// The namespace holding the bridge when there are more than two hosts.
     pub bridge: Option<TestNetns>,
+    /// Namespaces inside hosts ([`Net::add_container`]): no agent of their
+    /// own, read by their host's.
+    pub containers: Vec<Container>,
+}
+
+/// A container: a namespace of its own on a lab host, whose agent reads it
+/// beside the host's own namespace.
+#[derive(Debug)]
+pub struct Container {
+    /// The name of the host it runs on.
+    pub on: String,
+    /// Its namespace and address (its `name` is only a label: no agent
+    /// reports it).
+    pub host: Host,
 }
 
 /// Removes lab namespaces left by test processes that no longer run (a
@@ -176,9 +230,10 @@ pub fn sweep_stale() {
     }
 }
 
-/// A /24 of 198.18.0.0/15 for one lab, different for every lab this
-/// process builds (512 of them, then reused).
-fn subnet() -> [u8; 3] {
+/// A /24 of 198.18.0.0/15 for one lab (or one network of a lab),
+/// different for every one this process builds (512 of them, then
+/// reused).
+pub(super) fn subnet() -> [u8; 3] {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed) % 512;
     let hi = u8::try_from(n / 256).unwrap_or(0);
@@ -195,18 +250,13 @@ impl Net {
         let [a, b, c] = subnet();
         let mut hosts = Vec::with_capacity(names.len());
         for (i, role) in names.iter().enumerate() {
-            let ns = TestNetns::new("lab");
-            let suffix = ns.name.trim_start_matches(PREFIX).to_string();
             let last = u8::try_from(i + 1).expect("at most 200 hosts");
-            hosts.push(Host {
-                name: format!("{role}-{suffix}"),
-                ns,
-                addr: Ipv4Addr::new(a, b, c, last),
-            });
+            hosts.push(Host::new(role, Ipv4Addr::new(a, b, c, last)));
         }
         let mut net = Net {
             hosts,
             bridge: None,
+            containers: Vec::new(),
         };
         if net.hosts.len() == 2 {
             let (x, y) = (&net.hosts[0].ns.name, &net.hosts[1].ns.name);

@@ -10,7 +10,7 @@
 //! pacing waits (a slow reader's) are the workload, not the test waiting.
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -30,6 +30,13 @@ pub struct Rpc {
     pub server: TcpStream,
     pub client_addr: SocketAddr,
     pub server_addr: SocketAddr,
+    /// The server as the client sees it (what it dialled): `server_addr`
+    /// unless a translation on the way rewrote it (a service address, a
+    /// port-forward).
+    pub client_peer: SocketAddr,
+    /// The client as the server sees it: `client_addr` unless a
+    /// translation on the way rewrote it (masquerade, a NAT gateway).
+    pub server_peer: SocketAddr,
 }
 
 impl Rpc {
@@ -38,12 +45,31 @@ impl Rpc {
     pub fn open(client: &Host, server: &Host) -> Rpc {
         let listener = server.listen();
         let to = listener.local_addr().expect("listener address");
-        let c = client.connect(to);
-        let (s, _) = listener.accept().expect("accept the client");
+        Rpc::through(client, listener, to)
+    }
+
+    /// `client` dials `to`, which leads to `listener` directly or through
+    /// translations on the way; the listener is closed once the connection
+    /// is accepted. Gives up after a few seconds, saying so, when the way
+    /// leads nowhere.
+    pub fn through(client: &Host, listener: TcpListener, to: SocketAddr) -> Rpc {
+        use nix::sys::socket::{setsockopt, sockopt};
+        use nix::sys::time::{TimeVal, TimeValLike};
+        let c = client.connect_within(to, Duration::from_secs(5));
+        // accept(2) waits no longer than the listener's receive timeout.
+        setsockopt(&listener, sockopt::ReceiveTimeout, &TimeVal::seconds(5))
+            .expect("SO_RCVTIMEO on the listener");
+        let (s, _) = listener
+            .accept()
+            .unwrap_or_else(|e| panic!("the server to accept the client from {to}: {e}"));
+        // The accepted socket inherits the timeout: not the application's.
+        s.set_read_timeout(None).expect("no read timeout");
         super::net::pin_congestion_control(&s);
         Rpc {
             client_addr: c.local_addr().expect("client address"),
             server_addr: s.local_addr().expect("server address"),
+            client_peer: c.peer_addr().expect("whom the client dialled"),
+            server_peer: s.peer_addr().expect("whom the server accepted"),
             client: c,
             server: s,
         }

@@ -29,6 +29,7 @@ macro_rules! at_both_settings {
 mod controls;
 mod cork;
 mod faults;
+mod nat;
 mod owner;
 mod question;
 mod topology;
@@ -68,10 +69,10 @@ pub struct Detection {
     pub seen: Duration,
 }
 
-/// What every fault must show: one episode of the server's end with
-/// diagnosis `want`, opened within the threshold and two polls of `fault`,
-/// still the only episode and still `want` two polls later, both ends
-/// named. Returns the episode (as last read), its samples and when it was
+/// What every fault must show: one episode of the server's end (its flow
+/// as the server sees it: towards `rpc.server_peer`) with diagnosis
+/// `want`, opened within the threshold and two polls of `fault`, still the
+/// only episode and still `want` two polls later, both ends named. Returns the episode (as last read), its samples and when it was
 /// detected.
 pub fn expect_one(
     lab: &Lab,
@@ -95,7 +96,7 @@ pub fn expect_one_with_b(
     let bound = s.detection_bound();
     let (_, seen) = lab.wait_for_diagnosis(
         rpc.server_addr,
-        rpc.client_addr,
+        rpc.server_peer,
         want,
         fault,
         bound + Duration::from_secs(5),
@@ -111,7 +112,7 @@ pub fn expect_one_with_b(
         std::thread::sleep(Duration::from_millis(100));
     };
     let e = eps.into_iter().next().expect("one episode");
-    assert_eq!(flow_of(&e), Some((rpc.server_addr, rpc.client_addr)));
+    assert_eq!(flow_of(&e), Some((rpc.server_addr, rpc.server_peer)));
     assert_eq!(e.diagnosis, want, "the verdict held: {e:#?}");
     assert!(e.open, "still stuck, still open: {e:#?}");
     assert_eq!(e.a_host, lab.host("server").name, "A is the server");
