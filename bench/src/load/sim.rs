@@ -358,6 +358,9 @@ pub struct StallStart {
     pub flow: FlowTuple,
     pub start: Duration,
     pub first_seen: Duration,
+    /// Where the connection is translated, and the host of its peer.
+    pub nat: Nat,
+    pub peer: u32,
 }
 
 /// What the host has to send after one poll.
@@ -536,6 +539,8 @@ impl Host {
                         flow: a_flow(i, k, true, net),
                         start,
                         first_seen: now,
+                        nat: net.nat(k),
+                        peer: peer(i, k, net.hosts),
                     });
                     self.slots[slot] = Slot::Stuck {
                         k,

@@ -43,7 +43,7 @@ pub const CONTAINER_PORT_OFFSET: u16 = 1000;
 pub const CONTAINER_NETNS: &str = "ctr";
 
 /// Where a connection's addresses are rewritten.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Nat {
     /// Nowhere: both ends see the same 4-tuple.
     Direct,
@@ -51,6 +51,19 @@ pub enum Nat {
     Service,
     /// On the peer's host: the port is forwarded into a container.
     PortForward,
+}
+
+impl Nat {
+    pub const ALL: [Nat; 3] = [Nat::Direct, Nat::Service, Nat::PortForward];
+
+    /// What the report calls it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Nat::Direct => "direct",
+            Nat::Service => "service address, DNAT on the sender's host",
+            Nat::PortForward => "port-forward into a container, DNAT on the peer's host",
+        }
+    }
 }
 
 impl Net {

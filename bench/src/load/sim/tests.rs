@@ -323,3 +323,22 @@ fn a_host_says_what_its_conntrack_holds_and_answers_translate_requests() {
     assert!(!owner.translate(asked));
     assert_eq!(owner.poll(POLL * 5).lookups.len(), MAX_TRANSLATE_ASKED);
 }
+
+#[test]
+fn stalls_say_where_they_are_translated_and_whose_peer_they_have() {
+    let mut s = shape(10);
+    s.net = nat_net(2);
+    let mut h = Host::new(3, s, 7);
+    h.start_load(Duration::ZERO);
+    let mut seen = HashSet::new();
+    for n in 0..30u32 {
+        for st in h.poll(POLL * n).stalls {
+            let k = u32::from(st.flow.local.port() - CLIENT_PORT_BASE);
+            assert_eq!(st.nat, s.net.nat(k));
+            assert_eq!(st.peer, peer(3, k, 10));
+            assert_eq!(st.flow, a_flow(3, k, true, s.net));
+            seen.insert(st.nat);
+        }
+    }
+    assert_eq!(seen.len(), 3, "{seen:?}");
+}
