@@ -1,9 +1,9 @@
 //! One simulated agent on the wire: a `tcpstall.v1.Ingest/Stream` that
 //! opens with a Hello, sends a Batch (or a Heartbeat when there is nothing)
 //! every interval at the agent's own phase, and answers the collector's
-//! Watch and Unwatch, as `tcpstall-agent run` does (agent/src/run.rs): the
-//! batches wait in a bounded outbox while the stream has no room, the
-//! oldest dropped and counted when it is full.
+//! Watch, Unwatch and Translate, as `tcpstall-agent run` does
+//! (agent/src/run.rs): the batches wait in a bounded outbox while the
+//! stream has no room, the oldest dropped and counted when it is full.
 //!
 //! A message counts as ingested when tonic takes it from the request
 //! stream to encode it: HTTP/2 flow control lets tonic take more only as
@@ -18,7 +18,7 @@ use anyhow::{bail, Context};
 use tcpstall_agent::outbox::Outbox;
 use tcpstall_agent::run::{mono_at, to_batches, MAX_BATCH_ENTRIES};
 use tcpstall_agent::suspects::Selection;
-use tcpstall_common::{AgentBatch, ToCollector};
+use tcpstall_common::{AgentBatch, FlowTuple, ToCollector};
 use tcpstall_proto::convert::{agent_message_to_wire, flow_from_wire, ip_to_wire};
 use tcpstall_proto::v1::{self, agent_message, collector_message, ingest_client::IngestClient};
 use tokio::sync::{mpsc, watch};
@@ -46,8 +46,14 @@ pub struct Counters {
     pub released_taken: AtomicU64,
     pub watched_taken: AtomicU64,
     pub absent_taken: AtomicU64,
+    /// Lookups in the batches taken: absent flows' conntrack entries and
+    /// answers to Translate requests.
+    pub lookups_taken: AtomicU64,
     pub watches: AtomicU64,
     pub unwatches: AtomicU64,
+    /// Translate requests received, and those dropped for want of room.
+    pub translates: AtomicU64,
+    pub translates_dropped: AtomicU64,
     /// Gauges: suspects the collector should hold, flows it asked to be
     /// watched, stuck flows, batches waiting in outboxes.
     pub suspects: AtomicI64,
@@ -65,6 +71,7 @@ impl Counters {
             Some(agent_message::Body::Batch(b)) => {
                 add(&self.batches_taken, 1);
                 add(&self.absent_taken, b.absent.len());
+                add(&self.lookups_taken, b.lookups.len());
                 for s in &b.samples {
                     match v1::SampleReason::try_from(s.reason) {
                         Ok(v1::SampleReason::Suspect) => add(&self.suspect_taken, 1),
@@ -101,19 +108,80 @@ pub struct Shared {
 }
 
 /// One poll as batches of at most `max` entries (absent, then samples),
-/// as the agent splits its selection.
+/// as the agent splits its selection. What the host knows of flows it has
+/// no socket for goes ahead of the rest, each absent flow's lookup in the
+/// batch that says it is absent, in the first batch when there is room
+/// (the agent's own split carries no lookups yet).
 fn split(polled: sim::Polled, mono: Duration, connections: u32, max: usize) -> Vec<AgentBatch> {
+    let sim::Polled {
+        samples,
+        absent,
+        lookups,
+        ..
+    } = polled;
+    let looked = |f: &FlowTuple| lookups.iter().any(|l| !l.asked && l.flow == *f);
     let selection = Selection {
-        samples: polled.samples,
+        samples,
         closed: Vec::new(),
-        absent: polled.absent,
+        absent: absent.into_iter().filter(|f| !looked(f)).collect(),
         connections: connections as usize,
     };
-    to_batches(selection, mono, max)
+    let mut batches = to_batches(selection, mono, max);
+    if lookups.is_empty() {
+        return batches;
+    }
+    // A lookup of an absent flow and the flow are never parted: two
+    // entries, so a batch holds at least two.
+    let max = max.clamp(2, MAX_BATCH_ENTRIES);
+    let entries = |b: &AgentBatch| b.samples.len() + b.absent.len() + b.lookups.len();
+    let empty = || AgentBatch {
+        mono,
+        connections,
+        ..AgentBatch::default()
+    };
+    let (mut lead, mut b) = (Vec::new(), empty());
+    for l in lookups {
+        let cost = if l.asked { 1 } else { 2 };
+        if entries(&b) + cost > max {
+            lead.push(std::mem::replace(&mut b, empty()));
+        }
+        if !l.asked {
+            b.absent.push(l.flow);
+        }
+        b.lookups.push(l);
+    }
+    lead.push(b);
+    if let ([only], Some(first)) = (lead.as_mut_slice(), batches.first_mut()) {
+        if entries(first) + entries(only) <= max {
+            first.absent.splice(0..0, std::mem::take(&mut only.absent));
+            first.lookups = std::mem::take(&mut only.lookups);
+            return batches;
+        }
+    }
+    lead.extend(batches);
+    lead
 }
 
 fn hello(host: &Host, shape: &sim::Shape) -> v1::AgentMessage {
     let addr = sim::host_addr(host.index);
+    let mut namespaces = vec![v1::Namespace {
+        label: "host".into(),
+        inode: 4_026_531_840,
+        addresses: vec![
+            ip_to_wire(std::net::IpAddr::V4(addr)),
+            ip_to_wire(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
+        ],
+    }];
+    if shape.net.translated_every > 0 {
+        // The container its ports are forwarded into.
+        namespaces.push(v1::Namespace {
+            label: sim::nat::CONTAINER_NETNS.into(),
+            inode: 4_026_532_864,
+            addresses: vec![ip_to_wire(std::net::IpAddr::V4(sim::nat::container_addr(
+                host.index,
+            )))],
+        });
+    }
     v1::AgentMessage {
         body: Some(agent_message::Body::Hello(v1::Hello {
             protocol: tcpstall_proto::PROTOCOL_VERSION,
@@ -121,14 +189,7 @@ fn hello(host: &Host, shape: &sim::Shape) -> v1::AgentMessage {
             agent_version: "bench".into(),
             kernel: "6.18.0-sim".into(),
             boot_id: format!("00000000-0000-4000-8000-{:012x}", host.index),
-            namespaces: vec![v1::Namespace {
-                label: "host".into(),
-                inode: 4_026_531_840,
-                addresses: vec![
-                    ip_to_wire(std::net::IpAddr::V4(addr)),
-                    ip_to_wire(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
-                ],
-            }],
+            namespaces,
             probes: Some(v1::Probes {
                 sock_diag: true,
                 bpf_iter: false,
@@ -136,7 +197,7 @@ fn hello(host: &Host, shape: &sim::Shape) -> v1::AgentMessage {
             }),
             interval_ms: u32::try_from(shape.interval.as_millis()).unwrap_or(u32::MAX),
             answers_lookups: true,
-            forwards: false,
+            forwards: shape.net.forwards(host.index),
         })),
     }
 }
@@ -234,14 +295,14 @@ async fn stream(
                 gauge(&c.suspects, &mut suspects, host.suspects());
                 gauge(&c.watched, &mut watched, host.watched());
                 gauge(&c.stuck, &mut stuck, host.stuck());
-                if polled.samples.is_empty() && polled.absent.is_empty() {
+                if polled.is_empty() {
                     if outbox.is_empty() {
                         let hb = outbox.heartbeat(now, shape.conns);
                         let _ = tx.try_send(agent_message_to_wire(ToCollector::Heartbeat(hb)));
                     }
                     continue;
                 }
-                let n = polled.samples.len() + polled.absent.len();
+                let n = polled.samples.len() + polled.absent.len() + polled.lookups.len();
                 let batches = split(polled, now, shape.conns, shared.batch_max);
                 c.batches_offered.fetch_add(batches.len() as u64, Ordering::Relaxed);
                 c.samples_offered.fetch_add(n as u64, Ordering::Relaxed);
@@ -273,6 +334,14 @@ async fn stream(
                         c.unwatches.fetch_add(1, Ordering::Relaxed);
                         if let Ok(f) = flow_from_wire(u.flow.as_ref()) {
                             host.unwatch(&f);
+                        }
+                    }
+                    Some(collector_message::Body::Translate(t)) => {
+                        c.translates.fetch_add(1, Ordering::Relaxed);
+                        if let Ok(f) = flow_from_wire(t.flow.as_ref()) {
+                            if !host.translate(f) {
+                                c.translates_dropped.fetch_add(1, Ordering::Relaxed);
+                            }
                         }
                     }
                     _ => {}
@@ -308,19 +377,15 @@ mod tests {
 
     #[test]
     fn a_poll_is_split_as_the_agent_splits_it() {
-        let hosts = 10;
+        let net = sim::Net::direct(10);
         let polled = sim::Polled {
             samples: (0..300)
-                .map(|k| {
-                    (
-                        SampleReason::Suspect,
-                        sim::a_queued(1, k, false, hosts, 2000),
-                    )
-                })
+                .map(|k| (SampleReason::Suspect, sim::a_queued(1, k, false, net, 2000)))
                 .collect(),
             absent: (0..5)
-                .map(|k| sim::a_flow(1, 1000 + k, false, hosts))
+                .map(|k| sim::a_flow(1, 1000 + k, false, net))
                 .collect(),
+            lookups: Vec::new(),
             stalls: Vec::new(),
         };
         let batches = wire(&polled, 7, 20_000, 128);
@@ -338,5 +403,61 @@ mod tests {
         let want: Vec<u64> = polled.samples.iter().map(|(_, s)| s.cookie).collect();
         assert_eq!(cookies, want, "all, in order");
         assert_eq!(wire(&polled, 7, 1, 100_000).len(), 1, "one batch per poll");
+    }
+
+    /// A port-forward's absent flow goes in the batch with its conntrack
+    /// entry, answers to Translate requests ahead of the samples, and no
+    /// batch grows past the bound for them.
+    #[test]
+    fn lookups_travel_with_their_absent_flows_within_the_bound() {
+        let net = sim::Net {
+            hosts: 10,
+            translated_every: 2,
+        };
+        // Connections 2, 6 and 10 are forwarded on their peers' hosts: the
+        // peer has no socket on the tuple it is first asked for.
+        let forwarded: Vec<FlowTuple> = [2, 6, 10]
+            .iter()
+            .map(|&k| sim::a_flow(1, k, true, net).reversed())
+            .collect();
+        let lookups: Vec<_> = forwarded
+            .iter()
+            .map(|&f| sim::nat::b_lookup(f, net).expect("a forwarded port"))
+            .chain([sim::nat::translate_answer(forwarded[0].reversed())])
+            .collect();
+        let mut absent: Vec<FlowTuple> = (0..5)
+            .map(|k| sim::a_flow(1, 1001 + 2 * k, false, net))
+            .collect();
+        absent.extend(&forwarded);
+        let polled = |samples: u32| sim::Polled {
+            samples: (0..samples)
+                .map(|k| (SampleReason::Suspect, sim::a_queued(1, k, false, net, 2000)))
+                .collect(),
+            absent: absent.clone(),
+            lookups: lookups.clone(),
+            stalls: Vec::new(),
+        };
+        for (samples, max) in [(300, 128), (3, 128), (0, 1), (120, 128), (4, 5)] {
+            let batches = wire(&polled(samples), 7, 20_000, max);
+            let (mut sent_absent, mut sent_lookups, mut sent_samples) = (0, 0, 0);
+            for b in &batches {
+                let n = b.samples.len() + b.absent.len() + b.lookups.len();
+                assert!(n <= max.max(2), "{n} entries, at most {max}");
+                for l in b.lookups.iter().filter(|l| !l.asked) {
+                    assert!(b.absent.contains(l.flow.as_ref().expect("flow")));
+                }
+                sent_absent += b.absent.len();
+                sent_lookups += b.lookups.len();
+                sent_samples += b.samples.len();
+            }
+            assert_eq!(
+                (sent_absent, sent_lookups, sent_samples),
+                (8, 4, samples as usize),
+                "each once ({samples} samples, at most {max} a batch)"
+            );
+            if samples + 8 + 4 <= max as u32 {
+                assert_eq!(batches.len(), 1, "together when there is room");
+            }
+        }
     }
 }

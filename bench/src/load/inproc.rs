@@ -23,10 +23,8 @@ use tcpstall_collector::inprocess::InProcess;
 use tcpstall_collector::matcher::SILENT_POLLS;
 use tcpstall_collector::messages::{HostId, ToMatcher};
 use tcpstall_collector::store::{SharedStore, SqliteStore, StoreConfig};
-use tcpstall_common::time::micros;
-use tcpstall_common::{HostHello, ToAgent};
-use tcpstall_proto::convert::batch_from_wire;
-use tcpstall_proto::convert::{flow_to_wire, reasoned_sample_to_wire};
+use tcpstall_common::{AgentBatch, Diagnosis, HostHello, ToAgent};
+use tcpstall_proto::convert::{batch_from_wire, batch_to_wire};
 use tcpstall_proto::{raw, v1};
 use tokio::sync::{mpsc, oneshot};
 
@@ -59,24 +57,18 @@ pub struct InprocArgs {
 const INTERVAL: Duration = Duration::from_secs(2);
 const THRESHOLD: Duration = Duration::from_secs(10);
 
-/// One host's poll as the agent sends it.
-fn encode(polled: &sim::Polled, now: Duration, conns: u32) -> Vec<u8> {
-    let batch = v1::Batch {
-        mono_us: micros(now),
+/// One host's poll as the agent sends it, in one batch.
+fn encode(polled: sim::Polled, now: Duration, conns: u32) -> Vec<u8> {
+    let batch = AgentBatch {
+        mono: now,
         connections: conns,
-        samples: polled
-            .samples
-            .iter()
-            .map(|(r, s)| reasoned_sample_to_wire(r, s))
-            .collect(),
-        closed: Vec::new(),
-        dropped_batches: 0,
-        dropped_samples: 0,
-        absent: polled.absent.iter().map(|f| flow_to_wire(*f)).collect(),
-        lookups: Vec::new(),
+        samples: polled.samples,
+        absent: polled.absent,
+        lookups: polled.lookups,
+        ..AgentBatch::default()
     };
     v1::AgentMessage {
-        body: Some(v1::agent_message::Body::Batch(batch)),
+        body: Some(v1::agent_message::Body::Batch(batch_to_wire(batch))),
     }
     .encode_to_vec()
 }
@@ -97,15 +89,42 @@ pub fn run(args: &InprocArgs) -> anyhow::Result<()> {
     if seen.episodes_opened == 0 {
         println!("No episode opened: too few polls for the stuck flows to pass the threshold.");
     }
+    if args.fleet.translated_every > 0 {
+        let by = |counts: &[u64]| {
+            Diagnosis::ALL
+                .iter()
+                .zip(counts)
+                .filter(|(_, &n)| n > 0)
+                .map(|(d, n)| format!("{} {n}", d.id()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        println!(
+            "Through NAT (one in {} connections): {} peers looked for again at a translated 4-tuple, {} Translate requests asked; episodes by the diagnosis they opened with: {}; open now: {}.",
+            args.fleet.translated_every,
+            seen.joined_via_translation,
+            seen.translate_asked,
+            by(&seen.opened_by_diagnosis),
+            by(&seen.open_by_diagnosis.map(|n| n as u64)),
+        );
+    }
     Ok(())
 }
 
-/// What one run saw, for the test below.
+/// What one run saw, for the tests below.
 #[derive(Debug)]
 struct Seen {
     samples: u64,
     tracked: usize,
     episodes_opened: u64,
+    /// Peers looked for again at a translated 4-tuple, and Translate
+    /// requests asked.
+    joined_via_translation: u64,
+    translate_asked: u64,
+    /// Episodes by the diagnosis they opened with, and open ones by their
+    /// diagnosis at the end (indexed as [`Diagnosis::ALL`]).
+    opened_by_diagnosis: [u64; Diagnosis::ALL.len()],
+    open_by_diagnosis: [usize; Diagnosis::ALL.len()],
 }
 
 fn measure(args: &InprocArgs) -> anyhow::Result<Seen> {
@@ -147,10 +166,14 @@ fn measure(args: &InprocArgs) -> anyhow::Result<Seen> {
                     agent_version: "bench".into(),
                     kernel: "bench".into(),
                     boot_id: "bench".into(),
-                    addresses: vec![sim::host_addr(i).into()],
+                    addresses: if shape.net.translated_every > 0 {
+                        vec![sim::host_addr(i).into(), sim::nat::container_addr(i).into()]
+                    } else {
+                        vec![sim::host_addr(i).into()]
+                    },
                     interval: INTERVAL,
                     answers_lookups: true,
-                    forwards: false,
+                    forwards: shape.net.forwards(i),
                 },
                 tx,
                 reply,
@@ -185,7 +208,7 @@ fn measure(args: &InprocArgs) -> anyhow::Result<Seen> {
             let now = INTERVAL * (poll + 1) + offset;
             let now_ms = wall0 + i64::try_from(now.as_millis()).unwrap_or(0);
             let polled = host.poll(now);
-            let wire = encode(&polled, now, args.fleet.conns_per_agent);
+            let wire = encode(polled, now, args.fleet.conns_per_agent);
 
             let t0 = thread_cpu()?;
             let msg =
@@ -218,8 +241,9 @@ fn measure(args: &InprocArgs) -> anyhow::Result<Seen> {
                 match msg {
                     ToAgent::Watch(f) => host.watch(f),
                     ToAgent::Unwatch(f) => host.unwatch(&f),
-                    // The simulated fleet translates nothing.
-                    ToAgent::Translate(_) => {}
+                    ToAgent::Translate(f) => {
+                        host.translate(f);
+                    }
                 }
             }
         }
@@ -291,6 +315,10 @@ fn measure(args: &InprocArgs) -> anyhow::Result<Seen> {
         samples: totals.samples,
         tracked,
         episodes_opened: stats.episodes_opened,
+        joined_via_translation: stats.joined_via_translation,
+        translate_asked: stats.translate_asked,
+        opened_by_diagnosis: stats.opened_by_diagnosis,
+        open_by_diagnosis: stats.open_by_diagnosis,
     })
 }
 
@@ -307,6 +335,7 @@ mod tests {
                 suspect_frac: 0.01,
                 stuck_frac: 0.002,
                 stuck_for: Duration::from_secs(20),
+                translated_every: 0,
             },
             warmup_polls: 3,
             polls: 12,
@@ -319,5 +348,49 @@ mod tests {
         assert!(seen.tracked > 0, "{seen:?}");
         // Stuck for 20 s against a 10 s threshold: episodes open.
         assert!(seen.episodes_opened > 0, "{seen:?}");
+        assert_eq!(seen.joined_via_translation, 0, "{seen:?}");
+    }
+
+    /// Of `by` (indexed as [`Diagnosis::ALL`]), those diagnosed `d`.
+    fn count(by: &[u64], d: Diagnosis) -> u64 {
+        Diagnosis::ALL
+            .iter()
+            .position(|&x| x == d)
+            .map_or(0, |i| by[i])
+    }
+
+    /// Half the connections through a NAT, on either end's host: the
+    /// collector joins every stuck flow with its peer — no half-open, no
+    /// unmonitored peer — and the port-forwards through the peer host's
+    /// lookup.
+    #[test]
+    fn translated_stalls_are_joined_with_their_peers() {
+        let args = InprocArgs {
+            fleet: Fleet {
+                agents: 6,
+                conns_per_agent: 2_000,
+                suspect_frac: 0.01,
+                stuck_frac: 0.005,
+                stuck_for: Duration::from_secs(20),
+                translated_every: 2,
+            },
+            warmup_polls: 3,
+            polls: 14,
+            seed: 7,
+        };
+        let seen = measure(&args).expect("run");
+        assert!(seen.joined_via_translation > 0, "{seen:?}");
+        let open = seen.open_by_diagnosis.map(|n| n as u64);
+        for by in [&seen.opened_by_diagnosis, &open] {
+            assert_eq!(count(by, Diagnosis::HalfOpen), 0, "{seen:?}");
+            assert_eq!(count(by, Diagnosis::PeerUnmonitored), 0, "{seen:?}");
+        }
+        // A port-forward's peer answers a poll later than a direct one's:
+        // an episode opened in the last polls may still wait for it.
+        let (all, joined) = (
+            open.iter().sum::<u64>(),
+            count(&open, Diagnosis::PeerNotReading),
+        );
+        assert!(all > 0 && joined * 10 >= all * 9, "{seen:?}");
     }
 }

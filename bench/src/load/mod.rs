@@ -58,6 +58,16 @@ pub struct Fleet {
     /// its slot at once.
     #[arg(long, default_value = "30s", value_parser = tcpstall_common::duration::parse)]
     pub stuck_for: Duration,
+    /// One in N of each host's connections crosses a NAT (0: none). Half
+    /// of those are translated on the sender's own host (it dials its
+    /// peer's service address, DNATed there: its samples carry the
+    /// conntrack entry), half on the peer's (a port forwarded into a
+    /// container: the peer reports the 4-tuple it was asked for absent,
+    /// with its entry, and holds the socket at the container's). The last
+    /// two hosts then say they forward packets, and answer Translate
+    /// requests.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub translated_every: u32,
 }
 
 impl Fleet {
@@ -83,7 +93,10 @@ impl Fleet {
     pub fn shape(&self, interval: Duration) -> sim::Shape {
         let conns = f64::from(self.conns_per_agent);
         sim::Shape {
-            hosts: self.agents,
+            net: sim::Net {
+                hosts: self.agents,
+                translated_every: self.translated_every,
+            },
             conns: self.conns_per_agent,
             suspects: conns * self.suspect_frac,
             stuck: (conns * self.stuck_frac).round() as u32,

@@ -8,7 +8,9 @@
 //! first listing that holds a stall's flow marks it stored. An episode is
 //! listed once the store thread committed it (queries travel the store's
 //! queue behind the writes), so this is when an operator could see it; the
-//! figure is late by at most `every` plus one call.
+//! figure is late by at most `every` plus one call. Each listing also says
+//! whether the episode's peer end is joined: with the simulated peer's
+//! host as its B, and diagnosed peer_not_reading (which needs B's sample).
 //!
 //! [`matcher_delay`]: how far behind the matcher task runs.
 
@@ -22,7 +24,7 @@ use tcpstall_proto::v1::{self, query_client::QueryClient};
 use tokio::sync::{mpsc, watch};
 use tonic::transport::Channel;
 
-use super::sim::{self, StallStart};
+use super::sim::{self, Nat, StallStart};
 
 /// One stall of a probe host and what became of it.
 #[derive(Debug, Clone)]
@@ -30,8 +32,21 @@ pub struct Stall {
     pub start: Duration,
     /// The poll that first saw the queue held.
     pub first_seen: Duration,
+    /// Where its connection is translated.
+    pub nat: Nat,
     /// When its episode was first listed, and with which diagnosis.
     pub stored: Option<(Duration, String)>,
+    /// Whether its peer end was joined when the episode was first listed,
+    /// and when it was last listed.
+    pub joined_first: bool,
+    pub joined_last: bool,
+}
+
+/// Whether an episode listed has its peer joined: the simulated peer's
+/// host as its B, diagnosed peer_not_reading as only B's sample can make
+/// it.
+fn joined(e: &v1::Episode, peer: u32) -> bool {
+    e.diagnosis == "peer_not_reading" && e.b_host == sim::host_name(peer)
 }
 
 /// What the probe saw.
@@ -112,7 +127,7 @@ pub async fn run(
         ));
     }
     drop(tx);
-    let mut pending: HashMap<(u32, FlowTuple), Stall> = HashMap::new();
+    let mut pending: HashMap<(u32, FlowTuple), (u32, Stall)> = HashMap::new();
     let mut out = Probed::default();
     loop {
         tokio::select! {
@@ -120,10 +135,15 @@ pub async fn run(
             biased;
             _ = stop.changed() => break,
             Some((host, s)) = stalls.recv() => {
-                pending.insert(
-                    (host, s.flow),
-                    Stall { start: s.start, first_seen: s.first_seen, stored: None },
-                );
+                let stall = Stall {
+                    start: s.start,
+                    first_seen: s.first_seen,
+                    nat: s.nat,
+                    stored: None,
+                    joined_first: false,
+                    joined_last: false,
+                };
+                pending.insert((host, s.flow), (s.peer, stall));
             }
             Some(l) = listings.recv() => {
                 out.calls += 1;
@@ -134,8 +154,10 @@ pub async fn run(
                 out.rows += eps.len() as u64;
                 for e in eps {
                     let Ok(flow) = flow_from_wire(e.a_flow.as_ref()) else { continue };
-                    if let Some(s) = pending.get_mut(&(l.host, flow)) {
+                    if let Some((peer, s)) = pending.get_mut(&(l.host, flow)) {
+                        s.joined_last = joined(&e, *peer);
                         if s.stored.is_none() {
+                            s.joined_first = s.joined_last;
                             s.stored = Some((l.at, e.diagnosis));
                         }
                     }
@@ -143,7 +165,7 @@ pub async fn run(
             }
         }
     }
-    out.stalls = pending.into_values().collect();
+    out.stalls = pending.into_values().map(|(_, s)| s).collect();
     out.stalls.sort_by_key(|s| s.start);
     out
 }
@@ -194,4 +216,23 @@ pub async fn matcher_delay(
         asked[i].1 = Some(d);
     }
     asked
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_is_joined_when_the_episode_names_it_and_has_its_sample() {
+        let ep = |diagnosis: &str, b_host: &str| v1::Episode {
+            diagnosis: diagnosis.into(),
+            b_host: b_host.into(),
+            ..v1::Episode::default()
+        };
+        assert!(joined(&ep("peer_not_reading", &sim::host_name(3)), 3));
+        assert!(!joined(&ep("peer_not_reading", &sim::host_name(4)), 3));
+        assert!(!joined(&ep("half_open", &sim::host_name(3)), 3));
+        assert!(!joined(&ep("undetermined", &sim::host_name(3)), 3));
+        assert!(!joined(&ep("peer_unmonitored", ""), 3));
+    }
 }

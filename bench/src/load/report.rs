@@ -1,7 +1,10 @@
 //! The markdown report of `collector-load` on stdout: the run's figures,
 //! CPU by thread, the table over the window, the stall → episode latency,
 //! what the database and log held, and the targets' verdicts; and the
-//! small helpers that format its figures.
+//! small helpers that format its figures. With translation on, [`nat`]
+//! adds its part.
+
+mod nat;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -54,6 +57,10 @@ pub(super) fn report(args: &LoadArgs, m: &Measured, after: &After, alive: bool) 
         wall.as_secs_f64(),
         args.batch_max.min(tcpstall_agent::run::MAX_BATCH_ENTRIES),
     );
+    let translated = args.fleet.translated_every;
+    if translated > 0 {
+        println!("{}", nat::load(translated));
+    }
     println!();
     println!("| what | value |");
     println!("|---|---:|");
@@ -110,6 +117,11 @@ pub(super) fn report(args: &LoadArgs, m: &Measured, after: &After, alive: bool) 
             per_s(d(e.unwatches, s.unwatches), wall)
         ),
     );
+    if translated > 0 {
+        for (k, v) in nat::rows(s, e, wall) {
+            row(k, v);
+        }
+    }
     // Unanswered calls count as what they had waited when the run ended.
     let stopped = m.delays.iter().map(|(at, _)| *at).max().unwrap_or_default();
     let in_window: Vec<&(Duration, Option<Duration>)> = m
@@ -394,6 +406,9 @@ pub(super) fn report(args: &LoadArgs, m: &Measured, after: &After, alive: bool) 
             .join(", ")
     );
     println!();
+    if translated > 0 {
+        nat::stalls(&due, deadline);
+    }
     println!(
         "Whole run, from the database: episodes by diagnosis {}; by end {}; samples by side {}.",
         fmt_pairs(&after.diagnoses),

@@ -23,7 +23,10 @@
 //!   stall starts before the next poll;
 //! - WATCHED samples of every flow the collector asked it to watch: its
 //!   receiving end, with a full queue and a zero window for stuck flows
-//!   (so the diagnosis is peer_not_reading), healthy for churning ones.
+//!   (so the diagnosis is peer_not_reading), healthy for churning ones;
+//!   the flows it has no socket for as absent, with its conntrack entry
+//!   when it has one, and answers to Translate requests ([`nat`]: which
+//!   connections cross a NAT, and where).
 
 use std::collections::{BTreeSet, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -31,8 +34,13 @@ use std::time::Duration;
 
 use tcpstall_common::time::millis;
 use tcpstall_common::{
-    EndSample, FlowTuple, HeldEnd, HeldSpan, Opened, Positions, SampleReason, TcpState, TimerKind,
+    EndSample, FlowTuple, HeldEnd, HeldSpan, Lookup, Opened, Positions, SampleReason, TcpState,
+    TimerKind,
 };
+
+pub mod nat;
+
+pub use nat::Nat;
 
 /// Server port of the flows whose queues churn.
 pub const CHURN_PORT: u16 = 7000;
@@ -51,6 +59,30 @@ const STUCK_BYTES: u32 = 65_536;
 const CHURN_BYTES: u32 = 1_448;
 /// The receive buffer a non-reading peer has filled.
 const PEER_FULL: u32 = 131_072;
+
+/// Translate requests a host keeps for its next poll; more are dropped
+/// (and counted by its caller).
+pub const MAX_TRANSLATE_ASKED: usize = 1024;
+
+/// What every simulated host knows of the fleet without talking to the
+/// others: how many hosts there are, and which connections cross a NAT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Net {
+    pub hosts: u32,
+    /// One in this many connections is translated (0: none); see [`nat`].
+    pub translated_every: u32,
+}
+
+#[cfg(test)]
+impl Net {
+    /// A fleet of `hosts` without translation.
+    pub fn direct(hosts: u32) -> Net {
+        Net {
+            hosts,
+            translated_every: 0,
+        }
+    }
+}
 
 /// The address of host `i`.
 pub fn host_addr(i: u32) -> Ipv4Addr {
@@ -112,14 +144,22 @@ pub fn peer(i: u32, k: u32, hosts: u32) -> u32 {
     }
 }
 
-/// Connection `k` of host `i` from its (client, sending) side.
-pub fn a_flow(i: u32, k: u32, stuck: bool, hosts: u32) -> FlowTuple {
+/// Connection `k` of host `i` from its (client, sending) side, between
+/// the two hosts' own addresses: as both ends see it when nothing on the
+/// way translates it.
+fn direct_flow(i: u32, k: u32, stuck: bool, hosts: u32) -> FlowTuple {
     let server = if stuck { STUCK_PORT } else { CHURN_PORT };
     let client_port = u16::try_from(u32::from(CLIENT_PORT_BASE) + k).unwrap_or(u16::MAX);
     FlowTuple::new(
         SocketAddr::from((host_addr(i), client_port)),
         SocketAddr::from((host_addr(peer(i, k, hosts)), server)),
     )
+}
+
+/// Connection `k` of host `i` from its (client, sending) side, as that
+/// socket has it (towards a service address when its host translates).
+pub fn a_flow(i: u32, k: u32, stuck: bool, net: Net) -> FlowTuple {
+    nat::a_flow(i, k, stuck, net)
 }
 
 /// Where the A→B byte stream stands: both ends count from here. Above
@@ -173,7 +213,7 @@ fn base_sample(flow: FlowTuple, cookie: u64, opened: Opened, pos: Positions) -> 
 
 /// The sending end of connection `k` of host `i` while its queue is held:
 /// stuck (zero window, probing) or churning (a segment in flight).
-pub fn a_queued(i: u32, k: u32, stuck: bool, hosts: u32, unchanged_ms: u64) -> EndSample {
+pub fn a_queued(i: u32, k: u32, stuck: bool, net: Net, unchanged_ms: u64) -> EndSample {
     let una = stream_base(i, k);
     let (sendq, inflight, wnd) = if stuck {
         (STUCK_BYTES, 0, 0)
@@ -196,12 +236,14 @@ pub fn a_queued(i: u32, k: u32, stuck: bool, hosts: u32, unchanged_ms: u64) -> E
         rcv_wscale: Some(7),
     };
     let mut s = base_sample(
-        a_flow(i, k, stuck, hosts),
+        a_flow(i, k, stuck, net),
         cookie(i, k, stuck, false),
         Opened::Active,
         pos,
     );
     s.unchanged_ms = unchanged_ms;
+    // Its host's conntrack entry, as the agent sends it with the sample.
+    s.translation = nat::a_translation(i, k, stuck, net).map(Box::new);
     if stuck {
         s.timer = Some(TimerKind::ZeroWindowProbe);
         s.timer_expires_ms = 1_600;
@@ -219,8 +261,8 @@ pub fn a_queued(i: u32, k: u32, stuck: bool, hosts: u32, unchanged_ms: u64) -> E
 }
 
 /// The sending end after its queue drained: the last word on it.
-pub fn a_released(i: u32, k: u32, stuck: bool, hosts: u32) -> EndSample {
-    let mut s = a_queued(i, k, stuck, hosts, 0);
+pub fn a_released(i: u32, k: u32, stuck: bool, net: Net) -> EndSample {
+    let mut s = a_queued(i, k, stuck, net, 0);
     let end = s.pos.write_seq;
     s.pos.sendq = 0;
     s.pos.notsent = Some(0);
@@ -237,20 +279,12 @@ pub fn a_released(i: u32, k: u32, stuck: bool, hosts: u32) -> EndSample {
 }
 
 /// The receiving end of a watched flow, as the host owning `flow.local`
-/// reads it; `None` when the tuple is not one of the simulated
-/// connections (the host would report it absent).
-pub fn b_watched(flow: FlowTuple, hosts: u32) -> Option<EndSample> {
-    let std::net::IpAddr::V4(remote) = flow.remote.ip() else {
-        return None;
-    };
-    let i = host_of(remote).filter(|&i| i < hosts)?;
-    let k = u32::from(flow.remote.port().checked_sub(CLIENT_PORT_BASE)?);
-    let stuck = match flow.local.port() {
-        STUCK_PORT => true,
-        CHURN_PORT => false,
-        _ => return None,
-    };
-    if a_flow(i, k, stuck, hosts).reversed() != flow {
+/// reads it; `None` when the tuple is not the socket of one of the
+/// simulated connections (the host would report it absent: see
+/// [`nat::b_lookup`] for what it adds).
+pub fn b_watched(flow: FlowTuple, net: Net) -> Option<EndSample> {
+    let (i, k, stuck) = nat::connection_of(flow, net)?;
+    if nat::b_flow(i, k, stuck, net) != flow {
         return None;
     }
     // B has received all A sent: its rcv_nxt is A's snd_una.
@@ -275,12 +309,11 @@ pub fn b_watched(flow: FlowTuple, hosts: u32) -> Option<EndSample> {
         snd_wscale: Some(7),
         rcv_wscale: Some(7),
     };
-    Some(base_sample(
-        flow,
-        cookie(i, k, stuck, true),
-        Opened::Passive,
-        pos,
-    ))
+    let mut s = base_sample(flow, cookie(i, k, stuck, true), Opened::Passive, pos);
+    if net.nat(k) == Nat::PortForward {
+        nat::CONTAINER_NETNS.clone_into(&mut s.netns);
+    }
+    Some(s)
 }
 
 /// The span of a hold first seen at `first_seen` and found over at the
@@ -325,6 +358,9 @@ pub struct StallStart {
     pub flow: FlowTuple,
     pub start: Duration,
     pub first_seen: Duration,
+    /// Where the connection is translated, and the host of its peer.
+    pub nat: Nat,
+    pub peer: u32,
 }
 
 /// What the host has to send after one poll.
@@ -333,13 +369,24 @@ pub struct Polled {
     pub samples: Vec<(SampleReason, EndSample)>,
     /// Watched flows it has no socket for.
     pub absent: Vec<FlowTuple>,
+    /// What it knows of flows it has no socket for: the conntrack entries
+    /// of absent watched flows it translates, and answers to Translate
+    /// requests.
+    pub lookups: Vec<Lookup>,
     pub stalls: Vec<StallStart>,
+}
+
+impl Polled {
+    /// Nothing to send: a heartbeat will do.
+    pub fn is_empty(&self) -> bool {
+        self.samples.is_empty() && self.absent.is_empty() && self.lookups.is_empty()
+    }
 }
 
 /// Shape of the load.
 #[derive(Debug, Clone, Copy)]
 pub struct Shape {
-    pub hosts: u32,
+    pub net: Net,
     pub conns: u32,
     /// Suspects (churning) per poll, on average.
     pub suspects: f64,
@@ -362,6 +409,8 @@ pub struct Host {
     slots: Vec<Slot>,
     next_stuck_k: u32,
     watched: BTreeSet<FlowTuple>,
+    /// Translate requests to answer at the next poll.
+    translate: Vec<FlowTuple>,
     /// Whether the load is on; off, the host only heartbeats.
     pub loaded: bool,
 }
@@ -380,6 +429,7 @@ impl Host {
             slots: Vec::new(),
             next_stuck_k,
             watched: BTreeSet::new(),
+            translate: Vec::new(),
             loaded: false,
         }
     }
@@ -407,6 +457,16 @@ impl Host {
         self.watched.len()
     }
 
+    /// A Translate request, answered at the next poll; `false` when it is
+    /// dropped (more than [`MAX_TRANSLATE_ASKED`] wait).
+    pub fn translate(&mut self, flow: FlowTuple) -> bool {
+        if self.translate.len() >= MAX_TRANSLATE_ASKED {
+            return false;
+        }
+        self.translate.push(flow);
+        true
+    }
+
     /// Connections the collector holds as suspects of this host now: sent
     /// as suspects and not yet released.
     pub fn suspects(&self) -> usize {
@@ -429,7 +489,7 @@ impl Host {
     /// One poll at `now` (this host's monotonic clock).
     pub fn poll(&mut self, now: Duration) -> Polled {
         let mut out = Polled::default();
-        let (i, hosts) = (self.index, self.shape.hosts);
+        let (i, net) = (self.index, self.shape.net);
         // Churning queues: reported, then released.
         let mut kept = Vec::with_capacity(self.churn.len());
         for mut c in std::mem::take(&mut self.churn) {
@@ -438,11 +498,11 @@ impl Host {
                 c.reported = true;
                 let ms = millis(now.saturating_sub(c.first_seen));
                 out.samples
-                    .push((SampleReason::Suspect, a_queued(i, c.k, false, hosts, ms)));
+                    .push((SampleReason::Suspect, a_queued(i, c.k, false, net, ms)));
                 kept.push(c);
             } else {
                 let why = released(c.first_seen, now, self.shape.interval);
-                out.samples.push((why, a_released(i, c.k, false, hosts)));
+                out.samples.push((why, a_released(i, c.k, false, net)));
                 self.in_churn.remove(&c.k);
             }
         }
@@ -476,9 +536,11 @@ impl Host {
                     let k = self.next_stuck_k;
                     self.next_stuck_k = (k + 1) % self.shape.conns;
                     out.stalls.push(StallStart {
-                        flow: a_flow(i, k, true, hosts),
+                        flow: a_flow(i, k, true, net),
                         start,
                         first_seen: now,
+                        nat: net.nat(k),
+                        peer: peer(i, k, net.hosts),
                     });
                     self.slots[slot] = Slot::Stuck {
                         k,
@@ -495,7 +557,7 @@ impl Host {
                     ..
                 } if now >= until => {
                     let why = released(first_seen, now, self.shape.interval);
-                    out.samples.push((why, a_released(i, k, true, hosts)));
+                    out.samples.push((why, a_released(i, k, true, net)));
                     self.slots[slot] = Slot::Waiting {
                         start: now + self.rng.within(self.shape.interval),
                     };
@@ -508,7 +570,7 @@ impl Host {
                 } => {
                     let ms = millis(now.saturating_sub(first_seen));
                     out.samples
-                        .push((SampleReason::Suspect, a_queued(i, k, true, hosts, ms)));
+                        .push((SampleReason::Suspect, a_queued(i, k, true, net, ms)));
                     self.slots[slot] = Slot::Stuck {
                         k,
                         first_seen,
@@ -518,13 +580,19 @@ impl Host {
                 }
             }
         }
-        // Watched flows: the receiving ends.
+        // Watched flows: the receiving ends, or their absence with what
+        // the host's conntrack says of them.
         for flow in &self.watched {
-            match b_watched(*flow, hosts) {
+            match b_watched(*flow, net) {
                 Some(s) => out.samples.push((SampleReason::Watched, s)),
-                None => out.absent.push(*flow),
+                None => {
+                    out.absent.push(*flow);
+                    out.lookups.extend(nat::b_lookup(*flow, net));
+                }
             }
         }
+        out.lookups
+            .extend(self.translate.drain(..).map(nat::translate_answer));
         out
     }
 }

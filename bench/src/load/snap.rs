@@ -43,6 +43,15 @@ pub(super) struct Snap {
     pub(super) batches_dropped: u64,
     pub(super) watches: u64,
     pub(super) unwatches: u64,
+    /// Lookups the simulated agents sent, Translate requests they got, and
+    /// those they dropped for want of room.
+    pub(super) lookups_taken: u64,
+    pub(super) translates: u64,
+    pub(super) translates_dropped: u64,
+    /// The collector's joins through a translation and Translate requests,
+    /// since it started (its metrics; 0 from a collector without them).
+    pub(super) joined_via_translation: f64,
+    pub(super) translate_requests: f64,
     pub(super) suspects: i64,
     pub(super) watched: i64,
     pub(super) stuck: i64,
@@ -147,6 +156,7 @@ pub(super) async fn snap(collector: &Collector, counters: &Counters) -> anyhow::
     let pruned_rows = counter("tcpstall_collector_store_pruned_rows_total")?;
     let samples_stored = counter("tcpstall_collector_store_samples_total")? as i64;
     let pruned_episodes = counter("tcpstall_collector_store_pruned_episodes_total")? as i64;
+    let optional = |name: &str| metrics.get(name).copied().unwrap_or(0.0);
     let me = std::process::id();
     let g = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     let gi = |c: &std::sync::atomic::AtomicI64| c.load(Ordering::Relaxed);
@@ -170,6 +180,11 @@ pub(super) async fn snap(collector: &Collector, counters: &Counters) -> anyhow::
         batches_dropped: g(&counters.batches_dropped),
         watches: g(&counters.watches),
         unwatches: g(&counters.unwatches),
+        lookups_taken: g(&counters.lookups_taken),
+        translates: g(&counters.translates),
+        translates_dropped: g(&counters.translates_dropped),
+        joined_via_translation: optional("tcpstall_collector_peers_joined_via_translation_total"),
+        translate_requests: optional("tcpstall_collector_translate_requests_total"),
         suspects: gi(&counters.suspects),
         watched: gi(&counters.watched),
         stuck: gi(&counters.stuck),
