@@ -5,7 +5,9 @@
 //! A namespace's addresses are read by a short-lived thread that enters it
 //! (`setns`) and lists its interfaces, as [`crate::netns::open_diag`] does
 //! for its sock_diag socket. Anything that cannot be read is logged and
-//! left empty: a Hello with less in it beats no stream at all.
+//! left empty: a Hello with less in it beats no stream at all. The
+//! addresses are kept current by [`crate::addresses`], and each Hello is
+//! built from its list.
 
 use std::collections::BTreeSet;
 use std::io;
@@ -73,21 +75,20 @@ fn list_here(label: &str) -> Result<Vec<IpAddr>, AddressError> {
     Ok(out.into_iter().collect())
 }
 
-/// What a Hello says; read again for every new stream, since addresses
-/// come and go.
+/// What a Hello says; built again for every new stream, with the
+/// namespaces' addresses as they are then.
 #[derive(Debug, Clone)]
 pub struct Identity {
     pub host: String,
-    pub namespaces: Vec<Netns>,
     pub interval: Duration,
     /// Which deeper probes work here, as found at start.
     pub probes: ProbeSet,
 }
 
 impl Identity {
-    /// Reads the host's facts and builds the Hello. Blocking: it enters
-    /// namespaces and reads /proc.
-    pub fn hello(&self) -> AgentHello {
+    /// The Hello with `namespaces` as they are known now (the agent keeps
+    /// them current: [`crate::addresses`]). Blocking: it reads /proc.
+    pub fn hello_with(&self, namespaces: Vec<NamespaceAddresses>) -> AgentHello {
         let kernel = kernel_release().unwrap_or_else(|e| {
             tracing::warn!(error = %e, "cannot read the kernel release");
             String::new()
@@ -96,21 +97,6 @@ impl Identity {
             tracing::warn!(error = %e, path = BOOT_ID, "cannot read the boot id");
             String::new()
         });
-        let namespaces = self
-            .namespaces
-            .iter()
-            .map(|ns| {
-                let addresses = addresses(ns).unwrap_or_else(|e| {
-                    tracing::warn!(netns = %ns.label, error = %e, "cannot list addresses");
-                    Vec::new()
-                });
-                NamespaceAddresses {
-                    label: ns.label.clone(),
-                    inode: ns.inode,
-                    addresses,
-                }
-            })
-            .collect();
         AgentHello {
             host: self.host.clone(),
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -148,7 +134,6 @@ mod tests {
         let ns = crate::netns::current().expect("own namespace");
         let id = Identity {
             host: "h1".into(),
-            namespaces: vec![ns.clone()],
             interval: Duration::from_millis(1500),
             probes: ProbeSet {
                 sock_diag: true,
@@ -156,7 +141,12 @@ mod tests {
                 getsockopt: false,
             },
         };
-        let said = id.hello();
+        let listed = NamespaceAddresses {
+            label: ns.label.clone(),
+            inode: ns.inode,
+            addresses: addresses(&ns).expect("addresses"),
+        };
+        let said = id.hello_with(vec![listed]);
         assert_eq!(said.host, "h1");
         assert_eq!(said.agent_version, env!("CARGO_PKG_VERSION"));
         // As it goes on the wire.

@@ -39,6 +39,9 @@ pub struct AgentMetrics {
     sent_messages: AtomicU64,
     sent_bytes: AtomicU64,
     sent_samples: AtomicU64,
+    /// Address announcements (every namespace's addresses, after a
+    /// change) the stream took.
+    addresses_sent: AtomicU64,
     reconnects: AtomicU64,
     connected: AtomicBool,
     /// Parser skips: malformed messages, attributes, chunks; interrupted
@@ -73,6 +76,7 @@ impl Default for AgentMetrics {
             sent_messages: AtomicU64::new(0),
             sent_bytes: AtomicU64::new(0),
             sent_samples: AtomicU64::new(0),
+            addresses_sent: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
             connected: AtomicBool::new(false),
             malformed_messages: AtomicU64::new(0),
@@ -151,6 +155,12 @@ impl AgentMetrics {
         self.sent_messages.fetch_add(1, Ordering::Relaxed);
         self.sent_bytes.fetch_add(n(bytes), Ordering::Relaxed);
         self.sent_samples.fetch_add(n(samples), Ordering::Relaxed);
+    }
+
+    /// The transport took an announcement of the namespaces' addresses
+    /// (counted in [`Self::sent`] too).
+    pub fn addresses_sent(&self) {
+        self.addresses_sent.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A stream opened (`reconnect`: not the agent's first) or closed.
@@ -263,7 +273,7 @@ impl AgentMetrics {
         e.single(
             "tcpstall_agent_sent_messages_total",
             Kind::Counter,
-            "Messages (hello, batches, heartbeats) the stream took for the collector.",
+            "Messages (hello, batches, heartbeats, address announcements) the stream took for the collector.",
             get(&self.sent_messages),
         );
         e.single(
@@ -277,6 +287,12 @@ impl AgentMetrics {
             Kind::Counter,
             "Socket samples in the batches the stream took.",
             get(&self.sent_samples),
+        );
+        e.single(
+            "tcpstall_agent_address_announcements_total",
+            Kind::Counter,
+            "Announcements of the namespaces' addresses after they changed, taken for the collector.",
+            get(&self.addresses_sent),
         );
         e.single(
             "tcpstall_agent_buffered_batches",
@@ -343,6 +359,7 @@ mod tests {
         m.held_ended(&[HeldEnd::Reset, HeldEnd::Moved, HeldEnd::Reset]);
         m.sent(300, 0);
         m.sent(1200, 4);
+        m.addresses_sent();
         m.link(true, false);
         m.link(false, false);
         m.link(true, true);
@@ -373,6 +390,7 @@ mod tests {
             "tcpstall_agent_sent_messages_total 2\n",
             "tcpstall_agent_sent_bytes_total 1500\n",
             "tcpstall_agent_sent_samples_total 4\n",
+            "tcpstall_agent_address_announcements_total 1\n",
             "tcpstall_agent_connected 1\n",
             "tcpstall_agent_reconnects_total 1\n",
             "tcpstall_agent_buffered_batches 5\n",

@@ -323,15 +323,19 @@ pub async fn run(settings: RunSettings, shutdown: impl Future<Output = ()>) -> a
     let (events_tx, mut events) = mpsc::channel(EVENT_QUEUE);
     let (stop_tx, stop_rx) = watch::channel(false);
     let lost = Arc::new(Lost::default());
+    // The namespaces' addresses, kept current for the link (it stops
+    // following them when the link ends).
+    let addresses =
+        crate::addresses::follow(settings.namespaces.clone(), settings.interval).await?;
     let link_cfg = LinkConfig {
         collector: settings.collector.clone(),
         tls: settings.tls.clone(),
         identity: Identity {
             host: settings.host.clone(),
-            namespaces: settings.namespaces.clone(),
             interval: settings.interval,
             probes: found,
         },
+        addresses,
         backoff_max: settings.backoff_max,
         metrics: metrics.clone(),
     };

@@ -11,6 +11,13 @@
 //! Messages already handed to a stream that breaks are counted as dropped
 //! when the stream lets go of them (see [`Lost`]).
 //!
+//! The namespaces' addresses are the stream's business too: each Hello
+//! says them as they are then, and a stream whose collector's Welcome
+//! reads them sends them again whenever they change
+//! ([`ToCollector::Addresses`], from [`crate::addresses`]). An older
+//! collector would refuse the message, so it never gets one; it learns the
+//! addresses at the next Hello.
+//!
 //! The run loop hands over domain messages ([`ToCollector`]); this is the
 //! transport, the one place of the agent that holds the wire's envelopes:
 //! tonic's request stream is of `v1::AgentMessage` and its response
@@ -153,6 +160,10 @@ impl Stream for Outgoing {
             next.map(|msg| {
                 let samples = match &msg {
                     ToCollector::Batch(b) => b.samples.len(),
+                    ToCollector::Addresses(_) => {
+                        self.metrics.addresses_sent();
+                        0
+                    }
                     _ => 0,
                 };
                 let wire = agent_message_to_wire(msg);
@@ -182,6 +193,8 @@ pub struct LinkConfig {
     /// TLS settings for an https:// collector.
     pub tls: Option<tonic::transport::ClientTlsConfig>,
     pub identity: Identity,
+    /// The namespaces' addresses as they are now.
+    pub addresses: crate::addresses::Current,
     pub backoff_max: Duration,
     /// Where the outgoing streams count what they send.
     pub metrics: Arc<AgentMetrics>,
@@ -250,6 +263,7 @@ async fn one_session(
     lost: &Arc<Lost>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> End {
+    let mut addresses = cfg.addresses.clone();
     let open = async {
         let mut endpoint =
             Endpoint::from_shared(cfg.collector.clone()).map_err(|e| e.to_string())?;
@@ -266,7 +280,10 @@ async fn one_session(
             .keep_alive_while_idle(true);
         let channel = endpoint.connect().await.map_err(|e| error_chain(&e))?;
         let identity = cfg.identity.clone();
-        let hello = tokio::task::spawn_blocking(move || identity.hello())
+        // The addresses as they are now; a change after this goes in an
+        // Addresses message (when the Welcome reads them).
+        let namespaces = addresses.borrow_and_update().clone();
+        let hello = tokio::task::spawn_blocking(move || identity.hello_with(namespaces))
             .await
             .map_err(|e| format!("gathering the hello: {e}"))?;
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
@@ -291,19 +308,37 @@ async fn one_session(
         _ = stopping(shutdown) => return End::Shutdown,
     };
     tracing::info!(collector = %cfg.collector, session, "streaming to the collector");
-    if events.send(LinkEvent::Up { session, tx }).await.is_err() {
+    let up = LinkEvent::Up {
+        session,
+        tx: tx.clone(),
+    };
+    if events.send(up).await.is_err() {
         return End::Shutdown;
     }
+    // Whether the collector reads address changes (its Welcome says), and
+    // whether one is waiting for room on the stream.
+    let (mut reads_addresses, mut announce) = (false, false);
     loop {
         let msg = tokio::select! {
             msg = inbound.message() => msg,
-            _ = stopping(shutdown) => {
-                // The run loop has dropped its sender, which ends our side
-                // of the stream; give the collector a moment to end its.
-                let drain = async { while let Ok(Some(_)) = inbound.message().await {} };
-                let _ = tokio::time::timeout(CLOSE_GRACE, drain).await;
-                return End::Shutdown;
+            changed = addresses.changed(), if reads_addresses && !announce => {
+                // Err: the addresses are no longer followed (shutdown).
+                announce = changed.is_ok();
+                reads_addresses = changed.is_ok();
+                continue;
             }
+            permit = tx.reserve(), if announce => {
+                announce = false;
+                if let Ok(permit) = permit {
+                    // The latest: changes since the wake-up go with it.
+                    let now = addresses.borrow_and_update().clone();
+                    tracing::debug!(session, namespaces = now.len(), "announcing the addresses");
+                    permit.send(ToCollector::Addresses(now));
+                }
+                // Else the stream let go; its end comes from `inbound`.
+                continue;
+            }
+            _ = stopping(shutdown) => break,
         };
         let msg = match msg {
             Ok(Some(msg)) => collector_message_from_wire(msg),
@@ -312,7 +347,8 @@ async fn one_session(
         };
         let event = match msg {
             Ok(Some(FromCollector::Welcome(w))) => {
-                tracing::info!(session, protocol = w.protocol, collector_version = %w.collector_version, "welcomed");
+                tracing::info!(session, protocol = w.protocol, collector_version = %w.collector_version, reads_addresses = w.reads_addresses, "welcomed");
+                reads_addresses = w.reads_addresses;
                 continue;
             }
             Ok(Some(FromCollector::Request(ToAgent::Watch(flow)))) => {
@@ -343,6 +379,12 @@ async fn one_session(
             return End::Shutdown;
         }
     }
+    // The run loop has dropped its sender, and with ours that ends our
+    // side of the stream; give the collector a moment to end its.
+    drop(tx);
+    let drain = async { while let Ok(Some(_)) = inbound.message().await {} };
+    let _ = tokio::time::timeout(CLOSE_GRACE, drain).await;
+    End::Shutdown
 }
 
 fn status_text(status: &tonic::Status) -> String {
