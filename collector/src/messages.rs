@@ -4,8 +4,10 @@
 //! plain data, owned, with nothing shared: a seam that could cross a
 //! process boundary as it is.
 //!
-//! Agent streams send [`ToMatcher::Batch`] straight to the matcher (the
-//! busy path: one hop); the gateway sends the rest of [`ToMatcher`]. The
+//! Agent streams send [`ToMatcher::Batch`] and [`ToMatcher::Addresses`]
+//! straight to the matcher (the busy path: one hop; and so an agent's
+//! messages reach it in the order it sent them); the gateway sends the
+//! rest of [`ToMatcher`]. The
 //! matcher asks watches of hosts with [`ToGateway`], never touching a
 //! session. Which matcher a flow belongs to is decidable from the flow
 //! alone: [`partition`] of its direction-free key.
@@ -41,6 +43,15 @@ pub enum ToMatcher {
     },
     /// A host's stream ended: what it reported ends with it.
     HostDown { host: HostId },
+    /// A host's agent announced its addresses anew, from its stream: every
+    /// address of every namespace it reads, replacing what its Hello (or
+    /// its previous announcement) said.
+    Addresses {
+        host: HostId,
+        /// The stream it came on: an older one's is stale.
+        session: u64,
+        addresses: Vec<IpAddr>,
+    },
     /// One poll of a host, from its stream.
     Batch {
         host: HostId,

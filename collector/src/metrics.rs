@@ -163,6 +163,18 @@ pub fn render(
         stats.samples as f64,
     );
     one(
+        "tcpstall_collector_address_updates_total",
+        Kind::Counter,
+        "Address announcements applied: an agent said its addresses changed, and its host owns the new ones.",
+        stats.addresses_applied as f64,
+    );
+    one(
+        "tcpstall_collector_address_updates_stale_total",
+        Kind::Counter,
+        "Address announcements ignored: they came on a stream its host had already replaced.",
+        stats.addresses_stale as f64,
+    );
+    one(
         "tcpstall_collector_messages_refused_total",
         Kind::Counter,
         "Agent messages refused as malformed, oversized or impossible, or from an agent its certificate does not name.",
@@ -315,6 +327,8 @@ mod tests {
             requests_dropped: 1,
             joined_via_translation: 6,
             translate_asked: 8,
+            addresses_applied: 6,
+            addresses_stale: 1,
             ..Stats::default()
         };
         let gateway = GatewayStats {
@@ -351,6 +365,8 @@ mod tests {
         assert!(text.contains("tcpstall_collector_heap_allocated_bytes 1000\n"));
         assert!(text.contains("tcpstall_collector_heap_resident_bytes 4096\n"));
         assert!(text.contains("tcpstall_collector_samples_received_total 1234\n"));
+        assert!(text.contains("tcpstall_collector_address_updates_total 6\n"));
+        assert!(text.contains("tcpstall_collector_address_updates_stale_total 1\n"));
         assert!(text.contains("tcpstall_collector_messages_refused_total 7\n"));
         assert!(text.contains("tcpstall_collector_tls_handshakes_refused_total 2\n"));
         assert!(text.contains("tcpstall_collector_episodes_open{diagnosis=\"ack_lost\"} 2\n"));

@@ -1,20 +1,21 @@
 //! The agents' streams: each is checked at the edge (`convert`), said
 //! hello to the gateway's task, and then sends its batches straight to the
 //! matcher, with when its agent took each poll on the collector's clock
-//! ([`AgentClock`]); the gateway's watch requests go back to its agent.
+//! ([`AgentClock`]), and so its agent's address announcements; the
+//! gateway's watch requests go back to its agent.
 //!
 //! A stream must open with a Hello. A malformed, oversized or impossible
 //! message ends that stream with a gRPC status naming what was wrong; the
 //! log names the stream and the host. Other streams are untouched.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use prost::Message;
-use tcpstall_common::{Clock, ToAgent, Welcome};
+use tcpstall_common::{Clock, NamespaceAddresses, ToAgent, Welcome};
 use tcpstall_proto::convert::{self, ConvertError};
 use tcpstall_proto::raw::{self, agent_message};
 use tcpstall_proto::server::ingest_server::IngestServer;
@@ -109,6 +110,12 @@ where
             .map_err(|e| Status::internal(format!("not a message: {e}"))),
         None => Ok(None),
     }
+}
+
+/// Every address of every namespace an agent announced, as a Hello's are
+/// kept ([`convert::hello_from_wire`]).
+fn owned(namespaces: Vec<NamespaceAddresses>) -> Vec<IpAddr> {
+    namespaces.into_iter().flat_map(|ns| ns.addresses).collect()
 }
 
 /// The gRPC status of a message `convert` refused.
@@ -244,9 +251,27 @@ impl tcpstall_proto::server::ingest_server::Ingest for IngestService {
                         refuse(Status::invalid_argument("a second Hello on one stream")).await;
                         break;
                     }
-                    // The Welcome does not say reads_addresses yet: an agent
-                    // that sends them anyway is not refused for it.
-                    Some(agent_message::Body::Addresses(_)) => continue,
+                    // Its addresses changed: checked, then to the matcher
+                    // in the stream's order (after the batches before it).
+                    Some(agent_message::Body::Addresses(a)) => {
+                        let addresses = match convert::addresses_from_wire(&a) {
+                            Ok(namespaces) => owned(namespaces),
+                            Err(e) => {
+                                refuse(status(e)).await;
+                                break;
+                            }
+                        };
+                        tracing::debug!(session, host = %host, addresses = addresses.len(), "addresses announced");
+                        let msg = ToMatcher::Addresses {
+                            host: host_id,
+                            session,
+                            addresses,
+                        };
+                        if matcher.send(msg).await.is_err() {
+                            break;
+                        }
+                        continue;
+                    }
                     None => {
                         refuse(Status::invalid_argument("empty message")).await;
                         break;
@@ -297,7 +322,7 @@ impl tcpstall_proto::server::ingest_server::Ingest for IngestService {
             let welcome = convert::welcome_to_wire(Welcome {
                 protocol: tcpstall_proto::PROTOCOL_VERSION,
                 collector_version: env!("CARGO_PKG_VERSION").to_string(),
-                reads_addresses: false,
+                reads_addresses: true,
             });
             if out_tx.send(Ok(welcome)).await.is_err() {
                 return;

@@ -9,7 +9,9 @@
 //! detector ([`detector`], a pure state machine on explicit time) opens
 //! and closes episodes, which [`diagnose`] explains from both ends and
 //! [`episode`] writes to the store. Every held queue that ended is counted
-//! ([`held`]). The task and its inputs are [`run`].
+//! ([`held`]). Who owns which address, as hosts come, go and announce
+//! their addresses anew, is [`owners`]. The task and its inputs are
+//! [`run`].
 //!
 //! It hears only plain messages ([`crate::messages::ToMatcher`]) and
 //! questions ([`Question`]); it asks the gateway for watches by host
@@ -21,6 +23,7 @@ mod episode;
 pub mod held;
 mod join;
 mod nat;
+mod owners;
 mod run;
 mod samples;
 mod slab_map;

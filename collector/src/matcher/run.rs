@@ -64,6 +64,7 @@ impl Matcher {
                 names: Map::default(),
                 up: Map::default(),
                 owners: Map::default(),
+                announced: Default::default(),
                 watched: SlabMap::new(),
                 a_of: Map::default(),
                 translators: Vec::new(),
@@ -105,6 +106,11 @@ impl Matcher {
                 self.host_up(host, up, name, &addresses, now_ms)
             }
             ToMatcher::HostDown { host } => self.host_down(host, now_ms),
+            ToMatcher::Addresses {
+                host,
+                session,
+                addresses,
+            } => self.host_addresses(host, session, &addresses),
             ToMatcher::Batch {
                 host,
                 session,
@@ -201,14 +207,7 @@ impl Matcher {
             ctx.translators.push(host);
         }
         ctx.up.insert(host, up);
-        for ip in addresses {
-            if !ip.is_loopback() && !ip.is_unspecified() {
-                let hosts = ctx.owners.entry(*ip).or_default();
-                if !hosts.contains(&host) {
-                    hosts.push(host);
-                }
-            }
-        }
+        ctx.announce(host, addresses);
         let again: Vec<Tuple> = ctx
             .watched
             .keys()
@@ -223,6 +222,22 @@ impl Matcher {
         }
     }
 
+    /// A host's agent announced its addresses anew on its stream
+    /// `session`: they replace what it owned (its Hello's, or its last
+    /// announcement's), unless that stream is no longer the host's (as its
+    /// batches are then stale). Suspects whose peer's address changed
+    /// owners find them again at their next sample.
+    fn host_addresses(&mut self, host: HostId, session: u64, addresses: &[std::net::IpAddr]) {
+        let ctx = &mut self.ctx;
+        if ctx.up.get(&host).is_none_or(|u| u.session != session) {
+            ctx.stats.addresses_stale += 1;
+            return;
+        }
+        ctx.stats.addresses_applied += 1;
+        let changed = ctx.announce(host, addresses);
+        tracing::debug!(host = %ctx.name(host), addresses = addresses.len(), changed, "addresses announced");
+    }
+
     /// A host's stream ended: its suspects end with their episodes, and
     /// with them the watches they had asked of other hosts.
     fn host_down(&mut self, host: HostId, now_ms: i64) {
@@ -231,10 +246,7 @@ impl Matcher {
             return;
         }
         ctx.translators.retain(|&h| h != host);
-        ctx.owners.retain(|_, hosts| {
-            hosts.retain(|h| *h != host);
-            !hosts.is_empty()
-        });
+        ctx.disown_all(host);
         // Its suspects end with their episodes, and with them the watches
         // they had asked of other hosts.
         let keys: Vec<(HostId, Tuple)> = self

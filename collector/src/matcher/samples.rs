@@ -143,6 +143,7 @@ impl Matcher {
             *s = Suspect {
                 peers,
                 asked,
+                peers_generation: ctx.announced.generation(),
                 latest: take(&mut packed, sample),
                 latest_at_ms: taken_ms,
                 first: None,
@@ -152,6 +153,11 @@ impl Matcher {
             };
             request = asked.then_some(true);
         } else {
+            // Owners changed since its peers were found (an address
+            // announced, a host up): found again.
+            if s.peers_generation != ctx.announced.generation() {
+                ctx.repeer(host, tuple, s, now_ms);
+            }
             open = s.episode.is_some();
             let prev = std::mem::replace(&mut s.latest, take(&mut packed, sample));
             if restart.is_some() {

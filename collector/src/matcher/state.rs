@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use super::detector::Track;
 use super::diagnose::{Peer, Verdict};
 use super::held::{HeldStats, HeldTally};
+use super::owners::Announced;
 use super::slab_map::SlabMap;
 use super::tuple::Tuple;
 use crate::messages::{HostId, ToGateway};
@@ -60,6 +61,11 @@ pub struct Stats {
     pub held: HeldStats,
     /// The episode threshold now.
     pub threshold: Duration,
+    /// Address announcements applied: a host's addresses replaced by what
+    /// its agent said they are now.
+    pub addresses_applied: u64,
+    /// Address announcements ignored: from a stream its host had replaced.
+    pub addresses_stale: u64,
 }
 
 /// What we know of a watched end.
@@ -117,11 +123,15 @@ pub(super) struct Watch {
 #[derive(Debug, Default)]
 pub(super) struct Suspect {
     /// The hosts that announced the peer's address when the suspect was
-    /// first seen (none: nobody did; several: every one is asked).
+    /// first seen, or since (none: nobody did; several: every one is
+    /// asked).
     pub(super) peers: Peers,
     /// Whether they have been asked to watch the peer (see
     /// [`ask_peer_after`]).
     pub(super) asked: bool,
+    /// The owners' generation `peers` were found at (`owners`): found
+    /// again when it moved.
+    pub(super) peers_generation: u32,
     pub(super) latest: Packed,
     pub(super) latest_at_ms: i64,
     /// The stall's first sample, once a later one replaced it as `latest`.
@@ -317,6 +327,8 @@ pub(super) struct Ctx {
     /// Non-loopback address -> the hosts that announced it, in the order
     /// they said hello.
     pub(super) owners: Map<IpAddr, Vec<HostId>>,
+    /// Each host's own addresses, and the owners' generation (`owners`).
+    pub(super) announced: Announced,
     /// The hosts up whose hosts forward packets and whose agents answer
     /// Translate requests: asked when a direct join fails.
     pub(super) translators: Vec<HostId>,
