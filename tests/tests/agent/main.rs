@@ -1,6 +1,7 @@
 //! End-to-end tests of the agent's reading: real sockets on loopback and in
 //! namespaces, real sock_diag, the real binary.
 
+mod addresses;
 mod bpf;
 mod cli;
 mod conntrack;

@@ -1,6 +1,7 @@
 //! End-to-end tests of the collector: real processes, real gRPC, a real
 //! SQLite file.
 
+mod addresses;
 mod e2e;
 mod hostile;
 mod scrub;

@@ -26,6 +26,7 @@ macro_rules! at_both_settings {
     };
 }
 
+mod addresses;
 mod controls;
 mod cork;
 mod faults;
