@@ -33,8 +33,8 @@ pub use error::error_chain;
 pub use flow::{FlowKey, FlowTuple, Translation};
 pub use held::{HeldEnd, HeldSpan, HeldSpanError};
 pub use ingest::{
-    AgentBatch, AgentHello, ClosedSocket, FromCollector, Heartbeat, HostHello, Lookup, NamespaceAddresses,
-    ProbeSet, ToAgent, ToCollector, Welcome,
+    AgentBatch, AgentHello, ClosedSocket, FromCollector, Heartbeat, HostHello, Lookup,
+    NamespaceAddresses, ProbeSet, ToAgent, ToCollector, Welcome,
 };
 pub use kernel_tcp::{FactSource, KernelTcp, SackBlock};
 pub use packed::Packed;

@@ -380,7 +380,12 @@ fn flow_field(
             } else {
                 &mut f.remote
             };
-            fields(inner, d, e.get_or_insert_with(Default::default), endpoint_field)?;
+            fields(
+                inner,
+                d,
+                e.get_or_insert_with(Default::default),
+                endpoint_field,
+            )?;
         }
         _ => r.skip(tag, wt, depth)?,
     }
