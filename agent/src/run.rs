@@ -230,47 +230,52 @@ impl PollState {
 /// `connections`; none when there is nothing to send. Nothing is left out.
 ///
 /// The entries go in the order the collector applies a batch's (absent,
-/// then samples, then closed), each kind in the selection's order: the
-/// batches of a poll, applied one after the other, have the effect its
-/// single batch had. The selection's entries move into the batches (a
-/// selection that fits in one batch is that batch, nothing copied); the
-/// loss counters are stamped when a batch leaves the outbox.
+/// then samples, then closed), each kind in the selection's order, with
+/// the lookups first: what the host knows of an absent flow arrives no
+/// later than the absent entry itself. The batches of a poll, applied one
+/// after the other, have the effect its single batch had. The selection's
+/// entries move into the batches (a selection that fits in one batch is
+/// that batch, nothing copied); the loss counters are stamped when a batch
+/// leaves the outbox.
 pub fn to_batches(sel: Selection, mono: Duration, max: usize) -> Vec<AgentBatch> {
     let max = max.clamp(1, MAX_BATCH_ENTRIES);
     let connections = u32::try_from(sel.connections).unwrap_or(u32::MAX);
-    let batch = |absent, samples, closed| AgentBatch {
+    let batch = |lookups, absent, samples, closed| AgentBatch {
         mono,
         connections,
         samples,
         packed: Vec::new(),
         closed,
         absent,
-        lookups: Vec::new(),
+        lookups,
         dropped_batches: 0,
         dropped_samples: 0,
     };
-    let total = sel.absent.len() + sel.samples.len() + sel.closed.len();
+    let total = sel.lookups.len() + sel.absent.len() + sel.samples.len() + sel.closed.len();
     if total == 0 {
         return Vec::new();
     }
     if total <= max {
-        return vec![batch(sel.absent, sel.samples, sel.closed)];
+        return vec![batch(sel.lookups, sel.absent, sel.samples, sel.closed)];
     }
     let mut out = Vec::with_capacity(total.div_ceil(max));
-    let (mut absent, mut samples, mut closed) = (
+    let (mut lookups, mut absent, mut samples, mut closed) = (
+        sel.lookups.into_iter(),
         sel.absent.into_iter(),
         sel.samples.into_iter(),
         sel.closed.into_iter(),
     );
-    while absent.len() + samples.len() + closed.len() > 0 {
+    while lookups.len() + absent.len() + samples.len() + closed.len() > 0 {
         let mut room = max;
         let mut take = |n: usize| {
             let k = n.min(room);
             room -= k;
             k
         };
-        let (ka, ks, kc) = (take(absent.len()), take(samples.len()), take(closed.len()));
+        let (kl, ka) = (take(lookups.len()), take(absent.len()));
+        let (ks, kc) = (take(samples.len()), take(closed.len()));
         out.push(batch(
+            lookups.by_ref().take(kl).collect(),
             absent.by_ref().take(ka).collect(),
             samples.by_ref().take(ks).collect(),
             closed.by_ref().take(kc).collect(),

@@ -107,6 +107,7 @@ fn split(polled: sim::Polled, mono: Duration, connections: u32, max: usize) -> V
         samples: polled.samples,
         closed: Vec::new(),
         absent: polled.absent,
+        lookups: Vec::new(),
         connections: connections as usize,
     };
     to_batches(selection, mono, max)
