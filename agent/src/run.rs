@@ -27,9 +27,10 @@ use crate::outbox::Outbox;
 use crate::poll::Poller;
 use crate::probe::{ProbeStatus, Probes};
 use crate::suspects::{Selection, Selector};
+use crate::translate::Translator;
 use crate::uplink::{self, LinkConfig, LinkEvent, Lost};
 
-/// Most entries (samples, closed, absent) in one batch, whatever
+/// Most entries (samples, closed, absent, lookups) in one batch, whatever
 /// `--batch-max` says: the guard below the collector's default
 /// `max_batch_samples` (50,000), beyond which it refuses a batch.
 pub const MAX_BATCH_ENTRIES: usize = 8192;
@@ -97,6 +98,7 @@ struct PollState {
     probes: Probes,
     namespaces: Vec<Netns>,
     selector: Selector,
+    translator: Translator,
     inode_by_label: HashMap<String, u64>,
     follow_max: usize,
 }
@@ -133,11 +135,14 @@ impl PollState {
         // delay its episode by a whole interval).
         let mono = mono_at(tick);
         let started = Instant::now();
-        // Only the sockets the selector may send, read in full.
+        // Only the sockets the selector may send, read in full; the dump
+        // also counts who holds the endpoints of watched flows not found.
         let selector = &self.selector;
-        let (samples, ids, connections, failures) = self
-            .poller
-            .poll_wanted_ids(|netns, b| selector.wants(netns, b));
+        let endpoints = self.translator.endpoints(selector.unmatched_watches());
+        let (samples, ids, connections, failures) = self.poller.poll_wanted_ids(|netns, b| {
+            endpoints.see(b);
+            selector.wants(netns, b)
+        });
         let failed: Vec<u64> = failures
             .iter()
             .filter_map(|f| self.inode_by_label.get(&f.label).copied())
@@ -145,6 +150,7 @@ impl PollState {
         let mut selection = self
             .selector
             .select_wanted(samples, ids, connections, &failed, mono);
+        self.translator.poll(&mut selection, failures.is_empty());
         // The deeper probes, for what is sent only (issue 6): a poll with
         // nothing to send costs no BPF pass.
         if !selection.samples.is_empty() {
@@ -215,8 +221,10 @@ impl PollState {
                 failures.push(format!("{}: {e:#}", self.poller.label(netns)));
             }
         }
+        let mut selection = self.selector.follow(&looks, mono);
+        self.translator.follow(&mut selection);
         Followed {
-            selection: self.selector.follow(&looks, mono),
+            selection,
             mono,
             failures,
             requests,
@@ -300,14 +308,18 @@ pub async fn run(settings: RunSettings, shutdown: impl Future<Output = ()>) -> a
         .collect();
     let namespaces = settings.namespaces.clone();
     let scrubber = settings.scrubber.clone();
-    let (poller, probes) = tokio::task::spawn_blocking(move || {
-        Poller::new(namespaces).map(|p| (p, Probes::start_scrubbed(true, scrubber)))
+    let (poller, probes, translator) = tokio::task::spawn_blocking(move || {
+        let translator = crate::netns::host().map(|host| Translator::open(&host, &namespaces));
+        Poller::new(namespaces)
+            .and_then(|p| Ok((p, Probes::start_scrubbed(true, scrubber), translator?)))
     })
     .await
     .context("opening sock_diag sockets")??;
     let metrics = Arc::new(AgentMetrics::default());
     metrics.probe("sock_diag", true);
     metrics.probe("owner", probes.owners_on());
+    metrics.probe("conntrack", translator.available());
+    metrics.translations(&translator.stats());
     for (name, status) in probes.announce() {
         metrics.probe(name, *status == ProbeStatus::Available);
         match status {
@@ -321,6 +333,7 @@ pub async fn run(settings: RunSettings, shutdown: impl Future<Output = ()>) -> a
         probes,
         namespaces: settings.namespaces.clone(),
         selector: Selector::new(labels.iter().cloned()),
+        translator,
         inode_by_label: labels.iter().map(|(i, l)| (l.clone(), *i)).collect(),
         follow_max: settings.follow_max,
     };
@@ -407,6 +420,7 @@ pub async fn run(settings: RunSettings, shutdown: impl Future<Output = ()>) -> a
                 state = back;
                 held = state.selector.suspects() > 0;
                 metrics.followed(followed.requests, followed.skipped);
+                metrics.translations(&state.translator.stats());
                 metrics.held_ended(followed.selection.ended().map(|h| &h.end));
                 // Said once when following fails, and once when it works
                 // again: it runs four times a second or more.
@@ -436,6 +450,7 @@ pub async fn run(settings: RunSettings, shutdown: impl Future<Output = ()>) -> a
                 held = state.selector.suspects() > 0;
                 metrics.poll_duration.observe(polled.took);
                 metrics.polled(&polled.figures);
+                metrics.translations(&state.translator.stats());
                 metrics.held_ended(polled.selection.ended().map(|h| &h.end));
                 for failure in &polled.failures {
                     tracing::warn!(error = %failure, "namespace not polled");
@@ -513,14 +528,17 @@ pub async fn run(settings: RunSettings, shutdown: impl Future<Output = ()>) -> a
                     if id == latest {
                         metrics.link(false, false);
                     }
-                    // Watches belong to the stream that asked for them.
+                    // Watches and Translate requests belong to the stream
+                    // that asked for them.
                     let watched = state.selector.watched();
                     state.selector.clear_watches();
+                    let unanswered = state.translator.forget_stream();
                     tracing::warn!(
                         session = id,
                         buffered = outbox.len(),
                         buffer = settings.buffer,
                         watches_dropped = watched,
+                        translate_requests_dropped = unanswered,
                         "cut off from the collector: buffering batches"
                     );
                 }
@@ -530,6 +548,15 @@ pub async fn run(settings: RunSettings, shutdown: impl Future<Output = ()>) -> a
                     }
                 }
                 Some(LinkEvent::Unwatch(flow)) => state.selector.unwatch(&flow),
+                Some(LinkEvent::Translate(flow)) => {
+                    if !state.translator.ask(flow) {
+                        // Said at the 1st, 2nd, 4th, 8th... drop.
+                        let dropped = state.translator.stats().asked_dropped;
+                        if dropped.is_power_of_two() {
+                            tracing::warn!(%flow, dropped, max = crate::translate::MAX_ASKED, "too many Translate requests waiting; request dropped");
+                        }
+                    }
+                }
                 None => anyhow::bail!("the link to the collector stopped"),
             },
         }

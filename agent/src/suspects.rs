@@ -241,6 +241,19 @@ impl Selector {
         self.watched.len()
     }
 
+    /// The watched flows the last poll found no socket for, and those
+    /// asked for since it. Nothing to walk while nothing is watched.
+    pub fn unmatched_watches(&self) -> impl Iterator<Item = FlowTuple> + '_ {
+        let matched: HashSet<FlowTuple> = match self.watched.is_empty() {
+            true => HashSet::new(),
+            false => self.watched_sockets.values().map(|w| w.flow).collect(),
+        };
+        self.watched
+            .iter()
+            .filter(move |f| !matched.contains(f))
+            .copied()
+    }
+
     #[cfg(test)]
     /// Connections the selector remembers (queued and watched sockets).
     pub fn tracked(&self) -> usize {
