@@ -18,12 +18,15 @@
 //! request per flow therefore answers both sides; [`Conntrack::get`] asks
 //! with an explicit direction for callers and tests that want it.
 //!
-//! Not called from the polls yet (issue 23 wires it in, per namespace the
-//! agent reads and the host's own): until then only its tests use it.
-#![cfg_attr(not(feature = "internals"), allow(dead_code))]
+//! The agent opens one socket per namespace it reads and one in the
+//! host's own namespace ([`crate::translate::Tables`]), and asks only about
+//! what it sends (suspects, watched flows, the collector's Translate
+//! requests). Every receive waits at most [`RECV_TIMEOUT`], so a kernel
+//! that does not answer costs a poll that long, never the poll.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_REQUEST,
@@ -44,12 +47,18 @@ const NFNETLINK_V0: u8 = 0;
 /// A reply to one GET is one entry: a few hundred bytes, far below this.
 const RECV_BUF: usize = 8192;
 
+/// How long one receive waits for the kernel's answer. A GET is answered
+/// in microseconds, within the `send` itself; this only bounds a kernel
+/// that does not answer at all.
+pub const RECV_TIMEOUT: Duration = Duration::from_millis(100);
+
 /// Which of an entry's two tuples a request names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
     /// `CTA_TUPLE_ORIG`: the flow is the entry's original direction.
     Original,
     /// `CTA_TUPLE_REPLY`: the flow is the entry's reply direction.
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))] // the tests'
     Reply,
 }
 
@@ -61,6 +70,8 @@ pub enum ConntrackError {
     Io(#[from] io::Error),
     #[error("the kernel refused the conntrack request: {0}")]
     Refused(io::Error),
+    #[error("no answer from ctnetlink within {RECV_TIMEOUT:?}")]
+    TimedOut,
     #[error("a flow between addresses of two families has no conntrack entry: {0}")]
     MixedFamilies(FlowTuple),
     #[error("malformed conntrack reply: {0}")]
@@ -76,11 +87,17 @@ pub struct Conntrack {
 }
 
 impl Conntrack {
-    /// Opens a socket in the calling thread's network namespace.
+    /// Opens a socket in the calling thread's network namespace; its
+    /// receives wait at most [`RECV_TIMEOUT`].
     pub fn open() -> io::Result<Conntrack> {
         let mut sock = Socket::new(NETLINK_NETFILTER)?;
         sock.bind_auto()?;
         sock.connect(&NetlinkAddr::new(0, 0))?;
+        rustix::net::sockopt::set_socket_timeout(
+            &sock,
+            rustix::net::sockopt::Timeout::Recv,
+            Some(RECV_TIMEOUT),
+        )?;
         Ok(Conntrack {
             sock,
             buf: vec![0; RECV_BUF],
@@ -108,7 +125,20 @@ impl Conntrack {
         let request = get_request(self.seq, direction, flow)?;
         self.sock.send(&request, 0)?;
         loop {
-            let n = self.sock.recv(&mut &mut self.buf[..], 0)?;
+            let n = match self.sock.recv(&mut &mut self.buf[..], 0) {
+                Ok(n) => n,
+                // SO_RCVTIMEO ran out (EAGAIN); a late answer is skipped
+                // by its sequence number on the next request.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Err(ConntrackError::TimedOut)
+                }
+                Err(e) => return Err(e.into()),
+            };
             if n == 0 {
                 return Err(ConntrackError::Io(io::Error::new(
                     io::ErrorKind::UnexpectedEof,

@@ -1,6 +1,8 @@
 //! Who this agent is, for the Hello that opens every stream: host name,
 //! kernel release, boot id, and each namespace with the addresses it owns
-//! (the collector finds a flow's peer through them).
+//! (the collector finds a flow's peer through them); that it answers
+//! lookups, and whether its host forwards packets (may translate others'
+//! flows).
 //!
 //! A namespace's addresses are read by a short-lived thread that enters it
 //! (`setns`) and lists its interfaces, as [`crate::netns::open_diag`] does
@@ -105,10 +107,20 @@ impl Identity {
             namespaces,
             probes: self.probes,
             interval: self.interval,
-            answers_lookups: false,
-            forwards: false,
+            answers_lookups: true,
+            forwards: forwards(),
         }
     }
+}
+
+/// Whether the host's own namespace forwards packets; false when that
+/// cannot be read (said in the log).
+fn forwards() -> bool {
+    let read = netns::host().and_then(|host| crate::translate::forwards(&host));
+    read.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "cannot read whether the host forwards packets");
+        false
+    })
 }
 
 #[cfg(test)]
@@ -163,6 +175,8 @@ mod tests {
             .addresses
             .iter()
             .any(|ip| ip.octets == [127, 0, 0, 1]));
+        // It answers Translate requests and sends lookups.
+        assert!(hello.answers_lookups);
         // The Hello announces the probes found at start, as given.
         assert!(hello
             .probes

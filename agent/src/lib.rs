@@ -15,7 +15,7 @@ pub mod run;
 // turn it on).
 tcpstall_common::internal_mods!(
     addresses, conntrack, diag, filter, held, hello, metrics, outbox, poll, probe, suspects,
-    uplink, view
+    translate, uplink, view
 );
 
 #[cfg(feature = "internals")]

@@ -14,6 +14,7 @@ use tcpstall_prom::{Exposition, Histogram, Kind};
 
 use crate::diag::ParseStats;
 use crate::outbox::Dropped;
+use crate::translate::TranslateStats;
 
 /// Bucket bounds of the poll duration, seconds: a poll of a few sockets
 /// takes about a millisecond, of 20,000 some tens of milliseconds.
@@ -22,7 +23,7 @@ pub static POLL_BUCKETS: [f64; 12] = [
 ];
 
 /// The probes a scrape reports, in this order.
-pub const PROBES: [&str; 4] = ["sock_diag", "bpf", "getsockopt", "owner"];
+pub const PROBES: [&str; 5] = ["sock_diag", "bpf", "getsockopt", "owner", "conntrack"];
 
 /// Everything the agent counts for Prometheus.
 #[derive(Debug)]
@@ -51,7 +52,7 @@ pub struct AgentMetrics {
     truncated_chunks: AtomicU64,
     interrupted: AtomicU64,
     /// One per [`PROBES`] entry.
-    probes: [AtomicBool; 4],
+    probes: [AtomicBool; 5],
     /// Follows done, sockets asked for by them, and held suspects a
     /// follow left for the next poll (over `follow_max`).
     follows: AtomicU64,
@@ -59,6 +60,18 @@ pub struct AgentMetrics {
     follow_skipped: AtomicU64,
     /// Holds that ended, by [`HeldEnd::index`].
     held_ended: [AtomicU64; 4],
+    /// Conntrack lookups and their outcomes, the cache of sent sockets'
+    /// translations, Translate requests (copied from the translator's
+    /// own totals).
+    conntrack_lookups: AtomicU64,
+    conntrack_translated: AtomicU64,
+    conntrack_errors: AtomicU64,
+    conntrack_deferred: AtomicU64,
+    conntrack_cached: AtomicU64,
+    conntrack_cache_drops: AtomicU64,
+    conntrack_unreadable: AtomicU64,
+    translate_answered: AtomicU64,
+    translate_dropped: AtomicU64,
 }
 
 impl Default for AgentMetrics {
@@ -88,6 +101,15 @@ impl Default for AgentMetrics {
             follow_requests: AtomicU64::new(0),
             follow_skipped: AtomicU64::new(0),
             held_ended: Default::default(),
+            conntrack_lookups: AtomicU64::new(0),
+            conntrack_translated: AtomicU64::new(0),
+            conntrack_errors: AtomicU64::new(0),
+            conntrack_deferred: AtomicU64::new(0),
+            conntrack_cached: AtomicU64::new(0),
+            conntrack_cache_drops: AtomicU64::new(0),
+            conntrack_unreadable: AtomicU64::new(0),
+            translate_answered: AtomicU64::new(0),
+            translate_dropped: AtomicU64::new(0),
         }
     }
 }
@@ -139,6 +161,20 @@ impl AgentMetrics {
         for e in ended {
             self.held_ended[e.index()].fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// The translator's totals as they are now.
+    pub fn translations(&self, t: &TranslateStats) {
+        let set = |a: &AtomicU64, v: u64| a.store(v, Ordering::Relaxed);
+        set(&self.conntrack_lookups, t.lookups);
+        set(&self.conntrack_translated, t.translated);
+        set(&self.conntrack_errors, t.errors);
+        set(&self.conntrack_deferred, t.deferred);
+        set(&self.conntrack_cached, n(t.cached));
+        set(&self.conntrack_cache_drops, t.cache_drops);
+        set(&self.conntrack_unreadable, n(t.unreadable));
+        set(&self.translate_answered, t.answered);
+        set(&self.translate_dropped, t.asked_dropped);
     }
 
     /// The buffer now: batches waiting, and loss since start.
@@ -244,6 +280,55 @@ impl AgentMetrics {
         for (end, count) in HeldEnd::ALL.iter().zip(&self.held_ended) {
             ended.sample(&[("ended", end.id())], get(count));
         }
+        e.single(
+            "tcpstall_agent_conntrack_lookups_total",
+            Kind::Counter,
+            "Connection tracking lookups (one ctnetlink request each) for sent sockets, watched flows with no socket here and Translate requests.",
+            get(&self.conntrack_lookups),
+        );
+        e.single(
+            "tcpstall_agent_conntrack_translated_total",
+            Kind::Counter,
+            "Lookups that found a translated entry (source or destination rewritten).",
+            get(&self.conntrack_translated),
+        );
+        e.single(
+            "tcpstall_agent_conntrack_errors_total",
+            Kind::Counter,
+            "Lookups that failed (no answer in time, refused, malformed); asked again at the next poll.",
+            get(&self.conntrack_errors),
+        );
+        e.single(
+            "tcpstall_agent_conntrack_deferred_total",
+            Kind::Counter,
+            "Sockets and flows whose lookup waited for a later poll: more were due than a poll asks.",
+            get(&self.conntrack_deferred),
+        );
+        e.single(
+            "tcpstall_agent_conntrack_cached_sockets",
+            Kind::Gauge,
+            "Sent sockets whose lookup's answer is kept (one lookup in a socket's life).",
+            get(&self.conntrack_cached),
+        );
+        e.single(
+            "tcpstall_agent_conntrack_cache_drops_total",
+            Kind::Counter,
+            "Answers not kept because the cache was full (those sockets are looked up again).",
+            get(&self.conntrack_cache_drops),
+        );
+        e.single(
+            "tcpstall_agent_conntrack_unreadable_namespaces",
+            Kind::Gauge,
+            "Namespaces whose connection tracking cannot be read (no ctnetlink, not permitted): no translations from them.",
+            get(&self.conntrack_unreadable),
+        );
+        e.family(
+            "tcpstall_agent_translate_requests_total",
+            Kind::Counter,
+            "The collector's Translate requests, answered or dropped (queue full, or their stream ended first).",
+        )
+        .sample(&[("outcome", "answered")], get(&self.translate_answered))
+        .sample(&[("outcome", "dropped")], get(&self.translate_dropped));
         e.single(
             "tcpstall_agent_watched_flows",
             Kind::Gauge,
@@ -357,6 +442,18 @@ mod tests {
         m.followed(7, 2);
         m.followed(3, 0);
         m.held_ended(&[HeldEnd::Reset, HeldEnd::Moved, HeldEnd::Reset]);
+        m.probe("conntrack", true);
+        m.translations(&TranslateStats {
+            lookups: 12,
+            translated: 3,
+            errors: 1,
+            deferred: 4,
+            cached: 5,
+            cache_drops: 2,
+            answered: 6,
+            asked_dropped: 7,
+            unreadable: 1,
+        });
         m.sent(300, 0);
         m.sent(1200, 4);
         m.addresses_sent();
@@ -387,6 +484,16 @@ mod tests {
             "tcpstall_agent_probe_available{probe=\"bpf\"} 0\n",
             "tcpstall_agent_probe_available{probe=\"getsockopt\"} 1\n",
             "tcpstall_agent_probe_available{probe=\"owner\"} 0\n",
+            "tcpstall_agent_probe_available{probe=\"conntrack\"} 1\n",
+            "tcpstall_agent_conntrack_lookups_total 12\n",
+            "tcpstall_agent_conntrack_translated_total 3\n",
+            "tcpstall_agent_conntrack_errors_total 1\n",
+            "tcpstall_agent_conntrack_deferred_total 4\n",
+            "tcpstall_agent_conntrack_cached_sockets 5\n",
+            "tcpstall_agent_conntrack_cache_drops_total 2\n",
+            "tcpstall_agent_conntrack_unreadable_namespaces 1\n",
+            "tcpstall_agent_translate_requests_total{outcome=\"answered\"} 6\n",
+            "tcpstall_agent_translate_requests_total{outcome=\"dropped\"} 7\n",
             "tcpstall_agent_sent_messages_total 2\n",
             "tcpstall_agent_sent_bytes_total 1500\n",
             "tcpstall_agent_sent_samples_total 4\n",

@@ -113,6 +113,22 @@ pub fn current() -> Result<Netns, NetnsError> {
     })
 }
 
+/// The host's own network namespace: PID 1's, where a container's
+/// connections are translated on their way out and in. The namespace this
+/// process runs in when PID 1's cannot be looked at (a PID namespace of
+/// its own, say), which is then the only host it knows of.
+pub fn host() -> Result<Netns, NetnsError> {
+    let path = PathBuf::from("/proc/1/ns/net");
+    match inode_of(&path) {
+        Ok(inode) => Ok(Netns {
+            label: "host".to_string(),
+            inode,
+            path: Some(path),
+        }),
+        Err(_) => current(),
+    }
+}
+
 /// Every distinct namespace: those of all processes and all named ones.
 /// Processes that exit while we look are skipped.
 pub fn discover_all() -> Result<Vec<Netns>, NetnsError> {

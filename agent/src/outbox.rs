@@ -32,13 +32,13 @@ pub struct Evicted {
     pub batches: usize,
     /// Samples in them.
     pub samples: usize,
-    /// All their entries (samples, closed, absent).
+    /// All their entries (samples, closed, absent, lookups).
     pub entries: usize,
 }
 
 /// Entries of a batch: what bounds its size.
 pub fn entries(b: &AgentBatch) -> usize {
-    b.samples.len() + b.closed.len() + b.absent.len()
+    b.samples.len() + b.closed.len() + b.absent.len() + b.lookups.len()
 }
 
 /// Batches waiting to be sent, oldest first: at most `polls` polls' worth

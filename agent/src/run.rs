@@ -27,9 +27,10 @@ use crate::outbox::Outbox;
 use crate::poll::Poller;
 use crate::probe::{ProbeStatus, Probes};
 use crate::suspects::{Selection, Selector};
+use crate::translate::Translator;
 use crate::uplink::{self, LinkConfig, LinkEvent, Lost};
 
-/// Most entries (samples, closed, absent) in one batch, whatever
+/// Most entries (samples, closed, absent, lookups) in one batch, whatever
 /// `--batch-max` says: the guard below the collector's default
 /// `max_batch_samples` (50,000), beyond which it refuses a batch.
 pub const MAX_BATCH_ENTRIES: usize = 8192;
@@ -97,6 +98,7 @@ struct PollState {
     probes: Probes,
     namespaces: Vec<Netns>,
     selector: Selector,
+    translator: Translator,
     inode_by_label: HashMap<String, u64>,
     follow_max: usize,
 }
@@ -133,11 +135,14 @@ impl PollState {
         // delay its episode by a whole interval).
         let mono = mono_at(tick);
         let started = Instant::now();
-        // Only the sockets the selector may send, read in full.
+        // Only the sockets the selector may send, read in full; the dump
+        // also counts who holds the endpoints of watched flows not found.
         let selector = &self.selector;
-        let (samples, ids, connections, failures) = self
-            .poller
-            .poll_wanted_ids(|netns, b| selector.wants(netns, b));
+        let endpoints = self.translator.endpoints(selector.unmatched_watches());
+        let (samples, ids, connections, failures) = self.poller.poll_wanted_ids(|netns, b| {
+            endpoints.see(b);
+            selector.wants(netns, b)
+        });
         let failed: Vec<u64> = failures
             .iter()
             .filter_map(|f| self.inode_by_label.get(&f.label).copied())
@@ -145,6 +150,7 @@ impl PollState {
         let mut selection = self
             .selector
             .select_wanted(samples, ids, connections, &failed, mono);
+        self.translator.poll(&mut selection, failures.is_empty());
         // The deeper probes, for what is sent only (issue 6): a poll with
         // nothing to send costs no BPF pass.
         if !selection.samples.is_empty() {
@@ -215,8 +221,10 @@ impl PollState {
                 failures.push(format!("{}: {e:#}", self.poller.label(netns)));
             }
         }
+        let mut selection = self.selector.follow(&looks, mono);
+        self.translator.follow(&mut selection);
         Followed {
-            selection: self.selector.follow(&looks, mono),
+            selection,
             mono,
             failures,
             requests,
@@ -230,47 +238,52 @@ impl PollState {
 /// `connections`; none when there is nothing to send. Nothing is left out.
 ///
 /// The entries go in the order the collector applies a batch's (absent,
-/// then samples, then closed), each kind in the selection's order: the
-/// batches of a poll, applied one after the other, have the effect its
-/// single batch had. The selection's entries move into the batches (a
-/// selection that fits in one batch is that batch, nothing copied); the
-/// loss counters are stamped when a batch leaves the outbox.
+/// then samples, then closed), each kind in the selection's order, with
+/// the lookups first: what the host knows of an absent flow arrives no
+/// later than the absent entry itself. The batches of a poll, applied one
+/// after the other, have the effect its single batch had. The selection's
+/// entries move into the batches (a selection that fits in one batch is
+/// that batch, nothing copied); the loss counters are stamped when a batch
+/// leaves the outbox.
 pub fn to_batches(sel: Selection, mono: Duration, max: usize) -> Vec<AgentBatch> {
     let max = max.clamp(1, MAX_BATCH_ENTRIES);
     let connections = u32::try_from(sel.connections).unwrap_or(u32::MAX);
-    let batch = |absent, samples, closed| AgentBatch {
+    let batch = |lookups, absent, samples, closed| AgentBatch {
         mono,
         connections,
         samples,
         packed: Vec::new(),
         closed,
         absent,
-        lookups: Vec::new(),
+        lookups,
         dropped_batches: 0,
         dropped_samples: 0,
     };
-    let total = sel.absent.len() + sel.samples.len() + sel.closed.len();
+    let total = sel.lookups.len() + sel.absent.len() + sel.samples.len() + sel.closed.len();
     if total == 0 {
         return Vec::new();
     }
     if total <= max {
-        return vec![batch(sel.absent, sel.samples, sel.closed)];
+        return vec![batch(sel.lookups, sel.absent, sel.samples, sel.closed)];
     }
     let mut out = Vec::with_capacity(total.div_ceil(max));
-    let (mut absent, mut samples, mut closed) = (
+    let (mut lookups, mut absent, mut samples, mut closed) = (
+        sel.lookups.into_iter(),
         sel.absent.into_iter(),
         sel.samples.into_iter(),
         sel.closed.into_iter(),
     );
-    while absent.len() + samples.len() + closed.len() > 0 {
+    while lookups.len() + absent.len() + samples.len() + closed.len() > 0 {
         let mut room = max;
         let mut take = |n: usize| {
             let k = n.min(room);
             room -= k;
             k
         };
-        let (ka, ks, kc) = (take(absent.len()), take(samples.len()), take(closed.len()));
+        let (kl, ka) = (take(lookups.len()), take(absent.len()));
+        let (ks, kc) = (take(samples.len()), take(closed.len()));
         out.push(batch(
+            lookups.by_ref().take(kl).collect(),
             absent.by_ref().take(ka).collect(),
             samples.by_ref().take(ks).collect(),
             closed.by_ref().take(kc).collect(),
@@ -295,14 +308,18 @@ pub async fn run(settings: RunSettings, shutdown: impl Future<Output = ()>) -> a
         .collect();
     let namespaces = settings.namespaces.clone();
     let scrubber = settings.scrubber.clone();
-    let (poller, probes) = tokio::task::spawn_blocking(move || {
-        Poller::new(namespaces).map(|p| (p, Probes::start_scrubbed(true, scrubber)))
+    let (poller, probes, translator) = tokio::task::spawn_blocking(move || {
+        let translator = crate::netns::host().map(|host| Translator::open(&host, &namespaces));
+        Poller::new(namespaces)
+            .and_then(|p| Ok((p, Probes::start_scrubbed(true, scrubber), translator?)))
     })
     .await
     .context("opening sock_diag sockets")??;
     let metrics = Arc::new(AgentMetrics::default());
     metrics.probe("sock_diag", true);
     metrics.probe("owner", probes.owners_on());
+    metrics.probe("conntrack", translator.available());
+    metrics.translations(&translator.stats());
     for (name, status) in probes.announce() {
         metrics.probe(name, *status == ProbeStatus::Available);
         match status {
@@ -316,6 +333,7 @@ pub async fn run(settings: RunSettings, shutdown: impl Future<Output = ()>) -> a
         probes,
         namespaces: settings.namespaces.clone(),
         selector: Selector::new(labels.iter().cloned()),
+        translator,
         inode_by_label: labels.iter().map(|(i, l)| (l.clone(), *i)).collect(),
         follow_max: settings.follow_max,
     };
@@ -406,6 +424,7 @@ pub async fn run(settings: RunSettings, shutdown: impl Future<Output = ()>) -> a
                 state = back;
                 held = state.selector.suspects() > 0;
                 metrics.followed(followed.requests, followed.skipped);
+                metrics.translations(&state.translator.stats());
                 metrics.held_ended(followed.selection.ended().map(|h| &h.end));
                 // Said once when following fails, and once when it works
                 // again: it runs four times a second or more.
@@ -435,6 +454,7 @@ pub async fn run(settings: RunSettings, shutdown: impl Future<Output = ()>) -> a
                 held = state.selector.suspects() > 0;
                 metrics.poll_duration.observe(polled.took);
                 metrics.polled(&polled.figures);
+                metrics.translations(&state.translator.stats());
                 metrics.held_ended(polled.selection.ended().map(|h| &h.end));
                 for failure in &polled.failures {
                     tracing::warn!(error = %failure, "namespace not polled");
@@ -512,14 +532,17 @@ pub async fn run(settings: RunSettings, shutdown: impl Future<Output = ()>) -> a
                     if id == latest {
                         metrics.link(false, false);
                     }
-                    // Watches belong to the stream that asked for them.
+                    // Watches and Translate requests belong to the stream
+                    // that asked for them.
                     let watched = state.selector.watched();
                     state.selector.clear_watches();
+                    let unanswered = state.translator.forget_stream();
                     tracing::warn!(
                         session = id,
                         buffered = outbox.len(),
                         buffer = settings.buffer,
                         watches_dropped = watched,
+                        translate_requests_dropped = unanswered,
                         "cut off from the collector: buffering batches"
                     );
                 }
@@ -529,6 +552,15 @@ pub async fn run(settings: RunSettings, shutdown: impl Future<Output = ()>) -> a
                     }
                 }
                 Some(LinkEvent::Unwatch(flow)) => state.selector.unwatch(&flow),
+                Some(LinkEvent::Translate(flow)) => {
+                    if !state.translator.ask(flow) {
+                        // Said at the 1st, 2nd, 4th, 8th... drop.
+                        let dropped = state.translator.stats().asked_dropped;
+                        if dropped.is_power_of_two() {
+                            tracing::warn!(%flow, dropped, max = crate::translate::MAX_ASKED, "too many Translate requests waiting; request dropped");
+                        }
+                    }
+                }
                 None => anyhow::bail!("the link to the collector stopped"),
             },
         }

@@ -32,8 +32,8 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use tcpstall_common::{
-    ClosedSocket, EndSample, FlowTuple, HeldEnd, HeldSpan, Opened, SampleReason, SocketSample,
-    TcpState,
+    ClosedSocket, EndSample, FlowTuple, HeldEnd, HeldSpan, Lookup, Opened, SampleReason,
+    SocketSample, TcpState,
 };
 
 use crate::diag::{Base, Exact, ExactId};
@@ -52,6 +52,9 @@ pub struct Selection {
     pub closed: Vec<ClosedSocket>,
     /// Watched flows with no socket on this host.
     pub absent: Vec<FlowTuple>,
+    /// What this host knows of flows it has no socket for (filled by
+    /// [`crate::translate::Translator`], not by the selector).
+    pub lookups: Vec<Lookup>,
     /// Connections in the poll (for a follow, the last poll's).
     pub connections: usize,
 }
@@ -59,7 +62,10 @@ pub struct Selection {
 impl Selection {
     /// Nothing to send: a heartbeat will do.
     pub fn is_empty(&self) -> bool {
-        self.samples.is_empty() && self.closed.is_empty() && self.absent.is_empty()
+        self.samples.is_empty()
+            && self.closed.is_empty()
+            && self.absent.is_empty()
+            && self.lookups.is_empty()
     }
 
     /// The holds this look found over, with how long each was held.
@@ -233,6 +239,19 @@ impl Selector {
 
     pub fn watched(&self) -> usize {
         self.watched.len()
+    }
+
+    /// The watched flows the last poll found no socket for, and those
+    /// asked for since it. Nothing to walk while nothing is watched.
+    pub fn unmatched_watches(&self) -> impl Iterator<Item = FlowTuple> + '_ {
+        let matched: HashSet<FlowTuple> = match self.watched.is_empty() {
+            true => HashSet::new(),
+            false => self.watched_sockets.values().map(|w| w.flow).collect(),
+        };
+        self.watched
+            .iter()
+            .filter(move |f| !matched.contains(f))
+            .copied()
     }
 
     #[cfg(test)]

@@ -4,7 +4,7 @@
 //! The link task owns the connection and nothing else. It reports to the
 //! agent's run loop over a bounded channel: a stream is [`LinkEvent::Up`]
 //! (with the sender for outgoing messages, the Hello already first in it),
-//! the collector asked to watch or unwatch a flow, or the stream is
+//! the collector asked to watch, unwatch or translate a flow, or the stream is
 //! [`LinkEvent::Down`]. The run loop owns the buffer and decides what to
 //! send.
 //!
@@ -109,6 +109,8 @@ pub enum LinkEvent {
     /// The collector asks for a flow (local is this host's address).
     Watch(FlowTuple),
     Unwatch(FlowTuple),
+    /// The collector asks what connection tracking holds of a flow.
+    Translate(FlowTuple),
     /// The stream ended or broke.
     Down {
         session: u64,
@@ -359,11 +361,9 @@ async fn one_session(
                 tracing::debug!(session, %flow, "unwatch");
                 LinkEvent::Unwatch(flow)
             }
-            // Not answered yet (the Hello does not say answers_lookups, so
-            // a collector does not ask).
             Ok(Some(FromCollector::Request(ToAgent::Translate(flow)))) => {
-                tracing::debug!(session, %flow, "translate request ignored");
-                continue;
+                tracing::debug!(session, %flow, "translate");
+                LinkEvent::Translate(flow)
             }
             Ok(None) => {
                 tracing::debug!(session, "empty or unknown message from the collector");

@@ -1,10 +1,12 @@
 //! Helpers shared by the end-to-end tests: waiting for a condition with a
 //! deadline, test network namespaces that remove themselves, the built
 //! binaries, and polling this host the way the agent does; [`lab`] builds
-//! namespace hosts with real agents and a collector.
+//! namespace hosts with real agents and a collector; [`recorder`] is a
+//! collector that records what an agent sends.
 
 pub mod fake;
 pub mod lab;
+pub mod recorder;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

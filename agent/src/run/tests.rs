@@ -2,7 +2,9 @@
 
 use std::net::SocketAddr;
 
-use tcpstall_common::{ClosedSocket, EndSample, FlowTuple, HeldEnd, HeldSpan, Positions, TcpState};
+use tcpstall_common::{
+    ClosedSocket, EndSample, FlowTuple, HeldEnd, HeldSpan, Lookup, Positions, TcpState,
+};
 use tcpstall_proto::convert::batch_to_wire;
 use tcpstall_proto::v1;
 
@@ -24,7 +26,7 @@ fn wire(sel: &Selection, mono: Duration, max: usize) -> Vec<v1::Batch> {
 
 /// Entries of a wire batch.
 fn entries(b: &v1::Batch) -> usize {
-    b.samples.len() + b.closed.len() + b.absent.len()
+    b.samples.len() + b.closed.len() + b.absent.len() + b.lookups.len()
 }
 
 /// A suspect's sample (also for the outbox's and the uplink's tests).
@@ -89,6 +91,7 @@ fn a_selection_becomes_a_batch() {
             held: Some(reset),
         }],
         absent: vec![s.flow.reversed()],
+        lookups: vec![lookup(7, true)],
         connections: 70_000,
     };
     let batches = wire(&sel, Duration::from_millis(1500), DEFAULT_BATCH_MAX);
@@ -116,6 +119,12 @@ fn a_selection_becomes_a_batch() {
         tcpstall_proto::convert::flow_from_wire(b.absent.first()),
         Ok(s.flow.reversed())
     );
+    assert_eq!(b.lookups.len(), 1);
+    assert!(b.lookups[0].asked);
+    assert_eq!(
+        tcpstall_proto::convert::flow_from_wire(b.lookups[0].flow.as_ref()),
+        Ok(absent(7))
+    );
     let back = tcpstall_proto::convert::sample_from_wire(&b.samples[0]).expect("valid");
     assert_eq!(back, s);
 }
@@ -136,6 +145,16 @@ fn absent(port: u16) -> FlowTuple {
     )
 }
 
+/// What the host knows of `absent(port)`: the one socket on its endpoint.
+fn lookup(port: u16, asked: bool) -> Lookup {
+    Lookup {
+        flow: absent(port),
+        translation: None,
+        connected_to: Some(SocketAddr::from(([198, 18, 0, 4], 6000))),
+        asked,
+    }
+}
+
 #[test]
 fn a_large_selection_is_split_not_cut() {
     let sel = Selection {
@@ -144,9 +163,10 @@ fn a_large_selection_is_split_not_cut() {
             .collect(),
         closed: (1000..1007).map(gone).collect(),
         absent: (1..=5).map(absent).collect(),
+        lookups: (1..=3).map(|p| lookup(p, false)).collect(),
         connections: 400,
     };
-    let n: usize = 300 + 7 + 5;
+    let n: usize = 300 + 7 + 5 + 3;
     let batches = wire(&sel, Duration::from_millis(2500), 128);
     assert_eq!(batches.len(), n.div_ceil(128));
     for b in &batches {
@@ -174,7 +194,10 @@ fn a_large_selection_is_split_not_cut() {
         .map(|f| tcpstall_proto::convert::flow_from_wire(Some(f)).expect("valid"))
         .collect();
     assert_eq!(absent_back, (1..=5).map(absent).collect::<Vec<_>>());
-    // In the order the collector applies them: absent, samples, closed.
+    // In the order the collector applies them: absent, samples, closed;
+    // the lookups first, never after the absent entry they are about.
+    assert_eq!(batches[0].lookups.len(), 3);
+    assert!(batches[1..].iter().all(|b| b.lookups.is_empty()));
     assert_eq!(batches[0].absent.len(), 5);
     assert!(batches[..2].iter().all(|b| b.closed.is_empty()));
     assert_eq!(batches[2].closed.len(), 7);
@@ -191,6 +214,7 @@ fn one_batch_is_never_more_than_the_guard() {
             .collect(),
         closed: vec![gone(1)],
         absent: Vec::new(),
+        lookups: Vec::new(),
         connections: 1,
     };
     let batches = wire(&sel, Duration::ZERO, usize::MAX);
@@ -203,6 +227,7 @@ fn one_batch_is_never_more_than_the_guard() {
         samples: vec![(SampleReason::Suspect, sample(1))],
         closed: vec![gone(2)],
         absent: Vec::new(),
+        lookups: Vec::new(),
         connections: 1,
     };
     assert_eq!(to_batches(sel, Duration::ZERO, 0).len(), 2);
@@ -240,9 +265,10 @@ fn a_selection_that_fits_is_one_batch_of_its_own_entries() {
         samples: vec![(SampleReason::Watched, sample(9))],
         closed: vec![gone(3)],
         absent: vec![absent(7)],
+        lookups: vec![lookup(7, false)],
         connections: usize::MAX,
     };
-    let batches = to_batches(sel.clone(), Duration::from_micros(5), 3);
+    let batches = to_batches(sel.clone(), Duration::from_micros(5), 4);
     assert_eq!(
         batches,
         vec![AgentBatch {
@@ -253,7 +279,7 @@ fn a_selection_that_fits_is_one_batch_of_its_own_entries() {
             packed: Vec::new(),
             closed: sel.closed,
             absent: sel.absent,
-            lookups: Vec::new(),
+            lookups: sel.lookups,
             dropped_batches: 0,
             dropped_samples: 0,
         }]

@@ -240,6 +240,31 @@ fn watched_flows_are_sent_every_poll_and_absent_when_missing() {
 }
 
 #[test]
+fn unmatched_watches_are_those_no_socket_was_found_for() {
+    let mut sel = selector();
+    assert_eq!(sel.unmatched_watches().count(), 0);
+    let b = conn(9, "198.18.0.2:80", "198.18.0.1:40000", 0);
+    let flow = FlowTuple::new(b.local, b.remote);
+    let nobody = FlowTuple::new(addr("198.18.0.2:81"), addr("198.18.0.9:1"));
+    assert!(sel.watch(flow) && sel.watch(nobody));
+    // Not polled yet: both.
+    let mut before: Vec<FlowTuple> = sel.unmatched_watches().collect();
+    before.sort_unstable();
+    let mut both = vec![flow, nobody];
+    both.sort_unstable();
+    assert_eq!(before, both);
+    sel.select(&[b], &[], at(0));
+    assert_eq!(sel.unmatched_watches().collect::<Vec<_>>(), vec![nobody]);
+    // Its socket goes: unmatched again.
+    sel.select(&[], &[], at(1));
+    let mut after: Vec<FlowTuple> = sel.unmatched_watches().collect();
+    after.sort_unstable();
+    assert_eq!(after, both);
+    sel.clear_watches();
+    assert_eq!(sel.unmatched_watches().count(), 0);
+}
+
+#[test]
 fn a_watched_suspect_is_sent_once_as_a_suspect_and_closed_once() {
     let mut sel = selector();
     let s = a(1, 300);

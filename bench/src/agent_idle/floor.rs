@@ -1,23 +1,25 @@
 //! The floor of `agent-idle`: CPU per poll, in this process, of tcpstall's
-//! two polls, of raw sock_diag dumps with and without extensions, and of
-//! exact requests, over the namespace the agent read.
+//! two polls, of raw sock_diag dumps with and without extensions, of
+//! exact requests, and of conntrack lookups, over the namespace the agent
+//! read.
 
 use std::time::Duration;
 
 use anyhow::bail;
 use nix::sys::resource::UsageWho;
+use tcpstall_agent::conntrack::Conntrack;
 use tcpstall_agent::diag::socket::{ALL_STATES, CONNECTION_STATES};
 use tcpstall_agent::diag::{Detail, DiagSocket, Dump, ExactId, Family, ParseStats, Scope};
 use tcpstall_agent::netns::{self, Netns};
 use tcpstall_agent::Poller;
-use tcpstall_common::TcpState;
+use tcpstall_common::{FlowTuple, TcpState};
 
 use super::IdleArgs;
 use crate::lab::nap;
 use crate::measure::{timed, Summary};
 
 /// The kinds of poll the floor compares.
-pub(super) const FLOOR_KINDS: [&str; 8] = [
+pub(super) const FLOOR_KINDS: [&str; 9] = [
     "tcpstall `Poller::poll`: every socket with everything (`snapshot`; the agent's poll before)",
     "tcpstall `Poller::poll_wanted`: base message of every socket, the queued ones in full (the agent's poll now)",
     "raw dump, INFO+MEMINFO+SKMEMINFO+CONG, one dump per family (`Poller::poll`'s request)",
@@ -26,6 +28,7 @@ pub(super) const FLOOR_KINDS: [&str; 8] = [
     "raw dump, no extensions, both families in one legacy dump, listeners excluded (`poll_wanted`'s first phase)",
     "raw dump of the IPv6 family alone (no IPv6 sockets here: the table walk)",
     "exact requests, INFO+MEMINFO+SKMEMINFO+CONG, one per socket (`--floor-exact` sockets)",
+    "conntrack lookups (ctnetlink GET), one per socket's flow (the same sockets)",
 ];
 
 /// CPU per poll of each of [`FLOOR_KINDS`] over the same sockets.
@@ -55,6 +58,7 @@ pub(super) fn floor(args: &IdleArgs, polled: &[Netns]) -> anyhow::Result<Floor> 
     };
     // The sockets the exact requests ask for.
     let mut ids: Vec<ExactId> = Vec::new();
+    let mut flows: Vec<FlowTuple> = Vec::new();
     let mut stats = ParseStats::default();
     sock.dump_request(
         dump(Scope::Both, Detail::Base, CONNECTION_STATES),
@@ -62,9 +66,11 @@ pub(super) fn floor(args: &IdleArgs, polled: &[Netns]) -> anyhow::Result<Floor> 
         |s, payload| {
             if ids.len() < args.floor_exact && s.state == TcpState::Established {
                 ids.extend(ExactId::of(payload));
+                flows.push(FlowTuple::new(s.local, s.remote));
             }
         },
     )?;
+    let mut ct = netns::run_in(ns, Conntrack::open)??;
     let mut cpu: [Vec<Duration>; FLOOR_KINDS.len()] = Default::default();
     let mut out = [0usize; FLOOR_KINDS.len()];
     let n = FLOOR_KINDS.len();
@@ -107,6 +113,14 @@ pub(super) fn floor(args: &IdleArgs, polled: &[Netns]) -> anyhow::Result<Floor> 
                         &[dump(Scope::Both, Detail::Base, CONNECTION_STATES)],
                     ),
                     6 => raw(&mut sock, &[Dump::full(Family::V6)]),
+                    8 => {
+                        let mut asked = 0;
+                        for f in &flows {
+                            ct.lookup(*f)?;
+                            asked += 1;
+                        }
+                        Ok(asked)
+                    }
                     _ => {
                         let mut found = 0;
                         sock.get_exact(&ids, &mut stats, |_, a| {

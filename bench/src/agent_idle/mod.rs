@@ -22,7 +22,7 @@
 //! host end's send queue full behind a far end that never reads): the
 //! agent's suspects, sent every poll and followed between polls; the
 //! agent's own metrics then say how many follows and exact requests it
-//! made. `--follow-interval` is passed to the agent (`0s`: no following),
+//! made, and how many conntrack lookups. `--follow-interval` is passed to the agent (`0s`: no following),
 //! to tell following's share of the cost.
 //!
 //! Afterwards, with the agent stopped and the connections still held, the
@@ -31,7 +31,9 @@
 //! every socket and everything about the queued ones), of raw dumps with
 //! and without extensions, per family and both families at once, of the
 //! IPv6 dump alone (no IPv6 sockets here: what walking the shared
-//! established table once more costs), and of exact requests.
+//! established table once more costs), of exact requests, and of
+//! conntrack lookups of the same sockets' flows (one ctnetlink GET each:
+//! what a new suspect costs the agent once in its life).
 //!
 //! Where each part lives: this file has the arguments and the run;
 //! `reading` reads the agent, its link to the collector and the collector

@@ -20,6 +20,12 @@ pub(super) struct AgentFigures {
     pub(super) follow_skipped: f64,
     pub(super) sent_samples: f64,
     pub(super) suspects: f64,
+    /// Conntrack lookups (ctnetlink requests) and those that found a
+    /// translated entry; agents before issue 23 count none.
+    pub(super) conntrack_lookups: f64,
+    pub(super) conntrack_translated: f64,
+    /// Lookups since the agent started (its warm-up included).
+    pub(super) conntrack_lookups_ever: f64,
 }
 
 impl AgentFigures {
@@ -35,6 +41,9 @@ impl AgentFigures {
             follow_skipped: get("tcpstall_agent_follow_skipped_total"),
             sent_samples: get("tcpstall_agent_sent_samples_total"),
             suspects: get("tcpstall_agent_suspects"),
+            conntrack_lookups: get("tcpstall_agent_conntrack_lookups_total"),
+            conntrack_translated: get("tcpstall_agent_conntrack_translated_total"),
+            conntrack_lookups_ever: get("tcpstall_agent_conntrack_lookups_total"),
         })
     }
 
@@ -46,6 +55,9 @@ impl AgentFigures {
             follow_skipped: self.follow_skipped - s.follow_skipped,
             sent_samples: self.sent_samples - s.sent_samples,
             suspects: self.suspects,
+            conntrack_lookups: self.conntrack_lookups - s.conntrack_lookups,
+            conntrack_translated: self.conntrack_translated - s.conntrack_translated,
+            conntrack_lookups_ever: self.conntrack_lookups_ever,
         }
     }
 }

@@ -153,6 +153,18 @@ pub(super) fn report(
             ),
         );
     }
+    if args.stuck_every > 0 {
+        row(
+            "agent: conntrack lookups in the window (per second); since it started",
+            format!(
+                "{:.0} ({:.2}/s), {:.0} translated; {:.0}",
+                figures.conntrack_lookups,
+                figures.conntrack_lookups / secs,
+                figures.conntrack_translated,
+                figures.conntrack_lookups_ever
+            ),
+        );
+    }
     row("agent warnings and errors logged", warnings.to_string());
     println!();
     let verdict = |ok: bool| if ok { "met" } else { "**MISSED**" };
@@ -184,6 +196,7 @@ pub(super) fn report(
             let out = match k {
                 0 | 1 => format!("{} connections", f.out[k]),
                 7 => format!("{} answered", f.out[k]),
+                8 => format!("{} asked", f.out[k]),
                 _ => format!("{} B", f.out[k]),
             };
             println!(

@@ -18,7 +18,7 @@ use anyhow::{bail, Context};
 use tcpstall_agent::outbox::Outbox;
 use tcpstall_agent::run::{mono_at, to_batches, MAX_BATCH_ENTRIES};
 use tcpstall_agent::suspects::Selection;
-use tcpstall_common::{AgentBatch, FlowTuple, ToCollector};
+use tcpstall_common::{AgentBatch, ToCollector};
 use tcpstall_proto::convert::{agent_message_to_wire, flow_from_wire, ip_to_wire};
 use tcpstall_proto::v1::{self, agent_message, collector_message, ingest_client::IngestClient};
 use tokio::sync::{mpsc, watch};
@@ -107,11 +107,8 @@ pub struct Shared {
     pub batch_max: usize,
 }
 
-/// One poll as batches of at most `max` entries (absent, then samples),
-/// as the agent splits its selection. What the host knows of flows it has
-/// no socket for goes ahead of the rest, each absent flow's lookup in the
-/// batch that says it is absent, in the first batch when there is room
-/// (the agent's own split carries no lookups yet).
+/// One poll as batches of at most `max` entries, as the agent splits its
+/// selection (what the host knows of flows it has no socket for first).
 fn split(polled: sim::Polled, mono: Duration, connections: u32, max: usize) -> Vec<AgentBatch> {
     let sim::Polled {
         samples,
@@ -119,47 +116,14 @@ fn split(polled: sim::Polled, mono: Duration, connections: u32, max: usize) -> V
         lookups,
         ..
     } = polled;
-    let looked = |f: &FlowTuple| lookups.iter().any(|l| !l.asked && l.flow == *f);
     let selection = Selection {
         samples,
         closed: Vec::new(),
-        absent: absent.into_iter().filter(|f| !looked(f)).collect(),
+        absent,
+        lookups,
         connections: connections as usize,
     };
-    let mut batches = to_batches(selection, mono, max);
-    if lookups.is_empty() {
-        return batches;
-    }
-    // A lookup of an absent flow and the flow are never parted: two
-    // entries, so a batch holds at least two.
-    let max = max.clamp(2, MAX_BATCH_ENTRIES);
-    let entries = |b: &AgentBatch| b.samples.len() + b.absent.len() + b.lookups.len();
-    let empty = || AgentBatch {
-        mono,
-        connections,
-        ..AgentBatch::default()
-    };
-    let (mut lead, mut b) = (Vec::new(), empty());
-    for l in lookups {
-        let cost = if l.asked { 1 } else { 2 };
-        if entries(&b) + cost > max {
-            lead.push(std::mem::replace(&mut b, empty()));
-        }
-        if !l.asked {
-            b.absent.push(l.flow);
-        }
-        b.lookups.push(l);
-    }
-    lead.push(b);
-    if let ([only], Some(first)) = (lead.as_mut_slice(), batches.first_mut()) {
-        if entries(first) + entries(only) <= max {
-            first.absent.splice(0..0, std::mem::take(&mut only.absent));
-            first.lookups = std::mem::take(&mut only.lookups);
-            return batches;
-        }
-    }
-    lead.extend(batches);
-    lead
+    to_batches(selection, mono, max)
 }
 
 fn hello(host: &Host, shape: &sim::Shape) -> v1::AgentMessage {
@@ -405,8 +369,8 @@ mod tests {
         assert_eq!(wire(&polled, 7, 1, 100_000).len(), 1, "one batch per poll");
     }
 
-    /// A port-forward's absent flow goes in the batch with its conntrack
-    /// entry, answers to Translate requests ahead of the samples, and no
+    /// A port-forward's conntrack entry goes no later than its absent
+    /// flow, answers to Translate requests ahead of the samples, and no
     /// batch grows past the bound for them.
     #[test]
     fn lookups_travel_with_their_absent_flows_within_the_bound() {
@@ -416,7 +380,7 @@ mod tests {
         };
         // Connections 2, 6 and 10 are forwarded on their peers' hosts: the
         // peer has no socket on the tuple it is first asked for.
-        let forwarded: Vec<FlowTuple> = [2, 6, 10]
+        let forwarded: Vec<tcpstall_common::FlowTuple> = [2, 6, 10]
             .iter()
             .map(|&k| sim::a_flow(1, k, true, net).reversed())
             .collect();
@@ -425,7 +389,7 @@ mod tests {
             .map(|&f| sim::nat::b_lookup(f, net).expect("a forwarded port"))
             .chain([sim::nat::translate_answer(forwarded[0].reversed())])
             .collect();
-        let mut absent: Vec<FlowTuple> = (0..5)
+        let mut absent: Vec<tcpstall_common::FlowTuple> = (0..5)
             .map(|k| sim::a_flow(1, 1001 + 2 * k, false, net))
             .collect();
         absent.extend(&forwarded);
@@ -440,11 +404,25 @@ mod tests {
         for (samples, max) in [(300, 128), (3, 128), (0, 1), (120, 128), (4, 5)] {
             let batches = wire(&polled(samples), 7, 20_000, max);
             let (mut sent_absent, mut sent_lookups, mut sent_samples) = (0, 0, 0);
+            // A lookup never arrives after its flow's absence (the
+            // collector would take the absence for the last word).
+            let batch_of = |f: &tcpstall_proto::v1::FlowTuple, lookups: bool| {
+                batches.iter().position(|b| {
+                    if lookups {
+                        b.lookups
+                            .iter()
+                            .any(|l| !l.asked && l.flow.as_ref() == Some(f))
+                    } else {
+                        b.absent.contains(f)
+                    }
+                })
+            };
             for b in &batches {
                 let n = b.samples.len() + b.absent.len() + b.lookups.len();
-                assert!(n <= max.max(2), "{n} entries, at most {max}");
+                assert!(n <= max, "{n} entries, at most {max}");
                 for l in b.lookups.iter().filter(|l| !l.asked) {
-                    assert!(b.absent.contains(l.flow.as_ref().expect("flow")));
+                    let f = l.flow.as_ref().expect("flow");
+                    assert!(batch_of(f, true) <= batch_of(f, false), "{f:?}");
                 }
                 sent_absent += b.absent.len();
                 sent_lookups += b.lookups.len();

@@ -20,15 +20,20 @@ struct Found {
     missing: Option<Translation>,
 }
 
-/// In a fresh namespace, DNATs `vip` (in `prefix`, routed to loopback from
-/// `loopback`) to a listener on `loopback`, connects to the VIP (the shape
-/// of kube-proxy on a client's node, in one namespace) and looks the
-/// connection up from both ends, plus a flow that has no entry.
-fn through_dnat(family: &str, prefix: &str, loopback: &str, vip: &str) -> Found {
-    let ns = TestNetns::new("ct");
+/// A fresh namespace where `vip` (in `prefix`, routed to loopback from
+/// `loopback`) is DNATed to a listener on `loopback`: the shape of
+/// kube-proxy on a client's node, in one namespace. Returns the namespace,
+/// the listener and its address.
+pub fn dnat_namespace(
+    tag: &str,
+    family: &str,
+    prefix: &str,
+    loopback: &str,
+    vip: SocketAddr,
+) -> (TestNetns, TcpListener, SocketAddr) {
+    let ns = TestNetns::new(tag);
     let listener = ns.enter(|| TcpListener::bind((loopback, 0)).expect("bind"));
     let real = listener.local_addr().expect("listener addr");
-    let vip: SocketAddr = vip.parse().expect("vip");
     // A route for the VIP, so that the connect reaches the output hook;
     // the DNAT there reroutes it to loopback.
     run(
@@ -45,6 +50,14 @@ fn through_dnat(family: &str, prefix: &str, loopback: &str, vip: &str) -> Found 
         vip.port()
     );
     run("ip", &["netns", "exec", &ns.name, "/usr/sbin/nft", &rules]);
+    (ns, listener, real)
+}
+
+/// Connects to the VIP of a [`dnat_namespace`] and looks the connection
+/// up from both ends, plus a flow that has no entry.
+fn through_dnat(family: &str, prefix: &str, loopback: &str, vip: &str) -> Found {
+    let vip: SocketAddr = vip.parse().expect("vip");
+    let (ns, listener, real) = dnat_namespace("ct", family, prefix, loopback, vip);
     let unused = |port| SocketAddr::new(real.ip(), port);
 
     ns.enter(|| {

@@ -9,9 +9,10 @@ mod families;
 mod namespaces;
 mod owner;
 mod positions;
+mod translate;
 mod wanted;
 
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 
 /// A connected loopback pair: `client` connected, `server` accepted.
@@ -49,4 +50,18 @@ pub fn send(s: &mut TcpStream, n: usize) {
 pub fn recv(s: &mut TcpStream, n: usize) {
     let mut buf = vec![0; n];
     s.read_exact(&mut buf).expect("read");
+}
+
+/// Writes to `s` until its send buffer is full: the peer stopped reading,
+/// so the queue stays.
+pub fn fill(s: &mut TcpStream) {
+    s.set_nonblocking(true).expect("nonblocking");
+    let chunk = vec![0x42u8; 64 * 1024];
+    loop {
+        match s.write(&chunk) {
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) => panic!("write: {e}"),
+        }
+    }
 }

@@ -3,8 +3,6 @@
 //! must be what a full dump reads; a socket that queues or goes between
 //! the two phases must be neither lost nor invented.
 
-use std::io::ErrorKind;
-use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
@@ -16,23 +14,9 @@ use tcpstall_agent::Poller;
 use tcpstall_common::{FlowTuple, SampleReason, SocketSample};
 use tcpstall_tests::{find, require_root, wait_for, TestNetns};
 
-use crate::{recv, send, Conn};
+use crate::{fill, recv, send, Conn};
 
 const DEADLINE: Duration = Duration::from_secs(20);
-
-/// Writes to `s` until its send buffer is full: the peer stopped reading,
-/// so the queue stays.
-fn fill(s: &mut TcpStream) {
-    s.set_nonblocking(true).expect("nonblocking");
-    let chunk = vec![0x42u8; 64 * 1024];
-    loop {
-        match s.write(&chunk) {
-            Ok(_) => {}
-            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-            Err(e) => panic!("write: {e}"),
-        }
-    }
-}
 
 /// Everything a sample holds but what moves with the clock alone
 /// (milliseconds since the last packet, time until the timer fires, the
