@@ -173,6 +173,7 @@ fn run_agent(flags: &config::Flags) -> anyhow::Result<ExitCode> {
         }
     };
     let namespaces = netns::resolve(&config.netns_specs()?)?;
+    let host_netns = netns::host_from(config.host_netns_spec()?.as_ref())?;
     let tls = config.client_tls()?;
     if tls.is_none() && !tcpstall_client::tls::is_loopback_url(&collector) {
         tracing::warn!(%collector, "streaming plaintext (--plaintext): this host's connections cross the network unencrypted");
@@ -183,6 +184,7 @@ fn run_agent(flags: &config::Flags) -> anyhow::Result<ExitCode> {
         host,
         interval: config.interval,
         namespaces,
+        host_netns,
         buffer: config.buffer,
         batch_max: config.batch_max,
         backoff_max: config.backoff_max,

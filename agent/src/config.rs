@@ -52,6 +52,10 @@ pub struct Config {
     pub interval: Duration,
     /// Network namespaces to read (as `--netns` takes them); empty = own.
     pub netns: Vec<String>,
+    /// The host's own network namespace (as `--host-netns` takes it);
+    /// `None` = PID 1's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_netns: Option<String>,
     /// Polls kept while cut off from the collector.
     pub buffer: usize,
     /// Most entries (samples, closed, absent) in one batch; a poll with
@@ -105,6 +109,7 @@ impl Default for Config {
             host: None,
             interval: Duration::from_secs(2),
             netns: Vec::new(),
+            host_netns: None,
             buffer: 64,
             batch_max: crate::run::DEFAULT_BATCH_MAX,
             backoff_max: Duration::from_secs(30),
@@ -124,6 +129,13 @@ impl Default for Config {
 
 fn parse_netns(s: &str) -> Result<String, String> {
     s.parse::<NetnsSpec>().map(|_| s.to_string())
+}
+
+fn parse_host_netns(s: &str) -> Result<String, String> {
+    match s.parse::<NetnsSpec>()? {
+        NetnsSpec::All => Err("`all` is not one namespace: name the host's".to_string()),
+        _ => Ok(s.to_string()),
+    }
 }
 
 /// The flags; each one overrides the file's key of the same name, and its
@@ -158,6 +170,15 @@ pub struct Flags {
     #[arg(long, value_name = "NAME|PATH|all", value_parser = parse_netns)]
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub netns: Vec<String>,
+    /// The host's own network namespace: a name under /run/netns or a path
+    /// such as /proc/PID/ns/net. Containers' connections are translated
+    /// (NAT) in it, so their conntrack entries are looked up there, and its
+    /// IP forwarding says whether this host may translate other hosts'
+    /// connections. Give it when the agent runs outside the host's
+    /// namespace [default: PID 1's].
+    #[arg(long, value_name = "NAME|PATH", value_parser = parse_host_netns)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_netns: Option<String>,
     /// Polls kept while cut off from the collector; when full the oldest
     /// batches are dropped, and the drops counted and reported in every
     /// batch and heartbeat [default: 64].
@@ -295,6 +316,7 @@ impl Config {
             ));
         }
         self.netns_specs()?;
+        self.host_netns_spec()?;
         if self.buffer == 0 || self.buffer > MAX_BUFFER {
             return Err(invalid(
                 "buffer",
@@ -415,6 +437,15 @@ impl Config {
             }
             _ => Ok(None),
         }
+    }
+
+    /// The host's namespace as a spec; `None`: PID 1's.
+    pub fn host_netns_spec(&self) -> Result<Option<NetnsSpec>, ConfigError> {
+        self.host_netns
+            .as_deref()
+            .map(|s| parse_host_netns(s).and_then(|s| s.parse::<NetnsSpec>()))
+            .transpose()
+            .map_err(|why| invalid("host_netns", why))
     }
 
     /// The namespaces as `--netns` specs.

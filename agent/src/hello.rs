@@ -85,6 +85,8 @@ pub struct Identity {
     pub interval: Duration,
     /// Which deeper probes work here, as found at start.
     pub probes: ProbeSet,
+    /// The host's own namespace, whose forwarding the Hello reports.
+    pub host_netns: netns::Netns,
 }
 
 impl Identity {
@@ -108,15 +110,15 @@ impl Identity {
             probes: self.probes,
             interval: self.interval,
             answers_lookups: true,
-            forwards: forwards(),
+            forwards: forwards(&self.host_netns),
         }
     }
 }
 
 /// Whether the host's own namespace forwards packets; false when that
 /// cannot be read (said in the log).
-fn forwards() -> bool {
-    let read = netns::host().and_then(|host| crate::translate::forwards(&host));
+fn forwards(host: &netns::Netns) -> bool {
+    let read = crate::translate::forwards(host);
     read.unwrap_or_else(|e| {
         tracing::warn!(error = %e, "cannot read whether the host forwards packets");
         false
@@ -152,6 +154,7 @@ mod tests {
                 bpf_iter: true,
                 getsockopt: false,
             },
+            host_netns: ns.clone(),
         };
         let listed = NamespaceAddresses {
             label: ns.label.clone(),

@@ -129,6 +129,15 @@ pub fn host() -> Result<Netns, NetnsError> {
     }
 }
 
+/// The host's namespace as `--host-netns` names it, else [`host`].
+pub fn host_from(spec: Option<&NetnsSpec>) -> Result<Netns, NetnsError> {
+    match spec {
+        None | Some(NetnsSpec::All) => host(),
+        Some(NetnsSpec::Named(name)) => from_path(Path::new(RUN_NETNS).join(name), "host"),
+        Some(NetnsSpec::Path(path)) => from_path(path.clone(), "host"),
+    }
+}
+
 /// Every distinct namespace: those of all processes and all named ones.
 /// Processes that exit while we look are skipped.
 pub fn discover_all() -> Result<Vec<Netns>, NetnsError> {

@@ -48,6 +48,9 @@ pub struct RunSettings {
     pub host: String,
     pub interval: Duration,
     pub namespaces: Vec<Netns>,
+    /// The host's own namespace: where containers' connections are
+    /// translated, and whose forwarding the Hello reports.
+    pub host_netns: Netns,
     /// Polls kept while cut off.
     pub buffer: usize,
     /// Most entries in one batch; a poll's selection is split into as
@@ -308,8 +311,9 @@ pub async fn run(settings: RunSettings, shutdown: impl Future<Output = ()>) -> a
         .collect();
     let namespaces = settings.namespaces.clone();
     let scrubber = settings.scrubber.clone();
+    let host = settings.host_netns.clone();
     let (poller, probes, translator) = tokio::task::spawn_blocking(move || {
-        let translator = crate::netns::host().map(|host| Translator::open(&host, &namespaces));
+        let translator = Ok::<_, crate::netns::NetnsError>(Translator::open(&host, &namespaces));
         Poller::new(namespaces)
             .and_then(|p| Ok((p, Probes::start_scrubbed(true, scrubber), translator?)))
     })
@@ -352,6 +356,7 @@ pub async fn run(settings: RunSettings, shutdown: impl Future<Output = ()>) -> a
             host: settings.host.clone(),
             interval: settings.interval,
             probes: found,
+            host_netns: settings.host_netns.clone(),
         },
         addresses,
         backoff_max: settings.backoff_max,

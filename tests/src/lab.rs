@@ -135,10 +135,15 @@ impl Lab {
         let agents = monitored
             .iter()
             .map(|h| {
+                // The agents run outside their hosts: each is told which
+                // namespace is its host's own (conntrack of its containers,
+                // whether it forwards).
                 let mut args = vec![
                     "--host",
                     h.name.as_str(),
                     "--netns",
+                    h.ns.name.as_str(),
+                    "--host-netns",
                     h.ns.name.as_str(),
                     "--interval",
                     interval.as_str(),

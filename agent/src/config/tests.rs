@@ -294,3 +294,22 @@ fn owner_command_lines_are_scrubbed_unless_told_and_words_can_be_added() {
     assert_eq!(back.owner_args, OwnerArgs::Full);
     assert!(toml::from_str::<Config>("owner_args = \"some\"\n").is_err());
 }
+
+#[test]
+fn the_hosts_namespace_is_one_namespace_named_by_its_key() {
+    let all = Config {
+        host_netns: Some("all".into()),
+        ..Config::default()
+    };
+    let e = all.validate().expect_err("all is refused").to_string();
+    assert!(e.contains("host_netns") && e.contains("all"), "{e}");
+    let named = Config {
+        host_netns: Some("blue".into()),
+        ..Config::default()
+    };
+    assert_eq!(
+        named.host_netns_spec().expect("valid"),
+        Some(NetnsSpec::Named("blue".into()))
+    );
+    assert_eq!(Config::default().host_netns_spec().expect("valid"), None);
+}
