@@ -180,6 +180,28 @@ fn assert_translation_named(shape: &Shape, rpc: &Rpc, detail: &v1::GetEpisodeRes
     if !shape.b_host.is_empty() {
         assert_eq!(b, want_b, "B's samples' translation: {detail:#?}");
     }
+    // The episode names the translation that joined its ends and the host
+    // whose conntrack held it: A's, B's, or the gateway's (none when the
+    // gateway runs no agent, or nothing was translated).
+    let by = match shape.translated_at {
+        TranslatedAt::A => Some(shape.lab.host("server").name.clone()),
+        TranslatedAt::B => Some(shape.lab.host("client").name.clone()),
+        TranslatedAt::Between if !shape.b_host.is_empty() => {
+            Some(shape.lab.host("gateway").name.clone())
+        }
+        TranslatedAt::Between | TranslatedAt::Nowhere => None,
+    };
+    let via = detail.episode.as_ref().and_then(|e| e.via.as_ref());
+    let named = via.map(|v| {
+        let t = v.translation.as_ref().expect("a via names its translation");
+        let t = convert::translation_from_wire(t).expect("a well-formed translation");
+        (v.host.clone(), t)
+    });
+    assert_eq!(
+        named,
+        by.map(|h| (h, want)),
+        "the translation that joined the ends: {detail:#?}"
+    );
 }
 
 /// What the operator's `tcpstall show --json` says of episode `e`: the
