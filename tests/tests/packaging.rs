@@ -110,11 +110,11 @@ fn debian_packages_build_with_verified_units_and_readable_configs() {
     let collector = unit("tcpstall-collector");
     assert_eq!(
         directive(&agent, "AmbientCapabilities").as_deref(),
-        Some("CAP_BPF CAP_PERFMON CAP_SYS_PTRACE")
+        Some("CAP_BPF CAP_PERFMON CAP_SYS_PTRACE CAP_NET_ADMIN")
     );
     assert_eq!(
         directive(&agent, "CapabilityBoundingSet").as_deref(),
-        Some("CAP_BPF CAP_PERFMON CAP_SYS_PTRACE")
+        Some("CAP_BPF CAP_PERFMON CAP_SYS_PTRACE CAP_NET_ADMIN")
     );
     assert_eq!(
         directive(&collector, "CapabilityBoundingSet").as_deref(),
