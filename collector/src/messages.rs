@@ -15,7 +15,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use tcpstall_common::{AgentBatch, FlowKey, FlowTuple};
+use tcpstall_common::{AgentBatch, FlowKey, FlowTuple, NamespaceAddresses};
 
 /// A host's number in this collector: given by the gateway at its first
 /// hello and kept for the collector's life, so that every per-connection
@@ -33,8 +33,8 @@ pub enum ToMatcher {
         /// The stream it speaks on: batches of any other are stale.
         session: u64,
         name: String,
-        /// Every address of every namespace its agent reads.
-        addresses: Vec<IpAddr>,
+        /// Every namespace its agent reads, with its addresses.
+        addresses: Vec<NamespaceAddresses>,
         interval: Duration,
         /// Its agent answers [`ToGateway::Translate`].
         answers_lookups: bool,
@@ -50,7 +50,7 @@ pub enum ToMatcher {
         host: HostId,
         /// The stream it came on: an older one's is stale.
         session: u64,
-        addresses: Vec<IpAddr>,
+        addresses: Vec<NamespaceAddresses>,
     },
     /// One poll of a host, from its stream.
     Batch {

@@ -13,7 +13,9 @@ use tcpstall_collector::inprocess::InProcess;
 use tcpstall_collector::matcher::Stats;
 use tcpstall_collector::messages::{HostId, ToMatcher};
 use tcpstall_collector::store::{EpisodeFilter, EpisodeRow, SharedStore, SqliteStore, StoreConfig};
-use tcpstall_common::{AgentBatch, EndSample, HostHello, SampleReason, TimerKind, ToAgent};
+use tcpstall_common::{
+    AgentBatch, EndSample, HostHello, NamespaceAddresses, SampleReason, TimerKind, ToAgent,
+};
 use tokio::sync::{mpsc, oneshot};
 
 mod support;
@@ -66,7 +68,7 @@ impl Rig {
             agent_version: "t".into(),
             kernel: "6.18".into(),
             boot_id: "b".into(),
-            addresses: ips(addrs),
+            namespaces: NamespaceAddresses::one("host", ips(addrs)),
             interval: Duration::from_secs(2),
             answers_lookups: false,
             forwards: false,
@@ -92,7 +94,7 @@ impl Rig {
         let msg = ToMatcher::Addresses {
             host,
             session,
-            addresses: ips(addrs),
+            addresses: NamespaceAddresses::one("host", ips(addrs)),
         };
         self.roles.matcher.handle(msg, now);
         self.roles.pump(now);

@@ -16,8 +16,8 @@ use tcpstall_collector::store::{
     EpisodeFilter, EpisodeRow, HeldFilter, HeldRow, SharedStore, SqliteStore, StoreConfig,
 };
 use tcpstall_common::{
-    AgentBatch, ClosedSocket, EndSample, FlowTuple, HeldEnd, HeldSpan, HostHello, SampleReason,
-    Side, TimerKind, ToAgent,
+    AgentBatch, ClosedSocket, EndSample, FlowTuple, HeldEnd, HeldSpan, HostHello,
+    NamespaceAddresses, SampleReason, Side, TimerKind, ToAgent,
 };
 use tcpstall_proto::convert::unpack;
 use tokio::sync::{mpsc, oneshot};
@@ -73,6 +73,19 @@ impl Rig {
     /// Connects an agent for `host` owning `addrs`, on a host that
     /// forwards packets or not; returns its session.
     fn hello_as(&mut self, host: &str, addrs: &[&str], forwards: bool, now: i64) -> u64 {
+        self.hello_in(host, "host", addrs, forwards, now)
+    }
+
+    /// Connects an agent for `host` owning `addrs` in its namespace
+    /// `netns`; returns its session.
+    fn hello_in(
+        &mut self,
+        host: &str,
+        netns: &str,
+        addrs: &[&str],
+        forwards: bool,
+        now: i64,
+    ) -> u64 {
         self.session += 1;
         let (tx, rx) = mpsc::channel(16);
         let (reply, mut res) = oneshot::channel();
@@ -86,7 +99,7 @@ impl Rig {
                     agent_version: "t".into(),
                     kernel: "6.18".into(),
                     boot_id: "b".into(),
-                    addresses,
+                    namespaces: NamespaceAddresses::one(netns, addresses),
                     interval: Duration::from_secs(2),
                     answers_lookups: true,
                     forwards,
@@ -1540,7 +1553,8 @@ async fn several_hosts_without_the_socket_is_never_half_open() {
     let mut rig = Rig::new();
     let a_sess = rig.hello("hosta", "198.18.0.2", at(0.0));
     let b_sess = rig.hello("hostb", "198.18.0.1", at(0.0));
-    let c_sess = rig.hello("hostc", "198.18.0.1", at(0.0));
+    // hostc holds it in a container its agent reads.
+    let c_sess = rig.hello_in("hostc", "ctr-7", &["198.18.0.1"], false, at(0.0));
     let mut a = stuck_a(6000);
     rig.send(
         a_sess,
@@ -1574,7 +1588,10 @@ async fn several_hosts_without_the_socket_is_never_half_open() {
     assert_eq!(eps[0].diagnosis, "peer_unmonitored", "{eps:?}");
     assert_eq!(
         eps[0].peer_note.as_deref(),
-        Some("198.18.0.1 is held by several hosts (hostb, hostc) and none has the socket")
+        Some(
+            "198.18.0.1 is held by several hosts (hostb in netns host, hostc in netns ctr-7) \
+             and none has the socket"
+        )
     );
     assert_eq!(eps[0].b_host, None, "no host blamed");
 }

@@ -22,13 +22,21 @@ pub struct HostHello {
     pub agent_version: String,
     pub kernel: String,
     pub boot_id: String,
-    /// Every address of every namespace the agent reads.
-    pub addresses: Vec<IpAddr>,
+    /// Every namespace the agent reads, with its addresses: the host
+    /// holds each address in that namespace.
+    pub namespaces: Vec<NamespaceAddresses>,
     pub interval: Duration,
     /// The agent answers [`ToAgent::Translate`] and sends [`Lookup`]s.
     pub answers_lookups: bool,
     /// The host forwards packets, so may translate other hosts' flows.
     pub forwards: bool,
+}
+
+impl HostHello {
+    /// How many addresses it announces, over all its namespaces.
+    pub fn address_count(&self) -> usize {
+        self.namespaces.iter().map(|ns| ns.addresses.len()).sum()
+    }
 }
 
 /// An agent's greeting as it says it: who it is, each namespace it reads
@@ -58,6 +66,18 @@ pub struct NamespaceAddresses {
     pub label: String,
     pub inode: u64,
     pub addresses: Vec<IpAddr>,
+}
+
+impl NamespaceAddresses {
+    /// `addresses` held in one namespace labelled `label` (inode unknown:
+    /// 0), as tests and simulations announce them.
+    pub fn one(label: &str, addresses: Vec<IpAddr>) -> Vec<NamespaceAddresses> {
+        vec![NamespaceAddresses {
+            label: label.to_string(),
+            inode: 0,
+            addresses,
+        }]
+    }
 }
 
 /// Which probes work on an agent's host, as found when it started. A

@@ -23,7 +23,7 @@ use tcpstall_collector::inprocess::InProcess;
 use tcpstall_collector::matcher::SILENT_POLLS;
 use tcpstall_collector::messages::{HostId, ToMatcher};
 use tcpstall_collector::store::{SharedStore, SqliteStore, StoreConfig};
-use tcpstall_common::{AgentBatch, Diagnosis, HostHello, ToAgent};
+use tcpstall_common::{AgentBatch, Diagnosis, HostHello, NamespaceAddresses, ToAgent};
 use tcpstall_proto::convert::{batch_from_wire, batch_to_wire};
 use tcpstall_proto::{raw, v1};
 use tokio::sync::{mpsc, oneshot};
@@ -166,10 +166,16 @@ fn measure(args: &InprocArgs) -> anyhow::Result<Seen> {
                     agent_version: "bench".into(),
                     kernel: "bench".into(),
                     boot_id: "bench".into(),
-                    addresses: if shape.net.translated_every > 0 {
-                        vec![sim::host_addr(i).into(), sim::nat::container_addr(i).into()]
-                    } else {
-                        vec![sim::host_addr(i).into()]
+                    namespaces: {
+                        let mut ns =
+                            NamespaceAddresses::one("host", vec![sim::host_addr(i).into()]);
+                        if shape.net.translated_every > 0 {
+                            ns.extend(NamespaceAddresses::one(
+                                sim::nat::CONTAINER_NETNS,
+                                vec![sim::nat::container_addr(i).into()],
+                            ));
+                        }
+                        ns
                     },
                     interval: INTERVAL,
                     answers_lookups: true,

@@ -233,12 +233,12 @@ impl Gateway {
             boot_id: hello.boot_id.clone(),
             at_ms: now_ms,
         });
-        tracing::info!(host = %hello.host, kernel = %hello.kernel, addresses = hello.addresses.len(), "agent connected");
+        tracing::info!(host = %hello.host, kernel = %hello.kernel, addresses = hello.address_count(), "agent connected");
         self.out.push(ToMatcher::HostUp {
             host,
             session,
             name: hello.host.clone(),
-            addresses: hello.addresses.clone(),
+            addresses: hello.namespaces.clone(),
             interval: hello.interval,
             answers_lookups: hello.answers_lookups,
             forwards: hello.forwards,

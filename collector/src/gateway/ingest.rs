@@ -8,14 +8,14 @@
 //! message ends that stream with a gRPC status naming what was wrong; the
 //! log names the stream and the host. Other streams are untouched.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use prost::Message;
-use tcpstall_common::{Clock, NamespaceAddresses, ToAgent, Welcome};
+use tcpstall_common::{Clock, ToAgent, Welcome};
 use tcpstall_proto::convert::{self, ConvertError};
 use tcpstall_proto::raw::{self, agent_message};
 use tcpstall_proto::server::ingest_server::IngestServer;
@@ -110,12 +110,6 @@ where
             .map_err(|e| Status::internal(format!("not a message: {e}"))),
         None => Ok(None),
     }
-}
-
-/// Every address of every namespace an agent announced, as a Hello's are
-/// kept ([`convert::hello_from_wire`]).
-fn owned(namespaces: Vec<NamespaceAddresses>) -> Vec<IpAddr> {
-    namespaces.into_iter().flat_map(|ns| ns.addresses).collect()
 }
 
 /// The gRPC status of a message `convert` refused.
@@ -255,13 +249,13 @@ impl tcpstall_proto::server::ingest_server::Ingest for IngestService {
                     // in the stream's order (after the batches before it).
                     Some(agent_message::Body::Addresses(a)) => {
                         let addresses = match convert::addresses_from_wire(&a) {
-                            Ok(namespaces) => owned(namespaces),
+                            Ok(namespaces) => namespaces,
                             Err(e) => {
                                 refuse(status(e)).await;
                                 break;
                             }
                         };
-                        tracing::debug!(session, host = %host, addresses = addresses.len(), "addresses announced");
+                        tracing::debug!(session, host = %host, namespaces = addresses.len(), "addresses announced");
                         let msg = ToMatcher::Addresses {
                             host: host_id,
                             session,

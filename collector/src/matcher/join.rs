@@ -294,7 +294,15 @@ impl Ctx {
         match hosts {
             [one] => PeerNow::NoSocket(self.name(*one)),
             many => {
-                let names: Vec<String> = many.iter().map(|&h| self.name(h).to_string()).collect();
+                // Each host with the namespace it holds the address in.
+                let ip = b_flow.flow().local.ip();
+                let names: Vec<String> = many
+                    .iter()
+                    .map(|&h| match self.netns_of(h, ip) {
+                        Some(ns) => format!("{} in netns {ns}", self.name(h)),
+                        None => self.name(h).to_string(),
+                    })
+                    .collect();
                 PeerNow::Unjoined(format!(
                     "{} is held by several hosts ({}) and none has the socket",
                     b_flow.flow().local.ip(),

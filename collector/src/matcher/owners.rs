@@ -11,6 +11,9 @@
 //! one comparison per sample while nothing changed, one lookup after.
 
 use std::net::IpAddr;
+use std::sync::Arc;
+
+use tcpstall_common::NamespaceAddresses;
 
 use super::state::{owners_of, Ctx, Map, Peers, Suspect};
 use super::tuple::Tuple;
@@ -19,9 +22,10 @@ use crate::messages::HostId;
 /// What each host up announced, and how often the owners changed.
 #[derive(Debug, Default)]
 pub(super) struct Announced {
-    /// Host -> the addresses it owns: sorted, no repeats, neither loopback
-    /// nor unspecified (those are never a peer's address to look up).
-    by_host: Map<HostId, Box<[IpAddr]>>,
+    /// Host -> the addresses it owns, each with the namespace that holds
+    /// it: sorted by address, no address twice, neither loopback nor
+    /// unspecified (those are never a peer's address to look up).
+    by_host: Map<HostId, Box<[(IpAddr, Arc<str>)]>>,
     /// Moves (wrapping) whenever an address gains or loses an owner.
     generation: u32,
 }
@@ -34,16 +38,28 @@ impl Announced {
     }
 }
 
-/// The addresses of `addresses` that can be a peer's: sorted, no repeats.
-fn owned(addresses: &[IpAddr]) -> Box<[IpAddr]> {
-    let mut out: Vec<IpAddr> = addresses
-        .iter()
-        .copied()
-        .filter(|ip| !ip.is_loopback() && !ip.is_unspecified())
-        .collect();
-    out.sort_unstable();
-    out.dedup();
+/// The addresses of `namespaces` that can be a peer's, each with the
+/// label of the namespace holding it (the first one, when several do):
+/// sorted by address, no repeats.
+fn owned(namespaces: &[NamespaceAddresses]) -> Box<[(IpAddr, Arc<str>)]> {
+    let mut out: Vec<(IpAddr, Arc<str>)> = Vec::new();
+    for ns in namespaces {
+        let label: Arc<str> = Arc::from(ns.label.as_str());
+        for &ip in &ns.addresses {
+            if !ip.is_loopback() && !ip.is_unspecified() {
+                out.push((ip, label.clone()));
+            }
+        }
+    }
+    // Stable: of an address held twice, the first namespace's stays.
+    out.sort_by_key(|(ip, _)| *ip);
+    out.dedup_by_key(|(ip, _)| *ip);
     out.into()
+}
+
+/// Whether `ip` is among `held` (sorted by address).
+fn holds(held: &[(IpAddr, Arc<str>)], ip: IpAddr) -> bool {
+    held.binary_search_by_key(&ip, |(a, _)| *a).is_ok()
 }
 
 /// Takes `host` from the owners of `ip`, and the entry with its last one.
@@ -61,15 +77,15 @@ impl Ctx {
     /// owners of what it no longer announces and joins those of what it
     /// now does (after the hosts that announced them before it). Whether
     /// anything changed.
-    pub(super) fn announce(&mut self, host: HostId, addresses: &[IpAddr]) -> bool {
+    pub(super) fn announce(&mut self, host: HostId, addresses: &[NamespaceAddresses]) -> bool {
         let new = owned(addresses);
         let old = self.announced.by_host.remove(&host).unwrap_or_default();
         let mut changed = false;
-        for &ip in old.iter().filter(|ip| new.binary_search(ip).is_err()) {
+        for &(ip, _) in old.iter().filter(|(ip, _)| !holds(&new, *ip)) {
             disown(&mut self.owners, ip, host);
             changed = true;
         }
-        for &ip in new.iter().filter(|ip| old.binary_search(ip).is_err()) {
+        for &(ip, _) in new.iter().filter(|(ip, _)| !holds(&old, *ip)) {
             let hosts = self.owners.entry(ip).or_default();
             if !hosts.contains(&host) {
                 hosts.push(host);
@@ -89,10 +105,18 @@ impl Ctx {
     /// suspects' peers keep it until it is back (see [`Ctx::repeer`]).
     pub(super) fn disown_all(&mut self, host: HostId) {
         if let Some(old) = self.announced.by_host.remove(&host) {
-            for &ip in old.iter() {
-                disown(&mut self.owners, ip, host);
+            for (ip, _) in old.iter() {
+                disown(&mut self.owners, *ip, host);
             }
         }
+    }
+
+    /// The label of the namespace in which `host` holds `ip`, as its agent
+    /// announced it.
+    pub(super) fn netns_of(&self, host: HostId, ip: IpAddr) -> Option<&str> {
+        let held = self.announced.by_host.get(&host)?;
+        let i = held.binary_search_by_key(&ip, |(a, _)| *a).ok()?;
+        held.get(i).map(|(_, label)| &**label)
     }
 
     /// Finds suspect `s`'s peers again (of `host`, on `flow`), the owners

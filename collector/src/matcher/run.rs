@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use tcpstall_common::time::millis_i64;
-use tcpstall_common::{Clock, EndReason, FlowTuple, Packed};
+use tcpstall_common::{Clock, EndReason, FlowTuple, NamespaceAddresses, Packed};
 use tokio::sync::{mpsc, oneshot};
 
 use super::held::HeldTally;
@@ -197,7 +197,7 @@ impl Matcher {
         host: HostId,
         up: Up,
         name: String,
-        addresses: &[std::net::IpAddr],
+        addresses: &[NamespaceAddresses],
         now_ms: i64,
     ) {
         let ctx = &mut self.ctx;
@@ -227,7 +227,7 @@ impl Matcher {
     /// announcement's), unless that stream is no longer the host's (as its
     /// batches are then stale). Suspects whose peer's address changed
     /// owners find them again at their next sample.
-    fn host_addresses(&mut self, host: HostId, session: u64, addresses: &[std::net::IpAddr]) {
+    fn host_addresses(&mut self, host: HostId, session: u64, addresses: &[NamespaceAddresses]) {
         let ctx = &mut self.ctx;
         if ctx.up.get(&host).is_none_or(|u| u.session != session) {
             ctx.stats.addresses_stale += 1;

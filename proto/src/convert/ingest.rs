@@ -52,13 +52,9 @@ pub fn hello_from_wire(h: &v1::Hello) -> Result<HostHello, ConvertError> {
             "host: empty or with spaces or control characters".into(),
         ));
     }
-    let mut addresses = Vec::new();
-    for ns in &h.namespaces {
-        for ip in &ns.addresses {
-            addresses.push(ip_from_wire(Some(ip), "namespaces.addresses")?);
-        }
-    }
-    if addresses.len() > MAX_ADDRESSES {
+    let namespaces = namespaces_from_wire(&h.namespaces)?;
+    let count: usize = namespaces.iter().map(|ns| ns.addresses.len()).sum();
+    if count > MAX_ADDRESSES {
         return Err(ConvertError::Invalid(format!(
             "more than {MAX_ADDRESSES} addresses"
         )));
@@ -75,7 +71,7 @@ pub fn hello_from_wire(h: &v1::Hello) -> Result<HostHello, ConvertError> {
         agent_version: name_from_wire(&h.agent_version, "agent_version")?,
         kernel: name_from_wire(&h.kernel, "kernel")?,
         boot_id: name_from_wire(&h.boot_id, "boot_id")?,
-        addresses,
+        namespaces,
         interval,
         answers_lookups: h.answers_lookups,
         forwards: h.forwards,
@@ -120,12 +116,11 @@ pub fn agent_hello_from_wire(h: &v1::Hello) -> Result<AgentHello, ConvertError> 
         agent_version,
         kernel,
         boot_id,
-        addresses: _,
+        namespaces,
         interval,
         answers_lookups,
         forwards,
     } = hello_from_wire(h)?;
-    let namespaces = namespaces_from_wire(&h.namespaces)?;
     let probes = h.probes.map_or_else(ProbeSet::default, |p| ProbeSet {
         sock_diag: p.sock_diag,
         bpf_iter: p.bpf_iter,

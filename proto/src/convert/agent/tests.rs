@@ -166,12 +166,12 @@ fn a_hello_comes_back_whole_and_as_the_collector_keeps_it() {
             agent_version: h.agent_version.clone(),
             kernel: h.kernel.clone(),
             boot_id: h.boot_id.clone(),
-            addresses: h.namespaces[0].addresses.clone(),
+            namespaces: h.namespaces.clone(),
             interval: h.interval,
             answers_lookups: true,
             forwards: true,
         },
-        "every namespace's addresses, in order"
+        "every namespace with its addresses, in order"
     );
     // An interval beyond the wire's u32 of milliseconds saturates (the
     // collector refuses it), as it always did.
@@ -205,8 +205,8 @@ fn a_whole_hello_is_checked_as_the_collector_checks_it_and_its_labels_bounded() 
         let (whole, collector) = bad(f);
         assert_eq!(collector, Err(whole), "the same refusal either way");
     }
-    // A label is bounded as a sample's namespace is; the collector, which
-    // keeps no label, does not look at it.
+    // A label is bounded as a sample's namespace is, by the collector too
+    // (it keeps which namespace holds each address).
     let (whole, collector) = bad(|h| h.namespaces[0].label = "x".repeat(300));
     assert_eq!(
         whole,
@@ -216,7 +216,7 @@ fn a_whole_hello_is_checked_as_the_collector_checks_it_and_its_labels_bounded() 
             max: crate::convert::MAX_NAME
         }
     );
-    assert!(collector.is_ok());
+    assert_eq!(collector, Err(whole));
     // No probes said: none work.
     let mut h = good.clone();
     h.probes = None;
