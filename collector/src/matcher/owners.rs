@@ -19,13 +19,16 @@ use super::state::{owners_of, Ctx, Map, Peers, Suspect};
 use super::tuple::Tuple;
 use crate::messages::HostId;
 
+/// An address a host owns, and the label of the namespace holding it.
+type Held = (IpAddr, Arc<str>);
+
 /// What each host up announced, and how often the owners changed.
 #[derive(Debug, Default)]
 pub(super) struct Announced {
     /// Host -> the addresses it owns, each with the namespace that holds
     /// it: sorted by address, no address twice, neither loopback nor
     /// unspecified (those are never a peer's address to look up).
-    by_host: Map<HostId, Box<[(IpAddr, Arc<str>)]>>,
+    by_host: Map<HostId, Box<[Held]>>,
     /// Moves (wrapping) whenever an address gains or loses an owner.
     generation: u32,
 }
@@ -41,8 +44,8 @@ impl Announced {
 /// The addresses of `namespaces` that can be a peer's, each with the
 /// label of the namespace holding it (the first one, when several do):
 /// sorted by address, no repeats.
-fn owned(namespaces: &[NamespaceAddresses]) -> Box<[(IpAddr, Arc<str>)]> {
-    let mut out: Vec<(IpAddr, Arc<str>)> = Vec::new();
+fn owned(namespaces: &[NamespaceAddresses]) -> Box<[Held]> {
+    let mut out: Vec<Held> = Vec::new();
     for ns in namespaces {
         let label: Arc<str> = Arc::from(ns.label.as_str());
         for &ip in &ns.addresses {
@@ -58,7 +61,7 @@ fn owned(namespaces: &[NamespaceAddresses]) -> Box<[(IpAddr, Arc<str>)]> {
 }
 
 /// Whether `ip` is among `held` (sorted by address).
-fn holds(held: &[(IpAddr, Arc<str>)], ip: IpAddr) -> bool {
+fn holds(held: &[Held], ip: IpAddr) -> bool {
     held.binary_search_by_key(&ip, |(a, _)| *a).is_ok()
 }
 
