@@ -6,6 +6,7 @@
 
 pub mod fake;
 pub mod lab;
+pub mod nats;
 pub mod recorder;
 
 use std::net::SocketAddr;

@@ -14,7 +14,7 @@ pub mod clock;
 pub mod frames;
 pub mod hub;
 pub mod ingest;
-mod registry;
+pub(crate) mod registry;
 
 #[cfg(feature = "internals")]
 pub use clock::AgentClock;

@@ -12,14 +12,14 @@ type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 /// practice by the fleet, and by the hosts a CA vouches for once streams
 /// are authenticated).
 #[derive(Debug, Default)]
-pub(super) struct Hosts {
+pub(crate) struct Hosts {
     names: Vec<Arc<str>>,
     ids: Map<Arc<str>, HostId>,
 }
 
 impl Hosts {
     /// The number of `name`, given now if it has none.
-    pub(super) fn id(&mut self, name: &str) -> HostId {
+    pub(crate) fn id(&mut self, name: &str) -> HostId {
         if let Some(id) = self.ids.get(name) {
             return *id;
         }
@@ -30,7 +30,12 @@ impl Hosts {
         id
     }
 
-    pub(super) fn name(&self, id: HostId) -> Arc<str> {
+    /// The name of `id`, if it has one.
+    pub(crate) fn get(&self, id: HostId) -> Option<Arc<str>> {
+        self.names.get(id.0 as usize).cloned()
+    }
+
+    pub(crate) fn name(&self, id: HostId) -> Arc<str> {
         self.names
             .get(id.0 as usize)
             .cloned()

@@ -71,6 +71,7 @@ impl Matcher {
                 translating: Map::default(),
                 open_episodes: 0,
                 next_episode,
+                ids_of_identity: false,
                 stats: Stats::default(),
                 held: HeldTally::default(),
             },
@@ -82,6 +83,14 @@ impl Matcher {
     /// `ask_peer_after` for its agent's interval.
     pub fn watch_peer_after(mut self, after: Option<Duration>) -> Matcher {
         self.ctx.watch_peer_after = after;
+        self
+    }
+
+    /// Numbers episodes by their identity (their flow and start) instead
+    /// of counting: the same stall gets the same id on every node that
+    /// judges it (fleet mode).
+    pub fn ids_of_identity(mut self) -> Matcher {
+        self.ctx.ids_of_identity = true;
         self
     }
 

@@ -191,3 +191,28 @@ pub struct StoreStatsSnapshot {
     /// load; with `pruned_rows`, how fast the file turns over).
     pub samples_stored: u64,
 }
+
+/// An episode's id from its identity: a fixed hash (FNV-1a, the same in
+/// every process and build) of its flow's direction-free key and its start,
+/// positive and below 2^53 (exact in JSON). Fleet mode numbers episodes so:
+/// the same stall stored by two nodes, or by one replaying a partition, is
+/// one row.
+pub fn episode_id_of(key: tcpstall_common::FlowKey, start_ms: i64) -> i64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    for end in [key.0, key.1] {
+        match end.ip() {
+            std::net::IpAddr::V4(v4) => eat(&v4.octets()),
+            std::net::IpAddr::V6(v6) => eat(&v6.octets()),
+        }
+        eat(&end.port().to_be_bytes());
+    }
+    eat(&start_ms.to_be_bytes());
+    // Never 0 (ids count from 1).
+    i64::try_from(h & ((1u64 << 53) - 1)).unwrap_or(1).max(1)
+}

@@ -1,0 +1,257 @@
+//! A node's gateway side in fleet mode: what its agents' streams and its
+//! gateway would hand the local matcher goes onto NATS instead.
+//!
+//! - A batch is cut into its partitions' parts ([`wire::split`]), each
+//!   published to its partition's subject on the samples stream, with the
+//!   host, its session and the poll's time in headers. Publishes are
+//!   acknowledged by JetStream; a bounded number wait for their
+//!   acknowledgement at once, so a node whose NATS is slow holds its
+//!   agents' streams back (and they their own bounded buffers) rather than
+//!   piling up here.
+//! - A host's hello, its new addresses and its going are its record in the
+//!   hosts bucket: put, put again every renewal while its stream lasts,
+//!   deleted when it goes (unless a newer session elsewhere holds it).
+//! - Requests for its hosts' agents arrive on their subjects and go to the
+//!   gateway, which hands them to the streams.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::context::PublishAckFuture;
+use async_nats::HeaderMap;
+use tcpstall_common::ToAgent;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_stream::StreamExt;
+
+use super::wire::{self, HostRecord};
+use super::Bus;
+use crate::messages::{HostId, ToGateway, ToMatcher};
+
+/// Publishes waiting for JetStream's acknowledgement at once.
+const IN_FLIGHT: usize = 1024;
+
+/// What the edge counts (read by /metrics).
+#[derive(Debug, Default)]
+pub struct EdgeStats {
+    /// Partition parts published and acknowledged.
+    pub parts_published: AtomicU64,
+    /// Parts whose publish failed or was not acknowledged (lost: NATS was
+    /// unreachable beyond the client's own buffer, or refused them).
+    pub parts_failed: AtomicU64,
+    /// Host records written (hellos, addresses, renewals).
+    pub host_puts: AtomicU64,
+    pub host_put_failures: AtomicU64,
+    /// Requests for this node's agents received from matchers.
+    pub requests_in: AtomicU64,
+}
+
+/// One host this node's gateway holds.
+#[derive(Debug)]
+struct Held {
+    record: HostRecord,
+    /// Forwards its subject's requests to the gateway.
+    requests: tokio::task::JoinHandle<()>,
+}
+
+/// Runs the edge until `inbox` closes (the gateway and every stream are
+/// gone). `requests` is the gateway's input of requests for its agents.
+pub async fn run(
+    bus: Bus,
+    node: String,
+    partitions: u32,
+    renew_every: Duration,
+    session_salt: u64,
+    mut inbox: mpsc::Receiver<ToMatcher>,
+    requests: mpsc::Sender<ToGateway>,
+    fleet: Arc<super::FleetStats>,
+) {
+    let stats = &fleet.edge;
+    let mut held: HashMap<HostId, Held> = HashMap::new();
+    let mut acks: JoinSet<bool> = JoinSet::new();
+    let mut renew = tokio::time::interval(renew_every);
+    renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let global = |session: u64| session_salt ^ session;
+    loop {
+        tokio::select! {
+            msg = inbox.recv() => {
+                let Some(msg) = msg else { break };
+                match msg {
+                    ToMatcher::Batch { host, session, taken_ms, batch } => {
+                        let Some(h) = held.get(&host) else { continue };
+                        if h.record.session != global(session) {
+                            continue;
+                        }
+                        for (p, part) in wire::split(batch, partitions) {
+                            let mut headers = HeaderMap::new();
+                            headers.insert(wire::H_HOST, h.record.name.as_str());
+                            headers.insert(wire::H_SESSION, h.record.session.to_string().as_str());
+                            headers.insert(wire::H_TAKEN, taken_ms.to_string().as_str());
+                            // Room first: at most IN_FLIGHT wait for acks.
+                            while acks.len() >= IN_FLIGHT {
+                                if let Some(ok) = acks.join_next().await {
+                                    count_ack(stats, ok.unwrap_or(false));
+                                }
+                            }
+                            match bus
+                                .js
+                                .publish_with_headers(wire::samples_subject(p), headers, wire::encode_part(part))
+                                .await
+                            {
+                                Ok(ack) => {
+                                    acks.spawn(acked(ack));
+                                }
+                                Err(e) => {
+                                    stats.parts_failed.fetch_add(1, Ordering::Relaxed);
+                                    tracing::warn!(error = %e, partition = p, "publishing a batch part failed");
+                                }
+                            }
+                        }
+                    }
+                    ToMatcher::HostUp { host, session, name, addresses, interval, answers_lookups, forwards } => {
+                        if let Some(old) = held.remove(&host) {
+                            old.requests.abort();
+                        }
+                        let record = HostRecord {
+                            name: name.clone(),
+                            node: node.clone(),
+                            session: global(session),
+                            machine: None,
+                            interval_ms: u64::try_from(interval.as_millis()).unwrap_or(u64::MAX),
+                            answers_lookups,
+                            forwards,
+                            namespaces: HostRecord::namespaces_of(&addresses),
+                        };
+                        put_record(&bus, &record, stats).await;
+                        let requests = tokio::spawn(forward_requests(bus.clone(), name, host, requests.clone(), fleet.clone()));
+                        held.insert(host, Held { record, requests });
+                    }
+                    ToMatcher::Addresses { host, session, addresses } => {
+                        let Some(h) = held.get_mut(&host) else { continue };
+                        if h.record.session != global(session) {
+                            continue;
+                        }
+                        h.record.namespaces = HostRecord::namespaces_of(&addresses);
+                        put_record(&bus, &h.record, stats).await;
+                    }
+                    ToMatcher::HostDown { host } => {
+                        if let Some(h) = held.remove(&host) {
+                            h.requests.abort();
+                            forget_record(&bus, &h.record).await;
+                        }
+                    }
+                    // Requests cross NATS: one not delivered is asked again
+                    // when its host says hello anew.
+                    ToMatcher::Unsent { .. } => {}
+                }
+            }
+            _ = renew.tick() => {
+                for h in held.values() {
+                    put_record(&bus, &h.record, stats).await;
+                }
+            }
+            Some(ok) = acks.join_next(), if !acks.is_empty() => count_ack(stats, ok.unwrap_or(false)),
+        }
+    }
+    while let Some(ok) = acks.join_next().await {
+        count_ack(stats, ok.unwrap_or(false));
+    }
+    // Its hosts' records stay: their agents say hello on another node (a
+    // newer session replaces them there), or the records age out.
+    for h in held.into_values() {
+        h.requests.abort();
+    }
+}
+
+fn count_ack(stats: &EdgeStats, ok: bool) {
+    let counter = if ok {
+        &stats.parts_published
+    } else {
+        &stats.parts_failed
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+async fn acked(ack: PublishAckFuture) -> bool {
+    match ack.await {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, "a batch part was not acknowledged");
+            false
+        }
+    }
+}
+
+async fn put_record(bus: &Bus, record: &HostRecord, stats: &EdgeStats) {
+    let value = match serde_json::to_vec(record) {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::error!(error = %e, "encoding a host record");
+            return;
+        }
+    };
+    match bus.hosts.put(wire::host_key(&record.name), value.into()).await {
+        Ok(_) => {
+            stats.host_puts.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(e) => {
+            stats.host_put_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(host = %record.name, error = %e, "registering a host failed (retried at the next renewal)");
+        }
+    }
+}
+
+/// Deletes a host's record if it is still this session's: the host may
+/// already have said hello on another node.
+async fn forget_record(bus: &Bus, record: &HostRecord) {
+    let key = wire::host_key(&record.name);
+    let Ok(Some(entry)) = bus.hosts.entry(key.clone()).await else {
+        return;
+    };
+    let ours = serde_json::from_slice::<HostRecord>(&entry.value)
+        .is_ok_and(|r| r.session == record.session);
+    if ours {
+        if let Err(e) = bus
+            .hosts
+            .delete_expect_revision(key, Some(entry.revision))
+            .await
+        {
+            tracing::debug!(host = %record.name, error = %e, "host record changed before its delete");
+        }
+    }
+}
+
+/// Hands the requests published for host `name` to the gateway, as
+/// requests for its local number `host`.
+async fn forward_requests(
+    bus: Bus,
+    name: String,
+    host: HostId,
+    gateway: mpsc::Sender<ToGateway>,
+    fleet: Arc<super::FleetStats>,
+) {
+    let mut sub = match bus.client.subscribe(wire::host_subject(&name)).await {
+        Ok(sub) => sub,
+        Err(e) => {
+            tracing::warn!(host = %name, error = %e, "cannot take requests for this host");
+            return;
+        }
+    };
+    while let Some(msg) = sub.next().await {
+        let Some(r) = wire::decode_request(&msg.payload) else {
+            tracing::debug!(host = %name, "a malformed request skipped");
+            continue;
+        };
+        fleet.edge.requests_in.fetch_add(1, Ordering::Relaxed);
+        let r = match r {
+            ToAgent::Watch(flow) => ToGateway::Watch { host, flow },
+            ToAgent::Unwatch(flow) => ToGateway::Unwatch { host, flow },
+            ToAgent::Translate(flow) => ToGateway::Translate { host, flow },
+        };
+        if gateway.send(r).await.is_err() {
+            return;
+        }
+    }
+}
