@@ -65,6 +65,7 @@ impl Rig {
         let (reply, mut res) = oneshot::channel();
         let hello = HostHello {
             host: host.into(),
+            machine_id: None,
             agent_version: "t".into(),
             kernel: "6.18".into(),
             boot_id: "b".into(),
@@ -76,6 +77,7 @@ impl Rig {
         let input = Input::Hello {
             session: self.session,
             hello,
+            peer: None,
             tx,
             reply,
         };

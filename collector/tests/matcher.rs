@@ -96,6 +96,7 @@ impl Rig {
                 session: self.session,
                 hello: HostHello {
                     host: host.into(),
+                    machine_id: None,
                     agent_version: "t".into(),
                     kernel: "6.18".into(),
                     boot_id: "b".into(),
@@ -104,6 +105,7 @@ impl Rig {
                     answers_lookups: true,
                     forwards,
                 },
+                peer: None,
                 tx,
                 reply,
             },

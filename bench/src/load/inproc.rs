@@ -163,6 +163,7 @@ fn measure(args: &InprocArgs) -> anyhow::Result<Seen> {
                 session: u64::from(i),
                 hello: HostHello {
                     host: sim::host_name(i),
+                    machine_id: tcpstall_common::MachineId::new(&format!("{i:032x}")).ok(),
                     agent_version: "bench".into(),
                     kernel: "bench".into(),
                     boot_id: "bench".into(),
@@ -181,6 +182,7 @@ fn measure(args: &InprocArgs) -> anyhow::Result<Seen> {
                     answers_lookups: true,
                     forwards: shape.net.forwards(i),
                 },
+                peer: None,
                 tx,
                 reply,
             },
