@@ -76,7 +76,7 @@ impl Rig {
         };
         let input = Input::Hello {
             session: self.session,
-            hello,
+            hello: Box::new(hello),
             peer: None,
             tx,
             reply,

@@ -94,7 +94,7 @@ impl Rig {
         self.gateway(
             Input::Hello {
                 session: self.session,
-                hello: HostHello {
+                hello: Box::new(HostHello {
                     host: host.into(),
                     machine_id: None,
                     agent_version: "t".into(),
@@ -104,7 +104,7 @@ impl Rig {
                     interval: Duration::from_secs(2),
                     answers_lookups: true,
                     forwards,
-                },
+                }),
                 peer: None,
                 tx,
                 reply,

@@ -83,7 +83,10 @@ mod tests {
         let id = MachineId::new("0123456789abcdef0123456789abcdef").expect("valid");
         assert_eq!(id.as_str(), "0123456789abcdef0123456789abcdef");
         assert_eq!(id.to_string(), id.as_str());
-        assert!(MachineId::new("web-17.rack4/A").is_ok(), "any graphic ASCII");
+        assert!(
+            MachineId::new("web-17.rack4/A").is_ok(),
+            "any graphic ASCII"
+        );
         assert!(MachineId::new(&"x".repeat(MAX_MACHINE_ID)).is_ok());
     }
 

@@ -27,7 +27,8 @@ pub enum Input {
     /// the collector will not take it.
     Hello {
         session: u64,
-        hello: HostHello,
+        /// Boxed: a Hello is once per stream, the other inputs many.
+        hello: Box<HostHello>,
         /// The agent's address, when the transport knows it.
         peer: Option<SocketAddr>,
         /// Where the stream takes requests for its agent.
@@ -137,7 +138,7 @@ impl Gateway {
                 tx,
                 reply,
             } => {
-                let res = self.hello(session, hello, peer, tx, now_ms);
+                let res = self.hello(session, *hello, peer, tx, now_ms);
                 self.replies.push((reply, res));
             }
             Input::Heartbeat {
@@ -286,12 +287,14 @@ impl Gateway {
                 tracing::warn!(
                     host = %hello.host,
                     ?peer,
-                    "agent says no machine id (an older agent, or none found): another machine                      reporting this host name would replace it unnoticed; upgrade the agent or                      give it --machine-id"
+                    "agent says no machine id (an older agent, or none found): another machine \
+                     reporting this host name would replace it unnoticed; upgrade the agent or \
+                     give it --machine-id"
                 );
             }
         }
         if let Some(old) = claimed.replaces() {
-            tracing::warn!(host = %hello.host, old, new = session, machine = ?hello.machine_id.as_ref().map(|m| m.as_str()), "host reconnected; its previous stream is replaced");
+            tracing::warn!(host = %hello.host, old, new = session, machine = %hello.machine_id.as_ref().map_or("none", |m| m.as_str()), "host reconnected; its previous stream is replaced");
             self.gone(host, now_ms);
         }
         self.store.host_seen(HostRecord {
@@ -301,7 +304,7 @@ impl Gateway {
             boot_id: hello.boot_id.clone(),
             at_ms: now_ms,
         });
-        tracing::info!(host = %hello.host, machine = ?hello.machine_id.as_ref().map(|m| m.as_str()), ?peer, kernel = %hello.kernel, addresses = hello.address_count(), "agent connected");
+        tracing::info!(host = %hello.host, machine = %hello.machine_id.as_ref().map_or("none", |m| m.as_str()), ?peer, kernel = %hello.kernel, addresses = hello.address_count(), "agent connected");
         self.out.push(ToMatcher::HostUp {
             host,
             session,

@@ -177,7 +177,7 @@ impl tcpstall_proto::server::ingest_server::Ingest for IngestService {
         self.gateway
             .send(Input::Hello {
                 session,
-                hello,
+                hello: Box::new(hello),
                 peer: remote,
                 tx: to_agent,
                 reply,
