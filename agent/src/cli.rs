@@ -172,6 +172,8 @@ fn run_agent(flags: &config::Flags) -> anyhow::Result<ExitCode> {
             host
         }
     };
+    let machine_paths = crate::hello::MACHINE_ID_FILES.map(std::path::Path::new);
+    let machine_id = crate::hello::machine_id(config.configured_machine_id()?, &machine_paths);
     let namespaces = netns::resolve(&config.netns_specs()?)?;
     let host_netns = netns::host_from(config.host_netns_spec()?.as_ref())?;
     let tls = config.client_tls()?;
@@ -182,6 +184,7 @@ fn run_agent(flags: &config::Flags) -> anyhow::Result<ExitCode> {
         collector,
         tls,
         host,
+        machine_id,
         interval: config.interval,
         namespaces,
         host_netns,

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use clap::Args;
 use serde::{Deserialize, Serialize};
-use tcpstall_common::duration;
+use tcpstall_common::{duration, MachineId};
 use tcpstall_settings::SettingsError;
 
 use crate::netns::NetnsSpec;
@@ -47,6 +47,10 @@ pub struct Config {
     pub collector: Option<String>,
     /// The name this host reports; `None` = the hostname.
     pub host: Option<String>,
+    /// This machine's stable identity; `None` = /etc/machine-id (or
+    /// /var/lib/dbus/machine-id).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub machine_id: Option<String>,
     /// How often to poll.
     #[serde(with = "duration::text")]
     pub interval: Duration,
@@ -107,6 +111,7 @@ impl Default for Config {
         Config {
             collector: None,
             host: None,
+            machine_id: None,
             interval: Duration::from_secs(2),
             netns: Vec::new(),
             host_netns: None,
@@ -157,6 +162,14 @@ pub struct Flags {
     #[arg(long, value_name = "NAME")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+    /// This machine's stable identity, sent beside --host: the collector
+    /// lets one machine at a time report as a host name, and refuses
+    /// another machine's agent that claims it. 1 to 128 printable ASCII
+    /// characters without spaces [default: /etc/machine-id, else
+    /// /var/lib/dbus/machine-id; none if neither reads].
+    #[arg(long, value_name = "ID")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub machine_id: Option<String>,
     /// How often to poll every TCP connection [default: 2s].
     #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
     #[serde(
@@ -304,6 +317,7 @@ impl Config {
         if let Some(host) = &self.host {
             check_host(host)?;
         }
+        self.configured_machine_id()?;
         if self.interval < MIN_INTERVAL || self.interval > MAX_INTERVAL {
             return Err(invalid(
                 "interval",
@@ -362,6 +376,19 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// The machine id set by flag or file, checked; `None` when not set
+    /// (then it is read from the host: [`crate::hello::machine_id`]).
+    pub fn configured_machine_id(&self) -> Result<Option<MachineId>, ConfigError> {
+        self.machine_id
+            .as_deref()
+            .map(|s| {
+                MachineId::new(s).map_err(|why| {
+                    invalid("machine_id", format!("{why} (--machine-id, machine_id)"))
+                })
+            })
+            .transpose()
     }
 
     /// What tells owners' command lines.
@@ -483,6 +510,7 @@ Durations read like 500ms, 3s, 1m.";
 const EXAMPLES: &[(&str, &str)] = &[
     ("collector", "\"https://collector.example:7786\""),
     ("host", "\"web-17\""),
+    ("machine_id", "\"4c4c4544004d3510804ec4c04f4d3232\""),
     ("tls_ca", "\"/etc/tcpstall/ca.crt\""),
     ("tls_cert", "\"/etc/tcpstall/agent.crt\""),
     ("tls_key", "\"/etc/tcpstall/agent.key\""),

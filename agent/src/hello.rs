@@ -1,5 +1,5 @@
 //! Who this agent is, for the Hello that opens every stream: host name,
-//! kernel release, boot id, and each namespace with the addresses it owns
+//! machine id (read once at start: [`machine_id`]), kernel release, boot id, and each namespace with the addresses it owns
 //! (the collector finds a flow's peer through them); that it answers
 //! lookups, and whether its host forwards packets (may translate others'
 //! flows).
@@ -14,14 +14,51 @@
 use std::collections::BTreeSet;
 use std::io;
 use std::net::IpAddr;
+use std::path::Path;
 use std::time::Duration;
 
-use tcpstall_common::{normalize_addr, AgentHello, NamespaceAddresses, ProbeSet};
+use tcpstall_common::{machine, normalize_addr, AgentHello, MachineId, NamespaceAddresses, ProbeSet};
 
 use crate::netns::{self, Netns, NetnsError};
 
 /// Where the kernel keeps this boot's id.
 pub const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
+
+/// Where the machine id is read when none is configured, in this order:
+/// systemd's, then D-Bus's (older or systemd-less hosts).
+pub const MACHINE_ID_FILES: [&str; 2] = ["/etc/machine-id", "/var/lib/dbus/machine-id"];
+
+/// This machine's id: `configured` (--machine-id, `machine_id`) if given,
+/// else the first of `files` that holds one. A file that cannot be read or
+/// holds no valid id is logged and the next one tried; `None` (warned of,
+/// once: this runs at start) when none does. The collector then cannot
+/// tell this machine from another that reports the same host name.
+pub fn machine_id(configured: Option<MachineId>, files: &[&Path]) -> Option<MachineId> {
+    if configured.is_some() {
+        return configured;
+    }
+    for path in files {
+        match std::fs::read_to_string(path) {
+            Ok(text) => match machine::from_file_text(&text) {
+                Ok(Some(id)) => return Some(id),
+                Ok(None) => tracing::debug!(path = %path.display(), "machine id file is empty"),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "machine id file holds no valid id")
+                }
+            },
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot read the machine id")
+            }
+        }
+    }
+    tracing::warn!(
+        files = ?files,
+        "no machine id (none configured, none in the files): the collector cannot tell this \
+         machine from another that reports the same host name; give --machine-id"
+    );
+    None
+}
 
 /// Why a namespace's addresses could not be listed.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +119,8 @@ fn list_here(label: &str) -> Result<Vec<IpAddr>, AddressError> {
 #[derive(Debug, Clone)]
 pub struct Identity {
     pub host: String,
+    /// This machine's stable identity, if it has one.
+    pub machine_id: Option<MachineId>,
     pub interval: Duration,
     /// Which deeper probes work here, as found at start.
     pub probes: ProbeSet,
@@ -103,6 +142,7 @@ impl Identity {
         });
         AgentHello {
             host: self.host.clone(),
+            machine_id: self.machine_id.clone(),
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             kernel,
             boot_id,
@@ -148,6 +188,7 @@ mod tests {
         let ns = crate::netns::current().expect("own namespace");
         let id = Identity {
             host: "h1".into(),
+            machine_id: MachineId::new("0123456789abcdef0123456789abcdef").ok(),
             interval: Duration::from_millis(1500),
             probes: ProbeSet {
                 sock_diag: true,
@@ -168,6 +209,7 @@ mod tests {
         let hello = tcpstall_proto::convert::hello_to_wire(said);
         assert_eq!(hello.protocol, tcpstall_proto::PROTOCOL_VERSION);
         assert_eq!(hello.host, "h1");
+        assert_eq!(hello.machine_id, "0123456789abcdef0123456789abcdef");
         assert_eq!(hello.interval_ms, 1500);
         assert_eq!(hello.kernel, kernel_release().expect("uname"));
         assert_eq!(hello.boot_id.len(), 36, "a UUID: {:?}", hello.boot_id);
@@ -184,6 +226,37 @@ mod tests {
         assert!(hello
             .probes
             .is_some_and(|p| p.sock_diag && p.bpf_iter && !p.getsockopt));
+    }
+
+    #[test]
+    fn the_machine_id_is_configured_else_read_from_the_first_file_that_has_one() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let write = |name: &str, text: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).expect("write");
+            p
+        };
+        let etc = write("etc-machine-id", "0123456789abcdef0123456789abcdef\n");
+        let dbus = write("dbus-machine-id", "fedcba9876543210fedcba9876543210\n");
+        let empty = write("empty", "\n");
+        let bad = write("bad", "not an id\n");
+        let missing = dir.path().join("missing");
+        let id = |configured: Option<&str>, files: &[&Path]| {
+            machine_id(configured.map(|s| MachineId::new(s).expect("id")), files)
+                .map(String::from)
+        };
+        let first = Some("0123456789abcdef0123456789abcdef".to_string());
+        let second = Some("fedcba9876543210fedcba9876543210".to_string());
+        // Configured beats the files.
+        assert_eq!(id(Some("web-17-a"), &[&etc]), Some("web-17-a".into()));
+        assert_eq!(id(None, &[&etc, &dbus]), first);
+        // A missing, empty or malformed file: the next one is tried.
+        assert_eq!(id(None, &[&missing, &dbus]), second);
+        assert_eq!(id(None, &[&empty, &dbus]), second);
+        assert_eq!(id(None, &[&bad, &dbus]), second);
+        // None anywhere: none sent.
+        assert_eq!(id(None, &[&missing, &empty]), None);
+        assert_eq!(id(None, &[]), None);
     }
 
     #[test]

@@ -44,6 +44,8 @@ pub struct AgentMetrics {
     /// change) the stream took.
     addresses_sent: AtomicU64,
     reconnects: AtomicU64,
+    /// Hellos the collector refused: another machine holds the host name.
+    hellos_refused_name_taken: AtomicU64,
     connected: AtomicBool,
     /// Parser skips: malformed messages, attributes, chunks; interrupted
     /// dumps (copied from the poller's own totals).
@@ -91,6 +93,7 @@ impl Default for AgentMetrics {
             sent_samples: AtomicU64::new(0),
             addresses_sent: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
+            hellos_refused_name_taken: AtomicU64::new(0),
             connected: AtomicBool::new(false),
             malformed_messages: AtomicU64::new(0),
             malformed_attributes: AtomicU64::new(0),
@@ -205,6 +208,13 @@ impl AgentMetrics {
             self.reconnects.fetch_add(1, Ordering::Relaxed);
         }
         self.connected.store(up, Ordering::Relaxed);
+    }
+
+    /// The collector refused a Hello: another machine's agent holds this
+    /// host name.
+    pub fn hello_refused(&self) {
+        self.hellos_refused_name_taken
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// Whether the probe named in [`PROBES`] is available.
@@ -355,6 +365,15 @@ impl AgentMetrics {
             "Streams to the collector opened after the first one.",
             get(&self.reconnects),
         );
+        e.family(
+            "tcpstall_agent_hellos_refused_total",
+            Kind::Counter,
+            "Hellos the collector refused, by reason: name_taken (another machine's agent holds this host name; its log names both).",
+        )
+        .sample(
+            &[("reason", "name_taken")],
+            get(&self.hellos_refused_name_taken),
+        );
         e.single(
             "tcpstall_agent_sent_messages_total",
             Kind::Counter,
@@ -460,6 +479,7 @@ mod tests {
         m.link(true, false);
         m.link(false, false);
         m.link(true, true);
+        m.hello_refused();
         m.outbox(
             5,
             Dropped {
@@ -500,6 +520,7 @@ mod tests {
             "tcpstall_agent_address_announcements_total 1\n",
             "tcpstall_agent_connected 1\n",
             "tcpstall_agent_reconnects_total 1\n",
+            "tcpstall_agent_hellos_refused_total{reason=\"name_taken\"} 1\n",
             "tcpstall_agent_buffered_batches 5\n",
             "tcpstall_agent_dropped_batches_total 2\n",
             "tcpstall_agent_dropped_samples_total 9\n",

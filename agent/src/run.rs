@@ -46,6 +46,8 @@ pub struct RunSettings {
     /// TLS settings for an https:// collector.
     pub tls: Option<tonic::transport::ClientTlsConfig>,
     pub host: String,
+    /// This machine's stable identity, sent beside `host`.
+    pub machine_id: Option<tcpstall_common::MachineId>,
     pub interval: Duration,
     pub namespaces: Vec<Netns>,
     /// The host's own namespace: where containers' connections are
@@ -354,6 +356,7 @@ pub async fn run(settings: RunSettings, shutdown: impl Future<Output = ()>) -> a
         tls: settings.tls.clone(),
         identity: Identity {
             host: settings.host.clone(),
+            machine_id: settings.machine_id.clone(),
             interval: settings.interval,
             probes: found,
             host_netns: settings.host_netns.clone(),

@@ -211,9 +211,29 @@ async fn stopping(shutdown: &mut watch::Receiver<bool>) {
 enum End {
     /// It never got a stream.
     Failed(String),
+    /// The collector refused its Hello: another machine's agent holds this
+    /// host name (the collector's message names both machines).
+    Refused(String),
     /// It had a stream, which then ended or broke.
     Lost(String),
     Shutdown,
+}
+
+impl From<String> for End {
+    fn from(error: String) -> End {
+        End::Failed(error)
+    }
+}
+
+/// How an opening stream the collector answered with `status` ended: a
+/// refused Hello (ALREADY_EXISTS: the host name is another machine's) is
+/// told apart from a failure to reach the collector.
+fn refused_or_failed(status: tonic::Status) -> End {
+    if status.code() == tonic::Code::AlreadyExists {
+        End::Refused(status.message().to_string())
+    } else {
+        End::Failed(status_text(&status))
+    }
 }
 
 /// Runs the link until shutdown.
@@ -235,6 +255,11 @@ pub async fn run(
             End::Failed(error) => {
                 failures += 1;
                 tracing::warn!(collector = %cfg.collector, session, failures, %error, "cannot reach the collector");
+            }
+            End::Refused(error) => {
+                failures += 1;
+                cfg.metrics.hello_refused();
+                tracing::error!(collector = %cfg.collector, session, failures, %error, "the collector refused this agent's hello: its host name is another machine's; retrying, in case that one goes");
             }
             End::Lost(error) => {
                 if events.send(LinkEvent::Down { session }).await.is_err() {
@@ -299,13 +324,13 @@ async fn one_session(
         let response = IngestClient::new(channel)
             .stream(outgoing)
             .await
-            .map_err(|status| status_text(&status))?;
-        Ok::<_, String>((response.into_inner(), tx))
+            .map_err(refused_or_failed)?;
+        Ok::<_, End>((response.into_inner(), tx))
     };
     let (mut inbound, tx) = tokio::select! {
         opened = open => match opened {
             Ok(pair) => pair,
-            Err(e) => return End::Failed(e),
+            Err(end) => return end,
         },
         _ = stopping(shutdown) => return End::Shutdown,
     };

@@ -165,6 +165,8 @@ pub async fn run(args: DemoArgs, style: Style) -> Result<u8, Failure> {
         tls: None,
         collector: url.clone(),
         host: "demo-host".into(),
+        // The demo's collector is its own: one machine, whatever its id.
+        machine_id: tcpstall_common::MachineId::new("tcpstall-demo").ok(),
         interval: args.interval,
         namespaces: vec![ns.clone()],
         host_netns: ns,

@@ -278,6 +278,19 @@ pub fn render(
         "Episodes deleted by retention.",
         store.pruned_episodes as f64,
     );
+    out.family(
+        "tcpstall_collector_hellos_refused_total",
+        Kind::Counter,
+        "Agents' Hellos refused, by reason: name_taken (another machine's live agent holds the host name), full (max_agents streams open).",
+    )
+    .sample(&[("reason", "name_taken")], gateway.hellos_refused_name_taken as f64)
+    .sample(&[("reason", "full")], gateway.hellos_refused_full as f64);
+    out.single(
+        "tcpstall_collector_hellos_without_machine_id_total",
+        Kind::Counter,
+        "Agents' Hellos that said no machine id (older agents): their host name is not guarded, another machine's Hello replaces them.",
+        gateway.hellos_without_machine_id as f64,
+    );
     let mut labelled = |name: &str, kind: Kind, help: &str, value: &dyn Fn(usize) -> f64| {
         let mut family = out.family(name, kind, help);
         for (i, d) in Diagnosis::ALL.iter().enumerate() {
@@ -343,6 +356,9 @@ mod tests {
             agents: 3,
             agent_dropped_batches: 4,
             requests_dropped: 2,
+            hellos_refused_name_taken: 3,
+            hellos_refused_full: 1,
+            hellos_without_machine_id: 5,
         };
         stats.open_by_diagnosis[Diagnosis::AckLost.index()] = 2;
         stats.opened_by_diagnosis[Diagnosis::AckLost.index()] = 5;
@@ -377,6 +393,11 @@ mod tests {
         assert!(text.contains("tcpstall_collector_address_updates_stale_total 1\n"));
         assert!(text.contains("tcpstall_collector_messages_refused_total 7\n"));
         assert!(text.contains("tcpstall_collector_tls_handshakes_refused_total 2\n"));
+        assert!(
+            text.contains("tcpstall_collector_hellos_refused_total{reason=\"name_taken\"} 3\n")
+        );
+        assert!(text.contains("tcpstall_collector_hellos_refused_total{reason=\"full\"} 1\n"));
+        assert!(text.contains("tcpstall_collector_hellos_without_machine_id_total 5\n"));
         assert!(text.contains("tcpstall_collector_episodes_open{diagnosis=\"ack_lost\"} 2\n"));
         assert!(text.contains("tcpstall_collector_episodes_total{diagnosis=\"ack_lost\"} 5\n"));
         for line in [

@@ -65,6 +65,7 @@ impl Rig {
         let (reply, mut res) = oneshot::channel();
         let hello = HostHello {
             host: host.into(),
+            machine_id: None,
             agent_version: "t".into(),
             kernel: "6.18".into(),
             boot_id: "b".into(),
@@ -75,7 +76,8 @@ impl Rig {
         };
         let input = Input::Hello {
             session: self.session,
-            hello,
+            hello: Box::new(hello),
+            peer: None,
             tx,
             reply,
         };

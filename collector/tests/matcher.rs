@@ -94,8 +94,9 @@ impl Rig {
         self.gateway(
             Input::Hello {
                 session: self.session,
-                hello: HostHello {
+                hello: Box::new(HostHello {
                     host: host.into(),
+                    machine_id: None,
                     agent_version: "t".into(),
                     kernel: "6.18".into(),
                     boot_id: "b".into(),
@@ -103,7 +104,8 @@ impl Rig {
                     interval: Duration::from_secs(2),
                     answers_lookups: true,
                     forwards,
-                },
+                }),
+                peer: None,
                 tx,
                 reply,
             },

@@ -12,6 +12,7 @@ use std::time::Duration;
 use crate::end::{EndSample, SampleReason};
 use crate::flow::{FlowTuple, Translation};
 use crate::held::HeldSpan;
+use crate::machine::MachineId;
 use crate::packed::Packed;
 
 /// An agent's greeting as the collector keeps it, validated: the host and
@@ -19,6 +20,10 @@ use crate::packed::Packed;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostHello {
     pub host: String,
+    /// The machine's stable identity; `None` from agents that predate it
+    /// (or found none): their host name is not guarded against another
+    /// machine's.
+    pub machine_id: Option<MachineId>,
     pub agent_version: String,
     pub kernel: String,
     pub boot_id: String,
@@ -44,6 +49,9 @@ impl HostHello {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentHello {
     pub host: String,
+    /// This machine's stable identity (/etc/machine-id, or configured);
+    /// `None` when there is none.
+    pub machine_id: Option<MachineId>,
     pub agent_version: String,
     /// The kernel release (`uname -r`); empty when it could not be read.
     pub kernel: String,

@@ -18,6 +18,7 @@ pub mod flow;
 pub mod held;
 pub mod ingest;
 pub mod kernel_tcp;
+pub mod machine;
 pub mod packed;
 pub mod positions;
 pub mod record;
@@ -37,6 +38,7 @@ pub use ingest::{
     NamespaceAddresses, ProbeSet, ToAgent, ToCollector, Welcome,
 };
 pub use kernel_tcp::{FactSource, KernelTcp, SackBlock};
+pub use machine::{MachineId, MachineIdError};
 pub use packed::Packed;
 pub use positions::Positions;
 pub use sample::{normalize_addr, CongName, Opened, SkMemInfo, SocketSample, TcpState, TimerKind};

@@ -34,6 +34,13 @@ pub fn unix_ms(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH).map_or(0, millis_i64)
 }
 
+/// Unix milliseconds `ms` as an RFC 3339 UTC time to the second, for
+/// people (logs, messages); times before 1970 read as 1970.
+pub fn rfc3339(ms: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
 /// The collector's wall clock, Unix milliseconds. Every component that
 /// stamps or ages a record reads it through one of these, handed to it at
 /// start, never `SystemTime::now()` past it: a test hands a [`ManualClock`]
@@ -116,6 +123,12 @@ mod tests {
         assert_eq!(micros(Duration::MAX), u64::MAX);
         assert_eq!(millis(Duration::MAX), u64::MAX);
         assert_eq!(millis_i64(Duration::MAX), i64::MAX);
+    }
+
+    #[test]
+    fn rfc3339_reads_to_the_second() {
+        assert_eq!(rfc3339(1_796_635_201_999), "2026-12-07T09:20:01Z");
+        assert_eq!(rfc3339(-5), "1970-01-01T00:00:00Z");
     }
 
     #[test]

@@ -42,6 +42,15 @@ pub fn hello(host: &str, addrs: &[&str]) -> v1::AgentMessage {
     }
 }
 
+/// A Hello as [`hello`]'s, from the machine `machine_id`.
+pub fn hello_of(host: &str, machine_id: &str, addrs: &[&str]) -> v1::AgentMessage {
+    let mut msg = hello(host, addrs);
+    if let Some(agent_message::Body::Hello(h)) = &mut msg.body {
+        h.machine_id = machine_id.into();
+    }
+    msg
+}
+
 /// Opens a stream and sends `first`.
 pub async fn connect(url: &str, first: v1::AgentMessage) -> Result<FakeAgent, tonic::Status> {
     let mut client = IngestClient::connect(url.to_string())

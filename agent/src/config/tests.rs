@@ -43,6 +43,7 @@ fn any_config_round_trips_through_its_toml() {
         tls_cert: Some("/etc/a.crt".into()),
         tls_key: Some("/etc/a.key".into()),
         tls_server_name: Some("collector.example".into()),
+        machine_id: Some("4c4c4544004d3510804ec4c04f4d3232".into()),
         ..c
     };
     let parsed: Config = toml::from_str(&c.to_toml()).expect("parses");
@@ -154,6 +155,56 @@ fn batch_max_is_a_flag_and_a_key() {
     };
     let err = Config::load(&zero).expect_err("0 refused");
     assert!(err.to_string().contains("--batch-max"), "{err}");
+}
+
+#[test]
+fn machine_id_is_a_flag_and_a_key_and_bad_ones_name_the_flag() {
+    let (_dir, path) = temp_file("machine.toml", "machine_id = \"from-the-file\"\n");
+    let from_file = Flags {
+        config: Some(path.clone()),
+        ..Flags::default()
+    };
+    let c = Config::load(&from_file).expect("load");
+    assert_eq!(c.machine_id.as_deref(), Some("from-the-file"));
+    let id = c.configured_machine_id().expect("valid");
+    assert_eq!(id.as_ref().map(MachineId::as_str), Some("from-the-file"));
+    let flag = Flags {
+        machine_id: Some("4c4c4544004d3510804ec4c04f4d3232".into()),
+        ..from_file
+    };
+    let c = Config::load(&flag).expect("load");
+    assert_eq!(
+        c.machine_id.as_deref(),
+        Some("4c4c4544004d3510804ec4c04f4d3232"),
+        "the flag wins"
+    );
+    // Unset: read from the host at start, not a setting.
+    let c = Config::load(&Flags::default()).expect("defaults");
+    assert_eq!(c.machine_id, None);
+    assert_eq!(c.configured_machine_id().expect("unset"), None);
+    for (bad, why) in [
+        ("", "empty"),
+        ("two words", "printable"),
+        ("tab\tin", "printable"),
+        ("\u{e9}t\u{e9}", "printable"),
+        (&"x".repeat(129), "more than 128"),
+    ] {
+        let flags = Flags {
+            machine_id: Some(bad.to_string()),
+            ..Flags::default()
+        };
+        let err = Config::load(&flags).expect_err(bad).to_string();
+        assert!(err.contains("--machine-id"), "{bad:?}: {err}");
+        assert!(err.contains("machine_id"), "{bad:?}: {err}");
+        assert!(err.contains(why), "{bad:?}: {err}");
+    }
+    let (_dir, path) = temp_file("bad-machine.toml", "machine_id = \"a b\"\n");
+    let err = Config::load(&Flags {
+        config: Some(path),
+        ..Flags::default()
+    })
+    .expect_err("from the file too");
+    assert!(err.to_string().contains("--machine-id"), "{err}");
 }
 
 #[test]

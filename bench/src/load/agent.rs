@@ -162,6 +162,7 @@ fn hello(host: &Host, shape: &sim::Shape) -> v1::AgentMessage {
             interval_ms: u32::try_from(shape.interval.as_millis()).unwrap_or(u32::MAX),
             answers_lookups: true,
             forwards: shape.net.forwards(host.index),
+            machine_id: format!("{:032x}", host.index),
         })),
     }
 }

@@ -161,8 +161,9 @@ fn measure(args: &InprocArgs) -> anyhow::Result<Seen> {
         roles.gateway.handle(
             Input::Hello {
                 session: u64::from(i),
-                hello: HostHello {
+                hello: Box::new(HostHello {
                     host: sim::host_name(i),
+                    machine_id: tcpstall_common::MachineId::new(&format!("{i:032x}")).ok(),
                     agent_version: "bench".into(),
                     kernel: "bench".into(),
                     boot_id: "bench".into(),
@@ -180,7 +181,8 @@ fn measure(args: &InprocArgs) -> anyhow::Result<Seen> {
                     interval: INTERVAL,
                     answers_lookups: true,
                     forwards: shape.net.forwards(i),
-                },
+                }),
+                peer: None,
                 tx,
                 reply,
             },

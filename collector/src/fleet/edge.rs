@@ -19,7 +19,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::HeaderMap;
 use tcpstall_common::ToAgent;
 use tokio::sync::mpsc;
@@ -32,6 +31,8 @@ use crate::messages::{HostId, ToGateway, ToMatcher};
 
 /// Publishes waiting for JetStream's acknowledgement at once.
 const IN_FLIGHT: usize = 1024;
+/// Tries of one publish before its part is counted lost.
+const PUBLISH_ATTEMPTS: u32 = 4;
 
 /// What the edge counts (read by /metrics).
 #[derive(Debug, Default)]
@@ -84,30 +85,29 @@ pub async fn run(
                         if h.record.session != global(session) {
                             continue;
                         }
+                        let mono_us = batch.mono.as_micros();
                         for (p, part) in wire::split(batch, partitions) {
                             let mut headers = HeaderMap::new();
                             headers.insert(wire::H_HOST, h.record.name.as_str());
                             headers.insert(wire::H_SESSION, h.record.session.to_string().as_str());
                             headers.insert(wire::H_TAKEN, taken_ms.to_string().as_str());
+                            // JetStream drops a second copy of one id: a
+                            // part published again after a lost
+                            // acknowledgement is stored once.
+                            let id = format!("{:x}.{mono_us:x}.{p}", h.record.session);
+                            headers.insert("Nats-Msg-Id", id.as_str());
                             // Room first: at most IN_FLIGHT wait for acks.
                             while acks.len() >= IN_FLIGHT {
                                 if let Some(ok) = acks.join_next().await {
                                     count_ack(stats, ok.unwrap_or(false));
                                 }
                             }
-                            match bus
-                                .js
-                                .publish_with_headers(wire::samples_subject(p), headers, wire::encode_part(part))
-                                .await
-                            {
-                                Ok(ack) => {
-                                    acks.spawn(acked(ack));
-                                }
-                                Err(e) => {
-                                    stats.parts_failed.fetch_add(1, Ordering::Relaxed);
-                                    tracing::warn!(error = %e, partition = p, "publishing a batch part failed");
-                                }
-                            }
+                            acks.spawn(publish(
+                                bus.js.clone(),
+                                wire::samples_subject(p),
+                                headers,
+                                wire::encode_part(part),
+                            ));
                         }
                     }
                     ToMatcher::HostUp { host, session, name, addresses, interval, answers_lookups, forwards } => {
@@ -174,14 +174,34 @@ fn count_ack(stats: &EdgeStats, ok: bool) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
-async fn acked(ack: PublishAckFuture) -> bool {
-    match ack.await {
-        Ok(_) => true,
-        Err(e) => {
-            tracing::warn!(error = %e, "a batch part was not acknowledged");
-            false
+/// Publishes one part until JetStream acknowledges it, a few times: a
+/// server that dies with the part unacknowledged leaves the client to
+/// reconnect to another, and the same id makes a second copy harmless.
+async fn publish(
+    js: async_nats::jetstream::Context,
+    subject: String,
+    headers: HeaderMap,
+    payload: bytes::Bytes,
+) -> bool {
+    for attempt in 1..=PUBLISH_ATTEMPTS {
+        let sent = js
+            .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
+            .await;
+        let error = match sent {
+            Ok(ack) => match ack.await {
+                Ok(_) => return true,
+                Err(e) => e.to_string(),
+            },
+            Err(e) => e.to_string(),
+        };
+        tracing::debug!(%subject, attempt, %error, "a batch part not acknowledged");
+        if attempt == PUBLISH_ATTEMPTS {
+            tracing::warn!(%subject, %error, "a batch part lost: not acknowledged after {PUBLISH_ATTEMPTS} attempts");
+        } else {
+            tokio::time::sleep(Duration::from_millis(250 * u64::from(attempt))).await;
         }
     }
+    false
 }
 
 async fn put_record(bus: &Bus, record: &HostRecord, stats: &EdgeStats) {

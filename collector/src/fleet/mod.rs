@@ -79,6 +79,9 @@ pub struct Judging {
     pub max_entries: usize,
 }
 
+/// How long a live view asked of another node may take.
+const FLOW_WAIT: Duration = Duration::from_secs(3);
+
 /// Requests of the partitions' matchers queued for NATS.
 const REQUESTS: usize = 16 * 1024;
 
@@ -267,7 +270,7 @@ impl Node {
         };
         let (stop_leases, leases_stopped) = oneshot::channel();
         let lease_loop = leases::Leases {
-            bus,
+            bus: bus.clone(),
             node: settings.node.clone(),
             partitions: settings.partitions,
             lease: settings.lease,
@@ -278,6 +281,7 @@ impl Node {
         let leases = tokio::spawn(lease_loop.run(leases_stopped));
         let (questions, asked) = mpsc::channel(64);
         tasks.push(tokio::spawn(answer(
+            bus.clone(),
             asked,
             owned,
             judging,
@@ -352,6 +356,7 @@ async fn route_requests(
 /// Answers this node's questions from its partitions' matchers: counts
 /// summed, a flow's view from the partition that holds it, reloads to all.
 async fn answer(
+    bus: Bus,
     mut asked: mpsc::Receiver<Question>,
     owned: leases::Owned,
     judging: Arc<Mutex<Judging>>,
@@ -388,8 +393,20 @@ async fn answer(
                     Some(s) => {
                         let _ = s.send(Question::Flow { flow, reply }).await;
                     }
+                    // Judged elsewhere: asked of the node that holds it
+                    // (which asks both ends' hosts to watch, through their
+                    // nodes).
                     None => {
-                        let _ = reply.send(FlowView { a: None, b: None });
+                        let view = tokio::time::timeout(
+                            FLOW_WAIT,
+                            bus.client.request(wire::flow_subject(p), wire::encode_flow(flow)),
+                        )
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                        .and_then(|m| wire::decode_view(&m.payload))
+                        .unwrap_or(FlowView { a: None, b: None });
+                        let _ = reply.send(view);
                     }
                 }
             }

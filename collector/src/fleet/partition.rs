@@ -109,6 +109,14 @@ pub async fn run(
             }
         }
     };
+    // Live views of its flows, asked by any node's query edge.
+    let mut flows = match part.bus.client.subscribe(wire::flow_subject(part.p)).await {
+        Ok(sub) => Some(sub),
+        Err(e) => {
+            tracing::warn!(partition = part.p, error = %e, "cannot answer live views of this partition's flows");
+            None
+        }
+    };
     tracing::info!(partition = part.p, messages = backlog, "partition taken: replaying its stream");
     let mut caught_up = false;
     if backlog == 0 {
@@ -165,8 +173,30 @@ pub async fn run(
                 }
             }
             Some(q) = questions.recv() => matcher.answer(q, part.clock.now_ms()),
+            Some(asked) = next_flow(&mut flows) => {
+                let Some(reply) = asked.reply else { continue };
+                let Some(flow) = wire::decode_flow(&asked.payload) else {
+                    part.fleet.partitions.malformed.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
+                let (tx, mut rx) = oneshot::channel();
+                matcher.answer(Question::Flow { flow, reply: tx }, part.clock.now_ms());
+                if let Ok(view) = rx.try_recv() {
+                    let _ = part.bus.client.publish(reply, wire::encode_view(view)).await;
+                }
+            }
             _ = &mut stop => break,
         }
+    }
+}
+
+/// The next live-view request, or never without a subscription.
+async fn next_flow(
+    sub: &mut Option<async_nats::Subscriber>,
+) -> Option<async_nats::Message> {
+    match sub {
+        Some(s) => s.next().await,
+        None => std::future::pending().await,
     }
 }
 

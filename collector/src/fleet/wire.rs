@@ -11,10 +11,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use prost::Message as _;
 use serde::{Deserialize, Serialize};
-use tcpstall_common::{AgentBatch, EndSample, FlowKey, FromCollector, NamespaceAddresses, ToAgent};
+use tcpstall_common::record::{FlowEnd, FlowEnds};
+use tcpstall_common::{
+    AgentBatch, EndSample, FlowKey, FlowTuple, FromCollector, NamespaceAddresses, ToAgent,
+};
 use tcpstall_proto::convert::{self, ConvertError};
 use tcpstall_proto::{raw, v1};
 
+use crate::matcher::FlowView;
 use crate::messages::partition;
 
 /// The stream of every partition's samples.
@@ -35,6 +39,12 @@ pub const H_TAKEN: &str = "Tcpstall-Taken-Ms";
 /// Where partition `p`'s samples are published.
 pub fn samples_subject(p: u32) -> String {
     format!("tcpstall.samples.{p}")
+}
+
+/// Where a flow's live view is asked of the node that judges partition
+/// `p` (request and reply: `v1::FlowTuple`, `v1::GetFlowResponse`).
+pub fn flow_subject(p: u32) -> String {
+    format!("tcpstall.flow.{p}")
 }
 
 /// Every partition's subjects (the stream's).
@@ -169,6 +179,37 @@ pub fn decode_request(payload: &[u8]) -> Option<ToAgent> {
     }
 }
 
+/// A flow whose live view is asked.
+pub fn encode_flow(flow: FlowTuple) -> Bytes {
+    Bytes::from(convert::flow_to_wire(flow).encode_to_vec())
+}
+
+pub fn decode_flow(payload: &[u8]) -> Option<FlowTuple> {
+    let f = v1::FlowTuple::decode(payload).ok()?;
+    convert::flow_from_wire(Some(&f)).ok()
+}
+
+/// A flow's live view, as the judging node answers.
+pub fn encode_view(view: FlowView) -> Bytes {
+    let end = |x: Option<(String, EndSample)>| x.map(|(host, sample)| FlowEnd { host, sample });
+    let ends = FlowEnds {
+        a: end(view.a),
+        b: end(view.b),
+    };
+    Bytes::from(convert::flow_ends_to_wire(ends).encode_to_vec())
+}
+
+/// A view read back; `None` when it does not decode.
+pub fn decode_view(payload: &[u8]) -> Option<FlowView> {
+    let r = v1::GetFlowResponse::decode(payload).ok()?;
+    let ends = convert::flow_ends_from_wire(r).ok()?;
+    let end = |e: Option<FlowEnd>| e.map(|e| (e.host, e.sample));
+    Some(FlowView {
+        a: end(ends.a),
+        b: end(ends.b),
+    })
+}
+
 /// A host as its node registers it in the hosts bucket, put again every
 /// renewal: a record whose node stopped renewing it is of a host gone.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -235,7 +276,7 @@ pub struct Shared {
 mod tests {
     use super::*;
     use crate::test_support::a_end;
-    use tcpstall_common::{ClosedSocket, FlowTuple, SampleReason};
+    use tcpstall_common::{ClosedSocket, SampleReason};
 
     fn stuck(local: &str, remote: &str, sendq: u32) -> EndSample {
         EndSample {

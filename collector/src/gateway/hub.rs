@@ -7,12 +7,13 @@
 //! so that a stream's first batch never reaches the matcher ahead of its
 //! host. Batches themselves go from the streams to the matcher directly.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 
 use tcpstall_common::{Clock, HostHello, ToAgent};
 use tokio::sync::{mpsc, oneshot};
 
-use super::registry::Hosts;
+use super::registry::{Holder, Hosts, Taken};
 use crate::messages::{HostId, ToGateway, ToMatcher};
 use crate::store::{HostRecord, SharedStore};
 
@@ -26,7 +27,10 @@ pub enum Input {
     /// the collector will not take it.
     Hello {
         session: u64,
-        hello: HostHello,
+        /// Boxed: a Hello is once per stream, the other inputs many.
+        hello: Box<HostHello>,
+        /// The agent's address, when the transport knows it.
+        peer: Option<SocketAddr>,
         /// Where the stream takes requests for its agent.
         tx: mpsc::Sender<ToAgent>,
         reply: HelloReply,
@@ -43,7 +47,18 @@ pub enum Input {
 }
 
 /// Where a Hello is answered: the host's number, or why not.
-pub type HelloReply = oneshot::Sender<Result<HostId, String>>;
+pub type HelloReply = oneshot::Sender<Result<HostId, Refusal>>;
+
+/// Why the gateway will not take a Hello.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// `max_agents` streams are open.
+    #[error("collector is full: {max_agents} agents connected")]
+    Full { max_agents: usize },
+    /// Another machine's live session holds the host name.
+    #[error(transparent)]
+    Taken(Box<Taken>),
+}
 
 /// The gateway's counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -55,6 +70,14 @@ pub struct GatewayStats {
     /// Watch and unwatch requests dropped because an agent's outbound
     /// queue was full (a dropped watch is asked again).
     pub requests_dropped: u64,
+    /// Hellos refused because another machine's live session holds the
+    /// host name.
+    pub hellos_refused_name_taken: u64,
+    /// Hellos refused because `max_agents` streams were open.
+    pub hellos_refused_full: u64,
+    /// Hellos that said no machine id (agents that predate it, or found
+    /// none): their host name is not guarded against another machine.
+    pub hellos_without_machine_id: u64,
 }
 
 #[derive(Debug)]
@@ -75,9 +98,15 @@ pub struct Gateway {
     store: SharedStore,
     max_agents: usize,
     requests_dropped: u64,
+    refused_name_taken: u64,
+    refused_full: u64,
+    without_machine_id: u64,
+    /// Hosts already warned of for saying no machine id (one warning per
+    /// host for the collector's life).
+    warned_unidentified: HashSet<HostId, foldhash::fast::RandomState>,
     /// For the matcher, in order: sent (waiting for room) before any reply.
     out: Vec<ToMatcher>,
-    replies: Vec<(HelloReply, Result<HostId, String>)>,
+    replies: Vec<(HelloReply, Result<HostId, Refusal>)>,
 }
 
 impl Gateway {
@@ -89,6 +118,10 @@ impl Gateway {
             store,
             max_agents,
             requests_dropped: 0,
+            refused_name_taken: 0,
+            refused_full: 0,
+            without_machine_id: 0,
+            warned_unidentified: HashSet::default(),
             out: Vec::new(),
             replies: Vec::new(),
         }
@@ -101,10 +134,11 @@ impl Gateway {
             Input::Hello {
                 session,
                 hello,
+                peer,
                 tx,
                 reply,
             } => {
-                let res = self.hello(session, hello, tx, now_ms);
+                let res = self.hello(session, *hello, peer, tx, now_ms);
                 self.replies.push((reply, res));
             }
             Input::Heartbeat {
@@ -206,6 +240,9 @@ impl Gateway {
             agents: self.sessions.len(),
             agent_dropped_batches: self.sessions.values().map(|s| s.dropped_batches).sum(),
             requests_dropped: self.requests_dropped,
+            hellos_refused_name_taken: self.refused_name_taken,
+            hellos_refused_full: self.refused_full,
+            hellos_without_machine_id: self.without_machine_id,
         }
     }
 
@@ -213,18 +250,52 @@ impl Gateway {
         &mut self,
         session: u64,
         hello: HostHello,
+        peer: Option<SocketAddr>,
         tx: mpsc::Sender<ToAgent>,
         now_ms: i64,
-    ) -> Result<HostId, String> {
-        let host = self.hosts.id(&hello.host);
-        if let Some(old) = self.sessions.get(&host) {
-            tracing::warn!(host = %hello.host, old = old.id, new = session, "host reconnected; its previous stream is replaced");
+    ) -> Result<HostId, Refusal> {
+        if self.hosts.holder(&hello.host).is_none() && self.sessions.len() >= self.max_agents {
+            self.refused_full += 1;
+            return Err(Refusal::Full {
+                max_agents: self.max_agents,
+            });
+        }
+        let claimant = Holder {
+            session,
+            machine: hello.machine_id.clone(),
+            peer,
+            since_ms: now_ms,
+        };
+        let (host, claimed) = match self.hosts.claim(&hello.host, claimant) {
+            Ok(claimed) => claimed,
+            Err(taken) => {
+                self.refused_name_taken += 1;
+                tracing::warn!(
+                    host = %hello.host,
+                    session,
+                    machine = %taken.machine,
+                    ?peer,
+                    holder_session = taken.holder.session,
+                    "agent refused: {taken}"
+                );
+                return Err(Refusal::Taken(taken));
+            }
+        };
+        if hello.machine_id.is_none() {
+            self.without_machine_id += 1;
+            if self.warned_unidentified.insert(host) {
+                tracing::warn!(
+                    host = %hello.host,
+                    ?peer,
+                    "agent says no machine id (an older agent, or none found): another machine \
+                     reporting this host name would replace it unnoticed; upgrade the agent or \
+                     give it --machine-id"
+                );
+            }
+        }
+        if let Some(old) = claimed.replaces() {
+            tracing::warn!(host = %hello.host, old, new = session, machine = %hello.machine_id.as_ref().map_or("none", |m| m.as_str()), "host reconnected; its previous stream is replaced");
             self.gone(host, now_ms);
-        } else if self.sessions.len() >= self.max_agents {
-            return Err(format!(
-                "collector is full: {} agents connected",
-                self.max_agents
-            ));
         }
         self.store.host_seen(HostRecord {
             host: hello.host.clone(),
@@ -233,7 +304,7 @@ impl Gateway {
             boot_id: hello.boot_id.clone(),
             at_ms: now_ms,
         });
-        tracing::info!(host = %hello.host, kernel = %hello.kernel, addresses = hello.address_count(), "agent connected");
+        tracing::info!(host = %hello.host, machine = %hello.machine_id.as_ref().map_or("none", |m| m.as_str()), ?peer, kernel = %hello.kernel, addresses = hello.address_count(), "agent connected");
         self.out.push(ToMatcher::HostUp {
             host,
             session,
@@ -263,6 +334,7 @@ impl Gateway {
         let name = self.hosts.name(host);
         tracing::info!(host = %name, session = session.id, "agent gone");
         self.session_hosts.remove(&session.id);
+        self.hosts.release(host, session.id);
         self.store.host_gone(&name, now_ms);
         self.out.push(ToMatcher::HostDown { host });
     }
@@ -272,7 +344,7 @@ impl Gateway {
 #[derive(Debug)]
 pub struct Pending<'a> {
     pub to_matcher: std::vec::Drain<'a, ToMatcher>,
-    pub replies: std::vec::Drain<'a, (HelloReply, Result<HostId, String>)>,
+    pub replies: std::vec::Drain<'a, (HelloReply, Result<HostId, Refusal>)>,
 }
 
 /// Runs the gateway until `stop` fires or its inputs are gone.

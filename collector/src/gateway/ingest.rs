@@ -26,7 +26,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 
 use super::clock::AgentClock;
 use super::frames::{IngestBody, MessageReader, TakeBody};
-use super::hub::Input;
+use super::hub::{Input, Refusal};
 use crate::messages::ToMatcher;
 use crate::tls;
 
@@ -177,7 +177,8 @@ impl tcpstall_proto::server::ingest_server::Ingest for IngestService {
         self.gateway
             .send(Input::Hello {
                 session,
-                hello,
+                hello: Box::new(hello),
+                peer: remote,
                 tx: to_agent,
                 reply,
             })
@@ -186,7 +187,10 @@ impl tcpstall_proto::server::ingest_server::Ingest for IngestService {
         let host_id = accepted
             .await
             .map_err(|_| Status::unavailable("collector is shutting down"))?
-            .map_err(Status::resource_exhausted)?;
+            .map_err(|refusal| match refusal {
+                Refusal::Full { .. } => Status::resource_exhausted(refusal.to_string()),
+                Refusal::Taken(_) => Status::already_exists(refusal.to_string()),
+            })?;
 
         // Inbound: validate and forward until the stream ends or lies.
         let (out_tx, out_rx) =

@@ -4,7 +4,8 @@
 //! [`frames`]): each must open with a Hello, and every message is checked
 //! at the edge (`tcpstall_proto::convert`) before anything else sees it.
 //! Its task ([`hub`]) keeps the registry of hosts ([`registry`]: a number
-//! per host for the collector's life) and the sessions of those streaming
+//! per host for the collector's life, and which machine's session holds
+//! each name now: one machine per name) and the sessions of those streaming
 //! now, and hands the matcher's watch requests to the stream of the agent
 //! that holds the host. A stream sends its batches straight to the matcher,
 //! with its host's number and when its agent took the poll on the
@@ -14,7 +15,7 @@ pub mod clock;
 pub mod frames;
 pub mod hub;
 pub mod ingest;
-pub(crate) mod registry;
+pub mod registry;
 
 #[cfg(feature = "internals")]
 pub use clock::AgentClock;

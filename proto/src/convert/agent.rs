@@ -42,6 +42,7 @@ pub fn hello_to_wire(h: AgentHello) -> v1::Hello {
         interval_ms: u32::try_from(h.interval.as_millis()).unwrap_or(u32::MAX),
         answers_lookups: h.answers_lookups,
         forwards: h.forwards,
+        machine_id: h.machine_id.map(String::from).unwrap_or_default(),
     }
 }
 

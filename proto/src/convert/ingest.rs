@@ -10,7 +10,7 @@ use std::time::Duration;
 use prost::Message;
 use tcpstall_common::{
     AgentBatch, AgentHello, ClosedSocket, EndSample, FlowTuple, Heartbeat, HostHello, Lookup,
-    NamespaceAddresses, Packed, ProbeSet, SampleReason, ToAgent, Welcome,
+    MachineId, NamespaceAddresses, Packed, ProbeSet, SampleReason, ToAgent, Welcome,
 };
 
 use super::{
@@ -68,6 +68,7 @@ pub fn hello_from_wire(h: &v1::Hello) -> Result<HostHello, ConvertError> {
     }
     Ok(HostHello {
         host,
+        machine_id: machine_id_from_wire(&h.machine_id)?,
         agent_version: name_from_wire(&h.agent_version, "agent_version")?,
         kernel: name_from_wire(&h.kernel, "kernel")?,
         boot_id: name_from_wire(&h.boot_id, "boot_id")?,
@@ -76,6 +77,17 @@ pub fn hello_from_wire(h: &v1::Hello) -> Result<HostHello, ConvertError> {
         answers_lookups: h.answers_lookups,
         forwards: h.forwards,
     })
+}
+
+/// A Hello's machine id: empty (an agent that predates it, or found none)
+/// is `None`; anything else must be one.
+fn machine_id_from_wire(s: &str) -> Result<Option<MachineId>, ConvertError> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    MachineId::new(s)
+        .map(Some)
+        .map_err(|e| ConvertError::Invalid(format!("machine_id: {e}")))
 }
 
 /// An agent's Addresses: every namespace's addresses, checked and bounded
@@ -113,6 +125,7 @@ fn namespaces_from_wire(ns: &[v1::Namespace]) -> Result<Vec<NamespaceAddresses>,
 pub fn agent_hello_from_wire(h: &v1::Hello) -> Result<AgentHello, ConvertError> {
     let HostHello {
         host,
+        machine_id,
         agent_version,
         kernel,
         boot_id,
@@ -128,6 +141,7 @@ pub fn agent_hello_from_wire(h: &v1::Hello) -> Result<AgentHello, ConvertError> 
     });
     Ok(AgentHello {
         host,
+        machine_id,
         agent_version,
         kernel,
         boot_id,

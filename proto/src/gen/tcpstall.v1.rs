@@ -52,6 +52,14 @@ pub struct Hello {
     /// flow up when a direct join fails.
     #[prost(bool, tag = "10")]
     pub forwards: bool,
+    /// The machine's stable identity (/etc/machine-id, or configured): 1 to
+    /// 128 printable ASCII characters without spaces. A host name is held by
+    /// one machine at a time: the same machine reconnecting replaces its
+    /// previous stream, another machine's Hello for it is refused
+    /// (ALREADY_EXISTS). Empty from agents that predate it, or that found
+    /// none: their host name is not guarded.
+    #[prost(string, tag = "11")]
+    pub machine_id: ::prost::alloc::string::String,
 }
 /// The namespaces an agent reads and their addresses, whole, sent when an
 /// address came or went after the Hello (a VIP moved, an SNAT address

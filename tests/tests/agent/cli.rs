@@ -213,3 +213,19 @@ fn bad_flags_name_themselves() {
         "{err}"
     );
 }
+
+#[test]
+fn a_bad_machine_id_names_its_flag_before_anything_starts() {
+    for bad in ["", "two words", "caf\u{e9}"] {
+        let out = agent(&[
+            "run",
+            "--collector",
+            "http://127.0.0.1:9",
+            "--machine-id",
+            bad,
+        ]);
+        assert_eq!(out.status.code(), Some(1), "{bad:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--machine-id"), "{bad:?}: {err}");
+    }
+}

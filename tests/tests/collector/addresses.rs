@@ -100,6 +100,12 @@ async fn announcements_count_on_the_hosts_stream_only_and_are_checked() {
         "{status}"
     );
     assert!(collector.alive(), "the collector is up");
-    assert!(collector.logged(&["agent message refused", "addr-host"]));
+    // The log line is read off the collector's stderr by a thread of its
+    // own: it may come a moment after the status.
+    wait_for("the refusal logged", Duration::from_secs(5), || {
+        collector
+            .logged(&["agent message refused", "addr-host"])
+            .then_some(())
+    });
     counted(&collector, 1.0, 1.0).await;
 }

@@ -12,7 +12,7 @@ use tcpstall_proto::v1::{self, query_client::QueryClient};
 use tcpstall_tests::{scrape, scrape_until, AgentProcess, CollectorProcess};
 
 /// A connection whose receiver never reads: the sender's queue sticks.
-struct Stalled {
+pub(crate) struct Stalled {
     sender: TcpStream,
     _receiver: TcpStream,
     /// The sender's end: its local address is the server port.
@@ -20,7 +20,7 @@ struct Stalled {
     receiver_addr: SocketAddr,
 }
 
-fn stalled() -> Stalled {
+pub(crate) fn stalled() -> Stalled {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
     let receiver = TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
     let (mut sender, _) = l.accept().expect("accept");

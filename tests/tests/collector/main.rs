@@ -4,6 +4,7 @@
 mod addresses;
 mod e2e;
 mod hostile;
+mod identity;
 mod scrub;
 mod shutdown;
 mod tls;

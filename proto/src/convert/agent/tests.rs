@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use prost::Message;
-use tcpstall_common::{HeldEnd, HeldSpan, HostHello, OwnerMissing};
+use tcpstall_common::{HeldEnd, HeldSpan, HostHello, MachineId, OwnerMissing};
 
 use super::*;
 use crate::convert::{
@@ -23,6 +23,7 @@ fn hello() -> AgentHello {
     let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
     AgentHello {
         host: "db-7".into(),
+        machine_id: Some(MachineId::new("4c4c4544004d3510804ec4c04f4d3232").expect("id")),
         agent_version: "0.1.0".into(),
         kernel: "6.1.0-test".into(),
         boot_id: "2b1c1d3e-0000-4000-8000-000000000001".into(),
@@ -147,6 +148,7 @@ fn a_hello_goes_out_with_the_fields_the_agent_always_set() {
         interval_ms: 1500,
         answers_lookups: true,
         forwards: true,
+        machine_id: "4c4c4544004d3510804ec4c04f4d3232".into(),
     };
     let wire = hello_to_wire(h);
     assert_eq!(wire, by_hand);
@@ -163,6 +165,7 @@ fn a_hello_comes_back_whole_and_as_the_collector_keeps_it() {
         host,
         HostHello {
             host: h.host.clone(),
+            machine_id: h.machine_id.clone(),
             agent_version: h.agent_version.clone(),
             kernel: h.kernel.clone(),
             boot_id: h.boot_id.clone(),
@@ -180,6 +183,29 @@ fn a_hello_comes_back_whole_and_as_the_collector_keeps_it() {
         ..h.clone()
     };
     assert_eq!(hello_to_wire(long).interval_ms, u32::MAX);
+}
+
+#[test]
+fn a_machine_id_goes_on_the_wire_and_none_is_empty() {
+    let h = hello();
+    let wire = hello_to_wire(h.clone());
+    assert_eq!(wire.machine_id, "4c4c4544004d3510804ec4c04f4d3232");
+    // An agent without one (or one that predates it) sends none.
+    let old = hello_to_wire(AgentHello {
+        machine_id: None,
+        ..h
+    });
+    assert_eq!(old.machine_id, "");
+    assert_eq!(hello_from_wire(&old).expect("valid").machine_id, None);
+    // What is sent must be one: the collector names the field.
+    for bad in ["two words", "ctl\u{7}", &"m".repeat(129)] {
+        let wire = v1::Hello {
+            machine_id: bad.to_string(),
+            ..wire.clone()
+        };
+        let err = hello_from_wire(&wire).expect_err("refused");
+        assert!(err.to_string().contains("machine_id"), "{err}");
+    }
 }
 
 #[test]
