@@ -442,7 +442,10 @@ mod tests {
     #[test]
     fn the_store_is_sqlite_at_db_unless_set_and_its_errors_name_the_setting() {
         let c = Config::load(&Flags::default()).expect("defaults");
-        assert_eq!(c.store_url().expect("store").to_string(), "sqlite:tcpstall.db");
+        assert_eq!(
+            c.store_url().expect("store").to_string(),
+            "sqlite:tcpstall.db"
+        );
         let c = Config::load(&Flags {
             store: Some("postgres://tcpstall:hunter2@db.example/tcpstall".into()),
             ..Flags::default()
@@ -450,7 +453,10 @@ mod tests {
         .expect("postgres");
         let url = c.store_url().expect("store");
         assert!(url.is_postgres());
-        assert_eq!(url.to_string(), "postgres://tcpstall:***@db.example/tcpstall");
+        assert_eq!(
+            url.to_string(),
+            "postgres://tcpstall:***@db.example/tcpstall"
+        );
         let err = Config::load(&Flags {
             store: Some("postgres://u:hunter2@db.example:99999999/x".into()),
             ..Flags::default()

@@ -368,7 +368,10 @@ async fn open_store(
             .with_context(|| format!("opening the database {}", path.display()))?;
             Ok((std::sync::Arc::new(store), StoreTask::Thread(thread), next))
         }
-        StoreUrl::Postgres { config: target, shown } => {
+        StoreUrl::Postgres {
+            config: target,
+            shown,
+        } => {
             let (store, task, next) = PgStore::open(PgConfig {
                 retention: config.retention,
                 clock,
