@@ -375,7 +375,7 @@ async fn open_store(
             let (store, task, next) = PgStore::open(PgConfig {
                 retention: config.retention,
                 clock,
-                ..PgConfig::new(target, shown.clone())
+                ..PgConfig::new(*target, shown.clone())
             })
             .await
             .with_context(|| format!("opening the store {shown}"))?;

@@ -18,8 +18,9 @@ pub enum StoreUrl {
     Sqlite(PathBuf),
     /// A PostgreSQL database.
     Postgres {
-        /// What the client connects with (password included).
-        config: tokio_postgres::Config,
+        /// What the client connects with (password included); boxed, as
+        /// it is ten times the size of a path.
+        config: Box<tokio_postgres::Config>,
         /// The URL as given, with any password hidden.
         shown: String,
     },
@@ -108,7 +109,10 @@ impl FromStr for StoreUrl {
                     reason: "name the database: postgres://user@host:port/DATABASE".into(),
                 });
             }
-            return Ok(StoreUrl::Postgres { config, shown });
+            return Ok(StoreUrl::Postgres {
+                config: Box::new(config),
+                shown,
+            });
         }
         let path = s.strip_prefix("sqlite:").unwrap_or(s);
         if path.is_empty() || path.contains("://") {

@@ -89,7 +89,7 @@ async fn an_empty_database_is_migrated_once_and_a_newer_one_is_refused() -> Test
             SCHEMA_VERSION + 1
         ),
     );
-    let err = Opened::pg(pg_config(&url)).await.err().expect("refused");
+    let err = Opened::pg(pg_config(&url)).await.expect_err("refused");
     assert!(
         matches!(err, StoreError::PgTooNew { found, known, .. }
             if found == SCHEMA_VERSION + 1 && known == SCHEMA_VERSION),
@@ -153,7 +153,7 @@ async fn a_password_in_the_url_never_appears_in_errors() -> TestResult {
         ),
         "postgres://postgres:hunter2-secret@127.0.0.1:1/postgres".to_string(),
     ] {
-        let err = Opened::pg(pg_config(&url)).await.err().expect("refused");
+        let err = Opened::pg(pg_config(&url)).await.expect_err("refused");
         let text = format!("{err} {err:?}");
         assert!(!text.contains("hunter2"), "{text}");
         assert!(text.contains("postgres:***@127.0.0.1"), "{text}");

@@ -48,7 +48,7 @@ pub fn pg_config(url: &str) -> PgConfig {
     PgConfig {
         retention: CENTURY,
         reconnect_ceiling: Duration::from_millis(400),
-        ..PgConfig::new(config, shown)
+        ..PgConfig::new(*config, shown)
     }
 }
 
