@@ -201,9 +201,9 @@ pub enum StoreError {
 /// big-endian) and the start (big-endian), the same in every process and
 /// build; folded to 53 bits (so that JSON readers keep it exact) and never
 /// 0. Two episodes of different identity share an id with a chance of
-/// about n²/2⁵⁴ among n episodes: one in 18,000 for 10⁶ kept episodes;
-/// the store's (flow, start) constraint then keeps the first, and the
-/// other is counted as not stored.
+/// about n²/2⁵⁴ among n episodes (one in 18,000 for 10⁶ kept episodes). The
+/// PostgreSQL store then keeps the first one's row, and the second one's
+/// updates and samples land on it: rare enough to accept, not impossible.
 // Fleet mode's matcher gives episodes these ids; until then, tests.
 #[cfg_attr(not(feature = "internals"), allow(dead_code))]
 pub fn episode_id_of(key: tcpstall_common::FlowKey, start_ms: i64) -> i64 {
