@@ -85,9 +85,10 @@ impl Prepared {
             samples: c
                 .prepare(
                     "INSERT INTO samples (episode_id, side, host, at_ms, sample_pb)
-                     SELECT $1, s.side, s.host, s.at_ms, s.pb
-                       FROM unnest($2::text[], $3::text[], $4::bigint[], $5::bytea[])
-                            AS s (side, host, at_ms, pb)
+                     SELECT s.episode_id, s.side, s.host, s.at_ms, s.pb
+                       FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[],
+                                   $5::bytea[])
+                            AS s (episode_id, side, host, at_ms, pb)
                      ON CONFLICT DO NOTHING",
                 )
                 .await?,
@@ -200,19 +201,7 @@ pub(super) async fn apply(
             )
             .await?,
         ),
-        Command::AddSamples { id, samples } => {
-            let sides: Vec<&str> = samples.iter().map(|s| s.side.as_str()).collect();
-            let hosts: Vec<&str> = samples.iter().map(|s| s.host.as_str()).collect();
-            let at: Vec<i64> = samples.iter().map(|s| s.at_ms).collect();
-            let pb: Vec<&[u8]> = samples.iter().map(|s| s.sample.as_bytes()).collect();
-            let n = c
-                .execute(&p.samples, &[id, &sides, &hosts, &at, &pb])
-                .await?;
-            Applied::Rows {
-                rows: n,
-                samples: n,
-            }
-        }
+        Command::AddSamples { .. } => add_samples(c, p, std::iter::once(cmd)).await?,
         Command::AddHeld(held) => {
             let mut n = 0;
             for r in held {
@@ -236,6 +225,38 @@ pub(super) async fn apply(
             rows(n)
         }
         _ => rows(0),
+    })
+}
+
+/// Inserts the samples of several `AddSamples` commands (others are
+/// skipped) in one statement, in their order: the samples of a poll
+/// arrive as one command per episode, and one round trip per command
+/// would bound the store by the network's latency.
+pub(super) async fn add_samples<'a>(
+    c: &Client,
+    p: &Prepared,
+    cmds: impl Iterator<Item = &'a Command>,
+) -> Result<Applied, WriteError> {
+    let (mut ids, mut sides, mut hosts, mut at, mut pb) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::<&[u8]>::new());
+    for cmd in cmds {
+        let Command::AddSamples { id, samples } = cmd else {
+            continue;
+        };
+        for s in samples {
+            ids.push(*id);
+            sides.push(s.side.as_str());
+            hosts.push(s.host.as_str());
+            at.push(s.at_ms);
+            pb.push(s.sample.as_bytes());
+        }
+    }
+    let n = c
+        .execute(&p.samples, &[&ids, &sides, &hosts, &at, &pb])
+        .await?;
+    Ok(Applied::Rows {
+        rows: n,
+        samples: n,
     })
 }
 

@@ -368,6 +368,10 @@ impl Writer {
     async fn write_run(&mut self, batch: &mut VecDeque<Command>) -> Result<(), Stop> {
         let mut n = batch.iter().take_while(|c| c.is_write()).count();
         let lost = |e: &tokio_postgres::Error| Stop::Lost(e.to_string());
+        // Consecutive sample writes go in one statement, until one such
+        // statement fails for a write's own sake: then one by one, to find
+        // that write.
+        let mut merge = true;
         'attempt: loop {
             if n == 0 {
                 return Ok(());
@@ -380,8 +384,21 @@ impl Writer {
             let started = Instant::now();
             c.batch_execute("BEGIN").await.map_err(|e| lost(&e))?;
             let (mut rows, mut samples, mut unknown) = (0u64, 0u64, Vec::new());
-            for (i, cmd) in batch.iter().take(n).enumerate() {
-                match write::apply(c, p, cmd).await {
+            let mut i = 0;
+            while i < n {
+                let cmd = &batch[i];
+                let is_samples = |c: &Command| matches!(c, Command::AddSamples { .. });
+                let end = if merge && is_samples(cmd) {
+                    i + batch.range(i..n).take_while(|c| is_samples(c)).count()
+                } else {
+                    i + 1
+                };
+                let applied = if end - i > 1 {
+                    write::add_samples(c, p, batch.range(i..end)).await
+                } else {
+                    write::apply(c, p, cmd).await
+                };
+                match applied {
                     Ok(Applied::Rows { rows: r, samples: s }) => {
                         rows += r;
                         samples += s;
@@ -395,6 +412,10 @@ impl Writer {
                         if let Err(e) = c.batch_execute("ROLLBACK").await {
                             return Err(lost(&e));
                         }
+                        if end - i > 1 {
+                            merge = false;
+                            continue 'attempt;
+                        }
                         warn!(%error, kind, "store write failed");
                         self.shared.stats.write_failed(1);
                         batch.remove(i);
@@ -403,6 +424,7 @@ impl Writer {
                         continue 'attempt;
                     }
                 }
+                i = end;
             }
             if let Err(e) = c.batch_execute("COMMIT").await {
                 if transient(&e) || c.is_closed() {
