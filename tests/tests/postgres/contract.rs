@@ -37,6 +37,7 @@ contract!(
     hosts_are_upserted_and_marked_gone,
     retention_deletes_old_closed_episodes_with_their_samples,
     flush_is_a_barrier_and_shutdown_refuses_later_writes,
+    samples_of_an_unknown_episode_are_a_write_error_and_the_rest_land,
 );
 
 fn via() -> JoinedVia {
@@ -370,5 +371,30 @@ async fn flush_is_a_barrier_and_shutdown_refuses_later_writes(mk: &Maker) -> Tes
         assert_eq!(n, 200);
         again.stop().await;
     }
+    Ok(())
+}
+
+async fn samples_of_an_unknown_episode_are_a_write_error_and_the_rest_land(
+    mk: &Maker,
+) -> TestResult {
+    let o = mk.open(None).await;
+    let s = &o.store;
+    let e = episode(1, "alpha", None, "unknown", 1_000);
+    let f = e.a_flow;
+    assert!(s.open_episode(e));
+    let a = vec![
+        sample(Side::A, "alpha", 1_000, f),
+        sample(Side::A, "alpha", 1_500, f),
+    ];
+    let c = vec![sample(Side::A, "alpha", 2_000, f)];
+    assert!(s.add_samples(1, a.clone()));
+    assert!(s.add_samples(999, vec![sample(Side::A, "alpha", 1_000, f)]));
+    assert!(s.add_samples(1, c.clone()));
+    s.flush().await?;
+    let st = s.stats();
+    assert_eq!((st.write_errors, st.samples_stored), (1, 3), "{st:?}");
+    let (_, got) = s.get_episode(1).await?.expect("stored");
+    assert_eq!(got, [a, c].concat());
+    o.stop().await;
     Ok(())
 }

@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use tcpstall_collector::store::postgres::SHUTDOWN_GRACE;
 use tcpstall_collector::store::{EpisodeFilter, PgConfig};
 use tcpstall_common::Side;
 
@@ -108,6 +109,63 @@ async fn postgres_restarted_mid_stream_loses_no_accepted_write() -> TestResult {
         })
         .await?;
     assert_eq!(listed[0].id, 1500, "reads work after the restart");
+    o.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_with_postgres_away_gives_up_after_its_grace_and_counts_the_loss() -> TestResult
+{
+    let mut pg = pg_or_skip!("a_shutdown_with_postgres_away");
+    let o = Opened::pg(pg_config(&pg.url("postgres"))).await?;
+    let s = o.store.clone();
+    tokio::task::block_in_place(|| pg.stop());
+    for id in 1..=10 {
+        assert!(s.open_episode(episode(id, "alpha", None, "unknown", id)));
+    }
+    let started = std::time::Instant::now();
+    tokio::time::timeout(SHUTDOWN_GRACE * 3, o.stop()).await?;
+    assert!(
+        started.elapsed() >= SHUTDOWN_GRACE,
+        "it waited for PostgreSQL"
+    );
+    let st = s.stats();
+    assert_eq!((st.write_errors, st.dropped), (10, 0), "{st:?}");
+    assert!(!s.open_episode(episode(11, "alpha", None, "unknown", 11)));
+    assert_eq!(s.stats().dropped, 1);
+    Ok(())
+}
+
+/// A rough figure, not a bound: 100,000 samples through one node's writer
+/// (`cargo test --release -p tcpstall-tests --test postgres -- --ignored`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement; run by hand"]
+async fn throughput_100k_samples() -> TestResult {
+    let pg = pg_or_skip!("throughput_100k_samples");
+    let o = Opened::pg(pg_config(&pg.url("postgres"))).await?;
+    let s = o.store.clone();
+    let started = std::time::Instant::now();
+    for id in 1..=1000i64 {
+        let e = episode(id, "alpha", None, "unknown", id);
+        let f = e.a_flow;
+        assert!(s.open_episode(e));
+        for poll in 0..10 {
+            let batch = (0..10)
+                .map(|k| sample(Side::A, "alpha", poll * 10 + k, f))
+                .collect();
+            assert!(s.add_samples(id, batch));
+        }
+    }
+    s.flush().await?;
+    let took = started.elapsed();
+    let st = s.stats();
+    assert_eq!(st.samples_stored, 100_000);
+    eprintln!(
+        "100,000 samples in {took:?} ({:.0}/s), {} transactions, longest commit {} µs",
+        100_000.0 / took.as_secs_f64(),
+        st.transactions,
+        st.max_commit_micros
+    );
     o.stop().await;
     Ok(())
 }
