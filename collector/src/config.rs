@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 use tcpstall_common::duration;
 use tcpstall_settings::SettingsError;
 
+pub use crate::store::StoreUrl;
+
 /// The effective settings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -19,6 +21,14 @@ pub struct Config {
     pub listen: SocketAddr,
     /// SQLite database file (created if missing).
     pub db: PathBuf,
+    /// The store: `sqlite:PATH` or a path (SQLite), or
+    /// `postgres://user@host:port/database` (PostgreSQL, fleet mode);
+    /// `None`: SQLite at `db`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store: Option<String>,
+    /// A file whose first line is the PostgreSQL store's password.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store_password_file: Option<PathBuf>,
     /// How long a send queue must stay stuck to become an episode.
     #[serde(with = "duration::text")]
     pub threshold: Duration,
@@ -98,6 +108,8 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 7786)),
             db: PathBuf::from("tcpstall.db"),
+            store: None,
+            store_password_file: None,
             threshold: Duration::from_secs(10),
             watch_peer_after: None,
             retention: Duration::from_secs(30 * 24 * 3600),
@@ -143,6 +155,19 @@ pub struct Flags {
     #[arg(long, value_name = "PATH")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub db: Option<PathBuf>,
+    /// The store: sqlite:PATH or a path for SQLite, or
+    /// postgres://user@host:port/database for PostgreSQL, which several
+    /// collector nodes share (fleet mode); a password in it never reaches
+    /// the logs, and may instead come from --store-password-file [default:
+    /// SQLite at --db].
+    #[arg(long, value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store: Option<String>,
+    /// The PostgreSQL store's password: the first line of FILE [default:
+    /// the URL's, or none].
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store_password_file: Option<PathBuf>,
     /// Stuck time that makes an episode [default: 10s].
     #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
     #[serde(
@@ -287,6 +312,7 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        self.store_url()?;
         if self.threshold < Duration::from_millis(100) {
             return Err(ConfigError::Invalid("threshold: at least 100ms".into()));
         }
@@ -363,6 +389,18 @@ impl Config {
         Ok(())
     }
 
+    /// The store to open: the `store` setting with the password of
+    /// `store_password_file`, or SQLite at `db`. Its errors name the
+    /// setting and never show a password.
+    pub fn store_url(&self) -> Result<StoreUrl, ConfigError> {
+        StoreUrl::resolve(
+            self.store.as_deref(),
+            &self.db,
+            self.store_password_file.as_deref(),
+        )
+        .map_err(|e| ConfigError::Invalid(e.to_string()))
+    }
+
     /// Whether agents and queries are served over TLS.
     pub fn tls(&self) -> bool {
         self.tls_cert.is_some()
@@ -396,6 +434,8 @@ file beats the defaults. Durations read like 500ms, 3s, 1m, 30days.";
 
 /// What the file shows, commented out, for a setting that is not set.
 const EXAMPLES: &[(&str, &str)] = &[
+    ("store", "\"postgres://tcpstall@db.example:5432/tcpstall\""),
+    ("store_password_file", "\"/etc/tcpstall/store.password\""),
     ("watch_peer_after", "\"5s\""),
     ("metrics_listen", "\"127.0.0.1:7787\""),
     ("query_token_file", "\"/etc/tcpstall/query.token\""),
@@ -504,6 +544,40 @@ mod tests {
             5,
             "the flag wins"
         );
+    }
+
+    #[test]
+    fn the_store_is_sqlite_at_db_unless_set_and_its_errors_name_the_setting() {
+        let c = Config::load(&Flags::default()).expect("defaults");
+        assert_eq!(
+            c.store_url().expect("store").to_string(),
+            "sqlite:tcpstall.db"
+        );
+        let c = Config::load(&Flags {
+            store: Some("postgres://tcpstall:hunter2@db.example/tcpstall".into()),
+            ..Flags::default()
+        })
+        .expect("postgres");
+        let url = c.store_url().expect("store");
+        assert!(url.is_postgres());
+        assert_eq!(
+            url.to_string(),
+            "postgres://tcpstall:***@db.example/tcpstall"
+        );
+        let err = Config::load(&Flags {
+            store: Some("postgres://u:hunter2@db.example:99999999/x".into()),
+            ..Flags::default()
+        })
+        .expect_err("bad port");
+        assert!(err.to_string().contains("--store"), "{err}");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        let err = Config::load(&Flags {
+            store_password_file: Some("/nonexistent/pw".into()),
+            store: Some("postgres://u@h/d".into()),
+            ..Flags::default()
+        })
+        .expect_err("missing file");
+        assert!(err.to_string().contains("store_password_file"), "{err}");
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //!   on explicit time), the join of both ends, diagnosis, the episode
 //!   lifecycle.
 //! - [`store`]: a trait (episodes, samples, counts, queries, retention);
-//!   SQLite on its own thread is its implementation.
+//!   SQLite on its own thread implements it on one node, PostgreSQL (one
+//!   writer task per node) in fleet mode.
 //!
 //! Around them: [`query`] (the operators' gRPC edge), [`metrics`],
 //! [`config`], [`tls`], and [`server`], which wires it all together.

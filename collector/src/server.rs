@@ -15,7 +15,7 @@ use crate::gateway::{self, Gateway, IngestService};
 use crate::matcher::{self, Matcher, Question};
 use crate::metrics;
 use crate::query::{QueryService, TokenCheck as QueryTokenCheck};
-use crate::store::{SharedStore, SqliteStore, StoreConfig};
+use crate::store::{PgConfig, PgStore, SharedStore, SqliteStore, StoreConfig, StoreUrl};
 use crate::tls;
 
 /// Messages queued for the matcher before streams wait. A message is at
@@ -115,6 +115,9 @@ fn fixed_while_running(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.db != new.db {
         fixed.push("db");
     }
+    if old.store != new.store || old.store_password_file != new.store_password_file {
+        fixed.push("store, store_password_file");
+    }
     if old.metrics_listen != new.metrics_listen {
         fixed.push("metrics_listen");
     }
@@ -192,6 +195,8 @@ async fn reload(
         current = Config {
             listen: current.listen,
             db: current.db,
+            store: current.store,
+            store_password_file: current.store_password_file,
             metrics_listen: current.metrics_listen,
             max_message_bytes: current.max_message_bytes,
             query_token_file: current.query_token_file,
@@ -217,14 +222,7 @@ pub async fn serve_on_reloading(
     // at start advanced by a monotonic one, so that differences of it (how
     // long an agent was silent) never go backwards.
     let clock = Clock::monotonic();
-    let (store, store_thread, next_episode) = SqliteStore::open(StoreConfig {
-        retention: config.retention,
-        max_bytes: (config.max_db_bytes > 0).then_some(config.max_db_bytes),
-        clock: clock.clone(),
-        ..StoreConfig::new(config.db.clone())
-    })
-    .with_context(|| format!("opening the database {}", config.db.display()))?;
-    let store: SharedStore = std::sync::Arc::new(store);
+    let (store, store_task, next_episode) = open_store(&config, clock.clone()).await?;
 
     let (matcher_tx, matcher_rx) = mpsc::channel(MATCHER_QUEUE);
     let (gateway_tx, gateway_rx) = mpsc::channel(GATEWAY_QUEUE);
@@ -287,7 +285,7 @@ pub async fn serve_on_reloading(
     let local = listener.local_addr().context("local address")?;
     // Tests and scripts read this line to learn the port of --listen :0.
     eprintln!("tcpstall-collector listening on {local}");
-    tracing::info!(%local, db = %config.db.display(), threshold = ?config.threshold, tls = tls.is_some(), mtls = config.tls_client_ca.is_some(), "collector started");
+    tracing::info!(%local, store = %config.store_url()?, threshold = ?config.threshold, tls = tls.is_some(), mtls = config.tls_client_ca.is_some(), "collector started");
     if tls.is_none() {
         if local.ip().is_loopback() {
             tracing::warn!(%local, "serving plaintext on loopback: only this host can reach it; give --tls-cert and --tls-key for other hosts");
@@ -408,8 +406,56 @@ pub async fn serve_on_reloading(
         Judge::Fleet(node) => node.stop().await,
     }
     store.shutdown().await;
-    if store_thread.join().is_err() {
-        tracing::error!("store thread panicked");
+    match store_task {
+        StoreTask::Thread(thread) => {
+            if thread.join().is_err() {
+                tracing::error!("store thread panicked");
+            }
+        }
+        StoreTask::Task(task) => {
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "store writer task failed");
+            }
+        }
     }
     Ok(())
+}
+
+/// What runs a store: SQLite's thread, or PostgreSQL's writer task.
+enum StoreTask {
+    Thread(std::thread::JoinHandle<()>),
+    Task(tokio::task::JoinHandle<()>),
+}
+
+/// Opens the store the `store` setting names (SQLite at `db` by default);
+/// returns it, what runs it, and the next free episode id.
+async fn open_store(
+    config: &Config,
+    clock: Clock,
+) -> anyhow::Result<(SharedStore, StoreTask, i64)> {
+    match config.store_url()? {
+        StoreUrl::Sqlite(path) => {
+            let (store, thread, next) = SqliteStore::open(StoreConfig {
+                retention: config.retention,
+                max_bytes: (config.max_db_bytes > 0).then_some(config.max_db_bytes),
+                clock,
+                ..StoreConfig::new(path.clone())
+            })
+            .with_context(|| format!("opening the database {}", path.display()))?;
+            Ok((std::sync::Arc::new(store), StoreTask::Thread(thread), next))
+        }
+        StoreUrl::Postgres {
+            config: target,
+            shown,
+        } => {
+            let (store, task, next) = PgStore::open(PgConfig {
+                retention: config.retention,
+                clock,
+                ..PgConfig::new(*target, shown.clone())
+            })
+            .await
+            .with_context(|| format!("opening the store {shown}"))?;
+            Ok((std::sync::Arc::new(store), StoreTask::Task(task), next))
+        }
+    }
 }

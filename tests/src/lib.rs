@@ -2,11 +2,13 @@
 //! deadline, test network namespaces that remove themselves, the built
 //! binaries, and polling this host the way the agent does; [`lab`] builds
 //! namespace hosts with real agents and a collector; [`recorder`] is a
-//! collector that records what an agent sends.
+//! collector that records what an agent sends; [`postgres`] is a real
+//! PostgreSQL server for a test.
 
 pub mod fake;
 pub mod lab;
 pub mod nats;
+pub mod postgres;
 pub mod recorder;
 
 use std::net::SocketAddr;

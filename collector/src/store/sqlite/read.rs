@@ -19,18 +19,18 @@ const EPISODE_COLS: &str = "id, diagnosis, summary, evidence, started_at_ms, dur
      ended_at_ms, end_reason, via_host, via_original, via_reply, via_nat";
 
 /// Socket cookies are u64; SQLite integers are i64. The bits are kept.
-pub(super) fn cookie_to_sql(c: u64) -> i64 {
+pub(crate) fn cookie_to_sql(c: u64) -> i64 {
     i64::from_ne_bytes(c.to_ne_bytes())
 }
 
-fn cookie_from_sql(c: i64) -> u64 {
+pub(crate) fn cookie_from_sql(c: i64) -> u64 {
     u64::from_ne_bytes(c.to_ne_bytes())
 }
 
 /// An episode's `via_*` columns (schema version 6): the translation that
 /// joined its ends, each tuple as `source -> destination`, and what was
 /// rewritten as a word; all `None` without one.
-pub(super) struct ViaColumns {
+pub(crate) struct ViaColumns {
     pub host: Option<String>,
     pub original: Option<String>,
     pub reply: Option<String>,
@@ -63,7 +63,7 @@ impl ViaColumns {
 }
 
 /// `ip:port -> ip:port` as [`ViaColumns`] writes a tuple.
-fn tuple_from_sql(s: &str) -> Option<FlowTuple> {
+pub(crate) fn tuple_from_sql(s: &str) -> Option<FlowTuple> {
     let (local, remote) = s.split_once(" -> ")?;
     Some(FlowTuple::new(local.parse().ok()?, remote.parse().ok()?))
 }
@@ -209,7 +209,7 @@ fn sample(row: &Row<'_>, id: i64) -> Result<Packed, StoreError> {
 }
 
 /// Bytes for an error message: their length and the first few in hex.
-fn describe(b: &[u8]) -> String {
+pub(crate) fn describe(b: &[u8]) -> String {
     let head: String = b.iter().take(32).map(|x| format!("{x:02x}")).collect();
     let more = if b.len() > 32 { "…" } else { "" };
     format!("{} bytes: {head}{more}", b.len())
@@ -287,7 +287,7 @@ pub(super) fn list_held(conn: &Connection, f: &HeldFilter) -> Result<Vec<HeldRow
     Ok(out)
 }
 
-fn corrupt(id: i64, column: &'static str, value: &str) -> StoreError {
+pub(crate) fn corrupt(id: i64, column: &'static str, value: &str) -> StoreError {
     StoreError::Corrupt {
         id,
         column,

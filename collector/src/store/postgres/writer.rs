@@ -1,0 +1,521 @@
+//! The writer task: the only code that uses the node's connection to the
+//! store, its batches, its reconnects, and retention.
+//!
+//! Each turn takes what is queued (a write first lets [`GATHER`] pass for
+//! others to join it, up to [`MAX_BATCH`](crate::store::sqlite::MAX_BATCH)
+//! commands) and applies it front to back: a run of writes in one
+//! transaction, then a read, a flush, a prune or new limits, each on a
+//! connection that has committed everything before it. A command leaves
+//! the batch only once it is done; when the connection fails, the writer
+//! keeps the rest, waits a jittered backoff, reconnects and goes on where
+//! it stopped. Since every write but the held-span counts is idempotent,
+//! a run whose COMMIT was cut off is simply applied again.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use tcpstall_common::time::millis_i64;
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::{Client, NoTls};
+use tracing::{debug, info, warn};
+
+use super::write::{self, Applied, Prepared, WriteError};
+use super::{read, PgConfig, Shared, SHUTDOWN_GRACE};
+use crate::store::queue::Command;
+use crate::store::sqlite::MAX_BATCH;
+use crate::store::StoreError;
+
+/// How long the first write of a transaction waits for others to join it.
+const GATHER: Duration = Duration::from_millis(20);
+
+/// How long one connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The first wait before reconnecting.
+const FIRST_RETRY: Duration = Duration::from_millis(100);
+
+/// Episodes deleted per statement while pruning.
+const PRUNE_CHUNK: i64 = 500;
+
+/// A connection with the writes' statements prepared on it.
+pub(super) struct Conn {
+    pub(super) client: Client,
+    prepared: Option<Prepared>,
+}
+
+impl Conn {
+    /// Connects and starts the task that drives the connection.
+    pub(super) async fn connect(
+        target: &tokio_postgres::Config,
+    ) -> Result<Conn, tokio_postgres::Error> {
+        let mut target = target.clone();
+        if target.get_connect_timeout().is_none() {
+            target.connect_timeout(CONNECT_TIMEOUT);
+        }
+        let (client, connection) = target.connect(NoTls).await?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                debug!(%error, "store connection ended");
+            }
+        });
+        Ok(Conn {
+            client,
+            prepared: None,
+        })
+    }
+
+    pub(super) async fn prepare(&mut self) -> Result<(), tokio_postgres::Error> {
+        self.prepared = Some(Prepared::new(&self.client).await?);
+        Ok(())
+    }
+}
+
+/// Whether an error is the connection's or the server's state (retry on a
+/// new connection), not the statement's.
+fn transient(e: &tokio_postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    if let Some(code) = e.code() {
+        // 08 connection exception, 40 rollback (serialization, deadlock),
+        // 53 insufficient resources, 57 operator intervention (shutdown),
+        // 58 system error.
+        return matches!(&code.code()[..2], "08" | "40" | "53" | "57" | "58");
+    }
+    // No SQLSTATE: I/O and protocol errors are the connection's; a value
+    // that does not convert is the statement's.
+    std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
+}
+
+/// Why a turn stopped before its batch was done.
+enum Stop {
+    /// The connection failed; the batch is kept.
+    Lost(String),
+    /// A shutdown, with its acknowledgement.
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// Jittered exponential backoff whose ceiling is a ceiling: `backon` adds
+/// up to 100 % jitter on top of a delay capped at half the ceiling.
+struct Backoff {
+    builder: ExponentialBuilder,
+    delays: <ExponentialBuilder as BackoffBuilder>::Backoff,
+    ceiling: Duration,
+}
+
+impl Backoff {
+    fn new(ceiling: Duration) -> Backoff {
+        let half = ceiling / 2;
+        let builder = ExponentialBuilder::new()
+            .with_jitter()
+            .with_factor(2.0)
+            .with_min_delay(FIRST_RETRY.min(half))
+            .with_max_delay(half)
+            .without_max_times();
+        Backoff {
+            builder,
+            delays: builder.build(),
+            ceiling,
+        }
+    }
+
+    fn next_delay(&mut self) -> Duration {
+        self.delays.next().unwrap_or(self.ceiling).min(self.ceiling)
+    }
+
+    fn reset(&mut self) {
+        self.delays = self.builder.build();
+    }
+}
+
+pub(super) struct Writer {
+    cfg: PgConfig,
+    conn: Option<Conn>,
+    rx: mpsc::Receiver<Command>,
+    shared: Arc<Shared>,
+    backoff: Backoff,
+    /// When PostgreSQL went away (for the log line when it is back).
+    lost_since: Option<Instant>,
+    /// When a shutdown was first seen while PostgreSQL was away.
+    closing_since: Option<Instant>,
+}
+
+impl Writer {
+    pub(super) fn new(
+        cfg: PgConfig,
+        conn: Conn,
+        rx: mpsc::Receiver<Command>,
+        shared: Arc<Shared>,
+    ) -> Writer {
+        let backoff = Backoff::new(cfg.reconnect_ceiling.max(Duration::from_millis(10)));
+        Writer {
+            cfg,
+            conn: Some(conn),
+            rx,
+            shared,
+            backoff,
+            lost_since: None,
+            closing_since: None,
+        }
+    }
+
+    pub(super) async fn run(mut self) {
+        let mut batch: VecDeque<Command> = VecDeque::with_capacity(MAX_BATCH);
+        let mut tick = tokio::time::interval(self.cfg.retention_every.max(Duration::from_millis(1)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            if batch.is_empty() {
+                tokio::select! {
+                    cmd = self.rx.recv() => {
+                        let Some(cmd) = cmd else { break };
+                        let gather = cmd.is_write();
+                        batch.push_back(cmd);
+                        if gather {
+                            tokio::time::sleep(GATHER).await;
+                        }
+                        while batch.len() < MAX_BATCH {
+                            match self.rx.try_recv() {
+                                Ok(c) => batch.push_back(c),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    // The first tick is at once: prune at start, as SQLite does.
+                    _ = tick.tick() => batch.push_back(Command::Prune),
+                }
+            }
+            match self.turn(&mut batch).await {
+                Ok(()) => {}
+                Err(Stop::Shutdown(ack)) => {
+                    self.stop(&mut batch, ack);
+                    return;
+                }
+                Err(Stop::Lost(error)) => {
+                    self.conn = None;
+                    if self.lost_since.is_none() {
+                        self.lost_since = Some(Instant::now());
+                        warn!(store = %self.cfg.shown, %error, held = batch.len() + self.rx.len(),
+                              "store connection lost; holding writes and reconnecting");
+                    }
+                    if self.give_up_for_shutdown(&mut batch) {
+                        return;
+                    }
+                    let delay = self.backoff.next_delay();
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = self.shared.closing_now.notified() => {}
+                    }
+                }
+            }
+        }
+        debug!("every store handle dropped; store writer stops");
+    }
+
+    /// After a shutdown: later commands are refused (their writes counted
+    /// as dropped), then the acknowledgement.
+    fn stop(&mut self, batch: &mut VecDeque<Command>, ack: oneshot::Sender<()>) {
+        self.rx.close();
+        let mut late = batch.drain(..).filter(Command::is_write).count();
+        while let Ok(c) = self.rx.try_recv() {
+            late += usize::from(c.is_write());
+        }
+        self.shared.stats.dropped_after_shutdown(late as u64);
+        self.shared.release(late);
+        info!("store shut down");
+        let _ = ack.send(());
+    }
+
+    /// With a shutdown asked for and PostgreSQL away for longer than
+    /// [`SHUTDOWN_GRACE`] since: gives up every write held (counted in
+    /// `write_errors`) and answers the shutdown. Says whether it did.
+    fn give_up_for_shutdown(&mut self, batch: &mut VecDeque<Command>) -> bool {
+        if !self.shared.closing.load(Ordering::Acquire) {
+            return false;
+        }
+        let since = *self.closing_since.get_or_insert_with(Instant::now);
+        if since.elapsed() < SHUTDOWN_GRACE {
+            return false;
+        }
+        self.rx.close();
+        let mut lost = 0usize;
+        let mut ack = None;
+        let mut all: Vec<Command> = batch.drain(..).collect();
+        while let Ok(c) = self.rx.try_recv() {
+            all.push(c);
+        }
+        for c in all {
+            lost += usize::from(c.is_write());
+            if let Command::Shutdown(a) = c {
+                ack = ack.or(Some(a));
+            }
+            // Reads and flushes are dropped: their callers see Closed.
+        }
+        self.shared.stats.write_failed(lost as u64);
+        self.shared.release(lost);
+        warn!(store = %self.cfg.shown, writes = lost,
+              "store shutting down with PostgreSQL away; writes it held are lost");
+        if let Some(a) = ack {
+            let _ = a.send(());
+        }
+        true
+    }
+
+    /// The connection, made anew if there is none.
+    async fn conn(&mut self) -> Result<&Conn, Stop> {
+        if self.conn.is_none() {
+            let mut conn = Conn::connect(&self.cfg.target)
+                .await
+                .map_err(|e| Stop::Lost(e.to_string()))?;
+            conn.prepare().await.map_err(|e| Stop::Lost(e.to_string()))?;
+            if let Some(since) = self.lost_since.take() {
+                info!(store = %self.cfg.shown, away_ms = since.elapsed().as_millis() as u64,
+                      held = self.shared.held.load(Ordering::Relaxed),
+                      "store reconnected; applying the writes it held");
+            }
+            self.closing_since = None;
+            self.backoff.reset();
+            self.conn = Some(conn);
+        }
+        self.conn.as_ref().ok_or_else(|| Stop::Lost("no connection".into()))
+    }
+
+    /// Applies the batch front to back; commands leave it once done.
+    async fn turn(&mut self, batch: &mut VecDeque<Command>) -> Result<(), Stop> {
+        while let Some(front) = batch.front() {
+            if front.is_write() {
+                self.write_run(batch).await?;
+                continue;
+            }
+            let conn = self.conn().await?;
+            let c = &conn.client;
+            // Reads: an answer that failed for the connection's sake is
+            // asked again on the next one.
+            let lost = |e: Option<&StoreError>| match e {
+                Some(StoreError::Postgres(e)) => transient(e) || c.is_closed(),
+                _ => false,
+            };
+            match front {
+                Command::ListEpisodes(f, _) => {
+                    let r = read::list_episodes(c, f).await;
+                    if lost(r.as_ref().err()) {
+                        return Err(Stop::Lost(err_text(&r)));
+                    }
+                    if let Some(Command::ListEpisodes(_, reply)) = batch.pop_front() {
+                        let _ = reply.send(r);
+                    }
+                }
+                Command::ListHeld(f, _) => {
+                    let r = read::list_held(c, f).await;
+                    if lost(r.as_ref().err()) {
+                        return Err(Stop::Lost(err_text(&r)));
+                    }
+                    if let Some(Command::ListHeld(_, reply)) = batch.pop_front() {
+                        let _ = reply.send(r);
+                    }
+                }
+                Command::GetEpisode(id, _) => {
+                    let r = read::get_episode(c, *id).await;
+                    if lost(r.as_ref().err()) {
+                        return Err(Stop::Lost(err_text(&r)));
+                    }
+                    if let Some(Command::GetEpisode(_, reply)) = batch.pop_front() {
+                        let _ = reply.send(r);
+                    }
+                }
+                Command::ListHosts(_) => {
+                    let r = read::list_hosts(c).await;
+                    if lost(r.as_ref().err()) {
+                        return Err(Stop::Lost(err_text(&r)));
+                    }
+                    if let Some(Command::ListHosts(reply)) = batch.pop_front() {
+                        let _ = reply.send(r);
+                    }
+                }
+                Command::Flush(_) => {
+                    if let Some(Command::Flush(reply)) = batch.pop_front() {
+                        let _ = reply.send(());
+                    }
+                }
+                Command::Prune => {
+                    self.prune().await?;
+                    batch.pop_front();
+                }
+                Command::SetLimits { retention, .. } => {
+                    self.cfg.retention = *retention;
+                    self.prune().await?;
+                    batch.pop_front();
+                }
+                Command::Shutdown(_) => {
+                    if let Some(Command::Shutdown(ack)) = batch.pop_front() {
+                        return Err(Stop::Shutdown(ack));
+                    }
+                }
+                _ => {
+                    batch.pop_front();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies the run of writes at the front of the batch in one
+    /// transaction. A write that fails for its own sake is taken out
+    /// (logged, counted) and the rest run again; on a connection failure
+    /// they all stay in the batch.
+    async fn write_run(&mut self, batch: &mut VecDeque<Command>) -> Result<(), Stop> {
+        let mut n = batch.iter().take_while(|c| c.is_write()).count();
+        let lost = |e: &tokio_postgres::Error| Stop::Lost(e.to_string());
+        // Consecutive sample writes go in one statement, until one such
+        // statement fails for a write's own sake: then one by one, to find
+        // that write.
+        let mut merge = true;
+        'attempt: loop {
+            if n == 0 {
+                return Ok(());
+            }
+            let conn = self.conn().await?;
+            let (c, p) = match &conn.prepared {
+                Some(p) => (&conn.client, p),
+                None => return Err(Stop::Lost("statements not prepared".into())),
+            };
+            let started = Instant::now();
+            c.batch_execute("BEGIN").await.map_err(|e| lost(&e))?;
+            let (mut rows, mut samples, mut unknown) = (0u64, 0u64, Vec::new());
+            let mut i = 0;
+            while i < n {
+                let cmd = &batch[i];
+                let is_samples = |c: &Command| matches!(c, Command::AddSamples { .. });
+                let end = if merge && is_samples(cmd) {
+                    i + batch.range(i..n).take_while(|c| is_samples(c)).count()
+                } else {
+                    i + 1
+                };
+                let applied = if end - i > 1 {
+                    write::add_samples(c, p, batch.range(i..end)).await
+                } else {
+                    write::apply(c, p, cmd).await
+                };
+                match applied {
+                    Ok(Applied::Rows { rows: r, samples: s }) => {
+                        rows += r;
+                        samples += s;
+                    }
+                    Ok(Applied::UnknownEpisode(id)) => unknown.push(id),
+                    Err(WriteError::Pg(e)) if transient(&e) || c.is_closed() => {
+                        return Err(lost(&e));
+                    }
+                    Err(error) => {
+                        let kind = cmd.kind();
+                        if let Err(e) = c.batch_execute("ROLLBACK").await {
+                            return Err(lost(&e));
+                        }
+                        if end - i > 1 {
+                            merge = false;
+                            continue 'attempt;
+                        }
+                        warn!(%error, kind, "store write failed");
+                        self.shared.stats.write_failed(1);
+                        batch.remove(i);
+                        self.shared.release(1);
+                        n -= 1;
+                        continue 'attempt;
+                    }
+                }
+                i = end;
+            }
+            if let Err(e) = c.batch_execute("COMMIT").await {
+                if transient(&e) || c.is_closed() {
+                    // It may have committed: the writes are idempotent
+                    // (held-span counts aside) and run again.
+                    return Err(lost(&e));
+                }
+                warn!(error = %e, writes = n, "store commit failed");
+                self.shared.stats.write_failed(n as u64);
+                batch.drain(..n);
+                self.shared.release(n);
+                return Ok(());
+            }
+            let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            self.shared.stats.committed(rows, samples, micros);
+            for id in unknown {
+                warn!(error = %StoreError::UnknownEpisode { id }, "store write failed");
+                self.shared.stats.write_failed(1);
+            }
+            batch.drain(..n);
+            self.shared.release(n);
+            return Ok(());
+        }
+    }
+
+    /// Retention by age: closed episodes that ended before now − retention,
+    /// with their samples, a chunk per statement; and held-span minutes
+    /// that old. Other nodes may prune at the same time: a row deleted
+    /// twice is deleted once. Fails only when the connection does.
+    async fn prune(&mut self) -> Result<(), Stop> {
+        let cutoff = self
+            .cfg
+            .clock
+            .now_ms()
+            .saturating_sub(millis_i64(self.cfg.retention));
+        let shared = self.shared.clone();
+        let c = &self.conn().await?.client;
+        let mut total = 0u64;
+        loop {
+            let r = c
+                .query_one(
+                    "WITH victims AS (
+                         SELECT id FROM episodes WHERE NOT open AND ended_at_ms < $1
+                          ORDER BY ended_at_ms LIMIT $2),
+                     s AS (DELETE FROM samples WHERE episode_id IN (SELECT id FROM victims)
+                           RETURNING 1),
+                     e AS (DELETE FROM episodes WHERE id IN (SELECT id FROM victims)
+                           RETURNING 1)
+                     SELECT (SELECT count(*) FROM e), (SELECT count(*) FROM s)",
+                    &[&cutoff, &PRUNE_CHUNK],
+                )
+                .await;
+            match r {
+                Ok(row) => {
+                    let episodes: i64 = row.try_get(0).unwrap_or(0);
+                    let samples: i64 = row.try_get(1).unwrap_or(0);
+                    if episodes == 0 {
+                        break;
+                    }
+                    let episodes = u64::try_from(episodes).unwrap_or(0);
+                    total += episodes;
+                    shared.stats.pruned(episodes);
+                    shared
+                        .stats
+                        .pruned_rows(episodes + u64::try_from(samples).unwrap_or(0));
+                }
+                Err(e) if c.is_closed() => return Err(Stop::Lost(e.to_string())),
+                Err(error) => {
+                    warn!(%error, "store prune failed");
+                    break;
+                }
+            }
+        }
+        if total > 0 {
+            info!(episodes = total, cutoff_ms = cutoff, "store pruned old episodes");
+        }
+        match c
+            .execute("DELETE FROM held_spans WHERE minute_ms < $1", &[&cutoff])
+            .await
+        {
+            Ok(n) => shared.stats.pruned_rows(n),
+            Err(e) if c.is_closed() => return Err(Stop::Lost(e.to_string())),
+            Err(error) => warn!(%error, "store prune of held spans failed"),
+        }
+        Ok(())
+    }
+}
+
+fn err_text<T>(r: &Result<T, StoreError>) -> String {
+    match r {
+        Err(e) => e.to_string(),
+        Ok(_) => String::new(),
+    }
+}
