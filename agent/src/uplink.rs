@@ -1,6 +1,22 @@
 //! The link to the collector: one `tcpstall.v1.Ingest/Stream` at a time,
 //! reconnected with jittered exponential backoff, forever, until shutdown.
 //!
+//! The agent may be given several collectors (several URLs, or a name
+//! with several addresses: [`crate::collectors`]). Each attempt takes the
+//! next candidate of the [`Rotation`], so a stream that breaks or a
+//! collector that cannot be reached sends the agent to another one. The
+//! backoff is per attempt, as with one collector: a stream that was up for
+//! [`STABLE`] or more is followed by the shortest wait ([`FIRST_RETRY`],
+//! jittered), so an agent whose collector dies is streaming to another
+//! within a fraction of a second when that one answers; the jitter keeps
+//! the agents of a dead node from all arriving at once, and the ceiling
+//! keeps a fleet whose collectors are all down from hammering them. A
+//! node killed outright resets its connections at once; a node that
+//! vanished (powered off, cut off) answers nothing, so a connection
+//! attempt gives up after [`CONNECT_TIMEOUT`] and an open stream after
+//! HTTP/2 keepalive pings go unanswered ([`KEEPALIVE`] +
+//! [`KEEPALIVE_TIMEOUT`]).
+//!
 //! The link task owns the connection and nothing else. It reports to the
 //! agent's run loop over a bounded channel: a stream is [`LinkEvent::Up`]
 //! (with the sender for outgoing messages, the Hello already first in it),
@@ -40,6 +56,7 @@ use tokio::time::Instant;
 use tokio_stream::Stream;
 use tonic::transport::Endpoint;
 
+use crate::collectors::{Rotation, Target};
 use crate::hello::Identity;
 use crate::metrics::AgentMetrics;
 
@@ -56,6 +73,13 @@ pub const STREAM_QUEUE: usize = 8;
 pub const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// How long one connection attempt may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// An HTTP/2 ping goes to the collector after this long without one, and
+/// the stream is given up when its answer takes longer than
+/// [`KEEPALIVE_TIMEOUT`]: a collector that vanished without resetting the
+/// connection is noticed within the sum. A ping is a few bytes; the
+/// collector (tonic) does not limit their rate.
+pub const KEEPALIVE: Duration = Duration::from_secs(5);
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Jittered exponential backoff whose ceiling is a ceiling.
 ///
@@ -191,8 +215,9 @@ impl Drop for Outgoing {
 /// Where and how to connect.
 #[derive(Debug, Clone)]
 pub struct LinkConfig {
-    pub collector: String,
-    /// TLS settings for an https:// collector.
+    /// The collectors' URLs, as given (at least one).
+    pub collectors: Vec<String>,
+    /// TLS settings for https:// collectors.
     pub tls: Option<tonic::transport::ClientTlsConfig>,
     pub identity: Identity,
     /// The namespaces' addresses as they are now.
@@ -224,19 +249,38 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut backoff = Backoff::new(cfg.backoff_max);
+    let mut rotation = Rotation::new(cfg.collectors.clone());
+    // The collector of the latest stream, to tell a switch.
+    let mut streamed: Option<Target> = None;
     let mut session = 0u64;
     let mut failures = 0u32;
     loop {
-        session += 1;
-        let started = Instant::now();
-        let end = one_session(&cfg, session, &events, &lost, &mut shutdown).await;
-        match end {
-            End::Shutdown => return,
-            End::Failed(error) => {
+        let next = tokio::select! {
+            next = rotation.next() => next,
+            _ = stopping(&mut shutdown) => return,
+        };
+        let end = match next {
+            Err(error) => {
                 failures += 1;
-                tracing::warn!(collector = %cfg.collector, session, failures, %error, "cannot reach the collector");
+                tracing::warn!(collectors = ?rotation.urls(), failures, %error, "no collector address");
+                None
             }
-            End::Lost(error) => {
+            Ok(target) => {
+                session += 1;
+                let started = Instant::now();
+                let end = one_session(&cfg, &target, &mut streamed, session, &events, &lost, &mut shutdown)
+                    .await;
+                Some((target, started, end))
+            }
+        };
+        match end {
+            None => {}
+            Some((_, _, End::Shutdown)) => return,
+            Some((target, _, End::Failed(error))) => {
+                failures += 1;
+                tracing::warn!(collector = %target.url, address = %target.addr, session, failures, %error, "cannot reach the collector");
+            }
+            Some((target, started, End::Lost(error))) => {
                 if events.send(LinkEvent::Down { session }).await.is_err() {
                     return;
                 }
@@ -246,11 +290,11 @@ pub async fn run(
                     failures = 0;
                 }
                 failures += 1;
-                tracing::warn!(collector = %cfg.collector, session, up_ms = up.as_millis() as u64, %error, "disconnected from the collector");
+                tracing::warn!(collector = %target.url, address = %target.addr, session, up_ms = up.as_millis() as u64, %error, "disconnected from the collector");
             }
         }
         let delay = backoff.next_delay();
-        tracing::info!(collector = %cfg.collector, delay_ms = delay.as_millis() as u64, failures, "reconnecting");
+        tracing::info!(delay_ms = delay.as_millis() as u64, failures, "reconnecting");
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = stopping(&mut shutdown) => return,
@@ -258,8 +302,21 @@ pub async fn run(
     }
 }
 
+/// One TCP connection to `addr`, within [`CONNECT_TIMEOUT`].
+async fn dial(
+    addr: std::net::SocketAddr,
+) -> std::io::Result<hyper_util::rt::TokioIo<tokio::net::TcpStream>> {
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connection timed out"))??;
+    stream.set_nodelay(true)?;
+    Ok(hyper_util::rt::TokioIo::new(stream))
+}
+
 async fn one_session(
     cfg: &LinkConfig,
+    target: &Target,
+    streamed: &mut Option<Target>,
     session: u64,
     events: &mpsc::Sender<LinkEvent>,
     lost: &Arc<Lost>,
@@ -268,7 +325,7 @@ async fn one_session(
     let mut addresses = cfg.addresses.clone();
     let open = async {
         let mut endpoint =
-            Endpoint::from_shared(cfg.collector.clone()).map_err(|e| e.to_string())?;
+            Endpoint::from_shared(target.url.clone()).map_err(|e| e.to_string())?;
         if let Some(tls) = &cfg.tls {
             endpoint = endpoint
                 .tls_config(tls.clone())
@@ -276,11 +333,19 @@ async fn one_session(
         }
         let endpoint = endpoint
             .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(10))
+            .http2_keep_alive_interval(KEEPALIVE)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
             .keep_alive_while_idle(true);
-        let channel = endpoint.connect().await.map_err(|e| error_chain(&e))?;
+        // Dials the candidate's address whatever URI tonic asks for: the
+        // URI stays the URL, so TLS checks the URL's name (or
+        // --tls-server-name) and the request's authority is the URL's.
+        let addr = target.addr;
+        let channel = endpoint
+            .connect_with_connector(tower::service_fn(move |_: tonic::codegen::http::Uri| {
+                dial(addr)
+            }))
+            .await
+            .map_err(|e| error_chain(&e))?;
         let identity = cfg.identity.clone();
         // The addresses as they are now; a change after this goes in an
         // Addresses message (when the Welcome reads them).
@@ -309,7 +374,14 @@ async fn one_session(
         },
         _ = stopping(shutdown) => return End::Shutdown,
     };
-    tracing::info!(collector = %cfg.collector, session, "streaming to the collector");
+    let switched = streamed.as_ref().is_some_and(|before| before != target);
+    if switched {
+        tracing::info!(collector = %target.url, address = %target.addr, session, from = %streamed.as_ref().map_or(String::new(), |t| t.to_string()), "streaming to another collector");
+    } else {
+        tracing::info!(collector = %target.url, address = %target.addr, session, "streaming to the collector");
+    }
+    cfg.metrics.collector(target, switched);
+    *streamed = Some(target.clone());
     let up = LinkEvent::Up {
         session,
         tx: tx.clone(),
