@@ -382,17 +382,8 @@ fn a_name_with_two_addresses_is_two_collectors() {
     let url = format!("http://{NAME}:{port}");
     let interval = format!("{}ms", INTERVAL.as_millis());
     let backoff = format!("{}ms", BACKOFF_MAX.as_millis());
-    let hosts = hosts.to_str().expect("utf-8 path");
-    let wrapper = [
-        "unshare",
-        "--mount",
-        "--propagation",
-        "private",
-        "sh",
-        "-c",
-        "mount --bind \"$0\" /etc/hosts && exec \"$@\"",
-        hosts,
-    ];
+    let wrapper = tcpstall_tests::own_hosts_file(&hosts);
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
     let agent = AgentProcess::start_wrapped(
         &wrapper,
         &url,
