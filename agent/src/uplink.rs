@@ -6,16 +6,18 @@
 //! next candidate of the [`Rotation`], so a stream that breaks or a
 //! collector that cannot be reached sends the agent to another one. The
 //! backoff is per attempt, as with one collector: a stream that was up for
-//! [`STABLE`] or more is followed by the shortest wait ([`FIRST_RETRY`],
-//! jittered), so an agent whose collector dies is streaming to another
-//! within a fraction of a second when that one answers; the jitter keeps
-//! the agents of a dead node from all arriving at once, and the ceiling
-//! keeps a fleet whose collectors are all down from hammering them. A
-//! node killed outright resets its connections at once; a node that
-//! vanished (powered off, cut off) answers nothing, so a connection
-//! attempt gives up after [`CONNECT_TIMEOUT`] and an open stream after
-//! HTTP/2 keepalive pings go unanswered ([`KEEPALIVE`] +
-//! [`KEEPALIVE_TIMEOUT`]).
+//! [`STABLE`] or more is followed by the shortest wait
+//! ([`backoff::FIRST_RETRY`], jittered), so an agent whose collector dies
+//! is streaming to another within a fraction of a second when that one
+//! answers; the jitter keeps the agents of a dead node from all arriving
+//! at once, and the ceiling keeps a fleet whose collectors are all down
+//! from hammering them. A node killed outright resets its connections at
+//! once; a node that vanished (powered off, cut off) or hangs answers
+//! nothing, so a connection attempt gives up after [`CONNECT_TIMEOUT`] and
+//! an open stream once HTTP/2 keepalive pings go unanswered ([`KEEPALIVE`]
+//! + [`KEEPALIVE_TIMEOUT`]). What the agent handed to such a stream before
+//! that is lost without being counted: nothing on the wire says what the
+//! collector read.
 //!
 //! The link task owns the connection and nothing else. It reports to the
 //! agent's run loop over a bounded channel: a stream is [`LinkEvent::Up`]
@@ -57,8 +59,8 @@ use tonic::transport::Endpoint;
 
 use crate::collectors::{Rotation, Target};
 
-mod backoff;
-pub use backoff::{Backoff, FIRST_RETRY};
+pub mod backoff;
+use backoff::Backoff;
 use crate::hello::Identity;
 use crate::metrics::AgentMetrics;
 
