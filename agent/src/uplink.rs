@@ -14,10 +14,10 @@
 //! from hammering them. A node killed outright resets its connections at
 //! once; a node that vanished (powered off, cut off) or hangs answers
 //! nothing, so a connection attempt gives up after [`CONNECT_TIMEOUT`] and
-//! an open stream once HTTP/2 keepalive pings go unanswered ([`KEEPALIVE`]
-//! + [`KEEPALIVE_TIMEOUT`]). What the agent handed to such a stream before
-//! that is lost without being counted: nothing on the wire says what the
-//! collector read.
+//! an open stream once HTTP/2 keepalive pings go unanswered
+//! ([`KEEPALIVE`] and [`KEEPALIVE_TIMEOUT`]). What the agent handed to
+//! such a stream before that is lost without being counted: nothing on the
+//! wire says what the collector read.
 //!
 //! The link task owns the connection and nothing else. It reports to the
 //! agent's run loop over a bounded channel: a stream is [`LinkEvent::Up`]
