@@ -163,7 +163,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 fn run_agent(flags: &config::Flags) -> anyhow::Result<ExitCode> {
     let config = Config::load(flags)?;
-    let collector = config.require_collector()?.to_string();
+    let collectors = config.require_collectors()?.to_vec();
     let host = match &config.host {
         Some(host) => host.clone(),
         None => {
@@ -177,11 +177,13 @@ fn run_agent(flags: &config::Flags) -> anyhow::Result<ExitCode> {
     let namespaces = netns::resolve(&config.netns_specs()?)?;
     let host_netns = netns::host_from(config.host_netns_spec()?.as_ref())?;
     let tls = config.client_tls()?;
-    if tls.is_none() && !tcpstall_client::tls::is_loopback_url(&collector) {
-        tracing::warn!(%collector, "streaming plaintext (--plaintext): this host's connections cross the network unencrypted");
+    for collector in &collectors {
+        if tls.is_none() && !tcpstall_client::tls::is_loopback_url(collector) {
+            tracing::warn!(%collector, "streaming plaintext (--plaintext): this host's connections cross the network unencrypted");
+        }
     }
     let settings = crate::run::RunSettings {
-        collector,
+        collectors,
         tls,
         host,
         machine_id,

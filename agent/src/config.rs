@@ -43,8 +43,9 @@ pub const AUTO_FOLLOW_MAX: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// The collector's URL (http://HOST:PORT). No default: `run` needs one.
-    pub collector: Option<String>,
+    /// The collectors' URLs (http://HOST:PORT): one, or a list. No
+    /// default: `run` needs one.
+    pub collector: Option<Collectors>,
     /// The name this host reports; `None` = the hostname.
     pub host: Option<String>,
     /// This machine's stable identity; `None` = /etc/machine-id (or
@@ -153,10 +154,13 @@ pub struct Flags {
     #[serde(skip)]
     pub config: Option<PathBuf>,
     /// The collector to stream to, as https://HOST:PORT (TLS) or
-    /// http://HOST:PORT; `run` needs one.
+    /// http://HOST:PORT; `run` needs one. Repeat for several, or give a
+    /// name with several addresses: the agent streams to one and moves to
+    /// another when it goes (in the file: a URL or a list of URLs; the
+    /// flags replace the file's list).
     #[arg(long, value_name = "URL")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub collector: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub collector: Vec<String>,
     /// The name this host reports, unique in the fleet [default: the
     /// hostname].
     #[arg(long, value_name = "NAME")]
@@ -297,16 +301,40 @@ impl Config {
 
     /// Defaults, then the file, then the flags; then checks the result.
     pub fn load(flags: &Flags) -> Result<Config, ConfigError> {
-        let c: Config = tcpstall_settings::load(flags.config.as_deref(), flags)?;
+        let mut c: Config = tcpstall_settings::load(flags.config.as_deref(), flags)?;
+        // One URL given as a flag reads as one, not as a list of one.
+        if let Some(Collectors::Several(urls)) = &mut c.collector {
+            if let [one] = urls.as_mut_slice() {
+                c.collector = Some(Collectors::One(std::mem::take(one)));
+            }
+        }
         c.validate()?;
         Ok(c)
     }
 
     /// Checks every value; `collector` may be unset (only `run` needs it).
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if let Some(url) = &self.collector {
-            check_collector(url)?;
-            self.check_transport(url)?;
+        if let Some(collectors) = &self.collector {
+            let urls = collectors.urls();
+            if urls.is_empty() {
+                return Err(invalid("collector", "an empty list: give at least one URL"));
+            }
+            for url in urls {
+                check_collector(url)?;
+                self.check_transport(url)?;
+            }
+            // One TLS setting serves every collector, so all are https://
+            // or none is.
+            let tls = |u: &String| u.starts_with("https://");
+            if urls.iter().any(tls) && !urls.iter().all(tls) {
+                return Err(invalid(
+                    "collector",
+                    format!(
+                        "{} mix https:// and http://: give all one scheme",
+                        urls.join(", ")
+                    ),
+                ));
+            }
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err(invalid(
@@ -452,7 +480,7 @@ impl Config {
     pub fn client_tls(
         &self,
     ) -> Result<Option<tonic::transport::ClientTlsConfig>, tcpstall_client::tls::FileError> {
-        match &self.collector {
+        match self.collector.as_ref().and_then(|c| c.urls().first()) {
             Some(url) if url.starts_with("https://") => {
                 tcpstall_client::tls::client_config(&tcpstall_client::tls::ClientFiles {
                     ca: self.tls_ca.clone(),
@@ -483,14 +511,19 @@ impl Config {
             .collect()
     }
 
-    /// The collector's URL, which `run` cannot do without.
-    pub fn require_collector(&self) -> Result<&str, ConfigError> {
-        self.collector.as_deref().ok_or_else(|| {
-            invalid(
-                "collector",
-                "not set: give --collector URL or `collector` in the config file",
-            )
-        })
+    /// The collectors' URLs (one at least), which `run` cannot do
+    /// without.
+    pub fn require_collectors(&self) -> Result<&[String], ConfigError> {
+        self.collector
+            .as_ref()
+            .map(Collectors::urls)
+            .filter(|urls| !urls.is_empty())
+            .ok_or_else(|| {
+                invalid(
+                    "collector",
+                    "not set: give --collector URL or `collector` in the config file",
+                )
+            })
     }
 
     /// The settings as a commented TOML file that parses back to them, each
@@ -508,7 +541,10 @@ Durations read like 500ms, 3s, 1m.";
 
 /// What the file shows, commented out, for a setting that is not set.
 const EXAMPLES: &[(&str, &str)] = &[
-    ("collector", "\"https://collector.example:7786\""),
+    (
+        "collector",
+        "[\"https://collector-1.example:7786\", \"https://collector-2.example:7786\"]",
+    ),
     ("host", "\"web-17\""),
     ("machine_id", "\"4c4c4544004d3510804ec4c04f4d3232\""),
     ("tls_ca", "\"/etc/tcpstall/ca.crt\""),
@@ -518,6 +554,58 @@ const EXAMPLES: &[(&str, &str)] = &[
     ("metrics_listen", "\"127.0.0.1:7788\""),
     ("follow_interval", "\"250ms\""),
 ];
+
+/// The `collector` setting: one URL or a list of them. In the file,
+/// `collector = "URL"` or `collector = ["URL", ...]`; the flag, repeated,
+/// gives a list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Collectors {
+    One(String),
+    Several(Vec<String>),
+}
+
+impl Collectors {
+    /// The URLs, in the order given.
+    pub fn urls(&self) -> &[String] {
+        match self {
+            Collectors::One(url) => std::slice::from_ref(url),
+            Collectors::Several(urls) => urls,
+        }
+    }
+}
+
+impl From<&str> for Collectors {
+    fn from(url: &str) -> Collectors {
+        Collectors::One(url.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Collectors {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Collectors, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Collectors;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a collector URL or a list of them")
+            }
+            fn visit_str<E: serde::de::Error>(self, url: &str) -> Result<Collectors, E> {
+                Ok(Collectors::One(url.to_string()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Collectors, A::Error> {
+                let mut urls = Vec::new();
+                while let Some(url) = seq.next_element::<String>()? {
+                    urls.push(url);
+                }
+                Ok(Collectors::Several(urls))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
 
 fn check_collector(url: &str) -> Result<(), ConfigError> {
     let uri: tonic::codegen::http::Uri = url

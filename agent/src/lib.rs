@@ -14,8 +14,8 @@ pub mod run;
 // integration tests, the workspace's end-to-end tests and the benchmarks
 // turn it on).
 tcpstall_common::internal_mods!(
-    addresses, conntrack, diag, filter, held, hello, metrics, outbox, poll, probe, suspects,
-    translate, uplink, view
+    addresses, collectors, conntrack, diag, filter, held, hello, metrics, outbox, poll, probe,
+    suspects, translate, uplink, view
 );
 
 #[cfg(feature = "internals")]

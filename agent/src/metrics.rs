@@ -8,6 +8,7 @@
 //! bytes), labels with a fixed, small set of values.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use tcpstall_common::HeldEnd;
 use tcpstall_prom::{Exposition, Histogram, Kind};
@@ -47,6 +48,11 @@ pub struct AgentMetrics {
     /// Hellos the collector refused: another machine holds the host name.
     hellos_refused_name_taken: AtomicU64,
     connected: AtomicBool,
+    /// Streams opened on another collector than the one before.
+    collector_switches: AtomicU64,
+    /// The collector of the latest stream (URL, address); read at scrapes
+    /// only, written when a stream opens.
+    collector: Mutex<Option<(String, String)>>,
     /// Parser skips: malformed messages, attributes, chunks; interrupted
     /// dumps (copied from the poller's own totals).
     malformed_messages: AtomicU64,
@@ -95,6 +101,8 @@ impl Default for AgentMetrics {
             reconnects: AtomicU64::new(0),
             hellos_refused_name_taken: AtomicU64::new(0),
             connected: AtomicBool::new(false),
+            collector_switches: AtomicU64::new(0),
+            collector: Mutex::new(None),
             malformed_messages: AtomicU64::new(0),
             malformed_attributes: AtomicU64::new(0),
             truncated_chunks: AtomicU64::new(0),
@@ -215,6 +223,19 @@ impl AgentMetrics {
     pub fn hello_refused(&self) {
         self.hellos_refused_name_taken
             .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A stream opened on `target` (`switched`: another collector than
+    /// the latest stream's).
+    pub fn collector(&self, target: &crate::collectors::Target, switched: bool) {
+        if switched {
+            self.collector_switches.fetch_add(1, Ordering::Relaxed);
+        }
+        let now = (target.url.clone(), target.addr.to_string());
+        *self
+            .collector
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(now);
     }
 
     /// Whether the probe named in [`PROBES`] is available.
@@ -375,6 +396,25 @@ impl AgentMetrics {
             get(&self.hellos_refused_name_taken),
         );
         e.single(
+            "tcpstall_agent_collector_switches_total",
+            Kind::Counter,
+            "Streams opened on another collector (URL or address) than the stream before.",
+            get(&self.collector_switches),
+        );
+        let current = self
+            .collector
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        let mut info = e.family(
+            "tcpstall_agent_collector_info",
+            Kind::Gauge,
+            "Always 1: the collector of the latest stream, its URL and the address streamed to (none before the first stream).",
+        );
+        if let Some((url, address)) = &current {
+            info.sample(&[("url", url), ("address", address)], 1.0);
+        }
+        e.single(
             "tcpstall_agent_sent_messages_total",
             Kind::Counter,
             "Messages (hello, batches, heartbeats, address announcements) the stream took for the collector.",
@@ -477,9 +517,15 @@ mod tests {
         m.sent(1200, 4);
         m.addresses_sent();
         m.link(true, false);
+        let target = |url: &str, addr: &str| crate::collectors::Target {
+            url: url.into(),
+            addr: addr.parse().expect("address"),
+        };
+        m.collector(&target("http://c.example:7786", "10.0.0.1:7786"), false);
         m.link(false, false);
         m.link(true, true);
         m.hello_refused();
+        m.collector(&target("http://c.example:7786", "[fd00::2]:7786"), true);
         m.outbox(
             5,
             Dropped {
@@ -521,6 +567,8 @@ mod tests {
             "tcpstall_agent_connected 1\n",
             "tcpstall_agent_reconnects_total 1\n",
             "tcpstall_agent_hellos_refused_total{reason=\"name_taken\"} 1\n",
+            "tcpstall_agent_collector_switches_total 1\n",
+            "tcpstall_agent_collector_info{url=\"http://c.example:7786\",address=\"[fd00::2]:7786\"} 1\n",
             "tcpstall_agent_buffered_batches 5\n",
             "tcpstall_agent_dropped_batches_total 2\n",
             "tcpstall_agent_dropped_samples_total 9\n",

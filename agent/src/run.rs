@@ -42,8 +42,10 @@ const EVENT_QUEUE: usize = 256;
 /// Everything `run` needs, resolved.
 #[derive(Debug, Clone)]
 pub struct RunSettings {
-    pub collector: String,
-    /// TLS settings for an https:// collector.
+    /// The collectors' URLs (at least one); the link streams to one of
+    /// them at a time ([`crate::collectors`]).
+    pub collectors: Vec<String>,
+    /// TLS settings for https:// collectors.
     pub tls: Option<tonic::transport::ClientTlsConfig>,
     pub host: String,
     /// This machine's stable identity, sent beside `host`.
@@ -352,7 +354,7 @@ pub async fn run(settings: RunSettings, shutdown: impl Future<Output = ()>) -> a
     let addresses =
         crate::addresses::follow(settings.namespaces.clone(), settings.interval).await?;
     let link_cfg = LinkConfig {
-        collector: settings.collector.clone(),
+        collectors: settings.collectors.clone(),
         tls: settings.tls.clone(),
         identity: Identity {
             host: settings.host.clone(),
@@ -372,7 +374,7 @@ pub async fn run(settings: RunSettings, shutdown: impl Future<Output = ()>) -> a
     let link = tokio::spawn(uplink::run(link_cfg, events_tx, lost.clone(), stop_rx));
     tracing::info!(
         host = %settings.host,
-        collector = %settings.collector,
+        collectors = ?settings.collectors,
         interval_ms = settings.interval.as_millis() as u64,
         namespaces = settings.namespaces.len(),
         buffer = settings.buffer,

@@ -1,6 +1,24 @@
 //! The link to the collector: one `tcpstall.v1.Ingest/Stream` at a time,
 //! reconnected with jittered exponential backoff, forever, until shutdown.
 //!
+//! The agent may be given several collectors (several URLs, or a name
+//! with several addresses: [`crate::collectors`]). Each attempt takes the
+//! next candidate of the [`Rotation`], so a stream that breaks or a
+//! collector that cannot be reached sends the agent to another one. The
+//! backoff is per attempt, as with one collector: a stream that was up for
+//! [`STABLE`] or more is followed by the shortest wait
+//! ([`backoff::FIRST_RETRY`], jittered), so an agent whose collector dies
+//! is streaming to another within a fraction of a second when that one
+//! answers; the jitter keeps the agents of a dead node from all arriving
+//! at once, and the ceiling keeps a fleet whose collectors are all down
+//! from hammering them. A node killed outright resets its connections at
+//! once; a node that vanished (powered off, cut off) or hangs answers
+//! nothing, so a connection attempt gives up after [`CONNECT_TIMEOUT`] and
+//! an open stream once HTTP/2 keepalive pings go unanswered
+//! ([`KEEPALIVE`] and [`KEEPALIVE_TIMEOUT`]). What the agent handed to
+//! such a stream before that is lost without being counted: nothing on the
+//! wire says what the collector read.
+//!
 //! The link task owns the connection and nothing else. It reports to the
 //! agent's run loop over a bounded channel: a stream is [`LinkEvent::Up`]
 //! (with the sender for outgoing messages, the Hello already first in it),
@@ -31,7 +49,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use tcpstall_common::{error_chain, FlowTuple, FromCollector, ToAgent, ToCollector};
 use tcpstall_proto::convert::{agent_message_to_wire, collector_message_from_wire};
 use tcpstall_proto::v1::{self, ingest_client::IngestClient};
@@ -40,12 +57,13 @@ use tokio::time::Instant;
 use tokio_stream::Stream;
 use tonic::transport::Endpoint;
 
+use crate::collectors::{Rotation, Target};
+
+pub mod backoff;
+use backoff::Backoff;
 use crate::hello::Identity;
 use crate::metrics::AgentMetrics;
 
-/// The first retry after a failure waits about this long (doubled by
-/// jitter at most), unless the ceiling is lower.
-pub const FIRST_RETRY: Duration = Duration::from_millis(200);
 /// A stream that stayed up this long resets the backoff; a shorter one
 /// (a collector that accepts and then drops us) continues it.
 pub const STABLE: Duration = Duration::from_secs(10);
@@ -56,47 +74,13 @@ pub const STREAM_QUEUE: usize = 8;
 pub const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// How long one connection attempt may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Jittered exponential backoff whose ceiling is a ceiling.
-///
-/// `backon`'s jitter adds up to 100% on top of the delay it computed, and
-/// its `max_delay` caps the delay before jitter: a `max_delay` of 30 s
-/// would wait up to 60 s. So the delay before jitter is capped at half the
-/// ceiling, and jitter brings it to [half, ceiling).
-#[derive(Debug)]
-pub struct Backoff {
-    builder: ExponentialBuilder,
-    delays: <ExponentialBuilder as BackoffBuilder>::Backoff,
-    ceiling: Duration,
-}
-
-impl Backoff {
-    pub fn new(ceiling: Duration) -> Backoff {
-        let half = ceiling / 2;
-        let builder = ExponentialBuilder::new()
-            .with_jitter()
-            .with_factor(2.0)
-            .with_min_delay(FIRST_RETRY.min(half))
-            .with_max_delay(half)
-            .without_max_times();
-        Backoff {
-            builder,
-            delays: builder.build(),
-            ceiling,
-        }
-    }
-
-    /// The wait before the next attempt.
-    pub fn next_delay(&mut self) -> Duration {
-        // `min` only trims the nanoseconds backon's f32 arithmetic may add.
-        self.delays.next().unwrap_or(self.ceiling).min(self.ceiling)
-    }
-
-    /// Back to the first, short wait.
-    pub fn reset(&mut self) {
-        self.delays = self.builder.build();
-    }
-}
+/// An HTTP/2 ping goes to the collector after this long without one, and
+/// the stream is given up when its answer takes longer than
+/// [`KEEPALIVE_TIMEOUT`]: a collector that vanished without resetting the
+/// connection is noticed within the sum. A ping is a few bytes; the
+/// collector (tonic) does not limit their rate.
+pub const KEEPALIVE: Duration = Duration::from_secs(5);
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the link tells the run loop.
 #[derive(Debug)]
@@ -191,8 +175,9 @@ impl Drop for Outgoing {
 /// Where and how to connect.
 #[derive(Debug, Clone)]
 pub struct LinkConfig {
-    pub collector: String,
-    /// TLS settings for an https:// collector.
+    /// The collectors' URLs, as given (at least one).
+    pub collectors: Vec<String>,
+    /// TLS settings for https:// collectors.
     pub tls: Option<tonic::transport::ClientTlsConfig>,
     pub identity: Identity,
     /// The namespaces' addresses as they are now.
@@ -244,24 +229,43 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut backoff = Backoff::new(cfg.backoff_max);
+    let mut rotation = Rotation::new(cfg.collectors.clone());
+    // The collector of the latest stream, to tell a switch.
+    let mut streamed: Option<Target> = None;
     let mut session = 0u64;
     let mut failures = 0u32;
     loop {
-        session += 1;
-        let started = Instant::now();
-        let end = one_session(&cfg, session, &events, &lost, &mut shutdown).await;
-        match end {
-            End::Shutdown => return,
-            End::Failed(error) => {
+        let next = tokio::select! {
+            next = rotation.next() => next,
+            _ = stopping(&mut shutdown) => return,
+        };
+        let end = match next {
+            Err(error) => {
                 failures += 1;
-                tracing::warn!(collector = %cfg.collector, session, failures, %error, "cannot reach the collector");
+                tracing::warn!(collectors = ?rotation.urls(), failures, %error, "no collector address");
+                None
             }
-            End::Refused(error) => {
+            Ok(target) => {
+                session += 1;
+                let started = Instant::now();
+                let end = one_session(&cfg, &target, &mut streamed, session, &events, &lost, &mut shutdown)
+                    .await;
+                Some((target, started, end))
+            }
+        };
+        match end {
+            None => {}
+            Some((_, _, End::Shutdown)) => return,
+            Some((target, _, End::Failed(error))) => {
+                failures += 1;
+                tracing::warn!(collector = %target.url, address = %target.addr, session, failures, %error, "cannot reach the collector");
+            }
+            Some((target, _, End::Refused(error))) => {
                 failures += 1;
                 cfg.metrics.hello_refused();
-                tracing::error!(collector = %cfg.collector, session, failures, %error, "the collector refused this agent's hello: its host name is another machine's; retrying, in case that one goes");
+                tracing::error!(collector = %target.url, address = %target.addr, session, failures, %error, "the collector refused this agent's hello: its host name is another machine's; retrying, in case that one goes");
             }
-            End::Lost(error) => {
+            Some((target, started, End::Lost(error))) => {
                 if events.send(LinkEvent::Down { session }).await.is_err() {
                     return;
                 }
@@ -271,11 +275,11 @@ pub async fn run(
                     failures = 0;
                 }
                 failures += 1;
-                tracing::warn!(collector = %cfg.collector, session, up_ms = up.as_millis() as u64, %error, "disconnected from the collector");
+                tracing::warn!(collector = %target.url, address = %target.addr, session, up_ms = up.as_millis() as u64, %error, "disconnected from the collector");
             }
         }
         let delay = backoff.next_delay();
-        tracing::info!(collector = %cfg.collector, delay_ms = delay.as_millis() as u64, failures, "reconnecting");
+        tracing::info!(delay_ms = delay.as_millis() as u64, failures, "reconnecting");
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = stopping(&mut shutdown) => return,
@@ -283,8 +287,21 @@ pub async fn run(
     }
 }
 
+/// One TCP connection to `addr`, within [`CONNECT_TIMEOUT`].
+async fn dial(
+    addr: std::net::SocketAddr,
+) -> std::io::Result<hyper_util::rt::TokioIo<tokio::net::TcpStream>> {
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connection timed out"))??;
+    stream.set_nodelay(true)?;
+    Ok(hyper_util::rt::TokioIo::new(stream))
+}
+
 async fn one_session(
     cfg: &LinkConfig,
+    target: &Target,
+    streamed: &mut Option<Target>,
     session: u64,
     events: &mpsc::Sender<LinkEvent>,
     lost: &Arc<Lost>,
@@ -293,7 +310,7 @@ async fn one_session(
     let mut addresses = cfg.addresses.clone();
     let open = async {
         let mut endpoint =
-            Endpoint::from_shared(cfg.collector.clone()).map_err(|e| e.to_string())?;
+            Endpoint::from_shared(target.url.clone()).map_err(|e| e.to_string())?;
         if let Some(tls) = &cfg.tls {
             endpoint = endpoint
                 .tls_config(tls.clone())
@@ -301,11 +318,19 @@ async fn one_session(
         }
         let endpoint = endpoint
             .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(10))
+            .http2_keep_alive_interval(KEEPALIVE)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
             .keep_alive_while_idle(true);
-        let channel = endpoint.connect().await.map_err(|e| error_chain(&e))?;
+        // Dials the candidate's address whatever URI tonic asks for: the
+        // URI stays the URL, so TLS checks the URL's name (or
+        // --tls-server-name) and the request's authority is the URL's.
+        let addr = target.addr;
+        let channel = endpoint
+            .connect_with_connector(tower::service_fn(move |_: tonic::codegen::http::Uri| {
+                dial(addr)
+            }))
+            .await
+            .map_err(|e| error_chain(&e))?;
         let identity = cfg.identity.clone();
         // The addresses as they are now; a change after this goes in an
         // Addresses message (when the Welcome reads them).
@@ -334,7 +359,14 @@ async fn one_session(
         },
         _ = stopping(shutdown) => return End::Shutdown,
     };
-    tracing::info!(collector = %cfg.collector, session, "streaming to the collector");
+    let switched = streamed.as_ref().is_some_and(|before| before != target);
+    if switched {
+        tracing::info!(collector = %target.url, address = %target.addr, session, from = %streamed.as_ref().map_or(String::new(), |t| t.to_string()), "streaming to another collector");
+    } else {
+        tracing::info!(collector = %target.url, address = %target.addr, session, "streaming to the collector");
+    }
+    cfg.metrics.collector(target, switched);
+    *streamed = Some(target.clone());
     let up = LinkEvent::Up {
         session,
         tx: tx.clone(),
@@ -425,48 +457,6 @@ mod tests {
     use tcpstall_common::{AgentBatch, Heartbeat, SampleReason};
 
     use super::*;
-
-    #[test]
-    fn the_ceiling_is_a_ceiling() {
-        for ceiling_ms in [100u64, 301, 1000, 30_000, 3_600_000] {
-            let ceiling = Duration::from_millis(ceiling_ms);
-            let mut b = Backoff::new(ceiling);
-            let mut reached = Duration::ZERO;
-            for _ in 0..2000 {
-                let d = b.next_delay();
-                assert!(d <= ceiling, "{d:?} above the ceiling {ceiling:?}");
-                assert!(d >= FIRST_RETRY.min(ceiling / 2), "{d:?} too short");
-                reached = reached.max(d);
-            }
-            assert!(
-                reached >= ceiling / 2,
-                "{ceiling:?}: the delays grow to the ceiling, reached {reached:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn delays_grow_and_are_jittered_then_reset() {
-        let mut b = Backoff::new(Duration::from_secs(30));
-        let first: Vec<Duration> = (0..4).map(|_| b.next_delay()).collect();
-        for (i, d) in first.iter().enumerate() {
-            // f32 arithmetic in backon may be off by a few nanoseconds.
-            let base = FIRST_RETRY * (1 << i);
-            let slack = Duration::from_micros(1);
-            assert!(
-                *d + slack >= base && *d < base * 2 + slack,
-                "attempt {i}: {d:?}"
-            );
-        }
-        let plateau: Vec<Duration> = (0..50).map(|_| b.next_delay()).skip(10).collect();
-        assert!(
-            plateau.windows(2).any(|w| w[0] != w[1]),
-            "jittered, not all equal: {plateau:?}"
-        );
-        b.reset();
-        let d = b.next_delay();
-        assert!(d < FIRST_RETRY * 2, "reset starts short again: {d:?}");
-    }
 
     /// A batch of `n` samples.
     fn batch(n: usize) -> ToCollector {

@@ -76,14 +76,49 @@ fn a_flag_beats_the_file_and_the_file_beats_the_default() {
         Some("from-file"),
         "file over default"
     );
-    assert_eq!(
-        effective.collector.as_deref(),
-        Some("http://198.18.0.1:7786")
-    );
+    assert_eq!(effective.collector, Some("http://198.18.0.1:7786".into()));
     assert_eq!(
         effective.backoff_max,
         Config::default().backoff_max,
         "default"
+    );
+}
+
+/// Issue 24: `--collector` repeated is a list, printed as one; a bad URL
+/// among them is refused, naming itself.
+#[test]
+fn the_collector_flag_repeated_is_a_list() {
+    let out = agent(&[
+        "print-config",
+        "--collector",
+        "http://127.0.0.1:7786",
+        "--collector",
+        "http://localhost:7787",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("\ncollector = [\"http://127.0.0.1:7786\", \"http://localhost:7787\"]\n"),
+        "{text}"
+    );
+    let effective: Config = toml::from_str(&text).expect("print-config prints TOML");
+    assert_eq!(
+        effective.require_collectors().expect("set"),
+        ["http://127.0.0.1:7786", "http://localhost:7787"]
+    );
+
+    let out = agent(&[
+        "print-config",
+        "--collector",
+        "http://127.0.0.1:7786",
+        "--collector",
+        "ftp://127.0.0.1:7787",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("`ftp://127.0.0.1:7787`: scheme ftp"),
+        "{}",
+        stderr(&out)
     );
 }
 

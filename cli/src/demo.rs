@@ -163,7 +163,7 @@ pub async fn run(args: DemoArgs, style: Style) -> Result<u8, Failure> {
     let ns = netns::current().map_err(|e| fail("reading this network namespace", e))?;
     let settings = RunSettings {
         tls: None,
-        collector: url.clone(),
+        collectors: vec![url.clone()],
         host: "demo-host".into(),
         // The demo's collector is its own: one machine, whatever its id.
         machine_id: tcpstall_common::MachineId::new("tcpstall-demo").ok(),

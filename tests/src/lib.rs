@@ -295,6 +295,26 @@ fn metrics_addr_in(
     })
 }
 
+/// A wrapper for [`AgentProcess::start_wrapped`]: the agent runs in a
+/// mount namespace of its own in which `hosts` is bind-mounted over
+/// /etc/hosts, so it resolves names that only the test defines. The host's
+/// file is not touched and no other process sees the mount. Needs root.
+pub fn own_hosts_file(hosts: &std::path::Path) -> Vec<String> {
+    [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        "mount --bind \"$0\" /etc/hosts && exec \"$@\"",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([hosts.to_string_lossy().into_owned()])
+    .collect()
+}
+
 /// A real `tcpstall-agent run` process. Killed when dropped.
 #[derive(Debug)]
 pub struct AgentProcess {

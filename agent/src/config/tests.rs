@@ -82,16 +82,20 @@ fn flags_beat_the_file_and_the_file_beats_defaults() {
     assert_eq!(c.buffer, 9, "the flag wins");
     assert_eq!(c.netns, vec!["lab1".to_string()], "from the file");
     assert_eq!(c.backoff_max, Duration::from_secs(30), "the default");
-    assert_eq!(c.require_collector().expect("set"), "http://a:1");
+    assert_eq!(c.require_collectors().expect("set"), ["http://a:1"]);
 
     let flags = Flags {
         netns: vec!["all".into()],
-        collector: Some("http://b:2".into()),
+        collector: vec!["http://b:2".into()],
         ..flags
     };
     let c = Config::load(&flags).expect("load");
     assert_eq!(c.netns, vec!["all".to_string()], "flags replace the list");
-    assert_eq!(c.collector.as_deref(), Some("http://b:2"));
+    assert_eq!(
+        c.collector,
+        Some("http://b:2".into()),
+        "one flag is one URL"
+    );
     let _ = std::fs::remove_file(path);
 }
 
@@ -211,7 +215,7 @@ fn machine_id_is_a_flag_and_a_key_and_bad_ones_name_the_flag() {
 fn plaintext_leaves_this_host_only_when_asked() {
     let load = |collector: &str, plaintext: bool, tls_ca: Option<&str>| {
         Config::load(&Flags {
-            collector: Some(collector.into()),
+            collector: vec![collector.into()],
             plaintext,
             tls_ca: tls_ca.map(PathBuf::from),
             ..Flags::default()
@@ -231,9 +235,106 @@ fn plaintext_leaves_this_host_only_when_asked() {
     assert!(err.to_string().contains("https://"), "{err}");
 }
 
+/// Issue 24: several collectors, from repeated flags or a list in the
+/// file, each URL checked on its own.
+#[test]
+fn several_collectors_from_the_flag_repeated_or_a_list_in_the_file() {
+    let urls = [
+        "http://127.0.0.1:7786",
+        "http://[::1]:7787",
+        "http://localhost:7788",
+    ];
+    let flags = Flags {
+        collector: urls.iter().map(|u| u.to_string()).collect(),
+        ..Flags::default()
+    };
+    let c = Config::load(&flags).expect("repeated flag");
+    assert_eq!(c.require_collectors().expect("set"), urls);
+
+    let (_dir, path) = temp_file(
+        "several.toml",
+        "collector = [\"https://c1.example:7786\", \"https://c2.example:7786\"]\n",
+    );
+    let from_file = Flags {
+        config: Some(path.clone()),
+        ..Flags::default()
+    };
+    let c = Config::load(&from_file).expect("list in the file");
+    assert_eq!(
+        c.require_collectors().expect("set"),
+        ["https://c1.example:7786", "https://c2.example:7786"]
+    );
+    assert!(c.client_tls().expect("TLS").is_some(), "https:// for all");
+    // It prints back as the list it is, and reads back the same.
+    let text = c.to_toml();
+    assert!(
+        text.contains("\ncollector = [\"https://c1.example:7786\", \"https://c2.example:7786\"]\n"),
+        "{text}"
+    );
+    let parsed: Config = toml::from_str(&text).expect("parses");
+    assert_eq!(parsed, c);
+    // The flags replace the file's list.
+    let c = Config::load(&Flags {
+        collector: vec!["http://127.0.0.1:1".into(), "http://127.0.0.2:1".into()],
+        ..from_file
+    })
+    .expect("flags over the file");
+    assert_eq!(
+        c.require_collectors().expect("set"),
+        ["http://127.0.0.1:1", "http://127.0.0.2:1"]
+    );
+}
+
+/// A bad URL among good ones is refused, naming itself.
+#[test]
+fn a_bad_collector_among_several_names_itself() {
+    let cases: [(&[&str], &str); 5] = [
+        (&["http://127.0.0.1:1", "grpc://c2:1"], "`grpc://c2:1`"),
+        (&["http://127.0.0.1:1", "c3:1"], "`c3:1`"),
+        (&["http://127.0.0.1:1", "http://:1"], "`http://:1`"),
+        // Plaintext is checked per URL: loopback needs no flag, another
+        // host does.
+        (
+            &["http://127.0.0.1:1", "http://198.18.0.1:1"],
+            "`http://198.18.0.1:1`",
+        ),
+        (
+            &["https://c1.example:1", "http://127.0.0.1:1"],
+            "mix https:// and http://",
+        ),
+    ];
+    for (urls, named) in cases {
+        let flags = Flags {
+            collector: urls.iter().map(|u| u.to_string()).collect(),
+            ..Flags::default()
+        };
+        let err = Config::load(&flags).expect_err(named);
+        let text = err.to_string();
+        assert!(text.starts_with("collector: "), "{urls:?}: {text}");
+        assert!(text.contains(named), "{urls:?}: {text}");
+    }
+    for (text, named) in [
+        (
+            "collector = [\"http://127.0.0.1:1\", \"grpc://x:1\"]\n",
+            "grpc://x:1",
+        ),
+        ("collector = []\n", "empty list"),
+        ("collector = 5\n", "a collector URL or a list of them"),
+        ("collector = [5]\n", "collector"),
+    ] {
+        let (_dir, path) = temp_file("bad-list.toml", text);
+        let err = Config::load(&Flags {
+            config: Some(path),
+            ..Flags::default()
+        })
+        .expect_err(text);
+        assert!(err.to_string().contains(named), "{text:?} gave {err}");
+    }
+}
+
 #[test]
 fn run_needs_a_collector() {
-    let err = Config::default().require_collector().expect_err("unset");
+    let err = Config::default().require_collectors().expect_err("unset");
     assert!(err.to_string().contains("--collector"), "{err}");
 }
 

@@ -5,6 +5,7 @@ mod addresses;
 mod bpf;
 mod cli;
 mod conntrack;
+mod failover;
 mod families;
 mod namespaces;
 mod owner;

@@ -396,6 +396,71 @@ fn tls_without_client_certificates_takes_any_agent_that_trusts_it() {
     assert!(!collector.logged(&["serving plaintext"]));
 }
 
+/// Issue 24: a collector name with two addresses, over TLS. The agent
+/// dials each address but checks the certificate against the URL's name
+/// (the collectors' certificates name the name alone, not the addresses);
+/// killed off one with SIGKILL, it is on the other within its backoff. The
+/// name is in a hosts file only the agent sees
+/// ([`tcpstall_tests::own_hosts_file`]).
+#[test]
+fn tls_to_a_name_with_two_addresses_checks_the_name_and_moves_on() {
+    if !tcpstall_tests::is_root() {
+        eprintln!("skipped: needs root for the agent's own mount namespace");
+        return;
+    }
+    const NAME: &str = "collectors.tcpstall.test";
+    let pki = Pki::new();
+    let server = identity(
+        pki.dir.path(),
+        "named",
+        pki.ca
+            .leaf(&[NAME], ExtendedKeyUsagePurpose::ServerAuth, false),
+    );
+    let tls = ["--tls-cert", &server.0, "--tls-key", &server.1];
+    let temp = || std::sync::Arc::new(tempfile::tempdir().expect("temp dir"));
+    let mut nodes = vec![CollectorProcess::start_in(temp(), "127.0.0.2:0", &tls)];
+    let port = nodes[0].addr.port();
+    nodes.push(CollectorProcess::start_in(
+        temp(),
+        &format!("127.0.0.3:{port}"),
+        &tls,
+    ));
+    let hosts = pki.path("hosts");
+    std::fs::write(&hosts, format!("127.0.0.2 {NAME}\n127.0.0.3 {NAME}\n"))
+        .expect("write the hosts file");
+    let wrapper = tcpstall_tests::own_hosts_file(&hosts);
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let host = format!("tls-two-{}", std::process::id());
+    let mut args = vec!["--host", host.as_str(), "--tls-ca", &pki.ca_file];
+    args.extend_from_slice(AGENT_ARGS);
+    let agent = AgentProcess::start_wrapped(&wrapper, &format!("https://{NAME}:{port}"), &args);
+    let first = wait_for("the agent connected over TLS", DEADLINE, || {
+        nodes
+            .iter()
+            .position(|n| n.logged(&["agent connected", &host]))
+    });
+    nodes[first].kill();
+    let killed = std::time::Instant::now();
+    let other = &nodes[1 - first];
+    wait_for("the agent on the name's other address", DEADLINE, || {
+        other.logged(&["agent connected", &host]).then_some(())
+    });
+    let moved = killed.elapsed();
+    eprintln!(
+        "on the other address over TLS {} ms after the kill",
+        moved.as_millis()
+    );
+    // --backoff-max 500ms, and a TLS handshake on loopback.
+    assert!(moved < Duration::from_millis(1500), "{moved:?}");
+    // The collector logs the Hello before the agent has its answer.
+    wait_for("the agent's word of the switch", DEADLINE, || {
+        agent
+            .logged(&["streaming to another collector"])
+            .then_some(())
+    });
+    assert!(!agent.logged(&["certificate"]), "the name checked out");
+}
+
 #[test]
 fn plaintext_only_where_allowed_and_always_with_a_warning() {
     // Loopback: no flag needed, a warning said.
