@@ -206,7 +206,8 @@ impl Lab {
                     .filter(|(j, _)| *j != own)
                     .map(|(_, u)| u)
                     .collect();
-                for u in others.iter().take(0) {
+                let know_all = fleet.as_ref().is_some_and(|f| f.shape.agents_know_all);
+                for u in others.iter().filter(|_| know_all) {
                     args.extend(["--collector", u.as_str()]);
                 }
                 let agent = AgentProcess::start_wrapped(wrapper, url, &args);

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use super::{ms_text, Settings};
 use crate::nats::NatsCluster;
+use crate::postgres::Postgres;
 use crate::CollectorProcess;
 
 /// How the fleet is made.
@@ -15,31 +16,39 @@ pub struct Shape {
     pub partitions: u32,
     /// How long a partition's lease lasts: what a takeover waits at most.
     pub lease: Duration,
-    /// The nodes' `--store` (a PostgreSQL URL); `None`: each node its own
-    /// SQLite file (what one node stores, the others do not see).
-    pub store: Option<String>,
+    /// The nodes share a real PostgreSQL (`false`: each node its own
+    /// SQLite file; what one stores the others do not see).
+    pub postgres: bool,
+    /// Each agent is given every node's URL (its own first) and moves when
+    /// its node goes; `false`: only its own node's.
+    pub agents_know_all: bool,
 }
 
 impl Shape {
-    /// Three nodes on three NATS servers (replicas 3), 8 partitions, 3 s
-    /// leases.
-    pub fn three(store: Option<String>) -> Shape {
+    /// Three nodes on three NATS servers (replicas 3) and one PostgreSQL,
+    /// 8 partitions, 3 s leases; each agent knows only its own node.
+    pub fn three() -> Shape {
         Shape {
             nodes: 3,
             nats_servers: 3,
             partitions: 8,
             lease: Duration::from_secs(3),
-            store,
+            postgres: true,
+            agents_know_all: false,
         }
     }
 }
 
-/// The NATS cluster and the nodes beyond the first.
+/// The NATS cluster, the store and the nodes beyond the first.
 #[derive(Debug)]
 pub struct Fleet {
+    // Fields drop in this order: the nodes, NATS, PostgreSQL.
     /// Nodes 1.. (node 0 is the lab's `collector`).
     pub nodes: Vec<CollectorProcess>,
     pub nats: NatsCluster,
+    pub pg: Option<Postgres>,
+    /// The nodes' `--store`.
+    pub store: Option<String>,
     pub shape: Shape,
     pub settings: Settings,
 }
@@ -49,14 +58,20 @@ impl Fleet {
     /// taken its share of partitions when this returns.
     pub fn start(shape: &Shape, settings: Settings) -> (CollectorProcess, Fleet) {
         let nats = NatsCluster::start(shape.nats_servers);
+        let pg = shape
+            .postgres
+            .then(|| Postgres::start_for("the fleet lab").expect("PostgreSQL 15 installed"));
+        let store = pg.as_ref().map(|pg| pg.create_db("tcpstall"));
         let mut nodes: Vec<CollectorProcess> = (0..shape.nodes)
-            .map(|i| Fleet::node_with(&nats, shape, settings, i))
+            .map(|i| Fleet::node_with(&nats, store.as_deref(), shape, settings, i))
             .collect();
         let fleet_nodes = nodes.split_off(1);
         let first = nodes.pop().expect("one node at least");
         let fleet = Fleet {
             nodes: fleet_nodes,
             nats,
+            pg,
+            store,
             shape: shape.clone(),
             settings,
         };
@@ -66,11 +81,12 @@ impl Fleet {
 
     /// Starts node `i` (a new process; its name is `node-i`).
     pub fn node(&self, i: usize) -> CollectorProcess {
-        Fleet::node_with(&self.nats, &self.shape, self.settings, i)
+        Fleet::node_with(&self.nats, self.store.as_deref(), &self.shape, self.settings, i)
     }
 
     fn node_with(
         nats: &NatsCluster,
+        store: Option<&str>,
         shape: &Shape,
         settings: Settings,
         i: usize,
@@ -90,8 +106,8 @@ impl Fleet {
             ms_text(shape.lease),
         ];
         args.extend(nats.args());
-        if let Some(store) = &shape.store {
-            args.extend(["--store".into(), store.clone()]);
+        if let Some(store) = store {
+            args.extend(["--store".into(), store.to_string()]);
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         CollectorProcess::start(&args)

@@ -15,7 +15,7 @@ use crate::{expect_one, RESPONSE};
 const HOSTS: &[&str] = &["client", "server"];
 
 fn fleet(settings: Settings) -> Lab {
-    Lab::start_fleet(HOSTS, settings, Shape::three(None))
+    Lab::start_fleet(HOSTS, settings, Shape::three())
 }
 
 #[test]
