@@ -229,6 +229,7 @@ pub async fn serve_on_reloading(
     let (requests_tx, requests_rx) = mpsc::channel(REQUESTS_QUEUE);
     // The judging role: this process's matcher, or in fleet mode the
     // matchers of the partitions this node holds, fed over NATS.
+    let mut gateway = Gateway::new(store.clone(), config.max_agents);
     let (questions_tx, judge, fleet_stats) = match fleet_settings(&config) {
         None => {
             let (questions_tx, questions_rx) = mpsc::channel(QUESTIONS_QUEUE);
@@ -269,12 +270,13 @@ pub async fn serve_on_reloading(
                 requests_tx,
             );
             let stats = node.stats.clone();
+            gateway = gateway.with_elsewhere(node.elsewhere());
             (node.questions.clone(), Judge::Fleet(node), Some(stats))
         }
     };
     let (stop_gateway, gateway_stopped) = tokio::sync::oneshot::channel();
     let gateway_task = tokio::spawn(gateway::run(
-        Gateway::new(store.clone(), config.max_agents),
+        gateway,
         gateway_rx,
         requests_rx,
         matcher_tx.clone(),

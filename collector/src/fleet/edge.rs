@@ -53,6 +53,10 @@ pub struct EdgeStats {
 #[derive(Debug)]
 struct Held {
     record: HostRecord,
+    /// The record's revision as this node last wrote it: a renewal is a
+    /// compare-and-set on it, so that a record another node has written
+    /// since (the host moved there) is never overwritten from here.
+    revision: Option<u64>,
     /// Forwards its subject's requests to the gateway.
     requests: tokio::task::JoinHandle<()>,
 }
@@ -110,7 +114,7 @@ pub async fn run(
                             ));
                         }
                     }
-                    ToMatcher::HostUp { host, session, name, addresses, interval, answers_lookups, forwards } => {
+                    ToMatcher::HostUp { host, session, name, addresses, interval, answers_lookups, forwards, holder } => {
                         if let Some(old) = held.remove(&host) {
                             old.requests.abort();
                         }
@@ -118,15 +122,17 @@ pub async fn run(
                             name: name.clone(),
                             node: node.clone(),
                             session: global(session),
-                            machine: None,
+                            machine: holder.machine.as_ref().map(|m| m.as_str().to_string()),
+                            peer: holder.peer,
+                            since_ms: holder.since_ms,
                             interval_ms: u64::try_from(interval.as_millis()).unwrap_or(u64::MAX),
                             answers_lookups,
                             forwards,
                             namespaces: HostRecord::namespaces_of(&addresses),
                         };
-                        put_record(&bus, &record, stats).await;
+                        let revision = put_record(&bus, &record, None, stats).await.ok();
                         let requests = tokio::spawn(forward_requests(bus.clone(), name, host, requests.clone(), fleet.clone()));
-                        held.insert(host, Held { record, requests });
+                        held.insert(host, Held { record, revision, requests });
                     }
                     ToMatcher::Addresses { host, session, addresses } => {
                         let Some(h) = held.get_mut(&host) else { continue };
@@ -134,7 +140,9 @@ pub async fn run(
                             continue;
                         }
                         h.record.namespaces = HostRecord::namespaces_of(&addresses);
-                        put_record(&bus, &h.record, stats).await;
+                        if let Ok(r) = put_record(&bus, &h.record, h.revision, stats).await {
+                            h.revision = Some(r);
+                        }
                     }
                     ToMatcher::HostDown { host } => {
                         if let Some(h) = held.remove(&host) {
@@ -148,8 +156,23 @@ pub async fn run(
                 }
             }
             _ = renew.tick() => {
-                for h in held.values() {
-                    put_record(&bus, &h.record, stats).await;
+                let mut moved = Vec::new();
+                for (host, h) in held.iter_mut() {
+                    match put_record(&bus, &h.record, h.revision, stats).await {
+                        Ok(r) => h.revision = Some(r),
+                        Err(Renewal::Replaced) => moved.push(*host),
+                        Err(Renewal::Gone) => h.revision = None,
+                        Err(Renewal::Failed) => {}
+                    }
+                }
+                // Held by a newer session elsewhere: this node's stream of
+                // it is a stale one; its record and requests are the
+                // other node's now.
+                for host in moved {
+                    if let Some(h) = held.remove(&host) {
+                        h.requests.abort();
+                        tracing::warn!(host = %h.record.name, "host record written by another node since: no longer renewed from here");
+                    }
                 }
             }
             Some(ok) = acks.join_next(), if !acks.is_empty() => count_ack(stats, ok.unwrap_or(false)),
@@ -204,21 +227,61 @@ async fn publish(
     false
 }
 
-async fn put_record(bus: &Bus, record: &HostRecord, stats: &EdgeStats) {
+/// Why a record was not written.
+enum Renewal {
+    /// Another session's record replaced this node's.
+    Replaced,
+    /// The record is gone (aged out while NATS was away): put afresh at
+    /// the next renewal.
+    Gone,
+    /// NATS did not take it (retried at the next renewal).
+    Failed,
+}
+
+/// Writes a host's record: a compare-and-set on `revision` (this node's
+/// last write of it) when there is one. Returns the new revision.
+async fn put_record(
+    bus: &Bus,
+    record: &HostRecord,
+    revision: Option<u64>,
+    stats: &EdgeStats,
+) -> Result<u64, Renewal> {
     let value = match serde_json::to_vec(record) {
-        Ok(v) => v,
+        Ok(v) => bytes::Bytes::from(v),
         Err(e) => {
             tracing::error!(error = %e, "encoding a host record");
-            return;
+            return Err(Renewal::Failed);
         }
     };
-    match bus.hosts.put(wire::host_key(&record.name), value.into()).await {
-        Ok(_) => {
+    let key = wire::host_key(&record.name);
+    let written = match revision {
+        Some(r) => bus
+            .hosts
+            .update(&key, value, r)
+            .await
+            .map_err(|e| e.to_string()),
+        None => bus.hosts.put(&key, value).await.map_err(|e| e.to_string()),
+    };
+    match written {
+        Ok(r) => {
             stats.host_puts.fetch_add(1, Ordering::Relaxed);
+            Ok(r)
         }
-        Err(e) => {
+        Err(error) => {
+            // Refused: whose is the record now?
+            match bus.hosts.entry(key).await {
+                Ok(Some(e)) => {
+                    let theirs = serde_json::from_slice::<HostRecord>(&e.value).ok();
+                    if theirs.is_some_and(|t| t.session != record.session) {
+                        return Err(Renewal::Replaced);
+                    }
+                }
+                Ok(None) if revision.is_some() => return Err(Renewal::Gone),
+                _ => {}
+            }
             stats.host_put_failures.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(host = %record.name, error = %e, "registering a host failed (retried at the next renewal)");
+            tracing::warn!(host = %record.name, %error, "registering a host failed (again at the next renewal)");
+            Err(Renewal::Failed)
         }
     }
 }

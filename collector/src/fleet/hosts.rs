@@ -130,6 +130,8 @@ mod tests {
             node: "n1".into(),
             session,
             machine: None,
+            peer: None,
+            since_ms: 0,
             interval_ms: 2000,
             answers_lookups: false,
             forwards: false,

@@ -190,6 +190,9 @@ pub struct FleetStats {
 pub struct Node {
     /// Questions for the matchers of this node's partitions.
     pub questions: mpsc::Sender<Question>,
+    /// The fleet's hosts alive now.
+    pub view: watch::Receiver<Arc<hosts::View>>,
+    pub name: String,
     pub stats: Arc<FleetStats>,
     stop_leases: oneshot::Sender<()>,
     tasks: Vec<JoinHandle<()>>,
@@ -234,6 +237,7 @@ impl Node {
             }
         }));
         let (view_tx, view_rx) = watch::channel(Arc::new(hosts::View::default()));
+        let view_for_node = view_rx.clone();
         tasks.push(tokio::spawn(hosts::run(
             bus.clone(),
             settings.lease,
@@ -289,11 +293,27 @@ impl Node {
         )));
         Node {
             questions,
+            view: view_for_node,
+            name: settings.node.clone(),
             stats,
             stop_leases,
             tasks,
             leases,
         }
+    }
+
+    /// Who holds a host name on another node: for the gateway's
+    /// one-machine-per-name decision.
+    pub fn elsewhere(&self) -> crate::gateway::Elsewhere {
+        let view = self.view.clone();
+        let me = self.name.clone();
+        crate::gateway::Elsewhere(Box::new(move |name: &str| {
+            let view = view.borrow();
+            view.hosts
+                .get(name)
+                .filter(|r| r.node != me)
+                .map(wire::HostRecord::holder)
+        }))
     }
 
     /// Stops judging (partitions released for the others to take at once),

@@ -324,6 +324,7 @@ fn apply_view(
                     interval: record.interval(),
                     answers_lookups: record.answers_lookups,
                     forwards: record.forwards,
+                    holder: record.holder(),
                 },
                 now_ms,
             ),

@@ -13,11 +13,13 @@ use prost::Message as _;
 use serde::{Deserialize, Serialize};
 use tcpstall_common::record::{FlowEnd, FlowEnds};
 use tcpstall_common::{
-    AgentBatch, EndSample, FlowKey, FlowTuple, FromCollector, NamespaceAddresses, ToAgent,
+    AgentBatch, EndSample, FlowKey, FlowTuple, FromCollector, MachineId, NamespaceAddresses,
+    ToAgent,
 };
 use tcpstall_proto::convert::{self, ConvertError};
 use tcpstall_proto::{raw, v1};
 
+use crate::gateway::registry::Holder;
 use crate::matcher::FlowView;
 use crate::messages::partition;
 
@@ -222,6 +224,12 @@ pub struct HostRecord {
     /// Its machine's identity, when its agent says.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub machine: Option<String>,
+    /// Its agent's address, as its node saw it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<std::net::SocketAddr>,
+    /// When its node took its Hello (Unix ms, that node's clock).
+    #[serde(default)]
+    pub since_ms: i64,
     pub interval_ms: u64,
     pub answers_lookups: bool,
     pub forwards: bool,
@@ -238,6 +246,19 @@ pub struct RecordNamespace {
 }
 
 impl HostRecord {
+    /// Who holds the name, for the one-machine-per-name decision.
+    pub fn holder(&self) -> Holder {
+        Holder {
+            session: self.session,
+            machine: self
+                .machine
+                .as_deref()
+                .and_then(|m| MachineId::new(m).ok()),
+            peer: self.peer,
+            since_ms: self.since_ms,
+        }
+    }
+
     pub fn interval(&self) -> Duration {
         Duration::from_millis(self.interval_ms)
     }

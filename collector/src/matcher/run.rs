@@ -105,6 +105,7 @@ impl Matcher {
                 interval,
                 answers_lookups,
                 forwards,
+                holder: _,
             } => {
                 let up = Up {
                     session,
