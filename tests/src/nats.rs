@@ -167,6 +167,25 @@ impl NatsCluster {
         );
     }
 
+    /// The live server that leads JetStream stream `stream`, as the
+    /// servers logged the elections (the last one logged).
+    pub fn stream_leader(&self, stream: &str) -> Option<usize> {
+        let line = format!("new stream leader for '$G > {stream}'");
+        self.servers
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.child.is_some())
+            .filter_map(|(i, s)| {
+                let log = s.log.lock().ok()?;
+                let at = log.iter().rposition(|l| l.contains(&line))?;
+                // The line's time stamp: "[pid] 2026/12/07 09:56:30.672877 ...".
+                let stamp = log[at].split_whitespace().nth(2)?.to_string();
+                Some((stamp, i))
+            })
+            .max()
+            .map(|(_, i)| i)
+    }
+
     /// Whether server `i` logged a line containing `text`.
     pub fn logged(&self, i: usize, text: &str) -> bool {
         self.servers[i].logged(text)

@@ -5,10 +5,11 @@
 //!
 //! Rendezvous hashing, capped: each partition ranks the nodes by a fixed
 //! hash of (node, partition) and goes to the first in its ranking that has
-//! fewer than its share (`ceil(partitions / nodes)`). The cap keeps the
-//! spread within one partition of even; the ranking keeps moves few when
-//! a node joins or leaves (mostly the partitions that rank the newcomer
-//! first, or that the leaver held).
+//! room. Every node has room for the floor of an even share, and as many
+//! nodes as the division leaves over for one more, taken first come: so
+//! every node ends with the floor or one more. The ranking keeps moves few
+//! when a node joins or leaves (mostly the partitions that rank the
+//! newcomer first, or that the leaver held).
 
 /// The owner of each partition, as an index into `nodes` (which must be
 /// the same list, in the same order, on every node: sorted names).
@@ -17,7 +18,8 @@ pub fn assign(partitions: u32, nodes: &[String]) -> Vec<usize> {
     if nodes.is_empty() {
         return Vec::new();
     }
-    let share = (partitions as usize).div_ceil(nodes.len());
+    let floor = partitions as usize / nodes.len();
+    let mut over = partitions as usize % nodes.len();
     let mut held = vec![0usize; nodes.len()];
     let mut owners = Vec::with_capacity(partitions as usize);
     let mut ranking: Vec<(u64, usize)> = Vec::with_capacity(nodes.len());
@@ -29,8 +31,11 @@ pub fn assign(partitions: u32, nodes: &[String]) -> Vec<usize> {
         let owner = ranking
             .iter()
             .map(|&(_, i)| i)
-            .find(|&i| held[i] < share)
+            .find(|&i| held[i] < floor || (held[i] == floor && over > 0))
             .unwrap_or(0);
+        if held[owner] == floor {
+            over = over.saturating_sub(1);
+        }
         held[owner] += 1;
         owners.push(owner);
     }
@@ -78,12 +83,9 @@ mod tests {
                 let c = counts(&owners, nodes);
                 let share = (partitions as usize).div_ceil(nodes);
                 assert!(c.iter().all(|&n| n <= share), "{nodes} {partitions}: {c:?}");
-                // Never more than one below the floor of an even split.
+                // Never below the floor of an even split.
                 let floor = partitions as usize / nodes;
-                assert!(
-                    c.iter().all(|&n| n + 1 >= floor),
-                    "{nodes} {partitions}: {c:?}"
-                );
+                assert!(c.iter().all(|&n| n >= floor), "{nodes} {partitions}: {c:?}");
             }
         }
         assert!(assign(32, &[]).is_empty());

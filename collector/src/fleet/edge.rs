@@ -14,13 +14,13 @@
 //! - Requests for its hosts' agents arrive on their subjects and go to the
 //!   gateway, which hands them to the streams.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
-use tcpstall_common::ToAgent;
+use tcpstall_common::{AgentBatch, ToAgent};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_stream::StreamExt;
@@ -31,8 +31,8 @@ use crate::messages::{HostId, ToGateway, ToMatcher};
 
 /// Publishes waiting for JetStream's acknowledgement at once.
 const IN_FLIGHT: usize = 1024;
-/// Tries of one publish before its part is counted lost.
-const PUBLISH_ATTEMPTS: u32 = 4;
+/// How long one part is published again before it is counted lost.
+const PUBLISH_PATIENCE: Duration = Duration::from_secs(30);
 
 /// What the edge counts (read by /metrics).
 #[derive(Debug, Default)]
@@ -49,6 +49,18 @@ pub struct EdgeStats {
     pub requests_in: AtomicU64,
 }
 
+/// The edge's settings.
+#[derive(Debug, Clone)]
+pub struct Edge {
+    /// This node's name, in its hosts' records.
+    pub node: String,
+    pub partitions: u32,
+    /// How often its hosts' records are written again.
+    pub renew_every: Duration,
+    /// Mixed into the gateway's session numbers: unique in the fleet.
+    pub session_salt: u64,
+}
+
 /// One host this node's gateway holds.
 #[derive(Debug)]
 struct Held {
@@ -59,20 +71,26 @@ struct Held {
     revision: Option<u64>,
     /// Forwards its subject's requests to the gateway.
     requests: tokio::task::JoinHandle<()>,
+    /// Partitions its recent polls had something for, and how many polls
+    /// ago: they hear of its next polls too, empty (see [`TRAIL`]).
+    touched: HashMap<u32, u32>,
 }
 
 /// Runs the edge until `inbox` closes (the gateway and every stream are
 /// gone). `requests` is the gateway's input of requests for its agents.
 pub async fn run(
     bus: Bus,
-    node: String,
-    partitions: u32,
-    renew_every: Duration,
-    session_salt: u64,
+    edge: Edge,
     mut inbox: mpsc::Receiver<ToMatcher>,
     requests: mpsc::Sender<ToGateway>,
     fleet: Arc<super::FleetStats>,
 ) {
+    let Edge {
+        node,
+        partitions,
+        renew_every,
+        session_salt,
+    } = edge;
     let stats = &fleet.edge;
     let mut held: HashMap<HostId, Held> = HashMap::new();
     let mut acks: JoinSet<bool> = JoinSet::new();
@@ -85,12 +103,21 @@ pub async fn run(
                 let Some(msg) = msg else { break };
                 match msg {
                     ToMatcher::Batch { host, session, taken_ms, batch } => {
-                        let Some(h) = held.get(&host) else { continue };
+                        let Some(h) = held.get_mut(&host) else { continue };
                         if h.record.session != global(session) {
                             continue;
                         }
                         let mono_us = batch.mono.as_micros();
-                        for (p, part) in wire::split(batch, partitions) {
+                        let empty = AgentBatch {
+                            mono: batch.mono,
+                            connections: batch.connections,
+                            dropped_batches: batch.dropped_batches,
+                            dropped_samples: batch.dropped_samples,
+                            ..AgentBatch::default()
+                        };
+                        let mut parts = wire::split(batch, partitions);
+                        trail(&mut h.touched, &mut parts, &empty);
+                        for (p, part) in parts {
                             let mut headers = HeaderMap::new();
                             headers.insert(wire::H_HOST, h.record.name.as_str());
                             headers.insert(wire::H_SESSION, h.record.session.to_string().as_str());
@@ -132,7 +159,7 @@ pub async fn run(
                         };
                         let revision = put_record(&bus, &record, None, stats).await.ok();
                         let requests = tokio::spawn(forward_requests(bus.clone(), name, host, requests.clone(), fleet.clone()));
-                        held.insert(host, Held { record, revision, requests });
+                        held.insert(host, Held { record, revision, requests, touched: HashMap::new() });
                     }
                     ToMatcher::Addresses { host, session, addresses } => {
                         let Some(h) = held.get_mut(&host) else { continue };
@@ -188,6 +215,29 @@ pub async fn run(
     }
 }
 
+/// How many polls a partition hears of a host after the last one that had
+/// something for it: enough for the partition to see a suspect the host
+/// stopped reporting go silent (the matcher's silence is 5 polls), judged
+/// by the host's own later polls there.
+const TRAIL: u32 = crate::matcher::SILENT_POLLS + 1;
+
+/// Adds an empty part of this poll for each partition the host's recent
+/// polls had something for and this one has not, for [`TRAIL`] polls.
+fn trail(touched: &mut HashMap<u32, u32>, parts: &mut BTreeMap<u32, AgentBatch>, empty: &AgentBatch) {
+    for ago in touched.values_mut() {
+        *ago += 1;
+    }
+    for p in parts.keys() {
+        touched.insert(*p, 0);
+    }
+    touched.retain(|_, ago| *ago <= TRAIL);
+    for (p, ago) in touched.iter() {
+        if *ago > 0 {
+            parts.entry(*p).or_insert_with(|| empty.clone());
+        }
+    }
+}
+
 fn count_ack(stats: &EdgeStats, ok: bool) {
     let counter = if ok {
         &stats.parts_published
@@ -197,16 +247,24 @@ fn count_ack(stats: &EdgeStats, ok: bool) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
-/// Publishes one part until JetStream acknowledges it, a few times: a
-/// server that dies with the part unacknowledged leaves the client to
-/// reconnect to another, and the same id makes a second copy harmless.
+/// Publishes one part until JetStream acknowledges it, for up to
+/// [`PUBLISH_PATIENCE`]: a NATS server that dies takes its streams'
+/// leadership with it, and their new leaders are elected in seconds
+/// (4-7 s measured with NATS 2.9 on three servers); meanwhile publishes
+/// find no stream. The same message id makes a second copy harmless, and
+/// the bound on parts in flight holds the agents' streams back while it
+/// lasts.
 async fn publish(
     js: async_nats::jetstream::Context,
     subject: String,
     headers: HeaderMap,
     payload: bytes::Bytes,
 ) -> bool {
-    for attempt in 1..=PUBLISH_ATTEMPTS {
+    let started = tokio::time::Instant::now();
+    let mut delay = Duration::from_millis(100);
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
         let sent = js
             .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
             .await;
@@ -217,14 +275,16 @@ async fn publish(
             },
             Err(e) => e.to_string(),
         };
-        tracing::debug!(%subject, attempt, %error, "a batch part not acknowledged");
-        if attempt == PUBLISH_ATTEMPTS {
-            tracing::warn!(%subject, %error, "a batch part lost: not acknowledged after {PUBLISH_ATTEMPTS} attempts");
-        } else {
-            tokio::time::sleep(Duration::from_millis(250 * u64::from(attempt))).await;
+        if started.elapsed() + delay > PUBLISH_PATIENCE {
+            tracing::warn!(%subject, attempt, %error, "a batch part lost: not acknowledged within {PUBLISH_PATIENCE:?}");
+            return false;
         }
+        if attempt == 1 {
+            tracing::debug!(%subject, %error, "a batch part not acknowledged; publishing it again");
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(1));
     }
-    false
 }
 
 /// Why a record was not written.
@@ -336,5 +396,33 @@ async fn forward_requests(
         if gateway.send(r).await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_partition_hears_of_a_host_for_a_few_polls_after_its_last_part() {
+        let empty = AgentBatch {
+            mono: Duration::from_secs(1),
+            ..AgentBatch::default()
+        };
+        let mut touched = HashMap::new();
+        let mut parts = BTreeMap::from([(3, empty.clone())]);
+        trail(&mut touched, &mut parts, &empty);
+        assert_eq!(parts.keys().collect::<Vec<_>>(), [&3]);
+        // Then nothing for partition 3: an empty part for TRAIL polls.
+        for poll in 1..=TRAIL {
+            let mut parts = BTreeMap::from([(5, empty.clone())]);
+            trail(&mut touched, &mut parts, &empty);
+            assert!(parts.contains_key(&3), "poll {poll}");
+        }
+        let mut parts = BTreeMap::new();
+        trail(&mut touched, &mut parts, &empty);
+        assert!(!parts.contains_key(&3), "no longer");
+        assert!(parts.contains_key(&5), "5's trail goes on");
     }
 }

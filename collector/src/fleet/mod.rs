@@ -217,25 +217,19 @@ impl Node {
         let salt = session_salt(&settings.node);
         let mut tasks = Vec::new();
         let edge_stats = stats.clone();
-        tasks.push(tokio::spawn({
-            let bus = bus.clone();
-            let node = settings.node.clone();
-            let partitions = settings.partitions;
-            let renew = settings.lease / 3;
-            async move {
-                edge::run(
-                    bus,
-                    node,
-                    partitions,
-                    renew,
-                    salt,
-                    from_gateway,
-                    to_gateway,
-                    edge_stats,
-                )
-                .await;
-            }
-        }));
+        let edge = edge::Edge {
+            node: settings.node.clone(),
+            partitions: settings.partitions,
+            renew_every: settings.lease / 3,
+            session_salt: salt,
+        };
+        tasks.push(tokio::spawn(edge::run(
+            bus.clone(),
+            edge,
+            from_gateway,
+            to_gateway,
+            edge_stats,
+        )));
         let (view_tx, view_rx) = watch::channel(Arc::new(hosts::View::default()));
         let view_for_node = view_rx.clone();
         tasks.push(tokio::spawn(hosts::run(

@@ -118,6 +118,9 @@ pub async fn run(
         }
     };
     tracing::info!(partition = part.p, messages = backlog, "partition taken: replaying its stream");
+    // Time in a partition is its data's: each host's, by the polls of it
+    // read here (see `handle`).
+    let mut clocks = Clocks::default();
     let mut caught_up = false;
     if backlog == 0 {
         caught_up = true;
@@ -146,7 +149,7 @@ pub async fn run(
                 };
                 let pending = msg.info().map_or(0, |i| i.pending);
                 match read(&msg) {
-                    Ok(p) => handle(&mut matcher, &applied, &mut waiting, p, &part),
+                    Ok(p) => handle(&mut matcher, &applied, &mut waiting, &mut clocks, p, &part),
                     Err(e) => {
                         part.fleet.partitions.malformed.fetch_add(1, Ordering::Relaxed);
                         tracing::debug!(partition = part.p, error = %e, "a partition message skipped");
@@ -162,14 +165,19 @@ pub async fn run(
                 let view = part.view.borrow_and_update().clone();
                 apply_view(&mut matcher, &mut applied, &view, &part);
                 for p in std::mem::take(&mut waiting) {
-                    handle(&mut matcher, &applied, &mut waiting, p, &part);
+                    handle(&mut matcher, &applied, &mut waiting, &mut clocks, p, &part);
                 }
             }
             _ = tick.tick() => {
-                // The wall clock judges silence only once the stream's
-                // past is read: replayed samples are old by design.
+                // Silence is judged only once the stream's past is read,
+                // and by each host's own later polls: a pause of the bus
+                // (a NATS server's streams changing leaders) stops every
+                // host's clock here rather than ending their stalls.
                 if caught_up {
-                    matcher.expire(part.clock.now_ms(), SILENT_POLLS);
+                    matcher.expire_by(|h| clocks.hosts.get(&h).copied(), SILENT_POLLS);
+                    if let Some(latest) = clocks.latest {
+                        matcher.store_held(latest, false);
+                    }
                 }
             }
             Some(q) = questions.recv() => matcher.answer(q, part.clock.now_ms()),
@@ -248,12 +256,20 @@ fn host_id(part: &Partition, name: &str) -> HostId {
         .unwrap_or(HostId(u32::MAX))
 }
 
+/// The latest poll read of each host, and of any: a partition's time.
+#[derive(Debug, Default)]
+struct Clocks {
+    hosts: HashMap<HostId, i64>,
+    latest: Option<i64>,
+}
+
 /// Hands a message to the matcher if its host is up in this session; holds
 /// it while its host is not yet in the view.
 fn handle(
     matcher: &mut Matcher,
     applied: &HashMap<String, HostRecord>,
     waiting: &mut VecDeque<Part>,
+    clocks: &mut Clocks,
     p: Part,
     part: &Partition,
 ) {
@@ -279,6 +295,9 @@ fn handle(
     };
     part.fleet.partitions.handled.fetch_add(1, Ordering::Relaxed);
     let host = host_id(part, &p.host);
+    let at = clocks.hosts.entry(host).or_insert(p.taken_ms);
+    *at = (*at).max(p.taken_ms);
+    clocks.latest = Some(clocks.latest.map_or(p.taken_ms, |l| l.max(p.taken_ms)));
     matcher.handle(
         ToMatcher::Batch {
             host,

@@ -90,7 +90,10 @@ struct Session {
 
 /// Fleet mode: who holds a host name on another node (the fleet's
 /// registry), if anyone does.
-pub struct Elsewhere(pub Box<dyn Fn(&str) -> Option<Holder> + Send + Sync>);
+pub struct Elsewhere(pub Box<HeldBy>);
+
+/// Who holds a name: `None` when nobody does.
+pub type HeldBy = dyn Fn(&str) -> Option<Holder> + Send + Sync;
 
 impl std::fmt::Debug for Elsewhere {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -288,6 +288,15 @@ impl Matcher {
     /// Ends what agents stopped reporting without a word (a lost message):
     /// suspects silent for `polls` of their agent's polls.
     pub fn expire(&mut self, now_ms: i64, polls: u32) {
+        self.expire_by(|_| Some(now_ms), polls);
+        self.store_held(now_ms, false);
+    }
+
+    /// As [`Matcher::expire`], each host's suspects judged at that host's
+    /// own time `now_of(host)` (`None`: not judged now). Fleet mode judges
+    /// a host's silence by the host's later polls, so that a pause of the
+    /// bus between the nodes is nobody's silence.
+    pub fn expire_by(&mut self, now_of: impl Fn(HostId) -> Option<i64>, polls: u32) {
         let silence: Map<HostId, i64> = self
             .ctx
             .up
@@ -295,19 +304,20 @@ impl Matcher {
             .map(|(h, u)| (*h, millis_i64(u.interval * polls)))
             .collect();
         let default = millis_i64(DEFAULT_INTERVAL * polls);
-        let stale: Vec<(HostId, Tuple, u64, Duration)> = self
+        let stale: Vec<(HostId, Tuple, u64, Duration, i64)> = self
             .table
             .iter()
-            .filter(|((h, _), e)| {
-                now_ms - e.suspect.latest_at_ms > silence.get(h).copied().unwrap_or(default)
+            .filter_map(|((h, flow), e)| {
+                let now_ms = now_of(*h)?;
+                let silent = now_ms - e.suspect.latest_at_ms
+                    > silence.get(h).copied().unwrap_or(default);
+                silent.then(|| (*h, *flow, e.track.cookie(), e.track.last(), now_ms))
             })
-            .map(|((h, flow), e)| (*h, *flow, e.track.cookie(), e.track.last()))
             .collect();
-        for (host, flow, cookie, mono) in stale {
+        for (host, flow, cookie, mono, now_ms) in stale {
             tracing::debug!(host = %self.ctx.name(host), cookie, "suspect went silent");
             self.close(host, flow, cookie, mono, now_ms);
         }
-        self.store_held(now_ms, false);
     }
 
     /// Hands the held-span counts of every minute that is over (all of
