@@ -81,6 +81,26 @@ pub struct Config {
     /// ([`Config::workers`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub workers: Option<usize>,
+    /// Fleet mode: the NATS servers (with JetStream) the nodes share; none
+    /// for a single collector.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub nats: Vec<String>,
+    /// Fleet mode: this node's name, unique in the fleet; `None`: the
+    /// machine's host name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+    /// Fleet mode: partitions of the flows, the same on every node.
+    pub partitions: u32,
+    /// Fleet mode: copies JetStream keeps of the samples stream and the
+    /// buckets.
+    pub nats_replicas: usize,
+    /// Fleet mode: how long a partition's lease lasts unrenewed.
+    #[serde(with = "duration::text")]
+    pub lease: Duration,
+    /// Fleet mode: how much of each partition the stream keeps for a node
+    /// that takes it over.
+    #[serde(with = "duration::text")]
+    pub replay: Duration,
 }
 
 impl Default for Config {
@@ -105,6 +125,12 @@ impl Default for Config {
             tls_client_ca: None,
             plaintext: false,
             workers: None,
+            nats: Vec::new(),
+            node_name: None,
+            partitions: 32,
+            nats_replicas: 3,
+            lease: Duration::from_secs(10),
+            replay: Duration::from_secs(300),
         }
     }
 }
@@ -223,6 +249,44 @@ pub struct Flags {
     #[arg(long, value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub workers: Option<usize>,
+    /// Fleet mode: a NATS server with JetStream, nats://HOST:PORT; repeat
+    /// for each server of the cluster. Every node given the same servers
+    /// shares the agents' flows, partitions and episodes (docs/fleet.md)
+    /// [default: none, a single collector].
+    #[arg(long = "nats", value_name = "URL")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub nats: Vec<String>,
+    /// Fleet mode: this node's name, unique among the nodes [default: the
+    /// machine's host name].
+    #[arg(long, value_name = "NAME")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+    /// Fleet mode: partitions of the flows' key space, the same on every
+    /// node; each is judged by one node at a time [default: 32].
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partitions: Option<u32>,
+    /// Fleet mode: copies JetStream keeps of the samples stream and the
+    /// buckets, at most the NATS servers [default: 3].
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nats_replicas: Option<usize>,
+    /// Fleet mode: how long a partition's lease lasts unrenewed; a dead
+    /// node's partitions are taken within it and a third [default: 10s].
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+    #[serde(
+        with = "duration::option_text",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub lease: Option<Duration>,
+    /// Fleet mode: how much of each partition's samples the stream keeps
+    /// for a node that takes it over [default: 5m].
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+    #[serde(
+        with = "duration::option_text",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub replay: Option<Duration>,
 }
 
 /// Why the settings could not be read.
@@ -261,6 +325,44 @@ impl Config {
             return Err(ConfigError::Invalid(format!(
                 "workers (--workers): from 1 to {MAX_WORKERS}"
             )));
+        }
+        if !self.nats.is_empty() {
+            for url in &self.nats {
+                if !(url.starts_with("nats://") || url.starts_with("tls://")) {
+                    return Err(ConfigError::Invalid(format!(
+                        "nats (--nats) {url:?}: give nats://HOST:PORT or tls://HOST:PORT"
+                    )));
+                }
+            }
+            if self.partitions == 0 || self.partitions > 4096 {
+                return Err(ConfigError::Invalid(
+                    "partitions (--partitions): from 1 to 4096".into(),
+                ));
+            }
+            if !(1..=5).contains(&self.nats_replicas) {
+                return Err(ConfigError::Invalid(
+                    "nats_replicas (--nats-replicas): from 1 to 5 (JetStream's limit)".into(),
+                ));
+            }
+            if self.lease < Duration::from_secs(1) {
+                return Err(ConfigError::Invalid("lease (--lease): at least 1s".into()));
+            }
+            if self.replay < self.threshold * 2 {
+                return Err(ConfigError::Invalid(format!(
+                    "replay (--replay): at least twice the threshold ({:?}), so that a node \
+                     taking a partition over sees its stalls from their start",
+                    self.threshold * 2
+                )));
+            }
+            if self
+                .node_name
+                .as_deref()
+                .is_some_and(|n| n.is_empty() || n.len() > 253)
+            {
+                return Err(ConfigError::Invalid(
+                    "node_name (--node-name): 1 to 253 characters".into(),
+                ));
+            }
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err(ConfigError::Invalid(
@@ -341,6 +443,11 @@ const EXAMPLES: &[(&str, &str)] = &[
     ("tls_key", "\"/etc/tcpstall/collector.key\""),
     ("tls_client_ca", "\"/etc/tcpstall/agents-ca.crt\""),
     ("workers", "4"),
+    (
+        "nats",
+        "[\"nats://nats-1:4222\", \"nats://nats-2:4222\", \"nats://nats-3:4222\"]",
+    ),
+    ("node_name", "\"collector-1\""),
 ];
 
 #[cfg(test)]

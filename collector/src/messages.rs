@@ -17,6 +17,8 @@ use std::time::Duration;
 
 use tcpstall_common::{AgentBatch, FlowKey, FlowTuple, NamespaceAddresses};
 
+use crate::gateway::registry::Holder;
+
 /// A host's number in this collector: given by the gateway at its first
 /// hello and kept for the collector's life, so that every per-connection
 /// key is a few bytes to hash and copy rather than a string.
@@ -40,6 +42,9 @@ pub enum ToMatcher {
         answers_lookups: bool,
         /// Its host forwards packets: it may translate other hosts' flows.
         forwards: bool,
+        /// Its machine, its agent's address and since when it holds the
+        /// name (fleet mode tells the other nodes).
+        holder: Holder,
     },
     /// A host's stream ended: what it reported ends with it.
     HostDown { host: HostId },

@@ -39,6 +39,8 @@ pub struct Sources {
     pub refused: Arc<AtomicU64>,
     /// TLS handshakes refused (the listener's counter).
     pub tls_refused: Arc<AtomicU64>,
+    /// Fleet mode's counters, when the collector is a fleet node.
+    pub fleet: Option<Arc<crate::fleet::FleetStats>>,
 }
 
 /// Serves `/metrics` on `listener` until `shutdown` completes.
@@ -59,16 +61,22 @@ async fn scrape(sources: Sources) -> Result<String, String> {
         Some((stats, gateway.await.ok()?))
     };
     match tokio::time::timeout(ROLES_WAIT, asked).await {
-        Ok(Some((stats, gateway))) => Ok(render(
-            &stats,
-            &gateway,
-            &sources.store.stats(),
-            Refused {
-                messages: sources.refused.load(Ordering::Relaxed),
-                handshakes: sources.tls_refused.load(Ordering::Relaxed),
-            },
-            Heap::now(),
-        )),
+        Ok(Some((stats, gateway))) => {
+            let mut text = render(
+                &stats,
+                &gateway,
+                &sources.store.stats(),
+                Refused {
+                    messages: sources.refused.load(Ordering::Relaxed),
+                    handshakes: sources.tls_refused.load(Ordering::Relaxed),
+                },
+                Heap::now(),
+            );
+            if let Some(fleet) = &sources.fleet {
+                text.push_str(&fleet.render());
+            }
+            Ok(text)
+        }
         _ => Err("the matcher or the gateway did not answer".into()),
     }
 }

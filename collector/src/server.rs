@@ -10,6 +10,7 @@ use tcpstall_proto::server::query_server::QueryServer;
 use tokio::sync::mpsc;
 
 use crate::config::Config;
+use crate::fleet;
 use crate::gateway::{self, Gateway, IngestService};
 use crate::matcher::{self, Matcher, Question};
 use crate::metrics;
@@ -41,6 +42,37 @@ const CONNECTION_WINDOW: Option<u32> = Some(128 * 1024);
 
 /// How long requests in flight may finish after a shutdown signal.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Who judges the flows.
+enum Judge {
+    Local {
+        stop: tokio::sync::oneshot::Sender<()>,
+        task: tokio::task::JoinHandle<()>,
+    },
+    Fleet(fleet::Node),
+}
+
+/// Fleet mode's settings, when the config names NATS servers.
+fn fleet_settings(config: &Config) -> Option<fleet::Settings> {
+    if config.nats.is_empty() {
+        return None;
+    }
+    let node = config.node_name.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "collector".into())
+    });
+    Some(fleet::Settings {
+        nats: config.nats.clone(),
+        node,
+        partitions: config.partitions,
+        replicas: config.nats_replicas,
+        lease: config.lease,
+        replay: config.replay,
+    })
+}
 
 /// Runs the collector on `config.listen` until `shutdown` completes.
 pub async fn serve(
@@ -91,6 +123,15 @@ fn fixed_while_running(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if old.workers != new.workers {
         fixed.push("workers");
+    }
+    if old.nats != new.nats
+        || old.node_name != new.node_name
+        || old.partitions != new.partitions
+        || old.nats_replicas != new.nats_replicas
+        || old.lease != new.lease
+        || old.replay != new.replay
+    {
+        fixed.push("nats, node_name, partitions, nats_replicas, lease, replay");
     }
     if old.max_message_bytes != new.max_message_bytes {
         fixed.push("max_message_bytes");
@@ -184,28 +225,58 @@ pub async fn serve_on_reloading(
     let (store, store_task, next_episode) = open_store(&config, clock.clone()).await?;
 
     let (matcher_tx, matcher_rx) = mpsc::channel(MATCHER_QUEUE);
-    let (questions_tx, questions_rx) = mpsc::channel(QUESTIONS_QUEUE);
     let (gateway_tx, gateway_rx) = mpsc::channel(GATEWAY_QUEUE);
     let (requests_tx, requests_rx) = mpsc::channel(REQUESTS_QUEUE);
-    let state = Matcher::new(
-        store.clone(),
-        requests_tx,
-        config.threshold,
-        next_episode,
-        config.max_samples_per_episode,
-    )
-    .watch_peer_after(config.watch_peer_after);
-    let (stop_matcher, matcher_stopped) = tokio::sync::oneshot::channel();
-    let matcher = tokio::spawn(matcher::run(
-        state,
-        matcher_rx,
-        questions_rx,
-        matcher_stopped,
-        clock.clone(),
-    ));
+    // The judging role: this process's matcher, or in fleet mode the
+    // matchers of the partitions this node holds, fed over NATS.
+    let mut gateway = Gateway::new(store.clone(), config.max_agents);
+    let (questions_tx, judge, fleet_stats) = match fleet_settings(&config) {
+        None => {
+            let (questions_tx, questions_rx) = mpsc::channel(QUESTIONS_QUEUE);
+            let state = Matcher::new(
+                store.clone(),
+                requests_tx,
+                config.threshold,
+                next_episode,
+                config.max_samples_per_episode,
+            )
+            .watch_peer_after(config.watch_peer_after);
+            let (stop, stopped) = tokio::sync::oneshot::channel();
+            let task = tokio::spawn(matcher::run(
+                state,
+                matcher_rx,
+                questions_rx,
+                stopped,
+                clock.clone(),
+            ));
+            (questions_tx, Judge::Local { stop, task }, None)
+        }
+        Some(settings) => {
+            let bus = fleet::connect(&settings).await?;
+            tracing::info!(node = %settings.node, nats = ?settings.nats, partitions = settings.partitions, "fleet mode: joined");
+            let judging = fleet::Judging {
+                threshold: config.threshold,
+                watch_peer_after: config.watch_peer_after,
+                max_samples: config.max_samples_per_episode,
+                max_entries: config.max_batch_samples,
+            };
+            let node = fleet::Node::start(
+                bus,
+                &settings,
+                judging,
+                store.clone(),
+                clock.clone(),
+                matcher_rx,
+                requests_tx,
+            );
+            let stats = node.stats.clone();
+            gateway = gateway.with_elsewhere(node.elsewhere());
+            (node.questions.clone(), Judge::Fleet(node), Some(stats))
+        }
+    };
     let (stop_gateway, gateway_stopped) = tokio::sync::oneshot::channel();
     let gateway_task = tokio::spawn(gateway::run(
-        Gateway::new(store.clone(), config.max_agents),
+        gateway,
         gateway_rx,
         requests_rx,
         matcher_tx.clone(),
@@ -265,6 +336,7 @@ pub async fn serve_on_reloading(
                 store: store.clone(),
                 refused: ingest.refused.clone(),
                 tls_refused: tls_refused.clone(),
+                fleet: fleet_stats.clone(),
             };
             Some(tokio::spawn(metrics::serve(
                 listener,
@@ -325,9 +397,15 @@ pub async fn serve_on_reloading(
     if let Err(e) = gateway_task.await {
         tracing::error!(error = %e, "gateway task failed");
     }
-    let _ = stop_matcher.send(());
-    if let Err(e) = matcher.await {
-        tracing::error!(error = %e, "matcher task failed");
+    match judge {
+        Judge::Local { stop, task } => {
+            let _ = stop.send(());
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "matcher task failed");
+            }
+        }
+        // Partitions released: the other nodes take them at once.
+        Judge::Fleet(node) => node.stop().await,
     }
     store.shutdown().await;
     match store_task {

@@ -9,6 +9,7 @@
 //! agents, then the collector, then removes the namespaces, also when the
 //! test panics.
 
+pub mod fleet;
 pub mod nat;
 pub mod net;
 pub mod workload;
@@ -57,9 +58,12 @@ fn ms_text(d: Duration) -> String {
 /// Hosts, their agents and a collector.
 #[derive(Debug)]
 pub struct Lab {
-    // Fields drop in this order: agents, collector, then the namespaces.
+    // Fields drop in this order: agents, collector, the fleet, then the
+    // namespaces.
     _agents: Vec<AgentProcess>,
     pub collector: CollectorProcess,
+    /// In fleet mode: the other collector nodes, NATS and the store.
+    pub fleet: Option<fleet::Fleet>,
     /// Namespaces some hosts' agents read beside their own (containers).
     _more: Vec<TestNetns>,
     pub net: Net,
@@ -78,6 +82,24 @@ impl Lab {
     /// agent.
     pub fn start_unmonitored(hosts: &[&str], unmonitored: &[&str], settings: Settings) -> Lab {
         Lab::start_full(Net::new(hosts), unmonitored, settings, &[], Vec::new())
+    }
+
+    /// As [`Lab::start`], with the collector a fleet of `shape.nodes`
+    /// nodes on a NATS cluster: `collector` is the first node (the one
+    /// queried), the others in `fleet`; the hosts' agents stream to the
+    /// nodes in turn (host i to node i mod nodes), each given every node's
+    /// URL, its own first.
+    pub fn start_fleet(hosts: &[&str], settings: Settings, shape: fleet::Shape) -> Lab {
+        let (collector, fleet) = fleet::Fleet::start(&shape, settings);
+        Lab::start_with(
+            Net::new(hosts),
+            &[],
+            settings,
+            &[],
+            Vec::new(),
+            collector,
+            Some(fleet),
+        )
     }
 
     /// As [`Lab::start_unmonitored`], on hosts built beforehand (another
@@ -121,7 +143,22 @@ impl Lab {
             "--metrics-listen",
             "127.0.0.1:0",
         ]);
-        let url = collector.url();
+        Lab::start_with(net, unmonitored, settings, wrapper, more, collector, None)
+    }
+
+    fn start_with(
+        net: Net,
+        unmonitored: &[&str],
+        settings: Settings,
+        wrapper: &[&str],
+        more: Vec<(String, TestNetns)>,
+        collector: CollectorProcess,
+        fleet: Option<fleet::Fleet>,
+    ) -> Lab {
+        let mut urls = vec![collector.url()];
+        if let Some(f) = &fleet {
+            urls.extend(f.nodes.iter().map(CollectorProcess::url));
+        }
         let interval = ms_text(settings.interval);
         let monitored: Vec<&Host> = net
             .hosts
@@ -134,7 +171,8 @@ impl Lab {
             .collect();
         let agents = monitored
             .iter()
-            .map(|h| {
+            .enumerate()
+            .map(|(i, h)| {
                 // The agents run outside their hosts: each is told which
                 // namespace is its host's own (conntrack of its containers,
                 // whether it forwards).
@@ -158,7 +196,21 @@ impl Lab {
                 for c in net.containers.iter().filter(|c| c.on == h.name) {
                     args.extend(["--netns", c.host.ns.name.as_str()]);
                 }
-                let agent = AgentProcess::start_wrapped(wrapper, &url, &args);
+                // Its own node first, then the others: where it goes when
+                // its node does.
+                let own = i % urls.len();
+                let url = &urls[own];
+                let others: Vec<&String> = urls
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != own)
+                    .map(|(_, u)| u)
+                    .collect();
+                let know_all = fleet.as_ref().is_some_and(|f| f.shape.agents_know_all);
+                for u in others.iter().filter(|_| know_all) {
+                    args.extend(["--collector", u.as_str()]);
+                }
+                let agent = AgentProcess::start_wrapped(wrapper, url, &args);
                 // With namespaces beyond the hosts' own, the agents say
                 // hello one after the other, in the hosts' order: which one
                 // announced an address last is then known.
@@ -180,6 +232,7 @@ impl Lab {
         let lab = Lab {
             _agents: agents,
             collector,
+            fleet,
             _more: more.into_iter().map(|(_, ns)| ns).collect(),
             net,
             settings,
@@ -188,10 +241,15 @@ impl Lab {
         wait_for("every agent connected", Duration::from_secs(20), || {
             names
                 .iter()
-                .all(|h| lab.collector.logged(&["agent connected", h]))
+                .all(|h| lab.nodes().any(|c| c.logged(&["agent connected", h])))
                 .then_some(())
         });
         lab
+    }
+
+    /// Every collector process: the one queried, then the fleet's others.
+    pub fn nodes(&self) -> impl Iterator<Item = &CollectorProcess> {
+        std::iter::once(&self.collector).chain(self.fleet.iter().flat_map(|f| f.nodes.iter()))
     }
 
     pub fn host(&self, role: &str) -> &Host {

@@ -7,6 +7,7 @@
 
 pub mod fake;
 pub mod lab;
+pub mod nats;
 pub mod postgres;
 pub mod recorder;
 

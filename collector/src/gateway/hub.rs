@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use tcpstall_common::{Clock, HostHello, ToAgent};
 use tokio::sync::{mpsc, oneshot};
 
-use super::registry::{Holder, Hosts, Taken};
+use super::registry::{decide, Holder, Hosts, Taken};
 use crate::messages::{HostId, ToGateway, ToMatcher};
 use crate::store::{HostRecord, SharedStore};
 
@@ -88,6 +88,19 @@ struct Session {
     dropped_batches: u64,
 }
 
+/// Fleet mode: who holds a host name on another node (the fleet's
+/// registry), if anyone does.
+pub struct Elsewhere(pub Box<HeldBy>);
+
+/// Who holds a name: `None` when nobody does.
+pub type HeldBy = dyn Fn(&str) -> Option<Holder> + Send + Sync;
+
+impl std::fmt::Debug for Elsewhere {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Elsewhere(..)")
+    }
+}
+
 /// The gateway's state; its methods run on its task.
 #[derive(Debug)]
 pub struct Gateway {
@@ -104,6 +117,8 @@ pub struct Gateway {
     /// Hosts already warned of for saying no machine id (one warning per
     /// host for the collector's life).
     warned_unidentified: HashSet<HostId, foldhash::fast::RandomState>,
+    /// Fleet mode: who holds a name on another node.
+    elsewhere: Option<Elsewhere>,
     /// For the matcher, in order: sent (waiting for room) before any reply.
     out: Vec<ToMatcher>,
     replies: Vec<(HelloReply, Result<HostId, Refusal>)>,
@@ -122,9 +137,17 @@ impl Gateway {
             refused_full: 0,
             without_machine_id: 0,
             warned_unidentified: HashSet::default(),
+            elsewhere: None,
             out: Vec::new(),
             replies: Vec::new(),
         }
+    }
+
+    /// Fleet mode: `held(name)` says who holds a host name on another
+    /// node, if anyone does; a Hello is decided against it too.
+    pub fn with_elsewhere(mut self, held: Elsewhere) -> Gateway {
+        self.elsewhere = Some(held);
+        self
     }
 
     /// Handles one input at collector wall time `now_ms`; what it has for
@@ -266,7 +289,18 @@ impl Gateway {
             peer,
             since_ms: now_ms,
         };
-        let (host, claimed) = match self.hosts.claim(&hello.host, claimant) {
+        // In fleet mode the name may be held on another node: the same
+        // decision against the fleet's registry first.
+        let elsewhere = self
+            .elsewhere
+            .as_ref()
+            .and_then(|held| (held.0)(&hello.host))
+            .map(|holder| decide(&hello.host, Some(&holder), hello.machine_id.as_ref(), peer, now_ms));
+        let claim = match elsewhere {
+            Some(Err(taken)) => Err(taken),
+            _ => self.hosts.claim(&hello.host, claimant.clone()),
+        };
+        let (host, claimed) = match claim {
             Ok(claimed) => claimed,
             Err(taken) => {
                 self.refused_name_taken += 1;
@@ -313,6 +347,7 @@ impl Gateway {
             interval: hello.interval,
             answers_lookups: hello.answers_lookups,
             forwards: hello.forwards,
+            holder: claimant,
         });
         self.session_hosts.insert(session, host);
         self.sessions.insert(

@@ -125,7 +125,7 @@ pub fn decide(
 /// practice by the fleet, and by the hosts a CA vouches for once streams
 /// are authenticated).
 #[derive(Debug, Default)]
-pub(super) struct Hosts {
+pub(crate) struct Hosts {
     names: Vec<Arc<str>>,
     ids: Map<Arc<str>, HostId>,
     /// By host number: the live session holding the name.
@@ -134,7 +134,7 @@ pub(super) struct Hosts {
 
 impl Hosts {
     /// The number of `name`, given now if it has none.
-    pub(super) fn id(&mut self, name: &str) -> HostId {
+    pub(crate) fn id(&mut self, name: &str) -> HostId {
         if let Some(id) = self.ids.get(name) {
             return *id;
         }
@@ -146,7 +146,12 @@ impl Hosts {
         id
     }
 
-    pub(super) fn name(&self, id: HostId) -> Arc<str> {
+    /// The name of `id`, if it has one.
+    pub(crate) fn get(&self, id: HostId) -> Option<Arc<str>> {
+        self.names.get(id.0 as usize).cloned()
+    }
+
+    pub(crate) fn name(&self, id: HostId) -> Arc<str> {
         self.names
             .get(id.0 as usize)
             .cloned()

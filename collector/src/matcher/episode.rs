@@ -187,11 +187,21 @@ impl Ctx {
         let verdict = diagnose(a, peer.as_peer());
         let note = peer_note(&peer);
         let via = s.nat.as_ref().and_then(|n| n.via);
-        let id = self.next_episode;
-        self.next_episode += 1;
+        let started_at_ms = now_ms.saturating_sub(millis_i64(stuck_for));
+        let id = if self.ids_of_identity {
+            // The same stall opens under the same id on whichever node
+            // judges it, and again when a partition is replayed: its flow
+            // and its start, to the second (the start is the reporting
+            // agent's count of the hold, put on the collector's clock by
+            // its stream's offset, which moves by milliseconds at most).
+            crate::store::episode_id_of(flow.key(), started_at_ms.div_euclid(1000) * 1000)
+        } else {
+            let id = self.next_episode;
+            self.next_episode += 1;
+            id
+        };
         self.stats.episodes_opened += 1;
         tracing::info!(episode = id, host = %host, %flow, diagnosis = %verdict.diagnosis, stuck_ms = millis(stuck_for), "episode opened");
-        let started_at_ms = now_ms.saturating_sub(millis_i64(stuck_for));
         self.store.open_episode(NewEpisode {
             id,
             diagnosis: verdict.diagnosis.id().to_string(),

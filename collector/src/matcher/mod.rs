@@ -33,5 +33,5 @@ mod tuple;
 pub use join::FlowView;
 pub use run::{run, Question};
 #[cfg(feature = "internals")]
-pub use state::{ask_peer_after, SILENT_POLLS};
-pub use state::{Matcher, Stats};
+pub use state::ask_peer_after;
+pub use state::{Matcher, Stats, SILENT_POLLS};

@@ -71,6 +71,7 @@ impl Matcher {
                 translating: Map::default(),
                 open_episodes: 0,
                 next_episode,
+                ids_of_identity: false,
                 stats: Stats::default(),
                 held: HeldTally::default(),
             },
@@ -85,6 +86,14 @@ impl Matcher {
         self
     }
 
+    /// Numbers episodes by their identity (their flow and start) instead
+    /// of counting: the same stall gets the same id on every node that
+    /// judges it (fleet mode).
+    pub fn ids_of_identity(mut self) -> Matcher {
+        self.ctx.ids_of_identity = true;
+        self
+    }
+
     /// Handles one message at collector wall time `now_ms`.
     pub fn handle(&mut self, msg: ToMatcher, now_ms: i64) {
         match msg {
@@ -96,6 +105,7 @@ impl Matcher {
                 interval,
                 answers_lookups,
                 forwards,
+                holder: _,
             } => {
                 let up = Up {
                     session,
@@ -278,6 +288,15 @@ impl Matcher {
     /// Ends what agents stopped reporting without a word (a lost message):
     /// suspects silent for `polls` of their agent's polls.
     pub fn expire(&mut self, now_ms: i64, polls: u32) {
+        self.expire_by(|_| Some(now_ms), polls);
+        self.store_held(now_ms, false);
+    }
+
+    /// As [`Matcher::expire`], each host's suspects judged at that host's
+    /// own time `now_of(host)` (`None`: not judged now). Fleet mode judges
+    /// a host's silence by the host's later polls, so that a pause of the
+    /// bus between the nodes is nobody's silence.
+    pub fn expire_by(&mut self, now_of: impl Fn(HostId) -> Option<i64>, polls: u32) {
         let silence: Map<HostId, i64> = self
             .ctx
             .up
@@ -285,19 +304,20 @@ impl Matcher {
             .map(|(h, u)| (*h, millis_i64(u.interval * polls)))
             .collect();
         let default = millis_i64(DEFAULT_INTERVAL * polls);
-        let stale: Vec<(HostId, Tuple, u64, Duration)> = self
+        let stale: Vec<(HostId, Tuple, u64, Duration, i64)> = self
             .table
             .iter()
-            .filter(|((h, _), e)| {
-                now_ms - e.suspect.latest_at_ms > silence.get(h).copied().unwrap_or(default)
+            .filter_map(|((h, flow), e)| {
+                let now_ms = now_of(*h)?;
+                let silent = now_ms - e.suspect.latest_at_ms
+                    > silence.get(h).copied().unwrap_or(default);
+                silent.then(|| (*h, *flow, e.track.cookie(), e.track.last(), now_ms))
             })
-            .map(|((h, flow), e)| (*h, *flow, e.track.cookie(), e.track.last()))
             .collect();
-        for (host, flow, cookie, mono) in stale {
+        for (host, flow, cookie, mono, now_ms) in stale {
             tracing::debug!(host = %self.ctx.name(host), cookie, "suspect went silent");
             self.close(host, flow, cookie, mono, now_ms);
         }
-        self.store_held(now_ms, false);
     }
 
     /// Hands the held-span counts of every minute that is over (all of

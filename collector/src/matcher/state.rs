@@ -346,6 +346,10 @@ pub(super) struct Ctx {
     pub(super) translating: Map<End, AskedTranslation>,
     pub(super) open_episodes: usize,
     pub(super) next_episode: i64,
+    /// Episode ids from each episode's identity (its flow and start)
+    /// rather than counted from `next_episode`: fleet mode, where several
+    /// nodes and replays may open the same episode.
+    pub(super) ids_of_identity: bool,
     pub(super) stats: Stats,
     /// Every held span reported ended, counted (a minute's counts go to
     /// the store when it is over).

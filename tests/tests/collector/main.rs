@@ -3,6 +3,7 @@
 
 mod addresses;
 mod e2e;
+mod fleet;
 mod hostile;
 mod identity;
 mod scrub;

@@ -30,6 +30,7 @@ mod addresses;
 mod controls;
 mod cork;
 mod faults;
+mod fleet;
 mod nat;
 mod owner;
 mod question;

@@ -1,0 +1,428 @@
+//! A node's gateway side in fleet mode: what its agents' streams and its
+//! gateway would hand the local matcher goes onto NATS instead.
+//!
+//! - A batch is cut into its partitions' parts ([`wire::split`]), each
+//!   published to its partition's subject on the samples stream, with the
+//!   host, its session and the poll's time in headers. Publishes are
+//!   acknowledged by JetStream; a bounded number wait for their
+//!   acknowledgement at once, so a node whose NATS is slow holds its
+//!   agents' streams back (and they their own bounded buffers) rather than
+//!   piling up here.
+//! - A host's hello, its new addresses and its going are its record in the
+//!   hosts bucket: put, put again every renewal while its stream lasts,
+//!   deleted when it goes (unless a newer session elsewhere holds it).
+//! - Requests for its hosts' agents arrive on their subjects and go to the
+//!   gateway, which hands them to the streams.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use tcpstall_common::{AgentBatch, ToAgent};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_stream::StreamExt;
+
+use super::wire::{self, HostRecord};
+use super::Bus;
+use crate::messages::{HostId, ToGateway, ToMatcher};
+
+/// Publishes waiting for JetStream's acknowledgement at once.
+const IN_FLIGHT: usize = 1024;
+/// How long one part is published again before it is counted lost.
+const PUBLISH_PATIENCE: Duration = Duration::from_secs(30);
+
+/// What the edge counts (read by /metrics).
+#[derive(Debug, Default)]
+pub struct EdgeStats {
+    /// Partition parts published and acknowledged.
+    pub parts_published: AtomicU64,
+    /// Parts whose publish failed or was not acknowledged (lost: NATS was
+    /// unreachable beyond the client's own buffer, or refused them).
+    pub parts_failed: AtomicU64,
+    /// Host records written (hellos, addresses, renewals).
+    pub host_puts: AtomicU64,
+    pub host_put_failures: AtomicU64,
+    /// Requests for this node's agents received from matchers.
+    pub requests_in: AtomicU64,
+}
+
+/// The edge's settings.
+#[derive(Debug, Clone)]
+pub struct Edge {
+    /// This node's name, in its hosts' records.
+    pub node: String,
+    pub partitions: u32,
+    /// How often its hosts' records are written again.
+    pub renew_every: Duration,
+    /// Mixed into the gateway's session numbers: unique in the fleet.
+    pub session_salt: u64,
+}
+
+/// One host this node's gateway holds.
+#[derive(Debug)]
+struct Held {
+    record: HostRecord,
+    /// The record's revision as this node last wrote it: a renewal is a
+    /// compare-and-set on it, so that a record another node has written
+    /// since (the host moved there) is never overwritten from here.
+    revision: Option<u64>,
+    /// Forwards its subject's requests to the gateway.
+    requests: tokio::task::JoinHandle<()>,
+    /// Partitions its recent polls had something for, and how many polls
+    /// ago: they hear of its next polls too, empty (see [`TRAIL`]).
+    touched: HashMap<u32, u32>,
+}
+
+/// Runs the edge until `inbox` closes (the gateway and every stream are
+/// gone). `requests` is the gateway's input of requests for its agents.
+pub async fn run(
+    bus: Bus,
+    edge: Edge,
+    mut inbox: mpsc::Receiver<ToMatcher>,
+    requests: mpsc::Sender<ToGateway>,
+    fleet: Arc<super::FleetStats>,
+) {
+    let Edge {
+        node,
+        partitions,
+        renew_every,
+        session_salt,
+    } = edge;
+    let stats = &fleet.edge;
+    let mut held: HashMap<HostId, Held> = HashMap::new();
+    let mut acks: JoinSet<bool> = JoinSet::new();
+    let mut renew = tokio::time::interval(renew_every);
+    renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let global = |session: u64| session_salt ^ session;
+    loop {
+        tokio::select! {
+            msg = inbox.recv() => {
+                let Some(msg) = msg else { break };
+                match msg {
+                    ToMatcher::Batch { host, session, taken_ms, batch } => {
+                        let Some(h) = held.get_mut(&host) else { continue };
+                        if h.record.session != global(session) {
+                            continue;
+                        }
+                        let mono_us = batch.mono.as_micros();
+                        let empty = AgentBatch {
+                            mono: batch.mono,
+                            connections: batch.connections,
+                            dropped_batches: batch.dropped_batches,
+                            dropped_samples: batch.dropped_samples,
+                            ..AgentBatch::default()
+                        };
+                        let mut parts = wire::split(batch, partitions);
+                        trail(&mut h.touched, &mut parts, &empty);
+                        for (p, part) in parts {
+                            let mut headers = HeaderMap::new();
+                            headers.insert(wire::H_HOST, h.record.name.as_str());
+                            headers.insert(wire::H_SESSION, h.record.session.to_string().as_str());
+                            headers.insert(wire::H_TAKEN, taken_ms.to_string().as_str());
+                            // JetStream drops a second copy of one id: a
+                            // part published again after a lost
+                            // acknowledgement is stored once.
+                            let id = format!("{:x}.{mono_us:x}.{p}", h.record.session);
+                            headers.insert("Nats-Msg-Id", id.as_str());
+                            // Room first: at most IN_FLIGHT wait for acks.
+                            while acks.len() >= IN_FLIGHT {
+                                if let Some(ok) = acks.join_next().await {
+                                    count_ack(stats, ok.unwrap_or(false));
+                                }
+                            }
+                            acks.spawn(publish(
+                                bus.js.clone(),
+                                wire::samples_subject(p),
+                                headers,
+                                wire::encode_part(part),
+                            ));
+                        }
+                    }
+                    ToMatcher::HostUp { host, session, name, addresses, interval, answers_lookups, forwards, holder } => {
+                        if let Some(old) = held.remove(&host) {
+                            old.requests.abort();
+                        }
+                        let record = HostRecord {
+                            name: name.clone(),
+                            node: node.clone(),
+                            session: global(session),
+                            machine: holder.machine.as_ref().map(|m| m.as_str().to_string()),
+                            peer: holder.peer,
+                            since_ms: holder.since_ms,
+                            interval_ms: u64::try_from(interval.as_millis()).unwrap_or(u64::MAX),
+                            answers_lookups,
+                            forwards,
+                            namespaces: HostRecord::namespaces_of(&addresses),
+                        };
+                        let revision = put_record(&bus, &record, None, stats).await.ok();
+                        let requests = tokio::spawn(forward_requests(bus.clone(), name, host, requests.clone(), fleet.clone()));
+                        held.insert(host, Held { record, revision, requests, touched: HashMap::new() });
+                    }
+                    ToMatcher::Addresses { host, session, addresses } => {
+                        let Some(h) = held.get_mut(&host) else { continue };
+                        if h.record.session != global(session) {
+                            continue;
+                        }
+                        h.record.namespaces = HostRecord::namespaces_of(&addresses);
+                        if let Ok(r) = put_record(&bus, &h.record, h.revision, stats).await {
+                            h.revision = Some(r);
+                        }
+                    }
+                    ToMatcher::HostDown { host } => {
+                        if let Some(h) = held.remove(&host) {
+                            h.requests.abort();
+                            forget_record(&bus, &h.record).await;
+                        }
+                    }
+                    // Requests cross NATS: one not delivered is asked again
+                    // when its host says hello anew.
+                    ToMatcher::Unsent { .. } => {}
+                }
+            }
+            _ = renew.tick() => {
+                let mut moved = Vec::new();
+                for (host, h) in held.iter_mut() {
+                    match put_record(&bus, &h.record, h.revision, stats).await {
+                        Ok(r) => h.revision = Some(r),
+                        Err(Renewal::Replaced) => moved.push(*host),
+                        Err(Renewal::Gone) => h.revision = None,
+                        Err(Renewal::Failed) => {}
+                    }
+                }
+                // Held by a newer session elsewhere: this node's stream of
+                // it is a stale one; its record and requests are the
+                // other node's now.
+                for host in moved {
+                    if let Some(h) = held.remove(&host) {
+                        h.requests.abort();
+                        tracing::warn!(host = %h.record.name, "host record written by another node since: no longer renewed from here");
+                    }
+                }
+            }
+            Some(ok) = acks.join_next(), if !acks.is_empty() => count_ack(stats, ok.unwrap_or(false)),
+        }
+    }
+    while let Some(ok) = acks.join_next().await {
+        count_ack(stats, ok.unwrap_or(false));
+    }
+    // Its hosts' records stay: their agents say hello on another node (a
+    // newer session replaces them there), or the records age out.
+    for h in held.into_values() {
+        h.requests.abort();
+    }
+}
+
+/// How many polls a partition hears of a host after the last one that had
+/// something for it: enough for the partition to see a suspect the host
+/// stopped reporting go silent (the matcher's silence is 5 polls), judged
+/// by the host's own later polls there.
+const TRAIL: u32 = crate::matcher::SILENT_POLLS + 1;
+
+/// Adds an empty part of this poll for each partition the host's recent
+/// polls had something for and this one has not, for [`TRAIL`] polls.
+fn trail(touched: &mut HashMap<u32, u32>, parts: &mut BTreeMap<u32, AgentBatch>, empty: &AgentBatch) {
+    for ago in touched.values_mut() {
+        *ago += 1;
+    }
+    for p in parts.keys() {
+        touched.insert(*p, 0);
+    }
+    touched.retain(|_, ago| *ago <= TRAIL);
+    for (p, ago) in touched.iter() {
+        if *ago > 0 {
+            parts.entry(*p).or_insert_with(|| empty.clone());
+        }
+    }
+}
+
+fn count_ack(stats: &EdgeStats, ok: bool) {
+    let counter = if ok {
+        &stats.parts_published
+    } else {
+        &stats.parts_failed
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Publishes one part until JetStream acknowledges it, for up to
+/// [`PUBLISH_PATIENCE`]: a NATS server that dies takes its streams'
+/// leadership with it, and their new leaders are elected in seconds
+/// (4-7 s measured with NATS 2.9 on three servers); meanwhile publishes
+/// find no stream. The same message id makes a second copy harmless, and
+/// the bound on parts in flight holds the agents' streams back while it
+/// lasts.
+async fn publish(
+    js: async_nats::jetstream::Context,
+    subject: String,
+    headers: HeaderMap,
+    payload: bytes::Bytes,
+) -> bool {
+    let started = tokio::time::Instant::now();
+    let mut delay = Duration::from_millis(100);
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        let sent = js
+            .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
+            .await;
+        let error = match sent {
+            Ok(ack) => match ack.await {
+                Ok(_) => return true,
+                Err(e) => e.to_string(),
+            },
+            Err(e) => e.to_string(),
+        };
+        if started.elapsed() + delay > PUBLISH_PATIENCE {
+            tracing::warn!(%subject, attempt, %error, "a batch part lost: not acknowledged within {PUBLISH_PATIENCE:?}");
+            return false;
+        }
+        if attempt == 1 {
+            tracing::debug!(%subject, %error, "a batch part not acknowledged; publishing it again");
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(1));
+    }
+}
+
+/// Why a record was not written.
+enum Renewal {
+    /// Another session's record replaced this node's.
+    Replaced,
+    /// The record is gone (aged out while NATS was away): put afresh at
+    /// the next renewal.
+    Gone,
+    /// NATS did not take it (retried at the next renewal).
+    Failed,
+}
+
+/// Writes a host's record: a compare-and-set on `revision` (this node's
+/// last write of it) when there is one. Returns the new revision.
+async fn put_record(
+    bus: &Bus,
+    record: &HostRecord,
+    revision: Option<u64>,
+    stats: &EdgeStats,
+) -> Result<u64, Renewal> {
+    let value = match serde_json::to_vec(record) {
+        Ok(v) => bytes::Bytes::from(v),
+        Err(e) => {
+            tracing::error!(error = %e, "encoding a host record");
+            return Err(Renewal::Failed);
+        }
+    };
+    let key = wire::host_key(&record.name);
+    let written = match revision {
+        Some(r) => bus
+            .hosts
+            .update(&key, value, r)
+            .await
+            .map_err(|e| e.to_string()),
+        None => bus.hosts.put(&key, value).await.map_err(|e| e.to_string()),
+    };
+    match written {
+        Ok(r) => {
+            stats.host_puts.fetch_add(1, Ordering::Relaxed);
+            Ok(r)
+        }
+        Err(error) => {
+            // Refused: whose is the record now?
+            match bus.hosts.entry(key).await {
+                Ok(Some(e)) => {
+                    let theirs = serde_json::from_slice::<HostRecord>(&e.value).ok();
+                    if theirs.is_some_and(|t| t.session != record.session) {
+                        return Err(Renewal::Replaced);
+                    }
+                }
+                Ok(None) if revision.is_some() => return Err(Renewal::Gone),
+                _ => {}
+            }
+            stats.host_put_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(host = %record.name, %error, "registering a host failed (again at the next renewal)");
+            Err(Renewal::Failed)
+        }
+    }
+}
+
+/// Deletes a host's record if it is still this session's: the host may
+/// already have said hello on another node.
+async fn forget_record(bus: &Bus, record: &HostRecord) {
+    let key = wire::host_key(&record.name);
+    let Ok(Some(entry)) = bus.hosts.entry(key.clone()).await else {
+        return;
+    };
+    let ours = serde_json::from_slice::<HostRecord>(&entry.value)
+        .is_ok_and(|r| r.session == record.session);
+    if ours {
+        if let Err(e) = bus
+            .hosts
+            .delete_expect_revision(key, Some(entry.revision))
+            .await
+        {
+            tracing::debug!(host = %record.name, error = %e, "host record changed before its delete");
+        }
+    }
+}
+
+/// Hands the requests published for host `name` to the gateway, as
+/// requests for its local number `host`.
+async fn forward_requests(
+    bus: Bus,
+    name: String,
+    host: HostId,
+    gateway: mpsc::Sender<ToGateway>,
+    fleet: Arc<super::FleetStats>,
+) {
+    let mut sub = match bus.client.subscribe(wire::host_subject(&name)).await {
+        Ok(sub) => sub,
+        Err(e) => {
+            tracing::warn!(host = %name, error = %e, "cannot take requests for this host");
+            return;
+        }
+    };
+    while let Some(msg) = sub.next().await {
+        let Some(r) = wire::decode_request(&msg.payload) else {
+            tracing::debug!(host = %name, "a malformed request skipped");
+            continue;
+        };
+        fleet.edge.requests_in.fetch_add(1, Ordering::Relaxed);
+        let r = match r {
+            ToAgent::Watch(flow) => ToGateway::Watch { host, flow },
+            ToAgent::Unwatch(flow) => ToGateway::Unwatch { host, flow },
+            ToAgent::Translate(flow) => ToGateway::Translate { host, flow },
+        };
+        if gateway.send(r).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_partition_hears_of_a_host_for_a_few_polls_after_its_last_part() {
+        let empty = AgentBatch {
+            mono: Duration::from_secs(1),
+            ..AgentBatch::default()
+        };
+        let mut touched = HashMap::new();
+        let mut parts = BTreeMap::from([(3, empty.clone())]);
+        trail(&mut touched, &mut parts, &empty);
+        assert_eq!(parts.keys().collect::<Vec<_>>(), [&3]);
+        // Then nothing for partition 3: an empty part for TRAIL polls.
+        for poll in 1..=TRAIL {
+            let mut parts = BTreeMap::from([(5, empty.clone())]);
+            trail(&mut touched, &mut parts, &empty);
+            assert!(parts.contains_key(&3), "poll {poll}");
+        }
+        let mut parts = BTreeMap::new();
+        trail(&mut touched, &mut parts, &empty);
+        assert!(!parts.contains_key(&3), "no longer");
+        assert!(parts.contains_key(&5), "5's trail goes on");
+    }
+}

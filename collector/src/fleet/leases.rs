@@ -1,0 +1,268 @@
+//! Which partitions this node judges: leases in the leases bucket, taken
+//! with compare-and-set and renewed, expiring with the bucket's age limit
+//! when their node stops renewing them.
+//!
+//! Every round (a third of the lease) the node says it is alive in the
+//! nodes bucket, computes from the live nodes who should own what
+//! ([`assign`]), and then, partition by partition: renews what it holds and
+//! should keep; stops and releases what another live node should hold (so
+//! that a node that joins gets its share in a round or two); takes what it
+//! should hold once it is free — released, or expired with a dead owner.
+//! A renewal that fails (another node holds the lease: ours expired) stops
+//! the partition at once; a node that cannot reach NATS stops judging
+//! before its leases can have expired, so two nodes never judge one
+//! partition for long (and what they write is idempotent if they do).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_stream::StreamExt;
+
+use super::assign::assign;
+use super::wire;
+use super::Bus;
+use crate::matcher::Question;
+
+/// How a partition's task is started: given its number, its questions and
+/// its stop signal.
+pub type Spawn =
+    Box<dyn Fn(u32, mpsc::Receiver<Question>, oneshot::Receiver<()>) -> JoinHandle<()> + Send + Sync>;
+
+/// The partitions this node runs, with where to ask them questions.
+pub type Owned = Arc<RwLock<HashMap<u32, mpsc::Sender<Question>>>>;
+
+/// Questions queued for one partition's matcher.
+const QUESTIONS: usize = 16;
+
+/// The lease counters (read by /metrics).
+#[derive(Debug, Default)]
+pub struct LeaseStats {
+    pub owned: AtomicU64,
+    /// Partitions taken (at start, from a dead node, or given by one).
+    pub taken: AtomicU64,
+    /// Partitions handed to another node.
+    pub released: AtomicU64,
+    /// Partitions lost: a renewal refused, or NATS out of reach too long.
+    pub lost: AtomicU64,
+    /// Live nodes at the last round.
+    pub nodes: AtomicU64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct NodeRecord {
+    name: String,
+}
+
+struct Running {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+    revision: u64,
+    renewed: Instant,
+}
+
+/// The lease loop's state.
+pub struct Leases {
+    pub bus: Bus,
+    pub node: String,
+    pub partitions: u32,
+    pub lease: Duration,
+    pub spawn: Spawn,
+    pub owned: Owned,
+    pub fleet: Arc<super::FleetStats>,
+}
+
+impl std::fmt::Debug for Leases {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Leases")
+            .field("node", &self.node)
+            .field("partitions", &self.partitions)
+            .field("lease", &self.lease)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Leases {
+    /// Runs rounds until `stop` fires; then stops every partition and
+    /// releases its lease, so that the others take them at once.
+    pub async fn run(self, mut stop: oneshot::Receiver<()>) {
+        let mut running: HashMap<u32, Running> = HashMap::new();
+        let mut round = tokio::time::interval(self.lease / 3);
+        round.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = round.tick() => self.round(&mut running).await,
+                _ = &mut stop => break,
+            }
+        }
+        let held: Vec<u32> = running.keys().copied().collect();
+        for p in held {
+            if let Some(r) = running.remove(&p) {
+                let revision = r.revision;
+                self.halt(p, r).await;
+                let _ = self
+                    .bus
+                    .leases
+                    .delete_expect_revision(wire::lease_key(p), Some(revision))
+                    .await;
+            }
+        }
+        let _ = self.bus.nodes.delete(wire::node_key(&self.node)).await;
+        self.publish(&running);
+    }
+
+    async fn round(&self, running: &mut HashMap<u32, Running>) {
+        let live = match self.live_nodes().await {
+            Ok(live) => live,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot reach the nodes bucket");
+                // Out of reach: stop judging before a lease held can have
+                // expired and been taken.
+                let fence = self.lease.mul_f32(0.8);
+                let expiring: Vec<u32> = running
+                    .iter()
+                    .filter(|(_, r)| r.renewed.elapsed() > fence)
+                    .map(|(p, _)| *p)
+                    .collect();
+                for p in expiring {
+                    if let Some(r) = running.remove(&p) {
+                        tracing::warn!(partition = p, "lease not renewed in time; partition stopped");
+                        self.fleet.leases.lost.fetch_add(1, Ordering::Relaxed);
+                        self.halt(p, r).await;
+                    }
+                }
+                self.publish(running);
+                return;
+            }
+        };
+        self.fleet.leases.nodes.store(live.len() as u64, Ordering::Relaxed);
+        let owners = assign(self.partitions, &live);
+        for p in 0..self.partitions {
+            let target = owners
+                .get(p as usize)
+                .and_then(|&i| live.get(i))
+                .map(String::as_str);
+            let key = wire::lease_key(p);
+            match running.remove(&p) {
+                Some(r) if target.is_some_and(|t| t != self.node) => {
+                    // Another live node should hold it: hand it over.
+                    let revision = r.revision;
+                    self.halt(p, r).await;
+                    let _ = self
+                        .bus
+                        .leases
+                        .delete_expect_revision(key, Some(revision))
+                        .await;
+                    self.fleet.leases.released.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(partition = p, to = target.unwrap_or("?"), "partition released");
+                }
+                Some(mut r) => {
+                    match self
+                        .bus
+                        .leases
+                        .update(&key, self.node.clone().into(), r.revision)
+                        .await
+                    {
+                        Ok(revision) => {
+                            r.revision = revision;
+                            r.renewed = Instant::now();
+                            running.insert(p, r);
+                        }
+                        Err(e) => {
+                            tracing::warn!(partition = p, error = %e, "lease renewal refused; partition stopped");
+                            self.fleet.leases.lost.fetch_add(1, Ordering::Relaxed);
+                            self.halt(p, r).await;
+                        }
+                    }
+                }
+                None if target == Some(self.node.as_str()) => {
+                    if let Ok(revision) = self.bus.leases.create(&key, self.node.clone().into()).await
+                    {
+                        let (questions, asked) = mpsc::channel(QUESTIONS);
+                        let (stop, stopped) = oneshot::channel();
+                        let task = (self.spawn)(p, asked, stopped);
+                        self.owned
+                            .write()
+                            .map(|mut o| o.insert(p, questions))
+                            .ok();
+                        running.insert(
+                            p,
+                            Running {
+                                stop,
+                                task,
+                                revision,
+                                renewed: Instant::now(),
+                            },
+                        );
+                        self.fleet.leases.taken.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(partition = p, "partition lease taken");
+                    }
+                    // Else its lease is still held: released or expired
+                    // by a later round.
+                }
+                None => {}
+            }
+        }
+        self.publish(running);
+    }
+
+    /// Says this node is alive, and reads which nodes are: sorted names of
+    /// the records no older than a lease before this node's own.
+    async fn live_nodes(&self) -> Result<Vec<String>, async_nats::Error> {
+        let me = serde_json::to_vec(&NodeRecord {
+            name: self.node.clone(),
+        })?;
+        self.bus.nodes.put(wire::node_key(&self.node), me.into()).await?;
+        let mut keys = self.bus.nodes.keys().await?;
+        let mut nodes = Vec::new();
+        let mut mine = None;
+        while let Some(key) = keys.next().await {
+            let Some(entry) = self.bus.nodes.entry(key?).await? else {
+                continue;
+            };
+            let Ok(record) = serde_json::from_slice::<NodeRecord>(&entry.value) else {
+                continue;
+            };
+            let at = entry.created.unix_timestamp_nanos();
+            if record.name == self.node {
+                mine = Some(at);
+            }
+            nodes.push((record.name, at));
+        }
+        let floor = mine
+            .unwrap_or(i128::MIN)
+            .saturating_sub(i128::try_from(self.lease.as_nanos()).unwrap_or(i128::MAX));
+        let mut live: Vec<String> = nodes
+            .into_iter()
+            .filter(|(_, at)| *at >= floor)
+            .map(|(n, _)| n)
+            .collect();
+        live.sort();
+        live.dedup();
+        Ok(live)
+    }
+
+    async fn halt(&self, p: u32, r: Running) {
+        self.owned.write().map(|mut o| o.remove(&p)).ok();
+        let _ = r.stop.send(());
+        let mut task = r.task;
+        if tokio::time::timeout(Duration::from_secs(2), &mut task)
+            .await
+            .is_err()
+        {
+            task.abort();
+        }
+    }
+
+    fn publish(&self, running: &HashMap<u32, Running>) {
+        self.fleet
+            .leases
+            .owned
+            .store(running.len() as u64, Ordering::Relaxed);
+    }
+}

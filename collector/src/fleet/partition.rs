@@ -1,0 +1,363 @@
+//! One partition's matcher on the node that holds its lease: the same
+//! matcher as single-node mode's, fed from the partition's subject of the
+//! samples stream and from the hosts bucket's view.
+//!
+//! Taking a partition over, it reads the stream from its oldest message
+//! (the stream keeps `replay` of them): the state the previous owner had
+//! is rebuilt from the same messages in the same order before anything is
+//! judged on the wall clock — expiry waits until the consumer has caught
+//! up. Episodes opened again on the way get the ids they had (their
+//! identity: flow and start), so the store keeps each once; samples are
+//! stored once per end and time.
+//!
+//! Time: a batch is handled at the time its agent took the poll (on its
+//! gateway's clock, in the message), not at the time it is read, so that
+//! the live owner and a replaying one compute the same starts.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{pull, DeliverPolicy};
+use async_nats::jetstream::Message;
+use tcpstall_common::Clock;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_stream::StreamExt;
+
+use super::hosts::View;
+use super::wire::{self, HostRecord};
+use super::{Bus, Judging};
+use crate::gateway::registry::Hosts;
+use crate::matcher::{Matcher, Question, SILENT_POLLS};
+use crate::messages::{HostId, ToGateway, ToMatcher};
+use crate::store::SharedStore;
+
+/// Batches of hosts the view has not shown yet (their hello's record and
+/// their first batch race across NATS), held until it does.
+const WAITING: usize = 256;
+
+/// What every partition of a node counts (read by /metrics).
+#[derive(Debug, Default)]
+pub struct PartitionStats {
+    /// Partition messages handled.
+    pub handled: AtomicU64,
+    /// Messages of a session its host no longer has (replayed from before
+    /// a reconnect): skipped, as single-node mode skips them.
+    pub stale: AtomicU64,
+    /// Messages that did not decode (counted and skipped).
+    pub malformed: AtomicU64,
+    /// Messages of unknown hosts dropped because too many waited.
+    pub waiting_dropped: AtomicU64,
+    /// Partitions that finished replaying their stream.
+    pub caught_up: AtomicU64,
+}
+
+/// What a partition's task needs.
+#[derive(Debug)]
+pub struct Partition {
+    pub p: u32,
+    pub bus: Bus,
+    pub store: SharedStore,
+    pub(crate) names: Arc<Mutex<Hosts>>,
+    pub requests: mpsc::Sender<ToGateway>,
+    pub view: watch::Receiver<Arc<View>>,
+    pub judging: Judging,
+    pub clock: Clock,
+    pub fleet: Arc<super::FleetStats>,
+}
+
+/// One message read off the stream.
+struct Part {
+    host: String,
+    session: u64,
+    taken_ms: i64,
+    payload: bytes::Bytes,
+}
+
+/// Runs partition `part.p` until `stop` fires: its state goes with it
+/// (the next owner rebuilds it from the stream); nothing is closed.
+pub async fn run(
+    mut part: Partition,
+    mut questions: mpsc::Receiver<Question>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let j = part.judging;
+    let mut matcher = Matcher::new(
+        part.store.clone(),
+        part.requests.clone(),
+        j.threshold,
+        1,
+        j.max_samples,
+    )
+    .watch_peer_after(j.watch_peer_after)
+    .ids_of_identity();
+    let mut applied: HashMap<String, HostRecord> = HashMap::new();
+    let view = part.view.borrow_and_update().clone();
+    apply_view(&mut matcher, &mut applied, &view, &part);
+
+    let subject = wire::samples_subject(part.p);
+    let (mut messages, backlog) = loop {
+        match consume(&part.bus, &subject).await {
+            Ok(m) => break m,
+            Err(e) => {
+                tracing::warn!(partition = part.p, error = %e, "cannot read the partition's stream; again in a second");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = &mut stop => return,
+                }
+            }
+        }
+    };
+    // Live views of its flows, asked by any node's query edge.
+    let mut flows = match part.bus.client.subscribe(wire::flow_subject(part.p)).await {
+        Ok(sub) => Some(sub),
+        Err(e) => {
+            tracing::warn!(partition = part.p, error = %e, "cannot answer live views of this partition's flows");
+            None
+        }
+    };
+    tracing::info!(partition = part.p, messages = backlog, "partition taken: replaying its stream");
+    // Time in a partition is its data's: each host's, by the polls of it
+    // read here (see `handle`).
+    let mut clocks = Clocks::default();
+    let mut caught_up = false;
+    if backlog == 0 {
+        caught_up = true;
+        part.fleet.partitions.caught_up.fetch_add(1, Ordering::Relaxed);
+    }
+    let mut waiting: VecDeque<Part> = VecDeque::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            msg = messages.next() => {
+                let msg = match msg {
+                    Some(Ok(m)) => m,
+                    Some(Err(e)) => {
+                        tracing::warn!(partition = part.p, error = %e, "reading the partition's stream");
+                        continue;
+                    }
+                    None => {
+                        tracing::warn!(partition = part.p, "the partition's stream ended; reading it again");
+                        match consume(&part.bus, &subject).await {
+                            Ok((m, _)) => messages = m,
+                            Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+                        }
+                        continue;
+                    }
+                };
+                let pending = msg.info().map_or(0, |i| i.pending);
+                match read(&msg) {
+                    Ok(p) => handle(&mut matcher, &applied, &mut waiting, &mut clocks, p, &part),
+                    Err(e) => {
+                        part.fleet.partitions.malformed.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(partition = part.p, error = %e, "a partition message skipped");
+                    }
+                }
+                if !caught_up && pending == 0 {
+                    caught_up = true;
+                    part.fleet.partitions.caught_up.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(partition = part.p, "partition caught up with its stream");
+                }
+            }
+            Ok(()) = part.view.changed() => {
+                let view = part.view.borrow_and_update().clone();
+                apply_view(&mut matcher, &mut applied, &view, &part);
+                for p in std::mem::take(&mut waiting) {
+                    handle(&mut matcher, &applied, &mut waiting, &mut clocks, p, &part);
+                }
+            }
+            _ = tick.tick() => {
+                // Silence is judged only once the stream's past is read,
+                // and by each host's own later polls: a pause of the bus
+                // (a NATS server's streams changing leaders) stops every
+                // host's clock here rather than ending their stalls.
+                if caught_up {
+                    matcher.expire_by(|h| clocks.hosts.get(&h).copied(), SILENT_POLLS);
+                    if let Some(latest) = clocks.latest {
+                        matcher.store_held(latest, false);
+                    }
+                }
+            }
+            Some(q) = questions.recv() => matcher.answer(q, part.clock.now_ms()),
+            Some(asked) = next_flow(&mut flows) => {
+                let Some(reply) = asked.reply else { continue };
+                let Some(flow) = wire::decode_flow(&asked.payload) else {
+                    part.fleet.partitions.malformed.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
+                let (tx, mut rx) = oneshot::channel();
+                matcher.answer(Question::Flow { flow, reply: tx }, part.clock.now_ms());
+                if let Ok(view) = rx.try_recv() {
+                    let _ = part.bus.client.publish(reply, wire::encode_view(view)).await;
+                }
+            }
+            _ = &mut stop => break,
+        }
+    }
+}
+
+/// The next live-view request, or never without a subscription.
+async fn next_flow(
+    sub: &mut Option<async_nats::Subscriber>,
+) -> Option<async_nats::Message> {
+    match sub {
+        Some(s) => s.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The partition's messages from the oldest the stream keeps, and how
+/// many there were when it was opened (none: nothing to replay).
+async fn consume(bus: &Bus, subject: &str) -> Result<(pull::Ordered, u64), async_nats::Error> {
+    let stream = bus.js.get_stream(wire::STREAM).await?;
+    let consumer = stream
+        .create_consumer(pull::OrderedConfig {
+            filter_subject: subject.to_string(),
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await?;
+    let pending = consumer.cached_info().num_pending;
+    Ok((consumer.messages().await?, pending))
+}
+
+fn read(msg: &Message) -> Result<Part, wire::PartError> {
+    let headers = msg
+        .headers
+        .as_ref()
+        .ok_or(wire::PartError::Header(wire::H_HOST))?;
+    let text = |name: &'static str| {
+        headers
+            .get(name)
+            .map(|v| v.as_str().to_string())
+            .ok_or(wire::PartError::Header(name))
+    };
+    let host = text(wire::H_HOST)?;
+    let session = text(wire::H_SESSION)?
+        .parse()
+        .map_err(|_| wire::PartError::Header(wire::H_SESSION))?;
+    let taken_ms = text(wire::H_TAKEN)?
+        .parse()
+        .map_err(|_| wire::PartError::Header(wire::H_TAKEN))?;
+    Ok(Part {
+        host,
+        session,
+        taken_ms,
+        payload: msg.payload.clone(),
+    })
+}
+
+fn host_id(part: &Partition, name: &str) -> HostId {
+    part.names
+        .lock()
+        .map(|mut n| n.id(name))
+        .unwrap_or(HostId(u32::MAX))
+}
+
+/// The latest poll read of each host, and of any: a partition's time.
+#[derive(Debug, Default)]
+struct Clocks {
+    hosts: HashMap<HostId, i64>,
+    latest: Option<i64>,
+}
+
+/// Hands a message to the matcher if its host is up in this session; holds
+/// it while its host is not yet in the view.
+fn handle(
+    matcher: &mut Matcher,
+    applied: &HashMap<String, HostRecord>,
+    waiting: &mut VecDeque<Part>,
+    clocks: &mut Clocks,
+    p: Part,
+    part: &Partition,
+) {
+    let Some(record) = applied.get(&p.host) else {
+        if waiting.len() >= WAITING {
+            waiting.pop_front();
+            part.fleet.partitions.waiting_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        waiting.push_back(p);
+        return;
+    };
+    if record.session != p.session {
+        part.fleet.partitions.stale.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    let batch = match wire::decode_part(p.payload, part.judging.max_entries) {
+        Ok(b) => b,
+        Err(e) => {
+            part.fleet.partitions.malformed.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(partition = part.p, host = %p.host, error = %e, "a batch part skipped");
+            return;
+        }
+    };
+    part.fleet.partitions.handled.fetch_add(1, Ordering::Relaxed);
+    let host = host_id(part, &p.host);
+    let at = clocks.hosts.entry(host).or_insert(p.taken_ms);
+    *at = (*at).max(p.taken_ms);
+    clocks.latest = Some(clocks.latest.map_or(p.taken_ms, |l| l.max(p.taken_ms)));
+    matcher.handle(
+        ToMatcher::Batch {
+            host,
+            session: p.session,
+            taken_ms: p.taken_ms,
+            batch,
+        },
+        p.taken_ms,
+    );
+}
+
+/// Brings the matcher's hosts in line with the view: hosts new or in a new
+/// session are up (a host that moved to another node keeps its suspects:
+/// the same sockets go on in the new session), changed addresses are
+/// announced, hosts gone are down.
+fn apply_view(
+    matcher: &mut Matcher,
+    applied: &mut HashMap<String, HostRecord>,
+    view: &View,
+    part: &Partition,
+) {
+    let now_ms = part.clock.now_ms();
+    for (name, record) in &view.hosts {
+        let host = host_id(part, name);
+        match applied.get(name) {
+            Some(old) if old == record => continue,
+            Some(old) if old.session == record.session => {
+                matcher.handle(
+                    ToMatcher::Addresses {
+                        host,
+                        session: record.session,
+                        addresses: record.addresses(),
+                    },
+                    now_ms,
+                );
+            }
+            _ => matcher.handle(
+                ToMatcher::HostUp {
+                    host,
+                    session: record.session,
+                    name: name.clone(),
+                    addresses: record.addresses(),
+                    interval: record.interval(),
+                    answers_lookups: record.answers_lookups,
+                    forwards: record.forwards,
+                    holder: record.holder(),
+                },
+                now_ms,
+            ),
+        }
+        applied.insert(name.clone(), record.clone());
+    }
+    let gone: Vec<String> = applied
+        .keys()
+        .filter(|n| !view.hosts.contains_key(*n))
+        .cloned()
+        .collect();
+    for name in gone {
+        applied.remove(&name);
+        let host = host_id(part, &name);
+        matcher.handle(ToMatcher::HostDown { host }, now_ms);
+    }
+}

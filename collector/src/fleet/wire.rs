@@ -1,0 +1,391 @@
+//! What fleet mode puts on NATS, and how it reads it back: subjects, the
+//! partition parts of a batch, host records, watch requests. Every payload
+//! is the agents' own protobuf (a part of a batch is a `v1::Batch`, a
+//! request a `v1::CollectorMessage`) or, for the registries, JSON: nothing
+//! new to version.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use prost::Message as _;
+use serde::{Deserialize, Serialize};
+use tcpstall_common::record::{FlowEnd, FlowEnds};
+use tcpstall_common::{
+    AgentBatch, EndSample, FlowKey, FlowTuple, FromCollector, MachineId, NamespaceAddresses,
+    ToAgent,
+};
+use tcpstall_proto::convert::{self, ConvertError};
+use tcpstall_proto::{raw, v1};
+
+use crate::gateway::registry::Holder;
+use crate::matcher::FlowView;
+use crate::messages::partition;
+
+/// The stream of every partition's samples.
+pub const STREAM: &str = "TCPSTALL_SAMPLES";
+/// Key-value buckets: hosts (who holds which host, its addresses), nodes
+/// (alive), leases (which node owns which partition), fleet (settings
+/// every node must share).
+pub const HOSTS: &str = "tcpstall_hosts";
+pub const NODES: &str = "tcpstall_nodes";
+pub const LEASES: &str = "tcpstall_leases";
+pub const FLEET: &str = "tcpstall_fleet";
+
+/// Headers of a partition message.
+pub const H_HOST: &str = "Tcpstall-Host";
+pub const H_SESSION: &str = "Tcpstall-Session";
+pub const H_TAKEN: &str = "Tcpstall-Taken-Ms";
+
+/// Where partition `p`'s samples are published.
+pub fn samples_subject(p: u32) -> String {
+    format!("tcpstall.samples.{p}")
+}
+
+/// Where a flow's live view is asked of the node that judges partition
+/// `p` (request and reply: `v1::FlowTuple`, `v1::GetFlowResponse`).
+pub fn flow_subject(p: u32) -> String {
+    format!("tcpstall.flow.{p}")
+}
+
+/// Every partition's subjects (the stream's).
+pub const SAMPLES_SUBJECTS: &str = "tcpstall.samples.*";
+
+/// Where requests for host `name`'s agent go: the node holding its stream
+/// listens there. A host name may hold characters a subject token cannot
+/// (`.`, spaces), so the token is the name's bytes in hex.
+pub fn host_subject(name: &str) -> String {
+    format!("tcpstall.host.{}", hex(name))
+}
+
+/// A key of the hosts bucket for `name` (keys have the same limits as
+/// subject tokens).
+pub fn host_key(name: &str) -> String {
+    format!("h{}", hex(name))
+}
+
+/// A key of the leases bucket.
+pub fn lease_key(p: u32) -> String {
+    format!("p{p}")
+}
+
+/// A key of the nodes bucket: the name in hex too (node names are host
+/// names by default).
+pub fn node_key(name: &str) -> String {
+    format!("n{}", hex(name))
+}
+
+fn hex(s: &str) -> String {
+    use std::fmt::Write;
+    s.bytes().fold(String::with_capacity(s.len() * 2), |mut out, b| {
+        let _ = write!(out, "{b:02x}");
+        out
+    })
+}
+
+/// The key that decides a sample's partition: its flow's, or where its own
+/// host translated it, the far side's — the flow as the other end's socket
+/// sees it, which is what the other end's samples are keyed by. So both
+/// ends of a connection land in one partition through a NAT on either
+/// end's host.
+pub fn sample_key(s: &EndSample) -> FlowKey {
+    s.translation
+        .as_deref()
+        .and_then(|t| t.far_side(s.flow))
+        .unwrap_or(s.flow)
+        .key()
+}
+
+/// A batch cut into its partitions' parts: each sample, closed socket,
+/// absence and lookup goes to its flow's partition; the poll's time,
+/// connection count and loss counters go with every part. Partitions with
+/// nothing of this batch get no part.
+pub fn split(batch: AgentBatch, partitions: u32) -> BTreeMap<u32, AgentBatch> {
+    let mut parts: BTreeMap<u32, AgentBatch> = BTreeMap::new();
+    let empty = AgentBatch {
+        mono: batch.mono,
+        connections: batch.connections,
+        dropped_batches: batch.dropped_batches,
+        dropped_samples: batch.dropped_samples,
+        ..AgentBatch::default()
+    };
+    for (reason, sample) in batch.samples {
+        part_of(&mut parts, &empty, sample_key(&sample), partitions)
+            .samples
+            .push((reason, sample));
+    }
+    for closed in batch.closed {
+        part_of(&mut parts, &empty, closed.flow.key(), partitions)
+            .closed
+            .push(closed);
+    }
+    for flow in batch.absent {
+        part_of(&mut parts, &empty, flow.key(), partitions)
+            .absent
+            .push(flow);
+    }
+    for lookup in batch.lookups {
+        part_of(&mut parts, &empty, lookup.flow.key(), partitions)
+            .lookups
+            .push(lookup);
+    }
+    parts
+}
+
+fn part_of<'a>(
+    parts: &'a mut BTreeMap<u32, AgentBatch>,
+    empty: &AgentBatch,
+    key: FlowKey,
+    partitions: u32,
+) -> &'a mut AgentBatch {
+    parts
+        .entry(partition(key, partitions))
+        .or_insert_with(|| empty.clone())
+}
+
+/// A part as published.
+pub fn encode_part(part: AgentBatch) -> Bytes {
+    Bytes::from(convert::batch_to_wire(part).encode_to_vec())
+}
+
+/// A published part read back, checked as an agent's batch is (at most
+/// `max` entries).
+pub fn decode_part(payload: Bytes, max: usize) -> Result<AgentBatch, PartError> {
+    let raw = raw::Batch::decode(payload).map_err(PartError::Decode)?;
+    convert::batch_from_wire(raw, max).map_err(PartError::Convert)
+}
+
+/// Why a partition message was skipped.
+#[derive(Debug, thiserror::Error)]
+pub enum PartError {
+    #[error("not a batch: {0}")]
+    Decode(prost::DecodeError),
+    #[error("a batch the agents' checks refuse: {0}")]
+    Convert(ConvertError),
+    #[error("header {0} missing or malformed")]
+    Header(&'static str),
+}
+
+/// A request for a host's agent, as published on its subject.
+pub fn encode_request(r: ToAgent) -> Bytes {
+    Bytes::from(convert::to_agent_to_wire(r).encode_to_vec())
+}
+
+/// A request read back; `None` for anything else.
+pub fn decode_request(payload: &[u8]) -> Option<ToAgent> {
+    let m = v1::CollectorMessage::decode(payload).ok()?;
+    match convert::collector_message_from_wire(m) {
+        Ok(Some(FromCollector::Request(r))) => Some(r),
+        _ => None,
+    }
+}
+
+/// A flow whose live view is asked.
+pub fn encode_flow(flow: FlowTuple) -> Bytes {
+    Bytes::from(convert::flow_to_wire(flow).encode_to_vec())
+}
+
+pub fn decode_flow(payload: &[u8]) -> Option<FlowTuple> {
+    let f = v1::FlowTuple::decode(payload).ok()?;
+    convert::flow_from_wire(Some(&f)).ok()
+}
+
+/// A flow's live view, as the judging node answers.
+pub fn encode_view(view: FlowView) -> Bytes {
+    let end = |x: Option<(String, EndSample)>| x.map(|(host, sample)| FlowEnd { host, sample });
+    let ends = FlowEnds {
+        a: end(view.a),
+        b: end(view.b),
+    };
+    Bytes::from(convert::flow_ends_to_wire(ends).encode_to_vec())
+}
+
+/// A view read back; `None` when it does not decode.
+pub fn decode_view(payload: &[u8]) -> Option<FlowView> {
+    let r = v1::GetFlowResponse::decode(payload).ok()?;
+    let ends = convert::flow_ends_from_wire(r).ok()?;
+    let end = |e: Option<FlowEnd>| e.map(|e| (e.host, e.sample));
+    Some(FlowView {
+        a: end(ends.a),
+        b: end(ends.b),
+    })
+}
+
+/// A host as its node registers it in the hosts bucket, put again every
+/// renewal: a record whose node stopped renewing it is of a host gone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostRecord {
+    pub name: String,
+    /// The node whose gateway holds its stream.
+    pub node: String,
+    /// Its stream, unique in the fleet: batches of any other are stale.
+    pub session: u64,
+    /// Its machine's identity, when its agent says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine: Option<String>,
+    /// Its agent's address, as its node saw it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<std::net::SocketAddr>,
+    /// When its node took its Hello (Unix ms, that node's clock).
+    #[serde(default)]
+    pub since_ms: i64,
+    pub interval_ms: u64,
+    pub answers_lookups: bool,
+    pub forwards: bool,
+    pub namespaces: Vec<RecordNamespace>,
+}
+
+/// One namespace of a [`HostRecord`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordNamespace {
+    pub label: String,
+    #[serde(default)]
+    pub inode: u64,
+    pub addresses: Vec<IpAddr>,
+}
+
+impl HostRecord {
+    /// Who holds the name, for the one-machine-per-name decision.
+    pub fn holder(&self) -> Holder {
+        Holder {
+            session: self.session,
+            machine: self
+                .machine
+                .as_deref()
+                .and_then(|m| MachineId::new(m).ok()),
+            peer: self.peer,
+            since_ms: self.since_ms,
+        }
+    }
+
+    pub fn interval(&self) -> Duration {
+        Duration::from_millis(self.interval_ms)
+    }
+
+    pub fn addresses(&self) -> Vec<NamespaceAddresses> {
+        self.namespaces
+            .iter()
+            .map(|n| NamespaceAddresses {
+                label: n.label.clone(),
+                inode: n.inode,
+                addresses: n.addresses.clone(),
+            })
+            .collect()
+    }
+
+    pub fn namespaces_of(addresses: &[NamespaceAddresses]) -> Vec<RecordNamespace> {
+        addresses
+            .iter()
+            .map(|n| RecordNamespace {
+                label: n.label.clone(),
+                inode: n.inode,
+                addresses: n.addresses.clone(),
+            })
+            .collect()
+    }
+}
+
+/// The settings every node of a fleet must agree on, kept in the fleet
+/// bucket by the first node: a node started with others is refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shared {
+    pub partitions: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::a_end;
+    use tcpstall_common::{ClosedSocket, SampleReason};
+
+    fn stuck(local: &str, remote: &str, sendq: u32) -> EndSample {
+        EndSample {
+            flow: FlowTuple::new(local.parse().expect("addr"), remote.parse().expect("addr")),
+            ..a_end(1, 1000, sendq)
+        }
+    }
+
+    #[test]
+    fn a_batch_splits_by_partition_and_reads_back_whole() {
+        let mut batch = AgentBatch {
+            mono: Duration::from_secs(7),
+            connections: 40,
+            dropped_batches: 2,
+            dropped_samples: 9,
+            ..AgentBatch::default()
+        };
+        for port in 40_000..40_040u16 {
+            let s = stuck(&format!("10.0.0.1:{port}"), "10.0.0.2:5432", 1000);
+            batch.samples.push((SampleReason::Suspect, s));
+        }
+        let gone = FlowTuple::new(
+            "10.0.0.1:41000".parse().expect("addr"),
+            "10.0.0.2:5432".parse().expect("addr"),
+        );
+        batch.closed.push(ClosedSocket {
+            netns: "host".into(),
+            flow: gone,
+            cookie: 3,
+            held: None,
+        });
+        batch.absent.push(gone.reversed());
+        let parts = split(batch.clone(), 8);
+        assert!(parts.len() > 1, "40 flows over 8 partitions");
+        let mut back = 0;
+        for (p, part) in parts {
+            assert_eq!(part.mono, batch.mono);
+            assert_eq!(part.connections, 40);
+            assert_eq!((part.dropped_batches, part.dropped_samples), (2, 9));
+            for (_, s) in &part.samples {
+                assert_eq!(partition(s.flow.key(), 8), p);
+            }
+            back += part.samples.len();
+            let read = decode_part(encode_part(part.clone()), 100).expect("reads back");
+            assert_eq!(read.samples, part.samples);
+            assert_eq!(read.closed, part.closed);
+            assert_eq!(read.absent, part.absent);
+        }
+        assert_eq!(back, 40);
+        let closed_p = partition(gone.key(), 8);
+        let parts = split(batch, 8);
+        assert_eq!(parts[&closed_p].closed.len(), 1);
+        assert_eq!(parts[&closed_p].absent.len(), 1, "either direction: one key");
+        assert!(matches!(
+            decode_part(Bytes::from_static(b"\xff\xff"), 10),
+            Err(PartError::Decode(_))
+        ));
+    }
+
+    #[test]
+    fn a_translated_sample_goes_where_the_far_end_reports() {
+        // The client's host DNATs 10.96.0.10:80 to the server 10.0.0.2:8080.
+        let mut a = stuck("10.0.0.1:40000", "10.96.0.10:80", 500);
+        let server = FlowTuple::new(
+            "10.0.0.2:8080".parse().expect("addr"),
+            "10.0.0.1:40000".parse().expect("addr"),
+        );
+        a.translation = Some(Box::new(tcpstall_common::Translation {
+            original: a.flow,
+            reply: server,
+            src_nat: false,
+            dst_nat: true,
+        }));
+        assert_eq!(sample_key(&a), server.key());
+        let b = stuck("10.0.0.2:8080", "10.0.0.1:40000", 0);
+        assert_eq!(sample_key(&b), sample_key(&a));
+    }
+
+    #[test]
+    fn subjects_and_keys_hold_any_host_name() {
+        assert_eq!(host_subject("db.7 x"), "tcpstall.host.64622e372078");
+        assert_eq!(host_key("a"), "h61");
+        assert_eq!(lease_key(3), "p3");
+        let r = ToAgent::Watch(FlowTuple::new(
+            "10.0.0.1:1".parse().expect("addr"),
+            "10.0.0.2:2".parse().expect("addr"),
+        ));
+        assert_eq!(decode_request(&encode_request(r)), Some(r));
+        assert_eq!(decode_request(b"\x01"), None);
+    }
+}
