@@ -345,7 +345,10 @@ fn nat_gateway_with_an_agent_in_a_fleet_stalled_reader_is_peer_not_reading() {
     require_root!();
     tcpstall_tests::require_nats!();
     let shape = nat_gateway_on(Gateway::Masquerades, true, in_a_fleet);
-    stalled_reader(&shape, "NAT gateway with an agent, in a fleet: client stops reading");
+    stalled_reader(
+        &shape,
+        "NAT gateway with an agent, in a fleet: client stops reading",
+    );
 }
 
 #[test]
