@@ -90,10 +90,21 @@ impl Lab {
     /// nodes in turn (host i to node i mod nodes), each given every node's
     /// URL, its own first.
     pub fn start_fleet(hosts: &[&str], settings: Settings, shape: fleet::Shape) -> Lab {
+        Lab::start_fleet_on(Net::new(hosts), &[], settings, shape)
+    }
+
+    /// As [`Lab::start_fleet`], on hosts built beforehand (as
+    /// [`Lab::start_on`]).
+    pub fn start_fleet_on(
+        net: Net,
+        unmonitored: &[&str],
+        settings: Settings,
+        shape: fleet::Shape,
+    ) -> Lab {
         let (collector, fleet) = fleet::Fleet::start(&shape, settings);
         Lab::start_with(
-            Net::new(hosts),
-            &[],
+            net,
+            unmonitored,
             settings,
             &[],
             Vec::new(),
@@ -216,8 +227,9 @@ impl Lab {
                 // announced an address last is then known.
                 if !more.is_empty() || !net.containers.is_empty() {
                     wait_for("the agent connected", Duration::from_secs(20), || {
-                        collector
-                            .logged(&["agent connected", &h.name])
+                        std::iter::once(&collector)
+                            .chain(fleet.iter().flat_map(|f| f.nodes.iter()))
+                            .any(|c| c.logged(&["agent connected", &h.name]))
                             .then_some(())
                     });
                 }

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
-use tcpstall_common::{AgentBatch, ToAgent};
+use tcpstall_common::{AgentBatch, FlowTuple, ToAgent};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_stream::StreamExt;
@@ -48,6 +48,13 @@ pub struct EdgeStats {
     /// Requests for this node's agents received from matchers.
     pub requests_in: AtomicU64,
 }
+
+/// Which partition asked for what of this node's hosts: a watched flow (as
+/// its host sees it) until unwatched, a flow to translate until answered.
+type Asked = Arc<std::sync::Mutex<HashMap<(HostId, FlowTuple), u32>>>;
+
+/// Most flows remembered as asked (beyond, a report goes by its own key).
+const ASKED: usize = 65_536;
 
 /// The edge's settings.
 #[derive(Debug, Clone)]
@@ -92,6 +99,7 @@ pub async fn run(
         session_salt,
     } = edge;
     let stats = &fleet.edge;
+    let asked: Asked = Arc::default();
     let mut held: HashMap<HostId, Held> = HashMap::new();
     let mut acks: JoinSet<bool> = JoinSet::new();
     let mut renew = tokio::time::interval(renew_every);
@@ -115,7 +123,22 @@ pub async fn run(
                             dropped_samples: batch.dropped_samples,
                             ..AgentBatch::default()
                         };
-                        let mut parts = wire::split(batch, partitions);
+                        let answered: Vec<FlowTuple> = batch
+                            .lookups
+                            .iter()
+                            .filter(|l| l.asked)
+                            .map(|l| l.flow)
+                            .collect();
+                        let mut parts = {
+                            let asked = asked.lock().unwrap_or_else(|p| p.into_inner());
+                            wire::split(batch, partitions, |flow| asked.get(&(host, flow)).copied())
+                        };
+                        if !answered.is_empty() {
+                            let mut asked = asked.lock().unwrap_or_else(|p| p.into_inner());
+                            for flow in answered {
+                                asked.remove(&(host, flow));
+                            }
+                        }
                         trail(&mut h.touched, &mut parts, &empty);
                         for (p, part) in parts {
                             let mut headers = HeaderMap::new();
@@ -158,7 +181,7 @@ pub async fn run(
                             namespaces: HostRecord::namespaces_of(&addresses),
                         };
                         let revision = put_record(&bus, &record, None, stats).await.ok();
-                        let requests = tokio::spawn(forward_requests(bus.clone(), name, host, requests.clone(), fleet.clone()));
+                        let requests = tokio::spawn(forward_requests(bus.clone(), name, host, requests.clone(), asked.clone(), fleet.clone()));
                         held.insert(host, Held { record, revision, requests, touched: HashMap::new() });
                     }
                     ToMatcher::Addresses { host, session, addresses } => {
@@ -172,6 +195,10 @@ pub async fn run(
                         }
                     }
                     ToMatcher::HostDown { host } => {
+                        asked
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .retain(|(h, _), _| *h != host);
                         if let Some(h) = held.remove(&host) {
                             h.requests.abort();
                             forget_record(&bus, &h.record).await;
@@ -373,6 +400,7 @@ async fn forward_requests(
     name: String,
     host: HostId,
     gateway: mpsc::Sender<ToGateway>,
+    asked: Asked,
     fleet: Arc<super::FleetStats>,
 ) {
     let mut sub = match bus.client.subscribe(wire::host_subject(&name)).await {
@@ -388,6 +416,25 @@ async fn forward_requests(
             continue;
         };
         fleet.edge.requests_in.fetch_add(1, Ordering::Relaxed);
+        // Remember who asked: what the host reports of it goes there.
+        let by: Option<u32> = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(wire::H_PARTITION))
+            .and_then(|v| v.as_str().parse().ok());
+        if let Some(p) = by {
+            let mut asked = asked.lock().unwrap_or_else(|p| p.into_inner());
+            match r {
+                ToAgent::Watch(flow) | ToAgent::Translate(flow) => {
+                    if asked.len() < ASKED || asked.contains_key(&(host, flow)) {
+                        asked.insert((host, flow), p);
+                    }
+                }
+                ToAgent::Unwatch(flow) => {
+                    asked.remove(&(host, flow));
+                }
+            }
+        }
         let r = match r {
             ToAgent::Watch(flow) => ToGateway::Watch { host, flow },
             ToAgent::Unwatch(flow) => ToGateway::Unwatch { host, flow },

@@ -84,6 +84,9 @@ const FLOW_WAIT: Duration = Duration::from_secs(3);
 
 /// Requests of the partitions' matchers queued for NATS.
 const REQUESTS: usize = 16 * 1024;
+/// Requests of one partition's matcher queued for the router (its matcher
+/// counts and asks again what does not fit).
+const PARTITION_REQUESTS: usize = 4 * 1024;
 
 /// Connects to NATS and makes sure the stream and the buckets exist, with
 /// the fleet's shared settings agreed.
@@ -252,12 +255,22 @@ impl Node {
             let stats = stats.clone();
             let judging = judging.clone();
             Box::new(move |p, questions, stop| {
+                // The partition's requests, tagged with it on their way.
+                let (requests, mut asked) = mpsc::channel(PARTITION_REQUESTS);
+                let router = requests_tx.clone();
+                tokio::spawn(async move {
+                    while let Some(r) = asked.recv().await {
+                        if router.send((p, r)).await.is_err() {
+                            return;
+                        }
+                    }
+                });
                 let part = partition::Partition {
                     p,
                     bus: bus.clone(),
                     store: store.clone(),
                     names: names.clone(),
-                    requests: requests_tx.clone(),
+                    requests,
                     view: view_rx.clone(),
                     judging: judging.lock().map_or_else(|e| *e.into_inner(), |j| *j),
                     clock: clock.clone(),
@@ -340,13 +353,14 @@ fn session_salt(node: &str) -> u64 {
     h << 24
 }
 
-/// Publishes the partitions' requests on their hosts' subjects.
+/// Publishes the partitions' requests on their hosts' subjects, each
+/// saying which partition asked (what the host reports of it goes there).
 async fn route_requests(
     bus: Bus,
     names: Arc<Mutex<Hosts>>,
-    mut requests: mpsc::Receiver<ToGateway>,
+    mut requests: mpsc::Receiver<(u32, ToGateway)>,
 ) {
-    while let Some(r) = requests.recv().await {
+    while let Some((p, r)) = requests.recv().await {
         let (host, msg) = match r {
             ToGateway::Watch { host, flow } => (host, tcpstall_common::ToAgent::Watch(flow)),
             ToGateway::Unwatch { host, flow } => (host, tcpstall_common::ToAgent::Unwatch(flow)),
@@ -357,9 +371,11 @@ async fn route_requests(
         let Some(name) = names.lock().ok().and_then(|n| n.get(host)) else {
             continue;
         };
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(wire::H_PARTITION, p.to_string().as_str());
         if let Err(e) = bus
             .client
-            .publish(wire::host_subject(&name), wire::encode_request(msg))
+            .publish_with_headers(wire::host_subject(&name), headers, wire::encode_request(msg))
             .await
         {
             tracing::debug!(host = %name, error = %e, "a request not published (asked again later)");

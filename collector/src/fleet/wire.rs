@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use tcpstall_common::record::{FlowEnd, FlowEnds};
 use tcpstall_common::{
     AgentBatch, EndSample, FlowKey, FlowTuple, FromCollector, MachineId, NamespaceAddresses,
-    ToAgent,
+    SampleReason, ToAgent,
 };
 use tcpstall_proto::convert::{self, ConvertError};
 use tcpstall_proto::{raw, v1};
@@ -32,6 +32,9 @@ pub const HOSTS: &str = "tcpstall_hosts";
 pub const NODES: &str = "tcpstall_nodes";
 pub const LEASES: &str = "tcpstall_leases";
 pub const FLEET: &str = "tcpstall_fleet";
+
+/// The partition that asked, on a request for a host's agent.
+pub const H_PARTITION: &str = "Tcpstall-Partition";
 
 /// Headers of a partition message.
 pub const H_HOST: &str = "Tcpstall-Host";
@@ -101,7 +104,16 @@ pub fn sample_key(s: &EndSample) -> FlowKey {
 /// absence and lookup goes to its flow's partition; the poll's time,
 /// connection count and loss counters go with every part. Partitions with
 /// nothing of this batch get no part.
-pub fn split(batch: AgentBatch, partitions: u32) -> BTreeMap<u32, AgentBatch> {
+///
+/// What a partition asked of this host goes back to it (`asked`): a watched
+/// end's samples and absence, and lookups, go to the partition that asked
+/// for them when it is not their own key's — a peer found through a
+/// translation another host made has a 4-tuple of its own.
+pub fn split(
+    batch: AgentBatch,
+    partitions: u32,
+    asked: impl Fn(FlowTuple) -> Option<u32>,
+) -> BTreeMap<u32, AgentBatch> {
     let mut parts: BTreeMap<u32, AgentBatch> = BTreeMap::new();
     let empty = AgentBatch {
         mono: batch.mono,
@@ -110,25 +122,27 @@ pub fn split(batch: AgentBatch, partitions: u32) -> BTreeMap<u32, AgentBatch> {
         dropped_samples: batch.dropped_samples,
         ..AgentBatch::default()
     };
+    let own = |key: FlowKey| partition(key, partitions);
     for (reason, sample) in batch.samples {
-        part_of(&mut parts, &empty, sample_key(&sample), partitions)
-            .samples
-            .push((reason, sample));
+        let p = match reason {
+            SampleReason::Watched => asked(sample.flow),
+            _ => None,
+        }
+        .unwrap_or_else(|| own(sample_key(&sample)));
+        part_of(&mut parts, &empty, p).samples.push((reason, sample));
     }
     for closed in batch.closed {
-        part_of(&mut parts, &empty, closed.flow.key(), partitions)
+        part_of(&mut parts, &empty, own(closed.flow.key()))
             .closed
             .push(closed);
     }
     for flow in batch.absent {
-        part_of(&mut parts, &empty, flow.key(), partitions)
-            .absent
-            .push(flow);
+        let p = asked(flow).unwrap_or_else(|| own(flow.key()));
+        part_of(&mut parts, &empty, p).absent.push(flow);
     }
     for lookup in batch.lookups {
-        part_of(&mut parts, &empty, lookup.flow.key(), partitions)
-            .lookups
-            .push(lookup);
+        let p = asked(lookup.flow).unwrap_or_else(|| own(lookup.flow.key()));
+        part_of(&mut parts, &empty, p).lookups.push(lookup);
     }
     parts
 }
@@ -136,12 +150,9 @@ pub fn split(batch: AgentBatch, partitions: u32) -> BTreeMap<u32, AgentBatch> {
 fn part_of<'a>(
     parts: &'a mut BTreeMap<u32, AgentBatch>,
     empty: &AgentBatch,
-    key: FlowKey,
-    partitions: u32,
+    p: u32,
 ) -> &'a mut AgentBatch {
-    parts
-        .entry(partition(key, partitions))
-        .or_insert_with(|| empty.clone())
+    parts.entry(p).or_insert_with(|| empty.clone())
 }
 
 /// A part as published.
@@ -297,7 +308,7 @@ pub struct Shared {
 mod tests {
     use super::*;
     use crate::test_support::a_end;
-    use tcpstall_common::{ClosedSocket, SampleReason};
+    use tcpstall_common::ClosedSocket;
 
     fn stuck(local: &str, remote: &str, sendq: u32) -> EndSample {
         EndSample {
@@ -330,7 +341,7 @@ mod tests {
             held: None,
         });
         batch.absent.push(gone.reversed());
-        let parts = split(batch.clone(), 8);
+        let parts = split(batch.clone(), 8, |_| None);
         assert!(parts.len() > 1, "40 flows over 8 partitions");
         let mut back = 0;
         for (p, part) in parts {
@@ -348,9 +359,23 @@ mod tests {
         }
         assert_eq!(back, 40);
         let closed_p = partition(gone.key(), 8);
-        let parts = split(batch, 8);
+        let parts = split(batch.clone(), 8, |_| None);
         assert_eq!(parts[&closed_p].closed.len(), 1);
         assert_eq!(parts[&closed_p].absent.len(), 1, "either direction: one key");
+        // Asked by another partition: the watched end's reports go there,
+        // a suspect on the same flow stays with its own key.
+        let asked_by = (closed_p + 1) % 8;
+        let watched = stuck("10.0.0.1:41000", "10.0.0.2:5432", 0);
+        batch
+            .samples
+            .push((SampleReason::Watched, watched.clone()));
+        let parts = split(batch, 8, |f| (f == gone.reversed() || f == watched.flow).then_some(asked_by));
+        assert!(parts[&asked_by]
+            .samples
+            .iter()
+            .any(|(r, s)| *r == SampleReason::Watched && s.flow == watched.flow));
+        assert_eq!(parts[&asked_by].absent, [gone.reversed()]);
+        assert_eq!(parts[&closed_p].closed.len(), 1, "closings by key");
         assert!(matches!(
             decode_part(Bytes::from_static(b"\xff\xff"), 10),
             Err(PartError::Decode(_))
@@ -374,6 +399,20 @@ mod tests {
         assert_eq!(sample_key(&a), server.key());
         let b = stuck("10.0.0.2:8080", "10.0.0.1:40000", 0);
         assert_eq!(sample_key(&b), sample_key(&a));
+        // A port forward on the server's host: the server's end carries
+        // the translation and goes by the client's key.
+        let client = FlowTuple::new(
+            "10.0.0.1:40000".parse().expect("addr"),
+            "192.0.2.7:80".parse().expect("addr"),
+        );
+        let mut fwd = stuck("172.17.0.2:8080", "10.0.0.1:40000", 500);
+        fwd.translation = Some(Box::new(tcpstall_common::Translation {
+            original: client,
+            reply: fwd.flow,
+            src_nat: false,
+            dst_nat: true,
+        }));
+        assert_eq!(sample_key(&fwd), client.key());
     }
 
     #[test]

@@ -110,6 +110,11 @@ fn masquerade_to_a_new_address() -> Shape {
 /// masquerade of what the containers send elsewhere, as Docker sets it up.
 /// The host's agent reads the host's namespace and the container's.
 fn port_forward_into_a_container() -> Shape {
+    port_forward_into_a_container_on(|net| Lab::start_on(net, &[], S))
+}
+
+/// As [`port_forward_into_a_container`], the lab started by `start`.
+fn port_forward_into_a_container_on(start: impl FnOnce(Net) -> Lab) -> Shape {
     let mut net = Net::new(&["client", "server"]);
     net.add_container("server");
     let (server, ctr) = (net.host("server"), net.container("server"));
@@ -130,7 +135,7 @@ fn port_forward_into_a_container() -> Shape {
     );
     let dial = SocketAddr::new(IpAddr::V4(server.addr), REAL_PORT);
     let listen = SocketAddr::new(IpAddr::V4(ctr.addr), SERVICE_PORT);
-    let lab = Lab::start_on(net, &[], S);
+    let lab = start(net);
     let b_host = lab.host("client").name.clone();
     Shape {
         lab,
@@ -160,6 +165,17 @@ enum Gateway {
 /// A gateway between the client's network and the server's; running an
 /// agent or not.
 fn nat_gateway(nat: Gateway, with_agent: bool) -> Shape {
+    nat_gateway_on(nat, with_agent, |net, unmonitored| {
+        Lab::start_on(net, unmonitored, S)
+    })
+}
+
+/// As [`nat_gateway`], the lab started by `start`.
+fn nat_gateway_on(
+    nat: Gateway,
+    with_agent: bool,
+    start: impl FnOnce(Net, &[&str]) -> Lab,
+) -> Shape {
     let net = Net::routed("client", "gateway", "server");
     let (gateway, server) = (net.host("gateway"), net.host("server"));
     let far = gateway.more_addrs[0];
@@ -190,7 +206,7 @@ fn nat_gateway(nat: Gateway, with_agent: bool) -> Shape {
         }
     };
     let unmonitored: &[&str] = if with_agent { &[] } else { &["gateway"] };
-    let lab = Lab::start_on(net, unmonitored, S);
+    let lab = start(net, unmonitored);
     let b_host = if with_agent {
         lab.host("client").name.clone()
     } else {
@@ -308,6 +324,41 @@ fn nat_gateway_with_an_agent_data_dropped_is_data_lost() {
         &shape,
         Lose::Data,
         "NAT gateway with an agent: server's data dropped",
+    );
+}
+
+/// Fleet mode (issue 24): each host's agent on a node of its own; the
+/// flow's two 4-tuples (before and after the gateway) fall in different
+/// partitions, and the peer found through the gateway's translation
+/// reports to the partition that asked for it.
+fn in_a_fleet(net: Net, unmonitored: &[&str]) -> Lab {
+    Lab::start_fleet_on(
+        net,
+        unmonitored,
+        S,
+        tcpstall_tests::lab::fleet::Shape::three(),
+    )
+}
+
+#[test]
+fn nat_gateway_with_an_agent_in_a_fleet_stalled_reader_is_peer_not_reading() {
+    require_root!();
+    tcpstall_tests::require_nats!();
+    let shape = nat_gateway_on(Gateway::Masquerades, true, in_a_fleet);
+    stalled_reader(
+        &shape,
+        "NAT gateway with an agent, in a fleet: client stops reading",
+    );
+}
+
+#[test]
+fn port_forward_into_a_container_in_a_fleet_stalled_reader_is_peer_not_reading() {
+    require_root!();
+    tcpstall_tests::require_nats!();
+    let shape = port_forward_into_a_container_on(|net| in_a_fleet(net, &[]));
+    stalled_reader(
+        &shape,
+        "port-forward into a container on the server, in a fleet: client stops reading",
     );
 }
 
