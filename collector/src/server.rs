@@ -252,6 +252,12 @@ pub async fn serve_on_reloading(
             (questions_tx, Judge::Local { stop, task }, None)
         }
         Some(settings) => {
+            if matches!(config.store_url()?, crate::store::StoreUrl::Sqlite(_)) {
+                tracing::warn!(
+                    "fleet mode on a SQLite store: this node stores only what it judges, and \
+                     queries to it see only that; give every node one --store postgres://..."
+                );
+            }
             let bus = fleet::connect(&settings).await?;
             tracing::info!(node = %settings.node, nats = ?settings.nats, partitions = settings.partitions, "fleet mode: joined");
             let judging = fleet::Judging {

@@ -284,3 +284,62 @@ fn kill_9_of_a_nats_server_and_a_postgresql_restart_lose_nothing() {
     let samples = lab.episode(e.id).samples.len();
     assert!(samples >= 3, "its samples stored: {samples}");
 }
+
+#[test]
+fn kill_9_of_the_node_a_stuck_end_streams_to_moves_its_agent_and_the_episode_goes_on() {
+    require_root!();
+    require_nats!();
+    let shape = Shape {
+        agents_know_all: true,
+        ..Shape::three()
+    };
+    let mut lab = fleet(Settings::FAST, shape);
+    let (rpc, _reader, fault) = stalled(&lab);
+    let (e, _, _) = expect_one(&lab, &rpc, "peer_not_reading", fault);
+    // The node the server's agent (the stuck end's) streams to.
+    let server = lab.host("server").name.clone();
+    let at = lab
+        .nodes()
+        .position(|n| n.logged(&["agent connected", &server]))
+        .expect("the server's agent on a node");
+    let gone = lab
+        .nodes()
+        .nth(at)
+        .map(CollectorProcess::url)
+        .expect("node");
+    kill_node(&mut lab, at);
+    let killed = Instant::now();
+    let moved = wait_for(
+        "the server's agent on another node",
+        Duration::from_secs(10),
+        || {
+            lab.nodes()
+                .find(|n| n.url() != gone && n.logged(&["agent connected", &server]))
+                .map(CollectorProcess::url)
+        },
+    );
+    let took = killed.elapsed();
+    eprintln!("fleet: the stuck end's agent moved to {moved} after {took:?}");
+    // The lab's agents back off at most 500 ms; a kill is seen at once.
+    assert!(took <= Duration::from_secs(3), "moved after {took:?}");
+    // The same episode goes on: its host did not go (a new session of the
+    // same host), B still joined, the stall still growing.
+    let grown = wait_for(
+        "the episode followed on the new node",
+        Duration::from_secs(15),
+        || {
+            let now = the_one(&lab);
+            assert_eq!((now.id, now.open), (e.id, true), "{now:#?}");
+            assert_eq!(now.b_host, lab.host("client").name);
+            (now.duration_ms > e.duration_ms + 4_000).then_some(now.duration_ms)
+        },
+    );
+    eprintln!("fleet: the episode at {grown} ms, one and open");
+    for name in [
+        "tcpstall_collector_batch_parts_failed_total",
+        "tcpstall_collector_batch_parts_unknown_host_dropped_total",
+    ] {
+        let each = each_node(&lab, name);
+        assert!(each.iter().all(|&n| n == 0.0), "{name}: {each:?}");
+    }
+}
