@@ -363,8 +363,16 @@ pub async fn serve_on_reloading(
             QueryServer::new(query).max_decoding_message_size(64 * 1024),
             token,
         ));
+    let node_stopping = match &judge {
+        Judge::Fleet(node) => Some(node.stopping.clone()),
+        Judge::Local { .. } => None,
+    };
     let shutdown = async move {
         shutdown.await;
+        // A fleet node's hosts outlive its streams: they move to another.
+        if let Some(s) = node_stopping {
+            s.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         notify.notify_one();
     };
     let server: std::pin::Pin<

@@ -15,7 +15,7 @@
 //!   gateway, which hands them to the streams.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -66,6 +66,8 @@ pub struct Edge {
     pub renew_every: Duration,
     /// Mixed into the gateway's session numbers: unique in the fleet.
     pub session_salt: u64,
+    /// Set when the node is stopping: its streams end, its hosts do not.
+    pub stopping: Arc<AtomicBool>,
 }
 
 /// One host this node's gateway holds.
@@ -97,6 +99,7 @@ pub async fn run(
         partitions,
         renew_every,
         session_salt,
+        stopping,
     } = edge;
     let stats = &fleet.edge;
     let asked: Asked = Arc::default();
@@ -201,7 +204,13 @@ pub async fn run(
                             .retain(|(h, _), _| *h != host);
                         if let Some(h) = held.remove(&host) {
                             h.requests.abort();
-                            forget_record(&bus, &h.record).await;
+                            // A node stopping keeps its hosts' records:
+                            // their agents say hello on another node (whose
+                            // record replaces this one) and their stalls go
+                            // on; one that does not come back ages out.
+                            if !stopping.load(Ordering::Relaxed) {
+                                forget_record(&bus, &h.record).await;
+                            }
                         }
                     }
                     // Requests cross NATS: one not delivered is asked again

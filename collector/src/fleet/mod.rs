@@ -196,6 +196,8 @@ pub struct Node {
     /// The fleet's hosts alive now.
     pub view: watch::Receiver<Arc<hosts::View>>,
     pub name: String,
+    /// Set as the node begins to stop (before its agents' streams end).
+    pub stopping: Arc<std::sync::atomic::AtomicBool>,
     pub stats: Arc<FleetStats>,
     stop_leases: oneshot::Sender<()>,
     tasks: Vec<JoinHandle<()>>,
@@ -220,11 +222,13 @@ impl Node {
         let salt = session_salt(&settings.node);
         let mut tasks = Vec::new();
         let edge_stats = stats.clone();
+        let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let edge = edge::Edge {
             node: settings.node.clone(),
             partitions: settings.partitions,
             renew_every: settings.lease / 3,
             session_salt: salt,
+            stopping: stopping.clone(),
         };
         tasks.push(tokio::spawn(edge::run(
             bus.clone(),
@@ -302,6 +306,7 @@ impl Node {
             questions,
             view: view_for_node,
             name: settings.node.clone(),
+            stopping,
             stats,
             stop_leases,
             tasks,

@@ -285,10 +285,29 @@ fn kill_9_of_a_nats_server_and_a_postgresql_restart_lose_nothing() {
     assert!(samples >= 3, "its samples stored: {samples}");
 }
 
+/// How a node goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Going {
+    Killed,
+    /// SIGTERM: a rolling restart.
+    Stopped,
+}
+
 #[test]
 fn kill_9_of_the_node_a_stuck_end_streams_to_moves_its_agent_and_the_episode_goes_on() {
     require_root!();
     require_nats!();
+    the_node_a_stuck_end_streams_to_goes(Going::Killed);
+}
+
+#[test]
+fn sigterm_of_the_node_a_stuck_end_streams_to_moves_its_agent_and_the_episode_goes_on() {
+    require_root!();
+    require_nats!();
+    the_node_a_stuck_end_streams_to_goes(Going::Stopped);
+}
+
+fn the_node_a_stuck_end_streams_to_goes(going: Going) {
     let shape = Shape {
         agents_know_all: true,
         ..Shape::three()
@@ -307,7 +326,14 @@ fn kill_9_of_the_node_a_stuck_end_streams_to_moves_its_agent_and_the_episode_goe
         .nth(at)
         .map(CollectorProcess::url)
         .expect("node");
-    kill_node(&mut lab, at);
+    match going {
+        Going::Killed => kill_node(&mut lab, at),
+        Going::Stopped => {
+            let pid = lab.nodes().nth(at).map(|n| n.child.id()).expect("node");
+            let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).expect("pid"));
+            nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+        }
+    }
     let killed = Instant::now();
     let moved = wait_for(
         "the server's agent on another node",
@@ -319,7 +345,7 @@ fn kill_9_of_the_node_a_stuck_end_streams_to_moves_its_agent_and_the_episode_goe
         },
     );
     let took = killed.elapsed();
-    eprintln!("fleet: the stuck end's agent moved to {moved} after {took:?}");
+    eprintln!("fleet: ({going:?}) the stuck end's agent moved to {moved} after {took:?}");
     // The lab's agents back off at most 500 ms; a kill is seen at once.
     assert!(took <= Duration::from_secs(3), "moved after {took:?}");
     // The same episode goes on: its host did not go (a new session of the
