@@ -101,6 +101,13 @@ pub struct Config {
     /// that takes it over.
     #[serde(with = "duration::text")]
     pub replay: Duration,
+    /// Fleet mode: CA certificates (PEM) to trust for the NATS servers;
+    /// set, the connection must be TLS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nats_tls_ca: Option<PathBuf>,
+    /// Fleet mode: a file holding the token the NATS servers ask for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nats_token_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -131,6 +138,8 @@ impl Default for Config {
             nats_replicas: 3,
             lease: Duration::from_secs(10),
             replay: Duration::from_secs(300),
+            nats_tls_ca: None,
+            nats_token_file: None,
         }
     }
 }
@@ -287,6 +296,17 @@ pub struct Flags {
         skip_serializing_if = "Option::is_none"
     )]
     pub replay: Option<Duration>,
+    /// Fleet mode: trust the NATS servers' certificates signed by a CA in
+    /// FILE (PEM), and connect to them over TLS only [default: plaintext
+    /// for nats:// URLs].
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nats_tls_ca: Option<PathBuf>,
+    /// Fleet mode: authenticate to NATS with the token in FILE [default:
+    /// none].
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nats_token_file: Option<PathBuf>,
 }
 
 /// Why the settings could not be read.
@@ -448,6 +468,8 @@ const EXAMPLES: &[(&str, &str)] = &[
         "[\"nats://nats-1:4222\", \"nats://nats-2:4222\", \"nats://nats-3:4222\"]",
     ),
     ("node_name", "\"collector-1\""),
+    ("nats_tls_ca", "\"/etc/tcpstall/nats-ca.crt\""),
+    ("nats_token_file", "\"/etc/tcpstall/nats.token\""),
 ];
 
 #[cfg(test)]

@@ -71,6 +71,8 @@ fn fleet_settings(config: &Config) -> Option<fleet::Settings> {
         replicas: config.nats_replicas,
         lease: config.lease,
         replay: config.replay,
+        tls_ca: config.nats_tls_ca.clone(),
+        token_file: config.nats_token_file.clone(),
     })
 }
 
@@ -130,8 +132,10 @@ fn fixed_while_running(old: &Config, new: &Config) -> Vec<&'static str> {
         || old.nats_replicas != new.nats_replicas
         || old.lease != new.lease
         || old.replay != new.replay
+        || old.nats_tls_ca != new.nats_tls_ca
+        || old.nats_token_file != new.nats_token_file
     {
-        fixed.push("nats, node_name, partitions, nats_replicas, lease, replay");
+        fixed.push("nats, node_name, partitions, nats_replicas, lease, replay, nats_tls_ca, nats_token_file");
     }
     if old.max_message_bytes != new.max_message_bytes {
         fixed.push("max_message_bytes");

@@ -59,6 +59,12 @@ impl NatsCluster {
     /// Starts `n` servers routed to each other and waits until JetStream
     /// has a metadata leader.
     pub fn start(n: usize) -> NatsCluster {
+        NatsCluster::start_with(n, "")
+    }
+
+    /// As [`NatsCluster::start`], each server's config file ending with
+    /// `extra` (TLS, authorization).
+    pub fn start_with(n: usize, extra: &str) -> NatsCluster {
         let bin = server_binary().expect("nats-server installed");
         let dir = tempfile::tempdir().expect("temp dir");
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
@@ -89,7 +95,7 @@ impl NatsCluster {
                 &config,
                 format!(
                     "server_name: {name}\nlisten: 127.0.0.1:{client}\n\
-                     jetstream {{ store_dir: \"{}\" }}\n{cluster}",
+                     jetstream {{ store_dir: \"{}\" }}\n{cluster}{extra}\n",
                     store.display()
                 ),
             )

@@ -67,6 +67,10 @@ pub struct Settings {
     pub lease: Duration,
     /// How much of each partition the stream keeps for a new owner.
     pub replay: Duration,
+    /// CA certificates to trust for the servers (TLS required when set).
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// A file holding the servers' token.
+    pub token_file: Option<std::path::PathBuf>,
 }
 
 /// How the partitions' matchers judge (reloadable settings among them).
@@ -91,9 +95,25 @@ const PARTITION_REQUESTS: usize = 4 * 1024;
 /// Connects to NATS and makes sure the stream and the buckets exist, with
 /// the fleet's shared settings agreed.
 pub async fn connect(s: &Settings) -> anyhow::Result<Bus> {
-    let options = async_nats::ConnectOptions::new()
+    let mut options = async_nats::ConnectOptions::new()
         .name(format!("tcpstall-collector {}", s.node))
         .connection_timeout(Duration::from_secs(5));
+    if let Some(ca) = &s.tls_ca {
+        // Read here, so that a missing file names its setting (the client
+        // would only say it failed to connect).
+        std::fs::metadata(ca)
+            .with_context(|| format!("nats_tls_ca (--nats-tls-ca) {}", ca.display()))?;
+        options = options.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    if let Some(file) = &s.token_file {
+        let token = std::fs::read_to_string(file)
+            .with_context(|| format!("nats_token_file (--nats-token-file) {}", file.display()))?;
+        let token = token.trim().to_string();
+        if token.is_empty() {
+            anyhow::bail!("nats_token_file (--nats-token-file) {} is empty", file.display());
+        }
+        options = options.token(token);
+    }
     let client = async_nats::connect_with_options(s.nats.clone(), options)
         .await
         .with_context(|| format!("connecting to NATS at {}", s.nats.join(", ")))?;

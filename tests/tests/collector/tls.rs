@@ -514,3 +514,95 @@ fn plaintext_only_where_allowed_and_always_with_a_warning() {
         "{err}"
     );
 }
+
+/// Fleet mode over TLS (issue 24): a node reaches a NATS server that
+/// serves TLS and asks for a token when it trusts the server's CA and has
+/// the token; without either it stops at start, saying why.
+#[test]
+fn a_fleet_node_reaches_nats_over_tls_with_its_token_and_stops_without() {
+    tcpstall_tests::require_nats!();
+    let pki = Pki::new();
+    let dir = pki.dir.path();
+    let token = write(dir, "nats.token", "nats-test-secret\n");
+    let wrong = write(dir, "wrong.token", "not-it\n");
+    let nats = tcpstall_tests::nats::NatsCluster::start_with(
+        1,
+        &format!(
+            "tls {{ cert_file: \"{}\", key_file: \"{}\" }}\nauthorization {{ token: \"nats-test-secret\" }}",
+            pki.server.0, pki.server.1
+        ),
+    );
+    let url = nats.urls()[0].replace("nats://", "tls://");
+    let fleet = |extra: &[&str]| -> Vec<String> {
+        let mut args: Vec<String> = [
+            "--listen",
+            "127.0.0.1:0",
+            "--nats",
+            &url,
+            "--nats-replicas",
+            "1",
+            "--partitions",
+            "4",
+            "--node-name",
+            "tls-node",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+    let args = fleet(&[
+        "--nats-tls-ca",
+        &pki.ca_file,
+        "--nats-token-file",
+        &token,
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let node = CollectorProcess::start(&args[2..]);
+    wait_for("the node's partitions", DEADLINE, || {
+        (tcpstall_tests::lab::fleet::owned(&node) == 4.0).then_some(())
+    });
+    for (extra, why) in [
+        (vec!["--nats-tls-ca", pki.ca_file.as_str()], "no token"),
+        (
+            vec![
+                "--nats-tls-ca",
+                pki.ca_file.as_str(),
+                "--nats-token-file",
+                wrong.as_str(),
+            ],
+            "the wrong token",
+        ),
+        (
+            vec!["--nats-token-file", token.as_str()],
+            "the server's CA not trusted",
+        ),
+    ] {
+        let args = fleet(&extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (status, log) = collector_start(&args);
+        assert!(
+            status.is_some_and(|s| !s.success()),
+            "{why}: the node must stop at start\n{log}"
+        );
+        assert!(log.contains("NATS"), "{why}: the error says NATS\n{log}");
+        assert!(
+            !log.contains("nats-test-secret"),
+            "{why}: never the token\n{log}"
+        );
+    }
+    let (status, log) = collector_start(
+        &fleet(&["--nats-token-file", "/nonexistent/nats.token"])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert!(status.is_some_and(|s| !s.success()), "{log}");
+    assert!(
+        log.contains("--nats-token-file"),
+        "the setting named\n{log}"
+    );
+}
