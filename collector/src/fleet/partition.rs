@@ -92,6 +92,13 @@ pub async fn run(
     )
     .watch_peer_after(j.watch_peer_after)
     .ids_of_identity();
+    // The minutes before this one were stored by the partition's previous
+    // owner (it stores each minute once it is over, and leaves the one in
+    // progress to the next owner); this one was not. A takeover after a
+    // crash that crosses a minute's end loses the crashed owner's last
+    // minute of held-span counts, never counts one twice.
+    let minute_ms = 60_000;
+    matcher.count_held_from(part.clock.now_ms().div_euclid(minute_ms) * minute_ms);
     let mut applied: HashMap<String, HostRecord> = HashMap::new();
     let view = part.view.borrow_and_update().clone();
     apply_view(&mut matcher, &mut applied, &view, &part);
@@ -125,6 +132,8 @@ pub async fn run(
     if backlog == 0 {
         caught_up = true;
         part.fleet.partitions.caught_up.fetch_add(1, Ordering::Relaxed);
+    } else {
+        matcher.replaying(true);
     }
     let mut waiting: VecDeque<Part> = VecDeque::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -157,6 +166,7 @@ pub async fn run(
                 }
                 if !caught_up && pending == 0 {
                     caught_up = true;
+                    matcher.replaying(false);
                     part.fleet.partitions.caught_up.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(partition = part.p, "partition caught up with its stream");
                 }
@@ -196,6 +206,8 @@ pub async fn run(
             _ = &mut stop => break,
         }
     }
+    // Handed over or stopped: the minute in progress is left to the next
+    // owner, which counts it again from the stream.
 }
 
 /// The next live-view request, or never without a subscription.

@@ -200,7 +200,9 @@ impl Ctx {
             self.next_episode += 1;
             id
         };
-        self.stats.episodes_opened += 1;
+        if !self.replaying {
+            self.stats.episodes_opened += 1;
+        }
         tracing::info!(episode = id, host = %host, %flow, diagnosis = %verdict.diagnosis, stuck_ms = millis(stuck_for), "episode opened");
         self.store.open_episode(NewEpisode {
             id,
@@ -236,7 +238,9 @@ impl Ctx {
         self.mark_episode_of(s, tuple, Some(host_id));
         self.open_episodes += 1;
         self.stats.open_by_diagnosis[verdict.diagnosis.index()] += 1;
-        self.stats.opened_by_diagnosis[verdict.diagnosis.index()] += 1;
+        if !self.replaying {
+            self.stats.opened_by_diagnosis[verdict.diagnosis.index()] += 1;
+        }
         s.episode = Some(Box::new(OpenEpisode {
             id,
             verdict,

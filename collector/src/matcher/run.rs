@@ -72,6 +72,8 @@ impl Matcher {
                 open_episodes: 0,
                 next_episode,
                 ids_of_identity: false,
+                held_from_ms: i64::MIN,
+                replaying: false,
                 stats: Stats::default(),
                 held: HeldTally::default(),
             },
@@ -92,6 +94,18 @@ impl Matcher {
     pub fn ids_of_identity(mut self) -> Matcher {
         self.ctx.ids_of_identity = true;
         self
+    }
+
+    /// Counts held spans only from `ms` on (collector time): what a
+    /// partition's previous owner counted is not counted again.
+    pub fn count_held_from(&mut self, ms: i64) {
+        self.ctx.held_from_ms = ms;
+    }
+
+    /// Whether the matcher is replaying what another already judged: its
+    /// episodes are counted as opened only once it is not.
+    pub fn replaying(&mut self, replaying: bool) {
+        self.ctx.replaying = replaying;
     }
 
     /// Handles one message at collector wall time `now_ms`.

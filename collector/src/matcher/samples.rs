@@ -316,8 +316,12 @@ impl Matcher {
             tracked = entry.is_some(),
             "hold ended"
         );
-        ctx.held
-            .add(end_ms, host, peer, span.end, span.held(), episode);
+        // A partition taken over recounts its stream's past: the minutes
+        // its previous owner stored are not counted again.
+        if end_ms >= ctx.held_from_ms {
+            ctx.held
+                .add(end_ms, host, peer, span.end, span.held(), episode);
+        }
         let Some(mut e) = entry else { return };
         let s = &mut e.suspect;
         if let Some(opened) = opened {

@@ -350,6 +350,12 @@ pub(super) struct Ctx {
     /// rather than counted from `next_episode`: fleet mode, where several
     /// nodes and replays may open the same episode.
     pub(super) ids_of_identity: bool,
+    /// Held spans that ended before this (collector ms) are not counted:
+    /// a partition taken over replays minutes its previous owner stored.
+    pub(super) held_from_ms: i64,
+    /// Replaying a partition's stream: episodes opened again are not
+    /// counted as opened (their first owner counted them).
+    pub(super) replaying: bool,
     pub(super) stats: Stats,
     /// Every held span reported ended, counted (a minute's counts go to
     /// the store when it is over).

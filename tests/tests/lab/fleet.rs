@@ -193,6 +193,24 @@ fn kill_9_of_the_node_judging_a_stall_hands_it_over_stored_once_and_ended() {
         took <= lease + lease / 3 + Duration::from_secs(2),
         "taken over after {took:?}"
     );
+    // The taker holds it open and has not counted it as opened again.
+    let taker_node = lab.nodes().find(|n| n.url() == taker).expect("the taker");
+    let addr = taker_node.metrics_addr().expect("metrics");
+    let figures = tcpstall_tests::series(&tcpstall_tests::scrape(addr));
+    let opened: f64 = figures
+        .iter()
+        .filter(|(k, _)| k.starts_with("tcpstall_collector_episodes_total{"))
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(
+        opened, 0.0,
+        "a replayed opening is not counted again: {figures:?}"
+    );
+    assert_eq!(
+        figures.get("tcpstall_collector_episodes_open{diagnosis=\"peer_not_reading\"}"),
+        Some(&1.0),
+        "{figures:?}"
+    );
     // Two polls on: still one episode, the same, open, the same verdict.
     let until = Instant::now() + 2 * lab.settings.interval;
     while Instant::now() < until {
