@@ -56,6 +56,23 @@ impl Rig {
         }
     }
 
+    /// A second collector's roles on this rig's store (another fleet
+    /// node), numbering episodes by identity as fleet mode does; `self`
+    /// numbers by identity from now on too.
+    fn sharing(&mut self) -> Rig {
+        self.roles.matcher.number_by_identity();
+        let mut other = Rig {
+            roles: InProcess::new(self.store.clone(), THRESHOLD, 1, 10, 720, 1024),
+            store: self.store.clone(),
+            _dir: tempfile::tempdir().expect("temp dir"),
+            outbox: Vec::new(),
+            session: 100,
+            streams: HashMap::new(),
+        };
+        other.roles.matcher.number_by_identity();
+        other
+    }
+
     fn pump(&mut self, now: i64) {
         self.roles.pump(now);
     }
@@ -1997,4 +2014,82 @@ mod nat {
         assert_eq!(eps[0].diagnosis, "half_open", "{eps:?}");
         assert_eq!(eps[0].b_host.as_deref(), Some("hostb"));
     }
+}
+
+/// Fleet mode (issue 24): a node that takes a partition over adopts the
+/// episodes its previous owner left open. A stall it finds again keeps the
+/// stored id and start although this node computes another start (its
+/// agent's first sample here is later, on another clock offset); one it
+/// does not find again is ended as a restart's are, when last known open.
+#[tokio::test]
+async fn a_partition_taken_over_keeps_its_open_episodes_and_ends_those_not_found_again() {
+    let mut first = Rig::new();
+    first.roles.matcher.number_by_identity();
+    let a_sess = first.hello("hosta", "198.18.0.2", at(0.0));
+    let mut kept = stuck_a(10_000);
+    kept.cookie = 41;
+    let mut lost = stuck_a(10_000);
+    lost.cookie = 42;
+    lost.flow.local = "198.18.0.2:9999".parse().expect("addr");
+    first.send(
+        a_sess,
+        100.0,
+        vec![
+            (SampleReason::Suspect, kept.clone()),
+            (SampleReason::Suspect, lost.clone()),
+        ],
+        at(10.0),
+    );
+    let stored = first.episodes().await;
+    assert_eq!(stored.len(), 2, "{stored:#?}");
+    let of = |eps: &[EpisodeRow], cookie: u64| {
+        eps.iter()
+            .find(|e| e.a_cookie == cookie)
+            .cloned()
+            .expect("its episode")
+    };
+    let kept_row = of(&stored, 41);
+    assert_eq!(
+        kept_row.id,
+        tcpstall_collector::store::episode_id_of(
+            kept.flow.key(),
+            kept_row.started_at_ms.div_euclid(1000) * 1000
+        ),
+        "numbered by identity"
+    );
+
+    // The next owner: the same host in a new session on another node, its
+    // first sample of the stall 3.7 s later saying it has been held 12.5 s
+    // (the start it computes is 1.2 s off: another second, another id).
+    let mut next = first.sharing();
+    next.roles.matcher.adopt(stored.clone());
+    let s2 = next.hello("hosta", "198.18.0.2", at(13.7));
+    let mut again = kept.clone();
+    again.unchanged_ms = 12_500;
+    next.send(
+        s2,
+        103.0,
+        vec![(SampleReason::Suspect, again.clone())],
+        at(13.7),
+    );
+    assert_eq!(next.roles.matcher.end_unclaimed(), 1, "the lost stall's");
+    // The stall drains: the stored episode ends, under its id.
+    let mut drained = again;
+    drained.pos.sendq = 0;
+    next.send(s2, 104.0, vec![(SampleReason::Suspect, drained)], at(14.7));
+    let now = next.episodes().await;
+    assert_eq!(now.len(), 2, "nothing stored anew: {now:#?}");
+    let kept_now = of(&now, 41);
+    assert_eq!(kept_now.id, kept_row.id);
+    assert_eq!(kept_now.started_at_ms, kept_row.started_at_ms);
+    assert!(!kept_now.open, "ended by the next owner: {kept_now:#?}");
+    let lost_now = of(&now, 42);
+    assert!(!lost_now.open);
+    assert_eq!(lost_now.end_reason.as_deref(), Some("collector_restart"));
+    let lost_then = of(&stored, 42);
+    assert_eq!(
+        lost_now.ended_at_ms,
+        Some(lost_then.started_at_ms + lost_then.duration_ms as i64),
+        "when it was last known open"
+    );
 }

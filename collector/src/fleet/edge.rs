@@ -3,11 +3,10 @@
 //!
 //! - A batch is cut into its partitions' parts ([`wire::split`]), each
 //!   published to its partition's subject on the samples stream, with the
-//!   host, its session and the poll's time in headers. Publishes are
-//!   acknowledged by JetStream; a bounded number wait for their
-//!   acknowledgement at once, so a node whose NATS is slow holds its
-//!   agents' streams back (and they their own bounded buffers) rather than
-//!   piling up here.
+//!   host, its session and the poll's time in headers, in order
+//!   ([`super::publisher`]); a node whose NATS is slow holds its agents'
+//!   streams back (and they their own bounded buffers) rather than piling
+//!   up here.
 //! - A host's hello, its new addresses and its going are its record in the
 //!   hosts bucket: put, put again every renewal while its stream lasts,
 //!   deleted when it goes (unless a newer session elsewhere holds it).
@@ -22,17 +21,15 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use tcpstall_common::{AgentBatch, FlowTuple, ToAgent};
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
 use tokio_stream::StreamExt;
 
+use super::publisher::Outgoing;
 use super::wire::{self, HostRecord};
 use super::Bus;
-use crate::messages::{HostId, ToGateway, ToMatcher};
+use crate::messages::{partition as partition_of, HostId, ToGateway, ToMatcher};
 
-/// Publishes waiting for JetStream's acknowledgement at once.
-const IN_FLIGHT: usize = 1024;
-/// How long one part is published again before it is counted lost.
-const PUBLISH_PATIENCE: Duration = Duration::from_secs(30);
+/// Parts queued for the publisher before the edge waits.
+const QUEUED: usize = 1024;
 
 /// What the edge counts (read by /metrics).
 #[derive(Debug, Default)]
@@ -55,6 +52,25 @@ type Asked = Arc<std::sync::Mutex<HashMap<(HostId, FlowTuple), u32>>>;
 
 /// Most flows remembered as asked (beyond, a report goes by its own key).
 const ASKED: usize = 65_536;
+/// Most translated sockets remembered per host (beyond, their closing goes
+/// by its own key; the judging partition ends them by silence).
+const TRANSLATED: usize = 4_096;
+
+/// The routes of one host's reports.
+struct HostRoutes<'a> {
+    host: HostId,
+    asked: &'a HashMap<(HostId, FlowTuple), u32>,
+    translated: &'a HashMap<FlowTuple, u32>,
+}
+
+impl wire::Routes for HostRoutes<'_> {
+    fn asked(&self, flow: FlowTuple) -> Option<u32> {
+        self.asked.get(&(self.host, flow)).copied()
+    }
+    fn translated(&self, flow: FlowTuple) -> Option<u32> {
+        self.translated.get(&flow).copied()
+    }
+}
 
 /// The edge's settings.
 #[derive(Debug, Clone)]
@@ -83,6 +99,9 @@ struct Held {
     /// Partitions its recent polls had something for, and how many polls
     /// ago: they hear of its next polls too, empty (see [`TRAIL`]).
     touched: HashMap<u32, u32>,
+    /// Its sockets whose samples went by a translation's far side, and
+    /// that partition, until they close.
+    translated: HashMap<FlowTuple, u32>,
 }
 
 /// Runs the edge until `inbox` closes (the gateway and every stream are
@@ -104,7 +123,9 @@ pub async fn run(
     let stats = &fleet.edge;
     let asked: Asked = Arc::default();
     let mut held: HashMap<HostId, Held> = HashMap::new();
-    let mut acks: JoinSet<bool> = JoinSet::new();
+    // Publishes, in order, by a task of their own.
+    let (publish_tx, publish_rx) = mpsc::channel(QUEUED);
+    let publisher = tokio::spawn(super::publisher::run(bus.js.clone(), publish_rx, fleet.clone()));
     let mut renew = tokio::time::interval(renew_every);
     renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let global = |session: u64| session_salt ^ session;
@@ -132,10 +153,22 @@ pub async fn run(
                             .filter(|l| l.asked)
                             .map(|l| l.flow)
                             .collect();
+                        // Sockets whose samples go by a translation's far
+                        // side: their closing follows.
+                        for (_, s) in &batch.samples {
+                            let far = wire::sample_key(s);
+                            if far != s.flow.key() && h.translated.len() < TRANSLATED {
+                                h.translated.insert(s.flow, partition_of(far, partitions));
+                            }
+                        }
                         let mut parts = {
                             let asked = asked.lock().unwrap_or_else(|p| p.into_inner());
-                            wire::split(batch, partitions, |flow| asked.get(&(host, flow)).copied())
+                            let routes = HostRoutes { host, asked: &asked, translated: &h.translated };
+                            wire::split(batch, partitions, &routes)
                         };
+                        for closed in parts.values().flat_map(|p| p.closed.iter()) {
+                            h.translated.remove(&closed.flow);
+                        }
                         if !answered.is_empty() {
                             let mut asked = asked.lock().unwrap_or_else(|p| p.into_inner());
                             for flow in answered {
@@ -153,18 +186,16 @@ pub async fn run(
                             // acknowledgement is stored once.
                             let id = format!("{:x}.{mono_us:x}.{p}", h.record.session);
                             headers.insert("Nats-Msg-Id", id.as_str());
-                            // Room first: at most IN_FLIGHT wait for acks.
-                            while acks.len() >= IN_FLIGHT {
-                                if let Some(ok) = acks.join_next().await {
-                                    count_ack(stats, ok.unwrap_or(false));
-                                }
-                            }
-                            acks.spawn(publish(
-                                bus.js.clone(),
-                                wire::samples_subject(p),
+                            // Waits for room: the publisher holds back
+                            // while JetStream does not acknowledge.
+                            let out = Outgoing {
+                                subject: wire::samples_subject(p),
                                 headers,
-                                wire::encode_part(part),
-                            ));
+                                payload: wire::encode_part(part),
+                            };
+                            if publish_tx.send(out).await.is_err() {
+                                break;
+                            }
                         }
                     }
                     ToMatcher::HostUp { host, session, name, addresses, interval, answers_lookups, forwards, holder } => {
@@ -185,7 +216,7 @@ pub async fn run(
                         };
                         let revision = put_record(&bus, &record, None, stats).await.ok();
                         let requests = tokio::spawn(forward_requests(bus.clone(), name, host, requests.clone(), asked.clone(), fleet.clone()));
-                        held.insert(host, Held { record, revision, requests, touched: HashMap::new() });
+                        held.insert(host, Held { record, revision, requests, touched: HashMap::new(), translated: HashMap::new() });
                     }
                     ToMatcher::Addresses { host, session, addresses } => {
                         let Some(h) = held.get_mut(&host) else { continue };
@@ -238,12 +269,11 @@ pub async fn run(
                     }
                 }
             }
-            Some(ok) = acks.join_next(), if !acks.is_empty() => count_ack(stats, ok.unwrap_or(false)),
         }
     }
-    while let Some(ok) = acks.join_next().await {
-        count_ack(stats, ok.unwrap_or(false));
-    }
+    // What was published is acknowledged (or given up) before the edge ends.
+    drop(publish_tx);
+    let _ = publisher.await;
     // Its hosts' records stay: their agents say hello on another node (a
     // newer session replaces them there), or the records age out.
     for h in held.into_values() {
@@ -271,55 +301,6 @@ fn trail(touched: &mut HashMap<u32, u32>, parts: &mut BTreeMap<u32, AgentBatch>,
         if *ago > 0 {
             parts.entry(*p).or_insert_with(|| empty.clone());
         }
-    }
-}
-
-fn count_ack(stats: &EdgeStats, ok: bool) {
-    let counter = if ok {
-        &stats.parts_published
-    } else {
-        &stats.parts_failed
-    };
-    counter.fetch_add(1, Ordering::Relaxed);
-}
-
-/// Publishes one part until JetStream acknowledges it, for up to
-/// [`PUBLISH_PATIENCE`]: a NATS server that dies takes its streams'
-/// leadership with it, and their new leaders are elected in seconds
-/// (4-7 s measured with NATS 2.9 on three servers); meanwhile publishes
-/// find no stream. The same message id makes a second copy harmless, and
-/// the bound on parts in flight holds the agents' streams back while it
-/// lasts.
-async fn publish(
-    js: async_nats::jetstream::Context,
-    subject: String,
-    headers: HeaderMap,
-    payload: bytes::Bytes,
-) -> bool {
-    let started = tokio::time::Instant::now();
-    let mut delay = Duration::from_millis(100);
-    let mut attempt = 0u32;
-    loop {
-        attempt += 1;
-        let sent = js
-            .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
-            .await;
-        let error = match sent {
-            Ok(ack) => match ack.await {
-                Ok(_) => return true,
-                Err(e) => e.to_string(),
-            },
-            Err(e) => e.to_string(),
-        };
-        if started.elapsed() + delay > PUBLISH_PATIENCE {
-            tracing::warn!(%subject, attempt, %error, "a batch part lost: not acknowledged within {PUBLISH_PATIENCE:?}");
-            return false;
-        }
-        if attempt == 1 {
-            tracing::debug!(%subject, %error, "a batch part not acknowledged; publishing it again");
-        }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(1));
     }
 }
 

@@ -19,24 +19,33 @@ use tokio_stream::StreamExt;
 use super::wire::HostRecord;
 use super::Bus;
 
-/// The hosts alive now, by name.
+/// The hosts alive now, by name. A record that did not change between two
+/// views is the same allocation in both: readers tell what changed by
+/// pointer, not by comparing records.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct View {
-    pub hosts: BTreeMap<String, HostRecord>,
+    pub hosts: BTreeMap<String, Arc<HostRecord>>,
 }
 
 /// Every record seen (by its key), with its age, reduced to a [`View`].
 #[derive(Debug, Default)]
 pub struct Records {
-    records: BTreeMap<String, (HostRecord, i128)>,
+    records: BTreeMap<String, (Arc<HostRecord>, i128)>,
     newest_ns: i128,
 }
 
 impl Records {
-    /// A record put under `key` at `created_ns` (server time).
+    /// A record put under `key` at `created_ns` (server time); a renewal
+    /// (the same record again) keeps the one held.
     pub fn put(&mut self, key: &str, record: HostRecord, created_ns: i128) {
         self.newest_ns = self.newest_ns.max(created_ns);
-        self.records.insert(key.to_string(), (record, created_ns));
+        match self.records.get_mut(key) {
+            Some((held, at)) if **held == record => *at = created_ns,
+            _ => {
+                self.records
+                    .insert(key.to_string(), (Arc::new(record), created_ns));
+            }
+        }
     }
 
     /// A record deleted.
@@ -55,14 +64,19 @@ impl Records {
                 .records
                 .iter()
                 .filter(|(_, (_, at))| *at >= floor)
-                .map(|(_, (r, _))| (r.name.clone(), r.clone()))
+                .map(|(_, (r, _))| (r.name.clone(), Arc::clone(r)))
                 .collect(),
         }
     }
 }
 
+/// How often the view may be sent at most: a fleet's hosts saying hello
+/// at once (a restart) change it thousands of times a second; the readers
+/// need only the latest.
+const PUBLISH_EVERY: Duration = Duration::from_millis(200);
+
 /// Watches the hosts bucket for ever (again after any failure), sending
-/// the view whenever it changes.
+/// the view when it changed, at most every [`PUBLISH_EVERY`].
 pub async fn run(
     bus: Bus,
     ttl: Duration,
@@ -70,8 +84,9 @@ pub async fn run(
     stats: Arc<super::FleetStats>,
 ) {
     let mut records = Records::default();
-    let mut check = tokio::time::interval(Duration::from_secs(1));
+    let mut check = tokio::time::interval(PUBLISH_EVERY);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut dirty = true;
     loop {
         let mut entries = match bus.hosts.watch_with_history(">").await {
             Ok(w) => w,
@@ -100,9 +115,16 @@ pub async fn run(
                         },
                         Operation::Delete | Operation::Purge => records.delete(&entry.key, at),
                     }
+                    dirty = true;
+                    continue;
                 }
+                // Also when nothing came: records age.
                 _ = check.tick() => {}
             }
+            if !dirty && records.records.is_empty() {
+                continue;
+            }
+            dirty = false;
             let view = records.view(ttl);
             stats
                 .hosts
@@ -154,6 +176,10 @@ mod tests {
         // a says hello again (on another node: another session).
         r.put("ha", record("a", 7), 112 * s);
         assert_eq!(r.view(ttl).hosts["a"].session, 7);
+        // A renewal keeps the record it renews: readers see no change.
+        let before = Arc::clone(&r.view(ttl).hosts["a"]);
+        r.put("ha", record("a", 7), 112 * s + 1);
+        assert!(Arc::ptr_eq(&before, &r.view(ttl).hosts["a"]));
         r.delete("hb", 113 * s);
         assert_eq!(r.view(ttl).hosts.keys().collect::<Vec<_>>(), ["a"]);
     }

@@ -92,11 +92,12 @@ impl Leases {
     /// releases its lease, so that the others take them at once.
     pub async fn run(self, mut stop: oneshot::Receiver<()>) {
         let mut running: HashMap<u32, Running> = HashMap::new();
+        let mut failed = 0u32;
         let mut round = tokio::time::interval(self.lease / 3);
         round.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = round.tick() => self.round(&mut running).await,
+                _ = round.tick() => self.round(&mut running, &mut failed).await,
                 _ = &mut stop => break,
             }
         }
@@ -116,11 +117,25 @@ impl Leases {
         self.publish(&running);
     }
 
-    async fn round(&self, running: &mut HashMap<u32, Running>) {
+    async fn round(&self, running: &mut HashMap<u32, Running>, failed: &mut u32) {
         let live = match self.live_nodes().await {
-            Ok(live) => live,
+            Ok(live) => {
+                *failed = 0;
+                live
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "cannot reach the nodes bucket");
+                *failed += 1;
+                tracing::warn!(error = %e, rounds = *failed, "cannot reach the nodes bucket");
+                // A connection that answers nothing for rounds on end
+                // while its servers are up (seen once after a server of
+                // the cluster died, the client reconnected to another):
+                // connect afresh.
+                if *failed % 3 == 0 {
+                    tracing::warn!("reconnecting to NATS");
+                    if let Err(e) = self.bus.client.force_reconnect().await {
+                        tracing::warn!(error = %e, "reconnecting to NATS failed");
+                    }
+                }
                 // Out of reach: stop judging before a lease held can have
                 // expired and been taken.
                 let fence = self.lease.mul_f32(0.8);

@@ -24,6 +24,7 @@ pub mod edge;
 pub mod hosts;
 pub mod leases;
 pub mod partition;
+pub mod publisher;
 pub mod wire;
 
 use std::collections::HashMap;
@@ -278,6 +279,7 @@ impl Node {
             let bus = bus.clone();
             let stats = stats.clone();
             let judging = judging.clone();
+            let partitions = settings.partitions;
             Box::new(move |p, questions, stop| {
                 // The partition's requests, tagged with it on their way.
                 let (requests, mut asked) = mpsc::channel(PARTITION_REQUESTS);
@@ -291,6 +293,7 @@ impl Node {
                 });
                 let part = partition::Partition {
                     p,
+                    partitions,
                     bus: bus.clone(),
                     store: store.clone(),
                     names: names.clone(),
@@ -344,7 +347,7 @@ impl Node {
             view.hosts
                 .get(name)
                 .filter(|r| r.node != me)
-                .map(wire::HostRecord::holder)
+                .map(|r| r.holder())
         }))
     }
 
@@ -557,6 +560,7 @@ impl FleetStats {
         one("tcpstall_collector_batch_parts_failed_total", Kind::Counter, "Parts of agents' batches whose publish failed or was not acknowledged: lost.", e.parts_failed.load(Relaxed));
         one("tcpstall_collector_batch_parts_handled_total", Kind::Counter, "Partition messages handed to this node's matchers.", p.handled.load(Relaxed));
         one("tcpstall_collector_batch_parts_stale_total", Kind::Counter, "Partition messages of a session its host had replaced: skipped.", p.stale.load(Relaxed));
+        one("tcpstall_collector_batch_parts_late_total", Kind::Counter, "Partition messages read after a newer one of the same host (a publish retried behind another): skipped.", p.late.load(Relaxed));
         one("tcpstall_collector_batch_parts_malformed_total", Kind::Counter, "Partition messages that did not decode: counted and skipped.", p.malformed.load(Relaxed));
         one("tcpstall_collector_batch_parts_unknown_host_dropped_total", Kind::Counter, "Partition messages of hosts not (yet) registered, dropped beyond the bound held waiting.", p.waiting_dropped.load(Relaxed));
         one("tcpstall_collector_host_registrations_total", Kind::Counter, "Host records written to the hosts bucket (hellos, new addresses, renewals).", e.host_puts.load(Relaxed));

@@ -30,8 +30,13 @@ use super::wire::{self, HostRecord};
 use super::{Bus, Judging};
 use crate::gateway::registry::Hosts;
 use crate::matcher::{Matcher, Question, SILENT_POLLS};
-use crate::messages::{HostId, ToGateway, ToMatcher};
+use crate::messages::{partition as partition_of, HostId, ToGateway, ToMatcher};
 use crate::store::SharedStore;
+
+/// How long after catching up with its stream a partition waits for the
+/// stalls its previous owner left open to report again before it ends
+/// their episodes: five polls at the default interval, and two seconds.
+const UNCLAIMED_AFTER: Duration = Duration::from_secs(12);
 
 /// Batches of hosts the view has not shown yet (their hello's record and
 /// their first batch race across NATS), held until it does.
@@ -42,11 +47,15 @@ const WAITING: usize = 256;
 pub struct PartitionStats {
     /// Partition messages handled.
     pub handled: AtomicU64,
-    /// Messages of a session its host no longer has (replayed from before
-    /// a reconnect): skipped, as single-node mode skips them.
+    /// Messages of a session its host no longer has, or of a host gone
+    /// (replayed from before): skipped, as single-node mode skips them.
     pub stale: AtomicU64,
     /// Messages that did not decode (counted and skipped).
     pub malformed: AtomicU64,
+    /// Parts read after a newer one of the same host (a publish retried
+    /// behind another that was not): skipped, since a connection's samples
+    /// must not step back in time.
+    pub late: AtomicU64,
     /// Messages of unknown hosts dropped because too many waited.
     pub waiting_dropped: AtomicU64,
     /// Partitions that finished replaying their stream.
@@ -57,6 +66,8 @@ pub struct PartitionStats {
 #[derive(Debug)]
 pub struct Partition {
     pub p: u32,
+    /// How many partitions the fleet has.
+    pub partitions: u32,
     pub bus: Bus,
     pub store: SharedStore,
     pub(crate) names: Arc<Mutex<Hosts>>,
@@ -99,9 +110,15 @@ pub async fn run(
     // minute of held-span counts, never counts one twice.
     let minute_ms = 60_000;
     matcher.count_held_from(part.clock.now_ms().div_euclid(minute_ms) * minute_ms);
-    let mut applied: HashMap<String, HostRecord> = HashMap::new();
+    let mut applied: HashMap<String, Arc<HostRecord>> = HashMap::new();
     let view = part.view.borrow_and_update().clone();
     apply_view(&mut matcher, &mut applied, &view, &part);
+
+    // What the previous owner left open: episodes opened again here keep
+    // their ids; those no replayed stall takes up are ended once caught up.
+    let open = open_episodes(&part).await;
+    let adopted = open.len();
+    matcher.adopt(open);
 
     let subject = wire::samples_subject(part.p);
     let (mut messages, backlog) = loop {
@@ -124,13 +141,16 @@ pub async fn run(
             None
         }
     };
-    tracing::info!(partition = part.p, messages = backlog, "partition taken: replaying its stream");
+    tracing::info!(partition = part.p, messages = backlog, open_episodes = adopted, "partition taken: replaying its stream");
+    let mut unclaimed_at: Option<tokio::time::Instant> = None;
     // Time in a partition is its data's: each host's, by the polls of it
     // read here (see `handle`).
     let mut clocks = Clocks::default();
     let mut caught_up = false;
     if backlog == 0 {
         caught_up = true;
+        clocks.caught_up = true;
+        unclaimed_at = Some(tokio::time::Instant::now() + UNCLAIMED_AFTER);
         part.fleet.partitions.caught_up.fetch_add(1, Ordering::Relaxed);
     } else {
         matcher.replaying(true);
@@ -166,6 +186,8 @@ pub async fn run(
                 }
                 if !caught_up && pending == 0 {
                     caught_up = true;
+                    clocks.caught_up = true;
+                    unclaimed_at = Some(tokio::time::Instant::now() + UNCLAIMED_AFTER);
                     matcher.replaying(false);
                     part.fleet.partitions.caught_up.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(partition = part.p, "partition caught up with its stream");
@@ -183,6 +205,13 @@ pub async fn run(
                 // and by each host's own later polls: a pause of the bus
                 // (a NATS server's streams changing leaders) stops every
                 // host's clock here rather than ending their stalls.
+                if unclaimed_at.is_some_and(|at| tokio::time::Instant::now() >= at) {
+                    unclaimed_at = None;
+                    let ended = matcher.end_unclaimed();
+                    if ended > 0 {
+                        tracing::info!(partition = part.p, ended, "episodes left open by the previous owner whose stall was not found again: ended");
+                    }
+                }
                 if caught_up {
                     matcher.expire_by(|h| clocks.hosts.get(&h).copied(), SILENT_POLLS);
                     if let Some(latest) = clocks.latest {
@@ -208,6 +237,43 @@ pub async fn run(
     }
     // Handed over or stopped: the minute in progress is left to the next
     // owner, which counts it again from the stream.
+}
+
+/// The open episodes of partition `part.p` in the store, all pages; none
+/// (said) when the store cannot answer.
+async fn open_episodes(part: &Partition) -> Vec<crate::store::EpisodeRow> {
+    let mut open = Vec::new();
+    let mut after = None;
+    loop {
+        let filter = tcpstall_common::record::EpisodeFilter {
+            open_only: true,
+            limit: tcpstall_common::record::MAX_LIST_LIMIT,
+            after,
+            ..Default::default()
+        };
+        let page = match part.store.list_episodes(filter).await {
+            Ok(page) => page,
+            Err(e) => {
+                tracing::warn!(partition = part.p, error = %e, "cannot read the open episodes; a stall opened again may be stored anew");
+                return open;
+            }
+        };
+        let full = page.len() == tcpstall_common::record::MAX_LIST_LIMIT as usize;
+        after = page.last().map(|e| (e.started_at_ms, e.id));
+        open.extend(page.into_iter().filter(|e| {
+            let key = e
+                .via
+                .as_ref()
+                .and_then(|v| v.translation.far_side(e.a_flow))
+                .unwrap_or(e.a_flow)
+                .key();
+            partition_of(key, part.partitions) == part.p
+                || partition_of(e.a_flow.key(), part.partitions) == part.p
+        }));
+        if !full {
+            return open;
+        }
+    }
 }
 
 /// The next live-view request, or never without a subscription.
@@ -273,19 +339,26 @@ fn host_id(part: &Partition, name: &str) -> HostId {
 struct Clocks {
     hosts: HashMap<HostId, i64>,
     latest: Option<i64>,
+    /// The stream's past is read: what is read now is new.
+    caught_up: bool,
 }
 
 /// Hands a message to the matcher if its host is up in this session; holds
 /// it while its host is not yet in the view.
 fn handle(
     matcher: &mut Matcher,
-    applied: &HashMap<String, HostRecord>,
+    applied: &HashMap<String, Arc<HostRecord>>,
     waiting: &mut VecDeque<Part>,
     clocks: &mut Clocks,
     p: Part,
     part: &Partition,
 ) {
     let Some(record) = applied.get(&p.host) else {
+        // Replayed, a host the fleet no longer has is a host gone since.
+        if !clocks.caught_up {
+            part.fleet.partitions.stale.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         if waiting.len() >= WAITING {
             waiting.pop_front();
             part.fleet.partitions.waiting_dropped.fetch_add(1, Ordering::Relaxed);
@@ -297,6 +370,11 @@ fn handle(
         part.fleet.partitions.stale.fetch_add(1, Ordering::Relaxed);
         return;
     }
+    let host = host_id(part, &p.host);
+    if clocks.hosts.get(&host).is_some_and(|&last| p.taken_ms < last) {
+        part.fleet.partitions.late.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
     let batch = match wire::decode_part(p.payload, part.judging.max_entries) {
         Ok(b) => b,
         Err(e) => {
@@ -306,7 +384,6 @@ fn handle(
         }
     };
     part.fleet.partitions.handled.fetch_add(1, Ordering::Relaxed);
-    let host = host_id(part, &p.host);
     let at = clocks.hosts.entry(host).or_insert(p.taken_ms);
     *at = (*at).max(p.taken_ms);
     clocks.latest = Some(clocks.latest.map_or(p.taken_ms, |l| l.max(p.taken_ms)));
@@ -327,15 +404,18 @@ fn handle(
 /// announced, hosts gone are down.
 fn apply_view(
     matcher: &mut Matcher,
-    applied: &mut HashMap<String, HostRecord>,
+    applied: &mut HashMap<String, Arc<HostRecord>>,
     view: &View,
     part: &Partition,
 ) {
     let now_ms = part.clock.now_ms();
     for (name, record) in &view.hosts {
+        match applied.get(name) {
+            Some(old) if Arc::ptr_eq(old, record) || old == record => continue,
+            _ => {}
+        }
         let host = host_id(part, name);
         match applied.get(name) {
-            Some(old) if old == record => continue,
             Some(old) if old.session == record.session => {
                 matcher.handle(
                     ToMatcher::Addresses {
@@ -360,7 +440,7 @@ fn apply_view(
                 now_ms,
             ),
         }
-        applied.insert(name.clone(), record.clone());
+        applied.insert(name.clone(), Arc::clone(record));
     }
     let gone: Vec<String> = applied
         .keys()

@@ -100,20 +100,44 @@ pub fn sample_key(s: &EndSample) -> FlowKey {
         .key()
 }
 
+/// Where a host's reports go when their own 4-tuple's key would send them
+/// elsewhere.
+pub trait Routes {
+    /// The partition that asked this host for `flow` (a watched end, a
+    /// translation), if one did.
+    fn asked(&self, flow: FlowTuple) -> Option<u32>;
+    /// The partition a socket's translated samples went to, for its
+    /// reports that do not carry the translation (its closing).
+    fn translated(&self, flow: FlowTuple) -> Option<u32>;
+}
+
+/// No routes: every report by its own key.
+#[cfg(test)]
+#[derive(Debug, Clone, Copy)]
+pub struct ByKey;
+
+#[cfg(test)]
+impl Routes for ByKey {
+    fn asked(&self, _: FlowTuple) -> Option<u32> {
+        None
+    }
+    fn translated(&self, _: FlowTuple) -> Option<u32> {
+        None
+    }
+}
+
 /// A batch cut into its partitions' parts: each sample, closed socket,
 /// absence and lookup goes to its flow's partition; the poll's time,
 /// connection count and loss counters go with every part. Partitions with
 /// nothing of this batch get no part.
 ///
-/// What a partition asked of this host goes back to it (`asked`): a watched
-/// end's samples and absence, and lookups, go to the partition that asked
-/// for them when it is not their own key's — a peer found through a
-/// translation another host made has a 4-tuple of its own.
-pub fn split(
-    batch: AgentBatch,
-    partitions: u32,
-    asked: impl Fn(FlowTuple) -> Option<u32>,
-) -> BTreeMap<u32, AgentBatch> {
+/// What a partition asked of this host goes back to it: a watched end's
+/// samples and absence, and lookups, go to the partition that asked for
+/// them when it is not their own key's — a peer found through a
+/// translation another host made has a 4-tuple of its own. A socket whose
+/// samples went by their translation's far side has its reports without
+/// one (its closing) follow them.
+pub fn split(batch: AgentBatch, partitions: u32, routes: &impl Routes) -> BTreeMap<u32, AgentBatch> {
     let mut parts: BTreeMap<u32, AgentBatch> = BTreeMap::new();
     let empty = AgentBatch {
         mono: batch.mono,
@@ -124,24 +148,28 @@ pub fn split(
     };
     let own = |key: FlowKey| partition(key, partitions);
     for (reason, sample) in batch.samples {
-        let p = match reason {
-            SampleReason::Watched => asked(sample.flow),
+        let p = match (reason, &sample.translation) {
+            (SampleReason::Watched, _) => routes.asked(sample.flow),
+            (_, None) => routes.translated(sample.flow),
             _ => None,
         }
         .unwrap_or_else(|| own(sample_key(&sample)));
         part_of(&mut parts, &empty, p).samples.push((reason, sample));
     }
     for closed in batch.closed {
-        part_of(&mut parts, &empty, own(closed.flow.key()))
-            .closed
-            .push(closed);
+        let p = routes
+            .translated(closed.flow)
+            .unwrap_or_else(|| own(closed.flow.key()));
+        part_of(&mut parts, &empty, p).closed.push(closed);
     }
     for flow in batch.absent {
-        let p = asked(flow).unwrap_or_else(|| own(flow.key()));
+        let p = routes.asked(flow).unwrap_or_else(|| own(flow.key()));
         part_of(&mut parts, &empty, p).absent.push(flow);
     }
     for lookup in batch.lookups {
-        let p = asked(lookup.flow).unwrap_or_else(|| own(lookup.flow.key()));
+        let p = routes
+            .asked(lookup.flow)
+            .unwrap_or_else(|| own(lookup.flow.key()));
         part_of(&mut parts, &empty, p).lookups.push(lookup);
     }
     parts
@@ -341,7 +369,7 @@ mod tests {
             held: None,
         });
         batch.absent.push(gone.reversed());
-        let parts = split(batch.clone(), 8, |_| None);
+        let parts = split(batch.clone(), 8, &ByKey);
         assert!(parts.len() > 1, "40 flows over 8 partitions");
         let mut back = 0;
         for (p, part) in parts {
@@ -359,7 +387,7 @@ mod tests {
         }
         assert_eq!(back, 40);
         let closed_p = partition(gone.key(), 8);
-        let parts = split(batch.clone(), 8, |_| None);
+        let parts = split(batch.clone(), 8, &ByKey);
         assert_eq!(parts[&closed_p].closed.len(), 1);
         assert_eq!(parts[&closed_p].absent.len(), 1, "either direction: one key");
         // Asked by another partition: the watched end's reports go there,
@@ -369,13 +397,27 @@ mod tests {
         batch
             .samples
             .push((SampleReason::Watched, watched.clone()));
-        let parts = split(batch, 8, |f| (f == gone.reversed() || f == watched.flow).then_some(asked_by));
+        struct Asked(FlowTuple, FlowTuple, u32);
+        impl Routes for Asked {
+            fn asked(&self, f: FlowTuple) -> Option<u32> {
+                (f == self.0 || f == self.1).then_some(self.2)
+            }
+            fn translated(&self, f: FlowTuple) -> Option<u32> {
+                // The closed socket's samples went by a far side.
+                (f == self.1).then_some((self.2 + 1) % 8)
+            }
+        }
+        let parts = split(batch, 8, &Asked(gone.reversed(), watched.flow, asked_by));
         assert!(parts[&asked_by]
             .samples
             .iter()
             .any(|(r, s)| *r == SampleReason::Watched && s.flow == watched.flow));
         assert_eq!(parts[&asked_by].absent, [gone.reversed()]);
-        assert_eq!(parts[&closed_p].closed.len(), 1, "closings by key");
+        assert_eq!(
+            parts[&((asked_by + 1) % 8)].closed.len(),
+            1,
+            "a closing follows its socket's translated samples"
+        );
         assert!(matches!(
             decode_part(Bytes::from_static(b"\xff\xff"), 10),
             Err(PartError::Decode(_))

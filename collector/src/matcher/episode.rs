@@ -187,8 +187,17 @@ impl Ctx {
         let verdict = diagnose(a, peer.as_peer());
         let note = peer_note(&peer);
         let via = s.nat.as_ref().and_then(|n| n.via);
-        let started_at_ms = now_ms.saturating_sub(millis_i64(stuck_for));
-        let id = if self.ids_of_identity {
+        let mut started_at_ms = now_ms.saturating_sub(millis_i64(stuck_for));
+        let adopted = if self.ids_of_identity {
+            self.adopted.remove(&(host.clone(), flow, cookie))
+        } else {
+            None
+        };
+        let id = if let Some(a) = adopted {
+            // Stored by the partition's previous owner: the same episode.
+            started_at_ms = a.started_at_ms;
+            a.id
+        } else if self.ids_of_identity {
             // The same stall opens under the same id on whichever node
             // judges it, and again when a partition is replayed: its flow
             // and its start, to the second (the start is the reporting

@@ -2,6 +2,7 @@
 //! messages, and the questions of the query edge and the metrics), once a
 //! second the expiry of what went silent, and its counters.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tcpstall_common::time::millis_i64;
@@ -74,6 +75,7 @@ impl Matcher {
                 ids_of_identity: false,
                 held_from_ms: i64::MIN,
                 replaying: false,
+                adopted: Map::default(),
                 stats: Stats::default(),
                 held: HeldTally::default(),
             },
@@ -92,14 +94,60 @@ impl Matcher {
     /// of counting: the same stall gets the same id on every node that
     /// judges it (fleet mode).
     pub fn ids_of_identity(mut self) -> Matcher {
-        self.ctx.ids_of_identity = true;
+        self.number_by_identity();
         self
+    }
+
+    /// As [`Matcher::ids_of_identity`], on a matcher already made.
+    pub fn number_by_identity(&mut self) {
+        self.ctx.ids_of_identity = true;
     }
 
     /// Counts held spans only from `ms` on (collector time): what a
     /// partition's previous owner counted is not counted again.
     pub fn count_held_from(&mut self, ms: i64) {
         self.ctx.held_from_ms = ms;
+    }
+
+    /// Open episodes another node stored (a partition taken over): a stall
+    /// opened again here on the same socket takes the stored episode's id
+    /// and start, whatever this node computes them to be (its stream may
+    /// no longer hold the stall's first samples, or the host may have
+    /// moved to another node since, with another clock offset).
+    pub fn adopt(&mut self, open: impl IntoIterator<Item = crate::store::EpisodeRow>) {
+        for e in open.into_iter().filter(|e| e.open) {
+            let last_ms = e
+                .started_at_ms
+                .saturating_add(i64::try_from(e.duration_ms).unwrap_or(i64::MAX));
+            self.ctx.adopted.insert(
+                (Arc::from(e.a_host.as_str()), e.a_flow, e.a_cookie),
+                super::state::Adopted {
+                    id: e.id,
+                    started_at_ms: e.started_at_ms,
+                    last_ms,
+                },
+            );
+        }
+    }
+
+    /// Ends the adopted episodes no replayed stall took up: their stall
+    /// ended while no node judged it (or before the stream's oldest
+    /// sample), and they end as a collector restart's do, when they were
+    /// last known open. Returns how many.
+    pub fn end_unclaimed(&mut self) -> usize {
+        let left: Vec<super::state::Adopted> =
+            self.ctx.adopted.drain().map(|(_, a)| a).collect();
+        for a in &left {
+            self.ctx.store.close_episode(
+                a.id,
+                crate::store::EpisodeEnd {
+                    ended_at_ms: a.last_ms,
+                    end_reason: EndReason::CollectorRestart.id().to_string(),
+                    duration_ms: u64::try_from(a.last_ms - a.started_at_ms).unwrap_or(0),
+                },
+            );
+        }
+        left.len()
     }
 
     /// Whether the matcher is replaying what another already judged: its

@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tcpstall_common::{Diagnosis, EndSample, Packed, Translation};
+use tcpstall_common::{Diagnosis, EndSample, FlowTuple, Packed, Translation};
 use tcpstall_proto::convert::{pack, unpack};
 use tokio::sync::mpsc;
 
@@ -66,6 +66,15 @@ pub struct Stats {
     pub addresses_applied: u64,
     /// Address announcements ignored: from a stream its host had replaced.
     pub addresses_stale: u64,
+}
+
+/// An open episode another node stored, as a takeover finds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Adopted {
+    pub id: i64,
+    pub started_at_ms: i64,
+    /// When it was last known open: its start and stored length.
+    pub last_ms: i64,
 }
 
 /// What we know of a watched end.
@@ -356,6 +365,10 @@ pub(super) struct Ctx {
     /// Replaying a partition's stream: episodes opened again are not
     /// counted as opened (their first owner counted them).
     pub(super) replaying: bool,
+    /// Episodes another node left open, by their A end (host, flow,
+    /// socket): one opened again here takes the stored one's id and start
+    /// (see [`Matcher::adopt`]).
+    pub(super) adopted: Map<(Arc<str>, FlowTuple, u64), Adopted>,
     pub(super) stats: Stats,
     /// Every held span reported ended, counted (a minute's counts go to
     /// the store when it is over).
