@@ -130,7 +130,7 @@ impl Leases {
                 // while its servers are up (seen once after a server of
                 // the cluster died, the client reconnected to another):
                 // connect afresh.
-                if *failed % 3 == 0 {
+                if failed.is_multiple_of(3) {
                     tracing::warn!("reconnecting to NATS");
                     if let Err(e) = self.bus.client.force_reconnect().await {
                         tracing::warn!(error = %e, "reconnecting to NATS failed");
