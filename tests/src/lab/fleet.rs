@@ -81,7 +81,13 @@ impl Fleet {
 
     /// Starts node `i` (a new process; its name is `node-i`).
     pub fn node(&self, i: usize) -> CollectorProcess {
-        Fleet::node_with(&self.nats, self.store.as_deref(), &self.shape, self.settings, i)
+        Fleet::node_with(
+            &self.nats,
+            self.store.as_deref(),
+            &self.shape,
+            self.settings,
+            i,
+        )
     }
 
     fn node_with(
