@@ -79,6 +79,9 @@ pub async fn run(
     let mut renew = tokio::time::interval(renew_every);
     renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let global = |session: u64| session_salt ^ session;
+    // Batches handed to this edge: a poll larger than the agents' batch
+    // bound comes as several batches with the poll's one time.
+    let mut batches: u64 = 0;
     loop {
         tokio::select! {
             msg = inbox.recv() => {
@@ -90,6 +93,7 @@ pub async fn run(
                             continue;
                         }
                         let mono_us = batch.mono.as_micros();
+                        batches += 1;
                         for (p, part) in wire::split(batch, partitions) {
                             let mut headers = HeaderMap::new();
                             headers.insert(wire::H_HOST, h.record.name.as_str());
@@ -98,7 +102,7 @@ pub async fn run(
                             // JetStream drops a second copy of one id: a
                             // part published again after a lost
                             // acknowledgement is stored once.
-                            let id = format!("{:x}.{mono_us:x}.{p}", h.record.session);
+                            let id = part_id(h.record.session, mono_us, batches, p);
                             headers.insert("Nats-Msg-Id", id.as_str());
                             // Room first: at most IN_FLIGHT wait for acks.
                             while acks.len() >= IN_FLIGHT {
@@ -186,6 +190,17 @@ pub async fn run(
     for h in held.into_values() {
         h.requests.abort();
     }
+}
+
+/// The deduplication id of partition `p`'s part of a batch: the same for
+/// every publish of that part (JetStream stores a part published again
+/// after a lost acknowledgement once), different for every other part.
+/// The poll's time alone does not tell batches apart: a poll larger than
+/// the agent's batch bound is sent as several batches with the poll's one
+/// time, and JetStream would keep only the first of them in each partition
+/// (issue 24's benchmark: 0.34 of the parts reached the matchers).
+fn part_id(session: u64, mono_us: u128, batch: u64, p: u32) -> String {
+    format!("{session:x}.{mono_us:x}.{batch:x}.{p}")
 }
 
 fn count_ack(stats: &EdgeStats, ok: bool) {
@@ -336,5 +351,20 @@ async fn forward_requests(
         if gateway.send(r).await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::part_id;
+
+    #[test]
+    fn the_batches_of_one_poll_have_parts_of_their_own() {
+        // Two batches of one poll (one time), partition 5: two ids.
+        assert_ne!(part_id(0xab, 7_000_000, 1, 5), part_id(0xab, 7_000_000, 2, 5));
+        // One batch: its parts differ by partition, and a part published
+        // again keeps its id.
+        assert_ne!(part_id(0xab, 7_000_000, 1, 5), part_id(0xab, 7_000_000, 1, 6));
+        assert_eq!(part_id(0xab, 7_000_000, 1, 5), part_id(0xab, 7_000_000, 1, 5));
     }
 }
