@@ -152,6 +152,14 @@ impl NatsCluster {
             .collect()
     }
 
+    /// The process ids of the servers that run (what a benchmark adds up).
+    pub fn pids(&self) -> Vec<u32> {
+        self.servers
+            .iter()
+            .filter_map(|s| s.child.as_ref().map(Child::id))
+            .collect()
+    }
+
     /// kill -9 of server `i`.
     pub fn kill(&mut self, i: usize) {
         if let Some(mut c) = self.servers[i].child.take() {

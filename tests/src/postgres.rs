@@ -161,6 +161,12 @@ impl Postgres {
         }
     }
 
+    /// The server's (postmaster's) process id while it runs: its backends
+    /// are its children (what a benchmark adds up).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The port it listens on (the same across restarts).
     pub fn port(&self) -> u16 {
         self.port

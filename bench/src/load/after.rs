@@ -1,12 +1,10 @@
 //! What is read once a `collector-load` run is over: the episodes and
-//! samples in the database, grouped, and the collector's log, its warnings
-//! and errors counted by message.
+//! samples in the database (SQLite or PostgreSQL), grouped, and the
+//! collectors' logs, their warnings and errors counted by message.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
-use super::snap::open_db;
-use crate::procs::Collector;
+use super::system::System;
 
 /// Read after the run: the database and the collector's log.
 #[derive(Debug, Default)]
@@ -20,31 +18,18 @@ pub(super) struct After {
     pub(super) opened_logged: usize,
 }
 
-pub(super) fn after_run(collector: &Collector) -> anyhow::Result<After> {
-    let conn = open_db(&collector.db)?;
-    let group = |sql: &str| -> anyhow::Result<Vec<(String, i64)>> {
-        let mut stmt = conn.prepare(sql)?;
-        let rows = stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, Option<String>>(0)?.unwrap_or_default(),
-                r.get(1)?,
-            ))
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    };
+pub(super) fn after_run(system: &System) -> anyhow::Result<After> {
+    let group = |sql: &str| system.group(sql);
     let mut after = After {
         diagnoses: group("SELECT diagnosis, count(*) FROM episodes GROUP BY 1 ORDER BY 2 DESC")?,
         end_reasons: group(
             "SELECT coalesce(end_reason, '(open)'), count(*) FROM episodes GROUP BY 1 ORDER BY 2 DESC",
         )?,
         samples_by_side: group("SELECT side, count(*) FROM samples GROUP BY 1 ORDER BY 1")?,
+        db_bytes: system.store_bytes(),
         ..After::default()
     };
-    for suffix in ["", "-wal"] {
-        let p = PathBuf::from(format!("{}{suffix}", collector.db.display()));
-        after.db_bytes += std::fs::metadata(p).map_or(0, |m| m.len());
-    }
-    let text = std::fs::read_to_string(&collector.log).unwrap_or_default();
+    let text = system.logs();
     let mut warnings: BTreeMap<String, usize> = BTreeMap::new();
     for line in text.lines() {
         after.log_lines += 1;

@@ -12,6 +12,10 @@
 //! store added to the database (read with rusqlite, live), and the time
 //! from each stall's start to its stored episode for the probe hosts.
 //!
+//! In fleet mode (`--fleet-nodes N`, issue 24) the same load is spread over
+//! N collector nodes on NATS JetStream sharing a PostgreSQL store, and
+//! every process of that system is measured (`system`).
+//!
 //! Where each part lives: `run` starts the collector and drives the
 //! simulated fleet through those phases; `snap` reads everything at one
 //! moment; `after` reads the database and the collector's log once the run
@@ -27,6 +31,7 @@ mod run;
 mod series;
 pub mod sim;
 mod snap;
+mod system;
 mod units;
 
 use std::path::PathBuf;
@@ -170,6 +175,24 @@ pub struct LoadArgs {
     /// ingest (a soak).
     #[arg(long, value_name = "BYTES")]
     max_db_bytes: Option<u64>,
+    /// Fleet mode: this many collector nodes (0: one collector, as
+    /// before), on `--nats-servers` NATS servers with JetStream and one
+    /// PostgreSQL they share, all started by the bench; the agents' HTTP/2
+    /// connections go to the nodes in turn.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    fleet_nodes: usize,
+    /// Fleet mode: NATS servers in the cluster (the stream's and buckets'
+    /// replicas: as many, at most 3).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    nats_servers: usize,
+    /// Fleet mode: the nodes' --partitions.
+    #[arg(long, default_value_t = 32, value_name = "N")]
+    partitions: u32,
+    /// One collector on PostgreSQL (the bench starts it) instead of
+    /// SQLite: the store's cost without the bus's. Fleet mode always uses
+    /// PostgreSQL.
+    #[arg(long)]
+    postgres: bool,
     /// One row of the table over the window this often; at a minute or
     /// more the report also compares the first ten rows with the last ten
     /// (a soak's trend).

@@ -5,6 +5,7 @@
 //! adds its part.
 
 mod nat;
+mod parts;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -13,11 +14,12 @@ use super::after::After;
 use super::probe;
 use super::series::{rows, trend};
 use super::snap::Measured;
+use super::system::System;
 use super::units::{mib, pct, per_s, secs};
 use super::LoadArgs;
 use crate::procfs;
 
-pub(super) fn report(args: &LoadArgs, m: &Measured, after: &After, alive: bool) {
+pub(super) fn report(args: &LoadArgs, system: &System, m: &Measured, after: &After, alive: bool) {
     let (s, e) = (&m.start, &m.end);
     let wall = e.at.saturating_sub(s.at);
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get()) as f64;
@@ -245,7 +247,10 @@ pub(super) fn report(args: &LoadArgs, m: &Measured, after: &After, alive: bool) 
     let depisodes = e.db.episodes_max - s.db.episodes_max;
     let dclosed = (e.db.closed + e.pruned_episodes) - (s.db.closed + s.pruned_episodes);
     row(
-        "SQLite rows inserted /s: samples + episodes",
+        &format!(
+            "{} rows inserted /s: samples + episodes",
+            system.store_name()
+        ),
         format!(
             "{:.0} ({:.0} + {:.0})",
             per_s(dsamples + depisodes, wall),
@@ -254,7 +259,7 @@ pub(super) fn report(args: &LoadArgs, m: &Measured, after: &After, alive: bool) 
         ),
     );
     row(
-        "SQLite episodes closed (updated) /s",
+        &format!("{} episodes closed (updated) /s", system.store_name()),
         format!("{:.0}", per_s(dclosed, wall)),
     );
     row(
@@ -268,7 +273,8 @@ pub(super) fn report(args: &LoadArgs, m: &Measured, after: &After, alive: bool) 
     );
     println!();
 
-    println!("Collector CPU by thread over the window (threads alive throughout):");
+    parts::parts(system, s, e, wall, cores);
+    println!("Collector CPU by thread over the window (threads alive throughout, every node's):");
     println!();
     println!("| thread | n | % of one core (ticks) | % of one core (schedstat) |");
     println!("|---|---:|---:|---:|");

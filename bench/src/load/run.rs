@@ -1,6 +1,7 @@
-//! The run of `collector-load`: the collector started, every simulated
-//! agent connected, the idle baseline, the warm-up and the measured window,
-//! then the report.
+//! The run of `collector-load`: the collector (or the fleet's nodes and
+//! servers) started, every simulated agent connected (spread over the
+//! nodes), the idle baseline, the warm-up and the measured window, then
+//! the report.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -16,9 +17,10 @@ use super::agent::{self, Counters, Shared};
 use super::probe;
 use super::report::report;
 use super::snap::{snap, Measured};
+use super::system::System;
 use super::LoadArgs;
-use crate::procfs::{self, Mem};
-use crate::procs::{self, Collector};
+use crate::procfs;
+use crate::procs;
 
 /// Runs the benchmark and prints a markdown report on stdout.
 pub(crate) fn run(args: &LoadArgs) -> anyhow::Result<()> {
@@ -52,32 +54,28 @@ pub(crate) fn run(args: &LoadArgs) -> anyhow::Result<()> {
     if let Some(max) = args.max_db_bytes {
         flags.extend(["--max-db-bytes".to_string(), max.to_string()]);
     }
-    let mut collector = Collector::start(&bins, &args.collector_log, &flags)?;
+    let mut system = System::start(args, &bins, &flags)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.threads)
         .thread_name("bench-rt")
         .enable_all()
         .build()
         .context("starting the generator's runtime")?;
-    let measured = runtime.block_on(drive(args, &mut collector));
+    let measured = runtime.block_on(drive(args, &mut system));
     runtime.shutdown_timeout(Duration::from_secs(5));
     let measured = measured?;
-    let after = after_run(&collector)?;
-    let alive = collector.alive();
+    let after = after_run(&system)?;
+    let alive = system.alive();
     if args.keep {
-        collector.keep();
-        eprintln!(
-            "tcpstall-bench: kept the database and log in {}",
-            collector.dir().display()
-        );
+        system.keep();
     }
-    drop(collector);
-    report(args, &measured, &after, alive);
+    report(args, &system, &measured, &after, alive);
+    drop(system);
     Ok(())
 }
 
-async fn drive(args: &LoadArgs, collector: &mut Collector) -> anyhow::Result<Measured> {
-    let pid = collector.pid();
+async fn drive(args: &LoadArgs, system: &mut System) -> anyhow::Result<Measured> {
+    let pid = system.first().pid();
     let shape = args.shape();
     let shared = Arc::new(Shared {
         counters: Counters::default(),
@@ -87,22 +85,33 @@ async fn drive(args: &LoadArgs, collector: &mut Collector) -> anyhow::Result<Mea
         buffer: args.buffer,
         batch_max: args.batch_max,
     });
-    let url = collector.url();
-    let endpoint = Endpoint::from_shared(url.clone())?
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(10))
-        .keep_alive_while_idle(true);
+    let endpoints = system
+        .nodes
+        .iter()
+        .map(|c| {
+            Ok(Endpoint::from_shared(c.url())?
+                .connect_timeout(Duration::from_secs(5))
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(10))
+                .keep_alive_timeout(Duration::from_secs(10))
+                .keep_alive_while_idle(true))
+        })
+        .collect::<anyhow::Result<Vec<Endpoint>>>()?;
+    // The probes ask the first node: in fleet mode it answers from the
+    // shared store, whichever node judged the episode.
+    let endpoint = endpoints[0].clone();
+    let url = system.first().url();
     let n_conns = args.fleet.agents.div_ceil(args.agents_per_conn) as usize;
     eprintln!(
-        "tcpstall-bench: collector pid {pid} on {url}; opening {n_conns} HTTP/2 connections ..."
+        "tcpstall-bench: collector pid {pid} on {url} ({} node(s)); opening {n_conns} HTTP/2 connections ...",
+        endpoints.len()
     );
     let t0 = Instant::now();
     let mut channels: Vec<Channel> = Vec::with_capacity(n_conns);
-    for _ in 0..n_conns {
+    // Connection i goes to node i mod N: the agents spread evenly.
+    for i in 0..n_conns {
         channels.push(
-            endpoint
+            endpoints[i % endpoints.len()]
                 .connect()
                 .await
                 .context("connecting to the collector")?,
@@ -171,14 +180,14 @@ async fn drive(args: &LoadArgs, collector: &mut Collector) -> anyhow::Result<Mea
     );
 
     // Idle baseline: connected, heartbeats only.
-    let idle_t0 = procfs::process_ticks(pid)?;
+    let idle_t0 = system.ticks()?;
     let idle_at = Instant::now();
     tokio::time::sleep(args.interval * args.idle_polls).await;
     let idle_cpu = procfs::percent_of_core(
-        procfs::process_ticks(pid)?.since(&idle_t0).total(),
+        system.ticks()?.since(&idle_t0).nodes.total(),
         idle_at.elapsed(),
     );
-    let idle = Mem::of(pid)?;
+    let idle = system.mem()?;
 
     eprintln!(
         "tcpstall-bench: load on; warm-up {} ...",
@@ -187,16 +196,16 @@ async fn drive(args: &LoadArgs, collector: &mut Collector) -> anyhow::Result<Mea
     shared.load.store(true, Ordering::Relaxed);
     tokio::time::sleep(args.warmup()).await;
     ensure!(
-        collector.alive(),
-        "the collector died during the warm-up:\n{}",
-        collector.log_tail(20)
+        system.alive(),
+        "a collector died during the warm-up:\n{}",
+        system.log_tail(20)
     );
 
     eprintln!(
         "tcpstall-bench: window of {} starts (collector pid {pid}) ...",
         humantime::format_duration(args.duration)
     );
-    let start = snap(collector, c).await?;
+    let start = snap(system, c).await?;
     let mut perf = match &args.perf {
         Some(out) => Some(procs::Perf::record(pid, out, args.duration)?),
         None => None,
@@ -210,16 +219,16 @@ async fn drive(args: &LoadArgs, collector: &mut Collector) -> anyhow::Result<Mea
             break;
         }
         tokio::time::sleep(left.min(step)).await;
-        if !collector.alive() {
+        if !system.alive() {
             bail!(
-                "the collector died during the window:\n{}",
-                collector.log_tail(20)
+                "a collector died during the window:\n{}",
+                system.log_tail(20)
             );
         }
-        series.push(snap(collector, c).await?);
+        series.push(snap(system, c).await?);
     }
     let end = series.last().cloned().context("an empty window")?;
-    let memory = collector.scrape_metrics().ok().and_then(|m| {
+    let memory = system.metrics().ok().and_then(|m| {
         let get = |k: &str| m.get(k).copied();
         Some((
             get("tcpstall_collector_tracked_bytes")?,

@@ -1,10 +1,11 @@
 //! A reading of everything at one moment of a `collector-load` run: the
-//! collector's and this process's CPU and memory, the simulated agents'
-//! counters, the bytes on the collector's port, the database's rows and
-//! size, and the store's own counters.
+//! collector's (every node's, in fleet mode, with NATS's and PostgreSQL's)
+//! and this process's CPU and memory, the simulated agents' counters, the
+//! bytes on the collector's, NATS's and PostgreSQL's ports, the database's
+//! rows and size, and the store's own counters.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -16,14 +17,17 @@ use tcpstall_common::TcpState;
 
 use super::agent::Counters;
 use super::probe;
+use super::system::{PartTicks, Ports, System};
 use crate::procfs::{self, Mem, ThreadCpu, Ticks};
-use crate::procs::Collector;
 
 /// A reading of everything at one moment.
 #[derive(Debug, Clone, Default)]
 pub(super) struct Snap {
     pub(super) at: Duration,
+    /// Every collector node's CPU, added up.
     pub(super) collector: Ticks,
+    /// CPU by part: the nodes, NATS, PostgreSQL.
+    pub(super) parts: PartTicks,
     pub(super) collector_threads: BTreeMap<u32, (String, ThreadCpu)>,
     pub(super) collector_mem: Mem,
     pub(super) generator: Ticks,
@@ -38,6 +42,11 @@ pub(super) struct Snap {
     /// listening port's connections (gRPC and HTTP/2 framing included).
     pub(super) wire_in: u64,
     pub(super) wire_out: u64,
+    /// The same on the NATS servers' and PostgreSQL's client ports.
+    pub(super) nats_in: u64,
+    pub(super) nats_out: u64,
+    pub(super) pg_in: u64,
+    pub(super) pg_out: u64,
     pub(super) samples_offered: u64,
     pub(super) samples_dropped: u64,
     pub(super) batches_dropped: u64,
@@ -67,7 +76,28 @@ pub(super) struct Snap {
     /// Episodes retention deleted, all of them ended
     /// (`tcpstall_collector_store_pruned_episodes_total`).
     pub(super) pruned_episodes: i64,
+    /// Counters of the nodes' /metrics that say whether anything was lost
+    /// or how much crossed the bus, added up over the nodes (0 where
+    /// absent: single-node mode has no fleet counters).
+    pub(super) totals: BTreeMap<&'static str, f64>,
 }
+
+/// The counters [`Snap::totals`] holds.
+pub(super) const TOTALS: &[&str] = &[
+    "tcpstall_collector_batch_parts_published_total",
+    "tcpstall_collector_batch_parts_failed_total",
+    "tcpstall_collector_batch_parts_handled_total",
+    "tcpstall_collector_batch_parts_stale_total",
+    "tcpstall_collector_batch_parts_malformed_total",
+    "tcpstall_collector_batch_parts_unknown_host_dropped_total",
+    "tcpstall_collector_fleet_requests_forwarded_total",
+    "tcpstall_collector_host_registrations_failed_total",
+    "tcpstall_collector_partitions_lost_total",
+    "tcpstall_collector_store_writes_dropped_total",
+    "tcpstall_collector_store_write_errors_total",
+    "tcpstall_collector_store_rows_total",
+    "tcpstall_collector_store_transactions_total",
+];
 
 #[derive(Debug, Clone, Copy, Default)]
 pub(super) struct DbCounts {
@@ -78,7 +108,7 @@ pub(super) struct DbCounts {
     pub(super) episodes_max: i64,
 }
 
-fn db_counts(conn: &Connection) -> anyhow::Result<DbCounts> {
+pub(super) fn db_counts(conn: &Connection) -> anyhow::Result<DbCounts> {
     let one = |sql: &str| -> anyhow::Result<i64> {
         Ok(conn
             .query_row(sql, [], |r| r.get::<_, Option<i64>>(0))?
@@ -101,52 +131,42 @@ pub(super) fn open_db(path: &Path) -> anyhow::Result<Connection> {
     Ok(conn)
 }
 
-/// Bytes the collector received and sent on its port's connections, from
-/// the kernel (sock_diag): `tcpi_bytes_received` and `tcpi_bytes_acked`
-/// of every established socket whose local port is the collector's.
-fn collector_wire(port: u16) -> anyhow::Result<(u64, u64)> {
+/// Bytes received and sent on the connections of each part's listening
+/// ports, from the kernel (sock_diag): `tcpi_bytes_received` and
+/// `tcpi_bytes_acked` of every established socket whose local port is one
+/// of them. Each part's pair: into it, out of it.
+fn wire(ports: &Ports) -> anyhow::Result<[(u64, u64); 3]> {
     let mut poller = Poller::new(vec![netns::current()?])?;
     let (samples, failures) = poller.poll();
     if let Some(f) = failures.into_iter().next() {
-        return Err(f).context("polling the collector's sockets");
+        return Err(f).context("polling the sockets");
     }
-    let (mut rx, mut tx) = (0, 0);
+    let mut out = [(0, 0); 3];
     for s in samples {
-        if s.state == TcpState::Established && s.local.port() == port {
-            if let Some(i) = &s.info {
-                rx += i.bytes_received().unwrap_or(0);
-                tx += i.bytes_acked().unwrap_or(0);
-            }
+        if s.state != TcpState::Established {
+            continue;
+        }
+        let part = [&ports.nodes, &ports.nats, &ports.postgres]
+            .iter()
+            .position(|p| p.contains(&s.local.port()));
+        if let (Some(part), Some(i)) = (part, &s.info) {
+            out[part].0 += i.bytes_received().unwrap_or(0);
+            out[part].1 += i.bytes_acked().unwrap_or(0);
         }
     }
-    Ok((rx, tx))
+    Ok(out)
 }
 
-/// The database file and its WAL, bytes.
-fn db_file_bytes(db: &Path) -> u64 {
-    ["", "-wal"]
-        .iter()
-        .map(|suffix| PathBuf::from(format!("{}{suffix}", db.display())))
-        .map(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
-        .sum()
-}
-
-pub(super) async fn snap(collector: &Collector, counters: &Counters) -> anyhow::Result<Snap> {
-    let (pid, port) = (collector.pid(), collector.addr.port());
-    let path = collector.db.clone();
-    let (counts, (wire_in, wire_out)) = tokio::task::spawn_blocking(move || {
-        Ok::<_, anyhow::Error>((
-            open_db(&path).and_then(|c| db_counts(&c))?,
-            collector_wire(port)?,
-        ))
-    })
-    .await
-    .context("the database and socket reader")??;
+pub(super) async fn snap(system: &System, counters: &Counters) -> anyhow::Result<Snap> {
+    let ports = system.ports();
+    // A psql or SQLite reading and a sock_diag poll: blocking, brief.
+    let (counts, db_bytes, [(wire_in, wire_out), (nats_in, nats_out), (pg_in, pg_out)]) =
+        tokio::task::block_in_place(|| {
+            Ok::<_, anyhow::Error>((system.counts()?, system.store_bytes(), wire(&ports)?))
+        })?;
     // Rows leave under a size bound, so the table's rows are not the
     // rows ever stored: the store's own counters say both.
-    let metrics = collector
-        .scrape_metrics()
-        .context("the collector's /metrics")?;
+    let metrics = system.metrics()?;
     let counter = |name: &str| -> anyhow::Result<f64> {
         metrics
             .get(name)
@@ -157,14 +177,20 @@ pub(super) async fn snap(collector: &Collector, counters: &Counters) -> anyhow::
     let samples_stored = counter("tcpstall_collector_store_samples_total")? as i64;
     let pruned_episodes = counter("tcpstall_collector_store_pruned_episodes_total")? as i64;
     let optional = |name: &str| metrics.get(name).copied().unwrap_or(0.0);
+    let totals = TOTALS
+        .iter()
+        .map(|&k| (k, metrics.get(k).copied().unwrap_or(0.0)))
+        .collect();
+    let parts = system.ticks()?;
     let me = std::process::id();
     let g = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     let gi = |c: &std::sync::atomic::AtomicI64| c.load(Ordering::Relaxed);
     Ok(Snap {
         at: monotonic(),
-        collector: procfs::process_ticks(pid)?,
-        collector_threads: procfs::threads(pid)?,
-        collector_mem: Mem::of(pid)?,
+        collector: parts.nodes,
+        parts,
+        collector_threads: system.threads()?,
+        collector_mem: system.mem()?,
         generator: procfs::process_ticks(me)?,
         generator_threads: procfs::threads(me)?,
         samples_taken: counters.samples_taken(),
@@ -175,6 +201,10 @@ pub(super) async fn snap(collector: &Collector, counters: &Counters) -> anyhow::
         heartbeats_taken: g(&counters.heartbeats_taken),
         wire_in,
         wire_out,
+        nats_in,
+        nats_out,
+        pg_in,
+        pg_out,
         samples_offered: g(&counters.samples_offered),
         samples_dropped: g(&counters.samples_dropped),
         batches_dropped: g(&counters.batches_dropped),
@@ -190,10 +220,11 @@ pub(super) async fn snap(collector: &Collector, counters: &Counters) -> anyhow::
         stuck: gi(&counters.stuck),
         outboxed: gi(&counters.outboxed),
         db: counts,
-        db_bytes: db_file_bytes(&collector.db),
+        db_bytes,
         pruned_rows,
         samples_stored,
         pruned_episodes,
+        totals,
     })
 }
 
