@@ -202,28 +202,7 @@ pub(super) async fn apply(
             .await?,
         ),
         Command::AddSamples { .. } => add_samples(c, p, std::iter::once(cmd)).await?,
-        Command::AddHeld(held) => {
-            let mut n = 0;
-            for r in held {
-                n += c
-                    .execute(
-                        &p.held,
-                        &[
-                            &r.minute_ms,
-                            &r.a_host,
-                            &r.b_host,
-                            &r.end.id(),
-                            &int(r.le_ms),
-                            &int(r.count),
-                            &int(r.episodes),
-                            &int(r.total_ms),
-                            &int(r.max_ms),
-                        ],
-                    )
-                    .await?;
-            }
-            rows(n)
-        }
+        Command::AddHeld(held) => add_held(c, p, held.clone()).await?,
         _ => rows(0),
     })
 }
@@ -280,4 +259,44 @@ fn known(id: i64, rows: u64) -> Applied {
     } else {
         Applied::Rows { rows, samples: 0 }
     }
+}
+
+/// Adds held-span counts to what is stored, in the order of their keys: two
+/// nodes whose transactions both add to some of the same rows then lock
+/// them in one order, and cannot deadlock each other over them (the writer
+/// gives a transaction all its counts at its end, in one such pass).
+pub(super) async fn add_held(
+    c: &tokio_postgres::Client,
+    p: &Prepared,
+    mut held: Vec<crate::store::HeldRow>,
+) -> Result<Applied, WriteError> {
+    held.sort_by(|x, y| {
+        (x.minute_ms, &x.a_host, &x.b_host, x.end.id(), x.le_ms).cmp(&(
+            y.minute_ms,
+            &y.a_host,
+            &y.b_host,
+            y.end.id(),
+            y.le_ms,
+        ))
+    });
+    let mut n = 0;
+    for r in &held {
+        n += c
+            .execute(
+                &p.held,
+                &[
+                    &r.minute_ms,
+                    &r.a_host,
+                    &r.b_host,
+                    &r.end.id(),
+                    &int(r.le_ms),
+                    &int(r.count),
+                    &int(r.episodes),
+                    &int(r.total_ms),
+                    &int(r.max_ms),
+                ],
+            )
+            .await?;
+    }
+    Ok(Applied::Rows { rows: n, samples: 0 })
 }

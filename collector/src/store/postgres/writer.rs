@@ -90,6 +90,16 @@ fn transient(e: &tokio_postgres::Error) -> bool {
     std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
 }
 
+/// Whether an error is another transaction's doing (a deadlock, a
+/// serialization failure): the same transaction again, on the same
+/// connection, succeeds.
+fn conflict(e: &tokio_postgres::Error) -> bool {
+    e.code().is_some_and(|c| {
+        *c == tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED
+            || *c == tokio_postgres::error::SqlState::T_R_SERIALIZATION_FAILURE
+    })
+}
+
 /// Why a turn stopped before its batch was done.
 enum Stop {
     /// The connection failed; the batch is kept.
@@ -387,6 +397,11 @@ impl Writer {
             let mut i = 0;
             while i < n {
                 let cmd = &batch[i];
+                // Held-span counts go last, all together, in key order.
+                if matches!(cmd, Command::AddHeld(_)) {
+                    i += 1;
+                    continue;
+                }
                 let is_samples = |c: &Command| matches!(c, Command::AddSamples { .. });
                 let end = if merge && is_samples(cmd) {
                     i + batch.range(i..n).take_while(|c| is_samples(c)).count()
@@ -404,6 +419,14 @@ impl Writer {
                         samples += s;
                     }
                     Ok(Applied::UnknownEpisode(id)) => unknown.push(id),
+                    Err(WriteError::Pg(e)) if conflict(&e) => {
+                        // Another node's transaction: again, at once.
+                        if let Err(e) = c.batch_execute("ROLLBACK").await {
+                            return Err(lost(&e));
+                        }
+                        debug!(error = %e, "store transaction in conflict with another node's: again");
+                        continue 'attempt;
+                    }
                     Err(WriteError::Pg(e)) if transient(&e) || c.is_closed() => {
                         return Err(lost(&e));
                     }
@@ -425,6 +448,47 @@ impl Writer {
                     }
                 }
                 i = end;
+            }
+            let mut held = Vec::new();
+            for cmd in batch.range(0..n) {
+                if let Command::AddHeld(rows) = cmd {
+                    held.extend(rows.iter().cloned());
+                }
+            }
+            match write::add_held(c, p, held).await {
+                Ok(Applied::Rows { rows: r, .. }) => rows += r,
+                Ok(Applied::UnknownEpisode(_)) => {}
+                Err(WriteError::Pg(e)) if conflict(&e) => {
+                    if let Err(e) = c.batch_execute("ROLLBACK").await {
+                        return Err(lost(&e));
+                    }
+                    debug!(error = %e, "store transaction in conflict with another node's: again");
+                    continue 'attempt;
+                }
+                Err(WriteError::Pg(e)) if transient(&e) || c.is_closed() => {
+                    return Err(lost(&e));
+                }
+                Err(error) => {
+                    // Counts PostgreSQL refuses: dropped with a warning, the
+                    // rest written again without them.
+                    if let Err(e) = c.batch_execute("ROLLBACK").await {
+                        return Err(lost(&e));
+                    }
+                    warn!(%error, "store write of held-span counts failed");
+                    let dropped = batch
+                        .range(0..n)
+                        .filter(|c| matches!(c, Command::AddHeld(_)))
+                        .count();
+                    let mut k = 0;
+                    batch.retain(|c| {
+                        k += 1;
+                        k > n || !matches!(c, Command::AddHeld(_))
+                    });
+                    n -= dropped;
+                    self.shared.stats.write_failed(dropped as u64);
+                    self.shared.release(dropped);
+                    continue 'attempt;
+                }
             }
             if let Err(e) = c.batch_execute("COMMIT").await {
                 if transient(&e) || c.is_closed() {
