@@ -372,8 +372,15 @@ fn the_node_a_stuck_end_streams_to_goes(going: Going) {
     match going {
         Going::Killed => kill_node(&mut lab, at),
         Going::Stopped => {
-            let pid = lab.nodes().nth(at).map(|n| n.child.id()).expect("node");
-            let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).expect("pid"));
+            // The queried node stopping: query another from now on.
+            let fleet = lab.fleet.as_mut().expect("a fleet");
+            let node = if at == 0 {
+                std::mem::swap(&mut lab.collector, &mut fleet.nodes[0]);
+                &fleet.nodes[0]
+            } else {
+                &fleet.nodes[at - 1]
+            };
+            let pid = nix::unistd::Pid::from_raw(i32::try_from(node.child.id()).expect("pid"));
             nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
         }
     }
