@@ -228,7 +228,7 @@ pub async fn run(
     lost: Arc<Lost>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut backoff = Backoff::new(cfg.backoff_max);
+    let mut backoff = Backoff::new(backoff::FIRST_RETRY, cfg.backoff_max);
     let mut rotation = Rotation::new(cfg.collectors.clone());
     // The collector of the latest stream, to tell a switch.
     let mut streamed: Option<Target> = None;

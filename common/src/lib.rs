@@ -8,6 +8,7 @@
 //! answer ([`record`]). No I/O and no async runtime live here.
 #![forbid(unsafe_code)]
 
+pub mod backoff;
 pub mod container;
 pub mod diagnosis;
 pub mod duration;

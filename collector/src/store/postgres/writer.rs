@@ -16,7 +16,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backon::{BackoffBuilder, ExponentialBuilder};
+use tcpstall_common::backoff::Backoff;
 use tcpstall_common::time::millis_i64;
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::{Client, NoTls};
@@ -108,39 +108,6 @@ enum Stop {
     Shutdown(oneshot::Sender<()>),
 }
 
-/// Jittered exponential backoff whose ceiling is a ceiling: `backon` adds
-/// up to 100 % jitter on top of a delay capped at half the ceiling.
-struct Backoff {
-    builder: ExponentialBuilder,
-    delays: <ExponentialBuilder as BackoffBuilder>::Backoff,
-    ceiling: Duration,
-}
-
-impl Backoff {
-    fn new(ceiling: Duration) -> Backoff {
-        let half = ceiling / 2;
-        let builder = ExponentialBuilder::new()
-            .with_jitter()
-            .with_factor(2.0)
-            .with_min_delay(FIRST_RETRY.min(half))
-            .with_max_delay(half)
-            .without_max_times();
-        Backoff {
-            builder,
-            delays: builder.build(),
-            ceiling,
-        }
-    }
-
-    fn next_delay(&mut self) -> Duration {
-        self.delays.next().unwrap_or(self.ceiling).min(self.ceiling)
-    }
-
-    fn reset(&mut self) {
-        self.delays = self.builder.build();
-    }
-}
-
 pub(super) struct Writer {
     cfg: PgConfig,
     conn: Option<Conn>,
@@ -160,7 +127,7 @@ impl Writer {
         rx: mpsc::Receiver<Command>,
         shared: Arc<Shared>,
     ) -> Writer {
-        let backoff = Backoff::new(cfg.reconnect_ceiling.max(Duration::from_millis(10)));
+        let backoff = Backoff::new(FIRST_RETRY, cfg.reconnect_ceiling.max(Duration::from_millis(10)));
         Writer {
             cfg,
             conn: Some(conn),
