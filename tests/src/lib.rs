@@ -229,11 +229,17 @@ impl CollectorProcess {
                 }
             }
         });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("collector did not start listening")
-            .parse()
-            .expect("listen address");
+        let addr = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(addr) => addr.parse().expect("listen address"),
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                // The reader thread ends with the pipe; what it kept is
+                // the collector's own account of why it did not start.
+                let said = log.lock().map(|l| l.join("\n")).unwrap_or_default();
+                panic!("collector did not start listening ({e}); it said:\n{said}");
+            }
+        };
         CollectorProcess {
             child,
             addr,
