@@ -119,6 +119,64 @@ pub async fn connect(s: &Settings) -> anyhow::Result<Bus> {
         .await
         .with_context(|| format!("connecting to NATS at {}", s.nats.join(", ")))?;
     let js = jetstream::new(client.clone());
+    // Nodes started together with their NATS servers may ask before
+    // JetStream has a metadata leader, or while a replicated stream is
+    // still being placed: such an answer is a wait, not a refusal. A
+    // fleet whose settings differ from this node's is a refusal.
+    let deadline = tokio::time::Instant::now() + SETUP_PATIENCE;
+    let mut backoff = tcpstall_common::backoff::Backoff::new(
+        Duration::from_millis(250),
+        Duration::from_secs(5),
+    );
+    loop {
+        match prepare(&client, &js, s).await {
+            Ok(bus) => return Ok(bus),
+            Err(Setup::Refused(e)) => return Err(e),
+            Err(Setup::NotYet(e)) => {
+                let wait = backoff.next_delay();
+                if tokio::time::Instant::now() + wait > deadline {
+                    return Err(e.context(format!(
+                        "JetStream not ready after {} s",
+                        SETUP_PATIENCE.as_secs()
+                    )));
+                }
+                tracing::warn!(error = %format!("{e:#}"), "JetStream not ready; trying again in {wait:?}");
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
+/// How long a starting node waits for JetStream to take its stream and
+/// buckets before it gives up.
+const SETUP_PATIENCE: Duration = Duration::from_secs(60);
+
+enum Setup {
+    /// Worth asking again (no leader yet, a timeout, a stream being placed).
+    NotYet(anyhow::Error),
+    /// Asking again will not help.
+    Refused(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Setup {
+    fn from(e: anyhow::Error) -> Setup {
+        Setup::NotYet(e)
+    }
+}
+
+impl From<serde_json::Error> for Setup {
+    fn from(e: serde_json::Error) -> Setup {
+        Setup::Refused(e.into())
+    }
+}
+
+/// Makes sure the stream and the buckets exist and the fleet's shared
+/// settings agree with this node's.
+async fn prepare(
+    client: &async_nats::Client,
+    js: &jetstream::Context,
+    s: &Settings,
+) -> Result<Bus, Setup> {
     js.get_or_create_stream(stream::Config {
         name: wire::STREAM.to_string(),
         subjects: vec![wire::SAMPLES_SUBJECTS.to_string()],
@@ -179,20 +237,21 @@ pub async fn connect(s: &Settings) -> anyhow::Result<Bus> {
             .await
             .context("reading the fleet's settings")?
             .context("the fleet's settings vanished")?;
-        let theirs: wire::Shared =
-            serde_json::from_slice(&entry.value).context("the fleet's settings")?;
+        let theirs: wire::Shared = serde_json::from_slice(&entry.value)
+            .context("the fleet's settings")
+            .map_err(Setup::Refused)?;
         if theirs != shared {
-            anyhow::bail!(
+            return Err(Setup::Refused(anyhow::anyhow!(
                 "partitions: this node has {}, the fleet on these NATS servers {}; every node \
                  must have the same (the setting `partitions`)",
                 shared.partitions,
                 theirs.partitions
-            );
+            )));
         }
     }
     Ok(Bus {
-        client,
-        js,
+        client: client.clone(),
+        js: js.clone(),
         hosts,
         nodes,
         leases,
@@ -558,11 +617,14 @@ impl FleetStats {
         one("tcpstall_collector_partitions_caught_up_total", Kind::Counter, "Partitions that finished replaying their stream after being taken.", p.caught_up.load(Relaxed));
         one("tcpstall_collector_batch_parts_published_total", Kind::Counter, "Parts of agents' batches published to their partitions and acknowledged by JetStream.", e.parts_published.load(Relaxed));
         one("tcpstall_collector_batch_parts_failed_total", Kind::Counter, "Parts of agents' batches whose publish failed or was not acknowledged: lost.", e.parts_failed.load(Relaxed));
-        one("tcpstall_collector_batch_parts_handled_total", Kind::Counter, "Partition messages handed to this node's matchers.", p.handled.load(Relaxed));
-        one("tcpstall_collector_batch_parts_stale_total", Kind::Counter, "Partition messages of a session its host had replaced: skipped.", p.stale.load(Relaxed));
-        one("tcpstall_collector_batch_parts_late_total", Kind::Counter, "Partition messages read after a newer one of the same host (a publish retried behind another): skipped.", p.late.load(Relaxed));
-        one("tcpstall_collector_batch_parts_malformed_total", Kind::Counter, "Partition messages that did not decode: counted and skipped.", p.malformed.load(Relaxed));
-        one("tcpstall_collector_batch_parts_unknown_host_dropped_total", Kind::Counter, "Partition messages of hosts not (yet) registered, dropped beyond the bound held waiting.", p.waiting_dropped.load(Relaxed));
+        one("tcpstall_collector_batch_bundles_published_total", Kind::Counter, "Partition messages published and acknowledged: each a bundle of one node's parts for one partition over a few milliseconds.", e.bundles_published.load(Relaxed));
+        one("tcpstall_collector_batch_bundles_failed_total", Kind::Counter, "Partition messages whose publish failed or was not acknowledged (their parts are in batch_parts_failed_total).", e.bundles_failed.load(Relaxed));
+        one("tcpstall_collector_batch_bundles_read_total", Kind::Counter, "Partition messages (bundles of parts) read by this node's partitions.", p.bundles_read.load(Relaxed));
+        one("tcpstall_collector_batch_parts_handled_total", Kind::Counter, "Batch parts handed to this node's matchers.", p.handled.load(Relaxed));
+        one("tcpstall_collector_batch_parts_stale_total", Kind::Counter, "Batch parts of a session its host had replaced: skipped.", p.stale.load(Relaxed));
+        one("tcpstall_collector_batch_parts_late_total", Kind::Counter, "Batch parts read after a newer one of the same host (a publish retried behind another): skipped.", p.late.load(Relaxed));
+        one("tcpstall_collector_batch_parts_malformed_total", Kind::Counter, "Partition messages, or parts in them, that did not decode: counted and skipped.", p.malformed.load(Relaxed));
+        one("tcpstall_collector_batch_parts_unknown_host_dropped_total", Kind::Counter, "Batch parts of hosts not (yet) registered, dropped beyond the bound held waiting.", p.waiting_dropped.load(Relaxed));
         one("tcpstall_collector_host_registrations_total", Kind::Counter, "Host records written to the hosts bucket (hellos, new addresses, renewals).", e.host_puts.load(Relaxed));
         one("tcpstall_collector_host_registrations_failed_total", Kind::Counter, "Host records that could not be written (retried at the next renewal).", e.host_put_failures.load(Relaxed));
         one("tcpstall_collector_fleet_requests_forwarded_total", Kind::Counter, "Watch and translate requests for this node's agents received from the matchers of any node.", e.requests_in.load(Relaxed));
