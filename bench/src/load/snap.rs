@@ -85,6 +85,9 @@ pub(super) struct Snap {
 /// The counters [`Snap::totals`] holds.
 pub(super) const TOTALS: &[&str] = &[
     "tcpstall_collector_batch_parts_published_total",
+    "tcpstall_collector_batch_bundles_published_total",
+    "tcpstall_collector_batch_bundles_read_total",
+    "tcpstall_collector_batch_parts_late_total",
     "tcpstall_collector_batch_parts_failed_total",
     "tcpstall_collector_batch_parts_handled_total",
     "tcpstall_collector_batch_parts_stale_total",

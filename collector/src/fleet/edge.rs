@@ -39,6 +39,10 @@ pub struct EdgeStats {
     /// Parts whose publish failed or was not acknowledged (lost: NATS was
     /// unreachable beyond the client's own buffer, or refused them).
     pub parts_failed: AtomicU64,
+    /// Partition messages (bundles of parts) published and acknowledged,
+    /// and those lost.
+    pub bundles_published: AtomicU64,
+    pub bundles_failed: AtomicU64,
     /// Host records written (hellos, addresses, renewals).
     pub host_puts: AtomicU64,
     pub host_put_failures: AtomicU64,
@@ -102,9 +106,6 @@ struct Held {
     /// Its sockets whose samples went by a translation's far side, and
     /// that partition, until they close.
     translated: HashMap<FlowTuple, u32>,
-    /// Batches of its stream so far (a poll larger than the agents' batch
-    /// bound comes as several batches with the poll's one time).
-    batches: u64,
 }
 
 /// Runs the edge until `inbox` closes (the gateway and every stream are
@@ -132,8 +133,19 @@ pub async fn run(
     let mut renew = tokio::time::interval(renew_every);
     renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let global = |session: u64| session_salt ^ session;
+    let mut bundles = Bundles::new(session_salt);
+    // When the oldest part waiting in a bundle is due out.
+    let mut flush_at: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
+            () = wait_until(flush_at) => {
+                flush_at = None;
+                for full in bundles.drain() {
+                    if publish_tx.send(full).await.is_err() {
+                        break;
+                    }
+                }
+            }
             msg = inbox.recv() => {
                 let Some(msg) = msg else { break };
                 match msg {
@@ -142,8 +154,6 @@ pub async fn run(
                         if h.record.session != global(session) {
                             continue;
                         }
-                        let mono_us = batch.mono.as_micros();
-                        h.batches += 1;
                         let empty = AgentBatch {
                             mono: batch.mono,
                             connections: batch.connections,
@@ -181,25 +191,22 @@ pub async fn run(
                         }
                         trail(&mut h.touched, &mut parts, &empty);
                         for (p, part) in parts {
-                            let mut headers = HeaderMap::new();
-                            headers.insert(wire::H_HOST, h.record.name.as_str());
-                            headers.insert(wire::H_SESSION, h.record.session.to_string().as_str());
-                            headers.insert(wire::H_TAKEN, taken_ms.to_string().as_str());
-                            // JetStream drops a second copy of one id: a
-                            // part published again after a lost
-                            // acknowledgement is stored once.
-                            let id = part_id(h.record.session, mono_us, h.batches, p);
-                            headers.insert("Nats-Msg-Id", id.as_str());
-                            // Waits for room: the publisher holds back
-                            // while JetStream does not acknowledge.
-                            let out = Outgoing {
-                                subject: wire::samples_subject(p),
-                                headers,
-                                payload: wire::encode_part(part),
+                            let part = wire::BundlePartOut {
+                                host: h.record.name.clone(),
+                                session: h.record.session,
+                                taken_ms,
+                                batch: Some(tcpstall_proto::convert::batch_to_wire(part)),
                             };
-                            if publish_tx.send(out).await.is_err() {
-                                break;
+                            if let Some(full) = bundles.push(p, &part) {
+                                // Waits for room: the publisher holds back
+                                // while JetStream does not acknowledge.
+                                if publish_tx.send(full).await.is_err() {
+                                    break;
+                                }
                             }
+                        }
+                        if flush_at.is_none() && bundles.any_open() {
+                            flush_at = Some(tokio::time::Instant::now() + FLUSH_EVERY);
                         }
                     }
                     ToMatcher::HostUp { host, session, name, addresses, interval, answers_lookups, forwards, holder } => {
@@ -220,7 +227,7 @@ pub async fn run(
                         };
                         let revision = put_record(&bus, &record, None, stats).await.ok();
                         let requests = tokio::spawn(forward_requests(bus.clone(), name, host, requests.clone(), asked.clone(), fleet.clone()));
-                        held.insert(host, Held { record, revision, requests, touched: HashMap::new(), translated: HashMap::new(), batches: 0 });
+                        held.insert(host, Held { record, revision, requests, touched: HashMap::new(), translated: HashMap::new() });
                     }
                     ToMatcher::Addresses { host, session, addresses } => {
                         let Some(h) = held.get_mut(&host) else { continue };
@@ -276,6 +283,11 @@ pub async fn run(
         }
     }
     // What was published is acknowledged (or given up) before the edge ends.
+    for full in bundles.drain() {
+        if publish_tx.send(full).await.is_err() {
+            break;
+        }
+    }
     drop(publish_tx);
     let _ = publisher.await;
     // Its hosts' records stay: their agents say hello on another node (a
@@ -285,16 +297,101 @@ pub async fn run(
     }
 }
 
-/// The deduplication id of partition `p`'s part of a stream's `batch`th
-/// batch: the same for every publish of that part (JetStream stores a part
-/// published again after a lost acknowledgement once), another for every
-/// other part. The poll's time alone does not tell batches apart: a poll
-/// larger than the agent's batch bound is sent as several batches with the
-/// poll's one time, and JetStream would keep only the first of them in
-/// each partition (found by the fleet benchmark: a third of the parts
-/// reached the matchers).
-fn part_id(session: u64, mono_us: u128, batch: u64, p: u32) -> String {
-    format!("{session:x}.{mono_us:x}.{batch:x}.{p}")
+/// The most bytes a bundle gathers before it goes out (NATS refuses a
+/// message over its `max_payload`, 1 MiB unless configured).
+const BUNDLE_BYTES: usize = 256 * 1024;
+/// The longest a part waits in its bundle: a poll's delay to its matcher
+/// grows by at most this (against 2 s polls and a 10 s threshold).
+const FLUSH_EVERY: Duration = Duration::from_millis(20);
+
+/// Sleeps until `at`; never without one.
+async fn wait_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The bundles being gathered, one per partition with parts waiting.
+struct Bundles {
+    /// Mixed into every bundle's id: this node's start.
+    salt: u64,
+    open: BTreeMap<u32, Open>,
+    /// Bundles sent so far per partition.
+    sent: HashMap<u32, u64>,
+}
+
+struct Open {
+    buf: bytes::BytesMut,
+    parts: u64,
+}
+
+impl Bundles {
+    fn new(salt: u64) -> Bundles {
+        Bundles {
+            salt,
+            open: BTreeMap::new(),
+            sent: HashMap::new(),
+        }
+    }
+
+    fn any_open(&self) -> bool {
+        !self.open.is_empty()
+    }
+
+    /// Adds a part to partition `p`'s bundle; the bundle, when that filled
+    /// it.
+    fn push(&mut self, p: u32, part: &wire::BundlePartOut) -> Option<Outgoing> {
+        let open = self.open.entry(p).or_insert_with(|| Open {
+            buf: bytes::BytesMut::with_capacity(16 * 1024),
+            parts: 0,
+        });
+        wire::bundle_push(&mut open.buf, part);
+        open.parts += 1;
+        if open.buf.len() < BUNDLE_BYTES {
+            return None;
+        }
+        let open = self.open.remove(&p)?;
+        Some(self.seal(p, open))
+    }
+
+    /// Every bundle with parts, sealed.
+    fn drain(&mut self) -> Vec<Outgoing> {
+        let open = std::mem::take(&mut self.open);
+        open.into_iter().map(|(p, o)| self.seal(p, o)).collect()
+    }
+
+    #[cfg(test)]
+    fn drain_one(&mut self, p: u32) -> Outgoing {
+        self.push(p, &wire::BundlePartOut::default());
+        let open = self.open.remove(&p).expect("just pushed");
+        self.seal(p, open)
+    }
+
+    fn seal(&mut self, p: u32, open: Open) -> Outgoing {
+        let n = self.sent.entry(p).or_insert(0);
+        *n += 1;
+        let mut headers = HeaderMap::new();
+        // JetStream drops a second copy of one id: a bundle published
+        // again after a lost acknowledgement is stored once.
+        headers.insert("Nats-Msg-Id", bundle_id(self.salt, p, *n).as_str());
+        Outgoing {
+            subject: wire::samples_subject(p),
+            headers,
+            payload: open.buf.freeze(),
+            parts: open.parts,
+        }
+    }
+}
+
+/// The deduplication id of partition `p`'s `n`th bundle from the node
+/// start `salt` names: the same for every publish of that bundle (a bundle
+/// is sealed once; its retries are the same bytes), another for every
+/// other. (Ids built from a poll's time alone collide: a poll larger than
+/// the agent's batch bound comes as several batches with its one time, and
+/// JetStream kept only the first — found by the fleet benchmark.)
+fn bundle_id(salt: u64, p: u32, n: u64) -> String {
+    format!("{salt:x}.{p}.{n:x}")
 }
 
 /// How many polls a partition hears of a host after the last one that had
@@ -457,20 +554,64 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    fn id(o: &Outgoing) -> String {
+        o.headers
+            .get("Nats-Msg-Id")
+            .map(|v| v.as_str().to_string())
+            .unwrap_or_default()
+    }
+
     #[test]
-    fn every_part_has_an_id_of_its_own_and_keeps_it() {
-        let ids = [
-            part_id(7, 1_000, 1, 3),
-            part_id(7, 1_000, 2, 3),
-            part_id(7, 1_000, 1, 4),
-            part_id(8, 1_000, 1, 3),
-        ];
+    fn every_bundle_has_an_id_of_its_own_and_its_parts_in_order() {
+        let part = |host: &str, taken_ms| wire::BundlePartOut {
+            host: host.into(),
+            session: 1,
+            taken_ms,
+            batch: Some(tcpstall_proto::v1::Batch::default()),
+        };
+        let mut bundles = Bundles::new(7 << 24);
+        // Two batches of one poll (the same time) and another host's.
+        assert!(bundles.push(3, &part("a", 1_000)).is_none());
+        assert!(bundles.push(3, &part("a", 1_000)).is_none());
+        assert!(bundles.push(4, &part("b", 1_000)).is_none());
+        let first = bundles.drain();
+        assert!(!bundles.any_open());
+        assert!(bundles.push(3, &part("a", 1_000)).is_none());
+        let second = bundles.drain();
+        let subjects: Vec<_> = first.iter().map(|o| (o.subject.as_str(), o.parts)).collect();
+        assert_eq!(subjects, [("tcpstall.samples.3", 2), ("tcpstall.samples.4", 1)]);
+        let read = wire::decode_bundle(first[0].payload.clone()).expect("a bundle");
+        assert_eq!(read.len(), 2, "both batches of the poll");
+        let ids = [id(&first[0]), id(&first[1]), id(&second[0]), id(&Bundles::new(8 << 24).drain_one(3))];
         for (i, a) in ids.iter().enumerate() {
+            assert!(!a.is_empty());
             for b in &ids[i + 1..] {
-                assert_ne!(a, b, "the batches of one poll, its partitions and sessions differ");
+                assert_ne!(a, b, "partitions, later bundles and other node starts differ");
             }
         }
-        assert_eq!(part_id(7, 1_000, 1, 3), ids[0], "published again: the same id");
+        // A retry publishes the sealed message again: the same id.
+        let again = first[0].clone();
+        assert_eq!(id(&again), ids[0]);
+    }
+
+    #[test]
+    fn a_bundle_goes_out_once_it_is_full() {
+        let mut bundles = Bundles::new(1 << 24);
+        let big = wire::BundlePartOut {
+            host: "h".repeat(64 * 1024),
+            ..wire::BundlePartOut::default()
+        };
+        let mut sent = None;
+        for i in 0..8 {
+            if let Some(full) = bundles.push(0, &big) {
+                sent = Some((i, full));
+                break;
+            }
+        }
+        let (i, full) = sent.expect("sealed once over the bound");
+        assert_eq!(full.parts, i + 1);
+        assert!(full.payload.len() >= BUNDLE_BYTES && full.payload.len() < BUNDLE_BYTES + 70 * 1024);
+        assert!(!bundles.any_open(), "a full bundle is not kept open");
     }
 
     #[test]

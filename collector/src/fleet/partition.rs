@@ -20,7 +20,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{pull, DeliverPolicy};
-use async_nats::jetstream::Message;
 use tcpstall_common::Clock;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::StreamExt;
@@ -45,7 +44,9 @@ const WAITING: usize = 256;
 /// What every partition of a node counts (read by /metrics).
 #[derive(Debug, Default)]
 pub struct PartitionStats {
-    /// Partition messages handled.
+    /// Partition messages (bundles) read.
+    pub bundles_read: AtomicU64,
+    /// Batch parts handed to the matcher.
     pub handled: AtomicU64,
     /// Messages of a session its host no longer has, or of a host gone
     /// (replayed from before): skipped, as single-node mode skips them.
@@ -78,13 +79,8 @@ pub struct Partition {
     pub fleet: Arc<super::FleetStats>,
 }
 
-/// One message read off the stream.
-struct Part {
-    host: String,
-    session: u64,
-    taken_ms: i64,
-    payload: bytes::Bytes,
-}
+/// One host's part of a message read off the stream.
+type Part = wire::BundlePart;
 
 /// Runs partition `part.p` until `stop` fires: its state goes with it
 /// (the next owner rebuilds it from the stream); nothing is closed.
@@ -177,8 +173,13 @@ pub async fn run(
                     }
                 };
                 let pending = msg.info().map_or(0, |i| i.pending);
-                match read(&msg) {
-                    Ok(p) => handle(&mut matcher, &applied, &mut waiting, &mut clocks, p, &part),
+                part.fleet.partitions.bundles_read.fetch_add(1, Ordering::Relaxed);
+                match wire::decode_bundle(msg.message.payload.clone()) {
+                    Ok(parts) => {
+                        for p in parts {
+                            handle(&mut matcher, &applied, &mut waiting, &mut clocks, p, &part);
+                        }
+                    }
                     Err(e) => {
                         part.fleet.partitions.malformed.fetch_add(1, Ordering::Relaxed);
                         tracing::debug!(partition = part.p, error = %e, "a partition message skipped");
@@ -301,32 +302,6 @@ async fn consume(bus: &Bus, subject: &str) -> Result<(pull::Ordered, u64), async
     Ok((consumer.messages().await?, pending))
 }
 
-fn read(msg: &Message) -> Result<Part, wire::PartError> {
-    let headers = msg
-        .headers
-        .as_ref()
-        .ok_or(wire::PartError::Header(wire::H_HOST))?;
-    let text = |name: &'static str| {
-        headers
-            .get(name)
-            .map(|v| v.as_str().to_string())
-            .ok_or(wire::PartError::Header(name))
-    };
-    let host = text(wire::H_HOST)?;
-    let session = text(wire::H_SESSION)?
-        .parse()
-        .map_err(|_| wire::PartError::Header(wire::H_SESSION))?;
-    let taken_ms = text(wire::H_TAKEN)?
-        .parse()
-        .map_err(|_| wire::PartError::Header(wire::H_TAKEN))?;
-    Ok(Part {
-        host,
-        session,
-        taken_ms,
-        payload: msg.payload.clone(),
-    })
-}
-
 fn host_id(part: &Partition, name: &str) -> HostId {
     part.names
         .lock()
@@ -375,7 +350,7 @@ fn handle(
         part.fleet.partitions.late.fetch_add(1, Ordering::Relaxed);
         return;
     }
-    let batch = match wire::decode_part(p.payload, part.judging.max_entries) {
+    let batch = match wire::check_part(p.batch, part.judging.max_entries) {
         Ok(b) => b,
         Err(e) => {
             part.fleet.partitions.malformed.fetch_add(1, Ordering::Relaxed);

@@ -33,12 +33,14 @@ pub const IN_FLIGHT: usize = 1024;
 /// How long a part is published again before it is counted lost.
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
-/// One message for the samples stream.
+/// One message for the samples stream: a bundle of parts.
 #[derive(Debug, Clone)]
 pub struct Outgoing {
     pub subject: String,
     pub headers: HeaderMap,
     pub payload: Bytes,
+    /// Batch parts in it.
+    pub parts: u64,
 }
 
 type Ack = Pin<Box<dyn Future<Output = Result<PublishAck, PublishError>> + Send>>;
@@ -70,8 +72,9 @@ pub async fn run(
             },
             acked = front(&mut inflight), if !inflight.is_empty() => match acked {
                 Ok(()) => {
-                    inflight.pop_front();
-                    stats.parts_published.fetch_add(1, Ordering::Relaxed);
+                    if let Some(done) = inflight.pop_front() {
+                        published(stats, &done.msg);
+                    }
                 }
                 Err(error) => {
                     tracing::debug!(%error, waiting = inflight.len(), "a batch part not acknowledged; publishing it and those after it again, in order");
@@ -80,6 +83,11 @@ pub async fn run(
             },
         }
     }
+}
+
+fn published(stats: &super::edge::EdgeStats, msg: &Outgoing) {
+    stats.parts_published.fetch_add(msg.parts, Ordering::Relaxed);
+    stats.bundles_published.fetch_add(1, Ordering::Relaxed);
 }
 
 /// Publishes `msg`; its acknowledgement to come (or the failure to send).
@@ -116,8 +124,9 @@ async fn recover(
             .is_some_and(|f| f.since.elapsed() >= PATIENCE)
         {
             if let Some(lost) = inflight.pop_front() {
-                stats.parts_failed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(subject = %lost.msg.subject, "a batch part lost: not acknowledged within {PATIENCE:?}");
+                stats.parts_failed.fetch_add(lost.msg.parts, Ordering::Relaxed);
+                stats.bundles_failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(subject = %lost.msg.subject, parts = lost.msg.parts, "a bundle of batch parts lost: not acknowledged within {PATIENCE:?}");
             }
         }
         if inflight.is_empty() {
@@ -132,8 +141,9 @@ async fn recover(
         while let Some(f) = inflight.front_mut() {
             match f.ack.as_mut().await {
                 Ok(_) => {
-                    inflight.pop_front();
-                    stats.parts_published.fetch_add(1, Ordering::Relaxed);
+                    if let Some(done) = inflight.pop_front() {
+                        published(stats, &done.msg);
+                    }
                 }
                 Err(_) => {
                     failed = true;

@@ -1,8 +1,11 @@
 //! What fleet mode puts on NATS, and how it reads it back: subjects, the
-//! partition parts of a batch, host records, watch requests. Every payload
-//! is the agents' own protobuf (a part of a batch is a `v1::Batch`, a
-//! request a `v1::CollectorMessage`) or, for the registries, JSON: nothing
-//! new to version.
+//! partition parts of a batch, host records, watch requests. A partition
+//! message is a bundle: one node's parts of its hosts' batches for that
+//! partition over a few milliseconds, each the agents' own `v1::Batch`
+//! with its host, session and poll time ([`Bundle`]; one message per
+//! partition and flush rather than one per host and poll: JetStream's cost
+//! is mostly per message). A request is a `v1::CollectorMessage`; the
+//! registries are JSON.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -35,11 +38,6 @@ pub const FLEET: &str = "tcpstall_fleet";
 
 /// The partition that asked, on a request for a host's agent.
 pub const H_PARTITION: &str = "Tcpstall-Partition";
-
-/// Headers of a partition message.
-pub const H_HOST: &str = "Tcpstall-Host";
-pub const H_SESSION: &str = "Tcpstall-Session";
-pub const H_TAKEN: &str = "Tcpstall-Taken-Ms";
 
 /// Where partition `p`'s samples are published.
 pub fn samples_subject(p: u32) -> String {
@@ -183,27 +181,69 @@ fn part_of<'a>(
     parts.entry(p).or_insert_with(|| empty.clone())
 }
 
-/// A part as published.
-pub fn encode_part(part: AgentBatch) -> Bytes {
-    Bytes::from(convert::batch_to_wire(part).encode_to_vec())
+/// One host's part of a bundle, as written: its batch part in the agents'
+/// own form.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct BundlePartOut {
+    #[prost(string, tag = "1")]
+    pub host: String,
+    #[prost(uint64, tag = "2")]
+    pub session: u64,
+    /// When its poll was taken, on its node's clock (Unix ms).
+    #[prost(int64, tag = "3")]
+    pub taken_ms: i64,
+    #[prost(message, optional, tag = "4")]
+    pub batch: Option<v1::Batch>,
 }
 
-/// A published part read back, checked as an agent's batch is (at most
-/// `max` entries).
-pub fn decode_part(payload: Bytes, max: usize) -> Result<AgentBatch, PartError> {
-    let raw = raw::Batch::decode(payload).map_err(PartError::Decode)?;
-    convert::batch_from_wire(raw, max).map_err(PartError::Convert)
+/// [`BundlePartOut`] as read: the batch's samples left encoded (the same
+/// wire form, see `tcpstall_proto::raw`).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct BundlePart {
+    #[prost(string, tag = "1")]
+    pub host: String,
+    #[prost(uint64, tag = "2")]
+    pub session: u64,
+    #[prost(int64, tag = "3")]
+    pub taken_ms: i64,
+    #[prost(message, optional, tag = "4")]
+    pub batch: Option<raw::Batch>,
+}
+
+/// A partition message: the parts one node had for the partition over a
+/// few milliseconds, of any of its hosts, in the order it took them.
+/// Written a part at a time ([`bundle_push`]): a bundle is its parts'
+/// field 1 entries one after another.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Bundle {
+    #[prost(message, repeated, tag = "1")]
+    pub parts: Vec<BundlePart>,
+}
+
+/// Appends a host's part to a bundle being written.
+pub fn bundle_push(buf: &mut bytes::BytesMut, part: &BundlePartOut) {
+    prost::encoding::message::encode(1, part, buf);
+}
+
+/// A partition message read back: its parts, in order.
+pub fn decode_bundle(payload: Bytes) -> Result<Vec<BundlePart>, PartError> {
+    Bundle::decode(payload)
+        .map(|b| b.parts)
+        .map_err(PartError::Decode)
+}
+
+/// A bundle's part checked as an agent's batch is (at most `max` entries).
+pub fn check_part(batch: Option<raw::Batch>, max: usize) -> Result<AgentBatch, PartError> {
+    convert::batch_from_wire(batch.unwrap_or_default(), max).map_err(PartError::Convert)
 }
 
 /// Why a partition message was skipped.
 #[derive(Debug, thiserror::Error)]
 pub enum PartError {
-    #[error("not a batch: {0}")]
+    #[error("not a bundle of batch parts: {0}")]
     Decode(prost::DecodeError),
     #[error("a batch the agents' checks refuse: {0}")]
     Convert(ConvertError),
-    #[error("header {0} missing or malformed")]
-    Header(&'static str),
 }
 
 /// A request for a host's agent, as published on its subject.
@@ -380,7 +420,20 @@ mod tests {
                 assert_eq!(partition(s.flow.key(), 8), p);
             }
             back += part.samples.len();
-            let read = decode_part(encode_part(part.clone()), 100).expect("reads back");
+            let mut buf = bytes::BytesMut::new();
+            let out = |taken_ms| BundlePartOut {
+                host: "h1".into(),
+                session: 7,
+                taken_ms,
+                batch: Some(convert::batch_to_wire(part.clone())),
+            };
+            bundle_push(&mut buf, &out(5));
+            bundle_push(&mut buf, &out(6));
+            let bundle = decode_bundle(buf.freeze()).expect("reads back");
+            assert_eq!(bundle.len(), 2, "two parts, in order");
+            assert_eq!((bundle[0].taken_ms, bundle[1].taken_ms), (5, 6));
+            assert_eq!((bundle[1].host.as_str(), bundle[1].session), ("h1", 7));
+            let read = check_part(bundle[1].batch.clone(), 100).expect("checks");
             assert_eq!(read.samples, part.samples);
             assert_eq!(read.closed, part.closed);
             assert_eq!(read.absent, part.absent);
@@ -419,8 +472,28 @@ mod tests {
             "a closing follows its socket's translated samples"
         );
         assert!(matches!(
-            decode_part(Bytes::from_static(b"\xff\xff"), 10),
+            decode_bundle(Bytes::from_static(b"\xff\xff")),
             Err(PartError::Decode(_))
+        ));
+        // A part over the agents' bound is refused as their batch would be.
+        let mut buf = bytes::BytesMut::new();
+        let big = AgentBatch {
+            samples: (0..11)
+                .map(|i| (SampleReason::Suspect, stuck(&format!("10.0.0.1:{}", 1000 + i), "10.0.0.2:80", 1)))
+                .collect(),
+            ..AgentBatch::default()
+        };
+        bundle_push(
+            &mut buf,
+            &BundlePartOut {
+                batch: Some(convert::batch_to_wire(big)),
+                ..BundlePartOut::default()
+            },
+        );
+        let bundle = decode_bundle(buf.freeze()).expect("a bundle");
+        assert!(matches!(
+            check_part(bundle[0].batch.clone(), 10),
+            Err(PartError::Convert(_))
         ));
     }
 

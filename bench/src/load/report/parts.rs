@@ -61,12 +61,18 @@ pub(super) fn parts(system: &System, s: &Snap, e: &Snap, wall: Duration, cores: 
     };
     traffic("samples taken by the nodes' streams", taken, "");
     traffic(
-        "batch parts published to the samples stream (NATS messages in)",
-        published,
+        "bundles published to the samples stream (NATS messages in)",
+        delta("tcpstall_collector_batch_bundles_published_total"),
         "",
     );
     traffic(
-        "batch parts handled by the partitions' matchers (NATS messages out)",
+        "bundles read by the partitions (NATS messages out)",
+        delta("tcpstall_collector_batch_bundles_read_total"),
+        "",
+    );
+    traffic("batch parts published in those bundles", published, "");
+    traffic(
+        "batch parts handled by the partitions' matchers",
         delta("tcpstall_collector_batch_parts_handled_total"),
         "",
     );
@@ -119,6 +125,7 @@ pub(super) fn parts(system: &System, s: &Snap, e: &Snap, wall: Duration, cores: 
         "tcpstall_collector_batch_parts_failed_total",
         "tcpstall_collector_batch_parts_unknown_host_dropped_total",
         "tcpstall_collector_batch_parts_stale_total",
+        "tcpstall_collector_batch_parts_late_total",
         "tcpstall_collector_batch_parts_malformed_total",
         "tcpstall_collector_store_writes_dropped_total",
         "tcpstall_collector_store_write_errors_total",
