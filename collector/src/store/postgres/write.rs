@@ -21,6 +21,7 @@ use tokio_postgres::{Client, Statement};
 
 use super::super::sqlite::read::{cookie_to_sql, ViaColumns};
 use crate::store::queue::Command;
+use crate::store::StoredSample;
 
 /// The write statements, prepared on one connection.
 pub(super) struct Prepared {
@@ -30,6 +31,7 @@ pub(super) struct Prepared {
     update: Statement,
     close: Statement,
     samples: Statement,
+    known: Statement,
     held: Statement,
 }
 
@@ -92,6 +94,9 @@ impl Prepared {
                      ON CONFLICT DO NOTHING",
                 )
                 .await?,
+            known: c
+                .prepare("SELECT id FROM episodes WHERE id = ANY($1::bigint[])")
+                .await?,
             held: c
                 .prepare(
                     "INSERT INTO held_spans (minute_ms, a_host, b_host, end_reason, le_ms,
@@ -109,10 +114,14 @@ impl Prepared {
 }
 
 /// What one write did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Applied {
     /// Rows inserted or changed, and of them sample rows.
     Rows { rows: u64, samples: u64 },
+    /// Sample rows inserted, and the episodes of the sample writes not
+    /// applied because the store does not have their episode (one each: a
+    /// failed write, counted; the rest of the statement applies).
+    Samples { rows: u64, unknown: Vec<i64> },
     /// An update or close of an episode the store does not have: a failed
     /// write (counted), which does not abort the transaction.
     UnknownEpisode(i64),
@@ -211,32 +220,55 @@ pub(super) async fn apply(
 /// skipped) in one statement, in their order: the samples of a poll
 /// arrive as one command per episode, and one round trip per command
 /// would bound the store by the network's latency.
+///
+/// A command whose episode the store does not have (its insert was
+/// refused, or dropped while the store's queue was full) is left out and
+/// named, rather than failing the statement on the foreign key: one such
+/// write used to fail every write merged with it, then every write was
+/// tried alone, and the slower store dropped more episode inserts.
 pub(super) async fn add_samples<'a>(
     c: &Client,
     p: &Prepared,
     cmds: impl Iterator<Item = &'a Command>,
 ) -> Result<Applied, WriteError> {
+    let cmds: Vec<(i64, &Vec<StoredSample>)> = cmds
+        .filter_map(|cmd| match cmd {
+            Command::AddSamples { id, samples } => Some((*id, samples)),
+            _ => None,
+        })
+        .collect();
+    let mut asked: Vec<i64> = cmds.iter().map(|(id, _)| *id).collect();
+    asked.sort_unstable();
+    asked.dedup();
+    let known: std::collections::HashSet<i64> = c
+        .query(&p.known, &[&asked])
+        .await?
+        .iter()
+        .filter_map(|r| r.try_get::<_, i64>(0).ok())
+        .collect();
     let (mut ids, mut sides, mut hosts, mut at, mut pb) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::<&[u8]>::new());
-    for cmd in cmds {
-        let Command::AddSamples { id, samples } = cmd else {
+    let mut unknown = Vec::new();
+    for (id, samples) in cmds {
+        if !known.contains(&id) {
+            unknown.push(id);
             continue;
-        };
+        }
         for s in samples {
-            ids.push(*id);
+            ids.push(id);
             sides.push(s.side.as_str());
             hosts.push(s.host.as_str());
             at.push(s.at_ms);
             pb.push(s.sample.as_bytes());
         }
     }
-    let n = c
-        .execute(&p.samples, &[&ids, &sides, &hosts, &at, &pb])
-        .await?;
-    Ok(Applied::Rows {
-        rows: n,
-        samples: n,
-    })
+    let rows = if ids.is_empty() {
+        0
+    } else {
+        c.execute(&p.samples, &[&ids, &sides, &hosts, &at, &pb])
+            .await?
+    };
+    Ok(Applied::Samples { rows, unknown })
 }
 
 /// Why a write did not apply.

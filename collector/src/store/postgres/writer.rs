@@ -385,6 +385,11 @@ impl Writer {
                         rows += r;
                         samples += s;
                     }
+                    Ok(Applied::Samples { rows: r, unknown: u }) => {
+                        rows += r;
+                        samples += r;
+                        unknown.extend(u);
+                    }
                     Ok(Applied::UnknownEpisode(id)) => unknown.push(id),
                     Err(WriteError::Pg(e)) if conflict(&e) => {
                         // Another node's transaction: again, at once.
@@ -424,7 +429,7 @@ impl Writer {
             }
             match write::add_held(c, p, held).await {
                 Ok(Applied::Rows { rows: r, .. }) => rows += r,
-                Ok(Applied::UnknownEpisode(_)) => {}
+                Ok(Applied::UnknownEpisode(_) | Applied::Samples { .. }) => {}
                 Err(WriteError::Pg(e)) if conflict(&e) => {
                     if let Err(e) = c.batch_execute("ROLLBACK").await {
                         return Err(lost(&e));
