@@ -229,7 +229,9 @@ impl CollectorProcess {
                 }
             }
         });
-        let addr = match rx.recv_timeout(Duration::from_secs(20)) {
+        // A fleet node says it listens once JetStream has taken its stream
+        // and buckets: on a loaded machine, a while after its start.
+        let addr = match rx.recv_timeout(Duration::from_secs(45)) {
             Ok(addr) => addr.parse().expect("listen address"),
             Err(e) => {
                 let _ = child.kill();

@@ -115,19 +115,32 @@ pub async fn connect(s: &Settings) -> anyhow::Result<Bus> {
         }
         options = options.token(token);
     }
-    let client = async_nats::connect_with_options(s.nats.clone(), options)
-        .await
-        .with_context(|| format!("connecting to NATS at {}", s.nats.join(", ")))?;
-    let js = jetstream::new(client.clone());
-    // Nodes started together with their NATS servers may ask before
-    // JetStream has a metadata leader, or while a replicated stream is
-    // still being placed: such an answer is a wait, not a refusal. A
-    // fleet whose settings differ from this node's is a refusal.
+    // Nodes started together with their NATS servers may find none
+    // listening yet, or ask before JetStream has a metadata leader, or
+    // while a replicated stream is still being placed: such an answer is
+    // a wait, not a refusal. A fleet whose settings differ from this
+    // node's is a refusal.
     let deadline = tokio::time::Instant::now() + SETUP_PATIENCE;
     let mut backoff = tcpstall_common::backoff::Backoff::new(
         Duration::from_millis(250),
         Duration::from_secs(5),
     );
+    let client = loop {
+        match async_nats::connect_with_options(s.nats.clone(), options.clone()).await {
+            Ok(client) => break client,
+            Err(e) => {
+                let e = anyhow::Error::new(e)
+                    .context(format!("connecting to NATS at {}", s.nats.join(", ")));
+                let wait = backoff.next_delay();
+                if tokio::time::Instant::now() + wait > deadline {
+                    return Err(e);
+                }
+                tracing::warn!(error = %format!("{e:#}"), "NATS not reachable; trying again in {wait:?}");
+                tokio::time::sleep(wait).await;
+            }
+        }
+    };
+    let js = jetstream::new(client.clone());
     loop {
         match prepare(&client, &js, s).await {
             Ok(bus) => return Ok(bus),
