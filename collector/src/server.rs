@@ -323,6 +323,11 @@ pub async fn serve_on_reloading(
     } else {
         ingest
     };
+    let ingest = if fleet_stats.is_some() {
+        ingest.keep_every_encoding()
+    } else {
+        ingest
+    };
     let query = QueryService::new(store.clone(), questions_tx.clone(), clock);
     let reloading = tokio::spawn(reload(
         config.clone(),

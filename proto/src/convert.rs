@@ -31,8 +31,9 @@ pub use agent::{
     hello_to_wire,
 };
 pub use ingest::{
-    addresses_from_wire, agent_hello_from_wire, batch_from_wire, heartbeat_from_wire,
-    hello_from_wire, pack, to_agent_to_wire, unpack, welcome_to_wire, MAX_ADDRESSES,
+    addresses_from_wire, agent_hello_from_wire, batch_from_wire, batch_from_wire_keeping,
+    heartbeat_from_wire, hello_from_wire, pack, to_agent_to_wire, unpack, welcome_to_wire, Keep,
+    MAX_ADDRESSES,
 };
 pub use query::{
     episode_detail_from_wire, episode_detail_to_wire, episode_filter_from_wire, episode_from_wire,

@@ -191,11 +191,11 @@ pub async fn run(
                         }
                         trail(&mut h.touched, &mut parts, &empty);
                         for (p, part) in parts {
-                            let part = wire::BundlePartOut {
+                            let part = wire::BundlePart {
                                 host: h.record.name.clone(),
                                 session: h.record.session,
                                 taken_ms,
-                                batch: Some(tcpstall_proto::convert::batch_to_wire(part)),
+                                batch: Some(wire::part_to_wire(part)),
                             };
                             if let Some(full) = bundles.push(p, &part) {
                                 // Waits for room: the publisher holds back
@@ -341,7 +341,7 @@ impl Bundles {
 
     /// Adds a part to partition `p`'s bundle; the bundle, when that filled
     /// it.
-    fn push(&mut self, p: u32, part: &wire::BundlePartOut) -> Option<Outgoing> {
+    fn push(&mut self, p: u32, part: &wire::BundlePart) -> Option<Outgoing> {
         let open = self.open.entry(p).or_insert_with(|| Open {
             buf: bytes::BytesMut::with_capacity(16 * 1024),
             parts: 0,
@@ -363,7 +363,7 @@ impl Bundles {
 
     #[cfg(test)]
     fn drain_one(&mut self, p: u32) -> Outgoing {
-        self.push(p, &wire::BundlePartOut::default());
+        self.push(p, &wire::BundlePart::default());
         let open = self.open.remove(&p).expect("just pushed");
         self.seal(p, open)
     }
@@ -563,11 +563,11 @@ mod tests {
 
     #[test]
     fn every_bundle_has_an_id_of_its_own_and_its_parts_in_order() {
-        let part = |host: &str, taken_ms| wire::BundlePartOut {
+        let part = |host: &str, taken_ms| wire::BundlePart {
             host: host.into(),
             session: 1,
             taken_ms,
-            batch: Some(tcpstall_proto::v1::Batch::default()),
+            batch: Some(tcpstall_proto::raw::Batch::default()),
         };
         let mut bundles = Bundles::new(7 << 24);
         // Two batches of one poll (the same time) and another host's.
@@ -597,9 +597,9 @@ mod tests {
     #[test]
     fn a_bundle_goes_out_once_it_is_full() {
         let mut bundles = Bundles::new(1 << 24);
-        let big = wire::BundlePartOut {
+        let big = wire::BundlePart {
             host: "h".repeat(64 * 1024),
-            ..wire::BundlePartOut::default()
+            ..wire::BundlePart::default()
         };
         let mut sent = None;
         for i in 0..8 {

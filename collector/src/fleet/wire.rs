@@ -145,6 +145,14 @@ pub fn split(batch: AgentBatch, partitions: u32, routes: &impl Routes) -> BTreeM
         ..AgentBatch::default()
     };
     let own = |key: FlowKey| partition(key, partitions);
+    // Each sample's encoding, index for index, goes with it when the batch
+    // has them all.
+    let mut packed = if batch.packed.len() == batch.samples.len() {
+        batch.packed
+    } else {
+        Vec::new()
+    }
+    .into_iter();
     for (reason, sample) in batch.samples {
         let p = match (reason, &sample.translation) {
             (SampleReason::Watched, _) => routes.asked(sample.flow),
@@ -152,7 +160,11 @@ pub fn split(batch: AgentBatch, partitions: u32, routes: &impl Routes) -> BTreeM
             _ => None,
         }
         .unwrap_or_else(|| own(sample_key(&sample)));
-        part_of(&mut parts, &empty, p).samples.push((reason, sample));
+        let part = part_of(&mut parts, &empty, p);
+        if let Some(encoded) = packed.next() {
+            part.packed.push(encoded);
+        }
+        part.samples.push((reason, sample));
     }
     for closed in batch.closed {
         let p = routes
@@ -181,10 +193,10 @@ fn part_of<'a>(
     parts.entry(p).or_insert_with(|| empty.clone())
 }
 
-/// One host's part of a bundle, as written: its batch part in the agents'
-/// own form.
+/// One host's part of a bundle: its batch part in the agents' own form,
+/// each sample the bytes it came in (see `tcpstall_proto::raw`).
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct BundlePartOut {
+pub struct BundlePart {
     #[prost(string, tag = "1")]
     pub host: String,
     #[prost(uint64, tag = "2")]
@@ -193,21 +205,37 @@ pub struct BundlePartOut {
     #[prost(int64, tag = "3")]
     pub taken_ms: i64,
     #[prost(message, optional, tag = "4")]
-    pub batch: Option<v1::Batch>,
+    pub batch: Option<raw::Batch>,
 }
 
-/// [`BundlePartOut`] as read: the batch's samples left encoded (the same
-/// wire form, see `tcpstall_proto::raw`).
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct BundlePart {
-    #[prost(string, tag = "1")]
-    pub host: String,
-    #[prost(uint64, tag = "2")]
-    pub session: u64,
-    #[prost(int64, tag = "3")]
-    pub taken_ms: i64,
-    #[prost(message, optional, tag = "4")]
-    pub batch: Option<raw::Batch>,
+/// A part of a batch as it goes into a bundle: the samples' encodings as
+/// they came where the batch kept them (every one, in fleet mode), the
+/// others encoded here.
+pub fn part_to_wire(mut part: AgentBatch) -> raw::Batch {
+    let samples = std::mem::take(&mut part.samples);
+    let mut packed = std::mem::take(&mut part.packed);
+    if packed.len() != samples.len() {
+        packed = Vec::new();
+    }
+    let mut packed = packed.into_iter();
+    let samples = samples
+        .into_iter()
+        .map(|(reason, s)| match packed.next().flatten() {
+            Some(p) => Bytes::from(p.into_bytes()),
+            None => Bytes::from(convert::reasoned_sample_to_wire(&reason, &s).encode_to_vec()),
+        })
+        .collect();
+    let rest = convert::batch_to_wire(part);
+    raw::Batch {
+        mono_us: rest.mono_us,
+        connections: rest.connections,
+        samples,
+        closed: rest.closed,
+        dropped_batches: rest.dropped_batches,
+        dropped_samples: rest.dropped_samples,
+        absent: rest.absent,
+        lookups: rest.lookups,
+    }
 }
 
 /// A partition message: the parts one node had for the partition over a
@@ -221,7 +249,7 @@ pub struct Bundle {
 }
 
 /// Appends a host's part to a bundle being written.
-pub fn bundle_push(buf: &mut bytes::BytesMut, part: &BundlePartOut) {
+pub fn bundle_push(buf: &mut bytes::BytesMut, part: &BundlePart) {
     prost::encoding::message::encode(1, part, buf);
 }
 
@@ -421,11 +449,11 @@ mod tests {
             }
             back += part.samples.len();
             let mut buf = bytes::BytesMut::new();
-            let out = |taken_ms| BundlePartOut {
+            let out = |taken_ms| BundlePart {
                 host: "h1".into(),
                 session: 7,
                 taken_ms,
-                batch: Some(convert::batch_to_wire(part.clone())),
+                batch: Some(part_to_wire(part.clone())),
             };
             bundle_push(&mut buf, &out(5));
             bundle_push(&mut buf, &out(6));
@@ -485,9 +513,9 @@ mod tests {
         };
         bundle_push(
             &mut buf,
-            &BundlePartOut {
-                batch: Some(convert::batch_to_wire(big)),
-                ..BundlePartOut::default()
+            &BundlePart {
+                batch: Some(part_to_wire(big)),
+                ..BundlePart::default()
             },
         );
         let bundle = decode_bundle(buf.freeze()).expect("a bundle");
@@ -495,6 +523,47 @@ mod tests {
             check_part(bundle[0].batch.clone(), 10),
             Err(PartError::Convert(_))
         ));
+    }
+
+    #[test]
+    fn a_sample_goes_on_in_the_bytes_it_came_in_and_keeps_its_place() {
+        let enc = |r: &SampleReason, s: &EndSample| {
+            Some(tcpstall_common::Packed::from_bytes(
+                convert::reasoned_sample_to_wire(r, s).encode_to_vec(),
+            ))
+        };
+        let mut batch = AgentBatch::default();
+        for port in 40_000..40_020u16 {
+            let s = stuck(&format!("10.0.0.1:{port}"), "10.0.0.2:5432", u32::from(port));
+            batch.packed.push(enc(&SampleReason::Suspect, &s));
+            batch.samples.push((SampleReason::Suspect, s));
+        }
+        // The edge sends what the agent sent: here, for the first sample,
+        // bytes that say something else than its decoded form.
+        let other = stuck("10.0.0.9:1", "10.0.0.2:5432", 7);
+        batch.packed[0] = enc(&SampleReason::Suspect, &other);
+        let first = batch.samples[0].1.flow;
+        for (_, part) in split(batch, 4, &ByKey) {
+            assert_eq!(part.packed.len(), part.samples.len(), "index for index");
+            let read = check_part(Some(part_to_wire(part.clone())), 100).expect("checks");
+            for (i, (_, s)) in part.samples.iter().enumerate() {
+                if s.flow == first {
+                    assert_eq!(read.samples[i].1.flow, other.flow, "the bytes as they came");
+                } else {
+                    assert_eq!(read.samples[i].1, *s);
+                }
+            }
+        }
+        // Without every encoding (single-node's kept ones only), each is
+        // encoded here.
+        let mut batch = AgentBatch::default();
+        let s = stuck("10.0.0.1:1", "10.0.0.2:5432", 5);
+        batch.samples.push((SampleReason::Suspect, s.clone()));
+        let parts = split(batch, 4, &ByKey);
+        let part = parts.into_values().next().expect("a part");
+        assert!(part.packed.is_empty());
+        let read = check_part(Some(part_to_wire(part)), 100).expect("checks");
+        assert_eq!(read.samples[0].1, s);
     }
 
     #[test]

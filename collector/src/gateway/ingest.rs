@@ -64,6 +64,9 @@ pub struct IngestService {
     mtls: bool,
     /// Messages longer than this are refused.
     max_message_bytes: usize,
+    /// Which samples' encodings a batch keeps (fleet mode: every one, for
+    /// the edge to send on as it came).
+    keep: convert::Keep,
 }
 
 impl IngestService {
@@ -83,6 +86,16 @@ impl IngestService {
             refused: Arc::new(AtomicU64::new(0)),
             mtls: false,
             max_message_bytes,
+            keep: convert::Keep::Kept,
+        }
+    }
+
+    /// Keeps every sample's encoding as it came, for an edge that sends
+    /// batches on (fleet mode).
+    pub fn keep_every_encoding(self) -> IngestService {
+        IngestService {
+            keep: convert::Keep::All,
+            ..self
         }
     }
 
@@ -199,6 +212,7 @@ impl tcpstall_proto::server::ingest_server::Ingest for IngestService {
         let matcher = self.matcher.clone();
         let clock = self.clock.clone();
         let max = self.max_batch_samples.clone();
+        let keep = self.keep;
         let refused = self.refused.clone();
         let fail_tx = out_tx.clone();
         tokio::spawn(async move {
@@ -296,7 +310,7 @@ impl tcpstall_proto::server::ingest_server::Ingest for IngestService {
                 let Ok(place) = matcher.reserve().await else {
                     break;
                 };
-                match convert::batch_from_wire(batch, max.load(Ordering::Relaxed)) {
+                match convert::batch_from_wire_keeping(batch, max.load(Ordering::Relaxed), keep) {
                     Ok(batch) => {
                         let taken_ms = agent_clock.taken_ms(batch.mono, clock.now_ms());
                         place.send(ToMatcher::Batch {

@@ -158,6 +158,26 @@ pub fn agent_hello_from_wire(h: &v1::Hello) -> Result<AgentHello, ConvertError> 
 /// message (each sample is a slice of the message's buffer, which goes with
 /// the batch).
 pub fn batch_from_wire(b: raw::Batch, max_entries: usize) -> Result<AgentBatch, ConvertError> {
+    batch_from_wire_keeping(b, max_entries, Keep::Kept)
+}
+
+/// Which samples' encodings a checked batch keeps in `packed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    /// Those the matcher may keep (not a released sample's: it is kept
+    /// only as an episode's last, and encoded there if so).
+    Kept,
+    /// Every one: the batch goes on over the wire again (fleet mode's
+    /// edge sends the bytes it was given rather than encode them anew).
+    All,
+}
+
+/// [`batch_from_wire`], keeping the encodings `keep` says.
+pub fn batch_from_wire_keeping(
+    b: raw::Batch,
+    max_entries: usize,
+    keep: Keep,
+) -> Result<AgentBatch, ConvertError> {
     let n = b.samples.len() + b.closed.len() + b.absent.len() + b.lookups.len();
     if n > max_entries {
         return Err(ConvertError::TooMany {
@@ -179,7 +199,7 @@ pub fn batch_from_wire(b: raw::Batch, max_entries: usize) -> Result<AgentBatch, 
         // What the matcher may keep; a released sample is kept only as an
         // episode's last, and encoded there if so.
         let released = matches!(reason, SampleReason::Released(_));
-        packed.push((!released).then(|| Packed::from_bytes(&bytes[..])));
+        packed.push((keep == Keep::All || !released).then(|| Packed::from_bytes(&bytes[..])));
         samples.push((reason, s));
     }
     let closed = b
