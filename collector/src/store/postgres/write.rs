@@ -101,7 +101,10 @@ impl Prepared {
                 .prepare(
                     "INSERT INTO held_spans (minute_ms, a_host, b_host, end_reason, le_ms,
                                              count, episodes, total_ms, max_ms)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                     SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[],
+                                          $5::bigint[], $6::bigint[], $7::bigint[],
+                                          $8::bigint[], $9::bigint[])
+                     ORDER BY 1, 2, 3, 4, 5
                      ON CONFLICT (minute_ms, a_host, b_host, end_reason, le_ms) DO UPDATE SET
                         count = held_spans.count + excluded.count,
                         episodes = held_spans.episodes + excluded.episodes,
@@ -293,42 +296,61 @@ fn known(id: i64, rows: u64) -> Applied {
     }
 }
 
-/// Adds held-span counts to what is stored, in the order of their keys: two
-/// nodes whose transactions both add to some of the same rows then lock
-/// them in one order, and cannot deadlock each other over them (the writer
-/// gives a transaction all its counts at its end, in one such pass).
+/// Adds held-span counts in one statement: the rows of one key added up
+/// first (a statement's upsert may touch a row once), in key order (two
+/// nodes' transactions lock the rows they share in one order: no
+/// deadlock). One statement rather than one per row: the rows stay
+/// locked until the transaction ends, and another node's writer waits on
+/// them for as long as this one takes to send them.
 pub(super) async fn add_held(
     c: &tokio_postgres::Client,
     p: &Prepared,
-    mut held: Vec<crate::store::HeldRow>,
+    held: Vec<crate::store::HeldRow>,
 ) -> Result<Applied, WriteError> {
-    held.sort_by(|x, y| {
-        (x.minute_ms, &x.a_host, &x.b_host, x.end.id(), x.le_ms).cmp(&(
-            y.minute_ms,
-            &y.a_host,
-            &y.b_host,
-            y.end.id(),
-            y.le_ms,
-        ))
-    });
-    let mut n = 0;
-    for r in &held {
-        n += c
-            .execute(
-                &p.held,
-                &[
-                    &r.minute_ms,
-                    &r.a_host,
-                    &r.b_host,
-                    &r.end.id(),
-                    &int(r.le_ms),
-                    &int(r.count),
-                    &int(r.episodes),
-                    &int(r.total_ms),
-                    &int(r.max_ms),
-                ],
-            )
-            .await?;
+    if held.is_empty() {
+        return Ok(Applied::Rows { rows: 0, samples: 0 });
     }
-    Ok(Applied::Rows { rows: n, samples: 0 })
+    let mut sum: std::collections::BTreeMap<(i64, String, String, &'static str, u64), [u64; 4]> =
+        std::collections::BTreeMap::new();
+    for r in held {
+        let e = sum
+            .entry((r.minute_ms, r.a_host, r.b_host, r.end.id(), r.le_ms))
+            .or_insert([0; 4]);
+        e[0] += r.count;
+        e[1] += r.episodes;
+        e[2] += r.total_ms;
+        e[3] = e[3].max(r.max_ms);
+    }
+    let n = sum.len();
+    let (mut minute, mut a, mut b, mut end, mut le) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut count, mut episodes, mut total, mut max) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for ((m, ah, bh, e, l), v) in sum {
+        minute.push(m);
+        a.push(ah);
+        b.push(bh);
+        end.push(e);
+        le.push(int(l));
+        count.push(int(v[0]));
+        episodes.push(int(v[1]));
+        total.push(int(v[2]));
+        max.push(int(v[3]));
+    }
+    let rows = c
+        .execute(
+            &p.held,
+            &[&minute, &a, &b, &end, &le, &count, &episodes, &total, &max],
+        )
+        .await?;
+    Ok(Applied::Rows { rows, samples: 0 })
 }
