@@ -139,7 +139,7 @@ pub struct PgStore {
 
 impl PgStore {
     /// Connects, brings the schema up to date (or refuses a newer one) and
-    /// starts the writer task on the current tokio runtime.
+    /// starts the writer on a thread of its own ([`writer::spawn`]).
     ///
     /// Returns the handle, the writer task, and one more than the highest
     /// episode id stored (where a single node allocates ids from; fleet
@@ -155,12 +155,17 @@ impl PgStore {
             })?;
         schema::migrate(&mut conn.client, &cfg.shown).await?;
         let next_id = schema::next_episode_id(&conn.client).await?;
+        // The statements prepare on this schema (checked here, so that a
+        // store that cannot take them fails the start); the writer makes
+        // its own connection, driven by its own thread.
         conn.prepare().await?;
+        drop(conn);
         let bound = cfg.queue.max(1);
         let (tx, rx) = mpsc::channel(bound + CONTROL_SLOTS);
         let shared = Arc::new(Shared::default());
         tracing::info!(store = %cfg.shown, schema = schema::SCHEMA_VERSION, "store opened");
-        let task = tokio::spawn(writer::Writer::new(cfg, conn, rx, shared.clone()).run());
+        let task = writer::spawn(writer::Writer::new(cfg, rx, shared.clone()))
+            .map_err(StoreError::Spawn)?;
         Ok((PgStore { tx, shared, bound }, task, next_id))
     }
 

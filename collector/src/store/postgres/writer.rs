@@ -73,6 +73,33 @@ impl Conn {
     }
 }
 
+/// Runs the writer on a thread of its own, with a runtime of its own; the
+/// returned task ends when it does.
+///
+/// A transaction is a conversation: dozens of statements, each sent once
+/// the one before is answered. On the node's runtime every answer waited
+/// its turn behind the gateway's and the matchers' work: with the cores
+/// busy (1,000 agents on two nodes of one 2-core machine) PostgreSQL sat
+/// "idle in transaction" for seconds per transaction, another node's
+/// writer waited on its row locks, and the queue overflowed. On its own
+/// thread the kernel schedules the writer by itself, as SQLite's store
+/// thread is.
+pub(super) fn spawn(w: Writer) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (done_tx, done_rx) = oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name("store-pg".into())
+        .spawn(move || {
+            rt.block_on(w.run());
+            let _ = done_tx.send(());
+        })?;
+    Ok(tokio::spawn(async move {
+        let _ = done_rx.await;
+    }))
+}
+
 /// Whether an error is the connection's or the server's state (retry on a
 /// new connection), not the statement's.
 fn transient(e: &tokio_postgres::Error) -> bool {
@@ -123,14 +150,13 @@ pub(super) struct Writer {
 impl Writer {
     pub(super) fn new(
         cfg: PgConfig,
-        conn: Conn,
         rx: mpsc::Receiver<Command>,
         shared: Arc<Shared>,
     ) -> Writer {
         let backoff = Backoff::new(FIRST_RETRY, cfg.reconnect_ceiling.max(Duration::from_millis(10)));
         Writer {
             cfg,
-            conn: Some(conn),
+            conn: None,
             rx,
             shared,
             backoff,
