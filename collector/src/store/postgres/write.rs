@@ -21,6 +21,8 @@ use tokio_postgres::{Client, Statement};
 
 use super::super::sqlite::read::{cookie_to_sql, ViaColumns};
 use crate::store::queue::Command;
+use std::collections::BTreeMap;
+
 use crate::store::StoredSample;
 
 /// The write statements, prepared on one connection.
@@ -214,7 +216,6 @@ pub(super) async fn apply(
             .await?,
         ),
         Command::AddSamples { .. } => add_samples(c, p, std::iter::once(cmd)).await?,
-        Command::AddHeld(held) => add_held(c, p, held.clone()).await?,
         _ => rows(0),
     })
 }
@@ -296,32 +297,45 @@ fn known(id: i64, rows: u64) -> Applied {
     }
 }
 
-/// Adds held-span counts in one statement: the rows of one key added up
-/// first (a statement's upsert may touch a row once), in key order (two
-/// nodes' transactions lock the rows they share in one order: no
-/// deadlock). One statement rather than one per row: the rows stay
-/// locked until the transaction ends, and another node's writer waits on
-/// them for as long as this one takes to send them.
+/// Held-span counts added up by key (minute, hosts, end, bucket):
+/// count, episodes, total and longest.
+#[derive(Debug, Default)]
+pub(super) struct HeldSums(BTreeMap<(i64, String, String, &'static str, u64), [u64; 4]>);
+
+impl HeldSums {
+    pub(super) fn new() -> HeldSums {
+        HeldSums::default()
+    }
+
+    pub(super) fn add(&mut self, rows: Vec<crate::store::HeldRow>) {
+        for r in rows {
+            let e = self
+                .0
+                .entry((r.minute_ms, r.a_host, r.b_host, r.end.id(), r.le_ms))
+                .or_insert([0; 4]);
+            e[0] += r.count;
+            e[1] += r.episodes;
+            e[2] += r.total_ms;
+            e[3] = e[3].max(r.max_ms);
+        }
+    }
+}
+
+/// Adds held-span counts in one statement: a row per key (a statement's
+/// upsert may touch a row once), in key order (two nodes' transactions
+/// lock the rows they share in one order: no deadlock). One statement
+/// rather than one per row: the rows stay locked until the transaction
+/// ends, and another node's writer waits on them for as long as this one
+/// takes to send them. Returns the rows written.
 pub(super) async fn add_held(
     c: &tokio_postgres::Client,
     p: &Prepared,
-    held: Vec<crate::store::HeldRow>,
-) -> Result<Applied, WriteError> {
-    if held.is_empty() {
-        return Ok(Applied::Rows { rows: 0, samples: 0 });
+    held: &HeldSums,
+) -> Result<u64, WriteError> {
+    let n = held.0.len();
+    if n == 0 {
+        return Ok(0);
     }
-    let mut sum: std::collections::BTreeMap<(i64, String, String, &'static str, u64), [u64; 4]> =
-        std::collections::BTreeMap::new();
-    for r in held {
-        let e = sum
-            .entry((r.minute_ms, r.a_host, r.b_host, r.end.id(), r.le_ms))
-            .or_insert([0; 4]);
-        e[0] += r.count;
-        e[1] += r.episodes;
-        e[2] += r.total_ms;
-        e[3] = e[3].max(r.max_ms);
-    }
-    let n = sum.len();
     let (mut minute, mut a, mut b, mut end, mut le) = (
         Vec::with_capacity(n),
         Vec::with_capacity(n),
@@ -335,22 +349,21 @@ pub(super) async fn add_held(
         Vec::with_capacity(n),
         Vec::with_capacity(n),
     );
-    for ((m, ah, bh, e, l), v) in sum {
-        minute.push(m);
-        a.push(ah);
-        b.push(bh);
-        end.push(e);
-        le.push(int(l));
+    for ((m, ah, bh, e, l), v) in &held.0 {
+        minute.push(*m);
+        a.push(ah.as_str());
+        b.push(bh.as_str());
+        end.push(*e);
+        le.push(int(*l));
         count.push(int(v[0]));
         episodes.push(int(v[1]));
         total.push(int(v[2]));
         max.push(int(v[3]));
     }
-    let rows = c
+    Ok(c
         .execute(
             &p.held,
             &[&minute, &a, &b, &end, &le, &count, &episodes, &total, &max],
         )
-        .await?;
-    Ok(Applied::Rows { rows, samples: 0 })
+        .await?)
 }

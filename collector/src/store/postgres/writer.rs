@@ -100,6 +100,15 @@ pub(super) fn spawn(w: Writer) -> std::io::Result<tokio::task::JoinHandle<()>> {
     }))
 }
 
+/// Fires when held-span counts that came at `since` are due; never
+/// without any.
+async fn held_due(since: Option<Instant>) {
+    match since {
+        Some(at) => tokio::time::sleep_until((at + HELD_EVERY).into()).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Whether an error is the connection's or the server's state (retry on a
 /// new connection), not the statement's.
 fn transient(e: &tokio_postgres::Error) -> bool {
@@ -145,7 +154,24 @@ pub(super) struct Writer {
     lost_since: Option<Instant>,
     /// When a shutdown was first seen while PostgreSQL was away.
     closing_since: Option<Instant>,
+    /// Held-span counts taken from committed runs, added up by key, not
+    /// yet written ([`HELD_EVERY`]).
+    held: write::HeldSums,
+    /// Commands whose counts are in `held` (their queue places, given
+    /// back once written).
+    held_commands: usize,
+    /// When the oldest count in `held` came.
+    held_since: Option<Instant>,
 }
+
+/// How long held-span counts wait in the writer, added up, before they are
+/// written. Every partition (of every node) counts the spans of the flows
+/// it judges, and hands the store its counts for a minute once the minute
+/// is over; the flows of one host pair are spread over the partitions, so
+/// one minute's row of a pair came as one upsert per partition — 32 at
+/// the default, a third of the store's rows at 1,000 agents. Added up
+/// here first, a node writes each row about once a minute.
+const HELD_EVERY: Duration = Duration::from_secs(5);
 
 impl Writer {
     pub(super) fn new(
@@ -162,6 +188,9 @@ impl Writer {
             backoff,
             lost_since: None,
             closing_since: None,
+            held: write::HeldSums::new(),
+            held_commands: 0,
+            held_since: None,
         }
     }
 
@@ -188,9 +217,14 @@ impl Writer {
                     }
                     // The first tick is at once: prune at start, as SQLite does.
                     _ = tick.tick() => batch.push_back(Command::Prune),
+                    () = held_due(self.held_since) => {}
                 }
             }
-            match self.turn(&mut batch).await {
+            let turn = match self.turn(&mut batch).await {
+                Ok(()) => self.write_held(false).await,
+                stop => stop,
+            };
+            match turn {
                 Ok(()) => {}
                 Err(Stop::Shutdown(ack)) => {
                     self.stop(&mut batch, ack);
@@ -256,6 +290,10 @@ impl Writer {
             }
             // Reads and flushes are dropped: their callers see Closed.
         }
+        // Held-span counts taken but not written are lost with them.
+        lost += std::mem::take(&mut self.held_commands);
+        self.held = write::HeldSums::new();
+        self.held_since = None;
         self.shared.stats.write_failed(lost as u64);
         self.shared.release(lost);
         warn!(store = %self.cfg.shown, writes = lost,
@@ -292,6 +330,9 @@ impl Writer {
                 self.write_run(batch).await?;
                 continue;
             }
+            // A read, a flush, a prune or a shutdown sees every count
+            // handed to the store before it.
+            self.write_held(true).await?;
             let conn = self.conn().await?;
             let c = &conn.client;
             // Reads: an answer that failed for the connection's sake is
@@ -390,7 +431,8 @@ impl Writer {
             let mut i = 0;
             while i < n {
                 let cmd = &batch[i];
-                // Held-span counts go last, all together, in key order.
+                // Held-span counts are added up after the commit and written
+                // apart (`write_held`).
                 if matches!(cmd, Command::AddHeld(_)) {
                     i += 1;
                     continue;
@@ -447,47 +489,6 @@ impl Writer {
                 }
                 i = end;
             }
-            let mut held = Vec::new();
-            for cmd in batch.range(0..n) {
-                if let Command::AddHeld(rows) = cmd {
-                    held.extend(rows.iter().cloned());
-                }
-            }
-            match write::add_held(c, p, held).await {
-                Ok(Applied::Rows { rows: r, .. }) => rows += r,
-                Ok(Applied::UnknownEpisode(_) | Applied::Samples { .. }) => {}
-                Err(WriteError::Pg(e)) if conflict(&e) => {
-                    if let Err(e) = c.batch_execute("ROLLBACK").await {
-                        return Err(lost(&e));
-                    }
-                    debug!(error = %e, "store transaction in conflict with another node's: again");
-                    continue 'attempt;
-                }
-                Err(WriteError::Pg(e)) if transient(&e) || c.is_closed() => {
-                    return Err(lost(&e));
-                }
-                Err(error) => {
-                    // Counts PostgreSQL refuses: dropped with a warning, the
-                    // rest written again without them.
-                    if let Err(e) = c.batch_execute("ROLLBACK").await {
-                        return Err(lost(&e));
-                    }
-                    warn!(%error, "store write of held-span counts failed");
-                    let dropped = batch
-                        .range(0..n)
-                        .filter(|c| matches!(c, Command::AddHeld(_)))
-                        .count();
-                    let mut k = 0;
-                    batch.retain(|c| {
-                        k += 1;
-                        k > n || !matches!(c, Command::AddHeld(_))
-                    });
-                    n -= dropped;
-                    self.shared.stats.write_failed(dropped as u64);
-                    self.shared.release(dropped);
-                    continue 'attempt;
-                }
-            }
             if let Err(e) = c.batch_execute("COMMIT").await {
                 if transient(&e) || c.is_closed() {
                     // It may have committed: the writes are idempotent
@@ -506,9 +507,95 @@ impl Writer {
                 warn!(error = %StoreError::UnknownEpisode { id }, "store write failed");
                 self.shared.stats.write_failed(1);
             }
-            batch.drain(..n);
-            self.shared.release(n);
+            // Held-span counts wait, added up, for their own transaction;
+            // their queue places are given back once they are written.
+            let mut counts = 0;
+            for cmd in batch.drain(..n) {
+                if let Command::AddHeld(rows) = cmd {
+                    self.held.add(rows);
+                    counts += 1;
+                }
+            }
+            if counts > 0 {
+                self.held_commands += counts;
+                self.held_since.get_or_insert_with(Instant::now);
+            }
+            self.shared.release(n - counts);
             return Ok(());
+        }
+    }
+
+    /// Writes the held-span counts added up so far, in a transaction of
+    /// their own: when they have waited [`HELD_EVERY`], or at once when
+    /// `now`. Counts PostgreSQL refuses are dropped with a warning
+    /// (counted); on a lost connection they stay.
+    async fn write_held(&mut self, now: bool) -> Result<(), Stop> {
+        let Some(since) = self.held_since else {
+            return Ok(());
+        };
+        if !now && since.elapsed() < HELD_EVERY {
+            return Ok(());
+        }
+        let held = std::mem::take(&mut self.held);
+        match self.held_transaction(&held).await {
+            Err(stop) => {
+                self.held = held;
+                return Err(stop);
+            }
+            Ok(Some(rows)) => self.shared.stats.committed(rows.0, 0, rows.1),
+            Ok(None) => self.shared.stats.write_failed(self.held_commands as u64),
+        }
+        self.shared.release(self.held_commands);
+        self.held_commands = 0;
+        self.held_since = None;
+        Ok(())
+    }
+
+    /// One transaction of held-span counts, again while it conflicts with
+    /// another node's: the rows written and the time it took, or none when
+    /// PostgreSQL refused them (said).
+    async fn held_transaction(
+        &mut self,
+        held: &write::HeldSums,
+    ) -> Result<Option<(u64, u64)>, Stop> {
+        let lost = |e: &tokio_postgres::Error| Stop::Lost(e.to_string());
+        loop {
+            let conn = self.conn().await?;
+            let (c, p) = match &conn.prepared {
+                Some(p) => (&conn.client, p),
+                None => return Err(Stop::Lost("statements not prepared".into())),
+            };
+            let started = Instant::now();
+            c.batch_execute("BEGIN").await.map_err(|e| lost(&e))?;
+            match write::add_held(c, p, held).await {
+                Ok(rows) => {
+                    return match c.batch_execute("COMMIT").await {
+                        Ok(()) => {
+                            let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+                            Ok(Some((rows, micros)))
+                        }
+                        Err(e) if transient(&e) || c.is_closed() => Err(lost(&e)),
+                        Err(error) => {
+                            warn!(%error, "store commit of held-span counts failed");
+                            Ok(None)
+                        }
+                    };
+                }
+                Err(WriteError::Pg(e)) if conflict(&e) => {
+                    if let Err(e) = c.batch_execute("ROLLBACK").await {
+                        return Err(lost(&e));
+                    }
+                    debug!(error = %e, "store transaction in conflict with another node's: again");
+                }
+                Err(WriteError::Pg(e)) if transient(&e) || c.is_closed() => return Err(lost(&e)),
+                Err(error) => {
+                    if let Err(e) = c.batch_execute("ROLLBACK").await {
+                        return Err(lost(&e));
+                    }
+                    warn!(%error, "store write of held-span counts failed");
+                    return Ok(None);
+                }
+            }
         }
     }
 
