@@ -37,6 +37,15 @@ use crate::store::SharedStore;
 /// their episodes: five polls at the default interval, and two seconds.
 const UNCLAIMED_AFTER: Duration = Duration::from_secs(12);
 
+/// Host pairs' held-span counts a partition holds for the minute in
+/// progress: a single collector's bound over 16 partitions, so that a node
+/// judging 16 (two nodes, 32 partitions: the default) holds what one
+/// collector does, and the fleet's partitions together
+/// `partitions × 4,096`. Without a share, each partition held a single
+/// collector's 65,536, and at the benchmark's full mesh of 1,000 hosts the
+/// store took 32 times the rows.
+const HELD_PAIRS: usize = crate::matcher::held::MAX_PENDING / 16;
+
 /// Batches of hosts the view has not shown yet (their hello's record and
 /// their first batch race across NATS), held until it does.
 const WAITING: usize = 256;
@@ -98,7 +107,8 @@ pub async fn run(
         j.max_samples,
     )
     .watch_peer_after(j.watch_peer_after)
-    .ids_of_identity();
+    .ids_of_identity()
+    .held_pairs_bound(HELD_PAIRS);
     // The minutes before this one were stored by the partition's previous
     // owner (it stores each minute once it is over, and leaves the one in
     // progress to the next owner); this one was not. A takeover after a

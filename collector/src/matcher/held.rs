@@ -120,6 +120,8 @@ pub struct HeldTally<H> {
     /// The earliest minute pending, so that most calls of
     /// [`HeldTally::take_done`] find nothing to do without a walk.
     oldest: i64,
+    /// The most distinct entries pending ([`MAX_PENDING`] unless bound).
+    max_pending: usize,
 }
 
 impl<H> Default for HeldTally<H> {
@@ -128,7 +130,15 @@ impl<H> Default for HeldTally<H> {
             stats: HeldStats::default(),
             pending: HashMap::default(),
             oldest: i64::MAX,
+            max_pending: MAX_PENDING,
         }
+    }
+}
+
+impl<H> HeldTally<H> {
+    /// Holds at most `n` distinct entries pending.
+    pub fn bound(&mut self, n: usize) {
+        self.max_pending = n;
     }
 }
 
@@ -156,7 +166,7 @@ impl<H: Copy + Eq + Hash> HeldTally<H> {
             end,
             bucket: i as u8,
         };
-        if self.pending.len() >= MAX_PENDING && !self.pending.contains_key(&key) {
+        if self.pending.len() >= self.max_pending && !self.pending.contains_key(&key) {
             self.stats.dropped += 1;
             return;
         }
@@ -271,6 +281,20 @@ mod tests {
         );
         assert_eq!(t.pending_len(), 0);
         assert!(t.take_done(999_999, true).is_empty(), "taken once");
+    }
+
+    #[test]
+    fn a_tally_given_a_smaller_bound_keeps_to_it() {
+        let mut t: HeldTally<u32> = HeldTally::default();
+        t.bound(3);
+        for a in 0..5 {
+            t.add(60_500, a, Some(99), HeldEnd::Drained, s(1.0), false);
+        }
+        // A pair already pending is still counted.
+        t.add(60_600, 0, Some(99), HeldEnd::Drained, s(1.0), false);
+        assert_eq!(t.pending_len(), 3);
+        assert_eq!(t.stats().dropped, 2);
+        assert_eq!(t.stats().by_end[HeldEnd::Drained.index()].count(), 6);
     }
 
     #[test]

@@ -98,6 +98,16 @@ impl Matcher {
         self
     }
 
+    /// Holds at most `n` host pairs' held-span counts of the minute in
+    /// progress (beyond, spans are counted in the histogram only, and as
+    /// uncounted). Fleet mode gives each partition a share of a single
+    /// collector's bound, so that a node holds about what one collector
+    /// does.
+    pub fn held_pairs_bound(mut self, n: usize) -> Matcher {
+        self.ctx.held.bound(n);
+        self
+    }
+
     /// As [`Matcher::ids_of_identity`], on a matcher already made.
     pub fn number_by_identity(&mut self) {
         self.ctx.ids_of_identity = true;
