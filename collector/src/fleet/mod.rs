@@ -129,10 +129,16 @@ pub async fn connect(s: &Settings) -> anyhow::Result<Bus> {
         match async_nats::connect_with_options(s.nats.clone(), options.clone()).await {
             Ok(client) => break client,
             Err(e) => {
+                // Nobody listening (yet) is worth waiting for; a refused
+                // token or certificate is not.
+                let again = matches!(
+                    e.kind(),
+                    async_nats::ConnectErrorKind::Io | async_nats::ConnectErrorKind::TimedOut
+                );
                 let e = anyhow::Error::new(e)
                     .context(format!("connecting to NATS at {}", s.nats.join(", ")));
                 let wait = backoff.next_delay();
-                if tokio::time::Instant::now() + wait > deadline {
+                if !again || tokio::time::Instant::now() + wait > deadline {
                     return Err(e);
                 }
                 tracing::warn!(error = %format!("{e:#}"), "NATS not reachable; trying again in {wait:?}");
