@@ -154,13 +154,7 @@ pub async fn run(
                         if h.record.session != global(session) {
                             continue;
                         }
-                        let empty = AgentBatch {
-                            mono: batch.mono,
-                            connections: batch.connections,
-                            dropped_batches: batch.dropped_batches,
-                            dropped_samples: batch.dropped_samples,
-                            ..AgentBatch::default()
-                        };
+                        let empty = wire::empty_part(&batch);
                         let answered: Vec<FlowTuple> = batch
                             .lookups
                             .iter()

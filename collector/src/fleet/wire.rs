@@ -137,13 +137,7 @@ impl Routes for ByKey {
 /// one (its closing) follow them.
 pub fn split(batch: AgentBatch, partitions: u32, routes: &impl Routes) -> BTreeMap<u32, AgentBatch> {
     let mut parts: BTreeMap<u32, AgentBatch> = BTreeMap::new();
-    let empty = AgentBatch {
-        mono: batch.mono,
-        connections: batch.connections,
-        dropped_batches: batch.dropped_batches,
-        dropped_samples: batch.dropped_samples,
-        ..AgentBatch::default()
-    };
+    let empty = empty_part(&batch);
     let own = |key: FlowKey| partition(key, partitions);
     // Each sample's encoding, index for index, goes with it when the batch
     // has them all.
@@ -183,6 +177,18 @@ pub fn split(batch: AgentBatch, partitions: u32, routes: &impl Routes) -> BTreeM
         part_of(&mut parts, &empty, p).lookups.push(lookup);
     }
     parts
+}
+
+/// A part of `batch` with nothing in it: the poll's time, the connection
+/// count and the loss counters, which go with every part.
+pub fn empty_part(batch: &AgentBatch) -> AgentBatch {
+    AgentBatch {
+        mono: batch.mono,
+        connections: batch.connections,
+        dropped_batches: batch.dropped_batches,
+        dropped_samples: batch.dropped_samples,
+        ..AgentBatch::default()
+    }
 }
 
 fn part_of<'a>(

@@ -323,6 +323,20 @@ impl Writer {
         self.conn.as_ref().ok_or_else(|| Stop::Lost("no connection".into()))
     }
 
+    /// The connection with its statements, in a transaction just begun.
+    async fn begin(&mut self) -> Result<(&Client, &Prepared), Stop> {
+        let conn = self.conn().await?;
+        let p = conn
+            .prepared
+            .as_ref()
+            .ok_or_else(|| Stop::Lost("statements not prepared".into()))?;
+        conn.client
+            .batch_execute("BEGIN")
+            .await
+            .map_err(|e| Stop::Lost(e.to_string()))?;
+        Ok((&conn.client, p))
+    }
+
     /// Applies the batch front to back; commands leave it once done.
     async fn turn(&mut self, batch: &mut VecDeque<Command>) -> Result<(), Stop> {
         while let Some(front) = batch.front() {
@@ -420,13 +434,8 @@ impl Writer {
             if n == 0 {
                 return Ok(());
             }
-            let conn = self.conn().await?;
-            let (c, p) = match &conn.prepared {
-                Some(p) => (&conn.client, p),
-                None => return Err(Stop::Lost("statements not prepared".into())),
-            };
             let started = Instant::now();
-            c.batch_execute("BEGIN").await.map_err(|e| lost(&e))?;
+            let (c, p) = self.begin().await?;
             let (mut rows, mut samples, mut unknown) = (0u64, 0u64, Vec::new());
             let mut i = 0;
             while i < n {
@@ -560,13 +569,8 @@ impl Writer {
     ) -> Result<Option<(u64, u64)>, Stop> {
         let lost = |e: &tokio_postgres::Error| Stop::Lost(e.to_string());
         loop {
-            let conn = self.conn().await?;
-            let (c, p) = match &conn.prepared {
-                Some(p) => (&conn.client, p),
-                None => return Err(Stop::Lost("statements not prepared".into())),
-            };
             let started = Instant::now();
-            c.batch_execute("BEGIN").await.map_err(|e| lost(&e))?;
+            let (c, p) = self.begin().await?;
             match write::add_held(c, p, held).await {
                 Ok(rows) => {
                     return match c.batch_execute("COMMIT").await {
