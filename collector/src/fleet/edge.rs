@@ -1,12 +1,13 @@
 //! A node's gateway side in fleet mode: what its agents' streams and its
 //! gateway would hand the local matcher goes onto NATS instead.
 //!
-//! - A batch is cut into its partitions' parts ([`wire::split`]), each
-//!   published to its partition's subject on the samples stream, with the
-//!   host, its session and the poll's time in headers, in order
-//!   ([`super::publisher`]); a node whose NATS is slow holds its agents'
-//!   streams back (and they their own bounded buffers) rather than piling
-//!   up here.
+//! - A batch is cut into its partitions' parts ([`wire::split`]); a
+//!   partition's parts, of all this node's hosts, are gathered for at most
+//!   [`FLUSH_EVERY`] into a bundle (each part with its host, session and
+//!   poll time) published to the partition's subject on the samples
+//!   stream, in order ([`super::publisher`]); a node whose NATS is slow
+//!   holds its agents' streams back (and they their own bounded buffers)
+//!   rather than piling up here.
 //! - A host's hello, its new addresses and its going are its record in the
 //!   hosts bucket: put, put again every renewal while its stream lasts,
 //!   deleted when it goes (unless a newer session elsewhere holds it).
