@@ -137,12 +137,10 @@ pub async fn connect(s: &Settings) -> anyhow::Result<Bus> {
                 );
                 let e = anyhow::Error::new(e)
                     .context(format!("connecting to NATS at {}", s.nats.join(", ")));
-                let wait = backoff.next_delay();
-                if !again || tokio::time::Instant::now() + wait > deadline {
+                if !again {
                     return Err(e);
                 }
-                tracing::warn!(error = %format!("{e:#}"), "NATS not reachable; trying again in {wait:?}");
-                tokio::time::sleep(wait).await;
+                wait_again(&mut backoff, deadline, e, "NATS not reachable").await?;
             }
         }
     };
@@ -152,18 +150,27 @@ pub async fn connect(s: &Settings) -> anyhow::Result<Bus> {
             Ok(bus) => return Ok(bus),
             Err(Setup::Refused(e)) => return Err(e),
             Err(Setup::NotYet(e)) => {
-                let wait = backoff.next_delay();
-                if tokio::time::Instant::now() + wait > deadline {
-                    return Err(e.context(format!(
-                        "JetStream not ready after {} s",
-                        SETUP_PATIENCE.as_secs()
-                    )));
-                }
-                tracing::warn!(error = %format!("{e:#}"), "JetStream not ready; trying again in {wait:?}");
-                tokio::time::sleep(wait).await;
+                wait_again(&mut backoff, deadline, e, "JetStream not ready").await?;
             }
         }
     }
+}
+
+/// Waits the next backoff before another try after `e` (said as `what`),
+/// or gives `e` back when that would pass `deadline`.
+async fn wait_again(
+    backoff: &mut tcpstall_common::backoff::Backoff,
+    deadline: tokio::time::Instant,
+    e: anyhow::Error,
+    what: &str,
+) -> anyhow::Result<()> {
+    let wait = backoff.next_delay();
+    if tokio::time::Instant::now() + wait > deadline {
+        return Err(e.context(format!("{what} after {} s", SETUP_PATIENCE.as_secs())));
+    }
+    tracing::warn!(error = %format!("{e:#}"), "{what}; trying again in {wait:?}");
+    tokio::time::sleep(wait).await;
+    Ok(())
 }
 
 /// How long a starting node waits for JetStream to take its stream and
