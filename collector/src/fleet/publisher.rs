@@ -7,12 +7,12 @@
 //! acknowledgement, and the acknowledgements are taken in order. One that
 //! fails — a NATS server died and its streams' leaders are being elected
 //! again, 4-7 s with NATS 2.9 on three servers — stops everything behind
-//! it: the failed part and every one after it are published again, in
+//! it: the failed bundle and every one after it are published again, in
 //! order, until JetStream takes them (each has a message id: a copy of one
 //! it had stored already is dropped by JetStream) or until the oldest has
-//! waited [`PATIENCE`], when it is counted lost. Meanwhile nothing new is
-//! taken: the edge's queue fills, then the agents' streams wait, then the
-//! agents' own bounded buffers hold their polls.
+//! waited [`PATIENCE`], when it and its parts are counted lost. Meanwhile
+//! nothing new is taken: the edge's queue fills, then the agents' streams
+//! wait, then the agents' own bounded buffers hold their polls.
 
 use std::collections::VecDeque;
 use std::future::{Future, IntoFuture};
