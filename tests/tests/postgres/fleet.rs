@@ -2,7 +2,7 @@
 //! one database, migrations from empty, a newer schema refused, nodes
 //! opening at once.
 
-use tcpstall_collector::store::postgres::schema::SCHEMA_VERSION;
+use tcpstall_collector::store::postgres::schema::{MIGRATIONS, SCHEMA_VERSION};
 use tcpstall_collector::store::{episode_id_of, EpisodeFilter, StoreError};
 use tcpstall_common::Side;
 
@@ -158,5 +158,88 @@ async fn a_password_in_the_url_never_appears_in_errors() -> TestResult {
         assert!(!text.contains("hunter2"), "{text}");
         assert!(text.contains("postgres:***@127.0.0.1"), "{text}");
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_one_database_is_migrated_and_keeps_its_samples() -> TestResult {
+    let pg = pg_or_skip!("a_version_one_database_is_migrated");
+    let url = pg.create_db("v1");
+    // A database as the first fleet builds left it: version 1, an episode
+    // with two samples.
+    pg.psql(
+        "v1",
+        &format!(
+            "CREATE TABLE schema_version (version bigint PRIMARY KEY,
+                 applied_at timestamptz NOT NULL DEFAULT now());
+             {}
+             INSERT INTO schema_version (version) VALUES (1);",
+            MIGRATIONS[0]
+        ),
+    );
+    let start = 1_700_000_000_000;
+    let e = episode(7, "alpha", Some("beta"), "peer_not_reading", start);
+    let f = e.a_flow;
+    pg.psql(
+        "v1",
+        &format!(
+            "INSERT INTO episodes (id, diagnosis, summary, evidence, started_at_ms, duration_ms,
+                 stuck_bytes, a_host, a_netns, a_local, a_remote, flow_key, a_cookie, open)
+             VALUES (7, 'peer_not_reading', 's', '{{}}', {start}, 10000, 4096, 'alpha', '',
+                 '{}', '{}', '{}', 0, true)",
+            f.local,
+            f.remote,
+            f.key()
+        ),
+    );
+    let kept = [
+        sample(Side::A, "alpha", start, f),
+        sample(Side::B, "beta", start + 1, f.reversed()),
+    ];
+    for s in &kept {
+        let hex: String = s
+            .sample
+            .as_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        pg.psql(
+            "v1",
+            &format!(
+                "INSERT INTO samples (episode_id, side, host, at_ms, sample_pb)
+                 VALUES (7, '{}', '{}', {}, '\\x{hex}')",
+                s.side.as_str(),
+                s.host,
+                s.at_ms
+            ),
+        );
+    }
+    let o = Opened::pg(pg_config(&url)).await?;
+    assert_eq!(
+        pg.psql("v1", "SELECT max(version) FROM schema_version"),
+        SCHEMA_VERSION.to_string()
+    );
+    assert_eq!(
+        pg.psql(
+            "v1",
+            "SELECT count(*) FROM information_schema.table_constraints
+              WHERE table_name = 'samples' AND constraint_type = 'FOREIGN KEY'"
+        ),
+        "0",
+        "the samples' foreign key is gone"
+    );
+    let (_, stored) = o.store.get_episode(7).await?.expect("kept");
+    assert_eq!(stored, kept.to_vec(), "the samples, whole, in their order");
+    // Written after the migration: one new, one already there.
+    assert!(o.store.add_samples(
+        7,
+        vec![kept[0].clone(), sample(Side::A, "alpha", start + 2_000, f)]
+    ));
+    o.store.flush().await?;
+    let (_, stored) = o.store.get_episode(7).await?.expect("kept");
+    assert_eq!(stored.len(), 3, "{stored:?}");
+    let st = o.store.stats();
+    assert_eq!((st.dropped, st.write_errors), (0, 0), "{st:?}");
+    o.stop().await;
     Ok(())
 }

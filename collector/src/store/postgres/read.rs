@@ -71,7 +71,7 @@ pub(super) async fn get_episode(c: &Client, id: i64) -> Result<Option<StoredEpis
     let rows = c
         .query(
             "SELECT side, host, at_ms, sample_pb FROM samples
-              WHERE episode_id = $1 ORDER BY at_ms, id",
+              WHERE episode_id = $1 ORDER BY at_ms, side, host",
             &[&id],
         )
         .await?;

@@ -25,7 +25,7 @@ use crate::store::StoreError;
 pub const MIGRATION_LOCK: i64 = 0x7463_7073_7461_6c6c;
 
 /// The schema, one step per version. Append; never edit a released step.
-pub(crate) const MIGRATIONS: &[&str] = &[
+pub const MIGRATIONS: &[&str] = &[
     // 1: hosts, episodes, samples, held-span counts: what SQLite's six
     // versions built, with the fleet's identity constraints.
     "
@@ -91,6 +91,15 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         max_ms      bigint NOT NULL,
         PRIMARY KEY (minute_ms, a_host, b_host, end_reason, le_ms)
     );
+    ",
+    // 2: samples keyed by what makes one unique, without the foreign key:
+    // the writer inserts only samples whose episode it finds (in the same
+    // statement), and pruning deletes an episode's samples with it; the
+    // key's check (a trigger per row) and the surrogate id's index were
+    // work per row that nothing read.
+    "
+    ALTER TABLE samples DROP CONSTRAINT samples_episode_id_fkey;
+    ALTER TABLE samples DROP COLUMN id;
     ",
 ];
 

@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::{Client, NoTls};
 use tracing::{debug, info, warn};
 
-use super::write::{self, Applied, Prepared, WriteError};
+use super::write::{self, Prepared, WriteError};
 use super::{read, PgConfig, Shared, SHUTDOWN_GRACE};
 use crate::store::queue::Command;
 use crate::store::sqlite::MAX_BATCH;
@@ -330,8 +330,11 @@ impl Writer {
             .prepared
             .as_ref()
             .ok_or_else(|| Stop::Lost("statements not prepared".into()))?;
+        // The writes' statements take arrays: a plan made for one
+        // array's values is no better than the generic one, and planning
+        // anew for each execution was a tenth of PostgreSQL's work.
         conn.client
-            .batch_execute("BEGIN")
+            .batch_execute("BEGIN; SET LOCAL plan_cache_mode = force_generic_plan")
             .await
             .map_err(|e| Stop::Lost(e.to_string()))?;
         Ok((&conn.client, p))
@@ -426,9 +429,9 @@ impl Writer {
     async fn write_run(&mut self, batch: &mut VecDeque<Command>) -> Result<(), Stop> {
         let mut n = batch.iter().take_while(|c| c.is_write()).count();
         let lost = |e: &tokio_postgres::Error| Stop::Lost(e.to_string());
-        // Consecutive sample writes go in one statement, until one such
-        // statement fails for a write's own sake: then one by one, to find
-        // that write.
+        // The run goes in a few statements (`write::apply`), until one of
+        // them fails for a write's own sake: then one write at a time, to
+        // find that write.
         let mut merge = true;
         'attempt: loop {
             if n == 0 {
@@ -436,38 +439,22 @@ impl Writer {
             }
             let started = Instant::now();
             let (c, p) = self.begin().await?;
-            let (mut rows, mut samples, mut unknown) = (0u64, 0u64, Vec::new());
+            let mut done = write::Applied::default();
             let mut i = 0;
             while i < n {
-                let cmd = &batch[i];
                 // Held-span counts are added up after the commit and written
                 // apart (`write_held`).
-                if matches!(cmd, Command::AddHeld(_)) {
+                if matches!(batch[i], Command::AddHeld(_)) {
                     i += 1;
                     continue;
                 }
-                let is_samples = |c: &Command| matches!(c, Command::AddSamples { .. });
-                let end = if merge && is_samples(cmd) {
-                    i + batch.range(i..n).take_while(|c| is_samples(c)).count()
-                } else {
-                    i + 1
-                };
-                let applied = if end - i > 1 {
-                    write::add_samples(c, p, batch.range(i..end)).await
-                } else {
-                    write::apply(c, p, cmd).await
-                };
-                match applied {
-                    Ok(Applied::Rows { rows: r, samples: s }) => {
-                        rows += r;
-                        samples += s;
+                let end = if merge { n } else { i + 1 };
+                match write::apply(c, p, batch.range(i..end)).await {
+                    Ok(d) => {
+                        done.rows += d.rows;
+                        done.samples += d.samples;
+                        done.unknown.extend(d.unknown);
                     }
-                    Ok(Applied::Samples { rows: r, unknown: u }) => {
-                        rows += r;
-                        samples += r;
-                        unknown.extend(u);
-                    }
-                    Ok(Applied::UnknownEpisode(id)) => unknown.push(id),
                     Err(WriteError::Pg(e)) if conflict(&e) => {
                         // Another node's transaction: again, at once.
                         if let Err(e) = c.batch_execute("ROLLBACK").await {
@@ -480,15 +467,14 @@ impl Writer {
                         return Err(lost(&e));
                     }
                     Err(error) => {
-                        let kind = cmd.kind();
                         if let Err(e) = c.batch_execute("ROLLBACK").await {
                             return Err(lost(&e));
                         }
-                        if end - i > 1 {
+                        if merge {
                             merge = false;
                             continue 'attempt;
                         }
-                        warn!(%error, kind, "store write failed");
+                        warn!(%error, kind = batch[i].kind(), "store write failed");
                         self.shared.stats.write_failed(1);
                         batch.remove(i);
                         self.shared.release(1);
@@ -511,8 +497,8 @@ impl Writer {
                 return Ok(());
             }
             let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-            self.shared.stats.committed(rows, samples, micros);
-            for id in unknown {
+            self.shared.stats.committed(done.rows, done.samples, micros);
+            for id in done.unknown {
                 warn!(error = %StoreError::UnknownEpisode { id }, "store write failed");
                 self.shared.stats.write_failed(1);
             }
