@@ -44,6 +44,9 @@ pub struct EdgeStats {
     /// and those lost.
     pub bundles_published: AtomicU64,
     pub bundles_failed: AtomicU64,
+    /// Bytes of the bundles published, before and after compression.
+    pub bundle_bytes_plain: AtomicU64,
+    pub bundle_bytes_sent: AtomicU64,
     /// Host records written (hellos, addresses, renewals).
     pub host_puts: AtomicU64,
     pub host_put_failures: AtomicU64,
@@ -370,10 +373,12 @@ impl Bundles {
         // JetStream drops a second copy of one id: a bundle published
         // again after a lost acknowledgement is stored once.
         headers.insert("Nats-Msg-Id", bundle_id(self.salt, p, *n).as_str());
+        headers.insert(wire::H_ENCODING, wire::LZ4);
         Outgoing {
             subject: wire::samples_subject(p),
             headers,
-            payload: open.buf.freeze(),
+            plain_bytes: open.buf.len() as u64,
+            payload: wire::compress_bundle(&open.buf),
             parts: open.parts,
         }
     }
@@ -575,7 +580,7 @@ mod tests {
         let second = bundles.drain();
         let subjects: Vec<_> = first.iter().map(|o| (o.subject.as_str(), o.parts)).collect();
         assert_eq!(subjects, [("tcpstall.samples.3", 2), ("tcpstall.samples.4", 1)]);
-        let read = wire::decode_bundle(first[0].payload.clone()).expect("a bundle");
+        let read = wire::decode_bundle(first[0].payload.clone(), Some(wire::LZ4)).expect("a bundle");
         assert_eq!(read.len(), 2, "both batches of the poll");
         let ids = [id(&first[0]), id(&first[1]), id(&second[0]), id(&Bundles::new(8 << 24).drain_one(3))];
         for (i, a) in ids.iter().enumerate() {
@@ -605,7 +610,9 @@ mod tests {
         }
         let (i, full) = sent.expect("sealed once over the bound");
         assert_eq!(full.parts, i + 1);
-        assert!(full.payload.len() >= BUNDLE_BYTES && full.payload.len() < BUNDLE_BYTES + 70 * 1024);
+        let plain = full.plain_bytes as usize;
+        assert!(plain >= BUNDLE_BYTES && plain < BUNDLE_BYTES + 70 * 1024, "{plain}");
+        assert!(full.payload.len() < plain / 10, "sent compressed: {}", full.payload.len());
         assert!(!bundles.any_open(), "a full bundle is not kept open");
     }
 

@@ -184,7 +184,13 @@ pub async fn run(
                 };
                 let pending = msg.info().map_or(0, |i| i.pending);
                 part.fleet.partitions.bundles_read.fetch_add(1, Ordering::Relaxed);
-                match wire::decode_bundle(msg.message.payload.clone()) {
+                let encoding = msg
+                    .message
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(wire::H_ENCODING))
+                    .map(|v| v.as_str());
+                match wire::decode_bundle(msg.message.payload.clone(), encoding) {
                     Ok(parts) => {
                         for p in parts {
                             handle(&mut matcher, &applied, &mut waiting, &mut clocks, p, &part);

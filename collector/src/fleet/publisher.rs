@@ -39,6 +39,8 @@ pub struct Outgoing {
     pub subject: String,
     pub headers: HeaderMap,
     pub payload: Bytes,
+    /// The bundle's length before compression.
+    pub plain_bytes: u64,
     /// Batch parts in it.
     pub parts: u64,
 }
@@ -88,6 +90,8 @@ pub async fn run(
 fn published(stats: &super::edge::EdgeStats, msg: &Outgoing) {
     stats.parts_published.fetch_add(msg.parts, Ordering::Relaxed);
     stats.bundles_published.fetch_add(1, Ordering::Relaxed);
+    stats.bundle_bytes_plain.fetch_add(msg.plain_bytes, Ordering::Relaxed);
+    stats.bundle_bytes_sent.fetch_add(msg.payload.len() as u64, Ordering::Relaxed);
 }
 
 /// Publishes `msg`; its acknowledgement to come (or the failure to send).
