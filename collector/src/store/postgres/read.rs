@@ -3,7 +3,9 @@
 //! is decoded with a typed error, never a panic.
 
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, Row};
+use std::collections::HashMap;
+
+use tokio_postgres::{Client, Row, Statement};
 use tcpstall_common::record::JoinedVia;
 use tcpstall_common::{FlowTuple, HeldEnd, Packed, Side, Translation};
 use tcpstall_proto::convert::unpack;
@@ -18,8 +20,35 @@ const EPISODE_COLS: &str = "id, diagnosis, summary, evidence::text, started_at_m
      stuck_bytes, a_host, a_netns, a_local, a_remote, a_cookie, b_host, peer_note, open, \
      ended_at_ms, end_reason, via_host, via_original, via_reply, via_nat";
 
+/// Read statements prepared on one connection, by their text. A read's
+/// text has a few shapes (which filters it has), each parsed once rather
+/// than at every read: a text sent as it is costs a round trip and a parse
+/// more each time.
+#[derive(Default)]
+pub(super) struct Cache(std::sync::Mutex<HashMap<String, Statement>>);
+
+/// More shapes than the reads have; a bound all the same.
+const CACHED: usize = 128;
+
+impl Cache {
+    async fn get(&self, c: &Client, sql: &str) -> Result<Statement, tokio_postgres::Error> {
+        let known = self.0.lock().ok().and_then(|m| m.get(sql).cloned());
+        if let Some(st) = known {
+            return Ok(st);
+        }
+        let st = c.prepare(sql).await?;
+        if let Ok(mut m) = self.0.lock() {
+            if m.len() < CACHED {
+                m.insert(sql.to_string(), st.clone());
+            }
+        }
+        Ok(st)
+    }
+}
+
 pub(super) async fn list_episodes(
     c: &Client,
+    cache: &Cache,
     f: &EpisodeFilter,
 ) -> Result<Vec<EpisodeRow>, StoreError> {
     let mut sql = format!("SELECT {EPISODE_COLS} FROM episodes WHERE true");
@@ -55,26 +84,31 @@ pub(super) async fn list_episodes(
         .iter()
         .map(|a| a.as_ref() as &(dyn ToSql + Sync))
         .collect();
-    c.query(&sql, &params)
+    c.query(&cache.get(c, &sql).await?, &params)
         .await?
         .iter()
         .map(episode_row)
         .collect()
 }
 
-pub(super) async fn get_episode(c: &Client, id: i64) -> Result<Option<StoredEpisode>, StoreError> {
+pub(super) async fn get_episode(
+    c: &Client,
+    cache: &Cache,
+    id: i64,
+) -> Result<Option<StoredEpisode>, StoreError> {
     let sql = format!("SELECT {EPISODE_COLS} FROM episodes WHERE id = $1");
-    let Some(row) = c.query_opt(&sql, &[&id]).await? else {
+    let Some(row) = c.query_opt(&cache.get(c, &sql).await?, &[&id]).await? else {
         return Ok(None);
     };
     let episode = episode_row(&row)?;
-    let rows = c
-        .query(
+    let samples = cache
+        .get(
+            c,
             "SELECT side, host, at_ms, sample_pb FROM samples
               WHERE episode_id = $1 ORDER BY at_ms, side, host",
-            &[&id],
         )
         .await?;
+    let rows = c.query(&samples, &[&id]).await?;
     let mut samples = Vec::with_capacity(rows.len());
     for row in rows {
         let side: String = row.try_get(0)?;
@@ -92,12 +126,15 @@ pub(super) async fn get_episode(c: &Client, id: i64) -> Result<Option<StoredEpis
     Ok(Some((episode, samples)))
 }
 
-pub(super) async fn list_hosts(c: &Client) -> Result<Vec<HostRow>, StoreError> {
-    c.query(
-        "SELECT host, kernel, agent_version, boot_id, first_seen_ms, last_seen_ms, connected
-           FROM hosts ORDER BY host",
-        &[],
-    )
+pub(super) async fn list_hosts(c: &Client, cache: &Cache) -> Result<Vec<HostRow>, StoreError> {
+    let hosts = cache
+        .get(
+            c,
+            "SELECT host, kernel, agent_version, boot_id, first_seen_ms, last_seen_ms, connected
+               FROM hosts ORDER BY host",
+        )
+        .await?;
+    c.query(&hosts, &[])
     .await?
     .iter()
     .map(|r| {
@@ -116,7 +153,11 @@ pub(super) async fn list_hosts(c: &Client) -> Result<Vec<HostRow>, StoreError> {
 
 /// Held spans summed over the filter's minutes, per host pair, end and
 /// bucket; the busiest pairs first.
-pub(super) async fn list_held(c: &Client, f: &HeldFilter) -> Result<Vec<HeldRow>, StoreError> {
+pub(super) async fn list_held(
+    c: &Client,
+    cache: &Cache,
+    f: &HeldFilter,
+) -> Result<Vec<HeldRow>, StoreError> {
     let mut sql = String::from(
         "SELECT max(minute_ms), a_host, b_host, end_reason, le_ms, sum(count)::bigint,
                 sum(episodes)::bigint, sum(total_ms)::bigint, max(max_ms)
@@ -147,7 +188,7 @@ pub(super) async fn list_held(c: &Client, f: &HeldFilter) -> Result<Vec<HeldRow>
         })
     };
     let mut out = Vec::new();
-    for row in c.query(&sql, &params).await? {
+    for row in c.query(&cache.get(c, &sql).await?, &params).await? {
         let end: String = row.try_get(3)?;
         out.push(HeldRow {
             minute_ms: row.try_get(0)?,
