@@ -33,6 +33,8 @@ pub struct Postgres {
     /// The user the server runs as, when the tests run as root.
     user: Option<(u32, u32)>,
     child: Option<Child>,
+    /// Server settings (`name=value`) over the tests' own.
+    settings: Vec<String>,
 }
 
 impl Postgres {
@@ -44,6 +46,13 @@ impl Postgres {
 
     /// As [`Postgres::start`]; `what` names the test in the SKIP line.
     pub fn start_for(what: &str) -> Option<Postgres> {
+        Self::start_with(what, &[])
+    }
+
+    /// As [`Postgres::start_for`], with server settings (`name=value`)
+    /// over the tests' own (durability off, small shared buffers): a
+    /// benchmark gives PostgreSQL's own default buffers back.
+    pub fn start_with(what: &str, settings: &[&str]) -> Option<Postgres> {
         if !Path::new(BIN).join("initdb").exists() {
             eprintln!(
                 "SKIP {what}: PostgreSQL 15 is not installed ({BIN}/initdb is missing; \
@@ -67,6 +76,7 @@ impl Postgres {
             None
         };
         let mut pg = Postgres {
+            settings: settings.iter().map(|s| s.to_string()).collect(),
             port: free_port(),
             dir,
             user,
@@ -124,6 +134,7 @@ impl Postgres {
             .args(["-c", "fsync=off", "-c", "full_page_writes=off"])
             .args(["-c", "synchronous_commit=off", "-c", "shared_buffers=16MB"])
             .args(["-c", "max_connections=40"])
+            .args(self.settings.iter().flat_map(|s| ["-c", s.as_str()]))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)

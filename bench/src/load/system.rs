@@ -70,7 +70,10 @@ impl System {
         let pg = if fleet || args.postgres {
             eprintln!("tcpstall-bench: starting PostgreSQL ...");
             Some(
-                Postgres::start_for("collector-load")
+                // PostgreSQL's own default buffers (the tests' 16 MB made
+                // every write read and write pages through the kernel);
+                // durability stays off, as in the tests.
+                Postgres::start_with("collector-load", &["shared_buffers=128MB"])
                     .context("PostgreSQL 15 is not installed (apt-get install postgresql)")?,
             )
         } else {
