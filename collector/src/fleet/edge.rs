@@ -613,7 +613,7 @@ mod tests {
         let (i, full) = sent.expect("sealed once over the bound");
         assert_eq!(full.parts, i + 1);
         let plain = full.plain_bytes as usize;
-        assert!(plain >= BUNDLE_BYTES && plain < BUNDLE_BYTES + 70 * 1024, "{plain}");
+        assert!((BUNDLE_BYTES..BUNDLE_BYTES + 70 * 1024).contains(&plain), "{plain}");
         assert!(full.payload.len() < plain / 10, "sent compressed: {}", full.payload.len());
         assert!(!bundles.any_open(), "a full bundle is not kept open");
     }

@@ -654,7 +654,6 @@ impl FleetStats {
         one("tcpstall_collector_host_registrations_total", Kind::Counter, "Host records written to the hosts bucket (hellos, new addresses, renewals).", e.host_puts.load(Relaxed));
         one("tcpstall_collector_host_registrations_failed_total", Kind::Counter, "Host records that could not be written (retried at the next renewal).", e.host_put_failures.load(Relaxed));
         one("tcpstall_collector_fleet_requests_forwarded_total", Kind::Counter, "Watch and translate requests for this node's agents received from the matchers of any node.", e.requests_in.load(Relaxed));
-        drop(one);
         out.family(
             "tcpstall_collector_batch_bundle_bytes_total",
             Kind::Counter,

@@ -302,10 +302,23 @@ fn outage_mid_episode(nats: bool, pg: bool) {
         killed.elapsed()
     );
     reader.resume();
-    let ended = wait_for("the episode ended", Duration::from_secs(20), || {
+    // Not `wait_for`: when it does not end, what the nodes said says why
+    // (this wait timed out once, under the load of the other fleet tests).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let ended = loop {
         let eps = lab.episodes();
-        (eps.len() == 1 && !eps[0].open).then(|| eps[0].clone())
-    });
+        if eps.len() == 1 && !eps[0].open {
+            break eps[0].clone();
+        }
+        if Instant::now() >= deadline {
+            panic!(
+                "the episode did not end within 20 s of the reader resuming; episodes: \
+                 {eps:#?}\nthe nodes said:\n{}",
+                nodes_said(&lab)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     assert_eq!(ended.id, e.id);
     assert!(
         ended.duration_ms > e.duration_ms,
@@ -418,4 +431,36 @@ fn the_node_a_stuck_end_streams_to_goes(going: Going) {
         let each = each_node(&lab, name);
         assert!(each.iter().all(|&n| n == 0.0), "{name}: {each:?}");
     }
+}
+
+/// Each node's warnings and its partitions' and episodes' lines, the last
+/// 40 of each: what a failed wait prints.
+fn nodes_said(lab: &Lab) -> String {
+    let fleet_nodes = lab
+        .fleet
+        .as_ref()
+        .map(|f| f.nodes.iter())
+        .into_iter()
+        .flatten();
+    let mut out = String::new();
+    for (i, node) in std::iter::once(&lab.collector)
+        .chain(fleet_nodes)
+        .enumerate()
+    {
+        let lines = node.log.lock().map(|l| l.clone()).unwrap_or_default();
+        let said: Vec<&String> = lines
+            .iter()
+            .filter(|l| {
+                ["WARN", "ERROR", "partition", "episode"]
+                    .iter()
+                    .any(|w| l.contains(w))
+            })
+            .collect();
+        out += &format!("-- node {i}\n");
+        for l in &said[said.len().saturating_sub(40)..] {
+            out += l;
+            out.push('\n');
+        }
+    }
+    out
 }
