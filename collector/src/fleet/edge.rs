@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_nats::jetstream::kv::Operation;
 use async_nats::HeaderMap;
 use tcpstall_common::{AgentBatch, FlowTuple, ToAgent};
 use tokio::sync::mpsc;
@@ -462,10 +463,17 @@ async fn put_record(
         Err(error) => {
             // Refused: whose is the record now?
             match bus.hosts.entry(key).await {
-                Ok(Some(e)) => {
-                    let theirs = serde_json::from_slice::<HostRecord>(&e.value).ok();
-                    if theirs.is_some_and(|t| t.session != record.session) {
-                        return Err(Renewal::Replaced);
+                Ok(Some(e)) if e.operation == Operation::Put => {
+                    match serde_json::from_slice::<HostRecord>(&e.value).ok() {
+                        Some(t) if t.session != record.session => return Err(Renewal::Replaced),
+                        // Written after all (its answer was lost, as when
+                        // the bucket's leader died under it): the revision
+                        // to write the next renewal on.
+                        Some(t) if t == *record && Some(e.revision) != revision => {
+                            stats.host_puts.fetch_add(1, Ordering::Relaxed);
+                            return Ok(e.revision);
+                        }
+                        _ => {}
                     }
                 }
                 Ok(None) if revision.is_some() => return Err(Renewal::Gone),

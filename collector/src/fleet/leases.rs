@@ -8,10 +8,14 @@
 //! should keep; stops and releases what another live node should hold (so
 //! that a node that joins gets its share in a round or two); takes what it
 //! should hold once it is free — released, or expired with a dead owner.
-//! A renewal that fails (another node holds the lease: ours expired) stops
-//! the partition at once; a node that cannot reach NATS stops judging
-//! before its leases can have expired, so two nodes never judge one
-//! partition for long (and what they write is idempotent if they do).
+//! A renewal refused because another node holds the lease (ours expired)
+//! stops the partition at once; one that NATS does not answer (a server
+//! died, JetStream elects new leaders) leaves it judging until its fence,
+//! most of a lease after its last renewal, so a node that cannot reach
+//! NATS stops judging before its leases can have expired: two nodes never
+//! judge one partition for long (and what they write is idempotent if they
+//! do). A lease still in this node's name when it takes a partition (one it
+//! stopped judging while NATS was away) it takes back at once.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use async_nats::jetstream::kv::Operation;
 use tokio_stream::StreamExt;
 
 use super::assign::assign;
@@ -57,6 +62,18 @@ pub struct LeaseStats {
 #[derive(Debug, Serialize, Deserialize)]
 struct NodeRecord {
     name: String,
+}
+
+/// A lease's holder, as read after a write of it failed.
+enum Held {
+    /// This node, at this revision.
+    Mine(u64),
+    /// Another node.
+    Other,
+    /// Nobody: deleted or expired.
+    Free,
+    /// Not known: NATS did not answer.
+    Unknown,
 }
 
 struct Running {
@@ -118,7 +135,15 @@ impl Leases {
     }
 
     async fn round(&self, running: &mut HashMap<u32, Running>, failed: &mut u32) {
-        let live = match self.live_nodes().await {
+        // Every request of a round is bounded well within the round: while
+        // JetStream elects new leaders after a server died, a request may
+        // wait out the client's whole timeout, and a round blocked that long
+        // would let the leases it holds run past their fence.
+        let patience = self.lease / 4;
+        let answer = tokio::time::timeout(patience, self.live_nodes())
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {patience:?}").into()));
+        let live = match answer {
             Ok(live) => {
                 *failed = 0;
                 live
@@ -136,21 +161,7 @@ impl Leases {
                         tracing::warn!(error = %e, "reconnecting to NATS failed");
                     }
                 }
-                // Out of reach: stop judging before a lease held can have
-                // expired and been taken.
-                let fence = self.lease.mul_f32(0.8);
-                let expiring: Vec<u32> = running
-                    .iter()
-                    .filter(|(_, r)| r.renewed.elapsed() > fence)
-                    .map(|(p, _)| *p)
-                    .collect();
-                for p in expiring {
-                    if let Some(r) = running.remove(&p) {
-                        tracing::warn!(partition = p, "lease not renewed in time; partition stopped");
-                        self.fleet.leases.lost.fetch_add(1, Ordering::Relaxed);
-                        self.halt(p, r).await;
-                    }
-                }
+                self.fence(running).await;
                 self.publish(running);
                 return;
             }
@@ -168,36 +179,82 @@ impl Leases {
                     // Another live node should hold it: hand it over.
                     let revision = r.revision;
                     self.halt(p, r).await;
-                    let _ = self
-                        .bus
-                        .leases
-                        .delete_expect_revision(key, Some(revision))
-                        .await;
+                    let _ = tokio::time::timeout(
+                        patience,
+                        self.bus.leases.delete_expect_revision(&key, Some(revision)),
+                    )
+                    .await;
                     self.fleet.leases.released.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(partition = p, to = target.unwrap_or("?"), "partition released");
                 }
                 Some(mut r) => {
-                    match self
-                        .bus
-                        .leases
-                        .update(&key, self.node.clone().into(), r.revision)
-                        .await
-                    {
-                        Ok(revision) => {
+                    let renewed = tokio::time::timeout(
+                        patience,
+                        self.bus
+                            .leases
+                            .update(&key, self.node.clone().into(), r.revision),
+                    )
+                    .await;
+                    match renewed {
+                        Ok(Ok(revision)) => {
                             r.revision = revision;
                             r.renewed = Instant::now();
                             running.insert(p, r);
                         }
-                        Err(e) => {
-                            tracing::warn!(partition = p, error = %e, "lease renewal refused; partition stopped");
-                            self.fleet.leases.lost.fetch_add(1, Ordering::Relaxed);
-                            self.halt(p, r).await;
+                        Ok(Err(e)) => match self.holder(&key, patience).await {
+                            // Written by this node after all (the answer
+                            // was lost): renewed again next round from
+                            // the revision it has now.
+                            Held::Mine(revision) => {
+                                r.revision = revision;
+                                running.insert(p, r);
+                            }
+                            // Not this node's any more: stop at once.
+                            Held::Other | Held::Free => {
+                                tracing::warn!(partition = p, error = %e, "lease renewal refused; partition stopped");
+                                self.fleet.leases.lost.fetch_add(1, Ordering::Relaxed);
+                                self.halt(p, r).await;
+                            }
+                            // Out of reach: judged on until its fence.
+                            Held::Unknown => {
+                                tracing::warn!(partition = p, error = %e, "lease not renewed; trying again next round");
+                                running.insert(p, r);
+                            }
+                        },
+                        Err(_) => {
+                            tracing::warn!(partition = p, "lease renewal unanswered; trying again next round");
+                            running.insert(p, r);
                         }
                     }
                 }
                 None if target == Some(self.node.as_str()) => {
-                    if let Ok(revision) = self.bus.leases.create(&key, self.node.clone().into()).await
-                    {
+                    let created = tokio::time::timeout(
+                        patience,
+                        self.bus.leases.create(&key, self.node.clone().into()),
+                    )
+                    .await;
+                    let revision = match created {
+                        Ok(Ok(revision)) => Some(revision),
+                        // Its lease may still be this node's: one it
+                        // stopped judging while NATS was out of reach, or
+                        // a take whose answer was lost. Taken back at
+                        // once, not after it expires.
+                        _ => match self.holder(&key, patience).await {
+                            Held::Mine(revision) => tokio::time::timeout(
+                                patience,
+                                self.bus
+                                    .leases
+                                    .update(&key, self.node.clone().into(), revision),
+                            )
+                            .await
+                            .ok()
+                            .and_then(Result::ok),
+                            // Else its lease is still held: released or
+                            // expired by a later round.
+                            Held::Other | Held::Free | Held::Unknown => None,
+                        },
+                    };
+                    if let Some(revision) = revision {
                         let (questions, asked) = mpsc::channel(QUESTIONS);
                         let (stop, stopped) = oneshot::channel();
                         let task = (self.spawn)(p, asked, stopped);
@@ -217,13 +274,45 @@ impl Leases {
                         self.fleet.leases.taken.fetch_add(1, Ordering::Relaxed);
                         tracing::info!(partition = p, "partition lease taken");
                     }
-                    // Else its lease is still held: released or expired
-                    // by a later round.
                 }
                 None => {}
             }
         }
+        self.fence(running).await;
         self.publish(running);
+    }
+
+    /// Stops the partitions whose leases were not renewed for most of a
+    /// lease: before they can have expired and been taken by another node.
+    async fn fence(&self, running: &mut HashMap<u32, Running>) {
+        let fence = self.lease.mul_f32(0.8);
+        let expiring: Vec<u32> = running
+            .iter()
+            .filter(|(_, r)| r.renewed.elapsed() > fence)
+            .map(|(p, _)| *p)
+            .collect();
+        for p in expiring {
+            if let Some(r) = running.remove(&p) {
+                tracing::warn!(partition = p, "lease not renewed in time; partition stopped");
+                self.fleet.leases.lost.fetch_add(1, Ordering::Relaxed);
+                self.halt(p, r).await;
+            }
+        }
+    }
+
+    /// Who holds the lease under `key` now, as the bucket says.
+    async fn holder(&self, key: &str, patience: Duration) -> Held {
+        match tokio::time::timeout(patience, self.bus.leases.entry(key)).await {
+            Ok(Ok(Some(e))) if e.operation == Operation::Put => {
+                if e.value.as_ref() == self.node.as_bytes() {
+                    Held::Mine(e.revision)
+                } else {
+                    Held::Other
+                }
+            }
+            Ok(Ok(_)) => Held::Free,
+            Ok(Err(_)) | Err(_) => Held::Unknown,
+        }
     }
 
     /// Says this node is alive, and reads which nodes are: sorted names of
