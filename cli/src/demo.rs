@@ -197,9 +197,11 @@ pub async fn run(args: DemoArgs, style: Style) -> Result<u8, Failure> {
         Ok(EpisodeDetail {
             episode, samples, ..
         }) => {
-            let view = model::episode_view(&episode, &samples);
+            let mut views = vec![model::episode_view(&episode, &samples)];
+            let incidents = model::incidents(&mut views);
+            let view = &views[0];
             println!("$ tcpstall report");
-            print!("{}", render::report(std::slice::from_ref(&view), style));
+            print!("{}", render::report_incidents(&views, &incidents, style));
             println!("\n$ tcpstall diff {}", view.id);
             print!("{}", render::diff(&view.peer.a, view.peer.b.as_ref()));
             println!("\n$ tcpstall plot {} -o {}", view.id, args.plot.display());

@@ -366,6 +366,8 @@ mod tests {
                 a: EndView::new("web-1", flow, None),
                 b: None,
             },
+            incident: None,
+            started_at_ms: 0,
         };
         let row = csv_row(&view);
         assert_eq!(row.len(), CSV_HEADER.len());

@@ -9,6 +9,7 @@ mod plotting;
 mod render;
 mod stalls;
 
+use std::fmt::Write as _;
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -104,9 +105,21 @@ struct Filters {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Stuck pairs: both ends, bytes stuck, age, diagnosis and the key
+    /// Stuck pairs grouped into incidents (the pairs of one diagnosis
+    /// around one host, overlapping in time), each pair beneath its
+    /// incident: both ends, bytes stuck, age, diagnosis and the key
     /// evidence. Exits 5 when there is any.
-    Report(Filters),
+    Report {
+        #[command(flatten)]
+        filters: Filters,
+        /// One line per pair, without incidents.
+        #[arg(long)]
+        flat: bool,
+    },
+    /// Incidents: the stuck pairs of one diagnosis around one host,
+    /// overlapping in time ("db-7 not reading from 12 hosts"), named by
+    /// their first episode. Exits 5 when any is open.
+    Incidents(Filters),
     /// Episode history.
     Episodes(Filters),
     /// Every held send queue that ended, short or long, counted by host
@@ -287,14 +300,11 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             let mut q = target.connect().await?;
             export::run(&mut q, &args).await
         }
-        Command::Report(f) => {
-            let mut f = f;
-            if f.since.is_none() && !f.open {
-                // A report is about now: open pairs and the last hour's.
-                f.since = Some(Duration::from_secs(3600));
-            }
+        Command::Report { filters, flat } => {
+            let f = about_now(filters);
             let mut q = target.connect().await?;
-            let eps = list(&mut q, &f).await?;
+            let mut eps = list(&mut q, &f).await?;
+            let incidents = model::incidents(&mut eps);
             // The stalls that ended short of the threshold, in the text
             // (the JSON stays the array of episodes it has always been).
             let held = if json {
@@ -303,7 +313,11 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 held_spans_if_known(&mut q, f.since, f.host.clone()).await?
             };
             print(json, &eps, || {
-                let mut text = render::report(&eps, style);
+                let mut text = if flat {
+                    render::report(&eps, style)
+                } else {
+                    render::report_incidents(&eps, &incidents, style)
+                };
                 if let Some(h) = &held {
                     text.push_str(&stalls::report_section(h));
                 }
@@ -322,9 +336,22 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             print(json, &s, || stalls::render(&s))?;
             Ok(exit::OK)
         }
+        Command::Incidents(f) => {
+            let f = about_now(f);
+            let mut q = target.connect().await?;
+            let mut eps = list(&mut q, &f).await?;
+            let incidents = model::incidents(&mut eps);
+            print(json, &incidents, || render::incidents(&incidents))?;
+            Ok(if incidents.iter().any(|i| i.open) {
+                exit::STUCK
+            } else {
+                exit::OK
+            })
+        }
         Command::Episodes(f) => {
             let mut q = target.connect().await?;
-            let eps = list(&mut q, &f).await?;
+            let mut eps = list(&mut q, &f).await?;
+            model::incidents(&mut eps);
             print(json, &eps, || render::episodes(&eps))?;
             Ok(exit::OK)
         }
@@ -342,8 +369,17 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         }
         Command::Show { id } => {
             let mut q = target.connect().await?;
-            let (e, n) = episode(&mut q, id).await?;
-            print(json, &e, || render::show(&e, n))?;
+            let (mut e, n) = episode(&mut q, id).await?;
+            let incident = incident_of(&mut q, &e).await?;
+            e.incident = Some(incident.as_ref().map_or(e.id, |i| i.0));
+            print(json, &e, || {
+                let mut text = render::show(&e, n);
+                // Alone, an episode is its own incident: nothing to add.
+                if let Some((id, pairs, title)) = incident.filter(|i| i.1 > 1) {
+                    let _ = writeln!(text, "\nPart of incident #{id} ({pairs} pairs): {title}");
+                }
+                text
+            })?;
             Ok(exit::OK)
         }
         Command::Diff {
@@ -435,6 +471,61 @@ async fn list(q: &mut Client, f: &Filters) -> Result<Vec<EpisodeView>, Failure> 
         out.push(view);
     }
     Ok(out)
+}
+
+/// A report's and the incidents' filters: about now unless told
+/// otherwise, open pairs and the last hour's.
+fn about_now(mut f: Filters) -> Filters {
+    if f.since.is_none() && !f.open {
+        f.since = Some(Duration::from_secs(3600));
+    }
+    f
+}
+
+/// How far before an episode's start [`incident_of`] looks for the
+/// episodes it overlaps.
+const INCIDENT_LOOKBACK: Duration = Duration::from_secs(3600);
+
+/// The incident episode `e` is part of (its id, episodes and title):
+/// grouped among the episodes of its diagnosis stored with either of its
+/// hosts, started from an hour before it on.
+async fn incident_of(
+    q: &mut Client,
+    e: &EpisodeView,
+) -> Result<Option<(i64, usize, String)>, Failure> {
+    let back = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(Duration::ZERO, |now| {
+            now.saturating_sub(Duration::from_millis(
+                u64::try_from(e.started_at_ms).unwrap_or(0),
+            ))
+        })
+        + INCIDENT_LOOKBACK;
+    let mut around: Vec<tcpstall_common::record::Episode> = Vec::new();
+    let hosts = std::iter::once(&e.peer.a.host).chain(e.peer.b.as_ref().map(|b| &b.host));
+    for host in hosts {
+        let query = EpisodeQuery {
+            since: Some(back),
+            host: Some(host.clone()),
+            diagnosis: Some(e.diagnosis.clone()),
+            open_only: false,
+            limit: 1000,
+            page_token: None,
+        };
+        let r = q
+            .list_episodes(convert::episode_query_to_wire(&query))
+            .await
+            .map_err(|s| status_failure("listing the episodes around it", s))?
+            .into_inner();
+        let page = convert::episode_page_from_wire(r)
+            .map_err(|e| answer_failure("listing the episodes around it", e))?;
+        for ep in page.episodes {
+            if !around.iter().any(|x| x.id == ep.id) {
+                around.push(ep);
+            }
+        }
+    }
+    Ok(model::incident_around(e.id, &around))
 }
 
 /// An episode's view and how many samples were stored with it.

@@ -8,6 +8,7 @@
 use std::time::{Duration, UNIX_EPOCH};
 
 use serde::Serialize;
+use tcpstall_common::incident::{self, Member, Role};
 use tcpstall_common::record::{Episode, EpisodeSample, JoinedVia};
 use tcpstall_common::{
     AbsoluteSeq, Container, EndSample, FactSource, FlowTuple, OwnerMissing, Positions,
@@ -248,6 +249,110 @@ pub struct EpisodeView {
     pub end_reason: Option<String>,
     pub evidence: std::collections::BTreeMap<String, i64>,
     pub peer: Ends,
+    /// The incident it is part of: that incident's first episode's id (its
+    /// own when it stands alone), over the episodes the command read; null
+    /// where no grouping was done (`export`).
+    pub incident: Option<i64>,
+    /// `started_at` in milliseconds, for grouping.
+    #[serde(skip)]
+    pub started_at_ms: i64,
+}
+
+/// One incident as `--json` prints it: the episodes of one diagnosis
+/// around one host, overlapping in time
+/// ([`tcpstall_common::incident`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct IncidentView {
+    /// Its first episode's id.
+    pub id: i64,
+    /// The incident in words.
+    pub title: String,
+    pub diagnosis: String,
+    /// The host its pairs share.
+    pub host: String,
+    /// `peer` when that host is B of every pair, `sender` when it is A.
+    pub role: Role,
+    /// Any of its episodes still open.
+    pub open: bool,
+    pub started_at: String,
+    /// When its last episode ended; null while one is open.
+    pub ended_at: Option<String>,
+    pub duration_s: f64,
+    /// Its episodes (stuck pairs).
+    pub pairs: usize,
+    /// Distinct hosts on the other side.
+    pub hosts: usize,
+    /// Bytes stuck over its episodes.
+    pub stuck: u64,
+    /// Its episodes' ids, earliest first.
+    pub episodes: Vec<i64>,
+}
+
+/// The incident episode `id` is part of among `around` (the episodes
+/// stored around it: the same diagnosis, either host): its id, its
+/// episodes and its title.
+pub fn incident_around(id: i64, around: &[Episode]) -> Option<(i64, usize, String)> {
+    let members: Vec<Member<'_>> = around
+        .iter()
+        .map(|e| Member {
+            id: e.id,
+            diagnosis: &e.diagnosis,
+            a_host: &e.a_host,
+            b_host: e.b_host.as_deref(),
+            start_ms: e.started_at_ms,
+            end_ms: e
+                .started_at_ms
+                .saturating_add(i64::try_from(e.duration_ms).unwrap_or(i64::MAX)),
+            open: e.open,
+            stuck: u64::from(e.stuck_bytes),
+        })
+        .collect();
+    incident::group(&members)
+        .into_iter()
+        .find(|i| i.members.iter().any(|&m| members[m].id == id))
+        .map(|i| (i.id, i.members.len(), i.title()))
+}
+
+/// Groups `eps` into incidents, setting each episode's `incident`.
+pub fn incidents(eps: &mut [EpisodeView]) -> Vec<IncidentView> {
+    let members: Vec<Member<'_>> = eps
+        .iter()
+        .map(|e| Member {
+            id: e.id,
+            diagnosis: &e.diagnosis,
+            a_host: &e.peer.a.host,
+            b_host: e.peer.b.as_ref().map(|b| b.host.as_str()),
+            start_ms: e.started_at_ms,
+            end_ms: e.started_at_ms + (e.duration_s * 1000.0) as i64,
+            open: e.open,
+            stuck: u64::from(e.stuck),
+        })
+        .collect();
+    let grouped = incident::group(&members);
+    let views: Vec<IncidentView> = grouped
+        .iter()
+        .map(|i| IncidentView {
+            id: i.id,
+            title: i.title(),
+            diagnosis: i.diagnosis.clone(),
+            host: i.host.clone(),
+            role: i.role,
+            open: i.open,
+            started_at: rfc3339(i.start_ms),
+            ended_at: (!i.open).then(|| rfc3339(i.end_ms)),
+            duration_s: (i.end_ms - i.start_ms) as f64 / 1000.0,
+            pairs: i.members.len(),
+            hosts: i.others,
+            stuck: i.stuck,
+            episodes: i.members.iter().map(|&m| members[m].id).collect(),
+        })
+        .collect();
+    for i in &grouped {
+        for &m in &i.members {
+            eps[m].incident = Some(i.id);
+        }
+    }
+    views
 }
 
 pub fn rfc3339(ms: i64) -> String {
@@ -291,6 +396,8 @@ pub fn episode_view(e: &Episode, samples: &[EpisodeSample]) -> EpisodeView {
             a: a_view,
             b: b_view,
         },
+        incident: None,
+        started_at_ms: e.started_at_ms,
     }
 }
 

@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 use tcpstall_client::table::{human_bytes, Table};
 use tcpstall_common::{AbsoluteSeq, Container, FactSource, Positions, ProcessOwner, SackBlock};
 
-use crate::model::{EndView, EpisodeView};
+use crate::model::{EndView, EpisodeView, IncidentView};
 
 /// ANSI colour, on when stdout is a terminal.
 #[derive(Debug, Clone, Copy)]
@@ -131,6 +131,88 @@ pub fn report(eps: &[EpisodeView], style: Style) -> String {
         let _ = writeln!(out, "     {}  (look at: {blame})", style.dim(&ev));
     }
     out
+}
+
+/// `tcpstall report`: each incident, its pairs beneath it.
+pub fn report_incidents(eps: &[EpisodeView], incidents: &[IncidentView], style: Style) -> String {
+    if eps.is_empty() {
+        return "no stuck pairs\n".into();
+    }
+    let mut out = String::new();
+    for (n, i) in incidents.iter().enumerate() {
+        if n > 0 {
+            out.push('\n');
+        }
+        let _ = writeln!(
+            out,
+            "{}",
+            style.bad(&format!("Incident #{}: {}", i.id, i.title))
+        );
+        let until = i
+            .ended_at
+            .as_ref()
+            .map(|e| format!(" until {e}"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "  {}",
+            style.dim(&format!(
+                "{}, {} stuck, since {}{until}",
+                incident_state(i),
+                human_bytes(i.stuck),
+                i.started_at,
+            ))
+        );
+        let members: Vec<EpisodeView> = i
+            .episodes
+            .iter()
+            .filter_map(|id| eps.iter().find(|e| e.id == *id).cloned())
+            .collect();
+        for line in report(&members, style).lines() {
+            if line.is_empty() {
+                out.push('\n');
+            } else {
+                let _ = writeln!(out, "  {line}");
+            }
+        }
+    }
+    out
+}
+
+fn incident_state(i: &IncidentView) -> String {
+    if i.open {
+        format!("open {}", age(i.duration_s))
+    } else {
+        format!("ended after {}", age(i.duration_s))
+    }
+}
+
+/// `tcpstall incidents`: one line each.
+pub fn incidents(incidents: &[IncidentView]) -> String {
+    if incidents.is_empty() {
+        return "no incidents\n".into();
+    }
+    let mut t = Table::new(&[
+        ("ID", true),
+        ("STARTED", false),
+        ("STATE", false),
+        ("PAIRS", true),
+        ("STUCK", true),
+        ("DIAGNOSIS", false),
+        ("INCIDENT", false),
+    ]);
+    for i in incidents {
+        t.push(vec![
+            i.id.to_string(),
+            i.started_at.clone(),
+            incident_state(i),
+            i.pairs.to_string(),
+            human_bytes(i.stuck),
+            i.diagnosis.clone(),
+            i.title.clone(),
+        ]);
+    }
+    t.render()
 }
 
 /// `tcpstall episodes`: the history, one line each.

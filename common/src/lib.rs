@@ -17,6 +17,7 @@ pub mod episode;
 pub mod error;
 pub mod flow;
 pub mod held;
+pub mod incident;
 pub mod ingest;
 pub mod kernel_tcp;
 pub mod machine;

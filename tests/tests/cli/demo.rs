@@ -37,6 +37,8 @@ fn demo_finds_the_stuck_pair_and_leaves_nothing_behind() {
     );
     for needle in [
         "$ tcpstall report",
+        "Incident #",
+        "not reading from",
         "peer_not_reading",
         "B's application",
         "$ tcpstall diff",

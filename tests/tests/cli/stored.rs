@@ -360,3 +360,92 @@ async fn stored_episodes_print_as_their_golden_files() {
         "{e}"
     );
 }
+
+/// db-7's application stops reading from two clients at once (one
+/// incident), while web-1's client stops reading on its own (another):
+/// `report` prints each incident with its pairs beneath, `--flat` one line
+/// per pair, `incidents` one line per incident, and the JSON names each
+/// episode's incident.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_stops_reading_from_two_clients_is_one_incident() {
+    let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+    let pair = |n: u8| {
+        let a = tuple(&format!("198.18.30.{n}:41000"), "198.18.30.7:5432");
+        let (sa, sb) = not_reading(a, a.reversed());
+        (sa, sb)
+    };
+    let (a1, b1) = pair(1);
+    let (a2, b2) = pair(2);
+    let mut second = stalled_reader(0, "app-2", "db-7", a2, b2);
+    // Five seconds later, while the first is held.
+    second.episode.started_at_ms += 5_000;
+    second.end.ended_at_ms += 5_000;
+    let ids = populate(
+        &dir.path().join("tcpstall.db"),
+        vec![stalled_reader(0, "app-1", "db-7", a1, b1), second, direct()],
+    )
+    .await;
+    let collector = CollectorProcess::start_in(dir, "127.0.0.1:0", &["--retention", "36500days"]);
+    let url = collector.url();
+    let since = ["--since", "36500days"];
+
+    let mut args = vec!["report"];
+    args.extend(since);
+    golden("report_incidents.txt", &text(&cli(&url, &args)));
+    args.push("--flat");
+    golden("report_flat.txt", &text(&cli(&url, &args)));
+    let mut args = vec!["incidents"];
+    args.extend(since);
+    golden("incidents.txt", &text(&cli(&url, &args)));
+
+    let mut args = vec!["--json", "incidents"];
+    args.extend(since);
+    let incidents = json(&cli(&url, &args));
+    let list = incidents.as_array().expect("an array");
+    assert_eq!(list.len(), 2, "{incidents:#}");
+    let db = list
+        .iter()
+        .find(|i| i["host"] == "db-7")
+        .expect("db-7's incident");
+    assert_eq!(db["id"], json!(ids[0]), "named by its first episode");
+    assert_eq!(db["episodes"], json!([ids[0], ids[1]]));
+    assert_eq!(db["role"], "peer");
+    assert_eq!(db["diagnosis"], "peer_not_reading");
+    assert_eq!((&db["pairs"], &db["hosts"]), (&json!(2), &json!(2)));
+    assert_eq!(db["title"], "db-7 not reading from 2 hosts (2 pairs)");
+    assert_eq!(db["stuck"], json!(10_000));
+    assert_eq!(db["started_at"], "2026-01-01T00:00:00Z");
+    assert_eq!(
+        db["ended_at"], "2026-01-01T00:00:25Z",
+        "the later one's end"
+    );
+    assert_eq!(db["open"], false);
+
+    // Every episode's JSON names its incident: in a report, in the
+    // history, and shown alone.
+    for cmd in ["report", "episodes"] {
+        let mut args = vec!["--json", cmd];
+        args.extend(since);
+        let eps = json(&cli(&url, &args));
+        let incident_of = |id: i64| {
+            eps.as_array()
+                .and_then(|l| l.iter().find(|e| e["id"] == json!(id)))
+                .map(|e| e["incident"].clone())
+        };
+        assert_eq!(incident_of(ids[0]), Some(json!(ids[0])), "{cmd}: {eps:#}");
+        assert_eq!(incident_of(ids[1]), Some(json!(ids[0])), "{cmd}: {eps:#}");
+        assert_eq!(incident_of(ids[2]), Some(json!(ids[2])), "{cmd}: alone");
+    }
+    let shown = json(&cli(&url, &["--json", "show", &ids[1].to_string()]));
+    assert_eq!(shown["incident"], json!(ids[0]), "{shown:#}");
+    let shown = text(&cli(&url, &["show", &ids[1].to_string()]));
+    assert!(
+        shown.contains(&format!(
+            "Part of incident #{} (2 pairs): db-7 not reading from 2 hosts (2 pairs)",
+            ids[0]
+        )),
+        "{shown}"
+    );
+    let alone = text(&cli(&url, &["show", &ids[2].to_string()]));
+    assert!(!alone.contains("incident"), "{alone}");
+}
