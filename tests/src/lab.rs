@@ -315,8 +315,10 @@ impl Lab {
             .env_remove("TCPSTALL_COLLECTOR")
             .output()
             .expect("run tcpstall");
+        // `report` and `incidents` exit 5 when stuck pairs are open;
+        // anything else is a failure.
         assert!(
-            out.status.success(),
+            out.status.success() || out.status.code() == Some(5),
             "tcpstall {args:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );

@@ -31,6 +31,7 @@ mod controls;
 mod cork;
 mod faults;
 mod fleet;
+mod incidents;
 mod nat;
 mod owner;
 mod question;
