@@ -58,6 +58,12 @@ pub struct Config {
     /// Address of the Prometheus endpoint (`GET /metrics`); none by default.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Address of the web page (stuck pairs now, episodes, hosts); none by
+    /// default. Over TLS when `tls_cert` is set; plaintext only on a
+    /// loopback address unless `plaintext`. Needs the query token when one
+    /// is set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub web_listen: Option<SocketAddr>,
     /// A file holding the token queries must present (`authorization:
     /// Bearer TOKEN`); none: queries need no token.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -126,6 +132,7 @@ impl Default for Config {
             max_message_bytes: 16 * 1024 * 1024,
             max_samples_per_episode: 720,
             metrics_listen: None,
+            web_listen: None,
             query_token_file: None,
             tls_cert: None,
             tls_key: None,
@@ -227,6 +234,11 @@ pub struct Flags {
     #[arg(long, value_name = "ADDR")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Serve the web page at ADDR: stuck pairs now, episodes, hosts (TLS
+    /// and the query token as the queries have them) [default: off].
+    #[arg(long, value_name = "ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub web_listen: Option<SocketAddr>,
     /// Queries must present the token in FILE [default: none needed].
     #[arg(long, value_name = "FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -399,6 +411,15 @@ impl Config {
                 "tls_client_ca needs TLS: give tls_cert and tls_key (--tls-cert, --tls-key)".into(),
             ));
         }
+        if let Some(web) = self.web_listen {
+            if self.tls_cert.is_none() && !self.plaintext && !web.ip().is_loopback() {
+                return Err(ConfigError::Invalid(format!(
+                    "web_listen {web}: other hosts can reach it; serve TLS with --tls-cert and \
+                     --tls-key (tls_cert, tls_key), or allow plaintext with --plaintext \
+                     (plaintext = true)"
+                )));
+            }
+        }
         if self.tls_cert.is_none() && !self.plaintext && !self.listen.ip().is_loopback() {
             return Err(ConfigError::Invalid(format!(
                 "listen {}: other hosts can reach it; serve TLS with --tls-cert and --tls-key \
@@ -458,6 +479,7 @@ const EXAMPLES: &[(&str, &str)] = &[
     ("store_password_file", "\"/etc/tcpstall/store.password\""),
     ("watch_peer_after", "\"5s\""),
     ("metrics_listen", "\"127.0.0.1:7787\""),
+    ("web_listen", "\"127.0.0.1:7788\""),
     ("query_token_file", "\"/etc/tcpstall/query.token\""),
     ("tls_cert", "\"/etc/tcpstall/collector.crt\""),
     ("tls_key", "\"/etc/tcpstall/collector.key\""),

@@ -23,7 +23,7 @@ pub mod server;
 // Modules public only with the feature `internals` (this crate's own
 // integration tests and the benchmarks turn it on); to everyone else the
 // collector is its binary, [`server`] and [`config`].
-tcpstall_common::internal_mods!(fleet, gateway, matcher, messages, metrics, query, store, tls);
+tcpstall_common::internal_mods!(fleet, gateway, matcher, messages, metrics, query, store, tls, web);
 
 #[cfg(feature = "internals")]
 pub mod inprocess;

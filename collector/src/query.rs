@@ -189,20 +189,25 @@ impl TokenCheck {
         }
     }
 
-    /// Reads the token from a file: its first line, trimmed; an empty one
-    /// is refused (it would let every query in by mistake).
+    /// Reads the token from a file ([`read_token`]).
     pub fn from_file(path: &std::path::Path) -> anyhow::Result<TokenCheck> {
-        use anyhow::Context;
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading the query token {}", path.display()))?;
-        let token = text.lines().next().unwrap_or("").trim();
-        anyhow::ensure!(
-            !token.is_empty(),
-            "the query token file {} is empty",
-            path.display()
-        );
-        Ok(TokenCheck::new(Some(token.to_string())))
+        Ok(TokenCheck::new(Some(read_token(path)?)))
     }
+}
+
+/// The query token in a file: its first line, trimmed; an empty one is
+/// refused (it would let every query in by mistake).
+pub fn read_token(path: &std::path::Path) -> anyhow::Result<String> {
+    use anyhow::Context;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the query token {}", path.display()))?;
+    let token = text.lines().next().unwrap_or("").trim();
+    anyhow::ensure!(
+        !token.is_empty(),
+        "the query token file {} is empty",
+        path.display()
+    );
+    Ok(token.to_string())
 }
 
 /// Equal in time independent of where the first difference is.

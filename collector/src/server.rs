@@ -17,6 +17,7 @@ use crate::metrics;
 use crate::query::{QueryService, TokenCheck as QueryTokenCheck};
 use crate::store::{PgConfig, PgStore, SharedStore, SqliteStore, StoreConfig, StoreUrl};
 use crate::tls;
+use crate::web;
 
 /// Messages queued for the matcher before streams wait. A message is at
 /// most one agent's batch (a few hundred KB decoded): this bounds what
@@ -123,6 +124,9 @@ fn fixed_while_running(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.metrics_listen != new.metrics_listen {
         fixed.push("metrics_listen");
     }
+    if old.web_listen != new.web_listen {
+        fixed.push("web_listen");
+    }
     if old.workers != new.workers {
         fixed.push("workers");
     }
@@ -202,6 +206,7 @@ async fn reload(
             store: current.store,
             store_password_file: current.store_password_file,
             metrics_listen: current.metrics_listen,
+            web_listen: current.web_listen,
             max_message_bytes: current.max_message_bytes,
             query_token_file: current.query_token_file,
             tls_cert: current.tls_cert,
@@ -361,6 +366,33 @@ pub async fn serve_on_reloading(
         }
         None => None,
     };
+    let web = match config.web_listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("web page: listening on {addr}"))?;
+            let local = listener.local_addr().context("web page: local address")?;
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            // Tests read this line to learn the port of --web-listen :0.
+            eprintln!("tcpstall-collector web page on {scheme}://{local}/");
+            let token = config
+                .query_token_file
+                .as_deref()
+                .map(crate::query::read_token)
+                .transpose()?;
+            let page = std::sync::Arc::new(web::Web::new(store.clone(), token, tls.is_some()));
+            Some(match &tls {
+                Some(t) => tokio::spawn(web::serve_tls(
+                    listener,
+                    t.clone(),
+                    tls_refused.clone(),
+                    page,
+                )),
+                None => tokio::spawn(web::serve(listener, page, std::future::pending())),
+            })
+        }
+        None => None,
+    };
     drop((matcher_tx, questions_tx, gateway_tx));
     let stopping = std::sync::Arc::new(tokio::sync::Notify::new());
     let notify = stopping.clone();
@@ -414,6 +446,9 @@ pub async fn serve_on_reloading(
     // which commits what it holds.
     if let Some(m) = metrics {
         m.abort();
+    }
+    if let Some(w) = web {
+        w.abort();
     }
     reloading.abort();
     let _ = stop_gateway.send(());

@@ -28,7 +28,8 @@ pub struct Member<'a> {
     /// The peer's host; `None` when no agent covers it.
     pub b_host: Option<&'a str>,
     pub start_ms: i64,
-    /// Its end, or its latest sample while it is open.
+    /// Its end; while it is open, now (as the caller sees it). An open
+    /// episode overlaps everything after its start, whatever this says.
     pub end_ms: i64,
     pub open: bool,
     pub stuck: u64,
@@ -152,14 +153,16 @@ fn overlapping(members: &[Member<'_>], sorted: &[usize]) -> Vec<Vec<usize>> {
     let mut until = i64::MIN;
     for &i in sorted {
         let m = &members[i];
+        // Still going: it reaches past anything that starts later.
+        let end = if m.open { i64::MAX } else { m.end_ms };
         match runs.last_mut() {
             Some(run) if m.start_ms <= until => {
                 run.push(i);
-                until = until.max(m.end_ms);
+                until = until.max(end);
             }
             _ => {
                 runs.push(vec![i]);
-                until = m.end_ms;
+                until = end;
             }
         }
     }
@@ -355,6 +358,15 @@ mod tests {
             m(3, PNR, "c", Some("db"), 50_000, 60_000),
         ];
         assert_eq!(group(&eps).len(), 1);
+        // An open episode is still going, whatever its last stored length:
+        // one that opened after it is part of its incident.
+        let mut eps = [
+            m(1, PNR, "a", Some("db"), 0, 3_000),
+            m(2, PNR, "b", Some("db"), 10_000, 13_000),
+        ];
+        assert_eq!(group(&eps).len(), 2, "both ended: apart");
+        eps[0].open = true;
+        assert_eq!(group(&eps).len(), 1, "the first still open: together");
     }
 
     #[test]

@@ -148,12 +148,32 @@ impl Lab {
         wrapper: &[&str],
         more: Vec<(String, TestNetns)>,
     ) -> Lab {
-        let collector = CollectorProcess::start(&[
+        Lab::start_full_with(net, unmonitored, settings, wrapper, more, &[])
+    }
+
+    /// As [`Lab::start`], the collector given `extra` arguments besides
+    /// the lab's (its web page, say).
+    pub fn start_with_collector_args(hosts: &[&str], settings: Settings, extra: &[&str]) -> Lab {
+        Lab::start_full_with(Net::new(hosts), &[], settings, &[], Vec::new(), extra)
+    }
+
+    fn start_full_with(
+        net: Net,
+        unmonitored: &[&str],
+        settings: Settings,
+        wrapper: &[&str],
+        more: Vec<(String, TestNetns)>,
+        extra: &[&str],
+    ) -> Lab {
+        let threshold = ms_text(settings.threshold);
+        let mut args = vec![
             "--threshold",
-            &ms_text(settings.threshold),
+            threshold.as_str(),
             "--metrics-listen",
             "127.0.0.1:0",
-        ]);
+        ];
+        args.extend(extra);
+        let collector = CollectorProcess::start(&args);
         Lab::start_with(net, unmonitored, settings, wrapper, more, collector, None)
     }
 

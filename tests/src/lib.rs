@@ -5,11 +5,13 @@
 //! collector that records what an agent sends; [`postgres`] is a real
 //! PostgreSQL server for a test.
 
+pub mod browser;
 pub mod fake;
 pub mod lab;
 pub mod nats;
 pub mod postgres;
 pub mod recorder;
+pub mod stored;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -265,6 +267,16 @@ impl CollectorProcess {
         metrics_addr_in(&self.log, "tcpstall-collector")
     }
 
+    /// The web page's base URL (`http://ADDR/`), once it said where
+    /// (started with `--web-listen`).
+    pub fn web_url(&self) -> Option<String> {
+        let log = self.log.lock().ok()?;
+        log.iter().find_map(|line| {
+            line.strip_prefix("tcpstall-collector web page on ")
+                .map(|u| u.trim().to_string())
+        })
+    }
+
     /// Whether the process is still running.
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
@@ -285,6 +297,14 @@ impl Drop for CollectorProcess {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A port free on loopback now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
 }
 
 /// The address in the line `PROGRAM metrics on http://ADDR/metrics` that

@@ -12,13 +12,12 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 
 use serde_json::{json, Value};
-use tcpstall_collector::store::{
-    EpisodeEnd, NewEpisode, SqliteStore, Store, StoreConfig, StoredSample,
-};
+use tcpstall_collector::store::{EpisodeEnd, NewEpisode, StoredSample};
 use tcpstall_common::record::JoinedVia;
 use tcpstall_common::{EndSample, FlowTuple, Side, Translation};
 use tcpstall_proto::convert::pack;
 use tcpstall_tests::fake::stuck;
+use tcpstall_tests::stored::{populate, Stored};
 use tcpstall_tests::{binary, CollectorProcess};
 
 /// 2026-01-01T00:00:00Z: every episode starts at a fixed time, so that the
@@ -88,13 +87,6 @@ fn not_reading(a: FlowTuple, b: FlowTuple) -> (EndSample, EndSample) {
     (sa, sb)
 }
 
-/// An episode as the store keeps it: the row, both ends' samples, its end.
-struct Stored {
-    episode: NewEpisode,
-    samples: Vec<StoredSample>,
-    end: EpisodeEnd,
-}
-
 /// A stalled reader, `n` minutes after [`START_MS`], A on `a_host`, B on
 /// `b_host`.
 fn stalled_reader(n: i64, a_host: &str, b_host: &str, a: EndSample, b: EndSample) -> Stored {
@@ -130,11 +122,11 @@ fn stalled_reader(n: i64, a_host: &str, b_host: &str, a: EndSample, b: EndSample
             sample(Side::A, a_host, started_at_ms + 10_000, &a),
             sample(Side::B, b_host, started_at_ms + 10_000, &b),
         ],
-        end: EpisodeEnd {
+        end: Some(EpisodeEnd {
             ended_at_ms: started_at_ms + 20_000,
             end_reason: "moved".into(),
             duration_ms: 20_000,
-        },
+        }),
     }
 }
 
@@ -204,29 +196,12 @@ fn masqueraded() -> Stored {
             at_ms: started_at_ms + 10_000,
             sample: pack(&sa),
         }],
-        end: EpisodeEnd {
+        end: Some(EpisodeEnd {
             ended_at_ms: started_at_ms + 20_000,
             end_reason: "moved".into(),
             duration_ms: 20_000,
-        },
+        }),
     }
-}
-
-/// Writes `episodes` into a store at `db`; returns their ids.
-async fn populate(db: &Path, episodes: Vec<Stored>) -> Vec<i64> {
-    let (store, thread, next) = SqliteStore::open(StoreConfig::new(db)).expect("open the store");
-    let mut ids = Vec::new();
-    for (id, mut e) in (next..).zip(episodes) {
-        e.episode.id = id;
-        assert!(store.open_episode(e.episode), "queued");
-        assert!(store.add_samples(id, e.samples), "queued");
-        assert!(store.close_episode(id, e.end), "queued");
-        ids.push(id);
-    }
-    store.flush().await.expect("written");
-    store.shutdown().await;
-    thread.join().expect("store thread ends");
-    ids
 }
 
 fn json(o: &Output) -> Value {
@@ -379,7 +354,9 @@ async fn a_host_that_stops_reading_from_two_clients_is_one_incident() {
     let mut second = stalled_reader(0, "app-2", "db-7", a2, b2);
     // Five seconds later, while the first is held.
     second.episode.started_at_ms += 5_000;
-    second.end.ended_at_ms += 5_000;
+    if let Some(end) = &mut second.end {
+        end.ended_at_ms += 5_000;
+    }
     let ids = populate(
         &dir.path().join("tcpstall.db"),
         vec![stalled_reader(0, "app-1", "db-7", a1, b1), second, direct()],

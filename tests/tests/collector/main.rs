@@ -9,4 +9,5 @@ mod identity;
 mod scrub;
 mod shutdown;
 mod tls;
+mod web;
 mod workers;

@@ -36,6 +36,7 @@ mod nat;
 mod owner;
 mod question;
 mod topology;
+mod web;
 
 use std::time::{Duration, Instant, SystemTime};
 

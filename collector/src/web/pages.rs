@@ -1,0 +1,496 @@
+//! The pages, as maud templates: every `(value)` is escaped, so whatever
+//! a host sent (its name, a command line, a unit) renders as text.
+
+use std::collections::HashMap;
+
+use maud::{html, Markup, DOCTYPE};
+use tcpstall_common::incident::{self, Member};
+use tcpstall_common::record::{EpisodeFilter, EpisodeRow};
+use tcpstall_common::time::rfc3339;
+use tcpstall_common::{Diagnosis, ProcessOwner, Side};
+
+use super::{Rendered, Web};
+
+pub const CSS: &str = include_str!("assets/app.css");
+pub const JS: &str = include_str!("assets/app.js");
+
+/// Episodes a History page lists.
+const PAGE: u32 = 50;
+
+/// Every page: the navigation, the title, the body.
+fn layout(title: &str, nav: Option<&str>, body: Markup) -> String {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · tcpstall" }
+                // No icon to fetch.
+                link rel="icon" href="data:,";
+                link rel="stylesheet" href="/static/app.css";
+                script src="/static/app.js" defer {}
+            }
+            body {
+                @if let Some(active) = nav {
+                    nav {
+                        span.brand { "tcpstall" }
+                        @for (href, name) in [("/now", "Now"), ("/episodes", "History"), ("/hosts", "Hosts")] {
+                            a href=(href) class=[(active == name).then_some("active")] { (name) }
+                        }
+                        form.signout method="post" action="/signout" {
+                            button type="submit" { "Sign out" }
+                        }
+                    }
+                }
+                main { (body) }
+            }
+        }
+    }
+    .into_string()
+}
+
+pub fn sign_in(failed: bool, no_token: bool) -> String {
+    layout(
+        "Sign in",
+        None,
+        html! {
+            h1 { "tcpstall" }
+            @if no_token {
+                p { "This collector needs no token: " a href="/now" { "go to the stuck pairs" } "." }
+            } @else {
+                form.signin method="post" action="/signin" {
+                    label for="token" { "Query token" }
+                    input #token type="password" name="token" autocomplete="current-password" required;
+                    button type="submit" { "Sign in" }
+                }
+                @if failed {
+                    p.error role="alert" { "That is not this collector's query token." }
+                }
+            }
+        },
+    )
+}
+
+pub fn not_found() -> String {
+    layout("Not found", Some(""), html! { h1 { "Not found" } p { a href="/now" { "The stuck pairs now" } } })
+}
+
+pub fn failed(why: &str) -> String {
+    layout(
+        "Unavailable",
+        Some(""),
+        html! { h1 { "The store did not answer" } p.error { (why) } },
+    )
+}
+
+/// An episode as grouping needs it: an open one lasts until `now_ms`.
+fn member(e: &EpisodeRow, now_ms: i64) -> Member<'_> {
+    let end = e
+        .started_at_ms
+        .saturating_add(i64::try_from(e.duration_ms).unwrap_or(i64::MAX));
+    Member {
+        id: e.id,
+        diagnosis: &e.diagnosis,
+        a_host: &e.a_host,
+        b_host: e.b_host.as_deref(),
+        start_ms: e.started_at_ms,
+        end_ms: if e.open { end.max(now_ms) } else { end },
+        open: e.open,
+        stuck: u64::from(e.stuck_bytes),
+    }
+}
+
+async fn open_episodes(web: &Web) -> Result<Vec<EpisodeRow>, String> {
+    web.store
+        .list_episodes(super::open_episodes())
+        .await
+        .map_err(|e| e.to_string())
+}
+
+pub async fn now(web: &Web) -> Rendered {
+    let eps = open_episodes(web).await?;
+    Ok((
+        hyper::StatusCode::OK,
+        layout(
+            "Now",
+            Some("Now"),
+            html! {
+                h1 { "Stuck now" }
+                p.status #live-status { "Updates by itself every 2 s." }
+                div #live data-src="/now/live" { (incidents(&eps)) }
+            },
+        ),
+    ))
+}
+
+/// The Now page's incidents alone, for its script to put in place.
+pub async fn now_live(web: &Web) -> Rendered {
+    let eps = open_episodes(web).await?;
+    Ok((hyper::StatusCode::OK, incidents(&eps).into_string()))
+}
+
+fn incidents(eps: &[EpisodeRow]) -> Markup {
+    let now = unix_now_ms();
+    let members: Vec<Member<'_>> = eps.iter().map(|e| member(e, now)).collect();
+    let grouped = incident::group(&members);
+    html! {
+        @if grouped.is_empty() {
+            p.empty { "No stuck pairs." }
+        }
+        @for i in &grouped {
+            section.incident data-incident=(i.id) data-pairs=(i.members.len()) {
+                h2 { (i.title()) }
+                p.meta {
+                    (if i.open { "open " } else { "ended after " }) (age_ms(i.end_ms - i.start_ms))
+                    ", " span data-bytes=(i.stuck) { (bytes(i.stuck)) } " stuck, since "
+                    time datetime=(rfc3339(i.start_ms)) { (rfc3339(i.start_ms)) }
+                }
+                div.scroll {
+                    table.pairs {
+                        thead { tr { th { "Episode" } th { "A (stuck sender)" } th { "B (peer)" } th.num { "Stuck" } th.num { "Age" } th { "Diagnosis" } } }
+                        tbody {
+                            @for &m in &i.members {
+                                (pair_row(&eps[m]))
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn pair_row(e: &EpisodeRow) -> Markup {
+    html! {
+        tr.pair data-episode=(e.id) {
+            td { a href={ "/episodes/" (e.id) } { "#" (e.id) } }
+            td.end { span.host { (e.a_host) } " " span.addr { (e.a_flow.local) } }
+            td.end {
+                @match &e.b_host {
+                    Some(b) => { span.host { (b) } " " }
+                    None => { span.host.unknown { "?" } " " }
+                }
+                span.addr { (e.a_flow.remote) }
+            }
+            td.num data-bytes=(e.stuck_bytes) { (bytes(u64::from(e.stuck_bytes))) }
+            td.num { (age_ms(i64::try_from(e.duration_ms).unwrap_or(i64::MAX))) }
+            td { span.diagnosis { (e.diagnosis) } @if !e.open { " (ended)" } }
+        }
+        tr.summary { td colspan="6" { (e.summary) } }
+    }
+}
+
+pub async fn history(web: &Web, q: &HashMap<String, String>) -> Rendered {
+    let get = |k: &str| q.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
+    let since = get("since").unwrap_or("24h");
+    let since_ms = match since {
+        "all" => None,
+        s => match tcpstall_common::duration::parse(s) {
+            Ok(d) => Some(unix_now_ms() - i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+            Err(e) => return Ok((hyper::StatusCode::BAD_REQUEST, layout("History", Some("History"), html! { h1 { "History" } p.error { "since: " (e) } }))),
+        },
+    };
+    let diagnosis = get("diagnosis").filter(|d| Diagnosis::from_id(d).is_some());
+    let state = get("state").unwrap_or("all");
+    let host = get("host");
+    let after = get("after").and_then(|a| {
+        let (t, id) = a.split_once('.')?;
+        Some((t.parse().ok()?, id.parse().ok()?))
+    });
+    let filter = EpisodeFilter {
+        since_ms,
+        host: host.map(str::to_string),
+        diagnosis: diagnosis.map(str::to_string),
+        open_only: state == "open",
+        limit: PAGE,
+        after,
+    };
+    let mut eps = web.store.list_episodes(filter).await.map_err(|e| e.to_string())?;
+    let full = eps.len() == PAGE as usize;
+    let last = eps.last().map(|e| (e.started_at_ms, e.id));
+    if state == "ended" {
+        eps.retain(|e| !e.open);
+    }
+    let mut next = format!("/episodes?since={since}&state={state}");
+    if let Some(d) = diagnosis {
+        next += &format!("&diagnosis={d}");
+    }
+    if let Some(h) = host {
+        next += &format!("&host={}", encode(h));
+    }
+    Ok((
+        hyper::StatusCode::OK,
+        layout(
+            "History",
+            Some("History"),
+            html! {
+                h1 { "History" }
+                form.filters method="get" action="/episodes" {
+                    label { "Since " select name="since" {
+                        @for (v, name) in [("1h", "1 hour"), ("24h", "24 hours"), ("7days", "7 days"), ("30days", "30 days"), ("all", "all")] {
+                            option value=(v) selected[v == since] { (name) }
+                        }
+                    } }
+                    label { "Diagnosis " select name="diagnosis" {
+                        option value="" { "any" }
+                        @for d in Diagnosis::ALL {
+                            option value=(d.id()) selected[Some(d.id()) == diagnosis] { (d.id()) }
+                        }
+                    } }
+                    label { "Host " input type="text" name="host" value=(host.unwrap_or("")); }
+                    label { "State " select name="state" {
+                        @for v in ["all", "open", "ended"] {
+                            option value=(v) selected[v == state] { (v) }
+                        }
+                    } }
+                    button type="submit" { "Filter" }
+                }
+                @if eps.is_empty() {
+                    p.empty { "No episodes." }
+                } @else {
+                    div.scroll {
+                        table.history {
+                            thead { tr { th { "Episode" } th { "Started" } th.num { "Duration" } th { "State" } th { "A (stuck sender)" } th { "B (peer)" } th.num { "Stuck" } th { "Diagnosis" } } }
+                            tbody {
+                                @for e in &eps {
+                                    tr.episode data-episode=(e.id) {
+                                        td { a href={ "/episodes/" (e.id) } { "#" (e.id) } }
+                                        td { time datetime=(rfc3339(e.started_at_ms)) { (rfc3339(e.started_at_ms)) } }
+                                        td.num { (age_ms(i64::try_from(e.duration_ms).unwrap_or(i64::MAX))) }
+                                        td { @if e.open { "open" } @else { (e.end_reason.as_deref().unwrap_or("ended")) } }
+                                        td.end { span.host { (e.a_host) } " " span.addr { (e.a_flow.local) } }
+                                        td.end { span.host { (e.b_host.as_deref().unwrap_or("?")) } " " span.addr { (e.a_flow.remote) } }
+                                        td.num data-bytes=(e.stuck_bytes) { (bytes(u64::from(e.stuck_bytes))) }
+                                        td { span.diagnosis { (e.diagnosis) } }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                @if let (true, Some((t, id))) = (full, last) {
+                    p.paging { a.older href={ (next) "&after=" (t) "." (id) } { "Older →" } }
+                }
+            },
+        ),
+    ))
+}
+
+pub async fn hosts(web: &Web) -> Rendered {
+    let hosts = web.store.list_hosts().await.map_err(|e| e.to_string())?;
+    Ok((
+        hyper::StatusCode::OK,
+        layout(
+            "Hosts",
+            Some("Hosts"),
+            html! {
+                h1 { "Hosts" }
+                @if hosts.is_empty() {
+                    p.empty { "No agent has said hello." }
+                } @else {
+                    div.scroll {
+                        table.hosts {
+                            thead { tr { th { "Host" } th { "Agent" } th { "Last seen" } th { "Version" } th { "Kernel" } } }
+                            tbody {
+                                @for h in &hosts {
+                                    tr.host {
+                                        td { (h.host) }
+                                        td { @if h.connected { "connected" } @else { "gone" } }
+                                        td { time datetime=(rfc3339(h.last_seen_ms)) { (rfc3339(h.last_seen_ms)) } }
+                                        td { (h.agent_version) }
+                                        td { (h.kernel) }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            },
+        ),
+    ))
+}
+
+pub async fn episode(web: &Web, id: i64) -> Rendered {
+    let Some((e, samples)) = web.store.get_episode(id).await.map_err(|e| e.to_string())? else {
+        return Ok((hyper::StatusCode::NOT_FOUND, not_found()));
+    };
+    let blame = Diagnosis::from_id(&e.diagnosis).map_or("unknown", Diagnosis::blame);
+    let ended = e.ended_at_ms.filter(|&ms| !e.open && ms > 0);
+    // Each end's owner as its latest sample that named one has it.
+    let owner = |side: Side| {
+        samples
+            .iter()
+            .rev()
+            .filter(|s| s.side == side)
+            .filter_map(|s| tcpstall_proto::convert::unpack(&s.sample))
+            .find_map(|s| s.owner)
+    };
+    let (a_owner, b_owner) = (owner(Side::A), owner(Side::B));
+    Ok((
+        hyper::StatusCode::OK,
+        layout(
+            &format!("Episode {id}"),
+            Some(""),
+            html! {
+                h1 { "Episode #" (e.id) ": " span.diagnosis { (e.diagnosis) } }
+                p.summary { (e.summary) }
+                p { "Look at: " strong.blame { (blame) } }
+                div.scroll {
+                    table.ends {
+                        thead { tr { th {} th { "A (stuck sender)" } th { "B (peer)" } } }
+                        tbody {
+                            tr { th { "Host" } td.a-host { (e.a_host) } td.b-host { (e.b_host.as_deref().unwrap_or("?")) } }
+                            tr { th { "Its own end" } td.a-local { (e.a_flow.local) } td.b-local { (e.a_flow.remote) } }
+                            tr { th { "Its peer" } td.a-remote { (e.a_flow.remote) } td.b-remote { (e.a_flow.local) } }
+                            tr { th { "Process" } td.a-owner { (owner_text(a_owner.as_deref())) } td.b-owner { (owner_text(b_owner.as_deref())) } }
+                            tr { th { "Bytes stuck" } td.stuck data-bytes=(e.stuck_bytes) { (e.stuck_bytes) " (" (bytes(u64::from(e.stuck_bytes))) ")" } td { "-" } }
+                        }
+                    }
+                }
+                @if let Some(note) = &e.peer_note {
+                    p.note { (note) }
+                }
+                @if let Some(via) = &e.via {
+                    p.via { "Joined through " (via.host) "'s connection tracking: " (via.translation.original) " ⇄ " (via.translation.reply) }
+                }
+                h2 { "When" }
+                dl.when {
+                    dt { "Started" } dd { time datetime=(rfc3339(e.started_at_ms)) { (rfc3339(e.started_at_ms)) } }
+                    dt { "Duration" } dd.duration data-ms=(e.duration_ms) { (age_ms(i64::try_from(e.duration_ms).unwrap_or(i64::MAX))) }
+                    @if let Some(ms) = ended {
+                        dt { "Ended" } dd { (rfc3339(ms)) " (" (e.end_reason.as_deref().unwrap_or("ended")) ")" }
+                    } @else {
+                        dt { "State" } dd { "open" }
+                    }
+                }
+                h2 { "Evidence" }
+                div.scroll {
+                    table.evidence {
+                        tbody {
+                            @for (k, v) in &e.evidence {
+                                tr { th { (k) } td.num data-name=(k) { (v) } }
+                            }
+                        }
+                    }
+                }
+                p { (samples.len()) " samples stored. " a href={ "/episodes/" (e.id) ".json" } { "This episode as JSON" } }
+            },
+        ),
+    ))
+}
+
+/// An episode as the page's JSON: what the page shows.
+#[derive(serde::Serialize)]
+struct EpisodeJson<'a> {
+    id: i64,
+    diagnosis: &'a str,
+    open: bool,
+    started_at: String,
+    ended_at: Option<String>,
+    duration_s: f64,
+    stuck: u32,
+    summary: &'a str,
+    blame: &'static str,
+    peer_note: Option<&'a str>,
+    end_reason: Option<&'a str>,
+    evidence: &'a std::collections::BTreeMap<String, i64>,
+    a_host: &'a str,
+    a_local: String,
+    a_remote: String,
+    b_host: Option<&'a str>,
+    samples: usize,
+}
+
+pub async fn episode_json(web: &Web, id: i64) -> Result<Option<String>, String> {
+    let Some((e, samples)) = web.store.get_episode(id).await.map_err(|e| e.to_string())? else {
+        return Ok(None);
+    };
+    let j = EpisodeJson {
+        id: e.id,
+        diagnosis: &e.diagnosis,
+        open: e.open,
+        started_at: rfc3339(e.started_at_ms),
+        ended_at: e.ended_at_ms.filter(|&ms| !e.open && ms > 0).map(rfc3339),
+        duration_s: e.duration_ms as f64 / 1000.0,
+        stuck: e.stuck_bytes,
+        summary: &e.summary,
+        blame: Diagnosis::from_id(&e.diagnosis).map_or("unknown", Diagnosis::blame),
+        peer_note: e.peer_note.as_deref(),
+        end_reason: e.end_reason.as_deref(),
+        evidence: &e.evidence,
+        a_host: &e.a_host,
+        a_local: e.a_flow.local.to_string(),
+        a_remote: e.a_flow.remote.to_string(),
+        b_host: e.b_host.as_deref(),
+        samples: samples.len(),
+    };
+    serde_json::to_string_pretty(&j).map(Some).map_err(|e| e.to_string())
+}
+
+/// An owner as one line: pid, command line, unit.
+fn owner_text(o: Option<&ProcessOwner>) -> String {
+    match o {
+        Some(o) => match &o.unit {
+            Some(u) => format!("{} {} ({u})", o.pid, o.command),
+            None => format!("{} {}", o.pid, o.command),
+        },
+        None => "-".into(),
+    }
+}
+
+fn unix_now_ms() -> i64 {
+    tcpstall_common::time::unix_ms(std::time::SystemTime::now())
+}
+
+/// `s` for a URL's query.
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Bytes for people: 4.9 KiB.
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// A length of time for people: 45s, 12m, 3h.
+fn age_ms(ms: i64) -> String {
+    let s = ms.max(0) / 1000;
+    if s < 120 {
+        format!("{s}s")
+    } else if s < 7200 {
+        format!("{}m", s / 60)
+    } else {
+        format!("{}h", s / 3600)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn figures_read_for_people() {
+        assert_eq!(bytes(999), "999 B");
+        assert_eq!(bytes(324_352), "316.8 KiB");
+        assert_eq!(age_ms(119_999), "119s");
+        assert_eq!(age_ms(7_200_000), "2h");
+        assert_eq!(encode("db 7/<x>"), "db%207%2F%3Cx%3E");
+    }
+}

@@ -1,0 +1,122 @@
+//! The web page (issue 25) in a real headless Chromium against the lab's
+//! collector, real agents and real stalls: the Now page shows the stalled
+//! reader as `peer_not_reading` with both ends and the numbers `tcpstall
+//! show --json` gives, and a second stall on the same server joins the same
+//! incident without a reload.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use tcpstall_tests::browser::Browser;
+use tcpstall_tests::lab::workload::{Pace, Rpc};
+use tcpstall_tests::lab::{Lab, Settings};
+use tcpstall_tests::{require_chromium, wait_for};
+
+use super::RESPONSE;
+
+fn now_page_follows_stalls_into_one_incident(s: Settings) {
+    let lab = Lab::start_with_collector_args(
+        &["client", "server", "other"],
+        s,
+        &["--web-listen", "127.0.0.1:0"],
+    );
+    let web = wait_for("the web page's address", Duration::from_secs(10), || {
+        lab.collector.web_url()
+    });
+    let b = Browser::start(1280, 900);
+    b.goto(&format!("{web}now"));
+    b.find("#live p.empty").expect("nothing stuck yet");
+    // Marks this load of the page: a reload would lose it.
+    b.script("window.tcpstallTestMark = 'still this load'; return null;");
+    let (client, server, other) = (lab.host("client"), lab.host("server"), lab.host("other"));
+    let due = s.threshold + 6 * s.interval + Duration::from_secs(5);
+
+    // The client stops reading the server's answer.
+    let mut first = Rpc::open(client, server);
+    let n = first.request(RESPONSE);
+    let _r1 = first.read(Pace::Paused);
+    let _w1 = first.respond(n);
+    let incident = b.wait("the stall on the Now page", due, |b| {
+        b.find("section.incident tr.pair")
+            .filter(|row| b.text(row).contains(&client.name))
+            .and_then(|_| b.find("section.incident"))
+    });
+    let id = b.attr(&incident, "data-incident").expect("an incident id");
+    let row = b.find("tr.pair").expect("its pair");
+    let episode = b.attr(&row, "data-episode").expect("its episode");
+    let cells = b.text(&row);
+    for want in [
+        server.name.as_str(),
+        client.name.as_str(),
+        "peer_not_reading",
+    ] {
+        assert!(cells.contains(want), "{want} missing from {cells:?}");
+    }
+    // Its numbers as the CLI has them (the page updated since: the same
+    // episode, its bytes stuck as they were when it was stored).
+    let shown = lab.cli(&["show", &episode]);
+    assert_eq!(shown["diagnosis"], "peer_not_reading");
+    let a = &shown["peer"]["a"];
+    assert_eq!(a["host"], server.name.as_str());
+    assert!(
+        cells.contains(a["local"].as_str().unwrap_or("?")),
+        "{cells} / {shown:#}"
+    );
+    assert_eq!(shown["peer"]["b"]["host"], client.name.as_str());
+    let bytes = b
+        .find(&format!(
+            "tr.pair[data-episode=\"{episode}\"] td[data-bytes]"
+        ))
+        .and_then(|c| b.attr(&c, "data-bytes"));
+    assert_eq!(bytes, shown["stuck"].as_u64().map(|n| n.to_string()));
+
+    // The other host stops reading the same server: the same incident,
+    // two pairs, on the page as it was loaded.
+    let mut second = Rpc::open(other, server);
+    let n = second.request(RESPONSE);
+    let _r2 = second.read(Pace::Paused);
+    let _w2 = second.respond(n);
+    b.wait("the second stall in the same incident", due, |b| {
+        let sel = format!("section.incident[data-incident=\"{id}\"]");
+        let inc = b.find(&sel)?;
+        (b.attr(&inc, "data-pairs").as_deref() == Some("2")).then_some(())
+    });
+    assert_eq!(
+        b.script("return window.tcpstallTestMark || null;"),
+        Value::from("still this load"),
+        "the page was reloaded"
+    );
+    let title = b
+        .find("section.incident h2")
+        .map(|h| b.text(&h))
+        .unwrap_or_default();
+    assert_eq!(
+        title,
+        format!("2 hosts not reading from {} (2 pairs)", server.name)
+    );
+    b.keep_screenshot("now");
+    let errors: Vec<Value> = b
+        .console()
+        .into_iter()
+        .filter(|l| l["level"] == "SEVERE")
+        .collect();
+    assert!(errors.is_empty(), "console errors {errors:#?}");
+    // The first stall's own page.
+    b.goto(&format!("{web}episodes/{episode}"));
+    b.find("td.b-owner").expect("the episode's page");
+    b.keep_screenshot("episode");
+}
+
+#[test]
+fn the_now_page_follows_a_stalled_reader_and_a_second_joins_its_incident_fast() {
+    tcpstall_tests::require_root!();
+    require_chromium!();
+    now_page_follows_stalls_into_one_incident(Settings::FAST);
+}
+
+#[test]
+fn the_now_page_follows_a_stalled_reader_and_a_second_joins_its_incident_at_the_defaults() {
+    tcpstall_tests::require_root!();
+    require_chromium!();
+    now_page_follows_stalls_into_one_incident(Settings::DEFAULTS);
+}
