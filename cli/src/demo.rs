@@ -38,6 +38,18 @@ pub struct DemoArgs {
     /// Give up when nothing was found within this long.
     #[arg(long, default_value = "60s", value_parser = tcpstall_common::duration::parse)]
     timeout: Duration,
+    /// Then keep everything running, the stuck pair stuck, with the web
+    /// page, until Ctrl-C.
+    #[arg(long)]
+    serve: bool,
+    /// Where --serve serves the web page (loopback: only this host).
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = "127.0.0.1:7788",
+        requires = "serve"
+    )]
+    web_listen: SocketAddr,
 }
 
 /// A connection whose reading side stopped: the server's response sticks
@@ -135,6 +147,15 @@ pub async fn run(args: DemoArgs, style: Style) -> Result<u8, Failure> {
         tcpstall_common::duration::format(args.interval)
     );
 
+    // The web page's address, taken or not, said now rather than after
+    // the wait for the stall.
+    if args.serve {
+        drop(
+            std::net::TcpListener::bind(args.web_listen)
+                .map_err(|e| fail(&format!("the web page's address {}", args.web_listen), e))?,
+        );
+    }
+
     // The collector.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -148,10 +169,11 @@ pub async fn run(args: DemoArgs, style: Style) -> Result<u8, Failure> {
     let config = Config {
         db: db.clone(),
         threshold: args.threshold,
+        web_listen: args.serve.then_some(args.web_listen),
         ..Config::default()
     };
     let (stop_collector, collector_stopped) = oneshot::channel::<()>();
-    let collector = tokio::spawn(tcpstall_collector::server::serve_on(
+    let mut collector = tokio::spawn(tcpstall_collector::server::serve_on(
         listener,
         config,
         async {
@@ -222,13 +244,35 @@ pub async fn run(args: DemoArgs, style: Style) -> Result<u8, Failure> {
         }
     };
 
+    let mut collector_done = false;
+    if args.serve && code == exit::OK {
+        println!(
+            "\nweb page: http://{}/ (the stuck pair stays stuck; Ctrl-C ends the demo)",
+            args.web_listen
+        );
+        // The page is the collector's: it fails to start only with it.
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => {
+                if let Err(e) = r {
+                    eprintln!("tcpstall demo: waiting for Ctrl-C: {e}");
+                }
+            }
+            _ = &mut collector => {
+                collector_done = true;
+                eprintln!("tcpstall demo: the collector stopped");
+            }
+        }
+    }
+
     // Stop everything we started, in order, and wait for it.
     drop(h);
     drop(s);
     let _ = stop_agent.send(());
     let _ = stop_collector.send(());
     let _ = tokio::time::timeout(Duration::from_secs(10), agent).await;
-    let _ = tokio::time::timeout(Duration::from_secs(10), collector).await;
+    if !collector_done {
+        let _ = tokio::time::timeout(Duration::from_secs(10), collector).await;
+    }
     drop(dir);
     println!("\ndemo over: collector and agent stopped, temporary directory removed");
     Ok(code)
