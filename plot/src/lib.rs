@@ -28,6 +28,7 @@ mod scale;
 mod series;
 mod svg;
 
+use tcpstall_common::record::{Episode, EpisodeSample};
 use tcpstall_common::EndSample;
 pub use tcpstall_common::Side;
 
@@ -58,6 +59,35 @@ pub struct PlotInput {
     pub b_label: String,
     /// Both ends' samples, in any order.
     pub samples: Vec<PlotSample>,
+}
+
+impl PlotInput {
+    /// An episode as a query answers it, with its samples: the flow as
+    /// title, each end named by its host and address.
+    pub fn of_episode(e: &Episode, samples: &[EpisodeSample]) -> PlotInput {
+        let f = e.a_flow;
+        let a = format!("{} {}", e.a_host, f.local);
+        let b = match &e.b_host {
+            Some(host) => format!("{host} {}", f.remote),
+            None => format!("{} (no agent)", f.remote),
+        };
+        PlotInput {
+            title: format!("episode {}: {a} → {b}", e.id),
+            diagnosis: e.diagnosis.clone(),
+            started_at_ms: e.started_at_ms,
+            ended_at_ms: e.ended_at_ms.filter(|&ms| !e.open && ms > 0),
+            a_label: a,
+            b_label: b,
+            samples: samples
+                .iter()
+                .map(|s| PlotSample {
+                    side: s.side,
+                    at_ms: s.at_ms,
+                    sample: s.sample.clone(),
+                })
+                .collect(),
+        }
+    }
 }
 
 /// Smallest picture that still has room for its axes and legend.

@@ -247,7 +247,7 @@ async fn answer(req: Request<Incoming>, web: Arc<Web>) -> Result<Answer, Infalli
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
     let method = req.method().clone();
-    let mut res = match (&method, path.as_str()) {
+    let res = match (&method, path.as_str()) {
         (&Method::GET, "/static/app.css") => asset("text/css; charset=utf-8", pages::CSS),
         (&Method::GET, "/static/app.js") => asset("text/javascript; charset=utf-8", pages::JS),
         // Asked for by a browser showing the JSON: there is none.
@@ -268,7 +268,10 @@ async fn answer(req: Request<Incoming>, web: Arc<Web>) -> Result<Answer, Infalli
             r
         }
         _ if !web.access.allows(&req) => {
-            if method == Method::GET && !path.ends_with(".json") && path != "/now/live" {
+            // A page goes to the sign-in; what a page loads (its live
+            // part, a picture, JSON) is refused.
+            let loaded = path.ends_with(".json") || path.ends_with(".svg") || path == "/now/live";
+            if method == Method::GET && !loaded {
                 redirect("/signin")
             } else {
                 text(StatusCode::UNAUTHORIZED, "sign in, or give authorization: Bearer TOKEN\n")
@@ -281,6 +284,17 @@ async fn answer(req: Request<Incoming>, web: Arc<Web>) -> Result<Answer, Infalli
         (&Method::GET, "/hosts") => page(pages::hosts(&web).await),
         (&Method::GET, p) if p.starts_with("/episodes/") => {
             let rest = &p["/episodes/".len()..];
+            if let Some(id) = rest.strip_suffix("/plot.svg") {
+                return Ok(secured(match id.parse::<i64>() {
+                    Ok(id) => match pages::episode_plot(&web, id).await {
+                        Ok(Some(Ok(svg))) => with_type(StatusCode::OK, "image/svg+xml", svg),
+                        Ok(Some(Err(why))) => text(StatusCode::NOT_FOUND, &format!("no picture: {why}\n")),
+                        Ok(None) => text(StatusCode::NOT_FOUND, "no such episode\n"),
+                        Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, &format!("{e}\n")),
+                    },
+                    Err(_) => text(StatusCode::NOT_FOUND, "no such episode\n"),
+                }));
+            }
             match rest.strip_suffix(".json") {
                 Some(id) => match id.parse::<i64>() {
                     Ok(id) => json(pages::episode_json(&web, id).await),
@@ -295,12 +309,17 @@ async fn answer(req: Request<Incoming>, web: Arc<Web>) -> Result<Answer, Infalli
         (&Method::GET, _) => html(StatusCode::NOT_FOUND, pages::not_found()),
         _ => text(StatusCode::METHOD_NOT_ALLOWED, "only GET, and POST to sign in or out\n"),
     };
+    Ok(secured(res))
+}
+
+/// Every answer's headers: the policy, no sniffing, no referrer, no cache.
+fn secured(mut res: Answer) -> Answer {
     let h = res.headers_mut();
     h.insert("content-security-policy", HeaderValue::from_static(CSP));
     h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
     h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
     h.insert("cache-control", HeaderValue::from_static("no-store"));
-    Ok(res)
+    res
 }
 
 /// A page or a failure to read what it shows.

@@ -5,7 +5,8 @@ use std::collections::HashMap;
 
 use maud::{html, Markup, DOCTYPE};
 use tcpstall_common::incident::{self, Member};
-use tcpstall_common::record::{EpisodeFilter, EpisodeRow};
+use tcpstall_common::record::{EpisodeFilter, EpisodeRow, EpisodeSample, StoredSample};
+use tcpstall_plot::PlotInput;
 use tcpstall_common::time::rfc3339;
 use tcpstall_common::{Diagnosis, ProcessOwner, Side};
 
@@ -174,7 +175,7 @@ fn pair_row(e: &EpisodeRow) -> Markup {
                 span.addr { (e.a_flow.remote) }
             }
             td.num data-bytes=(e.stuck_bytes) { (bytes(u64::from(e.stuck_bytes))) }
-            td.num { (age_ms(i64::try_from(e.duration_ms).unwrap_or(i64::MAX))) }
+            td.num { (age_ms(lasted_ms(e))) }
             td { span.diagnosis { (e.diagnosis) } @if !e.open { " (ended)" } }
         }
         tr.summary { td colspan="6" { (e.summary) } }
@@ -257,7 +258,7 @@ pub async fn history(web: &Web, q: &HashMap<String, String>) -> Rendered {
                                     tr.episode data-episode=(e.id) {
                                         td { a href={ "/episodes/" (e.id) } { "#" (e.id) } }
                                         td { time datetime=(rfc3339(e.started_at_ms)) { (rfc3339(e.started_at_ms)) } }
-                                        td.num { (age_ms(i64::try_from(e.duration_ms).unwrap_or(i64::MAX))) }
+                                        td.num { (age_ms(lasted_ms(e))) }
                                         td { @if e.open { "open" } @else { (e.end_reason.as_deref().unwrap_or("ended")) } }
                                         td.end { span.host { (e.a_host) } " " span.addr { (e.a_flow.local) } }
                                         td.end { span.host { (e.b_host.as_deref().unwrap_or("?")) } " " span.addr { (e.a_flow.remote) } }
@@ -327,6 +328,7 @@ pub async fn episode(web: &Web, id: i64) -> Rendered {
             .find_map(|s| s.owner)
     };
     let (a_owner, b_owner) = (owner(Side::A), owner(Side::B));
+    let plottable = plot(&e, &samples).is_ok();
     Ok((
         hyper::StatusCode::OK,
         layout(
@@ -357,7 +359,7 @@ pub async fn episode(web: &Web, id: i64) -> Rendered {
                 h2 { "When" }
                 dl.when {
                     dt { "Started" } dd { time datetime=(rfc3339(e.started_at_ms)) { (rfc3339(e.started_at_ms)) } }
-                    dt { "Duration" } dd.duration data-ms=(e.duration_ms) { (age_ms(i64::try_from(e.duration_ms).unwrap_or(i64::MAX))) }
+                    dt { "Duration" } dd.duration data-ms=(e.duration_ms) { (age_ms(lasted_ms(&e))) }
                     @if let Some(ms) = ended {
                         dt { "Ended" } dd { (rfc3339(ms)) " (" (e.end_reason.as_deref().unwrap_or("ended")) ")" }
                     } @else {
@@ -374,10 +376,44 @@ pub async fn episode(web: &Web, id: i64) -> Rendered {
                         }
                     }
                 }
+                @if plottable {
+                    h2 { "The stall, in the byte stream" }
+                    img.plot src={ "/episodes/" (e.id) "/plot.svg" } width="1000" height="600"
+                        alt="The time–sequence picture: A's acknowledged, sent and written bytes, its window's edge, B's received and read bytes, over time";
+                }
                 p { (samples.len()) " samples stored. " a href={ "/episodes/" (e.id) ".json" } { "This episode as JSON" } }
             },
         ),
     ))
+}
+
+/// Size of the picture, pixels (as `tcpstall plot` draws it).
+const PLOT: (u32, u32) = (1000, 600);
+
+/// The episode's time–sequence picture, SVG.
+fn plot(e: &EpisodeRow, samples: &[StoredSample]) -> Result<String, String> {
+    let decoded: Vec<EpisodeSample> = samples
+        .iter()
+        .filter_map(|s| {
+            Some(EpisodeSample {
+                side: s.side,
+                host: s.host.clone(),
+                at_ms: s.at_ms,
+                sample: tcpstall_proto::convert::unpack(&s.sample)?,
+            })
+        })
+        .collect();
+    let episode = e.clone().answer(unix_now_ms());
+    tcpstall_plot::render_svg(&PlotInput::of_episode(&episode, &decoded), PLOT.0, PLOT.1)
+        .map_err(|e| e.to_string())
+}
+
+/// `/episodes/ID/plot.svg`: the picture, or why there is none.
+pub async fn episode_plot(web: &Web, id: i64) -> Result<Option<Result<String, String>>, String> {
+    let Some((e, samples)) = web.store.get_episode(id).await.map_err(|e| e.to_string())? else {
+        return Ok(None);
+    };
+    Ok(Some(plot(&e, &samples)))
 }
 
 /// An episode as the page's JSON: what the page shows.
@@ -412,7 +448,7 @@ pub async fn episode_json(web: &Web, id: i64) -> Result<Option<String>, String> 
         open: e.open,
         started_at: rfc3339(e.started_at_ms),
         ended_at: e.ended_at_ms.filter(|&ms| !e.open && ms > 0).map(rfc3339),
-        duration_s: e.duration_ms as f64 / 1000.0,
+        duration_s: lasted_ms(&e) as f64 / 1000.0,
         stuck: e.stuck_bytes,
         summary: &e.summary,
         blame: Diagnosis::from_id(&e.diagnosis).map_or("unknown", Diagnosis::blame),
@@ -436,6 +472,17 @@ fn owner_text(o: Option<&ProcessOwner>) -> String {
             None => format!("{} {}", o.pid, o.command),
         },
         None => "-".into(),
+    }
+}
+
+/// How long an episode lasted, or has lasted so far while open (its
+/// stored length is as of its last update).
+fn lasted_ms(e: &EpisodeRow) -> i64 {
+    let stored = i64::try_from(e.duration_ms).unwrap_or(i64::MAX);
+    if e.open {
+        stored.max(unix_now_ms().saturating_sub(e.started_at_ms))
+    } else {
+        stored
     }
 }
 

@@ -229,8 +229,29 @@ async fn the_web_page_in_a_real_browser() {
         shown["stuck"].as_u64().map(|n| n.to_string())
     );
     assert_eq!(text_of("td.b-owner"), format!("4242 {MARKUP}"));
+    // Its picture: loaded, with its curves.
+    b.wait("the picture loaded", wait, |b| {
+        let loaded = b.script(
+            "const i = document.querySelector('img.plot'); return !!i && i.complete && i.naturalWidth > 0",
+        );
+        (loaded == Value::Bool(true)).then_some(())
+    });
+    let (status, svg) = tcpstall_tests::http_get(
+        &web,
+        &format!("/episodes/{hostile_id}/plot.svg"),
+        Some(TOKEN),
+    );
+    assert_eq!(status, 200, "{svg}");
+    // One poll of each end: each curve is a point.
+    assert!(
+        svg.contains("class=\"curve\"") && svg.contains("<circle"),
+        "{svg}"
+    );
+    let (status, _) =
+        tcpstall_tests::http_get(&web, &format!("/episodes/{hostile_id}/plot.svg"), None);
+    assert_eq!(status, 401, "the picture needs the token too");
     b.keep_screenshot("episode-markup");
-    let images = b.script("return document.querySelectorAll('img').length");
+    let images = b.script("return document.querySelectorAll('img:not(.plot), [onerror]').length");
     assert_eq!(
         images,
         Value::from(0),

@@ -104,7 +104,22 @@ fn now_page_follows_stalls_into_one_incident(s: Settings) {
     // The first stall's own page.
     b.goto(&format!("{web}episodes/{episode}"));
     b.find("td.b-owner").expect("the episode's page");
+    b.wait("the picture loaded", due, |b| {
+        let loaded = b.script(
+            "const i = document.querySelector('img.plot'); return !!i && i.complete && i.naturalWidth > 0",
+        );
+        (loaded == Value::Bool(true)).then_some(())
+    });
+    let (status, svg) =
+        tcpstall_tests::http_get(&web, &format!("/episodes/{episode}/plot.svg"), None);
+    assert_eq!(status, 200, "{svg}");
+    assert!(
+        svg.contains("class=\"curve\"") && svg.contains("<polyline"),
+        "no curves: {svg}"
+    );
     b.keep_screenshot("episode");
+    b.script("document.querySelector('img.plot').scrollIntoView(); return null;");
+    b.keep_screenshot("episode-picture");
 }
 
 #[test]
