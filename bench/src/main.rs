@@ -30,6 +30,7 @@ mod measure;
 mod poll;
 mod procfs;
 mod procs;
+mod web;
 
 use std::process::ExitCode;
 
@@ -71,6 +72,9 @@ enum Command {
     /// and descriptors over time, and the stalls made against the held
     /// spans it sent.
     AgentChurn(churn::ChurnArgs),
+    /// The web page's answers over a large store: History with each
+    /// filter over 1,000,000 episodes, Now with 1,000 open.
+    WebPage(web::WebArgs),
     /// Internal: hold churning connections until stdin closes.
     #[command(hide = true)]
     ChurnHold(churn::hold::ChurnHoldArgs),
@@ -88,6 +92,7 @@ fn main() -> ExitCode {
         Command::CollectorInproc(args) => load::inproc::run(&args),
         Command::AgentIdle(args) => agent_idle::run(&args),
         Command::AgentChurn(args) => churn::run(&args),
+        Command::WebPage(args) => web::run(&args),
         Command::ChurnHold(args) => churn::hold::churn_hold(&args),
         Command::Hold(args) => holder::hold(&args),
     };

@@ -101,6 +101,13 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE samples DROP CONSTRAINT samples_episode_id_fkey;
     ALTER TABLE samples DROP COLUMN id;
     ",
+    // 3: one diagnosis's recent episodes, newest first (the web page's
+    // History, `episodes --diagnosis`): found in the order they are
+    // listed, not all of that diagnosis read and sorted.
+    "
+    CREATE INDEX episodes_diagnosis_started ON episodes (diagnosis, started_at_ms, id);
+    DROP INDEX episodes_diagnosis;
+    ",
 ];
 
 /// The schema version this code writes.
