@@ -300,11 +300,7 @@ pub fn incident_around(id: i64, around: &[Episode]) -> Option<(i64, usize, Strin
             a_host: &e.a_host,
             b_host: e.b_host.as_deref(),
             start_ms: e.started_at_ms,
-            end_ms: open_until(
-                e.open,
-                e.started_at_ms
-                    .saturating_add(i64::try_from(e.duration_ms).unwrap_or(i64::MAX)),
-            ),
+            end_ms: Member::end_of(e.started_at_ms, e.duration_ms, e.open, now_ms()),
             open: e.open,
             stuck: u64::from(e.stuck_bytes),
         })
@@ -315,14 +311,9 @@ pub fn incident_around(id: i64, around: &[Episode]) -> Option<(i64, usize, Strin
         .map(|i| (i.id, i.members.len(), i.title()))
 }
 
-/// An episode's end for grouping: while it is open, now (its stored
-/// length is as of its last update).
-fn open_until(open: bool, end_ms: i64) -> i64 {
-    if open {
-        end_ms.max(tcpstall_common::time::unix_ms(std::time::SystemTime::now()))
-    } else {
-        end_ms
-    }
+/// Now, Unix milliseconds (this host's clock).
+fn now_ms() -> i64 {
+    tcpstall_common::time::unix_ms(std::time::SystemTime::now())
 }
 
 /// Groups `eps` into incidents, setting each episode's `incident`.
@@ -335,7 +326,12 @@ pub fn incidents(eps: &mut [EpisodeView]) -> Vec<IncidentView> {
             a_host: &e.peer.a.host,
             b_host: e.peer.b.as_ref().map(|b| b.host.as_str()),
             start_ms: e.started_at_ms,
-            end_ms: open_until(e.open, e.started_at_ms + (e.duration_s * 1000.0) as i64),
+            end_ms: Member::end_of(
+                e.started_at_ms,
+                (e.duration_s * 1000.0) as u64,
+                e.open,
+                now_ms(),
+            ),
             open: e.open,
             stuck: u64::from(e.stuck),
         })

@@ -35,6 +35,20 @@ pub struct Member<'a> {
     pub stuck: u64,
 }
 
+impl Member<'_> {
+    /// An episode's `end_ms`: its start and how long it lasted; while it
+    /// is open, at least `now_ms` (its stored length is as of its last
+    /// update).
+    pub fn end_of(start_ms: i64, lasted_ms: u64, open: bool, now_ms: i64) -> i64 {
+        let end = start_ms.saturating_add(i64::try_from(lasted_ms).unwrap_or(i64::MAX));
+        if open {
+            end.max(now_ms)
+        } else {
+            end
+        }
+    }
+}
+
 /// Which side of its pairs an incident's host is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -3,7 +3,6 @@
 //! store in a temporary directory, routed to each other. Killed and
 //! removed when dropped, also when a test panics.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -48,13 +47,6 @@ pub struct NatsCluster {
     _dir: tempfile::TempDir,
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 impl NatsCluster {
     /// Starts `n` servers routed to each other and waits until JetStream
     /// has a metadata leader.
@@ -67,7 +59,9 @@ impl NatsCluster {
     pub fn start_with(n: usize, extra: &str) -> NatsCluster {
         let bin = server_binary().expect("nats-server installed");
         let dir = tempfile::tempdir().expect("temp dir");
-        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let ports: Vec<(u16, u16)> = (0..n)
+            .map(|_| (crate::free_port(), crate::free_port()))
+            .collect();
         let routes: Vec<String> = ports
             .iter()
             .map(|(_, c)| format!("nats://127.0.0.1:{c}"))

@@ -10,7 +10,6 @@
 //! installed (`apt-get install postgresql`; `.ci/run` does). Dropping it
 //! kills the server and removes the directory, also when the test panics.
 
-use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -77,7 +76,7 @@ impl Postgres {
         };
         let mut pg = Postgres {
             settings: settings.iter().map(|s| s.to_string()).collect(),
-            port: free_port(),
+            port: crate::free_port(),
             dir,
             user,
             child: None,
@@ -292,12 +291,4 @@ impl Drop for Postgres {
         }
         // The TempDir removes the directory (root may remove nobody's files).
     }
-}
-
-/// A TCP port on 127.0.0.1 that was free a moment ago.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }

@@ -87,16 +87,13 @@ pub fn failed(why: &str) -> String {
 
 /// An episode as grouping needs it: an open one lasts until `now_ms`.
 fn member(e: &EpisodeRow, now_ms: i64) -> Member<'_> {
-    let end = e
-        .started_at_ms
-        .saturating_add(i64::try_from(e.duration_ms).unwrap_or(i64::MAX));
     Member {
         id: e.id,
         diagnosis: &e.diagnosis,
         a_host: &e.a_host,
         b_host: e.b_host.as_deref(),
         start_ms: e.started_at_ms,
-        end_ms: if e.open { end.max(now_ms) } else { end },
+        end_ms: Member::end_of(e.started_at_ms, e.duration_ms, e.open, now_ms),
         open: e.open,
         stuck: u64::from(e.stuck_bytes),
     }
