@@ -167,6 +167,9 @@ pub struct EndView {
     /// This end's own 4-tuple, for rendering.
     #[serde(skip)]
     pub flow: FlowTuple,
+    /// The sample the view was made of, for `diff`'s facts.
+    #[serde(skip)]
+    pub sample: Option<EndSample>,
 }
 
 impl EndView {
@@ -203,6 +206,7 @@ impl EndView {
             absolute_source: s.and_then(|s| s.absolute.as_ref()).map(|_| FactSource::Bpf),
             source: "tcp_info",
             flow,
+            sample: s.cloned(),
         }
     }
 

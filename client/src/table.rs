@@ -3,23 +3,7 @@
 
 use std::fmt::Write as _;
 
-/// Bytes in human units: 512, 1.5K, 64K, 2.0M, 3.1G (powers of 1024).
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["", "K", "M", "G", "T"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        n.to_string()
-    } else if v < 10.0 {
-        format!("{v:.1}{}", UNITS[u])
-    } else {
-        format!("{v:.0}{}", UNITS[u])
-    }
-}
+pub use tcpstall_common::facts::human_bytes;
 
 /// Microseconds in human units: 52us, 1.2ms, 230ms, 3.4s.
 pub fn human_micros(us: u32) -> String {

@@ -15,6 +15,7 @@ pub mod duration;
 pub mod end;
 pub mod episode;
 pub mod error;
+pub mod facts;
 pub mod flow;
 pub mod held;
 pub mod incident;

@@ -1,0 +1,339 @@
+//! Both ends of a connection side by side, one row per fact: each end's
+//! value, what the two mean together, and where the values came from.
+//! `tcpstall diff` prints these rows as a table and the web page's episode
+//! and flow pages as one; both read them from here so that they say the
+//! same thing.
+
+use crate::{AbsoluteSeq, Container, EndSample, FactSource, Positions, ProcessOwner, SackBlock};
+
+/// One row: the fact, A's and B's values (`-` for an end never sampled,
+/// `unknown` for a fact no probe read), what they mean together (empty
+/// when nothing), and the source the values came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fact {
+    pub name: &'static str,
+    pub a: String,
+    pub b: String,
+    pub meaning: String,
+    /// `tcp_info` (sock_diag's view of the socket), `probe` (the BPF or
+    /// getsockopt probe: each value names which), `proc` (the socket's
+    /// owner found in /proc) or `bpf`.
+    pub source: &'static str,
+}
+
+/// Bytes in human units: 512, 1.5K, 64K, 2.0M, 3.1G (powers of 1024).
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["", "K", "M", "G", "T"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        n.to_string()
+    } else if v < 10.0 {
+        format!("{v:.1}{}", UNITS[u])
+    } else {
+        format!("{v:.0}{}", UNITS[u])
+    }
+}
+
+/// The facts of A (the stuck sender) and B (its peer); either may never
+/// have been sampled.
+pub fn facts(a: Option<&EndSample>, b: Option<&EndSample>) -> Vec<Fact> {
+    let none = Positions::default();
+    let pa = a.map_or(&none, |a| &a.pos);
+    let pb = b.map_or(&none, |b| &b.pos);
+    // A value of an end, `-` when it was never sampled.
+    let of =
+        |e: Option<&EndSample>, f: &dyn Fn(&EndSample) -> String| e.map_or_else(|| "-".into(), f);
+    let bytes = |v: Option<u32>| opt(v.map(u64::from).map(human_bytes));
+    let mut out: Vec<Fact> = Vec::new();
+    let mut fact = |name, f: &dyn Fn(&EndSample) -> String, meaning: String, source| {
+        out.push(Fact {
+            name,
+            a: of(a, f),
+            b: of(b, f),
+            meaning,
+            source,
+        });
+    };
+    const INFO: &str = "tcp_info";
+    fact("state", &|e| e.state.ss_name().into(), String::new(), INFO);
+    fact(
+        "window advertised (rcv_wnd)",
+        &|e| bytes(e.pos.rcv_wnd),
+        match (pb.rcv_wnd, pa.snd_wnd) {
+            (Some(0), _) => "B's window is closed: A may not send".into(),
+            (Some(bw), Some(0)) if bw > 0 => format!(
+                "B advertises {} but A still sees 0: the update was lost",
+                human_bytes(u64::from(bw))
+            ),
+            _ => String::new(),
+        },
+        INFO,
+    );
+    fact(
+        "window seen from peer (snd_wnd)",
+        &|e| bytes(e.pos.snd_wnd),
+        String::new(),
+        INFO,
+    );
+    fact(
+        "window scale (snd/rcv)",
+        &|e| format!("{}/{}", opt(e.pos.snd_wscale), opt(e.pos.rcv_wscale)),
+        match (pa.snd_wscale, pb.rcv_wscale) {
+            (Some(x), Some(y)) if x != y => "A's and B's scale factors disagree".into(),
+            _ => String::new(),
+        },
+        INFO,
+    );
+    fact(
+        "highest ACK sent (rcv_nxt)",
+        &|e| opt(e.pos.rcv_nxt),
+        match (pa.snd_una, pb.rcv_nxt) {
+            (Some(una), Some(rcv)) if rcv > una => format!(
+                "B acknowledged {} bytes A never saw acknowledged: ACKs lost B→A",
+                rcv - una
+            ),
+            (Some(una), Some(rcv)) if rcv == una => {
+                "B has received exactly what A saw acknowledged".into()
+            }
+            (Some(_), Some(_)) => "B is behind A's snd_una: not the same connection?".into(),
+            _ => String::new(),
+        },
+        INFO,
+    );
+    fact(
+        "first unacknowledged (snd_una)",
+        &|e| opt(e.pos.snd_una),
+        String::new(),
+        INFO,
+    );
+    fact(
+        "next sequence to send (snd_nxt)",
+        &|e| opt(e.pos.snd_nxt),
+        match (pa.snd_nxt, pb.rcv_nxt) {
+            (Some(nxt), Some(rcv)) if nxt > rcv => format!(
+                "{} bytes sent by A not yet received in order by B",
+                nxt - rcv
+            ),
+            _ => String::new(),
+        },
+        INFO,
+    );
+    fact(
+        "end of writes (write_seq)",
+        &|e| opt(e.pos.write_seq),
+        String::new(),
+        INFO,
+    );
+    fact(
+        "unsent",
+        &|e| bytes(e.pos.notsent),
+        match pa.notsent {
+            Some(n) if n > 0 && pa.inflight == Some(0) && pa.snd_wnd.unwrap_or(0) > 0 => {
+                "A holds data with the window open and nothing in flight".into()
+            }
+            _ => String::new(),
+        },
+        INFO,
+    );
+    fact("in flight", &|e| bytes(e.pos.inflight), String::new(), INFO);
+    fact(
+        "send queue",
+        &|e| human_bytes(u64::from(e.pos.sendq)),
+        String::new(),
+        INFO,
+    );
+    fact(
+        "receive queue (unread)",
+        &|e| human_bytes(u64::from(e.pos.recvq)),
+        if pb.recvq > 0 {
+            format!(
+                "B's application has {} unread",
+                human_bytes(u64::from(pb.recvq))
+            )
+        } else {
+            String::new()
+        },
+        INFO,
+    );
+    fact(
+        "SACK scoreboard (unacked/lost/retrans segs)",
+        &|e| format!("{}/{}/{}", opt(e.unacked), opt(e.lost), opt(e.retrans)),
+        match a.and_then(|a| a.lost) {
+            Some(l) if l > 0 => format!("A counts {l} segments lost"),
+            _ => String::new(),
+        },
+        INFO,
+    );
+    fact("retransmits", &|e| opt(e.retransmits), String::new(), INFO);
+    fact("backoff", &|e| opt(e.backoff), String::new(), INFO);
+    fact(
+        "zero-window probes",
+        &|e| opt(e.probes),
+        String::new(),
+        INFO,
+    );
+    fact(
+        "cork",
+        &|e| flag(e.cork, e.cork_source),
+        "TCP_CORK needs the BPF or getsockopt probe".into(),
+        "probe",
+    );
+    fact(
+        "nodelay",
+        &|e| flag(e.nodelay, e.nodelay_source),
+        "TCP_NODELAY needs the BPF or getsockopt probe".into(),
+        "probe",
+    );
+    fact(
+        "owner pid",
+        &|e| owner(e, |o| o.pid.to_string()),
+        "the process holding the socket".into(),
+        "proc",
+    );
+    // The whole command line is in --json; a table row keeps its start.
+    fact(
+        "owner command",
+        &|e| owner(e, |o| short(&o.command, 60)),
+        String::new(),
+        "proc",
+    );
+    // A container by the name its runtime prints (`docker 4f6bd4a5e0c0`),
+    // not its 80-character scope; else the unit, else the cgroup.
+    let unit = |o: &ProcessOwner| {
+        let container = o.cgroup.as_deref().and_then(Container::from_cgroup);
+        container
+            .map(|c| c.short())
+            .or_else(|| o.unit.clone())
+            .or_else(|| o.cgroup.clone())
+            .unwrap_or_else(|| "-".into())
+    };
+    fact(
+        "owner unit/cgroup",
+        &|e| owner(e, unit),
+        String::new(),
+        "proc",
+    );
+    fact(
+        "snd_una/snd_nxt/write_seq (absolute)",
+        &|e| {
+            absolute(e, |x| {
+                format!("{}/{}/{}", x.snd_una, x.snd_nxt, x.write_seq)
+            })
+        },
+        "as a packet capture shows them".into(),
+        "bpf",
+    );
+    fact(
+        "rcv_nxt (absolute)",
+        &|e| absolute(e, |x| x.rcv_nxt.to_string()),
+        String::new(),
+        "bpf",
+    );
+    fact(
+        "ISN send/receive",
+        &|e| absolute(e, |x| format!("{}/{}", opt(x.snd_isn), opt(x.rcv_isn))),
+        String::new(),
+        "bpf",
+    );
+    fact(
+        "SACK blocks sent",
+        &|e| absolute(e, |x| sacks(&x.sacks_sent)),
+        "data this end holds above a hole".into(),
+        "bpf",
+    );
+    fact(
+        "SACK blocks received",
+        &|e| absolute(e, |x| sacks(&x.sacks_received)),
+        "what the peer reports holding above a hole".into(),
+        "bpf",
+    );
+    out
+}
+
+fn opt<T: ToString>(v: Option<T>) -> String {
+    v.map_or_else(|| "-".into(), |v| v.to_string())
+}
+
+/// At most `max` characters of `s`, a cut marked with `…`.
+pub fn short(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_string();
+    }
+    let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
+/// A probe's flag and its source: `true (bpf)`, or `unknown`.
+fn flag(v: Option<bool>, source: Option<FactSource>) -> String {
+    match (v, source) {
+        (Some(c), Some(src)) => format!("{c} ({})", src.name()),
+        (Some(c), None) => c.to_string(),
+        (None, _) => "unknown".into(),
+    }
+}
+
+/// An owner fact with its source, or why it is unknown.
+fn owner(e: &EndSample, f: impl Fn(&ProcessOwner) -> String) -> String {
+    match (&e.owner, e.owner_missing) {
+        (Some(o), _) => format!("{} (proc)", f(o)),
+        (None, Some(why)) => format!("unknown ({})", why.name()),
+        (None, None) => "unknown".into(),
+    }
+}
+
+/// A BPF fact with its source, or `unknown`.
+fn absolute(e: &EndSample, f: impl Fn(&AbsoluteSeq) -> String) -> String {
+    e.absolute
+        .as_ref()
+        .map_or_else(|| "unknown".into(), |x| format!("{} (bpf)", f(x)))
+}
+
+/// SACK blocks as `start-end` pairs, `none` without any.
+fn sacks(b: &[SackBlock]) -> String {
+    if b.is_empty() {
+        return "none".into();
+    }
+    b.iter()
+        .map(|b| format!("{}-{}", b.start, b.end))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_in_human_units() {
+        assert_eq!(human_bytes(0), "0");
+        assert_eq!(human_bytes(1023), "1023");
+        assert_eq!(human_bytes(1536), "1.5K");
+        assert_eq!(human_bytes(65536), "64K");
+        assert_eq!(human_bytes(2 * 1024 * 1024), "2.0M");
+    }
+
+    #[test]
+    fn long_commands_are_cut_and_sack_blocks_listed() {
+        assert_eq!(short("nginx: worker", 60), "nginx: worker");
+        let cut = short(&"é".repeat(100), 10);
+        assert_eq!(cut.chars().count(), 10);
+        assert!(cut.ends_with('…'));
+        assert_eq!(sacks(&[]), "none");
+        assert_eq!(
+            sacks(&[
+                SackBlock { start: 10, end: 20 },
+                SackBlock {
+                    start: u32::MAX - 5,
+                    end: 3
+                }
+            ]),
+            format!("10-20, {}-3", u32::MAX - 5)
+        );
+    }
+}
