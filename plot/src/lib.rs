@@ -21,6 +21,9 @@
 //! from the offset in `y-offset`). The curves are also named on the graph
 //! (`curve-labels`), curves that start at one height in one label
 //! (`A.snd_una = B.rcv_nxt`), since one line over another cannot show it.
+//! Last, `hover` holds one transparent `<rect class="hover-at">` per sample
+//! time with a `<title>` of every curve's value there: a tooltip where the
+//! SVG is a document or inline in a page.
 #![forbid(unsafe_code)]
 
 mod raster;

@@ -10,6 +10,7 @@ use crate::{PlotError, PlotInput};
 
 mod axes;
 mod curves;
+mod hover;
 mod layout;
 
 use layout::{ends_a, ends_b, Layout, ENDS_GAP};
@@ -92,6 +93,7 @@ pub(crate) fn render(input: &PlotInput, width: u32, height: u32) -> Result<Strin
     curves::write_curves(&mut o, &l);
     curves::write_curve_labels(&mut o, &l);
     curves::write_legend(&mut o, &l);
+    hover::write_hover(&mut o, &l);
     o.push_str("</svg>\n");
     Ok(o)
 }

@@ -299,3 +299,47 @@ fn text_is_escaped() {
     assert!(text(by_id(&doc, "title")).starts_with("<flow> & \"quotes\" 'too'"));
     assert!(text(by_id(&doc, "ends")).contains("pid 1 <sh> [31m"));
 }
+
+#[test]
+fn hovering_a_sample_time_names_every_value_there() {
+    let svg = render(&peer_not_reading());
+    let doc = parse(&svg);
+    let x = x_axis(&doc);
+    let columns: Vec<_> = by_id(&doc, "hover")
+        .children()
+        .filter(|n| has_class(n, "hover-at"))
+        .collect();
+    // A polls at 0, 2, .. 20 s and B at 1, 3, .. 19 s: 21 times.
+    assert_eq!(columns.len(), 21);
+    // Side by side, with no hole: each column starts where the last ended.
+    for pair in columns.windows(2) {
+        let end = num(&pair[0], "x") + num(&pair[0], "width");
+        assert!(
+            (end - num(&pair[1], "x")).abs() < 0.02,
+            "{end} then {:?}",
+            pair[1]
+        );
+    }
+    // The column of A's poll at 6 s lies over 6 s and says A's values
+    // then, and B's from its poll at 5 s.
+    let at = columns
+        .iter()
+        .find(|c| c.attribute("data-at-ms") == Some(&(T0 + 6_000).to_string()))
+        .expect("a column at 6 s");
+    let (x0, w) = (num(at, "x"), num(at, "width"));
+    assert!(x0 < x.px(6.0) && x.px(6.0) < x0 + w, "{x0}+{w} misses 6 s");
+    let title = text(*at);
+    for line in [
+        "+6.0s".to_string(),
+        format!("A.snd_una {UNA}"),
+        format!("A.write_seq {WRITE}"),
+        format!("A's window edge {UNA}"),
+        format!("B.rcv_nxt {UNA}"),
+        format!("B.copied {COPIED}"),
+    ] {
+        assert!(title.lines().any(|l| l == line), "no `{line}` in {title:?}");
+    }
+    // Before B's first poll, B has no values.
+    let first = text(columns[0]);
+    assert!(!first.contains("B."), "{first:?}");
+}
