@@ -380,7 +380,10 @@ pub async fn serve_on_reloading(
                 .as_deref()
                 .map(crate::query::read_token)
                 .transpose()?;
-            let page = std::sync::Arc::new(web::Web::new(store.clone(), token, tls.is_some()));
+            let page = std::sync::Arc::new(
+                web::Web::new(store.clone(), token, tls.is_some())
+                    .with_collector(questions_tx.clone(), gateway_tx.clone()),
+            );
             Some(match &tls {
                 Some(t) => tokio::spawn(web::serve_tls(
                     listener,

@@ -73,6 +73,7 @@ impl Rig {
             interval: Duration::from_secs(2),
             answers_lookups: false,
             forwards: false,
+            probes: Default::default(),
         };
         let input = Input::Hello {
             session: self.session,

@@ -121,6 +121,7 @@ impl Rig {
                     interval: Duration::from_secs(2),
                     answers_lookups: true,
                     forwards,
+                    probes: Default::default(),
                 }),
                 peer: None,
                 tx,

@@ -35,6 +35,8 @@ pub struct HostHello {
     pub answers_lookups: bool,
     /// The host forwards packets, so may translate other hosts' flows.
     pub forwards: bool,
+    /// Which probes work on the host (none, from a Hello that does not say).
+    pub probes: ProbeSet,
 }
 
 impl HostHello {

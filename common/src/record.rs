@@ -198,6 +198,16 @@ impl EpisodeFilter {
     }
 }
 
+/// How many episodes of one diagnosis started in one time bucket (the web
+/// page's chart of episodes per diagnosis over time).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EpisodeCount {
+    /// The bucket's start, ms since the epoch (a multiple of its width).
+    pub bucket_ms: i64,
+    pub diagnosis: String,
+    pub count: u64,
+}
+
 /// Which episodes to list, as an operator asks: a window back from the
 /// collector's now (its clock, not the asker's).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -230,6 +230,32 @@ impl Browser {
             .unwrap_or_else(|e| panic!("click: {e}"));
     }
 
+    /// Moves the pointer over the middle of an element (scrolled into
+    /// view first), as a person's mouse would.
+    pub fn hover(&self, el: &str) {
+        self.session_call(
+            "POST",
+            "/execute/sync",
+            Some(json!({
+                "script": "arguments[0].scrollIntoView({block: 'center'}); return null;",
+                "args": [reference(el)],
+            })),
+        )
+        .unwrap_or_else(|e| panic!("scroll: {e}"));
+        let origin = reference(el);
+        self.session_call(
+            "POST",
+            "/actions",
+            Some(json!({ "actions": [{
+                "type": "pointer",
+                "id": "mouse",
+                "parameters": { "pointerType": "mouse" },
+                "actions": [{ "type": "pointerMove", "duration": 0, "origin": origin, "x": 0, "y": 0 }],
+            }] })),
+        )
+        .unwrap_or_else(|e| panic!("hover: {e}"));
+    }
+
     pub fn type_into(&self, el: &str, text: &str) {
         self.session_call(
             "POST",
@@ -372,4 +398,11 @@ mod tests {
         assert_eq!(super::base64("aGVsbG8="), b"hello");
         assert_eq!(super::base64("aGk"), b"hi");
     }
+}
+
+/// How WebDriver names an element in arguments: `{ELEMENT: id}`.
+fn reference(el: &str) -> Value {
+    let mut m = serde_json::Map::new();
+    m.insert(ELEMENT.to_string(), Value::from(el));
+    Value::Object(m)
 }

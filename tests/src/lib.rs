@@ -302,6 +302,19 @@ impl Drop for CollectorProcess {
 /// `GET base+path` over plain HTTP/1.1 (one connection, closed after),
 /// with `authorization: Bearer TOKEN` when given: the status and the body.
 pub fn http_get(base: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    http_request(base, "GET", path, token, &[], "")
+}
+
+/// `METHOD base+path` over plain HTTP/1.1 with the headers and body given
+/// (one connection, closed after): the status and the body.
+pub fn http_request(
+    base: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
     use std::io::{Read, Write};
     let host = base
         .trim_start_matches("http://")
@@ -310,14 +323,15 @@ pub fn http_get(base: &str, path: &str, token: Option<&str>) -> (u16, String) {
     let mut s = std::net::TcpStream::connect(&host).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Connection: close\r\n\r\n")
-            .as_bytes(),
-    )
-    .expect("request");
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+    if let Some(t) = token {
+        head += &format!("Authorization: Bearer {t}\r\n");
+    }
+    for (k, v) in headers {
+        head += &format!("{k}: {v}\r\n");
+    }
+    head += &format!("Content-Length: {}\r\n\r\n{body}", body.len());
+    s.write_all(head.as_bytes()).expect("request");
     let mut raw = String::new();
     s.read_to_string(&mut raw).expect("answer");
     let status = raw

@@ -181,6 +181,7 @@ fn measure(args: &InprocArgs) -> anyhow::Result<Seen> {
                     interval: INTERVAL,
                     answers_lookups: true,
                     forwards: shape.net.forwards(i),
+                    probes: Default::default(),
                 }),
                 peer: None,
                 tx,

@@ -42,6 +42,10 @@ pub enum Input {
     Stats {
         reply: oneshot::Sender<GatewayStats>,
     },
+    /// The agents streaming to this process now.
+    Agents {
+        reply: oneshot::Sender<Vec<AgentNow>>,
+    },
     /// A reloaded config's limit, from now on.
     Reload { max_agents: usize },
 }
@@ -78,6 +82,16 @@ pub struct GatewayStats {
     /// Hellos that said no machine id (agents that predate it, or found
     /// none): their host name is not guarded against another machine.
     pub hellos_without_machine_id: u64,
+}
+
+/// An agent streaming now, as the web page's Hosts shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentNow {
+    pub host: String,
+    pub probes: tcpstall_common::ProbeSet,
+    pub interval: std::time::Duration,
+    /// Batches it says it dropped since it started (its queue was full).
+    pub dropped_batches: u64,
 }
 
 #[derive(Debug)]
@@ -180,6 +194,19 @@ impl Gateway {
                 if let Some(host) = self.session_hosts.get(&session).copied() {
                     self.gone(host, now_ms);
                 }
+            }
+            Input::Agents { reply } => {
+                let _ = reply.send(
+                    self.sessions
+                        .values()
+                        .map(|s| AgentNow {
+                            host: s.hello.host.clone(),
+                            probes: s.hello.probes,
+                            interval: s.hello.interval,
+                            dropped_batches: s.dropped_batches,
+                        })
+                        .collect(),
+                );
             }
             Input::Stats { reply } => {
                 let _ = reply.send(self.stats());

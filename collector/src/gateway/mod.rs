@@ -21,5 +21,5 @@ pub mod registry;
 pub use clock::AgentClock;
 #[cfg(feature = "internals")]
 pub use hub::Pending;
-pub use hub::{run, Elsewhere, Gateway, GatewayStats, Input};
+pub use hub::{run, AgentNow, Elsewhere, Gateway, GatewayStats, Input};
 pub use ingest::IngestService;

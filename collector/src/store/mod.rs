@@ -38,7 +38,7 @@ pub mod sqlite;
 mod url;
 
 pub use records::{
-    EpisodeEnd, EpisodeFilter, EpisodeRow, EpisodeUpdate, HeldFilter, HeldRow, HostRecord, HostRow,
+    EpisodeEnd, EpisodeCount, EpisodeFilter, EpisodeRow, EpisodeUpdate, HeldFilter, HeldRow, HostRecord, HostRow,
     NewEpisode, StoredSample,
 };
 pub use postgres::{PgConfig, PgStore};
@@ -94,6 +94,14 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// [`EpisodeFilter::effective_limit`] of them.
     fn list_episodes(&self, f: EpisodeFilter)
         -> BoxFuture<'_, Result<Vec<EpisodeRow>, StoreError>>;
+
+    /// How many episodes matching `f` (its limit and `after` aside)
+    /// started in each `bucket_ms`-wide bucket, per diagnosis, by bucket.
+    fn count_episodes(
+        &self,
+        f: EpisodeFilter,
+        bucket_ms: i64,
+    ) -> BoxFuture<'_, Result<Vec<EpisodeCount>, StoreError>>;
 
     /// One episode with its samples in time order; `None` when there is
     /// no such episode.

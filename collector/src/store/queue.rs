@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use super::{
-    EpisodeEnd, EpisodeFilter, EpisodeRow, EpisodeUpdate, HeldFilter, HeldRow, HostRecord,
+    EpisodeEnd, EpisodeCount, EpisodeFilter, EpisodeRow, EpisodeUpdate, HeldFilter, HeldRow, HostRecord,
     HostRow, NewEpisode, StoreError, StoreStatsSnapshot, StoredEpisode, StoredSample,
 };
 
@@ -90,6 +90,7 @@ pub(crate) enum Command {
     },
     AddHeld(Vec<HeldRow>),
     ListEpisodes(EpisodeFilter, Reply<Vec<EpisodeRow>>),
+    CountEpisodes(EpisodeFilter, i64, Reply<Vec<EpisodeCount>>),
     ListHeld(HeldFilter, Reply<Vec<HeldRow>>),
     GetEpisode(i64, Reply<Option<StoredEpisode>>),
     #[cfg_attr(not(feature = "internals"), allow(dead_code))]
@@ -129,6 +130,7 @@ impl Command {
             Command::AddSamples { .. } => "add_samples",
             Command::AddHeld(_) => "add_held",
             Command::ListEpisodes(..) => "list_episodes",
+            Command::CountEpisodes(..) => "count_episodes",
             Command::ListHeld(..) => "list_held",
             Command::GetEpisode(..) => "get_episode",
             Command::ListHosts(_) => "list_hosts",

@@ -10,7 +10,9 @@ use std::collections::BTreeMap;
 use tcpstall_common::record::JoinedVia;
 use tcpstall_common::FlowTuple;
 
-pub use tcpstall_common::record::{EpisodeFilter, EpisodeRow, HeldFilter, HeldRow, StoredSample};
+pub use tcpstall_common::record::{
+    EpisodeCount, EpisodeFilter, EpisodeRow, HeldFilter, HeldRow, StoredSample,
+};
 
 /// An agent said hello (or is still there).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,9 +10,13 @@
 //! nothing but the sign-in page and the assets is served without it, given
 //! at sign-in (a session cookie, HttpOnly and SameSite=Strict) or as
 //! `authorization: Bearer TOKEN`. Served over TLS when the collector has a
-//! certificate. Nothing here changes anything: every page is a GET, and the
-//! only POSTs sign in and out.
+//! certificate. Nothing here changes anything but the Flow page's watch:
+//! every page is a GET, and the only POSTs sign in and out and ask agents
+//! to watch a flow ([`flow`]); a POST from another site is refused.
 
+mod chart;
+mod ends;
+mod flow;
 mod pages;
 
 use std::collections::HashMap;
@@ -35,6 +39,8 @@ use tcpstall_common::record::EpisodeFilter;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 
+use crate::gateway;
+use crate::matcher::Question;
 use crate::store::SharedStore;
 
 /// What every answer carries: only this origin's script and style, no
@@ -66,6 +72,11 @@ pub struct Web {
     slots: Arc<tokio::sync::Semaphore>,
     /// Connections closed because [`MAX_CONNECTIONS`] were open.
     refused: AtomicU64,
+    /// The collector's judging role, for the Flow page; `None` serves the
+    /// store alone.
+    questions: Option<tokio::sync::mpsc::Sender<Question>>,
+    /// This process's gateway, for the Hosts page's live columns.
+    gateway: Option<tokio::sync::mpsc::Sender<gateway::Input>>,
 }
 
 impl std::fmt::Debug for Web {
@@ -89,7 +100,38 @@ impl Web {
             tls,
             slots: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
             refused: AtomicU64::new(0),
+            questions: None,
+            gateway: None,
         }
+    }
+
+    /// The agents streaming to this process now (none without a gateway,
+    /// or when it does not answer within a second).
+    async fn agents_here(&self) -> Vec<gateway::AgentNow> {
+        let Some(g) = &self.gateway else {
+            return Vec::new();
+        };
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if g.send(gateway::Input::Agents { reply }).await.is_err() {
+            return Vec::new();
+        }
+        tokio::time::timeout(Duration::from_secs(1), answer)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default()
+    }
+
+    /// With the collector's running parts: its matcher (or fleet node),
+    /// asked for flows, and its gateway, asked for the agents connected.
+    pub fn with_collector(
+        mut self,
+        questions: tokio::sync::mpsc::Sender<Question>,
+        gateway: tokio::sync::mpsc::Sender<gateway::Input>,
+    ) -> Web {
+        self.questions = Some(questions);
+        self.gateway = Some(gateway);
+        self
     }
 }
 
@@ -247,6 +289,12 @@ async fn answer(req: Request<Incoming>, web: Arc<Web>) -> Result<Answer, Infalli
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
     let method = req.method().clone();
+    if method == Method::POST && cross_site(&req) {
+        return Ok(secured(text(
+            StatusCode::FORBIDDEN,
+            "a POST from another site is refused\n",
+        )));
+    }
     let res = match (&method, path.as_str()) {
         (&Method::GET, "/static/app.css") => asset("text/css; charset=utf-8", pages::CSS),
         (&Method::GET, "/static/app.js") => asset("text/javascript; charset=utf-8", pages::JS),
@@ -281,7 +329,31 @@ async fn answer(req: Request<Incoming>, web: Arc<Web>) -> Result<Answer, Infalli
         (&Method::GET, "/now") => page(pages::now(&web).await),
         (&Method::GET, "/now/live") => page(pages::now_live(&web).await),
         (&Method::GET, "/episodes") => page(pages::history(&web, &params(&query)).await),
+        (&Method::GET, "/episodes/chart.svg") => match pages::history_chart(&web, &params(&query)).await {
+            Ok((StatusCode::OK, svg)) => with_type(StatusCode::OK, "image/svg+xml", svg),
+            Ok((status, why)) => text(status, &format!("{why}\n")),
+            Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, &format!("{e}\n")),
+        },
         (&Method::GET, "/hosts") => page(pages::hosts(&web).await),
+        (&Method::GET, "/flow") => html(StatusCode::OK, flow::form_page(&params(&query))),
+        (&Method::POST, "/flow") => match form_body(req).await {
+            Ok(form) => {
+                let (status, body) = flow::watch_page(&web, &form).await;
+                html(status, body)
+            }
+            Err(r) => r,
+        },
+        (&Method::GET, "/flow/live") => text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "asking for a flow asks its hosts to watch it: POST a=ADDR:PORT&b=ADDR:PORT\n",
+        ),
+        (&Method::POST, "/flow/live") => match form_body(req).await {
+            Ok(form) => match flow::endpoints(&form) {
+                Ok(f) => html(StatusCode::OK, flow::live(&web, f).await.into_string()),
+                Err(why) => text(StatusCode::BAD_REQUEST, &format!("{why}\n")),
+            },
+            Err(r) => r,
+        },
         (&Method::GET, p) if p.starts_with("/episodes/") => {
             let rest = &p["/episodes/".len()..];
             if let Some(id) = rest.strip_suffix("/plot.svg") {
@@ -307,7 +379,10 @@ async fn answer(req: Request<Incoming>, web: Arc<Web>) -> Result<Answer, Infalli
             }
         }
         (&Method::GET, _) => html(StatusCode::NOT_FOUND, pages::not_found()),
-        _ => text(StatusCode::METHOD_NOT_ALLOWED, "only GET, and POST to sign in or out\n"),
+        _ => text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "only GET, and POST to sign in or out or to watch a flow\n",
+        ),
     };
     Ok(secured(res))
 }
@@ -343,12 +418,41 @@ fn json(r: Result<Option<String>, String>) -> Answer {
     }
 }
 
-async fn sign_in(req: Request<Incoming>, web: &Web) -> Answer {
-    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => return text(StatusCode::PAYLOAD_TOO_LARGE, "a sign-in is a token\n"),
+/// A form's fields, from a body of at most [`MAX_BODY`] bytes.
+async fn form_body(req: Request<Incoming>) -> Result<HashMap<String, String>, Answer> {
+    match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => Ok(params(&String::from_utf8_lossy(&b.to_bytes()))),
+        Err(_) => Err(text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("a form here is at most {MAX_BODY} bytes\n"),
+        )),
+    }
+}
+
+/// Whether a request came from another site's page: the browser says so
+/// (`Sec-Fetch-Site`), or its `Origin` is not this host. Requests that say
+/// neither (curl, scripts with the token) are not a browser's.
+fn cross_site(req: &Request<Incoming>) -> bool {
+    let h = req.headers();
+    if let Some(site) = h.get("sec-fetch-site") {
+        return !matches!(site.as_bytes(), b"same-origin" | b"none");
+    }
+    let Some(origin) = h.get(header::ORIGIN) else {
+        return false;
     };
-    let form = params(&String::from_utf8_lossy(&body));
+    let host = h.get(header::HOST).map(HeaderValue::as_bytes).unwrap_or_default();
+    let origin = origin.as_bytes();
+    let authority = origin
+        .strip_prefix(b"https://")
+        .or_else(|| origin.strip_prefix(b"http://"));
+    authority != Some(host)
+}
+
+async fn sign_in(req: Request<Incoming>, web: &Web) -> Answer {
+    let form = match form_body(req).await {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
     let given = form.get("token").map(String::as_str).unwrap_or("");
     match web.access.sign_in(given.trim()) {
         Some(id) => {

@@ -3,13 +3,16 @@
 
 use std::collections::HashMap;
 
-use maud::{html, Markup, DOCTYPE};
+use maud::{html, Markup, PreEscaped, DOCTYPE};
 use tcpstall_common::incident::{self, Member};
 use tcpstall_common::record::{EpisodeFilter, EpisodeRow, EpisodeSample, StoredSample};
 use tcpstall_plot::PlotInput;
 use tcpstall_common::time::rfc3339;
-use tcpstall_common::{Diagnosis, ProcessOwner, Side};
+use tcpstall_common::{Diagnosis, Side};
 
+use super::chart;
+use super::ends::{self, End};
+use crate::gateway::AgentNow;
 use super::{Rendered, Web};
 
 pub const CSS: &str = include_str!("assets/app.css");
@@ -19,7 +22,7 @@ pub const JS: &str = include_str!("assets/app.js");
 const PAGE: u32 = 50;
 
 /// Every page: the navigation, the title, the body.
-fn layout(title: &str, nav: Option<&str>, body: Markup) -> String {
+pub(super) fn layout(title: &str, nav: Option<&str>, body: Markup) -> String {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -36,7 +39,7 @@ fn layout(title: &str, nav: Option<&str>, body: Markup) -> String {
                 @if let Some(active) = nav {
                     nav {
                         span.brand { "tcpstall" }
-                        @for (href, name) in [("/now", "Now"), ("/episodes", "History"), ("/hosts", "Hosts")] {
+                        @for (href, name) in [("/now", "Now"), ("/episodes", "History"), ("/flow", "Flow"), ("/hosts", "Hosts")] {
                             a href=(href) class=[(active == name).then_some("active")] { (name) }
                         }
                         form.signout method="post" action="/signout" {
@@ -179,14 +182,24 @@ fn pair_row(e: &EpisodeRow) -> Markup {
     }
 }
 
-pub async fn history(web: &Web, q: &HashMap<String, String>) -> Rendered {
+/// The History page's filters, from its query.
+struct HistoryQuery<'a> {
+    since: &'a str,
+    diagnosis: Option<&'a str>,
+    state: &'a str,
+    host: Option<&'a str>,
+    filter: EpisodeFilter,
+}
+
+/// The filters asked, or what is wrong with them.
+fn history_query(q: &HashMap<String, String>) -> Result<HistoryQuery<'_>, String> {
     let get = |k: &str| q.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
     let since = get("since").unwrap_or("24h");
     let since_ms = match since {
         "all" => None,
         s => match tcpstall_common::duration::parse(s) {
             Ok(d) => Some(unix_now_ms() - i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
-            Err(e) => return Ok((hyper::StatusCode::BAD_REQUEST, layout("History", Some("History"), html! { h1 { "History" } p.error { "since: " (e) } }))),
+            Err(e) => return Err(format!("since: {e}")),
         },
     };
     let diagnosis = get("diagnosis").filter(|d| Diagnosis::from_id(d).is_some());
@@ -203,6 +216,37 @@ pub async fn history(web: &Web, q: &HashMap<String, String>) -> Rendered {
         open_only: state == "open",
         limit: PAGE,
         after,
+    };
+    Ok(HistoryQuery {
+        since,
+        diagnosis,
+        state,
+        host,
+        filter,
+    })
+}
+
+/// `/episodes/chart.svg`: the History page's chart, for its filters.
+pub async fn history_chart(web: &Web, q: &HashMap<String, String>) -> Result<(hyper::StatusCode, String), String> {
+    match history_query(q) {
+        Ok(h) => {
+            let svg = chart::svg(web, h.filter, h.state == "ended", unix_now_ms()).await?;
+            Ok((hyper::StatusCode::OK, svg))
+        }
+        Err(why) => Ok((hyper::StatusCode::BAD_REQUEST, why)),
+    }
+}
+
+pub async fn history(web: &Web, q: &HashMap<String, String>) -> Rendered {
+    let HistoryQuery {
+        since,
+        diagnosis,
+        state,
+        host,
+        filter,
+    } = match history_query(q) {
+        Ok(h) => h,
+        Err(why) => return Ok((hyper::StatusCode::BAD_REQUEST, layout("History", Some("History"), html! { h1 { "History" } p.error { (why) } }))),
     };
     let mut eps = web.store.list_episodes(filter).await.map_err(|e| e.to_string())?;
     let full = eps.len() == PAGE as usize;
@@ -244,6 +288,10 @@ pub async fn history(web: &Web, q: &HashMap<String, String>) -> Rendered {
                     } }
                     button type="submit" { "Filter" }
                 }
+                figure.chart {
+                    img.chart src=(next.replacen("/episodes?", "/episodes/chart.svg?", 1)) width="1000" height="260"
+                        alt="Episodes per diagnosis over the window, as stacked bars";
+                }
                 @if eps.is_empty() {
                     p.empty { "No episodes." }
                 } @else {
@@ -277,6 +325,12 @@ pub async fn history(web: &Web, q: &HashMap<String, String>) -> Rendered {
 
 pub async fn hosts(web: &Web) -> Rendered {
     let hosts = web.store.list_hosts().await.map_err(|e| e.to_string())?;
+    let here: HashMap<String, AgentNow> = web
+        .agents_here()
+        .await
+        .into_iter()
+        .map(|a| (a.host.clone(), a))
+        .collect();
     Ok((
         hyper::StatusCode::OK,
         layout(
@@ -287,17 +341,25 @@ pub async fn hosts(web: &Web) -> Rendered {
                 @if hosts.is_empty() {
                     p.empty { "No agent has said hello." }
                 } @else {
+                    p.meta { "Probes, poll and drops are of the agents streaming to this collector now." }
                     div.scroll {
                         table.hosts {
-                            thead { tr { th { "Host" } th { "Agent" } th { "Last seen" } th { "Version" } th { "Kernel" } } }
+                            thead { tr {
+                                th { "Host" } th { "Agent" } th { "Last seen" } th { "Version" } th { "Kernel" }
+                                th { "Probes" } th.num { "Poll" } th.num { abbr title="Batches the agent dropped since it started (its queue to the collector was full)" { "Dropped" } }
+                            } }
                             tbody {
                                 @for h in &hosts {
-                                    tr.host {
+                                    @let now = here.get(&h.host);
+                                    tr.host data-host=(h.host) {
                                         td { (h.host) }
                                         td { @if h.connected { "connected" } @else { "gone" } }
                                         td { time datetime=(rfc3339(h.last_seen_ms)) { (rfc3339(h.last_seen_ms)) } }
                                         td { (h.agent_version) }
                                         td { (h.kernel) }
+                                        td.probes { (now.map_or_else(|| "-".into(), |a| probes(a.probes))) }
+                                        td.num { (now.map_or_else(|| "-".into(), |a| tcpstall_common::duration::format(a.interval))) }
+                                        td.num.dropped { (now.map_or_else(|| "-".into(), |a| a.dropped_batches.to_string())) }
                                     }
                                 }
                             }
@@ -309,23 +371,50 @@ pub async fn hosts(web: &Web) -> Rendered {
     ))
 }
 
+/// The probes that work on a host, by name: `sock_diag, bpf_iter`.
+fn probes(p: tcpstall_common::ProbeSet) -> String {
+    let names: Vec<&str> = [
+        (p.sock_diag, "sock_diag"),
+        (p.bpf_iter, "bpf_iter"),
+        (p.getsockopt, "getsockopt"),
+    ]
+    .into_iter()
+    .filter_map(|(on, name)| on.then_some(name))
+    .collect();
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(", ")
+    }
+}
+
 pub async fn episode(web: &Web, id: i64) -> Rendered {
     let Some((e, samples)) = web.store.get_episode(id).await.map_err(|e| e.to_string())? else {
         return Ok((hyper::StatusCode::NOT_FOUND, not_found()));
     };
     let blame = Diagnosis::from_id(&e.diagnosis).map_or("unknown", Diagnosis::blame);
     let ended = e.ended_at_ms.filter(|&ms| !e.open && ms > 0);
-    // Each end's owner as its latest sample that named one has it.
-    let owner = |side: Side| {
+    // Each end as its latest sample has it (`diff` of an episode).
+    let latest = |side: Side| {
         samples
             .iter()
             .rev()
             .filter(|s| s.side == side)
-            .filter_map(|s| tcpstall_proto::convert::unpack(&s.sample))
-            .find_map(|s| s.owner)
+            .find_map(|s| Some((s.host.as_str(), tcpstall_proto::convert::unpack(&s.sample)?)))
     };
-    let (a_owner, b_owner) = (owner(Side::A), owner(Side::B));
-    let plottable = plot(&e, &samples).is_ok();
+    let (a_latest, b_latest) = (latest(Side::A), latest(Side::B));
+    let a = End {
+        host: Some(&e.a_host),
+        flow: e.a_flow,
+        sample: a_latest.as_ref().map(|(_, s)| s),
+    };
+    let b = End {
+        host: e.b_host.as_deref().or(b_latest.as_ref().map(|(h, _)| *h)),
+        // B's own addresses, which differ from A's reversed behind a NAT.
+        flow: b_latest.as_ref().map_or(e.a_flow.reversed(), |(_, s)| s.flow),
+        sample: b_latest.as_ref().map(|(_, s)| s),
+    };
+    let picture = plot(&e, &samples).ok();
     Ok((
         hyper::StatusCode::OK,
         layout(
@@ -335,18 +424,7 @@ pub async fn episode(web: &Web, id: i64) -> Rendered {
                 h1 { "Episode #" (e.id) ": " span.diagnosis { (e.diagnosis) } }
                 p.summary { (e.summary) }
                 p { "Look at: " strong.blame { (blame) } }
-                div.scroll {
-                    table.ends {
-                        thead { tr { th {} th { "A (stuck sender)" } th { "B (peer)" } } }
-                        tbody {
-                            tr { th { "Host" } td.a-host { (e.a_host) } td.b-host { (e.b_host.as_deref().unwrap_or("?")) } }
-                            tr { th { "Its own end" } td.a-local { (e.a_flow.local) } td.b-local { (e.a_flow.remote) } }
-                            tr { th { "Its peer" } td.a-remote { (e.a_flow.remote) } td.b-remote { (e.a_flow.local) } }
-                            tr { th { "Process" } td.a-owner { (owner_text(a_owner.as_deref())) } td.b-owner { (owner_text(b_owner.as_deref())) } }
-                            tr { th { "Bytes stuck" } td.stuck data-bytes=(e.stuck_bytes) { (e.stuck_bytes) " (" (bytes(u64::from(e.stuck_bytes))) ")" } td { "-" } }
-                        }
-                    }
-                }
+                (ends::who(&a, &b, Some(e.stuck_bytes)))
                 @if let Some(note) = &e.peer_note {
                     p.note { (note) }
                 }
@@ -373,11 +451,19 @@ pub async fn episode(web: &Web, id: i64) -> Rendered {
                         }
                     }
                 }
-                @if plottable {
+                @if let Some(svg) = picture {
                     h2 { "The stall, in the byte stream" }
-                    img.plot src={ "/episodes/" (e.id) "/plot.svg" } width="1000" height="600"
-                        alt="The time–sequence picture: A's acknowledged, sent and written bytes, its window's edge, B's received and read bytes, over time";
+                    // Our own SVG, every text in it escaped by the plot
+                    // crate: inline, so that its values show on hover.
+                    figure.plot {
+                        (PreEscaped(svg))
+                        figcaption #plot-readout aria-live="polite" { "Point at the picture for every value at that time." }
+                    }
+                    p.meta { a href={ "/episodes/" (e.id) "/plot.svg" } { "The picture as SVG" } }
                 }
+                h2 { "Both ends, fact by fact" }
+                p.meta { "Each end's latest sample, as " code { "tcpstall diff " (e.id) } " shows them." }
+                (ends::fact_table(&a, &b))
                 p { (samples.len()) " samples stored. " a href={ "/episodes/" (e.id) ".json" } { "This episode as JSON" } }
             },
         ),
@@ -461,17 +547,6 @@ pub async fn episode_json(web: &Web, id: i64) -> Result<Option<String>, String> 
     serde_json::to_string_pretty(&j).map(Some).map_err(|e| e.to_string())
 }
 
-/// An owner as one line: pid, command line, unit.
-fn owner_text(o: Option<&ProcessOwner>) -> String {
-    match o {
-        Some(o) => match &o.unit {
-            Some(u) => format!("{} {} ({u})", o.pid, o.command),
-            None => format!("{} {}", o.pid, o.command),
-        },
-        None => "-".into(),
-    }
-}
-
 /// How long an episode lasted, or has lasted so far while open (its
 /// stored length is as of its last update).
 fn lasted_ms(e: &EpisodeRow) -> i64 {
@@ -498,7 +573,7 @@ fn encode(s: &str) -> String {
 }
 
 /// Bytes for people: 4.9 KiB.
-fn bytes(n: u64) -> String {
+pub(super) fn bytes(n: u64) -> String {
     const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
     let mut v = n as f64;
     let mut u = 0;

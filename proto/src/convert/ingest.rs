@@ -76,6 +76,11 @@ pub fn hello_from_wire(h: &v1::Hello) -> Result<HostHello, ConvertError> {
         interval,
         answers_lookups: h.answers_lookups,
         forwards: h.forwards,
+        probes: h.probes.map_or_else(ProbeSet::default, |p| ProbeSet {
+            sock_diag: p.sock_diag,
+            bpf_iter: p.bpf_iter,
+            getsockopt: p.getsockopt,
+        }),
     })
 }
 
@@ -133,12 +138,8 @@ pub fn agent_hello_from_wire(h: &v1::Hello) -> Result<AgentHello, ConvertError> 
         interval,
         answers_lookups,
         forwards,
+        probes,
     } = hello_from_wire(h)?;
-    let probes = h.probes.map_or_else(ProbeSet::default, |p| ProbeSet {
-        sock_diag: p.sock_diag,
-        bpf_iter: p.bpf_iter,
-        getsockopt: p.getsockopt,
-    });
     Ok(AgentHello {
         host,
         machine_id,

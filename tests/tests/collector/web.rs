@@ -229,13 +229,54 @@ async fn the_web_page_in_a_real_browser() {
         shown["stuck"].as_u64().map(|n| n.to_string())
     );
     assert_eq!(text_of("td.b-owner"), format!("4242 {MARKUP}"));
-    // Its picture: loaded, with its curves.
-    b.wait("the picture loaded", wait, |b| {
-        let loaded = b.script(
-            "const i = document.querySelector('img.plot'); return !!i && i.complete && i.naturalWidth > 0",
+    // Who each end is: its Community ID as the CLI computes it.
+    for side in ["a", "b"] {
+        assert_eq!(
+            text_of(&format!("td.{side}-community")),
+            shown["peer"][side]["community_id"].as_str().unwrap_or("?"),
+            "{side}'s Community ID"
         );
-        (loaded == Value::Bool(true)).then_some(())
+    }
+    // diff's facts, with their sources: A's send queue and B's unread
+    // bytes as show --json has them.
+    let fact = |name: &str, cell: &str| text_of(&format!("tr[data-fact=\"{name}\"] td.{cell}"));
+    let human = |v: &Value| tcpstall_common::facts::human_bytes(v.as_u64().unwrap_or(u64::MAX));
+    assert_eq!(fact("send queue", "a"), human(&shown["peer"]["a"]["sendq"]));
+    assert_eq!(
+        fact("receive queue (unread)", "b"),
+        human(&shown["peer"]["b"]["recvq"])
+    );
+    assert_eq!(fact("send queue", "source"), "tcp_info");
+    assert_eq!(fact("owner pid", "b"), "4242 (proc)");
+    assert_eq!(fact("owner pid", "source"), "proc");
+    // Its picture, inline, with its curves (one poll of each end: each
+    // curve is a point), and its values under the pointer.
+    let drawn = b.script(
+        "const s = document.querySelector('figure.plot svg'); \
+         return !!s && s.getBoundingClientRect().width > 300 \
+           && !!s.querySelector('#curve-a-snd-una circle') && !!s.querySelector('#curve-b-rcv-nxt circle')",
+    );
+    assert_eq!(drawn, Value::Bool(true), "the picture is not drawn");
+    let column = b
+        .find("figure.plot rect.hover-at")
+        .expect("a column to point at");
+    b.hover(&column);
+    let readout = b.wait("the values under the pointer", wait, |b| {
+        let t = b.find("#plot-readout").map(|e| b.text(&e))?;
+        t.contains("A.snd_una").then_some(t)
     });
+    for (curve, side, field) in [
+        ("A.snd_una", "a", "snd_una"),
+        ("A.write_seq", "a", "write_seq"),
+        ("B.rcv_nxt", "b", "rcv_nxt"),
+        ("B.copied", "b", "copied"),
+    ] {
+        let want = format!("{curve} {}", shown["peer"][side][field]);
+        assert!(
+            readout.lines().any(|l| l == want),
+            "no `{want}` in {readout:?}"
+        );
+    }
     let (status, svg) = tcpstall_tests::http_get(
         &web,
         &format!("/episodes/{hostile_id}/plot.svg"),
@@ -251,7 +292,7 @@ async fn the_web_page_in_a_real_browser() {
         tcpstall_tests::http_get(&web, &format!("/episodes/{hostile_id}/plot.svg"), None);
     assert_eq!(status, 401, "the picture needs the token too");
     b.keep_screenshot("episode-markup");
-    let images = b.script("return document.querySelectorAll('img:not(.plot), [onerror]').length");
+    let images = b.script("return document.querySelectorAll('img, [onerror]').length");
     assert_eq!(
         images,
         Value::from(0),
@@ -287,6 +328,32 @@ async fn the_web_page_in_a_real_browser() {
     want.reverse();
     assert_eq!(seen, want, "every episode once, newest first");
     assert_eq!(pages, 3);
+    // Its chart: every episode of the window counted once, by diagnosis.
+    let chart = b.script(
+        "const i = document.querySelector('img.chart'); return !!i && i.complete && i.naturalWidth > 0",
+    );
+    assert_eq!(chart, Value::Bool(true), "the chart did not load");
+    let counted = |query: &str| -> std::collections::BTreeMap<String, u64> {
+        let (status, svg) =
+            tcpstall_tests::http_get(&web, &format!("/episodes/chart.svg?{query}"), Some(TOKEN));
+        assert_eq!(status, 200, "{svg}");
+        let mut by: std::collections::BTreeMap<String, u64> = Default::default();
+        for bar in svg.split("<rect class=\"bar\"").skip(1) {
+            let attr = |name: &str| {
+                bar.split_once(&format!("{name}=\""))
+                    .and_then(|(_, r)| r.split_once('"'))
+                    .map(|(v, _)| v.to_string())
+                    .unwrap_or_default()
+            };
+            *by.entry(attr("data-diagnosis")).or_default() +=
+                attr("data-count").parse::<u64>().unwrap_or(0);
+        }
+        by
+    };
+    let all = counted("since=24h&state=all");
+    assert_eq!(all.values().sum::<u64>(), ids.len() as u64, "{all:?}");
+    let (status, _) = tcpstall_tests::http_get(&web, "/episodes/chart.svg", None);
+    assert_eq!(status, 401, "the chart needs the token too");
 
     // Filters, through the form: data_lost with A on web-1.
     b.goto(&format!("{web}episodes"));
@@ -306,8 +373,57 @@ async fn the_web_page_in_a_real_browser() {
         .map(|i| ids[i])
         .collect();
     assert_eq!(listed, want);
+    let filtered = counted("since=24h&state=all&diagnosis=data_lost&host=web-1");
+    assert_eq!(
+        filtered,
+        std::collections::BTreeMap::from([("data_lost".to_string(), want.len() as u64)])
+    );
     b.goto(&format!("{web}episodes?state=open"));
     assert!(ids_listed(&b).is_empty() && b.find("p.empty").is_some());
+
+    // Flow: a bad endpoint is named; a good one is watched (no agent
+    // here reports it); a POST from another site is refused.
+    b.goto(&format!("{web}flow"));
+    clean(&b, "flow");
+    b.type_into(&b.find("input[name=a]").expect("A"), "10.0.0.1");
+    b.type_into(&b.find("input[name=b]").expect("B"), "10.0.0.2:80");
+    b.click(&b.find("form.flow button").expect("watch"));
+    let error = b.wait("the refusal", wait, |b| {
+        b.find("p.error").map(|e| b.text(&e))
+    });
+    assert!(error.contains("(a) `10.0.0.1` is not ADDR:PORT"), "{error}");
+    let a = b.find("input[name=a]").expect("A");
+    b.script("document.querySelector('input[name=a]').value = ''; return null;");
+    b.type_into(&a, "10.0.0.1:7000");
+    b.click(&b.find("form.flow button").expect("watch"));
+    let none = b.wait("the watched flow", wait, |b| {
+        b.find("#flow-live p.empty").map(|e| b.text(&e))
+    });
+    assert!(
+        none.contains("No agent reports 10.0.0.1:7000 -> 10.0.0.2:80"),
+        "{none}"
+    );
+    clean(&b, "flow watched");
+    let body = "a=10.0.0.1%3A7000&b=10.0.0.2%3A80";
+    let (status, answer) = tcpstall_tests::http_request(
+        &web,
+        "POST",
+        "/flow/live",
+        Some(TOKEN),
+        &[
+            ("Origin", "http://attacker.example"),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+        ],
+        body,
+    );
+    assert_eq!(status, 403, "{answer}");
+    let (status, answer) =
+        tcpstall_tests::http_request(&web, "POST", "/flow/live", Some(TOKEN), &[], body);
+    assert_eq!(status, 200, "{answer}");
+    let (status, _) = tcpstall_tests::http_request(&web, "POST", "/flow/live", None, &[], body);
+    assert_eq!(status, 401, "a watch needs the token");
+    let (status, _) = tcpstall_tests::http_get(&web, "/flow/live", Some(TOKEN));
+    assert_eq!(status, 405, "a watch is not a GET");
 
     // Hosts: the page answers (no agent here said hello).
     b.goto(&format!("{web}hosts"));
@@ -319,6 +435,7 @@ async fn the_web_page_in_a_real_browser() {
         "now",
         "episodes",
         &format!("episodes/{hostile_id}"),
+        "flow",
         "hosts",
     ] {
         b.goto(&format!("{web}{page}"));

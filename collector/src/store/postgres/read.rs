@@ -12,7 +12,7 @@ use tcpstall_proto::convert::unpack;
 
 use super::super::sqlite::read::{cookie_from_sql, corrupt, describe, tuple_from_sql};
 use crate::store::{
-    EpisodeFilter, EpisodeRow, HeldFilter, HeldRow, HostRow, StoreError, StoredEpisode,
+    EpisodeCount, EpisodeFilter, EpisodeRow, HeldFilter, HeldRow, HostRow, StoreError, StoredEpisode,
     StoredSample,
 };
 
@@ -89,6 +89,48 @@ pub(super) async fn list_episodes(
         .iter()
         .map(episode_row)
         .collect()
+}
+
+pub(super) async fn count_episodes(
+    c: &Client,
+    cache: &Cache,
+    f: &EpisodeFilter,
+    bucket_ms: i64,
+) -> Result<Vec<EpisodeCount>, StoreError> {
+    let mut args: Vec<Box<dyn ToSql + Sync + Send>> = vec![Box::new(bucket_ms.max(1))];
+    let mut sql =
+        "SELECT (started_at_ms / $1) * $1 AS bucket, diagnosis, count(*) FROM episodes WHERE true"
+            .to_string();
+    if let Some(since) = f.since_ms {
+        args.push(Box::new(since));
+        sql += &format!(" AND started_at_ms >= ${}", args.len());
+    }
+    if let Some(host) = &f.host {
+        args.push(Box::new(host.clone()));
+        let n = args.len();
+        sql += &format!(" AND (a_host = ${n} OR b_host = ${n})");
+    }
+    if let Some(d) = &f.diagnosis {
+        args.push(Box::new(d.clone()));
+        sql += &format!(" AND diagnosis = ${}", args.len());
+    }
+    if f.open_only {
+        sql += " AND open";
+    }
+    sql += " GROUP BY bucket, diagnosis ORDER BY bucket, diagnosis";
+    let params: Vec<&(dyn ToSql + Sync)> = args
+        .iter()
+        .map(|a| a.as_ref() as &(dyn ToSql + Sync))
+        .collect();
+    Ok(c.query(&cache.get(c, &sql).await?, &params)
+        .await?
+        .iter()
+        .map(|r| EpisodeCount {
+            bucket_ms: r.get(0),
+            diagnosis: r.get(1),
+            count: u64::try_from(r.get::<_, i64>(2)).unwrap_or(0),
+        })
+        .collect())
 }
 
 pub(super) async fn get_episode(

@@ -373,6 +373,15 @@ impl Writer {
                         let _ = reply.send(r);
                     }
                 }
+                Command::CountEpisodes(f, bucket_ms, _) => {
+                    let r = read::count_episodes(c, &conn.reads, f, *bucket_ms).await;
+                    if lost(r.as_ref().err()) {
+                        return Err(Stop::Lost(err_text(&r)));
+                    }
+                    if let Some(Command::CountEpisodes(_, _, reply)) = batch.pop_front() {
+                        let _ = reply.send(r);
+                    }
+                }
                 Command::ListHeld(f, _) => {
                     let r = read::list_held(c, &conn.reads, f).await;
                     if lost(r.as_ref().err()) {

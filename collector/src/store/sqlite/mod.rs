@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub(crate) use super::queue::{Command, Reply, StoreStats};
 use super::{
-    BoxFuture, EpisodeEnd, EpisodeFilter, EpisodeRow, EpisodeUpdate, HeldFilter, HeldRow,
+    BoxFuture, EpisodeEnd, EpisodeCount, EpisodeFilter, EpisodeRow, EpisodeUpdate, HeldFilter, HeldRow,
     HostRecord, HostRow, NewEpisode, Store, StoreError, StoreStatsSnapshot, StoredEpisode,
     StoredSample,
 };
@@ -185,6 +185,14 @@ impl Store for SqliteStore {
         f: EpisodeFilter,
     ) -> BoxFuture<'_, Result<Vec<EpisodeRow>, StoreError>> {
         Box::pin(self.ask(|r| Command::ListEpisodes(f, r)))
+    }
+
+    fn count_episodes(
+        &self,
+        f: EpisodeFilter,
+        bucket_ms: i64,
+    ) -> BoxFuture<'_, Result<Vec<EpisodeCount>, StoreError>> {
+        Box::pin(self.ask(move |r| Command::CountEpisodes(f, bucket_ms, r)))
     }
 
     fn get_episode(&self, id: i64) -> BoxFuture<'_, Result<Option<StoredEpisode>, StoreError>> {

@@ -8,7 +8,7 @@ use tcpstall_common::record::JoinedVia;
 use tcpstall_common::{EndSample, FlowTuple, HeldEnd, Side, Translation};
 
 use crate::store::{
-    EpisodeFilter, EpisodeRow, HeldFilter, HeldRow, HostRow, StoreError, StoredEpisode,
+    EpisodeCount, EpisodeFilter, EpisodeRow, HeldFilter, HeldRow, HostRow, StoreError, StoredEpisode,
     StoredSample,
 };
 use tcpstall_common::Packed;
@@ -139,6 +139,44 @@ pub(super) fn list_episodes(
     let mut out = Vec::new();
     while let Some(row) = rows.next()? {
         out.push(episode_row(row)?);
+    }
+    Ok(out)
+}
+
+pub(super) fn count_episodes(
+    conn: &Connection,
+    f: &EpisodeFilter,
+    bucket_ms: i64,
+) -> Result<Vec<EpisodeCount>, StoreError> {
+    let bucket_ms = bucket_ms.max(1);
+    let mut args = vec![Value::Integer(bucket_ms)];
+    let mut sql = "SELECT (started_at_ms / ?1) * ?1 AS bucket, diagnosis, count(*) FROM episodes WHERE 1".to_string();
+    if let Some(since) = f.since_ms {
+        args.push(Value::Integer(since));
+        sql += &format!(" AND started_at_ms >= ?{}", args.len());
+    }
+    if let Some(host) = &f.host {
+        args.push(Value::Text(host.clone()));
+        let n = args.len();
+        sql += &format!(" AND (a_host = ?{n} OR b_host = ?{n})");
+    }
+    if let Some(d) = &f.diagnosis {
+        args.push(Value::Text(d.clone()));
+        sql += &format!(" AND diagnosis = ?{}", args.len());
+    }
+    if f.open_only {
+        sql += " AND open = 1";
+    }
+    sql += " GROUP BY bucket, diagnosis ORDER BY bucket, diagnosis";
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut rows = stmt.query(params_from_iter(args))?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(EpisodeCount {
+            bucket_ms: row.get(0)?,
+            diagnosis: row.get(1)?,
+            count: u64::try_from(row.get::<_, i64>(2)?).unwrap_or(0),
+        });
     }
     Ok(out)
 }

@@ -190,6 +190,9 @@ impl Worker {
                 Command::ListEpisodes(f, reply) => {
                     let _ = reply.send(read::list_episodes(&self.conn, &f));
                 }
+                Command::CountEpisodes(f, bucket_ms, reply) => {
+                    let _ = reply.send(read::count_episodes(&self.conn, &f, bucket_ms));
+                }
                 Command::ListHeld(f, reply) => {
                     let _ = reply.send(read::list_held(&self.conn, &f));
                 }

@@ -173,6 +173,7 @@ fn a_hello_comes_back_whole_and_as_the_collector_keeps_it() {
             interval: h.interval,
             answers_lookups: true,
             forwards: true,
+            probes: Default::default(),
         },
         "every namespace with its addresses, in order"
     );
