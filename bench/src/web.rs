@@ -113,6 +113,23 @@ async fn measure(args: &WebArgs) -> anyhow::Result<()> {
             "/now/live".to_string(),
         ),
         ("Now, the whole page", "/now".to_string()),
+        (
+            "Chart, last 24 hours",
+            "/episodes/chart.svg?since=24h".to_string(),
+        ),
+        (
+            "Chart, one diagnosis, 7 days",
+            "/episodes/chart.svg?since=7days&diagnosis=data_lost".to_string(),
+        ),
+        (
+            "Chart, 30 days",
+            "/episodes/chart.svg?since=30days".to_string(),
+        ),
+        (
+            "Chart, one host, all",
+            "/episodes/chart.svg?since=all&host=host-17".to_string(),
+        ),
+        ("Chart, all", "/episodes/chart.svg?since=all".to_string()),
     ];
     for (name, path) in pages {
         let mut times = Vec::with_capacity(args.requests);
@@ -122,7 +139,8 @@ async fn measure(args: &WebArgs) -> anyhow::Result<()> {
             let body = get(addr, &path).await?;
             times.push(t.elapsed());
             rows = body.matches("<tr class=\"episode\"").count()
-                + body.matches("<tr class=\"pair\"").count();
+                + body.matches("<tr class=\"pair\"").count()
+                + body.matches("<rect class=\"bar\"").count();
         }
         times.sort();
         let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];

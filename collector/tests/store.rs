@@ -646,8 +646,8 @@ async fn a_version_1_file_upgrades_and_its_json_samples_read_beside_new_ones() -
 
     let (store, thread, next) = open(cfg.clone())?;
     assert_eq!(next, e.id + 1);
-    assert_eq!(count(&cfg.path, "PRAGMA user_version"), 7);
-    assert_eq!(SCHEMA_VERSION, 7);
+    assert_eq!(count(&cfg.path, "PRAGMA user_version"), 8);
+    assert_eq!(SCHEMA_VERSION, 8);
     let (row, got) = store.get_episode(e.id).await?.ok_or("episode kept")?;
     assert_eq!((row.id, row.a_cookie, row.a_flow), (e.id, e.a_cookie, f));
     assert_eq!(got.len(), 1);

@@ -67,26 +67,58 @@ fn colour(diagnosis: &str) -> &'static str {
 /// them: its limit aside), over `since_ms..now_ms`; `ended` counts only
 /// ended ones (all less the open).
 pub async fn svg(web: &Web, f: EpisodeFilter, ended: bool, now_ms: i64) -> Result<String, String> {
-    let from = match f.since_ms {
-        Some(ms) => ms,
-        // Everything: from the oldest, found by a first count by week.
-        None => {
-            let weeks = web.store.count_episodes(f.clone(), 604_800_000).await.map_err(|e| e.to_string())?;
-            weeks.iter().map(|c| c.bucket_ms).min().unwrap_or(now_ms - 86_400_000)
-        }
-    };
-    let bucket = bucket_for(now_ms.saturating_sub(from).max(1));
-    let mut counts = web.store.count_episodes(f.clone(), bucket).await.map_err(|e| e.to_string())?;
-    if ended {
-        let open = EpisodeFilter { open_only: true, ..f };
-        let open = web.store.count_episodes(open, bucket).await.map_err(|e| e.to_string())?;
-        for o in open {
-            if let Some(c) = counts.iter_mut().find(|c| c.bucket_ms == o.bucket_ms && c.diagnosis == o.diagnosis) {
-                c.count = c.count.saturating_sub(o.count);
+    let count = |f: EpisodeFilter, bucket: i64| async move {
+        let mut counts = web.store.count_episodes(f.clone(), bucket).await.map_err(|e| e.to_string())?;
+        if ended {
+            let open = EpisodeFilter { open_only: true, ..f };
+            let open = web.store.count_episodes(open, bucket).await.map_err(|e| e.to_string())?;
+            for o in open {
+                if let Some(c) = counts.iter_mut().find(|c| c.bucket_ms == o.bucket_ms && c.diagnosis == o.diagnosis) {
+                    c.count = c.count.saturating_sub(o.count);
+                }
             }
         }
-    }
+        Ok::<_, String>(counts)
+    };
+    let (from, bucket, counts) = match f.since_ms {
+        Some(from) => {
+            let bucket = bucket_for(now_ms.saturating_sub(from).max(1));
+            (from, bucket, count(f, bucket).await?)
+        }
+        // Everything: counted by the hour (the counting costs by the row,
+        // not the bucket), which finds the oldest; merged into wider bars,
+        // or counted again in narrower ones when all of it is recent.
+        None => {
+            let hourly = count(f.clone(), HOUR_MS).await?;
+            let from = hourly.iter().map(|c| c.bucket_ms).min().unwrap_or(now_ms - HOUR_MS);
+            let bucket = bucket_for(now_ms.saturating_sub(from).max(1));
+            let counts = if bucket % HOUR_MS == 0 {
+                merge(hourly, bucket)
+            } else {
+                let f = EpisodeFilter { since_ms: Some(from), ..f };
+                count(f, bucket).await?
+            };
+            (from, bucket, counts)
+        }
+    };
     Ok(draw(&counts, from - from.rem_euclid(bucket), now_ms, bucket))
+}
+
+const HOUR_MS: i64 = 3_600_000;
+
+/// Counts in buckets of a multiple of theirs, added up.
+fn merge(counts: Vec<EpisodeCount>, bucket: i64) -> Vec<EpisodeCount> {
+    let mut by: BTreeMap<(i64, String), u64> = BTreeMap::new();
+    for c in counts {
+        *by.entry((c.bucket_ms - c.bucket_ms.rem_euclid(bucket), c.diagnosis)).or_default() += c.count;
+    }
+    by.into_iter()
+        .map(|((bucket_ms, diagnosis), count)| EpisodeCount {
+            bucket_ms,
+            diagnosis,
+            count,
+        })
+        .collect()
 }
 
 /// The chart of `counts` (by bucket of `bucket` ms) from `from_ms` to `to_ms`.
@@ -220,6 +252,21 @@ mod tests {
         assert_eq!(bucket_for(7 * 86_400_000), 21_600_000);
         assert_eq!(bucket_for(30 * 86_400_000), 86_400_000);
         assert_eq!(bucket_for(i64::MAX), 604_800_000);
+    }
+
+    #[test]
+    fn narrow_buckets_merge_into_wide_ones() {
+        let h = HOUR_MS;
+        let merged = merge(
+            vec![
+                count(0, "a", 1),
+                count(h, "a", 2),
+                count(h, "b", 5),
+                count(25 * h, "a", 3),
+            ],
+            24 * h,
+        );
+        assert_eq!(merged, [count(0, "a", 3), count(0, "b", 5), count(24 * h, "a", 3)]);
     }
 
     #[test]

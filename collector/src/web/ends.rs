@@ -61,8 +61,8 @@ pub fn fact_table(a: &End, b: &End) -> Markup {
                     @for f in &rows {
                         tr data-fact=(f.name) {
                             th { (f.name) }
-                            td.a.num { (f.a) }
-                            td.b.num { (f.b) }
+                            td.a { (f.a) }
+                            td.b { (f.b) }
                             td.meaning { (f.meaning) }
                             td.source { (f.source) }
                         }

@@ -2,7 +2,9 @@
 //! collector, real agents and real stalls: the Now page shows the stalled
 //! reader as `peer_not_reading` with both ends and the numbers `tcpstall
 //! show --json` gives, and a second stall on the same server joins the same
-//! incident without a reload.
+//! incident without a reload; the episode's page has its picture with the
+//! values under the pointer and diff's facts as the CLI has them; the Flow
+//! page watches the same connection live; the Hosts page lists the agents.
 
 use std::time::Duration;
 
@@ -104,11 +106,12 @@ fn now_page_follows_stalls_into_one_incident(s: Settings) {
     // The first stall's own page.
     b.goto(&format!("{web}episodes/{episode}"));
     b.find("td.b-owner").expect("the episode's page");
-    b.wait("the picture loaded", due, |b| {
-        let loaded = b.script(
-            "const i = document.querySelector('img.plot'); return !!i && i.complete && i.naturalWidth > 0",
+    b.wait("the picture drawn", due, |b| {
+        let drawn = b.script(
+            "const s = document.querySelector('figure.plot svg'); \
+             return !!s && !!s.querySelector('#curve-a-snd-una polyline')",
         );
-        (loaded == Value::Bool(true)).then_some(())
+        (drawn == Value::Bool(true)).then_some(())
     });
     let (status, svg) =
         tcpstall_tests::http_get(&web, &format!("/episodes/{episode}/plot.svg"), None);
@@ -117,9 +120,89 @@ fn now_page_follows_stalls_into_one_incident(s: Settings) {
         svg.contains("class=\"curve\"") && svg.contains("<polyline"),
         "no curves: {svg}"
     );
+    // The values under the pointer at the last poll: A's stuck snd_una
+    // and B's rcv_nxt as show --json has them.
+    let last = b
+        .find_all("figure.plot rect.hover-at")
+        .pop()
+        .expect("columns to point at");
+    b.hover(&last);
+    let readout = b.wait("the values under the pointer", due, |b| {
+        let t = b.find("#plot-readout").map(|e| b.text(&e))?;
+        t.contains("A.snd_una").then_some(t)
+    });
+    for (curve, side, field) in [("A.snd_una", "a", "snd_una"), ("B.rcv_nxt", "b", "rcv_nxt")] {
+        let want = format!("{curve} {}", shown["peer"][side][field]);
+        assert!(
+            readout.lines().any(|l| l == want),
+            "no `{want}` in {readout:?}"
+        );
+    }
+    // diff's facts: A's send queue, B's unread bytes.
+    let fact = |name: &str, cell: &str| {
+        b.find(&format!("tr[data-fact=\"{name}\"] td.{cell}"))
+            .map(|e| b.text(&e))
+            .unwrap_or_default()
+    };
+    let human = |v: &Value| tcpstall_common::facts::human_bytes(v.as_u64().unwrap_or(u64::MAX));
+    assert_eq!(fact("send queue", "a"), human(&shown["peer"]["a"]["sendq"]));
+    assert_eq!(fact("state", "b"), "ESTAB");
     b.keep_screenshot("episode");
-    b.script("document.querySelector('img.plot').scrollIntoView(); return null;");
+    b.script("document.querySelector('figure.plot').scrollIntoView(); return null;");
     b.keep_screenshot("episode-picture");
+
+    // The Flow page: the same connection watched live, both ends.
+    b.goto(&format!("{web}flow"));
+    b.type_into(
+        &b.find("input[name=a]").expect("A"),
+        a["local"].as_str().unwrap_or("?"),
+    );
+    b.type_into(
+        &b.find("input[name=b]").expect("B"),
+        a["remote"].as_str().unwrap_or("?"),
+    );
+    b.click(&b.find("form.flow button").expect("watch"));
+    b.wait("both ends on the Flow page", due, |b| {
+        let host = |css: &str| b.find(css).map(|e| b.text(&e)).unwrap_or_default();
+        (host("#flow-live td.a-host") == server.name && host("#flow-live td.b-host") == client.name)
+            .then_some(())
+    });
+    b.script("window.tcpstallTestMark = 'this flow page'; return null;");
+    b.wait("the Flow page updated by itself", due, |b| {
+        let status = b
+            .find("#flow-status")
+            .map(|e| b.text(&e))
+            .unwrap_or_default();
+        status.contains("updated").then_some(())
+    });
+    assert_eq!(
+        b.script("return window.tcpstallTestMark || null;"),
+        Value::from("this flow page"),
+        "the Flow page was reloaded"
+    );
+    assert_eq!(fact("send queue", "a"), human(&shown["peer"]["a"]["sendq"]));
+    assert_eq!(fact("state", "a"), "ESTAB");
+    b.keep_screenshot("flow");
+
+    // Hosts: the lab's agents, their probes and drops.
+    b.goto(&format!("{web}hosts"));
+    for h in [client, server, other] {
+        let row = b
+            .find(&format!("tr.host[data-host=\"{}\"]", h.name))
+            .unwrap_or_else(|| panic!("{} not on the Hosts page", h.name));
+        let cells = b.text(&row);
+        assert!(
+            cells.contains("connected") && cells.contains("sock_diag"),
+            "{cells}"
+        );
+    }
+    b.keep_screenshot("hosts");
+    let errors: Vec<Value> = b
+        .console()
+        .into_iter()
+        .filter(|l| l["level"] == "SEVERE")
+        .collect();
+    assert!(errors.is_empty(), "console errors {errors:#?}");
 }
 
 #[test]

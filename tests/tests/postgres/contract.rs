@@ -32,6 +32,7 @@ contract!(
     episode_round_trips_with_evidence_via_and_both_sides,
     update_then_close_and_unknown_ids_are_write_errors,
     filters_select_by_since_host_diagnosis_open_and_limit_newest_first,
+    counts_by_bucket_and_diagnosis_follow_the_filters,
     pages_after_a_place_cover_every_episode_once_even_on_equal_starts,
     held_span_counts_add_up_by_pair_and_window,
     hosts_are_upserted_and_marked_gone,
@@ -185,6 +186,64 @@ async fn filters_select_by_since_host_diagnosis_open_and_limit_newest_first(
         ..Default::default()
     };
     assert_eq!(ids(all).await?, [3]);
+    o.stop().await;
+    Ok(())
+}
+
+async fn counts_by_bucket_and_diagnosis_follow_the_filters(mk: &Maker) -> TestResult {
+    let o = mk.open(None).await;
+    let s = &o.store;
+    // Buckets of 1 s: [1000, 2000) holds 1 and 2, [3000, 4000) 3 and 4,
+    // [4000, 5000) 5.
+    let eps = [
+        episode(1, "alpha", Some("beta"), "peer_not_reading", 1_000),
+        episode(2, "gamma", None, "peer_not_reading", 1_999),
+        episode(3, "beta", Some("gamma"), "ack_lost", 3_000),
+        episode(4, "alpha", None, "peer_not_reading", 3_500),
+        episode(5, "delta", Some("alpha"), "ack_lost", 4_000),
+    ];
+    for e in &eps {
+        assert!(s.open_episode(e.clone()));
+    }
+    assert!(s.close_episode(4, ended(3_900)));
+    let counts = |f: EpisodeFilter| async move {
+        s.count_episodes(f, 1_000).await.map(|rows| {
+            rows.into_iter()
+                .map(|c| (c.bucket_ms, c.diagnosis, c.count))
+                .collect::<Vec<_>>()
+        })
+    };
+    let row = |b: i64, d: &str, n: u64| (b, d.to_string(), n);
+    assert_eq!(
+        counts(EpisodeFilter::default()).await?,
+        [
+            row(1_000, "peer_not_reading", 2),
+            row(3_000, "ack_lost", 1),
+            row(3_000, "peer_not_reading", 1),
+            row(4_000, "ack_lost", 1),
+        ]
+    );
+    let filtered = EpisodeFilter {
+        since_ms: Some(1_500),
+        host: Some("alpha".into()),
+        open_only: true,
+        // A list's limit and place do not bound a count.
+        limit: 1,
+        after: Some((0, 0)),
+        ..Default::default()
+    };
+    assert_eq!(counts(filtered).await?, [row(4_000, "ack_lost", 1)]);
+    let diagnosis = EpisodeFilter {
+        diagnosis: Some("peer_not_reading".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        counts(diagnosis).await?,
+        [
+            row(1_000, "peer_not_reading", 2),
+            row(3_000, "peer_not_reading", 1)
+        ]
+    );
     o.stop().await;
     Ok(())
 }

@@ -143,14 +143,18 @@ pub(super) fn list_episodes(
     Ok(out)
 }
 
+/// Counted here, not by `GROUP BY`: SQLite sorts a `GROUP BY` on a
+/// computed bucket through a temporary B-tree (775 ms for 30 days of
+/// 1,000,000 episodes, BENCHMARKS), while the rows come in start order
+/// from the `(started_at_ms, diagnosis)` index alone.
 pub(super) fn count_episodes(
     conn: &Connection,
     f: &EpisodeFilter,
     bucket_ms: i64,
 ) -> Result<Vec<EpisodeCount>, StoreError> {
     let bucket_ms = bucket_ms.max(1);
-    let mut args = vec![Value::Integer(bucket_ms)];
-    let mut sql = "SELECT (started_at_ms / ?1) * ?1 AS bucket, diagnosis, count(*) FROM episodes WHERE 1".to_string();
+    let mut args = Vec::new();
+    let mut sql = "SELECT started_at_ms, diagnosis FROM episodes WHERE 1".to_string();
     if let Some(since) = f.since_ms {
         args.push(Value::Integer(since));
         sql += &format!(" AND started_at_ms >= ?{}", args.len());
@@ -167,17 +171,32 @@ pub(super) fn count_episodes(
     if f.open_only {
         sql += " AND open = 1";
     }
-    sql += " GROUP BY bucket, diagnosis ORDER BY bucket, diagnosis";
     let mut stmt = conn.prepare_cached(&sql)?;
     let mut rows = stmt.query(params_from_iter(args))?;
-    let mut out = Vec::new();
+    // The diagnoses seen, few: a row's is found among them, not allocated.
+    let mut names: Vec<String> = Vec::new();
+    let mut counts: std::collections::BTreeMap<(i64, usize), u64> = Default::default();
     while let Some(row) = rows.next()? {
-        out.push(EpisodeCount {
-            bucket_ms: row.get(0)?,
-            diagnosis: row.get(1)?,
-            count: u64::try_from(row.get::<_, i64>(2)?).unwrap_or(0),
-        });
+        let at: i64 = row.get(0)?;
+        let name = row.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?;
+        let k = match names.iter().position(|n| n == name) {
+            Some(k) => k,
+            None => {
+                names.push(name.to_string());
+                names.len() - 1
+            }
+        };
+        *counts.entry((at.div_euclid(bucket_ms) * bucket_ms, k)).or_default() += 1;
     }
+    let mut out: Vec<EpisodeCount> = counts
+        .into_iter()
+        .map(|((bucket, k), count)| EpisodeCount {
+            bucket_ms: bucket,
+            diagnosis: names[k].clone(),
+            count,
+        })
+        .collect();
+    out.sort_by(|a, b| (a.bucket_ms, &a.diagnosis).cmp(&(b.bucket_ms, &b.diagnosis)));
     Ok(out)
 }
 

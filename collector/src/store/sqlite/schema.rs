@@ -154,6 +154,12 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX episodes_diagnosis_started ON episodes (diagnosis, started_at_ms);
     DROP INDEX episodes_diagnosis;
     ",
+    // 8: the web page's chart counts a window's episodes by diagnosis from
+    // this index alone (a covering index: no row read), 1,000,000 episodes
+    // over 30 days in BENCHMARKS' figures rather than a lookup per row.
+    "
+    CREATE INDEX episodes_started_diagnosis ON episodes (started_at_ms, diagnosis);
+    ",
 ];
 
 /// Retention by age: a chunk of the ended episodes that ended before ?1,
