@@ -295,6 +295,16 @@ impl Browser {
         base64(&b64)
     }
 
+    /// A PNG of one element as the browser draws it.
+    pub fn element_screenshot(&self, el: &str) -> Vec<u8> {
+        let b64 = self
+            .session_call("GET", &format!("/element/{el}/screenshot"), None)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        base64(&b64)
+    }
+
     /// Saves a PNG of the page as `DIR/name.png` when
     /// `TCPSTALL_SCREENSHOTS=DIR` is set (how docs/web's pictures are
     /// made); checks it is a picture with something on it either way.
@@ -391,6 +401,39 @@ fn base64(s: &str) -> Vec<u8> {
     out
 }
 
+/// How WebDriver names an element in arguments: `{ELEMENT: id}`.
+fn reference(el: &str) -> Value {
+    let mut m = serde_json::Map::new();
+    m.insert(ELEMENT.to_string(), Value::from(el));
+    Value::Object(m)
+}
+
+/// How many distinct colours a PNG has (counted up to 1,000): a blank or
+/// one-colour picture has one or two.
+pub fn colours(png_bytes: &[u8]) -> usize {
+    let mut decoder = png::Decoder::new(std::io::Cursor::new(png_bytes));
+    decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
+    let Ok(mut reader) = decoder.read_info() else {
+        return 0;
+    };
+    let Some(size) = reader.output_buffer_size() else {
+        return 0;
+    };
+    let mut buf = vec![0; size];
+    let Ok(info) = reader.next_frame(&mut buf) else {
+        return 0;
+    };
+    let step = info.color_type.samples();
+    let mut seen = std::collections::HashSet::new();
+    for px in buf[..info.buffer_size()].chunks_exact(step) {
+        seen.insert(px[..step.min(3)].to_vec());
+        if seen.len() >= 1000 {
+            break;
+        }
+    }
+    seen.len()
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -398,11 +441,4 @@ mod tests {
         assert_eq!(super::base64("aGVsbG8="), b"hello");
         assert_eq!(super::base64("aGk"), b"hi");
     }
-}
-
-/// How WebDriver names an element in arguments: `{ELEMENT: id}`.
-fn reference(el: &str) -> Value {
-    let mut m = serde_json::Map::new();
-    m.insert(ELEMENT.to_string(), Value::from(el));
-    Value::Object(m)
 }

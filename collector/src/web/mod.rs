@@ -96,6 +96,7 @@ impl Web {
             access: Access {
                 token: token.map(Arc::from),
                 sessions: Mutex::new(HashMap::new()),
+                wrong: Mutex::new((Instant::now(), 0)),
             },
             tls,
             slots: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
@@ -135,10 +136,27 @@ impl Web {
     }
 }
 
+/// Wrong tokens taken in a minute; beyond, every sign-in is refused until
+/// the minute is out (guessing a token is then 10 tries a minute; a
+/// script with the token in its header is not slowed).
+const WRONG_PER_MINUTE: u32 = 10;
+
 /// Who may look: the token, and the sessions signed in with it.
 struct Access {
     token: Option<Arc<str>>,
     sessions: Mutex<HashMap<String, Instant>>,
+    /// This minute's start and its wrong tokens.
+    wrong: Mutex<(Instant, u32)>,
+}
+
+/// How a sign-in went.
+#[derive(Debug, PartialEq, Eq)]
+enum SignIn {
+    /// A new session's id.
+    In(String),
+    Wrong,
+    /// Too many wrong tokens this minute: not even looked at.
+    Later,
 }
 
 impl Access {
@@ -169,13 +187,30 @@ impl Access {
         }
     }
 
-    /// A new session for a correct token.
-    fn sign_in(&self, given: &str) -> Option<String> {
-        let token = self.token.as_ref()?;
-        if !same(given.as_bytes(), token.as_bytes()) {
-            return None;
+    /// A new session for a correct token, at `now`.
+    fn sign_in(&self, given: &str, now: Instant) -> SignIn {
+        let Some(token) = self.token.as_ref() else {
+            return SignIn::Wrong;
+        };
+        {
+            let mut wrong = self.wrong.lock().unwrap_or_else(|p| p.into_inner());
+            if now.saturating_duration_since(wrong.0) >= Duration::from_secs(60) {
+                *wrong = (now, 0);
+            }
+            if wrong.1 >= WRONG_PER_MINUTE {
+                return SignIn::Later;
+            }
+            if !same(given.as_bytes(), token.as_bytes()) {
+                wrong.1 += 1;
+                if wrong.1 == WRONG_PER_MINUTE {
+                    tracing::warn!("web: {WRONG_PER_MINUTE} wrong tokens within a minute; sign-ins refused until it is out");
+                }
+                return SignIn::Wrong;
+            }
         }
-        let id = session_id()?;
+        let Some(id) = session_id() else {
+            return SignIn::Wrong;
+        };
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         sessions.retain(|_, at| at.elapsed() < SESSION_LIFE);
         if sessions.len() >= MAX_SESSIONS {
@@ -183,8 +218,8 @@ impl Access {
                 sessions.remove(&oldest);
             }
         }
-        sessions.insert(id.clone(), Instant::now());
-        Some(id)
+        sessions.insert(id.clone(), now);
+        SignIn::In(id)
     }
 
     fn sign_out(&self, req: &Request<Incoming>) {
@@ -454,8 +489,8 @@ async fn sign_in(req: Request<Incoming>, web: &Web) -> Answer {
         Err(r) => return r,
     };
     let given = form.get("token").map(String::as_str).unwrap_or("");
-    match web.access.sign_in(given.trim()) {
-        Some(id) => {
+    match web.access.sign_in(given.trim(), Instant::now()) {
+        SignIn::In(id) => {
             let mut r = redirect("/now");
             let secure = if web.tls { "; Secure" } else { "" };
             set_cookie(
@@ -465,7 +500,11 @@ async fn sign_in(req: Request<Incoming>, web: &Web) -> Answer {
             r
         }
         // Back to the form, saying so (a page, not an error to load).
-        None => redirect("/signin?failed"),
+        SignIn::Wrong => redirect("/signin?failed"),
+        SignIn::Later => html(
+            StatusCode::TOO_MANY_REQUESTS,
+            pages::sign_in_later(),
+        ),
     }
 }
 
@@ -564,6 +603,26 @@ mod tests {
         assert_eq!(p["bad"], "%zz");
         assert_eq!(p["cut"], "%4");
         assert!(params("").is_empty());
+    }
+
+    #[test]
+    fn wrong_tokens_beyond_ten_a_minute_stop_sign_ins_until_it_is_out() {
+        let access = Access {
+            token: Some(Arc::from("secret")),
+            sessions: Mutex::new(HashMap::new()),
+            wrong: Mutex::new((Instant::now(), 0)),
+        };
+        let t0 = Instant::now();
+        assert!(matches!(access.sign_in("secret", t0), SignIn::In(_)));
+        for _ in 0..WRONG_PER_MINUTE {
+            assert_eq!(access.sign_in("guess", t0), SignIn::Wrong);
+        }
+        // Even the right one waits.
+        assert_eq!(access.sign_in("secret", t0 + Duration::from_secs(59)), SignIn::Later);
+        assert!(matches!(
+            access.sign_in("secret", t0 + Duration::from_secs(60)),
+            SignIn::In(_)
+        ));
     }
 
     #[test]

@@ -76,6 +76,19 @@ pub fn sign_in(failed: bool, no_token: bool) -> String {
     )
 }
 
+/// Too many wrong tokens this minute.
+pub fn sign_in_later() -> String {
+    layout(
+        "Sign in",
+        None,
+        html! {
+            h1 { "tcpstall" }
+            p.error role="alert" { "Too many wrong tokens in the last minute: sign-ins wait until it is out." }
+            p { a href="/signin" { "Sign in" } }
+        },
+    )
+}
+
 pub fn not_found() -> String {
     layout("Not found", Some(""), html! { h1 { "Not found" } p { a href="/now" { "The stuck pairs now" } } })
 }

@@ -257,6 +257,9 @@ async fn the_web_page_in_a_real_browser() {
            && !!s.querySelector('#curve-a-snd-una circle') && !!s.querySelector('#curve-b-rcv-nxt circle')",
     );
     assert_eq!(drawn, Value::Bool(true), "the picture is not drawn");
+    let figure = b.find("figure.plot svg").expect("the picture");
+    let colours = tcpstall_tests::browser::colours(&b.element_screenshot(&figure));
+    assert!(colours >= 8, "the picture has {colours} colours: blank?");
     let column = b
         .find("figure.plot rect.hover-at")
         .expect("a column to point at");

@@ -147,6 +147,10 @@ fn now_page_follows_stalls_into_one_incident(s: Settings) {
     let human = |v: &Value| tcpstall_common::facts::human_bytes(v.as_u64().unwrap_or(u64::MAX));
     assert_eq!(fact("send queue", "a"), human(&shown["peer"]["a"]["sendq"]));
     assert_eq!(fact("state", "b"), "ESTAB");
+    // The picture as the browser drew it: not blank, its curves in colour.
+    let figure = b.find("figure.plot svg").expect("the picture");
+    let drawn = tcpstall_tests::browser::colours(&b.element_screenshot(&figure));
+    assert!(drawn >= 8, "the picture has {drawn} colours: blank?");
     b.keep_screenshot("episode");
     b.script("document.querySelector('figure.plot').scrollIntoView(); return null;");
     b.keep_screenshot("episode-picture");
