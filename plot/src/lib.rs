@@ -36,6 +36,8 @@ use tcpstall_common::EndSample;
 pub use tcpstall_common::Side;
 
 pub use raster::{render_png, render_png_with, Fonts};
+/// How the picture's text is made safe for XML, for other SVG made beside it.
+pub use svg::escape as xml_escape;
 
 /// One end at one poll.
 #[derive(Debug, Clone, PartialEq, Eq)]

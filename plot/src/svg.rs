@@ -30,7 +30,7 @@ fn text_width(text: &str, size: f64) -> f64 {
 
 /// `text` made safe for XML character data and attribute values; control
 /// characters (not allowed in XML) become spaces.
-fn escape(text: &str) -> String {
+pub fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {

@@ -321,6 +321,15 @@ impl Browser {
         }
     }
 
+    /// The errors among what the pages wrote to the console since the
+    /// last look (level SEVERE: a script's error, a resource refused).
+    pub fn console_errors(&self) -> Vec<Value> {
+        self.console()
+            .into_iter()
+            .filter(|l| l["level"] == "SEVERE")
+            .collect()
+    }
+
     /// What the page wrote to its console (errors included: a script that
     /// threw, a policy that refused something), since the last call.
     pub fn console(&self) -> Vec<Value> {

@@ -10,6 +10,8 @@ use tcpstall_common::record::{EpisodeCount, EpisodeFilter};
 use tcpstall_common::time::rfc3339;
 use tcpstall_common::Diagnosis;
 
+use tcpstall_plot::xml_escape as escape;
+
 use super::Web;
 
 /// Bars at most; a window is cut into about this many buckets.
@@ -214,23 +216,6 @@ pub fn draw(counts: &[EpisodeCount], from_ms: i64, to_ms: i64, bucket: i64) -> S
     }
     o.push_str("</svg>\n");
     o
-}
-
-/// `text` safe in XML text and attribute values.
-fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            c if c.is_control() => out.push(' '),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -137,11 +137,7 @@ fn show(url: &str, token: &std::path::Path, id: i64) -> Value {
 
 /// The page has no error in its console and no horizontal scroll.
 fn clean(b: &Browser, what: &str) {
-    let errors: Vec<Value> = b
-        .console()
-        .into_iter()
-        .filter(|l| l["level"] == "SEVERE")
-        .collect();
+    let errors = b.console_errors();
     assert!(errors.is_empty(), "{what}: console errors {errors:#?}");
     let fits = b.script("return document.documentElement.scrollWidth <= window.innerWidth + 1");
     assert_eq!(fits, Value::Bool(true), "{what}: wider than the window");

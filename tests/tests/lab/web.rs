@@ -97,11 +97,7 @@ fn now_page_follows_stalls_into_one_incident(s: Settings) {
         format!("2 hosts not reading from {} (2 pairs)", server.name)
     );
     b.keep_screenshot("now");
-    let errors: Vec<Value> = b
-        .console()
-        .into_iter()
-        .filter(|l| l["level"] == "SEVERE")
-        .collect();
+    let errors = b.console_errors();
     assert!(errors.is_empty(), "console errors {errors:#?}");
     // The first stall's own page.
     b.goto(&format!("{web}episodes/{episode}"));
@@ -201,11 +197,7 @@ fn now_page_follows_stalls_into_one_incident(s: Settings) {
         );
     }
     b.keep_screenshot("hosts");
-    let errors: Vec<Value> = b
-        .console()
-        .into_iter()
-        .filter(|l| l["level"] == "SEVERE")
-        .collect();
+    let errors = b.console_errors();
     assert!(errors.is_empty(), "console errors {errors:#?}");
 }
 

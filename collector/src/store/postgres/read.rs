@@ -46,13 +46,13 @@ impl Cache {
     }
 }
 
-pub(super) async fn list_episodes(
-    c: &Client,
-    cache: &Cache,
-    f: &EpisodeFilter,
-) -> Result<Vec<EpisodeRow>, StoreError> {
-    let mut sql = format!("SELECT {EPISODE_COLS} FROM episodes WHERE true");
-    let mut args: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
+/// A query's arguments, numbered from `$1` in order.
+type Args = Vec<Box<dyn ToSql + Sync + Send>>;
+
+/// `select` with the filter's conditions (all but its place and limit),
+/// their arguments after those in `args`.
+fn matching(select: &str, f: &EpisodeFilter, mut args: Args) -> (String, Args) {
+    let mut sql = format!("{select} WHERE true");
     if let Some(since) = f.since_ms {
         args.push(Box::new(since));
         sql += &format!(" AND started_at_ms >= ${}", args.len());
@@ -69,6 +69,15 @@ pub(super) async fn list_episodes(
     if f.open_only {
         sql += " AND open";
     }
+    (sql, args)
+}
+
+pub(super) async fn list_episodes(
+    c: &Client,
+    cache: &Cache,
+    f: &EpisodeFilter,
+) -> Result<Vec<EpisodeRow>, StoreError> {
+    let (mut sql, mut args) = matching(&format!("SELECT {EPISODE_COLS} FROM episodes"), f, Vec::new());
     if let Some((started_at_ms, id)) = f.after {
         args.push(Box::new(started_at_ms));
         args.push(Box::new(id));
@@ -97,26 +106,11 @@ pub(super) async fn count_episodes(
     f: &EpisodeFilter,
     bucket_ms: i64,
 ) -> Result<Vec<EpisodeCount>, StoreError> {
-    let mut args: Vec<Box<dyn ToSql + Sync + Send>> = vec![Box::new(bucket_ms.max(1))];
-    let mut sql =
-        "SELECT (started_at_ms / $1) * $1 AS bucket, diagnosis, count(*) FROM episodes WHERE true"
-            .to_string();
-    if let Some(since) = f.since_ms {
-        args.push(Box::new(since));
-        sql += &format!(" AND started_at_ms >= ${}", args.len());
-    }
-    if let Some(host) = &f.host {
-        args.push(Box::new(host.clone()));
-        let n = args.len();
-        sql += &format!(" AND (a_host = ${n} OR b_host = ${n})");
-    }
-    if let Some(d) = &f.diagnosis {
-        args.push(Box::new(d.clone()));
-        sql += &format!(" AND diagnosis = ${}", args.len());
-    }
-    if f.open_only {
-        sql += " AND open";
-    }
+    let (mut sql, args) = matching(
+        "SELECT (started_at_ms / $1) * $1 AS bucket, diagnosis, count(*) FROM episodes",
+        f,
+        vec![Box::new(bucket_ms.max(1))],
+    );
     sql += " GROUP BY bucket, diagnosis ORDER BY bucket, diagnosis";
     let params: Vec<&(dyn ToSql + Sync)> = args
         .iter()

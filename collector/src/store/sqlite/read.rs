@@ -101,11 +101,10 @@ fn via_from_row(row: &Row<'_>, id: i64) -> Result<Option<JoinedVia>, StoreError>
     }))
 }
 
-pub(super) fn list_episodes(
-    conn: &Connection,
-    f: &EpisodeFilter,
-) -> Result<Vec<EpisodeRow>, StoreError> {
-    let mut sql = format!("SELECT {EPISODE_COLS} FROM episodes WHERE 1");
+/// `select` with the filter's conditions (all but its place and limit),
+/// and their arguments.
+fn matching(select: &str, f: &EpisodeFilter) -> (String, Vec<Value>) {
+    let mut sql = format!("{select} WHERE 1");
     let mut args = Vec::new();
     if let Some(since) = f.since_ms {
         args.push(Value::Integer(since));
@@ -123,6 +122,14 @@ pub(super) fn list_episodes(
     if f.open_only {
         sql += " AND open = 1";
     }
+    (sql, args)
+}
+
+pub(super) fn list_episodes(
+    conn: &Connection,
+    f: &EpisodeFilter,
+) -> Result<Vec<EpisodeRow>, StoreError> {
+    let (mut sql, mut args) = matching(&format!("SELECT {EPISODE_COLS} FROM episodes"), f);
     if let Some((started_at_ms, id)) = f.after {
         args.push(Value::Integer(started_at_ms));
         args.push(Value::Integer(id));
@@ -153,24 +160,7 @@ pub(super) fn count_episodes(
     bucket_ms: i64,
 ) -> Result<Vec<EpisodeCount>, StoreError> {
     let bucket_ms = bucket_ms.max(1);
-    let mut args = Vec::new();
-    let mut sql = "SELECT started_at_ms, diagnosis FROM episodes WHERE 1".to_string();
-    if let Some(since) = f.since_ms {
-        args.push(Value::Integer(since));
-        sql += &format!(" AND started_at_ms >= ?{}", args.len());
-    }
-    if let Some(host) = &f.host {
-        args.push(Value::Text(host.clone()));
-        let n = args.len();
-        sql += &format!(" AND (a_host = ?{n} OR b_host = ?{n})");
-    }
-    if let Some(d) = &f.diagnosis {
-        args.push(Value::Text(d.clone()));
-        sql += &format!(" AND diagnosis = ?{}", args.len());
-    }
-    if f.open_only {
-        sql += " AND open = 1";
-    }
+    let (sql, args) = matching("SELECT started_at_ms, diagnosis FROM episodes", f);
     let mut stmt = conn.prepare_cached(&sql)?;
     let mut rows = stmt.query(params_from_iter(args))?;
     // The diagnoses seen, few: a row's is found among them, not allocated.
