@@ -173,9 +173,9 @@ fn a_hello_comes_back_whole_and_as_the_collector_keeps_it() {
             interval: h.interval,
             answers_lookups: true,
             forwards: true,
-            probes: Default::default(),
+            probes: h.probes,
         },
-        "every namespace with its addresses, in order"
+        "every namespace with its addresses, in order, and the probes"
     );
     // An interval beyond the wire's u32 of milliseconds saturates (the
     // collector refuses it), as it always did.
