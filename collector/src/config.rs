@@ -343,7 +343,8 @@ impl Config {
         Ok(c)
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
+    /// Checks every value (as `load` does).
+    pub fn validate(&self) -> Result<(), ConfigError> {
         self.store_url()?;
         if self.threshold < Duration::from_millis(100) {
             return Err(ConfigError::Invalid("threshold: at least 100ms".into()));

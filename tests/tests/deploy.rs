@@ -154,3 +154,163 @@ fn names_are_read_from_queries() {
         ])
     );
 }
+
+fn kubernetes() -> PathBuf {
+    deploy().join("kubernetes")
+}
+
+/// The manifests (not the kustomization, which is not a resource).
+fn manifests() -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(kubernetes())
+        .expect("deploy/kubernetes")
+        .filter_map(|e| Some(e.ok()?.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .filter(|p| p.file_name().is_some_and(|n| n != "kustomization.yaml"))
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn the_kubernetes_manifests_are_valid() {
+    let files = manifests();
+    assert_eq!(files.len(), 4, "{files:?}");
+    for f in &files {
+        let out = match Command::new("kubernetes-validate")
+            .args(["--strict", "--no-warn"])
+            .arg(f)
+            .output()
+        {
+            Ok(o) => o,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                eprintln!(
+                    "SKIP: kubernetes-validate is not installed (pip3 install kubernetes-validate)"
+                );
+                return;
+            }
+            Err(e) => panic!("kubernetes-validate: {e}"),
+        };
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success() && !text.contains("ERROR") && text.contains("passed"),
+            "{}:\n{text}",
+            f.display()
+        );
+    }
+}
+
+/// A manifest's documents as JSON, read by Python's YAML (installed with
+/// kubernetes-validate); `None` (said) without it.
+fn documents(path: &Path) -> Option<Vec<serde_json::Value>> {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import json, sys, yaml; print(json.dumps(list(yaml.safe_load_all(open(sys.argv[1])))))",
+        ])
+        .arg(path)
+        .output()
+        .ok()
+        .filter(|o| o.status.success());
+    let Some(out) = out else {
+        eprintln!("SKIP: no python3 with yaml (pip3 install kubernetes-validate brings it)");
+        return None;
+    };
+    Some(serde_json::from_slice(&out.stdout).expect("JSON from python"))
+}
+
+fn kind<'a>(docs: &'a [serde_json::Value], kind: &str) -> &'a serde_json::Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind}"))
+}
+
+/// A ConfigMap's file, written out to be read as the binary reads it, the
+/// Secret's files it names (under /etc/tcpstall/secret/) made beside it.
+fn config_file(docs: &[serde_json::Value], key: &str, dir: &Path) -> PathBuf {
+    const SECRET: &str = "/etc/tcpstall/secret/";
+    let text = kind(docs, "ConfigMap")["data"][key]
+        .as_str()
+        .unwrap_or_else(|| panic!("no {key}"));
+    for name in text
+        .split(SECRET)
+        .skip(1)
+        .filter_map(|r| r.split('"').next())
+    {
+        std::fs::write(dir.join(name), "not-a-real-secret\n").expect("write");
+    }
+    let here = format!("{}/", dir.display());
+    let path = dir.join(key);
+    std::fs::write(&path, text.replace(SECRET, &here)).expect("write");
+    path
+}
+
+#[test]
+fn the_agent_daemonset_has_the_units_capabilities_and_reads_only() {
+    let Some(docs) = documents(&kubernetes().join("agent.yaml")) else {
+        return;
+    };
+    let pod = &kind(&docs, "DaemonSet")["spec"]["template"]["spec"];
+    assert_eq!(pod["hostNetwork"], true);
+    assert_eq!(pod["hostPID"], true);
+    let agent = &pod["containers"][0];
+    let caps = &agent["securityContext"]["capabilities"];
+    assert_eq!(caps["drop"], serde_json::json!(["ALL"]));
+    // What the systemd unit grants, and entering pods' namespaces.
+    let unit =
+        std::fs::read_to_string(deploy().join("../packaging/systemd/tcpstall-agent.service"))
+            .expect("the unit");
+    let granted = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("AmbientCapabilities="))
+        .expect("AmbientCapabilities");
+    let mut want: BTreeSet<String> = granted
+        .split_whitespace()
+        .map(|c| c.trim_start_matches("CAP_").to_string())
+        .collect();
+    want.insert("SYS_ADMIN".into());
+    let added: BTreeSet<String> = caps["add"]
+        .as_array()
+        .expect("add")
+        .iter()
+        .filter_map(|c| c.as_str().map(str::to_string))
+        .collect();
+    assert_eq!(added, want);
+    assert_eq!(agent["securityContext"]["privileged"], false);
+    assert_eq!(agent["securityContext"]["readOnlyRootFilesystem"], true);
+    for m in agent["volumeMounts"].as_array().expect("mounts") {
+        assert_eq!(m["readOnly"], true, "{m}");
+    }
+    // Its configuration is one the agent takes.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = config_file(&docs, "agent.toml", dir.path());
+    let c = tcpstall_agent::config::Config::from_file(&path).expect("the agent reads it");
+    c.validate().expect("and takes it");
+}
+
+#[test]
+fn the_collectors_configurations_are_ones_it_takes() {
+    for (file, key) in [
+        ("collector.yaml", "collector.toml"),
+        ("fleet.yaml", "collector.toml"),
+    ] {
+        let Some(docs) = documents(&kubernetes().join(file)) else {
+            return;
+        };
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = config_file(&docs, key, dir.path());
+        let c = tcpstall_collector::config::Config::from_file(&path)
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
+        c.validate().unwrap_or_else(|e| panic!("{file}: {e}"));
+        let pod = &kind(&docs, "Deployment")["spec"]["template"]["spec"];
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true, "{file}");
+        assert_eq!(
+            pod["containers"][0]["securityContext"]["capabilities"]["drop"],
+            serde_json::json!(["ALL"]),
+            "{file}"
+        );
+    }
+}
