@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the Debian packages tcpstall-agent and tcpstall-collector from the
 # binaries cargo built, with their systemd units, default configs under
-# /etc/tcpstall/ and the tcpstall system user.
+# /etc/tcpstall/ and the tcpstall system user (packages.sh describes them;
+# build-rpm.sh builds the RPMs from the same description).
 #
 #   packaging/build-deb.sh [--profile release|debug] [--bin-dir DIR] [--out DIR]
 #                          [--compress xz|gzip|none]
@@ -11,6 +12,8 @@
 # packaging itself quickly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=packaging/packages.sh
+. packaging/packages.sh
 
 profile=release
 bin=
@@ -26,7 +29,6 @@ while [ $# -gt 0 ]; do
   esac
 done
 bin="${bin:-${CARGO_TARGET_DIR:-target}/$profile}"
-version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 arch=$(dpkg --print-architecture)
 mkdir -p "$out"
 stage=$(mktemp -d)
@@ -36,11 +38,7 @@ trap 'rm -rf "$stage"' EXIT
 package() {
   local name=$1 binary=$2 description=$3 config=$4
   local root="$stage/$name"
-  [ -x "$bin/$binary" ] || { echo "build-deb.sh: $bin/$binary missing: cargo build --bins first" >&2; exit 1; }
-  install -D -m 0755 "$bin/$binary" "$root/usr/bin/$binary"
-  install -D -m 0644 "packaging/systemd/$name.service" "$root/lib/systemd/system/$name.service"
-  install -D -m 0640 "$config" "$root/etc/tcpstall/${name#tcpstall-}.toml"
-  install -D -m 0644 README.md "$root/usr/share/doc/$name/README.md"
+  stage_files "$root" lib/systemd/system "$name" "$binary" "$config" "$bin"
   mkdir -p "$root/DEBIAN"
   echo "/etc/tcpstall/${name#tcpstall-}.toml" > "$root/DEBIAN/conffiles"
   local size
@@ -49,25 +47,23 @@ package() {
 Package: $name
 Version: $version
 Architecture: $arch
-Maintainer: tcpstall maintainers <tcpstall@example.invalid>
+Maintainer: $maintainer
 Installed-Size: $size
 Depends: adduser, libc6
 Section: net
 Priority: optional
-Homepage: https://example.invalid/tcpstall
+Homepage: $homepage
 Description: $description
- tcpstall finds TCP connections whose send queue stays stuck, joins both
- ends of each across hosts and says why: the peer is not reading, data or
- ACKs are lost, the peer is gone (half-open), the sender is corked.
+$(sed 's/^/ /' <<<"$summary_long")
 CONTROL
-  cat > "$root/DEBIAN/postinst" <<'POSTINST'
+  cat > "$root/DEBIAN/postinst" <<POSTINST
 #!/bin/sh
 set -e
-if [ "$1" = configure ]; then
-  if ! getent passwd tcpstall >/dev/null; then
-    adduser --system --group --no-create-home --home /var/lib/tcpstall tcpstall
+if [ "\$1" = configure ]; then
+  if ! getent passwd $service_user >/dev/null; then
+    adduser --system --group --no-create-home --home $service_home $service_user
   fi
-  chgrp tcpstall /etc/tcpstall/*.toml 2>/dev/null || true
+  chgrp $service_user /etc/tcpstall/*.toml 2>/dev/null || true
   if [ -d /run/systemd/system ]; then
     systemctl daemon-reload >/dev/null || true
   fi
@@ -85,9 +81,7 @@ PRERM
   echo "$out/${name}_${version}_${arch}.deb"
 }
 
-collector_config="$stage/collector.toml"
-sed 's|^db = .*|db = "/var/lib/tcpstall/tcpstall.db"|' collector/collector.example.toml > "$collector_config"
-package tcpstall-agent tcpstall-agent \
-  "tcpstall agent: reports this host's stuck TCP send queues" agent/agent.example.toml
-package tcpstall-collector tcpstall-collector \
-  "tcpstall collector: joins, diagnoses and stores stuck TCP flows" "$collector_config"
+for entry in "${packages[@]}"; do
+  IFS='|' read -r name binary description <<<"$entry"
+  package "$name" "$binary" "$description" "$(config_for "$name" "$stage")"
+done
