@@ -34,6 +34,23 @@ fn run(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The configs installed under `root` are read by the binaries installed
+/// beside them, the collector's database where its unit keeps it.
+fn configs_read_by_their_binaries(root: &Path) {
+    let collector_cfg = run(Command::new(root.join("usr/bin/tcpstall-collector"))
+        .arg("--config")
+        .arg(root.join("etc/tcpstall/collector.toml"))
+        .arg("print-config"));
+    assert!(
+        collector_cfg.contains("db = \"/var/lib/tcpstall/tcpstall.db\""),
+        "{collector_cfg}"
+    );
+    run(Command::new(root.join("usr/bin/tcpstall-agent"))
+        .arg("print-config")
+        .arg("--config")
+        .arg(root.join("etc/tcpstall/agent.toml")));
+}
+
 /// A unit's values of `key`, space-joined.
 fn directive(unit: &str, key: &str) -> Option<String> {
     unit.lines()
@@ -90,18 +107,7 @@ fn debian_packages_build_with_verified_units_and_readable_configs() {
     }
 
     // The packaged configs are read by the packaged binaries.
-    let collector_cfg = run(Command::new(root.join("usr/bin/tcpstall-collector"))
-        .arg("--config")
-        .arg(root.join("etc/tcpstall/collector.toml"))
-        .arg("print-config"));
-    assert!(
-        collector_cfg.contains("db = \"/var/lib/tcpstall/tcpstall.db\""),
-        "{collector_cfg}"
-    );
-    run(Command::new(root.join("usr/bin/tcpstall-agent"))
-        .arg("print-config")
-        .arg("--config")
-        .arg(root.join("etc/tcpstall/agent.toml")));
+    configs_read_by_their_binaries(&root);
 
     // Least privilege, as documented.
     let unit = |name: &str| {
@@ -255,18 +261,7 @@ fn rpm_packages_build_and_install_into_a_scratch_root_with_the_debian_packages_f
             .expect("source");
         assert!(unit == source, "{name}'s unit is not the Debian package's");
     }
-    let collector_cfg = run(Command::new(root.join("usr/bin/tcpstall-collector"))
-        .arg("--config")
-        .arg(root.join("etc/tcpstall/collector.toml"))
-        .arg("print-config"));
-    assert!(
-        collector_cfg.contains("db = \"/var/lib/tcpstall/tcpstall.db\""),
-        "{collector_cfg}"
-    );
-    run(Command::new(root.join("usr/bin/tcpstall-agent"))
-        .arg("print-config")
-        .arg("--config")
-        .arg(root.join("etc/tcpstall/agent.toml")));
+    configs_read_by_their_binaries(&root);
 }
 
 /// The binaries built for RHEL 8 (`.ci/run`: `cargo zigbuild --target
