@@ -149,6 +149,9 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Some(len) = std::env::var_os(crate::diag::TCP_INFO_LEN_ENV) {
+        crate::diag::read_tcp_info_as(&len)?;
+    }
     match cli.command {
         Command::Snapshot(args) => snapshot(args),
         Command::Capture(args) => capture(args),

@@ -196,6 +196,7 @@ async fn fill(
                 ("b_rcv_nxt".to_string(), 124_720),
                 ("b_rcv_wnd".to_string(), 0),
             ]),
+            basis: Default::default(),
             started_at_ms,
             duration_ms: 12_000,
             stuck_bytes: 324_352,

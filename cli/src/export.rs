@@ -88,7 +88,7 @@ pub fn samples_json(samples: &[EpisodeSample]) -> Vec<SampleJson> {
 }
 
 /// The CSV columns, in order (new ones go at the end).
-pub const CSV_HEADER: [&str; 32] = [
+pub const CSV_HEADER: [&str; 33] = [
     "id",
     "diagnosis",
     "open",
@@ -121,6 +121,7 @@ pub const CSV_HEADER: [&str; 32] = [
     "b_remote",
     "via_host",
     "via",
+    "missing",
 ];
 
 fn opt<T: ToString>(v: Option<T>) -> String {
@@ -165,6 +166,7 @@ pub fn csv_row(e: &EpisodeView) -> Vec<String> {
         opt(b.map(|b| &b.remote)),
         opt(e.via.as_ref().map(|v| &v.host)),
         opt(e.via.as_ref().map(|v| v.translation.entry)),
+        e.missing.join(" "),
     ]
 }
 
@@ -362,6 +364,8 @@ mod tests {
             via: None,
             end_reason: None,
             evidence: Default::default(),
+            rested_on: vec!["a_sendq".into()],
+            missing: vec!["b_rcv_nxt".into(), "b_recvq".into()],
             peer: Ends {
                 a: EndView::new("web-1", flow, None),
                 b: None,
@@ -385,6 +389,7 @@ mod tests {
             (col("b_local"), col("via_host"), col("via")),
             ("".into(), "".into(), "".into())
         );
+        assert_eq!(col("missing"), "b_rcv_nxt b_recvq");
         let mut w = csv::Writer::from_writer(Vec::new());
         w.write_record(&row).expect("write");
         let line = String::from_utf8(w.into_inner().expect("flush")).expect("utf-8");

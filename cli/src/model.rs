@@ -252,6 +252,11 @@ pub struct EpisodeView {
     pub via: Option<ViaJson>,
     pub end_reason: Option<String>,
     pub evidence: std::collections::BTreeMap<String, i64>,
+    /// The evidence names the diagnosis rested on, and those it would
+    /// have used had the kernel or a probe given them (docs/kernels.md);
+    /// both empty from collectors that predate them.
+    pub rested_on: Vec<String>,
+    pub missing: Vec<String>,
     pub peer: Ends,
     /// The incident it is part of: that incident's first episode's id (its
     /// own when it stands alone), over the episodes the command read; null
@@ -404,6 +409,8 @@ pub fn episode_view(e: &Episode, samples: &[EpisodeSample]) -> EpisodeView {
         via: e.via.as_ref().map(ViaJson::from),
         end_reason: e.end_reason.clone(),
         evidence: e.evidence.clone(),
+        rested_on: e.basis.rested_on.clone(),
+        missing: e.basis.missing.clone(),
         peer: Ends {
             a: a_view,
             b: b_view,
@@ -466,6 +473,7 @@ mod tests {
             diagnosis: "peer_not_reading".into(),
             summary: String::new(),
             evidence: Default::default(),
+            basis: Default::default(),
             started_at_ms: 0,
             ended_at_ms: None,
             duration_ms: 0,

@@ -360,6 +360,16 @@ pub fn show(e: &EpisodeView, samples: usize) -> String {
     for (k, v) in &e.evidence {
         let _ = writeln!(out, "  {k:<16} {v}");
     }
+    if !e.rested_on.is_empty() {
+        let _ = writeln!(out, "rests on: {}", e.rested_on.join(", "));
+    }
+    if !e.missing.is_empty() {
+        let _ = writeln!(
+            out,
+            "without: {} (not given by this kernel or probe; see docs/kernels.md)",
+            e.missing.join(", ")
+        );
+    }
     out.push('\n');
     out.push_str(&diff(&e.peer.a, e.peer.b.as_ref()));
     out

@@ -301,6 +301,7 @@ mod sample_tests {
             diagnosis: "peer_not_reading".into(),
             summary: "beta stopped reading".into(),
             evidence: Default::default(),
+            basis: Default::default(),
             started_at_ms: 1_000,
             duration_ms: 10_000,
             stuck_bytes: s.pos.sendq,

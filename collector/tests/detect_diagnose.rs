@@ -259,12 +259,14 @@ fn evidence_keeps_the_names_episodes_are_stored_with() {
             "a_write_seq",
             "a_notsent",
             "a_inflight",
+            "a_unacked",
             "a_snd_wnd",
             "a_snd_wscale",
             "a_snd_cwnd",
             "a_retransmits",
             "a_backoff",
             "a_probes",
+            "a_probe_timer",
             "a_unchanged_ms",
             "a_cork",
             "b_rcv_nxt",
@@ -272,6 +274,8 @@ fn evidence_keeps_the_names_episodes_are_stored_with() {
             "b_recvq",
             "b_rcv_wnd",
             "b_rcv_wscale",
+            "b_rmem_alloc",
+            "b_rcvbuf",
             "b_sendq",
             "acked_not_seen",
         ]
@@ -292,10 +296,27 @@ fn peer_not_reading_on_a_kernel_without_rcv_wnd() {
     let a = zero_window(a_end(1, 5000, 3000));
     let mut b = b_end(&a, 5000, 4096, 0);
     b.pos.rcv_wnd = None;
+    // Its receive buffer full: the window is closed.
+    b.rmem_alloc = Some(130_224);
+    b.rcvbuf = Some(131_072);
+    let v = diagnose(&a, Peer::Seen(&b));
+    assert_eq!(v.diagnosis, Diagnosis::PeerNotReading);
     assert_eq!(
-        diagnose(&a, Peer::Seen(&b)).diagnosis,
-        Diagnosis::PeerNotReading
+        v.basis.rested_on(),
+        ["a_snd_wnd", "b_rmem_alloc", "b_rcvbuf"]
     );
+    assert_eq!(v.basis.missing(), ["b_rcv_wnd"]);
+    // The same buffer half empty: B had room, its update was lost.
+    b.rmem_alloc = Some(65_536);
+    let v = diagnose(&a, Peer::Seen(&b));
+    assert_eq!(v.diagnosis, Diagnosis::WindowUpdateLost);
+    assert!(v.summary.contains("65536 of 131072"), "{}", v.summary);
+    // No memory figures either: bytes unread hold the window closed.
+    (b.rmem_alloc, b.rcvbuf) = (None, None);
+    let v = diagnose(&a, Peer::Seen(&b));
+    assert_eq!(v.diagnosis, Diagnosis::PeerNotReading);
+    assert_eq!(v.basis.rested_on(), ["a_snd_wnd", "b_recvq"]);
+    assert_eq!(v.basis.missing(), ["b_rcv_wnd", "b_rmem_alloc"]);
 }
 
 #[test]

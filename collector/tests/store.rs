@@ -88,6 +88,8 @@ fn end_sample(f: FlowTuple, cookie: u64, sendq: u32) -> EndSample {
         last_data_recv_ms: None,
         last_ack_recv_ms: Some(1),
         bytes_retrans: Some(u64::MAX),
+        rmem_alloc: Some(u32::MAX),
+        rcvbuf: Some(u32::MAX),
         cork: Some(true),
         cork_source: Some(tcpstall_common::FactSource::Bpf),
         nodelay: None,
@@ -110,6 +112,7 @@ fn episode(id: i64, a_host: &str, b_host: Option<&str>, diagnosis: &str, start: 
         diagnosis: diagnosis.into(),
         summary: format!("episode {id}: {diagnosis}"),
         evidence,
+        basis: Default::default(),
         started_at_ms: start,
         duration_ms: 10_100,
         stuck_bytes: 4096,
@@ -129,6 +132,7 @@ fn row_of(e: &NewEpisode) -> EpisodeRow {
         diagnosis: e.diagnosis.clone(),
         summary: e.summary.clone(),
         evidence: e.evidence.clone(),
+        basis: e.basis.clone(),
         started_at_ms: e.started_at_ms,
         duration_ms: e.duration_ms,
         stuck_bytes: e.stuck_bytes,
@@ -453,6 +457,7 @@ async fn update_then_close() -> TestResult {
         diagnosis: "peer_not_reading".into(),
         summary: "beta stopped reading".into(),
         evidence: evidence.clone(),
+        basis: Default::default(),
         b_host: Some("beta".into()),
         peer_note: Some("pid 7".into()),
         via: None,
@@ -646,10 +651,14 @@ async fn a_version_1_file_upgrades_and_its_json_samples_read_beside_new_ones() -
 
     let (store, thread, next) = open(cfg.clone())?;
     assert_eq!(next, e.id + 1);
-    assert_eq!(count(&cfg.path, "PRAGMA user_version"), 8);
-    assert_eq!(SCHEMA_VERSION, 8);
+    assert_eq!(count(&cfg.path, "PRAGMA user_version"), 9);
+    assert_eq!(SCHEMA_VERSION, 9);
     let (row, got) = store.get_episode(e.id).await?.ok_or("episode kept")?;
     assert_eq!((row.id, row.a_cookie, row.a_flow), (e.id, e.a_cookie, f));
+    assert!(
+        row.basis.is_empty(),
+        "stored before verdicts kept their basis"
+    );
     assert_eq!(got.len(), 1);
     assert_eq!(
         unpack(&got[0].sample).as_ref(),
@@ -892,6 +901,7 @@ async fn the_translation_that_joined_the_ends_is_kept_replaced_and_cleared() -> 
         diagnosis: "peer_not_reading".into(),
         summary: "beta stopped reading".into(),
         evidence: e.evidence.clone(),
+        basis: Default::default(),
         b_host: Some("beta".into()),
         peer_note: None,
         via,

@@ -82,6 +82,7 @@ fn episode(id: i64, i: u32) -> NewEpisode {
         diagnosis: "peer_not_reading".into(),
         summary: "the peer's application is not reading".into(),
         evidence,
+        basis: Default::default(),
         started_at_ms: 1_000 + i64::from(i),
         duration_ms: 10_000,
         stuck_bytes: 65_536,

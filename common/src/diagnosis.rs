@@ -22,6 +22,10 @@ pub enum Diagnosis {
     DataLost,
     /// B acknowledged bytes that A never saw acknowledged.
     AckLost,
+    /// A resends what B's application is not behind on, and the kernel
+    /// gives no byte positions (before 4.1) to say whether the data A→B or
+    /// the ACKs B→A are lost.
+    LostInNetwork,
     /// B's host is monitored but has no such socket.
     HalfOpen,
     /// No agent covers B's address.
@@ -31,13 +35,14 @@ pub enum Diagnosis {
 }
 
 impl Diagnosis {
-    pub const ALL: [Diagnosis; 9] = [
+    pub const ALL: [Diagnosis; 10] = [
         Diagnosis::PeerNotReading,
         Diagnosis::WindowUpdateLost,
         Diagnosis::Corked,
         Diagnosis::UnsentUnblocked,
         Diagnosis::DataLost,
         Diagnosis::AckLost,
+        Diagnosis::LostInNetwork,
         Diagnosis::HalfOpen,
         Diagnosis::PeerUnmonitored,
         Diagnosis::Undetermined,
@@ -52,6 +57,7 @@ impl Diagnosis {
             Diagnosis::UnsentUnblocked => "unsent_unblocked",
             Diagnosis::DataLost => "data_lost",
             Diagnosis::AckLost => "ack_lost",
+            Diagnosis::LostInNetwork => "lost_in_network",
             Diagnosis::HalfOpen => "half_open",
             Diagnosis::PeerUnmonitored => "peer_unmonitored",
             Diagnosis::Undetermined => "undetermined",
@@ -75,6 +81,7 @@ impl Diagnosis {
             Diagnosis::Corked => "A's application",
             Diagnosis::UnsentUnblocked => "A's host (qdisc, NIC, pacing)",
             Diagnosis::DataLost => "the network from A to B",
+            Diagnosis::LostInNetwork => "the network between A and B",
             Diagnosis::HalfOpen => "B lost the connection",
             Diagnosis::PeerUnmonitored => "unknown: one-sided evidence only",
             Diagnosis::Undetermined => "unknown",

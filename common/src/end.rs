@@ -53,6 +53,13 @@ pub struct EndSample {
     pub last_data_recv_ms: Option<u32>,
     pub last_ack_recv_ms: Option<u32>,
     pub bytes_retrans: Option<u64>,
+    /// Receive memory in use and the receive buffer (SKMEMINFO `r`, `rb`):
+    /// where the kernel gives no receive window (before 6.2), a receive
+    /// buffer that is full tells a closed window.
+    #[serde(default)]
+    pub rmem_alloc: Option<u32>,
+    #[serde(default)]
+    pub rcvbuf: Option<u32>,
     /// TCP_CORK, where a probe could read it (issue 6); `None` = unknown.
     pub cork: Option<bool>,
     /// The probe that read `cork` (bpf or getsockopt).
@@ -182,6 +189,8 @@ impl EndSample {
             last_data_recv_ms: i.and_then(|i| i.last_data_recv()),
             last_ack_recv_ms: i.and_then(|i| i.last_ack_recv()),
             bytes_retrans: i.and_then(|i| i.bytes_retrans()),
+            rmem_alloc: s.skmem.and_then(|m| m.rmem_alloc),
+            rcvbuf: s.skmem.and_then(|m| m.rcvbuf),
             cork: None,
             cork_source: None,
             nodelay: None,
@@ -191,6 +200,17 @@ impl EndSample {
             absolute: None,
             translation: None,
         }
+    }
+
+    /// Whether this end's receive buffer is full enough that its window is
+    /// closed, by SKMEMINFO: receive memory at least 7/8 of the buffer. A
+    /// window closes when the free space is under about two segments
+    /// (the kernel offers half the free space, nothing under a segment);
+    /// a reader stalled on 6.18 shows 130,224 of 131,072 bytes. `None`
+    /// when the kernel gave no memory figures.
+    pub fn receive_buffer_full(&self) -> Option<bool> {
+        let (rmem, rcvbuf) = (self.rmem_alloc?, self.rcvbuf?);
+        (rcvbuf > 0).then(|| rmem >= rcvbuf - rcvbuf / 8)
     }
 
     /// Whether this end is resending: a retransmission in progress or the

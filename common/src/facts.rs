@@ -81,6 +81,23 @@ pub fn facts(a: Option<&EndSample>, b: Option<&EndSample>) -> Vec<Fact> {
         INFO,
     );
     fact(
+        "receive memory (skmem r/rb)",
+        &|e| match (e.rmem_alloc, e.rcvbuf) {
+            (None, None) => "unknown".into(),
+            (r, rb) => format!("{}/{}", bytes(r), bytes(rb)),
+        },
+        match (pb.rcv_wnd, b.and_then(EndSample::receive_buffer_full)) {
+            // Only where the kernel gives no receive window (before 6.2)
+            // does the buffer tell it.
+            (None, Some(true)) => "B's buffer is full: its window is closed".into(),
+            (None, Some(false)) if pa.snd_wnd == Some(0) => {
+                "B's buffer has room, yet A sees a zero window".into()
+            }
+            _ => String::new(),
+        },
+        INFO,
+    );
+    fact(
         "window scale (snd/rcv)",
         &|e| format!("{}/{}", opt(e.pos.snd_wscale), opt(e.pos.rcv_wscale)),
         match (pa.snd_wscale, pb.rcv_wscale) {
@@ -308,6 +325,66 @@ fn sacks(b: &[SackBlock]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{SkMemInfo, SocketSample, TcpState};
+
+    fn end(local: &str, remote: &str, skmem: Option<(u32, u32)>) -> EndSample {
+        let s = SocketSample {
+            netns: 1,
+            local: local.parse().expect("addr"),
+            remote: remote.parse().expect("addr"),
+            state: TcpState::Established,
+            cookie: 1,
+            inode: 1,
+            uid: 0,
+            rqueue: 0,
+            wqueue: 0,
+            timer: None,
+            timer_expires_ms: 0,
+            timer_retransmits: 0,
+            opened: None,
+            info: None,
+            skmem: skmem.map(|(r, rb)| SkMemInfo {
+                rmem_alloc: Some(r),
+                rcvbuf: Some(rb),
+                ..SkMemInfo::default()
+            }),
+            cong: None,
+            shutdown: None,
+        };
+        EndSample::from_socket(&s, "host", 0)
+    }
+
+    fn memory_row(a: &EndSample, b: &EndSample) -> Fact {
+        facts(Some(a), Some(b))
+            .into_iter()
+            .find(|f| f.name == "receive memory (skmem r/rb)")
+            .expect("the row")
+    }
+
+    #[test]
+    fn a_full_receive_buffer_says_the_window_is_closed_where_no_rcv_wnd_does() {
+        let a = end("10.0.0.1:80", "10.0.0.2:4000", None);
+        let full = end("10.0.0.2:4000", "10.0.0.1:80", Some((130_224, 131_072)));
+        let row = memory_row(&a, &full);
+        assert_eq!((row.a.as_str(), row.b.as_str()), ("unknown", "127K/128K"));
+        assert_eq!(row.meaning, "B's buffer is full: its window is closed");
+        let mut a_zero = a.clone();
+        a_zero.pos.snd_wnd = Some(0);
+        let room = end("10.0.0.2:4000", "10.0.0.1:80", Some((0, 131_072)));
+        assert_eq!(
+            memory_row(&a_zero, &room).meaning,
+            "B's buffer has room, yet A sees a zero window"
+        );
+        assert_eq!(
+            memory_row(&a, &room).meaning,
+            "",
+            "an open window, nothing to say"
+        );
+        // With rcv_wnd (6.2+) the window speaks for itself.
+        let mut full_6_2 = full.clone();
+        full_6_2.pos.rcv_wnd = Some(0);
+        assert_eq!(memory_row(&a, &full_6_2).meaning, "");
+    }
 
     #[test]
     fn bytes_in_human_units() {

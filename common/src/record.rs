@@ -31,6 +31,24 @@ pub const DEFAULT_LIST_LIMIT: u32 = 1000;
 /// Most episodes one list returns, whatever the question asks.
 pub const MAX_LIST_LIMIT: u32 = 10_000;
 
+/// Which facts (evidence names) a verdict rested on, and which it would
+/// have used had the kernel or a probe given them: a kernel before 6.2
+/// has no `b_rcv_wnd`, before 5.4 no `a_snd_wnd`, before 4.1 no byte
+/// positions (docs/kernels.md). Empty on episodes stored before it was
+/// kept.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct VerdictBasis {
+    pub rested_on: Vec<String>,
+    pub missing: Vec<String>,
+}
+
+impl VerdictBasis {
+    /// Neither list has a name: nothing is known of the basis.
+    pub fn is_empty(&self) -> bool {
+        self.rested_on.is_empty() && self.missing.is_empty()
+    }
+}
+
 /// An episode as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EpisodeRow {
@@ -38,6 +56,7 @@ pub struct EpisodeRow {
     pub diagnosis: String,
     pub summary: String,
     pub evidence: BTreeMap<String, i64>,
+    pub basis: VerdictBasis,
     pub started_at_ms: i64,
     pub duration_ms: u64,
     pub stuck_bytes: u32,
@@ -71,6 +90,7 @@ impl EpisodeRow {
             diagnosis: self.diagnosis,
             summary: self.summary,
             evidence: self.evidence,
+            basis: self.basis,
             started_at_ms: self.started_at_ms,
             ended_at_ms: self.ended_at_ms,
             duration_ms,
@@ -96,6 +116,8 @@ pub struct Episode {
     pub diagnosis: String,
     pub summary: String,
     pub evidence: BTreeMap<String, i64>,
+    /// The evidence the diagnosis rested on, and what it went without.
+    pub basis: VerdictBasis,
     /// Unix milliseconds, collector's clock.
     pub started_at_ms: i64,
     pub ended_at_ms: Option<i64>,
@@ -335,6 +357,7 @@ mod tests {
             diagnosis: "peer_not_reading".into(),
             summary: "B is not reading".into(),
             evidence: [("b_recvq".to_string(), 4096)].into(),
+            basis: Default::default(),
             started_at_ms: 1_000_000,
             duration_ms: 12_000,
             stuck_bytes: 4096,

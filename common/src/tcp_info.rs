@@ -158,8 +158,11 @@ macro_rules! plain_fields {
             )*
         }
 
-        /// Every plain field's name and byte offset, in layout order.
-        pub const PLAIN_FIELDS: &[(&str, usize)] = &[$( (stringify!($name), $off) ),*];
+        /// Every plain field's name, byte offset and size, in layout
+        /// order: a `tcp_info` of `len` bytes holds a field when
+        /// `offset + size <= len`.
+        pub const PLAIN_FIELDS: &[(&str, usize, usize)] =
+            &[$( (stringify!($name), $off, std::mem::size_of::<$t>()) ),*];
 
         impl TcpInfo {
             fn serialize_plain<M: SerializeMap>(&self, map: &mut M) -> Result<(), M::Error> {

@@ -190,8 +190,15 @@ fn fixtures_have_the_kernel_sizes_and_share_one_prefix() {
 #[test]
 fn every_plain_accessor_is_checked() {
     let ours: Vec<&str> = PLAIN.iter().map(|e| e.name).collect();
-    let theirs: Vec<&str> = PLAIN_FIELDS.iter().map(|(n, _)| *n).collect();
+    let theirs: Vec<&str> = PLAIN_FIELDS.iter().map(|(n, _, _)| *n).collect();
     assert_eq!(ours, theirs);
+}
+
+#[test]
+fn every_plain_field_ends_where_its_accessor_needs() {
+    for ((name, offset, size), e) in PLAIN_FIELDS.iter().zip(PLAIN.iter()) {
+        assert_eq!(offset + size, e.needs, "{name}");
+    }
 }
 
 #[test]

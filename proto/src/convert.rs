@@ -336,6 +336,8 @@ pub fn sample_to_wire(s: &EndSample, reason: v1::SampleReason) -> v1::Sample {
         last_data_recv_ms: s.last_data_recv_ms,
         last_ack_recv_ms: s.last_ack_recv_ms,
         bytes_retrans: s.bytes_retrans,
+        rmem_alloc: s.rmem_alloc,
+        rcvbuf: s.rcvbuf,
         cork: s.cork,
         cork_source: source_to_wire(s.cork_source) as i32,
         nodelay: s.nodelay,
@@ -560,6 +562,8 @@ fn from_wire(
         last_data_recv_ms: w.last_data_recv_ms,
         last_ack_recv_ms: w.last_ack_recv_ms,
         bytes_retrans: w.bytes_retrans,
+        rmem_alloc: w.rmem_alloc,
+        rcvbuf: w.rcvbuf,
         // A source without a value says nothing.
         cork: w.cork,
         cork_source: w.cork.and(source_from_wire(w.cork_source)),

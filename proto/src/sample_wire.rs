@@ -307,6 +307,8 @@ fn sample_field(
             }
         }
         56 => w.bytes_retrans = Some(r.value(tag, wt)?),
+        57 => w.rmem_alloc = Some(u32_of(r.value(tag, wt)?)),
+        58 => w.rcvbuf = Some(u32_of(r.value(tag, wt)?)),
         60 => w.cork = Some(r.value(tag, wt)? != 0),
         61 => w.cork_source = r.value(tag, wt)? as i32,
         62 => w.nodelay = Some(r.value(tag, wt)? != 0),

@@ -112,6 +112,8 @@ pub fn stuck(flow: FlowTuple, cookie: u64, unchanged_ms: u64) -> EndSample {
         last_data_recv_ms: None,
         last_ack_recv_ms: None,
         bytes_retrans: None,
+        rmem_alloc: None,
+        rcvbuf: None,
         cork: None,
         cork_source: None,
         nodelay: None,

@@ -8,4 +8,5 @@ pub mod socket;
 #[cfg(feature = "internals")]
 pub use parse::ChunkEnd;
 pub use parse::{Base, ExactId, ParseStats};
+pub use parse::{read_tcp_info_as, TCP_INFO_LEN_ENV};
 pub use socket::{Detail, DiagError, DiagSocket, Dump, Exact, Family, Scope};

@@ -28,6 +28,34 @@ use tcpstall_common::{
 
 const NLMSG_HDRLEN: usize = 16;
 
+/// The environment variable that makes the agent read `tcp_info` as a
+/// kernel that sends that many bytes would (104 for 3.10, 200 for 4.18,
+/// 232 for 5.4 to 6.1, 240 for 6.2): the lab's way to see, on its one
+/// kernel, what the collector concludes from an older one's facts
+/// (docs/kernels.md). Unset, every byte the kernel sends is read.
+pub const TCP_INFO_LEN_ENV: &str = "TCPSTALL_AGENT_TCP_INFO_LEN";
+
+static TCP_INFO_LEN: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+
+/// Reads every `tcp_info` cut to `len` bytes ([`TCP_INFO_LEN_ENV`]'s
+/// value), from now on; refuses a length no kernel sends.
+pub fn read_tcp_info_as(len: &std::ffi::OsStr) -> anyhow::Result<()> {
+    let n: usize = len
+        .to_str()
+        .and_then(|s| s.parse().ok())
+        .filter(|n| *n >= tcpstall_common::tcp_info::MIN_LEN)
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "{TCP_INFO_LEN_ENV}={}: not a tcp_info length (a number of bytes, at least {})",
+                len.to_string_lossy(),
+                tcpstall_common::tcp_info::MIN_LEN
+            )
+        })?;
+    let _ = TCP_INFO_LEN.set(n);
+    tracing::warn!("reading tcp_info as a kernel that sends {n} bytes would ({TCP_INFO_LEN_ENV})");
+    Ok(())
+}
+
 /// Counters of what a parse had to skip. Cumulative: a poller keeps one.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ParseStats {
@@ -320,7 +348,10 @@ pub fn parse_socket(payload: &[u8], stats: &mut ParseStats) -> Option<SocketSamp
             break;
         };
         match kind {
-            INET_DIAG_INFO => match TcpInfo::parse(value) {
+            INET_DIAG_INFO => match TcpInfo::parse(match TCP_INFO_LEN.get() {
+                Some(&n) => &value[..value.len().min(n)],
+                None => value,
+            }) {
                 Ok(info) => sample.info = Some(info),
                 Err(_) => stats.malformed_attributes += 1,
             },

@@ -62,6 +62,8 @@ pub(crate) fn sample(cookie: u64) -> EndSample {
         last_data_recv_ms: None,
         last_ack_recv_ms: None,
         bytes_retrans: None,
+        rmem_alloc: None,
+        rcvbuf: None,
         cork: None,
         cork_source: None,
         nodelay: None,

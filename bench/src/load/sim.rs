@@ -200,6 +200,9 @@ fn base_sample(flow: FlowTuple, cookie: u64, opened: Opened, pos: Positions) -> 
         last_data_recv_ms: Some(40),
         last_ack_recv_ms: Some(40),
         bytes_retrans: Some(0),
+        // Every agent on a kernel with SKMEMINFO (all of them) sends both.
+        rmem_alloc: Some(0),
+        rcvbuf: Some(131_072),
         cork: None,
         cork_source: None,
         nodelay: None,

@@ -8,7 +8,7 @@
 use std::fmt;
 
 use serde::Serialize;
-use tcpstall_common::{Diagnosis, EndSample};
+use tcpstall_common::{Diagnosis, EndSample, TimerKind};
 
 /// What we know of B.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +35,75 @@ pub struct Verdict {
     pub summary: String,
     /// Named numbers (a_snd_una, b_rcv_nxt, ...), stored with the episode.
     pub evidence: Evidence,
+    /// Which of them the verdict rested on, and which it would have used
+    /// had the kernel (or a probe) given them.
+    pub basis: Basis,
+}
+
+/// The facts a verdict rested on and the facts it went without: a kernel
+/// older than 6.2 gives no receive window, older than 5.4 no send window,
+/// older than 4.1 no byte positions, and the verdict then rests on what
+/// the kernel does give (see docs/kernels.md).
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+pub struct Basis {
+    rested_on: u32,
+    missing: u32,
+}
+
+impl Basis {
+    fn used(&mut self, fact: Fact) {
+        self.rested_on |= fact.bit();
+    }
+
+    fn lacked(&mut self, fact: Fact) {
+        self.missing |= fact.bit();
+    }
+
+    /// Uses `fact` if `v` is known, else notes it missing; gives `v`.
+    fn take<T>(&mut self, fact: Fact, v: Option<T>) -> Option<T> {
+        match v {
+            Some(_) => self.used(fact),
+            None => self.lacked(fact),
+        }
+        v
+    }
+
+    fn names(mask: u32) -> Vec<&'static str> {
+        Fact::ALL
+            .into_iter()
+            .filter(|f| mask & f.bit() != 0)
+            .map(Fact::name)
+            .collect()
+    }
+
+    /// The names of the facts the verdict rested on, in [`Fact`]'s order.
+    pub fn rested_on(&self) -> Vec<&'static str> {
+        Self::names(self.rested_on)
+    }
+
+    /// The names of the facts it would have used and did not have.
+    pub fn missing(&self) -> Vec<&'static str> {
+        Self::names(self.missing)
+    }
+}
+
+impl fmt::Debug for Basis {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Basis")
+            .field("rested_on", &self.rested_on())
+            .field("missing", &self.missing())
+            .finish()
+    }
+}
+
+impl Serialize for Basis {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("Basis", 2)?;
+        st.serialize_field("rested_on", &self.rested_on())?;
+        st.serialize_field("missing", &self.missing())?;
+        st.end()
+    }
 }
 
 /// The numbers a verdict can rest on. Their names are stored with each
@@ -48,12 +117,14 @@ pub enum Fact {
     AWriteSeq,
     ANotsent,
     AInflight,
+    AUnacked,
     ASndWnd,
     ASndWscale,
     ASndCwnd,
     ARetransmits,
     ABackoff,
     AProbes,
+    AProbeTimer,
     AUnchangedMs,
     ACork,
     BRcvNxt,
@@ -61,24 +132,28 @@ pub enum Fact {
     BRecvq,
     BRcvWnd,
     BRcvWscale,
+    BRmemAlloc,
+    BRcvbuf,
     BSendq,
     AckedNotSeen,
 }
 
 impl Fact {
-    pub const ALL: [Fact; 21] = [
+    pub const ALL: [Fact; 25] = [
         Fact::ASendq,
         Fact::ASndUna,
         Fact::ASndNxt,
         Fact::AWriteSeq,
         Fact::ANotsent,
         Fact::AInflight,
+        Fact::AUnacked,
         Fact::ASndWnd,
         Fact::ASndWscale,
         Fact::ASndCwnd,
         Fact::ARetransmits,
         Fact::ABackoff,
         Fact::AProbes,
+        Fact::AProbeTimer,
         Fact::AUnchangedMs,
         Fact::ACork,
         Fact::BRcvNxt,
@@ -86,6 +161,8 @@ impl Fact {
         Fact::BRecvq,
         Fact::BRcvWnd,
         Fact::BRcvWscale,
+        Fact::BRmemAlloc,
+        Fact::BRcvbuf,
         Fact::BSendq,
         Fact::AckedNotSeen,
     ];
@@ -98,12 +175,14 @@ impl Fact {
             Fact::AWriteSeq => "a_write_seq",
             Fact::ANotsent => "a_notsent",
             Fact::AInflight => "a_inflight",
+            Fact::AUnacked => "a_unacked",
             Fact::ASndWnd => "a_snd_wnd",
             Fact::ASndWscale => "a_snd_wscale",
             Fact::ASndCwnd => "a_snd_cwnd",
             Fact::ARetransmits => "a_retransmits",
             Fact::ABackoff => "a_backoff",
             Fact::AProbes => "a_probes",
+            Fact::AProbeTimer => "a_probe_timer",
             Fact::AUnchangedMs => "a_unchanged_ms",
             Fact::ACork => "a_cork",
             Fact::BRcvNxt => "b_rcv_nxt",
@@ -111,6 +190,8 @@ impl Fact {
             Fact::BRecvq => "b_recvq",
             Fact::BRcvWnd => "b_rcv_wnd",
             Fact::BRcvWscale => "b_rcv_wscale",
+            Fact::BRmemAlloc => "b_rmem_alloc",
+            Fact::BRcvbuf => "b_rcvbuf",
             Fact::BSendq => "b_sendq",
             Fact::AckedNotSeen => "acked_not_seen",
         }
@@ -226,6 +307,7 @@ impl Verdict {
         self.diagnosis == other.diagnosis
             && self.evidence.same_but(&other.evidence, COUNTERS)
             && self.summary == other.summary
+            && self.basis == other.basis
     }
 
     /// Whether `other`'s numbers are this one's, apart from how long A's
@@ -244,12 +326,14 @@ fn a_evidence(a: &EndSample) -> Evidence {
     ev.put(Fact::AWriteSeq, p.write_seq);
     ev.put(Fact::ANotsent, p.notsent);
     ev.put(Fact::AInflight, p.inflight);
+    ev.put(Fact::AUnacked, a.unacked);
     ev.put(Fact::ASndWnd, p.snd_wnd);
     ev.put(Fact::ASndWscale, p.snd_wscale);
     ev.put(Fact::ASndCwnd, a.snd_cwnd);
     ev.put(Fact::ARetransmits, a.retransmits);
     ev.put(Fact::ABackoff, a.backoff);
     ev.put(Fact::AProbes, a.probes);
+    ev.put(Fact::AProbeTimer, Some(i64::from(a.timer == Some(TimerKind::ZeroWindowProbe))));
     ev.put(Fact::AUnchangedMs, Some(a.unchanged_ms));
     ev.put(Fact::ACork, a.cork.map(i64::from));
     ev
@@ -262,48 +346,118 @@ fn b_evidence(ev: &mut Evidence, b: &EndSample) {
     ev.put(Fact::BRecvq, Some(p.recvq));
     ev.put(Fact::BRcvWnd, p.rcv_wnd);
     ev.put(Fact::BRcvWscale, p.rcv_wscale);
+    ev.put(Fact::BRmemAlloc, b.rmem_alloc);
+    ev.put(Fact::BRcvbuf, b.rcvbuf);
     ev.put(Fact::BSendq, Some(p.sendq));
 }
 
-/// Diagnoses A's stuck send queue given what we know of B.
+/// Whether A sees a closed window. `snd_wnd` says so from 5.4; before,
+/// A's zero-window probing does: its probe timer (`ss`'s `persist`) runs
+/// and has backed off. The same timer runs for a queue the host will not
+/// take (a qdisc refusing, memory short), but those probes fail at home
+/// and back nothing off (`tcp_send_probe0`; they do count in `probes`,
+/// which ACKs to real probes reset, so `probes` tells neither); and for a
+/// corked or Nagle-held queue only until its first probe, which sends the
+/// data.
+fn a_window_closed(a: &EndSample, basis: &mut Basis) -> bool {
+    if let Some(w) = basis.take(Fact::ASndWnd, a.pos.snd_wnd) {
+        return w == 0;
+    }
+    basis.used(Fact::AProbeTimer);
+    if a.timer != Some(TimerKind::ZeroWindowProbe) {
+        return false;
+    }
+    basis.used(Fact::ABackoff);
+    a.backoff.unwrap_or(0) > 0
+}
+
+/// How B's window stands, by the best fact its kernel gives.
+enum BWindow {
+    /// `rcv_wnd` (6.2+).
+    Advertised(u32),
+    /// Receive memory against the receive buffer (SKMEMINFO): see
+    /// [`EndSample::receive_buffer_full`].
+    Buffer { rmem: u32, rcvbuf: u32, full: bool },
+    /// Only the receive queue: bytes unread hold a window closed.
+    Queue(u32),
+}
+
+impl BWindow {
+    fn of(b: &EndSample, basis: &mut Basis) -> BWindow {
+        if let Some(w) = basis.take(Fact::BRcvWnd, b.pos.rcv_wnd) {
+            return BWindow::Advertised(w);
+        }
+        match (b.rmem_alloc, b.rcvbuf, b.receive_buffer_full()) {
+            (Some(rmem), Some(rcvbuf), Some(full)) => {
+                basis.used(Fact::BRmemAlloc);
+                basis.used(Fact::BRcvbuf);
+                BWindow::Buffer { rmem, rcvbuf, full }
+            }
+            _ => {
+                basis.lacked(Fact::BRmemAlloc);
+                basis.used(Fact::BRecvq);
+                BWindow::Queue(b.pos.recvq)
+            }
+        }
+    }
+
+    fn closed(&self) -> bool {
+        match *self {
+            BWindow::Advertised(w) => w == 0,
+            BWindow::Buffer { full, .. } => full,
+            BWindow::Queue(recvq) => recvq > 0,
+        }
+    }
+}
+
+/// Diagnoses A's stuck send queue given what we know of B. Each row uses
+/// the best fact the two kernels give and falls back on what they have
+/// (docs/kernels.md); the verdict's [`Basis`] says which.
 pub fn diagnose(a: &EndSample, b: Peer<'_>) -> Verdict {
     let mut ev = a_evidence(a);
+    let mut basis = Basis::default();
     let pa = &a.pos;
-    let verdict = |diagnosis: Diagnosis, summary: String, ev| Verdict {
+    let verdict = |diagnosis: Diagnosis, summary: String, ev, basis| Verdict {
         diagnosis,
         summary,
         evidence: ev,
+        basis,
     };
     let b = match b {
         Peer::Seen(b) => b,
         Peer::NoSocket { host } => {
+            basis.used(Fact::ASendq);
             return verdict(
                 Diagnosis::HalfOpen,
                 format!("{host}'s agent reports no socket for {}: B lost the connection, A still holds {} bytes", a.flow.reversed(), pa.sendq),
                 ev,
-            )
+                basis,
+            );
         }
         Peer::Pending { host } => {
             return verdict(
                 Diagnosis::Undetermined,
                 format!("waiting for {host}'s agent to report its end of {}", a.flow.reversed()),
                 ev,
+                basis,
             )
         }
         Peer::Unmonitored => {
-            let seen = one_sided(a);
+            let seen = one_sided(a, &mut basis);
             return verdict(
                 Diagnosis::PeerUnmonitored,
                 format!("no agent covers {}; from A alone: {seen}", a.flow.remote),
                 ev,
+                basis,
             );
         }
         Peer::Unjoined { why } => {
-            let seen = one_sided(a);
+            let seen = one_sided(a, &mut basis);
             return verdict(
                 Diagnosis::PeerUnmonitored,
                 format!("{why}; from A alone: {seen}"),
                 ev,
+                basis,
             );
         }
     };
@@ -311,38 +465,54 @@ pub fn diagnose(a: &EndSample, b: Peer<'_>) -> Verdict {
     let pb = &b.pos;
 
     // A's zero window: is B's window really closed?
-    if pa.snd_wnd == Some(0) {
-        let b_closed = match pb.rcv_wnd {
-            Some(w) => w == 0,
-            // Before 6.2 the receiver's window is not reported: a full
-            // receive queue is the next best sign.
-            None => pb.recvq > 0,
+    if a_window_closed(a, &mut basis) {
+        let a_sees = match pa.snd_wnd {
+            Some(_) => "A probes a zero window",
+            None => "A probes a zero window (its probe timer runs; this kernel gives no snd_wnd)",
         };
-        return if b_closed {
+        let window = BWindow::of(b, &mut basis);
+        let closed = window.closed();
+        let b_state = match window {
+            BWindow::Advertised(0) => "B's window is closed".to_string(),
+            BWindow::Advertised(w) => format!("B advertises {w} bytes"),
+            BWindow::Buffer { rmem, rcvbuf, .. } if closed => {
+                format!("B's receive buffer is full ({rmem} of {rcvbuf} bytes)")
+            }
+            BWindow::Buffer { rmem, rcvbuf, .. } => {
+                format!("B's receive buffer has room ({rmem} of {rcvbuf} bytes used)")
+            }
+            BWindow::Queue(_) if closed => "B holds data unread".to_string(),
+            BWindow::Queue(_) => "B has read everything".to_string(),
+        };
+        return if closed {
             verdict(
                 Diagnosis::PeerNotReading,
                 format!(
-                    "B's window is closed and its application has {} bytes unread; A probes a zero window with {} bytes waiting",
+                    "{b_state} and its application has {} bytes unread; {a_sees} with {} bytes waiting",
                     pb.recvq, pa.sendq
                 ),
                 ev,
+                basis,
             )
         } else {
             verdict(
                 Diagnosis::WindowUpdateLost,
                 format!(
-                    "A sees a zero window but B advertises {} bytes with {} unread: B's window update never reached A",
-                    pb.rcv_wnd.unwrap_or(0),
+                    "{a_sees} but {b_state} with {} unread: B's window update never reached A",
                     pb.recvq
                 ),
                 ev,
+                basis,
             )
         };
     }
 
-    if let (Some(una), Some(rcv)) = (pa.snd_una, pb.rcv_nxt) {
+    let una = basis.take(Fact::ASndUna, pa.snd_una);
+    let rcv = basis.take(Fact::BRcvNxt, pb.rcv_nxt);
+    if let (Some(una), Some(rcv)) = (una, rcv) {
         if rcv > una {
             ev.put(Fact::AckedNotSeen, Some(rcv - una));
+            basis.used(Fact::AckedNotSeen);
             return verdict(
                 Diagnosis::AckLost,
                 format!(
@@ -350,6 +520,7 @@ pub fn diagnose(a: &EndSample, b: Peer<'_>) -> Verdict {
                     rcv - una
                 ),
                 ev,
+                basis,
             );
         }
         if rcv < una {
@@ -357,36 +528,69 @@ pub fn diagnose(a: &EndSample, b: Peer<'_>) -> Verdict {
                 Diagnosis::Undetermined,
                 format!("inconsistent ends: B.rcv_nxt {rcv} is below A.snd_una {una}, which TCP cannot do; the two samples may not be the same connection"),
                 ev,
+                basis,
             );
         }
     }
 
-    if pa.inflight.unwrap_or(0) > 0 {
+    // In flight: bytes from 4.6 (notsent), else segments (`unacked`).
+    let in_flight = match basis.take(Fact::AInflight, pa.inflight) {
+        Some(n) => Some(n > 0),
+        None => basis.take(Fact::AUnacked, a.unacked).map(|n| n > 0),
+    };
+    if in_flight == Some(true) {
         let resending = if a.retransmitting() {
             "A is retransmitting"
         } else {
             "A has not yet retransmitted"
         };
-        return verdict(
-            Diagnosis::DataLost,
-            format!(
-                "{} bytes in flight never arrived: B waits for byte {} which A sent; {resending}",
-                pa.inflight.unwrap_or(0),
-                opt(pb.rcv_nxt)
+        basis.used(Fact::ARetransmits);
+        basis.used(Fact::ABackoff);
+        let what = match (pa.inflight, a.unacked) {
+            (Some(n), _) => format!("{n} bytes"),
+            (None, Some(n)) => format!("{n} segments"),
+            (None, None) => "data".into(),
+        };
+        return match (una, rcv) {
+            (Some(_), Some(rcv)) => verdict(
+                Diagnosis::DataLost,
+                format!("{what} in flight never arrived: B waits for byte {rcv} which A sent; {resending}"),
+                ev,
+                basis,
             ),
-            ev,
-        );
+            _ => {
+                basis.used(Fact::BRecvq);
+                verdict(
+                    Diagnosis::LostInNetwork,
+                    format!(
+                        "{what} in flight unacknowledged and {resending}, while B's window is open with {} bytes unread: the data A→B or its ACKs B→A are lost; this kernel gives no byte positions (4.1+) to say which",
+                        pb.recvq
+                    ),
+                    ev,
+                    basis,
+                )
+            }
+        };
     }
 
-    if pa.notsent.unwrap_or(0) > 0 && pa.snd_wnd.unwrap_or(1) > 0 {
+    // Unsent: from 4.6 `notsent`; before, nothing in flight means every
+    // queued byte is unsent.
+    let notsent = match basis.take(Fact::ANotsent, pa.notsent) {
+        Some(n) => Some(n),
+        None => (in_flight == Some(false)).then_some(pa.sendq),
+    };
+    // A window not seen closed is open (`a_window_closed` looked).
+    if notsent.unwrap_or(0) > 0 && pa.snd_wnd.unwrap_or(1) > 0 {
+        let notsent = notsent.unwrap_or(0);
+        basis.take(Fact::ACork, a.cork);
         return if a.cork == Some(true) {
             verdict(
                 Diagnosis::Corked,
                 format!(
-                    "{} bytes unsent with the window open and nothing in flight: TCP_CORK is set",
-                    pa.notsent.unwrap_or(0)
+                    "{notsent} bytes unsent with the window open and nothing in flight: TCP_CORK is set"
                 ),
                 ev,
+                basis,
             )
         } else {
             let cork = match a.cork {
@@ -396,42 +600,50 @@ pub fn diagnose(a: &EndSample, b: Peer<'_>) -> Verdict {
             verdict(
                 Diagnosis::UnsentUnblocked,
                 format!(
-                    "{} bytes unsent with the window open and nothing in flight ({cork}): A's host is not sending",
-                    pa.notsent.unwrap_or(0)
+                    "{notsent} bytes unsent with the window open and nothing in flight ({cork}): A's host is not sending"
                 ),
                 ev,
+                basis,
             )
         };
     }
 
     verdict(
         Diagnosis::Undetermined,
-        format!("no row fits: A {}", one_sided(a)),
+        format!("no row fits: A {}", one_sided(a, &mut basis)),
         ev,
+        basis,
     )
 }
 
-fn opt(v: Option<u64>) -> String {
-    v.map_or_else(|| "?".into(), |v| v.to_string())
-}
-
 /// What A alone says, for one-sided verdicts.
-fn one_sided(a: &EndSample) -> String {
+fn one_sided(a: &EndSample, basis: &mut Basis) -> String {
     let p = &a.pos;
-    if p.snd_wnd == Some(0) {
+    if a_window_closed(a, basis) {
         format!("zero window from the peer, {} bytes waiting", p.sendq)
-    } else if p.inflight.unwrap_or(0) > 0 {
+    } else if basis
+        .take(Fact::AInflight, p.inflight)
+        .or_else(|| basis.take(Fact::AUnacked, a.unacked))
+        .unwrap_or(0)
+        > 0
+    {
+        let what = match (p.inflight, a.unacked) {
+            (Some(n), _) => format!("{n} bytes"),
+            (None, Some(n)) => format!("{n} segments"),
+            (None, None) => "data".into(),
+        };
+        basis.used(Fact::ARetransmits);
         format!(
-            "{} bytes in flight unacknowledged, retransmitting: {}",
-            p.inflight.unwrap_or(0),
+            "{what} in flight unacknowledged, retransmitting: {}",
             a.retransmitting()
         )
-    } else if p.notsent.unwrap_or(0) > 0 {
+    } else if basis.take(Fact::ANotsent, p.notsent).unwrap_or(0) > 0 {
         format!(
             "{} bytes unsent with the window open",
             p.notsent.unwrap_or(0)
         )
     } else {
+        basis.used(Fact::ASendq);
         format!("{} bytes queued", p.sendq)
     }
 }

@@ -16,7 +16,7 @@ use super::held;
 use super::state::{a_sample, Ctx, OpenEpisode, PeerNow, Suspect};
 use super::tuple::Tuple;
 use crate::messages::HostId;
-use crate::store::{EpisodeEnd, EpisodeUpdate, HeldRow, NewEpisode, StoredSample};
+use crate::store::{EpisodeEnd, EpisodeUpdate, HeldRow, NewEpisode, StoredSample, VerdictBasis};
 
 impl Ctx {
     pub(super) fn held_row(&self, k: &held::Key<HostId>, c: &held::Count) -> HeldRow {
@@ -98,6 +98,7 @@ impl Ctx {
             diagnosis: verdict.diagnosis.id().to_string(),
             summary: verdict.summary.clone(),
             evidence: evidence(&verdict.evidence),
+            basis: basis(verdict),
             b_host: peer_host.map(|p| self.name(p).to_string()),
             peer_note: peer_note(peer),
             via,
@@ -218,6 +219,7 @@ impl Ctx {
             diagnosis: verdict.diagnosis.id().to_string(),
             summary: verdict.summary.clone(),
             evidence: evidence(&verdict.evidence),
+            basis: basis(&verdict),
             started_at_ms,
             duration_ms: millis(stuck_for),
             stuck_bytes: a.pos.sendq,
@@ -347,6 +349,14 @@ impl Ctx {
 
 fn evidence(ev: &Evidence) -> std::collections::BTreeMap<String, i64> {
     ev.iter().map(|(k, v)| (k.to_string(), v)).collect()
+}
+
+fn basis(verdict: &Verdict) -> VerdictBasis {
+    let names = |v: Vec<&str>| v.into_iter().map(String::from).collect();
+    VerdictBasis {
+        rested_on: names(verdict.basis.rested_on()),
+        missing: names(verdict.basis.missing()),
+    }
 }
 
 fn peer_note(peer: &PeerNow) -> Option<String> {

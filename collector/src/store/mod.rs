@@ -39,7 +39,7 @@ mod url;
 
 pub use records::{
     EpisodeEnd, EpisodeCount, EpisodeFilter, EpisodeRow, EpisodeUpdate, HeldFilter, HeldRow, HostRecord, HostRow,
-    NewEpisode, StoredSample,
+    NewEpisode, StoredSample, VerdictBasis,
 };
 pub use postgres::{PgConfig, PgStore};
 pub use sqlite::{SqliteStore, StoreConfig};

@@ -11,7 +11,7 @@ use tcpstall_common::record::JoinedVia;
 use tcpstall_common::FlowTuple;
 
 pub use tcpstall_common::record::{
-    EpisodeCount, EpisodeFilter, EpisodeRow, HeldFilter, HeldRow, StoredSample,
+    EpisodeCount, EpisodeFilter, EpisodeRow, HeldFilter, HeldRow, StoredSample, VerdictBasis,
 };
 
 /// An agent said hello (or is still there).
@@ -45,6 +45,7 @@ pub struct NewEpisode {
     pub diagnosis: String,
     pub summary: String,
     pub evidence: BTreeMap<String, i64>,
+    pub basis: VerdictBasis,
     pub started_at_ms: i64,
     pub duration_ms: u64,
     pub stuck_bytes: u32,
@@ -66,6 +67,7 @@ pub struct EpisodeUpdate {
     pub diagnosis: String,
     pub summary: String,
     pub evidence: BTreeMap<String, i64>,
+    pub basis: VerdictBasis,
     pub b_host: Option<String>,
     pub peer_note: Option<String>,
     /// Replaces the stored one, as `b_host` does: `None` clears it.

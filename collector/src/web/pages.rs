@@ -459,10 +459,16 @@ pub async fn episode(web: &Web, id: i64) -> Rendered {
                     table.evidence {
                         tbody {
                             @for (k, v) in &e.evidence {
-                                tr { th { (k) } td.num data-name=(k) { (v) } }
+                                tr.rested[e.basis.rested_on.contains(k)] { th { (k) } td.num data-name=(k) { (v) } }
                             }
                         }
                     }
+                }
+                @if !e.basis.rested_on.is_empty() {
+                    p.basis { "The diagnosis rests on " (e.basis.rested_on.join(", ")) " (in bold above)." }
+                }
+                @if !e.basis.missing.is_empty() {
+                    p.basis.missing { "It went without " (e.basis.missing.join(", ")) ": the hosts' kernels or probes do not give them (docs/kernels.md)." }
                 }
                 @if let Some(svg) = picture {
                     h2 { "The stall, in the byte stream" }

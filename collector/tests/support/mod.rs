@@ -48,6 +48,8 @@ pub fn a_end(cookie: u64, snd_una: u64, sendq: u32) -> EndSample {
         last_data_recv_ms: Some(0),
         last_ack_recv_ms: Some(0),
         bytes_retrans: Some(0),
+        rmem_alloc: Some(0),
+        rcvbuf: Some(131_072),
         cork: None,
         cork_source: None,
         nodelay: None,

@@ -46,6 +46,8 @@ pub fn end(side: Side, pos: Positions) -> EndSample {
         last_data_recv_ms: None,
         last_ack_recv_ms: None,
         bytes_retrans: None,
+        rmem_alloc: None,
+        rcvbuf: None,
         cork: None,
         cork_source: None,
         nodelay: None,

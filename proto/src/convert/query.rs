@@ -23,7 +23,7 @@ use std::time::Duration;
 use tcpstall_common::record::{
     Episode, EpisodeDetail, EpisodeFilter, EpisodePage, EpisodeQuery, EpisodeSample, FlowEnd,
     FlowEnds, HeldFilter, HeldQuery, HeldSpanCount, HeldSpans, JoinedVia, StoredSample,
-    MAX_LIST_LIMIT,
+    VerdictBasis, MAX_LIST_LIMIT,
 };
 use tcpstall_common::time::millis_i64;
 use tcpstall_common::{FlowTuple, HeldEnd, Side};
@@ -171,6 +171,8 @@ pub fn episode_to_wire(e: Episode) -> v1::Episode {
         evidence: e.evidence.into_iter().collect(),
         end_reason: e.end_reason.unwrap_or_default(),
         via: e.via.map(via_to_wire),
+        rested_on: e.basis.rested_on,
+        missing: e.basis.missing,
     }
 }
 
@@ -214,6 +216,10 @@ pub fn episode_from_wire(e: v1::Episode) -> Result<Episode, ConvertError> {
         diagnosis: e.diagnosis,
         summary: e.summary,
         evidence: e.evidence.into_iter().collect(),
+        basis: VerdictBasis {
+            rested_on: e.rested_on,
+            missing: e.missing,
+        },
         started_at_ms: e.started_at_ms,
         ended_at_ms: (e.ended_at_ms != 0).then_some(e.ended_at_ms),
         duration_ms: e.duration_ms,

@@ -46,6 +46,8 @@ pub(super) fn sample() -> EndSample {
         last_data_recv_ms: None,
         last_ack_recv_ms: Some(4000),
         bytes_retrans: Some(600),
+        rmem_alloc: Some(130_224),
+        rcvbuf: Some(131_072),
         cork: Some(true),
         cork_source: Some(FactSource::Getsockopt),
         nodelay: Some(false),

@@ -226,6 +226,12 @@ pub struct Sample {
     pub last_ack_recv_ms: ::core::option::Option<u32>,
     #[prost(uint64, optional, tag = "56")]
     pub bytes_retrans: ::core::option::Option<u64>,
+    /// SKMEMINFO: receive memory in use and the receive buffer (`ss -m`'s r
+    /// and rb); before 6.2 a full buffer is how a closed window shows.
+    #[prost(uint32, optional, tag = "57")]
+    pub rmem_alloc: ::core::option::Option<u32>,
+    #[prost(uint32, optional, tag = "58")]
+    pub rcvbuf: ::core::option::Option<u32>,
     /// TCP_CORK where a deeper probe could read it (absent = unknown), and
     /// which probe that was.
     #[prost(bool, optional, tag = "60")]
@@ -495,6 +501,13 @@ pub struct Episode {
     /// 4-tuple reversed, or not found, and from collectors that predate it.
     #[prost(message, optional, tag = "15")]
     pub via: ::core::option::Option<JoinedVia>,
+    /// The evidence names the diagnosis rested on, and those it would have
+    /// used had the kernel or a probe given them (b_rcv_wnd before 6.2, ...);
+    /// both empty from collectors that predate them.
+    #[prost(string, repeated, tag = "16")]
+    pub rested_on: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(string, repeated, tag = "17")]
+    pub missing: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 /// A conntrack entry that joined an episode's two ends, and whose it is.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

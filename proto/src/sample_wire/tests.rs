@@ -99,6 +99,8 @@ fn random_sample(r: &mut Rng) -> v1::Sample {
         last_data_recv_ms: r.opt32(),
         last_ack_recv_ms: r.opt32(),
         bytes_retrans: r.opt64(),
+        rmem_alloc: r.opt32(),
+        rcvbuf: r.opt32(),
         cork: r.opt64().map(|v| v % 2 == 0),
         cork_source: r.below(4) as i32,
         nodelay: r.opt64().map(|v| v % 2 == 0),

@@ -42,6 +42,7 @@ fn new_episode(id: i64, i: i64, started_at_ms: i64) -> NewEpisode {
         diagnosis: "peer_unmonitored".into(),
         summary: format!("episode {i}, \"quoted\", with commas"),
         evidence: BTreeMap::from([("a_sendq".to_string(), 4096)]),
+        basis: Default::default(),
         started_at_ms,
         duration_ms: 12_000,
         stuck_bytes: 4096,

@@ -12,7 +12,7 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 
 use serde_json::{json, Value};
-use tcpstall_collector::store::{EpisodeEnd, NewEpisode, StoredSample};
+use tcpstall_collector::store::{EpisodeEnd, NewEpisode, StoredSample, VerdictBasis};
 use tcpstall_common::record::JoinedVia;
 use tcpstall_common::{EndSample, FlowTuple, Side, Translation};
 use tcpstall_proto::convert::pack;
@@ -107,6 +107,11 @@ fn stalled_reader(n: i64, a_host: &str, b_host: &str, a: EndSample, b: EndSample
                 ("b_rcv_nxt".to_string(), 10_000),
                 ("b_recvq".to_string(), 6000),
             ]),
+            // As a 5.4-6.1 kernel's verdict: no rcv_wnd, B's buffer full.
+            basis: VerdictBasis {
+                rested_on: vec!["a_snd_wnd".into(), "b_rmem_alloc".into(), "b_rcvbuf".into()],
+                missing: vec!["b_rcv_wnd".into()],
+            },
             started_at_ms,
             duration_ms: 12_000,
             stuck_bytes: a.pos.sendq,
@@ -179,6 +184,7 @@ fn masqueraded() -> Stored {
             diagnosis: "peer_unmonitored".into(),
             summary: "no agent covers 203.0.113.7: A's side only".into(),
             evidence: BTreeMap::from([("a_sendq".to_string(), 5000)]),
+            basis: Default::default(),
             started_at_ms,
             duration_ms: 12_000,
             stuck_bytes: sa.pos.sendq,

@@ -20,17 +20,28 @@ fn asked(lab: &Lab) -> (Rpc, u64) {
     (rpc, len)
 }
 
-fn peer_not_reading(settings: Settings, scenario: &str) {
-    let lab = Lab::start(HOSTS, settings);
-    let (rpc, len) = asked(&lab);
-    let reader = rpc.read(Pace::Paused); // the client's application hangs
+/// The client's application hangs once it has asked; the server answers.
+pub(crate) fn client_stops_reading(lab: &Lab) -> (Rpc, Reader, Writer, SystemTime) {
+    let (rpc, len) = asked(lab);
+    let reader = rpc.read(Pace::Paused);
     let fault = SystemTime::now();
     let writer = rpc.respond(len);
+    (rpc, reader, writer, fault)
+}
+
+fn peer_not_reading(settings: Settings, scenario: &str) {
+    let lab = Lab::start(HOSTS, settings);
+    let (rpc, reader, writer, fault) = client_stops_reading(&lab);
 
     let (e, _, detected) = expect_one(&lab, &rpc, "peer_not_reading", fault);
     let ev = |n| evidence(&e, n);
     assert_eq!(ev("a_snd_wnd"), 0, "A sees a zero window");
     assert_eq!(ev("b_rcv_wnd"), 0, "B advertises a zero window");
+    assert_eq!(e.rested_on, ["a_snd_wnd", "b_rcv_wnd"], "6.2+: the windows");
+    assert!(e.missing.is_empty(), "nothing missing: {:?}", e.missing);
+    // What kernels without the windows go by holds here too.
+    assert_eq!(ev("a_probe_timer"), 1, "A's zero-window probe timer runs");
+    assert!(ev("b_rmem_alloc") >= ev("b_rcvbuf") - ev("b_rcvbuf") / 8);
     assert_eq!(reader.got(), 0);
     assert_eq!(ev("b_copied"), 0, "B's application read nothing");
     assert_eq!(
@@ -79,13 +90,13 @@ fn receiver_that_stops_reading_is_peer_not_reading_at_the_defaults() {
     peer_not_reading(Settings::DEFAULTS, "client stops reading (defaults)");
 }
 
-fn data_dropped_on_the_way_is_data_lost(s: Settings) {
-    let lab = Lab::start(HOSTS, s);
+/// Every segment of the server's answer reaches the client's host and
+/// dies there (nft counter `data`): lost in the network, as far as the
+/// server can tell.
+pub(crate) fn server_data_dropped(lab: &Lab) -> (Rpc, Reader, Writer, SystemTime) {
     let (client, server) = (lab.host("client"), lab.host("server"));
-    let (rpc, len) = asked(&lab);
+    let (rpc, len) = asked(lab);
     let reader = rpc.read(Pace::Full);
-    // Every segment of the server's reaches the client's host and dies
-    // there: lost in the network, as far as the server can tell.
     client.nft_rule(
         "input",
         &format!(
@@ -96,7 +107,14 @@ fn data_dropped_on_the_way_is_data_lost(s: Settings) {
         "data",
     );
     let fault = SystemTime::now();
-    let _writer = rpc.respond(len);
+    let writer = rpc.respond(len);
+    (rpc, reader, writer, fault)
+}
+
+fn data_dropped_on_the_way_is_data_lost(s: Settings) {
+    let lab = Lab::start(HOSTS, s);
+    let client = lab.host("client");
+    let (rpc, reader, _writer, fault) = server_data_dropped(&lab);
 
     let (e, detail, detected) = expect_one(&lab, &rpc, "data_lost", fault);
     let ev = |n| evidence(&e, n);
@@ -130,12 +148,12 @@ fn data_dropped_on_the_way_is_data_lost(s: Settings) {
     );
 }
 
-fn acks_dropped_on_the_way_back_is_ack_lost(s: Settings) {
-    let lab = Lab::start(HOSTS, s);
+/// Everything the client sends back (its ACKs) dies at the server (nft
+/// counter `acks`).
+pub(crate) fn client_acks_dropped(lab: &Lab) -> (Rpc, Reader, Writer, SystemTime) {
     let (client, server) = (lab.host("client"), lab.host("server"));
-    let (rpc, len) = asked(&lab);
+    let (rpc, len) = asked(lab);
     let reader = rpc.read(Pace::Full);
-    // Everything the client sends back (its ACKs) dies at the server.
     server.nft_rule(
         "input",
         &format!(
@@ -147,7 +165,14 @@ fn acks_dropped_on_the_way_back_is_ack_lost(s: Settings) {
         "acks",
     );
     let fault = SystemTime::now();
-    let _writer = rpc.respond(len);
+    let writer = rpc.respond(len);
+    (rpc, reader, writer, fault)
+}
+
+fn acks_dropped_on_the_way_back_is_ack_lost(s: Settings) {
+    let lab = Lab::start(HOSTS, s);
+    let server = lab.host("server");
+    let (rpc, reader, _writer, fault) = client_acks_dropped(&lab);
 
     let (e, _, detected) = expect_one(&lab, &rpc, "ack_lost", fault);
     let ev = |n| evidence(&e, n);
@@ -193,12 +218,14 @@ fn acks_dropped_on_the_way_back_is_ack_lost(s: Settings) {
     );
 }
 
-fn window_update_dropped_while_closed_is_window_update_lost(s: Settings) {
-    let lab = Lab::start(HOSTS, s);
+/// The client stops reading until its window closes; then window updates
+/// (segments that open it: nft counter `updates`) die at the server, and
+/// the client reads all it has.
+pub(crate) fn window_updates_dropped(lab: &Lab) -> (Rpc, Reader, Writer, SystemTime) {
     let (client, server) = (lab.host("client"), lab.host("server"));
-    let (rpc, len) = asked(&lab);
+    let (rpc, len) = asked(lab);
     let reader = rpc.read(Pace::Paused);
-    let _writer = rpc.respond(len);
+    let writer = rpc.respond(len);
     wait_for(
         "the client's window closed",
         Duration::from_secs(10),
@@ -228,6 +255,13 @@ fn window_update_dropped_while_closed_is_window_update_lost(s: Settings) {
             (c.rqueue == 0 && reader.got() > 0).then_some(())
         },
     );
+    (rpc, reader, writer, fault)
+}
+
+fn window_update_dropped_while_closed_is_window_update_lost(s: Settings) {
+    let lab = Lab::start(HOSTS, s);
+    let server = lab.host("server");
+    let (rpc, reader, _writer, fault) = window_updates_dropped(&lab);
 
     let (e, _, detected) = expect_one(&lab, &rpc, "window_update_lost", fault);
     let ev = |n| evidence(&e, n);
@@ -317,7 +351,7 @@ fn peer_that_lost_the_connection_is_half_open(s: Settings) {
 
 /// The server's queue takes nothing: every packet is refused at enqueue,
 /// so TCP keeps the data as not sent and probes every half second or so.
-fn refusing_qdisc(lab: &Lab) -> (Rpc, Reader, Writer, SystemTime) {
+pub(crate) fn refusing_qdisc(lab: &Lab) -> (Rpc, Reader, Writer, SystemTime) {
     let server = lab.host("server");
     let (rpc, len) = asked(lab);
     let reader = rpc.read(Pace::Full);

@@ -32,6 +32,7 @@ mod cork;
 mod faults;
 mod fleet;
 mod incidents;
+mod kernels;
 mod nat;
 mod owner;
 mod question;

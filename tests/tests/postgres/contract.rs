@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use tcpstall_collector::store::{EpisodeFilter, EpisodeUpdate, HeldFilter, HeldRow, HostRecord};
+use tcpstall_collector::store::{
+    EpisodeFilter, EpisodeUpdate, HeldFilter, HeldRow, HostRecord, VerdictBasis,
+};
 use tcpstall_common::record::JoinedVia;
 use tcpstall_common::{Clock, HeldEnd, Side, Translation};
 
@@ -59,6 +61,14 @@ async fn episode_round_trips_with_evidence_via_and_both_sides(mk: &Maker) -> Tes
     let mut e = episode(7, "alpha", Some("beta"), "peer_not_reading", 1_000);
     e.via = Some(via());
     e.peer_note = Some("b is behind a NAT".into());
+    e.basis = VerdictBasis {
+        rested_on: vec![
+            "a_probe_timer".into(),
+            "b_rmem_alloc".into(),
+            "b_rcvbuf".into(),
+        ],
+        missing: vec!["a_snd_wnd".into(), "b_rcv_wnd".into()],
+    };
     assert!(s.open_episode(e.clone()));
     let f = e.a_flow;
     let samples = vec![
@@ -70,6 +80,7 @@ async fn episode_round_trips_with_evidence_via_and_both_sides(mk: &Maker) -> Tes
     let (row, got) = s.get_episode(7).await?.expect("stored");
     assert_eq!(row.id, 7);
     assert_eq!(row.evidence, e.evidence);
+    assert_eq!(row.basis, e.basis, "the verdict's basis is kept");
     assert_eq!(row.a_flow, e.a_flow);
     assert_eq!(row.a_cookie, e.a_cookie);
     assert_eq!(row.via, e.via);
@@ -97,6 +108,10 @@ async fn update_then_close_and_unknown_ids_are_write_errors(mk: &Maker) -> TestR
         diagnosis: "peer_not_reading".into(),
         summary: "joined".into(),
         evidence: evidence.clone(),
+        basis: VerdictBasis {
+            rested_on: vec!["a_snd_wnd".into(), "b_rcv_wnd".into()],
+            missing: vec![],
+        },
         b_host: Some("beta".into()),
         peer_note: None,
         via: Some(via()),
@@ -111,6 +126,11 @@ async fn update_then_close_and_unknown_ids_are_write_errors(mk: &Maker) -> TestR
         ("peer_not_reading", "joined")
     );
     assert_eq!(r.evidence, evidence);
+    assert_eq!(
+        r.basis.rested_on,
+        ["a_snd_wnd", "b_rcv_wnd"],
+        "an update replaces the basis"
+    );
     assert_eq!((r.duration_ms, r.stuck_bytes), (12_000, 8192));
     assert_eq!(r.via, Some(via()));
     assert!(s.close_episode(1, ended(20_000)));

@@ -124,6 +124,7 @@ pub fn episode(
         diagnosis: diagnosis.into(),
         summary: format!("episode {id}: {diagnosis}"),
         evidence,
+        basis: Default::default(),
         started_at_ms: start,
         duration_ms: 10_100,
         stuck_bytes: 4096,

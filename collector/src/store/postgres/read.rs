@@ -13,12 +13,12 @@ use tcpstall_proto::convert::unpack;
 use super::super::sqlite::read::{cookie_from_sql, corrupt, describe, tuple_from_sql};
 use crate::store::{
     EpisodeCount, EpisodeFilter, EpisodeRow, HeldFilter, HeldRow, HostRow, StoreError, StoredEpisode,
-    StoredSample,
+    StoredSample, VerdictBasis,
 };
 
 const EPISODE_COLS: &str = "id, diagnosis, summary, evidence::text, started_at_ms, duration_ms, \
      stuck_bytes, a_host, a_netns, a_local, a_remote, a_cookie, b_host, peer_note, open, \
-     ended_at_ms, end_reason, via_host, via_original, via_reply, via_nat";
+     ended_at_ms, end_reason, via_host, via_original, via_reply, via_nat, basis";
 
 /// Read statements prepared on one connection, by their text. A read's
 /// text has a few shapes (which filters it has), each parsed once rather
@@ -291,6 +291,10 @@ fn episode_row(row: &Row) -> Result<EpisodeRow, StoreError> {
         summary: row.try_get(2)?,
         evidence: serde_json::from_str(&evidence)
             .map_err(|_| corrupt(id, "evidence", &evidence))?,
+        basis: match row.try_get::<_, Option<String>>(21)? {
+            Some(b) => serde_json::from_str(&b).map_err(|_| corrupt(id, "basis", &b))?,
+            None => VerdictBasis::default(),
+        },
         started_at_ms: row.try_get(4)?,
         duration_ms: u64::try_from(duration)
             .map_err(|_| corrupt(id, "duration_ms", &duration.to_string()))?,

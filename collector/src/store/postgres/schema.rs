@@ -113,6 +113,13 @@ pub const MIGRATIONS: &[&str] = &[
     "
     CREATE INDEX episodes_started_diagnosis ON episodes (started_at_ms) INCLUDE (diagnosis);
     ",
+    // 5: which evidence the verdict rested on and which it went without
+    // (a kernel before 6.2 gives no b_rcv_wnd, ...): JSON text
+    // {"rested_on": [names], "missing": [names]}; NULL on episodes stored
+    // before.
+    "
+    ALTER TABLE episodes ADD COLUMN basis text;
+    ",
 ];
 
 /// The schema version this code writes.

@@ -68,20 +68,22 @@ impl Prepared {
                     "INSERT INTO episodes (id, diagnosis, summary, evidence, started_at_ms,
                         duration_ms, stuck_bytes, a_host, a_netns, a_local, a_remote, flow_key,
                         a_cookie, b_host, peer_note, open, community_id,
-                        via_host, via_original, via_reply, via_nat)
+                        via_host, via_original, via_reply, via_nat, basis)
                      SELECT id, diagnosis, summary, evidence::jsonb, started_at_ms,
                         duration_ms, stuck_bytes, a_host, a_netns, a_local, a_remote, flow_key,
                         a_cookie, b_host, peer_note, true, community_id,
-                        via_host, via_original, via_reply, via_nat
+                        via_host, via_original, via_reply, via_nat, basis
                        FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[],
                                    $5::bigint[], $6::bigint[], $7::bigint[], $8::text[],
                                    $9::text[], $10::text[], $11::text[], $12::text[],
                                    $13::bigint[], $14::text[], $15::text[], $16::text[],
-                                   $17::text[], $18::text[], $19::text[], $20::text[])
+                                   $17::text[], $18::text[], $19::text[], $20::text[],
+                                   $21::text[])
                             AS e (id, diagnosis, summary, evidence, started_at_ms,
                                   duration_ms, stuck_bytes, a_host, a_netns, a_local,
                                   a_remote, flow_key, a_cookie, b_host, peer_note,
-                                  community_id, via_host, via_original, via_reply, via_nat)
+                                  community_id, via_host, via_original, via_reply, via_nat,
+                                  basis)
                      ON CONFLICT DO NOTHING",
                 )
                 .await?,
@@ -92,13 +94,14 @@ impl Prepared {
                         peer_note = u.peer_note, duration_ms = u.duration_ms,
                         stuck_bytes = u.stuck_bytes, via_host = u.via_host,
                         via_original = u.via_original, via_reply = u.via_reply,
-                        via_nat = u.via_nat
+                        via_nat = u.via_nat, basis = u.basis
                        FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[],
                                    $5::text[], $6::text[], $7::bigint[], $8::bigint[],
-                                   $9::text[], $10::text[], $11::text[], $12::text[])
+                                   $9::text[], $10::text[], $11::text[], $12::text[],
+                                   $13::text[])
                             AS u (id, diagnosis, summary, evidence, b_host, peer_note,
                                   duration_ms, stuck_bytes, via_host, via_original,
-                                  via_reply, via_nat)
+                                  via_reply, via_nat, basis)
                       WHERE e.id = u.id
                      RETURNING e.id",
                 )
@@ -265,6 +268,7 @@ async fn open(c: &Client, p: &Prepared, opens: &[&NewEpisode]) -> Result<u64, Wr
         (cap(n), cap(n), cap(n), cap(n));
     let (mut via_host, mut via_original, mut via_reply, mut via_nat) =
         (cap(n), cap(n), cap(n), cap(n));
+    let mut basis = cap(n);
     for e in opens {
         let via = ViaColumns::of(e.via.as_ref());
         id.push(e.id);
@@ -287,6 +291,7 @@ async fn open(c: &Client, p: &Prepared, opens: &[&NewEpisode]) -> Result<u64, Wr
         via_original.push(via.original);
         via_reply.push(via.reply);
         via_nat.push(via.nat);
+        basis.push(serde_json::to_string(&e.basis)?);
     }
     Ok(c
         .execute(
@@ -312,6 +317,7 @@ async fn open(c: &Client, p: &Prepared, opens: &[&NewEpisode]) -> Result<u64, Wr
                 &via_original,
                 &via_reply,
                 &via_nat,
+                &basis,
             ],
         )
         .await?)
@@ -329,6 +335,7 @@ async fn update(
     let (mut b_host, mut peer_note, mut duration, mut stuck) = (cap(n), cap(n), cap(n), cap(n));
     let (mut via_host, mut via_original, mut via_reply, mut via_nat) =
         (cap(n), cap(n), cap(n), cap(n));
+    let mut basis = cap(n);
     for u in updates.values() {
         let via = ViaColumns::of(u.via.as_ref());
         id.push(u.id);
@@ -343,6 +350,7 @@ async fn update(
         via_original.push(via.original);
         via_reply.push(via.reply);
         via_nat.push(via.nat);
+        basis.push(serde_json::to_string(&u.basis)?);
     }
     ids_of(
         c.query(
@@ -360,6 +368,7 @@ async fn update(
                 &via_original,
                 &via_reply,
                 &via_nat,
+                &basis,
             ],
         )
         .await?,

@@ -9,14 +9,14 @@ use tcpstall_common::{EndSample, FlowTuple, HeldEnd, Side, Translation};
 
 use crate::store::{
     EpisodeCount, EpisodeFilter, EpisodeRow, HeldFilter, HeldRow, HostRow, StoreError, StoredEpisode,
-    StoredSample,
+    StoredSample, VerdictBasis,
 };
 use tcpstall_common::Packed;
 use tcpstall_proto::convert::{pack, unpack};
 
 const EPISODE_COLS: &str = "id, diagnosis, summary, evidence, started_at_ms, duration_ms, \
      stuck_bytes, a_host, a_netns, a_local, a_remote, a_cookie, b_host, peer_note, open, \
-     ended_at_ms, end_reason, via_host, via_original, via_reply, via_nat";
+     ended_at_ms, end_reason, via_host, via_original, via_reply, via_nat, basis";
 
 /// Socket cookies are u64; SQLite integers are i64. The bits are kept.
 pub(crate) fn cookie_to_sql(c: u64) -> i64 {
@@ -356,6 +356,10 @@ fn episode_row(row: &Row<'_>) -> Result<EpisodeRow, StoreError> {
         summary: row.get(2)?,
         evidence: serde_json::from_str(&evidence)
             .map_err(|_| corrupt(id, "evidence", &evidence))?,
+        basis: match row.get::<_, Option<String>>(21)? {
+            Some(b) => serde_json::from_str(&b).map_err(|_| corrupt(id, "basis", &b))?,
+            None => VerdictBasis::default(),
+        },
         started_at_ms: row.get(4)?,
         duration_ms: u64::try_from(duration)
             .map_err(|_| corrupt(id, "duration_ms", &duration.to_string()))?,

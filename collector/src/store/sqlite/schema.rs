@@ -160,6 +160,13 @@ const MIGRATIONS: &[&str] = &[
     "
     CREATE INDEX episodes_started_diagnosis ON episodes (started_at_ms, diagnosis);
     ",
+    // 9: which evidence the verdict rested on and which it went without
+    // (a kernel before 6.2 gives no b_rcv_wnd, ...): a JSON object
+    // {"rested_on": [names], "missing": [names]}; NULL on episodes stored
+    // before.
+    "
+    ALTER TABLE episodes ADD COLUMN basis TEXT;
+    ",
 ];
 
 /// Retention by age: a chunk of the ended episodes that ended before ?1,

@@ -44,9 +44,9 @@ pub(super) fn apply(c: &Connection, cmd: Command) -> Result<u64, StoreError> {
                 "INSERT INTO episodes (id, diagnosis, summary, evidence, started_at_ms,
                     duration_ms, stuck_bytes, a_host, a_netns, a_local, a_remote,
                     a_cookie, b_host, peer_note, open, community_id,
-                    via_host, via_original, via_reply, via_nat)
+                    via_host, via_original, via_reply, via_nat, basis)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, 1, ?15,
-                    ?16, ?17, ?18, ?19)",
+                    ?16, ?17, ?18, ?19, ?20)",
             )?
             .execute(params![
                 e.id,
@@ -68,6 +68,7 @@ pub(super) fn apply(c: &Connection, cmd: Command) -> Result<u64, StoreError> {
                 via.original,
                 via.reply,
                 via.nat,
+                serde_json::to_string(&e.basis)?,
             ])?
         }
         Command::UpdateEpisode(u) => {
@@ -77,7 +78,8 @@ pub(super) fn apply(c: &Connection, cmd: Command) -> Result<u64, StoreError> {
                 c.prepare_cached(
                     "UPDATE episodes SET diagnosis = ?2, summary = ?3, evidence = ?4,
                         b_host = ?5, peer_note = ?6, duration_ms = ?7, stuck_bytes = ?8,
-                        via_host = ?9, via_original = ?10, via_reply = ?11, via_nat = ?12
+                        via_host = ?9, via_original = ?10, via_reply = ?11, via_nat = ?12,
+                        basis = ?13
                       WHERE id = ?1",
                 )?
                 .execute(params![
@@ -93,6 +95,7 @@ pub(super) fn apply(c: &Connection, cmd: Command) -> Result<u64, StoreError> {
                     via.original,
                     via.reply,
                     via.nat,
+                    serde_json::to_string(&u.basis)?,
                 ])?,
             )?
         }

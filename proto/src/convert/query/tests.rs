@@ -32,6 +32,10 @@ fn episode(id: i64, started_at_ms: i64) -> Episode {
             ("b_rcv_wnd".to_string(), 65_536),
         ]
         .into(),
+        basis: VerdictBasis {
+            rested_on: vec!["a_snd_wnd".into(), "b_rmem_alloc".into(), "b_rcvbuf".into()],
+            missing: vec!["b_rcv_wnd".into()],
+        },
         started_at_ms,
         ended_at_ms: Some(started_at_ms + 30_000),
         duration_ms: 30_000,
@@ -197,6 +201,7 @@ fn a_stored_row_answers_as_it_did() {
         diagnosis: "peer_not_reading".into(),
         summary: "B is not reading".into(),
         evidence: [("b_recvq".to_string(), 4096)].into(),
+        basis: Default::default(),
         started_at_ms: NOW_MS - 20_000,
         duration_ms: 12_000,
         stuck_bytes: 4096,
