@@ -131,7 +131,7 @@ fn fail(what: &str, e: impl std::fmt::Display) -> Failure {
     }
 }
 
-pub async fn run(args: DemoArgs, style: Style) -> Result<u8, Failure> {
+pub async fn run(args: DemoArgs, style: Style, width: Option<usize>) -> Result<u8, Failure> {
     let dir = tempfile::Builder::new()
         .prefix("tcpstall-demo-")
         .tempdir()
@@ -223,9 +223,15 @@ pub async fn run(args: DemoArgs, style: Style) -> Result<u8, Failure> {
             let incidents = model::incidents(&mut views);
             let view = &views[0];
             println!("$ tcpstall report");
-            print!("{}", render::report_incidents(&views, &incidents, style));
+            print!(
+                "{}",
+                render::report_incidents(&views, &incidents, style, width)
+            );
             println!("\n$ tcpstall diff {}", view.id);
-            print!("{}", render::diff(&view.peer.a, view.peer.b.as_ref()));
+            print!(
+                "{}",
+                render::diff(&view.peer.a, view.peer.b.as_ref(), width)
+            );
             println!("\n$ tcpstall plot {} -o {}", view.id, args.plot.display());
             match plotting::write(&plotting::input(&episode, &samples), &args.plot) {
                 Ok(()) => {

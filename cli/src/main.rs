@@ -80,6 +80,10 @@ struct Cli {
     /// One JSON document per answer instead of text (schema: docs/cli-json.md).
     #[arg(long, global = true)]
     json: bool,
+    /// Tables whole: long cells (command lines, unit paths, hosts) are not
+    /// cut with `…` to fit 100 columns.
+    #[arg(long, global = true)]
+    wide: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -288,13 +292,14 @@ fn target(cli: &Cli) -> Target {
 
 async fn run(cli: Cli) -> Result<u8, Failure> {
     let json = cli.json;
+    let width = tcpstall_client::table::width(cli.wide);
     let target = target(&cli);
     let style = Style {
         color: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
     };
     match cli.command {
         #[cfg(feature = "demo")]
-        Command::Demo(args) => demo::run(args, style).await,
+        Command::Demo(args) => demo::run(args, style, width).await,
         Command::Export(args) => {
             export::check(&args)?;
             let mut q = target.connect().await?;
@@ -314,9 +319,9 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             };
             print(json, &eps, || {
                 let mut text = if flat {
-                    render::report(&eps, style)
+                    render::report(&eps, style, width)
                 } else {
-                    render::report_incidents(&eps, &incidents, style)
+                    render::report_incidents(&eps, &incidents, style, width)
                 };
                 if let Some(h) = &held {
                     text.push_str(&stalls::report_section(h));
@@ -333,7 +338,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             let mut q = target.connect().await?;
             let since = since.unwrap_or(Duration::from_secs(3600));
             let s = held_spans(&mut q, Some(since), host).await?;
-            print(json, &s, || stalls::render(&s))?;
+            print(json, &s, || stalls::render(&s, width))?;
             Ok(exit::OK)
         }
         Command::Incidents(f) => {
@@ -341,7 +346,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             let mut q = target.connect().await?;
             let mut eps = list(&mut q, &f).await?;
             let incidents = model::incidents(&mut eps);
-            print(json, &incidents, || render::incidents(&incidents))?;
+            print(json, &incidents, || render::incidents(&incidents, width))?;
             Ok(if incidents.iter().any(|i| i.open) {
                 exit::STUCK
             } else {
@@ -352,7 +357,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             let mut q = target.connect().await?;
             let mut eps = list(&mut q, &f).await?;
             model::incidents(&mut eps);
-            print(json, &eps, || render::episodes(&eps))?;
+            print(json, &eps, || render::episodes(&eps, width))?;
             Ok(exit::OK)
         }
         Command::Plot { id, output } => {
@@ -373,7 +378,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             let incident = incident_of(&mut q, &e).await?;
             e.incident = Some(incident.as_ref().map_or(e.id, |i| i.0));
             print(json, &e, || {
-                let mut text = render::show(&e, n);
+                let mut text = render::show(&e, n, width);
                 // Alone, an episode is its own incident: nothing to add.
                 if let Some((id, pairs, title)) = incident.filter(|i| i.1 > 1) {
                     let _ = writeln!(text, "\nPart of incident #{id} ({pairs} pairs): {title}");
@@ -388,7 +393,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             interval,
         } => {
             let mut q = target.connect().await?;
-            diff(json, &mut q, &flow, watch, interval).await
+            diff(json, width, &mut q, &flow, watch, interval).await
         }
     }
 }
@@ -590,6 +595,7 @@ fn diff_target(args: &[String]) -> Result<DiffTarget, Failure> {
 
 async fn diff(
     json: bool,
+    width: Option<usize>,
     q: &mut Client,
     args: &[String],
     watch: bool,
@@ -598,7 +604,9 @@ async fn diff(
     match diff_target(args)? {
         DiffTarget::Episode(id) => {
             let (e, _) = episode(q, id).await?;
-            print(json, &e.peer, || render::diff(&e.peer.a, e.peer.b.as_ref()))?;
+            print(json, &e.peer, || {
+                render::diff(&e.peer.a, e.peer.b.as_ref(), width)
+            })?;
             Ok(exit::OK)
         }
         DiffTarget::Flow(flow) => loop {
@@ -631,7 +639,9 @@ async fn diff(
             if watch && !json {
                 print!("\x1b[2J\x1b[H");
             }
-            print(json, &ends, || render::diff(&ends.a, ends.b.as_ref()))?;
+            print(json, &ends, || {
+                render::diff(&ends.a, ends.b.as_ref(), width)
+            })?;
             if !watch {
                 return Ok(exit::OK);
             }

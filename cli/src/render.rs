@@ -99,7 +99,7 @@ fn end_cells(e: &EpisodeView) -> (String, Option<String>) {
 }
 
 /// `tcpstall report`: one row per stuck pair.
-pub fn report(eps: &[EpisodeView], style: Style) -> String {
+pub fn report(eps: &[EpisodeView], style: Style, width: Option<usize>) -> String {
     if eps.is_empty() {
         return "no stuck pairs\n".into();
     }
@@ -110,7 +110,8 @@ pub fn report(eps: &[EpisodeView], style: Style) -> String {
         ("STUCK", true),
         ("AGE", true),
         ("DIAGNOSIS", false),
-    ]);
+    ])
+    .cuttable(&[1, 2]);
     let mut evidence = Vec::new();
     for e in eps {
         let (a, b) = end_cells(e);
@@ -124,7 +125,7 @@ pub fn report(eps: &[EpisodeView], style: Style) -> String {
         ]);
         evidence.push((e.id, e.summary.clone(), key_evidence(e), e.blame));
     }
-    let mut out = t.render();
+    let mut out = t.render_within(width);
     out.push('\n');
     for (id, summary, ev, blame) in evidence {
         let _ = writeln!(out, "#{id}: {}", style.bad(&summary));
@@ -134,7 +135,12 @@ pub fn report(eps: &[EpisodeView], style: Style) -> String {
 }
 
 /// `tcpstall report`: each incident, its pairs beneath it.
-pub fn report_incidents(eps: &[EpisodeView], incidents: &[IncidentView], style: Style) -> String {
+pub fn report_incidents(
+    eps: &[EpisodeView],
+    incidents: &[IncidentView],
+    style: Style,
+    width: Option<usize>,
+) -> String {
     if eps.is_empty() {
         return "no stuck pairs\n".into();
     }
@@ -168,7 +174,8 @@ pub fn report_incidents(eps: &[EpisodeView], incidents: &[IncidentView], style: 
             .iter()
             .filter_map(|id| eps.iter().find(|e| e.id == *id).cloned())
             .collect();
-        for line in report(&members, style).lines() {
+        // Indented by two: the pairs' table fits two columns less.
+        for line in report(&members, style, width.map(|w| w.saturating_sub(2))).lines() {
             if line.is_empty() {
                 out.push('\n');
             } else {
@@ -188,7 +195,7 @@ fn incident_state(i: &IncidentView) -> String {
 }
 
 /// `tcpstall incidents`: one line each.
-pub fn incidents(incidents: &[IncidentView]) -> String {
+pub fn incidents(incidents: &[IncidentView], width: Option<usize>) -> String {
     if incidents.is_empty() {
         return "no incidents\n".into();
     }
@@ -200,7 +207,8 @@ pub fn incidents(incidents: &[IncidentView]) -> String {
         ("STUCK", true),
         ("DIAGNOSIS", false),
         ("INCIDENT", false),
-    ]);
+    ])
+    .cuttable(&[6]);
     for i in incidents {
         t.push(vec![
             i.id.to_string(),
@@ -212,11 +220,11 @@ pub fn incidents(incidents: &[IncidentView]) -> String {
             i.title.clone(),
         ]);
     }
-    t.render()
+    t.render_within(width)
 }
 
 /// `tcpstall episodes`: the history, one line each.
-pub fn episodes(eps: &[EpisodeView]) -> String {
+pub fn episodes(eps: &[EpisodeView], width: Option<usize>) -> String {
     if eps.is_empty() {
         return "no episodes\n".into();
     }
@@ -229,7 +237,8 @@ pub fn episodes(eps: &[EpisodeView]) -> String {
         ("B", false),
         ("STUCK", true),
         ("DIAGNOSIS", false),
-    ]);
+    ])
+    .cuttable(&[4, 5]);
     for e in eps {
         let (a, b) = end_cells(e);
         t.push(vec![
@@ -247,7 +256,7 @@ pub fn episodes(eps: &[EpisodeView]) -> String {
             e.diagnosis.clone(),
         ]);
     }
-    t.render()
+    t.render_within(width)
 }
 
 /// An end's line above `diff`'s table: host and its own 4-tuple, then
@@ -262,7 +271,7 @@ fn end_line(side: &str, v: &EndView, other: Option<&EndView>, other_side: &str) 
 }
 
 /// `tcpstall diff`: both ends side by side, one row per fact.
-pub fn diff(a: &EndView, b: Option<&EndView>) -> String {
+pub fn diff(a: &EndView, b: Option<&EndView>, width: Option<usize>) -> String {
     let mut out = format!(
         "{}\n{}\n\n",
         end_line("A", a, b, "B"),
@@ -271,24 +280,50 @@ pub fn diff(a: &EndView, b: Option<&EndView>) -> String {
             |b| end_line("B", b, Some(a), "A")
         )
     );
+    // An end never sampled has no numbers to show.
+    let b = b.filter(|b| b.seen);
+    let facts = facts(a.sample.as_ref(), b.and_then(|b| b.sample.as_ref()));
     let mut t = Table::new(&[
         ("FACT", false),
         ("A", true),
         ("B", true),
         ("WHAT IT MEANS", false),
     ]);
-    // An end never sampled has no numbers to show.
-    let b = b.filter(|b| b.seen);
-    for f in facts(a.sample.as_ref(), b.and_then(|b| b.sample.as_ref())) {
-        t.push(vec![f.name.to_string(), f.a, f.b, f.meaning]);
+    for f in &facts {
+        t.push(vec![
+            f.name.to_string(),
+            f.a.clone(),
+            f.b.clone(),
+            f.meaning.clone(),
+        ]);
     }
-    out.push_str(&t.render());
+    if width.is_none_or(|w| t.natural_width() <= w) {
+        out.push_str(&t.render());
+    } else {
+        // Too wide for one line a fact: FACT, A and B on it (long values
+        // cut), what they mean whole on the next.
+        let mut t = Table::new(&[("FACT", false), ("A", true), ("B", true)]).cuttable(&[1, 2]);
+        for f in &facts {
+            t.push(vec![f.name.to_string(), f.a.clone(), f.b.clone()]);
+        }
+        let table = t.render_within(width);
+        let mut lines = table.lines();
+        if let Some(header) = lines.next() {
+            let _ = writeln!(out, "{header}");
+        }
+        for (line, f) in lines.zip(&facts) {
+            let _ = writeln!(out, "{line}");
+            if !f.meaning.is_empty() {
+                let _ = writeln!(out, "    → {}", f.meaning);
+            }
+        }
+    }
     let _ = writeln!(out, "\nsource: {} (both ends)", a.source);
     out
 }
 
 /// `tcpstall show`: one episode with its evidence.
-pub fn show(e: &EpisodeView, samples: usize) -> String {
+pub fn show(e: &EpisodeView, samples: usize, width: Option<usize>) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -371,6 +406,6 @@ pub fn show(e: &EpisodeView, samples: usize) -> String {
         );
     }
     out.push('\n');
-    out.push_str(&diff(&e.peer.a, e.peer.b.as_ref()));
+    out.push_str(&diff(&e.peer.a, e.peer.b.as_ref(), width));
     out
 }

@@ -152,7 +152,7 @@ fn window(s: &Stalls) -> String {
 }
 
 /// `tcpstall stalls`: every pair, its holds by length and how they ended.
-pub fn render(s: &Stalls) -> String {
+pub fn render(s: &Stalls, width: Option<usize>) -> String {
     if s.pairs.is_empty() {
         return format!("no held send queue ended in {}\n", window(s));
     }
@@ -171,7 +171,8 @@ pub fn render(s: &Stalls) -> String {
         ("LONGEST", true),
         ("MEAN", true),
         ("ENDED", false),
-    ]);
+    ])
+    .cuttable(&[0, 1, 8]);
     for p in &s.pairs {
         t.push(vec![
             p.a_host.clone(),
@@ -185,7 +186,7 @@ pub fn render(s: &Stalls) -> String {
             ended(p),
         ]);
     }
-    out.push_str(&t.render());
+    out.push_str(&t.render_within(width));
     out
 }
 
@@ -312,7 +313,7 @@ mod tests {
     #[test]
     fn the_text_names_each_pair_and_the_report_only_what_fell_short() {
         let s = gather(&sample(), Some(3600));
-        let text = render(&s);
+        let text = render(&s, None);
         assert!(text.contains("the last 1h"), "{text}");
         assert!(text.contains("web-1") && text.contains("db-7"), "{text}");
         assert!(text.contains("reset 4"), "{text}");
@@ -328,6 +329,6 @@ mod tests {
         );
         let none = gather(&HeldSpans::default(), None);
         assert_eq!(report_section(&none), "");
-        assert!(render(&none).starts_with("no held send queue ended in all stored"));
+        assert!(render(&none, None).starts_with("no held send queue ended in all stored"));
     }
 }

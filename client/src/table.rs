@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-pub use tcpstall_common::facts::human_bytes;
+pub use tcpstall_common::facts::{human_bytes, short};
 
 /// Microseconds in human units: 52us, 1.2ms, 230ms, 3.4s.
 pub fn human_micros(us: u32) -> String {
@@ -18,12 +18,28 @@ pub fn human_micros(us: u32) -> String {
     }
 }
 
+/// The width tables are fitted to unless asked for whole (`--wide`): long
+/// cells (command lines, unit paths, hosts) are cut with `…`; JSON and
+/// `--wide` keep them whole.
+pub const WIDTH: usize = 100;
+
+/// How wide a table may be: [`WIDTH`], or unlimited with `--wide`.
+pub fn width(wide: bool) -> Option<usize> {
+    (!wide).then_some(WIDTH)
+}
+
+/// A cuttable column is never cut narrower than this (or its header).
+const FLOOR: usize = 10;
+
 /// A plain text table: columns sized to their widest cell, numbers right
-/// aligned, two spaces between columns.
+/// aligned, two spaces between columns. Rendered within a width, the
+/// columns marked cuttable give up what the table has too much, the widest
+/// first, and their long cells end in `…`.
 #[derive(Debug, Default)]
 pub struct Table {
     header: Vec<&'static str>,
     right: Vec<bool>,
+    cut: Vec<bool>,
     rows: Vec<Vec<String>>,
 }
 
@@ -32,19 +48,62 @@ impl Table {
         Table {
             header: columns.iter().map(|c| c.0).collect(),
             right: columns.iter().map(|c| c.1).collect(),
+            cut: vec![false; columns.len()],
             rows: Vec::new(),
         }
+    }
+
+    /// Marks `columns` (by index) as ones whose long cells may be cut.
+    pub fn cuttable(mut self, columns: &[usize]) -> Table {
+        for &c in columns {
+            if let Some(x) = self.cut.get_mut(c) {
+                *x = true;
+            }
+        }
+        self
     }
 
     pub fn push(&mut self, row: Vec<String>) {
         self.rows.push(row);
     }
 
-    pub fn render(&self) -> String {
-        let mut widths: Vec<usize> = self.header.iter().map(|h| h.len()).collect();
+    /// Each column's width with nothing cut.
+    fn natural(&self) -> Vec<usize> {
+        let mut widths: Vec<usize> = self.header.iter().map(|h| h.chars().count()).collect();
         for row in &self.rows {
             for (w, cell) in widths.iter_mut().zip(row) {
                 *w = (*w).max(cell.chars().count());
+            }
+        }
+        widths
+    }
+
+    /// The width of the table with nothing cut.
+    pub fn natural_width(&self) -> usize {
+        let w = self.natural();
+        w.iter().sum::<usize>() + 2 * w.len().saturating_sub(1)
+    }
+
+    /// The whole table, nothing cut.
+    pub fn render(&self) -> String {
+        self.render_within(None)
+    }
+
+    /// The table within `width` columns where cutting can get it there
+    /// (`None`: whole).
+    pub fn render_within(&self, width: Option<usize>) -> String {
+        let mut widths = self.natural();
+        if let Some(max) = width {
+            let gaps = 2 * widths.len().saturating_sub(1);
+            let floor = |i: usize| self.header[i].chars().count().max(FLOOR);
+            while widths.iter().sum::<usize>() + gaps > max {
+                let widest = (0..widths.len())
+                    .filter(|&i| self.cut[i] && widths[i] > floor(i))
+                    .max_by_key(|&i| widths[i]);
+                match widest {
+                    Some(i) => widths[i] -= 1,
+                    None => break,
+                }
             }
         }
         let mut out = String::new();
@@ -56,6 +115,11 @@ impl Table {
                 if i > 0 {
                     line.push_str("  ");
                 }
+                let cell = if cell.chars().count() > w {
+                    std::borrow::Cow::Owned(short(cell, w))
+                } else {
+                    std::borrow::Cow::Borrowed(cell.as_str())
+                };
                 if self.right.get(i).copied().unwrap_or(false) {
                     let _ = write!(line, "{cell:>w$}");
                 } else {
@@ -88,5 +152,42 @@ mod tests {
         t.push(vec!["a".into(), "1".into()]);
         t.push(vec!["long".into(), "1000".into()]);
         assert_eq!(t.render(), "NAME     N\na        1\nlong  1000\n");
+    }
+
+    #[test]
+    fn within_a_width_the_widest_cuttable_column_gives_way_first() {
+        let mut t =
+            Table::new(&[("ID", true), ("COMMAND", false), ("HOST", false)]).cuttable(&[1, 2]);
+        t.push(vec!["7".into(), "x".repeat(300), "db-7.example.com".into()]);
+        let out = t.render_within(Some(40));
+        for line in out.lines() {
+            assert!(line.chars().count() <= 40, "{line:?}");
+        }
+        let row = out.lines().nth(1).expect("a row");
+        assert!(row.contains('…'), "cut: {row}");
+        assert!(
+            row.ends_with("db-7.example.com"),
+            "the short column kept whole: {row}"
+        );
+        // Whole, the same table keeps every character.
+        assert!(t.render_within(None).contains(&"x".repeat(300)));
+        assert_eq!(t.render(), t.render_within(None));
+    }
+
+    #[test]
+    fn columns_not_cuttable_are_never_cut_and_nothing_goes_below_its_floor() {
+        let mut t = Table::new(&[("ID", true), ("NAME", false)]).cuttable(&[1]);
+        t.push(vec![
+            "1234567890123456".into(),
+            "a-rather-long-name-here".into(),
+        ]);
+        let out = t.render_within(Some(10));
+        let row = out.lines().nth(1).expect("a row");
+        assert!(row.starts_with("1234567890123456  "), "the id whole: {row}");
+        assert_eq!(
+            row.chars().count(),
+            16 + 2 + FLOOR,
+            "name at its floor: {row}"
+        );
     }
 }

@@ -212,10 +212,11 @@ pub fn facts(a: Option<&EndSample>, b: Option<&EndSample>) -> Vec<Fact> {
         "the process holding the socket".into(),
         "proc",
     );
-    // The whole command line is in --json; a table row keeps its start.
+    // Whole: a table that must fit a width cuts it (`tcpstall diff`, not
+    // with --wide), the web page wraps it.
     fact(
         "owner command",
-        &|e| owner(e, |o| short(&o.command, 60)),
+        &|e| owner(e, |o| o.command.clone()),
         String::new(),
         "proc",
     );

@@ -432,3 +432,97 @@ async fn a_host_that_stops_reading_from_two_clients_is_one_incident() {
     let alone = text(&cli(&url, &["show", &ids[2].to_string()]));
     assert!(!alone.contains("incident"), "{alone}");
 }
+
+/// A server whose process has a 300-character command line (a JVM's, say)
+/// and a long unit name: `diff` fits 100 columns, the command cut with
+/// `…`, what each fact means on the line beneath; `--wide` and `--json`
+/// keep it whole. So do `episodes` and `report`'s tables.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_300_character_command_line_fits_100_columns() {
+    let command = format!(
+        "/usr/lib/jvm/java-17-openjdk-amd64/bin/java -Xms4g -Xmx4g -XX:+UseG1GC {} -jar /opt/orders/orders-service.jar",
+        (0..20)
+            .map(|i| format!("-Dorders.shard.{i}=on"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let command: String = command
+        .chars()
+        .chain(std::iter::repeat('x'))
+        .take(300)
+        .collect();
+    assert_eq!(command.chars().count(), 300);
+    let a = tuple("198.18.21.1:8443", "198.18.21.2:52000");
+    let (mut sa, sb) = not_reading(a, a.reversed());
+    sa.owner = Some(Box::new(tcpstall_common::ProcessOwner {
+        pid: 4242,
+        command: command.clone(),
+        unit: Some("orders-service-with-a-rather-long-unit-name@primary.service".into()),
+        cgroup: None,
+    }));
+    let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+    let ids = populate(
+        &dir.path().join("tcpstall.db"),
+        vec![stalled_reader(
+            0,
+            "orders-1.prod.eu-west-1.example.com",
+            "client-7.prod.eu-west-1.example.com",
+            sa,
+            sb,
+        )],
+    )
+    .await;
+    let collector = CollectorProcess::start_in(dir, "127.0.0.1:0", &["--retention", "36500days"]);
+    let url = collector.url();
+    let id = ids[0].to_string();
+
+    let fits = |what: &str, out: &str| {
+        for line in out.lines() {
+            assert!(
+                line.chars().count() <= 100,
+                "{what}: a line of {} columns: {line}",
+                line.chars().count()
+            );
+        }
+    };
+    let diff = text(&cli(&url, &["diff", &id]));
+    golden("diff_long_command.txt", &diff);
+    fits("diff", &diff);
+    assert!(
+        diff.contains("/usr/lib/jvm/java-17"),
+        "the command's start: {diff}"
+    );
+    assert!(diff.contains('…'), "the command cut: {diff}");
+    assert!(
+        diff.contains("    → B's window is closed: A may not send"),
+        "the meaning beneath its fact: {diff}"
+    );
+    let wide = text(&cli(&url, &["--wide", "diff", &id]));
+    assert!(
+        wide.contains(&command),
+        "--wide keeps the command whole: {wide}"
+    );
+    assert!(wide.lines().any(|l| l.chars().count() > 300), "{wide}");
+    let e = json(&cli(&url, &["--json", "diff", &id]));
+    assert_eq!(e["a"]["owner"]["command"], command.as_str(), "{e}");
+    let since = ["--since", "36500days"];
+    for args in [&["episodes"][..], &["report"][..]] {
+        let args: Vec<&str> = args.iter().chain(&since).copied().collect();
+        let out = text(&cli(&url, &args));
+        // The table: from its header (report prints its incident first) to
+        // the first empty line.
+        let table: String = out
+            .lines()
+            .skip_while(|l| !l.trim_start().starts_with("ID "))
+            .take_while(|l| !l.is_empty())
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(!table.is_empty(), "{}: no table in {out}", args[0]);
+        fits(args[0], &table);
+        assert!(
+            table.contains('…'),
+            "{}: the long host cut: {table}",
+            args[0]
+        );
+    }
+}
