@@ -161,6 +161,32 @@ impl Leases {
                         tracing::warn!(error = %e, "reconnecting to NATS failed");
                     }
                 }
+                // Who is alive is unknown, so nothing is handed over or
+                // taken; but whose a partition is, its lease says, not the
+                // nodes bucket: what this node holds it renews, and judges
+                // on. (Stopping them instead, a node whose nodes bucket
+                // was out of reach after a NATS server died, while its
+                // leases were not, stopped its partitions and could not
+                // start them again: their streams would not give a
+                // consumer for tens of seconds. An episode then waited
+                // that long to end.)
+                // All of them within one patience, as every request of a
+                // round: with NATS gone entirely, a round still ends in
+                // time for its fence.
+                let deadline = Instant::now() + patience;
+                let held: Vec<u32> = running.keys().copied().collect();
+                for p in held {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    match running.remove(&p) {
+                        // A renewal asks twice at most (the update, then
+                        // who holds it): half of what is left each.
+                        Some(r) if !left.is_zero() => self.renew(p, r, left / 2, running).await,
+                        Some(r) => {
+                            running.insert(p, r);
+                        }
+                        None => {}
+                    }
+                }
                 self.fence(running).await;
                 self.publish(running);
                 return;
@@ -187,46 +213,7 @@ impl Leases {
                     self.fleet.leases.released.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(partition = p, to = target.unwrap_or("?"), "partition released");
                 }
-                Some(mut r) => {
-                    let renewed = tokio::time::timeout(
-                        patience,
-                        self.bus
-                            .leases
-                            .update(&key, self.node.clone().into(), r.revision),
-                    )
-                    .await;
-                    match renewed {
-                        Ok(Ok(revision)) => {
-                            r.revision = revision;
-                            r.renewed = Instant::now();
-                            running.insert(p, r);
-                        }
-                        Ok(Err(e)) => match self.holder(&key, patience).await {
-                            // Written by this node after all (the answer
-                            // was lost): renewed again next round from
-                            // the revision it has now.
-                            Held::Mine(revision) => {
-                                r.revision = revision;
-                                running.insert(p, r);
-                            }
-                            // Not this node's any more: stop at once.
-                            Held::Other | Held::Free => {
-                                tracing::warn!(partition = p, error = %e, "lease renewal refused; partition stopped");
-                                self.fleet.leases.lost.fetch_add(1, Ordering::Relaxed);
-                                self.halt(p, r).await;
-                            }
-                            // Out of reach: judged on until its fence.
-                            Held::Unknown => {
-                                tracing::warn!(partition = p, error = %e, "lease not renewed; trying again next round");
-                                running.insert(p, r);
-                            }
-                        },
-                        Err(_) => {
-                            tracing::warn!(partition = p, "lease renewal unanswered; trying again next round");
-                            running.insert(p, r);
-                        }
-                    }
-                }
+                Some(r) => self.renew(p, r, patience, running).await,
                 None if target == Some(self.node.as_str()) => {
                     let created = tokio::time::timeout(
                         patience,
@@ -280,6 +267,56 @@ impl Leases {
         }
         self.fence(running).await;
         self.publish(running);
+    }
+
+    /// Renews the lease of partition `p`, which this node judges: kept
+    /// running if renewed or out of reach (until its fence), stopped at
+    /// once if another node holds it now.
+    async fn renew(
+        &self,
+        p: u32,
+        mut r: Running,
+        patience: Duration,
+        running: &mut HashMap<u32, Running>,
+    ) {
+        let key = wire::lease_key(p);
+        let renewed = tokio::time::timeout(
+            patience,
+            self.bus
+                .leases
+                .update(&key, self.node.clone().into(), r.revision),
+        )
+        .await;
+        match renewed {
+            Ok(Ok(revision)) => {
+                r.revision = revision;
+                r.renewed = Instant::now();
+                running.insert(p, r);
+            }
+            Ok(Err(e)) => match self.holder(&key, patience).await {
+                // Written by this node after all (the answer was lost):
+                // renewed again next round from the revision it has now.
+                Held::Mine(revision) => {
+                    r.revision = revision;
+                    running.insert(p, r);
+                }
+                // Not this node's any more: stop at once.
+                Held::Other | Held::Free => {
+                    tracing::warn!(partition = p, error = %e, "lease renewal refused; partition stopped");
+                    self.fleet.leases.lost.fetch_add(1, Ordering::Relaxed);
+                    self.halt(p, r).await;
+                }
+                // Out of reach: judged on until its fence.
+                Held::Unknown => {
+                    tracing::warn!(partition = p, error = %e, "lease not renewed; trying again next round");
+                    running.insert(p, r);
+                }
+            },
+            Err(_) => {
+                tracing::warn!(partition = p, "lease renewal unanswered; trying again next round");
+                running.insert(p, r);
+            }
+        }
     }
 
     /// Stops the partitions whose leases were not renewed for most of a

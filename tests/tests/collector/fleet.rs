@@ -157,3 +157,68 @@ fn a_host_name_held_through_one_node_is_refused_to_another_machine_through_anoth
     assert!(first.logged(&["agent connected", &host, MACHINE_A]));
     assert!(!first.logged(&["agent gone", &host]));
 }
+
+/// The nodes bucket gone (its stream deleted) while the leases bucket
+/// stays: who is alive cannot be read, but whose a partition is, its lease
+/// says. Every node renews what it holds and judges on; nothing is handed
+/// over, nothing stopped. (After a NATS server died, a node once stopped
+/// its partitions for want of the nodes bucket, and could not start them
+/// again for tens of seconds: an episode waited that long to end.)
+#[test]
+fn a_nodes_bucket_out_of_reach_stops_no_partition() {
+    require_nats!();
+    let shape = Shape {
+        nodes: 2,
+        nats_servers: 1,
+        partitions: 4,
+        postgres: false,
+        ..Shape::three()
+    };
+    let (first, fleet) = Fleet::start(&shape, Settings::FAST);
+    let nodes: Vec<&CollectorProcess> = std::iter::once(&first).chain(&fleet.nodes).collect();
+    wait_for("4 partitions, 2 a node", shape.lease * 3, || {
+        even(&spread(&nodes), shape.partitions).then_some(())
+    });
+    let url = fleet.nats.urls().remove(0);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let answer = rt.block_on(async {
+        let client = async_nats::connect(url).await.expect("connect to NATS");
+        client
+            .request("$JS.API.STREAM.DELETE.KV_tcpstall_nodes", "".into())
+            .await
+            .expect("JetStream answers")
+    });
+    let answer = String::from_utf8_lossy(&answer.payload).into_owned();
+    assert!(answer.contains("\"success\":true"), "{answer}");
+    // Four rounds without the bucket: past the fence (most of a lease)
+    // that stops a partition whose lease went unrenewed.
+    wait_for(
+        "four rounds without the nodes bucket",
+        shape.lease * 4,
+        || {
+            nodes
+                .iter()
+                .all(|n| n.logged(&["cannot reach the nodes bucket", "rounds=4"]))
+                .then_some(())
+        },
+    );
+    assert_eq!(
+        spread(&nodes).iter().sum::<u32>(),
+        shape.partitions,
+        "every partition still judged: {:?}",
+        spread(&nodes)
+    );
+    for n in &nodes {
+        assert!(
+            !n.logged(&["lease not renewed in time"]),
+            "a partition was stopped"
+        );
+        assert_eq!(
+            figures(n).get("tcpstall_collector_partitions_lost_total"),
+            Some(&0.0)
+        );
+    }
+}
