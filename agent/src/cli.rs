@@ -91,6 +91,7 @@ struct SnapshotArgs {
     /// sock_diag only: do not try the deeper probes (the BPF iter/tcp
     /// program, which needs CAP_BPF and CAP_PERFMON). Without them the
     /// JSON's cork, nodelay and bpf fields say unknown (null or absent).
+    /// The table shows none of their facts and never tries them.
     #[arg(long)]
     no_probes: bool,
     /// Name the process that owns each connection shown (pid, command
@@ -226,7 +227,10 @@ fn snapshot(args: SnapshotArgs) -> anyhow::Result<ExitCode> {
     // The sockets first: a namespace may go between listing and opening,
     // and loading the BPF program takes a while.
     let mut poller = Poller::new(namespaces.clone())?;
-    let mut probes = Probes::start(!args.no_probes);
+    // The probes only for what the view shows: the table has none of their
+    // facts (JSON has cork, nodelay, the BPF record and owners), and
+    // loading the BPF program is most of a one-shot view's cost.
+    let mut probes = Probes::start(args.json && !args.no_probes);
     for (name, status) in probes.announce() {
         if !matches!(status, ProbeStatus::Available | ProbeStatus::Off) {
             eprintln!("tcpstall-agent: probe {name}: {status}");

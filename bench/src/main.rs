@@ -30,6 +30,7 @@ mod measure;
 mod poll;
 mod procfs;
 mod procs;
+mod snapshot;
 mod web;
 
 use std::process::ExitCode;
@@ -75,6 +76,9 @@ enum Command {
     /// The web page's answers over a large store: History with each
     /// filter over 1,000,000 episodes, Now with 1,000 open.
     WebPage(web::WebArgs),
+    /// The one-shot view (`tcpstall-agent snapshot`, its table and JSON)
+    /// against `ss -tinmH` over N established loopback connections.
+    Snapshot(snapshot::SnapshotArgs),
     /// Internal: hold churning connections until stdin closes.
     #[command(hide = true)]
     ChurnHold(churn::hold::ChurnHoldArgs),
@@ -93,6 +97,7 @@ fn main() -> ExitCode {
         Command::AgentIdle(args) => agent_idle::run(&args),
         Command::AgentChurn(args) => churn::run(&args),
         Command::WebPage(args) => web::run(&args),
+        Command::Snapshot(args) => snapshot::run(&args),
         Command::ChurnHold(args) => churn::hold::churn_hold(&args),
         Command::Hold(args) => holder::hold(&args),
     };

@@ -418,6 +418,21 @@ fn another_process_reads_the_cork_and_says_unknown_without_the_capability() {
         stderr.contains("probe bpf: unknown (no permission)"),
         "{stderr}"
     );
+    // The table shows no probe's facts, so it tries none (issue 27: the
+    // BPF program's load was most of a one-shot view's cost).
+    let table = std::process::Command::new("setpriv")
+        .args(["--bounding-set=-all", "--inh-caps=-all"])
+        .arg(tcpstall_tests::binary("tcpstall-agent"))
+        .args(["snapshot", "--port", &port.to_string()])
+        .output()
+        .expect("run tcpstall-agent");
+    let table_err = String::from_utf8_lossy(&table.stderr);
+    assert!(table.status.success(), "{table_err}");
+    assert!(!table_err.contains("probe"), "no probe tried: {table_err}");
+    assert!(
+        String::from_utf8_lossy(&table.stdout).contains(&client),
+        "the connection listed"
+    );
     for (local, full) in [(&client, a), (&server, b)] {
         let row = &bare[local];
         for field in ["cork", "nodelay", "cork_source"] {
