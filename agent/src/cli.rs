@@ -295,7 +295,7 @@ fn snapshot(args: SnapshotArgs) -> anyhow::Result<ExitCode> {
             writeln!(out)?;
         }
     } else {
-        write!(out, "{}", view::connections_table(&shown, &label, show_ns))?;
+        view::connections_table(&shown, &label, show_ns).write_within(&mut out, None)?;
     }
     out.flush()?;
     Ok(if failures.is_empty() {

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use serde::Serialize;
-use tcpstall_client::table::{human_bytes, human_micros, Table};
+use tcpstall_client::table::{human_bytes, human_micros, HumanBytes, Table};
 use tcpstall_common::{
     CongName, FactSource, KernelTcp, Opened, Positions, SkMemInfo, SocketSample, TcpInfo, TcpState,
     TimerKind,
@@ -133,12 +133,29 @@ fn opt_bytes(v: Option<u32>) -> String {
     v.map_or_else(|| "-".to_string(), |v| human_bytes(u64::from(v)))
 }
 
-/// The one-line-a-connection table of `snapshot`.
+/// A value, or `-` when unknown, written without allocating.
+struct Or<T>(Option<T>);
+
+impl<T: std::fmt::Display> std::fmt::Display for Or<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(v) => v.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
+}
+
+/// Bytes in human units, or `-`.
+fn or_bytes(v: Option<u32>) -> Or<HumanBytes> {
+    Or(v.map(|v| HumanBytes(u64::from(v))))
+}
+
+/// The one-line-a-connection table of `snapshot`, to be written out.
 pub fn connections_table(
     samples: &[&SocketSample],
     label: &dyn Fn(u64) -> String,
     show_ns: bool,
-) -> String {
+) -> Table {
     let mut cols = vec![];
     if show_ns {
         cols.push(("NETNS", false));
@@ -167,36 +184,32 @@ pub fn connections_table(
     for s in samples {
         let p = s.positions();
         let info = s.info.as_ref();
-        let mut row = vec![];
         if show_ns {
-            row.push(label(s.netns));
+            t.cell(label(s.netns));
         }
-        row.extend([
-            s.state.ss_name().to_string(),
-            s.local.to_string(),
-            s.remote.to_string(),
-            human_bytes(u64::from(p.sendq)),
-            human_bytes(u64::from(p.recvq)),
-            opt_bytes(p.notsent),
-            opt_bytes(p.inflight),
-            opt(p.snd_una),
-            opt(p.snd_nxt),
-            opt(p.write_seq),
-            opt(p.rcv_nxt),
-            opt(p.copied),
-            opt_bytes(p.snd_wnd),
-            opt_bytes(p.rcv_wnd),
-            match (p.snd_wscale, p.rcv_wscale) {
-                (Some(s), Some(r)) => format!("{s}/{r}"),
-                _ => "-".into(),
-            },
-            opt(info.and_then(|i| i.rtt()).map(human_micros)),
-            opt(info.and_then(|i| i.total_retrans())),
-            opt(info.and_then(|i| i.probes())),
-        ]);
-        t.push(row);
+        t.cell(s.state.ss_name());
+        t.cell(s.local);
+        t.cell(s.remote);
+        t.cell(HumanBytes(u64::from(p.sendq)));
+        t.cell(HumanBytes(u64::from(p.recvq)));
+        t.cell(or_bytes(p.notsent));
+        t.cell(or_bytes(p.inflight));
+        t.cell(Or(p.snd_una));
+        t.cell(Or(p.snd_nxt));
+        t.cell(Or(p.write_seq));
+        t.cell(Or(p.rcv_nxt));
+        t.cell(Or(p.copied));
+        t.cell(or_bytes(p.snd_wnd));
+        t.cell(or_bytes(p.rcv_wnd));
+        match (p.snd_wscale, p.rcv_wscale) {
+            (Some(s), Some(r)) => t.cell(format_args!("{s}/{r}")),
+            _ => t.cell("-"),
+        }
+        t.cell(Or(info.and_then(|i| i.rtt()).map(human_micros)));
+        t.cell(Or(info.and_then(|i| i.total_retrans())));
+        t.cell(Or(info.and_then(|i| i.probes())));
     }
-    t.render()
+    t
 }
 
 /// Finds, for each sample, the other end of its connection among the
