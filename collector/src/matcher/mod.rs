@@ -20,6 +20,7 @@
 pub mod detector;
 pub mod diagnose;
 mod episode;
+pub mod evidence;
 pub mod held;
 mod join;
 mod nat;
