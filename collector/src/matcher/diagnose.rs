@@ -292,11 +292,7 @@ pub fn diagnose(a: &EndSample, b: Peer<'_>) -> Verdict {
         };
         basis.used(Fact::ARetransmits);
         basis.used(Fact::ABackoff);
-        let what = match (pa.inflight, a.unacked) {
-            (Some(n), _) => format!("{n} bytes"),
-            (None, Some(n)) => format!("{n} segments"),
-            (None, None) => "data".into(),
-        };
+        let what = in_flight_text(a);
         return match (una, rcv) {
             (Some(_), Some(rcv)) => verdict(
                 Diagnosis::DataLost,
@@ -362,6 +358,16 @@ pub fn diagnose(a: &EndSample, b: Peer<'_>) -> Verdict {
     )
 }
 
+/// What A has in flight, in bytes from 4.6 (`notsent`), else in
+/// segments (`unacked`).
+fn in_flight_text(a: &EndSample) -> String {
+    match (a.pos.inflight, a.unacked) {
+        (Some(n), _) => format!("{n} bytes"),
+        (None, Some(n)) => format!("{n} segments"),
+        (None, None) => "data".into(),
+    }
+}
+
 /// What A alone says, for one-sided verdicts.
 fn one_sided(a: &EndSample, basis: &mut Basis) -> String {
     let p = &a.pos;
@@ -373,11 +379,7 @@ fn one_sided(a: &EndSample, basis: &mut Basis) -> String {
         .unwrap_or(0)
         > 0
     {
-        let what = match (p.inflight, a.unacked) {
-            (Some(n), _) => format!("{n} bytes"),
-            (None, Some(n)) => format!("{n} segments"),
-            (None, None) => "data".into(),
-        };
+        let what = in_flight_text(a);
         basis.used(Fact::ARetransmits);
         format!(
             "{what} in flight unacknowledged, retransmitting: {}",
