@@ -16,6 +16,7 @@ use crate::probe::{ProbeStatus, Probes};
 use crate::view::{self, ConnectionJson, PairJson};
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use tcpstall_client::table;
 use tcpstall_common::{SocketSample, TcpState};
 
 /// Reads every TCP connection's state from the kernel (sock_diag) and shows
@@ -63,6 +64,11 @@ struct SnapshotArgs {
     /// (loopback, or two namespaces with --netns all).
     #[arg(long)]
     pair: bool,
+    /// Every fact of a connection in a column of one long row (for
+    /// scripts that read columns), instead of a row within 100 columns
+    /// with its details on a line under it.
+    #[arg(long)]
+    wide: bool,
     /// Only connections in this state (ss or kernel names: estab,
     /// established, syn-sent, fin-wait-1, close-wait, time-wait, ...).
     #[arg(short, long, value_name = "STATE", value_parser = parse_state)]
@@ -287,7 +293,8 @@ fn snapshot(args: SnapshotArgs) -> anyhow::Result<ExitCode> {
                 writeln!(out)?;
             }
         } else {
-            write!(out, "{}", view::pairs_table(&all, &pairs, &label, show_ns))?;
+            view::pairs_table(&all, &pairs, &label, show_ns, args.wide)
+                .write_within(&mut out, table::width(args.wide))?;
         }
     } else if args.json {
         for s in &shown {
@@ -295,7 +302,8 @@ fn snapshot(args: SnapshotArgs) -> anyhow::Result<ExitCode> {
             writeln!(out)?;
         }
     } else {
-        view::connections_table(&shown, &label, show_ns).write_within(&mut out, None)?;
+        view::connections_table(&shown, &label, show_ns, args.wide)
+            .write_within(&mut out, table::width(args.wide))?;
     }
     out.flush()?;
     Ok(if failures.is_empty() {

@@ -150,11 +150,38 @@ fn or_bytes(v: Option<u32>) -> Or<HumanBytes> {
     Or(v.map(|v| HumanBytes(u64::from(v))))
 }
 
-/// The one-line-a-connection table of `snapshot`, to be written out.
+/// Two values as `a/b` (window scales, send and receive).
+struct Slash<T>(T, T);
+
+impl<T: std::fmt::Display> std::fmt::Display for Slash<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.0, self.1)
+    }
+}
+
+/// What a socket's detail line says of one fact: `name:value`, nothing
+/// when the kernel did not give it.
+struct Fact<'a, T>(&'a str, Option<T>);
+
+impl<T: std::fmt::Display> std::fmt::Display for Fact<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.1 {
+            Some(v) => write!(f, " {}:{v}", self.0),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The table of `snapshot`, to be written out: a row a connection with
+/// its queues, and under it, as `ss -i` does, its sequence positions,
+/// windows and timers as `name:value` (what the kernel does not give left
+/// out), so that it fits 100 columns. `wide`: every fact in a column of
+/// one long row, as before (for scripts that read columns).
 pub fn connections_table(
     samples: &[&SocketSample],
     label: &dyn Fn(u64) -> String,
     show_ns: bool,
+    wide: bool,
 ) -> Table {
     let mut cols = vec![];
     if show_ns {
@@ -168,18 +195,22 @@ pub fn connections_table(
         ("RECVQ", true),
         ("UNSENT", true),
         ("INFLIGHT", true),
-        ("SND_UNA", true),
-        ("SND_NXT", true),
-        ("WRITE_SEQ", true),
-        ("RCV_NXT", true),
-        ("COPIED", true),
-        ("SND_WND", true),
-        ("RCV_WND", true),
-        ("WS", true),
-        ("RTT", true),
-        ("RETR", true),
-        ("PROBES", true),
     ]);
+    if wide {
+        cols.extend_from_slice(&[
+            ("SND_UNA", true),
+            ("SND_NXT", true),
+            ("WRITE_SEQ", true),
+            ("RCV_NXT", true),
+            ("COPIED", true),
+            ("SND_WND", true),
+            ("RCV_WND", true),
+            ("WS", true),
+            ("RTT", true),
+            ("RETR", true),
+            ("PROBES", true),
+        ]);
+    }
     let mut t = Table::new(&cols);
     for s in samples {
         let p = s.positions();
@@ -194,20 +225,44 @@ pub fn connections_table(
         t.cell(HumanBytes(u64::from(p.recvq)));
         t.cell(or_bytes(p.notsent));
         t.cell(or_bytes(p.inflight));
-        t.cell(Or(p.snd_una));
-        t.cell(Or(p.snd_nxt));
-        t.cell(Or(p.write_seq));
-        t.cell(Or(p.rcv_nxt));
-        t.cell(Or(p.copied));
-        t.cell(or_bytes(p.snd_wnd));
-        t.cell(or_bytes(p.rcv_wnd));
-        match (p.snd_wscale, p.rcv_wscale) {
-            (Some(s), Some(r)) => t.cell(format_args!("{s}/{r}")),
-            _ => t.cell("-"),
+        let wscale = p.snd_wscale.zip(p.rcv_wscale).map(|(s, r)| Slash(s, r));
+        let rtt = info.and_then(|i| i.rtt()).map(human_micros);
+        let retr = info.and_then(|i| i.total_retrans());
+        let probes = info.and_then(|i| i.probes());
+        if wide {
+            t.cell(Or(p.snd_una));
+            t.cell(Or(p.snd_nxt));
+            t.cell(Or(p.write_seq));
+            t.cell(Or(p.rcv_nxt));
+            t.cell(Or(p.copied));
+            t.cell(or_bytes(p.snd_wnd));
+            t.cell(or_bytes(p.rcv_wnd));
+            t.cell(Or(wscale));
+            t.cell(Or(rtt));
+            t.cell(Or(retr));
+            t.cell(Or(probes));
+        } else {
+            let bytes = |v: Option<u32>| v.map(|v| HumanBytes(u64::from(v)));
+            // Positions on one line, windows and timers on the next: at
+            // most 99 columns with every position ten digits.
+            t.note(format_args!(
+                "{}{}{}{}{}",
+                Fact("snd_una", p.snd_una),
+                Fact("snd_nxt", p.snd_nxt),
+                Fact("write_seq", p.write_seq),
+                Fact("rcv_nxt", p.rcv_nxt),
+                Fact("copied", p.copied),
+            ));
+            t.note(format_args!(
+                "{}{}{}{}{}{}",
+                Fact("snd_wnd", bytes(p.snd_wnd)),
+                Fact("rcv_wnd", bytes(p.rcv_wnd)),
+                Fact("ws", wscale),
+                Fact("rtt", rtt),
+                Fact("retr", retr),
+                Fact("probes", probes),
+            ));
         }
-        t.cell(Or(info.and_then(|i| i.rtt()).map(human_micros)));
-        t.cell(Or(info.and_then(|i| i.total_retrans())));
-        t.cell(Or(info.and_then(|i| i.probes())));
     }
     t
 }
@@ -279,7 +334,11 @@ pub fn pairs_table(
     pairs: &[(usize, Option<usize>)],
     label: &dyn Fn(u64) -> String,
     show_ns: bool,
-) -> String {
+    wide: bool,
+) -> Table {
+    if !wide {
+        return pairs_lines(samples, pairs, label, show_ns);
+    }
     let mut cols = vec![];
     if show_ns {
         cols.push(("NETNS A/B", false));
@@ -351,5 +410,75 @@ pub fn pairs_table(
         ]);
         t.push(row);
     }
-    t.render()
+    t
+}
+
+/// The `--pair` table within 100 columns: a row a connection with both
+/// ends' queues, and under it a line for each direction with the numbers
+/// that must agree (what A sent against what B received, and back).
+fn pairs_lines(
+    samples: &[&SocketSample],
+    pairs: &[(usize, Option<usize>)],
+    label: &dyn Fn(u64) -> String,
+    show_ns: bool,
+) -> Table {
+    let mut cols = vec![];
+    if show_ns {
+        cols.push(("NETNS A/B", false));
+    }
+    cols.extend_from_slice(&[
+        ("A", false),
+        ("B", false),
+        ("STATE A/B", false),
+        ("A.SENDQ", true),
+        ("B.RECVQ", true),
+        ("B.SENDQ", true),
+        ("A.RECVQ", true),
+    ]);
+    let mut t = Table::new(&cols);
+    let bytes = |v: Option<u32>| v.map(|v| HumanBytes(u64::from(v)));
+    for (a, b) in pairs {
+        let sa = samples[*a];
+        let sb = b.map(|b| samples[b]);
+        let pa = sa.positions();
+        let pb = sb.map(|s| s.positions());
+        if show_ns {
+            t.cell(Slash(
+                label(sa.netns),
+                sb.map_or_else(|| "-".to_string(), |sb| label(sb.netns)),
+            ));
+        }
+        t.cell(sa.local);
+        t.cell(sa.remote);
+        t.cell(Slash(
+            sa.state.ss_name(),
+            sb.map_or("-", |s| s.state.ss_name()),
+        ));
+        t.cell(HumanBytes(u64::from(pa.sendq)));
+        t.cell(or_bytes(pb.as_ref().map(|p| p.recvq)));
+        t.cell(or_bytes(pb.as_ref().map(|p| p.sendq)));
+        t.cell(HumanBytes(u64::from(pa.recvq)));
+        t.note(format_args!(
+            "A→B A{}{}{}{} B{}{}",
+            Fact("snd_una", pa.snd_una),
+            Fact("snd_nxt", pa.snd_nxt),
+            Fact("unsent", bytes(pa.notsent)),
+            Fact("snd_wnd", bytes(pa.snd_wnd)),
+            Fact("rcv_nxt", pb.as_ref().and_then(|p| p.rcv_nxt)),
+            Fact("rcv_wnd", bytes(pb.as_ref().and_then(|p| p.rcv_wnd))),
+        ));
+        match &pb {
+            Some(pb) => t.note(format_args!(
+                "B→A B{}{}{}{} A{}{}",
+                Fact("snd_una", pb.snd_una),
+                Fact("snd_nxt", pb.snd_nxt),
+                Fact("unsent", bytes(pb.notsent)),
+                Fact("snd_wnd", bytes(pb.snd_wnd)),
+                Fact("rcv_nxt", pa.rcv_nxt),
+                Fact("rcv_wnd", bytes(pa.rcv_wnd)),
+            )),
+            None => t.note("B not visible here (another host, or a namespace not read)"),
+        }
+    }
+    t
 }

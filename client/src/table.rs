@@ -47,7 +47,14 @@ pub struct Table {
     text: String,
     /// Each cell's end in `text` and its width in characters, row by row.
     cells: Vec<(usize, usize)>,
+    /// Lines under rows ([`Table::note`]), back to back.
+    note_text: String,
+    /// Each note's row and its end in `note_text`, in order.
+    notes: Vec<(usize, usize)>,
 }
+
+/// How far a note is indented under its row.
+const NOTE_INDENT: &str = "    ";
 
 impl Table {
     pub fn new(columns: &[(&'static str, bool)]) -> Table {
@@ -57,6 +64,8 @@ impl Table {
             cut: vec![false; columns.len()],
             text: String::new(),
             cells: Vec::new(),
+            note_text: String::new(),
+            notes: Vec::new(),
         }
     }
 
@@ -90,6 +99,42 @@ impl Table {
             s.chars().count()
         };
         self.cells.push((self.text.len(), width));
+    }
+
+    /// A line of words under the row last written, indented, as `ss -i`
+    /// writes a socket's details: within a width, its words go on as many
+    /// lines as they need (broken at spaces, never cut). A row may have
+    /// several.
+    pub fn note(&mut self, words: impl std::fmt::Display) {
+        let row = (self.cells.len() / self.header.len().max(1)).saturating_sub(1);
+        let _ = write!(self.note_text, "{words}");
+        self.notes.push((row, self.note_text.len()));
+    }
+
+    /// Writes a note's words after the indent, within `width`.
+    fn write_note(
+        out: &mut impl std::io::Write,
+        words: &str,
+        width: Option<usize>,
+    ) -> std::io::Result<()> {
+        let room = width.map_or(usize::MAX, |w| w.saturating_sub(NOTE_INDENT.len()));
+        let mut line = 0usize;
+        out.write_all(NOTE_INDENT.as_bytes())?;
+        for word in words.split(' ').filter(|w| !w.is_empty()) {
+            let n = word.chars().count();
+            if line > 0 && line + 1 + n > room {
+                out.write_all(b"\n")?;
+                out.write_all(NOTE_INDENT.as_bytes())?;
+                line = 0;
+            }
+            if line > 0 {
+                out.write_all(b" ")?;
+                line += 1;
+            }
+            out.write_all(word.as_bytes())?;
+            line += n;
+        }
+        out.write_all(b"\n")
     }
 
     fn rows(&self) -> impl Iterator<Item = &[(usize, usize)]> {
@@ -165,12 +210,18 @@ impl Table {
         }
         writeln!(out, "{}", line.trim_end())?;
         let ncols = self.header.len().max(1);
+        let mut notes = self.notes.iter().peekable();
+        let mut note_start = 0;
         for (r, row) in self.rows().enumerate() {
             line.clear();
             for (i, cell) in row.iter().enumerate() {
                 put(&mut line, i, self.text_of(r * ncols + i), cell.1);
             }
             writeln!(out, "{}", line.trim_end())?;
+            while let Some(&(_, end)) = notes.next_if(|(row, _)| *row == r) {
+                Self::write_note(out, &self.note_text[note_start..end], width)?;
+                note_start = end;
+            }
         }
         Ok(())
     }
@@ -235,6 +286,33 @@ mod tests {
         // Whole, the same table keeps every character.
         assert!(t.render_within(None).contains(&"x".repeat(300)));
         assert_eq!(t.render(), t.render_within(None));
+    }
+
+    #[test]
+    fn notes_go_under_their_rows_wrapped_within_the_width_never_cut() {
+        let mut t = Table::new(&[("A", false), ("B", true)]);
+        t.cell("x");
+        t.cell(1);
+        t.note("una:1 nxt:2");
+        t.cell("y");
+        t.cell(22);
+        t.cell("z");
+        t.cell(3);
+        t.note(format_args!("{} {}", "w".repeat(8), "v".repeat(8)));
+        t.note("second");
+        assert_eq!(
+            t.render(),
+            "A   B\nx   1\n    una:1 nxt:2\ny  22\nz   3\n    wwwwwwww vvvvvvvv\n    second\n"
+        );
+        // Within 14 columns the long note breaks at its space.
+        let narrow = t.render_within(Some(14));
+        assert!(
+            narrow.contains("    wwwwwwww\n    vvvvvvvv\n    second\n"),
+            "{narrow}"
+        );
+        for line in narrow.lines() {
+            assert!(line.chars().count() <= 14, "{line:?}");
+        }
     }
 
     #[test]

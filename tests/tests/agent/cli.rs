@@ -157,6 +157,8 @@ fn table_and_pair_views() {
     let port = c.server_addr.port().to_string();
     // Established only: a TIME-WAIT socket an earlier test left on this
     // port number (as its ephemeral port) would be a third row.
+    // A row a socket, its positions on a line under it, its windows and
+    // timers on the next.
     let table = wait_for(
         "the table to show both ends settled",
         Duration::from_secs(10),
@@ -164,27 +166,78 @@ fn table_and_pair_views() {
             let out = agent(&["snapshot", "--port", &port, "--state", "estab"]);
             assert!(out.status.success());
             let t = String::from_utf8_lossy(&out.stdout).into_owned();
-            (t.lines().count() == 3 && t.contains("4321")).then_some(t)
+            (t.lines().count() == 7 && t.matches("4321").count() >= 2).then_some(t)
         },
     );
     let header = table.lines().next().expect("header");
+    for col in [
+        "STATE", "LOCAL", "REMOTE", "SENDQ", "RECVQ", "UNSENT", "INFLIGHT",
+    ] {
+        assert!(header.contains(col), "{col} missing from {header}");
+    }
+    assert!(table.contains("ESTAB"));
+    let lines: Vec<&str> = table.lines().collect();
+    for socket in lines[1..].chunks(3) {
+        assert!(socket[0].starts_with("ESTAB"), "{table}");
+        assert!(socket[1].starts_with("    snd_una:"), "{table}");
+        assert!(socket[2].starts_with("    snd_wnd:"), "{table}");
+        for fact in ["snd_nxt:", "write_seq:", "rcv_nxt:", "copied:"] {
+            assert!(socket[1].contains(fact), "{fact} missing: {table}");
+        }
+        for fact in ["rcv_wnd:", "ws:", "rtt:", "retr:0", "probes:0"] {
+            assert!(socket[2].contains(fact), "{fact} missing: {table}");
+        }
+    }
+    // The client sent 4321 bytes, the server read them.
+    assert!(
+        table.contains("snd_una:4321 snd_nxt:4321 write_seq:4321"),
+        "the client's positions: {table}"
+    );
+    assert!(
+        table.contains("rcv_nxt:4321 copied:4321"),
+        "the server's: {table}"
+    );
+    for line in table.lines() {
+        assert!(line.chars().count() <= 100, "over 100 columns: {line:?}");
+    }
+
+    // --wide: every fact a column, a row a socket.
+    let out = agent(&["snapshot", "--wide", "--port", &port, "--state", "estab"]);
+    let wide = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(wide.lines().count(), 3, "header and two rows: {wide}");
+    let header = wide.lines().next().expect("header");
     for col in [
         "STATE", "LOCAL", "REMOTE", "SENDQ", "RECVQ", "SND_UNA", "SND_NXT", "RCV_NXT", "SND_WND",
         "RCV_WND", "WS",
     ] {
         assert!(header.contains(col), "{col} missing from {header}");
     }
-    assert!(table.contains("ESTAB"));
 
     let out = agent(&["snapshot", "--pair", "--port", &port, "--state", "estab"]);
     let pair = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(pair.lines().count(), 2, "header and one row: {pair}");
-    let row = pair.lines().nth(1).expect("row");
+    let lines: Vec<&str> = pair.lines().collect();
+    assert_eq!(lines.len(), 4, "header, one row, a line each way: {pair}");
+    let row = lines[1];
     assert!(
         row.starts_with(&c.client_addr.to_string()),
         "the connecting side is A: {row}"
     );
     assert!(row.contains(&c.server_addr.to_string()));
+    assert!(
+        lines[2].starts_with("    A→B A snd_una:4321 snd_nxt:4321")
+            && lines[2].contains(" B rcv_nxt:4321"),
+        "what A sent against what B received: {pair}"
+    );
+    assert!(lines[3].starts_with("    B→A B snd_una:0"), "{pair}");
+    let out = agent(&[
+        "snapshot", "--pair", "--wide", "--port", &port, "--state", "estab",
+    ]);
+    let wide = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(wide.lines().count(), 2, "header and one row: {wide}");
+    assert!(
+        wide.lines().next().is_some_and(|h| h.contains("B.RCV_NXT")),
+        "{wide}"
+    );
 
     let rows = json_lines(&agent(&[
         "snapshot", "--pair", "--json", "--port", &port, "--state", "estab",
