@@ -461,6 +461,32 @@ fn nodes_said(lab: &Lab) -> String {
             out += l;
             out.push('\n');
         }
+        // What it published, read and judged (the next failure says where
+        // the samples stopped).
+        let counters = node
+            .metrics_addr()
+            .and_then(|a| tcpstall_prom::read::scrape(a, Duration::from_secs(2)).ok())
+            .map(|t| tcpstall_tests::series(&t))
+            .unwrap_or_default();
+        let mut counters: Vec<_> = counters
+            .into_iter()
+            .filter(|(k, _)| {
+                [
+                    "batch_parts",
+                    "bundles",
+                    "partition",
+                    "lease",
+                    "nats",
+                    "store_writes",
+                ]
+                .iter()
+                .any(|w| k.contains(w))
+            })
+            .collect();
+        counters.sort_by(|a, b| a.0.cmp(&b.0));
+        for (k, v) in counters {
+            out += &format!("   {k} {v}\n");
+        }
     }
     out
 }
