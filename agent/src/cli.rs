@@ -207,6 +207,7 @@ fn run_agent(flags: &config::Flags) -> anyhow::Result<ExitCode> {
         follow: config.follow_every(),
         follow_max: config.follow_max,
         scrubber: config.scrubber(),
+        kernel_filter: !config.no_kernel_filter,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

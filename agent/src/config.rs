@@ -86,6 +86,9 @@ pub struct Config {
     pub tls_server_name: Option<String>,
     /// Allow an http:// collector on another host.
     pub plaintext: bool,
+    /// Do the poll's first phase with sock_diag's base dump even where the
+    /// BPF filter could do it in the kernel.
+    pub no_kernel_filter: bool,
     /// Where to serve Prometheus metrics (`GET /metrics`); `None` = off.
     pub metrics_listen: Option<SocketAddr>,
     /// How often each held suspect is asked for alone between polls, so
@@ -124,6 +127,7 @@ impl Default for Config {
             tls_key: None,
             tls_server_name: None,
             plaintext: false,
+            no_kernel_filter: false,
             metrics_listen: None,
             follow_interval: None,
             follow_max: 1000,
@@ -241,6 +245,12 @@ pub struct Flags {
     #[arg(long)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub plaintext: bool,
+    /// Find the sockets worth reading with sock_diag's dump of every
+    /// connection, not the BPF program that picks them in the kernel
+    /// (used where BPF is allowed; sock_diag is the fallback anyway).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub no_kernel_filter: bool,
     /// Serve Prometheus metrics at http://ADDR/metrics (port 0: any free
     /// port, printed on stderr) [default: off].
     #[arg(long, value_name = "ADDR")]

@@ -31,6 +31,9 @@ pub const PROBES: [&str; 5] = ["sock_diag", "bpf", "getsockopt", "owner", "connt
 pub struct AgentMetrics {
     pub poll_duration: Histogram,
     polls: AtomicU64,
+    /// Namespace walks the kernel filter did, and first phases it failed.
+    filtered: AtomicU64,
+    filter_failures: AtomicU64,
     namespace_failures: AtomicU64,
     connections: AtomicU64,
     suspects: AtomicU64,
@@ -87,6 +90,8 @@ impl Default for AgentMetrics {
         AgentMetrics {
             poll_duration: Histogram::new(&POLL_BUCKETS),
             polls: AtomicU64::new(0),
+            filtered: AtomicU64::new(0),
+            filter_failures: AtomicU64::new(0),
             namespace_failures: AtomicU64::new(0),
             connections: AtomicU64::new(0),
             suspects: AtomicU64::new(0),
@@ -137,12 +142,19 @@ pub struct PollFigures {
     pub watched: usize,
     pub failed_namespaces: usize,
     pub parse: ParseStats,
+    /// Namespaces whose first phase ran in the kernel in this poll.
+    pub filtered: usize,
+    /// First phases the kernel filter failed, since the agent started.
+    pub filter_failures: u64,
 }
 
 impl AgentMetrics {
     /// A poll finished (its duration goes to [`Self::poll_duration`]).
     pub fn polled(&self, f: &PollFigures) {
         self.polls.fetch_add(1, Ordering::Relaxed);
+        self.filtered.fetch_add(n(f.filtered), Ordering::Relaxed);
+        self.filter_failures
+            .store(f.filter_failures, Ordering::Relaxed);
         self.namespace_failures
             .fetch_add(n(f.failed_namespaces), Ordering::Relaxed);
         self.connections.store(n(f.connections), Ordering::Relaxed);
@@ -266,6 +278,18 @@ impl AgentMetrics {
             Kind::Counter,
             "Polls done.",
             get(&self.polls),
+        );
+        e.single(
+            "tcpstall_agent_kernel_filter_passes_total",
+            Kind::Counter,
+            "Namespace walks whose first phase the BPF filter did in the kernel (the others: sock_diag's dump of every connection).",
+            get(&self.filtered),
+        );
+        e.single(
+            "tcpstall_agent_kernel_filter_failures_total",
+            Kind::Counter,
+            "First phases the BPF filter failed; each fell back to sock_diag's dump.",
+            get(&self.filter_failures),
         );
         e.single(
             "tcpstall_agent_poll_errors_total",
@@ -496,6 +520,8 @@ mod tests {
                 malformed_messages: 3,
                 ..ParseStats::default()
             },
+            filtered: 1,
+            filter_failures: 2,
         });
         m.poll_duration.observe(Duration::from_millis(3));
         m.followed(7, 2);
@@ -536,6 +562,8 @@ mod tests {
         let text = m.render();
         for line in [
             "tcpstall_agent_polls_total 1\n",
+            "tcpstall_agent_kernel_filter_passes_total 1\n",
+            "tcpstall_agent_kernel_filter_failures_total 2\n",
             "tcpstall_agent_poll_errors_total 1\n",
             "tcpstall_agent_connections 120\n",
             "tcpstall_agent_suspects 2\n",

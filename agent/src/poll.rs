@@ -22,6 +22,7 @@ use crate::diag::{
     socket, Base, Detail, DiagError, DiagSocket, Dump, Exact, ExactId, Family, ParseStats, Scope,
 };
 use crate::netns::{self, Netns, NetnsError};
+use crate::probe::filter::{KernelFilter, Wants};
 
 /// What a poll counted besides the sockets.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -38,6 +39,12 @@ pub struct PollStats {
     pub exact: usize,
     /// Wanted sockets that were gone by the time they were asked for.
     pub gone_between_phases: usize,
+    /// Namespaces whose first phase the kernel filter did in the last poll
+    /// (the others: sock_diag's base dump).
+    pub filtered: usize,
+    /// First phases the kernel filter failed, since the poller started:
+    /// each fell back to sock_diag's base dump.
+    pub filter_failures: u64,
     /// Everything the parser had to skip, since the poller started.
     pub parse: ParseStats,
 }
@@ -82,6 +89,8 @@ pub struct Poller {
     /// for a wildcard bind.
     listeners: HashSet<(u64, u16, IpAddr)>,
     stats: PollStats,
+    /// The poll's first phase in the kernel, where BPF is allowed.
+    filter: Option<KernelFilter>,
 }
 
 /// A namespace that failed to dump in a poll; the others still count.
@@ -115,7 +124,26 @@ impl Poller {
             ids: Vec::new(),
             listeners: HashSet::new(),
             stats: PollStats::default(),
+            filter: None,
         })
+    }
+
+    /// Does [`Poller::poll_filtered_ids`]'s first phase in the kernel with
+    /// `filter` (sock_diag's base dump stays the fallback at any failure).
+    pub fn with_filter(mut self, filter: KernelFilter) -> Poller {
+        self.filter = Some(filter);
+        self
+    }
+
+    /// Whether the first phase may run in the kernel.
+    pub fn filtered(&self) -> bool {
+        self.filter.is_some()
+    }
+
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))] // the tests' and benchmarks'
+    /// What the kernel filter counted, if there is one.
+    pub fn filter_stats(&self) -> Option<crate::probe::filter::FilterStats> {
+        self.filter.as_ref().map(|f| f.stats())
     }
 
     /// The namespaces this poller reads.
@@ -218,6 +246,38 @@ impl Poller {
     /// returned socket alone ([`Poller::look`]), index for index.
     pub fn poll_wanted_ids(
         &mut self,
+        wanted: impl FnMut(u64, &Base) -> bool,
+    ) -> (&[SocketSample], &[ExactId], usize, Vec<NamespaceFailure>) {
+        self.poll_ids(false, wanted)
+    }
+
+    /// [`Poller::poll_wanted_ids`] with its first phase in the kernel where
+    /// the filter is loaded: the program writes out only the sockets with
+    /// a send queue or named in `wants`, and `wanted` chooses among those.
+    /// `wants` must name every socket `wanted` may want without a send
+    /// queue (by cookie, 4-tuple, or local endpoint for those it only
+    /// sees); the samples out are then those of sock_diag's path.
+    pub fn poll_filtered_ids(
+        &mut self,
+        wants: &Wants,
+        wanted: impl FnMut(u64, &Base) -> bool,
+    ) -> (&[SocketSample], &[ExactId], usize, Vec<NamespaceFailure>) {
+        // Maps out of step with `wants` would let through too little.
+        let ready = match self.filter.as_mut().map(|f| f.set(wants)) {
+            Some(Ok(())) => true,
+            Some(Err(e)) => {
+                self.stats.filter_failures += 1;
+                tracing::warn!(error = %e, "the kernel filter's maps could not be set; this poll dumps with sock_diag");
+                false
+            }
+            None => false,
+        };
+        self.poll_ids(ready, wanted)
+    }
+
+    fn poll_ids(
+        &mut self,
+        use_filter: bool,
         mut wanted: impl FnMut(u64, &Base) -> bool,
     ) -> (&[SocketSample], &[ExactId], usize, Vec<NamespaceFailure>) {
         self.samples.clear();
@@ -230,10 +290,13 @@ impl Poller {
             ids: sample_ids,
             listeners,
             stats,
+            filter: loaded,
         } = self;
+        let mut filter = if use_filter { loaded.as_mut() } else { None };
         stats.wanted = 0;
         stats.exact = 0;
         stats.gone_between_phases = 0;
+        stats.filtered = 0;
         let mut connections = 0;
         let mut ids: Vec<ExactId> = Vec::new();
         for target in targets.iter_mut() {
@@ -242,6 +305,7 @@ impl Poller {
             let res = if exact_pays(target.last_wanted, target.last_connections) {
                 two_phase(
                     target,
+                    filter.as_deref_mut(),
                     &mut wanted,
                     samples,
                     &mut ids,
@@ -429,8 +493,10 @@ fn base_dump(
 /// request, into `samples`; returns the connections counted.
 /// `Err(TooMany)` (with `samples` to be truncated by the caller) when a
 /// full dump should be used instead.
+#[allow(clippy::too_many_arguments)]
 fn two_phase(
     target: &mut Target,
+    filter: Option<&mut KernelFilter>,
     wanted: &mut impl FnMut(u64, &Base) -> bool,
     samples: &mut Vec<SocketSample>,
     ids: &mut Vec<ExactId>,
@@ -449,7 +515,24 @@ fn two_phase(
         states: socket::CONNECTION_STATES,
     };
     let mut connections = None;
-    if target.one_walk {
+    // The listeners, when the first phase gave them.
+    let mut listeners_known = false;
+    if let Some(filter) = filter {
+        match kernel_phase(target, filter, wanted, ids, listeners, &mut stats.parse) {
+            Ok(n) => {
+                connections = Some(n);
+                listeners_known = true;
+                stats.filtered += 1;
+            }
+            Err(e) => {
+                stats.filter_failures += 1;
+                tracing::warn!(netns = %target.ns.label, error = %e,
+                    "the kernel filter failed; this poll dumps with sock_diag");
+                ids.clear();
+            }
+        }
+    }
+    if connections.is_none() && target.one_walk {
         match base_dump(target, base(Scope::Both), wanted, ids, &mut stats.parse) {
             Ok(n) => connections = Some(n),
             Err(DiagError::Refused(e)) => {
@@ -507,7 +590,7 @@ fn two_phase(
     // The opener, for wanted sockets the arithmetic could not tell: by the
     // listeners, dumped only then (a listener dump skips the established
     // table, so it costs little).
-    if samples[before..].iter().any(|s| s.opened.is_none()) {
+    if !listeners_known && samples[before..].iter().any(|s| s.opened.is_none()) {
         let listen = |scope| Dump {
             scope,
             detail: Detail::Base,
@@ -527,11 +610,41 @@ fn two_phase(
                     }
                 })?;
         }
-        for s in samples[before..].iter_mut().filter(|s| s.opened.is_none()) {
-            s.opened = Some(opened(s, listeners));
-        }
+    }
+    for s in samples[before..].iter_mut().filter(|s| s.opened.is_none()) {
+        s.opened = Some(opened(s, listeners));
     }
     Ok(connections)
+}
+
+/// The first phase in the kernel: the filter's walk of `target`'s
+/// namespace, its sockets read as the base dump's are (listeners noted,
+/// the wanted ones' exact ids kept); returns the connections it saw.
+fn kernel_phase(
+    target: &mut Target,
+    filter: &mut KernelFilter,
+    wanted: &mut impl FnMut(u64, &Base) -> bool,
+    ids: &mut Vec<ExactId>,
+    listeners: &mut HashSet<(u64, u16, IpAddr)>,
+    parse: &mut ParseStats,
+) -> Result<usize, crate::probe::bpf::ProbeError> {
+    let inode = target.ns.inode;
+    let (mut listening, mut bad) = (0u64, 0);
+    let pass = filter.pass(&target.ns, |msg| {
+        let (Some(b), Some(id)) = (Base::of(msg), ExactId::of(msg)) else {
+            bad += 1;
+            return;
+        };
+        if b.state == TcpState::Listen {
+            listening += 1;
+            listeners.insert((inode, b.local.port(), b.local.ip()));
+        } else if wanted(inode, &b) {
+            ids.push(id);
+        }
+    });
+    parse.malformed_messages += bad;
+    let pass = pass?;
+    Ok(usize::try_from(pass.seen.saturating_sub(listening)).unwrap_or(usize::MAX))
 }
 
 /// Which side opened `s`.

@@ -25,6 +25,7 @@ use crate::metrics::{AgentMetrics, PollFigures};
 use crate::netns::Netns;
 use crate::outbox::Outbox;
 use crate::poll::Poller;
+use crate::probe::filter::Wants;
 use crate::probe::{ProbeStatus, Probes};
 use crate::suspects::{Selection, Selector};
 use crate::translate::Translator;
@@ -70,6 +71,28 @@ pub struct RunSettings {
     pub follow_max: usize,
     /// What of owners' command lines is sent.
     pub scrubber: crate::probe::scrub::Scrubber,
+    /// Whether the poll's first phase may run in the kernel (BPF) where
+    /// the host allows it.
+    pub kernel_filter: bool,
+}
+
+/// `poller` with the poll's first phase in the kernel where the BPF filter
+/// loads (and `enabled`); otherwise as it is, saying why.
+fn with_kernel_filter(poller: Poller, enabled: bool) -> Poller {
+    if !enabled {
+        tracing::info!("kernel filter off (--no-kernel-filter): every poll dumps with sock_diag");
+        return poller;
+    }
+    match crate::probe::filter::KernelFilter::load() {
+        Ok(f) => {
+            tracing::info!("kernel filter loaded: each poll's first phase runs in the kernel");
+            poller.with_filter(f)
+        }
+        Err(e) => {
+            tracing::info!(reason = %e, "kernel filter not loaded: every poll dumps with sock_diag");
+            poller
+        }
+    }
 }
 
 /// The agent's monotonic clock: CLOCK_MONOTONIC, the clock `mono_us` and
@@ -108,6 +131,8 @@ struct PollState {
     translator: Translator,
     inode_by_label: HashMap<String, u64>,
     follow_max: usize,
+    /// What the kernel filter must let through, refilled each poll.
+    kernel_wants: Wants,
 }
 
 /// One poll's result.
@@ -146,10 +171,19 @@ impl PollState {
         // also counts who holds the endpoints of watched flows not found.
         let selector = &self.selector;
         let endpoints = self.translator.endpoints(selector.unmatched_watches());
-        let (samples, ids, connections, failures) = self.poller.poll_wanted_ids(|netns, b| {
-            endpoints.see(b);
-            selector.wants(netns, b)
-        });
+        // Where the first phase runs in the kernel, what it must let
+        // through besides a send queue.
+        if self.poller.filtered() {
+            selector.kernel_wants(&mut self.kernel_wants);
+            self.kernel_wants.endpoints.clear();
+            self.kernel_wants.endpoints.extend(endpoints.locals());
+        }
+        let (samples, ids, connections, failures) =
+            self.poller
+                .poll_filtered_ids(&self.kernel_wants, |netns, b| {
+                    endpoints.see(b);
+                    selector.wants(netns, b)
+                });
         let failed: Vec<u64> = failures
             .iter()
             .filter_map(|f| self.inode_by_label.get(&f.label).copied())
@@ -191,6 +225,8 @@ impl PollState {
             watched: self.selector.watched(),
             failed_namespaces: failures.len(),
             parse: self.poller.stats().parse,
+            filtered: self.poller.stats().filtered,
+            filter_failures: self.poller.stats().filter_failures,
         };
         Polled {
             selection,
@@ -316,9 +352,11 @@ pub async fn run(settings: RunSettings, shutdown: impl Future<Output = ()>) -> a
     let namespaces = settings.namespaces.clone();
     let scrubber = settings.scrubber.clone();
     let host = settings.host_netns.clone();
+    let kernel_filter = settings.kernel_filter;
     let (poller, probes, translator) = tokio::task::spawn_blocking(move || {
         let translator = Ok::<_, crate::netns::NetnsError>(Translator::open(&host, &namespaces));
         Poller::new(namespaces)
+            .map(|p| with_kernel_filter(p, kernel_filter))
             .and_then(|p| Ok((p, Probes::start_scrubbed(true, scrubber), translator?)))
     })
     .await
@@ -344,6 +382,7 @@ pub async fn run(settings: RunSettings, shutdown: impl Future<Output = ()>) -> a
         translator,
         inode_by_label: labels.iter().map(|(i, l)| (l.clone(), *i)).collect(),
         follow_max: settings.follow_max,
+        kernel_wants: Wants::default(),
     };
 
     let (events_tx, mut events) = mpsc::channel(EVENT_QUEUE);

@@ -37,6 +37,7 @@ use tcpstall_common::{
 };
 
 use crate::diag::{Base, Exact, ExactId};
+use crate::probe::filter::Wants;
 
 /// Most flows watched at once; further watch requests are refused.
 pub const MAX_WATCHED: usize = 4096;
@@ -272,6 +273,20 @@ impl Selector {
     /// its flow is watched (sent every poll), or it was sent as a suspect
     /// (its release is sent). `select` does the same with or without the
     /// other sockets (see `leaving_out_unwanted_sockets_changes_nothing`).
+    /// What [`Selector::wants`] may want without a send queue, for the
+    /// kernel filter: the suspects' cookies and the watched flows.
+    pub fn kernel_wants(&self, wants: &mut Wants) {
+        wants.cookies.clear();
+        wants.cookies.extend(
+            self.queued
+                .iter()
+                .filter(|(_, q)| q.suspect)
+                .map(|((_, cookie), _)| *cookie),
+        );
+        wants.tuples.clear();
+        wants.tuples.extend(self.watched.iter().copied());
+    }
+
     pub fn wants(&self, netns: u64, b: &Base) -> bool {
         b.wqueue > 0
             || (!self.queued.is_empty()

@@ -261,6 +261,11 @@ impl Endpoints {
         }
     }
 
+    /// The local endpoints being counted.
+    pub fn locals(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.held.keys().copied()
+    }
+
     /// The remote of the one socket on `local`, if exactly one was seen.
     pub fn connected_to(&self, local: SocketAddr) -> Option<SocketAddr> {
         match self.held.get(&normalize_addr(local)) {

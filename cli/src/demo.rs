@@ -199,6 +199,8 @@ pub async fn run(args: DemoArgs, style: Style, width: Option<usize>) -> Result<u
         follow: tcpstall_agent::config::auto_follow(args.interval),
         follow_max: 1000,
         scrubber: Default::default(),
+        // Where the demo runs as root with BPF, its first phase too.
+        kernel_filter: true,
     };
     let (stop_agent, agent_stopped) = oneshot::channel::<()>();
     let agent = tokio::spawn(tcpstall_agent::run::run(settings, async {

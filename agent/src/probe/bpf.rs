@@ -58,7 +58,7 @@ impl ProbeError {
 }
 
 /// The whole error chain in one line, and whether it says EPERM/EACCES.
-fn describe(e: &(dyn std::error::Error + 'static)) -> (String, bool) {
+pub(super) fn describe(e: &(dyn std::error::Error + 'static)) -> (String, bool) {
     let mut text = e.to_string();
     let mut denied = false;
     let mut cur = Some(e);
@@ -107,20 +107,8 @@ impl TcpIterProbe {
 
     /// Loads the program into the kernel, once.
     pub fn load() -> Result<TcpIterProbe, ProbeError> {
-        Self::built()?;
-        let btf = Btf::from_sys_fs().map_err(|e| ProbeError::Btf(describe(&e).0))?;
-        let mut ebpf = EbpfLoader::new()
-            .btf(Some(&btf))
-            .load(OBJECT)
-            .map_err(|e| load_error(&e))?;
-        let prog: &mut Iter = ebpf
-            .program_mut(PROGRAM)
-            .ok_or_else(|| ProbeError::Load(format!("no program {PROGRAM} in the object")))?
-            .try_into()
-            .map_err(|e| load_error(&e))?;
-        prog.load("tcp", &btf).map_err(|e| load_error(&e))?;
         Ok(TcpIterProbe {
-            ebpf,
+            ebpf: load_program(PROGRAM)?,
             buf: Vec::new(),
             stats: RecordStats::default(),
         })
@@ -132,28 +120,10 @@ impl TcpIterProbe {
         &self.stats
     }
 
-    /// Opens a fresh iterator over `ns`'s TCP sockets.
-    fn open(&mut self, ns: &Netns) -> Result<File, ProbeError> {
-        let prog: &mut Iter = self
-            .ebpf
-            .program_mut(PROGRAM)
-            .ok_or_else(|| ProbeError::Iter(format!("program {PROGRAM} is gone")))?
-            .try_into()
-            .map_err(|e| ProbeError::Iter(describe(&e).0))?;
-        let id = prog
-            .attach()
-            .map_err(|e| ProbeError::Iter(describe(&e).0))?;
-        let link = prog
-            .take_link(id)
-            .map_err(|e| ProbeError::Iter(describe(&e).0))?;
-        // The iterator's namespace is the one of the thread that opens it.
-        netns::run_in(ns, move || link.into_file())?.map_err(|e| ProbeError::Iter(describe(&e).0))
-    }
-
     /// Runs one pass over every TCP connection of `ns` (listeners,
     /// TIME-WAIT and request sockets left out), handing each to `on`.
     pub fn read(&mut self, ns: &Netns, on: impl FnMut(KernelTcp)) -> Result<(), ProbeError> {
-        let mut file = self.open(ns)?;
+        let mut file = open_iter(&mut self.ebpf, PROGRAM, ns)?;
         self.buf.clear();
         file.read_to_end(&mut self.buf).map_err(ProbeError::Read)?;
         record::parse_pass(&self.buf, &mut self.stats, on);
@@ -163,8 +133,43 @@ impl TcpIterProbe {
     #[cfg_attr(not(feature = "internals"), allow(dead_code))] // the tests' and benchmarks'
     /// One pass that only reads the bytes: the floor of [`Self::read`].
     pub fn read_raw(&mut self, ns: &Netns) -> Result<usize, ProbeError> {
-        let mut file = self.open(ns)?;
+        let mut file = open_iter(&mut self.ebpf, PROGRAM, ns)?;
         self.buf.clear();
         file.read_to_end(&mut self.buf).map_err(ProbeError::Read)
     }
+}
+
+/// The embedded object loaded with its maps, and its iter/tcp program
+/// `program` loaded into the kernel (relocated against its BTF).
+pub(super) fn load_program(program: &str) -> Result<Ebpf, ProbeError> {
+    TcpIterProbe::built()?;
+    let btf = Btf::from_sys_fs().map_err(|e| ProbeError::Btf(describe(&e).0))?;
+    let mut ebpf = EbpfLoader::new()
+        .btf(Some(&btf))
+        .load(OBJECT)
+        .map_err(|e| load_error(&e))?;
+    let prog: &mut Iter = ebpf
+        .program_mut(program)
+        .ok_or_else(|| ProbeError::Load(format!("no program {program} in the object")))?
+        .try_into()
+        .map_err(|e| load_error(&e))?;
+    prog.load("tcp", &btf).map_err(|e| load_error(&e))?;
+    Ok(ebpf)
+}
+
+/// Opens a fresh iterator of `program` over `ns`'s TCP sockets.
+pub(super) fn open_iter(ebpf: &mut Ebpf, program: &str, ns: &Netns) -> Result<File, ProbeError> {
+    let prog: &mut Iter = ebpf
+        .program_mut(program)
+        .ok_or_else(|| ProbeError::Iter(format!("program {program} is gone")))?
+        .try_into()
+        .map_err(|e| ProbeError::Iter(describe(&e).0))?;
+    let id = prog
+        .attach()
+        .map_err(|e| ProbeError::Iter(describe(&e).0))?;
+    let link = prog
+        .take_link(id)
+        .map_err(|e| ProbeError::Iter(describe(&e).0))?;
+    // The iterator's namespace is the one of the thread that opens it.
+    netns::run_in(ns, move || link.into_file())?.map_err(|e| ProbeError::Iter(describe(&e).0))
 }

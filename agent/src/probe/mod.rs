@@ -10,6 +10,7 @@
 //! Records are joined to the sock_diag samples by socket cookie.
 
 pub mod bpf;
+pub mod filter;
 pub mod json;
 pub mod owner;
 pub mod record;

@@ -11,6 +11,7 @@ use tcpstall_agent::conntrack::Conntrack;
 use tcpstall_agent::diag::socket::{ALL_STATES, CONNECTION_STATES};
 use tcpstall_agent::diag::{Detail, DiagSocket, Dump, ExactId, Family, ParseStats, Scope};
 use tcpstall_agent::netns::{self, Netns};
+use tcpstall_agent::probe::filter::{KernelFilter, Wants};
 use tcpstall_agent::Poller;
 use tcpstall_common::{FlowTuple, TcpState};
 
@@ -19,7 +20,7 @@ use crate::lab::nap;
 use crate::measure::{timed, Summary};
 
 /// The kinds of poll the floor compares.
-pub(super) const FLOOR_KINDS: [&str; 9] = [
+pub(super) const FLOOR_KINDS: [&str; 10] = [
     "tcpstall `Poller::poll`: every socket with everything (`snapshot`; the agent's poll before)",
     "tcpstall `Poller::poll_wanted`: base message of every socket, the queued ones in full (the agent's poll now)",
     "raw dump, INFO+MEMINFO+SKMEMINFO+CONG, one dump per family (`Poller::poll`'s request)",
@@ -29,6 +30,7 @@ pub(super) const FLOOR_KINDS: [&str; 9] = [
     "raw dump of the IPv6 family alone (no IPv6 sockets here: the table walk)",
     "exact requests, INFO+MEMINFO+SKMEMINFO+CONG, one per socket (`--floor-exact` sockets)",
     "conntrack lookups (ctnetlink GET), one per socket's flow (the same sockets)",
+    "tcpstall `Poller::poll_filtered_ids`: the first phase in the kernel (BPF filter), the queued ones in full (the agent's poll where BPF is allowed)",
 ];
 
 /// CPU per poll of each of [`FLOOR_KINDS`] over the same sockets.
@@ -50,6 +52,8 @@ pub(super) fn floor(args: &IdleArgs, polled: &[Netns]) -> anyhow::Result<Floor> 
     let spacing = args.interval;
     let mut full = Poller::new(polled.to_vec())?;
     let mut wanted = Poller::new(polled.to_vec())?;
+    let mut filtered = Poller::new(polled.to_vec())?.with_filter(KernelFilter::load()?);
+    let nothing = Wants::default();
     let mut sock = netns::open_diag(ns)?;
     let dump = |scope, detail, states| Dump {
         scope,
@@ -113,6 +117,14 @@ pub(super) fn floor(args: &IdleArgs, polled: &[Netns]) -> anyhow::Result<Floor> 
                         &[dump(Scope::Both, Detail::Base, CONNECTION_STATES)],
                     ),
                     6 => raw(&mut sock, &[Dump::full(Family::V6)]),
+                    9 => {
+                        let (_, _, n, failures) =
+                            filtered.poll_filtered_ids(&nothing, |_, b| b.wqueue > 0);
+                        match failures.into_iter().next() {
+                            Some(e) => Err(e.into()),
+                            None => Ok(n),
+                        }
+                    }
                     8 => {
                         let mut asked = 0;
                         for f in &flows {

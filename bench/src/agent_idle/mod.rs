@@ -104,6 +104,10 @@ pub struct IdleArgs {
     /// The agent's --follow-interval [default: the agent's own].
     #[arg(long, value_name = "DURATION")]
     follow_interval: Option<String>,
+    /// Run the agent with --no-kernel-filter: its first phase with
+    /// sock_diag's dump even where BPF is allowed.
+    #[arg(long)]
+    no_kernel_filter: bool,
 }
 
 /// Runs the benchmark and prints a markdown report on stdout.
@@ -150,6 +154,9 @@ pub(crate) fn run(args: &IdleArgs) -> anyhow::Result<()> {
     }
     if let Some(f) = &args.follow_interval {
         agent_args.extend(["--follow-interval".to_string(), f.clone()]);
+    }
+    if args.no_kernel_filter {
+        agent_args.push("--no-kernel-filter".to_string());
     }
     let mut agent = Agent::start(&bins, &collector.url(), &agent_args, "info", &agent_log)?;
     // The agent's link to the collector is in this namespace.

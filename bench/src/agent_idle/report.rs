@@ -64,10 +64,13 @@ pub(super) fn report(
     } else {
         String::new()
     };
-    let follow = match &args.follow_interval {
+    let mut follow = match &args.follow_interval {
         Some(f) => format!(" (--follow-interval {f})"),
         None => String::new(),
     };
+    if args.no_kernel_filter {
+        follow += " with --no-kernel-filter (sock_diag alone)";
+    }
     println!(
         "{} connections held ({layout}){stuck}; the agent's namespace held {} connection sockets \
          and {} listeners; agent polling every {}{follow}; window {:.1} s ({:.1} polls).",

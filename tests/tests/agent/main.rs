@@ -7,6 +7,7 @@ mod cli;
 mod conntrack;
 mod failover;
 mod families;
+mod kernel_filter;
 mod namespaces;
 mod owner;
 mod positions;

@@ -21,7 +21,7 @@ const DEADLINE: Duration = Duration::from_secs(20);
 /// Everything a sample holds but what moves with the clock alone
 /// (milliseconds since the last packet, time until the timer fires, the
 /// time counters of tcp_info).
-fn steady(s: &SocketSample) -> Value {
+pub(crate) fn steady(s: &SocketSample) -> Value {
     let mut info = serde_json::to_value(s.info).expect("tcp_info as JSON");
     if let Some(m) = info.as_object_mut() {
         for k in [
