@@ -235,27 +235,65 @@ int tcpstall_filter(struct bpf_iter__tcp *ctx)
 {
 	struct sock_common *skc = ctx->sk_common;
 	struct seq_file *seq = ctx->meta->seq;
-	struct tcpstall_filter_rec r = {};
+	struct tcpstall_filter_rec r;
 	struct tcpstall_sizes *sizes;
-	struct tcp_sock *tp;
-	__u32 zero = 0;
-	__u64 cookie;
+	struct tcp_sock *tp = NULL;
+	__u32 zero = 0, wq = 0;
+	__u64 cookie = 0;
+	bool have_cookie = false, want;
 	__u8 state, family;
-	bool want;
 
-	r.magic = TCPSTALL_FILTER_MAGIC;
 	if (!skc) {
 		// The walk's end: how many sockets it saw (seq_num is the last
 		// one's index here: 0 - 1 when there was none).
 		__u64 seen = ctx->meta->seq_num + 1;
 
+		__builtin_memset(&r, 0, sizeof(r));
+		r.magic = TCPSTALL_FILTER_MAGIC;
 		r.kind = KIND_END;
 		__builtin_memcpy(&r.msg, &seen, sizeof(seen));
 		bpf_seq_write(seq, &r, sizeof(r));
 		return 0;
 	}
+	// Most sockets of a host at rest leave here: no queue, nothing named.
 	state = skc->skc_state;
+	if (state != TS_TCP_TIME_WAIT && state != TS_TCP_NEW_SYN_RECV) {
+		tp = bpf_skc_to_tcp_sock(skc);
+		if (tp && state != TS_TCP_LISTEN)
+			wq = tp->write_seq - tp->snd_una;
+	}
+	want = state == TS_TCP_LISTEN || wq > 0;
 	family = skc->skc_family;
+	if (!want) {
+		sizes = bpf_map_lookup_elem(&SIZES, &zero);
+		if (!sizes || !(sizes->tracked | sizes->watched | sizes->endpoints))
+			return 0;
+		if (sizes->tracked) {
+			cookie = bpf_get_socket_cookie(skc);
+			have_cookie = true;
+			if (bpf_map_lookup_elem(&TRACKED, &cookie))
+				want = true;
+		}
+		if (!want && (sizes->watched || sizes->endpoints)) {
+			struct tcpstall_tuple t = {};
+
+			endpoint_of(&t.local, family, &skc->skc_rcv_saddr, &skc->skc_v6_rcv_saddr,
+				    skc->skc_num);
+			endpoint_of(&t.remote, family, &skc->skc_daddr, &skc->skc_v6_daddr,
+				    bpf_ntohs(skc->skc_dport));
+			if (sizes->watched && bpf_map_lookup_elem(&WATCHED, &t))
+				want = true;
+			else if (sizes->endpoints && bpf_map_lookup_elem(&ENDPOINTS, &t.local))
+				want = true;
+		}
+		if (!want)
+			return 0;
+	}
+	if (!have_cookie)
+		cookie = bpf_get_socket_cookie(skc);
+
+	__builtin_memset(&r, 0, sizeof(r));
+	r.magic = TCPSTALL_FILTER_MAGIC;
 	r.kind = KIND_SOCKET;
 	r.msg.family = family;
 	// sock_diag's states: a request socket is SYN-RECV, a TIME-WAIT one
@@ -269,39 +307,18 @@ int tcpstall_filter(struct bpf_iter__tcp *ctx)
 		if (tw)
 			r.msg.state = tw->tw_sk.tw_substate;
 	}
-	tp = bpf_skc_to_tcp_sock(skc);
+	// sock_diag's queues (tcp_diag_get_info).
 	if (tp) {
-		int rq = (int)(tp->rcv_nxt - tp->copied_seq);
-
 		if (state == TS_TCP_LISTEN) {
 			r.msg.rqueue = tp->inet_conn.icsk_inet.sk.sk_ack_backlog;
 			r.msg.wqueue = tp->inet_conn.icsk_inet.sk.sk_max_ack_backlog;
 		} else {
-			r.msg.rqueue = rq > 0 ? rq : 0;
-			r.msg.wqueue = tp->write_seq - tp->snd_una;
-		}
-	}
-	want = state == TS_TCP_LISTEN || r.msg.wqueue > 0;
-	cookie = bpf_get_socket_cookie(skc);
-	sizes = bpf_map_lookup_elem(&SIZES, &zero);
-	if (!want && sizes) {
-		if (sizes->tracked && bpf_map_lookup_elem(&TRACKED, &cookie))
-			want = true;
-		if (!want && (sizes->watched || sizes->endpoints)) {
-			struct tcpstall_tuple t = {};
+			int rq = (int)(tp->rcv_nxt - tp->copied_seq);
 
-			endpoint_of(&t.local, family, &skc->skc_rcv_saddr, &skc->skc_v6_rcv_saddr,
-				    skc->skc_num);
-			endpoint_of(&t.remote, family, &skc->skc_daddr, &skc->skc_v6_daddr,
-				    bpf_ntohs(skc->skc_dport));
-			if (sizes->watched && bpf_map_lookup_elem(&WATCHED, &t))
-				want = true;
-			else if (sizes->endpoints && bpf_map_lookup_elem(&ENDPOINTS, &t.local))
-				want = true;
+			r.msg.rqueue = rq > 0 ? rq : 0;
+			r.msg.wqueue = wq;
 		}
 	}
-	if (!want)
-		return 0;
 	r.msg.sport = bpf_htons(skc->skc_num);
 	r.msg.dport = skc->skc_dport;
 	if (family == AF_INET6_) {

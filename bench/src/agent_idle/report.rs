@@ -197,7 +197,7 @@ pub(super) fn report(
         for (k, name) in FLOOR_KINDS.iter().enumerate() {
             let s = &f.cpu[k];
             let out = match k {
-                0 | 1 => format!("{} connections", f.out[k]),
+                0 | 1 | 9 => format!("{} connections", f.out[k]),
                 7 => format!("{} answered", f.out[k]),
                 8 => format!("{} asked", f.out[k]),
                 _ => format!("{} B", f.out[k]),
