@@ -135,54 +135,37 @@ impl KernelFilter {
                 "more than {MAX_ENTRIES} sockets, flows or endpoints wanted"
             )));
         }
-        let map_err = |e: &(dyn std::error::Error + 'static)| ProbeError::Iter(describe(e).0);
-        {
-            let mut m: BpfHashMap<&mut MapData, u64, u8> = self
-                .ebpf
-                .map_mut("TRACKED")
-                .ok_or_else(|| ProbeError::Iter("no map TRACKED".into()))?
-                .try_into()
-                .map_err(|e| map_err(&e))?;
-            sync(&mut m, &mut self.held.cookies, &wants.cookies, |c| *c)?;
-        }
-        {
-            let mut m: BpfHashMap<&mut MapData, TupleKey, u8> = self
-                .ebpf
-                .map_mut("WATCHED")
-                .ok_or_else(|| ProbeError::Iter("no map WATCHED".into()))?
-                .try_into()
-                .map_err(|e| map_err(&e))?;
-            sync(&mut m, &mut self.held.tuples, &wants.tuples, |f| tuple_key(*f))?;
-        }
-        {
-            let mut m: BpfHashMap<&mut MapData, EndpointKey, u8> = self
-                .ebpf
-                .map_mut("ENDPOINTS")
-                .ok_or_else(|| ProbeError::Iter("no map ENDPOINTS".into()))?
-                .try_into()
-                .map_err(|e| map_err(&e))?;
-            sync(&mut m, &mut self.held.endpoints, &wants.endpoints, |a| {
-                endpoint_key(*a)
-            })?;
-        }
+        sync(
+            hash_map(&mut self.ebpf, "TRACKED")?,
+            &mut self.held.cookies,
+            &wants.cookies,
+            |c| *c,
+        )?;
+        sync(
+            hash_map(&mut self.ebpf, "WATCHED")?,
+            &mut self.held.tuples,
+            &wants.tuples,
+            |f| tuple_key(*f),
+        )?;
+        sync(
+            hash_map(&mut self.ebpf, "ENDPOINTS")?,
+            &mut self.held.endpoints,
+            &wants.endpoints,
+            |a| endpoint_key(*a),
+        )?;
         let mut sizes: Array<&mut MapData, [u32; 3]> = self
             .ebpf
             .map_mut("SIZES")
             .ok_or_else(|| ProbeError::Iter("no map SIZES".into()))?
             .try_into()
-            .map_err(|e| map_err(&e))?;
+            .map_err(|e| map_error(&e))?;
         let n = |len: usize| u32::try_from(len).unwrap_or(u32::MAX);
-        sizes
-            .set(
-                0,
-                [
-                    n(self.held.cookies.len()),
-                    n(self.held.tuples.len()),
-                    n(self.held.endpoints.len()),
-                ],
-                0,
-            )
-            .map_err(|e| map_err(&e))
+        let held = [
+            n(self.held.cookies.len()),
+            n(self.held.tuples.len()),
+            n(self.held.endpoints.len()),
+        ];
+        sizes.set(0, held, 0).map_err(|e| map_error(&e))
     }
 
     /// Walks `ns`'s TCP sockets in the kernel, handing `on` each socket
@@ -207,9 +190,24 @@ impl KernelFilter {
     }
 }
 
+fn map_error(e: &(dyn std::error::Error + 'static)) -> ProbeError {
+    ProbeError::Iter(describe(e).0)
+}
+
+/// The program's hash map `name`, keyed by `K`.
+fn hash_map<'a, K: aya::Pod>(
+    ebpf: &'a mut Ebpf,
+    name: &str,
+) -> Result<BpfHashMap<&'a mut MapData, K, u8>, ProbeError> {
+    ebpf.map_mut(name)
+        .ok_or_else(|| ProbeError::Iter(format!("no map {name}")))?
+        .try_into()
+        .map_err(|e| map_error(&e))
+}
+
 /// Inserts into `map` what `want` has and `held` lacks, removes what went.
 fn sync<T: Eq + std::hash::Hash + Clone, K: aya::Pod>(
-    map: &mut BpfHashMap<&mut MapData, K, u8>,
+    mut map: BpfHashMap<&mut MapData, K, u8>,
     held: &mut HashSet<T>,
     want: &HashSet<T>,
     key: impl Fn(&T) -> K,
