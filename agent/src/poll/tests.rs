@@ -1,6 +1,6 @@
-//! Unit tests of `poll`.
+//! Unit tests of `poll` (its phases).
 
-use super::*;
+use super::phases::{exact_pays, EXACT_MIN};
 
 #[test]
 fn exact_requests_pay_for_few_sockets() {
