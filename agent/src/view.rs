@@ -147,7 +147,12 @@ impl<T: std::fmt::Display> std::fmt::Display for Or<T> {
 
 /// Bytes in human units, or `-`.
 fn or_bytes(v: Option<u32>) -> Or<HumanBytes> {
-    Or(v.map(|v| HumanBytes(u64::from(v))))
+    Or(bytes(v))
+}
+
+/// Bytes in human units, when known.
+fn bytes(v: Option<u32>) -> Option<HumanBytes> {
+    v.map(|v| HumanBytes(u64::from(v)))
 }
 
 /// Two values as `a/b` (window scales, send and receive).
@@ -242,7 +247,6 @@ pub fn connections_table(
             t.cell(Or(retr));
             t.cell(Or(probes));
         } else {
-            let bytes = |v: Option<u32>| v.map(|v| HumanBytes(u64::from(v)));
             // Positions on one line, windows and timers on the next: at
             // most 99 columns with every position ten digits.
             t.note(format_args!(
@@ -436,7 +440,6 @@ fn pairs_lines(
         ("A.RECVQ", true),
     ]);
     let mut t = Table::new(&cols);
-    let bytes = |v: Option<u32>| v.map(|v| HumanBytes(u64::from(v)));
     for (a, b) in pairs {
         let sa = samples[*a];
         let sb = b.map(|b| samples[b]);
